@@ -1,0 +1,61 @@
+# mambabyte - build, test, bench.  `make` builds ./mambabyte (plain C, CPU,
+# OpenMP when available) and, when nvcc is found, also ./mambabyte_cuda.
+CC      ?= gcc
+CXX     ?= g++
+ARCH    ?= -march=native
+CFLAGS  ?= -O3 $(ARCH)
+WARN     = -Wall -Wextra -Werror
+STD      = -std=c99
+LDLIBS   = -lm
+
+# OpenMP when the compiler has it (as llm.c does).
+OMP := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo -fopenmp)
+
+# CUDA when nvcc is on PATH or in the default toolkit folder.
+NVCC      ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+
+TARGETS = mambabyte
+ifneq ($(NVCC),)
+TARGETS += mambabyte_cuda
+endif
+
+.PHONY: all test test-cxx test-asan bench bench-cuda test-cuda fuzz clean
+all: $(TARGETS)
+
+HEADERS = mambabyte.h
+mambabyte: main.c $(HEADERS)
+	$(CC) $(STD) $(CFLAGS) $(WARN) $(OMP) main.c -o $@ $(LDLIBS)
+
+build:
+	mkdir -p build
+
+# The CUDA variant: the .cuh in its own nvcc translation unit, main.c stays C.
+build/mambabyte_cuda.o: mambabyte_cuda.cuh $(HEADERS) | build
+	$(NVCC) -O3 $(CUDA_ARCH) -DMAMBABYTE_CUDA_IMPLEMENTATION -x cu -c mambabyte_cuda.cuh -o $@
+mambabyte_cuda: main.c $(HEADERS) build/mambabyte_cuda.o
+	$(CC) $(STD) $(CFLAGS) $(WARN) $(OMP) -DMB_WITH_CUDA main.c build/mambabyte_cuda.o -o $@ \
+	  -L$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ $(LDLIBS) -Wl,-rpath,$(CUDA_HOME)/lib64
+
+# Tests: the header must compile warning-free as C99 and as C++.
+TEST_SRC = test.c $(HEADERS) $(wildcard tests/*.c tests/*.h)
+test_mambabyte: $(TEST_SRC) build/test_cuda_emu.o
+	$(CC) $(STD) -O2 -g $(ARCH) $(WARN) $(OMP) test.c build/test_cuda_emu.o -o $@ -lstdc++ $(LDLIBS) -lpthread
+
+build/test_cuda_emu.o: tests/test_cuda_emu.cpp $(HEADERS) $(wildcard mambabyte_cuda.cuh tests/cuda_emu*.h) | build
+	$(CXX) -std=c++17 -O1 -g $(WARN) -c tests/test_cuda_emu.cpp -o $@
+
+test-cxx: | build
+	$(CXX) -std=c++11 $(WARN) -O1 -c tests/cxx_compile.cpp -o build/cxx_compile.o
+	$(CXX) -std=c++11 $(WARN) -O1 -DMAMBABYTE_STATIC -c tests/cxx_compile.cpp -o build/cxx_compile_static.o
+	$(CC) $(STD) $(WARN) -O1 -DMAMBABYTE_STATIC -x c -c tests/cxx_compile.cpp -o build/c_compile_static.o
+
+test: all test-cxx test_mambabyte
+	./test_mambabyte
+
+bench: mambabyte
+	./mambabyte bench
+
+clean:
+	rm -rf build mambabyte mambabyte_cuda test_mambabyte test_mambabyte_asan bench_mambabyte

@@ -1,0 +1,30 @@
+/* test.c - every test of mambabyte, run by `make test` from the repo root.
+   Prints "N passed, M failed" last and exits non-zero on any failure.
+   Each area lives in tests/test_<area>.c and is included here so the whole
+   suite is one translation unit with one implementation of the header. */
+#define MAMBABYTE_IMPLEMENTATION
+#include "mambabyte.h"
+#include "tests/mbtest.h"
+#include "tests/mbfx.h"
+
+int mbt_passed = 0, mbt_failed = 0;
+
+#include "tests/test_numerics.c"
+
+typedef struct { const char *name; void (*fn)(void); } mbt_suite;
+
+int main(int argc, char **argv) {
+    static const mbt_suite suites[] = {
+        {"numerics", test_numerics},
+    };
+    size_t i;
+    for (i = 0; i < sizeof suites / sizeof suites[0]; i++) {
+        int before_fail = mbt_failed, before_pass = mbt_passed;
+        if (argc > 1 && strcmp(argv[1], suites[i].name) != 0) continue;
+        suites[i].fn();
+        printf("%-12s %d passed, %d failed\n", suites[i].name, mbt_passed - before_pass, mbt_failed - before_fail);
+        fflush(stdout);
+    }
+    printf("%d passed, %d failed\n", mbt_passed, mbt_failed);
+    return mbt_failed == 0 && mbt_passed > 0 ? 0 : 1;
+}
