@@ -77,6 +77,12 @@
 #ifndef MAMBABYTE_H
 #define MAMBABYTE_H
 
+/* POSIX (fsync, mmap, getpid) under strict -std=c99: this must come before
+   the first system header of the translation unit. */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE)
+#define _POSIX_C_SOURCE 200809L
+#endif
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -135,6 +141,115 @@ MBDEF mb_status mb_cross_entropy_backward(float *dlogits, const float *dloss, co
                                           const int32_t *targets, int64_t rows, int64_t V,
                                           const mb_ce_options *opt);
 
+
+/* ----------------------------------------------------------------- model */
+typedef struct {
+    int32_t vocab_size, d_model, n_layer, d_state, d_conv, expand, dt_rank;
+} mb_config;
+/* Seed 000's model: 256, 192, 4, 16, 4, 2, 12 (about 1.06M parameters). */
+MBDEF mb_config mb_config_default(void);
+/* MB_STATUS_OK when every field is in range (dt_rank 0 means ceil(d_model/16)
+   and is filled in); otherwise INVALID_ARGUMENT with the reason. */
+MBDEF mb_status mb_config_validate(mb_config *cfg);
+
+/* One parameter tensor of the flat block (checkpoint order). */
+typedef struct {
+    char name[64];      /* PyTorch state_dict name, e.g. "layers.0.mixer.A_log" */
+    int64_t offset;     /* in floats from the start of the block */
+    int64_t numel;
+    int ndim;
+    int64_t shape[3];
+    int weight_decay;   /* 1 for tensors with >= 2 dims except A_log */
+} mb_tensor_info;
+/* Fills out[0..n) (out may be NULL) and returns n, the number of tensors. */
+MBDEF int mb_config_tensors(const mb_config *cfg, mb_tensor_info *out);
+MBDEF int64_t mb_config_num_params(const mb_config *cfg);
+
+typedef struct mb_model mb_model;
+MBDEF mb_status mb_model_create(mb_model **out, const mb_config *cfg, uint64_t seed);
+MBDEF mb_status mb_model_load(mb_model **out, const char *path);      /* any checkpoint */
+MBDEF mb_status mb_model_save(const mb_model *m, const char *path);   /* atomic, no training state */
+MBDEF void mb_model_free(mb_model *m);
+MBDEF const mb_config *mb_model_config(const mb_model *m);
+MBDEF int64_t mb_model_num_params(const mb_model *m);
+MBDEF float *mb_model_params(mb_model *m); /* flat, in checkpoint order */
+MBDEF float *mb_model_grads(mb_model *m);  /* same layout */
+/* inputs, targets (targets may be NULL: no loss) are (B, T); the loss is the
+   mean cross-entropy over targets that are not -100.  Keeps what backward needs. */
+MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32_t *targets,
+                                 int B, int T, float *loss);
+MBDEF const float *mb_model_logits(const mb_model *m); /* (B, T, 256) of the last forward */
+MBDEF mb_status mb_model_backward(mb_model *m);         /* grads += d(mean CE)/d(params) */
+MBDEF void mb_model_zero_grad(mb_model *m);
+/* Time steps per scan chunk (states are kept only at chunk boundaries). */
+MBDEF mb_status mb_model_set_scan_chunk(mb_model *m, int chunk);
+
+/* ------------------------------------------------------------- streaming */
+/* Per layer a conv_state (d_inner x d_conv) and an ssm_state (d_inner x
+   d_state): O(1) memory and work per byte, no context window. */
+typedef struct mb_stream mb_stream;
+MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m);
+MBDEF void mb_stream_reset(mb_stream *s);
+MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte); /* logits (256) for the next byte */
+MBDEF mb_status mb_stream_copy(mb_stream *dst, const mb_stream *src);
+MBDEF void mb_stream_free(mb_stream *s);
+
+/* ------------------------------------------------------- CPU layer kernels */
+/* The readable specification every CUDA kernel is checked against.  Shapes
+   in the comments: N = B*T tokens, C = d_model, Di = d_inner, S = d_state,
+   K = d_conv, R = dt_rank, X = R + 2S.  Gradients accumulate (+=) unless
+   noted; all are deterministic whatever the thread count. */
+MBDEF void mb__embedding_forward(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C);
+MBDEF void mb__embedding_backward(float *dwte, const float *dout, const uint8_t *tokens, int64_t N, int C);
+MBDEF void mb__layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                 const float *b, int64_t N, int C);
+MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                                  const float *w, const float *mean, const float *rstd, int64_t N, int C);
+MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC);
+MBDEF void mb__matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                               const float *w, int64_t N, int IC, int OC);
+MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const float *bias,
+                              int B, int T, int Di, int K);
+MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float *dout, const float *xz,
+                               const float *w, const float *bias, int B, int T, int Di, int K);
+MBDEF void mb__scan_forward(float *out, float *states, const float *u, const float *delta, const float *dt_bias,
+                            const float *A_log, const float *xdbl, const float *Dp, const float *xz,
+                            int B, int T, int Di, int S, int R, int chunk);
+/* scratch: B * (Di*S + 2*Di) floats (per-sequence partial sums, so the result
+   does not depend on the thread count). */
+MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                             float *dxz, float *scratch, const float *dout, const float *states, const float *u,
+                             const float *delta, const float *dt_bias, const float *A_log, const float *xdbl,
+                             const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk);
+
+
+/* ----------------------------------------------------------- checkpoints */
+/* Everything a run needs to continue bit-identically.  settings holds the
+   run's flags (see mb_train_settings), so a resume can check them. */
+typedef struct {
+    int64_t batch, ctx, steps, warmup, grad_accum, save_every, seed;
+    int32_t schedule;          /* 0 step, 1 time */
+    double lr, weight_decay, clip, beta1, beta2, eps, time_budget;
+} mb_train_settings;
+typedef struct {
+    int64_t step;              /* optimizer steps completed */
+    uint64_t data_rng;         /* the batch sampler's RNG state */
+    int64_t data_pos;          /* the sequential sampler's position */
+    double elapsed_s;          /* training time already spent (time schedule) */
+    float *adam_m, *adam_v;    /* num_params each, owned by the caller */
+    mb_train_settings settings;
+} mb_train_state;
+
+/* Writes the model (and, when ts != NULL, the training state) atomically:
+   a temporary file beside path, fsync, rename, fsync of the folder.  On any
+   failure the previous file at path is untouched. */
+MBDEF mb_status mb_checkpoint_save(const char *path, const mb_model *m, const mb_train_state *ts);
+/* Loads a checkpoint.  ts may be NULL; otherwise, when the file holds a
+   training state, ts->adam_m/adam_v are allocated with MB_MALLOC (free
+   with mb_train_state_free) and *has_state is set to 1. */
+MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_state *ts, int *has_state);
+MBDEF void mb_train_state_free(mb_train_state *ts);
+
 #ifdef __cplusplus
 }
 #endif
@@ -151,6 +266,11 @@ MBDEF mb_status mb_cross_entropy_backward(float *dlogits, const float *dloss, co
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #ifndef MB_MALLOC
 #define MB_MALLOC(n) malloc(n)
@@ -189,10 +309,12 @@ MBDEF const char *mb_last_error(void) { return mb__error_text; }
 /* Records the detail of a failure and returns its status, so callers write
    `return mb__fail(MB_STATUS_IO_ERROR, "cannot open %s", path);`. */
 static mb_status mb__fail(mb_status s, const char *fmt, ...) {
+    char text[sizeof mb__error_text]; /* fmt's arguments may be mb_last_error() itself */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(mb__error_text, sizeof mb__error_text, fmt, ap);
+    vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
+    memcpy(mb__error_text, text, sizeof text);
     return s;
 }
 
@@ -406,6 +528,1117 @@ MBDEF mb_status mb_cross_entropy_backward(float *dlogits, const float *dloss, co
     }
     return MB_STATUS_OK;
 }
+
+
+/* ================================================================= RNG */
+/* splitmix64: tiny, seedable, and its whole state is one integer, so a
+   checkpoint can store it and resume exactly. */
+static uint64_t mb__rng_next(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static double mb__rng_uniform(uint64_t *state) { /* [0, 1) */
+    return (double)(mb__rng_next(state) >> 11) * (1.0 / 9007199254740992.0);
+}
+static double mb__rng_normal(uint64_t *state) {
+    double u1 = 1.0 - mb__rng_uniform(state), u2 = mb__rng_uniform(state); /* u1 in (0,1] */
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+/* ============================================================ numerics+ */
+static float mb__sigmoid(float x) {
+    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+    {
+        float e = expf(x);
+        return e / (1.0f + e);
+    }
+}
+/* PyTorch's softplus (beta 1, threshold 20). */
+static float mb__softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+static float mb__softplus_grad(float x) { return x > 20.0f ? 1.0f : mb__sigmoid(x); }
+static float mb__silu(float x) { return x * mb__sigmoid(x); }
+static float mb__silu_grad(float x) {
+    float s = mb__sigmoid(x);
+    return s * (1.0f + x * (1.0f - s));
+}
+
+/* ============================================================== config */
+MBDEF mb_config mb_config_default(void) {
+    mb_config c;
+    c.vocab_size = 256;
+    c.d_model = 192;
+    c.n_layer = 4;
+    c.d_state = 16;
+    c.d_conv = 4;
+    c.expand = 2;
+    c.dt_rank = 12;
+    return c;
+}
+
+#define MB__MAX_STATE 256
+#define MB__SCAN_HBUF 4096 /* floats of h kept per channel per chunk: chunk * d_state <= this */
+#ifndef MB_SCAN_CHUNK
+#define MB_SCAN_CHUNK 32
+#endif
+
+MBDEF mb_status mb_config_validate(mb_config *c) {
+    if (c->dt_rank == 0 && c->d_model > 0) c->dt_rank = (c->d_model + 15) / 16;
+    if (c->vocab_size != 256) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "vocab_size must be 256 (bytes), got %d", c->vocab_size);
+    if (c->d_model < 1 || c->d_model > 65536) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_model %d out of range [1, 65536]", c->d_model);
+    if (c->n_layer < 1 || c->n_layer > 1024) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "n_layer %d out of range [1, 1024]", c->n_layer);
+    if (c->d_state < 1 || c->d_state > MB__MAX_STATE) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_state %d out of range [1, %d]", c->d_state, MB__MAX_STATE);
+    if (c->d_conv < 1 || c->d_conv > 64) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_conv %d out of range [1, 64]", c->d_conv);
+    if (c->expand < 1 || c->expand > 16) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "expand %d out of range [1, 16]", c->expand);
+    if (c->dt_rank < 1 || c->dt_rank > 65536) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "dt_rank %d out of range [1, 65536]", c->dt_rank);
+    if ((int64_t)c->d_model * c->expand > 1048576) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_inner %lld too large", (long long)c->d_model * c->expand);
+    return MB_STATUS_OK;
+}
+
+static void mb__tensor(mb_tensor_info *out, int *n, int64_t *offset, const char *name, int ndim,
+                       int64_t d0, int64_t d1, int64_t d2, int decay) {
+    if (out) {
+        mb_tensor_info *t = &out[*n];
+        snprintf(t->name, sizeof t->name, "%s", name);
+        t->offset = *offset;
+        t->ndim = ndim;
+        t->shape[0] = d0;
+        t->shape[1] = ndim > 1 ? d1 : 1;
+        t->shape[2] = ndim > 2 ? d2 : 1;
+        t->numel = t->shape[0] * t->shape[1] * t->shape[2];
+        t->weight_decay = decay;
+    }
+    *offset += d0 * (ndim > 1 ? d1 : 1) * (ndim > 2 ? d2 : 1);
+    (*n)++;
+}
+
+/* The sizes table, in checkpoint order: the one place the layout lives. */
+MBDEF int mb_config_tensors(const mb_config *c, mb_tensor_info *out) {
+    int n = 0, l;
+    int64_t off = 0, C = c->d_model, Di = (int64_t)c->d_model * c->expand, S = c->d_state;
+    char name[64];
+    mb__tensor(out, &n, &off, "embedding.weight", 2, c->vocab_size, C, 1, 1);
+    for (l = 0; l < c->n_layer; l++) {
+#define MB__T(suffix, ndim, d0, d1, d2, decay) \
+    (snprintf(name, sizeof name, "layers.%d.%s", l, suffix), mb__tensor(out, &n, &off, name, ndim, d0, d1, d2, decay))
+        MB__T("norm.weight", 1, C, 1, 1, 0);
+        MB__T("norm.bias", 1, C, 1, 1, 0);
+        MB__T("mixer.in_proj.weight", 2, 2 * Di, C, 1, 1);
+        MB__T("mixer.conv1d.weight", 3, Di, 1, c->d_conv, 1);
+        MB__T("mixer.conv1d.bias", 1, Di, 1, 1, 0);
+        MB__T("mixer.x_proj.weight", 2, c->dt_rank + 2 * S, Di, 1, 1);
+        MB__T("mixer.dt_proj.weight", 2, Di, c->dt_rank, 1, 1);
+        MB__T("mixer.dt_proj.bias", 1, Di, 1, 1, 0);
+        MB__T("mixer.A_log", 2, Di, S, 1, 0);
+        MB__T("mixer.D", 1, Di, 1, 1, 0);
+        MB__T("mixer.out_proj.weight", 2, C, Di, 1, 1);
+#undef MB__T
+    }
+    mb__tensor(out, &n, &off, "norm_f.weight", 1, C, 1, 1, 0);
+    mb__tensor(out, &n, &off, "norm_f.bias", 1, C, 1, 1, 0);
+    return n;
+}
+
+MBDEF int64_t mb_config_num_params(const mb_config *c) {
+    int n = mb_config_tensors(c, NULL), i;
+    int64_t total = 0;
+    mb_tensor_info *t = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)n);
+    if (!t) return -1;
+    mb_config_tensors(c, t);
+    for (i = 0; i < n; i++) total += t[i].numel;
+    MB_FREE(t);
+    return total;
+}
+
+/* =========================================================== CPU layers */
+
+MBDEF void mb__embedding_forward(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C) {
+    /* out is (N,C), wte is (256,C) */
+    int64_t n;
+    MB__OMP(parallel for schedule(static))
+    for (n = 0; n < N; n++) memcpy(out + n * C, wte + (int64_t)tokens[n] * C, (size_t)C * sizeof(float));
+}
+
+MBDEF void mb__embedding_backward(float *dwte, const float *dout, const uint8_t *tokens, int64_t N, int C) {
+    /* serial over tokens (fixed order), parallel over channel blocks */
+    int64_t c0;
+    MB__OMP(parallel for schedule(static))
+    for (c0 = 0; c0 < C; c0 += 16) {
+        int64_t n, c, c1 = c0 + 16 < C ? c0 + 16 : C;
+        for (n = 0; n < N; n++) {
+            float *d = dwte + (int64_t)tokens[n] * C;
+            const float *g = dout + n * C;
+            for (c = c0; c < c1; c++) d[c] += g[c];
+        }
+    }
+}
+
+MBDEF void mb__layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                 const float *b, int64_t N, int C) {
+    /* out, inp are (N,C); mean, rstd are (N); eps 1e-5 as PyTorch */
+    int64_t n;
+    MB__OMP(parallel for schedule(static))
+    for (n = 0; n < N; n++) {
+        const float *x = inp + n * C;
+        float *o = out + n * C, m = 0.0f, v = 0.0f, s;
+        int c;
+        for (c = 0; c < C; c++) m += x[c];
+        m /= (float)C;
+        for (c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+        v /= (float)C;
+        s = 1.0f / sqrtf(v + 1e-5f);
+        for (c = 0; c < C; c++) o[c] = (x[c] - m) * s * w[c] + b[c];
+        mean[n] = m;
+        rstd[n] = s;
+    }
+}
+
+MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                                  const float *w, const float *mean, const float *rstd, int64_t N, int C) {
+    int64_t n, c0;
+    /* dinp: row-parallel */
+    MB__OMP(parallel for schedule(static))
+    for (n = 0; n < N; n++) {
+        const float *x = inp + n * C, *g = dout + n * C;
+        float *dx = dinp + n * C, m = mean[n], s = rstd[n], dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+        int c;
+        for (c = 0; c < C; c++) {
+            float xhat = (x[c] - m) * s, dnorm = w[c] * g[c];
+            dnorm_mean += dnorm;
+            dnorm_norm_mean += dnorm * xhat;
+        }
+        dnorm_mean /= (float)C;
+        dnorm_norm_mean /= (float)C;
+        for (c = 0; c < C; c++) {
+            float xhat = (x[c] - m) * s, dnorm = w[c] * g[c];
+            dx[c] += (dnorm - dnorm_mean - xhat * dnorm_norm_mean) * s;
+        }
+    }
+    /* dw, db: channel-parallel, serial over tokens */
+    MB__OMP(parallel for schedule(static))
+    for (c0 = 0; c0 < C; c0 += 16) {
+        int64_t c1 = c0 + 16 < C ? c0 + 16 : C, c;
+        for (n = 0; n < N; n++) {
+            const float *x = inp + n * C, *g = dout + n * C;
+            for (c = c0; c < c1; c++) {
+                dw[c] += (x[c] - mean[n]) * rstd[n] * g[c];
+                db[c] += g[c];
+            }
+        }
+    }
+}
+
+/* out (N,OC) = inp (N,IC; row stride ldi) @ w^T, w (OC,IC).  Four rows share
+   each weight load; 16 independent partial sums per row let the compiler
+   vectorise the dot product without reassociating (no -ffast-math). */
+MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC) {
+    int64_t nb;
+    MB__OMP(parallel for schedule(static))
+    for (nb = 0; nb < N; nb += 4) {
+        const float *x[4];
+        int r, rows = (int)(N - nb < 4 ? N - nb : 4), o;
+        for (r = 0; r < 4; r++) x[r] = inp + (nb + (r < rows ? r : rows - 1)) * ldi;
+        for (o = 0; o < OC; o++) {
+            const float *wr = w + (int64_t)o * IC;
+            float acc[4][16], sum;
+            int i, k;
+            memset(acc, 0, sizeof acc);
+            for (i = 0; i + 16 <= IC; i += 16)
+                for (r = 0; r < 4; r++)
+                    for (k = 0; k < 16; k++) acc[r][k] += x[r][i + k] * wr[i + k];
+            for (r = 0; r < rows; r++) {
+                sum = 0.0f;
+                for (k = 0; k < 16; k++) sum += acc[r][k];
+                for (k = i; k < IC; k++) sum += x[r][k] * wr[k];
+                out[(nb + r) * OC + o] = sum;
+            }
+        }
+    }
+}
+
+/* dinp (+=, row stride ldi) = dout @ w; dw (+=) = dout^T @ inp. */
+MBDEF void mb__matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                               const float *w, int64_t N, int IC, int OC) {
+    int64_t n, ob;
+    if (dinp) {
+        MB__OMP(parallel for schedule(static))
+        for (n = 0; n < N; n++) {
+            float *dx = dinp + n * ldi;
+            const float *g = dout + n * OC;
+            int o, i;
+            for (o = 0; o < OC; o++) {
+                const float *wr = w + (int64_t)o * IC;
+                float a = g[o];
+                for (i = 0; i < IC; i++) dx[i] += a * wr[i];
+            }
+        }
+    }
+    /* each thread owns 4 rows of dw; tokens in a fixed order */
+    MB__OMP(parallel for schedule(static))
+    for (ob = 0; ob < OC; ob += 4) {
+        int o1 = (int)(ob + 4 < OC ? ob + 4 : OC), o, i;
+        int64_t m;
+        for (m = 0; m < N; m++) {
+            const float *x = inp + m * ldi, *g = dout + m * OC;
+            for (o = (int)ob; o < o1; o++) {
+                float a = g[o], *d = dw + (int64_t)o * IC;
+                for (i = 0; i < IC; i++) d[i] += a * x[i];
+            }
+        }
+    }
+}
+
+/* Causal depthwise conv over time of x' (the first Di columns of xz, row
+   stride 2Di), then SiLU.  out is (B,T,Di), w is (Di,K). */
+MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const float *bias,
+                              int B, int T, int Di, int K) {
+    int64_t bt;
+    MB__OMP(parallel for schedule(static))
+    for (bt = 0; bt < (int64_t)B * T; bt++) {
+        int64_t t = bt % T, base = bt - t; /* token index of this sequence's t=0 */
+        float *o = out + bt * Di;
+        int d, k;
+        for (d = 0; d < Di; d++) o[d] = bias[d];
+        for (k = 0; k < K; k++) {
+            int64_t ts = t - (K - 1) + k;
+            const float *x;
+            if (ts < 0) continue;
+            x = xz + (base + ts) * 2 * Di;
+            for (d = 0; d < Di; d++) o[d] += w[(int64_t)d * K + k] * x[d];
+        }
+        for (d = 0; d < Di; d++) o[d] = mb__silu(o[d]);
+    }
+}
+
+MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float *dout, const float *xz,
+                               const float *w, const float *bias, int B, int T, int Di, int K) {
+    /* each thread owns a block of channels for all (b, t): deterministic */
+    int64_t d0;
+    MB__OMP(parallel for schedule(static))
+    for (d0 = 0; d0 < Di; d0 += 16) {
+        int d1 = (int)(d0 + 16 < Di ? d0 + 16 : Di), d, k, b, t;
+        for (b = 0; b < B; b++) {
+            const float *xs = xz + (int64_t)b * T * 2 * Di;
+            float *dxs = dxz + (int64_t)b * T * 2 * Di;
+            for (t = 0; t < T; t++) {
+                const float *g = dout + ((int64_t)b * T + t) * Di;
+                for (d = (int)d0; d < d1; d++) {
+                    float pre = bias[d], dpre;
+                    for (k = 0; k < K; k++) {
+                        int ts = t - (K - 1) + k;
+                        if (ts >= 0) pre += w[(int64_t)d * K + k] * xs[(int64_t)ts * 2 * Di + d];
+                    }
+                    dpre = g[d] * mb__silu_grad(pre);
+                    dbias[d] += dpre;
+                    for (k = 0; k < K; k++) {
+                        int ts = t - (K - 1) + k;
+                        if (ts < 0) continue;
+                        dw[(int64_t)d * K + k] += dpre * xs[(int64_t)ts * 2 * Di + d];
+                        dxs[(int64_t)ts * 2 * Di + d] += dpre * w[(int64_t)d * K + k];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* The selective scan, fused with dt = softplus(delta + dt_bias), the D skip
+   and the SiLU(z) gate:
+       h_t = exp(dt_t*A) * h_{t-1} + dt_t * B_t * u_t      (A = -exp(A_log) < 0)
+       out_t = (C_t . h_t + D*u_t) * silu(z_t)
+   Only decays exp(dt*A) <= 1 are ever multiplied, so nothing overflows for
+   any dt >= 0.  states (B, nchunks, Di, S) keeps h at each chunk start for
+   the backward's recomputation: never a (B, T, Di, S) tensor. */
+MBDEF void mb__scan_forward(float *out, float *states, const float *u, const float *delta, const float *dt_bias,
+                            const float *A_log, const float *xdbl, const float *Dp, const float *xz,
+                            int B, int T, int Di, int S, int R, int chunk) {
+    int64_t bd, nchunks = (T + chunk - 1) / chunk, X = R + 2 * S;
+    MB__OMP(parallel for schedule(static))
+    for (bd = 0; bd < (int64_t)B * Di; bd++) {
+        int64_t b = bd / Di, d = bd % Di, t;
+        float h[MB__MAX_STATE], A[MB__MAX_STATE];
+        int n;
+        for (n = 0; n < S; n++) { h[n] = 0.0f; A[n] = -expf(A_log[d * S + n]); }
+        for (t = 0; t < T; t++) {
+            int64_t tok = b * T + t;
+            const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
+            float dt = mb__softplus(delta[tok * Di + d] + dt_bias[d]), ut = u[tok * Di + d], y = 0.0f;
+            float z = xz[tok * 2 * Di + Di + d];
+            if (t % chunk == 0) memcpy(states + ((b * nchunks + t / chunk) * Di + d) * S, h, (size_t)S * sizeof(float));
+            for (n = 0; n < S; n++) {
+                h[n] = expf(dt * A[n]) * h[n] + dt * Bt[n] * ut;
+                y += Ct[n] * h[n];
+            }
+            out[tok * Di + d] = (y + Dp[d] * ut) * mb__silu(z);
+        }
+    }
+}
+
+MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                             float *dxz, float *scratch, const float *dout, const float *states, const float *u,
+                             const float *delta, const float *dt_bias, const float *A_log, const float *xdbl,
+                             const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk) {
+    int64_t b, nchunks = (T + chunk - 1) / chunk, X = R + 2 * S, per_b = (int64_t)Di * S + 2 * Di;
+    /* parallel over sequences; within one, channels in order, so dB and dC
+       (summed over channels) are owned by one thread; the parameter sums go
+       to per-sequence scratch and are added in sequence order below. */
+    MB__OMP(parallel for schedule(static))
+    for (b = 0; b < B; b++) {
+        float *gA = scratch + b * per_b, *gD = gA + (int64_t)Di * S, *gbias = gD + Di;
+        float hbuf[MB__SCAN_HBUF], A[MB__MAX_STATE], dh[MB__MAX_STATE];
+        int64_t d;
+        memset(gA, 0, (size_t)per_b * sizeof(float));
+        for (d = 0; d < Di; d++) {
+            int64_t c;
+            int n;
+            for (n = 0; n < S; n++) { A[n] = -expf(A_log[d * S + n]); dh[n] = 0.0f; }
+            for (c = nchunks - 1; c >= 0; c--) {
+                int64_t t0 = c * chunk, t1 = t0 + chunk < T ? t0 + chunk : T, t;
+                const float *h0 = states + ((b * nchunks + c) * Di + d) * S;
+                /* recompute h_t inside the chunk from its saved start */
+                for (t = t0; t < t1; t++) {
+                    int64_t tok = b * T + t;
+                    const float *Bt = xdbl + tok * X + R, *hp = t == t0 ? h0 : hbuf + (t - t0 - 1) * S;
+                    float dt = mb__softplus(delta[tok * Di + d] + dt_bias[d]), ut = u[tok * Di + d];
+                    float *ht = hbuf + (t - t0) * S;
+                    for (n = 0; n < S; n++) ht[n] = expf(dt * A[n]) * hp[n] + dt * Bt[n] * ut;
+                }
+                for (t = t1 - 1; t >= t0; t--) {
+                    int64_t tok = b * T + t;
+                    const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
+                    const float *ht = hbuf + (t - t0) * S, *hp = t == t0 ? h0 : hbuf + (t - t0 - 1) * S;
+                    float *dBt = dxdbl + tok * X + R, *dCt = dBt + S;
+                    float x = delta[tok * Di + d] + dt_bias[d], dt = mb__softplus(x), ut = u[tok * Di + d];
+                    float z = xz[tok * 2 * Di + Di + d], g = dout[tok * Di + d], y = Dp[d] * ut, dy, ddt = 0.0f, dut;
+                    for (n = 0; n < S; n++) y += Ct[n] * ht[n];
+                    dxz[tok * 2 * Di + Di + d] += g * y * mb__silu_grad(z);
+                    dy = g * mb__silu(z);
+                    gD[d] += dy * ut;
+                    dut = dy * Dp[d];
+                    for (n = 0; n < S; n++) {
+                        float a = expf(dt * A[n]), dhn = dh[n] + dy * Ct[n];
+                        dCt[n] += dy * ht[n];
+                        ddt += dhn * (A[n] * a * hp[n] + Bt[n] * ut);
+                        gA[d * S + n] += dhn * dt * a * hp[n] * A[n]; /* dA_log = dA * A */
+                        dBt[n] += dhn * dt * ut;
+                        dut += dhn * dt * Bt[n];
+                        dh[n] = dhn * a;
+                    }
+                    du[tok * Di + d] += dut;
+                    ddt *= mb__softplus_grad(x);
+                    ddelta[tok * Di + d] = ddt;
+                    gbias[d] += ddt;
+                }
+            }
+        }
+    }
+    for (b = 0; b < B; b++) {
+        const float *gA = scratch + b * per_b, *gD = gA + (int64_t)Di * S, *gbias = gD + Di;
+        int64_t i;
+        for (i = 0; i < (int64_t)Di * S; i++) dA_log[i] += gA[i];
+        for (i = 0; i < Di; i++) { dD[i] += gD[i]; ddt_bias[i] += gbias[i]; }
+    }
+}
+
+/* ================================================================ model */
+/* Pointers into one flat block (parameters or gradients), split by the sizes
+   table. */
+typedef struct {
+    float *norm_w, *norm_b, *in_proj, *conv_w, *conv_b, *x_proj, *dt_proj_w, *dt_proj_b, *A_log, *D, *out_proj;
+} mb__layer_weights;
+typedef struct {
+    float *wte, *norm_f_w, *norm_f_b;
+    mb__layer_weights *layer; /* n_layer */
+} mb__weights;
+
+/* Activations of one layer for a (B,T) batch: what backward needs. */
+typedef struct {
+    float *resid;              /* (N,C) the layer's input */
+    float *ln, *ln_mean, *ln_rstd; /* (N,C), (N), (N) */
+    float *xz;                 /* (N,2Di) in_proj output: x' | z */
+    float *u;                  /* (N,Di) silu(conv(x')) */
+    float *xdbl;               /* (N,X) dt_low | B | C */
+    float *delta;              /* (N,Di) dt_proj output before bias */
+    float *gated;              /* (N,Di) scan output y*silu(z) */
+    float *states;             /* (B,nchunks,Di,S) h at chunk starts */
+} mb__layer_acts;
+
+struct mb_model {
+    mb_config cfg;
+    int ntensors;
+    mb_tensor_info *tensors;
+    int64_t num_params;
+    float *params, *grads;
+    mb__weights w, g;
+    int scan_chunk;
+    /* activations and backward scratch, sized for act_tokens tokens */
+    int B, T;
+    int64_t act_tokens, act_floats; /* capacity of inputs/targets and of act_block */
+    float *act_block;
+    mb__layer_acts *acts;
+    float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *mix_out;
+    float *d_resid, *d_ln, *d_xz, *d_u, *d_xdbl, *d_delta, *d_gated, *d_logits, *scan_scratch;
+    uint8_t *inputs;
+    int32_t *targets;
+    int have_targets;
+};
+
+static void mb__point_weights(mb__weights *w, float *base, const mb_config *c, const mb_tensor_info *t) {
+    int l, i = 0;
+    w->wte = base + t[i++].offset;
+    for (l = 0; l < c->n_layer; l++) {
+        mb__layer_weights *L = &w->layer[l];
+        L->norm_w = base + t[i++].offset;
+        L->norm_b = base + t[i++].offset;
+        L->in_proj = base + t[i++].offset;
+        L->conv_w = base + t[i++].offset;
+        L->conv_b = base + t[i++].offset;
+        L->x_proj = base + t[i++].offset;
+        L->dt_proj_w = base + t[i++].offset;
+        L->dt_proj_b = base + t[i++].offset;
+        L->A_log = base + t[i++].offset;
+        L->D = base + t[i++].offset;
+        L->out_proj = base + t[i++].offset;
+    }
+    w->norm_f_w = base + t[i++].offset;
+    w->norm_f_b = base + t[i++].offset;
+}
+
+static int mb__default_chunk(const mb_config *c) {
+    int chunk = MB_SCAN_CHUNK;
+    while (chunk > 1 && (int64_t)chunk * c->d_state > MB__SCAN_HBUF) chunk /= 2;
+    return chunk;
+}
+
+/* A model with zeroed parameters; the caller initialises or loads them. */
+static mb_status mb__model_alloc(mb_model **out, const mb_config *cfg_in) {
+    mb_config cfg = *cfg_in;
+    mb_model *m;
+    mb_status s = mb_config_validate(&cfg);
+    *out = NULL;
+    if (s != MB_STATUS_OK) return s;
+    m = (mb_model *)MB_MALLOC(sizeof(mb_model));
+    if (!m) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "model struct");
+    memset(m, 0, sizeof *m);
+    m->cfg = cfg;
+    m->ntensors = mb_config_tensors(&cfg, NULL);
+    m->tensors = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)m->ntensors);
+    m->w.layer = (mb__layer_weights *)MB_MALLOC(sizeof(mb__layer_weights) * (size_t)cfg.n_layer);
+    m->g.layer = (mb__layer_weights *)MB_MALLOC(sizeof(mb__layer_weights) * (size_t)cfg.n_layer);
+    if (!m->tensors || !m->w.layer || !m->g.layer) { mb_model_free(m); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "model tables"); }
+    mb_config_tensors(&cfg, m->tensors);
+    m->num_params = m->tensors[m->ntensors - 1].offset + m->tensors[m->ntensors - 1].numel;
+    m->params = (float *)MB_MALLOC((size_t)m->num_params * sizeof(float));
+    m->grads = (float *)MB_MALLOC((size_t)m->num_params * sizeof(float));
+    if (!m->params || !m->grads) { mb_model_free(m); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "%lld parameters", (long long)m->num_params); }
+    memset(m->params, 0, (size_t)m->num_params * sizeof(float));
+    memset(m->grads, 0, (size_t)m->num_params * sizeof(float));
+    mb__point_weights(&m->w, m->params, &cfg, m->tensors);
+    mb__point_weights(&m->g, m->grads, &cfg, m->tensors);
+    m->scan_chunk = mb__default_chunk(&cfg);
+    *out = m;
+    return MB_STATUS_OK;
+}
+
+static void mb__fill_uniform(float *x, int64_t n, double bound, uint64_t *rng) {
+    int64_t i;
+    for (i = 0; i < n; i++) x[i] = (float)((2.0 * mb__rng_uniform(rng) - 1.0) * bound);
+}
+
+/* Seed 000's initialisation, from our own seeded RNG. */
+static void mb__model_init(mb_model *m, uint64_t seed) {
+    const mb_config *c = &m->cfg;
+    int64_t C = c->d_model, Di = (int64_t)C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank, i;
+    uint64_t rng = seed;
+    int l;
+    for (i = 0; i < c->vocab_size * C; i++) m->w.wte[i] = (float)(0.02 * mb__rng_normal(&rng));
+    for (l = 0; l < c->n_layer; l++) {
+        mb__layer_weights *L = &m->w.layer[l];
+        for (i = 0; i < C; i++) { L->norm_w[i] = 1.0f; L->norm_b[i] = 0.0f; }
+        /* PyTorch defaults: kaiming-uniform a=sqrt(5) gives U(+-1/sqrt(fan_in)) */
+        mb__fill_uniform(L->in_proj, 2 * Di * C, 1.0 / sqrt((double)C), &rng);
+        mb__fill_uniform(L->conv_w, Di * K, 1.0 / sqrt((double)K), &rng);
+        mb__fill_uniform(L->conv_b, Di, 1.0 / sqrt((double)K), &rng);
+        mb__fill_uniform(L->x_proj, (R + 2 * S) * Di, 1.0 / sqrt((double)Di), &rng);
+        mb__fill_uniform(L->dt_proj_w, Di * R, 1.0 / sqrt((double)R), &rng);
+        for (i = 0; i < Di; i++) { /* dt log-uniform in [1e-3, 1e-1]; bias = softplus^-1(dt) */
+            double dt = exp(mb__rng_uniform(&rng) * (log(0.1) - log(0.001)) + log(0.001));
+            if (dt < 1e-4) dt = 1e-4;
+            L->dt_proj_b[i] = (float)(dt + log(-expm1(-dt)));
+        }
+        for (i = 0; i < Di * S; i++) L->A_log[i] = (float)log((double)(i % S + 1));
+        for (i = 0; i < Di; i++) L->D[i] = 1.0f;
+        mb__fill_uniform(L->out_proj, C * Di, 1.0 / sqrt((double)Di), &rng);
+    }
+    for (i = 0; i < C; i++) { m->w.norm_f_w[i] = 1.0f; m->w.norm_f_b[i] = 0.0f; }
+}
+
+MBDEF mb_status mb_model_create(mb_model **out, const mb_config *cfg, uint64_t seed) {
+    mb_status s = mb__model_alloc(out, cfg);
+    if (s == MB_STATUS_OK) mb__model_init(*out, seed);
+    return s;
+}
+
+static void mb__free_acts(mb_model *m) {
+    MB_FREE(m->act_block);
+    MB_FREE(m->acts);
+    MB_FREE(m->inputs);
+    MB_FREE(m->targets);
+    m->act_block = NULL;
+    m->acts = NULL;
+    m->inputs = NULL;
+    m->targets = NULL;
+    m->act_tokens = 0;
+    m->act_floats = 0;
+}
+
+MBDEF void mb_model_free(mb_model *m) {
+    if (!m) return;
+    mb__free_acts(m);
+    MB_FREE(m->tensors);
+    MB_FREE(m->w.layer);
+    MB_FREE(m->g.layer);
+    MB_FREE(m->params);
+    MB_FREE(m->grads);
+    MB_FREE(m);
+}
+
+MBDEF const mb_config *mb_model_config(const mb_model *m) { return &m->cfg; }
+MBDEF int64_t mb_model_num_params(const mb_model *m) { return m->num_params; }
+MBDEF float *mb_model_params(mb_model *m) { return m->params; }
+MBDEF float *mb_model_grads(mb_model *m) { return m->grads; }
+MBDEF const float *mb_model_logits(const mb_model *m) { return m->logits; }
+MBDEF void mb_model_zero_grad(mb_model *m) { memset(m->grads, 0, (size_t)m->num_params * sizeof(float)); }
+
+MBDEF mb_status mb_model_set_scan_chunk(mb_model *m, int chunk) {
+    if (chunk < 1 || (int64_t)chunk * m->cfg.d_state > MB__SCAN_HBUF)
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "scan chunk %d: need 1 <= chunk and chunk*d_state <= %d", chunk, MB__SCAN_HBUF);
+    m->scan_chunk = chunk;
+    m->have_targets = 0; /* saved states used the old chunking: forward again before backward */
+    return MB_STATUS_OK;
+}
+
+/* One allocation for every activation of a (B,T) batch, split by a sizes
+   list (llm.c's pattern).  Reallocated only when the batch grows. */
+static mb_status mb__ensure_acts(mb_model *m, int B, int T) {
+    const mb_config *c = &m->cfg;
+    int64_t N = (int64_t)B * T, C = c->d_model, Di = (int64_t)C * c->expand, S = c->d_state;
+    int64_t X = c->dt_rank + 2 * S, nchunks = (T + m->scan_chunk - 1) / m->scan_chunk, V = c->vocab_size;
+    int64_t per_layer = N * (2 * C + 2 + 2 * Di + Di + X + Di + Di) + (int64_t)B * nchunks * Di * S;
+    int64_t total = per_layer * c->n_layer + N * (C + C + 2 + V + C) /* resid_out lnf mean rstd logits mix_out */
+                  + N * (C + C + 2 * Di + Di + X + Di + Di + V) + (int64_t)B * (Di * S + 2 * Di);
+    float *p;
+    int l;
+    m->B = B;
+    m->T = T;
+    if (!m->acts || N > m->act_tokens || total > m->act_floats) {
+        mb__free_acts(m);
+        m->act_block = (float *)MB_MALLOC((size_t)total * sizeof(float));
+        m->acts = (mb__layer_acts *)MB_MALLOC(sizeof(mb__layer_acts) * (size_t)c->n_layer);
+        m->inputs = (uint8_t *)MB_MALLOC((size_t)N);
+        m->targets = (int32_t *)MB_MALLOC((size_t)N * sizeof(int32_t));
+        if (!m->act_block || !m->acts || !m->inputs || !m->targets) {
+            mb__free_acts(m);
+            return mb__fail(MB_STATUS_OUT_OF_MEMORY, "activations for B=%d T=%d (%.1f MB)", B, T, (double)total * 4 / 1e6);
+        }
+        m->act_tokens = N;
+        m->act_floats = total;
+    }
+    p = m->act_block;
+#define MB__TAKE(ptr, n) (ptr = p, p += (n))
+    for (l = 0; l < c->n_layer; l++) {
+        mb__layer_acts *a = &m->acts[l];
+        MB__TAKE(a->resid, N * C);
+        MB__TAKE(a->ln, N * C);
+        MB__TAKE(a->ln_mean, N);
+        MB__TAKE(a->ln_rstd, N);
+        MB__TAKE(a->xz, N * 2 * Di);
+        MB__TAKE(a->u, N * Di);
+        MB__TAKE(a->xdbl, N * X);
+        MB__TAKE(a->delta, N * Di);
+        MB__TAKE(a->gated, N * Di);
+        MB__TAKE(a->states, (int64_t)B * nchunks * Di * S);
+    }
+    MB__TAKE(m->resid_out, N * C);
+    MB__TAKE(m->lnf, N * C);
+    MB__TAKE(m->lnf_mean, N);
+    MB__TAKE(m->lnf_rstd, N);
+    MB__TAKE(m->logits, N * V);
+    MB__TAKE(m->mix_out, N * C);
+    MB__TAKE(m->d_resid, N * C);
+    MB__TAKE(m->d_ln, N * C);
+    MB__TAKE(m->d_xz, N * 2 * Di);
+    MB__TAKE(m->d_u, N * Di);
+    MB__TAKE(m->d_xdbl, N * X);
+    MB__TAKE(m->d_delta, N * Di);
+    MB__TAKE(m->d_gated, N * Di);
+    MB__TAKE(m->d_logits, N * V);
+    MB__TAKE(m->scan_scratch, (int64_t)B * (Di * S + 2 * Di));
+#undef MB__TAKE
+    return MB_STATUS_OK;
+}
+
+/* x (N,C) += y (N,C) */
+static void mb__residual_add(float *x, const float *y, int64_t n) {
+    int64_t i;
+    MB__OMP(parallel for schedule(static) if (n > 65536))
+    for (i = 0; i < n; i++) x[i] += y[i];
+}
+
+/* One Mamba mixer: ln (N,C) -> out (N,C). */
+static void mb__mixer_forward(mb_model *m, int l, float *out) {
+    const mb_config *c = &m->cfg;
+    const mb__layer_weights *W = &m->w.layer[l];
+    mb__layer_acts *a = &m->acts[l];
+    int B = m->B, T = m->T, C = c->d_model, Di = C * c->expand, S = c->d_state, R = c->dt_rank, X = R + 2 * S;
+    int64_t N = (int64_t)B * T;
+    mb__matmul_forward(a->xz, a->ln, C, W->in_proj, N, C, 2 * Di);
+    mb__conv1d_forward(a->u, a->xz, W->conv_w, W->conv_b, B, T, Di, c->d_conv);
+    mb__matmul_forward(a->xdbl, a->u, Di, W->x_proj, N, Di, X);
+    mb__matmul_forward(a->delta, a->xdbl, X, W->dt_proj_w, N, R, Di);
+    mb__scan_forward(a->gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
+                     B, T, Di, S, R, m->scan_chunk);
+    mb__matmul_forward(out, a->gated, Di, W->out_proj, N, Di, C);
+}
+
+MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32_t *targets, int B, int T, float *loss) {
+    const mb_config *c = &m->cfg;
+    int64_t N = (int64_t)B * T, C = c->d_model;
+    mb_status s;
+    int l;
+    if (B < 1 || T < 1) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "forward: B=%d T=%d must be >= 1", B, T);
+    s = mb__ensure_acts(m, B, T);
+    if (s != MB_STATUS_OK) return s;
+    memcpy(m->inputs, inputs, (size_t)N);
+    m->have_targets = targets != NULL;
+    if (targets) memcpy(m->targets, targets, (size_t)N * sizeof(int32_t));
+    mb__embedding_forward(m->acts[0].resid, inputs, m->w.wte, N, (int)C);
+    for (l = 0; l < c->n_layer; l++) {
+        mb__layer_acts *a = &m->acts[l];
+        float *next = l + 1 < c->n_layer ? m->acts[l + 1].resid : m->resid_out;
+        mb__layernorm_forward(a->ln, a->ln_mean, a->ln_rstd, a->resid, m->w.layer[l].norm_w, m->w.layer[l].norm_b, N, (int)C);
+        mb__mixer_forward(m, l, m->mix_out);
+        memcpy(next, a->resid, (size_t)(N * C) * sizeof(float));
+        mb__residual_add(next, m->mix_out, N * C);
+    }
+    mb__layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, m->resid_out, m->w.norm_f_w, m->w.norm_f_b, N, (int)C);
+    mb__matmul_forward(m->logits, m->lnf, C, m->w.wte, N, (int)C, c->vocab_size); /* tied head */
+    if (targets) {
+        float l_val;
+        s = mb_cross_entropy_forward(&l_val, m->logits, targets, N, c->vocab_size, NULL);
+        if (s != MB_STATUS_OK) { m->have_targets = 0; return s; }
+        if (loss) *loss = l_val;
+    } else if (loss) {
+        *loss = NAN;
+    }
+    return MB_STATUS_OK;
+}
+
+static void mb__mixer_backward(mb_model *m, int l, const float *dout, float *dln) {
+    const mb_config *c = &m->cfg;
+    const mb__layer_weights *W = &m->w.layer[l];
+    mb__layer_weights *G = &m->g.layer[l];
+    mb__layer_acts *a = &m->acts[l];
+    int B = m->B, T = m->T, C = c->d_model, Di = C * c->expand, S = c->d_state, R = c->dt_rank, X = R + 2 * S;
+    int64_t N = (int64_t)B * T;
+    memset(m->d_gated, 0, (size_t)(N * Di) * sizeof(float));
+    memset(m->d_u, 0, (size_t)(N * Di) * sizeof(float));
+    memset(m->d_xdbl, 0, (size_t)(N * X) * sizeof(float));
+    memset(m->d_xz, 0, (size_t)(N * 2 * Di) * sizeof(float));
+    mb__matmul_backward(m->d_gated, G->out_proj, dout, a->gated, Di, W->out_proj, N, Di, C);
+    mb__scan_backward(m->d_u, m->d_delta, G->dt_proj_b, G->A_log, m->d_xdbl, G->D, m->d_xz, m->scan_scratch,
+                      m->d_gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
+                      B, T, Di, S, R, m->scan_chunk);
+    mb__matmul_backward(m->d_xdbl, G->dt_proj_w, m->d_delta, a->xdbl, X, W->dt_proj_w, N, R, Di);
+    mb__matmul_backward(m->d_u, G->x_proj, m->d_xdbl, a->u, Di, W->x_proj, N, Di, X);
+    mb__conv1d_backward(m->d_xz, G->conv_w, G->conv_b, m->d_u, a->xz, W->conv_w, W->conv_b, B, T, Di, c->d_conv);
+    mb__matmul_backward(dln, G->in_proj, m->d_xz, a->ln, C, W->in_proj, N, C, 2 * Di);
+}
+
+MBDEF mb_status mb_model_backward(mb_model *m) {
+    const mb_config *c = &m->cfg;
+    int64_t N = (int64_t)m->B * m->T, C = c->d_model, V = c->vocab_size;
+    float one = 1.0f;
+    mb_status s;
+    int l;
+    if (!m->acts || !m->have_targets) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "backward needs a forward with targets first");
+    s = mb_cross_entropy_backward(m->d_logits, &one, m->logits, m->targets, N, V, NULL);
+    if (s != MB_STATUS_OK) return s;
+    memset(m->d_ln, 0, (size_t)(N * C) * sizeof(float));
+    mb__matmul_backward(m->d_ln, m->g.wte, m->d_logits, m->lnf, C, m->w.wte, N, (int)C, (int)V);
+    memset(m->d_resid, 0, (size_t)(N * C) * sizeof(float));
+    mb__layernorm_backward(m->d_resid, m->g.norm_f_w, m->g.norm_f_b, m->d_ln, m->resid_out, m->w.norm_f_w,
+                           m->lnf_mean, m->lnf_rstd, N, (int)C);
+    for (l = c->n_layer - 1; l >= 0; l--) {
+        mb__layer_acts *a = &m->acts[l];
+        /* the residual passes d_resid through; the mixer adds its input grad */
+        memset(m->d_ln, 0, (size_t)(N * C) * sizeof(float));
+        mb__mixer_backward(m, l, m->d_resid, m->d_ln);
+        mb__layernorm_backward(m->d_resid, m->g.layer[l].norm_w, m->g.layer[l].norm_b, m->d_ln, a->resid,
+                               m->w.layer[l].norm_w, a->ln_mean, a->ln_rstd, N, (int)C);
+    }
+    mb__embedding_backward(m->g.wte, m->d_resid, m->inputs, N, (int)C);
+    return MB_STATUS_OK;
+}
+
+/* ============================================================ streaming */
+struct mb_stream {
+    const mb_model *m;
+    float *block;          /* one allocation, split below */
+    float *conv_state;     /* (L, Di, K): the last K inputs x' of each channel */
+    float *ssm_state;      /* (L, Di, S) */
+    float *A;              /* (L, Di, S) = -exp(A_log), cached */
+    float *x, *ln, *xz, *u, *xdbl, *delta, *gated, *out, *logits;
+    int64_t state_floats;  /* conv_state + ssm_state, contiguous */
+};
+
+/* out (OC) = w (OC,IC) @ x: the same summation order as one row of
+   mb__matmul_forward, so streaming and the batch path agree bit for bit. */
+static void mb__matvec(float *out, const float *x, const float *w, int IC, int OC) {
+    int o;
+    for (o = 0; o < OC; o++) {
+        const float *wr = w + (int64_t)o * IC;
+        float acc[16], sum = 0.0f;
+        int i, k;
+        for (k = 0; k < 16; k++) acc[k] = 0.0f;
+        for (i = 0; i + 16 <= IC; i += 16)
+            for (k = 0; k < 16; k++) acc[k] += x[i + k] * wr[i + k];
+        for (k = 0; k < 16; k++) sum += acc[k];
+        for (k = i; k < IC; k++) sum += x[k] * wr[k];
+        out[o] = sum;
+    }
+}
+
+MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
+    const mb_config *c = &m->cfg;
+    int64_t L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv;
+    int64_t X = c->dt_rank + 2 * S, V = c->vocab_size;
+    int64_t total = L * Di * K + L * Di * S + L * Di * S + C + C + 2 * Di + Di + X + Di + Di + C + V + 2;
+    mb_stream *s = (mb_stream *)MB_MALLOC(sizeof(mb_stream));
+    float *p;
+    int64_t l, i;
+    *out = NULL;
+    if (!s) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream");
+    s->m = m;
+    s->block = (float *)MB_MALLOC((size_t)total * sizeof(float));
+    if (!s->block) { MB_FREE(s); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream state"); }
+    p = s->block;
+    s->conv_state = p; p += L * Di * K;
+    s->ssm_state = p; p += L * Di * S;
+    s->A = p; p += L * Di * S;
+    s->x = p; p += C;
+    s->ln = p; p += C;
+    s->xz = p; p += 2 * Di;
+    s->u = p; p += Di;
+    s->xdbl = p; p += X;
+    s->delta = p; p += Di;
+    s->gated = p; p += Di;
+    s->out = p; p += C;
+    s->logits = p;
+    s->state_floats = L * Di * (K + S);
+    for (l = 0; l < L; l++)
+        for (i = 0; i < Di * S; i++) s->A[l * Di * S + i] = -expf(m->w.layer[l].A_log[i]);
+    mb_stream_reset(s);
+    *out = s;
+    return MB_STATUS_OK;
+}
+
+MBDEF void mb_stream_reset(mb_stream *s) { memset(s->conv_state, 0, (size_t)s->state_floats * sizeof(float)); }
+
+MBDEF mb_status mb_stream_copy(mb_stream *dst, const mb_stream *src) {
+    if (dst->m != src->m) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "stream copy between different models");
+    memcpy(dst->conv_state, src->conv_state, (size_t)src->state_floats * sizeof(float));
+    return MB_STATUS_OK;
+}
+
+MBDEF void mb_stream_free(mb_stream *s) {
+    if (!s) return;
+    MB_FREE(s->block);
+    MB_FREE(s);
+}
+
+/* One byte through the whole model, mirroring mb_model_forward for T = 1
+   with the conv and scan carried in the state.  Allocates nothing. */
+MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) {
+    const mb_model *m = s->m;
+    const mb_config *c = &m->cfg;
+    int C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank, X = R + 2 * S, l, d, k, n;
+    float mean, rstd;
+    memcpy(s->x, m->w.wte + (int64_t)byte * C, (size_t)C * sizeof(float));
+    for (l = 0; l < c->n_layer; l++) {
+        const mb__layer_weights *W = &m->w.layer[l];
+        float *cs = s->conv_state + (int64_t)l * Di * K, *hs = s->ssm_state + (int64_t)l * Di * S;
+        const float *A = s->A + (int64_t)l * Di * S, *Bt = s->xdbl + R, *Ct = Bt + S;
+        mb__layernorm_forward(s->ln, &mean, &rstd, s->x, W->norm_w, W->norm_b, 1, C);
+        mb__matvec(s->xz, s->ln, W->in_proj, C, 2 * Di);
+        for (d = 0; d < Di; d++) { /* shift the window, append x', conv, SiLU */
+            float *w = cs + (int64_t)d * K, pre = W->conv_b[d];
+            for (k = 0; k + 1 < K; k++) w[k] = w[k + 1];
+            w[K - 1] = s->xz[d];
+            for (k = 0; k < K; k++) pre += W->conv_w[(int64_t)d * K + k] * w[k];
+            s->u[d] = mb__silu(pre);
+        }
+        mb__matvec(s->xdbl, s->u, W->x_proj, Di, X);
+        mb__matvec(s->delta, s->xdbl, W->dt_proj_w, R, Di);
+        for (d = 0; d < Di; d++) { /* the scan's recurrence, one step */
+            float dt = mb__softplus(s->delta[d] + W->dt_proj_b[d]), ut = s->u[d], y = 0.0f, *h = hs + (int64_t)d * S;
+            const float *Ad = A + (int64_t)d * S;
+            for (n = 0; n < S; n++) {
+                h[n] = expf(dt * Ad[n]) * h[n] + dt * Bt[n] * ut;
+                y += Ct[n] * h[n];
+            }
+            s->gated[d] = (y + W->D[d] * ut) * mb__silu(s->xz[Di + d]);
+        }
+        mb__matvec(s->out, s->gated, W->out_proj, Di, C);
+        for (d = 0; d < C; d++) s->x[d] += s->out[d];
+    }
+    mb__layernorm_forward(s->ln, &mean, &rstd, s->x, m->w.norm_f_w, m->w.norm_f_b, 1, C);
+    mb__matvec(s->logits, s->ln, m->w.wte, C, c->vocab_size);
+    return s->logits;
+}
+
+/* ========================================================== checkpoints */
+#define MB__CKPT_MAGIC 0x4D425954
+#define MB__CKPT_VERSION 1
+#define MB__STATE_MAGIC 0x4D425453 /* "STBM" little-endian: the training-state block */
+#define MB__SETTINGS_SLOTS 16
+
+static int mb__little_endian(void) {
+    const uint32_t one = 1;
+    return *(const unsigned char *)&one == 1;
+}
+
+/* Settings as 16 doubles (exact for every integer we store). */
+static void mb__settings_pack(double *o, const mb_train_settings *s) {
+    memset(o, 0, sizeof(double) * MB__SETTINGS_SLOTS);
+    o[0] = (double)s->batch; o[1] = (double)s->ctx; o[2] = (double)s->steps; o[3] = (double)s->warmup;
+    o[4] = (double)s->grad_accum; o[5] = (double)s->save_every; o[6] = (double)s->seed; o[7] = (double)s->schedule;
+    o[8] = s->lr; o[9] = s->weight_decay; o[10] = s->clip; o[11] = s->beta1; o[12] = s->beta2; o[13] = s->eps;
+    o[14] = s->time_budget;
+}
+static void mb__settings_unpack(mb_train_settings *s, const double *o) {
+    s->batch = (int64_t)o[0]; s->ctx = (int64_t)o[1]; s->steps = (int64_t)o[2]; s->warmup = (int64_t)o[3];
+    s->grad_accum = (int64_t)o[4]; s->save_every = (int64_t)o[5]; s->seed = (int64_t)o[6]; s->schedule = (int32_t)o[7];
+    s->lr = o[8]; s->weight_decay = o[9]; s->clip = o[10]; s->beta1 = o[11]; s->beta2 = o[12]; s->eps = o[13];
+    s->time_budget = o[14];
+}
+
+/* Bytes of the training-state block for n parameters. */
+static int64_t mb__state_bytes(int64_t n) { return 8 + 8 * 4 + 8 * MB__SETTINGS_SLOTS + 2 * 4 * n; }
+
+static void mb__header(int32_t *h, const mb_config *c, int with_state) {
+    memset(h, 0, 256 * sizeof(int32_t));
+    h[0] = MB__CKPT_MAGIC; h[1] = MB__CKPT_VERSION; h[2] = c->vocab_size; h[3] = c->d_model; h[4] = c->n_layer;
+    h[5] = c->d_state; h[6] = c->d_conv; h[7] = c->expand; h[8] = c->dt_rank;
+    h[9] = 0;  /* LayerNorm */
+    h[10] = 1; /* tied head */
+    h[11] = 0; /* float32 */
+    h[12] = with_state;
+}
+
+/* Writes all of parts to fd; 0 on success. */
+static int mb__write_all(int fd, const void *data, int64_t bytes) {
+    const char *p = (const char *)data;
+    while (bytes > 0) {
+        size_t chunk = bytes > (1 << 30) ? (size_t)1 << 30 : (size_t)bytes;
+        ssize_t w = write(fd, p, chunk);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        p += w;
+        bytes -= w;
+    }
+    return 0;
+}
+
+/* Reads exactly bytes; returns the count read (short at end of file) or -1. */
+static int64_t mb__read_all(int fd, void *data, int64_t bytes) {
+    char *p = (char *)data;
+    int64_t got = 0;
+    while (got < bytes) {
+        size_t chunk = bytes - got > (1 << 30) ? (size_t)1 << 30 : (size_t)(bytes - got);
+        ssize_t r = read(fd, p + got, chunk);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -1;
+        if (r == 0) break;
+        got += r;
+    }
+    return got;
+}
+
+/* temp file beside path -> write -> fsync -> rename -> fsync the folder.
+   A crash at any moment leaves either the old file or the new one. */
+static mb_status mb__write_file_atomic(const char *path, int nparts, const void *const *parts, const int64_t *sizes) {
+    char tmp[4096], dir[4096];
+    const char *slash;
+    int fd, i, saved;
+    if (strlen(path) + 32 > sizeof tmp) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "path too long: %s", path);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return mb__fail(MB_STATUS_IO_ERROR, "cannot create %s: %s", tmp, strerror(errno));
+    for (i = 0; i < nparts; i++)
+        if (mb__write_all(fd, parts[i], sizes[i]) != 0) goto fail;
+    if (fsync(fd) != 0) goto fail;
+    if (close(fd) != 0) { fd = -1; goto fail; }
+    fd = -1;
+    if (rename(tmp, path) != 0) goto fail;
+    slash = strrchr(path, '/');
+    if (slash) {
+        size_t len = (size_t)(slash - path);
+        memcpy(dir, path, len ? len : 1);
+        dir[len ? len : 1] = '\0';
+    } else {
+        strcpy(dir, ".");
+    }
+    fd = open(dir, O_RDONLY);
+    if (fd >= 0) { fsync(fd); close(fd); } /* best effort: some filesystems refuse */
+    return MB_STATUS_OK;
+fail:
+    saved = errno;
+    if (fd >= 0) close(fd);
+    unlink(tmp);
+    return mb__fail(MB_STATUS_IO_ERROR, "cannot write %s: %s (the previous file, if any, is intact)", path, strerror(saved));
+}
+
+MBDEF mb_status mb_checkpoint_save(const char *path, const mb_model *m, const mb_train_state *ts) {
+    int32_t header[256];
+    unsigned char state_head[8 + 8 * 4 + 8 * MB__SETTINGS_SLOTS];
+    const void *parts[5];
+    int64_t sizes[5], n = m->num_params;
+    int np = 0;
+    if (!mb__little_endian()) return mb__fail(MB_STATUS_UNSUPPORTED, "checkpoints are little-endian; this host is not");
+    mb__header(header, &m->cfg, ts != NULL);
+    parts[np] = header; sizes[np++] = sizeof header;
+    parts[np] = m->params; sizes[np++] = 4 * n;
+    if (ts) {
+        uint32_t magic = MB__STATE_MAGIC, version = 1;
+        double settings[MB__SETTINGS_SLOTS];
+        mb__settings_pack(settings, &ts->settings);
+        memcpy(state_head, &magic, 4);
+        memcpy(state_head + 4, &version, 4);
+        memcpy(state_head + 8, &ts->step, 8);
+        memcpy(state_head + 16, &ts->data_rng, 8);
+        memcpy(state_head + 24, &ts->data_pos, 8);
+        memcpy(state_head + 32, &ts->elapsed_s, 8);
+        memcpy(state_head + 40, settings, sizeof settings);
+        parts[np] = state_head; sizes[np++] = sizeof state_head;
+        parts[np] = ts->adam_m; sizes[np++] = 4 * n;
+        parts[np] = ts->adam_v; sizes[np++] = 4 * n;
+    }
+    return mb__write_file_atomic(path, np, parts, sizes);
+}
+
+MBDEF mb_status mb_model_save(const mb_model *m, const char *path) { return mb_checkpoint_save(path, m, NULL); }
+
+MBDEF void mb_train_state_free(mb_train_state *ts) {
+    if (!ts) return;
+    MB_FREE(ts->adam_m);
+    MB_FREE(ts->adam_v);
+    ts->adam_m = ts->adam_v = NULL;
+}
+
+/* Checks every header field; fills cfg. */
+static mb_status mb__check_header(const int32_t *h, const char *path, mb_config *cfg) {
+    int i;
+    mb_status s;
+    if ((uint32_t)h[0] != MB__CKPT_MAGIC) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: not a mambabyte checkpoint (magic 0x%08x, expected 0x%08x)", path, (unsigned)h[0], MB__CKPT_MAGIC);
+    if (h[1] != MB__CKPT_VERSION) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: checkpoint version %d, this build reads version %d", path, h[1], MB__CKPT_VERSION);
+    if (h[9] != 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: norm kind %d unsupported (0 = LayerNorm)", path, h[9]);
+    if (h[10] != 1) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: tied-head flag %d unsupported (1 = tied)", path, h[10]);
+    if (h[11] != 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: parameter dtype %d unsupported (0 = float32)", path, h[11]);
+    if (h[12] != 0 && h[12] != 1) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: training-state flag %d (must be 0 or 1)", path, h[12]);
+    for (i = 13; i < 256; i++)
+        if (h[i] != 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: reserved header field [%d] is %d (must be 0)", path, i, h[i]);
+    cfg->vocab_size = h[2]; cfg->d_model = h[3]; cfg->n_layer = h[4]; cfg->d_state = h[5];
+    cfg->d_conv = h[6]; cfg->expand = h[7]; cfg->dt_rank = h[8];
+    if (cfg->dt_rank == 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: dt_rank 0 in header", path);
+    s = mb_config_validate(cfg);
+    if (s != MB_STATUS_OK) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: bad config in header: %s", path, mb_last_error());
+    return MB_STATUS_OK;
+}
+
+MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_state *ts, int *has_state) {
+    int32_t h[256];
+    struct stat st;
+    mb_config cfg;
+    mb_model *m = NULL;
+    int64_t n, expect, i;
+    int fd, with_state;
+    mb_status s;
+    *out = NULL;
+    if (has_state) *has_state = 0;
+    if (!mb__little_endian()) return mb__fail(MB_STATUS_UNSUPPORTED, "checkpoints are little-endian; this host is not");
+    if (stat(path, &st) != 0) return mb__fail(MB_STATUS_IO_ERROR, "cannot open checkpoint %s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) return mb__fail(MB_STATUS_IO_ERROR, "checkpoint %s is not a regular file", path);
+    fd = open(path, O_RDONLY);
+    if (fd < 0) return mb__fail(MB_STATUS_IO_ERROR, "cannot open checkpoint %s: %s", path, strerror(errno));
+    i = mb__read_all(fd, h, sizeof h);
+    if (i != (int64_t)sizeof h) {
+        close(fd);
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: truncated: %lld bytes, the header alone is 1024", path, (long long)(i < 0 ? 0 : i));
+    }
+    s = mb__check_header(h, path, &cfg);
+    if (s != MB_STATUS_OK) { close(fd); return s; }
+    n = mb_config_num_params(&cfg);
+    with_state = h[12];
+    expect = 1024 + 4 * n + (with_state ? mb__state_bytes(n) : 0);
+    if ((int64_t)st.st_size != expect) {
+        close(fd);
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: %lld bytes, but its header (d_model %d, %d layers%s) needs %lld: %s", path,
+                        (long long)st.st_size, cfg.d_model, cfg.n_layer, with_state ? ", training state" : "", (long long)expect,
+                        (int64_t)st.st_size < expect ? "truncated" : "trailing data or a config that does not match");
+    }
+    s = mb__model_alloc(&m, &cfg);
+    if (s != MB_STATUS_OK) { close(fd); return s; }
+    if (mb__read_all(fd, m->params, 4 * n) != 4 * n) { close(fd); mb_model_free(m); return mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path); }
+    for (i = 0; i < n; i++) {
+        if (!isfinite(m->params[i])) {
+            char tname[64];
+            int t = 0;
+            while (t + 1 < m->ntensors && m->tensors[t + 1].offset <= i) t++;
+            snprintf(tname, sizeof tname, "%s", m->tensors[t].name);
+            i -= m->tensors[t].offset;
+            close(fd);
+            mb_model_free(m);
+            return mb__fail(MB_STATUS_NON_FINITE, "%s: parameter %s[%lld] is not finite: the checkpoint is corrupt", path,
+                            tname, (long long)i);
+        }
+    }
+    if (with_state && ts) {
+        unsigned char head[8 + 8 * 4 + 8 * MB__SETTINGS_SLOTS];
+        uint32_t magic, version;
+        double settings[MB__SETTINGS_SLOTS];
+        memset(ts, 0, sizeof *ts);
+        if (mb__read_all(fd, head, sizeof head) != (int64_t)sizeof head) { close(fd); mb_model_free(m); return mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path); }
+        memcpy(&magic, head, 4);
+        memcpy(&version, head + 4, 4);
+        if (magic != MB__STATE_MAGIC || version != 1) {
+            close(fd);
+            mb_model_free(m);
+            return mb__fail(MB_STATUS_BAD_FORMAT, "%s: training-state block has magic 0x%08x version %u", path, magic, version);
+        }
+        memcpy(&ts->step, head + 8, 8);
+        memcpy(&ts->data_rng, head + 16, 8);
+        memcpy(&ts->data_pos, head + 24, 8);
+        memcpy(&ts->elapsed_s, head + 32, 8);
+        memcpy(settings, head + 40, sizeof settings);
+        mb__settings_unpack(&ts->settings, settings);
+        ts->adam_m = (float *)MB_MALLOC((size_t)n * 4);
+        ts->adam_v = (float *)MB_MALLOC((size_t)n * 4);
+        if (!ts->adam_m || !ts->adam_v) { close(fd); mb_model_free(m); mb_train_state_free(ts); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "optimizer state"); }
+        if (mb__read_all(fd, ts->adam_m, 4 * n) != 4 * n || mb__read_all(fd, ts->adam_v, 4 * n) != 4 * n) {
+            close(fd); mb_model_free(m); mb_train_state_free(ts);
+            return mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path);
+        }
+        if (ts->step < 0) { close(fd); mb_model_free(m); mb_train_state_free(ts); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: negative step count", path); }
+        if (has_state) *has_state = 1;
+    }
+    close(fd);
+    *out = m;
+    return MB_STATUS_OK;
+}
+
+MBDEF mb_status mb_model_load(mb_model **out, const char *path) { return mb_checkpoint_load(path, out, NULL, NULL); }
 
 #ifdef __cplusplus
 }

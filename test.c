@@ -10,12 +10,14 @@
 int mbt_passed = 0, mbt_failed = 0;
 
 #include "tests/test_numerics.c"
+#include "tests/test_model.c"
 
 typedef struct { const char *name; void (*fn)(void); } mbt_suite;
 
 int main(int argc, char **argv) {
     static const mbt_suite suites[] = {
         {"numerics", test_numerics},
+        {"model", test_model},
     };
     size_t i;
     for (i = 0; i < sizeof suites / sizeof suites[0]; i++) {

@@ -113,7 +113,8 @@ def init_params(cfg, seed):
 
 
 def to_torch(params32, dtype):
-    return {k: torch.from_numpy(v).to(dtype).requires_grad_(True) for k, v in params32.items()}
+    # clone: from_numpy shares memory, and the optimizer must not write into params32
+    return {k: torch.from_numpy(v).to(dtype).clone().requires_grad_(True) for k, v in params32.items()}
 
 
 # ------------------------------------------------------------------ model
@@ -244,6 +245,29 @@ def check_conv(P, cfg):
     assert torch.allclose(ref, man, rtol=1e-12, atol=1e-12)
 
 
+def check_scan():
+    """The sequential loop equals the closed form
+    y_t = sum_{s<=t} sum_n C_t[n] exp(sum_{r=s+1..t} dt_r A[n]) dt_s B_s[n] u_s + D u_t."""
+    g = torch.Generator().manual_seed(11)
+    Bsz, T, Di, N = 2, 6, 3, 4
+    u = torch.randn(Bsz, T, Di, generator=g, dtype=torch.float64)
+    dt = F.softplus(torch.randn(Bsz, T, Di, generator=g, dtype=torch.float64))
+    A = -torch.rand(Di, N, generator=g, dtype=torch.float64) * 4
+    Bm = torch.randn(Bsz, T, N, generator=g, dtype=torch.float64)
+    Cm = torch.randn(Bsz, T, N, generator=g, dtype=torch.float64)
+    D = torch.randn(Di, generator=g, dtype=torch.float64)
+    y = selective_scan(u, dt, A, Bm, Cm, D)
+    assert y.dtype == torch.float64
+    ref = torch.zeros_like(y)
+    for t in range(T):
+        for s in range(t + 1):
+            decay = torch.exp(dt[:, s + 1:t + 1].sum(1).unsqueeze(-1) * A)  # (B,Di,N)
+            ref[:, t] += (Cm[:, t].unsqueeze(1) * decay * (dt[:, s] * u[:, s]).unsqueeze(-1)
+                          * Bm[:, s].unsqueeze(1)).sum(-1)
+        ref[:, t] += D * u[:, t]
+    assert torch.allclose(y, ref, rtol=1e-10, atol=1e-12)
+
+
 def check_gradcheck():
     """torch.autograd.gradcheck of the whole reference on a smaller config
     (all parameters except the embedding, which enters only by gather/matmul)."""
@@ -305,6 +329,7 @@ def main():
         assert dtb.min() < 2e-3 and dtb.max() > 4.0
         assert (dtb.max() * -torch.exp(P["layers.0.mixer.A_log"])).min() < -30
     check_conv(P, cfg)
+    check_scan()
     check_gradcheck()
 
     # ---- the 20-step AdamW trajectory, float64 (stored) and float32 (compared)

@@ -1,0 +1,464 @@
+/* test_model.c - the CPU model: PyTorch parity, finite-difference gradients,
+   the chunked scan against a float64 step-by-step recurrence, streaming
+   against the batch forward, initial loss, checkpoints.  Included by test.c. */
+
+static mb_config tiny_config(void) {
+    mb_config c = mb_config_default();
+    c.d_model = 16; c.n_layer = 2; c.d_state = 4; c.d_conv = 3; c.expand = 2; c.dt_rank = 2;
+    return c;
+}
+
+/* Non-trivial weights on top of the default init: random A_log, D, biases. */
+static void perturb_params(mb_model *m, uint64_t seed) {
+    mbt_rng rng = {seed};
+    mb_tensor_info t[64];
+    const mb_config *c = mb_model_config(m);
+    int n = mb_config_tensors(c, t), i;
+    float *p = mb_model_params(m);
+    for (i = 0; i < n; i++) {
+        int64_t j;
+        int vector = t[i].ndim == 1 || strstr(t[i].name, "A_log") != NULL;
+        for (j = 0; j < t[i].numel; j++) {
+            float *x = p + t[i].offset + j;
+            if (strstr(t[i].name, "embedding")) *x = (float)(0.5 * mbt_normal(&rng));
+            else if (vector) *x += (float)(0.2 * mbt_normal(&rng));
+            else *x *= (float)(1.0 + 0.3 * mbt_normal(&rng));
+        }
+    }
+}
+
+static void random_bytes(uint8_t *x, int32_t *y, int64_t n, uint64_t seed) {
+    mbt_rng rng = {seed};
+    int64_t i;
+    uint8_t prev = (uint8_t)(mbt_next(&rng) & 255);
+    for (i = 0; i < n; i++) {
+        x[i] = prev;
+        prev = (uint8_t)(mbt_next(&rng) & 255);
+        if (y) y[i] = prev;
+    }
+}
+
+/* ---------------------------------------------------------------- scan */
+/* The plain recurrence in float64, with no chunks: the reference. */
+typedef struct {
+    int B, T, Di, S, R;
+    double *u, *delta, *bias, *A_log, *xdbl, *D, *z; /* z: (B,T,Di) */
+} scan_case;
+
+static double ref_scan_objective(const scan_case *c, const double *wout /* (B,T,Di) */, double *out) {
+    int X = c->R + 2 * c->S, b, t, d, n;
+    double total = 0.0;
+    for (b = 0; b < c->B; b++)
+        for (d = 0; d < c->Di; d++) {
+            double h[64] = {0};
+            for (t = 0; t < c->T; t++) {
+                int64_t tok = (int64_t)b * c->T + t;
+                double x = c->delta[tok * c->Di + d] + c->bias[d], dt = x > 20 ? x : log1p(exp(x));
+                double ut = c->u[tok * c->Di + d], y = c->D[d] * ut, z = c->z[tok * c->Di + d];
+                for (n = 0; n < c->S; n++) {
+                    double A = -exp(c->A_log[d * c->S + n]);
+                    h[n] = exp(dt * A) * h[n] + dt * c->xdbl[tok * X + c->R + n] * ut;
+                    y += c->xdbl[tok * X + c->R + c->S + n] * h[n];
+                }
+                y *= z / (1.0 + exp(-z));
+                if (out) out[tok * c->Di + d] = y;
+                total += y * wout[tok * c->Di + d];
+            }
+        }
+    return total;
+}
+
+static void to_float(float *dst, const double *src, int64_t n) {
+    int64_t i;
+    for (i = 0; i < n; i++) dst[i] = (float)src[i];
+}
+
+static void test_scan_vs_recurrence(void) {
+    enum { B = 2, T = 45, Di = 3, S = 4, R = 2, X = R + 2 * S };
+    static double u[B * T * Di], delta[B * T * Di], bias[Di], A_log[Di * S], xdbl[B * T * X], D[Di], z[B * T * Di];
+    static double wout[B * T * Di], ref_out[B * T * Di];
+    static float fu[B * T * Di], fdelta[B * T * Di], fbias[Di], fA[Di * S], fx[B * T * X], fD[Di], fxz[B * T * 2 * Di];
+    static float out[B * T * Di], out2[B * T * Di], states[B * T * Di * S], fw[B * T * Di];
+    static float du[B * T * Di], ddelta[B * T * Di], dbias[Di], dA[Di * S], dx[B * T * X], dD[Di], dxz[B * T * 2 * Di];
+    static float scratch[B * (Di * S + 2 * Di)];
+    scan_case c = {B, T, Di, S, R, u, delta, bias, A_log, xdbl, D, z};
+    mbt_rng rng = {99};
+    int64_t i;
+    int chunk, k;
+    for (i = 0; i < B * T * Di; i++) {
+        u[i] = mbt_normal(&rng);
+        z[i] = 2.0 * mbt_normal(&rng);
+        wout[i] = mbt_normal(&rng);
+        /* most dt small; every 7th large so that dt*A reaches about -50 */
+        delta[i] = i % 7 == 0 ? 8.0 + 2.0 * mbt_uniform(&rng) : -4.0 + 3.0 * mbt_normal(&rng);
+    }
+    for (i = 0; i < Di; i++) { bias[i] = 0.3 * mbt_normal(&rng); D[i] = 1.0 + 0.3 * mbt_normal(&rng); }
+    for (i = 0; i < Di * S; i++) A_log[i] = log((double)(i % S + 1)) + 0.1 * mbt_normal(&rng);
+    for (i = 0; i < B * T * X; i++) xdbl[i] = mbt_normal(&rng);
+    /* round the inputs to float first, so reference and test see the same numbers */
+    to_float(fu, u, B * T * Di); to_float(fdelta, delta, B * T * Di); to_float(fbias, bias, Di);
+    to_float(fA, A_log, Di * S); to_float(fx, xdbl, B * T * X); to_float(fD, D, Di); to_float(fw, wout, B * T * Di);
+    for (i = 0; i < B * T * Di; i++) { u[i] = fu[i]; delta[i] = fdelta[i]; wout[i] = fw[i]; z[i] = (float)z[i]; }
+    for (i = 0; i < Di; i++) { bias[i] = fbias[i]; D[i] = fD[i]; }
+    for (i = 0; i < Di * S; i++) A_log[i] = fA[i];
+    for (i = 0; i < B * T * X; i++) xdbl[i] = fx[i];
+    for (i = 0; i < B * T; i++) {
+        int d;
+        for (d = 0; d < Di; d++) { fxz[i * 2 * Di + d] = 0.0f; fxz[i * 2 * Di + Di + d] = (float)z[i * Di + d]; }
+    }
+    {   /* dt*A really reaches about -50 somewhere */
+        double most = 0;
+        for (i = 0; i < B * T * Di; i++) {
+            double x = delta[i] + bias[i % Di], dt = x > 20 ? x : log1p(exp(x));
+            if (-dt * exp(A_log[(i % Di) * S + S - 1]) < most) most = -dt * exp(A_log[(i % Di) * S + S - 1]);
+        }
+        MBT_CHECK(most < -40.0, "scan test should reach dt*A near -50, got %g", most);
+    }
+    ref_scan_objective(&c, wout, ref_out);
+    {
+        static float ref_f[B * T * Di];
+        to_float(ref_f, ref_out, B * T * Di);
+        mb__scan_forward(out, states, fu, fdelta, fbias, fA, fx, fD, fxz, B, T, Di, S, R, 8);
+        MBT_CHECK(mbt_rel_l2(out, ref_f, B * T * Di) < 1e-6, "scan forward vs float64 recurrence: rel L2 %g", mbt_rel_l2(out, ref_f, B * T * Di));
+    }
+    /* gradients against central differences of the float64 recurrence */
+    {
+        static double ref_g[5][B * T * X];
+        static float got[5][B * T * X];
+        double *vars[5] = {u, delta, A_log, xdbl, z};
+        int64_t sizes[5] = {B * T * Di, B * T * Di, Di * S, B * T * X, B * T * Di};
+        const char *names[5] = {"u", "delta", "A_log", "B/C", "z"};
+        int v;
+        for (v = 0; v < 5; v++)
+            for (i = 0; i < sizes[v]; i++) {
+                double keep = vars[v][i], h = 1e-6 * (fabs(keep) > 1 ? fabs(keep) : 1), fp, fm;
+                if (v == 3 && i % X < R) { ref_g[v][i] = 0; continue; } /* dt_low columns: not scan inputs */
+                vars[v][i] = keep + h; fp = ref_scan_objective(&c, wout, NULL);
+                vars[v][i] = keep - h; fm = ref_scan_objective(&c, wout, NULL);
+                vars[v][i] = keep;
+                ref_g[v][i] = (fp - fm) / (2 * h);
+            }
+        for (chunk = 1; chunk <= T + 3; chunk += (chunk < 8 ? 3 : 19)) {
+            memset(du, 0, sizeof du); memset(dbias, 0, sizeof dbias); memset(dA, 0, sizeof dA);
+            memset(dx, 0, sizeof dx); memset(dD, 0, sizeof dD); memset(dxz, 0, sizeof dxz);
+            mb__scan_forward(out2, states, fu, fdelta, fbias, fA, fx, fD, fxz, B, T, Di, S, R, chunk);
+            MBT_CHECK(memcmp(out, out2, sizeof out) == 0, "scan forward with chunk %d differs from chunk 8", chunk);
+            mb__scan_backward(du, ddelta, dbias, dA, dx, dD, dxz, scratch, fw, states, fu, fdelta, fbias, fA, fx, fD, fxz,
+                              B, T, Di, S, R, chunk);
+            memcpy(got[0], du, sizeof du);
+            memcpy(got[1], ddelta, sizeof ddelta);
+            memcpy(got[2], dA, sizeof dA);
+            memcpy(got[3], dx, sizeof dx);
+            for (i = 0; i < B * T * Di; i++) got[4][i] = dxz[(i / Di) * 2 * Di + Di + i % Di];
+            for (v = 0; v < 5; v++) {
+                static float ref_f[B * T * X];
+                double err;
+                to_float(ref_f, ref_g[v], sizes[v]);
+                err = mbt_rel_l2(got[v], ref_f, sizes[v]);
+                MBT_CHECK(err < 1e-5, "scan grad d%s (chunk %d) vs float64 finite differences: rel L2 %g", names[v], chunk, err);
+            }
+            {   /* dt_bias and D: sums of the per-token terms */
+                double gb[Di] = {0}, gd[Di] = {0};
+                float fgb[Di], fgd[Di];
+                for (i = 0; i < B * T * Di; i++) {
+                    double zz = z[i], silu = zz / (1 + exp(-zz));
+                    gb[i % Di] += ref_g[1][i];
+                    gd[i % Di] += wout[i] * silu * u[i];
+                }
+                to_float(fgb, gb, Di);
+                to_float(fgd, gd, Di);
+                MBT_CHECK(mbt_rel_l2(dbias, fgb, Di) < 1e-5 && mbt_rel_l2(dD, fgd, Di) < 1e-5,
+                          "scan dt_bias/D grads (chunk %d): %g %g", chunk, mbt_rel_l2(dbias, fgb, Di), mbt_rel_l2(dD, fgd, Di));
+            }
+            for (k = 0; k < B * T * Di; k++)
+                if (!isfinite(du[k]) || !isfinite(ddelta[k])) break;
+            MBT_CHECK(k == B * T * Di, "scan gradients must be finite with dt*A near -50");
+        }
+    }
+}
+
+/* --------------------------------------------------------- whole model */
+static double model_loss(mb_model *m, const uint8_t *x, const int32_t *y, int B, int T) {
+    float loss;
+    mb_model_forward(m, x, y, B, T, &loss);
+    return loss;
+}
+
+static void test_model_gradcheck(void) {
+    enum { B = 2, T = 13 };
+    mb_config c = tiny_config();
+    mb_model *m;
+    mb_tensor_info t[64];
+    uint8_t x[B * T];
+    int32_t y[B * T];
+    float *p, *g, *dir;
+    int n, i, bad = 0;
+    MBT_CHECK(mb_model_create(&m, &c, 5) == MB_STATUS_OK, "create tiny model");
+    mb_model_set_scan_chunk(m, 4); /* T = 13 spans four chunks */
+    perturb_params(m, 6);
+    random_bytes(x, y, B * T, 8);
+    n = mb_config_tensors(&c, t);
+    p = mb_model_params(m);
+    g = mb_model_grads(m);
+    mb_model_zero_grad(m);
+    model_loss(m, x, y, B, T);
+    mb_model_backward(m);
+    dir = (float *)malloc(sizeof(float) * (size_t)mb_model_num_params(m));
+    /* per tensor: the directional derivative along a random +-1 direction,
+       by central differences, against g . direction */
+    for (i = 0; i < n; i++) {
+        mbt_rng rng = {100 + (uint64_t)i};
+        double analytic = 0.0, fd, h = 1e-3, fp, fm;
+        int64_t j, off = t[i].offset;
+        for (j = 0; j < t[i].numel; j++) {
+            dir[j] = (mbt_next(&rng) & 1) ? 1.0f : -1.0f;
+            analytic += (double)g[off + j] * dir[j];
+        }
+        for (j = 0; j < t[i].numel; j++) p[off + j] += (float)h * dir[j];
+        fp = model_loss(m, x, y, B, T);
+        for (j = 0; j < t[i].numel; j++) p[off + j] -= 2 * (float)h * dir[j];
+        fm = model_loss(m, x, y, B, T);
+        for (j = 0; j < t[i].numel; j++) p[off + j] += (float)h * dir[j];
+        fd = (fp - fm) / (2 * h);
+        if (!(fabs(fd - analytic) <= 2e-2 * fabs(analytic) + 2e-3)) {
+            bad++;
+            fprintf(stderr, "  gradcheck %s: finite difference %.6g, analytic %.6g\n", t[i].name, fd, analytic);
+        }
+    }
+    MBT_CHECK(bad == 0, "finite-difference gradient check failed on %d of %d tensors", bad, n);
+    free(dir);
+    mb_model_free(m);
+}
+
+static void test_model_pytorch_parity(void) {
+    mbfx f;
+    mb_model *m = NULL;
+    const mbfx_entry *ein, *etg, *elog, *eloss;
+    mb_tensor_info t[64];
+    int B, T, i, n;
+    uint8_t *x;
+    float loss;
+    mb_status s;
+    if (mbfx_load(&f, "tests/fixtures/model_tiny.mbfx") != 0) { MBT_CHECK(0, "tests/fixtures/model_tiny.mbfx missing"); return; }
+    s = mb_model_load(&m, "tests/fixtures/model_tiny.bin");
+    MBT_CHECK(s == MB_STATUS_OK, "load tests/fixtures/model_tiny.bin: %s", mb_last_error());
+    if (s != MB_STATUS_OK) { mbfx_free(&f); return; }
+    ein = mbfx_get(&f, "inputs"); etg = mbfx_get(&f, "targets"); elog = mbfx_get(&f, "logits"); eloss = mbfx_get(&f, "loss");
+    if (!ein || !etg || !elog || !eloss) { MBT_CHECK(0, "model fixture incomplete"); mbfx_free(&f); mb_model_free(m); return; }
+    B = (int)ein->dims[0]; T = (int)ein->dims[1];
+    x = (uint8_t *)malloc((size_t)(B * T));
+    for (i = 0; i < B * T; i++) x[i] = (uint8_t)((const int32_t *)ein->data)[i];
+    mb_model_set_scan_chunk(m, 16); /* T = 70: five chunks */
+    mb_model_zero_grad(m);
+    MBT_CHECK(mb_model_forward(m, x, (const int32_t *)etg->data, B, T, &loss) == MB_STATUS_OK, "parity forward");
+    MBT_CHECK(mb_model_backward(m) == MB_STATUS_OK, "parity backward");
+    MBT_CHECK(mbt_rel_l2(mb_model_logits(m), (const float *)elog->data, elog->numel) < 1e-5,
+              "logits vs PyTorch: rel L2 %g", mbt_rel_l2(mb_model_logits(m), (const float *)elog->data, elog->numel));
+    MBT_CHECK(fabs(loss - ((const float *)eloss->data)[0]) < 1e-5 * fabs(((const float *)eloss->data)[0]),
+              "loss %.8g vs PyTorch %.8g", loss, ((const float *)eloss->data)[0]);
+    n = mb_config_tensors(mb_model_config(m), t);
+    for (i = 0; i < n; i++) {
+        char name[96];
+        const mbfx_entry *eg;
+        double err;
+        snprintf(name, sizeof name, "grad.%.63s", t[i].name);
+        eg = mbfx_get(&f, name);
+        if (!eg || eg->numel != t[i].numel) { MBT_CHECK(0, "fixture %s missing or wrong size", name); continue; }
+        err = mbt_rel_l2(mb_model_grads(m) + t[i].offset, (const float *)eg->data, t[i].numel);
+        MBT_CHECK(err < 1e-4, "gradient %s vs PyTorch: rel L2 %g", t[i].name, err);
+    }
+    free(x);
+    mb_model_free(m);
+    mbfx_free(&f);
+}
+
+static void test_stream_matches_forward(void) {
+    enum { T = 300 };
+    mb_config c = tiny_config();
+    mb_model *m;
+    mb_stream *s, *s2;
+    uint8_t x[T];
+    int t, worst_t = -1;
+    double worst = 0.0;
+    c.d_conv = 4;
+    mb_model_create(&m, &c, 21);
+    perturb_params(m, 22);
+    random_bytes(x, NULL, T, 23);
+    mb_model_forward(m, x, NULL, 1, T, NULL);
+    mb_stream_create(&s, m);
+    mb_stream_create(&s2, m);
+    for (t = 0; t < T; t++) {
+        const float *lg = mb_stream_step(s, x[t]);
+        double e = mbt_rel_l2(lg, mb_model_logits(m) + (int64_t)t * 256, 256);
+        if (e > worst) { worst = e; worst_t = t; }
+        if (t == 150) mb_stream_copy(s2, s);
+    }
+    MBT_CHECK(worst < 1e-5, "streaming vs parallel logits: worst rel L2 %g at t=%d", worst, worst_t);
+    {   /* a copied stream continues exactly like the original */
+        float a[256];
+        const float *b2;
+        mb_stream_reset(s);
+        for (t = 0; t <= 150; t++) mb_stream_step(s, x[t]);
+        memcpy(a, mb_stream_step(s, 'q'), sizeof a);
+        b2 = mb_stream_step(s2, 'q');
+        MBT_CHECK(memcmp(a, b2, sizeof a) == 0, "mb_stream_copy branch should continue bit-identically");
+    }
+    mb_stream_free(s);
+    mb_stream_free(s2);
+    mb_model_free(m);
+}
+
+static void test_initial_loss(void) {
+    enum { B = 4, T = 128 };
+    mb_config c = mb_config_default();
+    mb_model *m;
+    uint8_t x[B * T];
+    int32_t y[B * T];
+    float loss;
+    int64_t n;
+    MBT_CHECK(mb_model_create(&m, &c, 1234) == MB_STATUS_OK, "create default model");
+    n = mb_model_num_params(m);
+    MBT_CHECK(n > 1000000 && n < 1100000, "default config should have about 1.06M parameters, has %lld", (long long)n);
+    random_bytes(x, y, B * T, 77);
+    mb_model_forward(m, x, y, B, T, &loss);
+    {   /* the expected loss over uniformly random targets, free of sampling
+           noise: mean over positions of logsumexp(logits) - mean(logits) */
+        static float lse[B * T];
+        const float *lg = mb_model_logits(m);
+        double expected = 0.0;
+        int i, v;
+        mb_logsumexp(lse, lg, B * T, 256);
+        for (i = 0; i < B * T; i++) {
+            double mean = 0.0;
+            for (v = 0; v < 256; v++) mean += lg[i * 256 + v];
+            expected += lse[i] - mean / 256.0;
+        }
+        expected /= B * T;
+        MBT_CHECK(fabs(expected - log(256.0)) < 0.05, "initial expected loss %.4f should be ln 256 = %.4f +- 0.05", expected, log(256.0));
+        MBT_CHECK(fabs(loss - expected) < 0.15, "sampled initial loss %.4f far from its expectation %.4f", loss, expected);
+    }
+    mb_model_free(m);
+}
+
+static void test_determinism(void) {
+    enum { B = 3, T = 40 };
+    mb_config c = tiny_config();
+    mb_model *m;
+    uint8_t x[B * T];
+    int32_t y[B * T];
+    float *g1;
+    int64_t n;
+    mb_model_create(&m, &c, 31);
+    perturb_params(m, 32);
+    random_bytes(x, y, B * T, 33);
+    n = mb_model_num_params(m);
+    g1 = (float *)malloc(sizeof(float) * (size_t)n);
+#ifdef _OPENMP
+    omp_set_num_threads(1);
+#endif
+    mb_model_zero_grad(m);
+    model_loss(m, x, y, B, T);
+    mb_model_backward(m);
+    memcpy(g1, mb_model_grads(m), sizeof(float) * (size_t)n);
+#ifdef _OPENMP
+    omp_set_num_threads(omp_get_num_procs() > 1 ? omp_get_num_procs() : 2);
+#endif
+    mb_model_zero_grad(m);
+    model_loss(m, x, y, B, T);
+    mb_model_backward(m);
+    MBT_CHECK(memcmp(g1, mb_model_grads(m), sizeof(float) * (size_t)n) == 0, "gradients differ between 1 thread and many");
+    free(g1);
+    mb_model_free(m);
+}
+
+static int write_bytes(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    fwrite(data, 1, n, f);
+    return fclose(f);
+}
+
+static void test_checkpoint_files(void) {
+    mb_config c = tiny_config();
+    mb_model *m, *m2 = NULL;
+    const char *path = "build/test_ckpt.bin", *bad = "build/test_ckpt_bad.bin";
+    int64_t n, size;
+    unsigned char *buf;
+    FILE *f;
+    mb_status s;
+    int32_t hdr[256];
+    mb_model_create(&m, &c, 41);
+    perturb_params(m, 42);
+    n = mb_model_num_params(m);
+    MBT_CHECK(mb_model_save(m, path) == MB_STATUS_OK, "save: %s", mb_last_error());
+    s = mb_model_load(&m2, path);
+    MBT_CHECK(s == MB_STATUS_OK, "load: %s", mb_last_error());
+    if (m2) {
+        MBT_CHECK(mb_model_num_params(m2) == n && memcmp(mb_model_params(m), mb_model_params(m2), (size_t)n * 4) == 0,
+                  "save -> load must be bit-exact");
+        MBT_CHECK(memcmp(mb_model_config(m), mb_model_config(m2), sizeof(mb_config)) == 0, "config round trip");
+        mb_model_free(m2);
+    }
+    size = 1024 + 4 * n;
+    buf = (unsigned char *)malloc((size_t)size);
+    f = fopen(path, "rb");
+    MBT_CHECK(f && fread(buf, 1, (size_t)size, f) == (size_t)size, "read back checkpoint");
+    if (f) fclose(f);
+    memcpy(hdr, buf, sizeof hdr);
+    MBT_CHECK(hdr[0] == 0x4D425954 && hdr[1] == 1 && hdr[3] == 16 && hdr[8] == 2 && hdr[10] == 1, "header fields as documented");
+    {
+        struct { int field; int32_t value; const char *expect; } cases[] = {
+            {0, 0x12345678, "not a mambabyte checkpoint"}, {1, 2, "version"}, {2, 300, "vocab_size"},
+            {3, 17, "bytes, but its header"}, {5, 0, "d_state"}, {9, 1, "norm kind"}, {11, 1, "dtype"},
+            {12, 1, "training state"}, {200, 5, "reserved"}};
+        size_t k;
+        for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+            int32_t keep = ((int32_t *)buf)[cases[k].field];
+            ((int32_t *)buf)[cases[k].field] = cases[k].value;
+            write_bytes(bad, buf, (size_t)size);
+            ((int32_t *)buf)[cases[k].field] = keep;
+            m2 = NULL;
+            s = mb_model_load(&m2, bad);
+            MBT_CHECK(s != MB_STATUS_OK && m2 == NULL && strstr(mb_last_error(), cases[k].expect),
+                      "header field [%d] = %d: status %d, message '%s' (expected '%s')", cases[k].field, cases[k].value, s,
+                      mb_last_error(), cases[k].expect);
+        }
+    }
+    {   /* truncation at many points, including inside the header */
+        int64_t cuts[] = {0, 3, 1000, 1024, 1025, size / 2, size - 1};
+        size_t k;
+        int ok = 1;
+        for (k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
+            write_bytes(bad, buf, (size_t)cuts[k]);
+            m2 = NULL;
+            s = mb_model_load(&m2, bad);
+            ok &= s == MB_STATUS_BAD_FORMAT && m2 == NULL && strstr(mb_last_error(), "truncated") != NULL;
+        }
+        MBT_CHECK(ok, "every truncation must be reported as truncated (last: '%s')", mb_last_error());
+    }
+    {   /* a NaN parameter is a corrupt checkpoint, named */
+        float nan = NAN;
+        memcpy(buf + 1024 + 4 * 300, &nan, 4);
+        write_bytes(bad, buf, (size_t)size);
+        s = mb_model_load(&m2, bad);
+        MBT_CHECK(s == MB_STATUS_NON_FINITE && strstr(mb_last_error(), "not finite"), "NaN parameter: '%s'", mb_last_error());
+    }
+    s = mb_model_load(&m2, "build/does_not_exist.bin");
+    MBT_CHECK(s == MB_STATUS_IO_ERROR && strstr(mb_last_error(), "does_not_exist"), "missing file: '%s'", mb_last_error());
+    s = mb_model_load(&m2, "build");
+    MBT_CHECK(s == MB_STATUS_IO_ERROR && strstr(mb_last_error(), "not a regular file"), "directory: '%s'", mb_last_error());
+    free(buf);
+    remove(bad);
+    remove(path);
+    mb_model_free(m);
+}
+
+static void test_model(void) {
+    test_scan_vs_recurrence();
+    test_model_gradcheck();
+    test_model_pytorch_parity();
+    test_stream_matches_forward();
+    test_initial_loss();
+    test_determinism();
+    test_checkpoint_files();
+}
