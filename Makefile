@@ -25,7 +25,7 @@ endif
 all: $(TARGETS)
 
 HEADERS = mambabyte.h
-mambabyte: main.c $(HEADERS)
+mambabyte: main.c numerics_report.c bench.c $(HEADERS)
 	$(CC) $(STD) $(CFLAGS) $(WARN) $(OMP) main.c -o $@ $(LDLIBS)
 
 build:
@@ -34,7 +34,7 @@ build:
 # The CUDA variant: the .cuh in its own nvcc translation unit, main.c stays C.
 build/mambabyte_cuda.o: mambabyte_cuda.cuh $(HEADERS) | build
 	$(NVCC) -O3 $(CUDA_ARCH) -DMAMBABYTE_CUDA_IMPLEMENTATION -x cu -c mambabyte_cuda.cuh -o $@
-mambabyte_cuda: main.c $(HEADERS) build/mambabyte_cuda.o
+mambabyte_cuda: main.c numerics_report.c bench.c $(HEADERS) build/mambabyte_cuda.o
 	$(CC) $(STD) $(CFLAGS) $(WARN) $(OMP) -DMB_WITH_CUDA main.c build/mambabyte_cuda.o -o $@ \
 	  -L$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ $(LDLIBS) -Wl,-rpath,$(CUDA_HOME)/lib64
 

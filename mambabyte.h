@@ -250,6 +250,97 @@ MBDEF mb_status mb_checkpoint_save(const char *path, const mb_model *m, const mb
 MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_state *ts, int *has_state);
 MBDEF void mb_train_state_free(mb_train_state *ts);
 
+
+/* --------------------------------------------------------------- training */
+/* The learning rate at optimizer step s (0-based) of S: linear warm-up over
+   W steps to lr_max, then cosine to 0 at step S. */
+MBDEF double mb_lr_at_step(double lr_max, int64_t s, int64_t W, int64_t S);
+/* The same shape over a fraction f in [0,1] of a time budget, warm-up over
+   the fraction wf: reaches 0 at f = 1. */
+MBDEF double mb_lr_at_fraction(double lr_max, double f, double wf);
+/* sqrt(sum g^2) over n values, accumulated in double, in a fixed order. */
+MBDEF double mb_grad_norm(const float *g, int64_t n);
+/* PyTorch's clip_grad_norm_ coefficient: min(1, max_norm / (norm + 1e-6)). */
+MBDEF float mb_clip_coef(double norm, double max_norm);
+/* One AdamW update (torch.optim.AdamW semantics) of every parameter;
+   t is the 1-based step; decay per tensor from mb_tensor_info.weight_decay. */
+MBDEF void mb_adamw_update(mb_model *m, float *adam_m, float *adam_v, int64_t t, double lr, double beta1,
+                           double beta2, double eps, double weight_decay);
+
+/* ------------------------------------------------------------------- data */
+typedef struct {
+    const uint8_t *data; /* NULL when size is 0 */
+    int64_t size;
+    void *map_base;
+    size_t map_len;
+} mb_mapped_file;
+/* Memory-maps a whole file read-only (the 541 MB WikiText-103 train split is
+   never copied). */
+MBDEF mb_status mb_map_file(mb_mapped_file *f, const char *path);
+MBDEF void mb_unmap_file(mb_mapped_file *f);
+
+/* Windows of T+1 bytes: inputs are bytes [0,T), targets bytes [1,T+1). */
+typedef struct {
+    const uint8_t *data;
+    int64_t size;
+    uint64_t rng;   /* random windows: splitmix64 state */
+    int64_t pos;    /* sequential windows: next start */
+    int sequential;
+} mb_sampler;
+MBDEF void mb_sampler_init(mb_sampler *s, const uint8_t *data, int64_t size, uint64_t seed, int sequential);
+MBDEF mb_status mb_sampler_next(mb_sampler *s, uint8_t *inputs, int32_t *targets, int B, int T);
+
+/* Length (1-4) of the valid UTF-8 character at s[0..n), or 0 if invalid
+   (overlong forms, surrogates, > U+10FFFF and truncation are invalid). */
+MBDEF int mb_utf8_char_len(const uint8_t *s, int64_t n);
+
+/* ------------------------------------------------------------------- eval */
+/* The WikiText char-level benchmark protocol: take the first max_chars
+   Unicode characters of text (all of it if max_chars < 0); reset the
+   stream, feed one 0x00 byte; then for each character predict the argmax
+   over bytes 0..127 of the next-byte logits, count it correct when that byte
+   is the character, and feed all of the character's UTF-8 bytes.  Also
+   bits per byte and byte accuracy (argmax over 0..255) over the same bytes. */
+typedef struct {
+    int64_t chars, chars_correct, bytes, bytes_correct;
+    double nll_bits;  /* sum of -log2 p(byte) */
+} mb_eval_result;
+typedef void (*mb_progress_fn)(void *user, int64_t done, int64_t total);
+/* Invalid UTF-8 is MB_STATUS_BAD_FORMAT naming the byte offset; nothing is
+   evaluated then.  progress (may be NULL) is called every 1024 characters. */
+MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
+                             mb_eval_result *r, mb_progress_fn progress, void *user);
+
+/* ---------------------------------------------------------------- trainer */
+/* One optimizer step = grad_accum micro-batches of (batch, ctx), averaged;
+   then the global norm, the non-finite guard, clipping and AdamW. */
+typedef struct {
+    mb_model *model;           /* borrowed */
+    mb_train_state st;         /* step, sampler position, moments, settings */
+    mb_sampler sampler;
+    uint8_t *inputs;
+    int32_t *targets;
+    int64_t inject_nonfinite_step; /* testing hook: poison the gradient at this step (-1: never) */
+} mb_trainer;
+typedef struct {
+    float loss;                /* mean over the micro-batches */
+    double grad_norm;          /* before clipping */
+    double lr;
+    int applied;               /* 0 when the step was skipped as non-finite */
+} mb_step_result;
+/* settings must be complete (see mb_train_settings); data is the training
+   text.  When resume is non-NULL its step, sampler state and moments are
+   taken over (ownership of adam_m/adam_v moves to the trainer). */
+MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_settings *settings, const uint8_t *data,
+                                int64_t size, mb_train_state *resume);
+MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r);
+/* The update half of mb_trainer_step, for callers that feed their own
+   batches: the model's grads hold the sum over grad_accum micro-batches of
+   d(mean loss)/d(params) and loss is their mean loss. */
+MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r);
+MBDEF mb_status mb_trainer_save(const mb_trainer *t, const char *path);
+MBDEF void mb_trainer_free(mb_trainer *t);
+
 #ifdef __cplusplus
 }
 #endif
@@ -268,6 +359,7 @@ MBDEF void mb_train_state_free(mb_train_state *ts);
 #include <string.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -1639,6 +1731,279 @@ MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_st
 }
 
 MBDEF mb_status mb_model_load(mb_model **out, const char *path) { return mb_checkpoint_load(path, out, NULL, NULL); }
+
+
+/* ============================================================= training */
+MBDEF double mb_lr_at_step(double lr_max, int64_t s, int64_t W, int64_t S) {
+    double p;
+    if (s < W) return lr_max * (double)(s + 1) / (double)W;
+    p = (double)(s - W) / (double)(S - W > 1 ? S - W : 1);
+    if (p > 1.0) p = 1.0;
+    return lr_max * 0.5 * (1.0 + cos(3.14159265358979323846 * p));
+}
+
+MBDEF double mb_lr_at_fraction(double lr_max, double f, double wf) {
+    double p;
+    if (f < 0.0) f = 0.0;
+    if (f >= 1.0) return 0.0;
+    if (f < wf) return lr_max * f / wf;
+    p = (f - wf) / (1.0 - wf);
+    return lr_max * 0.5 * (1.0 + cos(3.14159265358979323846 * p));
+}
+
+MBDEF double mb_grad_norm(const float *g, int64_t n) {
+    double s = 0.0;
+    int64_t i;
+    for (i = 0; i < n; i++) s += (double)g[i] * (double)g[i];
+    return sqrt(s);
+}
+
+MBDEF float mb_clip_coef(double norm, double max_norm) {
+    double c = max_norm / (norm + 1e-6);
+    return (float)(c < 1.0 ? c : 1.0);
+}
+
+/* torch.optim.AdamW (foreach=False) step for float32 tensors:
+     p *= 1 - lr*wd;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g
+     p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps) */
+MBDEF void mb_adamw_update(mb_model *m, float *adam_m, float *adam_v, int64_t t, double lr, double beta1,
+                           double beta2, double eps, double weight_decay) {
+    const float b1 = (float)beta1, b2 = (float)beta2, one_b1 = (float)(1.0 - beta1), one_b2 = (float)(1.0 - beta2);
+    const float step_size = (float)(lr / (1.0 - pow(beta1, (double)t)));
+    const float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)t)), fe = (float)eps;
+    int i;
+    for (i = 0; i < m->ntensors; i++) {
+        const mb_tensor_info *ti = &m->tensors[i];
+        const float decay = ti->weight_decay ? (float)(1.0 - lr * weight_decay) : 1.0f;
+        float *p = m->params + ti->offset, *g = m->grads + ti->offset, *mm = adam_m + ti->offset, *vv = adam_v + ti->offset;
+        int64_t j;
+        MB__OMP(parallel for schedule(static) if (ti->numel > 65536))
+        for (j = 0; j < ti->numel; j++) {
+            float gj = g[j], denom;
+            p[j] *= decay;
+            mm[j] = mm[j] * b1 + gj * one_b1;
+            vv[j] = vv[j] * b2 + gj * gj * one_b2;
+            denom = sqrtf(vv[j]) / bc2_sqrt + fe;
+            p[j] -= step_size * (mm[j] / denom);
+        }
+    }
+}
+
+/* ================================================================= data */
+MBDEF mb_status mb_map_file(mb_mapped_file *f, const char *path) {
+    struct stat st;
+    int fd;
+    void *base;
+    memset(f, 0, sizeof *f);
+    fd = open(path, O_RDONLY);
+    if (fd < 0) return mb__fail(MB_STATUS_IO_ERROR, "cannot open %s: %s", path, strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return mb__fail(MB_STATUS_IO_ERROR, "%s is not a regular file", path);
+    }
+    if (st.st_size == 0) { close(fd); return MB_STATUS_OK; }
+    base = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd); /* the mapping keeps the file */
+    if (base == MAP_FAILED) return mb__fail(MB_STATUS_IO_ERROR, "cannot map %s: %s", path, strerror(errno));
+    f->map_base = base;
+    f->map_len = (size_t)st.st_size;
+    f->data = (const uint8_t *)base;
+    f->size = (int64_t)st.st_size;
+    return MB_STATUS_OK;
+}
+
+MBDEF void mb_unmap_file(mb_mapped_file *f) {
+    if (f->map_base) munmap(f->map_base, f->map_len);
+    memset(f, 0, sizeof *f);
+}
+
+MBDEF void mb_sampler_init(mb_sampler *s, const uint8_t *data, int64_t size, uint64_t seed, int sequential) {
+    s->data = data;
+    s->size = size;
+    s->rng = seed ^ 0xD1B54A32D192ED03ull; /* not the model-init stream */
+    s->pos = 0;
+    s->sequential = sequential;
+}
+
+MBDEF mb_status mb_sampler_next(mb_sampler *s, uint8_t *inputs, int32_t *targets, int B, int T) {
+    int b, t;
+    if (s->size < (int64_t)T + 1)
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "the data has %lld bytes; a window of ctx+1 = %d is needed",
+                        (long long)s->size, T + 1);
+    for (b = 0; b < B; b++) {
+        int64_t start;
+        const uint8_t *w;
+        if (s->sequential) {
+            if (s->pos + T + 1 > s->size) s->pos = 0;
+            start = s->pos;
+            s->pos += T;
+        } else {
+            start = (int64_t)(mb__rng_next(&s->rng) % (uint64_t)(s->size - T));
+        }
+        w = s->data + start;
+        for (t = 0; t < T; t++) {
+            inputs[(int64_t)b * T + t] = w[t];
+            targets[(int64_t)b * T + t] = w[t + 1];
+        }
+    }
+    return MB_STATUS_OK;
+}
+
+MBDEF int mb_utf8_char_len(const uint8_t *s, int64_t n) {
+    uint8_t c = s[0], lo = 0x80, hi = 0xBF;
+    int len, i;
+    if (n < 1) return 0;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) { len = 3; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
+    else if (c >= 0xF0 && c <= 0xF4) { len = 4; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
+    else return 0;
+    if (n < len) return 0;
+    if (s[1] < lo || s[1] > hi) return 0;
+    for (i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF) return 0;
+    return len;
+}
+
+/* ================================================================= eval */
+static int mb__argmax(const float *x, int n) {
+    int i, best = 0;
+    for (i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
+                             mb_eval_result *r, mb_progress_fn progress, void *user) {
+    mb_stream *s;
+    const float *logits;
+    int64_t end = 0, nchars = 0, pos = 0, c;
+    mb_status st;
+    memset(r, 0, sizeof *r);
+    /* validate the whole evaluated prefix first: fail before any work */
+    while (end < len && (max_chars < 0 || nchars < max_chars)) {
+        int k = mb_utf8_char_len(text + end, len - end);
+        if (k == 0) return mb__fail(MB_STATUS_BAD_FORMAT, "invalid UTF-8 at byte offset %lld (byte 0x%02x)", (long long)end, text[end]);
+        end += k;
+        nchars++;
+    }
+    st = mb_stream_create(&s, m);
+    if (st != MB_STATUS_OK) return st;
+    logits = mb_stream_step(s, 0x00);
+    for (c = 0; c < nchars; c++) {
+        int k = mb_utf8_char_len(text + pos, end - pos), j;
+        r->chars_correct += k == 1 && mb__argmax(logits, 128) == text[pos];
+        for (j = 0; j < k; j++) {
+            uint8_t b = text[pos + j];
+            mb__row row = mb__row_stats(logits, 256);
+            r->nll_bits -= mb__row_logp(&row, logits[b], 256) / 0.69314718055994530942;
+            r->bytes_correct += mb__argmax(logits, 256) == b;
+            r->bytes++;
+            logits = mb_stream_step(s, b);
+        }
+        pos += k;
+        r->chars++;
+        if (progress && (r->chars % 1024 == 0 || r->chars == nchars)) progress(user, r->chars, nchars);
+    }
+    mb_stream_free(s);
+    return MB_STATUS_OK;
+}
+
+/* ============================================================== trainer */
+MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_settings *settings, const uint8_t *data,
+                                int64_t size, mb_train_state *resume) {
+    const mb_train_settings *s = settings;
+    int64_t n = m->num_params, tokens;
+    memset(t, 0, sizeof *t);
+    t->inject_nonfinite_step = -1;
+    if (s->batch < 1 || s->ctx < 1 || s->grad_accum < 1 || s->batch > (1 << 20) || s->ctx > (1 << 24))
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "batch %lld, ctx %lld, grad_accum %lld must be >= 1", (long long)s->batch,
+                        (long long)s->ctx, (long long)s->grad_accum);
+    if (size < s->ctx + 1)
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "the training data has %lld bytes; ctx %lld needs at least %lld",
+                        (long long)size, (long long)s->ctx, (long long)s->ctx + 1);
+    t->model = m;
+    t->st.settings = *s;
+    tokens = s->batch * s->ctx;
+    t->inputs = (uint8_t *)MB_MALLOC((size_t)tokens);
+    t->targets = (int32_t *)MB_MALLOC((size_t)tokens * sizeof(int32_t));
+    if (!t->inputs || !t->targets) { mb_trainer_free(t); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "batch buffers"); }
+    mb_sampler_init(&t->sampler, data, size, (uint64_t)s->seed, 0);
+    if (resume) {
+        t->st.step = resume->step;
+        t->st.elapsed_s = resume->elapsed_s;
+        t->st.adam_m = resume->adam_m;
+        t->st.adam_v = resume->adam_v;
+        resume->adam_m = resume->adam_v = NULL;
+        t->sampler.rng = resume->data_rng;
+        t->sampler.pos = resume->data_pos;
+    } else {
+        t->st.adam_m = (float *)MB_MALLOC((size_t)n * sizeof(float));
+        t->st.adam_v = (float *)MB_MALLOC((size_t)n * sizeof(float));
+        if (t->st.adam_m) memset(t->st.adam_m, 0, (size_t)n * sizeof(float));
+        if (t->st.adam_v) memset(t->st.adam_v, 0, (size_t)n * sizeof(float));
+    }
+    if (!t->st.adam_m || !t->st.adam_v) { mb_trainer_free(t); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "optimizer state"); }
+    return MB_STATUS_OK;
+}
+
+MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
+    const mb_train_settings *s = &t->st.settings;
+    mb_model *m = t->model;
+    int B = (int)s->batch, T = (int)s->ctx;
+    int64_t k;
+    double loss_sum = 0.0;
+    mb_status st;
+    mb_model_zero_grad(m);
+    for (k = 0; k < s->grad_accum; k++) {
+        float loss;
+        st = mb_sampler_next(&t->sampler, t->inputs, t->targets, B, T);
+        if (st == MB_STATUS_OK) st = mb_model_forward(m, t->inputs, t->targets, B, T, &loss);
+        if (st == MB_STATUS_OK) st = mb_model_backward(m);
+        if (st != MB_STATUS_OK) return st;
+        loss_sum += loss;
+    }
+    return mb_trainer_apply(t, lr, (float)(loss_sum / (double)s->grad_accum), r);
+}
+
+MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r) {
+    const mb_train_settings *s = &t->st.settings;
+    mb_model *m = t->model;
+    int64_t n = m->num_params, i;
+    memset(r, 0, sizeof *r);
+    r->lr = lr;
+    if (s->grad_accum > 1) { /* the mean over micro-batches, not their sum */
+        float inv = 1.0f / (float)s->grad_accum;
+        for (i = 0; i < n; i++) m->grads[i] *= inv;
+    }
+    if (t->st.step == t->inject_nonfinite_step) m->grads[0] = NAN;
+    r->loss = loss;
+    r->grad_norm = mb_grad_norm(m->grads, n);
+    r->applied = isfinite(r->loss) && isfinite(r->grad_norm);
+    if (r->applied) { /* the guard: a non-finite step changes nothing but the step count */
+        float coef = mb_clip_coef(r->grad_norm, s->clip);
+        if (coef < 1.0f)
+            for (i = 0; i < n; i++) m->grads[i] *= coef;
+        mb_adamw_update(m, t->st.adam_m, t->st.adam_v, t->st.step + 1, lr, s->beta1, s->beta2, s->eps, s->weight_decay);
+    }
+    t->st.step++;
+    return MB_STATUS_OK;
+}
+
+MBDEF mb_status mb_trainer_save(const mb_trainer *t, const char *path) {
+    mb_train_state st = t->st;
+    st.data_rng = t->sampler.rng;
+    st.data_pos = t->sampler.pos;
+    return mb_checkpoint_save(path, t->model, &st);
+}
+
+MBDEF void mb_trainer_free(mb_trainer *t) {
+    MB_FREE(t->inputs);
+    MB_FREE(t->targets);
+    mb_train_state_free(&t->st);
+    t->inputs = NULL;
+    t->targets = NULL;
+}
 
 #ifdef __cplusplus
 }

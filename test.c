@@ -11,6 +11,7 @@ int mbt_passed = 0, mbt_failed = 0;
 
 #include "tests/test_numerics.c"
 #include "tests/test_model.c"
+#include "tests/test_numerics_report.c"
 
 typedef struct { const char *name; void (*fn)(void); } mbt_suite;
 
@@ -18,6 +19,7 @@ int main(int argc, char **argv) {
     static const mbt_suite suites[] = {
         {"numerics", test_numerics},
         {"model", test_model},
+        {"numerics_report", test_numerics_report},
     };
     size_t i;
     for (i = 0; i < sizeof suites / sizeof suites[0]; i++) {
