@@ -4,6 +4,9 @@
    suite is one translation unit with one implementation of the header. */
 #define MAMBABYTE_IMPLEMENTATION
 #include "mambabyte.h"
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include "tests/mbtest.h"
 #include "tests/mbfx.h"
 
@@ -12,6 +15,7 @@ int mbt_passed = 0, mbt_failed = 0;
 #include "tests/test_numerics.c"
 #include "tests/test_model.c"
 #include "tests/test_numerics_report.c"
+#include "tests/test_train.c"
 
 typedef struct { const char *name; void (*fn)(void); } mbt_suite;
 
@@ -20,6 +24,7 @@ int main(int argc, char **argv) {
         {"numerics", test_numerics},
         {"model", test_model},
         {"numerics_report", test_numerics_report},
+        {"train", test_train},
     };
     size_t i;
     for (i = 0; i < sizeof suites / sizeof suites[0]; i++) {

@@ -1,0 +1,343 @@
+/* test_train.c - the trainer and evaluator: tiny overfit, PyTorch AdamW
+   trajectory, grad accumulation, schedule, the eval protocol, UTF-8, exact
+   resume and the CLI's error paths.  Included by test.c. */
+
+static mb_train_settings small_settings(void) {
+    mb_train_settings s;
+    memset(&s, 0, sizeof s);
+    s.batch = 4; s.ctx = 64; s.steps = 300; s.warmup = 15; s.grad_accum = 1; s.seed = 3;
+    s.lr = 1e-2; s.weight_decay = 0.1; s.clip = 1.0; s.beta1 = 0.9; s.beta2 = 0.95; s.eps = 1e-8;
+    return s;
+}
+
+static void test_tiny_overfit(void) {
+    static const char *fox = "the quick brown fox jumps over the lazy dog. ";
+    size_t flen = strlen(fox);
+    int64_t len = 200 * (int64_t)flen, i;
+    uint8_t *text = (uint8_t *)malloc((size_t)len);
+    mb_config c = mb_config_default();
+    mb_train_settings s = small_settings();
+    mb_model *m;
+    mb_trainer tr;
+    mb_step_result r;
+    mb_eval_result ev;
+    double acc;
+    for (i = 0; i < len; i++) text[i] = (uint8_t)fox[i % (int64_t)flen];
+    c.d_model = 32; c.n_layer = 2; c.d_state = 8; c.dt_rank = 0;
+    mb_model_create(&m, &c, 17);
+    MBT_CHECK(mb_trainer_init(&tr, m, &s, text, len, NULL) == MB_STATUS_OK, "trainer init: %s", mb_last_error());
+    for (i = 0; i < s.steps; i++) mb_trainer_step(&tr, mb_lr_at_step(s.lr, i, s.warmup, s.steps), &r);
+    mb_eval_text(m, text, len, 2000, &ev, NULL, NULL);
+    acc = (double)ev.chars_correct / (double)ev.chars;
+    MBT_CHECK(acc >= 0.95, "tiny overfit: char accuracy %.4f after %lld steps (loss %.4f), want >= 0.95", acc, (long long)s.steps, r.loss);
+    mb_trainer_free(&tr);
+    mb_model_free(m);
+    free(text);
+}
+
+/* torch.optim.AdamW + clip_grad_norm_ + our schedule for 20 steps, float64
+   (tools/torch_reference.py): every step's loss within 1e-5 absolute. */
+static void test_adamw_trajectory(void) {
+    mbfx f;
+    mb_model *m = NULL;
+    mb_trainer tr;
+    mb_train_settings s = small_settings();
+    const mbfx_entry *ein, *etg, *el, *en, *elr, *ehp, *efin;
+    const float *hp;
+    int steps, B, T, k, i;
+    double worst_loss = 0, worst_norm = 0, worst_lr = 0;
+    uint8_t x[4096];
+    if (mbfx_load(&f, "tests/fixtures/model_tiny.mbfx") != 0 || mb_model_load(&m, "tests/fixtures/model_tiny.bin") != MB_STATUS_OK) {
+        MBT_CHECK(0, "model fixtures missing");
+        return;
+    }
+    ein = mbfx_get(&f, "traj.inputs"); etg = mbfx_get(&f, "traj.targets"); el = mbfx_get(&f, "traj.losses");
+    en = mbfx_get(&f, "traj.grad_norms"); elr = mbfx_get(&f, "traj.lrs"); ehp = mbfx_get(&f, "traj.hparams");
+    efin = mbfx_get(&f, "traj.final_params");
+    if (!ein || !etg || !el || !en || !elr || !ehp || !efin) { MBT_CHECK(0, "trajectory fixture incomplete"); mbfx_free(&f); mb_model_free(m); return; }
+    steps = (int)ein->dims[0]; B = (int)ein->dims[1]; T = (int)ein->dims[2];
+    hp = (const float *)ehp->data; /* lr_max, beta1, beta2, eps, weight_decay, clip, warmup, total */
+    s.batch = B; s.ctx = T; s.lr = hp[0]; s.beta1 = hp[1]; s.beta2 = hp[2]; s.eps = hp[3]; s.weight_decay = hp[4];
+    s.clip = hp[5]; s.warmup = (int64_t)hp[6]; s.steps = (int64_t)hp[7];
+    for (i = 0; i < B * T; i++) x[i] = (uint8_t)((const int32_t *)ein->data)[i];
+    mb_trainer_init(&tr, m, &s, x, B * T, NULL);
+    mb_model_set_scan_chunk(m, 8);
+    for (k = 0; k < steps; k++) {
+        mb_step_result r;
+        float loss;
+        double lr = mb_lr_at_step(s.lr, k, s.warmup, s.steps);
+        for (i = 0; i < B * T; i++) x[i] = (uint8_t)((const int32_t *)ein->data)[k * B * T + i];
+        mb_model_zero_grad(m);
+        mb_model_forward(m, x, (const int32_t *)etg->data + k * B * T, B, T, &loss);
+        mb_model_backward(m);
+        mb_trainer_apply(&tr, lr, loss, &r);
+        if (fabs(r.loss - ((const float *)el->data)[k]) > worst_loss) worst_loss = fabs(r.loss - ((const float *)el->data)[k]);
+        if (fabs(r.grad_norm / ((const float *)en->data)[k] - 1) > worst_norm) worst_norm = fabs(r.grad_norm / ((const float *)en->data)[k] - 1);
+        if (fabs(lr / ((const float *)elr->data)[k] - 1) > worst_lr) worst_lr = fabs(lr / ((const float *)elr->data)[k] - 1);
+    }
+    MBT_CHECK(worst_loss < 1e-5, "AdamW trajectory: worst |loss - PyTorch| over %d steps = %.3g", steps, worst_loss);
+    MBT_CHECK(worst_norm < 1e-4, "AdamW trajectory: worst relative grad-norm difference %.3g", worst_norm);
+    MBT_CHECK(worst_lr < 1e-6, "schedule vs the reference's lr: worst relative difference %.3g", worst_lr);
+    MBT_CHECK(mbt_rel_l2(mb_model_params(m), (const float *)efin->data, efin->numel) < 1e-4,
+              "parameters after 20 steps vs PyTorch: rel L2 %.3g", mbt_rel_l2(mb_model_params(m), (const float *)efin->data, efin->numel));
+    mb_trainer_free(&tr);
+    mb_model_free(m);
+    mbfx_free(&f);
+}
+
+static void test_grad_accum(void) {
+    enum { LEN = 5000 };
+    mb_config c = mb_config_default();
+    mb_train_settings s = small_settings();
+    mb_model *a, *b;
+    mb_trainer ta, tb;
+    mb_step_result ra, rb;
+    uint8_t text[LEN];
+    int64_t n;
+    random_bytes(text, NULL, LEN, 91);
+    c.d_model = 16; c.n_layer = 2; c.d_state = 4; c.dt_rank = 0;
+    mb_model_create(&a, &c, 5);
+    mb_model_create(&b, &c, 5);
+    n = mb_model_num_params(a);
+    s.batch = 8; s.ctx = 32; s.lr = 1e-3;
+    mb_trainer_init(&ta, a, &s, text, LEN, NULL);
+    s.batch = 2; s.grad_accum = 4; /* the same 8 windows, in the same order */
+    mb_trainer_init(&tb, b, &s, text, LEN, NULL);
+    mb_trainer_step(&ta, 1e-3, &ra);
+    mb_trainer_step(&tb, 1e-3, &rb);
+    MBT_CHECK(fabs(ra.loss - rb.loss) < 1e-6 && fabs(ra.grad_norm / rb.grad_norm - 1) < 1e-5,
+              "grad accum 4 x batch 2 vs batch 8: loss %.8g vs %.8g, norm %.8g vs %.8g", ra.loss, rb.loss, ra.grad_norm, rb.grad_norm);
+    MBT_CHECK(mbt_rel_l2(mb_model_params(b), mb_model_params(a), n) < 1e-6, "grad accum: parameters after one step differ: %g",
+              mbt_rel_l2(mb_model_params(b), mb_model_params(a), n));
+    mb_trainer_free(&ta);
+    mb_trainer_free(&tb);
+    mb_model_free(a);
+    mb_model_free(b);
+}
+
+static void test_schedule(void) {
+    MBT_CHECK(fabs(mb_lr_at_step(3e-4, 0, 200, 4000) - 1.5e-6) < 1e-12, "warm-up starts at lr/W");
+    MBT_CHECK(fabs(mb_lr_at_step(3e-4, 199, 200, 4000) - 3e-4) < 1e-12, "warm-up ends at the peak");
+    MBT_CHECK(fabs(mb_lr_at_step(3e-4, 200, 200, 4000) - 3e-4) < 1e-12, "cosine starts at the peak");
+    MBT_CHECK(fabs(mb_lr_at_step(3e-4, 2100, 200, 4000) - 1.5e-4) < 1e-12, "cosine midpoint is half the peak");
+    MBT_CHECK(mb_lr_at_step(3e-4, 4000, 200, 4000) == 0.0 && mb_lr_at_step(3e-4, 3999, 200, 4000) < 1e-9, "cosine reaches 0 at the end");
+    MBT_CHECK(mb_lr_at_fraction(1.0, 0.0, 0.05) == 0.0 && fabs(mb_lr_at_fraction(1.0, 0.05, 0.05) - 1.0) < 1e-12 &&
+              fabs(mb_lr_at_fraction(1.0, 0.525, 0.05) - 0.5) < 1e-12 && mb_lr_at_fraction(1.0, 1.0, 0.05) == 0.0,
+              "time schedule: 0 -> peak at the warm-up fraction -> half at the middle -> 0 at the deadline");
+    MBT_CHECK(mb_clip_coef(4.0, 1.0) == (float)(1.0 / (4.0 + 1e-6)) && mb_clip_coef(0.5, 1.0) == 1.0f, "clip coefficient");
+}
+
+static void test_utf8(void) {
+    struct { const char *s; int n, want; } c[] = {
+        {"a", 1, 1}, {"\xC3\xA9", 2, 2}, {"\xE2\x82\xAC", 3, 3}, {"\xF0\x9F\x98\x80", 4, 4},
+        {"\xC0\x80", 2, 0} /* overlong */, {"\xC1\xBF", 2, 0}, {"\xE0\x80\xAF", 3, 0} /* overlong */,
+        {"\xED\xA0\x80", 3, 0} /* surrogate */, {"\xF4\x90\x80\x80", 4, 0} /* > U+10FFFF */,
+        {"\xF5\x80\x80\x80", 4, 0}, {"\x80", 1, 0} /* stray continuation */, {"\xC3", 1, 0} /* truncated */,
+        {"\xE2\x82", 2, 0}, {"\xC3\x28", 2, 0}, {"\xEF\xBF\xBF", 3, 3}, {"\xF4\x8F\xBF\xBF", 4, 4}};
+    size_t i;
+    int bad = 0;
+    for (i = 0; i < sizeof c / sizeof c[0]; i++)
+        if (mb_utf8_char_len((const uint8_t *)c[i].s, c[i].n) != c[i].want) {
+            bad++;
+            fprintf(stderr, "  utf8 case %zu: got %d want %d\n", i, mb_utf8_char_len((const uint8_t *)c[i].s, c[i].n), c[i].want);
+        }
+    MBT_CHECK(bad == 0, "UTF-8 decoder: %d cases wrong", bad);
+}
+
+/* A model with every parameter 0 gives logits that are exactly 0: argmax 0,
+   every byte costs exactly 8 bits.  So the protocol's counts are known. */
+static void test_eval_protocol(void) {
+    static const uint8_t text[] = {0x00, 'a', 0x00, 0xC3, 0xA9, 0x00, 0xE2, 0x82, 0xAC, 'b'};
+    static const uint8_t bad_text[] = {'o', 'k', 0xC3, 0x28, 'x'};
+    mb_config c = tiny_config();
+    mb_model *m;
+    mb_eval_result r;
+    mb_status s;
+    mb_model_create(&m, &c, 1);
+    memset(mb_model_params(m), 0, sizeof(float) * (size_t)mb_model_num_params(m));
+    s = mb_eval_text(m, text, sizeof text, -1, &r, NULL, NULL);
+    MBT_CHECK(s == MB_STATUS_OK && r.chars == 7 && r.bytes == 10, "eval: 7 chars (NUL a NUL é NUL € b) in 10 bytes, got %lld in %lld",
+              (long long)r.chars, (long long)r.bytes);
+    MBT_CHECK(r.chars_correct == 3 && r.bytes_correct == 3, "eval: argmax 0 is right exactly on the 3 NULs: %lld chars, %lld bytes",
+              (long long)r.chars_correct, (long long)r.bytes_correct);
+    MBT_CHECK(fabs(r.nll_bits / (double)r.bytes - 8.0) < 1e-6, "uniform logits cost 8 bits per byte, got %g", r.nll_bits / (double)r.bytes);
+    s = mb_eval_text(m, text, sizeof text, 4, &r, NULL, NULL);
+    MBT_CHECK(s == MB_STATUS_OK && r.chars == 4 && r.bytes == 5 && r.chars_correct == 2, "eval of the first 4 chars: %lld chars %lld bytes",
+              (long long)r.chars, (long long)r.bytes);
+    s = mb_eval_text(m, bad_text, sizeof bad_text, -1, &r, NULL, NULL);
+    MBT_CHECK(s == MB_STATUS_BAD_FORMAT && strstr(mb_last_error(), "offset 2"), "invalid UTF-8 must name offset 2: '%s'", mb_last_error());
+    s = mb_eval_text(m, bad_text, sizeof bad_text, 2, &r, NULL, NULL);
+    MBT_CHECK(s == MB_STATUS_OK && r.chars == 2, "the first 2 chars are valid even though byte 2 is not");
+    mb_model_free(m);
+}
+
+/* ------------------------------------------------------------------ CLI */
+static int run_cmd(const char *cmd) {
+    int rc = system(cmd);
+    return rc == -1 ? -1 : (WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc));
+}
+
+static int file_contains(const char *path, const char *needle) {
+    FILE *f = fopen(path, "rb");
+    static char buf[1 << 16];
+    size_t n;
+    if (!f) return 0;
+    n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return strstr(buf, needle) != NULL;
+}
+
+static int files_equal(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int ca, cb, same = fa && fb;
+    while (same) {
+        ca = fgetc(fa);
+        cb = fgetc(fb);
+        if (ca != cb) same = 0;
+        if (ca == EOF) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return same;
+}
+
+/* About 24 KB of varied text (not the smoke-mode size) written by the test. */
+static void write_train_text(const char *path) {
+    static const char *words[] = {"state", "space", "model", "bytes", "river", "stone", "light", "over", "the", "a",
+                                  "quickly", "under", "numbers", "café", "naïve", "soft", "max", "scan", "=", "\n"};
+    FILE *f = fopen(path, "wb");
+    mbt_rng rng = {2024};
+    int i;
+    for (i = 0; i < 4000; i++) fprintf(f, "%s ", words[mbt_next(&rng) % 20]);
+    fclose(f);
+}
+
+static void test_cli_train(void) {
+    const char *common = "./mambabyte train --data build/t_text.txt --d-model 16 --n-layer 2 --d-state 4 --batch 2 --ctx 32 "
+                         "--steps 12 --lr 1e-2 --eval-chars 200 --threads 2";
+    char cmd[2048];
+    int rc;
+    write_train_text("build/t_text.txt");
+    /* one run of 12 steps, and 6 + resume + 6 (with a mid-run save) */
+    snprintf(cmd, sizeof cmd, "%s --out build/t_full.bin --log build/t_full.csv --json build/t_full.json > build/t_full.out 2>&1", common);
+    rc = run_cmd(cmd);
+    MBT_CHECK(rc == 0, "train run failed (%d): see build/t_full.out", rc);
+    MBT_CHECK(file_contains("build/t_full.json", "\"steps\": 12") && file_contains("build/t_full.json", "\"training_energy_J\": null") &&
+              file_contains("build/t_full.json", "\"tokens_per_s\""), "train --json keys");
+    MBT_CHECK(file_contains("build/t_full.out", "char accuracy") && file_contains("build/t_full.out", "last 5%"),
+              "train should evaluate on the held-out 5%% and say so");
+    snprintf(cmd, sizeof cmd, "%s --stop-at 6 --save-every 3 --out build/t_half.bin --log build/t_half.csv > build/t_half.out 2>&1", common);
+    MBT_CHECK(run_cmd(cmd) == 0, "first half failed: see build/t_half.out");
+    MBT_CHECK(run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --out build/t_half.bin --log build/t_half.csv "
+                      "--eval-chars 0 --threads 2 > build/t_resume.out 2>&1") == 0,
+              "resume failed: see build/t_resume.out");
+    {   /* everything but the wall-clock time and the save interval must be bit-identical */
+        mb_model *ma = NULL, *mb = NULL;
+        mb_train_state sa, sb;
+        int ha = 0, hb = 0, same = 0;
+        if (mb_checkpoint_load("build/t_full.bin", &ma, &sa, &ha) == MB_STATUS_OK &&
+            mb_checkpoint_load("build/t_half.bin", &mb, &sb, &hb) == MB_STATUS_OK && ha && hb) {
+            int64_t n = mb_model_num_params(ma);
+            same = n == mb_model_num_params(mb) && !memcmp(mb_model_params(ma), mb_model_params(mb), 4 * (size_t)n) &&
+                   !memcmp(sa.adam_m, sb.adam_m, 4 * (size_t)n) && !memcmp(sa.adam_v, sb.adam_v, 4 * (size_t)n) &&
+                   sa.step == 12 && sb.step == 12 && sa.data_rng == sb.data_rng && sa.data_pos == sb.data_pos;
+            mb_train_state_free(&sa);
+            mb_train_state_free(&sb);
+        }
+        MBT_CHECK(same, "6 steps + resume + 6 steps must give bit-identical parameters, moments and sampler state to 12 steps");
+        mb_model_free(ma);
+        mb_model_free(mb);
+    }
+    MBT_CHECK(files_equal("build/t_full.csv", "build/t_half.csv") || 0 == run_cmd("cut -d, -f1-4 build/t_full.csv > build/t_a.csv && "
+              "cut -d, -f1-4 build/t_half.csv > build/t_b.csv && cmp -s build/t_a.csv build/t_b.csv"),
+              "the resumed run's losses must equal the single run's");
+    /* resume with a different config or setting is refused */
+    rc = run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --d-model 32 --out build/t_x.bin > build/t_err.out 2>&1");
+    MBT_CHECK(rc == 2 && file_contains("build/t_err.out", "--d-model 32 differs"), "resume with another --d-model: rc %d", rc);
+    rc = run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --lr 0.5 --out build/t_x.bin > build/t_err.out 2>&1");
+    MBT_CHECK(rc == 2 && file_contains("build/t_err.out", "--lr is"), "resume with another --lr: rc %d", rc);
+    /* eval and sample on the checkpoint */
+    rc = run_cmd("./mambabyte eval --model build/t_full.bin --data build/t_text.txt --chars 300 --json build/t_eval.json > build/t_eval.out 2>&1");
+    MBT_CHECK(rc == 0 && file_contains("build/t_eval.json", "\"val_char_accuracy\"") && file_contains("build/t_eval.json", "\"chars\": 300") &&
+              file_contains("build/t_eval.json", "\"bits_per_byte\""), "eval --json: rc %d", rc);
+    rc = run_cmd("./mambabyte sample --model build/t_full.bin --prompt 'the ' --bytes 40 --seed 3 > build/t_sample1.out 2>&1 && "
+                 "./mambabyte sample --model build/t_full.bin --prompt 'the ' --bytes 40 --seed 3 > build/t_sample2.out 2>&1");
+    MBT_CHECK(rc == 0 && files_equal("build/t_sample1.out", "build/t_sample2.out") && file_contains("build/t_sample1.out", "the "),
+              "sample: same seed, same text");
+}
+
+static void test_cli_errors(void) {
+    struct { const char *cmd; int rc; const char *msg; } c[] = {
+        {"./mambabyte", 2, "usage"},
+        {"./mambabyte frobnicate", 2, "unknown command"},
+        {"./mambabyte train --bogus 1", 2, "unknown flag"},
+        {"./mambabyte train --steps", 2, "needs a value"},
+        {"./mambabyte train --steps -5", 2, "bad value"},
+        {"./mambabyte train --steps 2.5", 2, "bad value"},
+        {"./mambabyte train --lr nan", 2, "bad value"},
+        {"./mambabyte train --schedule sometimes", 2, "--schedule"},
+        {"./mambabyte train --schedule time --data build/t_text.txt", 2, "--time-budget"},
+        {"./mambabyte train --data build/no_such_file.txt", 1, "no_such_file.txt"},
+        {"./mambabyte train --data build/t_text.txt --ctx 100000 --steps 1", 1, "fewer than ctx+1"},
+        {"./mambabyte train --data build/t_text.txt --resume build/no_such.bin", 1, "no_such.bin"},
+        {"./mambabyte train --data build/t_text.txt --resume build/t_text.txt", 1, "not a mambabyte checkpoint"},
+        {"./mambabyte eval --model build/t_full.bin", 2, "--data are required"},
+        {"./mambabyte eval --model build/no_such.bin --data build/t_text.txt", 1, "no_such.bin"},
+        {"./mambabyte eval --model build/t_full.bin --data build/t_bad_utf8.txt", 1, "invalid UTF-8 at byte offset 3"},
+        {"./mambabyte sample --bytes 5", 2, "--model is required"},
+        {"./mambabyte train --data build/t_text.txt --steps 1 --d-model 16 --n-layer 1 --eval-chars 0 --out build/no_dir/x.bin", 1, "cannot create"},
+    };
+    size_t i;
+    FILE *f = fopen("build/t_bad_utf8.txt", "wb");
+    fputs("abc\xC3\x28 and more", f);
+    fclose(f);
+    for (i = 0; i < sizeof c / sizeof c[0]; i++) {
+        char cmd[1024];
+        int rc;
+        snprintf(cmd, sizeof cmd, "%s > build/t_cli.out 2>&1", c[i].cmd);
+        rc = run_cmd(cmd);
+        MBT_CHECK(rc == c[i].rc && file_contains("build/t_cli.out", c[i].msg), "'%s': exit %d (want %d), output lacks '%s'?", c[i].cmd, rc,
+                  c[i].rc, c[i].msg);
+    }
+}
+
+/* Saving into a "full disk" (RLIMIT_FSIZE) fails cleanly and keeps the old file. */
+static void test_save_failure_keeps_old(void) {
+    mb_config c = tiny_config();
+    mb_model *m, *back = NULL;
+    struct rlimit old, small;
+    const char *path = "build/t_keep.bin";
+    mb_status s;
+    float original;
+    mb_model_create(&m, &c, 3);
+    MBT_CHECK(mb_model_save(m, path) == MB_STATUS_OK, "first save");
+    original = mb_model_params(m)[0];
+    mb_model_params(m)[0] = original + 1.0f;
+    getrlimit(RLIMIT_FSIZE, &old);
+    small = old;
+    small.rlim_cur = 2000; /* smaller than the checkpoint */
+    signal(SIGXFSZ, SIG_IGN);
+    setrlimit(RLIMIT_FSIZE, &small);
+    s = mb_model_save(m, path);
+    setrlimit(RLIMIT_FSIZE, &old);
+    MBT_CHECK(s == MB_STATUS_IO_ERROR && strstr(mb_last_error(), "intact"), "a failed save must be an error: '%s'", mb_last_error());
+    s = mb_model_load(&back, path);
+    MBT_CHECK(s == MB_STATUS_OK && back && mb_model_params(back)[0] == original,
+              "the previous checkpoint must survive a failed save");
+    MBT_CHECK(run_cmd("ls build/t_keep.bin.tmp.* > /dev/null 2>&1") != 0, "a failed save must not leave its temporary file");
+    mb_model_free(back);
+    mb_model_free(m);
+}
+
+static void test_train(void) {
+    test_schedule();
+    test_utf8();
+    test_eval_protocol();
+    test_grad_accum();
+    test_adamw_trajectory();
+    test_tiny_overfit();
+    test_save_failure_keeps_old();
+    test_cli_train();
+    test_cli_errors();
+}
