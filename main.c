@@ -339,7 +339,7 @@ static int settings_differ(const mb_train_settings *a, const mb_train_settings *
         return 1;                                                                                      \
     }
     MB_CMP(batch) MB_CMP(ctx) MB_CMP(steps) MB_CMP(warmup) MB_CMP(grad_accum) MB_CMP(seed) MB_CMP(schedule)
-    MB_CMP(lr) MB_CMP(weight_decay) MB_CMP(clip) MB_CMP(beta1) MB_CMP(beta2) MB_CMP(eps) MB_CMP(time_budget)
+    MB_CMP(lr) MB_CMP(weight_decay) MB_CMP(clip) MB_CMP(beta1) MB_CMP(beta2) MB_CMP(eps) MB_CMP(time_budget) MB_CMP(sequential)
 #undef MB_CMP
     return 0;
 }
@@ -362,6 +362,7 @@ static int cmd_train(int argc, char **argv) {
         {"schedule", F_STR, 0, 0, "step (default) or time: the lr follows the budget's elapsed fraction", 0, 0, 0},
         {"out", F_STR, 0, 0, "checkpoint path (default model.bin)", 0, 0, 0},
         {"resume", F_STR, 0, 0, "continue bit-identically from a checkpoint with training state", 0, 0, 0},
+        {"sequential", F_BOOL, 0, 0, "consecutive windows (passes over the data) instead of random ones", 0, 0, 0},
         {"save-every", F_INT, 0, 1e12, "also save every N steps (default 0 = only at the end)", 0, 0, 0},
         {"log-every", F_INT, 1, 1e12, "print a line every N steps (default 10)", 0, 0, 0},
         {"log", F_STR, 0, 0, "CSV log: step,loss,lr,grad_norm,seconds", 0, 0, 0},
@@ -476,6 +477,7 @@ static int cmd_train(int argc, char **argv) {
     set.seed = (int64_t)flag_num(flags, "seed", (double)set.seed);
     set.time_budget = flag_num(flags, "time-budget", 0);
     set.schedule = !strcmp(schedule, "time");
+    set.sequential = flag_given(flags, "sequential");
     set.warmup = (int64_t)flag_num(flags, "warmup", floor(0.05 * (double)set.steps + 0.5));
     set.save_every = (int64_t)flag_num(flags, "save-every", 0);
     if (smoke && train_size < set.ctx + 1) set.ctx = train_size - 1; /* shrink to what there is */
@@ -529,6 +531,7 @@ static int cmd_train(int argc, char **argv) {
             if (!flag_given(flags, "clip")) set.clip = ck.clip;
             if (!flag_given(flags, "time-budget")) set.time_budget = ck.time_budget;
             if (!flag_given(flags, "save-every")) set.save_every = ck.save_every;
+            if (!flag_given(flags, "sequential")) set.sequential = ck.sequential;
             set.beta1 = ck.beta1; set.beta2 = ck.beta2; set.eps = ck.eps;
             if (!flag_given(flags, "stop-at")) stop_at = set.steps;
             ck.save_every = set.save_every; /* not part of the trajectory */
@@ -559,10 +562,10 @@ static int cmd_train(int argc, char **argv) {
     printf("model: d_model %d, %d layers, d_state %d, d_conv %d, expand %d, dt_rank %d: %lld parameters\n", cfg.d_model,
            cfg.n_layer, cfg.d_state, cfg.d_conv, cfg.expand, cfg.dt_rank, (long long)mb_model_num_params(m));
     printf("train: batch %lld x ctx %lld x accum %lld, %lld steps%s, lr %g (warm-up %lld, cosine to 0, %s schedule), "
-           "wd %g, clip %g, seed %lld, %d threads\n",
+           "wd %g, clip %g, seed %lld, %s windows, %d threads\n",
            (long long)set.batch, (long long)set.ctx, (long long)set.grad_accum, (long long)set.steps,
            has_state ? " (resumed)" : "", set.lr, (long long)set.warmup, set.schedule ? "time" : "step", set.weight_decay,
-           set.clip, (long long)set.seed,
+           set.clip, (long long)set.seed, set.sequential ? "sequential" : "random",
 #ifdef _OPENMP
            omp_get_max_threads()
 #else
@@ -659,6 +662,7 @@ static int cmd_train(int argc, char **argv) {
             if (fclose(f) != 0) { fprintf(stderr, "mambabyte train: cannot write %s\n", flag_str(flags, "json", "")); rc = 1; }
         }
     }
+    fflush(stdout);
     if (rc == 0 && eval_chars > 0 && eval_size > 0 && tr.st.step >= set.steps)
         rc = run_eval(m, eval_text, eval_size, eval_chars, paths.eval_is_tail ? "held-out 5%" : paths.eval, NULL);
 done_trainer:

@@ -229,6 +229,7 @@ MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *d
 typedef struct {
     int64_t batch, ctx, steps, warmup, grad_accum, save_every, seed;
     int32_t schedule;          /* 0 step, 1 time */
+    int32_t sequential;        /* 1: consecutive windows instead of random ones */
     double lr, weight_decay, clip, beta1, beta2, eps, time_budget;
 } mb_train_settings;
 typedef struct {
@@ -1507,13 +1508,13 @@ static void mb__settings_pack(double *o, const mb_train_settings *s) {
     o[0] = (double)s->batch; o[1] = (double)s->ctx; o[2] = (double)s->steps; o[3] = (double)s->warmup;
     o[4] = (double)s->grad_accum; o[5] = (double)s->save_every; o[6] = (double)s->seed; o[7] = (double)s->schedule;
     o[8] = s->lr; o[9] = s->weight_decay; o[10] = s->clip; o[11] = s->beta1; o[12] = s->beta2; o[13] = s->eps;
-    o[14] = s->time_budget;
+    o[14] = s->time_budget; o[15] = (double)s->sequential;
 }
 static void mb__settings_unpack(mb_train_settings *s, const double *o) {
     s->batch = (int64_t)o[0]; s->ctx = (int64_t)o[1]; s->steps = (int64_t)o[2]; s->warmup = (int64_t)o[3];
     s->grad_accum = (int64_t)o[4]; s->save_every = (int64_t)o[5]; s->seed = (int64_t)o[6]; s->schedule = (int32_t)o[7];
     s->lr = o[8]; s->weight_decay = o[9]; s->clip = o[10]; s->beta1 = o[11]; s->beta2 = o[12]; s->eps = o[13];
-    s->time_budget = o[14];
+    s->time_budget = o[14]; s->sequential = (int32_t)o[15];
 }
 
 /* Bytes of the training-state block for n parameters. */
@@ -1928,7 +1929,7 @@ MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_setti
     t->inputs = (uint8_t *)MB_MALLOC((size_t)tokens);
     t->targets = (int32_t *)MB_MALLOC((size_t)tokens * sizeof(int32_t));
     if (!t->inputs || !t->targets) { mb_trainer_free(t); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "batch buffers"); }
-    mb_sampler_init(&t->sampler, data, size, (uint64_t)s->seed, 0);
+    mb_sampler_init(&t->sampler, data, size, (uint64_t)s->seed, s->sequential != 0);
     if (resume) {
         t->st.step = resume->step;
         t->st.elapsed_s = resume->elapsed_s;

@@ -257,6 +257,21 @@ static void test_cli_train(void) {
     MBT_CHECK(rc == 2 && file_contains("build/t_err.out", "--d-model 32 differs"), "resume with another --d-model: rc %d", rc);
     rc = run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --lr 0.5 --out build/t_x.bin > build/t_err.out 2>&1");
     MBT_CHECK(rc == 2 && file_contains("build/t_err.out", "--lr is"), "resume with another --lr: rc %d", rc);
+    /* a time budget stops cleanly and saves; the time schedule needs one */
+    rc = run_cmd("./mambabyte train --data build/t_text.txt --d-model 16 --n-layer 1 --batch 2 --ctx 32 --steps 1000000 "
+                 "--time-budget 1.5 --schedule time --sequential --eval-chars 0 --out build/t_budget.bin > build/t_budget.out 2>&1");
+    MBT_CHECK(rc == 0 && file_contains("build/t_budget.out", "time budget: stopping") && file_contains("build/t_budget.out", "sequential"),
+              "--time-budget should stop cleanly: rc %d", rc);
+    {
+        mb_model *mt = NULL;
+        mb_train_state st;
+        int has = 0;
+        MBT_CHECK(mb_checkpoint_load("build/t_budget.bin", &mt, &st, &has) == MB_STATUS_OK && has && st.elapsed_s < 1.5 &&
+                  st.settings.sequential == 1 && st.settings.schedule == 1 && st.step > 0,
+                  "the budgeted run's checkpoint should hold its state (elapsed < budget, sequential, time schedule)");
+        if (has) mb_train_state_free(&st);
+        mb_model_free(mt);
+    }
     /* eval and sample on the checkpoint */
     rc = run_cmd("./mambabyte eval --model build/t_full.bin --data build/t_text.txt --chars 300 --json build/t_eval.json > build/t_eval.out 2>&1");
     MBT_CHECK(rc == 0 && file_contains("build/t_eval.json", "\"val_char_accuracy\"") && file_contains("build/t_eval.json", "\"chars\": 300") &&
