@@ -10,6 +10,9 @@
 #include <time.h>
 #include <sys/resource.h>
 
+#ifdef MB_WITH_CUDA
+#include "mambabyte_cuda.cuh" /* declarations only */
+#endif
 #include "numerics_report.c"
 #include "bench.c"
 
@@ -344,6 +347,68 @@ static int settings_differ(const mb_train_settings *a, const mb_train_settings *
     return 0;
 }
 
+/* The training step on the chosen device.  On CUDA the CPU trainer still
+   owns the sampler, the step count and (between saves) the moments; the
+   GPU holds the live parameters, gradients and moments. */
+typedef struct {
+    mb_trainer *tr;
+#ifdef MB_WITH_CUDA
+    mb_cuda_trainer *gpu;
+#endif
+} backend;
+
+static mb_status backend_step(backend *be, double lr, mb_step_result *r) {
+#ifdef MB_WITH_CUDA
+    if (be->gpu) {
+        mb_trainer *t = be->tr;
+        const mb_train_settings *s = &t->st.settings;
+        double loss_sum = 0.0, norm = 0.0;
+        int64_t k;
+        int applied = 0;
+        mb_status st;
+        memset(r, 0, sizeof *r);
+        r->lr = lr;
+        for (k = 0; k < s->grad_accum; k++) {
+            float loss;
+            st = mb_sampler_next(&t->sampler, t->inputs, t->targets, (int)s->batch, (int)s->ctx);
+            if (st == MB_STATUS_OK) st = mb_cuda_trainer_forward_backward(be->gpu, t->inputs, t->targets, &loss);
+            if (st != MB_STATUS_OK) return mb__fail(st, "%s", mb_cuda_last_error());
+            loss_sum += loss;
+        }
+        r->loss = (float)(loss_sum / (double)s->grad_accum);
+        if (!isfinite(r->loss)) { /* the guard: skip the update, drop the gradients */
+            st = mb_cuda_trainer_zero_grad(be->gpu);
+            r->grad_norm = NAN;
+        } else {
+            st = mb_cuda_trainer_update(be->gpu, 1.0f / (float)s->grad_accum, lr, s->beta1, s->beta2, s->eps, s->weight_decay,
+                                        s->clip, t->st.step + 1, &norm, &applied);
+            r->grad_norm = norm;
+            r->applied = applied;
+        }
+        if (st != MB_STATUS_OK) return mb__fail(st, "%s", mb_cuda_last_error());
+        t->st.step++;
+        return MB_STATUS_OK;
+    }
+#endif
+    return mb_trainer_step(be->tr, lr, r);
+}
+
+/* Brings the live parameters and moments to the host (before a save or eval). */
+static mb_status backend_sync(backend *be) {
+#ifdef MB_WITH_CUDA
+    if (be->gpu && mb_cuda_trainer_download(be->gpu, mb_model_params(be->tr->model), be->tr->st.adam_m, be->tr->st.adam_v) != MB_STATUS_OK)
+        return mb__fail(MB_STATUS_CUDA_ERROR, "%s", mb_cuda_last_error());
+#else
+    (void)be;
+#endif
+    return MB_STATUS_OK;
+}
+
+static mb_status backend_save(backend *be, const char *path) {
+    mb_status s = backend_sync(be);
+    return s == MB_STATUS_OK ? mb_trainer_save(be->tr, path) : s;
+}
+
 static int cmd_train(int argc, char **argv) {
     flag flags[] = {
         {"data", F_STR, 0, 0, "WikiText folder (wiki.{train,valid,test}.raw) or one text file", 0, 0, 0},
@@ -388,6 +453,7 @@ static int cmd_train(int argc, char **argv) {
     int64_t train_size, eval_size, log_every, save_every, stop_at, eval_chars, t_start_step;
     mb_model *m = NULL;
     mb_trainer tr;
+    backend be;
     FILE *csv = NULL;
     nvml_energy nv;
     unsigned long long e0 = 0, e1 = 0;
@@ -552,12 +618,23 @@ static int cmd_train(int argc, char **argv) {
     save_every = set.save_every;
     budget = set.time_budget;
     warmup_frac = set.steps > 0 ? (double)set.warmup / (double)set.steps : 0.05;
-    if (!strcmp(device, "cuda") || !strcmp(device, "auto")) {
-        /* the CUDA trainer is wired in mambabyte_cuda builds (see README) */
+    be.tr = &tr;
 #ifdef MB_WITH_CUDA
-        if (mb_cuda_device_count() == 0) printf("note: no CUDA device found; training on the CPU\n");
-#endif
+    be.gpu = NULL;
+    if (strcmp(device, "cpu") != 0) {
+        if (mb_cuda_device_count() == 0) {
+            if (!strcmp(device, "cuda")) { fprintf(stderr, "mambabyte train: --device cuda: no CUDA device found\n"); rc = 1; goto done_trainer; }
+            printf("note: no CUDA device found; training on the CPU\n");
+        } else if (mb_cuda_trainer_create(&be.gpu, mb_model_config(m), (int)set.batch, (int)set.ctx, !strcmp(precision, "bf16")) != MB_STATUS_OK ||
+                   mb_cuda_trainer_upload(be.gpu, mb_model_params(m), tr.st.adam_m, tr.st.adam_v) != MB_STATUS_OK) {
+            fprintf(stderr, "mambabyte train: CUDA: %s\n", mb_cuda_last_error());
+            rc = 1;
+            goto done_trainer;
+        } else {
+            printf("device: CUDA (%s)\n", precision);
+        }
     }
+#endif
     cfg = *mb_model_config(m);
     printf("model: d_model %d, %d layers, d_state %d, d_conv %d, expand %d, dt_rank %d: %lld parameters\n", cfg.d_model,
            cfg.n_layer, cfg.d_state, cfg.d_conv, cfg.expand, cfg.dt_rank, (long long)mb_model_num_params(m));
@@ -594,7 +671,7 @@ static int cmd_train(int argc, char **argv) {
         }
         lr = set.schedule ? mb_lr_at_fraction(set.lr, elapsed / budget, warmup_frac)
                           : mb_lr_at_step(set.lr, tr.st.step, set.warmup, set.steps);
-        s = mb_trainer_step(&tr, lr, &r);
+        s = backend_step(&be, lr, &r);
         if (s != MB_STATUS_OK) { fprintf(stderr, "mambabyte train: step %lld: %s\n", (long long)tr.st.step, mb_last_error()); rc = 1; break; }
         step_time_est = now_s() - ts;
         if (!r.applied) {
@@ -634,13 +711,13 @@ static int cmd_train(int argc, char **argv) {
         if (save_every > 0 && tr.st.step % save_every == 0 && tr.st.step < set.steps) {
             tr.st.elapsed_s += now_s() - t0;
             t0 = now_s();
-            if (mb_trainer_save(&tr, out) != MB_STATUS_OK) { fprintf(stderr, "mambabyte train: save: %s\n", mb_last_error()); rc = 1; goto done_trainer; }
+            if (backend_save(&be, out) != MB_STATUS_OK) { fprintf(stderr, "mambabyte train: save: %s\n", mb_last_error()); rc = 1; goto done_trainer; }
         }
     }
     tr.st.elapsed_s += now_s() - t0;
     if (energy_ok && !nvml_read_mj(&nv, &e1)) energy_ok = 0;
     if (rc == 0) {
-        s = mb_trainer_save(&tr, out);
+        s = backend_save(&be, out);
         if (s != MB_STATUS_OK) { fprintf(stderr, "mambabyte train: save: %s\n", mb_last_error()); rc = 1; goto done_trainer; }
     }
     {
@@ -663,9 +740,13 @@ static int cmd_train(int argc, char **argv) {
         }
     }
     fflush(stdout);
+    if (rc == 0 && backend_sync(&be) != MB_STATUS_OK) { fprintf(stderr, "mambabyte train: %s\n", mb_last_error()); rc = 1; }
     if (rc == 0 && eval_chars > 0 && eval_size > 0 && tr.st.step >= set.steps)
         rc = run_eval(m, eval_text, eval_size, eval_chars, paths.eval_is_tail ? "held-out 5%" : paths.eval, NULL);
 done_trainer:
+#ifdef MB_WITH_CUDA
+    mb_cuda_trainer_free(be.gpu);
+#endif
     if (csv && fclose(csv) != 0) { fprintf(stderr, "mambabyte train: writing the CSV log failed\n"); rc = 1; }
     mb_trainer_free(&tr);
 done:
