@@ -18,7 +18,7 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 
 TARGETS = mambabyte
 ifneq ($(NVCC),)
-TARGETS += mambabyte_cuda
+TARGETS += mambabyte_cuda build/cuda_gpu_test build/cuda_bench
 endif
 
 .PHONY: all test test-cxx test-asan bench bench-cuda test-cuda fuzz clean
@@ -53,6 +53,24 @@ test-cxx: | build
 
 test: all test-cxx test_mambabyte
 	./test_mambabyte
+
+# The whole suite (CUDA kernels through the emulator too) under ASan + UBSan.
+test_mambabyte_asan: $(TEST_SRC) tests/test_cuda_emu.cpp $(wildcard mambabyte_cuda.cuh tests/cuda_emu*.h) | build
+	$(CXX) -std=c++17 -O1 -g $(WARN) -fsanitize=address,undefined -fno-omit-frame-pointer -c tests/test_cuda_emu.cpp -o build/test_cuda_emu_asan.o
+	$(CC) $(STD) -O1 -g $(WARN) -fsanitize=address,undefined -fno-omit-frame-pointer test.c build/test_cuda_emu_asan.o -o $@ -lstdc++ $(LDLIBS) -lpthread
+test-asan: mambabyte test_mambabyte_asan
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ./test_mambabyte_asan
+
+# On a machine with an NVIDIA GPU: kernels and the full model against the CPU path.
+NVCC_OMP = $(if $(OMP),-Xcompiler $(OMP))
+build/cuda_gpu_test: tests/cuda_gpu_test.cu mambabyte_cuda.cuh $(HEADERS) tests/mbtest.h | build
+	$(NVCC) -O2 $(CUDA_ARCH) $(NVCC_OMP) tests/cuda_gpu_test.cu -o $@ -lcublas
+test-cuda: build/cuda_gpu_test
+	./build/cuda_gpu_test
+build/cuda_bench: tests/cuda_bench.cu mambabyte_cuda.cuh $(HEADERS) | build
+	$(NVCC) -O3 $(CUDA_ARCH) $(NVCC_OMP) tests/cuda_bench.cu -o $@ -lcublas
+bench-cuda: build/cuda_bench
+	./build/cuda_bench
 
 bench: mambabyte
 	./mambabyte bench

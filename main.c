@@ -10,9 +10,6 @@
 #include <time.h>
 #include <sys/resource.h>
 
-#ifdef MB_WITH_CUDA
-#include "mambabyte_cuda.cuh" /* declarations only */
-#endif
 #include "numerics_report.c"
 #include "bench.c"
 

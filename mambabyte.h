@@ -342,6 +342,38 @@ MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_r
 MBDEF mb_status mb_trainer_save(const mb_trainer *t, const char *path);
 MBDEF void mb_trainer_free(mb_trainer *t);
 
+
+/* ------------------------------------------------------------------- CUDA */
+/* Defined only by mambabyte_cuda.cuh's implementation (link its object).
+   Plain extern, never MBDEF: they live in the CUDA translation unit.
+   Parameters, gradients and AdamW moments are flat float32 blocks in
+   checkpoint order, as mb_model_params.  See mambabyte_cuda.cuh. */
+#define MB_CUDA_API_DECLARED
+int mb_cuda_device_count(void);            /* 0 without a GPU or driver: never fails */
+const char *mb_cuda_last_error(void);      /* "file:line: call: reason" of the last failure */
+typedef struct mb_cuda_trainer mb_cuda_trainer;
+/* precision: 0 fp32, 1 bf16 matrix inputs (float32 master weights, moments, scan, CE) */
+mb_status mb_cuda_trainer_create(mb_cuda_trainer **out, const mb_config *cfg, int B, int T, int precision);
+void mb_cuda_trainer_free(mb_cuda_trainer *t);
+mb_status mb_cuda_trainer_set_scan_chunk(mb_cuda_trainer *t, int chunk); /* 1..64, default min(T,32) */
+mb_status mb_cuda_trainer_upload(mb_cuda_trainer *t, const float *params, const float *adam_m, const float *adam_v);
+mb_status mb_cuda_trainer_download(mb_cuda_trainer *t, float *params, float *adam_m, float *adam_v);
+/* grads += d(mean CE)/d(params), as mb_model_forward + mb_model_backward */
+mb_status mb_cuda_trainer_forward_backward(mb_cuda_trainer *t, const uint8_t *inputs, const int32_t *targets, float *loss);
+mb_status mb_cuda_trainer_forward_logits(mb_cuda_trainer *t, const uint8_t *inputs, float *logits_host);
+mb_status mb_cuda_trainer_grads(mb_cuda_trainer *t, float *grads_host);
+mb_status mb_cuda_trainer_zero_grad(mb_cuda_trainer *t);
+/* g *= grad_scale; norm; if finite: clip and one AdamW step (adam_step 1-based);
+   gradients zeroed either way; *applied_out = 0 when the norm was not finite */
+mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr, double beta1, double beta2,
+                                 double eps, double weight_decay, double clip, int64_t adam_step,
+                                 double *grad_norm_out, int *applied_out);
+typedef struct mb_cuda_stream mb_cuda_stream;
+mb_status mb_cuda_stream_create(mb_cuda_stream **out, const mb_config *cfg, const float *params);
+mb_status mb_cuda_stream_step(mb_cuda_stream *s, uint8_t byte, float *logits_host);
+mb_status mb_cuda_stream_reset(mb_cuda_stream *s);
+void mb_cuda_stream_free(mb_cuda_stream *s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -11,6 +11,7 @@
 #include "tests/mbfx.h"
 
 int mbt_passed = 0, mbt_failed = 0;
+void mbt_cuda_emu_tests(void); /* tests/test_cuda_emu.cpp: the CUDA kernels on the CPU */
 
 #include "tests/test_numerics.c"
 #include "tests/test_model.c"
@@ -25,6 +26,7 @@ int main(int argc, char **argv) {
         {"model", test_model},
         {"numerics_report", test_numerics_report},
         {"train", test_train},
+        {"cuda_emu", mbt_cuda_emu_tests},
     };
     size_t i;
     for (i = 0; i < sizeof suites / sizeof suites[0]; i++) {

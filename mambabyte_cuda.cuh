@@ -1,0 +1,1618 @@
+/* mambabyte_cuda.cuh - the CUDA companion of mambabyte.h: MambaByte training
+   and streaming inference on one NVIDIA GPU (sm_80 / sm_90), cuBLAS for every
+   matrix product, hand-written kernels for everything else.
+
+   HOW TO USE
+     Build this file alone as one CUDA translation unit:
+         nvcc -O3 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+              -DMAMBABYTE_CUDA_IMPLEMENTATION -x cu -c mambabyte_cuda.cuh -o mambabyte_cuda.o
+     and link it (with -lcublas -lcudart -lstdc++) into a C program that
+     compiles mambabyte.h's implementation (non-static: this file calls
+     mb_config_validate and mb_config_tensors).  Without the macro the file
+     only declares the mb_cuda_* API below (C-compatible).
+
+   WHAT RUNS WHERE
+     Everything of a training step stays on the device: the batch bytes and
+     targets go up, one float (the loss) comes back.  Parameters, gradients
+     and AdamW moments are flat float32 blocks in checkpoint order (the same
+     layout as mb_model_params), so upload/download are single copies.
+     Kernels are named after the CPU function they mirror:
+     mb__layernorm_forward -> layernorm_forward_kernel, and so on; the CPU
+     function is the specification (tests/test_cuda_emu.cpp checks each).
+
+   PRECISION
+     precision 0 (fp32): cuBLAS with CUBLAS_COMPUTE_32F (no TF32).
+     precision 1 (bf16): the inputs of every matrix product (activations,
+     gradients and a bf16 copy of the weights, refreshed after each update)
+     are bf16, accumulation and outputs float32 (cublasGemmEx, compute 32F).
+     Master weights, gradients, AdamW state, LayerNorm, the scan state and
+     the cross-entropy are float32 in both modes.
+
+   DETERMINISM
+     No float atomics.  Every reduction (LayerNorm/conv/scan parameter
+     gradients over tokens, dB/dC over channels, the loss mean, the gradient
+     norm) writes per-block partials that a second kernel sums in a fixed
+     order; the grids depend only on the problem size, never on the device.
+     Two runs of the same step on the same GPU give bitwise-equal results
+     (cuBLAS guarantees the same for one stream on one architecture).
+
+   EMULATION
+     With MB_CUDA_EMULATE defined (and tests/cuda_emu.h included first) the
+     kernels, launchers and entry points compile as host C++ and run on the
+     CPU through the launch emulator; device memory is host memory and the
+     cuBLAS wrapper is a CPU product.  See docs/CUDA.md.
+
+   ERRORS
+     Every CUDA and cuBLAS call is checked; failures return
+     MB_STATUS_CUDA_ERROR (or the mb_status that fits) and
+     mb_cuda_last_error() gives "file:line: call: reason".
+
+   LICENSE: MIT, as mambabyte.h.
+*/
+#ifndef MAMBABYTE_CUDA_CUH
+#define MAMBABYTE_CUDA_CUH
+
+#include "mambabyte.h"
+
+/* The mb_cuda_* API is declared in mambabyte.h (section "CUDA"). */
+#endif /* MAMBABYTE_CUDA_CUH */
+
+/* ======================================================================= */
+/*                             IMPLEMENTATION                              */
+/* ======================================================================= */
+#if defined(MAMBABYTE_CUDA_IMPLEMENTATION) && !defined(MB__CUDA_IMPLEMENTATION_DONE)
+#define MB__CUDA_IMPLEMENTATION_DONE
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef MB_CUDA_EMULATE
+#ifndef CUDA_EMU_H
+#error "MB_CUDA_EMULATE needs tests/cuda_emu.h included first"
+#endif
+#else
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#endif
+
+typedef __nv_bfloat16 mbc_bf16;
+
+#define MBC_MAX_CONV 64        /* d_conv limit of mb_config_validate */
+#define MBC_SCAN_MAX_CHUNK 64  /* h history kept per thread in the scan backward */
+#define MBC_SCAN_THREADS 256   /* threads per scan block: (256 / SP) channels x SP states */
+#define MBC_NORM_BLOCKS 256    /* fixed grid of the gradient-norm partials */
+#define MBC_LN_ROWS 64         /* rows per block of the LayerNorm backward */
+#define MBC_CONV_TOKENS 256    /* tokens per partial of the conv weight gradient */
+
+/* Kernel launch: <<<>>> on the GPU, the emulator on the host.  Launchers
+   return an mb_status, so a launch error is reported with file and line. */
+#ifdef MB_CUDA_EMULATE
+#define MBC_DYNAMIC_SHARED(T, name) T *name = (T *)cuda_emu::dynamic_smem()
+#define MBC_LAUNCH(kernel, grid, block, smem, ...) cuda_emu::launch(kernel, grid, block, smem, __VA_ARGS__)
+#else
+#define MBC_DYNAMIC_SHARED(T, name) extern __shared__ float4 mbc__dyn_smem[]; T *name = (T *)mbc__dyn_smem
+#define MBC_LAUNCH(kernel, grid, block, smem, ...)                                                    \
+    do {                                                                                          \
+        kernel<<<grid, block, smem, 0>>>(__VA_ARGS__);                                            \
+        MBC_CUDA(cudaGetLastError());                                                             \
+    } while (0)
+#endif
+
+namespace mbc {
+
+/* ====================================================== device helpers */
+
+__device__ __forceinline__ float sigmoidf_(float x) {
+    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+    float e = expf(x);
+    return e / (1.0f + e);
+}
+__device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+__device__ __forceinline__ float softplus_gradf_(float x) { return x > 20.0f ? 1.0f : sigmoidf_(x); }
+__device__ __forceinline__ float siluf_(float x) { return x * sigmoidf_(x); }
+__device__ __forceinline__ float silu_gradf_(float x) {
+    float s = sigmoidf_(x);
+    return s * (1.0f + x * (1.0f - s));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ int warp_sum_int(int v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = w > v ? w : v;
+    }
+    return v;
+}
+/* Sum over the `width` lanes of an aligned group (width a power of 2). */
+__device__ __forceinline__ float group_sum(float v, int width) {
+    for (int o = width >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o, width);
+    return v;
+}
+
+/* Block-wide reductions (blockDim.x a multiple of 32, <= 1024); every
+   thread gets the result.  sh: 32 floats of shared memory, reusable as soon
+   as the call returns.  A fixed tree: deterministic. */
+__device__ __forceinline__ float block_sum(float v, float *sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads(); /* sh may still be read by a previous call */
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? sh[lane] : 0.0f;
+    return warp_sum(v);
+}
+__device__ __forceinline__ float block_max(float v, float *sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? sh[lane] : -INFINITY;
+    return warp_max(v);
+}
+__device__ __forceinline__ int block_sum_int(int v, int *sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_sum_int(v);
+    __syncthreads();
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? sh[lane] : 0;
+    return warp_sum_int(v);
+}
+/* Double sum over a block of exactly 256 threads through shared memory. */
+__device__ __forceinline__ double block_sum_double256(double v, double *sh /* 256 */) {
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+/* ===================================================== utility kernels */
+
+/* out[r*ldo + j] += sum_{p in order} part[r*prs + p*ps + j], j < width. */
+__global__ void reduce_partials_kernel(float *out, int64_t ldo, const float *part, int64_t prs, int64_t ps,
+                                       int64_t rows, int64_t nparts, int64_t width) {
+    const int64_t total = rows * width;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / width, j = i % width;
+        const float *p = part + r * prs + j;
+        float s = 0.0f;
+        for (int64_t k = 0; k < nparts; k++) s += p[k * ps];
+        out[r * ldo + j] += s;
+    }
+}
+
+/* dst (rows, cols) contiguous bf16 = src (rows, cols; row stride lds). */
+__global__ void convert_bf16_kernel(mbc_bf16 *dst, const float *src, int64_t rows, int64_t cols, int64_t lds) {
+    const int64_t total = rows * cols;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(src[(i / cols) * lds + i % cols]);
+}
+
+/* x += y */
+__global__ void add_inplace_kernel(float *x, const float *y, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        x[i] += y[i];
+}
+
+/* ===================================================== embedding */
+
+/* mb__embedding_forward: out (N,C) = wte[tokens] */
+__global__ void embedding_forward_kernel(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C) {
+    const int64_t total = N * C;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t n = i / C, c = i % C;
+        out[i] = wte[(int64_t)tokens[n] * C + c];
+    }
+}
+
+/* mb__embedding_backward: one block per byte value v; the rows holding v
+   (bucket_rows[bucket_off[v] .. bucket_off[v+1]), increasing) are added in
+   token order, exactly the CPU's order: bitwise equal results. */
+__global__ void embedding_backward_kernel(float *dwte, const float *dout, const int64_t *bucket_off,
+                                          const int64_t *bucket_rows, int C) {
+    const int v = blockIdx.x;
+    const int64_t b0 = bucket_off[v], b1 = bucket_off[v + 1];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float acc = dwte[(int64_t)v * C + c];
+        for (int64_t k = b0; k < b1; k++) acc += dout[bucket_rows[k] * C + c];
+        dwte[(int64_t)v * C + c] = acc;
+    }
+}
+
+/* ===================================================== layernorm */
+
+/* mb__layernorm_forward: one warp per row, two passes (mean, then the
+   centred variance) as the CPU, eps 1e-5. */
+__global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                         const float *b, int64_t N, int C) {
+    const int lane = threadIdx.x & 31;
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= N) return; /* whole warps leave together: no block barrier here */
+    const float *x = inp + row * C;
+    float s = 0.0f;
+    for (int c = lane; c < C; c += 32) s += x[c];
+    const float m = warp_sum(s) / (float)C;
+    float v = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        float d = x[c] - m;
+        v += d * d;
+    }
+    v = warp_sum(v) / (float)C;
+    const float r = 1.0f / sqrtf(v + 1e-5f);
+    float *o = out + row * C;
+    for (int c = lane; c < C; c += 32) o[c] = (x[c] - m) * r * w[c] + b[c];
+    if (lane == 0) {
+        mean[row] = m;
+        rstd[row] = r;
+    }
+}
+
+/* mb__layernorm_backward, part 1: dinp += per row (one warp per row); the
+   dw/db sums of MBC_LN_ROWS rows go to part[blockIdx.x] (2C floats: dw then
+   db), each warp accumulating its rows in shared memory, then summed over
+   warps in order.  Dynamic shared memory: nwarps * 2C floats. */
+__global__ void layernorm_backward_kernel(float *dinp, float *part, const float *dout, const float *inp,
+                                          const float *w, const float *mean, const float *rstd, int64_t N, int C) {
+    MBC_DYNAMIC_SHARED(float, acc);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    float *my = acc + (int64_t)warp * 2 * C;
+    for (int c = lane; c < 2 * C; c += 32) my[c] = 0.0f;
+    const int64_t r0 = (int64_t)blockIdx.x * MBC_LN_ROWS;
+    for (int k = warp; k < MBC_LN_ROWS; k += nwarps) {
+        const int64_t row = r0 + k;
+        if (row >= N) break;
+        const float *x = inp + row * C, *g = dout + row * C;
+        const float m = mean[row], s = rstd[row];
+        float dm = 0.0f, dnm = 0.0f;
+        for (int c = lane; c < C; c += 32) {
+            float xhat = (x[c] - m) * s, dn = w[c] * g[c];
+            dm += dn;
+            dnm += dn * xhat;
+        }
+        dm = warp_sum(dm) / (float)C;
+        dnm = warp_sum(dnm) / (float)C;
+        float *dx = dinp + row * C;
+        for (int c = lane; c < C; c += 32) {
+            float xhat = (x[c] - m) * s, dn = w[c] * g[c];
+            dx[c] += (dn - dm - xhat * dnm) * s;
+            my[c] += xhat * g[c];
+            my[C + c] += g[c];
+        }
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+        float s = 0.0f;
+        for (int k = 0; k < nwarps; k++) s += acc[(int64_t)k * 2 * C + c];
+        part[(int64_t)blockIdx.x * 2 * C + c] = s;
+    }
+}
+
+/* ===================================================== conv1d */
+
+/* x'[t-(K-1)+k] . w + bias for token (b, t) = flat token bt, channel d. */
+template <int KT>
+__device__ __forceinline__ float conv_pre(const float *xz, const float *w, const float *bias, int64_t bt, int t,
+                                          int d, int Di, int Kdyn) {
+    const int K = KT > 0 ? KT : Kdyn;
+    float pre = bias[d];
+    for (int k = 0; k < K; k++) {
+        const int ts = t - (K - 1) + k;
+        if (ts >= 0) pre += w[(int64_t)d * K + k] * xz[(bt - t + ts) * 2 * Di + d];
+    }
+    return pre;
+}
+
+/* mb__conv1d_forward: out (B,T,Di) = silu(causal depthwise conv of x').
+   KT is the kernel width when known at compile time (4), else 0. */
+template <int KT>
+__global__ void conv1d_forward_kernel(float *out, const float *xz, const float *w, const float *bias, int B, int T,
+                                      int Di, int K) {
+    const int64_t total = (int64_t)B * T * Di;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t bt = i / Di;
+        const int d = (int)(i % Di), t = (int)(bt % T);
+        out[i] = siluf_(conv_pre<KT>(xz, w, bias, bt, t, d, Di, K));
+    }
+}
+
+/* mb__conv1d_backward, input part: dxz[s, d] (x' columns) += sum over the
+   outputs t = s..s+K-1 that read x'[s] of dpre[t] * w[d, K-1-(t-s)], in
+   increasing t as the CPU.  dpre is recomputed from the pre-activation. */
+template <int KT>
+__global__ void conv1d_backward_dx_kernel(float *dxz, const float *dout, const float *xz, const float *w,
+                                          const float *bias, int B, int T, int Di, int K) {
+    const int KK = KT > 0 ? KT : K;
+    const int64_t total = (int64_t)B * T * Di;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t bs = i / Di;
+        const int d = (int)(i % Di), s = (int)(bs % T);
+        float *dx = dxz + bs * 2 * Di + d;
+        float acc = *dx;
+        for (int j = 0; j < KK; j++) {
+            const int t = s + j;
+            if (t >= T) break;
+            const int64_t bt = bs + j;
+            const float pre = conv_pre<KT>(xz, w, bias, bt, t, d, Di, K);
+            const float dpre = dout[bt * Di + d] * silu_gradf_(pre);
+            acc += dpre * w[(int64_t)d * KK + (KK - 1 - j)];
+        }
+        *dx = acc;
+    }
+}
+
+/* mb__conv1d_backward, parameter part: partial sums of dw (Di,K) and dbias
+   (Di) over MBC_CONV_TOKENS tokens per blockIdx.y, into
+   part[blockIdx.y * Di*(K+1)]: dw (Di*K) then dbias (Di). */
+template <int KT>
+__global__ void conv1d_backward_dw_kernel(float *part, const float *dout, const float *xz, const float *w,
+                                          const float *bias, int B, int T, int Di, int K) {
+    const int KK = KT > 0 ? KT : K;
+    const int d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= Di) return;
+    const int64_t N = (int64_t)B * T, n0 = (int64_t)blockIdx.y * MBC_CONV_TOKENS;
+    const int64_t n1 = n0 + MBC_CONV_TOKENS < N ? n0 + MBC_CONV_TOKENS : N;
+    float dw[KT > 0 ? KT : MBC_MAX_CONV];
+    float db = 0.0f;
+    for (int k = 0; k < KK; k++) dw[k] = 0.0f;
+    for (int64_t bt = n0; bt < n1; bt++) {
+        const int t = (int)(bt % T);
+        const float dpre = dout[bt * Di + d] * silu_gradf_(conv_pre<KT>(xz, w, bias, bt, t, d, Di, K));
+        db += dpre;
+        for (int k = 0; k < KK; k++) {
+            const int ts = t - (KK - 1) + k;
+            if (ts >= 0) dw[k] += dpre * xz[(bt - t + ts) * 2 * Di + d];
+        }
+    }
+    float *p = part + (int64_t)blockIdx.y * Di * (KK + 1);
+    for (int k = 0; k < KK; k++) p[(int64_t)d * KK + k] = dw[k];
+    p[(int64_t)Di * KK + d] = db;
+}
+
+/* Streaming conv step (mb_stream_step): shift the window of K inputs, append
+   x', conv, SiLU.  state (Di, K). */
+__global__ void conv1d_step_kernel(float *u, float *state, const float *xz, const float *w, const float *bias, int Di,
+                                   int K) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= Di) return;
+    float *s = state + (int64_t)d * K, pre = bias[d];
+    for (int k = 0; k + 1 < K; k++) s[k] = s[k + 1];
+    s[K - 1] = xz[d];
+    for (int k = 0; k < K; k++) pre += w[(int64_t)d * K + k] * s[k];
+    u[d] = siluf_(pre);
+}
+
+/* ===================================================== selective scan
+   Thread layout of every scan kernel: blockDim.x = MBC_SCAN_THREADS; lane
+   group of SP = next power of two >= S threads per channel (state n = tid %
+   SP, lanes n >= S idle but present for the shuffles); DPB = 256/SP channels
+   per block, blockIdx.x picks the channel group, blockIdx.y the chunk,
+   blockIdx.z the sequence.  Idle threads (n >= S, d >= Di) run every loop
+   and shuffle with zeros, so no thread leaves before a barrier.
+
+   Forward:  (1) scan_chunk_state_kernel: each chunk from a zero state gives
+   (P, H) = (prod a_t, h_end); (2) scan_carry_kernel: states[c+1] =
+   P[c] * states[c] + H[c], the operator (a,b).(a',b') = (aa', a'b + b')
+   over chunks, sequential per (b,d,n); (3) scan_forward_kernel: each chunk
+   again from its true start state, producing y.  Backward mirrors it with
+   the adjoint g_t = a_{t+1} g_{t+1} + dy_t C_t run in reverse. */
+
+struct scan_ctx {
+    int T, Di, S, SP, R, X, chunk, nch;
+};
+
+/* dt and the decay of one (token, channel, state). */
+__device__ __forceinline__ float scan_dt(const float *delta, const float *dt_bias, int64_t tok, int Di, int d) {
+    return softplusf_(delta[tok * Di + d] + dt_bias[d]);
+}
+
+/* (1) per chunk c < nch-1: P = prod a, H = h at the chunk end from h = 0;
+   PH layout (B, nch, Di, S) for each of P and H. */
+__global__ void scan_chunk_state_kernel(float *P, float *H, const float *u, const float *delta, const float *dt_bias,
+                                        const float *A_log, const float *xdbl, scan_ctx k) {
+    const int n = threadIdx.x % k.SP, d = blockIdx.x * (MBC_SCAN_THREADS / k.SP) + threadIdx.x / k.SP;
+    const int c = blockIdx.y, b = blockIdx.z;
+    if (n >= k.S || d >= k.Di) return; /* no barriers or shuffles in this kernel */
+    const float A = -expf(A_log[(int64_t)d * k.S + n]);
+    const int t0 = c * k.chunk, t1 = t0 + k.chunk < k.T ? t0 + k.chunk : k.T;
+    float h = 0.0f, p = 1.0f;
+    for (int t = t0; t < t1; t++) {
+        const int64_t tok = (int64_t)b * k.T + t;
+        const float dt = scan_dt(delta, dt_bias, tok, k.Di, d), a = expf(dt * A);
+        h = a * h + dt * xdbl[tok * k.X + k.R + n] * u[tok * k.Di + d];
+        p *= a;
+    }
+    const int64_t o = (((int64_t)b * k.nch + c) * k.Di + d) * k.S + n;
+    P[o] = p;
+    H[o] = h;
+}
+
+/* (2) states[b,0] = 0, states[b,c+1] = P[b,c] states[b,c] + H[b,c]. */
+__global__ void scan_carry_kernel(float *states, const float *P, const float *H, int B, int nch, int64_t DS) {
+    const int64_t total = (int64_t)B * DS;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t b = i / DS, j = i % DS, base = b * nch * DS + j;
+        float h = 0.0f;
+        states[base] = h;
+        for (int c = 0; c + 1 < nch; c++) {
+            h = P[base + c * DS] * h + H[base + c * DS];
+            states[base + (c + 1) * DS] = h;
+        }
+    }
+}
+
+/* (3) mb__scan_forward's output: out = (C.h + D u) * silu(z). */
+__global__ void scan_forward_kernel(float *out, const float *states, const float *u, const float *delta,
+                                    const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                    const float *xz, scan_ctx k) {
+    const int n = threadIdx.x % k.SP, d = blockIdx.x * (MBC_SCAN_THREADS / k.SP) + threadIdx.x / k.SP;
+    const int c = blockIdx.y, b = blockIdx.z;
+    const bool active = n < k.S && d < k.Di, chan = d < k.Di;
+    const float A = active ? -expf(A_log[(int64_t)d * k.S + n]) : 0.0f;
+    float h = active ? states[(((int64_t)b * k.nch + c) * k.Di + d) * k.S + n] : 0.0f;
+    const int t0 = c * k.chunk, t1 = t0 + k.chunk < k.T ? t0 + k.chunk : k.T;
+    for (int t = t0; t < t1; t++) {
+        const int64_t tok = (int64_t)b * k.T + t;
+        float yp = 0.0f, ut = 0.0f;
+        if (active) {
+            const float *Bt = xdbl + tok * k.X + k.R;
+            const float dt = scan_dt(delta, dt_bias, tok, k.Di, d);
+            ut = u[tok * k.Di + d];
+            h = expf(dt * A) * h + dt * Bt[n] * ut;
+            yp = Bt[k.S + n] * h;
+        }
+        const float y = group_sum(yp, k.SP);
+        if (chan && n == 0) out[tok * k.Di + d] = (y + Dp[d] * ut) * siluf_(xz[tok * 2 * k.Di + k.Di + d]);
+    }
+}
+
+/* Backward (1): per chunk c >= 1, from g = 0 at its end: G = a_{t0} g_{t0}
+   (the adjoint handed to chunk c-1) and P = prod a. */
+__global__ void scan_chunk_grad_kernel(float *P, float *G, const float *dout, const float *delta, const float *dt_bias,
+                                       const float *A_log, const float *xdbl, const float *xz, scan_ctx k) {
+    const int n = threadIdx.x % k.SP, d = blockIdx.x * (MBC_SCAN_THREADS / k.SP) + threadIdx.x / k.SP;
+    const int c = blockIdx.y + 1, b = blockIdx.z;
+    if (n >= k.S || d >= k.Di) return;
+    const float A = -expf(A_log[(int64_t)d * k.S + n]);
+    const int t0 = c * k.chunk, t1 = t0 + k.chunk < k.T ? t0 + k.chunk : k.T;
+    float g = 0.0f, p = 1.0f;
+    for (int t = t1 - 1; t >= t0; t--) {
+        const int64_t tok = (int64_t)b * k.T + t;
+        const float dt = scan_dt(delta, dt_bias, tok, k.Di, d), a = expf(dt * A);
+        const float dy = dout[tok * k.Di + d] * siluf_(xz[tok * 2 * k.Di + k.Di + d]);
+        g = a * (g + dy * xdbl[tok * k.X + k.R + k.S + n]);
+        p *= a;
+    }
+    const int64_t o = (((int64_t)b * k.nch + c) * k.Di + d) * k.S + n;
+    P[o] = p;
+    G[o] = g;
+}
+
+/* Backward (2): gin[b,nch-1] = 0, gin[b,c-1] = G[b,c] + P[b,c] gin[b,c]. */
+__global__ void scan_carry_grad_kernel(float *gin, const float *P, const float *G, int B, int nch, int64_t DS) {
+    const int64_t total = (int64_t)B * DS;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t b = i / DS, j = i % DS, base = b * nch * DS + j;
+        float g = 0.0f;
+        gin[base + (int64_t)(nch - 1) * DS] = g;
+        for (int c = nch - 1; c >= 1; c--) {
+            g = G[base + c * DS] + P[base + c * DS] * g;
+            gin[base + (int64_t)(c - 1) * DS] = g;
+        }
+    }
+}
+
+/* Backward (3), mb__scan_backward: recompute h inside the chunk from its
+   saved start (kept in a per-thread history of <= MBC_SCAN_MAX_CHUNK),
+   then walk it in reverse.  Writes ddelta, adds du and the z columns of
+   dxz; per-(b,c) partials of dA_log (partA: Di*S), dD and ddt_bias
+   (partD, partBias: Di); per-(token, channel group) partials of dB and dC
+   (partBC: 2S per (tok, blockIdx.x)), reduced in order by the caller. */
+__global__ void scan_backward_kernel(float *du, float *ddelta, float *dxz, float *partA, float *partD,
+                                     float *partBias, float *partBC, const float *dout, const float *states,
+                                     const float *gin, const float *u, const float *delta, const float *dt_bias,
+                                     const float *A_log, const float *xdbl, const float *Dp, const float *xz,
+                                     scan_ctx k) {
+    __shared__ float sred[MBC_SCAN_THREADS / 32][64];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n = threadIdx.x % k.SP, d = blockIdx.x * (MBC_SCAN_THREADS / k.SP) + threadIdx.x / k.SP;
+    const int c = blockIdx.y, b = blockIdx.z, ngroups = gridDim.x;
+    const bool active = n < k.S && d < k.Di, chan = d < k.Di;
+    const float A = active ? -expf(A_log[(int64_t)d * k.S + n]) : 0.0f;
+    const int64_t sidx = (((int64_t)b * k.nch + c) * k.Di + d) * k.S + n;
+    const int t0 = c * k.chunk, len = (t0 + k.chunk < k.T ? t0 + k.chunk : k.T) - t0;
+    float hist[MBC_SCAN_MAX_CHUNK];
+    float h = active ? states[sidx] : 0.0f;
+    for (int i = 0; i < len; i++) {
+        hist[i] = h;
+        if (active) {
+            const int64_t tok = (int64_t)b * k.T + t0 + i;
+            const float dt = scan_dt(delta, dt_bias, tok, k.Di, d);
+            h = expf(dt * A) * h + dt * xdbl[tok * k.X + k.R + n] * u[tok * k.Di + d];
+        }
+    }
+    float g = active ? gin[sidx] : 0.0f, gA = 0.0f, gD = 0.0f, gbias = 0.0f;
+    const float Dd = chan ? Dp[d] : 0.0f;
+    for (int i = len - 1; i >= 0; i--) {
+        const int64_t tok = (int64_t)b * k.T + t0 + i;
+        float x = 0.0f, dt = 0.0f, ut = 0.0f, z = 0.0f, go = 0.0f, Bn = 0.0f, Cn = 0.0f, a = 0.0f, hp = 0.0f, ht = 0.0f;
+        if (chan) {
+            x = delta[tok * k.Di + d] + dt_bias[d];
+            dt = softplusf_(x);
+            ut = u[tok * k.Di + d];
+            z = xz[tok * 2 * k.Di + k.Di + d];
+            go = dout[tok * k.Di + d];
+        }
+        if (active) {
+            Bn = xdbl[tok * k.X + k.R + n];
+            Cn = xdbl[tok * k.X + k.R + k.S + n];
+            a = expf(dt * A);
+            hp = hist[i];
+            ht = a * hp + dt * Bn * ut;
+        }
+        const float y = group_sum(Cn * ht, k.SP) + Dd * ut;
+        const float dy = go * siluf_(z);
+        const float dh = g + dy * Cn;
+        float pB = dh * dt * ut, pC = dy * ht;
+        const float ddt_sum = group_sum(dh * (A * a * hp + Bn * ut), k.SP);
+        const float dut_sum = group_sum(dh * dt * Bn, k.SP);
+        gA += dh * dt * a * hp * A;
+        g = dh * a;
+        if (chan && n == 0) {
+            dxz[tok * 2 * k.Di + k.Di + d] += go * y * silu_gradf_(z);
+            gD += dy * ut;
+            du[tok * k.Di + d] += dut_sum + dy * Dd;
+            const float ddt = ddt_sum * softplus_gradf_(x);
+            ddelta[tok * k.Di + d] = ddt;
+            gbias += ddt;
+        }
+        /* dB, dC: sum over the channels of the warp, then over warps */
+        for (int o = k.SP; o < 32; o <<= 1) {
+            pB += __shfl_xor_sync(0xffffffffu, pB, o);
+            pC += __shfl_xor_sync(0xffffffffu, pC, o);
+        }
+        if (lane < k.SP) {
+            sred[warp][lane] = pB;
+            sred[warp][32 + lane] = pC;
+        }
+        __syncthreads();
+        if ((int)threadIdx.x < 2 * k.S) {
+            const int j = threadIdx.x < (unsigned)k.S ? (int)threadIdx.x : 32 + (int)threadIdx.x - k.S;
+            float s = 0.0f;
+            for (int w = 0; w < MBC_SCAN_THREADS / 32; w++) s += sred[w][j];
+            partBC[(tok * ngroups + blockIdx.x) * 2 * k.S + threadIdx.x] = s;
+        }
+        __syncthreads();
+    }
+    const int64_t pc = (int64_t)b * k.nch + c;
+    if (active) partA[(pc * k.Di + d) * k.S + n] = gA;
+    if (chan && n == 0) {
+        partD[pc * k.Di + d] = gD;
+        partBias[pc * k.Di + d] = gbias;
+    }
+}
+
+/* Streaming scan step (mb_stream_step): h = a h + dt B u, gated output. */
+__global__ void scan_step_kernel(float *gated, float *hstate, const float *u, const float *delta,
+                                 const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                 const float *xz, int Di, int S, int SP, int R) {
+    const int n = threadIdx.x % SP, d = blockIdx.x * (MBC_SCAN_THREADS / SP) + threadIdx.x / SP;
+    const bool active = n < S && d < Di;
+    float yp = 0.0f;
+    if (active) {
+        const float *Bt = xdbl + R;
+        const float dt = softplusf_(delta[d] + dt_bias[d]), A = -expf(A_log[(int64_t)d * S + n]);
+        float *h = hstate + (int64_t)d * S + n;
+        *h = expf(dt * A) * *h + dt * Bt[n] * u[d];
+        yp = Bt[S + n] * *h;
+    }
+    const float y = group_sum(yp, SP);
+    if (d < Di && n == 0) gated[d] = (y + Dp[d] * u[d]) * siluf_(xz[Di + d]);
+}
+
+/* ===================================================== cross-entropy */
+
+/* Fused mb_cross_entropy_forward (per-row loss, NONE) and _backward: one
+   block per row, float32 log-sum-exp, the CPU's special cases (NaN row,
+   +inf entries sharing the mass, all -inf row uniform, -inf target +inf).
+   loss_rows[r] = 0 for ignored rows.  dlogits may alias logits: every read
+   of the row happens before the first write (barriers in between).
+   Gradient scale per row: dloss_rows ? dloss_rows[r] : dscale. */
+__global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const float *logits, const int32_t *targets,
+                                     int64_t rows, int V, int32_t ignore_index, float eps, const float *dloss_rows,
+                                     float dscale) {
+    __shared__ float shf[32];
+    __shared__ int shi[32];
+    const int64_t r = blockIdx.x;
+    if (r >= rows) return; /* uniform per block */
+    const float *x = logits + r * V;
+    const int32_t y = targets[r];
+    const bool ignored = y == ignore_index;
+    const float xy = ignored ? 0.0f : x[y];
+    float m = -INFINITY;
+    int nnan = 0, npos = 0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        const float v = x[i];
+        if (isnan(v)) nnan++;
+        else if (v > m) m = v;
+        npos += v == INFINITY;
+    }
+    nnan = block_sum_int(nnan, shi);
+    npos = block_sum_int(npos, shi);
+    m = block_max(m, shf);
+    /* kind: 0 finite, 1 +inf, 2 all -inf, 3 NaN */
+    const int kind = nnan ? 3 : (npos ? 1 : (m == -INFINITY ? 2 : 0));
+    /* shifted by the max first (as the CPU), so large logits keep precision */
+    float se = 0.0f, sx = 0.0f;
+    if (kind == 0)
+        for (int i = threadIdx.x; i < V; i += blockDim.x) {
+            se += expf(x[i] - m);
+            sx += x[i] - m;
+        }
+    se = block_sum(se, shf); /* also the barrier before any write to dlogits */
+    sx = block_sum(sx, shf);
+    const float ls = logf(se); /* log sum exp(x - m) >= 0 */
+    if (threadIdx.x == 0) {
+        float loss = 0.0f;
+        if (!ignored) {
+            float nll, smooth;
+            switch (kind) {
+            case 0: nll = ls - (xy - m); smooth = ls - sx / (float)V; break;
+            case 1:
+                nll = xy == INFINITY ? logf((float)npos) : INFINITY;
+                smooth = npos == V ? logf((float)npos) : INFINITY;
+                break;
+            case 2: nll = smooth = logf((float)V); break;
+            default: nll = smooth = NAN; break;
+            }
+            loss = (1.0f - eps) * nll;
+            if (eps > 0.0f) loss += eps * smooth;
+        }
+        loss_rows[r] = loss;
+    }
+    const float gs = dloss_rows ? dloss_rows[r] : dscale;
+    float *dx = dlogits + r * V;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float p;
+        const float v = x[i];
+        switch (kind) {
+        case 0: p = expf((v - m) - ls); break;
+        case 1: p = v == INFINITY ? 1.0f / (float)npos : 0.0f; break;
+        case 2: p = 1.0f / (float)V; break;
+        default: p = NAN; break;
+        }
+        const float tp = eps / (float)V + (i == y ? 1.0f - eps : 0.0f);
+        dx[i] = ignored ? 0.0f : (p - tp) * gs;
+    }
+}
+
+/* out[0] = scale * sum of x[0..n) in a fixed order (one block of 256). */
+__global__ void sum_kernel(float *out, const float *x, int64_t n, double scale) {
+    __shared__ double sh[256];
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += 256) s += (double)x[i];
+    s = block_sum_double256(s, sh);
+    if (threadIdx.x == 0) out[0] = (float)(s * scale);
+}
+
+/* ===================================================== optimizer */
+
+/* g *= scale (when scale != 1); part[blockIdx.x] = sum g^2 (double) over
+   this block's grid-stride share.  Fixed grid: MBC_NORM_BLOCKS x 256. */
+__global__ void grad_scale_sumsq_kernel(double *part, float *g, int64_t n, float scale) {
+    __shared__ double sh[256];
+    double s = 0.0;
+    for (int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x; i < n; i += (int64_t)gridDim.x * 256) {
+        float v = g[i];
+        if (scale != 1.0f) g[i] = v = v * scale;
+        s += (double)v * (double)v;
+    }
+    s = block_sum_double256(s, sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+/* out[0] = sum of part[0..n) in order (one block of 256). */
+__global__ void sum_double_kernel(double *out, const double *part, int n) {
+    __shared__ double sh[256];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < n; i += 256) s += part[i];
+    s = block_sum_double256(s, sh);
+    if (threadIdx.x == 0) out[0] = s;
+}
+
+/* mb_adamw_update after clipping (g *= coef), then g = 0.  Constants as the
+   CPU computes them (host, double -> float); decay_mask[i] picks decay. */
+__global__ void adamw_kernel(float *p, float *g, float *m, float *v, const uint8_t *decay_mask, int64_t n, float coef,
+                             float b1, float b2, float one_b1, float one_b2, float step_size, float bc2_sqrt,
+                             float eps, float decay) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float gi = g[i];
+        if (coef < 1.0f) gi *= coef;
+        float pi = p[i];
+        if (decay_mask[i]) pi *= decay;
+        const float mi = m[i] * b1 + gi * one_b1, vi = v[i] * b2 + gi * gi * one_b2;
+        const float denom = sqrtf(vi) / bc2_sqrt + eps;
+        p[i] = pi - step_size * (mi / denom);
+        m[i] = mi;
+        v[i] = vi;
+        g[i] = 0.0f;
+    }
+}
+
+} /* namespace mbc */
+
+/* ======================================================================= */
+/*             platform layer: device memory, copies, GEMM                 */
+/* ======================================================================= */
+namespace mbc {
+
+static thread_local char g_err[512];
+
+static inline mb_status fail(mb_status s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+#define MBC_TRY(expr)                                      \
+    do {                                                   \
+        mb_status s_ = (expr);                             \
+        if (s_ != MB_STATUS_OK) return s_;                 \
+    } while (0)
+
+#ifdef MB_CUDA_EMULATE
+typedef void *blas_t;
+#define MBC_CUDA(call) (void)0
+static inline int device_count() { return 1; }
+static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
+    *p = malloc(bytes ? bytes : 1);
+    if (!*p) return fail(MB_STATUS_OUT_OF_MEMORY, "emulated device: %s (%zu bytes)", what, bytes);
+    memset(*p, 0xFF, bytes); /* NaN: a read before a write shows */
+    return MB_STATUS_OK;
+}
+static inline void dfree(void *p) { free(p); }
+static inline mb_status h2d(void *d, const void *h, size_t bytes) { if (bytes) memcpy(d, h, bytes); return MB_STATUS_OK; }
+static inline mb_status d2h(void *h, const void *d, size_t bytes) { if (bytes) memcpy(h, d, bytes); return MB_STATUS_OK; }
+static inline mb_status d2d(void *d, const void *s, size_t bytes) { if (bytes) memcpy(d, s, bytes); return MB_STATUS_OK; }
+static inline mb_status dzero(void *d, size_t bytes) { if (bytes) memset(d, 0, bytes); return MB_STATUS_OK; }
+static inline mb_status sync() { return MB_STATUS_OK; }
+static inline mb_status blas_create(blas_t *h) { *h = nullptr; return MB_STATUS_OK; }
+static inline void blas_destroy(blas_t) {}
+static inline float ld_elem(const void *p, int64_t i, int bf16) {
+    return bf16 ? __bfloat162float(((const mbc_bf16 *)p)[i]) : ((const float *)p)[i];
+}
+/* Column-major C = alpha op(A) op(B) + beta C, cuBLAS's contract (C is not
+   read when beta == 0), in double on the host. */
+static inline mb_status gemm(blas_t, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
+                      int ldb, float beta, float *C, int ldc, int bf16, const char *, int) {
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            double s = 0.0;
+            for (int p = 0; p < k; p++) {
+                const double a = ld_elem(A, ta ? p + (int64_t)i * lda : i + (int64_t)p * lda, bf16);
+                const double b = ld_elem(B, tb ? j + (int64_t)p * ldb : p + (int64_t)j * ldb, bf16);
+                s += a * b;
+            }
+            float *c = C + i + (int64_t)j * ldc;
+            *c = beta == 0.0f ? (float)(alpha * s) : (float)(alpha * s + (double)beta * *c);
+        }
+    return MB_STATUS_OK;
+}
+#else
+typedef cublasHandle_t blas_t;
+#define MBC_CUDA(call)                                                                                        \
+    do {                                                                                                      \
+        cudaError_t e_ = (call);                                                                              \
+        if (e_ != cudaSuccess)                                                                                \
+            return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                \
+                             cudaGetErrorString(e_));                                                         \
+    } while (0)
+#define MBC_CUBLAS(call)                                                                                      \
+    do {                                                                                                      \
+        cublasStatus_t e_ = (call);                                                                           \
+        if (e_ != CUBLAS_STATUS_SUCCESS)                                                                      \
+            return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, #call,  \
+                             (int)e_);                                                                        \
+    } while (0)
+static inline int device_count() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
+    *p = nullptr;
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
+    if (e == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        return fail(MB_STATUS_OUT_OF_MEMORY, "%s:%d: cudaMalloc %s (%zu bytes): out of device memory", __FILE__,
+                    __LINE__, what, bytes);
+    }
+    if (e != cudaSuccess) return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cudaMalloc %s: %s", __FILE__, __LINE__, what, cudaGetErrorString(e));
+    return MB_STATUS_OK;
+}
+static inline void dfree(void *p) { if (p) (void)cudaFree(p); }
+static inline mb_status h2d(void *d, const void *h, size_t bytes) { MBC_CUDA(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice)); return MB_STATUS_OK; }
+static inline mb_status d2h(void *h, const void *d, size_t bytes) { MBC_CUDA(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost)); return MB_STATUS_OK; }
+static inline mb_status d2d(void *d, const void *s, size_t bytes) { MBC_CUDA(cudaMemcpy(d, s, bytes, cudaMemcpyDeviceToDevice)); return MB_STATUS_OK; }
+static inline mb_status dzero(void *d, size_t bytes) { MBC_CUDA(cudaMemset(d, 0, bytes)); return MB_STATUS_OK; }
+static inline mb_status sync() { MBC_CUDA(cudaDeviceSynchronize()); return MB_STATUS_OK; }
+static inline mb_status blas_create(blas_t *h) {
+    MBC_CUBLAS(cublasCreate(h));
+    /* default math: with CUBLAS_COMPUTE_32F (every call below) no TF32 */
+    MBC_CUBLAS(cublasSetMathMode(*h, CUBLAS_DEFAULT_MATH));
+    return MB_STATUS_OK;
+}
+static inline void blas_destroy(blas_t h) { if (h) (void)cublasDestroy(h); }
+static inline mb_status gemm(blas_t h, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
+                      int ldb, float beta, float *C, int ldc, int bf16, const char *file, int line) {
+    const cudaDataType_t ty = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    cublasStatus_t e = cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha,
+                                    A, ty, lda, B, ty, ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT);
+    if (e != CUBLAS_STATUS_SUCCESS)
+        return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cublasGemmEx(m=%d n=%d k=%d%s): cuBLAS status %d", file, line, m, n,
+                    k, bf16 ? " bf16" : "", (int)e);
+    return MB_STATUS_OK;
+}
+#endif
+
+static inline unsigned grid_for(int64_t n, int threads) {
+    int64_t g = (n + threads - 1) / threads;
+    if (g < 1) g = 1;
+    if (g > 65536) g = 65536; /* kernels grid-stride beyond */
+    return (unsigned)g;
+}
+static inline int pow2_at_least(int s) {
+    int p = 1;
+    while (p < s) p <<= 1;
+    return p;
+}
+
+/* ======================================================================= */
+/*        launchers: the CPU layer signatures, device pointers                */
+/* ======================================================================= */
+
+static inline mb_status embedding_forward(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C) {
+    MBC_LAUNCH(embedding_forward_kernel, dim3(grid_for(N * C, 256)), dim3(256), 0, out, tokens, wte, N, C);
+    return MB_STATUS_OK;
+}
+
+/* Host side of the embedding backward: a stable counting sort of the
+   tokens by byte value (off: 257, rows: N). */
+static inline void token_buckets(int64_t *off, int64_t *rows, const uint8_t *tokens, int64_t N) {
+    int64_t cnt[257];
+    memset(cnt, 0, sizeof cnt);
+    for (int64_t n = 0; n < N; n++) cnt[tokens[n] + 1]++;
+    for (int v = 0; v < 256; v++) cnt[v + 1] += cnt[v];
+    memcpy(off, cnt, sizeof cnt);
+    for (int64_t n = 0; n < N; n++) rows[cnt[tokens[n]]++] = n;
+}
+static inline mb_status embedding_backward(float *dwte, const float *dout, const int64_t *bucket_off,
+                                    const int64_t *bucket_rows, int C) {
+    const int threads = C >= 256 ? 256 : ((C + 31) / 32) * 32;
+    MBC_LAUNCH(embedding_backward_kernel, dim3(256), dim3(threads), 0, dwte, dout, bucket_off, bucket_rows, C);
+    return MB_STATUS_OK;
+}
+
+static inline mb_status layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                   const float *b, int64_t N, int C) {
+    MBC_LAUNCH(layernorm_forward_kernel, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C);
+    return MB_STATUS_OK;
+}
+
+static inline int ln_backward_warps(int C) {
+    int w = (int)((48 * 1024) / ((int64_t)8 * C)); /* nwarps * 2C floats <= 48 KiB */
+    return w > 8 ? 8 : (w < 1 ? 1 : w);
+}
+static inline int64_t ln_backward_parts(int64_t N) { return (N + MBC_LN_ROWS - 1) / MBC_LN_ROWS; }
+/* scratch: ln_backward_parts(N) * 2C floats. */
+static inline mb_status layernorm_backward(float *dinp, float *dw, float *db, float *scratch, const float *dout,
+                                    const float *inp, const float *w, const float *mean, const float *rstd, int64_t N,
+                                    int C) {
+    const int64_t parts = ln_backward_parts(N);
+    const int warps = ln_backward_warps(C);
+    if (parts > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "layernorm backward: N %lld too large", (long long)N);
+    MBC_LAUNCH(layernorm_backward_kernel, dim3((unsigned)parts), dim3(32 * warps), (size_t)warps * 2 * C * sizeof(float),
+               dinp, scratch, dout, inp, w, mean, rstd, N, C);
+    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(C, 256)), dim3(256), 0, dw, (int64_t)0, (const float *)scratch,
+               (int64_t)0, (int64_t)2 * C, (int64_t)1, parts, (int64_t)C);
+    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(C, 256)), dim3(256), 0, db, (int64_t)0,
+               (const float *)(scratch + C), (int64_t)0, (int64_t)2 * C, (int64_t)1, parts, (int64_t)C);
+    return MB_STATUS_OK;
+}
+
+/* mb__matmul_forward / _backward through cuBLAS.  Row-major (N,IC) @ (OC,IC)^T
+   is, column-major, out(OC,N) = W^T(OC,IC) x inp(IC,N).  The *_b pointers are
+   the bf16 copies used when bf16 != 0 (inp_b contiguous, ld IC). */
+static inline mb_status matmul_forward(blas_t h, float *out, const float *inp, int64_t ldi, const float *w, int64_t N,
+                                int IC, int OC) {
+    return gemm(h, 1, 0, OC, (int)N, IC, 1.0f, w, IC, inp, (int)ldi, 0.0f, out, OC, 0, __FILE__, __LINE__);
+}
+/* dinp (row stride ldi) = beta_in * dinp + dout @ w ; dw += dout^T @ inp. */
+static inline mb_status matmul_backward(blas_t h, float *dinp, float beta_in, float *dw, const float *dout, const float *inp,
+                                 int64_t ldi, const float *w, int64_t N, int IC, int OC) {
+    if (dinp) MBC_TRY(gemm(h, 0, 0, IC, (int)N, OC, 1.0f, w, IC, dout, OC, beta_in, dinp, (int)ldi, 0, __FILE__, __LINE__));
+    return gemm(h, 0, 1, IC, OC, (int)N, 1.0f, inp, (int)ldi, dout, OC, 1.0f, dw, IC, 0, __FILE__, __LINE__);
+}
+
+static inline mb_status convert_bf16(mbc_bf16 *dst, const float *src, int64_t rows, int64_t cols, int64_t lds) {
+    MBC_LAUNCH(convert_bf16_kernel, dim3(grid_for(rows * cols, 256)), dim3(256), 0, dst, src, rows, cols, lds);
+    return MB_STATUS_OK;
+}
+
+static inline mb_status conv1d_forward(float *out, const float *xz, const float *w, const float *bias, int B, int T, int Di,
+                                int K) {
+    const dim3 g(grid_for((int64_t)B * T * Di, 256));
+    if (K == 4) MBC_LAUNCH(conv1d_forward_kernel<4>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K);
+    else MBC_LAUNCH(conv1d_forward_kernel<0>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K);
+    return MB_STATUS_OK;
+}
+static inline int64_t conv_backward_parts(int B, int T) { return ((int64_t)B * T + MBC_CONV_TOKENS - 1) / MBC_CONV_TOKENS; }
+/* scratch: conv_backward_parts(B,T) * Di * (K+1) floats. */
+static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, float *scratch, const float *dout,
+                                 const float *xz, const float *w, const float *bias, int B, int T, int Di, int K) {
+    const int64_t parts = conv_backward_parts(B, T);
+    const dim3 g(grid_for((int64_t)B * T * Di, 256)), gw((unsigned)((Di + 127) / 128), (unsigned)parts);
+    if (parts > 65535) return fail(MB_STATUS_INVALID_ARGUMENT, "conv1d backward: B*T %lld too large", (long long)B * T);
+    if (K == 4) {
+        MBC_LAUNCH(conv1d_backward_dx_kernel<4>, g, dim3(256), 0, dxz, dout, xz, w, bias, B, T, Di, K);
+        MBC_LAUNCH(conv1d_backward_dw_kernel<4>, gw, dim3(128), 0, scratch, dout, xz, w, bias, B, T, Di, K);
+    } else {
+        MBC_LAUNCH(conv1d_backward_dx_kernel<0>, g, dim3(256), 0, dxz, dout, xz, w, bias, B, T, Di, K);
+        MBC_LAUNCH(conv1d_backward_dw_kernel<0>, gw, dim3(128), 0, scratch, dout, xz, w, bias, B, T, Di, K);
+    }
+    const int64_t ps = (int64_t)Di * (K + 1);
+    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for((int64_t)Di * K, 256)), dim3(256), 0, dw, (int64_t)0,
+               (const float *)scratch, (int64_t)0, ps, (int64_t)1, parts, (int64_t)Di * K);
+    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(Di, 256)), dim3(256), 0, dbias, (int64_t)0,
+               (const float *)(scratch + (int64_t)Di * K), (int64_t)0, ps, (int64_t)1, parts, (int64_t)Di);
+    return MB_STATUS_OK;
+}
+
+static inline scan_ctx make_scan_ctx(int T, int Di, int S, int R, int chunk) {
+    scan_ctx k;
+    k.T = T; k.Di = Di; k.S = S; k.SP = pow2_at_least(S); k.R = R; k.X = R + 2 * S; k.chunk = chunk;
+    k.nch = (T + chunk - 1) / chunk;
+    return k;
+}
+static inline mb_status scan_check(int B, int T, int Di, int S, int chunk) {
+    if (S < 1 || S > 32) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..32)", S);
+    if (chunk < 1 || chunk > MBC_SCAN_MAX_CHUNK) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: chunk %d (must be 1..%d)", chunk, MBC_SCAN_MAX_CHUNK);
+    const int64_t groups = (Di + MBC_SCAN_THREADS / pow2_at_least(S) - 1) / (MBC_SCAN_THREADS / pow2_at_least(S));
+    if (B > 65535 || (T + chunk - 1) / chunk > 65535 || groups > 2147483647 || T < 1)
+        return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: B %d, T %d, Di %d out of the grid's range", B, T, Di);
+    return MB_STATUS_OK;
+}
+/* Scan scratch in floats: forward 2*B*nch*Di*S (P, H); backward
+   3*B*nch*Di*S (P, G, gin) + B*nch*(Di*S + 2Di) + B*T*groups*2S. */
+static inline int64_t scan_scratch_floats(int B, int T, int Di, int S, int chunk) {
+    const int64_t nch = (T + chunk - 1) / chunk, groups = (Di + MBC_SCAN_THREADS / pow2_at_least(S) - 1) / (MBC_SCAN_THREADS / pow2_at_least(S));
+    const int64_t st = (int64_t)B * nch * Di * S;
+    return 3 * st + (int64_t)B * nch * ((int64_t)Di * S + 2 * Di) + (int64_t)B * T * groups * 2 * S;
+}
+
+/* mb__scan_forward on the device; states (B, nch, Di, S) as the CPU. */
+static inline mb_status scan_forward(float *out, float *states, float *scratch, const float *u, const float *delta,
+                              const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                              const float *xz, int B, int T, int Di, int S, int R, int chunk) {
+    MBC_TRY(scan_check(B, T, Di, S, chunk));
+    const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
+    const int dpb = MBC_SCAN_THREADS / k.SP;
+    const unsigned groups = (unsigned)((Di + dpb - 1) / dpb);
+    const int64_t DS = (int64_t)Di * S, st = (int64_t)B * k.nch * DS;
+    float *P = scratch, *H = scratch + st;
+    if (k.nch > 1)
+        MBC_LAUNCH(scan_chunk_state_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
+                   P, H, u, delta, dt_bias, A_log, xdbl, k);
+    MBC_LAUNCH(scan_carry_kernel, dim3(grid_for((int64_t)B * DS, 256)), dim3(256), 0, states, (const float *)P,
+               (const float *)H, B, k.nch, DS);
+    MBC_LAUNCH(scan_forward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0, out,
+               (const float *)states, u, delta, dt_bias, A_log, xdbl, Dp, xz, k);
+    return MB_STATUS_OK;
+}
+
+/* mb__scan_backward on the device (same += / overwrite contract). */
+static inline mb_status scan_backward(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                               float *dxz, float *scratch, const float *dout, const float *states, const float *u,
+                               const float *delta, const float *dt_bias, const float *A_log, const float *xdbl,
+                               const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk) {
+    MBC_TRY(scan_check(B, T, Di, S, chunk));
+    const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
+    const int dpb = MBC_SCAN_THREADS / k.SP;
+    const unsigned groups = (unsigned)((Di + dpb - 1) / dpb);
+    const int64_t DS = (int64_t)Di * S, st = (int64_t)B * k.nch * DS, npc = (int64_t)B * k.nch;
+    float *P = scratch, *G = P + st, *gin = G + st, *partA = gin + st, *partD = partA + npc * DS;
+    float *partBias = partD + npc * Di, *partBC = partBias + npc * Di;
+    if (k.nch > 1)
+        MBC_LAUNCH(scan_chunk_grad_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
+                   P, G, dout, delta, dt_bias, A_log, xdbl, xz, k);
+    MBC_LAUNCH(scan_carry_grad_kernel, dim3(grid_for((int64_t)B * DS, 256)), dim3(256), 0, gin, (const float *)P,
+               (const float *)G, B, k.nch, DS);
+    MBC_LAUNCH(scan_backward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0, du, ddelta,
+               dxz, partA, partD, partBias, partBC, dout, states, (const float *)gin, u, delta, dt_bias, A_log, xdbl, Dp,
+               xz, k);
+    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(DS, 256)), dim3(256), 0, dA_log, (int64_t)0, (const float *)partA,
+               (int64_t)0, DS, (int64_t)1, npc, DS);
+    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(Di, 256)), dim3(256), 0, dD, (int64_t)0, (const float *)partD,
+               (int64_t)0, (int64_t)Di, (int64_t)1, npc, (int64_t)Di);
+    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(Di, 256)), dim3(256), 0, ddt_bias, (int64_t)0,
+               (const float *)partBias, (int64_t)0, (int64_t)Di, (int64_t)1, npc, (int64_t)Di);
+    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for((int64_t)B * T * 2 * S, 256)), dim3(256), 0, dxdbl + R,
+               (int64_t)k.X, (const float *)partBC, (int64_t)groups * 2 * S, (int64_t)2 * S, (int64_t)B * T,
+               (int64_t)groups, (int64_t)2 * S);
+    return MB_STATUS_OK;
+}
+
+static inline mb_status scan_step(float *gated, float *hstate, const float *u, const float *delta, const float *dt_bias,
+                           const float *A_log, const float *xdbl, const float *Dp, const float *xz, int Di, int S, int R) {
+    if (S < 1 || S > 32) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..32)", S);
+    const int SP = pow2_at_least(S), dpb = MBC_SCAN_THREADS / SP;
+    MBC_LAUNCH(scan_step_kernel, dim3((unsigned)((Di + dpb - 1) / dpb)), dim3(MBC_SCAN_THREADS), 0, gated, hstate, u,
+               delta, dt_bias, A_log, xdbl, Dp, xz, Di, S, SP, R);
+    return MB_STATUS_OK;
+}
+
+/* Fused cross-entropy: loss_rows (rows), dlogits (may alias logits). */
+static inline mb_status cross_entropy(float *loss_rows, float *dlogits, const float *logits, const int32_t *targets,
+                               int64_t rows, int V, int32_t ignore_index, float label_smoothing,
+                               const float *dloss_rows, float dscale) {
+    if (rows < 1) return MB_STATUS_OK;
+    if (rows > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "cross-entropy: %lld rows", (long long)rows);
+    MBC_LAUNCH(cross_entropy_kernel, dim3((unsigned)rows), dim3(256), 0, loss_rows, dlogits, logits, targets, rows, V,
+               ignore_index, label_smoothing, dloss_rows, dscale);
+    return MB_STATUS_OK;
+}
+static inline mb_status sum(float *out, const float *x, int64_t n, double scale) {
+    MBC_LAUNCH(sum_kernel, dim3(1), dim3(256), 0, out, x, n, scale);
+    return MB_STATUS_OK;
+}
+
+/* g *= scale, then sum g^2 into *sumsq_dev (double); part: MBC_NORM_BLOCKS doubles. */
+static inline mb_status grad_scale_sumsq(double *sumsq_dev, double *part, float *g, int64_t n, float scale) {
+    MBC_LAUNCH(grad_scale_sumsq_kernel, dim3(MBC_NORM_BLOCKS), dim3(256), 0, part, g, n, scale);
+    MBC_LAUNCH(sum_double_kernel, dim3(1), dim3(256), 0, sumsq_dev, (const double *)part, MBC_NORM_BLOCKS);
+    return MB_STATUS_OK;
+}
+
+/* The CPU's AdamW constants (mb_adamw_update). */
+static inline mb_status adamw(float *p, float *g, float *m, float *v, const uint8_t *mask, int64_t n, float coef, double lr,
+                       double beta1, double beta2, double eps, double wd, int64_t t) {
+    const float b1 = (float)beta1, b2 = (float)beta2, one_b1 = (float)(1.0 - beta1), one_b2 = (float)(1.0 - beta2);
+    const float step_size = (float)(lr / (1.0 - pow(beta1, (double)t)));
+    const float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)t)), fe = (float)eps, decay = (float)(1.0 - lr * wd);
+    MBC_LAUNCH(adamw_kernel, dim3(grid_for(n, 256)), dim3(256), 0, p, g, m, v, mask, n, coef, b1, b2, one_b1, one_b2,
+               step_size, bc2_sqrt, fe, decay);
+    return MB_STATUS_OK;
+}
+
+static inline mb_status add_inplace(float *x, const float *y, int64_t n) {
+    MBC_LAUNCH(add_inplace_kernel, dim3(grid_for(n, 256)), dim3(256), 0, x, y, n);
+    return MB_STATUS_OK;
+}
+
+} /* namespace mbc */
+
+/* ======================================================================= */
+/*                      the trainer and the stream                         */
+/* ======================================================================= */
+namespace mbc {
+
+/* Tensor indices in mb_config_tensors order. */
+enum { W_NORM_W = 0, W_NORM_B, W_IN_PROJ, W_CONV_W, W_CONV_B, W_X_PROJ, W_DT_W, W_DT_B, W_A_LOG, W_D, W_OUT_PROJ, W_PER_LAYER };
+static inline int tensor_index(int layer, int field) { return 1 + layer * W_PER_LAYER + field; }
+
+struct layer_acts {
+    float *resid, *ln, *mean, *rstd, *xz, *u, *xdbl, *delta, *gated, *states;
+};
+
+/* Dimensions shared by the trainer and the stream. */
+struct dims {
+    mb_config cfg;
+    int C, Di, S, K, R, X, V, L;
+    int64_t nparams;
+    int ntensors;
+    int64_t *offset; /* per tensor, floats */
+};
+
+static inline mb_status dims_init(dims *d, const mb_config *cfg_in) {
+    memset(d, 0, sizeof *d);
+    d->cfg = *cfg_in;
+    if (mb_config_validate(&d->cfg) != MB_STATUS_OK)
+        return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: invalid config: %s", mb_last_error());
+    const mb_config *c = &d->cfg;
+    d->C = c->d_model; d->Di = c->d_model * c->expand; d->S = c->d_state; d->K = c->d_conv; d->R = c->dt_rank;
+    d->X = d->R + 2 * d->S; d->V = c->vocab_size; d->L = c->n_layer;
+    if (d->S > 32) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_state %d > 32 is not supported", d->S);
+    if (d->C > 6144) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_model %d > 6144 is not supported", d->C);
+    d->ntensors = mb_config_tensors(c, NULL);
+    if (d->ntensors != 3 + W_PER_LAYER * d->L) return fail(MB_STATUS_UNSUPPORTED, "CUDA: unexpected tensor table (%d tensors)", d->ntensors);
+    mb_tensor_info *ti = (mb_tensor_info *)malloc(sizeof(mb_tensor_info) * (size_t)d->ntensors);
+    d->offset = (int64_t *)malloc(sizeof(int64_t) * (size_t)d->ntensors);
+    if (!ti || !d->offset) { free(ti); return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA: tensor table"); }
+    mb_config_tensors(c, ti);
+    for (int i = 0; i < d->ntensors; i++) d->offset[i] = ti[i].offset;
+    d->nparams = ti[d->ntensors - 1].offset + ti[d->ntensors - 1].numel;
+    free(ti);
+    return MB_STATUS_OK;
+}
+
+/* A list of device allocations freed together. */
+struct dlist {
+    void **ptrs = nullptr;
+    int n = 0, cap = 0;
+};
+static inline mb_status dlist_alloc(dlist *l, void **out, size_t bytes, const char *what) {
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 64;
+        void **p = (void **)realloc(l->ptrs, sizeof(void *) * (size_t)cap);
+        if (!p) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA: allocation list");
+        l->ptrs = p;
+        l->cap = cap;
+    }
+    MBC_TRY(dmalloc(out, bytes, what));
+    l->ptrs[l->n++] = *out;
+    return MB_STATUS_OK;
+}
+static inline void dlist_free(dlist *l) {
+    for (int i = 0; i < l->n; i++) dfree(l->ptrs[i]);
+    free(l->ptrs);
+    l->ptrs = nullptr;
+    l->n = l->cap = 0;
+}
+template <class T> static mb_status dalloc(dlist *l, T **out, int64_t count, const char *what) {
+    void *p = nullptr;
+    MBC_TRY(dlist_alloc(l, &p, (size_t)count * sizeof(T), what));
+    *out = (T *)p;
+    return MB_STATUS_OK;
+}
+
+} /* namespace mbc */
+
+struct mb_cuda_trainer {
+    mbc::dims d;
+    int B, T, precision, chunk;
+    int64_t N;
+    mbc::blas_t blas;
+    mbc::dlist mem, chunk_mem;
+    /* parameters and optimizer (flat, checkpoint order) */
+    float *params, *grads, *adam_m, *adam_v;
+    uint8_t *decay_mask;
+    mbc_bf16 *params_bf16;   /* bf16 mode: weights for cuBLAS */
+    mbc_bf16 *bfa, *bfb;      /* bf16 mode: matrix-input scratch */
+    /* batch */
+    uint8_t *tokens;
+    int32_t *targets;
+    int64_t *bucket_off, *bucket_rows, *h_bucket;
+    /* activations */
+    mbc::layer_acts *acts;   /* host array of device pointers */
+    float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *loss_rows, *loss_dev, *mix_out;
+    /* backward */
+    float *d_resid, *d_ln, *d_xz, *d_u, *d_xdbl, *d_delta, *d_gated, *scratch;
+    int64_t scratch_floats;
+    double *norm_part, *norm_dev;
+};
+
+namespace mbc {
+
+static inline float *W(mb_cuda_trainer *t, float *base, int layer, int field) {
+    return base + t->d.offset[layer < 0 ? field : tensor_index(layer, field)];
+}
+
+/* Trainer matmuls: fp32 directly, bf16 through converted copies. */
+static inline mb_status tr_mm_forward(mb_cuda_trainer *t, float *out, const float *inp, int64_t ldi, int widx, int64_t N,
+                               int IC, int OC) {
+    const float *w = t->params + t->d.offset[widx];
+    if (!t->precision) return matmul_forward(t->blas, out, inp, ldi, w, N, IC, OC);
+    MBC_TRY(convert_bf16(t->bfa, inp, N, IC, ldi));
+    return gemm(t->blas, 1, 0, OC, (int)N, IC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, t->bfa, IC, 0.0f, out, OC,
+                1, __FILE__, __LINE__);
+}
+static inline mb_status tr_mm_backward(mb_cuda_trainer *t, float *dinp, float beta_in, const float *dout, const float *inp,
+                                int64_t ldi, int widx, int64_t N, int IC, int OC) {
+    const float *w = t->params + t->d.offset[widx];
+    float *dw = t->grads + t->d.offset[widx];
+    if (!t->precision) return matmul_backward(t->blas, dinp, beta_in, dw, dout, inp, ldi, w, N, IC, OC);
+    MBC_TRY(convert_bf16(t->bfa, dout, N, OC, OC));
+    MBC_TRY(convert_bf16(t->bfb, inp, N, IC, ldi));
+    if (dinp)
+        MBC_TRY(gemm(t->blas, 0, 0, IC, (int)N, OC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, t->bfa, OC, beta_in,
+                     dinp, (int)ldi, 1, __FILE__, __LINE__));
+    return gemm(t->blas, 0, 1, IC, OC, (int)N, 1.0f, t->bfb, IC, t->bfa, OC, 1.0f, dw, IC, 1, __FILE__, __LINE__);
+}
+
+static inline mb_status tr_refresh_bf16(mb_cuda_trainer *t) {
+    if (!t->precision) return MB_STATUS_OK;
+    return convert_bf16(t->params_bf16, t->params, 1, t->d.nparams, t->d.nparams);
+}
+
+static inline int64_t tr_scratch_floats(const mb_cuda_trainer *t) {
+    const dims &d = t->d;
+    int64_t s = scan_scratch_floats(t->B, t->T, d.Di, d.S, t->chunk);
+    const int64_t ln = ln_backward_parts(t->N) * 2 * d.C, cv = conv_backward_parts(t->B, t->T) * (int64_t)d.Di * (d.K + 1);
+    if (ln > s) s = ln;
+    if (cv > s) s = cv;
+    return s;
+}
+
+static inline mb_status tr_alloc_acts(mb_cuda_trainer *t) {
+    const dims &d = t->d;
+    const int64_t N = t->N, nch = (t->T + t->chunk - 1) / t->chunk;
+    for (int l = 0; l < d.L; l++) {
+        layer_acts *a = &t->acts[l];
+        MBC_TRY(dalloc(&t->mem, &a->resid, N * d.C, "resid"));
+        MBC_TRY(dalloc(&t->mem, &a->ln, N * d.C, "ln"));
+        MBC_TRY(dalloc(&t->mem, &a->mean, N, "ln mean"));
+        MBC_TRY(dalloc(&t->mem, &a->rstd, N, "ln rstd"));
+        MBC_TRY(dalloc(&t->mem, &a->xz, N * 2 * d.Di, "xz"));
+        MBC_TRY(dalloc(&t->mem, &a->u, N * d.Di, "u"));
+        MBC_TRY(dalloc(&t->mem, &a->xdbl, N * d.X, "xdbl"));
+        MBC_TRY(dalloc(&t->mem, &a->delta, N * d.Di, "delta"));
+        MBC_TRY(dalloc(&t->mem, &a->gated, N * d.Di, "gated"));
+    }
+    (void)nch;
+    return MB_STATUS_OK;
+}
+
+/* The chunk-dependent buffers (scan states, scratch): their own list, so a
+   new chunk size can replace them. */
+static inline mb_status tr_alloc_chunked(mb_cuda_trainer *t) {
+    const dims &d = t->d;
+    const int64_t nch = (t->T + t->chunk - 1) / t->chunk;
+    dlist_free(&t->chunk_mem);
+    for (int l = 0; l < d.L; l++)
+        MBC_TRY(dalloc(&t->chunk_mem, &t->acts[l].states, (int64_t)t->B * nch * d.Di * d.S, "scan states"));
+    t->scratch_floats = tr_scratch_floats(t);
+    return dalloc(&t->chunk_mem, &t->scratch, t->scratch_floats, "scratch");
+}
+
+static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int B, int T, int precision) {
+    MBC_TRY(dims_init(&t->d, cfg));
+    const dims &d = t->d;
+    if (B < 1 || T < 1 || (int64_t)B * T > 2147483647 / 2)
+        return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: B=%d T=%d", B, T);
+    if (precision != 0 && precision != 1) return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: precision %d", precision);
+    if (device_count() < 1) return fail(MB_STATUS_UNSUPPORTED, "CUDA trainer: no CUDA device");
+    t->B = B; t->T = T; t->N = (int64_t)B * T; t->precision = precision;
+    t->chunk = T < 32 ? T : 32;
+    MBC_TRY(scan_check(B, T, d.Di, d.S, t->chunk));
+    MBC_TRY(blas_create(&t->blas));
+    const int64_t N = t->N, P = d.nparams;
+    MBC_TRY(dalloc(&t->mem, &t->params, P, "params"));
+    MBC_TRY(dalloc(&t->mem, &t->grads, P, "grads"));
+    MBC_TRY(dalloc(&t->mem, &t->adam_m, P, "adam m"));
+    MBC_TRY(dalloc(&t->mem, &t->adam_v, P, "adam v"));
+    MBC_TRY(dalloc(&t->mem, &t->decay_mask, P, "decay mask"));
+    MBC_TRY(dzero(t->params, (size_t)P * sizeof(float)));
+    MBC_TRY(dzero(t->grads, (size_t)P * sizeof(float)));
+    MBC_TRY(dzero(t->adam_m, (size_t)P * sizeof(float)));
+    MBC_TRY(dzero(t->adam_v, (size_t)P * sizeof(float)));
+    {
+        mb_tensor_info *ti = (mb_tensor_info *)malloc(sizeof(mb_tensor_info) * (size_t)d.ntensors);
+        uint8_t *mask = (uint8_t *)malloc((size_t)P);
+        if (!ti || !mask) { free(ti); free(mask); return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: decay mask"); }
+        mb_config_tensors(&d.cfg, ti);
+        for (int i = 0; i < d.ntensors; i++) memset(mask + ti[i].offset, ti[i].weight_decay ? 1 : 0, (size_t)ti[i].numel);
+        mb_status s = h2d(t->decay_mask, mask, (size_t)P);
+        free(ti);
+        free(mask);
+        MBC_TRY(s);
+    }
+    if (precision) {
+        const int64_t wa = N * (d.V > 2 * d.Di ? d.V : 2 * d.Di), wb = N * (d.C > d.Di ? d.C : d.Di);
+        MBC_TRY(dalloc(&t->mem, &t->params_bf16, P, "bf16 params"));
+        MBC_TRY(dalloc(&t->mem, &t->bfa, wa > wb ? wa : wb, "bf16 scratch a"));
+        MBC_TRY(dalloc(&t->mem, &t->bfb, wa > wb ? wa : wb, "bf16 scratch b"));
+        MBC_TRY(tr_refresh_bf16(t));
+    }
+    MBC_TRY(dalloc(&t->mem, &t->tokens, N, "tokens"));
+    MBC_TRY(dalloc(&t->mem, &t->targets, N, "targets"));
+    MBC_TRY(dalloc(&t->mem, &t->bucket_off, 257 + N, "token buckets"));
+    t->bucket_rows = t->bucket_off + 257;
+    t->h_bucket = (int64_t *)malloc(sizeof(int64_t) * (size_t)(257 + N));
+    t->acts = (layer_acts *)calloc((size_t)d.L, sizeof(layer_acts));
+    if (!t->h_bucket || !t->acts) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: host tables");
+    MBC_TRY(tr_alloc_acts(t));
+    MBC_TRY(tr_alloc_chunked(t));
+    MBC_TRY(dalloc(&t->mem, &t->resid_out, N * d.C, "resid out"));
+    MBC_TRY(dalloc(&t->mem, &t->lnf, N * d.C, "lnf"));
+    MBC_TRY(dalloc(&t->mem, &t->lnf_mean, N, "lnf mean"));
+    MBC_TRY(dalloc(&t->mem, &t->lnf_rstd, N, "lnf rstd"));
+    MBC_TRY(dalloc(&t->mem, &t->logits, N * d.V, "logits"));
+    MBC_TRY(dalloc(&t->mem, &t->loss_rows, N, "loss rows"));
+    MBC_TRY(dalloc(&t->mem, &t->loss_dev, 1, "loss"));
+    MBC_TRY(dalloc(&t->mem, &t->mix_out, N * d.C, "mixer out"));
+    MBC_TRY(dalloc(&t->mem, &t->d_resid, N * d.C, "d resid"));
+    MBC_TRY(dalloc(&t->mem, &t->d_ln, N * d.C, "d ln"));
+    MBC_TRY(dalloc(&t->mem, &t->d_xz, N * 2 * d.Di, "d xz"));
+    MBC_TRY(dalloc(&t->mem, &t->d_u, N * d.Di, "d u"));
+    MBC_TRY(dalloc(&t->mem, &t->d_xdbl, N * d.X, "d xdbl"));
+    MBC_TRY(dalloc(&t->mem, &t->d_delta, N * d.Di, "d delta"));
+    MBC_TRY(dalloc(&t->mem, &t->d_gated, N * d.Di, "d gated"));
+    MBC_TRY(dalloc(&t->mem, &t->norm_part, MBC_NORM_BLOCKS, "norm partials"));
+    MBC_TRY(dalloc(&t->mem, &t->norm_dev, 1, "norm"));
+    return MB_STATUS_OK;
+}
+
+static inline void tr_free(mb_cuda_trainer *t) {
+    dlist_free(&t->mem);
+    dlist_free(&t->chunk_mem);
+    blas_destroy(t->blas);
+    free(t->d.offset);
+    free(t->h_bucket);
+    free(t->acts);
+}
+
+static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs) {
+    const dims &d = t->d;
+    const int64_t N = t->N;
+    MBC_TRY(h2d(t->tokens, inputs, (size_t)N));
+    MBC_TRY(embedding_forward(t->acts[0].resid, t->tokens, t->params + d.offset[0], N, d.C));
+    for (int l = 0; l < d.L; l++) {
+        layer_acts *a = &t->acts[l];
+        float *next = l + 1 < d.L ? t->acts[l + 1].resid : t->resid_out;
+        MBC_TRY(layernorm_forward(a->ln, a->mean, a->rstd, a->resid, W(t, t->params, l, W_NORM_W), W(t, t->params, l, W_NORM_B), N, d.C));
+        MBC_TRY(tr_mm_forward(t, a->xz, a->ln, d.C, tensor_index(l, W_IN_PROJ), N, d.C, 2 * d.Di));
+        MBC_TRY(conv1d_forward(a->u, a->xz, W(t, t->params, l, W_CONV_W), W(t, t->params, l, W_CONV_B), t->B, t->T, d.Di, d.K));
+        MBC_TRY(tr_mm_forward(t, a->xdbl, a->u, d.Di, tensor_index(l, W_X_PROJ), N, d.Di, d.X));
+        MBC_TRY(tr_mm_forward(t, a->delta, a->xdbl, d.X, tensor_index(l, W_DT_W), N, d.R, d.Di));
+        MBC_TRY(scan_forward(a->gated, a->states, t->scratch, a->u, a->delta, W(t, t->params, l, W_DT_B),
+                             W(t, t->params, l, W_A_LOG), a->xdbl, W(t, t->params, l, W_D), a->xz, t->B, t->T, d.Di, d.S,
+                             d.R, t->chunk));
+        MBC_TRY(tr_mm_forward(t, t->mix_out, a->gated, d.Di, tensor_index(l, W_OUT_PROJ), N, d.Di, d.C));
+        MBC_TRY(d2d(next, a->resid, (size_t)(N * d.C) * sizeof(float)));
+        MBC_TRY(add_inplace(next, t->mix_out, N * d.C));
+    }
+    const int nf = 1 + W_PER_LAYER * d.L;
+    MBC_TRY(layernorm_forward(t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, t->params + d.offset[nf],
+                              t->params + d.offset[nf + 1], N, d.C));
+    return tr_mm_forward(t, t->logits, t->lnf, d.C, 0, N, d.C, d.V); /* tied head */
+}
+
+static inline mb_status tr_backward(mb_cuda_trainer *t) {
+    const dims &d = t->d;
+    const int64_t N = t->N;
+    const int nf = 1 + W_PER_LAYER * d.L;
+    float *dlogits = t->logits; /* overwritten by the cross-entropy kernel */
+    MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, dlogits, t->lnf, d.C, 0, N, d.C, d.V));
+    MBC_TRY(dzero(t->d_resid, (size_t)(N * d.C) * sizeof(float)));
+    MBC_TRY(layernorm_backward(t->d_resid, t->grads + d.offset[nf], t->grads + d.offset[nf + 1], t->scratch, t->d_ln,
+                               t->resid_out, t->params + d.offset[nf], t->lnf_mean, t->lnf_rstd, N, d.C));
+    for (int l = d.L - 1; l >= 0; l--) {
+        layer_acts *a = &t->acts[l];
+        float *P = t->params, *G = t->grads;
+        MBC_TRY(dzero(t->d_u, (size_t)(N * d.Di) * sizeof(float)));
+        MBC_TRY(dzero(t->d_xdbl, (size_t)(N * d.X) * sizeof(float)));
+        MBC_TRY(dzero(t->d_xz, (size_t)(N * 2 * d.Di) * sizeof(float)));
+        MBC_TRY(tr_mm_backward(t, t->d_gated, 0.0f, t->d_resid, a->gated, d.Di, tensor_index(l, W_OUT_PROJ), N, d.Di, d.C));
+        MBC_TRY(scan_backward(t->d_u, t->d_delta, W(t, G, l, W_DT_B), W(t, G, l, W_A_LOG), t->d_xdbl, W(t, G, l, W_D),
+                              t->d_xz, t->scratch, t->d_gated, a->states, a->u, a->delta, W(t, P, l, W_DT_B),
+                              W(t, P, l, W_A_LOG), a->xdbl, W(t, P, l, W_D), a->xz, t->B, t->T, d.Di, d.S, d.R,
+                              t->chunk));
+        MBC_TRY(tr_mm_backward(t, t->d_xdbl, 1.0f, t->d_delta, a->xdbl, d.X, tensor_index(l, W_DT_W), N, d.R, d.Di));
+        MBC_TRY(tr_mm_backward(t, t->d_u, 1.0f, t->d_xdbl, a->u, d.Di, tensor_index(l, W_X_PROJ), N, d.Di, d.X));
+        MBC_TRY(conv1d_backward(t->d_xz, W(t, G, l, W_CONV_W), W(t, G, l, W_CONV_B), t->scratch, t->d_u, a->xz,
+                                W(t, P, l, W_CONV_W), W(t, P, l, W_CONV_B), t->B, t->T, d.Di, d.K));
+        MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, t->d_xz, a->ln, d.C, tensor_index(l, W_IN_PROJ), N, d.C, 2 * d.Di));
+        MBC_TRY(layernorm_backward(t->d_resid, W(t, G, l, W_NORM_W), W(t, G, l, W_NORM_B), t->scratch, t->d_ln,
+                                   a->resid, W(t, P, l, W_NORM_W), a->mean, a->rstd, N, d.C));
+    }
+    return embedding_backward(t->grads + d.offset[0], t->d_resid, t->bucket_off, t->bucket_rows, d.C);
+}
+
+} /* namespace mbc */
+
+/* ===================================================== entry points */
+
+struct mb_cuda_stream {
+    mbc::dims d;
+    mbc::blas_t blas;
+    mbc::dlist mem;
+    float *params, *conv_state, *ssm_state, *x, *ln, *mean, *xz, *u, *xdbl, *delta, *gated, *out, *logits;
+};
+
+extern "C" {
+
+int mb_cuda_device_count(void) { return mbc::device_count(); }
+const char *mb_cuda_last_error(void) { return mbc::g_err; }
+
+mb_status mb_cuda_trainer_create(mb_cuda_trainer **out, const mb_config *cfg, int B, int T, int precision) {
+    *out = nullptr;
+    mb_cuda_trainer *t = (mb_cuda_trainer *)calloc(1, sizeof(mb_cuda_trainer));
+    if (!t) return mbc::fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer struct");
+    mb_status s = mbc::tr_create(t, cfg, B, T, precision);
+    if (s != MB_STATUS_OK) {
+        mbc::tr_free(t);
+        free(t);
+        return s;
+    }
+    *out = t;
+    return MB_STATUS_OK;
+}
+
+void mb_cuda_trainer_free(mb_cuda_trainer *t) {
+    if (!t) return;
+    mbc::tr_free(t);
+    free(t);
+}
+
+mb_status mb_cuda_trainer_set_scan_chunk(mb_cuda_trainer *t, int chunk) {
+    MBC_TRY(mbc::scan_check(t->B, t->T, t->d.Di, t->d.S, chunk));
+    if (chunk == t->chunk) return MB_STATUS_OK;
+    t->chunk = chunk; /* the saved states used the old chunking: forward again before backward */
+    return mbc::tr_alloc_chunked(t);
+}
+
+mb_status mb_cuda_trainer_upload(mb_cuda_trainer *t, const float *params, const float *adam_m, const float *adam_v) {
+    const size_t bytes = (size_t)t->d.nparams * sizeof(float);
+    MBC_TRY(mbc::h2d(t->params, params, bytes));
+    MBC_TRY(adam_m ? mbc::h2d(t->adam_m, adam_m, bytes) : mbc::dzero(t->adam_m, bytes));
+    MBC_TRY(adam_v ? mbc::h2d(t->adam_v, adam_v, bytes) : mbc::dzero(t->adam_v, bytes));
+    return mbc::tr_refresh_bf16(t);
+}
+
+mb_status mb_cuda_trainer_download(mb_cuda_trainer *t, float *params, float *adam_m, float *adam_v) {
+    const size_t bytes = (size_t)t->d.nparams * sizeof(float);
+    if (params) MBC_TRY(mbc::d2h(params, t->params, bytes));
+    if (adam_m) MBC_TRY(mbc::d2h(adam_m, t->adam_m, bytes));
+    if (adam_v) MBC_TRY(mbc::d2h(adam_v, t->adam_v, bytes));
+    return MB_STATUS_OK;
+}
+
+mb_status mb_cuda_trainer_forward_backward(mb_cuda_trainer *t, const uint8_t *inputs, const int32_t *targets,
+                                           float *loss) {
+    const int64_t N = t->N;
+    int64_t n_valid = 0;
+    for (int64_t i = 0; i < N; i++) {
+        if (targets[i] == -100) continue;
+        if (targets[i] < 0 || targets[i] >= t->d.V)
+            return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: target %d at row %lld is outside [0,%d)", targets[i],
+                             (long long)i, t->d.V);
+        n_valid++;
+    }
+    MBC_TRY(mbc::tr_forward(t, inputs));
+    if (n_valid == 0) { /* as the CPU: NaN loss, zero gradient */
+        if (loss) *loss = NAN;
+        return mbc::sync();
+    }
+    MBC_TRY(mbc::h2d(t->targets, targets, (size_t)N * sizeof(int32_t)));
+    mbc::token_buckets(t->h_bucket, t->h_bucket + 257, inputs, N);
+    MBC_TRY(mbc::h2d(t->bucket_off, t->h_bucket, sizeof(int64_t) * (size_t)(257 + N)));
+    MBC_TRY(mbc::cross_entropy(t->loss_rows, t->logits, t->logits, t->targets, N, t->d.V, -100, 0.0f, nullptr,
+                               (float)(1.0 / (double)n_valid)));
+    MBC_TRY(mbc::sum(t->loss_dev, t->loss_rows, N, 1.0 / (double)n_valid));
+    MBC_TRY(mbc::tr_backward(t));
+    float l = NAN;
+    MBC_TRY(mbc::d2h(&l, t->loss_dev, sizeof(float)));
+    if (loss) *loss = l;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_cuda_trainer_forward_logits(mb_cuda_trainer *t, const uint8_t *inputs, float *logits_host) {
+    MBC_TRY(mbc::tr_forward(t, inputs));
+    return mbc::d2h(logits_host, t->logits, (size_t)(t->N * t->d.V) * sizeof(float));
+}
+
+mb_status mb_cuda_trainer_grads(mb_cuda_trainer *t, float *grads_host) {
+    return mbc::d2h(grads_host, t->grads, (size_t)t->d.nparams * sizeof(float));
+}
+
+mb_status mb_cuda_trainer_zero_grad(mb_cuda_trainer *t) {
+    return mbc::dzero(t->grads, (size_t)t->d.nparams * sizeof(float));
+}
+
+mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr, double beta1, double beta2,
+                                 double eps, double weight_decay, double clip, int64_t adam_step,
+                                 double *grad_norm_out, int *applied_out) {
+    const int64_t P = t->d.nparams;
+    double sumsq = 0.0;
+    if (applied_out) *applied_out = 0;
+    if (adam_step < 1) return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA update: adam_step %lld", (long long)adam_step);
+    MBC_TRY(mbc::grad_scale_sumsq(t->norm_dev, t->norm_part, t->grads, P, grad_scale));
+    MBC_TRY(mbc::d2h(&sumsq, t->norm_dev, sizeof(double)));
+    const double norm = sqrt(sumsq);
+    if (grad_norm_out) *grad_norm_out = norm;
+    if (!isfinite(norm)) return mb_cuda_trainer_zero_grad(t);
+    const double c = clip / (norm + 1e-6);
+    const float coef = (float)(c < 1.0 ? c : 1.0); /* mb_clip_coef */
+    MBC_TRY(mbc::adamw(t->params, t->grads, t->adam_m, t->adam_v, t->decay_mask, P, coef, lr, beta1, beta2, eps,
+                       weight_decay, adam_step));
+    MBC_TRY(mbc::tr_refresh_bf16(t));
+    if (applied_out) *applied_out = 1;
+    return mbc::sync();
+}
+
+mb_status mb_cuda_stream_create(mb_cuda_stream **out, const mb_config *cfg, const float *params) {
+    *out = nullptr;
+    mb_cuda_stream *s = (mb_cuda_stream *)calloc(1, sizeof(mb_cuda_stream));
+    if (!s) return mbc::fail(MB_STATUS_OUT_OF_MEMORY, "CUDA stream struct");
+    mb_status st = mbc::dims_init(&s->d, cfg);
+    const mbc::dims &d = s->d;
+    if (st == MB_STATUS_OK && mbc::device_count() < 1) st = mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA stream: no CUDA device");
+    if (st == MB_STATUS_OK) st = mbc::blas_create(&s->blas);
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->params, d.nparams, "stream params");
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->conv_state, (int64_t)d.L * d.Di * d.K, "conv state");
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->ssm_state, (int64_t)d.L * d.Di * d.S, "ssm state");
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->x, d.C, "x");
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->ln, d.C, "ln");
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->mean, 2, "ln stats");
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->xz, 2 * d.Di, "xz");
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->u, d.Di, "u");
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->xdbl, d.X, "xdbl");
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->delta, d.Di, "delta");
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->gated, d.Di, "gated");
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->out, d.C, "out");
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->logits, d.V, "logits");
+    if (st == MB_STATUS_OK) st = mbc::h2d(s->params, params, (size_t)d.nparams * sizeof(float));
+    if (st == MB_STATUS_OK) st = mb_cuda_stream_reset(s);
+    if (st != MB_STATUS_OK) {
+        mb_cuda_stream_free(s);
+        return st;
+    }
+    *out = s;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_cuda_stream_reset(mb_cuda_stream *s) {
+    const mbc::dims &d = s->d;
+    MBC_TRY(mbc::dzero(s->conv_state, sizeof(float) * (size_t)d.L * d.Di * d.K));
+    return mbc::dzero(s->ssm_state, sizeof(float) * (size_t)d.L * d.Di * d.S);
+}
+
+mb_status mb_cuda_stream_step(mb_cuda_stream *s, uint8_t byte, float *logits_host) {
+    const mbc::dims &d = s->d;
+    const float *P = s->params;
+#define MBC_SW(l, f) (P + d.offset[mbc::tensor_index(l, f)])
+    MBC_TRY(mbc::d2d(s->x, P + (int64_t)byte * d.C, sizeof(float) * (size_t)d.C));
+    for (int l = 0; l < d.L; l++) {
+        MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, MBC_SW(l, mbc::W_NORM_W), MBC_SW(l, mbc::W_NORM_B), 1, d.C));
+        MBC_TRY(mbc::matmul_forward(s->blas, s->xz, s->ln, d.C, MBC_SW(l, mbc::W_IN_PROJ), 1, d.C, 2 * d.Di));
+        MBC_LAUNCH(mbc::conv1d_step_kernel, dim3((unsigned)((d.Di + 127) / 128)), dim3(128), 0, s->u,
+                   s->conv_state + (int64_t)l * d.Di * d.K, (const float *)s->xz, MBC_SW(l, mbc::W_CONV_W),
+                   MBC_SW(l, mbc::W_CONV_B), d.Di, d.K);
+        MBC_TRY(mbc::matmul_forward(s->blas, s->xdbl, s->u, d.Di, MBC_SW(l, mbc::W_X_PROJ), 1, d.Di, d.X));
+        MBC_TRY(mbc::matmul_forward(s->blas, s->delta, s->xdbl, d.X, MBC_SW(l, mbc::W_DT_W), 1, d.R, d.Di));
+        MBC_TRY(mbc::scan_step(s->gated, s->ssm_state + (int64_t)l * d.Di * d.S, s->u, s->delta, MBC_SW(l, mbc::W_DT_B),
+                               MBC_SW(l, mbc::W_A_LOG), s->xdbl, MBC_SW(l, mbc::W_D), s->xz, d.Di, d.S, d.R));
+        MBC_TRY(mbc::matmul_forward(s->blas, s->out, s->gated, d.Di, MBC_SW(l, mbc::W_OUT_PROJ), 1, d.Di, d.C));
+        MBC_TRY(mbc::add_inplace(s->x, s->out, d.C));
+    }
+#undef MBC_SW
+    const int nf = 1 + mbc::W_PER_LAYER * d.L;
+    MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, P + d.offset[nf], P + d.offset[nf + 1], 1, d.C));
+    MBC_TRY(mbc::matmul_forward(s->blas, s->logits, s->ln, d.C, P, 1, d.C, d.V));
+    return mbc::d2h(logits_host, s->logits, sizeof(float) * (size_t)d.V);
+}
+
+void mb_cuda_stream_free(mb_cuda_stream *s) {
+    if (!s) return;
+    mbc::dlist_free(&s->mem);
+    mbc::blas_destroy(s->blas);
+    free(s->d.offset);
+    free(s);
+}
+
+} /* extern "C" */
+
+#endif /* MAMBABYTE_CUDA_IMPLEMENTATION */
