@@ -1,6 +1,474 @@
-/* bench.c - `mambabyte bench` (being written: issue 6). */
-static int mb_cli_bench(int argc, char **argv) {
-    (void)argc; (void)argv;
-    fprintf(stderr, "mambabyte bench: not built yet\n");
+/* bench.c - `mambabyte bench`: CPU throughput of the default config (issue 6).
+   Included by main.c after the header's implementation, so it may call the
+   mb__ kernels and look inside mb_model.  Prints, for the default config:
+     * the measured float32 FMA peak (1 thread and all threads),
+     * every matrix product of a training step, forward and backward, with
+       their exact FLOP count, and their share of the peak,
+     * one layer's scan alone (forward + backward),
+     * a forward + backward + AdamW step at batch 4 x ctx 256 and at
+       batch 16 x ctx 1024 (tokens/s, share of peak at ~6.3 MFLOP/token),
+     * peak resident memory (getrusage ru_maxrss),
+     * streaming bytes/s on one thread (mb_stream_step),
+   each a median of repeated runs.  --json FILE writes the same figures.
+   A benchmark, never a test: nothing here fails on a slow machine. */
+
+#include <sys/resource.h>
+#include <time.h>
+
+#define BENCH_STEP_FLOP_PER_TOKEN 6.3e6 /* the issue's figure for one training step of the default model */
+
+static double bench_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int bench_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
     return 1;
+#endif
+}
+static void bench_set_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+static int bench_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+static double bench_median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static double bench_peak_rss_mb(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return -1.0;
+    return (double)ru.ru_maxrss / 1024.0; /* kilobytes on Linux */
+}
+
+static void bench_cpu_name(char *buf, size_t n) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    snprintf(buf, n, "unknown CPU");
+    if (!f) return;
+    while (fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "model name", 10)) {
+            char *p = strchr(line, ':'), *e;
+            if (!p) break;
+            p++;
+            while (*p == ' ' || *p == '\t') p++;
+            e = p + strlen(p);
+            while (e > p && (e[-1] == '\n' || e[-1] == ' ')) *--e = 0;
+            snprintf(buf, n, "%s", p);
+            break;
+        }
+    }
+    fclose(f);
+}
+
+/* ------------------------------------------------------------ FMA peak */
+/* BENCH_CHAINS independent chains of multiply-adds in the widest vector
+   registers the target has (AVX-512, else AVX2+FMA, else scalar mul + add):
+   enough chains to cover the FMA latency of two pipes.  This measures the
+   machine, so it uses intrinsics; the model's kernels are portable C. */
+#define BENCH_CHAINS 16
+#if defined(__AVX512F__) || (defined(__AVX__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+static float bench_fma_kernel(int64_t iters, float m, float c) {
+    int64_t it;
+    int j;
+    float s = 0.0f;
+#if defined(__AVX512F__)
+    __m512 acc[BENCH_CHAINS], vm = _mm512_set1_ps(m), vc = _mm512_set1_ps(c);
+    float tmp[16];
+    for (j = 0; j < BENCH_CHAINS; j++) acc[j] = _mm512_set1_ps((float)j * 1e-3f);
+    for (it = 0; it < iters; it++)
+        for (j = 0; j < BENCH_CHAINS; j++) acc[j] = _mm512_fmadd_ps(acc[j], vm, vc);
+    for (j = 0; j < BENCH_CHAINS; j++) {
+        int k;
+        _mm512_storeu_ps(tmp, acc[j]);
+        for (k = 0; k < 16; k++) s += tmp[k];
+    }
+#elif defined(__AVX__) && defined(__FMA__)
+    /* two 8-wide chains per 16 lanes */
+    __m256 acc[2 * BENCH_CHAINS], vm = _mm256_set1_ps(m), vc = _mm256_set1_ps(c);
+    float tmp[8];
+    for (j = 0; j < 2 * BENCH_CHAINS; j++) acc[j] = _mm256_set1_ps((float)j * 1e-3f);
+    iters /= 2;
+    for (it = 0; it < iters; it++)
+        for (j = 0; j < 2 * BENCH_CHAINS; j++) acc[j] = _mm256_fmadd_ps(acc[j], vm, vc);
+    iters *= 2;
+    for (j = 0; j < 2 * BENCH_CHAINS; j++) {
+        int k;
+        _mm256_storeu_ps(tmp, acc[j]);
+        for (k = 0; k < 8; k++) s += tmp[k];
+    }
+#else
+    float acc[BENCH_CHAINS][16];
+    int k;
+    for (j = 0; j < BENCH_CHAINS; j++)
+        for (k = 0; k < 16; k++) acc[j][k] = (float)(j * 16 + k) * 1e-3f;
+    for (it = 0; it < iters; it++)
+        for (k = 0; k < 16; k++)
+            for (j = 0; j < BENCH_CHAINS; j++) acc[j][k] = acc[j][k] * m + c;
+    for (j = 0; j < BENCH_CHAINS; j++)
+        for (k = 0; k < 16; k++) s += acc[j][k];
+#endif
+    return s;
+}
+#define BENCH_FMA_FLOPS 2.0 /* per lane per iteration: 16 lanes x BENCH_CHAINS per iteration */
+
+static volatile float bench_sink;
+
+/* GFLOP/s of nthreads threads each running the kernel (median of reps). */
+static double bench_fma_peak(int nthreads, int reps) {
+    const int64_t iters = 4000000; /* 4M x 16 chains x 16 lanes x 2 = 2 GFLOP per thread */
+    double v[16];
+    int r;
+    if (reps > 16) reps = 16;
+    for (r = 0; r < reps; r++) {
+        double t0 = bench_now(), t;
+        float sum = 0.0f;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) reduction(+ : sum)
+#endif
+        sum += bench_fma_kernel(iters, 0.9999f, 1e-4f);
+        t = bench_now() - t0;
+        bench_sink = sum;
+        v[r] = BENCH_FMA_FLOPS * 16.0 * BENCH_CHAINS * (double)iters * nthreads / t / 1e9;
+    }
+    return bench_median(v, reps);
+}
+
+/* -------------------------------------------------------------- helpers */
+static void bench_fill(float *x, int64_t n, uint64_t *rng, float scale) {
+    int64_t i;
+    for (i = 0; i < n; i++) x[i] = (float)((2.0 * mb__rng_uniform(rng) - 1.0) * scale);
+}
+
+typedef struct {
+    const char *name;
+    int IC, OC;
+    int count; /* how many per step (n_layer for the per-layer ones) */
+} bench_mm_shape;
+
+typedef struct {
+    double fma1, fmaN;                 /* GFLOP/s */
+    double mm_gflops, mm_s, mm_flop;   /* all products of one step at N tokens */
+    int64_t mm_N;
+    double mm_fwd_gflops, mm_bwd_gflops;
+    double shape_fwd[5], shape_bwd[5];
+    double step_s[2], step_fwd_s[2], step_bwd_s[2], step_opt_s[2], tok_s[2], rss_mb, act_mb[2];
+    double scan_fwd_s[2], scan_bwd_s[2];
+    double stream_bps;
+    int done[2];
+    int threads;
+} bench_result;
+
+/* ------------------------------------------------------------- matmuls */
+static void bench_matmuls(bench_result *res, const mb_config *c, int64_t N, int reps) {
+    int C = c->d_model, Di = c->d_model * c->expand, S = c->d_state, R = c->dt_rank, X = R + 2 * S;
+    bench_mm_shape shapes[5];
+    int64_t maxIC = Di > C ? Di : C, maxOC = 2 * Di > 256 ? 2 * Di : 256, s;
+    float *inp, *w, *out, *dinp, *dw, *dout;
+    uint64_t rng = 99;
+    double tot_f = 0.0, tot_b = 0.0, flop_f = 0.0;
+    shapes[0].name = "in_proj";  shapes[0].IC = C;  shapes[0].OC = 2 * Di; shapes[0].count = c->n_layer;
+    shapes[1].name = "x_proj";   shapes[1].IC = Di; shapes[1].OC = X;      shapes[1].count = c->n_layer;
+    shapes[2].name = "dt_proj";  shapes[2].IC = R;  shapes[2].OC = Di;     shapes[2].count = c->n_layer;
+    shapes[3].name = "out_proj"; shapes[3].IC = Di; shapes[3].OC = C;      shapes[3].count = c->n_layer;
+    shapes[4].name = "head";     shapes[4].IC = C;  shapes[4].OC = 256;    shapes[4].count = 1;
+    if (maxIC < X) maxIC = X;
+    inp = (float *)malloc(sizeof(float) * (size_t)(N * maxIC));
+    dinp = (float *)malloc(sizeof(float) * (size_t)(N * maxIC));
+    out = (float *)malloc(sizeof(float) * (size_t)(N * maxOC));
+    dout = (float *)malloc(sizeof(float) * (size_t)(N * maxOC));
+    w = (float *)malloc(sizeof(float) * (size_t)(maxIC * maxOC));
+    dw = (float *)malloc(sizeof(float) * (size_t)(maxIC * maxOC));
+    if (!inp || !dinp || !out || !dout || !w || !dw) {
+        fprintf(stderr, "bench: out of memory (matmuls)\n");
+        free(inp); free(dinp); free(out); free(dout); free(w); free(dw);
+        return;
+    }
+    bench_fill(inp, N * maxIC, &rng, 1.0f);
+    bench_fill(dout, N * maxOC, &rng, 1.0f);
+    bench_fill(w, maxIC * maxOC, &rng, 0.1f);
+    memset(dinp, 0, sizeof(float) * (size_t)(N * maxIC));
+    memset(dw, 0, sizeof(float) * (size_t)(maxIC * maxOC));
+    for (s = 0; s < 5; s++) {
+        const bench_mm_shape *sh = &shapes[s];
+        double vf[16], vb[16], f = 2.0 * (double)N * sh->IC * sh->OC;
+        int r;
+        mb__matmul_forward(out, inp, sh->IC, w, N, sh->IC, sh->OC); /* warm */
+        for (r = 0; r < reps; r++) {
+            double t0 = bench_now();
+            mb__matmul_forward(out, inp, sh->IC, w, N, sh->IC, sh->OC);
+            vf[r] = bench_now() - t0;
+            t0 = bench_now();
+            mb__matmul_backward(dinp, dw, dout, inp, sh->IC, w, N, sh->IC, sh->OC);
+            vb[r] = bench_now() - t0;
+        }
+        res->shape_fwd[s] = bench_median(vf, reps);
+        res->shape_bwd[s] = bench_median(vb, reps);
+        tot_f += res->shape_fwd[s] * sh->count;
+        tot_b += res->shape_bwd[s] * sh->count;
+        flop_f += f * sh->count;
+        printf("  %-9s %4d -> %-4d  x%d   forward %7.2f ms %6.1f GFLOP/s   backward %7.2f ms %6.1f GFLOP/s\n",
+               sh->name, sh->IC, sh->OC, sh->count, 1e3 * res->shape_fwd[s], f / res->shape_fwd[s] / 1e9,
+               1e3 * res->shape_bwd[s], 2.0 * f / res->shape_bwd[s] / 1e9);
+    }
+    res->mm_N = N;
+    res->mm_flop = 3.0 * flop_f;
+    res->mm_s = tot_f + tot_b;
+    res->mm_gflops = res->mm_flop / res->mm_s / 1e9;
+    res->mm_fwd_gflops = flop_f / tot_f / 1e9;
+    res->mm_bwd_gflops = 2.0 * flop_f / tot_b / 1e9;
+    free(inp); free(dinp); free(out); free(dout); free(w); free(dw);
+}
+
+/* --------------------------------------------------- training step */
+static uint8_t *bench_make_text(int64_t n, uint64_t seed) {
+    /* word-like bytes: lowercase letters, spaces, a little punctuation */
+    uint8_t *d = (uint8_t *)malloc((size_t)n);
+    int64_t i;
+    uint64_t rng = seed;
+    if (!d) return NULL;
+    for (i = 0; i < n; i++) {
+        uint64_t r = mb__rng_next(&rng) % 100;
+        d[i] = (uint8_t)(r < 16 ? ' ' : r < 18 ? '.' : r < 19 ? '\n' : 'a' + (int)(r % 26));
+    }
+    return d;
+}
+
+/* Times `steps` training steps (after one warm-up step) at batch B x ctx T;
+   the same calls as mb_trainer_step, split so each phase is timed. */
+static int bench_train(bench_result *res, int which, const mb_config *cfg, int B, int T, int steps,
+                       const uint8_t *data, int64_t size) {
+    mb_model *m = NULL;
+    mb_trainer tr;
+    mb_train_settings set;
+    double vt[32], vf[32], vb[32], vo[32];
+    int s;
+    memset(&set, 0, sizeof set);
+    set.batch = B; set.ctx = T; set.steps = 1000; set.warmup = 10; set.grad_accum = 1; set.save_every = 0;
+    set.seed = 1; set.lr = 1e-3; set.weight_decay = 0.1; set.clip = 1.0; set.beta1 = 0.9; set.beta2 = 0.95;
+    set.eps = 1e-8;
+    if (steps > 32) steps = 32;
+    if (mb_model_create(&m, cfg, 1234) != MB_STATUS_OK || mb_trainer_init(&tr, m, &set, data, size, NULL) != MB_STATUS_OK) {
+        fprintf(stderr, "bench: %s\n", mb_last_error());
+        mb_model_free(m);
+        return 1;
+    }
+    for (s = -1; s < steps; s++) {
+        mb_step_result r;
+        float loss;
+        double t0 = bench_now(), t1, t2, t3;
+        mb_model_zero_grad(m);
+        if (mb_sampler_next(&tr.sampler, tr.inputs, tr.targets, B, T) != MB_STATUS_OK ||
+            mb_model_forward(m, tr.inputs, tr.targets, B, T, &loss) != MB_STATUS_OK) break;
+        t1 = bench_now();
+        if (mb_model_backward(m) != MB_STATUS_OK) break;
+        t2 = bench_now();
+        if (mb_trainer_apply(&tr, 1e-3, loss, &r) != MB_STATUS_OK) break;
+        t3 = bench_now();
+        if (s < 0) continue; /* warm-up: allocates the activations */
+        vt[s] = t3 - t0; vf[s] = t1 - t0; vb[s] = t2 - t1; vo[s] = t3 - t2;
+    }
+    if (s < steps) {
+        fprintf(stderr, "bench: training step failed: %s\n", mb_last_error());
+        mb_trainer_free(&tr);
+        mb_model_free(m);
+        return 1;
+    }
+    res->step_s[which] = bench_median(vt, steps);
+    res->step_fwd_s[which] = bench_median(vf, steps);
+    res->step_bwd_s[which] = bench_median(vb, steps);
+    res->step_opt_s[which] = bench_median(vo, steps);
+    res->tok_s[which] = (double)B * T / res->step_s[which];
+    res->act_mb[which] = (double)m->act_floats * 4.0 / 1e6;
+    /* one layer's scan alone, on the real activations of the last step */
+    {
+        const mb_config *c = &m->cfg;
+        const mb__layer_weights *W = &m->w.layer[0];
+        mb__layer_weights *G = &m->g.layer[0];
+        mb__layer_acts *a = &m->acts[0];
+        int Di = c->d_model * c->expand, S = c->d_state, R = c->dt_rank, reps = which == 0 ? 9 : 3, r;
+        double sf[16], sb[16];
+        for (r = 0; r < reps; r++) {
+            double t0 = bench_now(), t1;
+            mb__scan_forward(a->gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
+                             B, T, Di, S, R, m->scan_chunk);
+            t1 = bench_now();
+            mb__scan_backward(m->d_u, m->d_delta, G->dt_proj_b, G->A_log, m->d_xdbl, G->D, m->d_xz, m->scan_scratch,
+                              m->d_gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
+                              B, T, Di, S, R, m->scan_chunk);
+            sb[r] = bench_now() - t1;
+            sf[r] = t1 - t0;
+        }
+        res->scan_fwd_s[which] = bench_median(sf, reps);
+        res->scan_bwd_s[which] = bench_median(sb, reps);
+    }
+    res->done[which] = 1;
+    mb_trainer_free(&tr);
+    mb_model_free(m);
+    return 0;
+}
+
+/* ------------------------------------------------------------ streaming */
+static double bench_stream(const mb_config *cfg, const uint8_t *text, int64_t n, int reps) {
+    mb_model *m = NULL;
+    mb_stream *st = NULL;
+    double v[16];
+    int r;
+    if (mb_model_create(&m, cfg, 5) != MB_STATUS_OK || mb_stream_create(&st, m) != MB_STATUS_OK) {
+        fprintf(stderr, "bench: %s\n", mb_last_error());
+        mb_model_free(m);
+        return 0.0;
+    }
+    for (r = 0; r < reps; r++) {
+        double t0 = bench_now();
+        int64_t i;
+        float acc = 0.0f;
+        for (i = 0; i < n; i++) acc += mb_stream_step(st, text[i])[text[i]];
+        v[r] = (double)n / (bench_now() - t0);
+        bench_sink = acc;
+    }
+    mb_stream_free(st);
+    mb_model_free(m);
+    return bench_median(v, reps);
+}
+
+/* ------------------------------------------------------------------ CLI */
+static void bench_usage(FILE *f) {
+    fprintf(f, "usage: mambabyte bench [--json FILE] [--quick]\n"
+               "  --json FILE    also write the figures as JSON\n"
+               "  --quick        skip the batch 16 x ctx 1024 step (the slow one)\n"
+               "threads: OMP_NUM_THREADS (streaming always runs on one thread)\n");
+}
+
+static int mb_cli_bench(int argc, char **argv) {
+    const char *json = NULL;
+    int quick = 0, i, threads;
+    mb_config cfg = mb_config_default();
+    bench_result res;
+    char cpu[256];
+    uint8_t *text;
+    const int64_t text_size = 1 << 22;
+    double peak_share_div;
+    for (i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { bench_usage(stdout); return 0; }
+        if (!strcmp(argv[i], "--quick")) { quick = 1; continue; }
+        if (!strcmp(argv[i], "--json") && i + 1 < argc) { json = argv[++i]; continue; }
+        fprintf(stderr, "mambabyte bench: unknown or incomplete flag '%s'\n", argv[i]);
+        bench_usage(stderr);
+        return 2;
+    }
+    memset(&res, 0, sizeof res);
+    mb_config_validate(&cfg);
+    threads = res.threads = bench_threads();
+    bench_cpu_name(cpu, sizeof cpu);
+    text = bench_make_text(text_size, 42);
+    if (!text) { fprintf(stderr, "mambabyte bench: out of memory\n"); return 1; }
+    printf("mambabyte bench: default config (d_model %d, %d layers, d_state %d, d_conv %d, expand %d, dt_rank %d; "
+           "%lld parameters)\n", cfg.d_model, cfg.n_layer, cfg.d_state, cfg.d_conv, cfg.expand, cfg.dt_rank,
+           (long long)mb_config_num_params(&cfg));
+    printf("machine: %s, %d thread%s (OMP_NUM_THREADS), compiler %s; medians of repeated runs\n\n", cpu, threads,
+           threads == 1 ? "" : "s", __VERSION__);
+    fflush(stdout);
+
+    res.fma1 = bench_fma_peak(1, 5);
+    res.fmaN = threads > 1 ? bench_fma_peak(threads, 5) : res.fma1;
+    peak_share_div = res.fmaN / 100.0;
+    printf("float32 FMA peak (measured): %.1f GFLOP/s on 1 thread, %.1f GFLOP/s on %d threads\n\n", res.fma1,
+           res.fmaN, threads);
+    fflush(stdout);
+
+    printf("matrix products of one training step at N = %d tokens (mb__matmul_forward / _backward):\n", 4096);
+    bench_matmuls(&res, &cfg, 4096, 7);
+    printf("  all products of one step: %.1f ms = %.1f GFLOP (2*N*IC*OC forward, twice that backward): %.1f GFLOP/s, "
+           "%.0f%% of peak (forward %.1f, backward %.1f GFLOP/s)\n\n",
+           1e3 * res.mm_s, res.mm_flop / 1e9, res.mm_gflops, res.mm_gflops / peak_share_div, res.mm_fwd_gflops,
+           res.mm_bwd_gflops);
+    fflush(stdout);
+
+    {
+        static const int Bs[2] = {4, 16}, Ts[2] = {256, 1024}, steps[2] = {9, 3};
+        int k;
+        for (k = 0; k < 2; k++) {
+            double gf;
+            if (k == 1 && quick) break;
+            if (bench_train(&res, k, &cfg, Bs[k], Ts[k], steps[k], text, text_size) != 0) { free(text); return 1; }
+            gf = res.tok_s[k] * BENCH_STEP_FLOP_PER_TOKEN / 1e9;
+            printf("training step, batch %d x ctx %d (forward + backward + AdamW, median of %d):\n", Bs[k], Ts[k], steps[k]);
+            printf("  %.1f ms per step = %.0f tokens/s = %.1f GFLOP/s at 6.3 MFLOP/token, %.1f%% of peak\n",
+                   1e3 * res.step_s[k], res.tok_s[k], gf, gf / peak_share_div);
+            printf("  forward %.1f ms, backward %.1f ms, AdamW %.1f ms; activations %.0f MB\n", 1e3 * res.step_fwd_s[k],
+                   1e3 * res.step_bwd_s[k], 1e3 * res.step_opt_s[k], res.act_mb[k]);
+            printf("  scan alone (one layer of %d): forward %.2f ms + backward %.2f ms = %.2f ms (x%d layers: %.0f%% of the step)\n",
+                   cfg.n_layer, 1e3 * res.scan_fwd_s[k], 1e3 * res.scan_bwd_s[k],
+                   1e3 * (res.scan_fwd_s[k] + res.scan_bwd_s[k]), cfg.n_layer,
+                   100.0 * cfg.n_layer * (res.scan_fwd_s[k] + res.scan_bwd_s[k]) / res.step_s[k]);
+            fflush(stdout);
+        }
+    }
+    res.rss_mb = bench_peak_rss_mb();
+    printf("peak resident memory: %.0f MB (ru_maxrss of the whole run)\n\n", res.rss_mb);
+
+    bench_set_threads(1);
+    res.stream_bps = bench_stream(&cfg, text, 4000, 5);
+    bench_set_threads(threads);
+    {   /* forward FLOPs of one byte: the matrix-vector products */
+        double f = 2.0 * ((double)cfg.n_layer * ((double)cfg.d_model * 2 * cfg.d_model * cfg.expand +
+                          (double)cfg.d_model * cfg.expand * (cfg.dt_rank + 2 * cfg.d_state) +
+                          (double)cfg.dt_rank * cfg.d_model * cfg.expand + (double)cfg.d_model * cfg.expand * cfg.d_model) +
+                          256.0 * cfg.d_model);
+        printf("streaming (mb_stream_step, 1 thread): %.0f bytes/s = %.1f us/byte; %.1f GFLOP/s in its matrix-vector "
+               "products, %.1f%% of the 1-thread peak\n\n", res.stream_bps, 1e6 / res.stream_bps,
+               res.stream_bps * f / 1e9, res.stream_bps * f / 1e9 / res.fma1 * 100.0);
+    }
+
+    printf("targets (issue 6): B16xT1024 >= 10000 tokens/s with < 1.5 GB resident: %s; B4xT256 >= 9500 tokens/s: %s;\n"
+           "  streaming >= 20000 bytes/s: %s; matrix products >= 50%% of peak: %s\n",
+           !res.done[1] ? "not run (--quick)" : res.tok_s[1] >= 10000 && res.rss_mb < 1500 ? "met" : "missed",
+           res.tok_s[0] >= 9500 ? "met" : "missed", res.stream_bps >= 20000 ? "met" : "missed",
+           res.mm_gflops >= 0.5 * res.fmaN ? "met" : "missed");
+
+    if (json) {
+        FILE *f = fopen(json, "w");
+        int k;
+        if (!f) { fprintf(stderr, "mambabyte bench: cannot write %s\n", json); free(text); return 1; }
+        fprintf(f, "{\n  \"cpu\": \"%s\",\n  \"threads\": %d,\n  \"compiler\": \"%s\",\n", cpu, threads, __VERSION__);
+        fprintf(f, "  \"config\": {\"d_model\": %d, \"n_layer\": %d, \"d_state\": %d, \"d_conv\": %d, \"expand\": %d, \"dt_rank\": %d},\n",
+                cfg.d_model, cfg.n_layer, cfg.d_state, cfg.d_conv, cfg.expand, cfg.dt_rank);
+        fprintf(f, "  \"fma_peak_gflops_1thread\": %.2f,\n  \"fma_peak_gflops_all\": %.2f,\n", res.fma1, res.fmaN);
+        fprintf(f, "  \"matmul\": {\"tokens\": %lld, \"seconds\": %.6f, \"gflop\": %.4f, \"gflops\": %.2f, \"forward_gflops\": %.2f, "
+                   "\"backward_gflops\": %.2f, \"peak_share\": %.4f},\n",
+                (long long)res.mm_N, res.mm_s, res.mm_flop / 1e9, res.mm_gflops, res.mm_fwd_gflops, res.mm_bwd_gflops,
+                res.mm_gflops / res.fmaN);
+        fprintf(f, "  \"train\": [\n");
+        for (k = 0; k < 2; k++) {
+            static const int Bs[2] = {4, 16}, Ts[2] = {256, 1024};
+            if (!res.done[k]) continue;
+            fprintf(f, "    %s{\"batch\": %d, \"ctx\": %d, \"step_s\": %.6f, \"tokens_per_s\": %.1f, \"forward_s\": %.6f, "
+                       "\"backward_s\": %.6f, \"adamw_s\": %.6f, \"peak_share\": %.4f, \"activations_mb\": %.1f, "
+                       "\"scan_forward_s\": %.6f, \"scan_backward_s\": %.6f}\n",
+                    k ? "," : "", Bs[k], Ts[k], res.step_s[k], res.tok_s[k], res.step_fwd_s[k], res.step_bwd_s[k],
+                    res.step_opt_s[k], res.tok_s[k] * BENCH_STEP_FLOP_PER_TOKEN / 1e9 / res.fmaN, res.act_mb[k],
+                    res.scan_fwd_s[k], res.scan_bwd_s[k]);
+        }
+        fprintf(f, "  ],\n  \"peak_rss_mb\": %.1f,\n  \"stream_bytes_per_s\": %.1f\n}\n", res.rss_mb, res.stream_bps);
+        if (fclose(f) != 0) { fprintf(stderr, "mambabyte bench: writing %s failed\n", json); free(text); return 1; }
+        printf("wrote %s\n", json);
+    }
+    free(text);
+    return 0;
 }
