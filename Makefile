@@ -5,6 +5,7 @@ CXX     ?= g++
 ARCH    ?= -march=native
 CFLAGS  ?= -O3 $(ARCH)
 WARN     = -Wall -Wextra -Werror
+CONV     = -Wconversion -Wsign-conversion   # the header's index arithmetic is checked with these
 STD      = -std=c99
 LDLIBS   = -lm
 
@@ -21,7 +22,7 @@ ifneq ($(NVCC),)
 TARGETS += mambabyte_cuda build/cuda_gpu_test build/cuda_bench
 endif
 
-.PHONY: all test test-cxx test-asan bench bench-cuda test-cuda fuzz clean
+.PHONY: all test test-cxx test-asan bench bench-cuda test-cuda fuzz check clean
 all: $(TARGETS)
 
 HEADERS = mambabyte.h
@@ -47,19 +48,41 @@ build/test_cuda_emu.o: tests/test_cuda_emu.cpp $(HEADERS) $(wildcard mambabyte_c
 	$(CXX) -std=c++17 -O1 -g $(WARN) -c tests/test_cuda_emu.cpp -o $@
 
 test-cxx: | build
-	$(CXX) -std=c++11 $(WARN) -O1 -c tests/cxx_compile.cpp -o build/cxx_compile.o
-	$(CXX) -std=c++11 $(WARN) -O1 -DMAMBABYTE_STATIC -c tests/cxx_compile.cpp -o build/cxx_compile_static.o
-	$(CC) $(STD) $(WARN) -O1 -DMAMBABYTE_STATIC -x c -c tests/cxx_compile.cpp -o build/c_compile_static.o
+	$(CXX) -std=c++11 $(WARN) $(CONV) -O1 -c tests/cxx_compile.cpp -o build/cxx_compile.o
+	$(CXX) -std=c++11 $(WARN) $(CONV) -O1 -DMAMBABYTE_STATIC -c tests/cxx_compile.cpp -o build/cxx_compile_static.o
+	$(CC) $(STD) $(WARN) $(CONV) -O1 -DMAMBABYTE_STATIC -x c -c tests/cxx_compile.cpp -o build/c_compile_static.o
 
 test: all test-cxx test_mambabyte
 	./test_mambabyte
 
-# The whole suite (CUDA kernels through the emulator too) under ASan + UBSan.
-test_mambabyte_asan: $(TEST_SRC) tests/test_cuda_emu.cpp $(wildcard mambabyte_cuda.cuh tests/cuda_emu*.h) | build
-	$(CXX) -std=c++17 -O1 -g $(WARN) -fsanitize=address,undefined -fno-omit-frame-pointer -c tests/test_cuda_emu.cpp -o build/test_cuda_emu_asan.o
-	$(CC) $(STD) -O1 -g $(WARN) -fsanitize=address,undefined -fno-omit-frame-pointer test.c build/test_cuda_emu_asan.o -o $@ -lstdc++ $(LDLIBS) -lpthread
-test-asan: mambabyte test_mambabyte_asan
-	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ./test_mambabyte_asan
+# The whole suite (CUDA kernels through the emulator too) under ASan + UBSan,
+# with a sanitized ./mambabyte for the CLI tests (run in build/asan/, a copy
+# of the repo layout).  Sanitizer reports exit 86/87, which no test expects.
+SAN     = -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=undefined,float-cast-overflow \
+          -fno-omit-frame-pointer -g -O1
+SAN_ENV = ASAN_OPTIONS=detect_leaks=1:detect_stack_use_after_return=1:exitcode=86 \
+          UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=87
+build/asan/mambabyte: main.c numerics_report.c bench.c $(HEADERS) | build
+	mkdir -p build/asan/build
+	$(CC) $(STD) $(SAN) $(WARN) $(OMP) main.c -o $@ $(LDLIBS)
+build/asan/test_cuda_emu.o: tests/test_cuda_emu.cpp $(HEADERS) $(wildcard mambabyte_cuda.cuh tests/cuda_emu*.h) | build
+	mkdir -p build/asan
+	$(CXX) -std=c++17 $(SAN) $(WARN) -c tests/test_cuda_emu.cpp -o $@
+test_mambabyte_asan: $(TEST_SRC) build/asan/test_cuda_emu.o
+	$(CC) $(STD) $(SAN) $(WARN) $(OMP) test.c build/asan/test_cuda_emu.o -o $@ -lstdc++ $(LDLIBS) -lpthread
+test-asan: test_mambabyte_asan build/asan/mambabyte
+	ln -sfn ../../tests build/asan/tests
+	ln -sfn ../../data build/asan/data
+	cd build/asan && $(SAN_ENV) ../../test_mambabyte_asan
+
+# libFuzzer harnesses (clang): replay the corpus and regressions, then fuzz.
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+fuzz: | build
+	FUZZ_CC=$(FUZZ_CC) sh tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+# What CI runs: fuzzing, the sanitized suite, then the suite (its summary last).
+check: fuzz test-asan test
 
 # On a machine with an NVIDIA GPU: kernels and the full model against the CPU path.
 NVCC_OMP = $(if $(OMP),-Xcompiler $(OMP))

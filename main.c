@@ -4,6 +4,7 @@
 #include "mambabyte.h"
 
 #include <dlfcn.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -455,6 +456,7 @@ static int cmd_train(int argc, char **argv) {
     nvml_energy nv;
     unsigned long long e0 = 0, e1 = 0;
     double t0, elapsed = 0, step_time_est = 0, budget, warmup_frac, last_loss = NAN;
+    long long inject_from = -1;
     mb_status s;
 
     if (parse_flags("train", flags, argc, argv, TRAIN_USAGE)) return 2;
@@ -611,7 +613,9 @@ static int cmd_train(int argc, char **argv) {
     }
     s = mb_trainer_init(&tr, m, &set, train_data, train_size, has_state ? &resume_state : NULL);
     if (s != MB_STATUS_OK) { fprintf(stderr, "mambabyte train: %s\n", mb_last_error()); rc = 1; goto done; }
+    /* testing hooks: poison the gradient at step k, or at every step from k */
     if (getenv("MB_TEST_INJECT_NAN_STEP")) tr.inject_nonfinite_step = atoll(getenv("MB_TEST_INJECT_NAN_STEP"));
+    if (getenv("MB_TEST_INJECT_NAN_FROM")) inject_from = atoll(getenv("MB_TEST_INJECT_NAN_FROM"));
     save_every = set.save_every;
     budget = set.time_budget;
     warmup_frac = set.steps > 0 ? (double)set.warmup / (double)set.steps : 0.05;
@@ -668,6 +672,7 @@ static int cmd_train(int argc, char **argv) {
         }
         lr = set.schedule ? mb_lr_at_fraction(set.lr, elapsed / budget, warmup_frac)
                           : mb_lr_at_step(set.lr, tr.st.step, set.warmup, set.steps);
+        if (inject_from >= 0 && tr.st.step >= inject_from) tr.inject_nonfinite_step = tr.st.step;
         s = backend_step(&be, lr, &r);
         if (s != MB_STATUS_OK) { fprintf(stderr, "mambabyte train: step %lld: %s\n", (long long)tr.st.step, mb_last_error()); rc = 1; break; }
         step_time_est = now_s() - ts;
@@ -721,7 +726,7 @@ static int cmd_train(int argc, char **argv) {
         int64_t steps_run = tr.st.step - t_start_step, tokens = steps_run * set.batch * set.ctx * set.grad_accum;
         double dur = tr.st.elapsed_s;
         printf("done: %lld steps, %lld tokens, final loss %.4f, %.1f s, %.0f tokens/s; saved %s\n", (long long)tr.st.step,
-               (long long)tokens, last_loss, dur, tokens / (dur > 0 ? dur : 1), out);
+               (long long)tokens, last_loss, dur, (double)tokens / (dur > 0 ? dur : 1), out);
         if (energy_ok) printf("GPU energy of the training loop: %.1f J\n", (double)(e1 - e0) / 1000.0);
         else printf("GPU energy: not measured\n");
         if (flag_given(flags, "json")) {
@@ -730,7 +735,7 @@ static int cmd_train(int argc, char **argv) {
             fprintf(f, "{\n  \"steps\": %lld,\n  \"tokens\": %lld,\n  \"final_loss\": ", (long long)tr.st.step, (long long)tokens);
             if (isfinite(last_loss)) fprintf(f, "%.6f", last_loss); else fprintf(f, "null");
             fprintf(f, ",\n  \"training_duration_s\": %.3f,\n  \"tokens_per_s\": %.1f,\n  \"training_energy_J\": ", dur,
-                    tokens / (dur > 0 ? dur : 1));
+                    (double)tokens / (dur > 0 ? dur : 1));
             if (energy_ok) fprintf(f, "%.1f", (double)(e1 - e0) / 1000.0); else fprintf(f, "null");
             fprintf(f, "\n}\n");
             if (fclose(f) != 0) { fprintf(stderr, "mambabyte train: cannot write %s\n", flag_str(flags, "json", "")); rc = 1; }
@@ -768,6 +773,9 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    /* a full disk or `ulimit -f` must fail the write (EFBIG), not kill us
+       before the half-written temporary file is removed */
+    signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) { usage(stderr); return 2; }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
     if (!strcmp(argv[1], "--version")) { printf("mambabyte %s\n", MB_VERSION_STRING); return 0; }

@@ -854,64 +854,289 @@ MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float
     }
 }
 
-/* out (N,OC) = inp (N,IC; row stride ldi) @ w^T, w (OC,IC).  Four rows share
-   each weight load; 16 independent partial sums per row let the compiler
-   vectorise the dot product without reassociating (no -ffast-math). */
+/* ---- matrix products: register-tiled, auto-vectorised portable C ----
+   Every product here is a sum of a[s] * b[s] terms accumulated in a fixed
+   order, each output element by one thread, so results do not depend on
+   the thread count.  The inner kernel keeps an MR x NR tile of sums in
+   registers (NR a multiple of the vector width: the compiler turns the j
+   loop into vector FMAs) while one operand is broadcast and the other is
+   read as rows of NR contiguous floats.
+   Forward order, shared with mb__matvec: with nb = IC/16 full blocks,
+     P_k = sum over j < nb of x[16j+k]*w[16j+k]   (k < 16, sequential in j)
+     out = ((P_0 + P_1) + ... + P_15), then + x[t]*w[t] for t = 16nb..IC-1
+   (out = 0 before the tail when IC < 16).  Backward: dinp and dw add their
+   terms one by one in o and n order to the value already there. */
+#if defined(__cplusplus)
+#define MB__RESTRICT __restrict
+#else
+#define MB__RESTRICT restrict
+#endif
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA) || defined(FP_FAST_FMAF)
+#define MB__FMA(a, b, c) fmaf(a, b, c)
+#else
+#define MB__FMA(a, b, c) ((a) * (b) + (c))
+#endif
+/* Tile sizes for the register file: MR x NR sums (twice that in the
+   forward, which keeps its running total too), MRB x NR in the backward. */
+#if defined(__AVX512F__)
+#define MB__MM_NR 32
+#define MB__MM_MR 6
+#define MB__MM_MRB 12
+#elif defined(__AVX__)
+#define MB__MM_NR 16
+#define MB__MM_MR 3
+#define MB__MM_MRB 6
+#else
+#define MB__MM_NR 8
+#define MB__MM_MR 2
+#define MB__MM_MRB 4
+#endif
+#define MB__MM_KC 512 /* steps of one packed panel: KC x NR floats on the stack */
+/* Fully unrolled tile loops keep the tile in registers (gcc does it by
+   itself for the AVX-512 forward tile, and is slower when told to). */
+#if defined(__GNUC__) && __GNUC__ >= 8 && !defined(__clang__) && !defined(__CUDACC__) && !defined(__INTEL_COMPILER)
+#define MB__UNROLL _Pragma("GCC unroll 16")
+#else
+#define MB__UNROLL
+#endif
+#if defined(__AVX512F__)
+#define MB__UNROLL_FWD
+#else
+#define MB__UNROLL_FWD MB__UNROLL
+#endif
+
+/* c (MR x NR, row stride ldc) += sum over s < steps, in order, of
+   a_r[s*as] * b[s*bs + j]. */
+static void mb__mm_kernel(float *MB__RESTRICT c, int64_t ldc, const float *const *ap, int64_t as,
+                          const float *MB__RESTRICT b, int64_t bs, int64_t steps) {
+    float acc[MB__MM_MRB][MB__MM_NR];
+    const float *a[MB__MM_MRB];
+    int64_t s;
+    int r, j;
+    for (r = 0; r < MB__MM_MRB; r++) a[r] = ap[r];
+    for (r = 0; r < MB__MM_MRB; r++)
+        for (j = 0; j < MB__MM_NR; j++) acc[r][j] = c[r * ldc + j];
+    for (s = 0; s < steps; s++) {
+        const float *MB__RESTRICT bp = b + s * bs;
+        MB__UNROLL
+        for (r = 0; r < MB__MM_MRB; r++) {
+            float av = a[r][s * as];
+            for (j = 0; j < MB__MM_NR; j++) acc[r][j] = MB__FMA(av, bp[j], acc[r][j]);
+        }
+    }
+    for (r = 0; r < MB__MM_MRB; r++)
+        for (j = 0; j < MB__MM_NR; j++) c[r * ldc + j] = acc[r][j];
+}
+
+/* Part of the forward's MR x NR tile in its order: sub-sums k in [k0, k1)
+   of nb steps each (inputs k, k+16, ...), added in k order, then the tail
+   steps [t0, t1) (inputs 16nb + t) one by one.  The sums start at 0 when
+   first is set, else at c.  bp: the packed w^T rows of these steps, NR each. */
+static void mb__mm_kernel_fwd(float *MB__RESTRICT c, int64_t ldc, const float *const *ap, const float *MB__RESTRICT bp,
+                              int nb, int k0, int k1, int t0, int t1, int first) {
+    float sum[MB__MM_MR][MB__MM_NR], acc[MB__MM_MR][MB__MM_NR];
+    const float *a[MB__MM_MR];
+    int r, j, k, s;
+    MB__UNROLL_FWD
+    for (r = 0; r < MB__MM_MR; r++) a[r] = ap[r];
+    MB__UNROLL_FWD
+    for (r = 0; r < MB__MM_MR; r++)
+        for (j = 0; j < MB__MM_NR; j++) sum[r][j] = first ? 0.0f : c[r * ldc + j];
+    for (k = k0; k < k1; k++) {
+        MB__UNROLL_FWD
+        for (r = 0; r < MB__MM_MR; r++) { /* the first term is a plain product, as in mb__dot_rows */
+            float av = a[r][k];
+            for (j = 0; j < MB__MM_NR; j++) acc[r][j] = av * bp[j];
+        }
+        for (s = 1; s < nb; s++) {
+            MB__UNROLL_FWD
+            for (r = 0; r < MB__MM_MR; r++) {
+                float av = a[r][16 * s + k];
+                for (j = 0; j < MB__MM_NR; j++) acc[r][j] = MB__FMA(av, bp[s * MB__MM_NR + j], acc[r][j]);
+            }
+        }
+        bp += (int64_t)nb * MB__MM_NR;
+        if (k == 0) {
+            MB__UNROLL_FWD
+            for (r = 0; r < MB__MM_MR; r++)
+                for (j = 0; j < MB__MM_NR; j++) sum[r][j] = acc[r][j];
+        } else {
+            MB__UNROLL_FWD
+            for (r = 0; r < MB__MM_MR; r++)
+                for (j = 0; j < MB__MM_NR; j++) sum[r][j] += acc[r][j];
+        }
+    }
+    for (s = t0; s < t1; s++, bp += MB__MM_NR) {
+        MB__UNROLL_FWD
+        for (r = 0; r < MB__MM_MR; r++) {
+            float av = a[r][16 * nb + s];
+            for (j = 0; j < MB__MM_NR; j++) sum[r][j] = MB__FMA(av, bp[j], sum[r][j]);
+        }
+    }
+    MB__UNROLL_FWD
+    for (r = 0; r < MB__MM_MR; r++)
+        for (j = 0; j < MB__MM_NR; j++) c[r * ldc + j] = sum[r][j];
+}
+
+/* One output row in the forward order (the reference for the tiled path
+   and the whole of mb__matvec).  out[o] for o in [0, OC). */
+static void mb__dot_rows(float *MB__RESTRICT out, const float *MB__RESTRICT x, const float *MB__RESTRICT w, int IC,
+                         int OC) {
+    int nb = IC / 16, o;
+    for (o = 0; o < OC; o++) {
+        const float *MB__RESTRICT wr = w + (int64_t)o * IC;
+        float acc[16], sum = 0.0f;
+        int i, k;
+        if (nb > 0) { /* the first term is a plain product */
+            for (k = 0; k < 16; k++) acc[k] = x[k] * wr[k];
+            for (i = 16; i < nb * 16; i += 16)
+                for (k = 0; k < 16; k++) acc[k] = MB__FMA(x[i + k], wr[i + k], acc[k]);
+            sum = acc[0];
+            for (k = 1; k < 16; k++) sum += acc[k];
+        }
+        for (i = nb * 16; i < IC; i++) sum = MB__FMA(x[i], wr[i], sum);
+        out[o] = sum;
+    }
+}
+
+/* Step s of the forward's order -> input index i. */
+static int mb__fwd_index(int s, int nb) { return s < 16 * nb ? (s % nb) * 16 + s / nb : s; }
+
 MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC) {
-    int64_t nb;
-    MB__OMP(parallel for schedule(static))
-    for (nb = 0; nb < N; nb += 4) {
-        const float *x[4];
-        int r, rows = (int)(N - nb < 4 ? N - nb : 4), o;
-        for (r = 0; r < 4; r++) x[r] = inp + (nb + (r < rows ? r : rows - 1)) * ldi;
-        for (o = 0; o < OC; o++) {
-            const float *wr = w + (int64_t)o * IC;
-            float acc[4][16], sum;
-            int i, k;
-            memset(acc, 0, sizeof acc);
-            for (i = 0; i + 16 <= IC; i += 16)
-                for (r = 0; r < 4; r++)
-                    for (k = 0; k < 16; k++) acc[r][k] += x[r][i + k] * wr[i + k];
-            for (r = 0; r < rows; r++) {
-                sum = 0.0f;
-                for (k = 0; k < 16; k++) sum += acc[r][k];
-                for (k = i; k < IC; k++) sum += x[r][k] * wr[k];
-                out[(nb + r) * OC + o] = sum;
+    const int MR = MB__MM_MR, NR = MB__MM_NR;
+    int nb = IC / 16;
+    if (N < 2 * MR || nb > MB__MM_KC) { /* few rows, or very long ones: one row at a time */
+        int64_t n;
+        MB__OMP(parallel for schedule(static) if (N * IC * OC > 65536))
+        for (n = 0; n < N; n++) mb__dot_rows(out + n * OC, inp + n * ldi, w, IC, OC);
+        return;
+    }
+    MB__OMP(parallel if (N * IC * OC > 65536))
+    {
+        float bp[MB__MM_KC * MB__MM_NR], cb[MB__MM_MR * MB__MM_NR];
+        int64_t nmb = (N + MR - 1) / MR, mb;
+        int o0, s0, s1, s, j;
+        for (o0 = 0; o0 < OC; o0 += NR) {
+            int nr = OC - o0 < NR ? OC - o0 : NR;
+            /* the steps in chunks that fit bp: whole sub-sums, the tail last */
+            for (s0 = 0; s0 < IC; s0 = s1) {
+                if (s0 < 16 * nb) {
+                    s1 = s0 + nb * (MB__MM_KC / nb);
+                    if (s1 >= 16 * nb) s1 = IC - s0 <= MB__MM_KC ? IC : 16 * nb;
+                } else {
+                    s1 = IC;
+                }
+                for (s = s0; s < s1; s++) { /* w^T rows of these steps, zero-padded */
+                    const float *src = w + (int64_t)o0 * IC + mb__fwd_index(s, nb);
+                    for (j = 0; j < nr; j++) bp[(s - s0) * NR + j] = src[(int64_t)j * IC];
+                    for (; j < NR; j++) bp[(s - s0) * NR + j] = 0.0f;
+                }
+                MB__OMP(for schedule(static) nowait)
+                for (mb = 0; mb < nmb; mb++) {
+                    const float *ap[MB__MM_MR];
+                    int64_t n0 = mb * MR;
+                    int r, rows = (int)(N - n0 < MR ? N - n0 : MR);
+                    int k0 = s0 < 16 * nb ? s0 / nb : 16, k1 = s1 < 16 * nb ? s1 / nb : 16;
+                    int t0 = s0 > 16 * nb ? s0 - 16 * nb : 0, t1 = s1 > 16 * nb ? s1 - 16 * nb : 0;
+                    for (r = 0; r < MR; r++) ap[r] = inp + (n0 + (r < rows ? r : rows - 1)) * ldi;
+                    if (rows == MR && nr == NR) { /* a whole tile: straight into out */
+                        mb__mm_kernel_fwd(out + n0 * OC + o0, OC, ap, bp, nb, k0, k1, t0, t1, s0 == 0);
+                        continue;
+                    }
+                    if (s0 > 0) /* continue from the previous chunk's sums */
+                        for (r = 0; r < MR; r++)
+                            for (j = 0; j < NR; j++) cb[r * NR + j] = r < rows && j < nr ? out[(n0 + r) * OC + o0 + j] : 0.0f;
+                    mb__mm_kernel_fwd(cb, NR, ap, bp, nb, k0, k1, t0, t1, s0 == 0);
+                    for (r = 0; r < rows; r++)
+                        for (j = 0; j < nr; j++) out[(n0 + r) * OC + o0 + j] = cb[r * NR + j];
+                }
             }
         }
     }
 }
 
-/* dinp (+=, row stride ldi) = dout @ w; dw (+=) = dout^T @ inp. */
+/* Packs rows [s0, s1) of b (row stride bs), columns [c0, c0+ncc), into bp
+   (row stride NR), zero-padded to NR columns. */
+static void mb__mm_pack(float *MB__RESTRICT bp, const float *MB__RESTRICT b, int64_t bs, int64_t s0, int64_t s1,
+                        int64_t c0, int ncc) {
+    int64_t s;
+    int j;
+    for (s = s0; s < s1; s++) {
+        for (j = 0; j < ncc; j++) bp[(s - s0) * MB__MM_NR + j] = b[s * bs + c0 + j];
+        for (; j < MB__MM_NR; j++) bp[(s - s0) * MB__MM_NR + j] = 0.0f;
+    }
+}
+
+/* Loads (or stores) the valid part of an MR x NR tile of C at (r0, c0);
+   tr: C is stored transposed (element (r, j) at C[j*ldc + r]). */
+static void mb__mm_tile_io(float *MB__RESTRICT cb, float *MB__RESTRICT C, int64_t ldc, int tr, int64_t r0, int64_t c0,
+                           int nrr, int ncc, int store) {
+    int r, j;
+    for (r = 0; r < MB__MM_MRB; r++)
+        for (j = 0; j < MB__MM_NR; j++) {
+            float *p = tr ? &C[(c0 + j) * ldc + r0 + r] : &C[(r0 + r) * ldc + c0 + j];
+            if (r < nrr && j < ncc) {
+                if (store) *p = cb[r * MB__MM_NR + j];
+                else cb[r * MB__MM_NR + j] = *p;
+            } else if (!store) {
+                cb[r * MB__MM_NR + j] = 0.0f;
+            }
+        }
+}
+
+/* C (rows x cols, row stride ldc, transposed when tr) += sum over steps s in
+   order of a[s*as + r*ar] * b[s*bs + j].  Each MR-row tile belongs to one
+   thread; steps go in chunks of `chunk` (the tile passes through memory
+   between chunks, which does not change the order); a partial column panel
+   is packed zero-padded, once per chunk and thread. */
+static void mb__mm_accum(float *C, int64_t ldc, int tr, int64_t rows, int64_t cols, const float *a, int64_t as,
+                         int64_t ar, const float *b, int64_t bs, int64_t steps, int64_t chunk) {
+    const int MR = MB__MM_MRB, NR = MB__MM_NR;
+    int64_t nrb = (rows + MR - 1) / MR;
+    if (chunk > MB__MM_KC && cols % NR != 0) chunk = MB__MM_KC;
+    MB__OMP(parallel if (rows * cols * steps > 65536))
+    {
+        float bp[MB__MM_KC * MB__MM_NR], cb[MB__MM_MRB * MB__MM_NR];
+        int64_t s0, c0, rb;
+        for (s0 = 0; s0 < steps; s0 += chunk) {
+            int64_t s1 = s0 + chunk < steps ? s0 + chunk : steps;
+            for (c0 = 0; c0 < cols; c0 += NR) {
+                int ncc = (int)(cols - c0 < NR ? cols - c0 : NR);
+                const float *bb = b + s0 * bs + c0;
+                int64_t bstride = bs;
+                if (ncc < NR) {
+                    mb__mm_pack(bp, b, bs, s0, s1, c0, ncc);
+                    bb = bp;
+                    bstride = NR;
+                }
+                MB__OMP(for schedule(static) nowait)
+                for (rb = 0; rb < nrb; rb++) {
+                    const float *ap[MB__MM_MRB];
+                    int64_t r0 = rb * MR;
+                    int nrr = (int)(rows - r0 < MR ? rows - r0 : MR), r;
+                    for (r = 0; r < MR; r++) ap[r] = a + s0 * as + (r0 + (r < nrr ? r : nrr - 1)) * ar;
+                    if (!tr && nrr == MR && ncc == NR) {
+                        mb__mm_kernel(C + r0 * ldc + c0, ldc, ap, as, bb, bstride, s1 - s0);
+                    } else {
+                        mb__mm_tile_io(cb, C, ldc, tr, r0, c0, nrr, ncc, 0);
+                        mb__mm_kernel(cb, NR, ap, as, bb, bstride, s1 - s0);
+                        mb__mm_tile_io(cb, C, ldc, tr, r0, c0, nrr, ncc, 1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* dinp (+=, row stride ldi) = dout @ w, terms in o order;
+   dw (+=) = dout^T @ inp, terms in n order. */
 MBDEF void mb__matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
                                const float *w, int64_t N, int IC, int OC) {
-    int64_t n, ob;
-    if (dinp) {
-        MB__OMP(parallel for schedule(static))
-        for (n = 0; n < N; n++) {
-            float *dx = dinp + n * ldi;
-            const float *g = dout + n * OC;
-            int o, i;
-            for (o = 0; o < OC; o++) {
-                const float *wr = w + (int64_t)o * IC;
-                float a = g[o];
-                for (i = 0; i < IC; i++) dx[i] += a * wr[i];
-            }
-        }
-    }
-    /* each thread owns 4 rows of dw; tokens in a fixed order */
-    MB__OMP(parallel for schedule(static))
-    for (ob = 0; ob < OC; ob += 4) {
-        int o1 = (int)(ob + 4 < OC ? ob + 4 : OC), o, i;
-        int64_t m;
-        for (m = 0; m < N; m++) {
-            const float *x = inp + m * ldi, *g = dout + m * OC;
-            for (o = (int)ob; o < o1; o++) {
-                float a = g[o], *d = dw + (int64_t)o * IC;
-                for (i = 0; i < IC; i++) d[i] += a * x[i];
-            }
-        }
-    }
+    /* dinp[n][i] += dout[n][o] * w[o][i]: rows n, columns i, steps o */
+    if (dinp) mb__mm_accum(dinp, ldi, 0, N, IC, dout, 1, OC, w, IC, OC, OC);
+    /* dw[o][i] += dout[n][o] * inp[n][i]: steps n; vectors along i, or along o when IC is narrow */
+    if (IC >= MB__MM_NR || IC >= OC) mb__mm_accum(dw, IC, 0, OC, IC, dout, OC, 1, inp, ldi, N, 128);
+    else mb__mm_accum(dw, IC, 1, IC, OC, inp, ldi, 1, dout, OC, N, 128);
 }
 
 /* Causal depthwise conv over time of x' (the first Di columns of xz, row
@@ -1420,20 +1645,7 @@ struct mb_stream {
 
 /* out (OC) = w (OC,IC) @ x: the same summation order as one row of
    mb__matmul_forward, so streaming and the batch path agree bit for bit. */
-static void mb__matvec(float *out, const float *x, const float *w, int IC, int OC) {
-    int o;
-    for (o = 0; o < OC; o++) {
-        const float *wr = w + (int64_t)o * IC;
-        float acc[16], sum = 0.0f;
-        int i, k;
-        for (k = 0; k < 16; k++) acc[k] = 0.0f;
-        for (i = 0; i + 16 <= IC; i += 16)
-            for (k = 0; k < 16; k++) acc[k] += x[i + k] * wr[i + k];
-        for (k = 0; k < 16; k++) sum += acc[k];
-        for (k = i; k < IC; k++) sum += x[k] * wr[k];
-        out[o] = sum;
-    }
-}
+static void mb__matvec(float *out, const float *x, const float *w, int IC, int OC) { mb__dot_rows(out, x, w, IC, OC); }
 
 MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     const mb_config *c = &m->cfg;
@@ -1542,6 +1754,19 @@ static void mb__settings_pack(double *o, const mb_train_settings *s) {
     o[8] = s->lr; o[9] = s->weight_decay; o[10] = s->clip; o[11] = s->beta1; o[12] = s->beta2; o[13] = s->eps;
     o[14] = s->time_budget; o[15] = (double)s->sequential;
 }
+/* Every slot finite; the integer slots whole and within 2^53; flags 0/1. */
+static int mb__settings_valid(const double *o) {
+    static const int int_slots[] = {0, 1, 2, 3, 4, 5, 6, 7, 15};
+    size_t i;
+    for (i = 0; i < MB__SETTINGS_SLOTS; i++)
+        if (!isfinite(o[i])) return 0;
+    for (i = 0; i < sizeof int_slots / sizeof int_slots[0]; i++) {
+        double v = o[int_slots[i]];
+        if (v != floor(v) || fabs(v) > 9007199254740992.0) return 0;
+    }
+    return (o[7] == 0 || o[7] == 1) && (o[15] == 0 || o[15] == 1);
+}
+
 static void mb__settings_unpack(mb_train_settings *s, const double *o) {
     s->batch = (int64_t)o[0]; s->ctx = (int64_t)o[1]; s->steps = (int64_t)o[2]; s->warmup = (int64_t)o[3];
     s->grad_accum = (int64_t)o[4]; s->save_every = (int64_t)o[5]; s->seed = (int64_t)o[6]; s->schedule = (int32_t)o[7];
@@ -1747,6 +1972,11 @@ MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_st
         memcpy(&ts->data_pos, head + 24, 8);
         memcpy(&ts->elapsed_s, head + 32, 8);
         memcpy(settings, head + 40, sizeof settings);
+        if (!mb__settings_valid(settings)) {
+            close(fd);
+            mb_model_free(m);
+            return mb__fail(MB_STATUS_BAD_FORMAT, "%s: training settings out of range (corrupt checkpoint)", path);
+        }
         mb__settings_unpack(&ts->settings, settings);
         ts->adam_m = (float *)MB_MALLOC((size_t)n * 4);
         ts->adam_v = (float *)MB_MALLOC((size_t)n * 4);
@@ -1755,7 +1985,15 @@ MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_st
             close(fd); mb_model_free(m); mb_train_state_free(ts);
             return mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path);
         }
-        if (ts->step < 0) { close(fd); mb_model_free(m); mb_train_state_free(ts); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: negative step count", path); }
+        if (ts->step < 0 || ts->data_pos < 0 || !isfinite(ts->elapsed_s) || ts->elapsed_s < 0) {
+            close(fd); mb_model_free(m); mb_train_state_free(ts);
+            return mb__fail(MB_STATUS_BAD_FORMAT, "%s: negative step, data position or elapsed time (corrupt checkpoint)", path);
+        }
+        for (i = 0; i < n; i++) /* a NaN moment would turn the first update's parameters into NaN */
+            if (!isfinite(ts->adam_m[i]) || !isfinite(ts->adam_v[i]) || ts->adam_v[i] < 0.0f) {
+                close(fd); mb_model_free(m); mb_train_state_free(ts);
+                return mb__fail(MB_STATUS_NON_FINITE, "%s: AdamW moment %lld is not finite (or v < 0): the checkpoint is corrupt", path, (long long)i);
+            }
         if (has_state) *has_state = 1;
     }
     close(fd);
@@ -1867,7 +2105,7 @@ MBDEF mb_status mb_sampler_next(mb_sampler *s, uint8_t *inputs, int32_t *targets
         int64_t start;
         const uint8_t *w;
         if (s->sequential) {
-            if (s->pos + T + 1 > s->size) s->pos = 0;
+            if (s->pos < 0 || s->pos > s->size - (int64_t)T - 1) s->pos = 0; /* wrap (or a bad stored position) */
             start = s->pos;
             s->pos += T;
         } else {
@@ -1883,9 +2121,10 @@ MBDEF mb_status mb_sampler_next(mb_sampler *s, uint8_t *inputs, int32_t *targets
 }
 
 MBDEF int mb_utf8_char_len(const uint8_t *s, int64_t n) {
-    uint8_t c = s[0], lo = 0x80, hi = 0xBF;
+    uint8_t c, lo = 0x80, hi = 0xBF;
     int len, i;
     if (n < 1) return 0;
+    c = s[0];
     if (c < 0x80) return 1;
     if (c >= 0xC2 && c <= 0xDF) len = 2;
     else if (c >= 0xE0 && c <= 0xEF) { len = 3; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }

@@ -286,7 +286,7 @@ static void mbnr_xml_text(FILE *f, const char *s) {
 static void mbnr_shade(char *buf, size_t n, double p, int blue) {
     static const int grey[3] = {64, 64, 64}, bl[3] = {31, 119, 180};
     const int *end = blue ? bl : grey;
-    double t = p < 0 ? 0 : p > 1 ? 1 : p;
+    double t = !(p > 0) ? 0 : p > 1 ? 1 : p; /* NaN -> 0: its cell is drawn red anyway */
     int rgb[3], j;
     for (j = 0; j < 3; j++) rgb[j] = (int)floor(255.0 + (end[j] - 255.0) * t + 0.5);
     snprintf(buf, n, "#%02x%02x%02x", rgb[0], rgb[1], rgb[2]);
