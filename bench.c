@@ -8,7 +8,9 @@
      * a forward + backward + AdamW step at batch 4 x ctx 256 and at
        batch 16 x ctx 1024 (tokens/s, share of peak at ~6.3 MFLOP/token),
      * peak resident memory (getrusage ru_maxrss),
-     * streaming bytes/s on one thread (mb_stream_step),
+     * streaming bytes/s on one thread (mb_stream_step), and the ceiling
+       that one thread's read bandwidth over the 4.2 MB of weights puts
+       on streaming,
    each a median of repeated runs.  --json FILE writes the same figures.
    A benchmark, never a test: nothing here fails on a slow machine. */
 
@@ -169,7 +171,7 @@ typedef struct {
     double shape_fwd[5], shape_bwd[5];
     double step_s[2], step_fwd_s[2], step_bwd_s[2], step_opt_s[2], tok_s[2], rss_mb, act_mb[2];
     double scan_fwd_s[2], scan_bwd_s[2];
-    double stream_bps;
+    double stream_bps, read_gbs;
     int done[2];
     int threads;
 } bench_result;
@@ -347,6 +349,34 @@ static double bench_stream(const mb_config *cfg, const uint8_t *text, int64_t n,
     return bench_median(v, reps);
 }
 
+/* Read bandwidth of one thread over a buffer of `bytes` (the model's
+   weights: a streamed byte reads all of them), GB/s, median of reps. */
+static double bench_read_bw(int64_t bytes, int reps) {
+    int64_t n = bytes / (int64_t)sizeof(float) / 128 * 128, i;
+    float *a = (float *)malloc((size_t)n * sizeof(float));
+    double v[16];
+    int r, k;
+    if (!a || n == 0) { free(a); return 0.0; }
+    for (i = 0; i < n; i++) a[i] = (float)(i & 7);
+    for (r = 0; r < reps; r++) {
+        const int passes = 50;
+        double t0 = bench_now();
+        float acc[128], s = 0.0f;
+        int p;
+        for (k = 0; k < 128; k++) acc[k] = 0.0f;
+        for (p = 0; p < passes; p++) {
+            for (i = 0; i < n; i += 128)
+                for (k = 0; k < 128; k++) acc[k] += a[i + k]; /* 8 independent vectors of sums */
+            a[(p * 7919) % n] += 1.0f;                           /* keeps each pass a real read */
+        }
+        for (k = 0; k < 128; k++) s += acc[k];
+        v[r] = (double)passes * (double)n * sizeof(float) / (bench_now() - t0) / 1e9;
+        bench_sink = s;
+    }
+    free(a);
+    return bench_median(v, reps);
+}
+
 /* ------------------------------------------------------------------ CLI */
 static void bench_usage(FILE *f) {
     fprintf(f, "usage: mambabyte bench [--json FILE] [--quick]\n"
@@ -425,15 +455,19 @@ static int mb_cli_bench(int argc, char **argv) {
 
     bench_set_threads(1);
     res.stream_bps = bench_stream(&cfg, text, 4000, 5);
+    res.read_gbs = bench_read_bw(mb_config_num_params(&cfg) * 4, 5);
     bench_set_threads(threads);
     {   /* forward FLOPs of one byte: the matrix-vector products */
         double f = 2.0 * ((double)cfg.n_layer * ((double)cfg.d_model * 2 * cfg.d_model * cfg.expand +
                           (double)cfg.d_model * cfg.expand * (cfg.dt_rank + 2 * cfg.d_state) +
                           (double)cfg.dt_rank * cfg.d_model * cfg.expand + (double)cfg.d_model * cfg.expand * cfg.d_model) +
                           256.0 * cfg.d_model);
+        double wbytes = (double)mb_config_num_params(&cfg) * 4.0;
         printf("streaming (mb_stream_step, 1 thread): %.0f bytes/s = %.1f us/byte; %.1f GFLOP/s in its matrix-vector "
-               "products, %.1f%% of the 1-thread peak\n\n", res.stream_bps, 1e6 / res.stream_bps,
+               "products, %.1f%% of the 1-thread peak\n", res.stream_bps, 1e6 / res.stream_bps,
                res.stream_bps * f / 1e9, res.stream_bps * f / 1e9 / res.fma1 * 100.0);
+        printf("  each byte reads all %.2f MB of float32 weights: at the measured 1-thread read bandwidth over that size, "
+               "%.1f GB/s, the ceiling is %.0f bytes/s\n\n", wbytes / 1e6, res.read_gbs, res.read_gbs * 1e9 / wbytes);
     }
 
     printf("targets (issue 6): B16xT1024 >= 10000 tokens/s with < 1.5 GB resident: %s; B4xT256 >= 9500 tokens/s: %s;\n"
@@ -465,7 +499,9 @@ static int mb_cli_bench(int argc, char **argv) {
                     res.step_opt_s[k], res.tok_s[k] * BENCH_STEP_FLOP_PER_TOKEN / 1e9 / res.fmaN, res.act_mb[k],
                     res.scan_fwd_s[k], res.scan_bwd_s[k]);
         }
-        fprintf(f, "  ],\n  \"peak_rss_mb\": %.1f,\n  \"stream_bytes_per_s\": %.1f\n}\n", res.rss_mb, res.stream_bps);
+        fprintf(f, "  ],\n  \"peak_rss_mb\": %.1f,\n  \"stream_bytes_per_s\": %.1f,\n", res.rss_mb, res.stream_bps);
+        fprintf(f, "  \"read_bandwidth_gbs_1thread\": %.2f,\n  \"stream_ceiling_bytes_per_s\": %.1f\n}\n", res.read_gbs,
+                res.read_gbs * 1e9 / ((double)mb_config_num_params(&cfg) * 4.0));
         if (fclose(f) != 0) { fprintf(stderr, "mambabyte bench: writing %s failed\n", json); free(text); return 1; }
         printf("wrote %s\n", json);
     }

@@ -185,8 +185,11 @@ MBDEF void mb_model_zero_grad(mb_model *m);
 MBDEF mb_status mb_model_set_scan_chunk(mb_model *m, int chunk);
 
 /* ------------------------------------------------------------- streaming */
-/* Per layer a conv_state (d_inner x d_conv) and an ssm_state (d_inner x
-   d_state): O(1) memory and work per byte, no context window. */
+/* Per layer a conv window (d_conv x d_inner) and a scan state (d_state x
+   d_inner): O(1) memory and work per byte, no context window.  The logits
+   equal mb_model_forward's bit for bit.  A stream copies the weights (in a
+   packed layout, about the model's size) when it is created: after the
+   model's weights change, create a new stream. */
 typedef struct mb_stream mb_stream;
 MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m);
 MBDEF void mb_stream_reset(mb_stream *s);
@@ -680,8 +683,8 @@ static float mb__sigmoid(float x) {
         return e / (1.0f + e);
     }
 }
-/* PyTorch's softplus (beta 1, threshold 20). */
-static float mb__softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+/* The gradient of PyTorch's softplus (beta 1, threshold 20); the forward is
+   mb__softplus_v, with the same threshold. */
 static float mb__softplus_grad(float x) { return x > 20.0f ? 1.0f : mb__sigmoid(x); }
 static float mb__silu(float x) { return x * mb__sigmoid(x); }
 static float mb__silu_grad(float x) {
@@ -801,9 +804,10 @@ MBDEF void mb__embedding_backward(float *dwte, const float *dout, const uint8_t 
 
 MBDEF void mb__layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                                  const float *b, int64_t N, int C) {
-    /* out, inp are (N,C); mean, rstd are (N); eps 1e-5 as PyTorch */
+    /* out, inp are (N,C); mean, rstd are (N); eps 1e-5 as PyTorch.  One row
+       (streaming) stays on the calling thread. */
     int64_t n;
-    MB__OMP(parallel for schedule(static))
+    MB__OMP(parallel for schedule(static) if (N * C > 16384))
     for (n = 0; n < N; n++) {
         const float *x = inp + n * C;
         float *o = out + n * C, m = 0.0f, v = 0.0f, s;
@@ -904,6 +908,31 @@ MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float
 #else
 #define MB__UNROLL_FWD MB__UNROLL
 #endif
+/* A 16-iteration loop of fmaf that gcc would otherwise unroll into scalar
+   code before its vectoriser sees it. */
+#if defined(__GNUC__) && __GNUC__ >= 8 && !defined(__clang__) && !defined(__CUDACC__) && !defined(__INTEL_COMPILER)
+#define MB__VECLOOP _Pragma("GCC unroll 1")
+#else
+#define MB__VECLOOP
+#endif
+/* MB__UNUSED: helpers for callers outside the library's own paths (the
+   streaming steps); MB__PREFETCH: a hint, no effect on results. */
+#if defined(__GNUC__)
+#define MB__UNUSED __attribute__((unused))
+#define MB__PREFETCH(p) __builtin_prefetch(p)
+#else
+#define MB__UNUSED
+#define MB__PREFETCH(p) ((void)0)
+#endif
+/* Small helpers that must be inlined into the loops that call them for the
+   compiler to vectorise those loops. */
+#if defined(__GNUC__)
+#define MB__INLINE static inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define MB__INLINE static __forceinline
+#else
+#define MB__INLINE static inline
+#endif
 
 /* c (MR x NR, row stride ldc) += sum over s < steps, in order, of
    a_r[s*as] * b[s*bs + j]. */
@@ -980,23 +1009,36 @@ static void mb__mm_kernel_fwd(float *MB__RESTRICT c, int64_t ldc, const float *c
 
 /* One output row in the forward order (the reference for the tiled path
    and the whole of mb__matvec).  out[o] for o in [0, OC). */
+/* Outputs o..o+rows-1 (rows <= 4, a constant after inlining): their FMA
+   chains and final sums interleave. */
+MB__INLINE void mb__dot_rows4(float *MB__RESTRICT out, const float *MB__RESTRICT x, const float *MB__RESTRICT wr, int IC,
+                              int rows) {
+    float acc[4][16], sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int nb = IC / 16, i, k, r;
+    if (nb > 0) { /* the first term is a plain product */
+        for (r = 0; r < rows; r++) {
+            MB__VECLOOP
+            for (k = 0; k < 16; k++) acc[r][k] = x[k] * wr[(int64_t)r * IC + k];
+        }
+        for (i = 16; i < nb * 16; i += 16)
+            for (r = 0; r < rows; r++) {
+                MB__VECLOOP
+                for (k = 0; k < 16; k++) acc[r][k] = MB__FMA(x[i + k], wr[(int64_t)r * IC + i + k], acc[r][k]);
+            }
+        for (r = 0; r < rows; r++) sum[r] = acc[r][0];
+        for (k = 1; k < 16; k++)
+            for (r = 0; r < rows; r++) sum[r] += acc[r][k];
+    }
+    for (i = nb * 16; i < IC; i++)
+        for (r = 0; r < rows; r++) sum[r] = MB__FMA(x[i], wr[(int64_t)r * IC + i], sum[r]);
+    for (r = 0; r < rows; r++) out[r] = sum[r];
+}
+
 static void mb__dot_rows(float *MB__RESTRICT out, const float *MB__RESTRICT x, const float *MB__RESTRICT w, int IC,
                          int OC) {
-    int nb = IC / 16, o;
-    for (o = 0; o < OC; o++) {
-        const float *MB__RESTRICT wr = w + (int64_t)o * IC;
-        float acc[16], sum = 0.0f;
-        int i, k;
-        if (nb > 0) { /* the first term is a plain product */
-            for (k = 0; k < 16; k++) acc[k] = x[k] * wr[k];
-            for (i = 16; i < nb * 16; i += 16)
-                for (k = 0; k < 16; k++) acc[k] = MB__FMA(x[i + k], wr[i + k], acc[k]);
-            sum = acc[0];
-            for (k = 1; k < 16; k++) sum += acc[k];
-        }
-        for (i = nb * 16; i < IC; i++) sum = MB__FMA(x[i], wr[i], sum);
-        out[o] = sum;
-    }
+    int o;
+    for (o = 0; o + 4 <= OC; o += 4) mb__dot_rows4(out + o, x, w + (int64_t)o * IC, IC, 4);
+    for (; o < OC; o++) mb__dot_rows4(out + o, x, w + (int64_t)o * IC, IC, 1);
 }
 
 /* Step s of the forward's order -> input index i. */
@@ -1139,58 +1181,241 @@ MBDEF void mb__matmul_backward(float *dinp, float *dw, const float *dout, const 
     else mb__mm_accum(dw, IC, 1, IC, OC, inp, ldi, 1, dout, OC, N, 128);
 }
 
+/* Vectorisable float32 exp, log1p-based softplus and sigmoid: branch-free
+   scalar code that gcc turns into SIMD when called in a loop (libm's expf
+   and log1pf are not vectorised without -ffast-math).  Within 3 ulp of the
+   C library on the ranges used; NaN in, NaN out. */
+MB__INLINE float mb__bits_to_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+MB__INLINE uint32_t mb__float_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+/* exp(x): 2^k * exp(r), k = round(x / ln2), r = x - k*ln2 (two-part ln2),
+   exp(r) by Cephes' degree-5 polynomial; within 1 ulp of expf between the
+   bounds.  Exactly 0 below -87.33 (expf gives subnormals there, which are
+   slow in the products that follow), +inf above 88.37 (expf: finite up to
+   88.72; no caller goes there).  NaN stays NaN. */
+MB__INLINE float mb__exp(float x) {
+    float xc = x < -87.33654475f ? -87.33654475f : x > 88.37626266f ? 88.37626266f : x;
+    float t = MB__FMA(xc, 1.44269504088896341f, 12582912.0f); /* round to nearest integer, kept in t's low bits */
+    float k = t - 12582912.0f;
+    float r = MB__FMA(k, -0.693359375f, xc), p;
+    r = MB__FMA(k, 2.12194440e-4f, r);
+    p = MB__FMA(1.9875691500e-4f, r, 1.3981999507e-3f);
+    p = MB__FMA(p, r, 8.3334519073e-3f);
+    p = MB__FMA(p, r, 4.1665795894e-2f);
+    p = MB__FMA(p, r, 1.6666665459e-1f);
+    p = MB__FMA(p, r, 5.0000001201e-1f);
+    p = MB__FMA(p, r * r, r) + 1.0f;
+    p = p * mb__bits_to_float((uint32_t)((int32_t)(mb__float_to_bits(t) - 0x4B400000u) + 127) << 23);
+    return x < -87.33654475f ? 0.0f : x > 88.37626266f ? (float)INFINITY : p;
+}
+
+/* log(x) for x >= 1 (finite): x = 2^m * f, f in [sqrt(1/2), sqrt(2)),
+   log f by Cephes' polynomial in f - 1. */
+MB__INLINE float mb__log_ge1(float x) {
+    uint32_t b = mb__float_to_bits(x);
+    int32_t m = (int32_t)(b >> 23) - 127;
+    float f = mb__bits_to_float((b & 0x007FFFFFu) | 0x3F800000u), z, z2, p;
+    int big = f > 1.41421356f;
+    f = big ? f * 0.5f : f;
+    m = big ? m + 1 : m;
+    z = f - 1.0f;
+    z2 = z * z;
+    p = 7.0376836292e-2f;
+    p = p * z - 1.1514610310e-1f;
+    p = p * z + 1.1676998740e-1f;
+    p = p * z - 1.2420140846e-1f;
+    p = p * z + 1.4249322787e-1f;
+    p = p * z - 1.6668057665e-1f;
+    p = p * z + 2.0000714765e-1f;
+    p = p * z - 2.4999993993e-1f;
+    p = p * z + 3.3333331174e-1f;
+    p = p * z * z2;
+    p = p + (float)m * -2.12194440e-4f;
+    p = p - 0.5f * z2;
+    return z + p + (float)m * 0.693359375f;
+}
+
+/* c ? a : b through the bits: gcc vectorises it even when b needs a division
+   (with -ftrapping-math a plain ?: keeps the division behind a branch). */
+MB__INLINE float mb__pick(int c, float a, float b) {
+    uint32_t m = (uint32_t)0 - (uint32_t)(c != 0);
+    return mb__bits_to_float((mb__float_to_bits(a) & m) | (mb__float_to_bits(b) & ~m));
+}
+
+/* PyTorch's softplus (threshold 20): x, or log(1 + e^x) with the rounding
+   of u = 1 + e^x corrected: log1p(e) = log(u) - ((u - 1) - e) / u. */
+MB__INLINE float mb__softplus_v(float x) {
+    float e = mb__exp(x), u = 1.0f + e, l = mb__log_ge1(u) - ((u - 1.0f) - e) / u;
+    return mb__pick((x > 20.0f) | (x != x), x, l);
+}
+
+/* 1 / (1 + e^-x), as mb__sigmoid: e^-|x| never overflows. */
+MB__INLINE float mb__sigmoid_v(float x) {
+    float e = mb__exp(-fabsf(x));
+    return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
+}
+
+/* The conv's and the scan's inner loops run over blocks of MB__SCAN_DB = 16
+   channels, one vector of floats on AVX-512, with the vectorisable mb__exp /
+   mb__softplus_v / mb__sigmoid_v.  The scan backward's fallback path (other
+   chunkings, see mb__scan_backward) runs over the d_state lanes of one
+   channel instead: it precomputes per-(token, channel) values for a block of
+   channels a chunk at a time (MB__SCAN_PRE steps at most) and sums over the
+   state in pairwise trees. */
+#define MB__SCAN_DB 16
+#define MB__SCAN_PRE 32
+#define MB__SCAN_TB 16 /* state lanes whose sums are deferred to after a chunk's steps */
+
+/* v[0] + ... + v[n-1] as a pairwise tree (in place): the same order for a
+   given n on every call. */
+MB__INLINE float mb__tree_sum(float *v, int n) {
+    int k;
+    if (n == 16) { /* the default d_state: constant trip counts vectorise */
+        for (k = 0; k < 8; k++) v[k] += v[k + 8];
+        for (k = 0; k < 4; k++) v[k] += v[k + 4];
+        for (k = 0; k < 2; k++) v[k] += v[k + 2];
+        return v[0] + v[1];
+    }
+    while (n > 1) {
+        int h = n / 2;
+        for (k = 0; k < h; k++) v[k] += v[n - h + k];
+        n -= h;
+    }
+    return v[0];
+}
+
+/* Copies 16 values of channels d0.. of a row, repeating the last valid one
+   past nd (so a partial block never reads outside the row). */
+MB__INLINE void mb__scan_load(float *dst, const float *src, int nd) {
+    int j;
+    if (nd == MB__SCAN_DB) {
+        for (j = 0; j < MB__SCAN_DB; j++) dst[j] = src[j];
+    } else {
+        for (j = 0; j < MB__SCAN_DB; j++) dst[j] = src[j < nd ? j : nd - 1];
+    }
+}
+
 /* Causal depthwise conv over time of x' (the first Di columns of xz, row
    stride 2Di), then SiLU.  out is (B,T,Di), w is (Di,K). */
 MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const float *bias,
                               int B, int T, int Di, int K) {
-    int64_t bt;
+    /* one task per (sequence, block of 16 channels); the taps transposed to
+       (K, 16) so the channel loop is a vector loop; sums from the bias in tap order */
+    const int DB = MB__SCAN_DB;
+    int64_t ndb = (Di + DB - 1) / DB, bj;
     MB__OMP(parallel for schedule(static))
-    for (bt = 0; bt < (int64_t)B * T; bt++) {
-        int64_t t = bt % T, base = bt - t; /* token index of this sequence's t=0 */
-        float *o = out + bt * Di;
-        int d, k;
-        for (d = 0; d < Di; d++) o[d] = bias[d];
-        for (k = 0; k < K; k++) {
-            int64_t ts = t - (K - 1) + k;
-            const float *x;
-            if (ts < 0) continue;
-            x = xz + (base + ts) * 2 * Di;
-            for (d = 0; d < Di; d++) o[d] += w[(int64_t)d * K + k] * x[d];
+    for (bj = 0; bj < (int64_t)B * ndb; bj++) {
+        int64_t b = bj / ndb, d0 = (bj % ndb) * DB, t;
+        int nd = (int)(Di - d0 < DB ? Di - d0 : DB), j, k;
+        float wt[64][MB__SCAN_DB], bs[MB__SCAN_DB], o[MB__SCAN_DB], x[MB__SCAN_DB];
+        for (k = 0; k < K; k++)
+            for (j = 0; j < DB; j++) wt[k][j] = w[(d0 + (j < nd ? j : nd - 1)) * K + k];
+        mb__scan_load(bs, bias + d0, nd);
+        for (t = 0; t < T; t++) {
+            for (j = 0; j < DB; j++) o[j] = bs[j];
+            for (k = 0; k < K; k++) {
+                int64_t ts = t - (K - 1) + k;
+                if (ts < 0) continue;
+                mb__scan_load(x, xz + (b * T + ts) * 2 * Di + d0, nd);
+                for (j = 0; j < DB; j++) o[j] += wt[k][j] * x[j];
+            }
+            for (j = 0; j < DB; j++) o[j] = o[j] * mb__sigmoid_v(o[j]);
+            for (j = 0; j < nd; j++) out[(b * T + t) * Di + d0 + j] = o[j];
         }
-        for (d = 0; d < Di; d++) o[d] = mb__silu(o[d]);
     }
 }
 
 MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float *dout, const float *xz,
                                const float *w, const float *bias, int B, int T, int Di, int K) {
-    /* each thread owns a block of channels for all (b, t): deterministic */
+    /* each thread owns a block of 16 channels for all (b, t): deterministic;
+       dw and dbias of the block are summed in registers in (b, t) order */
+    const int DB = MB__SCAN_DB;
     int64_t d0;
     MB__OMP(parallel for schedule(static))
-    for (d0 = 0; d0 < Di; d0 += 16) {
-        int d1 = (int)(d0 + 16 < Di ? d0 + 16 : Di), d, k, b, t;
+    for (d0 = 0; d0 < Di; d0 += DB) {
+        int nd = (int)(Di - d0 < DB ? Di - d0 : DB), j, k, b, t;
+        float wt[64][MB__SCAN_DB], gw[64][MB__SCAN_DB], bs[MB__SCAN_DB], gb[MB__SCAN_DB];
+        float x[64][MB__SCAN_DB], g[MB__SCAN_DB], pre[MB__SCAN_DB], dpre[MB__SCAN_DB];
+        for (k = 0; k < K; k++)
+            for (j = 0; j < DB; j++) {
+                wt[k][j] = w[(d0 + (j < nd ? j : nd - 1)) * K + k];
+                gw[k][j] = j < nd ? dw[(d0 + j) * K + k] : 0.0f;
+            }
+        mb__scan_load(bs, bias + d0, nd);
+        for (j = 0; j < DB; j++) gb[j] = j < nd ? dbias[d0 + j] : 0.0f;
         for (b = 0; b < B; b++) {
-            const float *xs = xz + (int64_t)b * T * 2 * Di;
-            float *dxs = dxz + (int64_t)b * T * 2 * Di;
+            const float *xs = xz + (int64_t)b * T * 2 * Di + d0;
+            float *dxs = dxz + (int64_t)b * T * 2 * Di + d0;
             for (t = 0; t < T; t++) {
-                const float *g = dout + ((int64_t)b * T + t) * Di;
-                for (d = (int)d0; d < d1; d++) {
-                    float pre = bias[d], dpre;
-                    for (k = 0; k < K; k++) {
-                        int ts = t - (K - 1) + k;
-                        if (ts >= 0) pre += w[(int64_t)d * K + k] * xs[(int64_t)ts * 2 * Di + d];
-                    }
-                    dpre = g[d] * mb__silu_grad(pre);
-                    dbias[d] += dpre;
-                    for (k = 0; k < K; k++) {
-                        int ts = t - (K - 1) + k;
-                        if (ts < 0) continue;
-                        dw[(int64_t)d * K + k] += dpre * xs[(int64_t)ts * 2 * Di + d];
-                        dxs[(int64_t)ts * 2 * Di + d] += dpre * w[(int64_t)d * K + k];
-                    }
+                int k0 = t < K - 1 ? K - 1 - t : 0; /* taps before the sequence start are skipped */
+                mb__scan_load(g, dout + ((int64_t)b * T + t) * Di + d0, nd);
+                for (j = 0; j < DB; j++) pre[j] = bs[j];
+                for (k = k0; k < K; k++) {
+                    mb__scan_load(x[k], xs + (int64_t)(t - (K - 1) + k) * 2 * Di, nd);
+                    for (j = 0; j < DB; j++) pre[j] += wt[k][j] * x[k][j];
+                }
+                for (j = 0; j < DB; j++) {
+                    float sg = mb__sigmoid_v(pre[j]);
+                    dpre[j] = g[j] * (sg * (1.0f + pre[j] * (1.0f - sg)));
+                    gb[j] += dpre[j];
+                }
+                for (k = k0; k < K; k++) {
+                    float *dx = dxs + (int64_t)(t - (K - 1) + k) * 2 * Di;
+                    for (j = 0; j < DB; j++) gw[k][j] += dpre[j] * x[k][j];
+                    if (nd == DB)
+                        for (j = 0; j < DB; j++) dx[j] += dpre[j] * wt[k][j];
+                    else
+                        for (j = 0; j < nd; j++) dx[j] += dpre[j] * wt[k][j];
                 }
             }
         }
+        for (j = 0; j < nd; j++) {
+            dbias[d0 + j] = gb[j];
+            for (k = 0; k < K; k++) dw[(d0 + j) * K + k] = gw[k][j];
+        }
     }
+}
+
+/* One time step of the conv and of the scan forward for all channels, for
+   streaming: per element the same operations as mb__conv1d_forward and
+   mb__scan_forward (with A = -mb__exp(A_log) as there), so a stream that
+   uses them (and mb__matvec_packed) reproduces the batch forward bit for
+   bit.  The states are laid out (K, Di) and (S, Di), and the weights they
+   need transposed the same way, so that the channel loops are vector loops.
+   win: the last K inputs x', oldest first; u (Di) receives SiLU(conv). */
+MB__UNUSED static void mb__conv_step(float *MB__RESTRICT u, float *MB__RESTRICT win, const float *MB__RESTRICT x,
+                                     const float *MB__RESTRICT wT, const float *MB__RESTRICT bias, int Di, int K) {
+    int d, k;
+    memmove(win, win + Di, sizeof(float) * (size_t)(K - 1) * (size_t)Di);
+    memcpy(win + (int64_t)(K - 1) * Di, x, sizeof(float) * (size_t)Di);
+    for (d = 0; d < Di; d++) u[d] = bias[d];
+    for (k = 0; k < K; k++) {
+        const float *MB__RESTRICT wk = wT + (int64_t)k * Di, *MB__RESTRICT xk = win + (int64_t)k * Di;
+        for (d = 0; d < Di; d++) u[d] += wk[d] * xk[d];
+    }
+    for (d = 0; d < Di; d++) u[d] = u[d] * mb__sigmoid_v(u[d]);
+}
+/* dt (Di) holds delta on entry and dt = softplus(delta + dt_bias) on exit;
+   h, AT are (S, Di); Bt, Ct (S); out (Di) receives (C.h + D u) * silu(z). */
+MB__UNUSED static void mb__scan_step(float *MB__RESTRICT out, float *MB__RESTRICT h, float *MB__RESTRICT dt,
+                                     const float *MB__RESTRICT AT, const float *MB__RESTRICT dt_bias,
+                                     const float *MB__RESTRICT u, const float *MB__RESTRICT Bt, const float *MB__RESTRICT Ct,
+                                     const float *MB__RESTRICT Dp, const float *MB__RESTRICT z, int Di, int S) {
+    int d, n;
+    for (d = 0; d < Di; d++) {
+        dt[d] = mb__softplus_v(dt[d] + dt_bias[d]);
+        out[d] = 0.0f;
+    }
+    for (n = 0; n < S; n++) {
+        const float bn = Bt[n], cn = Ct[n], *MB__RESTRICT An = AT + (int64_t)n * Di;
+        float *MB__RESTRICT hn = h + (int64_t)n * Di;
+        for (d = 0; d < Di; d++) {
+            float v = mb__exp(dt[d] * An[d]) * hn[d] + dt[d] * bn * u[d];
+            hn[d] = v;
+            out[d] += cn * v;
+        }
+    }
+    for (d = 0; d < Di; d++) out[d] = (out[d] + Dp[d] * u[d]) * (z[d] * mb__sigmoid_v(z[d]));
 }
 
 /* The selective scan, fused with dt = softplus(delta + dt_bias), the D skip
@@ -1203,25 +1428,197 @@ MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float 
 MBDEF void mb__scan_forward(float *out, float *states, const float *u, const float *delta, const float *dt_bias,
                             const float *A_log, const float *xdbl, const float *Dp, const float *xz,
                             int B, int T, int Di, int S, int R, int chunk) {
-    int64_t bd, nchunks = (T + chunk - 1) / chunk, X = R + 2 * S;
+    const int DB = MB__SCAN_DB;
+    int64_t nchunks = (T + chunk - 1) / chunk, X = R + 2 * S, ndb = (Di + DB - 1) / DB, bj;
+    /* each (sequence, block of 16 channels) is one task: h is (S, 16) */
     MB__OMP(parallel for schedule(static))
-    for (bd = 0; bd < (int64_t)B * Di; bd++) {
-        int64_t b = bd / Di, d = bd % Di, t;
-        float h[MB__MAX_STATE], A[MB__MAX_STATE];
-        int n;
-        for (n = 0; n < S; n++) { h[n] = 0.0f; A[n] = -expf(A_log[d * S + n]); }
+    for (bj = 0; bj < (int64_t)B * ndb; bj++) {
+        int64_t b = bj / ndb, d0 = (bj % ndb) * DB, t;
+        int nd = (int)(Di - d0 < DB ? Di - d0 : DB), n, j;
+        float h[MB__MAX_STATE][MB__SCAN_DB], A[MB__MAX_STATE][MB__SCAN_DB];
+        float dt[MB__SCAN_DB], ut[MB__SCAN_DB], zt[MB__SCAN_DB], bias[MB__SCAN_DB], y[MB__SCAN_DB];
+        mb__scan_load(bias, dt_bias + d0, nd);
+        for (n = 0; n < S; n++)
+            for (j = 0; j < DB; j++) {
+                h[n][j] = 0.0f;
+                A[n][j] = -mb__exp(A_log[(d0 + (j < nd ? j : nd - 1)) * S + n]);
+            }
         for (t = 0; t < T; t++) {
             int64_t tok = b * T + t;
             const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
-            float dt = mb__softplus(delta[tok * Di + d] + dt_bias[d]), ut = u[tok * Di + d], y = 0.0f;
-            float z = xz[tok * 2 * Di + Di + d];
-            if (t % chunk == 0) memcpy(states + ((b * nchunks + t / chunk) * Di + d) * S, h, (size_t)S * sizeof(float));
-            for (n = 0; n < S; n++) {
-                h[n] = expf(dt * A[n]) * h[n] + dt * Bt[n] * ut;
-                y += Ct[n] * h[n];
+            if (t % chunk == 0) { /* h at the chunk start, (Di, S) layout */
+                float *st = states + ((b * nchunks + t / chunk) * Di + d0) * S;
+                for (j = 0; j < nd; j++)
+                    for (n = 0; n < S; n++) st[(int64_t)j * S + n] = h[n][j];
             }
-            out[tok * Di + d] = (y + Dp[d] * ut) * mb__silu(z);
+            mb__scan_load(dt, delta + tok * Di + d0, nd);
+            mb__scan_load(ut, u + tok * Di + d0, nd);
+            mb__scan_load(zt, xz + tok * 2 * Di + Di + d0, nd);
+            for (j = 0; j < DB; j++) {
+                dt[j] = mb__softplus_v(dt[j] + bias[j]);
+                y[j] = 0.0f;
+            }
+            for (n = 0; n < S; n++) {
+                const float bn = Bt[n], cn = Ct[n];
+                for (j = 0; j < DB; j++) {
+                    float hn = mb__exp(dt[j] * A[n][j]) * h[n][j] + dt[j] * bn * ut[j];
+                    h[n][j] = hn;
+                    y[j] += cn * hn;
+                }
+            }
+            for (j = 0; j < DB; j++) y[j] = (y[j] + Dp[d0 + (j < nd ? j : nd - 1)] * ut[j]) * (zt[j] * mb__sigmoid_v(zt[j]));
+            for (j = 0; j < nd; j++) out[tok * Di + d0 + j] = y[j];
         }
+    }
+}
+
+/* The scan backward of one sequence with 16 channels per vector: chunks
+   from the last, and in each chunk every block of channels, so that the
+   sums over channels (dB, dC) collect in per-chunk lane partials pB, pC and
+   only those are summed across lanes.  Needs S <= MB__SCAN_FAST_S,
+   chunk*S <= MB__SCAN_FAST and, with several chunks, chunk >= S: the dh
+   carried from one chunk to the one before it waits in that chunk's first
+   S rows of ddelta, which are written only later.  The sums over the state
+   run in state order; the per-channel parameter sums in (chunk, step) order
+   as in the one-channel path. */
+#define MB__SCAN_FAST 512  /* chunk * S: the (step, state) rows of a chunk kept for 16 channels */
+#define MB__SCAN_FAST_S 32 /* d_state */
+static void mb__scan_bwd_blocks(float *du, float *ddelta, float *dxdbl, float *dxz, float *gA, float *gD, float *gbias,
+                                const float *dout, const float *states, const float *u, const float *delta,
+                                const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                const float *xz, int64_t b, int T, int Di, int S, int R, int chunk) {
+    const int DB = MB__SCAN_DB;
+    int64_t nchunks = (T + chunk - 1) / chunk, X = R + 2 * S, c;
+    float hbuf[MB__SCAN_FAST][MB__SCAN_DB], abuf[MB__SCAN_FAST][MB__SCAN_DB];
+    float pB[MB__SCAN_FAST][MB__SCAN_DB], pC[MB__SCAN_FAST][MB__SCAN_DB];
+    float dh[MB__SCAN_FAST_S][MB__SCAN_DB], A[MB__SCAN_FAST_S][MB__SCAN_DB], h0[MB__SCAN_FAST_S][MB__SCAN_DB];
+    float gAb[MB__SCAN_FAST_S][MB__SCAN_DB];
+    float bias[MB__SCAN_DB], Dv[MB__SCAN_DB], gDb[MB__SCAN_DB], gbb[MB__SCAN_DB];
+    for (c = nchunks - 1; c >= 0; c--) {
+        int64_t t0 = c * chunk, t1 = t0 + chunk < T ? t0 + chunk : T, d0;
+        int len = (int)(t1 - t0), k, n, j;
+        memset(pB, 0, sizeof(float) * (size_t)(len * S * DB));
+        memset(pC, 0, sizeof(float) * (size_t)(len * S * DB));
+        for (d0 = 0; d0 < Di; d0 += DB) {
+            int nd = (int)(Di - d0 < DB ? Di - d0 : DB);
+            mb__scan_load(bias, dt_bias + d0, nd);
+            mb__scan_load(Dv, Dp + d0, nd);
+            for (n = 0; n < S; n++)
+                for (j = 0; j < DB; j++) {
+                    int jj = j < nd ? j : nd - 1;
+                    A[n][j] = -mb__exp(A_log[(d0 + jj) * S + n]);
+                    h0[n][j] = states[((b * nchunks + c) * Di + d0 + jj) * S + n];
+                    gAb[n][j] = gA[(d0 + jj) * S + n];
+                    /* dh from the chunk after this one, parked in our first rows of ddelta */
+                    dh[n][j] = c == nchunks - 1 || j >= nd ? 0.0f : ddelta[(b * T + t0 + n) * Di + d0 + jj];
+                }
+            for (j = 0; j < DB; j++) {
+                gDb[j] = gD[d0 + (j < nd ? j : nd - 1)];
+                gbb[j] = gbias[d0 + (j < nd ? j : nd - 1)];
+            }
+            /* recompute h (and the decays) inside the chunk from its saved start */
+            for (k = 0; k < len; k++) {
+                int64_t tok = b * T + t0 + k;
+                const float *Bt = xdbl + tok * X + R;
+                float dt[MB__SCAN_DB], ut[MB__SCAN_DB];
+                mb__scan_load(dt, delta + tok * Di + d0, nd);
+                mb__scan_load(ut, u + tok * Di + d0, nd);
+                for (j = 0; j < DB; j++) dt[j] = mb__softplus_v(dt[j] + bias[j]);
+                for (n = 0; n < S; n++) {
+                    const float *hp = k > 0 ? hbuf[(k - 1) * S + n] : h0[n];
+                    float *ht = hbuf[k * S + n], *at = abuf[k * S + n], bn = Bt[n];
+                    for (j = 0; j < DB; j++) {
+                        float a = mb__exp(dt[j] * A[n][j]);
+                        at[j] = a;
+                        ht[j] = a * hp[j] + dt[j] * bn * ut[j];
+                    }
+                }
+            }
+            for (k = len - 1; k >= 0; k--) {
+                int64_t tok = b * T + t0 + k;
+                const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
+                float dt[MB__SCAN_DB], sg[MB__SCAN_DB], ut[MB__SCAN_DB], zt[MB__SCAN_DB], g[MB__SCAN_DB];
+                float dy[MB__SCAN_DB], y[MB__SCAN_DB], ddt[MB__SCAN_DB], dut[MB__SCAN_DB];
+                float *dxzt = dxz + tok * 2 * Di + Di + d0, *dut_o = du + tok * Di + d0, *ddt_o = ddelta + tok * Di + d0;
+                mb__scan_load(dt, delta + tok * Di + d0, nd);
+                mb__scan_load(ut, u + tok * Di + d0, nd);
+                mb__scan_load(zt, xz + tok * 2 * Di + Di + d0, nd);
+                mb__scan_load(g, dout + tok * Di + d0, nd);
+                for (j = nd; j < DB; j++) g[j] = 0.0f; /* lanes past Di add nothing to dB, dC */
+                for (j = 0; j < DB; j++) {
+                    float x = dt[j] + bias[j], sz = mb__sigmoid_v(zt[j]);
+                    dt[j] = mb__softplus_v(x);
+                    sg[j] = mb__sigmoid_v(x);
+                    dy[j] = g[j] * (zt[j] * sz);
+                    g[j] *= sz * (1.0f + zt[j] * (1.0f - sz)); /* g * silu'(z) */
+                    y[j] = Dv[j] * ut[j];
+                    ddt[j] = 0.0f;
+                    dut[j] = dy[j] * Dv[j];
+                }
+                for (n = 0; n < S; n++) {
+                    const float *ht = hbuf[k * S + n], *at = abuf[k * S + n], *hp = k > 0 ? hbuf[(k - 1) * S + n] : h0[n];
+                    float *pb = pB[k * S + n], *pc = pC[k * S + n], *dhn_ = dh[n], *ga = gAb[n], bn = Bt[n], cn = Ct[n];
+                    const float *An = A[n];
+                    for (j = 0; j < DB; j++) {
+                        float a = at[j], dhn = dhn_[j] + dy[j] * cn;
+                        y[j] += cn * ht[j];
+                        pc[j] += dy[j] * ht[j];
+                        ddt[j] += dhn * (An[j] * a * hp[j] + bn * ut[j]);
+                        ga[j] += dhn * dt[j] * a * hp[j] * An[j]; /* dA_log = dA * A */
+                        pb[j] += dhn * dt[j] * ut[j];
+                        dut[j] += dhn * dt[j] * bn;
+                        dhn_[j] = dhn * a;
+                    }
+                }
+                for (j = 0; j < DB; j++) {
+                    gDb[j] += dy[j] * ut[j];
+                    ddt[j] *= sg[j];
+                    gbb[j] += ddt[j];
+                    y[j] *= g[j];
+                }
+                if (nd == DB) {
+                    for (j = 0; j < DB; j++) { dxzt[j] += y[j]; dut_o[j] += dut[j]; ddt_o[j] = ddt[j]; }
+                } else {
+                    for (j = 0; j < nd; j++) { dxzt[j] += y[j]; dut_o[j] += dut[j]; ddt_o[j] = ddt[j]; }
+                }
+            }
+            for (j = 0; j < nd; j++) {
+                gD[d0 + j] = gDb[j];
+                gbias[d0 + j] = gbb[j];
+                for (n = 0; n < S; n++) {
+                    gA[(d0 + j) * S + n] = gAb[n][j];
+                    if (c > 0) ddelta[(b * T + t0 - chunk + n) * Di + d0 + j] = dh[n][j];
+                }
+            }
+        }
+        for (k = 0; k < len; k++) { /* the chunk's dB and dC: the lane partials, summed */
+            float *dBt = dxdbl + (b * T + t0 + k) * X + R;
+            for (n = 0; n < S; n++) {
+                dBt[n] += mb__tree_sum(pB[k * S + n], DB);
+                dBt[S + n] += mb__tree_sum(pC[k * S + n], DB);
+            }
+        }
+    }
+}
+
+/* One backward step of one channel over its S state lanes: the three
+   per-lane terms of y, dt and u (summed by the caller), and the lane-wise
+   updates of dC, dB, the A_log sums and dh. */
+MB__INLINE void mb__scan_bwd_step(float *MB__RESTRICT ty, float *MB__RESTRICT tdt, float *MB__RESTRICT tu,
+                                  float *MB__RESTRICT dC, float *MB__RESTRICT dB, float *MB__RESTRICT gA,
+                                  float *MB__RESTRICT dh, const float *MB__RESTRICT A, const float *MB__RESTRICT at,
+                                  const float *MB__RESTRICT ht, const float *MB__RESTRICT hp, const float *MB__RESTRICT Bt,
+                                  const float *MB__RESTRICT Ct, float dy, float dt, float ut, int S) {
+    int n;
+    for (n = 0; n < S; n++) {
+        float a = at[n], dhn = dh[n] + dy * Ct[n];
+        ty[n] = Ct[n] * ht[n];
+        tdt[n] = dhn * (A[n] * a * hp[n] + Bt[n] * ut);
+        tu[n] = dhn * dt * Bt[n];
+        dC[n] += dy * ht[n];
+        gA[n] += dhn * dt * a * hp[n] * A[n]; /* dA_log = dA * A */
+        dB[n] += dhn * dt * ut;
+        dh[n] = dhn * a;
     }
 }
 
@@ -1229,56 +1626,114 @@ MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *d
                              float *dxz, float *scratch, const float *dout, const float *states, const float *u,
                              const float *delta, const float *dt_bias, const float *A_log, const float *xdbl,
                              const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk) {
+    const int DB = MB__SCAN_DB;
     int64_t b, nchunks = (T + chunk - 1) / chunk, X = R + 2 * S, per_b = (int64_t)Di * S + 2 * Di;
     /* parallel over sequences; within one, channels in order, so dB and dC
        (summed over channels) are owned by one thread; the parameter sums go
-       to per-sequence scratch and are added in sequence order below. */
+       to per-sequence scratch and are added in sequence order below.  Short
+       chunks (chunk < S) or long ones (chunk * S > MB__SCAN_FAST) take the
+       one-channel-at-a-time path below. */
+    int fast = S <= MB__SCAN_FAST_S && (int64_t)chunk * S <= MB__SCAN_FAST && (nchunks == 1 || chunk >= S);
     MB__OMP(parallel for schedule(static))
     for (b = 0; b < B; b++) {
         float *gA = scratch + b * per_b, *gD = gA + (int64_t)Di * S, *gbias = gD + Di;
-        float hbuf[MB__SCAN_HBUF], A[MB__MAX_STATE], dh[MB__MAX_STATE];
-        int64_t d;
+        float hbuf[MB__SCAN_HBUF], abuf[MB__SCAN_HBUF], terms[3 * MB__MAX_STATE], tb[MB__SCAN_PRE][3][MB__SCAN_TB];
+        float dh[MB__SCAN_DB][MB__MAX_STATE], A[MB__MAX_STATE];
+        /* per (step, channel) of a chunk: dt, softplus'(x), u, g*silu(z), g*silu'(z) */
+        float pdt[MB__SCAN_PRE][MB__SCAN_DB], psg[MB__SCAN_PRE][MB__SCAN_DB], put[MB__SCAN_PRE][MB__SCAN_DB];
+        float pdy[MB__SCAN_PRE][MB__SCAN_DB], pgs[MB__SCAN_PRE][MB__SCAN_DB];
+        int64_t d0;
         memset(gA, 0, (size_t)per_b * sizeof(float));
-        for (d = 0; d < Di; d++) {
+        if (fast) { /* the usual case: 16 channels per vector */
+            mb__scan_bwd_blocks(du, ddelta, dxdbl, dxz, gA, gD, gbias, dout, states, u, delta, dt_bias, A_log, xdbl, Dp, xz,
+                                b, T, Di, S, R, chunk);
+            continue;
+        }
+        for (d0 = 0; d0 < Di; d0 += DB) {
+            int nd = (int)(Di - d0 < DB ? Di - d0 : DB), j, n;
             int64_t c;
-            int n;
-            for (n = 0; n < S; n++) { A[n] = -expf(A_log[d * S + n]); dh[n] = 0.0f; }
+            for (j = 0; j < nd; j++)
+                for (n = 0; n < S; n++) dh[j][n] = 0.0f;
             for (c = nchunks - 1; c >= 0; c--) {
                 int64_t t0 = c * chunk, t1 = t0 + chunk < T ? t0 + chunk : T, t;
-                const float *h0 = states + ((b * nchunks + c) * Di + d) * S;
-                /* recompute h_t inside the chunk from its saved start */
-                for (t = t0; t < t1; t++) {
-                    int64_t tok = b * T + t;
-                    const float *Bt = xdbl + tok * X + R, *hp = t == t0 ? h0 : hbuf + (t - t0 - 1) * S;
-                    float dt = mb__softplus(delta[tok * Di + d] + dt_bias[d]), ut = u[tok * Di + d];
-                    float *ht = hbuf + (t - t0) * S;
-                    for (n = 0; n < S; n++) ht[n] = expf(dt * A[n]) * hp[n] + dt * Bt[n] * ut;
-                }
-                for (t = t1 - 1; t >= t0; t--) {
-                    int64_t tok = b * T + t;
-                    const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
-                    const float *ht = hbuf + (t - t0) * S, *hp = t == t0 ? h0 : hbuf + (t - t0 - 1) * S;
-                    float *dBt = dxdbl + tok * X + R, *dCt = dBt + S;
-                    float x = delta[tok * Di + d] + dt_bias[d], dt = mb__softplus(x), ut = u[tok * Di + d];
-                    float z = xz[tok * 2 * Di + Di + d], g = dout[tok * Di + d], y = Dp[d] * ut, dy, ddt = 0.0f, dut;
-                    for (n = 0; n < S; n++) y += Ct[n] * ht[n];
-                    dxz[tok * 2 * Di + Di + d] += g * y * mb__silu_grad(z);
-                    dy = g * mb__silu(z);
-                    gD[d] += dy * ut;
-                    dut = dy * Dp[d];
-                    for (n = 0; n < S; n++) {
-                        float a = expf(dt * A[n]), dhn = dh[n] + dy * Ct[n];
-                        dCt[n] += dy * ht[n];
-                        ddt += dhn * (A[n] * a * hp[n] + Bt[n] * ut);
-                        gA[d * S + n] += dhn * dt * a * hp[n] * A[n]; /* dA_log = dA * A */
-                        dBt[n] += dhn * dt * ut;
-                        dut += dhn * dt * Bt[n];
-                        dh[n] = dhn * a;
+                int pre = t1 - t0 <= MB__SCAN_PRE, defer = pre && S <= MB__SCAN_TB, ts = defer ? MB__SCAN_TB : MB__MAX_STATE;
+                if (pre) /* the per-(step, channel) values of this chunk, 16 channels at a time */
+                    for (t = t0; t < t1; t++) {
+                        int64_t tok = b * T + t, k = t - t0;
+                        float xv[MB__SCAN_DB], bias[MB__SCAN_DB], zv[MB__SCAN_DB], gv[MB__SCAN_DB];
+                        mb__scan_load(xv, delta + tok * Di + d0, nd);
+                        mb__scan_load(bias, dt_bias + d0, nd);
+                        mb__scan_load(put[k], u + tok * Di + d0, nd);
+                        mb__scan_load(zv, xz + tok * 2 * Di + Di + d0, nd);
+                        mb__scan_load(gv, dout + tok * Di + d0, nd);
+                        for (j = 0; j < DB; j++) {
+                            float x = xv[j] + bias[j], sz = mb__sigmoid_v(zv[j]);
+                            pdt[k][j] = mb__softplus_v(x);
+                            psg[k][j] = mb__sigmoid_v(x);
+                            pdy[k][j] = gv[j] * (zv[j] * sz);
+                            pgs[k][j] = gv[j] * (sz * (1.0f + zv[j] * (1.0f - sz)));
+                        }
                     }
-                    du[tok * Di + d] += dut;
-                    ddt *= mb__softplus_grad(x);
-                    ddelta[tok * Di + d] = ddt;
-                    gbias[d] += ddt;
+                for (j = 0; j < nd; j++) {
+                    int64_t d = d0 + j;
+                    const float *h0 = states + ((b * nchunks + c) * Di + d) * S;
+                    float *dhj = dh[j], *gAd = gA + d * S;
+                    for (n = 0; n < S; n++) A[n] = -mb__exp(A_log[d * S + n]);
+                    /* recompute h_t (and the decays) inside the chunk from its saved start */
+                    for (t = t0; t < t1; t++) {
+                        int64_t tok = b * T + t, k = t - t0;
+                        const float *Bt = xdbl + tok * X + R, *hp = t == t0 ? h0 : hbuf + (k - 1) * S;
+                        float dt, ut, *ht = hbuf + k * S, *at = abuf + k * S;
+                        if (pre) {
+                            dt = pdt[k][j];
+                            ut = put[k][j];
+                        } else {
+                            dt = mb__softplus_v(delta[tok * Di + d] + dt_bias[d]);
+                            ut = u[tok * Di + d];
+                        }
+                        for (n = 0; n < S; n++) {
+                            float a = mb__exp(dt * A[n]);
+                            at[n] = a;
+                            ht[n] = a * hp[n] + dt * Bt[n] * ut;
+                        }
+                    }
+                    for (t = t1 - 1; t >= t0; t--) {
+                        int64_t tok = b * T + t, k = t - t0;
+                        const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
+                        const float *ht = hbuf + k * S, *at = abuf + k * S, *hp = t == t0 ? h0 : hbuf + (k - 1) * S;
+                        float *dBt = dxdbl + tok * X + R, *dCt = dBt + S, *tk = defer ? tb[k][0] : terms;
+                        float dt, sg, ut, dy, gs, y, ddt, dut;
+                        if (pre) {
+                            dt = pdt[k][j]; sg = psg[k][j]; ut = put[k][j]; dy = pdy[k][j]; gs = pgs[k][j];
+                        } else {
+                            /* a long chunk: the same values one at a time (dt as in the forward) */
+                            float x = delta[tok * Di + d] + dt_bias[d], z = xz[tok * 2 * Di + Di + d], g = dout[tok * Di + d];
+                            dt = mb__softplus_v(x); sg = mb__softplus_grad(x); ut = u[tok * Di + d];
+                            dy = g * mb__silu(z); gs = g * mb__silu_grad(z);
+                        }
+                        mb__scan_bwd_step(tk, tk + ts, tk + 2 * ts, dCt, dBt, gAd, dhj, A, at, ht, hp, Bt, Ct, dy, dt, ut, S);
+                        gD[d] += dy * ut;
+                        if (defer) continue;
+                        y = Dp[d] * ut + mb__tree_sum(tk, S);
+                        ddt = mb__tree_sum(tk + ts, S);
+                        dut = dy * Dp[d] + mb__tree_sum(tk + 2 * ts, S);
+                        dxz[tok * 2 * Di + Di + d] += gs * y;
+                        du[tok * Di + d] += dut;
+                        ddt *= sg;
+                        ddelta[tok * Di + d] = ddt;
+                        gbias[d] += ddt;
+                    }
+                    if (defer) /* the sums over the state, off the dh recurrence's path */
+                        for (t = t1 - 1; t >= t0; t--) {
+                            int64_t tok = b * T + t, k = t - t0;
+                            float y = Dp[d] * put[k][j] + mb__tree_sum(tb[k][0], S);
+                            float ddt = mb__tree_sum(tb[k][1], S), dut = pdy[k][j] * Dp[d] + mb__tree_sum(tb[k][2], S);
+                            dxz[tok * 2 * Di + Di + d] += pgs[k][j] * y;
+                            du[tok * Di + d] += dut;
+                            ddt *= psg[k][j];
+                            ddelta[tok * Di + d] = ddt;
+                            gbias[d] += ddt;
+                        }
                 }
             }
         }
@@ -1633,59 +2088,152 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
 }
 
 /* ============================================================ streaming */
+/* A stream keeps its own copy of the weights in the layouts one step reads
+   fastest (matrices packed into the forward's panels, conv and A transposed
+   to (K, Di) and (S, Di)): a snapshot taken at mb_stream_create, so a stream
+   made before the weights change keeps the old ones. */
 struct mb_stream {
     const mb_model *m;
     float *block;          /* one allocation, split below */
-    float *conv_state;     /* (L, Di, K): the last K inputs x' of each channel */
-    float *ssm_state;      /* (L, Di, S) */
-    float *A;              /* (L, Di, S) = -exp(A_log), cached */
-    float *x, *ln, *xz, *u, *xdbl, *delta, *gated, *out, *logits;
-    int64_t state_floats;  /* conv_state + ssm_state, contiguous */
+    float *win;            /* (L, K, Di): the last K inputs x' of each layer, oldest first */
+    float *h;              /* (L, S, Di): the scan state; follows win (state_floats) */
+    float *AT;             /* (L, S, Di) = -exp(A_log), transposed */
+    float *conv_wT;        /* (L, K, Di) conv weights, transposed */
+    float *p_in, *p_x, *p_dt, *p_out, *p_head; /* packed copies (mb__matvec_pack) */
+    int64_t f_in, f_x, f_dt, f_out, f_head;     /* floats per packed matrix */
+    float *x, *ln, *xz, *u, *xdbl, *dt, *gated, *out, *logits;
+    int64_t state_floats;  /* win + h, contiguous */
 };
 
 /* out (OC) = w (OC,IC) @ x: the same summation order as one row of
-   mb__matmul_forward, so streaming and the batch path agree bit for bit. */
-static void mb__matvec(float *out, const float *x, const float *w, int IC, int OC) { mb__dot_rows(out, x, w, IC, OC); }
+   mb__matmul_forward (the unpacked form of mb__matvec_packed below). */
+MB__UNUSED static void mb__matvec(float *out, const float *x, const float *w, int IC, int OC) { mb__dot_rows(out, x, w, IC, OC); }
+
+/* The same product from a copy of w packed once (mb__matvec_pack) into the
+   forward's panels: NR outputs side by side (zero-padded), input rows in the
+   forward's step order.  Each output's operations are exactly those of
+   mb__matmul_forward / mb__matvec (bit for bit), but with the outputs in the
+   vector lanes there is no sum across lanes (about 3x faster per byte when
+   streaming; see docs/BENCHMARKS.md). */
+MB__UNUSED static int64_t mb__matvec_packed_floats(int IC, int OC) {
+    return (int64_t)((OC + MB__MM_NR - 1) / MB__MM_NR) * MB__MM_NR * IC;
+}
+MB__UNUSED static void mb__matvec_pack(float *wp, const float *w, int IC, int OC) {
+    int nb = IC / 16, o0, s, j;
+    for (o0 = 0; o0 < OC; o0 += MB__MM_NR) {
+        int nr = OC - o0 < MB__MM_NR ? OC - o0 : MB__MM_NR;
+        float *p = wp + (int64_t)o0 * IC;
+        for (s = 0; s < IC; s++) {
+            const float *src = w + (int64_t)o0 * IC + mb__fwd_index(s, nb);
+            for (j = 0; j < nr; j++) p[(int64_t)s * MB__MM_NR + j] = src[(int64_t)j * IC];
+            for (; j < MB__MM_NR; j++) p[(int64_t)s * MB__MM_NR + j] = 0.0f;
+        }
+    }
+}
+/* nq (1..4, a constant after inlining) panels at once: independent chains
+   cover the FMA latency. */
+MB__INLINE void mb__matvec_panels(float *MB__RESTRICT sum, const float *MB__RESTRICT x, const float *MB__RESTRICT bp,
+                                  int IC, int nq) {
+    float acc[4][MB__MM_NR];
+    int nb = IC / 16, k, s, j, q;
+    const int64_t ps = (int64_t)IC * MB__MM_NR; /* floats per panel */
+    for (q = 0; q < nq; q++)
+        for (j = 0; j < MB__MM_NR; j++) sum[q * MB__MM_NR + j] = 0.0f;
+    for (k = 0; k < (nb > 0 ? 16 : 0); k++) {
+        const float *MB__RESTRICT bk = bp + (int64_t)k * nb * MB__MM_NR;
+        for (q = 0; q < nq; q++)
+            for (j = 0; j < MB__MM_NR; j++) acc[q][j] = x[k] * bk[q * ps + j];
+        for (s = 1; s < nb; s++) {
+            for (q = 0; q < nq; q++) { /* the weights stream from L3: ask for them early */
+                MB__PREFETCH(bk + q * ps + (s + 16) * MB__MM_NR);
+                MB__PREFETCH(bk + q * ps + (s + 16) * MB__MM_NR + 16);
+            }
+            for (q = 0; q < nq; q++)
+                for (j = 0; j < MB__MM_NR; j++) acc[q][j] = MB__FMA(x[16 * s + k], bk[q * ps + s * MB__MM_NR + j], acc[q][j]);
+        }
+        for (q = 0; q < nq; q++)
+            for (j = 0; j < MB__MM_NR; j++) sum[q * MB__MM_NR + j] = k == 0 ? acc[q][j] : sum[q * MB__MM_NR + j] + acc[q][j];
+    }
+    for (s = 16 * nb; s < IC; s++)
+        for (q = 0; q < nq; q++)
+            for (j = 0; j < MB__MM_NR; j++)
+                sum[q * MB__MM_NR + j] = MB__FMA(x[s], bp[q * ps + s * MB__MM_NR + j], sum[q * MB__MM_NR + j]);
+}
+MB__UNUSED static void mb__matvec_packed(float *MB__RESTRICT out, const float *MB__RESTRICT x, const float *MB__RESTRICT wp,
+                                         int IC, int OC) {
+    int np = (OC + MB__MM_NR - 1) / MB__MM_NR, p0, j;
+    for (p0 = 0; p0 < np;) {
+        float sum[4 * MB__MM_NR];
+        int nq = np - p0 >= 4 ? 4 : 1, q;
+        if (nq == 4) mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 4);
+        else mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 1);
+        for (q = 0; q < nq; q++) {
+            int o0 = (p0 + q) * MB__MM_NR, nr = OC - o0 < MB__MM_NR ? OC - o0 : MB__MM_NR;
+            for (j = 0; j < nr; j++) out[o0 + j] = sum[q * MB__MM_NR + j];
+        }
+        p0 += nq;
+    }
+}
 
 MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     const mb_config *c = &m->cfg;
-    int64_t L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv;
-    int64_t X = c->dt_rank + 2 * S, V = c->vocab_size;
-    int64_t total = L * Di * K + L * Di * S + L * Di * S + C + C + 2 * Di + Di + X + Di + Di + C + V + 2;
+    int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
+    int X = R + 2 * S, V = c->vocab_size, l, d, n, k;
+    int64_t f_in = mb__matvec_packed_floats(C, 2 * Di), f_x = mb__matvec_packed_floats(Di, X);
+    int64_t f_dt = mb__matvec_packed_floats(R, Di), f_out = mb__matvec_packed_floats(Di, C);
+    int64_t f_head = mb__matvec_packed_floats(C, V);
+    int64_t total = (int64_t)L * (2 * K * Di + 2 * S * Di + f_in + f_x + f_dt + f_out) + f_head +
+                    2 * C + 2 * Di + Di + X + Di + Di + C + V;
     mb_stream *s = (mb_stream *)MB_MALLOC(sizeof(mb_stream));
     float *p;
-    int64_t l, i;
     *out = NULL;
     if (!s) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream");
     s->m = m;
     s->block = (float *)MB_MALLOC((size_t)total * sizeof(float));
     if (!s->block) { MB_FREE(s); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream state"); }
     p = s->block;
-    s->conv_state = p; p += L * Di * K;
-    s->ssm_state = p; p += L * Di * S;
-    s->A = p; p += L * Di * S;
+    s->win = p; p += (int64_t)L * K * Di;
+    s->h = p; p += (int64_t)L * S * Di;
+    s->AT = p; p += (int64_t)L * S * Di;
+    s->conv_wT = p; p += (int64_t)L * K * Di;
+    s->f_in = f_in; s->f_x = f_x; s->f_dt = f_dt; s->f_out = f_out; s->f_head = f_head;
+    s->p_in = p; p += L * f_in;
+    s->p_x = p; p += L * f_x;
+    s->p_dt = p; p += L * f_dt;
+    s->p_out = p; p += L * f_out;
+    s->p_head = p; p += f_head;
     s->x = p; p += C;
     s->ln = p; p += C;
     s->xz = p; p += 2 * Di;
     s->u = p; p += Di;
     s->xdbl = p; p += X;
-    s->delta = p; p += Di;
+    s->dt = p; p += Di;
     s->gated = p; p += Di;
     s->out = p; p += C;
     s->logits = p;
-    s->state_floats = L * Di * (K + S);
-    for (l = 0; l < L; l++)
-        for (i = 0; i < Di * S; i++) s->A[l * Di * S + i] = -expf(m->w.layer[l].A_log[i]);
+    s->state_floats = (int64_t)L * Di * (K + S);
+    for (l = 0; l < L; l++) {
+        const mb__layer_weights *W = &m->w.layer[l];
+        for (n = 0; n < S; n++) /* the same A as the batch scan computes */
+            for (d = 0; d < Di; d++) s->AT[((int64_t)l * S + n) * Di + d] = -mb__exp(W->A_log[(int64_t)d * S + n]);
+        for (k = 0; k < K; k++)
+            for (d = 0; d < Di; d++) s->conv_wT[((int64_t)l * K + k) * Di + d] = W->conv_w[(int64_t)d * K + k];
+        mb__matvec_pack(s->p_in + l * f_in, W->in_proj, C, 2 * Di);
+        mb__matvec_pack(s->p_x + l * f_x, W->x_proj, Di, X);
+        mb__matvec_pack(s->p_dt + l * f_dt, W->dt_proj_w, R, Di);
+        mb__matvec_pack(s->p_out + l * f_out, W->out_proj, Di, C);
+    }
+    mb__matvec_pack(s->p_head, m->w.wte, C, V);
     mb_stream_reset(s);
     *out = s;
     return MB_STATUS_OK;
 }
 
-MBDEF void mb_stream_reset(mb_stream *s) { memset(s->conv_state, 0, (size_t)s->state_floats * sizeof(float)); }
+MBDEF void mb_stream_reset(mb_stream *s) { memset(s->win, 0, (size_t)s->state_floats * sizeof(float)); }
 
 MBDEF mb_status mb_stream_copy(mb_stream *dst, const mb_stream *src) {
     if (dst->m != src->m) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "stream copy between different models");
-    memcpy(dst->conv_state, src->conv_state, (size_t)src->state_floats * sizeof(float));
+    memcpy(dst->win, src->win, (size_t)src->state_floats * sizeof(float));
     return MB_STATUS_OK;
 }
 
@@ -1695,43 +2243,31 @@ MBDEF void mb_stream_free(mb_stream *s) {
     MB_FREE(s);
 }
 
-/* One byte through the whole model, mirroring mb_model_forward for T = 1
-   with the conv and scan carried in the state.  Allocates nothing. */
+/* One byte through the whole model: mb_model_forward for T = 1 with the
+   conv and scan carried in the state.  Each output element takes the same
+   operations as in the batch forward, so the logits agree bit for bit.
+   Reads each weight once and allocates nothing. */
 MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) {
     const mb_model *m = s->m;
     const mb_config *c = &m->cfg;
-    int C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank, X = R + 2 * S, l, d, k, n;
+    int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
+    int X = R + 2 * S, l, d;
     float mean, rstd;
     memcpy(s->x, m->w.wte + (int64_t)byte * C, (size_t)C * sizeof(float));
-    for (l = 0; l < c->n_layer; l++) {
+    for (l = 0; l < L; l++) {
         const mb__layer_weights *W = &m->w.layer[l];
-        float *cs = s->conv_state + (int64_t)l * Di * K, *hs = s->ssm_state + (int64_t)l * Di * S;
-        const float *A = s->A + (int64_t)l * Di * S, *Bt = s->xdbl + R, *Ct = Bt + S;
         mb__layernorm_forward(s->ln, &mean, &rstd, s->x, W->norm_w, W->norm_b, 1, C);
-        mb__matvec(s->xz, s->ln, W->in_proj, C, 2 * Di);
-        for (d = 0; d < Di; d++) { /* shift the window, append x', conv, SiLU */
-            float *w = cs + (int64_t)d * K, pre = W->conv_b[d];
-            for (k = 0; k + 1 < K; k++) w[k] = w[k + 1];
-            w[K - 1] = s->xz[d];
-            for (k = 0; k < K; k++) pre += W->conv_w[(int64_t)d * K + k] * w[k];
-            s->u[d] = mb__silu(pre);
-        }
-        mb__matvec(s->xdbl, s->u, W->x_proj, Di, X);
-        mb__matvec(s->delta, s->xdbl, W->dt_proj_w, R, Di);
-        for (d = 0; d < Di; d++) { /* the scan's recurrence, one step */
-            float dt = mb__softplus(s->delta[d] + W->dt_proj_b[d]), ut = s->u[d], y = 0.0f, *h = hs + (int64_t)d * S;
-            const float *Ad = A + (int64_t)d * S;
-            for (n = 0; n < S; n++) {
-                h[n] = expf(dt * Ad[n]) * h[n] + dt * Bt[n] * ut;
-                y += Ct[n] * h[n];
-            }
-            s->gated[d] = (y + W->D[d] * ut) * mb__silu(s->xz[Di + d]);
-        }
-        mb__matvec(s->out, s->gated, W->out_proj, Di, C);
+        mb__matvec_packed(s->xz, s->ln, s->p_in + l * s->f_in, C, 2 * Di); /* [x', z] */
+        mb__conv_step(s->u, s->win + (int64_t)l * K * Di, s->xz, s->conv_wT + (int64_t)l * K * Di, W->conv_b, Di, K);
+        mb__matvec_packed(s->xdbl, s->u, s->p_x + l * s->f_x, Di, X); /* [dt_low, B, C] */
+        mb__matvec_packed(s->dt, s->xdbl, s->p_dt + l * s->f_dt, R, Di);
+        mb__scan_step(s->gated, s->h + (int64_t)l * S * Di, s->dt, s->AT + (int64_t)l * S * Di, W->dt_proj_b, s->u,
+                      s->xdbl + R, s->xdbl + R + S, W->D, s->xz + Di, Di, S);
+        mb__matvec_packed(s->out, s->gated, s->p_out + l * s->f_out, Di, C);
         for (d = 0; d < C; d++) s->x[d] += s->out[d];
     }
     mb__layernorm_forward(s->ln, &mean, &rstd, s->x, m->w.norm_f_w, m->w.norm_f_b, 1, C);
-    mb__matvec(s->logits, s->ln, m->w.wte, C, c->vocab_size);
+    mb__matvec_packed(s->logits, s->ln, s->p_head, C, c->vocab_size);
     return s->logits;
 }
 

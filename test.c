@@ -18,6 +18,7 @@ void mbt_cuda_emu_tests(void); /* tests/test_cuda_emu.cpp: the CUDA kernels on t
 #include "tests/test_numerics_report.c"
 #include "tests/test_train.c"
 #include "tests/test_reliability.c"
+#include "tests/test_kernels.c"
 
 typedef struct { const char *name; void (*fn)(void); } mbt_suite;
 
@@ -28,6 +29,7 @@ int main(int argc, char **argv) {
         {"numerics_report", test_numerics_report},
         {"train", test_train},
         {"reliability", test_reliability},
+        {"kernels", test_kernels},
         {"cuda_emu", mbt_cuda_emu_tests},
     };
     size_t i;
