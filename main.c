@@ -455,7 +455,9 @@ static int cmd_train(int argc, char **argv) {
     FILE *csv = NULL;
     nvml_energy nv;
     unsigned long long e0 = 0, e1 = 0;
-    double t0, elapsed = 0, step_time_est = 0, budget, warmup_frac, last_loss = NAN;
+    double t0, t_rate0, elapsed = 0, step_time_est = 0, budget, warmup_frac, last_loss = NAN;
+    char warmup_text[64];
+    int budget_reached = 0;
     long long inject_from = -1;
     mb_status s;
 
@@ -639,10 +641,14 @@ static int cmd_train(int argc, char **argv) {
     cfg = *mb_model_config(m);
     printf("model: d_model %d, %d layers, d_state %d, d_conv %d, expand %d, dt_rank %d: %lld parameters\n", cfg.d_model,
            cfg.n_layer, cfg.d_state, cfg.d_conv, cfg.expand, cfg.dt_rank, (long long)mb_model_num_params(m));
-    printf("train: batch %lld x ctx %lld x accum %lld, %lld steps%s, lr %g (warm-up %lld, cosine to 0, %s schedule), "
+    {   /* the time schedule warms up over the same fraction of the budget */
+        if (set.schedule) snprintf(warmup_text, sizeof warmup_text, "%.3g%% of the time budget", 100.0 * warmup_frac);
+        else snprintf(warmup_text, sizeof warmup_text, "%lld steps", (long long)set.warmup);
+    }
+    printf("train: batch %lld x ctx %lld x accum %lld, %lld steps%s, lr %g (warm-up %s, cosine to 0, %s schedule), "
            "wd %g, clip %g, seed %lld, %s windows, %d threads\n",
            (long long)set.batch, (long long)set.ctx, (long long)set.grad_accum, (long long)set.steps,
-           has_state ? " (resumed)" : "", set.lr, (long long)set.warmup, set.schedule ? "time" : "step", set.weight_decay,
+           has_state ? " (resumed)" : "", set.lr, warmup_text, set.schedule ? "time" : "step", set.weight_decay,
            set.clip, (long long)set.seed, set.sequential ? "sequential" : "random",
 #ifdef _OPENMP
            omp_get_max_threads()
@@ -661,6 +667,7 @@ static int cmd_train(int argc, char **argv) {
     /* ---- the loop */
     energy_ok = nvml_open(&nv) && nvml_read_mj(&nv, &e0);
     t0 = now_s();
+    t_rate0 = t0; /* tokens/s and the ETA count from here; t0 restarts at each save */
     t_start_step = tr.st.step;
     while (tr.st.step < set.steps && tr.st.step < stop_at) {
         mb_step_result r;
@@ -668,6 +675,7 @@ static int cmd_train(int argc, char **argv) {
         elapsed = tr.st.elapsed_s + (ts - t0);
         if (budget > 0 && elapsed + 1.5 * step_time_est + 0.5 > budget) {
             printf("time budget: stopping at step %lld after %.1f s (budget %.1f s)\n", (long long)tr.st.step, elapsed, budget);
+            budget_reached = 1;
             break;
         }
         lr = set.schedule ? mb_lr_at_fraction(set.lr, elapsed / budget, warmup_frac)
@@ -691,11 +699,11 @@ static int cmd_train(int argc, char **argv) {
         last_loss = r.loss;
         elapsed = tr.st.elapsed_s + (now_s() - t0);
         if (csv) fprintf(csv, "%lld,%.6f,%.6e,%.6f,%.3f\n", (long long)tr.st.step, r.loss, r.lr, r.grad_norm, elapsed);
-        tokens_per_s = (double)((tr.st.step - t_start_step) * set.batch * set.ctx * set.grad_accum) / (now_s() - t0);
+        tokens_per_s = (double)((tr.st.step - t_start_step) * set.batch * set.ctx * set.grad_accum) / (now_s() - t_rate0);
         if (tr.st.step % log_every == 0 || tr.st.step == set.steps || tty) {
             char a[32], b[32];
             double left = set.schedule || budget > 0 ? budget - elapsed : 0;
-            double eta = (double)(set.steps - tr.st.step) * (now_s() - t0) / (double)(tr.st.step - t_start_step);
+            double eta = (double)(set.steps - tr.st.step) * (now_s() - t_rate0) / (double)(tr.st.step - t_start_step);
             if (budget > 0 && left < eta) eta = left;
             fmt_hms(a, sizeof a, elapsed);
             fmt_hms(b, sizeof b, eta);
@@ -709,6 +717,7 @@ static int cmd_train(int argc, char **argv) {
                        (long long)tr.st.step, (long long)set.steps, r.loss, r.lr, r.grad_norm, tokens_per_s, a, b);
             }
             fflush(stdout);
+            if (csv) fflush(csv);
         }
         if (save_every > 0 && tr.st.step % save_every == 0 && tr.st.step < set.steps) {
             tr.st.elapsed_s += now_s() - t0;
@@ -743,7 +752,8 @@ static int cmd_train(int argc, char **argv) {
     }
     fflush(stdout);
     if (rc == 0 && backend_sync(&be) != MB_STATUS_OK) { fprintf(stderr, "mambabyte train: %s\n", mb_last_error()); rc = 1; }
-    if (rc == 0 && eval_chars > 0 && eval_size > 0 && tr.st.step >= set.steps)
+    /* a finished run is evaluated; one paused by --stop-at is not */
+    if (rc == 0 && eval_chars > 0 && eval_size > 0 && (tr.st.step >= set.steps || budget_reached))
         rc = run_eval(m, eval_text, eval_size, eval_chars, paths.eval_is_tail ? "held-out 5%" : paths.eval, NULL);
 done_trainer:
 #ifdef MB_WITH_CUDA

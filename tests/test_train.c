@@ -229,6 +229,7 @@ static void test_cli_train(void) {
               "train should evaluate on the held-out 5%% and say so");
     snprintf(cmd, sizeof cmd, "%s --stop-at 6 --save-every 3 --out build/t_half.bin --log build/t_half.csv > build/t_half.out 2>&1", common);
     MBT_CHECK(run_cmd(cmd) == 0, "first half failed: see build/t_half.out");
+    MBT_CHECK(!file_contains("build/t_half.out", "char accuracy"), "a run paused by --stop-at is not evaluated");
     MBT_CHECK(run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --out build/t_half.bin --log build/t_half.csv "
                       "--eval-chars 0 --threads 2 > build/t_resume.out 2>&1") == 0,
               "resume failed: see build/t_resume.out");
@@ -259,9 +260,11 @@ static void test_cli_train(void) {
     MBT_CHECK(rc == 2 && file_contains("build/t_err.out", "--lr is"), "resume with another --lr: rc %d", rc);
     /* a time budget stops cleanly and saves; the time schedule needs one */
     rc = run_cmd("./mambabyte train --data build/t_text.txt --d-model 16 --n-layer 1 --batch 2 --ctx 32 --steps 1000000 "
-                 "--time-budget 1.5 --schedule time --sequential --eval-chars 0 --out build/t_budget.bin > build/t_budget.out 2>&1");
+                 "--time-budget 1.5 --schedule time --sequential --eval-chars 50 --out build/t_budget.bin > build/t_budget.out 2>&1");
     MBT_CHECK(rc == 0 && file_contains("build/t_budget.out", "time budget: stopping") && file_contains("build/t_budget.out", "sequential"),
               "--time-budget should stop cleanly: rc %d", rc);
+    MBT_CHECK(file_contains("build/t_budget.out", "char accuracy"),
+              "a run ended by its time budget is finished, so it is evaluated (--eval-chars)");
     {
         mb_model *mt = NULL;
         mb_train_state st;
