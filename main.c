@@ -455,7 +455,7 @@ static int cmd_train(int argc, char **argv) {
     FILE *csv = NULL;
     nvml_energy nv;
     unsigned long long e0 = 0, e1 = 0;
-    double t0, t_rate0, elapsed = 0, step_time_est = 0, budget, warmup_frac, last_loss = NAN;
+    double t0, elapsed_before, elapsed = 0, step_time_est = 0, budget, warmup_frac, last_loss = NAN;
     char warmup_text[64];
     int budget_reached = 0;
     long long inject_from = -1;
@@ -641,10 +641,9 @@ static int cmd_train(int argc, char **argv) {
     cfg = *mb_model_config(m);
     printf("model: d_model %d, %d layers, d_state %d, d_conv %d, expand %d, dt_rank %d: %lld parameters\n", cfg.d_model,
            cfg.n_layer, cfg.d_state, cfg.d_conv, cfg.expand, cfg.dt_rank, (long long)mb_model_num_params(m));
-    {   /* the time schedule warms up over the same fraction of the budget */
-        if (set.schedule) snprintf(warmup_text, sizeof warmup_text, "%.3g%% of the time budget", 100.0 * warmup_frac);
-        else snprintf(warmup_text, sizeof warmup_text, "%lld steps", (long long)set.warmup);
-    }
+    /* the time schedule warms up over the same fraction of the budget */
+    if (set.schedule) snprintf(warmup_text, sizeof warmup_text, "%.3g%% of the time budget", 100.0 * warmup_frac);
+    else snprintf(warmup_text, sizeof warmup_text, "%lld steps", (long long)set.warmup);
     printf("train: batch %lld x ctx %lld x accum %lld, %lld steps%s, lr %g (warm-up %s, cosine to 0, %s schedule), "
            "wd %g, clip %g, seed %lld, %s windows, %d threads\n",
            (long long)set.batch, (long long)set.ctx, (long long)set.grad_accum, (long long)set.steps,
@@ -666,13 +665,13 @@ static int cmd_train(int argc, char **argv) {
 
     /* ---- the loop */
     energy_ok = nvml_open(&nv) && nvml_read_mj(&nv, &e0);
-    t0 = now_s();
-    t_rate0 = t0; /* tokens/s and the ETA count from here; t0 restarts at each save */
+    t0 = now_s(); /* this invocation's clock: tokens/s, the ETA and, on top of a resumed run's time, elapsed */
+    elapsed_before = tr.st.elapsed_s;
     t_start_step = tr.st.step;
     while (tr.st.step < set.steps && tr.st.step < stop_at) {
         mb_step_result r;
         double lr, ts = now_s(), tokens_per_s;
-        elapsed = tr.st.elapsed_s + (ts - t0);
+        elapsed = elapsed_before + (ts - t0);
         if (budget > 0 && elapsed + 1.5 * step_time_est + 0.5 > budget) {
             printf("time budget: stopping at step %lld after %.1f s (budget %.1f s)\n", (long long)tr.st.step, elapsed, budget);
             budget_reached = 1;
@@ -697,13 +696,13 @@ static int cmd_train(int argc, char **argv) {
         }
         nonfinite_run = 0;
         last_loss = r.loss;
-        elapsed = tr.st.elapsed_s + (now_s() - t0);
+        elapsed = elapsed_before + (now_s() - t0);
         if (csv) fprintf(csv, "%lld,%.6f,%.6e,%.6f,%.3f\n", (long long)tr.st.step, r.loss, r.lr, r.grad_norm, elapsed);
-        tokens_per_s = (double)((tr.st.step - t_start_step) * set.batch * set.ctx * set.grad_accum) / (now_s() - t_rate0);
+        tokens_per_s = (double)((tr.st.step - t_start_step) * set.batch * set.ctx * set.grad_accum) / (now_s() - t0);
         if (tr.st.step % log_every == 0 || tr.st.step == set.steps || tty) {
             char a[32], b[32];
             double left = set.schedule || budget > 0 ? budget - elapsed : 0;
-            double eta = (double)(set.steps - tr.st.step) * (now_s() - t_rate0) / (double)(tr.st.step - t_start_step);
+            double eta = (double)(set.steps - tr.st.step) * (now_s() - t0) / (double)(tr.st.step - t_start_step);
             if (budget > 0 && left < eta) eta = left;
             fmt_hms(a, sizeof a, elapsed);
             fmt_hms(b, sizeof b, eta);
@@ -720,12 +719,11 @@ static int cmd_train(int argc, char **argv) {
             if (csv) fflush(csv);
         }
         if (save_every > 0 && tr.st.step % save_every == 0 && tr.st.step < set.steps) {
-            tr.st.elapsed_s += now_s() - t0;
-            t0 = now_s();
+            tr.st.elapsed_s = elapsed_before + (now_s() - t0);
             if (backend_save(&be, out) != MB_STATUS_OK) { fprintf(stderr, "mambabyte train: save: %s\n", mb_last_error()); rc = 1; goto done_trainer; }
         }
     }
-    tr.st.elapsed_s += now_s() - t0;
+    tr.st.elapsed_s = elapsed_before + (now_s() - t0);
     if (energy_ok && !nvml_read_mj(&nv, &e1)) energy_ok = 0;
     if (rc == 0) {
         s = backend_save(&be, out);

@@ -865,7 +865,7 @@ MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float
    registers (NR a multiple of the vector width: the compiler turns the j
    loop into vector FMAs) while one operand is broadcast and the other is
    read as rows of NR contiguous floats.
-   Forward order, shared with mb__matvec: with nb = IC/16 full blocks,
+   Forward order, shared with mb__dot_rows: with nb = IC/16 full blocks,
      P_k = sum over j < nb of x[16j+k]*w[16j+k]   (k < 16, sequential in j)
      out = ((P_0 + P_1) + ... + P_15), then + x[t]*w[t] for t = 16nb..IC-1
    (out = 0 before the tail when IC < 16).  Backward: dinp and dw add their
@@ -915,13 +915,10 @@ MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float
 #else
 #define MB__VECLOOP
 #endif
-/* MB__UNUSED: helpers for callers outside the library's own paths (the
-   streaming steps); MB__PREFETCH: a hint, no effect on results. */
+/* MB__PREFETCH: a hint, no effect on results. */
 #if defined(__GNUC__)
-#define MB__UNUSED __attribute__((unused))
 #define MB__PREFETCH(p) __builtin_prefetch(p)
 #else
-#define MB__UNUSED
 #define MB__PREFETCH(p) ((void)0)
 #endif
 /* Small helpers that must be inlined into the loops that call them for the
@@ -1007,8 +1004,8 @@ static void mb__mm_kernel_fwd(float *MB__RESTRICT c, int64_t ldc, const float *c
         for (j = 0; j < MB__MM_NR; j++) c[r * ldc + j] = sum[r][j];
 }
 
-/* One output row in the forward order (the reference for the tiled path
-   and the whole of mb__matvec).  out[o] for o in [0, OC). */
+/* One output row in the forward order (the reference for the tiled path,
+   and the path for few or very long rows).  out[o] for o in [0, OC). */
 /* Outputs o..o+rows-1 (rows <= 4, a constant after inlining): their FMA
    chains and final sums interleave. */
 MB__INLINE void mb__dot_rows4(float *MB__RESTRICT out, const float *MB__RESTRICT x, const float *MB__RESTRICT wr, int IC,
@@ -1383,7 +1380,7 @@ MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float 
    bit.  The states are laid out (K, Di) and (S, Di), and the weights they
    need transposed the same way, so that the channel loops are vector loops.
    win: the last K inputs x', oldest first; u (Di) receives SiLU(conv). */
-MB__UNUSED static void mb__conv_step(float *MB__RESTRICT u, float *MB__RESTRICT win, const float *MB__RESTRICT x,
+static void mb__conv_step(float *MB__RESTRICT u, float *MB__RESTRICT win, const float *MB__RESTRICT x,
                                      const float *MB__RESTRICT wT, const float *MB__RESTRICT bias, int Di, int K) {
     int d, k;
     memmove(win, win + Di, sizeof(float) * (size_t)(K - 1) * (size_t)Di);
@@ -1397,7 +1394,7 @@ MB__UNUSED static void mb__conv_step(float *MB__RESTRICT u, float *MB__RESTRICT 
 }
 /* dt (Di) holds delta on entry and dt = softplus(delta + dt_bias) on exit;
    h, AT are (S, Di); Bt, Ct (S); out (Di) receives (C.h + D u) * silu(z). */
-MB__UNUSED static void mb__scan_step(float *MB__RESTRICT out, float *MB__RESTRICT h, float *MB__RESTRICT dt,
+static void mb__scan_step(float *MB__RESTRICT out, float *MB__RESTRICT h, float *MB__RESTRICT dt,
                                      const float *MB__RESTRICT AT, const float *MB__RESTRICT dt_bias,
                                      const float *MB__RESTRICT u, const float *MB__RESTRICT Bt, const float *MB__RESTRICT Ct,
                                      const float *MB__RESTRICT Dp, const float *MB__RESTRICT z, int Di, int S) {
@@ -2100,25 +2097,21 @@ struct mb_stream {
     float *AT;             /* (L, S, Di) = -exp(A_log), transposed */
     float *conv_wT;        /* (L, K, Di) conv weights, transposed */
     float *p_in, *p_x, *p_dt, *p_out, *p_head; /* packed copies (mb__matvec_pack) */
-    int64_t f_in, f_x, f_dt, f_out, f_head;     /* floats per packed matrix */
+    int64_t f_in, f_x, f_dt, f_out;             /* floats per packed layer matrix */
     float *x, *ln, *xz, *u, *xdbl, *dt, *gated, *out, *logits;
     int64_t state_floats;  /* win + h, contiguous */
 };
 
-/* out (OC) = w (OC,IC) @ x: the same summation order as one row of
-   mb__matmul_forward (the unpacked form of mb__matvec_packed below). */
-MB__UNUSED static void mb__matvec(float *out, const float *x, const float *w, int IC, int OC) { mb__dot_rows(out, x, w, IC, OC); }
-
-/* The same product from a copy of w packed once (mb__matvec_pack) into the
-   forward's panels: NR outputs side by side (zero-padded), input rows in the
-   forward's step order.  Each output's operations are exactly those of
-   mb__matmul_forward / mb__matvec (bit for bit), but with the outputs in the
+/* out (OC) = w (OC,IC) @ x from a copy of w packed once (mb__matvec_pack)
+   into the forward's panels: NR outputs side by side (zero-padded), input
+   rows in the forward's step order.  Each output's operations are exactly
+   those of mb__matmul_forward / mb__dot_rows (bit for bit), but with the outputs in the
    vector lanes there is no sum across lanes (about 3x faster per byte when
    streaming; see docs/BENCHMARKS.md). */
-MB__UNUSED static int64_t mb__matvec_packed_floats(int IC, int OC) {
+static int64_t mb__matvec_packed_floats(int IC, int OC) {
     return (int64_t)((OC + MB__MM_NR - 1) / MB__MM_NR) * MB__MM_NR * IC;
 }
-MB__UNUSED static void mb__matvec_pack(float *wp, const float *w, int IC, int OC) {
+static void mb__matvec_pack(float *wp, const float *w, int IC, int OC) {
     int nb = IC / 16, o0, s, j;
     for (o0 = 0; o0 < OC; o0 += MB__MM_NR) {
         int nr = OC - o0 < MB__MM_NR ? OC - o0 : MB__MM_NR;
@@ -2159,7 +2152,7 @@ MB__INLINE void mb__matvec_panels(float *MB__RESTRICT sum, const float *MB__REST
             for (j = 0; j < MB__MM_NR; j++)
                 sum[q * MB__MM_NR + j] = MB__FMA(x[s], bp[q * ps + s * MB__MM_NR + j], sum[q * MB__MM_NR + j]);
 }
-MB__UNUSED static void mb__matvec_packed(float *MB__RESTRICT out, const float *MB__RESTRICT x, const float *MB__RESTRICT wp,
+static void mb__matvec_packed(float *MB__RESTRICT out, const float *MB__RESTRICT x, const float *MB__RESTRICT wp,
                                          int IC, int OC) {
     int np = (OC + MB__MM_NR - 1) / MB__MM_NR, p0, j;
     for (p0 = 0; p0 < np;) {
@@ -2196,7 +2189,7 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     s->h = p; p += (int64_t)L * S * Di;
     s->AT = p; p += (int64_t)L * S * Di;
     s->conv_wT = p; p += (int64_t)L * K * Di;
-    s->f_in = f_in; s->f_x = f_x; s->f_dt = f_dt; s->f_out = f_out; s->f_head = f_head;
+    s->f_in = f_in; s->f_x = f_x; s->f_dt = f_dt; s->f_out = f_out;
     s->p_in = p; p += L * f_in;
     s->p_x = p; p += L * f_x;
     s->p_dt = p; p += L * f_dt;

@@ -76,12 +76,12 @@ static void kt_matmul_case(int64_t N, int IC, int OC, int64_t ldi) {
     /* the streaming products: the same float result as a row of the batch one */
     mb__matvec_pack(wp, w, IC, OC);
     for (n = 0; n < N; n++) {
-        mb__matvec(row, x + n * ldi, w, IC, OC);
+        mb__dot_rows(row, x + n * ldi, w, IC, OC);
         same_mv &= memcmp(row, out + n * OC, sizeof(float) * (size_t)OC) == 0;
         mb__matvec_packed(row, x + n * ldi, wp, IC, OC);
         same_packed &= memcmp(row, out + n * OC, sizeof(float) * (size_t)OC) == 0;
     }
-    MBT_CHECK(same_mv, "mb__matvec differs from a row of mb__matmul_forward (N=%lld IC=%d OC=%d)", (long long)N, IC, OC);
+    MBT_CHECK(same_mv, "mb__dot_rows differs from a row of mb__matmul_forward (N=%lld IC=%d OC=%d)", (long long)N, IC, OC);
     MBT_CHECK(same_packed, "mb__matvec_packed differs from a row of mb__matmul_forward (N=%lld IC=%d OC=%d)", (long long)N,
               IC, OC);
     /* backward: dinp += dout @ w (padding columns untouched), dw += dout^T @ inp */
