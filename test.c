@@ -19,6 +19,7 @@ void mbt_cuda_emu_tests(void); /* tests/test_cuda_emu.cpp: the CUDA kernels on t
 #include "tests/test_train.c"
 #include "tests/test_reliability.c"
 #include "tests/test_kernels.c"
+#include "tests/test_plot.c"
 
 typedef struct { const char *name; void (*fn)(void); } mbt_suite;
 
@@ -31,6 +32,7 @@ int main(int argc, char **argv) {
         {"reliability", test_reliability},
         {"kernels", test_kernels},
         {"cuda_emu", mbt_cuda_emu_tests},
+        {"plot", test_plot},
     };
     size_t i;
     for (i = 0; i < sizeof suites / sizeof suites[0]; i++) {
