@@ -26,7 +26,7 @@ endif
 all: $(TARGETS)
 
 HEADERS = mambabyte.h
-mambabyte: main.c numerics_report.c bench.c $(HEADERS)
+mambabyte: main.c cli.h plot.c numerics_report.c bench.c $(HEADERS)
 	$(CC) $(STD) $(CFLAGS) $(WARN) $(OMP) main.c -o $@ $(LDLIBS)
 
 build:
@@ -35,12 +35,12 @@ build:
 # The CUDA variant: the .cuh in its own nvcc translation unit, main.c stays C.
 build/mambabyte_cuda.o: mambabyte_cuda.cuh $(HEADERS) | build
 	$(NVCC) -O3 $(CUDA_ARCH) -DMAMBABYTE_CUDA_IMPLEMENTATION -x cu -c mambabyte_cuda.cuh -o $@
-mambabyte_cuda: main.c numerics_report.c bench.c $(HEADERS) build/mambabyte_cuda.o
+mambabyte_cuda: main.c cli.h plot.c numerics_report.c bench.c $(HEADERS) build/mambabyte_cuda.o
 	$(CC) $(STD) $(CFLAGS) $(WARN) $(OMP) -DMB_WITH_CUDA main.c build/mambabyte_cuda.o -o $@ \
 	  -L$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ $(LDLIBS) -Wl,-rpath,$(CUDA_HOME)/lib64
 
 # Tests: the header must compile warning-free as C99 and as C++.
-TEST_SRC = test.c $(HEADERS) $(wildcard tests/*.c tests/*.h)
+TEST_SRC = test.c $(HEADERS) cli.h plot.c numerics_report.c $(wildcard tests/*.c tests/*.h)
 test_mambabyte: $(TEST_SRC) build/test_cuda_emu.o
 	$(CC) $(STD) -O2 -g $(ARCH) $(WARN) $(OMP) test.c build/test_cuda_emu.o -o $@ -lstdc++ $(LDLIBS) -lpthread
 
@@ -62,7 +62,7 @@ SAN     = -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover
           -fno-omit-frame-pointer -g -O1
 SAN_ENV = ASAN_OPTIONS=detect_leaks=1:detect_stack_use_after_return=1:exitcode=86 \
           UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=87
-build/asan/mambabyte: main.c numerics_report.c bench.c $(HEADERS) | build
+build/asan/mambabyte: main.c cli.h plot.c numerics_report.c bench.c $(HEADERS) | build
 	mkdir -p build/asan/build
 	$(CC) $(STD) $(SAN) $(WARN) $(OMP) main.c -o $@ $(LDLIBS)
 build/asan/test_cuda_emu.o: tests/test_cuda_emu.cpp $(HEADERS) $(wildcard mambabyte_cuda.cuh tests/cuda_emu*.h) | build

@@ -15,30 +15,10 @@
    A benchmark, never a test: nothing here fails on a slow machine. */
 
 #include <sys/resource.h>
-#include <time.h>
+
+#include "cli.h"
 
 #define BENCH_STEP_FLOP_PER_TOKEN 6.3e6 /* the figure for one training step of the default model */
-
-static double bench_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int bench_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-static void bench_set_threads(int n) {
-#ifdef _OPENMP
-    omp_set_num_threads(n);
-#else
-    (void)n;
-#endif
-}
 
 static int bench_cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -138,13 +118,13 @@ static double bench_fma_peak(int nthreads, int reps) {
     int r;
     if (reps > 16) reps = 16;
     for (r = 0; r < reps; r++) {
-        double t0 = bench_now(), t;
+        double t0 = mb_clock_seconds(), t;
         float sum = 0.0f;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) reduction(+ : sum)
 #endif
         sum += bench_fma_kernel(iters, 0.9999f, 1e-4f);
-        t = bench_now() - t0;
+        t = mb_clock_seconds() - t0;
         bench_sink = sum;
         v[r] = BENCH_FMA_FLOPS * 16.0 * BENCH_CHAINS * (double)iters * nthreads / t / 1e9;
     }
@@ -212,12 +192,12 @@ static void bench_matmuls(bench_result *res, const mb_config *c, int64_t N, int 
         int r;
         mb__matmul_forward(out, inp, sh->IC, w, N, sh->IC, sh->OC); /* warm */
         for (r = 0; r < reps; r++) {
-            double t0 = bench_now();
+            double t0 = mb_clock_seconds();
             mb__matmul_forward(out, inp, sh->IC, w, N, sh->IC, sh->OC);
-            vf[r] = bench_now() - t0;
-            t0 = bench_now();
+            vf[r] = mb_clock_seconds() - t0;
+            t0 = mb_clock_seconds();
             mb__matmul_backward(dinp, dw, dout, inp, sh->IC, w, N, sh->IC, sh->OC);
-            vb[r] = bench_now() - t0;
+            vb[r] = mb_clock_seconds() - t0;
         }
         res->shape_fwd[s] = bench_median(vf, reps);
         res->shape_bwd[s] = bench_median(vb, reps);
@@ -260,10 +240,8 @@ static int bench_train(bench_result *res, int which, const mb_config *cfg, int B
     mb_train_settings set;
     double vt[32], vf[32], vb[32], vo[32];
     int s;
-    memset(&set, 0, sizeof set);
-    set.batch = B; set.ctx = T; set.steps = 1000; set.warmup = 10; set.grad_accum = 1; set.save_every = 0;
-    set.seed = 1; set.lr = 1e-3; set.weight_decay = 0.1; set.clip = 1.0; set.beta1 = 0.9; set.beta2 = 0.95;
-    set.eps = 1e-8;
+    set = mb_train_settings_default();
+    set.batch = B; set.ctx = T; set.seed = 1;
     if (steps > 32) steps = 32;
     if (mb_model_create(&m, cfg, 1234) != MB_STATUS_OK || mb_trainer_init(&tr, m, &set, data, size, NULL) != MB_STATUS_OK) {
         fprintf(stderr, "bench: %s\n", mb_last_error());
@@ -273,15 +251,15 @@ static int bench_train(bench_result *res, int which, const mb_config *cfg, int B
     for (s = -1; s < steps; s++) {
         mb_step_result r;
         float loss;
-        double t0 = bench_now(), t1, t2, t3;
+        double t0 = mb_clock_seconds(), t1, t2, t3;
         mb_model_zero_grad(m);
-        if (mb_sampler_next(&tr.sampler, tr.inputs, tr.targets, B, T) != MB_STATUS_OK ||
+        if (mb_batcher_next(&tr.batcher, tr.inputs, tr.targets, B, T) != MB_STATUS_OK ||
             mb_model_forward(m, tr.inputs, tr.targets, B, T, &loss) != MB_STATUS_OK) break;
-        t1 = bench_now();
+        t1 = mb_clock_seconds();
         if (mb_model_backward(m) != MB_STATUS_OK) break;
-        t2 = bench_now();
+        t2 = mb_clock_seconds();
         if (mb_trainer_apply(&tr, 1e-3, loss, &r) != MB_STATUS_OK) break;
-        t3 = bench_now();
+        t3 = mb_clock_seconds();
         if (s < 0) continue; /* warm-up: allocates the activations */
         vt[s] = t3 - t0; vf[s] = t1 - t0; vb[s] = t2 - t1; vo[s] = t3 - t2;
     }
@@ -306,14 +284,14 @@ static int bench_train(bench_result *res, int which, const mb_config *cfg, int B
         int Di = c->d_model * c->expand, S = c->d_state, R = c->dt_rank, reps = which == 0 ? 9 : 3, r;
         double sf[16], sb[16];
         for (r = 0; r < reps; r++) {
-            double t0 = bench_now(), t1;
+            double t0 = mb_clock_seconds(), t1;
             mb__scan_forward(a->gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
                              B, T, Di, S, R, m->scan_chunk);
-            t1 = bench_now();
+            t1 = mb_clock_seconds();
             mb__scan_backward(m->d_u, m->d_delta, G->dt_proj_b, G->A_log, m->d_xdbl, G->D, m->d_xz, m->scan_scratch,
                               m->d_gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
                               B, T, Di, S, R, m->scan_chunk);
-            sb[r] = bench_now() - t1;
+            sb[r] = mb_clock_seconds() - t1;
             sf[r] = t1 - t0;
         }
         res->scan_fwd_s[which] = bench_median(sf, reps);
@@ -337,11 +315,11 @@ static double bench_stream(const mb_config *cfg, const uint8_t *text, int64_t n,
         return 0.0;
     }
     for (r = 0; r < reps; r++) {
-        double t0 = bench_now();
+        double t0 = mb_clock_seconds();
         int64_t i;
         float acc = 0.0f;
         for (i = 0; i < n; i++) acc += mb_stream_step(st, text[i])[text[i]];
-        v[r] = (double)n / (bench_now() - t0);
+        v[r] = (double)n / (mb_clock_seconds() - t0);
         bench_sink = acc;
     }
     mb_stream_free(st);
@@ -360,7 +338,7 @@ static double bench_read_bw(int64_t bytes, int reps) {
     for (i = 0; i < n; i++) a[i] = (float)(i & 7);
     for (r = 0; r < reps; r++) {
         const int passes = 50;
-        double t0 = bench_now();
+        double t0 = mb_clock_seconds();
         float acc[128], s = 0.0f;
         int p;
         for (k = 0; k < 128; k++) acc[k] = 0.0f;
@@ -370,7 +348,7 @@ static double bench_read_bw(int64_t bytes, int reps) {
             a[(p * 7919) % n] += 1.0f;                           /* keeps each pass a real read */
         }
         for (k = 0; k < 128; k++) s += acc[k];
-        v[r] = (double)passes * (double)n * sizeof(float) / (bench_now() - t0) / 1e9;
+        v[r] = (double)passes * (double)n * sizeof(float) / (mb_clock_seconds() - t0) / 1e9;
         bench_sink = s;
     }
     free(a);
@@ -378,33 +356,27 @@ static double bench_read_bw(int64_t bytes, int reps) {
 }
 
 /* ------------------------------------------------------------------ CLI */
-static void bench_usage(FILE *f) {
-    fprintf(f, "usage: mambabyte bench [--json FILE] [--quick]\n"
-               "  --json FILE    also write the figures as JSON\n"
-               "  --quick        skip the batch 16 x ctx 1024 step (the slow one)\n"
-               "threads: OMP_NUM_THREADS (streaming always runs on one thread)\n");
-}
+static const char *BENCH_USAGE = "mambabyte bench [--json FILE] [--quick]   (threads: OMP_NUM_THREADS; streaming runs on one)";
 
 static int mb_cli_bench(int argc, char **argv) {
-    const char *json = NULL;
-    int quick = 0, i, threads;
+    flag flags[] = {
+        {"json", F_STR, 0, 0, "also write the figures as JSON", 0, 0, 0},
+        {"quick", F_BOOL, 0, 0, "skip the batch 16 x ctx 1024 step (the slow one)", 0, 0, 0},
+        FLAG_END};
+    const char *json;
+    int quick, threads;
     mb_config cfg = mb_config_default();
     bench_result res;
     char cpu[256];
     uint8_t *text;
     const int64_t text_size = 1 << 22;
     double peak_share_div;
-    for (i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { bench_usage(stdout); return 0; }
-        if (!strcmp(argv[i], "--quick")) { quick = 1; continue; }
-        if (!strcmp(argv[i], "--json") && i + 1 < argc) { json = argv[++i]; continue; }
-        fprintf(stderr, "mambabyte bench: unknown or incomplete flag '%s'\n", argv[i]);
-        bench_usage(stderr);
-        return 2;
-    }
+    if (parse_flags("bench", flags, argc - 1, argv + 1, BENCH_USAGE)) return 2;
+    json = flag_str(flags, "json", NULL);
+    quick = flag_given(flags, "quick");
     memset(&res, 0, sizeof res);
     mb_config_validate(&cfg);
-    threads = res.threads = bench_threads();
+    threads = res.threads = cli_threads();
     bench_cpu_name(cpu, sizeof cpu);
     text = bench_make_text(text_size, 42);
     if (!text) { fprintf(stderr, "mambabyte bench: out of memory\n"); return 1; }
@@ -453,11 +425,11 @@ static int mb_cli_bench(int argc, char **argv) {
     res.rss_mb = bench_peak_rss_mb();
     printf("peak resident memory: %.0f MB (ru_maxrss of the whole run)\n\n", res.rss_mb);
 
-    bench_set_threads(1);
+    cli_set_threads(1);
     res.stream_bps = bench_stream(&cfg, text, 4000, 5);
     res.read_gbs = bench_read_bw(mb_config_num_params(&cfg) * 4, 5);
     res.stream_ceiling = res.read_gbs * 1e9 / ((double)mb_config_num_params(&cfg) * 4.0);
-    bench_set_threads(threads);
+    cli_set_threads(threads);
     {   /* forward FLOPs of one byte: the matrix-vector products */
         double f = 2.0 * ((double)cfg.n_layer * ((double)cfg.d_model * 2 * cfg.d_model * cfg.expand +
                           (double)cfg.d_model * cfg.expand * (cfg.dt_rank + 2 * cfg.d_state) +

@@ -31,7 +31,7 @@
                  mb_model_params/grads (one flat block, checkpoint order)
      streaming   mb_stream_create/step/reset/copy/free: O(1) state per byte
      training    mb_adamw_*, mb_grads_norm, mb_lr_at_step / _at_fraction,
-                 mb_sampler_* (random or sequential windows over mmapped bytes)
+                 mb_batcher_* (random or sequential training windows over mmapped bytes)
      files       mb_checkpoint_save/load (atomic: temp file, fsync, rename)
      eval        mb_eval_text: the WikiText char-accuracy protocol
      CUDA        mb_cuda_* (defined only when mambabyte_cuda.cuh is linked)
@@ -230,15 +230,26 @@ MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *d
 /* Everything a run needs to continue bit-identically.  settings holds the
    run's flags (see mb_train_settings), so a resume can check them. */
 typedef struct {
-    int64_t batch, ctx, steps, warmup, grad_accum, save_every, seed;
-    int32_t schedule;          /* 0 step, 1 time */
+    int64_t batch;             /* sequences per micro-batch */
+    int64_t ctx;               /* bytes per sequence */
+    int64_t steps;             /* optimizer steps of the schedule */
+    int64_t warmup;            /* linear warm-up steps (the time schedule uses warmup/steps of the budget) */
+    int64_t grad_accum;        /* micro-batches averaged per step */
+    int64_t save_every;        /* also save every N steps (0: only at the end) */
+    int64_t seed;              /* model init and batches */
+    int32_t schedule;          /* 0: lr by step; 1: lr by the elapsed fraction of time_budget */
     int32_t sequential;        /* 1: consecutive windows instead of random ones */
-    double lr, weight_decay, clip, beta1, beta2, eps, time_budget;
+    double lr;                 /* peak learning rate */
+    double weight_decay;       /* AdamW decay of >= 2-dim weights except A_log */
+    double clip;               /* global grad-norm clip */
+    double beta1, beta2, eps;  /* AdamW */
+    double time_budget;        /* seconds, 0 none: the whole training time under the time
+                                  schedule; this mb_train_run call's time under the step schedule */
 } mb_train_settings;
 typedef struct {
     int64_t step;              /* optimizer steps completed */
-    uint64_t data_rng;         /* the batch sampler's RNG state */
-    int64_t data_pos;          /* the sequential sampler's position */
+    uint64_t data_rng;         /* the batcher's RNG state */
+    int64_t data_pos;          /* the sequential batcher's position */
     double elapsed_s;          /* training time already spent (time schedule) */
     float *adam_m, *adam_v;    /* num_params each, owned by the caller */
     mb_train_settings settings;
@@ -271,6 +282,44 @@ MBDEF float mb_clip_coef(double norm, double max_norm);
 MBDEF void mb_adamw_update(mb_model *m, float *adam_m, float *adam_v, int64_t t, double lr, double beta1,
                            double beta2, double eps, double weight_decay);
 
+/* Seed 000's recipe, the one place its numbers live: batch 16, ctx 1024,
+   4000 steps, lr 3e-4 (AdamW betas 0.9 / 0.95, eps 1e-8, weight decay 0.1),
+   grad-norm clip 1.0, linear warm-up over 5% of the steps (200), cosine to 0,
+   step schedule, grad_accum 1, seed 1337, random windows, no time budget,
+   saves only at the end. */
+MBDEF mb_train_settings mb_train_settings_default(void);
+
+/* The fields a user sets (settings and model config), for resume
+   reconciliation: bit MB_GIVEN(f) of a mask says the user gave field f. */
+typedef enum {
+    MB_FIELD_BATCH = 0, MB_FIELD_CTX, MB_FIELD_STEPS, MB_FIELD_WARMUP, MB_FIELD_GRAD_ACCUM, MB_FIELD_SEED,
+    MB_FIELD_SCHEDULE, MB_FIELD_SEQUENTIAL, MB_FIELD_LR, MB_FIELD_WEIGHT_DECAY, MB_FIELD_CLIP, MB_FIELD_BETA1,
+    MB_FIELD_BETA2, MB_FIELD_EPS, MB_FIELD_TIME_BUDGET, MB_FIELD_SAVE_EVERY,
+    MB_FIELD_D_MODEL, MB_FIELD_N_LAYER, MB_FIELD_D_STATE, MB_FIELD_D_CONV, MB_FIELD_EXPAND,
+    MB_FIELD_COUNT
+} mb_train_field;
+#define MB_GIVEN(f) (1u << (f))
+/* The flag as a user types it ("--time-budget"); NULL when f is out of range. */
+MBDEF const char *mb_train_field_flag(int f);
+/* Sets field f of s (or, for the model fields, of cfg) to v: integers are
+   truncated, schedule and sequential are 0/1; setting d_model resets
+   dt_rank to 0 (derived).  INVALID_ARGUMENT when f is out of range. */
+MBDEF mb_status mb_train_field_set(mb_train_settings *s, mb_config *cfg, int f, double v);
+/* Resume reconciliation.  On entry *s and *cfg hold what the user asked for
+   (only the fields in `given` count); ck and ck_cfg are the checkpoint's.
+   What defines the trajectory (the model config, batch, ctx, steps,
+   warmup, grad_accum, seed, schedule, sequential, lr, weight_decay, clip,
+   betas, eps, and time_budget under the time schedule) takes the
+   checkpoint's value, and a given value that differs is
+   MB_STATUS_INVALID_ARGUMENT with an error naming the flag.  Stop
+   conditions (save_every, and time_budget under the step schedule) keep
+   the user's value when given, else the checkpoint's. */
+MBDEF mb_status mb_train_settings_resume(mb_train_settings *s, mb_config *cfg, uint32_t given,
+                                         const mb_train_settings *ck, const mb_config *ck_cfg);
+
+/* Monotonic seconds: the one clock of the library, the CLI and the bench. */
+MBDEF double mb_clock_seconds(void);
+
 /* ------------------------------------------------------------------- data */
 typedef struct {
     const uint8_t *data; /* NULL when size is 0 */
@@ -283,16 +332,33 @@ typedef struct {
 MBDEF mb_status mb_map_file(mb_mapped_file *f, const char *path);
 MBDEF void mb_unmap_file(mb_mapped_file *f);
 
-/* Windows of T+1 bytes: inputs are bytes [0,T), targets bytes [1,T+1). */
+/* A training text and its evaluation text, memory-mapped: a WikiText-style
+   folder (wiki.train.raw; wiki.valid.raw unless eval_path is given) or one
+   file, evaluated on eval_path or else on its last 5% (from a character
+   boundary; that tail is then not trained on). */
+typedef struct {
+    mb_mapped_file train_file, eval_file;
+    const uint8_t *train, *eval;   /* eval points into train_file when eval_is_tail */
+    int64_t train_size, eval_size;
+    int eval_is_tail;
+    char train_path[4096], eval_path[4096];
+} mb_dataset;
+MBDEF mb_status mb_dataset_open(mb_dataset *d, const char *path, const char *eval_path);
+MBDEF void mb_dataset_close(mb_dataset *d);
+
+/* The training batcher: draws windows of T+1 bytes for each of B rows
+   (inputs are bytes [0,T), targets bytes [1,T+1)), at random positions or
+   consecutively (passes over the data).  It draws windows, not bytes: the
+   byte sampler for generation is mb_sample_byte. */
 typedef struct {
     const uint8_t *data;
     int64_t size;
     uint64_t rng;   /* random windows: splitmix64 state */
     int64_t pos;    /* sequential windows: next start */
     int sequential;
-} mb_sampler;
-MBDEF void mb_sampler_init(mb_sampler *s, const uint8_t *data, int64_t size, uint64_t seed, int sequential);
-MBDEF mb_status mb_sampler_next(mb_sampler *s, uint8_t *inputs, int32_t *targets, int B, int T);
+} mb_batcher;
+MBDEF void mb_batcher_init(mb_batcher *b, const uint8_t *data, int64_t size, uint64_t seed, int sequential);
+MBDEF mb_status mb_batcher_next(mb_batcher *b, uint8_t *inputs, int32_t *targets, int B, int T);
 
 /* Length (1-4) of the valid UTF-8 character at s[0..n), or 0 if invalid
    (overlong forms, surrogates, > U+10FFFF and truncation are invalid). */
@@ -317,34 +383,108 @@ MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len
 
 /* ---------------------------------------------------------------- trainer */
 /* One optimizer step = grad_accum micro-batches of (batch, ctx), averaged;
-   then the global norm, the non-finite guard, clipping and AdamW. */
-typedef struct {
-    mb_model *model;           /* borrowed */
-    mb_train_state st;         /* step, sampler position, moments, settings */
-    mb_sampler sampler;
-    uint8_t *inputs;
-    int32_t *targets;
-    int64_t inject_nonfinite_step; /* testing hook: poison the gradient at this step (-1: never) */
-} mb_trainer;
+   then the global norm, the non-finite guard, clipping and AdamW.  The step
+   runs on the CPU unless a backend is attached (mb_cuda_trainer_attach);
+   everything else (the batcher, the step count, the schedule, saves) is the
+   same on every backend. */
+typedef struct mb_trainer mb_trainer;
 typedef struct {
     float loss;                /* mean over the micro-batches */
     double grad_norm;          /* before clipping */
     double lr;
     int applied;               /* 0 when the step was skipped as non-finite */
 } mb_step_result;
+/* Where the step runs.  All NULL: the CPU (the model's own buffers). */
+typedef struct {
+    const char *name;                                               /* "cpu", "cuda fp32", "cuda bf16" */
+    void *impl;                                                     /* the backend's state */
+    mb_status (*step)(mb_trainer *t, double lr, mb_step_result *r); /* as mb_trainer_step */
+    mb_status (*sync)(mb_trainer *t);     /* live parameters and moments -> t->model, t->st */
+    void (*release)(mb_trainer *t);       /* called by mb_trainer_free */
+    const char *(*last_error)(void);      /* detail of the backend's last failure */
+} mb_train_backend;
+struct mb_trainer {
+    mb_model *model;           /* borrowed */
+    mb_train_state st;         /* step, batcher position, moments, settings */
+    mb_batcher batcher;
+    uint8_t *inputs;           /* (batch, ctx) of the current micro-batch */
+    int32_t *targets;
+    mb_train_backend backend;
+    int64_t inject_nonfinite_step; /* testing hooks: poison the gradient at this 0-based step, */
+    int64_t inject_nonfinite_from; /* or at every step from this one (-1: never) */
+};
 /* settings must be complete (see mb_train_settings); data is the training
-   text.  When resume is non-NULL its step, sampler state and moments are
+   text.  When resume is non-NULL its step, batcher state and moments are
    taken over (ownership of adam_m/adam_v moves to the trainer). */
 MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_settings *settings, const uint8_t *data,
                                 int64_t size, mb_train_state *resume);
 MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r);
-/* The update half of mb_trainer_step, for callers that feed their own
+/* The update half of the CPU step, for callers that feed their own
    batches: the model's grads hold the sum over grad_accum micro-batches of
    d(mean loss)/d(params) and loss is their mean loss. */
 MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r);
-MBDEF mb_status mb_trainer_save(const mb_trainer *t, const char *path);
+/* 1 when the testing hooks poison the gradient of the coming step. */
+MBDEF int mb_trainer_poisoned(const mb_trainer *t);
+/* Brings a backend's live parameters and moments into t->model and t->st
+   (a no-op on the CPU).  mb_trainer_save and mb_train_run do it for you. */
+MBDEF mb_status mb_trainer_sync(mb_trainer *t);
+MBDEF mb_status mb_trainer_save(mb_trainer *t, const char *path); /* atomic, with the training state */
 MBDEF void mb_trainer_free(mb_trainer *t);
 
+/* ------------------------------------------------------------ train loop */
+/* What the callback sees after every step. */
+typedef struct {
+    int64_t step;              /* optimizer steps done, this one included */
+    int64_t steps;             /* the planned total (settings.steps) */
+    float loss;                /* this step's mean loss */
+    double lr, grad_norm;      /* grad norm before clipping */
+    double tokens_per_s;       /* training tokens per second since mb_train_run began */
+    double elapsed_s;          /* training time, including the time before a resume */
+    double eta_s;              /* seconds left, by the steps or by the time budget, whichever ends first */
+    double progress;           /* 0..1 of the steps, or of the time budget when by_time */
+    int by_time;               /* the time budget, not the step count, ends the run first */
+    int applied;               /* 0: skipped as non-finite (nothing changed but the step count) */
+    int nonfinite_run;         /* consecutive skipped steps, this one included */
+    int saved;                 /* a checkpoint was written after this step (save_every) */
+} mb_train_progress;
+/* Called after every step; return non-zero to stop (the run then saves,
+   as at its end, and reports MB_TRAIN_INTERRUPTED). */
+typedef int (*mb_train_callback)(void *user, const mb_train_progress *p);
+
+typedef struct {
+    const char *out;           /* checkpoint path; NULL: never save */
+    int64_t stop_at;           /* stop after this step, schedule unchanged (0: run to settings.steps) */
+    mb_train_callback callback; /* may be NULL */
+    void *user;
+} mb_train_options;
+
+typedef enum {
+    MB_TRAIN_FINISHED = 0,     /* settings.steps done */
+    MB_TRAIN_TIME_BUDGET,      /* stopped cleanly before the time budget would pass */
+    MB_TRAIN_STOP_AT,          /* paused at stop_at: resume to continue */
+    MB_TRAIN_INTERRUPTED,      /* the callback asked to stop */
+    MB_TRAIN_NON_FINITE,       /* 10 non-finite steps in a row: stopped, nothing saved since the last good checkpoint */
+    MB_TRAIN_FAILED            /* an error: see the returned status and mb_last_error() */
+} mb_train_outcome;
+
+typedef struct {
+    mb_train_outcome outcome;
+    int64_t steps_run;         /* optimizer steps taken by this call */
+    double elapsed_s;          /* training time, including the time before a resume */
+    double tokens_per_s;       /* of this call */
+    float last_loss;           /* of the last applied step (NaN if none) */
+    int saved;                 /* the final checkpoint was written to out */
+} mb_train_report;
+
+/* The whole training loop over t: the lr schedule (by step, or by the
+   elapsed fraction of the time budget), the time budget (stops before the
+   next step could pass it), stop_at, the non-finite guard (a skipped step
+   is reported to the callback; 10 in a row end the run with
+   MB_STATUS_NON_FINITE), atomic saves every settings.save_every steps and
+   at the end.  On return t->model and t->st hold the final state on every
+   backend.  Never prints.  Returns MB_STATUS_OK for the outcomes FINISHED,
+   TIME_BUDGET, STOP_AT and INTERRUPTED.  opt may be NULL (no saves). */
+MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_train_report *rep);
 
 /* ------------------------------------------------------------------- CUDA */
 /* Defined only by mambabyte_cuda.cuh's implementation (link its object).
@@ -354,6 +494,13 @@ MBDEF void mb_trainer_free(mb_trainer *t);
 #define MB_CUDA_API_DECLARED
 int mb_cuda_device_count(void);            /* 0 without a GPU or driver: never fails */
 const char *mb_cuda_last_error(void);      /* "file:line: call: reason" of the last failure */
+/* Moves t's steps onto GPU 0 (precision 0 fp32, 1 bf16 matrix products):
+   the parameters and moments are uploaded and t->backend is set; the
+   loop, batcher, guard and saves stay the library's.  On failure t is
+   unchanged (still the CPU) and mb_cuda_last_error() says why: the CUDA
+   error string (e.g. a driver older than the runtime), no device, or a
+   config the kernels do not support. */
+mb_status mb_cuda_trainer_attach(mb_trainer *t, int precision);
 typedef struct mb_cuda_trainer mb_cuda_trainer;
 /* precision: 0 fp32, 1 bf16 matrix inputs (float32 master weights, moments, scan, CE) */
 mb_status mb_cuda_trainer_create(mb_cuda_trainer **out, const mb_config *cfg, int B, int T, int precision);
@@ -398,6 +545,7 @@ void mb_cuda_stream_free(mb_cuda_stream *s);
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef MB_MALLOC
@@ -2617,7 +2765,42 @@ MBDEF void mb_unmap_file(mb_mapped_file *f) {
     memset(f, 0, sizeof *f);
 }
 
-MBDEF void mb_sampler_init(mb_sampler *s, const uint8_t *data, int64_t size, uint64_t seed, int sequential) {
+MBDEF mb_status mb_dataset_open(mb_dataset *d, const char *path, const char *eval_path) {
+    struct stat st;
+    int folder = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+    mb_status s;
+    memset(d, 0, sizeof *d);
+    snprintf(d->train_path, sizeof d->train_path, folder ? "%s/wiki.train.raw" : "%s", path);
+    if ((s = mb_map_file(&d->train_file, d->train_path)) != MB_STATUS_OK) return s;
+    d->train = d->train_file.data;
+    d->train_size = d->train_file.size;
+    if (!eval_path && !folder) { /* the held-out tail, from a character boundary */
+        d->eval_is_tail = 1;
+        d->eval_size = d->train_size / 20;
+        d->train_size -= d->eval_size;
+        for (d->eval = d->train ? d->train + d->train_size : NULL; d->eval_size > 0 && (*d->eval & 0xC0) == 0x80; d->eval++)
+            d->eval_size--;
+        snprintf(d->eval_path, sizeof d->eval_path, "%s", d->train_path);
+        return MB_STATUS_OK;
+    }
+    snprintf(d->eval_path, sizeof d->eval_path, eval_path ? "%s" : "%s/wiki.valid.raw", eval_path ? eval_path : path);
+    if ((s = mb_map_file(&d->eval_file, d->eval_path)) != MB_STATUS_OK) {
+        mb_dataset_close(d);
+        return mb__fail(s, "evaluation data: %s", mb_last_error());
+    }
+    d->eval = d->eval_file.data;
+    d->eval_size = d->eval_file.size;
+    return MB_STATUS_OK;
+}
+
+MBDEF void mb_dataset_close(mb_dataset *d) {
+    mb_unmap_file(&d->train_file);
+    mb_unmap_file(&d->eval_file);
+    d->train = d->eval = NULL;
+    d->train_size = d->eval_size = 0;
+}
+
+MBDEF void mb_batcher_init(mb_batcher *s, const uint8_t *data, int64_t size, uint64_t seed, int sequential) {
     s->data = data;
     s->size = size;
     s->rng = seed ^ 0xD1B54A32D192ED03ull; /* not the model-init stream */
@@ -2625,7 +2808,7 @@ MBDEF void mb_sampler_init(mb_sampler *s, const uint8_t *data, int64_t size, uin
     s->sequential = sequential;
 }
 
-MBDEF mb_status mb_sampler_next(mb_sampler *s, uint8_t *inputs, int32_t *targets, int B, int T) {
+MBDEF mb_status mb_batcher_next(mb_batcher *s, uint8_t *inputs, int32_t *targets, int B, int T) {
     int b, t;
     if (s->size < (int64_t)T + 1)
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "the data has %lld bytes; a window of ctx+1 = %d is needed",
@@ -2716,7 +2899,8 @@ MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_setti
     const mb_train_settings *s = settings;
     int64_t n = m->num_params, tokens;
     memset(t, 0, sizeof *t);
-    t->inject_nonfinite_step = -1;
+    t->inject_nonfinite_step = t->inject_nonfinite_from = -1;
+    t->backend.name = "cpu";
     if (s->batch < 1 || s->ctx < 1 || s->grad_accum < 1 || s->batch > (1 << 20) || s->ctx > (1 << 24))
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "batch %lld, ctx %lld, grad_accum %lld must be >= 1", (long long)s->batch,
                         (long long)s->ctx, (long long)s->grad_accum);
@@ -2729,15 +2913,15 @@ MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_setti
     t->inputs = (uint8_t *)MB_MALLOC((size_t)tokens);
     t->targets = (int32_t *)MB_MALLOC((size_t)tokens * sizeof(int32_t));
     if (!t->inputs || !t->targets) { mb_trainer_free(t); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "batch buffers"); }
-    mb_sampler_init(&t->sampler, data, size, (uint64_t)s->seed, s->sequential != 0);
+    mb_batcher_init(&t->batcher, data, size, (uint64_t)s->seed, s->sequential != 0);
     if (resume) {
         t->st.step = resume->step;
         t->st.elapsed_s = resume->elapsed_s;
         t->st.adam_m = resume->adam_m;
         t->st.adam_v = resume->adam_v;
         resume->adam_m = resume->adam_v = NULL;
-        t->sampler.rng = resume->data_rng;
-        t->sampler.pos = resume->data_pos;
+        t->batcher.rng = resume->data_rng;
+        t->batcher.pos = resume->data_pos;
     } else {
         t->st.adam_m = (float *)MB_MALLOC((size_t)n * sizeof(float));
         t->st.adam_v = (float *)MB_MALLOC((size_t)n * sizeof(float));
@@ -2748,6 +2932,10 @@ MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_setti
     return MB_STATUS_OK;
 }
 
+MBDEF int mb_trainer_poisoned(const mb_trainer *t) {
+    return t->st.step == t->inject_nonfinite_step || (t->inject_nonfinite_from >= 0 && t->st.step >= t->inject_nonfinite_from);
+}
+
 MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
     const mb_train_settings *s = &t->st.settings;
     mb_model *m = t->model;
@@ -2755,10 +2943,15 @@ MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
     int64_t k;
     double loss_sum = 0.0;
     mb_status st;
+    if (t->backend.step) {
+        st = t->backend.step(t, lr, r);
+        if (st != MB_STATUS_OK && t->backend.last_error) return mb__fail(st, "%s", t->backend.last_error());
+        return st;
+    }
     mb_model_zero_grad(m);
     for (k = 0; k < s->grad_accum; k++) {
         float loss;
-        st = mb_sampler_next(&t->sampler, t->inputs, t->targets, B, T);
+        st = mb_batcher_next(&t->batcher, t->inputs, t->targets, B, T);
         if (st == MB_STATUS_OK) st = mb_model_forward(m, t->inputs, t->targets, B, T, &loss);
         if (st == MB_STATUS_OK) st = mb_model_backward(m);
         if (st != MB_STATUS_OK) return st;
@@ -2777,7 +2970,7 @@ MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_r
         float inv = 1.0f / (float)s->grad_accum;
         for (i = 0; i < n; i++) m->grads[i] *= inv;
     }
-    if (t->st.step == t->inject_nonfinite_step) m->grads[0] = NAN;
+    if (mb_trainer_poisoned(t)) m->grads[0] = NAN;
     r->loss = loss;
     r->grad_norm = mb_grad_norm(m->grads, n);
     r->applied = isfinite(r->loss) && isfinite(r->grad_norm);
@@ -2791,19 +2984,236 @@ MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_r
     return MB_STATUS_OK;
 }
 
-MBDEF mb_status mb_trainer_save(const mb_trainer *t, const char *path) {
-    mb_train_state st = t->st;
-    st.data_rng = t->sampler.rng;
-    st.data_pos = t->sampler.pos;
+MBDEF mb_status mb_trainer_sync(mb_trainer *t) {
+    mb_status s;
+    if (!t->backend.sync) return MB_STATUS_OK;
+    s = t->backend.sync(t);
+    if (s != MB_STATUS_OK && t->backend.last_error) return mb__fail(s, "%s", t->backend.last_error());
+    return s;
+}
+
+MBDEF mb_status mb_trainer_save(mb_trainer *t, const char *path) {
+    mb_train_state st;
+    mb_status s = mb_trainer_sync(t);
+    if (s != MB_STATUS_OK) return s;
+    st = t->st;
+    st.data_rng = t->batcher.rng;
+    st.data_pos = t->batcher.pos;
     return mb_checkpoint_save(path, t->model, &st);
 }
 
 MBDEF void mb_trainer_free(mb_trainer *t) {
+    if (t->backend.release) t->backend.release(t);
+    memset(&t->backend, 0, sizeof t->backend);
     MB_FREE(t->inputs);
     MB_FREE(t->targets);
     mb_train_state_free(&t->st);
     t->inputs = NULL;
     t->targets = NULL;
+}
+
+/* ============================================================ train loop */
+MBDEF mb_train_settings mb_train_settings_default(void) {
+    mb_train_settings s;
+    memset(&s, 0, sizeof s);
+    s.batch = 16; s.ctx = 1024; s.steps = 4000; s.warmup = 200; s.grad_accum = 1; s.seed = 1337;
+    s.lr = 3e-4; s.beta1 = 0.9; s.beta2 = 0.95; s.eps = 1e-8; s.weight_decay = 0.1; s.clip = 1.0;
+    return s;
+}
+
+static const char *const mb__field_flags[MB_FIELD_COUNT] = {
+    "--batch", "--ctx", "--steps", "--warmup", "--grad-accum", "--seed", "--schedule", "--sequential", "--lr",
+    "--weight-decay", "--clip", "--beta1", "--beta2", "--eps", "--time-budget", "--save-every",
+    "--d-model", "--n-layer", "--d-state", "--d-conv", "--expand"};
+
+MBDEF const char *mb_train_field_flag(int f) { return f >= 0 && f < MB_FIELD_COUNT ? mb__field_flags[f] : NULL; }
+
+/* The value of settings field f as a double (exact for every stored integer). */
+static double mb__field_value(const mb_train_settings *s, int f) {
+    switch (f) {
+    case MB_FIELD_BATCH: return (double)s->batch;
+    case MB_FIELD_CTX: return (double)s->ctx;
+    case MB_FIELD_STEPS: return (double)s->steps;
+    case MB_FIELD_WARMUP: return (double)s->warmup;
+    case MB_FIELD_GRAD_ACCUM: return (double)s->grad_accum;
+    case MB_FIELD_SEED: return (double)s->seed;
+    case MB_FIELD_SCHEDULE: return (double)s->schedule;
+    case MB_FIELD_SEQUENTIAL: return (double)s->sequential;
+    case MB_FIELD_LR: return s->lr;
+    case MB_FIELD_WEIGHT_DECAY: return s->weight_decay;
+    case MB_FIELD_CLIP: return s->clip;
+    case MB_FIELD_BETA1: return s->beta1;
+    case MB_FIELD_BETA2: return s->beta2;
+    case MB_FIELD_EPS: return s->eps;
+    case MB_FIELD_TIME_BUDGET: return s->time_budget;
+    default: return (double)s->save_every;
+    }
+}
+
+static void mb__field_set(mb_train_settings *s, int f, double v) {
+    switch (f) {
+    case MB_FIELD_BATCH: s->batch = (int64_t)v; break;
+    case MB_FIELD_CTX: s->ctx = (int64_t)v; break;
+    case MB_FIELD_STEPS: s->steps = (int64_t)v; break;
+    case MB_FIELD_WARMUP: s->warmup = (int64_t)v; break;
+    case MB_FIELD_GRAD_ACCUM: s->grad_accum = (int64_t)v; break;
+    case MB_FIELD_SEED: s->seed = (int64_t)v; break;
+    case MB_FIELD_SCHEDULE: s->schedule = (int32_t)v; break;
+    case MB_FIELD_SEQUENTIAL: s->sequential = (int32_t)v; break;
+    case MB_FIELD_LR: s->lr = v; break;
+    case MB_FIELD_WEIGHT_DECAY: s->weight_decay = v; break;
+    case MB_FIELD_CLIP: s->clip = v; break;
+    case MB_FIELD_BETA1: s->beta1 = v; break;
+    case MB_FIELD_BETA2: s->beta2 = v; break;
+    case MB_FIELD_EPS: s->eps = v; break;
+    case MB_FIELD_TIME_BUDGET: s->time_budget = v; break;
+    default: s->save_every = (int64_t)v; break;
+    }
+}
+
+MBDEF mb_status mb_train_field_set(mb_train_settings *s, mb_config *cfg, int f, double v) {
+    if (f < 0 || f >= MB_FIELD_COUNT) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "no settings field %d", f);
+    switch (f) {
+    case MB_FIELD_D_MODEL: cfg->d_model = (int32_t)v; cfg->dt_rank = 0; break;
+    case MB_FIELD_N_LAYER: cfg->n_layer = (int32_t)v; break;
+    case MB_FIELD_D_STATE: cfg->d_state = (int32_t)v; break;
+    case MB_FIELD_D_CONV: cfg->d_conv = (int32_t)v; break;
+    case MB_FIELD_EXPAND: cfg->expand = (int32_t)v; break;
+    default: mb__field_set(s, f, v); break;
+    }
+    return MB_STATUS_OK;
+}
+
+MBDEF mb_status mb_train_settings_resume(mb_train_settings *s, mb_config *cfg, uint32_t given,
+                                         const mb_train_settings *ck, const mb_config *ck_cfg) {
+    const int32_t want[5] = {cfg->d_model, cfg->n_layer, cfg->d_state, cfg->d_conv, cfg->expand};
+    const int32_t have[5] = {ck_cfg->d_model, ck_cfg->n_layer, ck_cfg->d_state, ck_cfg->d_conv, ck_cfg->expand};
+    mb_train_settings out = *ck;
+    int f;
+    for (f = 0; f < 5; f++)
+        if ((given & MB_GIVEN(MB_FIELD_D_MODEL + f)) && want[f] != have[f])
+            return mb__fail(MB_STATUS_INVALID_ARGUMENT, "%s %d differs from the checkpoint's %d: resume with the checkpoint's config",
+                            mb__field_flags[MB_FIELD_D_MODEL + f], (int)want[f], (int)have[f]);
+    for (f = 0; f < MB_FIELD_D_MODEL; f++) {
+        /* a time budget is a stop condition, except when the lr follows it */
+        int stop_condition = f == MB_FIELD_SAVE_EVERY || (f == MB_FIELD_TIME_BUDGET && ck->schedule == 0);
+        double mine = mb__field_value(s, f), theirs = mb__field_value(ck, f);
+        if (!(given & MB_GIVEN(f))) continue;
+        if (stop_condition) mb__field_set(&out, f, mine);
+        else if (mine != theirs)
+            return mb__fail(MB_STATUS_INVALID_ARGUMENT,
+                            "%s is %.17g in the checkpoint but %.17g here: a resumed run keeps what defines its trajectory",
+                            mb__field_flags[f], theirs, mine);
+    }
+    *s = out;
+    *cfg = *ck_cfg;
+    return MB_STATUS_OK;
+}
+
+MBDEF double mb_clock_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Seconds counted against the time budget: under the time schedule the
+   whole training time (the lr follows its fraction), under the step
+   schedule this call's time (a stop condition: "another 5 minutes"). */
+static double mb__budget_used(const mb_train_settings *s, double elapsed, double this_run) {
+    return s->schedule ? elapsed : this_run;
+}
+
+/* The lr of the coming step: by step, or by the elapsed fraction of the budget. */
+static double mb__scheduled_lr(const mb_trainer *t, double elapsed) {
+    const mb_train_settings *s = &t->st.settings;
+    if (s->schedule) {
+        double warmup_frac = s->steps > 0 ? (double)s->warmup / (double)s->steps : 0.05;
+        return mb_lr_at_fraction(s->lr, elapsed / s->time_budget, warmup_frac);
+    }
+    return mb_lr_at_step(s->lr, t->st.step, s->warmup, s->steps);
+}
+
+MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_train_report *rep) {
+    static const mb_train_options none = {NULL, 0, NULL, NULL};
+    const mb_train_settings *s = &t->st.settings;
+    const int64_t start = t->st.step, tokens_per_step = s->batch * s->ctx * s->grad_accum;
+    const double t0 = mb_clock_seconds(), before = t->st.elapsed_s, budget = s->time_budget;
+    double step_est = 0.0;
+    int64_t stop_at, last_saved = -1;
+    int nonfinite_run = 0;
+    mb_status st = MB_STATUS_OK;
+    mb_train_report r;
+    if (!opt) opt = &none;
+    stop_at = opt->stop_at > 0 && opt->stop_at < s->steps ? opt->stop_at : s->steps;
+    memset(&r, 0, sizeof r);
+    r.outcome = t->st.step >= s->steps ? MB_TRAIN_FINISHED : MB_TRAIN_STOP_AT;
+    r.last_loss = NAN;
+    if (s->schedule && !(budget > 0))
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "the time schedule needs a time budget (settings.time_budget > 0)");
+    while (t->st.step < stop_at) {
+        mb_train_progress p;
+        mb_step_result sr;
+        double ts = mb_clock_seconds(), now, run_s, eta_steps, used;
+        double elapsed = before + (ts - t0);
+        if (budget > 0 && mb__budget_used(s, elapsed, ts - t0) + 1.5 * step_est + 0.5 > budget) {
+            r.outcome = MB_TRAIN_TIME_BUDGET;
+            break;
+        }
+        st = mb_trainer_step(t, mb__scheduled_lr(t, elapsed), &sr);
+        if (st != MB_STATUS_OK) { r.outcome = MB_TRAIN_FAILED; break; }
+        now = mb_clock_seconds();
+        step_est = now - ts;
+        run_s = now - t0;
+        memset(&p, 0, sizeof p);
+        p.step = t->st.step;
+        p.steps = s->steps;
+        p.loss = sr.loss;
+        p.lr = sr.lr;
+        p.grad_norm = sr.grad_norm;
+        p.applied = sr.applied;
+        p.elapsed_s = before + run_s;
+        p.tokens_per_s = run_s > 0 ? (double)((t->st.step - start) * tokens_per_step) / run_s : 0.0;
+        eta_steps = (double)(s->steps - t->st.step) * run_s / (double)(t->st.step - start);
+        used = mb__budget_used(s, p.elapsed_s, run_s);
+        p.by_time = budget > 0 && budget - used < eta_steps;
+        p.eta_s = p.by_time ? budget - used : eta_steps;
+        p.progress = p.by_time ? used / budget : (double)t->st.step / (double)s->steps;
+        nonfinite_run = sr.applied ? 0 : nonfinite_run + 1;
+        p.nonfinite_run = nonfinite_run;
+        if (sr.applied) {
+            r.last_loss = sr.loss;
+            if (opt->out && s->save_every > 0 && t->st.step % s->save_every == 0 && t->st.step < s->steps) {
+                t->st.elapsed_s = before + (mb_clock_seconds() - t0);
+                st = mb_trainer_save(t, opt->out);
+                if (st != MB_STATUS_OK) { r.outcome = MB_TRAIN_FAILED; break; }
+                p.saved = 1;
+                last_saved = t->st.step;
+            }
+        }
+        if (opt->callback && opt->callback(opt->user, &p)) {
+            r.outcome = MB_TRAIN_INTERRUPTED;
+            if (nonfinite_run < 10) break;
+        }
+        if (nonfinite_run >= 10) {
+            r.outcome = MB_TRAIN_NON_FINITE;
+            st = mb__fail(MB_STATUS_NON_FINITE, "10 non-finite steps in a row (the last at step %lld): stopped; the last good "
+                          "checkpoint is kept", (long long)t->st.step);
+            break;
+        }
+        r.outcome = t->st.step >= s->steps ? MB_TRAIN_FINISHED : MB_TRAIN_STOP_AT;
+    }
+    t->st.elapsed_s = before + (mb_clock_seconds() - t0);
+    r.steps_run = t->st.step - start;
+    r.elapsed_s = t->st.elapsed_s;
+    r.tokens_per_s = (double)(r.steps_run * tokens_per_step) / (mb_clock_seconds() - t0 > 0 ? mb_clock_seconds() - t0 : 1.0);
+    if (r.outcome != MB_TRAIN_FAILED) { /* the host holds the final state; a run that ends well is saved */
+        int save = opt->out && r.outcome != MB_TRAIN_NON_FINITE;
+        mb_status fin = save && last_saved != t->st.step ? mb_trainer_save(t, opt->out) : mb_trainer_sync(t);
+        if (fin != MB_STATUS_OK) { st = fin; r.outcome = MB_TRAIN_FAILED; }
+        else r.saved = save;
+    }
+    if (rep) *rep = r;
+    return st;
 }
 
 #ifdef __cplusplus

@@ -783,6 +783,7 @@ static inline mb_status fail(mb_status s, const char *fmt, ...) {
 typedef void *blas_t;
 #define MBC_CUDA(call) (void)0
 static inline int device_count() { return 1; }
+static inline mb_status device_check() { return MB_STATUS_OK; }
 static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
     *p = malloc(bytes ? bytes : 1);
     if (!*p) return fail(MB_STATUS_OUT_OF_MEMORY, "emulated device: %s (%zu bytes)", what, bytes);
@@ -840,6 +841,18 @@ static inline int device_count() {
         return 0;
     }
     return n;
+}
+/* Why no GPU can be used, in CUDA's words (e.g. "CUDA driver version is
+   insufficient for CUDA runtime version"), rather than a bare "no GPU". */
+static inline mb_status device_check() {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return fail(MB_STATUS_UNSUPPORTED, "CUDA: %s (cudaGetDeviceCount: %s)", cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    if (n < 1) return fail(MB_STATUS_UNSUPPORTED, "CUDA: no CUDA device found");
+    return MB_STATUS_OK;
 }
 static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
     *p = nullptr;
@@ -1541,6 +1554,71 @@ mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr
     MBC_TRY(mbc::tr_refresh_bf16(t));
     if (applied_out) *applied_out = 1;
     return mbc::sync();
+}
+
+/* ---- the trainer backend: mb_trainer_step / mb_trainer_sync on the GPU.
+   The host trainer keeps the batcher, the step count and the testing
+   hooks, so the loop (mb_train_run) is the same on both backends; the GPU
+   holds the live parameters, gradients and moments. */
+static mb_status mbc_backend_step(mb_trainer *tr, double lr, mb_step_result *r) {
+    mb_cuda_trainer *g = (mb_cuda_trainer *)tr->backend.impl;
+    const mb_train_settings *s = &tr->st.settings;
+    double loss_sum = 0.0, norm = 0.0;
+    int applied = 0;
+    memset(r, 0, sizeof *r);
+    r->lr = lr;
+    for (int64_t k = 0; k < s->grad_accum; k++) {
+        float loss = NAN;
+        mb_status st = mb_batcher_next(&tr->batcher, tr->inputs, tr->targets, (int)s->batch, (int)s->ctx);
+        if (st != MB_STATUS_OK) return mbc::fail(st, "%s", mb_last_error());
+        MBC_TRY(mb_cuda_trainer_forward_backward(g, tr->inputs, tr->targets, &loss));
+        loss_sum += loss;
+    }
+    r->loss = (float)(loss_sum / (double)s->grad_accum);
+    if (mb_trainer_poisoned(tr)) { /* the testing hook, as on the CPU: one NaN gradient */
+        const float nan = NAN;
+        MBC_TRY(mbc::h2d(g->grads, &nan, sizeof nan));
+    }
+    if (!isfinite(r->loss)) { /* the guard: skip the update, drop the gradients */
+        MBC_TRY(mb_cuda_trainer_zero_grad(g));
+        r->grad_norm = NAN;
+    } else {
+        MBC_TRY(mb_cuda_trainer_update(g, 1.0f / (float)s->grad_accum, lr, s->beta1, s->beta2, s->eps, s->weight_decay,
+                                       s->clip, tr->st.step + 1, &norm, &applied));
+        r->grad_norm = norm;
+        r->applied = applied;
+    }
+    tr->st.step++;
+    return MB_STATUS_OK;
+}
+
+static mb_status mbc_backend_sync(mb_trainer *tr) {
+    return mb_cuda_trainer_download((mb_cuda_trainer *)tr->backend.impl, mb_model_params(tr->model), tr->st.adam_m,
+                                    tr->st.adam_v);
+}
+
+static void mbc_backend_release(mb_trainer *tr) { mb_cuda_trainer_free((mb_cuda_trainer *)tr->backend.impl); }
+
+mb_status mb_cuda_trainer_attach(mb_trainer *tr, int precision) {
+    const mb_train_settings *s = &tr->st.settings;
+    mb_cuda_trainer *g = nullptr;
+    if (tr->backend.step) return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: the trainer already has a %s backend", tr->backend.name);
+    MBC_TRY(mbc::device_check());
+    if (s->batch * s->ctx > 2147483647 / 2)
+        return mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA: batch %lld x ctx %lld is too large", (long long)s->batch, (long long)s->ctx);
+    MBC_TRY(mb_cuda_trainer_create(&g, mb_model_config(tr->model), (int)s->batch, (int)s->ctx, precision));
+    mb_status st = mb_cuda_trainer_upload(g, mb_model_params(tr->model), tr->st.adam_m, tr->st.adam_v);
+    if (st != MB_STATUS_OK) {
+        mb_cuda_trainer_free(g);
+        return st;
+    }
+    tr->backend.name = precision ? "cuda bf16" : "cuda fp32";
+    tr->backend.impl = g;
+    tr->backend.step = mbc_backend_step;
+    tr->backend.sync = mbc_backend_sync;
+    tr->backend.release = mbc_backend_release;
+    tr->backend.last_error = mb_cuda_last_error;
+    return MB_STATUS_OK;
 }
 
 mb_status mb_cuda_stream_create(mb_cuda_stream **out, const mb_config *cfg, const float *params) {

@@ -26,6 +26,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli.h"
+
 int mb_cli_numerics(int argc, char **argv);
 
 #define MBNR_MAX_V 600
@@ -524,30 +526,19 @@ static int mbnr_write_file(const char *path, void (*emit)(FILE *, const mbnr_cas
     return 1;
 }
 
-static void mbnr_usage(FILE *f) { fprintf(f, "usage: mambabyte numerics [--json FILE] [--svg FILE]\n"); }
+static const char *MBNR_USAGE = "mambabyte numerics [--json FILE] [--svg FILE]";
 
 int mb_cli_numerics(int argc, char **argv) {
     static mbnr_case cases[12];
-    const char *json_path = NULL, *svg_path = NULL;
+    flag flags[] = {
+        {"json", F_STR, 0, 0, "also write the rows as JSON", 0, 0, 0},
+        {"svg", F_STR, 0, 0, "also draw both outputs as SVG", 0, 0, 0},
+        FLAG_END};
+    const char *json_path, *svg_path;
     int i, n, rc = 0;
-    for (i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            mbnr_usage(stdout);
-            return 0;
-        } else if (!strcmp(argv[i], "--json") || !strcmp(argv[i], "--svg")) {
-            if (i + 1 >= argc || argv[i + 1][0] == '\0') {
-                fprintf(stderr, "mambabyte numerics: %s needs a FILE argument\n", argv[i]);
-                mbnr_usage(stderr);
-                return 2;
-            }
-            if (argv[i][2] == 'j') json_path = argv[++i];
-            else svg_path = argv[++i];
-        } else {
-            fprintf(stderr, "mambabyte numerics: unknown argument '%s'\n", argv[i]);
-            mbnr_usage(stderr);
-            return 2;
-        }
-    }
+    if (parse_flags("numerics", flags, argc - 1, argv + 1, MBNR_USAGE)) return 2;
+    json_path = flag_str(flags, "json", NULL);
+    svg_path = flag_str(flags, "svg", NULL);
     n = mbnr_make_cases(cases);
     for (i = 0; i < n; i++) mbnr_run_case(&cases[i]);
     mbnr_print_table(stdout, cases, n);

@@ -4,7 +4,9 @@
    suite is one translation unit with one implementation of the header. */
 #define MAMBABYTE_IMPLEMENTATION
 #include "mambabyte.h"
+#include <ctype.h>
 #include <signal.h>
+#include <time.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include "tests/mbtest.h"
@@ -17,6 +19,7 @@ void mbt_cuda_emu_tests(void); /* tests/test_cuda_emu.cpp: the CUDA kernels on t
 #include "tests/test_model.c"
 #include "tests/test_numerics_report.c"
 #include "tests/test_train.c"
+#include "tests/test_loop.c"
 #include "tests/test_reliability.c"
 #include "tests/test_kernels.c"
 #include "tests/test_plot.c"
@@ -29,6 +32,7 @@ int main(int argc, char **argv) {
         {"model", test_model},
         {"numerics_report", test_numerics_report},
         {"train", test_train},
+        {"loop", test_loop},
         {"reliability", test_reliability},
         {"kernels", test_kernels},
         {"cuda_emu", mbt_cuda_emu_tests},

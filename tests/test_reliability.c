@@ -752,7 +752,7 @@ static void test_large_file(void) {
     if (mb_map_file(&f, path) != MB_STATUS_OK) {
         MBT_CHECK(0, "mb_map_file on a 4.5 GiB file: %s", mb_last_error());
     } else {
-        mb_sampler s;
+        mb_batcher s;
         uint8_t in[64];
         int32_t tg[64];
         int T = (int)(sizeof end_text - 2), t, good = 1;
@@ -762,13 +762,13 @@ static void test_large_file(void) {
         MBT_CHECK(f.size == REL_SPARSE_SIZE, "mapped size %lld", (long long)f.size);
         MBT_CHECK(!memcmp(f.data + end_at, end_text, sizeof end_text - 1) && !memcmp(f.data + tail_at, tail_text, sizeof tail_text - 1),
                   "the mapping must show the text written beyond 2^32");
-        mb_sampler_init(&s, f.data, f.size, 1, 1);
+        mb_batcher_init(&s, f.data, f.size, 1, 1);
         s.pos = end_at; /* the last window of the file */
-        MBT_CHECK(mb_sampler_next(&s, in, tg, 1, T) == MB_STATUS_OK, "sampler near the end: %s", mb_last_error());
+        MBT_CHECK(mb_batcher_next(&s, in, tg, 1, T) == MB_STATUS_OK, "sampler near the end: %s", mb_last_error());
         for (t = 0; t < T; t++) good &= in[t] == (uint8_t)end_text[t] && tg[t] == (uint8_t)end_text[t + 1];
         MBT_CHECK(good && s.pos == end_at + T, "a sequential window at offset %lld must return the bytes written there", (long long)end_at);
-        mb_sampler_init(&s, f.data, f.size, 99, 0);
-        for (t = 0, good = 1; t < 200; t++) good &= mb_sampler_next(&s, in, tg, 1, 32) == MB_STATUS_OK;
+        mb_batcher_init(&s, f.data, f.size, 99, 0);
+        for (t = 0, good = 1; t < 200; t++) good &= mb_batcher_next(&s, in, tg, 1, 32) == MB_STATUS_OK;
         MBT_CHECK(good, "random windows over 4.5 GiB");
         mb_model_create(&m, &c, 2);
         MBT_CHECK(mb_eval_text(m, f.data + tail_at, f.size - tail_at, (int64_t)sizeof tail_text - 1, &ev, NULL, NULL) == MB_STATUS_OK &&
@@ -846,7 +846,7 @@ static void test_nan_guard_library(void) {
               ra.grad_norm);
     MBT_CHECK(!memcmp(mb_model_params(a), p0, 4 * (size_t)n) && !memcmp(ta.st.adam_m, m0, 4 * (size_t)n) &&
               !memcmp(ta.st.adam_v, v0, 4 * (size_t)n), "a skipped step must leave parameters and moments bit-identical");
-    MBT_CHECK(ta.st.step == 4 && ta.sampler.rng == tb.sampler.rng && rb.applied == 1 &&
+    MBT_CHECK(ta.st.step == 4 && ta.batcher.rng == tb.batcher.rng && rb.applied == 1 &&
               memcmp(mb_model_params(b), p0, 4 * (size_t)n) != 0,
               "a skipped step still advances the step count and the data (step %lld)", (long long)ta.st.step);
 

@@ -3,10 +3,8 @@
    resume and the CLI's error paths.  Included by test.c. */
 
 static mb_train_settings small_settings(void) {
-    mb_train_settings s;
-    memset(&s, 0, sizeof s);
-    s.batch = 4; s.ctx = 64; s.steps = 300; s.warmup = 15; s.grad_accum = 1; s.seed = 3;
-    s.lr = 1e-2; s.weight_decay = 0.1; s.clip = 1.0; s.beta1 = 0.9; s.beta2 = 0.95; s.eps = 1e-8;
+    mb_train_settings s = mb_train_settings_default();
+    s.batch = 4; s.ctx = 64; s.steps = 300; s.warmup = 15; s.seed = 3; s.lr = 1e-2;
     return s;
 }
 
@@ -250,19 +248,30 @@ static void test_cli_train(void) {
         mb_model_free(ma);
         mb_model_free(mb);
     }
-    MBT_CHECK(files_equal("build/t_full.csv", "build/t_half.csv") || 0 == run_cmd("cut -d, -f1-4 build/t_full.csv > build/t_a.csv && "
-              "cut -d, -f1-4 build/t_half.csv > build/t_b.csv && cmp -s build/t_a.csv build/t_b.csv"),
-              "the resumed run's losses must equal the single run's");
+    /* the step rows (not the evaluation row, whose loss field is empty) */
+    MBT_CHECK(0 == run_cmd("awk -F, '$2 != \"\"' build/t_full.csv | cut -d, -f1-4 > build/t_a.csv && "
+                           "awk -F, '$2 != \"\"' build/t_half.csv | cut -d, -f1-4 > build/t_b.csv && cmp -s build/t_a.csv build/t_b.csv && "
+                           "test $(wc -l < build/t_a.csv) -eq 13"),
+              "the resumed run's losses must equal the single run's (13 lines: header and 12 steps)");
+    MBT_CHECK(file_contains("build/t_full.csv", "step,loss,lr,grad_norm,seconds,val_char_accuracy\n") &&
+              0 == run_cmd("tail -n 1 build/t_full.csv | grep -Eq '^12,,,,[0-9.]+,0\\.[0-9]{6}$'"),
+              "the CSV ends with the held-out char accuracy of the finished run");
     /* resume with a different config or setting is refused */
     rc = run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --d-model 32 --out build/t_x.bin > build/t_err.out 2>&1");
     MBT_CHECK(rc == 2 && file_contains("build/t_err.out", "--d-model 32 differs"), "resume with another --d-model: rc %d", rc);
     rc = run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --lr 0.5 --out build/t_x.bin > build/t_err.out 2>&1");
-    MBT_CHECK(rc == 2 && file_contains("build/t_err.out", "--lr is"), "resume with another --lr: rc %d", rc);
+    MBT_CHECK(rc == 2 && file_contains("build/t_err.out", "--lr is 0.01 in the checkpoint but 0.5 here"), "resume with another --lr: rc %d", rc);
+    /* stop conditions may change: "another 5 minutes" on a run trained without a budget */
+    rc = run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --time-budget 5 --steps 12 --save-every 4 "
+                 "--eval-chars 0 --out build/t_x.bin > build/t_err.out 2>&1");
+    MBT_CHECK(rc == 0 && file_contains("build/t_err.out", "resumed from"), "resume with a new --time-budget under the step schedule: rc %d", rc);
     /* a time budget stops cleanly and saves; the time schedule needs one */
     rc = run_cmd("./mambabyte train --data build/t_text.txt --d-model 16 --n-layer 1 --batch 2 --ctx 32 --steps 1000000 "
                  "--time-budget 1.5 --schedule time --sequential --eval-chars 50 --out build/t_budget.bin > build/t_budget.out 2>&1");
     MBT_CHECK(rc == 0 && file_contains("build/t_budget.out", "time budget: stopping") && file_contains("build/t_budget.out", "sequential"),
               "--time-budget should stop cleanly: rc %d", rc);
+    MBT_CHECK(file_contains("build/t_budget.out", "% of the time budget)") && !file_contains("build/t_budget.out", "/1000000 |"),
+              "a run the budget ends shows its progress against the budget, not against the million steps");
     MBT_CHECK(file_contains("build/t_budget.out", "char accuracy"),
               "a run ended by its time budget is finished, so it is evaluated (--eval-chars)");
     {

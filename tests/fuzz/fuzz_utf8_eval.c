@@ -90,14 +90,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* 3. the sampler over the same bytes: random windows, or sequential ones
           from a start anywhere in [0, 2*len] (a resume on a shorter file) */
     {
-        mb_sampler sp;
+        mb_batcher sp;
         uint8_t *in = (uint8_t *)malloc((size_t)2 * (size_t)ctx);
         int32_t *tg = (int32_t *)malloc(sizeof(int32_t) * 2 * (size_t)ctx);
         int rep;
-        mb_sampler_init(&sp, len ? text : NULL, len, seed, sequential);
+        mb_batcher_init(&sp, len ? text : NULL, len, seed, sequential);
         if (sequential) sp.pos = (int64_t)(seed % (uint64_t)(2 * len + 1));
         for (rep = 0; rep < 3; rep++) {
-            mb_status s = mb_sampler_next(&sp, in, tg, 2, ctx);
+            mb_status s = mb_batcher_next(&sp, in, tg, 2, ctx);
             if ((s == MB_STATUS_OK) != (len >= ctx + 1)) __builtin_trap();
             if (s != MB_STATUS_OK) break;
             for (i = 0; i < 2 * (int64_t)ctx; i++)

@@ -1,0 +1,179 @@
+/* cli.h - what the mambabyte commands share: one flag parser (a table per
+   command; values parsed and range checked here, so every command rejects
+   bad input the same way, exit 2), threads, file tests, a JSON writer, the
+   NVML energy reader and a duration formatter.  The clock is
+   the library's mb_clock_seconds.  Included by main.c, bench.c and
+   numerics_report.c (static functions, one copy per program). */
+#ifndef MB_CLI_H
+#define MB_CLI_H
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+typedef enum { F_INT, F_NUM, F_STR, F_BOOL } flag_kind;
+typedef struct {
+    const char *name;   /* without the leading "--" */
+    flag_kind kind;
+    double lo, hi;      /* range for F_INT / F_NUM */
+    const char *help;
+    int given;
+    double num;
+    const char *str;
+} flag;
+#define FLAG_END {0, F_INT, 0, 0, 0, 0, 0, 0}
+
+static flag *find_flag(flag *f, const char *name) {
+    for (; f->name; f++)
+        if (!strcmp(f->name, name)) return f;
+    return NULL;
+}
+
+static void print_flags(FILE *out, const flag *f) {
+    for (; f->name; f++) fprintf(out, "  --%-14s %s\n", f->name, f->help);
+}
+
+/* Returns 0 on success, 2 on a bad flag (after printing why and the usage).
+   --help / -h print the usage and the flags and exit 0.  argv holds only the
+   flags (no command name). */
+static int parse_flags(const char *cmd, flag *flags, int argc, char **argv, const char *usage_line) {
+    int i;
+    for (i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        flag *f;
+        char *end;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            printf("usage: %s\n", usage_line);
+            print_flags(stdout, flags);
+            exit(0);
+        }
+        if (strncmp(a, "--", 2) != 0 || !(f = find_flag(flags, a + 2))) {
+            fprintf(stderr, "mambabyte %s: unknown flag '%s'\nusage: %s\n", cmd, a, usage_line);
+            print_flags(stderr, flags);
+            return 2;
+        }
+        f->given = 1;
+        if (f->kind == F_BOOL) { f->num = 1; continue; }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "mambabyte %s: flag '%s' needs a value\nusage: %s\n", cmd, a, usage_line);
+            return 2;
+        }
+        a = argv[++i];
+        if (f->kind == F_STR) { f->str = a; continue; }
+        errno = 0;
+        f->num = strtod(a, &end);
+        if (errno || end == a || *end || !isfinite(f->num) || f->num < f->lo || f->num > f->hi ||
+            (f->kind == F_INT && f->num != floor(f->num))) {
+            fprintf(stderr, "mambabyte %s: bad value '%s' for --%s (%s in [%g, %g])\nusage: %s\n", cmd, a, f->name,
+                    f->kind == F_INT ? "an integer" : "a number", f->lo, f->hi, usage_line);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+static double flag_num(flag *flags, const char *name, double dflt) {
+    flag *f = find_flag(flags, name);
+    return f && f->given ? f->num : dflt;
+}
+static const char *flag_str(flag *flags, const char *name, const char *dflt) {
+    flag *f = find_flag(flags, name);
+    return f && f->given ? f->str : dflt;
+}
+static int flag_given(flag *flags, const char *name) {
+    flag *f = find_flag(flags, name);
+    return f && f->given;
+}
+/* 1 when the flag was given and its value is one of the NULL-terminated
+   choices or it was not given; otherwise prints why and returns 0. */
+static int flag_choice(const char *cmd, flag *flags, const char *name, const char *const *choices, const char *usage_line) {
+    const char *v = flag_str(flags, name, NULL);
+    int i;
+    if (!v) return 1;
+    for (i = 0; choices[i]; i++)
+        if (!strcmp(v, choices[i])) return 1;
+    fprintf(stderr, "mambabyte %s: --%s must be one of:", cmd, name);
+    for (i = 0; choices[i]; i++) fprintf(stderr, " %s", choices[i]);
+    fprintf(stderr, " (not '%s')\nusage: %s\n", v, usage_line);
+    return 0;
+}
+
+/* OpenMP threads (1 without OpenMP), and --threads N. */
+static int cli_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+static void cli_set_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+static int cli_is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+static int cli_is_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* A flat JSON object of numbers, written to path: a non-finite value is
+   null.  Integers print without a fraction.  Returns 0, or 1 after saying
+   why on stderr. */
+typedef struct { const char *key; double value; int decimals; } json_field;
+static int cli_write_json(const char *cmd, const char *path, const json_field *f, int n) {
+    FILE *out = fopen(path, "w");
+    int i;
+    if (!out) { fprintf(stderr, "mambabyte %s: cannot write %s: %s\n", cmd, path, strerror(errno)); return 1; }
+    fprintf(out, "{\n");
+    for (i = 0; i < n; i++) {
+        fprintf(out, "  \"%s\": ", f[i].key);
+        if (isfinite(f[i].value)) fprintf(out, "%.*f", f[i].decimals, f[i].value);
+        else fprintf(out, "null");
+        fprintf(out, "%s\n", i + 1 < n ? "," : "");
+    }
+    fprintf(out, "}\n");
+    if (fclose(out) != 0) { fprintf(stderr, "mambabyte %s: cannot write %s\n", cmd, path); return 1; }
+    return 0;
+}
+
+/* GPU energy from NVML, loaded at run time so no build depends on it. */
+typedef struct {
+    void *lib, *dev;
+    int (*energy)(void *dev, unsigned long long *mj);
+} nvml_energy;
+static int nvml_open(nvml_energy *e) {
+    int (*init)(void), (*handle)(unsigned int, void **);
+    memset(e, 0, sizeof *e);
+    if (!(e->lib = dlopen("libnvidia-ml.so.1", RTLD_NOW))) return 0;
+    *(void **)&init = dlsym(e->lib, "nvmlInit_v2");
+    *(void **)&handle = dlsym(e->lib, "nvmlDeviceGetHandleByIndex_v2");
+    *(void **)&e->energy = dlsym(e->lib, "nvmlDeviceGetTotalEnergyConsumption");
+    if (!init || !handle || !e->energy || init() != 0 || handle(0, &e->dev) != 0) {
+        dlclose(e->lib);
+        memset(e, 0, sizeof *e);
+        return 0;
+    }
+    return 1;
+}
+/* Millijoules since the driver loaded; 0 when not available. */
+static int nvml_read_mj(nvml_energy *e, unsigned long long *mj) { return e->lib && e->energy(e->dev, mj) == 0; }
+
+/* "mm:ss", or "h:mm:ss" from an hour on. */
+static void fmt_hms(char *buf, size_t n, double s) {
+    long t = s < 0 || !isfinite(s) ? 0 : (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(buf, n, "%02ld:%02ld", t / 60, t % 60);
+}
+
+#endif /* MB_CLI_H */

@@ -1,0 +1,381 @@
+/* test_loop.c - the library's training loop (mb_train_run) and what moved
+   into it from the CLI: seed 000's settings, resume reconciliation, the
+   callback and its stop, the non-finite guard, the time budget, saves; the
+   library equals `./mambabyte train` bit for bit; Ctrl-C / SIGTERM save a
+   checkpoint that resumes bit-identically.  Included by test.c (after
+   test_train.c, whose run_cmd / file_contains / write_train_text it uses). */
+
+static void test_settings_default(void) {
+    mb_train_settings s = mb_train_settings_default();
+    MBT_CHECK(s.batch == 16 && s.ctx == 1024 && s.steps == 4000 && s.lr == 3e-4 && s.beta1 == 0.9 && s.beta2 == 0.95 &&
+              s.eps == 1e-8 && s.weight_decay == 0.1 && s.clip == 1.0 && s.warmup == 200 && s.schedule == 0 &&
+              s.grad_accum == 1 && s.time_budget == 0 && s.save_every == 0,
+              "mb_train_settings_default must be seed 000's recipe");
+    MBT_CHECK(!strcmp(mb_train_field_flag(MB_FIELD_TIME_BUDGET), "--time-budget") &&
+              !strcmp(mb_train_field_flag(MB_FIELD_WEIGHT_DECAY), "--weight-decay") &&
+              !strcmp(mb_train_field_flag(MB_FIELD_D_MODEL), "--d-model") && mb_train_field_flag(MB_FIELD_COUNT) == NULL &&
+              mb_train_field_flag(-1) == NULL, "field flags are spelled as the user types them");
+}
+
+static void test_resume_rules(void) {
+    mb_train_settings ck = mb_train_settings_default(), s;
+    mb_config cc = mb_config_default(), c;
+    mb_status st;
+    mb_config_validate(&cc);
+    ck.save_every = 100;
+    /* nothing given: everything is the checkpoint's */
+    s = mb_train_settings_default();
+    s.lr = 1.0; s.batch = 3; s.time_budget = 77;
+    c = cc;
+    c.d_model = 8;
+    st = mb_train_settings_resume(&s, &c, 0, &ck, &cc);
+    MBT_CHECK(st == MB_STATUS_OK && s.lr == ck.lr && s.batch == ck.batch && s.time_budget == 0 && s.save_every == 100 &&
+              c.d_model == cc.d_model, "flags not given take the checkpoint's values");
+    /* the same value given is fine; a different one names the flag */
+    s = ck;
+    c = cc;
+    MBT_CHECK(mb_train_settings_resume(&s, &c, MB_GIVEN(MB_FIELD_LR) | MB_GIVEN(MB_FIELD_D_MODEL), &ck, &cc) == MB_STATUS_OK,
+              "giving the checkpoint's own values is not an error");
+    s.lr = 0.5;
+    st = mb_train_settings_resume(&s, &c, MB_GIVEN(MB_FIELD_LR), &ck, &cc);
+    MBT_CHECK(st == MB_STATUS_INVALID_ARGUMENT && strstr(mb_last_error(), "--lr is 0.00029999999999999997 in the checkpoint but 0.5 here"),
+              "another lr: '%s'", mb_last_error());
+    {   /* every trajectory field is checked, by its flag */
+        static const int traj[] = {MB_FIELD_BATCH, MB_FIELD_CTX, MB_FIELD_STEPS, MB_FIELD_WARMUP, MB_FIELD_GRAD_ACCUM, MB_FIELD_SEED,
+                                   MB_FIELD_SCHEDULE, MB_FIELD_SEQUENTIAL, MB_FIELD_WEIGHT_DECAY, MB_FIELD_CLIP, MB_FIELD_BETA1,
+                                   MB_FIELD_BETA2, MB_FIELD_EPS};
+        size_t k;
+        int refused = 0;
+        for (k = 0; k < sizeof traj / sizeof traj[0]; k++) {
+            char want[64];
+            s = ck;
+            c = cc;
+            mb_train_field_set(&s, &c, traj[k], traj[k] == MB_FIELD_SCHEDULE || traj[k] == MB_FIELD_SEQUENTIAL ? 1 : 0.5);
+            snprintf(want, sizeof want, "%s is ", mb_train_field_flag(traj[k]));
+            refused += mb_train_settings_resume(&s, &c, MB_GIVEN(traj[k]), &ck, &cc) == MB_STATUS_INVALID_ARGUMENT &&
+                       strstr(mb_last_error(), want) != NULL;
+        }
+        MBT_CHECK(refused == (int)(sizeof traj / sizeof traj[0]), "%d of %d trajectory fields refused with their flag", refused,
+                  (int)(sizeof traj / sizeof traj[0]));
+    }
+    s = ck;
+    c = cc;
+    c.d_model = 32;
+    st = mb_train_settings_resume(&s, &c, MB_GIVEN(MB_FIELD_D_MODEL), &ck, &cc);
+    MBT_CHECK(st == MB_STATUS_INVALID_ARGUMENT && strstr(mb_last_error(), "--d-model 32 differs from the checkpoint's 192"),
+              "another model width: '%s'", mb_last_error());
+    /* stop conditions may change: a budget and a save cadence under the step schedule */
+    s = ck;
+    c = cc;
+    s.time_budget = 5;
+    s.save_every = 7;
+    st = mb_train_settings_resume(&s, &c, MB_GIVEN(MB_FIELD_TIME_BUDGET) | MB_GIVEN(MB_FIELD_SAVE_EVERY), &ck, &cc);
+    MBT_CHECK(st == MB_STATUS_OK && s.time_budget == 5 && s.save_every == 7, "--time-budget / --save-every may change on resume");
+    /* ...but under the time schedule the budget shapes the lr: refused */
+    ck.schedule = 1;
+    ck.time_budget = 300;
+    s = ck;
+    c = cc;
+    s.time_budget = 5;
+    st = mb_train_settings_resume(&s, &c, MB_GIVEN(MB_FIELD_TIME_BUDGET), &ck, &cc);
+    MBT_CHECK(st == MB_STATUS_INVALID_ARGUMENT && strstr(mb_last_error(), "--time-budget is 300 in the checkpoint but 5 here"),
+              "the time schedule's budget is part of the trajectory: '%s'", mb_last_error());
+}
+
+/* A small run: the CLI flags and the library settings below describe the same one. */
+#define LOOP_CLI "./mambabyte train --data build/t_text.txt --d-model 16 --n-layer 2 --d-state 4 --batch 2 --ctx 32 --lr 1e-2 --threads 2"
+static mb_config loop_config(void) {
+    mb_config c = mb_config_default();
+    c.d_model = 16; c.n_layer = 2; c.d_state = 4; c.dt_rank = 0;
+    return c;
+}
+static mb_train_settings loop_settings(int64_t steps) {
+    mb_train_settings s = mb_train_settings_default();
+    s.batch = 2; s.ctx = 32; s.lr = 1e-2; s.steps = steps;
+    s.warmup = (int64_t)floor(0.05 * (double)steps + 0.5); /* the CLI's default: 5% of the steps */
+    return s;
+}
+
+typedef struct {
+    float loss[64];
+    int n, stop_after, saved, skipped, by_time;
+    double last_elapsed;
+} loop_log;
+static int loop_record(void *user, const mb_train_progress *p) {
+    loop_log *l = (loop_log *)user;
+    if (p->applied && l->n < 64) l->loss[l->n++] = p->loss;
+    l->skipped += !p->applied;
+    l->saved += p->saved;
+    l->by_time |= p->by_time;
+    l->last_elapsed = p->elapsed_s;
+    return l->stop_after > 0 && p->step >= l->stop_after;
+}
+
+/* Trains from scratch on build/t_text.txt's first 95% through the library. */
+static mb_status loop_train(mb_model **m, mb_trainer *tr, const mb_train_settings *s, const mb_train_options *opt,
+                            mb_train_report *rep, mb_dataset *d) {
+    mb_config c = loop_config();
+    mb_status st = mb_dataset_open(d, "build/t_text.txt", NULL);
+    if (st == MB_STATUS_OK) st = mb_model_create(m, &c, (uint64_t)s->seed);
+    if (st == MB_STATUS_OK) st = mb_trainer_init(tr, *m, s, d->train, d->train_size, NULL);
+    if (st == MB_STATUS_OK) st = mb_train_run(tr, opt, rep);
+    return st;
+}
+
+/* Two checkpoints hold the same parameters, moments, step and batcher. */
+static int loop_same_checkpoints(const char *a, const char *b) {
+    mb_model *ma = NULL, *mb = NULL;
+    mb_train_state sa, sb;
+    int ha = 0, hb = 0, same = 0;
+    if (mb_checkpoint_load(a, &ma, &sa, &ha) == MB_STATUS_OK && mb_checkpoint_load(b, &mb, &sb, &hb) == MB_STATUS_OK && ha && hb) {
+        size_t n = (size_t)mb_model_num_params(ma);
+        same = mb_model_num_params(ma) == mb_model_num_params(mb) && !memcmp(mb_model_params(ma), mb_model_params(mb), 4 * n) &&
+               !memcmp(sa.adam_m, sb.adam_m, 4 * n) && !memcmp(sa.adam_v, sb.adam_v, 4 * n) && sa.step == sb.step &&
+               sa.data_rng == sb.data_rng && sa.data_pos == sb.data_pos;
+    }
+    if (ha) mb_train_state_free(&sa);
+    if (hb) mb_train_state_free(&sb);
+    mb_model_free(ma);
+    mb_model_free(mb);
+    return same;
+}
+
+static void test_library_equals_cli(void) {
+    mb_model *m = NULL;
+    mb_trainer tr;
+    mb_train_report rep;
+    mb_dataset d;
+    loop_log log;
+    mb_train_settings s = loop_settings(10);
+    mb_train_options opt = {"build/t_loop_lib.bin", 0, loop_record, NULL};
+    mb_status st;
+    int rc, k, same_losses = 1;
+    FILE *f;
+    char line[256];
+    memset(&log, 0, sizeof log);
+    opt.user = &log;
+    rc = run_cmd(LOOP_CLI " --steps 10 --eval-chars 0 --log build/t_loop_cli.csv --out build/t_loop_cli.bin > build/t_loop_cli.out 2>&1");
+    MBT_CHECK(rc == 0, "the CLI run failed (%d): see build/t_loop_cli.out", rc);
+    st = loop_train(&m, &tr, &s, &opt, &rep, &d);
+    MBT_CHECK(st == MB_STATUS_OK && rep.outcome == MB_TRAIN_FINISHED && rep.steps_run == 10 && rep.saved && log.n == 10,
+              "library run: status %d (%s), outcome %d, %lld steps, %d callbacks", (int)st, mb_last_error(), (int)rep.outcome,
+              (long long)rep.steps_run, log.n);
+    MBT_CHECK(loop_same_checkpoints("build/t_loop_lib.bin", "build/t_loop_cli.bin"),
+              "the library and ./mambabyte train must end with bit-identical parameters, moments and batcher");
+    f = fopen("build/t_loop_cli.csv", "r");
+    for (k = 0; f && fgets(line, sizeof line, f);) {
+        char want[64];
+        const char *comma = strchr(line, ',');
+        if (!comma || !isdigit((unsigned char)line[0])) continue;
+        snprintf(want, sizeof want, ",%.6f,", k < log.n ? log.loss[k] : NAN);
+        same_losses &= strncmp(comma, want, strlen(want)) == 0;
+        k++;
+    }
+    if (f) fclose(f);
+    MBT_CHECK(k == 10 && same_losses, "the CLI's logged losses must be the library's (%d rows)", k);
+    MBT_CHECK(mb_model_params(m) == mb_model_params(tr.model), "the trainer trains the caller's model");
+    mb_trainer_free(&tr);
+    mb_model_free(m);
+    mb_dataset_close(&d);
+}
+
+/* The callback stops the run; it saves, and a resume continues bit-identically. */
+static void test_callback_stop_and_resume(void) {
+    mb_model *m = NULL, *m2 = NULL;
+    mb_trainer tr, tr2;
+    mb_train_report rep;
+    mb_dataset d;
+    mb_train_state ts;
+    loop_log log;
+    mb_train_settings s = loop_settings(10);
+    mb_train_options opt = {"build/t_loop_stop.bin", 0, loop_record, NULL};
+    int has = 0;
+    mb_status st;
+    memset(&log, 0, sizeof log);
+    log.stop_after = 4;
+    opt.user = &log;
+    st = loop_train(&m, &tr, &s, &opt, &rep, &d);
+    MBT_CHECK(st == MB_STATUS_OK && rep.outcome == MB_TRAIN_INTERRUPTED && tr.st.step == 4 && rep.saved,
+              "a callback that asks to stop ends the run at once and saves: outcome %d at step %lld", (int)rep.outcome,
+              (long long)tr.st.step);
+    mb_trainer_free(&tr);
+    mb_model_free(m);
+    st = mb_checkpoint_load("build/t_loop_stop.bin", &m2, &ts, &has);
+    MBT_CHECK(st == MB_STATUS_OK && has && ts.step == 4, "the stop's checkpoint resumes from step 4");
+    if (st == MB_STATUS_OK && has) {
+        mb_train_options o2 = {"build/t_loop_stop.bin", 0, NULL, NULL};
+        st = mb_trainer_init(&tr2, m2, &ts.settings, d.train, d.train_size, &ts);
+        if (st == MB_STATUS_OK) st = mb_train_run(&tr2, &o2, &rep);
+        MBT_CHECK(st == MB_STATUS_OK && rep.outcome == MB_TRAIN_FINISHED && rep.steps_run == 6, "the resumed run finishes");
+        MBT_CHECK(loop_same_checkpoints("build/t_loop_stop.bin", "build/t_loop_lib.bin"),
+                  "4 steps, a stop, and a resume must equal 10 steps bit for bit");
+        mb_trainer_free(&tr2);
+        mb_train_state_free(&ts);
+    }
+    mb_model_free(m2);
+    mb_dataset_close(&d);
+}
+
+static void test_loop_guard_budget_saves(void) {
+    mb_model *m = NULL;
+    mb_trainer tr;
+    mb_train_report rep;
+    mb_dataset d;
+    loop_log log;
+    mb_train_settings s = loop_settings(40);
+    mb_train_options opt = {"build/t_loop_nan.bin", 0, loop_record, NULL};
+    mb_status st;
+    mb_model *back = NULL;
+    mb_train_state ts;
+    int has = 0;
+    /* every step non-finite from step 6: saves at 2, 4, 6; 10 skipped, then stop */
+    memset(&log, 0, sizeof log);
+    opt.user = &log;
+    s.save_every = 2;
+    remove("build/t_loop_nan.bin");
+    {
+        mb_config c = loop_config();
+        st = mb_dataset_open(&d, "build/t_text.txt", NULL);
+        if (st == MB_STATUS_OK) st = mb_model_create(&m, &c, (uint64_t)s.seed);
+        if (st == MB_STATUS_OK) st = mb_trainer_init(&tr, m, &s, d.train, d.train_size, NULL);
+        tr.inject_nonfinite_from = 6;
+        if (st == MB_STATUS_OK) st = mb_train_run(&tr, &opt, &rep);
+    }
+    MBT_CHECK(st == MB_STATUS_NON_FINITE && rep.outcome == MB_TRAIN_NON_FINITE && log.skipped == 10 && log.saved == 3 &&
+              tr.st.step == 16 && !rep.saved && strstr(mb_last_error(), "10 non-finite steps in a row"),
+              "10 non-finite steps stop the run: status %d outcome %d, %d skipped, %d saves, step %lld: %s", (int)st,
+              (int)rep.outcome, log.skipped, log.saved, (long long)tr.st.step, mb_last_error());
+    MBT_CHECK(mb_checkpoint_load("build/t_loop_nan.bin", &back, &ts, &has) == MB_STATUS_OK && has && ts.step == 6,
+              "the last good checkpoint (step 6) is kept");
+    if (has) mb_train_state_free(&ts);
+    mb_model_free(back);
+    mb_trainer_free(&tr);
+    mb_model_free(m);
+    mb_dataset_close(&d);
+
+    /* a time budget under the step schedule: stops before it, progress by time */
+    memset(&log, 0, sizeof log);
+    s = loop_settings(1000000);
+    s.time_budget = 1.0;
+    opt.out = NULL;
+    st = loop_train(&m, &tr, &s, &opt, &rep, &d);
+    MBT_CHECK(st == MB_STATUS_OK && rep.outcome == MB_TRAIN_TIME_BUDGET && rep.elapsed_s < 1.0 && rep.steps_run > 0 && log.by_time &&
+              !rep.saved, "the budget ends the run cleanly before 1 s: outcome %d after %.3f s, by_time %d", (int)rep.outcome,
+              rep.elapsed_s, log.by_time);
+    mb_trainer_free(&tr);
+    mb_model_free(m);
+    mb_dataset_close(&d);
+
+    /* the time schedule without a budget is refused before any step */
+    s = loop_settings(10);
+    s.schedule = 1;
+    memset(&log, 0, sizeof log);
+    st = loop_train(&m, &tr, &s, &opt, &rep, &d);
+    MBT_CHECK(st == MB_STATUS_INVALID_ARGUMENT && log.n == 0 && tr.st.step == 0, "the time schedule needs a budget");
+    mb_trainer_free(&tr);
+    mb_model_free(m);
+    mb_dataset_close(&d);
+}
+
+static void loop_nap(long ms) {
+    struct timespec ts;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
+}
+
+/* Starts ./mambabyte train in the background (output to out_path); returns its pid. */
+static pid_t loop_spawn(const char *args, const char *out_path) {
+    char cmd[4200];
+    pid_t pid;
+    snprintf(cmd, sizeof cmd, "exec %s > %s 2>&1", args, out_path);
+    pid = fork();
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Lines of a file (0 if it does not exist). */
+static int loop_lines(const char *path) {
+    FILE *f = fopen(path, "r");
+    int n = 0, ch;
+    if (!f) return 0;
+    while ((ch = fgetc(f)) != EOF) n += ch == '\n';
+    fclose(f);
+    return n;
+}
+
+static int loop_wait(pid_t pid, double timeout_s) {
+    double t0 = mb_clock_seconds();
+    int status;
+    while (mb_clock_seconds() - t0 < timeout_s) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        loop_nap(20);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return -1;
+}
+
+static void test_interrupt_saves(void) {
+    const char *common = LOOP_CLI " --steps 300 --eval-chars 0 --log-every 1";
+    char cmd[2048];
+    double t0;
+    pid_t pid;
+    int rc;
+    /* the reference: 300 uninterrupted steps */
+    snprintf(cmd, sizeof cmd, "%s --out build/t_sig_ref.bin > build/t_sig_ref.out 2>&1", common);
+    rc = run_cmd(cmd);
+    MBT_CHECK(rc == 0, "reference run: exit %d", rc);
+    /* SIGTERM once the run is under way: it saves, says how to resume, exits 130 */
+    remove("build/t_sig.bin");
+    remove("build/t_sig.csv");
+    snprintf(cmd, sizeof cmd, "%s --out build/t_sig.bin --log build/t_sig.csv", common);
+    pid = loop_spawn(cmd, "build/t_sig.out");
+    for (t0 = mb_clock_seconds(); loop_lines("build/t_sig.csv") < 4 && mb_clock_seconds() - t0 < 60;) loop_nap(5);
+    kill(pid, SIGTERM);
+    rc = loop_wait(pid, 60);
+    MBT_CHECK(rc == 130 && file_contains("build/t_sig.out", "interrupted: step") &&
+              file_contains("build/t_sig.out", "to continue: ./mambabyte train --resume build/t_sig.bin"),
+              "SIGTERM: exit %d (want 130), see build/t_sig.out", rc);
+    {
+        mb_model *m = NULL;
+        mb_train_state ts;
+        int has = 0;
+        MBT_CHECK(mb_checkpoint_load("build/t_sig.bin", &m, &ts, &has) == MB_STATUS_OK && has && ts.step >= 3 && ts.step < 300,
+                  "the interrupted run's checkpoint holds its state mid-run (step %lld)", has ? (long long)ts.step : -1LL);
+        if (has) mb_train_state_free(&ts);
+        mb_model_free(m);
+    }
+    rc = run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_sig.bin --out build/t_sig.bin --eval-chars 0 "
+                 "--threads 2 > build/t_sig2.out 2>&1");
+    MBT_CHECK(rc == 0 && loop_same_checkpoints("build/t_sig.bin", "build/t_sig_ref.bin"),
+              "interrupted + resumed must equal the uninterrupted run bit for bit (exit %d)", rc);
+    /* two SIGINTs: the second ends the process at once; what is on disk still loads */
+    remove("build/t_sig.bin");
+    remove("build/t_sig.csv");
+    pid = loop_spawn(cmd, "build/t_sig.out");
+    for (t0 = mb_clock_seconds(); loop_lines("build/t_sig.csv") < 4 && mb_clock_seconds() - t0 < 60;) loop_nap(5);
+    kill(pid, SIGINT);
+    kill(pid, SIGINT);
+    rc = loop_wait(pid, 60);
+    {
+        mb_model *m = NULL;
+        MBT_CHECK(rc == 130 && (run_cmd("test -e build/t_sig.bin") != 0 || mb_model_load(&m, "build/t_sig.bin") == MB_STATUS_OK),
+                  "two SIGINTs: exit %d (want 130), and no broken checkpoint", rc);
+        mb_model_free(m);
+    }
+}
+
+static void test_loop(void) {
+    write_train_text("build/t_text.txt");
+    test_settings_default();
+    test_resume_rules();
+    test_library_equals_cli();
+    test_callback_stop_and_resume();
+    test_loop_guard_budget_saves();
+    test_interrupt_saves();
+}
