@@ -29,6 +29,7 @@
                  mb_cross_entropy_forward / _backward   (PyTorch semantics)
      model       mb_model_create/load/save/free, mb_model_forward/backward,
                  mb_model_params/grads (one flat block, checkpoint order)
+                 layout: MB_LAYER_TENSORS, mb_config_tensors, mb_tensor_index
      streaming   mb_stream_create/step/reset/copy/free: O(1) state per byte
      training    mb_adamw_*, mb_grads_norm, mb_lr_at_step / _at_fraction,
                  mb_batcher_* (random or sequential training windows over mmapped bytes)
@@ -161,8 +162,46 @@ typedef struct {
     int64_t shape[3];
     int weight_decay;   /* 1 for tensors with >= 2 dims except A_log */
 } mb_tensor_info;
+/* The parameter layout, written once: every tensor as
+   ENTRY(ID, field, name, ndim, d0, d1, d2, weight_decay), in checkpoint order.
+   The file (and the flat block) holds the tensors before the layers, then
+   n_layer times the per-layer list (named "layers.<l>.<name>"), then the
+   tensors after the layers.  Shapes are in C = d_model, Di = d_model*expand,
+   S = d_state, K = d_conv, R = dt_rank, X = R + 2S, V = vocab_size; `field`
+   is the pointer's name in the implementation's weight structs. */
+#define MB_TENSORS_BEFORE_LAYERS(ENTRY) \
+    ENTRY(EMBEDDING, wte,       "embedding.weight",      2, V,  C,  1, 1)
+#define MB_LAYER_TENSORS(ENTRY) \
+    ENTRY(NORM_W,    norm_w,    "norm.weight",           1, C,  1,  1, 0) \
+    ENTRY(NORM_B,    norm_b,    "norm.bias",             1, C,  1,  1, 0) \
+    ENTRY(IN_PROJ,   in_proj,   "mixer.in_proj.weight",  2, 2 * Di, C, 1, 1) \
+    ENTRY(CONV_W,    conv_w,    "mixer.conv1d.weight",   3, Di, 1,  K, 1) \
+    ENTRY(CONV_B,    conv_b,    "mixer.conv1d.bias",     1, Di, 1,  1, 0) \
+    ENTRY(X_PROJ,    x_proj,    "mixer.x_proj.weight",   2, X,  Di, 1, 1) \
+    ENTRY(DT_W,      dt_proj_w, "mixer.dt_proj.weight",  2, Di, R,  1, 1) \
+    ENTRY(DT_B,      dt_proj_b, "mixer.dt_proj.bias",    1, Di, 1,  1, 0) \
+    ENTRY(A_LOG,     A_log,     "mixer.A_log",           2, Di, S,  1, 0) \
+    ENTRY(D,         D,         "mixer.D",               1, Di, 1,  1, 0) \
+    ENTRY(OUT_PROJ,  out_proj,  "mixer.out_proj.weight", 2, C,  Di, 1, 1)
+#define MB_TENSORS_AFTER_LAYERS(ENTRY) \
+    ENTRY(NORM_F_W,  norm_f_w,  "norm_f.weight",         1, C,  1,  1, 0) \
+    ENTRY(NORM_F_B,  norm_f_b,  "norm_f.bias",           1, C,  1,  1, 0)
+#define MB__TENSOR_ID(ID, field, name, ndim, d0, d1, d2, decay) MB_TENSOR_##ID,
+#define MB__TENSOR_ONE(ID, field, name, ndim, d0, d1, d2, decay) +1
+/* Per-layer tensors (MB_TENSOR_NORM_W ... MB_TENSOR_OUT_PROJ) and the
+   globals (MB_TENSOR_EMBEDDING, MB_TENSOR_NORM_F_W, MB_TENSOR_NORM_F_B). */
+typedef enum { MB_LAYER_TENSORS(MB__TENSOR_ID) MB_NUM_LAYER_TENSORS } mb_layer_tensor;
+typedef enum {
+    MB_TENSORS_BEFORE_LAYERS(MB__TENSOR_ID) MB_TENSORS_AFTER_LAYERS(MB__TENSOR_ID) MB_NUM_GLOBAL_TENSORS
+} mb_global_tensor;
+enum { MB__NUM_TENSORS_BEFORE_LAYERS = 0 MB_TENSORS_BEFORE_LAYERS(MB__TENSOR_ONE) };
+
 /* Fills out[0..n) (out may be NULL) and returns n, the number of tensors. */
 MBDEF int mb_config_tensors(const mb_config *cfg, mb_tensor_info *out);
+/* Index into mb_config_tensors' table of layer `layer`'s tensor `field` (an
+   mb_layer_tensor), or with layer -1 of the global tensor `field` (an
+   mb_global_tensor); -1 when out of range.  cfg is a validated config. */
+MBDEF int mb_tensor_index(const mb_config *cfg, int layer, int field);
 MBDEF int64_t mb_config_num_params(const mb_config *cfg);
 
 typedef struct mb_model mb_model;
@@ -889,31 +928,36 @@ static void mb__tensor(mb_tensor_info *out, int *n, int64_t *offset, const char 
     (*n)++;
 }
 
-/* The sizes table, in checkpoint order: the one place the layout lives. */
+/* The sizes table, in checkpoint order, expanded from MB_TENSORS_BEFORE_LAYERS,
+   MB_LAYER_TENSORS and MB_TENSORS_AFTER_LAYERS: the one place the layout lives. */
 MBDEF int mb_config_tensors(const mb_config *c, mb_tensor_info *out) {
     int n = 0, l;
-    int64_t off = 0, C = c->d_model, Di = (int64_t)c->d_model * c->expand, S = c->d_state;
+    int64_t off = 0;
+    const int64_t C = c->d_model, Di = (int64_t)c->d_model * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
+    const int64_t X = R + 2 * S, V = c->vocab_size;
     char name[64];
-    mb__tensor(out, &n, &off, "embedding.weight", 2, c->vocab_size, C, 1, 1);
+#define MB__T(ID, field, suffix, ndim, d0, d1, d2, decay) mb__tensor(out, &n, &off, suffix, ndim, d0, d1, d2, decay);
+#define MB__LT(ID, field, suffix, ndim, d0, d1, d2, decay) \
+    snprintf(name, sizeof name, "layers.%d.%s", l, suffix); \
+    mb__tensor(out, &n, &off, name, ndim, d0, d1, d2, decay);
+    MB_TENSORS_BEFORE_LAYERS(MB__T)
     for (l = 0; l < c->n_layer; l++) {
-#define MB__T(suffix, ndim, d0, d1, d2, decay) \
-    (snprintf(name, sizeof name, "layers.%d.%s", l, suffix), mb__tensor(out, &n, &off, name, ndim, d0, d1, d2, decay))
-        MB__T("norm.weight", 1, C, 1, 1, 0);
-        MB__T("norm.bias", 1, C, 1, 1, 0);
-        MB__T("mixer.in_proj.weight", 2, 2 * Di, C, 1, 1);
-        MB__T("mixer.conv1d.weight", 3, Di, 1, c->d_conv, 1);
-        MB__T("mixer.conv1d.bias", 1, Di, 1, 1, 0);
-        MB__T("mixer.x_proj.weight", 2, c->dt_rank + 2 * S, Di, 1, 1);
-        MB__T("mixer.dt_proj.weight", 2, Di, c->dt_rank, 1, 1);
-        MB__T("mixer.dt_proj.bias", 1, Di, 1, 1, 0);
-        MB__T("mixer.A_log", 2, Di, S, 1, 0);
-        MB__T("mixer.D", 1, Di, 1, 1, 0);
-        MB__T("mixer.out_proj.weight", 2, C, Di, 1, 1);
-#undef MB__T
+        MB_LAYER_TENSORS(MB__LT)
     }
-    mb__tensor(out, &n, &off, "norm_f.weight", 1, C, 1, 1, 0);
-    mb__tensor(out, &n, &off, "norm_f.bias", 1, C, 1, 1, 0);
+    MB_TENSORS_AFTER_LAYERS(MB__T)
+#undef MB__T
+#undef MB__LT
     return n;
+}
+
+MBDEF int mb_tensor_index(const mb_config *c, int layer, int field) {
+    if (layer >= 0) {
+        if (layer >= c->n_layer || field < 0 || field >= (int)MB_NUM_LAYER_TENSORS) return -1;
+        return (int)MB__NUM_TENSORS_BEFORE_LAYERS + layer * (int)MB_NUM_LAYER_TENSORS + field;
+    }
+    if (layer != -1 || field < 0 || field >= (int)MB_NUM_GLOBAL_TENSORS) return -1;
+    if (field < (int)MB__NUM_TENSORS_BEFORE_LAYERS) return field;
+    return field + c->n_layer * (int)MB_NUM_LAYER_TENSORS;
 }
 
 MBDEF int64_t mb_config_num_params(const mb_config *c) {
@@ -1925,6 +1969,7 @@ struct mb_model {
     /* activations and backward scratch, sized for act_tokens tokens */
     int B, T;
     int64_t act_tokens, act_floats; /* capacity of inputs/targets and of act_block */
+    int64_t act_used;               /* floats the current (B,T) carved from act_block */
     float *act_block;
     mb__layer_acts *acts;
     float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *mix_out;
@@ -1934,25 +1979,19 @@ struct mb_model {
     int have_targets;
 };
 
+/* The weight pointers, one per entry of the layout lists. */
 static void mb__point_weights(mb__weights *w, float *base, const mb_config *c, const mb_tensor_info *t) {
-    int l, i = 0;
-    w->wte = base + t[i++].offset;
+    int l;
+#define MB__PG(ID, field, name, ndim, d0, d1, d2, decay) w->field = base + t[mb_tensor_index(c, -1, MB_TENSOR_##ID)].offset;
+#define MB__PL(ID, field, name, ndim, d0, d1, d2, decay) L->field = base + t[mb_tensor_index(c, l, MB_TENSOR_##ID)].offset;
+    MB_TENSORS_BEFORE_LAYERS(MB__PG)
+    MB_TENSORS_AFTER_LAYERS(MB__PG)
     for (l = 0; l < c->n_layer; l++) {
         mb__layer_weights *L = &w->layer[l];
-        L->norm_w = base + t[i++].offset;
-        L->norm_b = base + t[i++].offset;
-        L->in_proj = base + t[i++].offset;
-        L->conv_w = base + t[i++].offset;
-        L->conv_b = base + t[i++].offset;
-        L->x_proj = base + t[i++].offset;
-        L->dt_proj_w = base + t[i++].offset;
-        L->dt_proj_b = base + t[i++].offset;
-        L->A_log = base + t[i++].offset;
-        L->D = base + t[i++].offset;
-        L->out_proj = base + t[i++].offset;
+        MB_LAYER_TENSORS(MB__PL)
     }
-    w->norm_f_w = base + t[i++].offset;
-    w->norm_f_b = base + t[i++].offset;
+#undef MB__PG
+#undef MB__PL
 }
 
 static int mb__default_chunk(const mb_config *c) {
@@ -2070,16 +2109,42 @@ MBDEF mb_status mb_model_set_scan_chunk(mb_model *m, int chunk) {
 }
 
 /* One allocation for every activation of a (B,T) batch, split by a sizes
-   list (llm.c's pattern).  Reallocated only when the batch grows. */
-static mb_status mb__ensure_acts(mb_model *m, int B, int T) {
+   list (llm.c's pattern): ENTRY(pointer, floats) in block order, n_layer
+   times the per-layer list, then the model's buffers.  The same expansion
+   measures the block and carves it, so the two cannot disagree. */
+#define MB__LAYER_ACTS(ENTRY) \
+    ENTRY(resid, N * C) ENTRY(ln, N * C) ENTRY(ln_mean, N) ENTRY(ln_rstd, N) ENTRY(xz, N * 2 * Di) \
+    ENTRY(u, N * Di) ENTRY(xdbl, N * X) ENTRY(delta, N * Di) ENTRY(gated, N * Di) \
+    ENTRY(states, (int64_t)B * nchunks * Di * S)
+#define MB__MODEL_ACTS(ENTRY) \
+    ENTRY(resid_out, N * C) ENTRY(lnf, N * C) ENTRY(lnf_mean, N) ENTRY(lnf_rstd, N) ENTRY(logits, N * V) \
+    ENTRY(mix_out, N * C) ENTRY(d_resid, N * C) ENTRY(d_ln, N * C) ENTRY(d_xz, N * 2 * Di) ENTRY(d_u, N * Di) \
+    ENTRY(d_xdbl, N * X) ENTRY(d_delta, N * Di) ENTRY(d_gated, N * Di) ENTRY(d_logits, N * V) \
+    ENTRY(scan_scratch, (int64_t)B * (Di * S + 2 * Di))
+
+/* Lays the activation lists out from base and returns the floats they take;
+   with base NULL it only measures (m->acts is not touched). */
+static int64_t mb__layout_acts(mb_model *m, float *base, int B, int T) {
     const mb_config *c = &m->cfg;
     int64_t N = (int64_t)B * T, C = c->d_model, Di = (int64_t)C * c->expand, S = c->d_state;
     int64_t X = c->dt_rank + 2 * S, nchunks = (T + m->scan_chunk - 1) / m->scan_chunk, V = c->vocab_size;
-    int64_t per_layer = N * (2 * C + 2 + 2 * Di + Di + X + Di + Di) + (int64_t)B * nchunks * Di * S;
-    int64_t total = per_layer * c->n_layer + N * (C + C + 2 + V + C) /* resid_out lnf mean rstd logits mix_out */
-                  + N * (C + C + 2 * Di + Di + X + Di + Di + V) + (int64_t)B * (Di * S + 2 * Di);
-    float *p;
+    int64_t off = 0;
     int l;
+#define MB__TAKE_L(ptr, n) { if (base) m->acts[l].ptr = base + off; off += (n); }
+#define MB__TAKE_M(ptr, n) { if (base) m->ptr = base + off; off += (n); }
+    for (l = 0; l < c->n_layer; l++) {
+        MB__LAYER_ACTS(MB__TAKE_L)
+    }
+    MB__MODEL_ACTS(MB__TAKE_M)
+#undef MB__TAKE_L
+#undef MB__TAKE_M
+    return off;
+}
+
+static mb_status mb__ensure_acts(mb_model *m, int B, int T) {
+    const mb_config *c = &m->cfg;
+    const int64_t N = (int64_t)B * T, total = mb__layout_acts(m, NULL, B, T);
+    int64_t used;
     m->B = B;
     m->T = T;
     if (!m->acts || N > m->act_tokens || total > m->act_floats) {
@@ -2095,37 +2160,9 @@ static mb_status mb__ensure_acts(mb_model *m, int B, int T) {
         m->act_tokens = N;
         m->act_floats = total;
     }
-    p = m->act_block;
-#define MB__TAKE(ptr, n) (ptr = p, p += (n))
-    for (l = 0; l < c->n_layer; l++) {
-        mb__layer_acts *a = &m->acts[l];
-        MB__TAKE(a->resid, N * C);
-        MB__TAKE(a->ln, N * C);
-        MB__TAKE(a->ln_mean, N);
-        MB__TAKE(a->ln_rstd, N);
-        MB__TAKE(a->xz, N * 2 * Di);
-        MB__TAKE(a->u, N * Di);
-        MB__TAKE(a->xdbl, N * X);
-        MB__TAKE(a->delta, N * Di);
-        MB__TAKE(a->gated, N * Di);
-        MB__TAKE(a->states, (int64_t)B * nchunks * Di * S);
-    }
-    MB__TAKE(m->resid_out, N * C);
-    MB__TAKE(m->lnf, N * C);
-    MB__TAKE(m->lnf_mean, N);
-    MB__TAKE(m->lnf_rstd, N);
-    MB__TAKE(m->logits, N * V);
-    MB__TAKE(m->mix_out, N * C);
-    MB__TAKE(m->d_resid, N * C);
-    MB__TAKE(m->d_ln, N * C);
-    MB__TAKE(m->d_xz, N * 2 * Di);
-    MB__TAKE(m->d_u, N * Di);
-    MB__TAKE(m->d_xdbl, N * X);
-    MB__TAKE(m->d_delta, N * Di);
-    MB__TAKE(m->d_gated, N * Di);
-    MB__TAKE(m->d_logits, N * V);
-    MB__TAKE(m->scan_scratch, (int64_t)B * (Di * S + 2 * Di));
-#undef MB__TAKE
+    used = mb__layout_acts(m, m->act_block, B, T);
+    MB_ASSERT(used == total && used <= m->act_floats);
+    m->act_used = used;
     return MB_STATUS_OK;
 }
 

@@ -1132,9 +1132,15 @@ static inline mb_status add_inplace(float *x, const float *y, int64_t n) {
 /* ======================================================================= */
 namespace mbc {
 
-/* Tensor indices in mb_config_tensors order. */
-enum { W_NORM_W = 0, W_NORM_B, W_IN_PROJ, W_CONV_W, W_CONV_B, W_X_PROJ, W_DT_W, W_DT_B, W_A_LOG, W_D, W_OUT_PROJ, W_PER_LAYER };
-static inline int tensor_index(int layer, int field) { return 1 + layer * W_PER_LAYER + field; }
+/* Tensors by name: W_<ID> for each entry of mambabyte.h's MB_LAYER_TENSORS,
+   G_<ID> for the globals; their indices in mb_config_tensors order come from
+   mb_tensor_index, the header's reading of the same lists. */
+#define MBC_TENSOR_NAME(ID, field, name, ndim, d0, d1, d2, decay) W_##ID = MB_TENSOR_##ID,
+#define MBC_GLOBAL_NAME(ID, field, name, ndim, d0, d1, d2, decay) G_##ID = MB_TENSOR_##ID,
+enum { MB_LAYER_TENSORS(MBC_TENSOR_NAME) };
+enum { MB_TENSORS_BEFORE_LAYERS(MBC_GLOBAL_NAME) MB_TENSORS_AFTER_LAYERS(MBC_GLOBAL_NAME) };
+#undef MBC_TENSOR_NAME
+#undef MBC_GLOBAL_NAME
 
 struct layer_acts {
     float *resid, *ln, *mean, *rstd, *xz, *u, *xdbl, *delta, *gated, *states;
@@ -1149,6 +1155,10 @@ struct dims {
     int64_t *offset; /* per tensor, floats */
 };
 
+/* Index of layer `layer`'s tensor W_* (with layer -1: of the global G_*). */
+static inline int tensor_index(const dims &d, int layer, int field) { return mb_tensor_index(&d.cfg, layer, field); }
+static inline int global_index(const dims &d, int field) { return mb_tensor_index(&d.cfg, -1, field); }
+
 static inline mb_status dims_init(dims *d, const mb_config *cfg_in) {
     memset(d, 0, sizeof *d);
     d->cfg = *cfg_in;
@@ -1160,7 +1170,6 @@ static inline mb_status dims_init(dims *d, const mb_config *cfg_in) {
     if (d->S > 32) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_state %d > 32 is not supported", d->S);
     if (d->C > 6144) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_model %d > 6144 is not supported", d->C);
     d->ntensors = mb_config_tensors(c, NULL);
-    if (d->ntensors != 3 + W_PER_LAYER * d->L) return fail(MB_STATUS_UNSUPPORTED, "CUDA: unexpected tensor table (%d tensors)", d->ntensors);
     mb_tensor_info *ti = (mb_tensor_info *)malloc(sizeof(mb_tensor_info) * (size_t)d->ntensors);
     d->offset = (int64_t *)malloc(sizeof(int64_t) * (size_t)d->ntensors);
     if (!ti || !d->offset) { free(ti); return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA: tensor table"); }
@@ -1230,7 +1239,7 @@ struct mb_cuda_trainer {
 namespace mbc {
 
 static inline float *W(mb_cuda_trainer *t, float *base, int layer, int field) {
-    return base + t->d.offset[layer < 0 ? field : tensor_index(layer, field)];
+    return base + t->d.offset[tensor_index(t->d, layer, field)];
 }
 
 /* Trainer matmuls: fp32 directly, bf16 through converted copies. */
@@ -1381,57 +1390,55 @@ static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs) {
     const dims &d = t->d;
     const int64_t N = t->N;
     MBC_TRY(h2d(t->tokens, inputs, (size_t)N));
-    MBC_TRY(embedding_forward(t->acts[0].resid, t->tokens, t->params + d.offset[0], N, d.C));
+    MBC_TRY(embedding_forward(t->acts[0].resid, t->tokens, W(t, t->params, -1, G_EMBEDDING), N, d.C));
     for (int l = 0; l < d.L; l++) {
         layer_acts *a = &t->acts[l];
         float *next = l + 1 < d.L ? t->acts[l + 1].resid : t->resid_out;
         MBC_TRY(layernorm_forward(a->ln, a->mean, a->rstd, a->resid, W(t, t->params, l, W_NORM_W), W(t, t->params, l, W_NORM_B), N, d.C));
-        MBC_TRY(tr_mm_forward(t, a->xz, a->ln, d.C, tensor_index(l, W_IN_PROJ), N, d.C, 2 * d.Di));
+        MBC_TRY(tr_mm_forward(t, a->xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di));
         MBC_TRY(conv1d_forward(a->u, a->xz, W(t, t->params, l, W_CONV_W), W(t, t->params, l, W_CONV_B), t->B, t->T, d.Di, d.K));
-        MBC_TRY(tr_mm_forward(t, a->xdbl, a->u, d.Di, tensor_index(l, W_X_PROJ), N, d.Di, d.X));
-        MBC_TRY(tr_mm_forward(t, a->delta, a->xdbl, d.X, tensor_index(l, W_DT_W), N, d.R, d.Di));
+        MBC_TRY(tr_mm_forward(t, a->xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X));
+        MBC_TRY(tr_mm_forward(t, a->delta, a->xdbl, d.X, tensor_index(d, l, W_DT_W), N, d.R, d.Di));
         MBC_TRY(scan_forward(a->gated, a->states, t->scratch, a->u, a->delta, W(t, t->params, l, W_DT_B),
                              W(t, t->params, l, W_A_LOG), a->xdbl, W(t, t->params, l, W_D), a->xz, t->B, t->T, d.Di, d.S,
                              d.R, t->chunk));
-        MBC_TRY(tr_mm_forward(t, t->mix_out, a->gated, d.Di, tensor_index(l, W_OUT_PROJ), N, d.Di, d.C));
+        MBC_TRY(tr_mm_forward(t, t->mix_out, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C));
         MBC_TRY(d2d(next, a->resid, (size_t)(N * d.C) * sizeof(float)));
         MBC_TRY(add_inplace(next, t->mix_out, N * d.C));
     }
-    const int nf = 1 + W_PER_LAYER * d.L;
-    MBC_TRY(layernorm_forward(t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, t->params + d.offset[nf],
-                              t->params + d.offset[nf + 1], N, d.C));
-    return tr_mm_forward(t, t->logits, t->lnf, d.C, 0, N, d.C, d.V); /* tied head */
+    MBC_TRY(layernorm_forward(t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, W(t, t->params, -1, G_NORM_F_W),
+                              W(t, t->params, -1, G_NORM_F_B), N, d.C));
+    return tr_mm_forward(t, t->logits, t->lnf, d.C, global_index(d, G_EMBEDDING), N, d.C, d.V); /* tied head */
 }
 
 static inline mb_status tr_backward(mb_cuda_trainer *t) {
     const dims &d = t->d;
     const int64_t N = t->N;
-    const int nf = 1 + W_PER_LAYER * d.L;
     float *dlogits = t->logits; /* overwritten by the cross-entropy kernel */
-    MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, dlogits, t->lnf, d.C, 0, N, d.C, d.V));
+    MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, dlogits, t->lnf, d.C, global_index(d, G_EMBEDDING), N, d.C, d.V));
     MBC_TRY(dzero(t->d_resid, (size_t)(N * d.C) * sizeof(float)));
-    MBC_TRY(layernorm_backward(t->d_resid, t->grads + d.offset[nf], t->grads + d.offset[nf + 1], t->scratch, t->d_ln,
-                               t->resid_out, t->params + d.offset[nf], t->lnf_mean, t->lnf_rstd, N, d.C));
+    MBC_TRY(layernorm_backward(t->d_resid, W(t, t->grads, -1, G_NORM_F_W), W(t, t->grads, -1, G_NORM_F_B), t->scratch,
+                               t->d_ln, t->resid_out, W(t, t->params, -1, G_NORM_F_W), t->lnf_mean, t->lnf_rstd, N, d.C));
     for (int l = d.L - 1; l >= 0; l--) {
         layer_acts *a = &t->acts[l];
         float *P = t->params, *G = t->grads;
         MBC_TRY(dzero(t->d_u, (size_t)(N * d.Di) * sizeof(float)));
         MBC_TRY(dzero(t->d_xdbl, (size_t)(N * d.X) * sizeof(float)));
         MBC_TRY(dzero(t->d_xz, (size_t)(N * 2 * d.Di) * sizeof(float)));
-        MBC_TRY(tr_mm_backward(t, t->d_gated, 0.0f, t->d_resid, a->gated, d.Di, tensor_index(l, W_OUT_PROJ), N, d.Di, d.C));
+        MBC_TRY(tr_mm_backward(t, t->d_gated, 0.0f, t->d_resid, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C));
         MBC_TRY(scan_backward(t->d_u, t->d_delta, W(t, G, l, W_DT_B), W(t, G, l, W_A_LOG), t->d_xdbl, W(t, G, l, W_D),
                               t->d_xz, t->scratch, t->d_gated, a->states, a->u, a->delta, W(t, P, l, W_DT_B),
                               W(t, P, l, W_A_LOG), a->xdbl, W(t, P, l, W_D), a->xz, t->B, t->T, d.Di, d.S, d.R,
                               t->chunk));
-        MBC_TRY(tr_mm_backward(t, t->d_xdbl, 1.0f, t->d_delta, a->xdbl, d.X, tensor_index(l, W_DT_W), N, d.R, d.Di));
-        MBC_TRY(tr_mm_backward(t, t->d_u, 1.0f, t->d_xdbl, a->u, d.Di, tensor_index(l, W_X_PROJ), N, d.Di, d.X));
+        MBC_TRY(tr_mm_backward(t, t->d_xdbl, 1.0f, t->d_delta, a->xdbl, d.X, tensor_index(d, l, W_DT_W), N, d.R, d.Di));
+        MBC_TRY(tr_mm_backward(t, t->d_u, 1.0f, t->d_xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X));
         MBC_TRY(conv1d_backward(t->d_xz, W(t, G, l, W_CONV_W), W(t, G, l, W_CONV_B), t->scratch, t->d_u, a->xz,
                                 W(t, P, l, W_CONV_W), W(t, P, l, W_CONV_B), t->B, t->T, d.Di, d.K));
-        MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, t->d_xz, a->ln, d.C, tensor_index(l, W_IN_PROJ), N, d.C, 2 * d.Di));
+        MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, t->d_xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di));
         MBC_TRY(layernorm_backward(t->d_resid, W(t, G, l, W_NORM_W), W(t, G, l, W_NORM_B), t->scratch, t->d_ln,
                                    a->resid, W(t, P, l, W_NORM_W), a->mean, a->rstd, N, d.C));
     }
-    return embedding_backward(t->grads + d.offset[0], t->d_resid, t->bucket_off, t->bucket_rows, d.C);
+    return embedding_backward(W(t, t->grads, -1, G_EMBEDDING), t->d_resid, t->bucket_off, t->bucket_rows, d.C);
 }
 
 } /* namespace mbc */
@@ -1661,8 +1668,8 @@ mb_status mb_cuda_stream_reset(mb_cuda_stream *s) {
 mb_status mb_cuda_stream_step(mb_cuda_stream *s, uint8_t byte, float *logits_host) {
     const mbc::dims &d = s->d;
     const float *P = s->params;
-#define MBC_SW(l, f) (P + d.offset[mbc::tensor_index(l, f)])
-    MBC_TRY(mbc::d2d(s->x, P + (int64_t)byte * d.C, sizeof(float) * (size_t)d.C));
+#define MBC_SW(l, f) (P + d.offset[mbc::tensor_index(d, l, f)])
+    MBC_TRY(mbc::d2d(s->x, MBC_SW(-1, mbc::G_EMBEDDING) + (int64_t)byte * d.C, sizeof(float) * (size_t)d.C));
     for (int l = 0; l < d.L; l++) {
         MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, MBC_SW(l, mbc::W_NORM_W), MBC_SW(l, mbc::W_NORM_B), 1, d.C));
         MBC_TRY(mbc::matmul_forward(s->blas, s->xz, s->ln, d.C, MBC_SW(l, mbc::W_IN_PROJ), 1, d.C, 2 * d.Di));
@@ -1676,10 +1683,9 @@ mb_status mb_cuda_stream_step(mb_cuda_stream *s, uint8_t byte, float *logits_hos
         MBC_TRY(mbc::matmul_forward(s->blas, s->out, s->gated, d.Di, MBC_SW(l, mbc::W_OUT_PROJ), 1, d.Di, d.C));
         MBC_TRY(mbc::add_inplace(s->x, s->out, d.C));
     }
+    MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, MBC_SW(-1, mbc::G_NORM_F_W), MBC_SW(-1, mbc::G_NORM_F_B), 1, d.C));
+    MBC_TRY(mbc::matmul_forward(s->blas, s->logits, s->ln, d.C, MBC_SW(-1, mbc::G_EMBEDDING), 1, d.C, d.V));
 #undef MBC_SW
-    const int nf = 1 + mbc::W_PER_LAYER * d.L;
-    MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, P + d.offset[nf], P + d.offset[nf + 1], 1, d.C));
-    MBC_TRY(mbc::matmul_forward(s->blas, s->logits, s->ln, d.C, P, 1, d.C, d.V));
     return mbc::d2h(logits_host, s->logits, sizeof(float) * (size_t)d.V);
 }
 

@@ -496,6 +496,61 @@ void test_scan() {
 
 /* ================================================ trainer and stream */
 
+/* The CUDA side's tensor indices: every (layer, W_*) and every G_* resolves
+   to the mb_tensor_info of the expected PyTorch name (written out here), the
+   offsets dims_init copied agree, and together they cover the table once. */
+void test_tensor_indices() {
+    static const struct { int field; const char *name; } layer[] = {
+        {mbc::W_NORM_W, "norm.weight"},           {mbc::W_NORM_B, "norm.bias"},
+        {mbc::W_IN_PROJ, "mixer.in_proj.weight"}, {mbc::W_CONV_W, "mixer.conv1d.weight"},
+        {mbc::W_CONV_B, "mixer.conv1d.bias"},     {mbc::W_X_PROJ, "mixer.x_proj.weight"},
+        {mbc::W_DT_W, "mixer.dt_proj.weight"},    {mbc::W_DT_B, "mixer.dt_proj.bias"},
+        {mbc::W_A_LOG, "mixer.A_log"},            {mbc::W_D, "mixer.D"},
+        {mbc::W_OUT_PROJ, "mixer.out_proj.weight"},
+    };
+    static const struct { int field; const char *name; } globals[] = {
+        {mbc::G_EMBEDDING, "embedding.weight"}, {mbc::G_NORM_F_W, "norm_f.weight"}, {mbc::G_NORM_F_B, "norm_f.bias"},
+    };
+    MBT_CHECK(MB_NUM_LAYER_TENSORS == 11 && MB_NUM_GLOBAL_TENSORS == 3, "tensor indices: %d per layer, %d globals",
+              (int)MB_NUM_LAYER_TENSORS, (int)MB_NUM_GLOBAL_TENSORS);
+    for (int n_layer : {1, 3, 4}) {
+        mb_config cfg = mb_config_default();
+        cfg.d_model = 7; cfg.n_layer = n_layer; cfg.d_state = 5; cfg.d_conv = 3; cfg.expand = 3; cfg.dt_rank = 0;
+        mbc::dims d;
+        MBT_CHECK(mbc::dims_init(&d, &cfg) == MB_STATUS_OK, "tensor indices: dims_init: %s", mb_cuda_last_error());
+        const int nt = mb_config_tensors(&d.cfg, nullptr);
+        std::vector<mb_tensor_info> ti((size_t)nt);
+        mb_config_tensors(&d.cfg, ti.data());
+        std::vector<int> hits((size_t)nt, 0);
+        int bad = 0;
+        auto expect = [&](int idx, const char *name) {
+            if (idx < 0 || idx >= nt || strcmp(ti[(size_t)idx].name, name) != 0 || d.offset[idx] != ti[(size_t)idx].offset) {
+                fprintf(stderr, "  L=%d: index %d is %s, expected %s\n", n_layer, idx,
+                        idx >= 0 && idx < nt ? ti[(size_t)idx].name : "out of range", name);
+                bad++;
+                return;
+            }
+            hits[(size_t)idx]++;
+        };
+        for (int l = 0; l < n_layer; l++)
+            for (const auto &e : layer) {
+                char name[64];
+                snprintf(name, sizeof name, "layers.%d.%s", l, e.name);
+                expect(mbc::tensor_index(d, l, e.field), name);
+            }
+        for (const auto &g : globals) expect(mbc::global_index(d, g.field), g.name);
+        int once = 0;
+        for (int h : hits) once += h == 1;
+        MBT_CHECK(bad == 0 && d.ntensors == nt && once == nt, "tensor indices L=%d: %d wrong, %d of %d tensors hit once",
+                  n_layer, bad, once, nt);
+        MBT_CHECK(mbc::tensor_index(d, n_layer, 0) == -1 && mbc::tensor_index(d, 0, MB_NUM_LAYER_TENSORS) == -1 &&
+                      mbc::tensor_index(d, 0, -1) == -1 && mbc::global_index(d, MB_NUM_GLOBAL_TENSORS) == -1 &&
+                      mbc::tensor_index(d, -2, 0) == -1,
+                  "tensor indices L=%d: out-of-range fields must give -1", n_layer);
+        free(d.offset);
+    }
+}
+
 void test_trainer(int precision) {
     mbt_rng r = {9};
     mb_config cfg = mb_config_default();
@@ -641,7 +696,7 @@ extern "C" void mbt_cuda_emu_tests(void) {
         {"emulator", test_emulator}, {"cross_entropy", test_cross_entropy}, {"layernorm", test_layernorm},
         {"embedding", test_embedding}, {"matmul", test_matmul}, {"adamw", test_adamw}, {"conv1d", test_conv1d},
         {"scan", test_scan}, {"trainer_fp32", [] { test_trainer(0); }}, {"trainer_bf16", [] { test_trainer(1); }},
-        {"stream", test_stream},
+        {"stream", test_stream}, {"tensor_indices", test_tensor_indices},
     };
     const bool timing = getenv("MBT_EMU_TIMING") != nullptr; /* per-test seconds on stderr */
     for (const auto &t : tests) {

@@ -466,6 +466,123 @@ static void test_checkpoint_files(void) {
     mb_model_free(m);
 }
 
+/* The parameter table in checkpoint order against names, shapes and decay
+   flags written out here by hand (the PyTorch state_dict), for odd widths;
+   the CPU weight and gradient pointers land on the tensors of those names. */
+static void test_tensor_table(void) {
+    static const struct { const char *name; int ndim; int64_t d0, d1, d2; int decay; } layer[] = {
+        /* C = 7, Di = 21, S = 5, K = 3, R = 3, X = 13 */
+        {"norm.weight", 1, 7, 1, 1, 0},           {"norm.bias", 1, 7, 1, 1, 0},
+        {"mixer.in_proj.weight", 2, 42, 7, 1, 1}, {"mixer.conv1d.weight", 3, 21, 1, 3, 1},
+        {"mixer.conv1d.bias", 1, 21, 1, 1, 0},    {"mixer.x_proj.weight", 2, 13, 21, 1, 1},
+        {"mixer.dt_proj.weight", 2, 21, 3, 1, 1}, {"mixer.dt_proj.bias", 1, 21, 1, 1, 0},
+        {"mixer.A_log", 2, 21, 5, 1, 0},          {"mixer.D", 1, 21, 1, 1, 0},
+        {"mixer.out_proj.weight", 2, 7, 21, 1, 1},
+    };
+    mb_config c = mb_config_default();
+    mb_tensor_info t[64];
+    mb_model *m = NULL;
+    int n, l, k, i = 0, bad = 0, bad_ptr = 0;
+    int64_t off = 0;
+    c.d_model = 7; c.n_layer = 3; c.d_state = 5; c.d_conv = 3; c.expand = 3; c.dt_rank = 3;
+    MBT_CHECK(mb_model_create(&m, &c, 3) == MB_STATUS_OK, "tensor table: create: %s", mb_last_error());
+    if (!m) return;
+    n = mb_config_tensors(mb_model_config(m), t);
+    MBT_CHECK(n == 1 + 11 * 3 + 2, "tensor table: %d tensors, expected 36", n);
+    if (n != 36) { mb_model_free(m); return; }
+#define MBT_EXPECT_TENSOR(nm, nd, a, b, cc, wd)                                                                  \
+    do {                                                                                                         \
+        const mb_tensor_info *ti_ = &t[i++];                                                                     \
+        if (strcmp(ti_->name, nm) != 0 || ti_->ndim != (nd) || ti_->shape[0] != (a) || ti_->shape[1] != (b) ||   \
+            ti_->shape[2] != (cc) || ti_->numel != (int64_t)(a) * (b) * (cc) || ti_->weight_decay != (wd) ||      \
+            ti_->offset != off) {                                                                                \
+            fprintf(stderr, "  tensor %d: got %s, expected %s\n", i - 1, ti_->name, nm);                         \
+            bad++;                                                                                               \
+        }                                                                                                        \
+        off += (int64_t)(a) * (b) * (cc);                                                                        \
+    } while (0)
+    MBT_EXPECT_TENSOR("embedding.weight", 2, 256, 7, 1, 1);
+    for (l = 0; l < 3; l++) {
+        const mb__layer_weights *W = &m->w.layer[l], *G = &m->g.layer[l];
+        const float *pw[11], *pg[11];
+        pw[0] = W->norm_w; pw[1] = W->norm_b; pw[2] = W->in_proj; pw[3] = W->conv_w; pw[4] = W->conv_b; pw[5] = W->x_proj;
+        pw[6] = W->dt_proj_w; pw[7] = W->dt_proj_b; pw[8] = W->A_log; pw[9] = W->D; pw[10] = W->out_proj;
+        pg[0] = G->norm_w; pg[1] = G->norm_b; pg[2] = G->in_proj; pg[3] = G->conv_w; pg[4] = G->conv_b; pg[5] = G->x_proj;
+        pg[6] = G->dt_proj_w; pg[7] = G->dt_proj_b; pg[8] = G->A_log; pg[9] = G->D; pg[10] = G->out_proj;
+        for (k = 0; k < 11; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "layers.%d.%s", l, layer[k].name);
+            bad_ptr += pw[k] != mb_model_params(m) + off || pg[k] != mb_model_grads(m) + off;
+            MBT_EXPECT_TENSOR(name, layer[k].ndim, layer[k].d0, layer[k].d1, layer[k].d2, layer[k].decay);
+        }
+    }
+    bad_ptr += m->w.norm_f_w != mb_model_params(m) + off || m->g.norm_f_w != mb_model_grads(m) + off;
+    MBT_EXPECT_TENSOR("norm_f.weight", 1, 7, 1, 1, 0);
+    bad_ptr += m->w.norm_f_b != mb_model_params(m) + off || m->g.norm_f_b != mb_model_grads(m) + off;
+    MBT_EXPECT_TENSOR("norm_f.bias", 1, 7, 1, 1, 0);
+#undef MBT_EXPECT_TENSOR
+    bad_ptr += m->w.wte != mb_model_params(m) || m->g.wte != mb_model_grads(m);
+    MBT_CHECK(bad == 0, "tensor table: %d tensors differ from the PyTorch state_dict order", bad);
+    MBT_CHECK(bad_ptr == 0, "tensor table: %d weight/gradient pointers miss their tensor", bad_ptr);
+    MBT_CHECK(off == mb_model_num_params(m) && off == mb_config_num_params(&c), "tensor table: %lld floats", (long long)off);
+    mb_model_free(m);
+}
+
+/* The activation block: the carving ends exactly at the measured total, the
+   buffers tile it in list order, and the total equals the sum of the buffer
+   sizes written out here by hand; for odd widths, a chunk that does not
+   divide T, and a batch smaller than the allocated one. */
+static void test_act_layout(void) {
+    static const int32_t cfgs[][6] = { /* d_model n_layer d_state d_conv expand dt_rank */
+        {7, 3, 5, 3, 3, 3}, {16, 2, 4, 3, 2, 2}, {9, 1, 1, 1, 1, 1}, {13, 2, 7, 4, 1, 5},
+    };
+    static const int shapes[][3] = {{2, 13, 0}, {2, 13, 4}, {3, 5, 3}, {1, 3, 0}}; /* B, T, scan chunk (0: default) */
+    size_t ci, si;
+    for (ci = 0; ci < sizeof cfgs / sizeof cfgs[0]; ci++) {
+        mb_config c = mb_config_default();
+        mb_model *m = NULL;
+        c.d_model = cfgs[ci][0]; c.n_layer = cfgs[ci][1]; c.d_state = cfgs[ci][2];
+        c.d_conv = cfgs[ci][3]; c.expand = cfgs[ci][4]; c.dt_rank = cfgs[ci][5];
+        MBT_CHECK(mb_model_create(&m, &c, 11) == MB_STATUS_OK, "act layout: create: %s", mb_last_error());
+        if (!m) continue;
+        for (si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const int B = shapes[si][0], T = shapes[si][1];
+            uint8_t x[64];
+            int32_t y[64];
+            float loss = 0.0f;
+            int64_t N = (int64_t)B * T, C = c.d_model, Di = C * c.expand, S = c.d_state, X = c.dt_rank + 2 * S, V = 256;
+            int64_t nchunks, hand, measured;
+            const float *next;
+            int l, ok = 1;
+            if (shapes[si][2]) mb_model_set_scan_chunk(m, shapes[si][2]);
+            random_bytes(x, y, N, 100 + si);
+            MBT_CHECK(mb_model_forward(m, x, y, B, T, &loss) == MB_STATUS_OK && mb_model_backward(m) == MB_STATUS_OK,
+                      "act layout: forward/backward B=%d T=%d: %s", B, T, mb_last_error());
+            nchunks = (T + m->scan_chunk - 1) / m->scan_chunk;
+            measured = mb__layout_acts(m, NULL, B, T);
+            next = m->act_block;
+#define MBT_WALK_L(ptr, n) ok &= m->acts[l].ptr == next; next += (n);
+#define MBT_WALK_M(ptr, n) ok &= m->ptr == next; next += (n);
+            for (l = 0; l < c.n_layer; l++) {
+                MB__LAYER_ACTS(MBT_WALK_L)
+            }
+            MB__MODEL_ACTS(MBT_WALK_M)
+#undef MBT_WALK_L
+#undef MBT_WALK_M
+            hand = c.n_layer * (N * (2 * C + 2 + 2 * Di + Di + X + Di + Di) + B * nchunks * Di * S) +
+                   N * (C + C + 2 + V + C) + N * (C + C + 2 * Di + Di + X + Di + Di + V) + B * (Di * S + 2 * Di);
+            MBT_CHECK(ok, "act layout cfg %d B=%d T=%d: buffers do not tile the block in list order", (int)ci, B, T);
+            MBT_CHECK(m->act_used == measured && next == m->act_block + m->act_used && m->act_used <= m->act_floats,
+                      "act layout cfg %d B=%d T=%d: carved %lld, measured %lld, walked %lld, block %lld", (int)ci, B, T,
+                      (long long)m->act_used, (long long)measured, (long long)(next - m->act_block), (long long)m->act_floats);
+            MBT_CHECK(measured == hand, "act layout cfg %d B=%d T=%d: %lld floats, by hand %lld", (int)ci, B, T,
+                      (long long)measured, (long long)hand);
+            if (si == 3) MBT_CHECK(m->act_used < m->act_floats, "act layout: a smaller batch reuses the larger block");
+        }
+        mb_model_free(m);
+    }
+}
+
 static void test_model(void) {
     test_scan_vs_recurrence();
     test_model_gradcheck();
@@ -474,4 +591,6 @@ static void test_model(void) {
     test_initial_loss();
     test_determinism();
     test_checkpoint_files();
+    test_tensor_table();
+    test_act_layout();
 }
