@@ -691,12 +691,82 @@ void test_stream() {
 
 } /* namespace */
 
+namespace {
+
+/* ====================================================== train loop backend */
+/* mb_train_run with the CUDA backend attached (mb_cuda_trainer_attach) runs
+   the same loop as on the CPU: the same batches, losses within float
+   tolerance, the testing hooks skip the same steps, the guard stops after 10
+   in a row, and the host model holds the GPU's parameters afterwards. */
+struct loop_log {
+    std::vector<float> loss;
+    std::vector<int> applied;
+};
+int loop_record(void *user, const mb_train_progress *p) {
+    loop_log *l = (loop_log *)user;
+    l->loss.push_back(p->loss);
+    l->applied.push_back(p->applied);
+    return 0;
+}
+
+mb_status loop_run(int cuda, int64_t steps, int64_t poison_step, int64_t poison_from, loop_log *log, fvec *params,
+                   mb_train_report *rep, const char **backend) {
+    static uint8_t text[6000];
+    for (size_t i = 0; i < sizeof text; i++) text[i] = (uint8_t)("the scan of a state space model "[i % 32] + (i % 97 == 0));
+    mb_config c = mb_config_default();
+    c.d_model = 16; c.n_layer = 2; c.d_state = 4; c.dt_rank = 0;
+    mb_train_settings s = mb_train_settings_default();
+    s.batch = 2; s.ctx = 24; s.steps = steps; s.warmup = 1; s.lr = 1e-2; s.grad_accum = 2;
+    mb_model *m = nullptr;
+    mb_trainer tr;
+    memset(&tr, 0, sizeof tr);
+    mb_status st = mb_model_create(&m, &c, 5);
+    if (st == MB_STATUS_OK) st = mb_trainer_init(&tr, m, &s, text, (int64_t)sizeof text, nullptr);
+    tr.inject_nonfinite_step = poison_step;
+    tr.inject_nonfinite_from = poison_from;
+    if (st == MB_STATUS_OK && cuda) st = mb_cuda_trainer_attach(&tr, 0);
+    *backend = tr.backend.name;
+    mb_train_options opt = {nullptr, 0, loop_record, log};
+    if (st == MB_STATUS_OK) st = mb_train_run(&tr, &opt, rep);
+    if (m) params->assign(mb_model_params(m), mb_model_params(m) + mb_model_num_params(m));
+    mb_trainer_free(&tr);
+    mb_model_free(m);
+    return st;
+}
+
+void test_train_loop_backend() {
+    loop_log lc, lg;
+    fvec pc, pg;
+    mb_train_report rc, rg;
+    const char *bc = "", *bg = "";
+    mb_status sc = loop_run(0, 6, 2, -1, &lc, &pc, &rc, &bc), sg = loop_run(1, 6, 2, -1, &lg, &pg, &rg, &bg);
+    MBT_CHECK(sc == MB_STATUS_OK && sg == MB_STATUS_OK && !strcmp(bc, "cpu") && !strcmp(bg, "cuda fp32"),
+              "train loop on both backends: %d %d (%s) %s %s", (int)sc, (int)sg, mb_cuda_last_error(), bc, bg);
+    MBT_CHECK(lc.loss.size() == 6 && lg.loss.size() == 6 && lc.applied == lg.applied && lc.applied[2] == 0 && lc.applied[3] == 1,
+              "the NaN hook skips the same step (the 3rd) on both backends");
+    double worst = 0;
+    for (size_t i = 0; i < lc.loss.size() && i < lg.loss.size(); i++) worst = fmax(worst, fabs(lc.loss[i] - lg.loss[i]));
+    MBT_CHECK(worst < 1e-4, "per-step losses agree across backends (worst %.3g)", worst);
+    CHECK_CLOSE("final parameters, CUDA backend vs CPU", pg.data(), pc.data(), pc.size(), 1e-4);
+    MBT_CHECK(rc.outcome == MB_TRAIN_FINISHED && rg.outcome == MB_TRAIN_FINISHED, "both finish");
+    /* the guard: every step from the 2nd poisoned -> 10 skipped, then stop */
+    loop_log nc, ng;
+    sc = loop_run(0, 40, -1, 1, &nc, &pc, &rc, &bc);
+    sg = loop_run(1, 40, -1, 1, &ng, &pg, &rg, &bg);
+    MBT_CHECK(sc == MB_STATUS_NON_FINITE && sg == MB_STATUS_NON_FINITE && rc.outcome == MB_TRAIN_NON_FINITE &&
+              rg.outcome == MB_TRAIN_NON_FINITE && nc.applied.size() == 11 && ng.applied == nc.applied,
+              "10 non-finite steps in a row stop both backends the same way (%zu / %zu steps)", nc.applied.size(), ng.applied.size());
+}
+
+}  /* namespace */
+
 extern "C" void mbt_cuda_emu_tests(void) {
     static const struct { const char *name; void (*fn)(); } tests[] = {
         {"emulator", test_emulator}, {"cross_entropy", test_cross_entropy}, {"layernorm", test_layernorm},
         {"embedding", test_embedding}, {"matmul", test_matmul}, {"adamw", test_adamw}, {"conv1d", test_conv1d},
         {"scan", test_scan}, {"trainer_fp32", [] { test_trainer(0); }}, {"trainer_bf16", [] { test_trainer(1); }},
         {"stream", test_stream}, {"tensor_indices", test_tensor_indices},
+        {"train_loop_backend", test_train_loop_backend},
     };
     const bool timing = getenv("MBT_EMU_TIMING") != nullptr; /* per-test seconds on stderr */
     for (const auto &t : tests) {
