@@ -276,7 +276,8 @@ static int on_step(void *user, const mb_train_progress *p) {
         printf("] %s loss %.4f %.0f tok/s ETA %s ", where, p->loss, p->tokens_per_s, eta);
     }
     fflush(stdout);
-    if (p->saved) replot(v);
+    if (p->saves && v->csv) fflush(v->csv); /* the log reaches the disk before its checkpoint */
+    if (p->saves) replot(v);
     return g_interrupts != 0;
 }
 

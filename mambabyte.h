@@ -30,12 +30,42 @@
      model       mb_model_create/load/save/free, mb_model_forward/backward,
                  mb_model_params/grads (one flat block, checkpoint order)
                  layout: MB_LAYER_TENSORS, mb_config_tensors, mb_tensor_index
-     streaming   mb_stream_create/step/reset/copy/free: O(1) state per byte
-     training    mb_adamw_*, mb_grads_norm, mb_lr_at_step / _at_fraction,
-                 mb_batcher_* (random or sequential training windows over mmapped bytes)
+     streaming   mb_stream_create/step/feed/reset/copy/free: O(1) state per
+                 byte; mb_stream_feed prefills in parallel; mb_sample_byte
      files       mb_checkpoint_save/load (atomic: temp file, fsync, rename)
+     training    mb_train_settings_default (seed 000's recipe), mb_trainer_*
+                 (one step: batches, guard, clip, AdamW), mb_train_run (the
+                 whole loop: schedule, time budget, saves, callback),
+                 mb_train_settings_resume (what a resume may change),
+                 mb_adamw_update, mb_grad_norm, mb_lr_at_step / _at_fraction
+     data        mb_dataset_open (a WikiText folder or a file, mmapped),
+                 mb_batcher_* (random or sequential training windows)
      eval        mb_eval_text: the WikiText char-accuracy protocol
-     CUDA        mb_cuda_* (defined only when mambabyte_cuda.cuh is linked)
+     CUDA        mb_cuda_* (defined only when mambabyte_cuda.cuh is linked);
+                 mb_cuda_trainer_attach puts a trainer's steps on the GPU
+
+   TRAINING FROM YOUR PROGRAM
+         mb_config cfg = mb_config_default();
+         mb_train_settings set = mb_train_settings_default();
+         mb_dataset d;  mb_model *m;  mb_trainer tr;  mb_train_report rep;
+         mb_train_options opt = {"model.bin", 0, my_callback, my_state};
+         mb_dataset_open(&d, "data/wikitext-103", NULL);
+         mb_model_create(&m, &cfg, (uint64_t)set.seed);
+         mb_trainer_init(&tr, m, &set, d.train, d.train_size, NULL);
+         mb_train_run(&tr, &opt, &rep);      (m now holds the trained weights)
+     (check each mb_status; free with mb_trainer_free, mb_model_free,
+     mb_dataset_close).  my_callback(user, progress) returns non-zero to stop.
+
+   IMPLEMENTATION SECTIONS (in this order, after the declarations)
+     utilities, numerics, RNG, numerics+ (sigmoid, softplus, SiLU), config
+     (the tensor table), CPU layers (each layer's forward and backward side by
+     side, the matrix products, the conv, the scan: its fast chunked path and
+     the plain reference beside it), model (activations, forward, backward),
+     streaming, checkpoints, training (schedule, AdamW), data, eval, trainer,
+     train loop.  Each starts with a "= name =" banner comment.
+
+   PLATFORM
+     POSIX (Linux, macOS, the BSDs): mmap, fsync, rename and clock_gettime.
 
    NUMERICS SEMANTICS (match PyTorch's F.softmax, F.log_softmax,
    torch.logsumexp, F.cross_entropy with class-index targets), except:
@@ -58,7 +88,7 @@
      [3] d_model [4] n_layer [5] d_state [6] d_conv [7] expand [8] dt_rank
      [9] norm kind (0 LayerNorm) [10] tied head (1) [11] param dtype
      (0 float32) [12] training state follows (0/1), the rest 0.
-     Then every parameter as float32 in mb_model_tensor_info order
+     Then every parameter as float32 in mb_config_tensors order
      (PyTorch state_dict names of the reference model):
        embedding.weight (256, d_model)
        per layer i: layers.i.norm.weight, layers.i.norm.bias (d_model),
@@ -80,7 +110,7 @@
 
 /* POSIX (fsync, mmap, getpid) under strict -std=c99: this must come before
    the first system header of the translation unit. */
-#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE)
+#if !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE)
 #define _POSIX_C_SOURCE 200809L
 #endif
 
@@ -484,7 +514,8 @@ typedef struct {
     int by_time;               /* the time budget, not the step count, ends the run first */
     int applied;               /* 0: skipped as non-finite (nothing changed but the step count) */
     int nonfinite_run;         /* consecutive skipped steps, this one included */
-    int saved;                 /* a checkpoint was written after this step (save_every) */
+    int saves;                 /* this step is saved (save_every) as soon as the callback returns:
+                                  log first, then save, so no log lags its checkpoint */
 } mb_train_progress;
 /* Called after every step; return non-zero to stop (the run then saves,
    as at its end, and reports MB_TRAIN_INTERRUPTED). */
@@ -596,11 +627,7 @@ void mb_cuda_stream_free(mb_cuda_stream *s);
 #define MB_ASSERT(x) assert(x)
 #endif
 
-#if defined(_MSC_VER)
-#define MB__THREAD_LOCAL __declspec(thread)
-#else
-#define MB__THREAD_LOCAL __thread
-#endif
+#define MB__THREAD_LOCAL __thread /* GCC, Clang, ICC: the compilers of the POSIX systems this targets */
 
 /* OpenMP pragmas through a macro so a build without -fopenmp stays warning-free. */
 #ifdef _OPENMP
@@ -1117,8 +1144,6 @@ MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float
    compiler to vectorise those loops. */
 #if defined(__GNUC__)
 #define MB__INLINE static inline __attribute__((always_inline))
-#elif defined(_MSC_VER)
-#define MB__INLINE static __forceinline
 #else
 #define MB__INLINE static inline
 #endif
@@ -3177,7 +3202,7 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
     const double t0 = mb_clock_seconds(), before = t->st.elapsed_s, budget = s->time_budget;
     double step_est = 0.0;
     int64_t stop_at, last_saved = -1;
-    int nonfinite_run = 0;
+    int nonfinite_run = 0, stop;
     mb_status st = MB_STATUS_OK;
     mb_train_report r;
     if (!opt) opt = &none;
@@ -3217,17 +3242,16 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
         p.progress = p.by_time ? used / budget : (double)t->st.step / (double)s->steps;
         nonfinite_run = sr.applied ? 0 : nonfinite_run + 1;
         p.nonfinite_run = nonfinite_run;
-        if (sr.applied) {
-            r.last_loss = sr.loss;
-            if (opt->out && s->save_every > 0 && t->st.step % s->save_every == 0 && t->st.step < s->steps) {
-                t->st.elapsed_s = before + (mb_clock_seconds() - t0);
-                st = mb_trainer_save(t, opt->out);
-                if (st != MB_STATUS_OK) { r.outcome = MB_TRAIN_FAILED; break; }
-                p.saved = 1;
-                last_saved = t->st.step;
-            }
+        if (sr.applied) r.last_loss = sr.loss;
+        p.saves = sr.applied && opt->out && s->save_every > 0 && t->st.step % s->save_every == 0 && t->st.step < s->steps;
+        stop = opt->callback && opt->callback(opt->user, &p);
+        if (p.saves) {
+            t->st.elapsed_s = before + (mb_clock_seconds() - t0);
+            st = mb_trainer_save(t, opt->out);
+            if (st != MB_STATUS_OK) { r.outcome = MB_TRAIN_FAILED; break; }
+            last_saved = t->st.step;
         }
-        if (opt->callback && opt->callback(opt->user, &p)) {
+        if (stop) {
             r.outcome = MB_TRAIN_INTERRUPTED;
             if (nonfinite_run < 10) break;
         }

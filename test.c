@@ -1,5 +1,5 @@
 /* test.c - every test of mambabyte, run by `make test` from the repo root.
-   Prints "N passed, M failed" last and exits non-zero on any failure.
+   Prints "N passed, M failed, K skipped" last and exits non-zero on any failure.
    Each area lives in tests/test_<area>.c and is included here so the whole
    suite is one translation unit with one implementation of the header. */
 #define MAMBABYTE_IMPLEMENTATION
@@ -12,7 +12,7 @@
 #include "tests/mbtest.h"
 #include "tests/mbfx.h"
 
-int mbt_passed = 0, mbt_failed = 0;
+int mbt_passed = 0, mbt_failed = 0, mbt_skipped = 0;
 void mbt_cuda_emu_tests(void); /* tests/test_cuda_emu.cpp: the CUDA kernels on the CPU */
 
 #include "tests/test_numerics.c"
@@ -40,12 +40,13 @@ int main(int argc, char **argv) {
     };
     size_t i;
     for (i = 0; i < sizeof suites / sizeof suites[0]; i++) {
-        int before_fail = mbt_failed, before_pass = mbt_passed;
+        int before_fail = mbt_failed, before_pass = mbt_passed, before_skip = mbt_skipped;
         if (argc > 1 && strcmp(argv[1], suites[i].name) != 0) continue;
         suites[i].fn();
-        printf("%-12s %d passed, %d failed\n", suites[i].name, mbt_passed - before_pass, mbt_failed - before_fail);
+        printf("%-12s %d passed, %d failed, %d skipped\n", suites[i].name, mbt_passed - before_pass, mbt_failed - before_fail,
+               mbt_skipped - before_skip);
         fflush(stdout);
     }
-    printf("%d passed, %d failed\n", mbt_passed, mbt_failed);
+    printf("%d passed, %d failed, %d skipped\n", mbt_passed, mbt_failed, mbt_skipped);
     return mbt_failed == 0 && mbt_passed > 0 ? 0 : 1;
 }

@@ -1,7 +1,7 @@
 /* mbtest.h - the tiny test harness shared by every tests/test_*.c file.
    Each MBT_CHECK is one assertion; a failure prints where and why.  The
-   driver (test.c) prints "N passed, M failed" last and exits non-zero on
-   any failure. */
+   driver (test.c) prints "N passed, M failed, K skipped" last and exits
+   non-zero on any failure.  MBT_SKIP counts a check that cannot run here. */
 #ifndef MBTEST_H
 #define MBTEST_H
 #include <math.h>
@@ -13,7 +13,7 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-extern int mbt_passed, mbt_failed;
+extern int mbt_passed, mbt_failed, mbt_skipped;
 #ifdef __cplusplus
 }
 #endif
@@ -28,6 +28,16 @@ extern int mbt_passed, mbt_failed;
             fprintf(stderr, __VA_ARGS__);                                 \
             fprintf(stderr, "\n");                                        \
         }                                                                 \
+    } while (0)
+
+/* A check that cannot run here (say why): counted and printed, never silent. */
+#define MBT_SKIP(suite, ...)                                              \
+    do {                                                                  \
+        mbt_skipped++;                                                    \
+        printf("%s: SKIP ", suite);                                       \
+        printf(__VA_ARGS__);                                              \
+        printf("\n");                                                     \
+        fflush(stdout);                                                   \
     } while (0)
 
 /* Relative L2 distance ||a-b|| / max(||b||, tiny), in double. */

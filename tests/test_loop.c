@@ -105,7 +105,7 @@ static int loop_record(void *user, const mb_train_progress *p) {
     loop_log *l = (loop_log *)user;
     if (p->applied && l->n < 64) l->loss[l->n++] = p->loss;
     l->skipped += !p->applied;
-    l->saved += p->saved;
+    l->saved += p->saves;
     l->by_time |= p->by_time;
     l->last_elapsed = p->elapsed_s;
     return l->stop_after > 0 && p->step >= l->stop_after;

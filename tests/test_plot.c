@@ -74,7 +74,7 @@ static int plt_xml_ok(const char *path) {
     if (plt_xmllint_state < 0) {
         fflush(stdout);
         plt_xmllint_state = system("command -v xmllint > /dev/null 2>&1") == 0;
-        if (!plt_xmllint_state) printf("plot: SKIP xmllint not found\n");
+        if (!plt_xmllint_state) MBT_SKIP("plot", "xmllint not found: SVGs are not checked as XML");
     }
     if (!plt_xmllint_state) return -1;
     snprintf(cmd, sizeof cmd, "xmllint --noout '%s'", path);

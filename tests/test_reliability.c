@@ -28,8 +28,7 @@ static void rel_sleep_ms(double ms) {
 }
 
 static void rel_skip(const char *what, const char *why) {
-    printf("reliability: SKIP %s: %s\n", what, why);
-    fflush(stdout);
+    MBT_SKIP("reliability", "%s: %s", what, why);
 }
 
 static int rel_exists(const char *path) {

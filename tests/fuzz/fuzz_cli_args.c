@@ -29,7 +29,7 @@
 #define MAX_ARGS 64
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    static const char *commands[] = {"train", "eval", "sample", "numerics", "frobnicate", "--version", "help", ""};
+    static const char *commands[] = {"train", "eval", "sample", "numerics", "plot", "frobnicate", "--version", "help", ""};
     static const char *nodata[] = {"--data", "/nonexistent-mb-fuzz/train.txt"};
     static const char *noeval[] = {"--model", "/nonexistent-mb-fuzz/m.bin", "--data", "/nonexistent-mb-fuzz/t.txt"};
     static const char *nomodel[] = {"--model", "/nonexistent-mb-fuzz/m.bin"};
