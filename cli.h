@@ -1,7 +1,7 @@
 /* cli.h - what the mambabyte commands share: one flag parser (a table per
    command; values parsed and range checked here, so every command rejects
-   bad input the same way, exit 2), threads, file tests, a JSON writer, the
-   NVML energy reader and a duration formatter.  The clock is
+   bad input the same way, exit 2), threads, file tests, a JSON writer, and the
+   NVML energy reader.  The clock is
    the library's mb_clock_seconds.  Included by main.c, bench.c and
    numerics_report.c (static functions, one copy per program). */
 #ifndef MB_CLI_H
@@ -168,12 +168,5 @@ static int nvml_open(nvml_energy *e) {
 }
 /* Millijoules since the driver loaded; 0 when not available. */
 static int nvml_read_mj(nvml_energy *e, unsigned long long *mj) { return e->lib && e->energy(e->dev, mj) == 0; }
-
-/* "mm:ss", or "h:mm:ss" from an hour on. */
-static void fmt_hms(char *buf, size_t n, double s) {
-    long t = s < 0 || !isfinite(s) ? 0 : (long)(s + 0.5);
-    if (t >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
-    else snprintf(buf, n, "%02ld:%02ld", t / 60, t % 60);
-}
 
 #endif /* MB_CLI_H */

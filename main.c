@@ -25,8 +25,8 @@ static void eval_progress(void *user, int64_t done, int64_t total) {
     eval_progress_state *p = (eval_progress_state *)user;
     double el = mb_clock_seconds() - p->t0, eta = done > 0 ? el * (double)(total - done) / (double)done : 0;
     char a[32], b[32];
-    fmt_hms(a, sizeof a, el);
-    fmt_hms(b, sizeof b, eta);
+    mb_format_duration(a, sizeof a, el);
+    mb_format_duration(b, sizeof b, eta);
     if (p->tty) fprintf(stderr, "\reval %lld/%lld chars (%.0f%%) | %s elapsed | ETA %s   %s", (long long)done,
                         (long long)total, 100.0 * (double)done / (double)total, a, b, done == total ? "\n" : "");
     else if (done == total || done % (16 * 1024) == 0)
@@ -76,7 +76,7 @@ static int cmd_eval(int argc, char **argv) {
     mb_mapped_file f;
     char path[4096];
     int rc;
-    if (parse_flags("eval", flags, argc, argv, EVAL_USAGE)) return 2;
+    if (parse_flags("eval", flags, argc - 1, argv + 1, EVAL_USAGE)) return 2;
     if (!flag_given(flags, "model") || !flag_given(flags, "data")) {
         fprintf(stderr, "mambabyte eval: --model and --data are required\nusage: %s\n", EVAL_USAGE);
         return 2;
@@ -114,7 +114,7 @@ static int cmd_sample(int argc, char **argv) {
     const float *logits;
     int64_t n, i, plen;
     uint64_t rng;
-    if (parse_flags("sample", flags, argc, argv, SAMPLE_USAGE)) return 2;
+    if (parse_flags("sample", flags, argc - 1, argv + 1, SAMPLE_USAGE)) return 2;
     if (!flag_given(flags, "model")) { fprintf(stderr, "mambabyte sample: --model is required\nusage: %s\n", SAMPLE_USAGE); return 2; }
     set_threads(flags);
     if (mb_model_load(&m, flag_str(flags, "model", "")) != MB_STATUS_OK) { fprintf(stderr, "mambabyte sample: %s\n", mb_last_error()); return 1; }
@@ -146,29 +146,14 @@ static int cmd_sample(int argc, char **argv) {
 /* --------------------------------------------------------------- train */
 static const char *TRAIN_USAGE = "mambabyte train [--data PATH] [--steps N] [--out FILE] [flags]  (--help lists them)";
 
-/* Flags named after an mb_train_field (its mb_train_field_flag) set that field. */
-static const flag TRAIN_FLAGS[] = {
+/* train's flags: every mb_train_field (from the library's table, so the
+   names, ranges and defaults are written once), then the CLI's own. */
+static const flag CLI_TRAIN_FLAGS[] = {
     {"data", F_STR, 0, 0, "WikiText folder (wiki.{train,valid,test}.raw) or one text file", 0, 0, 0},
     {"eval-data", F_STR, 0, 0, "evaluation text (default: the folder's valid split, or a file's last 5%)", 0, 0, 0},
-    {"batch", F_INT, 1, 1 << 20, "sequences per micro-batch (default 16)", 0, 0, 0},
-    {"ctx", F_INT, 1, 1 << 24, "bytes per sequence (default 1024)", 0, 0, 0},
-    {"steps", F_INT, 1, 1e12, "optimizer steps (default 4000)", 0, 0, 0},
     {"stop-at", F_INT, 1, 1e12, "stop (and save) after this step, schedule unchanged", 0, 0, 0},
-    {"lr", F_NUM, 0, 10, "peak learning rate (default 3e-4)", 0, 0, 0},
-    {"beta1", F_NUM, 0, 0.999999, "AdamW beta1 (default 0.9)", 0, 0, 0},
-    {"beta2", F_NUM, 0, 0.999999, "AdamW beta2 (default 0.95)", 0, 0, 0},
-    {"eps", F_NUM, 1e-30, 1, "AdamW eps (default 1e-8)", 0, 0, 0},
-    {"weight-decay", F_NUM, 0, 10, "AdamW weight decay on >=2-dim weights except A_log (default 0.1)", 0, 0, 0},
-    {"warmup", F_INT, 0, 1e12, "linear warm-up steps (default 5% of --steps)", 0, 0, 0},
-    {"clip", F_NUM, 0, 1e9, "global grad-norm clip (default 1.0)", 0, 0, 0},
-    {"grad-accum", F_INT, 1, 1 << 20, "micro-batches averaged per step (default 1)", 0, 0, 0},
-    {"seed", F_INT, 0, 9007199254740992.0, "seed for init and batches (default 1337)", 0, 0, 0},
-    {"time-budget", F_NUM, 0, 1e9, "seconds: stop cleanly and save before this (0 = none; per run unless --schedule time)", 0, 0, 0},
-    {"schedule", F_STR, 0, 0, "step (default) or time: the lr follows the budget's elapsed fraction", 0, 0, 0},
     {"out", F_STR, 0, 0, "checkpoint path (default model.bin)", 0, 0, 0},
     {"resume", F_STR, 0, 0, "continue bit-identically from a checkpoint with training state", 0, 0, 0},
-    {"sequential", F_BOOL, 0, 0, "consecutive windows (passes over the data) instead of random ones", 0, 0, 0},
-    {"save-every", F_INT, 0, 1e12, "also save every N steps (default 0 = only at the end)", 0, 0, 0},
     {"log-every", F_INT, 1, 1e12, "print a line every N steps (default 10)", 0, 0, 0},
     {"log", F_STR, 0, 0, "CSV log: step,loss,lr,grad_norm,seconds,val_char_accuracy", 0, 0, 0},
     {"plot", F_STR, 0, 0, "SVG of the loss curve, rewritten at each save (needs --log, or logs to FILE.csv)", 0, 0, 0},
@@ -177,13 +162,30 @@ static const flag TRAIN_FLAGS[] = {
     {"precision", F_STR, 0, 0, "fp32 (default) or bf16 (CUDA only)", 0, 0, 0},
     {"eval-chars", F_INT, 0, 1e15, "characters to evaluate after training (default 60000; 0 = skip)", 0, 0, 0},
     {"threads", F_INT, 1, 1024, "OpenMP threads", 0, 0, 0},
-    {"d-model", F_INT, 1, 65536, "model width (default 192)", 0, 0, 0},
-    {"n-layer", F_INT, 1, 1024, "layers (default 4)", 0, 0, 0},
-    {"d-state", F_INT, 1, 256, "SSM state size (default 16)", 0, 0, 0},
-    {"d-conv", F_INT, 1, 64, "conv width (default 4)", 0, 0, 0},
-    {"expand", F_INT, 1, 16, "d_inner = expand * d_model (default 2)", 0, 0, 0},
     FLAG_END};
-#define TRAIN_NFLAGS (sizeof TRAIN_FLAGS / sizeof TRAIN_FLAGS[0])
+#define TRAIN_NFLAGS (MB_FIELD_COUNT + sizeof CLI_TRAIN_FLAGS / sizeof CLI_TRAIN_FLAGS[0])
+
+static void train_flags(flag *out) {
+    static const flag_kind kinds[] = {F_INT, F_NUM, F_BOOL, F_STR};
+    static char help[MB_FIELD_COUNT][160];
+    mb_train_settings s = mb_train_settings_default();
+    mb_config c = mb_config_default();
+    int f;
+    for (f = 0; f < MB_FIELD_COUNT; f++) {
+        const mb_train_field_info *i = mb_train_field_desc(f);
+        double v = mb_train_field_get(&s, &c, f);
+        if (i->kind == MB_KIND_SCHEDULE) snprintf(help[f], sizeof help[f], "%s (default %s)", i->help, v ? "time" : "step");
+        else if (i->kind == MB_KIND_SWITCH || f == MB_FIELD_WARMUP) snprintf(help[f], sizeof help[f], "%s", i->help);
+        else snprintf(help[f], sizeof help[f], "%s (default %g)", i->help, v);
+        out[f].name = i->flag + 2;
+        out[f].kind = kinds[i->kind];
+        out[f].lo = i->lo;
+        out[f].hi = i->hi;
+        out[f].help = help[f];
+        out[f].given = 0;
+    }
+    memcpy(out + MB_FIELD_COUNT, CLI_TRAIN_FLAGS, sizeof CLI_TRAIN_FLAGS);
+}
 
 /* --data (default: WikiText-103 if fetched, else the demo text) through mb_dataset_open. */
 static int open_train_data(mb_dataset *d, flag *flags, int *demo) {
@@ -224,8 +226,8 @@ static void settings_from_flags(mb_train_settings *s, mb_config *c, uint32_t *gi
         s->ctx = d->train_size < 65 ? d->train_size - 1 : 64; s->batch = 2; s->steps = 2;
     }
     for (f = 0; f < MB_FIELD_COUNT; f++) {
-        flag *fl = find_flag(flags, mb_train_field_flag(f) + 2);
-        if (!fl || !fl->given) continue;
+        flag *fl = &flags[f]; /* train_flags put the fields first */
+        if (!fl->given) continue;
         *given |= MB_GIVEN(f);
         mb_train_field_set(s, c, f, f == MB_FIELD_SCHEDULE ? !strcmp(fl->str, "time") : fl->num);
     }
@@ -254,29 +256,23 @@ static void replot(const train_view *v) {
 
 static int on_step(void *user, const mb_train_progress *p) {
     train_view *v = (train_view *)user;
-    char el[32], eta[32], where[96];
+    char line[256];
+    int k;
     if (!p->applied) {
         fprintf(stderr, "step %lld: non-finite %s (loss %g, grad norm %g): update skipped (%d in a row)\n", (long long)p->step,
                 isfinite(p->loss) ? "gradient" : "loss", p->loss, p->grad_norm, p->nonfinite_run);
         return g_interrupts != 0;
     }
     if (v->csv) fprintf(v->csv, "%lld,%.6f,%.6e,%.6f,%.3f,\n", (long long)p->step, p->loss, p->lr, p->grad_norm, p->elapsed_s);
-    fmt_hms(el, sizeof el, p->elapsed_s);
-    fmt_hms(eta, sizeof eta, p->eta_s);
-    if (p->by_time) snprintf(where, sizeof where, "step %lld (%.0f%% of the time budget)", (long long)p->step, 100.0 * p->progress);
-    else snprintf(where, sizeof where, "step %lld/%lld", (long long)p->step, (long long)p->steps);
-    if (p->step % v->log_every == 0 || p->step == p->steps) {
-        printf("%s%s | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %s elapsed | ETA %s\n", v->tty ? "\r" : "", where,
-               p->loss, p->lr, p->grad_norm, p->tokens_per_s, el, eta);
-        if (v->csv) fflush(v->csv);
-    } else if (v->tty) {
-        int k, filled = (int)(30 * p->progress);
+    mb_train_progress_line(line, sizeof line, p);
+    if (p->step % v->log_every == 0 || p->step == p->steps) printf("%s%s\n", v->tty ? "\r\033[K" : "", line);
+    else if (v->tty) { /* between log lines, a bar on the same line */
         printf("\r[");
-        for (k = 0; k < 30; k++) putchar(k < filled ? '#' : '.');
-        printf("] %s loss %.4f %.0f tok/s ETA %s ", where, p->loss, p->tokens_per_s, eta);
+        for (k = 0; k < 30; k++) putchar(k < (int)(30 * p->progress) ? '#' : '.');
+        printf("] %s", line);
     }
     fflush(stdout);
-    if (p->saves && v->csv) fflush(v->csv); /* the log reaches the disk before its checkpoint */
+    if (v->csv && (p->saves || p->step % v->log_every == 0)) fflush(v->csv); /* the log reaches the disk before its checkpoint */
     if (p->saves) replot(v);
     return g_interrupts != 0;
 }
@@ -359,11 +355,11 @@ static int cmd_train(int argc, char **argv) {
     mb_model *m = NULL;
     const char *resume, *device, *precision;
     double acc = 0;
-    memcpy(flags, TRAIN_FLAGS, sizeof flags);
+    train_flags(flags);
     memset(&tr, 0, sizeof tr);
     memset(&ck, 0, sizeof ck);
     memset(&d, 0, sizeof d);
-    if (parse_flags("train", flags, argc, argv, TRAIN_USAGE)) return 2;
+    if (parse_flags("train", flags, argc - 1, argv + 1, TRAIN_USAGE)) return 2;
     if (!flag_choice("train", flags, "schedule", schedules, TRAIN_USAGE) || !flag_choice("train", flags, "device", devices, TRAIN_USAGE) ||
         !flag_choice("train", flags, "precision", precisions, TRAIN_USAGE)) return 2;
     device = flag_str(flags, "device", "auto");
@@ -437,31 +433,33 @@ done:
 }
 
 /* ---------------------------------------------------------------- main */
+/* Each command gets argv from its own name on (argv[0] = "train", ...). */
+static const struct { const char *name; int (*run)(int, char **); const char *help; } COMMANDS[] = {
+    {"train", cmd_train, "train a model (no flags: WikiText-103 if fetched, else a demo on data/sample.txt)"},
+    {"eval", cmd_eval, "greedy char accuracy of a checkpoint (the WikiText char-level protocol)"},
+    {"sample", cmd_sample, "generate text from a checkpoint"},
+    {"plot", mb_cli_plot, "draw a training CSV log as an SVG (plot LOG.csv -o FILE.svg)"},
+    {"numerics", mb_cli_numerics, "naive vs stable softmax report (--json FILE, --svg FILE)"},
+    {"bench", mb_cli_bench, "CPU benchmark of the default config (--json FILE)"}};
+#define NCOMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
+
 static void usage(FILE *f) {
+    size_t i;
     fprintf(f, "mambabyte " MB_VERSION_STRING " - byte-level Mamba in C\n"
-               "usage: mambabyte <command> [flags]     (mambabyte <command> --help for its flags)\n"
-               "commands:\n"
-               "  train      train a model (no flags: WikiText-103 if fetched, else a demo on data/sample.txt)\n"
-               "  eval       greedy char accuracy of a checkpoint (the WikiText char-level protocol)\n"
-               "  sample     generate text from a checkpoint\n"
-               "  plot       draw a training CSV log as an SVG (plot LOG.csv -o FILE.svg)\n"
-               "  numerics   naive vs stable softmax report (--json FILE, --svg FILE)\n"
-               "  bench      CPU benchmark of the default config (--json FILE)\n");
+               "usage: mambabyte <command> [flags]     (mambabyte <command> --help for its flags)\ncommands:\n");
+    for (i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].help);
 }
 
 int main(int argc, char **argv) {
+    size_t i;
     /* a full disk or `ulimit -f` must fail the write (EFBIG), not kill us
        before the half-written temporary file is removed */
     signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) { usage(stderr); return 2; }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
     if (!strcmp(argv[1], "--version")) { printf("mambabyte %s\n", MB_VERSION_STRING); return 0; }
-    if (!strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "plot")) return mb_cli_plot(argc - 1, argv + 1);
-    if (!strcmp(argv[1], "numerics")) return mb_cli_numerics(argc - 1, argv + 1);
-    if (!strcmp(argv[1], "bench")) return mb_cli_bench(argc - 1, argv + 1);
+    for (i = 0; i < NCOMMANDS; i++)
+        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
     fprintf(stderr, "mambabyte: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

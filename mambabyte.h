@@ -368,8 +368,24 @@ typedef enum {
     MB_FIELD_COUNT
 } mb_train_field;
 #define MB_GIVEN(f) (1u << (f))
+/* What a user needs to set field f from a command line or keywords: the
+   flag as typed, the keyword (the struct field's name), the kind of value,
+   the accepted range and a one-line help.  The defaults are those of
+   mb_train_settings_default / mb_config_default. */
+typedef enum { MB_KIND_INT = 0, MB_KIND_NUM, MB_KIND_SWITCH /* 0/1 */, MB_KIND_SCHEDULE /* "step" 0 / "time" 1 */ } mb_field_kind;
+typedef struct {
+    const char *flag;          /* "--time-budget" */
+    const char *key;           /* "time_budget" */
+    mb_field_kind kind;
+    double lo, hi;             /* accepted values */
+    const char *help;
+} mb_train_field_info;
+/* NULL when f is out of range. */
+MBDEF const mb_train_field_info *mb_train_field_desc(int f);
 /* The flag as a user types it ("--time-budget"); NULL when f is out of range. */
 MBDEF const char *mb_train_field_flag(int f);
+/* Field f's value in s (or cfg) as a double. */
+MBDEF double mb_train_field_get(const mb_train_settings *s, const mb_config *cfg, int f);
 /* Sets field f of s (or, for the model fields, of cfg) to v: integers are
    truncated, schedule and sequential are 0/1; setting d_model resets
    dt_rank to 0 (derived).  INVALID_ARGUMENT when f is out of range. */
@@ -520,6 +536,14 @@ typedef struct {
 /* Called after every step; return non-zero to stop (the run then saves,
    as at its end, and reports MB_TRAIN_INTERRUPTED). */
 typedef int (*mb_train_callback)(void *user, const mb_train_progress *p);
+
+/* The progress line every front end prints (the CLI, the Python package):
+   "step 20/4000 | loss 2.1234 | lr 3.00e-04 | norm 0.412 | 51234 tok/s |
+   00:12 elapsed | ETA 40:03", with "step 20 (4% of the time budget)" when
+   the budget ends the run first.  Returns snprintf's count. */
+MBDEF int mb_train_progress_line(char *buf, size_t n, const mb_train_progress *p);
+/* "mm:ss", or "h:mm:ss" from an hour on (negative or non-finite: 00:00). */
+MBDEF void mb_format_duration(char *buf, size_t n, double seconds);
 
 typedef struct {
     const char *out;           /* checkpoint path; NULL: never save */
@@ -3083,12 +3107,31 @@ MBDEF mb_train_settings mb_train_settings_default(void) {
     return s;
 }
 
-static const char *const mb__field_flags[MB_FIELD_COUNT] = {
-    "--batch", "--ctx", "--steps", "--warmup", "--grad-accum", "--seed", "--schedule", "--sequential", "--lr",
-    "--weight-decay", "--clip", "--beta1", "--beta2", "--eps", "--time-budget", "--save-every",
-    "--d-model", "--n-layer", "--d-state", "--d-conv", "--expand"};
+static const mb_train_field_info mb__fields[MB_FIELD_COUNT] = {
+    {"--batch", "batch", MB_KIND_INT, 1, 1 << 20, "sequences per micro-batch"},
+    {"--ctx", "ctx", MB_KIND_INT, 1, 1 << 24, "bytes per sequence"},
+    {"--steps", "steps", MB_KIND_INT, 1, 1e12, "optimizer steps"},
+    {"--warmup", "warmup", MB_KIND_INT, 0, 1e12, "linear warm-up steps (default 5% of the steps)"},
+    {"--grad-accum", "grad_accum", MB_KIND_INT, 1, 1 << 20, "micro-batches averaged per step"},
+    {"--seed", "seed", MB_KIND_INT, 0, 9007199254740992.0, "seed for init and batches"},
+    {"--schedule", "schedule", MB_KIND_SCHEDULE, 0, 1, "step, or time: the lr follows the budget's elapsed fraction"},
+    {"--sequential", "sequential", MB_KIND_SWITCH, 0, 1, "consecutive windows (passes over the data) instead of random ones"},
+    {"--lr", "lr", MB_KIND_NUM, 0, 10, "peak learning rate"},
+    {"--weight-decay", "weight_decay", MB_KIND_NUM, 0, 10, "AdamW weight decay on >=2-dim weights except A_log"},
+    {"--clip", "clip", MB_KIND_NUM, 0, 1e9, "global grad-norm clip"},
+    {"--beta1", "beta1", MB_KIND_NUM, 0, 0.999999, "AdamW beta1"},
+    {"--beta2", "beta2", MB_KIND_NUM, 0, 0.999999, "AdamW beta2"},
+    {"--eps", "eps", MB_KIND_NUM, 1e-30, 1, "AdamW eps"},
+    {"--time-budget", "time_budget", MB_KIND_NUM, 0, 1e9, "seconds: stop cleanly and save before this (0 none; per run unless --schedule time)"},
+    {"--save-every", "save_every", MB_KIND_INT, 0, 1e12, "also save every N steps (0: only at the end)"},
+    {"--d-model", "d_model", MB_KIND_INT, 1, 65536, "model width"},
+    {"--n-layer", "n_layer", MB_KIND_INT, 1, 1024, "layers"},
+    {"--d-state", "d_state", MB_KIND_INT, 1, 256, "SSM state size"},
+    {"--d-conv", "d_conv", MB_KIND_INT, 1, 64, "conv width"},
+    {"--expand", "expand", MB_KIND_INT, 1, 16, "d_inner = expand * d_model"}};
 
-MBDEF const char *mb_train_field_flag(int f) { return f >= 0 && f < MB_FIELD_COUNT ? mb__field_flags[f] : NULL; }
+MBDEF const mb_train_field_info *mb_train_field_desc(int f) { return f >= 0 && f < MB_FIELD_COUNT ? &mb__fields[f] : NULL; }
+MBDEF const char *mb_train_field_flag(int f) { return f >= 0 && f < MB_FIELD_COUNT ? mb__fields[f].flag : NULL; }
 
 /* The value of settings field f as a double (exact for every stored integer). */
 static double mb__field_value(const mb_train_settings *s, int f) {
@@ -3133,6 +3176,17 @@ static void mb__field_set(mb_train_settings *s, int f, double v) {
     }
 }
 
+MBDEF double mb_train_field_get(const mb_train_settings *s, const mb_config *cfg, int f) {
+    switch (f) {
+    case MB_FIELD_D_MODEL: return cfg->d_model;
+    case MB_FIELD_N_LAYER: return cfg->n_layer;
+    case MB_FIELD_D_STATE: return cfg->d_state;
+    case MB_FIELD_D_CONV: return cfg->d_conv;
+    case MB_FIELD_EXPAND: return cfg->expand;
+    default: return mb__field_value(s, f);
+    }
+}
+
 MBDEF mb_status mb_train_field_set(mb_train_settings *s, mb_config *cfg, int f, double v) {
     if (f < 0 || f >= MB_FIELD_COUNT) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "no settings field %d", f);
     switch (f) {
@@ -3155,7 +3209,7 @@ MBDEF mb_status mb_train_settings_resume(mb_train_settings *s, mb_config *cfg, u
     for (f = 0; f < 5; f++)
         if ((given & MB_GIVEN(MB_FIELD_D_MODEL + f)) && want[f] != have[f])
             return mb__fail(MB_STATUS_INVALID_ARGUMENT, "%s %d differs from the checkpoint's %d: resume with the checkpoint's config",
-                            mb__field_flags[MB_FIELD_D_MODEL + f], (int)want[f], (int)have[f]);
+                            mb__fields[MB_FIELD_D_MODEL + f].flag, (int)want[f], (int)have[f]);
     for (f = 0; f < MB_FIELD_D_MODEL; f++) {
         /* a time budget is a stop condition, except when the lr follows it */
         int stop_condition = f == MB_FIELD_SAVE_EVERY || (f == MB_FIELD_TIME_BUDGET && ck->schedule == 0);
@@ -3165,7 +3219,7 @@ MBDEF mb_status mb_train_settings_resume(mb_train_settings *s, mb_config *cfg, u
         else if (mine != theirs)
             return mb__fail(MB_STATUS_INVALID_ARGUMENT,
                             "%s is %.17g in the checkpoint but %.17g here: a resumed run keeps what defines its trajectory",
-                            mb__field_flags[f], theirs, mine);
+                            mb__fields[f].flag, theirs, mine);
     }
     *s = out;
     *cfg = *ck_cfg;
@@ -3176,6 +3230,22 @@ MBDEF double mb_clock_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+MBDEF void mb_format_duration(char *buf, size_t n, double seconds) {
+    long t = seconds < 0 || !isfinite(seconds) ? 0 : (long)(seconds + 0.5);
+    if (t >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(buf, n, "%02ld:%02ld", t / 60, t % 60);
+}
+
+MBDEF int mb_train_progress_line(char *buf, size_t n, const mb_train_progress *p) {
+    char where[96], el[32], eta[32];
+    mb_format_duration(el, sizeof el, p->elapsed_s);
+    mb_format_duration(eta, sizeof eta, p->eta_s);
+    if (p->by_time) snprintf(where, sizeof where, "step %lld (%.0f%% of the time budget)", (long long)p->step, 100.0 * p->progress);
+    else snprintf(where, sizeof where, "step %lld/%lld", (long long)p->step, (long long)p->steps);
+    return snprintf(buf, n, "%s | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %s elapsed | ETA %s", where, p->loss, p->lr,
+                    p->grad_norm, p->tokens_per_s, el, eta);
 }
 
 /* Seconds counted against the time budget: under the time schedule the
