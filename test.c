@@ -19,8 +19,8 @@ void mbt_cuda_emu_tests(void); /* tests/test_cuda_emu.cpp: the CUDA kernels on t
 #include "tests/test_model.c"
 #include "tests/test_numerics_report.c"
 #include "tests/test_train.c"
-#include "tests/test_loop.c"
 #include "tests/test_reliability.c"
+#include "tests/test_loop.c"
 #include "tests/test_kernels.c"
 #include "tests/test_plot.c"
 

@@ -81,4 +81,91 @@ static inline double mbt_normal(mbt_rng *r) {
     if (u1 < 1e-300) u1 = 1e-300;
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
+/* The whole file, NUL-terminated (free it); *len its size when len is not
+   NULL; NULL when it cannot be read. */
+static inline char *mbt_slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    char *buf;
+    long n;
+    if (!f) return NULL;
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) { fclose(f); return NULL; }
+    buf = (char *)malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); buf = NULL; }
+    if (buf) buf[n] = '\0';
+    if (buf && len) *len = (size_t)n;
+    fclose(f);
+    return buf;
+}
+#ifndef __cplusplus
+/* ------------------------------------------------ processes and files
+   (C only: the CLI tests in test.c; POSIX, after mambabyte.h set it up) */
+#include <errno.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* system(cmd): the exit status, or 128 + the signal, or -1. */
+static inline int mbt_run(const char *cmd) {
+    int rc = system(cmd);
+    return rc == -1 ? -1 : (WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc));
+}
+
+/* Starts `sh -c "exec CMD"` in the background: the pid is CMD's own. */
+static inline pid_t mbt_spawn(const char *cmd) {
+    char full[4096];
+    pid_t pid;
+    snprintf(full, sizeof full, "exec %s", cmd);
+    fflush(stdout);
+    fflush(stderr);
+    pid = fork();
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", full, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Waits for pid; the exit status, or 128 + the signal. */
+static inline int mbt_wait(pid_t pid) {
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* 1 and the status in *rc when pid has ended, 0 while it runs. */
+static inline int mbt_poll(pid_t pid, int *rc) {
+    int st;
+    pid_t r = waitpid(pid, &st, WNOHANG);
+    if (r != pid) return 0;
+    *rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return 1;
+}
+
+static inline void mbt_sleep_ms(double ms) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)(ms / 1000.0);
+    ts.tv_nsec = (long)((ms - 1000.0 * (double)ts.tv_sec) * 1e6);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
+/* The file (up to its first NUL byte) contains needle. */
+static inline int mbt_file_contains(const char *path, const char *needle) {
+    char *buf = mbt_slurp(path, NULL);
+    int found;
+    if (!buf) return 0;
+    found = strstr(buf, needle) != NULL;
+    free(buf);
+    return found;
+}
+
+static inline int mbt_files_equal(const char *a, const char *b) {
+    size_t na = 0, nb = 0;
+    char *x = mbt_slurp(a, &na), *y = mbt_slurp(b, &nb);
+    int same = x && y && na == nb && memcmp(x, y, na) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+#endif
 #endif

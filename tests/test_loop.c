@@ -2,8 +2,9 @@
    into it from the CLI: seed 000's settings, resume reconciliation, the
    callback and its stop, the non-finite guard, the time budget, saves; the
    library equals `./mambabyte train` bit for bit; Ctrl-C / SIGTERM save a
-   checkpoint that resumes bit-identically.  Included by test.c (after
-   test_train.c, whose run_cmd / file_contains / write_train_text it uses). */
+   checkpoint that resumes bit-identically.  Included by test.c after
+   test_train.c and test_reliability.c, whose write_train_text and
+   rel_same_run it uses. */
 
 static void test_settings_default(void) {
     mb_train_settings s = mb_train_settings_default();
@@ -111,33 +112,28 @@ static int loop_record(void *user, const mb_train_progress *p) {
     return l->stop_after > 0 && p->step >= l->stop_after;
 }
 
-/* Trains from scratch on build/t_text.txt's first 95% through the library. */
-static mb_status loop_train(mb_model **m, mb_trainer *tr, const mb_train_settings *s, const mb_train_options *opt,
-                            mb_train_report *rep, mb_dataset *d) {
+/* Trains from scratch on build/t_text.txt's first 95% through the library;
+   every step from poison_from on gets a NaN gradient (-1: none). */
+static mb_status loop_train_poisoned(mb_model **m, mb_trainer *tr, const mb_train_settings *s, const mb_train_options *opt,
+                                     mb_train_report *rep, mb_dataset *d, int64_t poison_from) {
     mb_config c = loop_config();
     mb_status st = mb_dataset_open(d, "build/t_text.txt", NULL);
+    memset(tr, 0, sizeof *tr);
     if (st == MB_STATUS_OK) st = mb_model_create(m, &c, (uint64_t)s->seed);
     if (st == MB_STATUS_OK) st = mb_trainer_init(tr, *m, s, d->train, d->train_size, NULL);
+    tr->inject_nonfinite_from = poison_from;
     if (st == MB_STATUS_OK) st = mb_train_run(tr, opt, rep);
     return st;
+}
+static mb_status loop_train(mb_model **m, mb_trainer *tr, const mb_train_settings *s, const mb_train_options *opt,
+                            mb_train_report *rep, mb_dataset *d) {
+    return loop_train_poisoned(m, tr, s, opt, rep, d, -1);
 }
 
 /* Two checkpoints hold the same parameters, moments, step and batcher. */
 static int loop_same_checkpoints(const char *a, const char *b) {
-    mb_model *ma = NULL, *mb = NULL;
-    mb_train_state sa, sb;
-    int ha = 0, hb = 0, same = 0;
-    if (mb_checkpoint_load(a, &ma, &sa, &ha) == MB_STATUS_OK && mb_checkpoint_load(b, &mb, &sb, &hb) == MB_STATUS_OK && ha && hb) {
-        size_t n = (size_t)mb_model_num_params(ma);
-        same = mb_model_num_params(ma) == mb_model_num_params(mb) && !memcmp(mb_model_params(ma), mb_model_params(mb), 4 * n) &&
-               !memcmp(sa.adam_m, sb.adam_m, 4 * n) && !memcmp(sa.adam_v, sb.adam_v, 4 * n) && sa.step == sb.step &&
-               sa.data_rng == sb.data_rng && sa.data_pos == sb.data_pos;
-    }
-    if (ha) mb_train_state_free(&sa);
-    if (hb) mb_train_state_free(&sb);
-    mb_model_free(ma);
-    mb_model_free(mb);
-    return same;
+    char why[128];
+    return rel_same_run(a, b, why, sizeof why);
 }
 
 static void test_library_equals_cli(void) {
@@ -154,7 +150,7 @@ static void test_library_equals_cli(void) {
     char line[256];
     memset(&log, 0, sizeof log);
     opt.user = &log;
-    rc = run_cmd(LOOP_CLI " --steps 10 --eval-chars 0 --log build/t_loop_cli.csv --out build/t_loop_cli.bin > build/t_loop_cli.out 2>&1");
+    rc = mbt_run(LOOP_CLI " --steps 10 --eval-chars 0 --log build/t_loop_cli.csv --out build/t_loop_cli.bin > build/t_loop_cli.out 2>&1");
     MBT_CHECK(rc == 0, "the CLI run failed (%d): see build/t_loop_cli.out", rc);
     st = loop_train(&m, &tr, &s, &opt, &rep, &d);
     MBT_CHECK(st == MB_STATUS_OK && rep.outcome == MB_TRAIN_FINISHED && rep.steps_run == 10 && rep.saved && log.n == 10,
@@ -233,14 +229,7 @@ static void test_loop_guard_budget_saves(void) {
     opt.user = &log;
     s.save_every = 2;
     remove("build/t_loop_nan.bin");
-    {
-        mb_config c = loop_config();
-        st = mb_dataset_open(&d, "build/t_text.txt", NULL);
-        if (st == MB_STATUS_OK) st = mb_model_create(&m, &c, (uint64_t)s.seed);
-        if (st == MB_STATUS_OK) st = mb_trainer_init(&tr, m, &s, d.train, d.train_size, NULL);
-        tr.inject_nonfinite_from = 6;
-        if (st == MB_STATUS_OK) st = mb_train_run(&tr, &opt, &rep);
-    }
+    st = loop_train_poisoned(&m, &tr, &s, &opt, &rep, &d, 6);
     MBT_CHECK(st == MB_STATUS_NON_FINITE && rep.outcome == MB_TRAIN_NON_FINITE && log.skipped == 10 && log.saved == 3 &&
               tr.st.step == 16 && !rep.saved && strstr(mb_last_error(), "10 non-finite steps in a row"),
               "10 non-finite steps stop the run: status %d outcome %d, %d skipped, %d saves, step %lld: %s", (int)st,
@@ -277,47 +266,26 @@ static void test_loop_guard_budget_saves(void) {
     mb_dataset_close(&d);
 }
 
-static void loop_nap(long ms) {
-    struct timespec ts;
-    ts.tv_sec = ms / 1000;
-    ts.tv_nsec = (ms % 1000) * 1000000L;
-    nanosleep(&ts, NULL);
-}
-
-/* Starts ./mambabyte train in the background (output to out_path); returns its pid. */
-static pid_t loop_spawn(const char *args, const char *out_path) {
-    char cmd[4200];
-    pid_t pid;
-    snprintf(cmd, sizeof cmd, "exec %s > %s 2>&1", args, out_path);
-    pid = fork();
-    if (pid == 0) {
-        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-        _exit(127);
+/* Waits up to timeout_s for pid (then kills it: -1). */
+static int loop_wait(pid_t pid, double timeout_s) {
+    double t0 = mb_clock_seconds();
+    int rc;
+    while (mb_clock_seconds() - t0 < timeout_s) {
+        if (mbt_poll(pid, &rc)) return rc;
+        mbt_sleep_ms(20);
     }
-    return pid;
+    kill(pid, SIGKILL);
+    mbt_wait(pid);
+    return -1;
 }
 
 /* Lines of a file (0 if it does not exist). */
 static int loop_lines(const char *path) {
-    FILE *f = fopen(path, "r");
-    int n = 0, ch;
-    if (!f) return 0;
-    while ((ch = fgetc(f)) != EOF) n += ch == '\n';
-    fclose(f);
+    char *buf = mbt_slurp(path, NULL), *p;
+    int n = 0;
+    for (p = buf; p && *p; p++) n += *p == '\n';
+    free(buf);
     return n;
-}
-
-static int loop_wait(pid_t pid, double timeout_s) {
-    double t0 = mb_clock_seconds();
-    int status;
-    while (mb_clock_seconds() - t0 < timeout_s) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        loop_nap(20);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    return -1;
 }
 
 static void test_interrupt_saves(void) {
@@ -328,18 +296,18 @@ static void test_interrupt_saves(void) {
     int rc;
     /* the reference: 300 uninterrupted steps */
     snprintf(cmd, sizeof cmd, "%s --out build/t_sig_ref.bin > build/t_sig_ref.out 2>&1", common);
-    rc = run_cmd(cmd);
+    rc = mbt_run(cmd);
     MBT_CHECK(rc == 0, "reference run: exit %d", rc);
     /* SIGTERM once the run is under way: it saves, says how to resume, exits 130 */
     remove("build/t_sig.bin");
     remove("build/t_sig.csv");
-    snprintf(cmd, sizeof cmd, "%s --out build/t_sig.bin --log build/t_sig.csv", common);
-    pid = loop_spawn(cmd, "build/t_sig.out");
-    for (t0 = mb_clock_seconds(); loop_lines("build/t_sig.csv") < 4 && mb_clock_seconds() - t0 < 60;) loop_nap(5);
+    snprintf(cmd, sizeof cmd, "%s --out build/t_sig.bin --log build/t_sig.csv > build/t_sig.out 2>&1", common);
+    pid = mbt_spawn(cmd);
+    for (t0 = mb_clock_seconds(); loop_lines("build/t_sig.csv") < 4 && mb_clock_seconds() - t0 < 60;) mbt_sleep_ms(5);
     kill(pid, SIGTERM);
     rc = loop_wait(pid, 60);
-    MBT_CHECK(rc == 130 && file_contains("build/t_sig.out", "interrupted: step") &&
-              file_contains("build/t_sig.out", "to continue: ./mambabyte train --resume build/t_sig.bin"),
+    MBT_CHECK(rc == 130 && mbt_file_contains("build/t_sig.out", "interrupted: step") &&
+              mbt_file_contains("build/t_sig.out", "to continue: ./mambabyte train --resume build/t_sig.bin"),
               "SIGTERM: exit %d (want 130), see build/t_sig.out", rc);
     {
         mb_model *m = NULL;
@@ -350,21 +318,21 @@ static void test_interrupt_saves(void) {
         if (has) mb_train_state_free(&ts);
         mb_model_free(m);
     }
-    rc = run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_sig.bin --out build/t_sig.bin --eval-chars 0 "
+    rc = mbt_run("./mambabyte train --data build/t_text.txt --resume build/t_sig.bin --out build/t_sig.bin --eval-chars 0 "
                  "--threads 2 > build/t_sig2.out 2>&1");
     MBT_CHECK(rc == 0 && loop_same_checkpoints("build/t_sig.bin", "build/t_sig_ref.bin"),
               "interrupted + resumed must equal the uninterrupted run bit for bit (exit %d)", rc);
     /* two SIGINTs: the second ends the process at once; what is on disk still loads */
     remove("build/t_sig.bin");
     remove("build/t_sig.csv");
-    pid = loop_spawn(cmd, "build/t_sig.out");
-    for (t0 = mb_clock_seconds(); loop_lines("build/t_sig.csv") < 4 && mb_clock_seconds() - t0 < 60;) loop_nap(5);
+    pid = mbt_spawn(cmd);
+    for (t0 = mb_clock_seconds(); loop_lines("build/t_sig.csv") < 4 && mb_clock_seconds() - t0 < 60;) mbt_sleep_ms(5);
     kill(pid, SIGINT);
     kill(pid, SIGINT);
     rc = loop_wait(pid, 60);
     {
         mb_model *m = NULL;
-        MBT_CHECK(rc == 130 && (run_cmd("test -e build/t_sig.bin") != 0 || mb_model_load(&m, "build/t_sig.bin") == MB_STATUS_OK),
+        MBT_CHECK(rc == 130 && (mbt_run("test -e build/t_sig.bin") != 0 || mb_model_load(&m, "build/t_sig.bin") == MB_STATUS_OK),
                   "two SIGINTs: exit %d (want 130), and no broken checkpoint", rc);
         mb_model_free(m);
     }

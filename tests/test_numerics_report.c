@@ -30,22 +30,6 @@ static int nrt_run(const char *cmd) {
     return nrt_exit_code(system(cmd));
 }
 
-/* Whole file, NUL-terminated; NULL when it cannot be read. */
-static char *nrt_slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-    if (!f) return NULL;
-    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) { fclose(f); return NULL; }
-    buf = (char *)malloc((size_t)n + 1);
-    if (!buf) { fclose(f); return NULL; }
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); fclose(f); return NULL; }
-    fclose(f);
-    buf[n] = '\0';
-    if (len) *len = (size_t)n;
-    return buf;
-}
-
 /* ------------------------------------------------------------- tiny JSON */
 /* Strict RFC 8259 grammar (no NaN/Infinity tokens, no trailing commas) into
    a node pool.  Strings are kept as raw slices (escapes validated, not
@@ -411,12 +395,12 @@ static void test_numerics_report(void) {
     MBT_CHECK(rc == 0, "'%s numerics --json --svg' exited %d", MBT_NUMERICS_BIN, rc);
     if (rc != 0) return;
 
-    table = nrt_slurp("build/numerics.txt", NULL);
+    table = mbt_slurp("build/numerics.txt", NULL);
     MBT_CHECK(table && strstr(table, "large negative") && strstr(table, "subnormal") && strstr(table, "n/a"),
               "table on stdout lacks the rows or the divergence note");
     free(table);
 
-    json = nrt_slurp(json_path, &json_len);
+    json = mbt_slurp(json_path, &json_len);
     MBT_CHECK(json != NULL, "cannot read %s", json_path);
     if (!json) return;
     root = nrt_parse(json, json_len);
@@ -480,7 +464,7 @@ static void test_numerics_report(void) {
     free(json);
 
     /* the picture */
-    svg = nrt_slurp(svg_path, NULL);
+    svg = mbt_slurp(svg_path, NULL);
     MBT_CHECK(svg != NULL, "cannot read %s", svg_path);
     if (!svg) return;
     {

@@ -20,19 +20,6 @@ static void plt_write(const char *path, const char *text) {
     fclose(f);
 }
 
-static char *plt_slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-    if (!f) return NULL;
-    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) { fclose(f); return NULL; }
-    buf = (char *)malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); buf = NULL; }
-    if (buf) buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
 static int plt_count(const char *s, const char *needle) {
     int n = 0;
     size_t len = strlen(needle);
@@ -154,7 +141,7 @@ static void test_plot(void) {
     /* a small log, the trainer's 5-column header */
     plt_log(csv, 1, 10, 3.0, -0.1, 0, "w");
     MBT_CHECK(mb_plot_write_svg(csv, svg, err, sizeof err) == 0, "small log: %s", err);
-    s = plt_slurp(svg);
+    s = mbt_slurp(svg, NULL);
     MBT_CHECK(s != NULL, "small log: no SVG written");
     MBT_CHECK(plt_xml_ok(svg) != 0, "small log: the SVG is not well-formed XML");
     n = plt_points(s, "loss", xs, ys, 4096);
@@ -176,7 +163,7 @@ static void test_plot(void) {
         if (f) { fputs("10,,,,,0.5\n", f); fclose(f); } /* an evaluation-only row at the last step */
     }
     MBT_CHECK(mb_plot_write_svg(csv, svg, err, sizeof err) == 0, "accuracy log: %s", err);
-    s = plt_slurp(svg);
+    s = mbt_slurp(svg, NULL);
     MBT_CHECK(plt_xml_ok(svg) != 0, "accuracy log: not well-formed XML");
     MBT_CHECK(plt_count(s, "class=\"acc-pt\"") == 3, "accuracy log: %d accuracy markers, expected 3", plt_count(s, "class=\"acc-pt\""));
     MBT_CHECK(plt_points(s, "loss", xs, ys, 4096) == 10, "accuracy log: the evaluation-only row must not drop the loss at its step");
@@ -186,7 +173,7 @@ static void test_plot(void) {
     /* the 6-column header with no accuracy measured: no accuracy series */
     plt_log(csv, 1, 10, 3.0, -0.1, 1000, "w");
     MBT_CHECK(mb_plot_write_svg(csv, svg, err, sizeof err) == 0, "empty accuracy column: %s", err);
-    s = plt_slurp(svg);
+    s = mbt_slurp(svg, NULL);
     MBT_CHECK(s && !strstr(s, "class=\"acc") && !strstr(s, "held-out"), "empty accuracy column: an accuracy series was drawn");
     free(s);
 
@@ -206,7 +193,7 @@ static void test_plot(void) {
               "8,2.2,1e-3,0.5,8.0\n"
               "9,2.1,1e-3,0.5,9.0");
     MBT_CHECK(mb_plot_write_svg(csv, svg, err, sizeof err) == 0, "NaN log: %s", err);
-    s = plt_slurp(svg);
+    s = mbt_slurp(svg, NULL);
     MBT_CHECK(plt_xml_ok(svg) != 0, "NaN log: not well-formed XML");
     n = plt_points(s, "loss", xs, ys, 4096);
     MBT_CHECK(n == 4, "NaN log: %d points, expected 4 (steps 1, 6, 8, 9)", n);
@@ -223,7 +210,7 @@ static void test_plot(void) {
         if (f) { fputs("12,1.5,1e-3,0.5,99.0,\n", f); fclose(f); } /* the same step again */
     }
     MBT_CHECK(mb_plot_write_svg(csv, svg, err, sizeof err) == 0, "resume log: %s", err);
-    s = plt_slurp(svg);
+    s = mbt_slurp(svg, NULL);
     {
         mbplot_log L;
         mbplot_layout g;
@@ -268,7 +255,7 @@ static void test_plot(void) {
             fclose(f);
         }
         MBT_CHECK(mb_plot_write_svg(csv, svg, err, sizeof err) == 0, "long log: %s", err);
-        s = plt_slurp(svg);
+        s = mbt_slurp(svg, NULL);
         MBT_CHECK(plt_xml_ok(svg) != 0, "long log: not well-formed XML");
         MBT_CHECK(mbplot_read(csv, &L, err, sizeof err) == 0 && L.loss.n == (size_t)rows, "long log: read %d rows", (int)L.loss.n);
         mbplot_layout_fit(&g, &L);
@@ -294,13 +281,13 @@ static void test_plot(void) {
     /* empty file, header only: an empty chart with a note */
     plt_write(csv, "");
     MBT_CHECK(mb_plot_write_svg(csv, svg, err, sizeof err) == 0, "empty log: %s", err);
-    s = plt_slurp(svg);
+    s = mbt_slurp(svg, NULL);
     MBT_CHECK(plt_xml_ok(svg) != 0, "empty log: not well-formed XML");
     MBT_CHECK(s && strstr(s, "no data rows yet") && !strstr(s, "<polyline"), "empty log: no note, or a series drawn");
     free(s);
     plt_write(csv, "step,loss,lr,grad_norm,seconds,val_char_accuracy\n");
     MBT_CHECK(mb_plot_write_svg(csv, svg, err, sizeof err) == 0, "header-only log: %s", err);
-    s = plt_slurp(svg);
+    s = mbt_slurp(svg, NULL);
     MBT_CHECK(plt_xml_ok(svg) != 0, "header-only log: not well-formed XML");
     MBT_CHECK(s && strstr(s, "no data rows yet"), "header-only log: no note");
     free(s);
@@ -310,7 +297,7 @@ static void test_plot(void) {
     /* text is escaped: a log whose name has markup characters */
     plt_log(PLT_DIR "/a&b<c>'\".csv", 1, 3, 3.0, -0.1, 0, "w");
     MBT_CHECK(mb_plot_write_svg(PLT_DIR "/a&b<c>'\".csv", svg, err, sizeof err) == 0, "odd name: %s", err);
-    s = plt_slurp(svg);
+    s = mbt_slurp(svg, NULL);
     MBT_CHECK(plt_xml_ok(svg) != 0, "odd name: the title is not escaped");
     MBT_CHECK(s && strstr(s, "a&amp;b&lt;c&gt;&apos;&quot;.csv"), "odd name: the title is not escaped");
     free(s);
@@ -321,7 +308,7 @@ static void test_plot(void) {
     err[0] = '\0';
     MBT_CHECK(mb_plot_write_svg(PLT_DIR "/no_such.csv", svg, err, sizeof err) != 0, "missing log: accepted");
     MBT_CHECK(strstr(err, "cannot read") && strstr(err, "no_such.csv") && strstr(err, strerror(ENOENT)), "missing log: unclear error '%s'", err);
-    s = plt_slurp(svg);
+    s = mbt_slurp(svg, NULL);
     MBT_CHECK(s && !strcmp(s, "OLD"), "missing log: the previous SVG was touched");
     free(s);
     MBT_CHECK(plt_temp_files() == 0, "a temporary file was left behind");
@@ -362,10 +349,10 @@ static void test_plot(void) {
         MBT_CHECK(plt_cli(4, a_missing) == 1, "plot on a missing log must exit 1");
         MBT_CHECK(plt_cli(4, a_ok) == 0, "plot LOG --out FILE must exit 0");
         MBT_CHECK(plt_cli(4, a_ok2) == 0, "plot -o FILE LOG must exit 0");
-        s = plt_slurp(PLT_DIR "/cli.svg");
+        s = mbt_slurp(PLT_DIR "/cli.svg", NULL);
         MBT_CHECK(s && plt_points(s, "loss", xs, ys, 4096) == 5, "plot --out: wrong picture");
         free(s);
-        s = plt_slurp(PLT_DIR "/cli2.svg");
+        s = mbt_slurp(PLT_DIR "/cli2.svg", NULL);
         MBT_CHECK(s != NULL, "plot -o: nothing written");
         free(s);
     }

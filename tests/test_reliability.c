@@ -14,19 +14,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static double rel_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void rel_sleep_ms(double ms) {
-    struct timespec ts;
-    ts.tv_sec = (time_t)(ms / 1000.0);
-    ts.tv_nsec = (long)((ms - 1000.0 * (double)ts.tv_sec) * 1e6);
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
-}
-
 static void rel_skip(const char *what, const char *why) {
     MBT_SKIP("reliability", "%s: %s", what, why);
 }
@@ -64,38 +51,6 @@ static size_t rel_count_glob(const char *pattern) {
     if (glob(pattern, 0, NULL, &g) == 0) n = g.gl_pathc;
     globfree(&g);
     return n;
-}
-
-/* Starts `sh -c "exec CMD"` in the background: the pid is CMD's own. */
-static pid_t rel_spawn(const char *cmd) {
-    char full[4096];
-    pid_t pid;
-    snprintf(full, sizeof full, "exec %s", cmd);
-    fflush(stdout);
-    fflush(stderr);
-    pid = fork();
-    if (pid == 0) {
-        execl("/bin/sh", "sh", "-c", full, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Waits for pid; the exit status, or 128 + the signal. */
-static int rel_wait(pid_t pid) {
-    int st;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR) return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-/* 1 and the status in *rc when pid has ended, 0 while it runs. */
-static int rel_poll(pid_t pid, int *rc) {
-    int st;
-    pid_t r = waitpid(pid, &st, WNOHANG);
-    if (r != pid) return 0;
-    *rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    return 1;
 }
 
 /* The last "step K/N" line of a training log (-1 when none). */
@@ -194,17 +149,17 @@ static void test_crash_resume(void) {
     int kills = 0, in_save = 0, tries, rc = -1, i, finished = 0;
     pid_t killed[16];
     int nkilled = 0;
-    double t0 = rel_now(), ref_s;
+    double t0 = mb_clock_seconds(), ref_s;
     rel_kill_log[0] = '\0';
     remove("build/t_crash.bin");
     remove("build/t_crash_ref.bin");
-    run_cmd("rm -f build/t_crash.bin.tmp.* build/t_crash_ref.bin.tmp.*");
+    mbt_run("rm -f build/t_crash.bin.tmp.* build/t_crash_ref.bin.tmp.*");
 
     /* the uninterrupted reference; its duration scales the kill moments */
-    ref_s = rel_now();
-    rc = run_cmd("./mambabyte train " REL_CRASH_FLAGS " --save-every 2 --out build/t_crash_ref.bin > build/t_crash_ref.out 2>&1");
+    ref_s = mb_clock_seconds();
+    rc = mbt_run("./mambabyte train " REL_CRASH_FLAGS " --save-every 2 --out build/t_crash_ref.bin > build/t_crash_ref.out 2>&1");
     MBT_CHECK(rc == 0, "reference run failed (%d): see build/t_crash_ref.out", rc);
-    ref_s = rel_now() - ref_s;
+    ref_s = mb_clock_seconds() - ref_s;
     MBT_CHECK(rel_count_glob("build/t_crash_ref.bin.tmp.*") == 0, "a clean run must leave no temporary file");
 
     /* kills at random moments (save every 2 steps): 8% to 25% of the
@@ -216,12 +171,12 @@ static void test_crash_resume(void) {
         double t;
         char what[64];
         rel_crash_cmd(cmd, sizeof cmd, 2, "build/t_crash.out");
-        pid = rel_spawn(cmd);
-        t = rel_now();
-        while (!rel_poll(pid, &rc) && rel_now() - t < ms / 1000.0) rel_sleep_ms(1);
-        if (rel_now() - t >= ms / 1000.0) {
+        pid = mbt_spawn(cmd);
+        t = mb_clock_seconds();
+        while (!mbt_poll(pid, &rc) && mb_clock_seconds() - t < ms / 1000.0) mbt_sleep_ms(1);
+        if (mb_clock_seconds() - t >= ms / 1000.0) {
             kill(pid, SIGKILL);
-            rc = rel_wait(pid);
+            rc = mbt_wait(pid);
         }
         if (rc == 128 + SIGKILL) {
             if (nkilled < 16) killed[nkilled++] = pid;
@@ -242,13 +197,13 @@ static void test_crash_resume(void) {
         pid_t pid;
         double t;
         rel_crash_cmd(cmd, sizeof cmd, 1, "build/t_crash.out");
-        pid = rel_spawn(cmd);
+        pid = mbt_spawn(cmd);
         snprintf(tmp, sizeof tmp, "build/t_crash.bin.tmp.%ld", (long)pid);
-        t = rel_now();
-        while (!rel_poll(pid, &rc)) {
-            if (access(tmp, F_OK) == 0 || rel_now() - t > 10.0) {
+        t = mb_clock_seconds();
+        while (!mbt_poll(pid, &rc)) {
+            if (access(tmp, F_OK) == 0 || mb_clock_seconds() - t > 10.0) {
                 kill(pid, SIGKILL);
-                rc = rel_wait(pid);
+                rc = mbt_wait(pid);
                 if (rc == 128 + SIGKILL) {
                     if (nkilled < 16) killed[nkilled++] = pid;
                     in_save = access(tmp, F_OK) == 0;
@@ -265,11 +220,11 @@ static void test_crash_resume(void) {
     /* resume to the end */
     for (tries = 0; tries < 3 && !finished; tries++) {
         rel_crash_cmd(cmd, sizeof cmd, 2, "build/t_crash.out");
-        rc = run_cmd(cmd);
+        rc = mbt_run(cmd);
         finished = rc == 0;
     }
     MBT_CHECK(finished, "the resumed run did not finish: exit %d, see build/t_crash.out", rc);
-    MBT_CHECK(file_contains("build/t_crash.out", "done: 80 steps"), "the last resumed run must reach step 80");
+    MBT_CHECK(mbt_file_contains("build/t_crash.out", "done: 80 steps"), "the last resumed run must reach step 80");
     MBT_CHECK(rel_same_run("build/t_crash_ref.bin", "build/t_crash.bin", why, sizeof why),
               "after %d kills (one inside a save: %s) and resumes, the result must equal the uninterrupted run: %s", kills + (in_save ? 1 : 0),
               in_save ? "yes" : "no", why);
@@ -290,7 +245,7 @@ static void test_crash_resume(void) {
         if (stale) printf("reliability: note: %zu stale temporary file(s) left by SIGKILLed saves (removed)\n", stale);
     }
     printf("reliability: crash test: %d random kills, kill inside a save: %s (logged/checkpoint step after each kill:%s), %.1f s\n",
-           kills, in_save ? "yes" : "no", rel_kill_log, rel_now() - t0);
+           kills, in_save ? "yes" : "no", rel_kill_log, mb_clock_seconds() - t0);
 }
 
 /* ------------------------------------------------- checkpoint robustness */
@@ -303,8 +258,8 @@ static int rel_cli_refuses(const char *path, const char *needle) {
     char cmd[1024];
     int rc;
     snprintf(cmd, sizeof cmd, "timeout 20 ./mambabyte eval --model '%s' --data build/t_text.txt --chars 10 > build/t_rel_cli.out 2>&1", path);
-    rc = run_cmd(cmd);
-    return rc == 1 && file_contains("build/t_rel_cli.out", needle) && file_contains("build/t_rel_cli.out", "mambabyte eval:");
+    rc = mbt_run(cmd);
+    return rc == 1 && mbt_file_contains("build/t_rel_cli.out", needle) && mbt_file_contains("build/t_rel_cli.out", "mambabyte eval:");
 }
 
 /* The library must refuse path: status want (or any error when want is
@@ -419,8 +374,8 @@ static void test_checkpoint_robustness(void) {
                 char cmd[512];
                 int rc;
                 snprintf(cmd, sizeof cmd, "./mambabyte train --data build/t_text.txt --resume %s --out build/t_rel_x.bin > build/t_rel_cli.out 2>&1", bad);
-                rc = run_cmd(cmd);
-                MBT_CHECK(rc == 1 && file_contains("build/t_rel_cli.out", st[k].needle), "train --resume with a bad %s: exit %d", st[k].name, rc);
+                rc = mbt_run(cmd);
+                MBT_CHECK(rc == 1 && mbt_file_contains("build/t_rel_cli.out", st[k].needle), "train --resume with a bad %s: exit %d", st[k].name, rc);
             }
         }
     }
@@ -461,7 +416,7 @@ static void test_checkpoint_robustness(void) {
                 }
             _exit(wrong ? 1 : 0);
         }
-        rc = rel_wait(pid);
+        rc = mbt_wait(pid);
         MBT_CHECK(rc == 0, "settings out of range (NaN, Inf, 1e300, 9.3e18, -1, 0.5) must load or be BAD_FORMAT, without "
                   "undefined behaviour: child exit %d%s", rc, rc >= 86 ? " (a sanitizer report, see above)" : "");
         for (s1 = 0; s1 < sizeof pos_values / sizeof pos_values[0]; s1++) {
@@ -474,7 +429,7 @@ static void test_checkpoint_robustness(void) {
             rel_write_file(bad, b, ns);
             snprintf(cmd, sizeof cmd, "./mambabyte train --data build/t_text.txt --resume %s --stop-at 3 --out build/t_rel_x.bin "
                      "--eval-chars 0 > build/t_rel_cli.out 2>&1", bad);
-            rc = run_cmd(cmd);
+            rc = mbt_run(cmd);
             if (rc != 0 && rc != 1 && rc != 2) {
                 crashed++;
                 fprintf(stderr, "  train --resume with data_pos %lld: exit %d\n", (long long)pos_values[s1], rc);
@@ -497,7 +452,7 @@ static void test_checkpoint_robustness(void) {
         remove("build/t_rel_x.bin");
         snprintf(cmd, sizeof cmd, "./mambabyte train --data build/t_text.txt --resume %s --save-every 1 --out build/t_rel_x.bin "
                  "--eval-chars 0 > build/t_rel_cli.out 2>&1", bad);
-        rc = run_cmd(cmd);
+        rc = mbt_run(cmd);
         MBT_CHECK(rc <= 2 && (!rel_exists("build/t_rel_x.bin") || mb_model_load(&back, "build/t_rel_x.bin") == MB_STATUS_OK),
                   "resuming from a NaN Adam moment (exit %d) must not save a checkpoint that does not load: %s", rc, mb_last_error());
         mb_model_free(back);
@@ -540,7 +495,7 @@ static void test_checkpoint_robustness(void) {
                 alarm(10);
                 _exit(rel_lib_refuses(fifo, MB_STATUS_IO_ERROR, "not a regular file") ? 0 : 1);
             }
-            rc = rel_wait(pid);
+            rc = mbt_wait(pid);
             MBT_CHECK(rc == 0, "a FIFO must be refused as not a regular file (child exit %d)", rc);
             MBT_CHECK(rel_cli_refuses(fifo, "not a regular file"), "CLI: a FIFO checkpoint");
             remove(fifo);
@@ -608,21 +563,21 @@ static void test_disk_errors(void) {
 
     /* CLI under `ulimit -f` (the library-level RLIMIT_FSIZE case is in
        test_train.c): exit 1 with a message, the old checkpoint unchanged */
-    rc = run_cmd("./mambabyte train --data build/t_text.txt --d-model 16 --n-layer 2 --d-state 4 --batch 2 --ctx 32 --steps 2 "
+    rc = mbt_run("./mambabyte train --data build/t_text.txt --d-model 16 --n-layer 2 --d-state 4 --batch 2 --ctx 32 --steps 2 "
                  "--eval-chars 0 --threads 1 --out build/t_fsize.bin > build/t_fsize.out 2>&1");
     MBT_CHECK(rc == 0, "first run for the ulimit test: exit %d", rc);
     keep = rel_read_file("build/t_fsize.bin", &keep_n);
-    rc = run_cmd("sh -c 'ulimit -f 40 && exec ./mambabyte train --data build/t_text.txt --d-model 16 --n-layer 2 --d-state 4 "
+    rc = mbt_run("sh -c 'ulimit -f 40 && exec ./mambabyte train --data build/t_text.txt --d-model 16 --n-layer 2 --d-state 4 "
                  "--batch 2 --ctx 32 --steps 3 --eval-chars 0 --threads 1 --out build/t_fsize.bin' > build/t_fsize.out 2>&1");
     {
         size_t n2;
         unsigned char *now = rel_read_file("build/t_fsize.bin", &n2);
-        MBT_CHECK(rc == 1 && file_contains("build/t_fsize.out", "build/t_fsize.bin") && file_contains("build/t_fsize.out", "intact"),
+        MBT_CHECK(rc == 1 && mbt_file_contains("build/t_fsize.out", "build/t_fsize.bin") && mbt_file_contains("build/t_fsize.out", "intact"),
                   "train under ulimit -f must exit 1 with a message naming the file (exit %d%s); see build/t_fsize.out", rc,
                   rc == 128 + SIGXFSZ ? ": killed by SIGXFSZ, which the CLI must ignore" : "");
         MBT_CHECK(keep && now && n2 == keep_n && !memcmp(now, keep, keep_n), "ulimit -f: the previous checkpoint must be unchanged");
         MBT_CHECK(rel_count_glob("build/t_fsize.bin.tmp.*") == 0, "ulimit -f: the failed save must remove its temporary file");
-        run_cmd("rm -f build/t_fsize.bin.tmp.*");
+        mbt_run("rm -f build/t_fsize.bin.tmp.*");
         free(now);
     }
     free(keep);
@@ -648,11 +603,11 @@ static void test_disk_errors(void) {
 
     /* a tiny tmpfs (disk full) that is then remounted read-only: needs
        mount permission */
-    run_cmd("umount build/t_mnt > /dev/null 2>&1"); /* a previous run that died half way */
+    mbt_run("umount build/t_mnt > /dev/null 2>&1"); /* a previous run that died half way */
     mkdir(dir, 0755);
     if (geteuid() != 0) {
         rel_skip("full and read-only tmpfs", "mount needs root");
-    } else if (run_cmd("mount -t tmpfs -o size=64k,mode=0755 mb_test_tmpfs build/t_mnt > build/t_mnt.out 2>&1") != 0) {
+    } else if (mbt_run("mount -t tmpfs -o size=64k,mode=0755 mb_test_tmpfs build/t_mnt > build/t_mnt.out 2>&1") != 0) {
         char why[300];
         FILE *f = fopen("build/t_mnt.out", "r");
         size_t got = f ? fread(why, 1, sizeof why - 1, f) : 0;
@@ -671,11 +626,11 @@ static void test_disk_errors(void) {
         /* the CLI on a full disk: a checkpoint with training state (43 KB) */
         remove(path);
         snprintf(cmd, sizeof cmd, "%s --out %s > build/t_mnt_cli.out 2>&1", cli, path);
-        MBT_CHECK(run_cmd(cmd) == 0, "CLI: the first save into the tmpfs");
+        MBT_CHECK(mbt_run(cmd) == 0, "CLI: the first save into the tmpfs");
         keep = rel_read_file(path, &keep_n);
         snprintf(cmd, sizeof cmd, "%s --steps 3 --out %s > build/t_mnt_cli.out 2>&1", cli, path);
-        rc = run_cmd(cmd);
-        MBT_CHECK(rc == 1 && file_contains("build/t_mnt_cli.out", "No space left") && file_contains("build/t_mnt_cli.out", "intact"),
+        rc = mbt_run(cmd);
+        MBT_CHECK(rc == 1 && mbt_file_contains("build/t_mnt_cli.out", "No space left") && mbt_file_contains("build/t_mnt_cli.out", "intact"),
                   "CLI on a full disk: exit %d, see build/t_mnt_cli.out", rc);
         {
             size_t n2;
@@ -686,13 +641,13 @@ static void test_disk_errors(void) {
         free(keep);
 
         /* read-only */
-        if (run_cmd("mount -o remount,ro build/t_mnt > build/t_mnt.out 2>&1") == 0) {
+        if (mbt_run("mount -o remount,ro build/t_mnt > build/t_mnt.out 2>&1") == 0) {
             keep = rel_read_file(path, &keep_n);
             rel_save_must_fail("read-only mount (library)", m, path, keep, keep_n, "Read-only file system");
             snprintf(cmd, sizeof cmd, "%s --steps 3 --out %s > build/t_mnt_cli.out 2>&1", cli, path);
-            rc = run_cmd(cmd);
-            MBT_CHECK(rc == 1 && file_contains("build/t_mnt_cli.out", "Read-only file system") &&
-                      file_contains("build/t_mnt_cli.out", path), "CLI on a read-only mount: exit %d, see build/t_mnt_cli.out", rc);
+            rc = mbt_run(cmd);
+            MBT_CHECK(rc == 1 && mbt_file_contains("build/t_mnt_cli.out", "Read-only file system") &&
+                      mbt_file_contains("build/t_mnt_cli.out", path), "CLI on a read-only mount: exit %d, see build/t_mnt_cli.out", rc);
             {
                 size_t n2;
                 unsigned char *now = rel_read_file(path, &n2);
@@ -703,7 +658,7 @@ static void test_disk_errors(void) {
         } else {
             rel_skip("read-only remount", "mount -o remount,ro failed");
         }
-        if (run_cmd("umount build/t_mnt > /dev/null 2>&1") != 0) printf("reliability: note: could not unmount build/t_mnt\n");
+        if (mbt_run("umount build/t_mnt > /dev/null 2>&1") != 0) printf("reliability: note: could not unmount build/t_mnt\n");
     }
     rmdir(dir);
     mb_model_free(m);
@@ -778,15 +733,15 @@ static void test_large_file(void) {
 
     /* CLI: train 2 steps on it with a small eval file, then with the
        held-out 5% (which starts beyond 2^32), and evaluate on it */
-    rc = run_cmd("./mambabyte train --data build/t_sparse.txt --eval-data build/t_text.txt --d-model 16 --n-layer 1 --d-state 4 "
+    rc = mbt_run("./mambabyte train --data build/t_sparse.txt --eval-data build/t_text.txt --d-model 16 --n-layer 1 --d-state 4 "
                  "--batch 2 --ctx 64 --steps 2 --eval-chars 100 --threads 2 --out build/t_sparse.bin > build/t_sparse.out 2>&1");
-    MBT_CHECK(rc == 0 && file_contains("build/t_sparse.out", "4823449600 bytes") && file_contains("build/t_sparse.out", "char accuracy"),
+    MBT_CHECK(rc == 0 && mbt_file_contains("build/t_sparse.out", "4823449600 bytes") && mbt_file_contains("build/t_sparse.out", "char accuracy"),
               "train on a 4.5 GiB sparse file with --eval-data: exit %d, see build/t_sparse.out", rc);
     snprintf(cmd, sizeof cmd, "./mambabyte train --data build/t_sparse.txt --d-model 16 --n-layer 1 --d-state 4 --batch 2 --ctx 64 "
              "--steps 2 --eval-chars %d --threads 2 --out build/t_sparse.bin > build/t_sparse.out 2>&1", (int)sizeof tail_text - 1);
-    rc = run_cmd(cmd);
+    rc = mbt_run(cmd);
     snprintf(cmd, sizeof cmd, "held-out 5%%: %d chars, %d bytes", (int)sizeof tail_text - 1, (int)sizeof tail_text - 1);
-    MBT_CHECK(rc == 0 && file_contains("build/t_sparse.out", cmd),
+    MBT_CHECK(rc == 0 && mbt_file_contains("build/t_sparse.out", cmd),
               "train on a 4.5 GiB sparse file, held-out eval beyond 2^32: exit %d, want '%s', see build/t_sparse.out", rc, cmd);
     {   /* the CLI's held-out accuracy is the library's on the text written there */
         mb_model *m = NULL;
@@ -795,15 +750,15 @@ static void test_large_file(void) {
         if (mb_model_load(&m, "build/t_sparse.bin") == MB_STATUS_OK &&
             mb_eval_text(m, (const uint8_t *)tail_text, (int64_t)sizeof tail_text - 1, -1, &ev, NULL, NULL) == MB_STATUS_OK) {
             snprintf(want, sizeof want, "char accuracy  %.4f", (double)ev.chars_correct / (double)ev.chars);
-            MBT_CHECK(file_contains("build/t_sparse.out", want), "the held-out evaluation must read the text beyond 2^32 ('%s')", want);
+            MBT_CHECK(mbt_file_contains("build/t_sparse.out", want), "the held-out evaluation must read the text beyond 2^32 ('%s')", want);
         } else {
             MBT_CHECK(0, "cannot load build/t_sparse.bin: %s", mb_last_error());
         }
         mb_model_free(m);
     }
     snprintf(cmd, sizeof cmd, "./mambabyte eval --model build/t_sparse.bin --data %s --chars 100 > build/t_sparse.out 2>&1", path);
-    rc = run_cmd(cmd);
-    MBT_CHECK(rc == 0 && file_contains("build/t_sparse.out", "100 chars"), "eval on the sparse file: exit %d", rc);
+    rc = mbt_run(cmd);
+    MBT_CHECK(rc == 0 && mbt_file_contains("build/t_sparse.out", "100 chars"), "eval on the sparse file: exit %d", rc);
     remove(path);
     remove("build/t_sparse.bin");
 }
@@ -880,11 +835,11 @@ static void test_nan_guard_cli(void) {
     /* one poisoned step (0-based 3, the 4th step, logged as step 4) */
     snprintf(cmd, sizeof cmd, "MB_TEST_INJECT_NAN_STEP=3 ./mambabyte train %s --steps 8 --log build/t_nan.csv --out build/t_nan.bin "
              "> build/t_nan.out 2>&1", flags);
-    rc = run_cmd(cmd);
+    rc = mbt_run(cmd);
     MBT_CHECK(rc == 0, "a run with one non-finite step must still finish: exit %d, see build/t_nan.out", rc);
-    MBT_CHECK(file_contains("build/t_nan.out", "step 4: non-finite") && file_contains("build/t_nan.out", "update skipped"),
+    MBT_CHECK(mbt_file_contains("build/t_nan.out", "step 4: non-finite") && mbt_file_contains("build/t_nan.out", "update skipped"),
               "the skipped step must be reported: see build/t_nan.out");
-    MBT_CHECK(file_contains("build/t_nan.csv", "\n3,") && !file_contains("build/t_nan.csv", "\n4,") && file_contains("build/t_nan.csv", "\n5,"),
+    MBT_CHECK(mbt_file_contains("build/t_nan.csv", "\n3,") && !mbt_file_contains("build/t_nan.csv", "\n4,") && mbt_file_contains("build/t_nan.csv", "\n5,"),
               "the CSV must lack the skipped step's row");
     MBT_CHECK(mb_checkpoint_load("build/t_nan.bin", &m, &st, &has) == MB_STATUS_OK && has && st.step == 8,
               "the final checkpoint must load (so it is finite) at step 8: %s", mb_last_error());
@@ -898,8 +853,8 @@ static void test_nan_guard_cli(void) {
     remove("build/t_nan.bin");
     snprintf(cmd, sizeof cmd, "MB_TEST_INJECT_NAN_FROM=6 ./mambabyte train %s --steps 40 --save-every 2 --out build/t_nan.bin "
              "> build/t_nan.out 2>&1", flags);
-    rc = run_cmd(cmd);
-    MBT_CHECK(rc == 1 && file_contains("build/t_nan.out", "10 non-finite steps"),
+    rc = mbt_run(cmd);
+    MBT_CHECK(rc == 1 && mbt_file_contains("build/t_nan.out", "10 non-finite steps"),
               "10 non-finite steps in a row must stop the run with exit 1 (exit %d; the CLI must honour MB_TEST_INJECT_NAN_FROM)", rc);
     rc = mb_checkpoint_load("build/t_nan.bin", &m, &st, &has) == MB_STATUS_OK;
     MBT_CHECK(rc && has && st.step == 6, "the last good checkpoint (step 6) must be kept: %s %lld", rc ? "it is at step" : mb_last_error(),

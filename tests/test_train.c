@@ -170,36 +170,6 @@ static void test_eval_protocol(void) {
 }
 
 /* ------------------------------------------------------------------ CLI */
-static int run_cmd(const char *cmd) {
-    int rc = system(cmd);
-    return rc == -1 ? -1 : (WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc));
-}
-
-static int file_contains(const char *path, const char *needle) {
-    FILE *f = fopen(path, "rb");
-    static char buf[1 << 16];
-    size_t n;
-    if (!f) return 0;
-    n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = 0;
-    fclose(f);
-    return strstr(buf, needle) != NULL;
-}
-
-static int files_equal(const char *a, const char *b) {
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    int ca, cb, same = fa && fb;
-    while (same) {
-        ca = fgetc(fa);
-        cb = fgetc(fb);
-        if (ca != cb) same = 0;
-        if (ca == EOF) break;
-    }
-    if (fa) fclose(fa);
-    if (fb) fclose(fb);
-    return same;
-}
-
 /* About 24 KB of varied text (not the smoke-mode size) written by the test. */
 static void write_train_text(const char *path) {
     static const char *words[] = {"state", "space", "model", "bytes", "river", "stone", "light", "over", "the", "a",
@@ -219,16 +189,16 @@ static void test_cli_train(void) {
     write_train_text("build/t_text.txt");
     /* one run of 12 steps, and 6 + resume + 6 (with a mid-run save) */
     snprintf(cmd, sizeof cmd, "%s --out build/t_full.bin --log build/t_full.csv --json build/t_full.json > build/t_full.out 2>&1", common);
-    rc = run_cmd(cmd);
+    rc = mbt_run(cmd);
     MBT_CHECK(rc == 0, "train run failed (%d): see build/t_full.out", rc);
-    MBT_CHECK(file_contains("build/t_full.json", "\"steps\": 12") && file_contains("build/t_full.json", "\"training_energy_J\": null") &&
-              file_contains("build/t_full.json", "\"tokens_per_s\""), "train --json keys");
-    MBT_CHECK(file_contains("build/t_full.out", "char accuracy") && file_contains("build/t_full.out", "last 5%"),
+    MBT_CHECK(mbt_file_contains("build/t_full.json", "\"steps\": 12") && mbt_file_contains("build/t_full.json", "\"training_energy_J\": null") &&
+              mbt_file_contains("build/t_full.json", "\"tokens_per_s\""), "train --json keys");
+    MBT_CHECK(mbt_file_contains("build/t_full.out", "char accuracy") && mbt_file_contains("build/t_full.out", "last 5%"),
               "train should evaluate on the held-out 5%% and say so");
     snprintf(cmd, sizeof cmd, "%s --stop-at 6 --save-every 3 --out build/t_half.bin --log build/t_half.csv > build/t_half.out 2>&1", common);
-    MBT_CHECK(run_cmd(cmd) == 0, "first half failed: see build/t_half.out");
-    MBT_CHECK(!file_contains("build/t_half.out", "char accuracy"), "a run paused by --stop-at is not evaluated");
-    MBT_CHECK(run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --out build/t_half.bin --log build/t_half.csv "
+    MBT_CHECK(mbt_run(cmd) == 0, "first half failed: see build/t_half.out");
+    MBT_CHECK(!mbt_file_contains("build/t_half.out", "char accuracy"), "a run paused by --stop-at is not evaluated");
+    MBT_CHECK(mbt_run("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --out build/t_half.bin --log build/t_half.csv "
                       "--eval-chars 0 --threads 2 > build/t_resume.out 2>&1") == 0,
               "resume failed: see build/t_resume.out");
     {   /* everything but the wall-clock time and the save interval must be bit-identical */
@@ -249,30 +219,30 @@ static void test_cli_train(void) {
         mb_model_free(mb);
     }
     /* the step rows (not the evaluation row, whose loss field is empty) */
-    MBT_CHECK(0 == run_cmd("awk -F, '$2 != \"\"' build/t_full.csv | cut -d, -f1-4 > build/t_a.csv && "
+    MBT_CHECK(0 == mbt_run("awk -F, '$2 != \"\"' build/t_full.csv | cut -d, -f1-4 > build/t_a.csv && "
                            "awk -F, '$2 != \"\"' build/t_half.csv | cut -d, -f1-4 > build/t_b.csv && cmp -s build/t_a.csv build/t_b.csv && "
                            "test $(wc -l < build/t_a.csv) -eq 13"),
               "the resumed run's losses must equal the single run's (13 lines: header and 12 steps)");
-    MBT_CHECK(file_contains("build/t_full.csv", "step,loss,lr,grad_norm,seconds,val_char_accuracy\n") &&
-              0 == run_cmd("tail -n 1 build/t_full.csv | grep -Eq '^12,,,,[0-9.]+,0\\.[0-9]{6}$'"),
+    MBT_CHECK(mbt_file_contains("build/t_full.csv", "step,loss,lr,grad_norm,seconds,val_char_accuracy\n") &&
+              0 == mbt_run("tail -n 1 build/t_full.csv | grep -Eq '^12,,,,[0-9.]+,0\\.[0-9]{6}$'"),
               "the CSV ends with the held-out char accuracy of the finished run");
     /* resume with a different config or setting is refused */
-    rc = run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --d-model 32 --out build/t_x.bin > build/t_err.out 2>&1");
-    MBT_CHECK(rc == 2 && file_contains("build/t_err.out", "--d-model 32 differs"), "resume with another --d-model: rc %d", rc);
-    rc = run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --lr 0.5 --out build/t_x.bin > build/t_err.out 2>&1");
-    MBT_CHECK(rc == 2 && file_contains("build/t_err.out", "--lr is 0.01 in the checkpoint but 0.5 here"), "resume with another --lr: rc %d", rc);
+    rc = mbt_run("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --d-model 32 --out build/t_x.bin > build/t_err.out 2>&1");
+    MBT_CHECK(rc == 2 && mbt_file_contains("build/t_err.out", "--d-model 32 differs"), "resume with another --d-model: rc %d", rc);
+    rc = mbt_run("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --lr 0.5 --out build/t_x.bin > build/t_err.out 2>&1");
+    MBT_CHECK(rc == 2 && mbt_file_contains("build/t_err.out", "--lr is 0.01 in the checkpoint but 0.5 here"), "resume with another --lr: rc %d", rc);
     /* stop conditions may change: "another 5 minutes" on a run trained without a budget */
-    rc = run_cmd("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --time-budget 5 --steps 12 --save-every 4 "
+    rc = mbt_run("./mambabyte train --data build/t_text.txt --resume build/t_half.bin --time-budget 5 --steps 12 --save-every 4 "
                  "--eval-chars 0 --out build/t_x.bin > build/t_err.out 2>&1");
-    MBT_CHECK(rc == 0 && file_contains("build/t_err.out", "resumed from"), "resume with a new --time-budget under the step schedule: rc %d", rc);
+    MBT_CHECK(rc == 0 && mbt_file_contains("build/t_err.out", "resumed from"), "resume with a new --time-budget under the step schedule: rc %d", rc);
     /* a time budget stops cleanly and saves; the time schedule needs one */
-    rc = run_cmd("./mambabyte train --data build/t_text.txt --d-model 16 --n-layer 1 --batch 2 --ctx 32 --steps 1000000 "
+    rc = mbt_run("./mambabyte train --data build/t_text.txt --d-model 16 --n-layer 1 --batch 2 --ctx 32 --steps 1000000 "
                  "--time-budget 1.5 --schedule time --sequential --eval-chars 50 --out build/t_budget.bin > build/t_budget.out 2>&1");
-    MBT_CHECK(rc == 0 && file_contains("build/t_budget.out", "time budget: stopping") && file_contains("build/t_budget.out", "sequential"),
+    MBT_CHECK(rc == 0 && mbt_file_contains("build/t_budget.out", "time budget: stopping") && mbt_file_contains("build/t_budget.out", "sequential"),
               "--time-budget should stop cleanly: rc %d", rc);
-    MBT_CHECK(file_contains("build/t_budget.out", "% of the time budget)") && !file_contains("build/t_budget.out", "/1000000 |"),
+    MBT_CHECK(mbt_file_contains("build/t_budget.out", "% of the time budget)") && !mbt_file_contains("build/t_budget.out", "/1000000 |"),
               "a run the budget ends shows its progress against the budget, not against the million steps");
-    MBT_CHECK(file_contains("build/t_budget.out", "char accuracy"),
+    MBT_CHECK(mbt_file_contains("build/t_budget.out", "char accuracy"),
               "a run ended by its time budget is finished, so it is evaluated (--eval-chars)");
     {
         mb_model *mt = NULL;
@@ -285,12 +255,12 @@ static void test_cli_train(void) {
         mb_model_free(mt);
     }
     /* eval and sample on the checkpoint */
-    rc = run_cmd("./mambabyte eval --model build/t_full.bin --data build/t_text.txt --chars 300 --json build/t_eval.json > build/t_eval.out 2>&1");
-    MBT_CHECK(rc == 0 && file_contains("build/t_eval.json", "\"val_char_accuracy\"") && file_contains("build/t_eval.json", "\"chars\": 300") &&
-              file_contains("build/t_eval.json", "\"bits_per_byte\""), "eval --json: rc %d", rc);
-    rc = run_cmd("./mambabyte sample --model build/t_full.bin --prompt 'the ' --bytes 40 --seed 3 > build/t_sample1.out 2>&1 && "
+    rc = mbt_run("./mambabyte eval --model build/t_full.bin --data build/t_text.txt --chars 300 --json build/t_eval.json > build/t_eval.out 2>&1");
+    MBT_CHECK(rc == 0 && mbt_file_contains("build/t_eval.json", "\"val_char_accuracy\"") && mbt_file_contains("build/t_eval.json", "\"chars\": 300") &&
+              mbt_file_contains("build/t_eval.json", "\"bits_per_byte\""), "eval --json: rc %d", rc);
+    rc = mbt_run("./mambabyte sample --model build/t_full.bin --prompt 'the ' --bytes 40 --seed 3 > build/t_sample1.out 2>&1 && "
                  "./mambabyte sample --model build/t_full.bin --prompt 'the ' --bytes 40 --seed 3 > build/t_sample2.out 2>&1");
-    MBT_CHECK(rc == 0 && files_equal("build/t_sample1.out", "build/t_sample2.out") && file_contains("build/t_sample1.out", "the "),
+    MBT_CHECK(rc == 0 && mbt_files_equal("build/t_sample1.out", "build/t_sample2.out") && mbt_file_contains("build/t_sample1.out", "the "),
               "sample: same seed, same text");
 }
 
@@ -323,8 +293,8 @@ static void test_cli_errors(void) {
         char cmd[1024];
         int rc;
         snprintf(cmd, sizeof cmd, "%s > build/t_cli.out 2>&1", c[i].cmd);
-        rc = run_cmd(cmd);
-        MBT_CHECK(rc == c[i].rc && file_contains("build/t_cli.out", c[i].msg), "'%s': exit %d (want %d), output lacks '%s'?", c[i].cmd, rc,
+        rc = mbt_run(cmd);
+        MBT_CHECK(rc == c[i].rc && mbt_file_contains("build/t_cli.out", c[i].msg), "'%s': exit %d (want %d), output lacks '%s'?", c[i].cmd, rc,
                   c[i].rc, c[i].msg);
     }
 }
@@ -352,7 +322,7 @@ static void test_save_failure_keeps_old(void) {
     s = mb_model_load(&back, path);
     MBT_CHECK(s == MB_STATUS_OK && back && mb_model_params(back)[0] == original,
               "the previous checkpoint must survive a failed save");
-    MBT_CHECK(run_cmd("ls build/t_keep.bin.tmp.* > /dev/null 2>&1") != 0, "a failed save must not leave its temporary file");
+    MBT_CHECK(mbt_run("ls build/t_keep.bin.tmp.* > /dev/null 2>&1") != 0, "a failed save must not leave its temporary file");
     mb_model_free(back);
     mb_model_free(m);
 }
