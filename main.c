@@ -13,7 +13,6 @@
 #include "numerics_report.c"
 #include "bench.c"
 #include "plot.c"
-#include "tmp_stubs.c" /* until mb_stream_feed and mb_sample_byte land in the header */
 
 static void set_threads(flag *flags) {
     if (flag_given(flags, "threads")) cli_set_threads((int)flag_num(flags, "threads", 1));
@@ -119,6 +118,7 @@ static int cmd_sample(int argc, char **argv) {
     set_threads(flags);
     if (mb_model_load(&m, flag_str(flags, "model", "")) != MB_STATUS_OK) { fprintf(stderr, "mambabyte sample: %s\n", mb_last_error()); return 1; }
     if (mb_stream_create(&s, m) != MB_STATUS_OK) { fprintf(stderr, "mambabyte sample: %s\n", mb_last_error()); mb_model_free(m); return 1; }
+    mb_model_free(m); /* the stream holds its own copy of the weights */
     prompt = flag_str(flags, "prompt", "");
     plen = (int64_t)strlen(prompt);
     rng = (uint64_t)flag_num(flags, "seed", 1);
@@ -126,7 +126,6 @@ static int cmd_sample(int argc, char **argv) {
     if (plen > 1 && mb_stream_feed(s, (const uint8_t *)prompt, plen - 1, NULL) != MB_STATUS_OK) {
         fprintf(stderr, "mambabyte sample: %s\n", mb_last_error());
         mb_stream_free(s);
-        mb_model_free(m);
         return 1;
     }
     if (plen > 0) logits = mb_stream_step(s, (uint8_t)prompt[plen - 1]);
@@ -139,7 +138,6 @@ static int cmd_sample(int argc, char **argv) {
     }
     putchar('\n');
     mb_stream_free(s);
-    mb_model_free(m);
     return 0;
 }
 
