@@ -329,7 +329,19 @@ MBDEF void mb__scan_forward(float *out, float *states, const float *u, const flo
 MBDEF void mb__scan_forward_from(float *out, float *states, float *h, const float *u, const float *delta,
                                  const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
                                  const float *xz, int B, int T, int Di, int S, int R, int chunk);
-/* scratch: B * (Di*S + 2*Di) floats (per-sequence partial sums, so the result
+/* The plain references of the scan (one channel at a time, every h kept):
+   the readable specification of the fast paths below them, which the tests
+   hold against them.  Same outputs and accumulation as mb__scan_forward /
+   mb__scan_backward; slow, and the backward allocates T*S floats. */
+MBDEF void mb__scan_forward_naive(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
+                                  const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R);
+MBDEF mb_status mb__scan_backward_naive(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                                        float *dxz, const float *dout, const float *u, const float *delta,
+                                        const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                        const float *xz, int B, int T, int Di, int S, int R);
+/* The fast path of the scan backward.  du, dxz (its z half) and dxdbl (its B
+   and C columns) and the parameter gradients accumulate; ddelta is written.
+   scratch: B * (Di*S + 2*Di) floats (per-sequence partial sums, so the result
    does not depend on the thread count). */
 MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
                              float *dxz, float *scratch, const float *dout, const float *states, const float *u,
@@ -1713,7 +1725,88 @@ static void mb__scan_step(float *MB__RESTRICT out, float *MB__RESTRICT h, float 
     for (d = 0; d < Di; d++) out[d] = (out[d] + Dp[d] * u[d]) * (z[d] * mb__sigmoid_v(z[d]));
 }
 
-/* The selective scan, fused with dt = softplus(delta + dt_bias), the D skip
+/* ---- the scan, plain: one (sequence, channel) at a time, in the order of
+   the definition below.  Names: dt = softplus(delta + dt_bias), a = exp(dt*A)
+   the decay, h the state (S per channel), y = C.h + D*u before the gate. */
+MBDEF void mb__scan_forward_naive(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
+                                  const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R) {
+    int64_t X = R + 2 * S, b, t;
+    int d, n;
+    float h[MB__MAX_STATE];
+    for (b = 0; b < B; b++)
+        for (d = 0; d < Di; d++) {
+            for (n = 0; n < S; n++) h[n] = 0.0f;
+            for (t = 0; t < T; t++) {
+                int64_t tok = b * T + t;
+                const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
+                float dt = mb__softplus_v(delta[tok * Di + d] + dt_bias[d]), ut = u[tok * Di + d], z = xz[tok * 2 * Di + Di + d];
+                float y = 0.0f;
+                for (n = 0; n < S; n++) {
+                    float A = -mb__exp(A_log[(int64_t)d * S + n]);
+                    h[n] = mb__exp(dt * A) * h[n] + dt * Bt[n] * ut;
+                    y += Ct[n] * h[n];
+                }
+                out[tok * Di + d] = (y + Dp[d] * ut) * mb__silu(z);
+            }
+        }
+}
+
+MBDEF mb_status mb__scan_backward_naive(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                                        float *dxz, const float *dout, const float *u, const float *delta,
+                                        const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                        const float *xz, int B, int T, int Di, int S, int R) {
+    int64_t X = R + 2 * S, b, t;
+    int d, n;
+    float *hs = (float *)MB_MALLOC(sizeof(float) * (size_t)(T + 1) * (size_t)S); /* h_{t-1} at row t, h_t at row t+1 */
+    float dh[MB__MAX_STATE], A[MB__MAX_STATE];
+    if (!hs) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "scan reference: %d x %d states", T + 1, S);
+    for (b = 0; b < B; b++)
+        for (d = 0; d < Di; d++) {
+            for (n = 0; n < S; n++) {
+                A[n] = -mb__exp(A_log[(int64_t)d * S + n]);
+                hs[n] = 0.0f;
+                dh[n] = 0.0f;
+            }
+            for (t = 0; t < T; t++) { /* the forward again, keeping every h */
+                int64_t tok = b * T + t;
+                float dt = mb__softplus_v(delta[tok * Di + d] + dt_bias[d]), ut = u[tok * Di + d];
+                for (n = 0; n < S; n++)
+                    hs[(t + 1) * S + n] = mb__exp(dt * A[n]) * hs[t * S + n] + dt * xdbl[tok * X + R + n] * ut;
+            }
+            for (t = T - 1; t >= 0; t--) { /* then backward through time, dh the adjoint of h_t */
+                int64_t tok = b * T + t;
+                const float *Bt = xdbl + tok * X + R, *Ct = Bt + S, *ht = hs + (t + 1) * S, *hprev = hs + t * S;
+                float *dBt = dxdbl + tok * X + R, *dCt = dBt + S;
+                float x = delta[tok * Di + d] + dt_bias[d], dt = mb__softplus_v(x), ut = u[tok * Di + d];
+                float z = xz[tok * 2 * Di + Di + d], g = dout[tok * Di + d], y = Dp[d] * ut, dy, ddt = 0.0f, dut;
+                for (n = 0; n < S; n++) y += Ct[n] * ht[n];
+                dy = g * mb__silu(z);                       /* d out / d y */
+                dxz[tok * 2 * Di + Di + d] += g * mb__silu_grad(z) * y;
+                dD[d] += dy * ut;
+                dut = dy * Dp[d];
+                for (n = 0; n < S; n++) {
+                    float a = mb__exp(dt * A[n]), dhn = dh[n] + dy * Ct[n];
+                    dCt[n] += dy * ht[n];
+                    ddt += dhn * (A[n] * a * hprev[n] + Bt[n] * ut);
+                    dA_log[(int64_t)d * S + n] += dhn * dt * a * hprev[n] * A[n]; /* dA/dA_log = A */
+                    dBt[n] += dhn * dt * ut;
+                    dut += dhn * dt * Bt[n];
+                    dh[n] = dhn * a; /* to h_{t-1} */
+                }
+                du[tok * Di + d] += dut;
+                ddt *= mb__softplus_grad(x);
+                ddelta[tok * Di + d] = ddt;
+                ddt_bias[d] += ddt;
+            }
+        }
+    MB_FREE(hs);
+    return MB_STATUS_OK;
+}
+
+/* ---- the scan, fast path: 16 channels of one sequence side by side in the
+   vector lanes (a task per (sequence, block of 16)), states kept only at
+   chunk starts.
+   The selective scan, fused with dt = softplus(delta + dt_bias), the D skip
    and the SiLU(z) gate:
        h_t = exp(dt_t*A) * h_{t-1} + dt_t * B_t * u_t      (A = -exp(A_log) < 0)
        out_t = (C_t . h_t + D*u_t) * silu(z_t)
