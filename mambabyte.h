@@ -273,7 +273,7 @@ MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte); /* logits (256) f
    state afterwards is exactly what n calls of mb_stream_step would leave,
    and row i of logits (n x 256; NULL: not computed) is bit for bit what
    mb_stream_step returns after bytes[i]; feeds and steps mix freely.  n = 0
-   does nothing.  Works in passes of up to 256 bytes in a workspace of the
+   does nothing.  Works in passes of up to 2048 bytes in a workspace of the
    stream's own (allocated on the first feed, freed by mb_stream_free).
    To prefill a prompt and then sample: feed all but its last byte with
    logits NULL, then mb_stream_step the last one.  Does not touch the
@@ -2485,7 +2485,7 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
    points into the model, so a stream made before the weights change keeps
    the old ones, and the model may be freed. */
 #ifndef MB__FEED_CHUNK
-#define MB__FEED_CHUNK 256 /* bytes per pass of mb_stream_feed: its workspace holds this many */
+#define MB__FEED_CHUNK 2048 /* bytes per pass of mb_stream_feed: its workspace holds this many */
 #endif
 struct mb_stream {
     mb_config cfg;         /* the model's (validated) config */
