@@ -17,7 +17,14 @@ NVCC      ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 
+# MPI when mpicc is on PATH (Debian: libopenmpi-dev openmpi-bin): ./mambabyte_mpi,
+# a sibling binary, so ./mambabyte itself never links or starts MPI.
+MPICC ?= $(shell command -v mpicc 2>/dev/null)
+
 TARGETS = mambabyte
+ifneq ($(MPICC),)
+TARGETS += mambabyte_mpi
+endif
 ifneq ($(NVCC),)
 TARGETS += mambabyte_cuda build/cuda_gpu_test build/cuda_bench
 endif
@@ -28,6 +35,9 @@ all: $(TARGETS)
 HEADERS = mambabyte.h
 mambabyte: main.c cli.h plot.c numerics_report.c bench.c $(HEADERS)
 	$(CC) $(STD) $(CFLAGS) $(WARN) $(OMP) main.c -o $@ $(LDLIBS)
+
+mambabyte_mpi: main.c cli.h plot.c numerics_report.c bench.c mambabyte_mpi.h $(HEADERS)
+	$(MPICC) $(STD) $(CFLAGS) $(WARN) $(OMP) -DMB_WITH_MPI main.c -o $@ $(LDLIBS)
 
 build:
 	mkdir -p build
@@ -99,4 +109,4 @@ bench: mambabyte
 	./mambabyte bench
 
 clean:
-	rm -rf build mambabyte mambabyte_cuda test_mambabyte test_mambabyte_asan bench_mambabyte
+	rm -rf build mambabyte mambabyte_cuda mambabyte_mpi test_mambabyte test_mambabyte_asan bench_mambabyte

@@ -9,6 +9,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef MB_WITH_MPI /* ./mambabyte_mpi: the same CLI, one rank of `mpirun -np N` */
+#define MAMBABYTE_MPI_IMPLEMENTATION
+#include "mambabyte_mpi.h"
+static mb_mpi_comm g_mpi;
+#define MY_RANK (g_mpi.comm.rank)
+#define COMM (&g_mpi.comm)
+#define MPI_BUILD 1
+#define ALL_RANKS_OK(ok) mb_mpi_all_ok(&g_mpi, ok)
+#else
+#define MY_RANK 0
+#define COMM NULL
+#define MPI_BUILD 0
+#define ALL_RANKS_OK(ok) (ok)
+#endif
+#define IS_RANK0 (MY_RANK == 0)
+
 #include "cli.h"
 #include "numerics_report.c"
 #include "bench.c"
@@ -160,6 +176,7 @@ static const flag CLI_TRAIN_FLAGS[] = {
     {"precision", F_STR, 0, 0, "fp32 (default) or bf16 (CUDA only)", 0, 0, 0},
     {"eval-chars", F_INT, 0, 1e15, "characters to evaluate after training (default 60000; 0 = skip)", 0, 0, 0},
     {"threads", F_INT, 1, 1024, "OpenMP threads", 0, 0, 0},
+    {"deterministic", F_BOOL, 0, 0, "mpirun: sum gradients in rank order (bit-identical to one process with --grad-accum N)", 0, 0, 0},
     FLAG_END};
 #define TRAIN_NFLAGS (MB_FIELD_COUNT + sizeof CLI_TRAIN_FLAGS / sizeof CLI_TRAIN_FLAGS[0])
 
@@ -243,7 +260,10 @@ typedef struct {
 static volatile sig_atomic_t g_interrupts;
 static void on_interrupt(int sig) {
     (void)sig;
-    if (g_interrupts++) _exit(130); /* the second one: at once */
+    /* the second one: at once.  Under mpirun, whose Ctrl-C sends each rank a
+       SIGINT and then a SIGTERM (and a second Ctrl-C SIGKILLs), every signal
+       just asks to stop. */
+    if (g_interrupts++ && !MPI_BUILD) _exit(130);
 }
 
 static void replot(const train_view *v) {
@@ -314,19 +334,21 @@ static int report_run(const mb_trainer *tr, const mb_train_report *r, mb_status 
     if (r->outcome == MB_TRAIN_TIME_BUDGET)
         printf("time budget: stopping at step %lld after %.1f s (budget %.1f s)\n", (long long)tr->st.step, r->elapsed_s, s->time_budget);
     printf("%sdone: %lld steps, %.0f tokens, final loss %.4f, %.1f s, %.0f tokens/s; saved %s\n", v->tty ? "\n" : "",
-           (long long)tr->st.step, (double)(r->steps_run * s->batch * s->ctx * s->grad_accum), r->last_loss, r->elapsed_s,
+           (long long)tr->st.step, (double)(r->steps_run * s->batch * s->ctx * s->grad_accum * tr->st.ranks), r->last_loss, r->elapsed_s,
            r->tokens_per_s, v->out);
     if (energy_ok) printf("GPU energy of the training loop: %.1f J\n", (double)(e1 - e0) / 1000.0);
     else printf("GPU energy: not measured\n");
-    if (flag_given(flags, "json")) {
-        const json_field j[] = {{"steps", (double)tr->st.step, 0}, {"tokens", (double)(r->steps_run * s->batch * s->ctx * s->grad_accum), 0},
+    if (flag_given(flags, "json") && IS_RANK0) {
+        const json_field j[] = {{"steps", (double)tr->st.step, 0}, {"tokens", (double)(r->steps_run * s->batch * s->ctx * s->grad_accum * tr->st.ranks), 0},
                                 {"final_loss", r->last_loss, 6}, {"training_duration_s", r->elapsed_s, 3},
                                 {"tokens_per_s", r->tokens_per_s, 1}, {"training_energy_J", energy_ok ? (double)(e1 - e0) / 1000.0 : NAN, 1}};
         rc = cli_write_json("train", flag_str(flags, "json", ""), j, 6);
     }
     if (r->outcome == MB_TRAIN_INTERRUPTED) {
-        printf("interrupted: step %lld is saved in %s; to continue: ./mambabyte train --resume %s --out %s%s%s\n", (long long)tr->st.step,
-               v->out, v->out, v->out, flag_given(flags, "data") ? " --data " : "", flag_str(flags, "data", ""));
+        char how[64] = "./mambabyte";
+        if (tr->st.ranks > 1) snprintf(how, sizeof how, "mpirun -np %d ./mambabyte_mpi", (int)tr->st.ranks);
+        printf("interrupted: step %lld is saved in %s; to continue: %s train --resume %s --out %s%s%s\n", (long long)tr->st.step,
+               v->out, how, v->out, v->out, flag_given(flags, "data") ? " --data " : "", flag_str(flags, "data", ""));
         rc = 130;
     }
     fflush(stdout);
@@ -351,7 +373,7 @@ static int cmd_train(int argc, char **argv) {
     nvml_energy nv;
     unsigned long long e0 = 0;
     uint32_t given;
-    int has_state = 0, rc = 0, demo = 0;
+    int has_state = 0, rc = 0, demo = 0, all_started = 0;
     int64_t eval_chars;
     mb_model *m = NULL;
     const char *resume, *device, *precision;
@@ -377,6 +399,8 @@ static int cmd_train(int argc, char **argv) {
     }
 #endif
     set_threads(flags);
+    if (getenv("MB_TEST_FAIL_RANK") && atoi(getenv("MB_TEST_FAIL_RANK")) == MY_RANK) /* testing hook: this rank's data fails */
+        TRAIN_FAIL(1, "%s: cannot read (MB_TEST_FAIL_RANK)\n", flag_str(flags, "data", "data"));
     if (open_train_data(&d, flags, &demo)) { rc = 1; goto done; }
     settings_from_flags(&set, &cfg, &given, flags, &d, demo);
     if ((resume = flag_str(flags, "resume", NULL))) { /* the whole training state, and the run's own settings */
@@ -389,6 +413,10 @@ static int cmd_train(int argc, char **argv) {
     if (d.train_size < set.ctx + 1)
         TRAIN_FAIL(1, "%lld training bytes, fewer than ctx+1 = %lld\n", (long long)d.train_size, (long long)set.ctx + 1);
     if (mb_trainer_init(&tr, m, &set, d.train, d.train_size, has_state ? &ck : NULL) != MB_STATUS_OK) TRAIN_FAIL(1, "%s\n", mb_last_error());
+#ifdef MB_WITH_MPI
+    g_mpi.deterministic = flag_given(flags, "deterministic");
+#endif
+    if (mb_trainer_set_comm(&tr, COMM) != MB_STATUS_OK) TRAIN_FAIL(2, "%s\n", mb_last_error());
     if (getenv("MB_TEST_INJECT_NAN_STEP")) tr.inject_nonfinite_step = atoll(getenv("MB_TEST_INJECT_NAN_STEP"));
     if (getenv("MB_TEST_INJECT_NAN_FROM")) tr.inject_nonfinite_from = atoll(getenv("MB_TEST_INJECT_NAN_FROM"));
 #ifdef MB_WITH_CUDA
@@ -398,7 +426,9 @@ static int cmd_train(int argc, char **argv) {
     }
 #endif
     print_run(&tr, has_state ? resume : NULL);
-    if (open_log(&v, flags, has_state)) { rc = 1; goto done; }
+    if (IS_RANK0 && open_log(&v, flags, has_state)) { rc = 1; goto done; }
+    all_started = 1; /* every rank got here, or none trains */
+    if (!ALL_RANKS_OK(1)) TRAIN_FAIL(1, "another rank failed to start (see its message): stopping\n");
     v.out = opt.out = flag_str(flags, "out", "model.bin");
     v.log_every = (int64_t)flag_num(flags, "log-every", 10);
     v.tty = isatty(1);
@@ -408,18 +438,21 @@ static int cmd_train(int argc, char **argv) {
     g_interrupts = 0;
     signal(SIGINT, on_interrupt);
     signal(SIGTERM, on_interrupt);
+    signal(SIGUSR1, on_interrupt); /* mpirun forwards SIGUSR1 to every rank (its own Ctrl-C kills them) */
     if (nvml_open(&nv) && !nvml_read_mj(&nv, &e0)) nv.lib = NULL;
     rc = report_run(&tr, &rep, mb_train_run(&tr, &opt, &rep), &v, flags, &nv, e0);
     signal(SIGINT, SIG_DFL); /* the state is saved: a Ctrl-C from here on (the evaluation) just ends the process */
     signal(SIGTERM, SIG_DFL);
+    signal(SIGUSR1, SIG_DFL);
     /* a finished run is evaluated; one paused by --stop-at or interrupted is not */
     eval_chars = (int64_t)flag_num(flags, "eval-chars", demo ? 4000 : 60000);
-    if (rc == 0 && eval_chars > 0 && d.eval_size > 0 && (rep.outcome == MB_TRAIN_FINISHED || rep.outcome == MB_TRAIN_TIME_BUDGET)) {
+    if (rc == 0 && IS_RANK0 && eval_chars > 0 && d.eval_size > 0 && (rep.outcome == MB_TRAIN_FINISHED || rep.outcome == MB_TRAIN_TIME_BUDGET)) {
         rc = run_eval(m, d.eval, d.eval_size, eval_chars, d.eval_is_tail ? "held-out 5%" : d.eval_path, NULL, &acc);
         if (rc == 0 && v.csv) fprintf(v.csv, "%lld,,,,%.3f,%.6f\n", (long long)tr.st.step, rep.elapsed_s, acc);
     }
     if (rc != 1) replot(&v);
 done:
+    if (!all_started) (void)ALL_RANKS_OK(0); /* the other ranks wait for this rank's word */
     if (v.csv && fclose(v.csv) != 0) { fprintf(stderr, "mambabyte train: writing the CSV log failed\n"); rc = 1; }
     mb_trainer_free(&tr);
     mb_train_state_free(&ck);
@@ -454,9 +487,23 @@ int main(int argc, char **argv) {
     if (argc < 2) { usage(stderr); return 2; }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
     if (!strcmp(argv[1], "--version")) { printf("mambabyte %s\n", MB_VERSION_STRING); return 0; }
+#ifdef MB_WITH_MPI
+    if (mb_mpi_init(&g_mpi, &argc, &argv, 0) != MB_STATUS_OK) { fprintf(stderr, "mambabyte: %s\n", g_mpi.comm.last_error()); return 1; }
+    if (!IS_RANK0 && !freopen("/dev/null", "w", stdout)) mb_mpi_abort(&g_mpi, "cannot silence stdout"); /* rank 0 alone prints */
+    if (getenv("MB_TEST_KILL_RANK") && atoi(getenv("MB_TEST_KILL_RANK")) == g_mpi.comm.rank) alarm(2); /* testing hook: a crash */
+#endif
     for (i = 0; i < NCOMMANDS; i++)
-        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
+        if (!strcmp(argv[1], COMMANDS[i].name)) {
+            int rc = COMMANDS[i].run(argc - 1, argv + 1);
+#ifdef MB_WITH_MPI
+            mb_mpi_finalize(&g_mpi);
+#endif
+            return rc;
+        }
     fprintf(stderr, "mambabyte: unknown command '%s'\n", argv[1]);
     usage(stderr);
+#ifdef MB_WITH_MPI
+    mb_mpi_finalize(&g_mpi);
+#endif
     return 2;
 }

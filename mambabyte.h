@@ -3425,15 +3425,21 @@ MBDEF int mb_trainer_poisoned(const mb_trainer *t) {
     return t->st.step == t->inject_nonfinite_step || (t->inject_nonfinite_from >= 0 && t->st.step >= t->inject_nonfinite_from);
 }
 
+/* A resumed run keeps its rank count: the batches and sums depend on it. */
+static mb_status mb__check_ranks(const mb_trainer *t, int size) {
+    if (t->st.step > 0 && t->st.ranks != size)
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "the checkpoint was trained on %d rank%s: resume it with %s%d", (int)t->st.ranks,
+                        t->st.ranks == 1 ? "" : "s", t->st.ranks == 1 ? "one process, -np " : "mpirun -np ", (int)t->st.ranks);
+    return MB_STATUS_OK;
+}
+
 MBDEF mb_status mb_trainer_set_comm(mb_trainer *t, const mb_train_comm *comm) {
     int size = comm ? comm->size : 1;
     if (t->backend.step) return mb__fail(MB_STATUS_UNSUPPORTED, "data-parallel training runs on the CPU backend only (%s is attached)", t->backend.name);
     if (comm && (comm->size < 1 || comm->rank < 0 || comm->rank >= comm->size || !comm->sum_floats || !comm->sum_doubles ||
                  !comm->broadcast))
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "communicator: rank %d of %d, or a function missing", comm->rank, comm->size);
-    if (t->st.step > 0 && t->st.ranks != size)
-        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "the checkpoint was trained on %d rank%s: resume it with %s%d", (int)t->st.ranks,
-                        t->st.ranks == 1 ? "" : "s", t->st.ranks == 1 ? "one process, -np " : "mpirun -np ", (int)t->st.ranks);
+    if (mb__check_ranks(t, size) != MB_STATUS_OK) return MB_STATUS_INVALID_ARGUMENT;
     t->comm = comm;
     t->st.ranks = size;
     return MB_STATUS_OK;
@@ -3727,6 +3733,7 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
     r.last_loss = NAN;
     if (s->schedule && !(budget > 0))
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "the time schedule needs a time budget (settings.time_budget > 0)");
+    if ((st = mb__check_ranks(t, t->comm ? t->comm->size : 1)) != MB_STATUS_OK) return st;
     while (t->st.step < stop_at) {
         mb_train_progress p;
         mb_step_result sr;

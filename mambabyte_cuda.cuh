@@ -1610,6 +1610,9 @@ mb_status mb_cuda_trainer_attach(mb_trainer *tr, int precision) {
     const mb_train_settings *s = &tr->st.settings;
     mb_cuda_trainer *g = nullptr;
     if (tr->backend.step) return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: the trainer already has a %s backend", tr->backend.name);
+    if (tr->comm && tr->comm->size > 1) /* the gradient sum would need NCCL on device memory: not built yet */
+        return mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA: data-parallel GPU training (NCCL) is not built yet; %d ranks train on the CPU",
+                         tr->comm->size);
     MBC_TRY(mbc::device_check());
     if (s->batch * s->ctx > 2147483647 / 2)
         return mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA: batch %lld x ctx %lld is too large", (long long)s->batch, (long long)s->ctx);

@@ -21,6 +21,7 @@ void mbt_cuda_emu_tests(void); /* tests/test_cuda_emu.cpp: the CUDA kernels on t
 #include "tests/test_train.c"
 #include "tests/test_reliability.c"
 #include "tests/test_loop.c"
+#include "tests/test_mpi.c"
 #include "tests/test_kernels.c"
 #include "tests/test_plot.c"
 
@@ -33,6 +34,7 @@ int main(int argc, char **argv) {
         {"numerics_report", test_numerics_report},
         {"train", test_train},
         {"loop", test_loop},
+        {"mpi", test_mpi},
         {"reliability", test_reliability},
         {"kernels", test_kernels},
         {"cuda_emu", mbt_cuda_emu_tests},

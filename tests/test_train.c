@@ -237,7 +237,7 @@ static void test_cli_train(void) {
     MBT_CHECK(rc == 0 && mbt_file_contains("build/t_err.out", "resumed from"), "resume with a new --time-budget under the step schedule: rc %d", rc);
     /* a time budget stops cleanly and saves; the time schedule needs one */
     rc = mbt_run("./mambabyte train --data build/t_text.txt --d-model 16 --n-layer 1 --batch 2 --ctx 32 --steps 1000000 "
-                 "--time-budget 1.5 --schedule time --sequential --eval-chars 50 --out build/t_budget.bin > build/t_budget.out 2>&1");
+                 "--time-budget 1.5 --schedule time --sequential --eval-chars 50 --log-every 1 --out build/t_budget.bin > build/t_budget.out 2>&1");
     MBT_CHECK(rc == 0 && mbt_file_contains("build/t_budget.out", "time budget: stopping") && mbt_file_contains("build/t_budget.out", "sequential"),
               "--time-budget should stop cleanly: rc %d", rc);
     MBT_CHECK(mbt_file_contains("build/t_budget.out", "% of the time budget)") && !mbt_file_contains("build/t_budget.out", "/1000000 |"),
