@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -75,7 +76,7 @@ def _print(msg, verbose):
 
 def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, batch=None, ctx=None, lr=None,
           device="auto", precision="fp32", seed=1337, out=None, callback=None, log_every=10, eval_chars=60000,
-          verbose=True, **options):
+          verbose=True, deadline=None, **options):
     """Trains a model with the library's loop (mb_train_run) and returns it.
 
     data: the training text as bytes (passed to C without a copy), a str
@@ -104,7 +105,12 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
     line: the CLI's progress line); a true return value stops the run
     (saved, outcome "interrupted").  verbose prints the CLI's lines every
     log_every steps.  Ctrl-C finishes the step, saves to out (when given),
-    and raises KeyboardInterrupt."""
+    and raises KeyboardInterrupt.
+
+    deadline: a time.monotonic() instant by which training must end: just
+    before the loop starts (after the data, the model and the GPU are
+    ready) the time budget becomes the time left then, less a second for
+    what follows, so train() returns before it."""
     fields = training_fields()
     given = {"steps": steps, "time_budget": time_budget, "schedule": schedule, "batch": batch, "ctx": ctx, "lr": lr,
              "seed": seed}
@@ -125,6 +131,8 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
         _check(lib.mb_train_field_set(ctypes.byref(settings), ctypes.byref(cfg), spec[5], _field_value(k, v, spec)))
     if "warmup" not in given:
         settings.warmup = int(math.floor(0.05 * settings.steps + 0.5))
+    if deadline is not None:  # a placeholder until the loop starts (below)
+        settings.time_budget = max(float(deadline) - time.monotonic(), 0.0) or 1e-3
     if settings.schedule == 1 and not settings.time_budget > 0:
         raise ValueError("schedule='time' needs time_budget (seconds)")
     _check(lib.mb_config_validate(ctypes.byref(cfg)), "config")
@@ -174,6 +182,11 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
                     raise MambaByteError(7, reason, "device cuda")
                 if reason:
                     _print("note: training on the CPU (fp32): %s" % reason, verbose)
+            if deadline is not None:
+                left = float(deadline) - time.monotonic() - 1.0
+                if left <= 0:
+                    raise ValueError("the deadline has passed before training could start")
+                tr.st.settings.time_budget = left
             c = model.config
             _print("model: d_model %d, %d layers, d_state %d, d_conv %d, expand %d, dt_rank %d: %d parameters" % (
                 c["d_model"], c["n_layer"], c["d_state"], c["d_conv"], c["expand"], c["dt_rank"], model.num_params),
@@ -181,7 +194,8 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
             _print("train: batch %d x ctx %d x accum %d, %d steps, lr %g (warm-up %d steps, %s schedule%s), device %s" % (
                 settings.batch, settings.ctx, settings.grad_accum, settings.steps, settings.lr, settings.warmup,
                 "time" if settings.schedule else "step",
-                ", budget %g s" % settings.time_budget if settings.time_budget > 0 else "", tr.backend.name.decode()),
+                ", budget %.1f s" % tr.st.settings.time_budget if tr.st.settings.time_budget > 0 else "",
+                tr.backend.name.decode()),
                 verbose)
             report = _run(tr, out, callback, log_every, verbose)
         finally:
