@@ -11,6 +11,8 @@
      * streaming bytes/s on one thread (mb_stream_step), and the ceiling
        that one thread's read bandwidth over the 4.2 MB of weights puts
        on streaming,
+     * eval (mb_eval_text, through mb_stream_feed) against the stepwise
+       reference (mb__eval_text_stepwise): chars/s of both and the ratio,
    each a median of repeated runs.  --json FILE writes the same figures.
    A benchmark, never a test: nothing here fails on a slow machine. */
 
@@ -355,6 +357,39 @@ static double bench_read_bw(int64_t bytes, int reps) {
     return bench_median(v, reps);
 }
 
+/* ----------------------------------------------------------------- eval */
+/* mb_eval_text (mb_stream_feed: parallel passes, all threads) against the
+   stepwise reference mb__eval_text_stepwise (one mb_stream_step per byte)
+   on the same text and model: characters per second of each (median of
+   reps) and their ratio; the two results must be equal field for field. */
+static void bench_eval(const mb_config *cfg, const uint8_t *text, int64_t chars, int reps, double *step_cps,
+                       double *feed_cps) {
+    mb_model *m = NULL;
+    mb_eval_result a, b;
+    double vs[16], vf[16];
+    int r, same = 1;
+    *step_cps = *feed_cps = 0.0;
+    if (mb_model_create(&m, cfg, 5) != MB_STATUS_OK) { fprintf(stderr, "bench: %s\n", mb_last_error()); return; }
+    for (r = 0; r < reps; r++) {
+        double t0 = mb_clock_seconds(), t1, t2;
+        mb__eval_text_stepwise(m, text, chars, chars, &a, NULL, NULL);
+        t1 = mb_clock_seconds();
+        mb_eval_text(m, text, chars, chars, &b, NULL, NULL);
+        t2 = mb_clock_seconds();
+        vs[r] = (double)chars / (t1 - t0);
+        vf[r] = (double)chars / (t2 - t1);
+        same &= a.chars == b.chars && a.chars_correct == b.chars_correct && a.bytes == b.bytes &&
+                a.bytes_correct == b.bytes_correct && a.nll_bits == b.nll_bits;
+    }
+    *step_cps = bench_median(vs, reps);
+    *feed_cps = bench_median(vf, reps);
+    printf("eval (%lld chars): stepwise (mb_stream_step, 1 thread) %.0f chars/s; mb_eval_text (mb_stream_feed, %d "
+           "thread%s) %.0f chars/s: %.1fx; results %s\n\n", (long long)chars, *step_cps, cli_threads(),
+           cli_threads() == 1 ? "" : "s", *feed_cps, *feed_cps / *step_cps, same ? "identical" : "DIFFER");
+    fflush(stdout);
+    mb_model_free(m);
+}
+
 /* ------------------------------------------------------------------ CLI */
 static const char *BENCH_USAGE = "mambabyte bench [--json FILE] [--quick]   (threads: OMP_NUM_THREADS; streaming runs on one)";
 
@@ -370,7 +405,7 @@ static int mb_cli_bench(int argc, char **argv) {
     char cpu[256];
     uint8_t *text;
     const int64_t text_size = 1 << 22;
-    double peak_share_div;
+    double peak_share_div, eval_step_cps, eval_feed_cps;
     if (parse_flags("bench", flags, argc - 1, argv + 1, BENCH_USAGE)) return 2;
     json = flag_str(flags, "json", NULL);
     quick = flag_given(flags, "quick");
@@ -443,6 +478,8 @@ static int mb_cli_bench(int argc, char **argv) {
                res.stream_ceiling);
     }
 
+    bench_eval(&cfg, text, 8192, 3, &eval_step_cps, &eval_feed_cps);
+
     printf("targets (issue 6): B16xT1024 >= 10000 tokens/s with < 1.5 GB resident: %s; B4xT256 >= 9500 tokens/s: %s;\n"
            "  streaming >= 20000 bytes/s: %s; matrix products >= 50%% of peak: %s\n",
            !res.done[1] ? "not run (--quick)" : res.tok_s[1] >= 10000 && res.rss_mb < 1500 ? "met" : "missed",
@@ -473,8 +510,10 @@ static int mb_cli_bench(int argc, char **argv) {
                     res.scan_fwd_s[k], res.scan_bwd_s[k]);
         }
         fprintf(f, "  ],\n  \"peak_rss_mb\": %.1f,\n  \"stream_bytes_per_s\": %.1f,\n", res.rss_mb, res.stream_bps);
-        fprintf(f, "  \"read_bandwidth_gbs_1thread\": %.2f,\n  \"stream_ceiling_bytes_per_s\": %.1f\n}\n", res.read_gbs,
+        fprintf(f, "  \"read_bandwidth_gbs_1thread\": %.2f,\n  \"stream_ceiling_bytes_per_s\": %.1f,\n", res.read_gbs,
                 res.stream_ceiling);
+        fprintf(f, "  \"eval_stepwise_chars_per_s\": %.1f,\n  \"eval_feed_chars_per_s\": %.1f,\n  \"eval_speedup\": %.2f\n}\n",
+                eval_step_cps, eval_feed_cps, eval_step_cps > 0 ? eval_feed_cps / eval_step_cps : 0.0);
         if (fclose(f) != 0) { fprintf(stderr, "mambabyte bench: writing %s failed\n", json); free(text); return 1; }
         printf("wrote %s\n", json);
     }

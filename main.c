@@ -13,7 +13,6 @@
 #include "numerics_report.c"
 #include "bench.c"
 #include "plot.c"
-#include "tmp_stubs.c" /* until mb_stream_feed and mb_sample_byte land in the header */
 
 static void set_threads(flag *flags) {
     if (flag_given(flags, "threads")) cli_set_threads((int)flag_num(flags, "threads", 1));
@@ -157,6 +156,7 @@ static int cmd_sample(int argc, char **argv) {
     set_threads(flags);
     if (mb_model_load(&m, flag_str(flags, "model", "")) != MB_STATUS_OK) { fprintf(stderr, "mambabyte sample: %s\n", mb_last_error()); return 1; }
     if (mb_stream_create(&s, m) != MB_STATUS_OK) { fprintf(stderr, "mambabyte sample: %s\n", mb_last_error()); mb_model_free(m); return 1; }
+    mb_model_free(m); /* the stream holds its own copy of the weights */
     prompt = flag_str(flags, "prompt", "");
     plen = (int64_t)strlen(prompt);
     rng = (uint64_t)flag_num(flags, "seed", 1);
@@ -164,7 +164,6 @@ static int cmd_sample(int argc, char **argv) {
     if (plen > 1 && mb_stream_feed(s, (const uint8_t *)prompt, plen - 1, NULL) != MB_STATUS_OK) {
         fprintf(stderr, "mambabyte sample: %s\n", mb_last_error());
         mb_stream_free(s);
-        mb_model_free(m);
         return 1;
     }
     if (plen > 0) logits = mb_stream_step(s, (uint8_t)prompt[plen - 1]);
@@ -177,7 +176,6 @@ static int cmd_sample(int argc, char **argv) {
     }
     putchar('\n');
     mb_stream_free(s);
-    mb_model_free(m);
     return 0;
 }
 
@@ -373,6 +371,9 @@ static int report_run(const mb_trainer *tr, const mb_train_report *r, mb_status 
     return rc;
 }
 
+/* In cmd_train: say why (after "mambabyte train: "), exit with code. */
+#define TRAIN_FAIL(code, ...) do { fprintf(stderr, "mambabyte train: " __VA_ARGS__); rc = (code); goto done; } while (0)
+
 static int cmd_train(int argc, char **argv) {
     static const char *const schedules[] = {"step", "time", NULL}, *const devices[] = {"auto", "cpu", "cuda", NULL},
                              *const precisions[] = {"fp32", "bf16", NULL};
@@ -417,25 +418,20 @@ static int cmd_train(int argc, char **argv) {
     if (open_train_data(&d, flags, &demo)) { rc = 1; goto done; }
     settings_from_flags(&set, &cfg, &given, flags, &d, demo);
     if ((resume = flag_str(flags, "resume", NULL))) { /* the whole training state, and the run's own settings */
-        if (mb_checkpoint_load(resume, &m, &ck, &has_state) != MB_STATUS_OK) { fprintf(stderr, "mambabyte train: --resume: %s\n", mb_last_error()); rc = 1; goto done; }
-        if (!has_state) { fprintf(stderr, "mambabyte train: --resume %s: the checkpoint has no training state (it was saved for inference)\n", resume); rc = 1; goto done; }
-        if (mb_train_settings_resume(&set, &cfg, given, &ck.settings, mb_model_config(m)) != MB_STATUS_OK) { fprintf(stderr, "mambabyte train: resume: %s\n", mb_last_error()); rc = 2; goto done; }
+        if (mb_checkpoint_load(resume, &m, &ck, &has_state) != MB_STATUS_OK) TRAIN_FAIL(1, "--resume: %s\n", mb_last_error());
+        if (!has_state) TRAIN_FAIL(1, "--resume %s: the checkpoint has no training state (it was saved for inference)\n", resume);
+        if (mb_train_settings_resume(&set, &cfg, given, &ck.settings, mb_model_config(m)) != MB_STATUS_OK) TRAIN_FAIL(2, "resume: %s\n", mb_last_error());
     } else if (mb_model_create(&m, &cfg, (uint64_t)set.seed) != MB_STATUS_OK) {
-        fprintf(stderr, "mambabyte train: %s\n", mb_last_error());
-        rc = 2;
-        goto done;
+        TRAIN_FAIL(2, "%s\n", mb_last_error());
     }
-    if (d.train_size < set.ctx + 1) {
-        fprintf(stderr, "mambabyte train: %lld training bytes, fewer than ctx+1 = %lld\n", (long long)d.train_size, (long long)set.ctx + 1);
-        rc = 1;
-        goto done;
-    }
-    if (mb_trainer_init(&tr, m, &set, d.train, d.train_size, has_state ? &ck : NULL) != MB_STATUS_OK) { fprintf(stderr, "mambabyte train: %s\n", mb_last_error()); rc = 1; goto done; }
+    if (d.train_size < set.ctx + 1)
+        TRAIN_FAIL(1, "%lld training bytes, fewer than ctx+1 = %lld\n", (long long)d.train_size, (long long)set.ctx + 1);
+    if (mb_trainer_init(&tr, m, &set, d.train, d.train_size, has_state ? &ck : NULL) != MB_STATUS_OK) TRAIN_FAIL(1, "%s\n", mb_last_error());
     if (getenv("MB_TEST_INJECT_NAN_STEP")) tr.inject_nonfinite_step = atoll(getenv("MB_TEST_INJECT_NAN_STEP"));
     if (getenv("MB_TEST_INJECT_NAN_FROM")) tr.inject_nonfinite_from = atoll(getenv("MB_TEST_INJECT_NAN_FROM"));
 #ifdef MB_WITH_CUDA
     if (strcmp(device, "cpu") != 0 && mb_cuda_trainer_attach(&tr, !strcmp(precision, "bf16")) != MB_STATUS_OK) {
-        if (!strcmp(device, "cuda")) { fprintf(stderr, "mambabyte train: --device cuda: %s\n", mb_cuda_last_error()); rc = 1; goto done; }
+        if (!strcmp(device, "cuda")) TRAIN_FAIL(1, "--device cuda: %s\n", mb_cuda_last_error());
         printf("note: training on the CPU (fp32): %s\n", mb_cuda_last_error());
     }
 #endif

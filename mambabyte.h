@@ -31,7 +31,8 @@
                  mb_model_params/grads (one flat block, checkpoint order)
                  layout: MB_LAYER_TENSORS, mb_config_tensors, mb_tensor_index
      streaming   mb_stream_create/step/feed/reset/copy/free: O(1) state per
-                 byte; mb_stream_feed prefills in parallel; mb_sample_byte
+                 byte (a stream snapshots the weights); mb_stream_feed, the
+                 parallel prefill; mb_sample_byte
      files       mb_checkpoint_save/load (atomic: temp file, fsync, rename)
      training    mb_train_settings_default (seed 000's recipe), mb_trainer_*
                  (one step: batches, guard, clip, AdamW), mb_train_run (the
@@ -40,7 +41,9 @@
                  mb_adamw_update, mb_grad_norm, mb_lr_at_step / _at_fraction
      data        mb_dataset_open (a WikiText folder or a file, mmapped),
                  mb_batcher_* (random or sequential training windows)
-     eval        mb_eval_text: the WikiText char-accuracy protocol
+     eval        mb_eval_text: the WikiText char-accuracy protocol;
+                 mb_stream_predict_char / _top_chars, mb_eval_text_exact:
+                 the exact greedy character (argmax over all characters)
      CUDA        mb_cuda_* (defined only when mambabyte_cuda.cuh is linked);
                  mb_cuda_trainer_attach puts a trainer's steps on the GPU
 
@@ -256,15 +259,45 @@ MBDEF mb_status mb_model_set_scan_chunk(mb_model *m, int chunk);
 /* ------------------------------------------------------------- streaming */
 /* Per layer a conv window (d_conv x d_inner) and a scan state (d_state x
    d_inner): O(1) memory and work per byte, no context window.  The logits
-   equal mb_model_forward's bit for bit.  A stream copies the weights (in a
-   packed layout, about the model's size) when it is created: after the
-   model's weights change, create a new stream. */
+   equal mb_model_forward's bit for bit.
+   mb_stream_create snapshots ALL of the model: it copies every parameter
+   (the flat block, plus the matrices again in the packed layout one step
+   reads fastest: about twice the model's size) and the config.  After it
+   returns the stream never reads the model again: the model may change
+   (an optimizer step) or be freed, and the stream keeps computing with the
+   weights it was created from.  To follow new weights, create a new stream. */
 typedef struct mb_stream mb_stream;
 MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m);
-MBDEF void mb_stream_reset(mb_stream *s);
+MBDEF void mb_stream_reset(mb_stream *s); /* back to the zero state (as just created) */
 MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte); /* logits (256) for the next byte */
+/* Prefill: advances the stream over bytes[0..n) with the parallel (chunked,
+   multi-threaded) forward, starting from the stream's current state.  The
+   state afterwards is exactly what n calls of mb_stream_step would leave,
+   and row i of logits (n x 256; NULL: not computed) is bit for bit what
+   mb_stream_step returns after bytes[i]; feeds and steps mix freely.  n = 0
+   does nothing.  Works in passes of up to 256 bytes in a workspace of the
+   stream's own (allocated on the first feed, freed by mb_stream_free).
+   To prefill a prompt and then sample: feed all but its last byte with
+   logits NULL, then mb_stream_step the last one.  Does not touch the
+   pointer mb_stream_step returned before. */
+MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, float *logits);
+/* Copies src's state (conv windows and scan states) into dst; dst keeps its
+   own weights.  Both must have been created from models of the same
+   config (else MB_STATUS_INVALID_ARGUMENT, dst unchanged); they need not
+   share a model or weights. */
 MBDEF mb_status mb_stream_copy(mb_stream *dst, const mb_stream *src);
 MBDEF void mb_stream_free(mb_stream *s);
+
+/* -------------------------------------------------------------- sampling */
+/* One byte drawn from logits (256), the semantics of `mambabyte sample`:
+   temperature <= 0 is the argmax (the first of equal maxima); otherwise
+   the logits are divided by temperature (as (float)(logit / temperature)),
+   those below the top_k-th largest scaled value are dropped (top_k 0 or
+   >= 256 keeps all; values equal to the cut are all kept), mb_softmax
+   gives p, and with u = one uniform [0,1) draw from *rng (splitmix64, the
+   header's RNG; advances *rng by one) the result is the first byte b < 255
+   with p[0] + ... + p[b] > u, else 255.  Greedy draws leave *rng as is. */
+MBDEF int mb_sample_byte(const float *logits, double temperature, int top_k, uint64_t *rng);
 
 /* ------------------------------------------------------- CPU layer kernels */
 /* The readable specification every CUDA kernel is checked against.  Shapes
@@ -282,12 +315,35 @@ MBDEF void mb__matmul_backward(float *dinp, float *dw, const float *dout, const 
                                const float *w, int64_t N, int IC, int OC);
 MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const float *bias,
                               int B, int T, int Di, int K);
+/* The same from a given start: win (B, K, Di) holds each sequence's inputs
+   x' before t = 0, oldest first (a stream's conv window; its rows 1..K-1 are
+   read); NULL is mb__conv1d_forward (taps before t = 0 are skipped). */
+MBDEF void mb__conv1d_forward_from(float *out, const float *xz, const float *w, const float *bias, const float *win,
+                                   int B, int T, int Di, int K);
 MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float *dout, const float *xz,
                                const float *w, const float *bias, int B, int T, int Di, int K);
 MBDEF void mb__scan_forward(float *out, float *states, const float *u, const float *delta, const float *dt_bias,
                             const float *A_log, const float *xdbl, const float *Dp, const float *xz,
                             int B, int T, int Di, int S, int R, int chunk);
-/* scratch: B * (Di*S + 2*Di) floats (per-sequence partial sums, so the result
+/* The same from a given state: h (B, S, Di) holds each sequence's scan state
+   before t = 0 on entry and after t = T-1 on exit (NULL: from zero, as
+   mb__scan_forward); states may be NULL (not kept). */
+MBDEF void mb__scan_forward_from(float *out, float *states, float *h, const float *u, const float *delta,
+                                 const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                 const float *xz, int B, int T, int Di, int S, int R, int chunk);
+/* The plain references of the scan (one channel at a time, every h kept):
+   the readable specification of the fast paths below them, which the tests
+   hold against them.  Same outputs and accumulation as mb__scan_forward /
+   mb__scan_backward; slow, and the backward allocates T*S floats. */
+MBDEF void mb__scan_forward_naive(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
+                                  const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R);
+MBDEF mb_status mb__scan_backward_naive(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                                        float *dxz, const float *dout, const float *u, const float *delta,
+                                        const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                        const float *xz, int B, int T, int Di, int S, int R);
+/* The fast path of the scan backward.  du, dxz (its z half) and dxdbl (its B
+   and C columns) and the parameter gradients accumulate; ddelta is written.
+   scratch: B * (Di*S + 2*Di) floats (per-sequence partial sums, so the result
    does not depend on the thread count). */
 MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
                              float *dxz, float *scratch, const float *dout, const float *states, const float *u,
@@ -455,7 +511,9 @@ MBDEF int mb_utf8_char_len(const uint8_t *s, int64_t n);
    stream, feed one 0x00 byte; then for each character predict the argmax
    over bytes 0..127 of the next-byte logits, count it correct when that byte
    is the character, and feed all of the character's UTF-8 bytes.  Also
-   bits per byte and byte accuracy (argmax over 0..255) over the same bytes. */
+   bits per byte and byte accuracy (argmax over 0..255) over the same bytes.
+   Computed with mb_stream_feed (the text is known, so one parallel pass
+   over it): the same result, field for field, as stepping byte by byte. */
 typedef struct {
     int64_t chars, chars_correct, bytes, bytes_correct;
     double nll_bits;  /* sum of -log2 p(byte) */
@@ -1577,6 +1635,10 @@ MB__INLINE void mb__scan_load(float *dst, const float *src, int nd) {
    stride 2Di), then SiLU.  out is (B,T,Di), w is (Di,K). */
 MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const float *bias,
                               int B, int T, int Di, int K) {
+    mb__conv1d_forward_from(out, xz, w, bias, NULL, B, T, Di, K);
+}
+MBDEF void mb__conv1d_forward_from(float *out, const float *xz, const float *w, const float *bias, const float *win,
+                                   int B, int T, int Di, int K) {
     /* one task per (sequence, block of 16 channels); the taps transposed to
        (K, 16) so the channel loop is a vector loop; sums from the bias in tap order */
     const int DB = MB__SCAN_DB;
@@ -1590,15 +1652,24 @@ MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const
             for (j = 0; j < DB; j++) wt[k][j] = w[(d0 + (j < nd ? j : nd - 1)) * K + k];
         mb__scan_load(bs, bias + d0, nd);
         for (t = 0; t < T; t++) {
+            float *MB__RESTRICT ot = out + (b * T + t) * Di + d0;
             for (j = 0; j < DB; j++) o[j] = bs[j];
+            if (t >= K - 1 && nd == DB) { /* every tap inside the sequence, a whole block: straight from xz */
+                const float *MB__RESTRICT xs = xz + (b * T + t - (K - 1)) * 2 * Di + d0;
+                for (k = 0; k < K; k++)
+                    for (j = 0; j < DB; j++) o[j] += wt[k][j] * xs[(int64_t)k * 2 * Di + j];
+                for (j = 0; j < DB; j++) ot[j] = o[j] * mb__sigmoid_v(o[j]);
+                continue;
+            }
             for (k = 0; k < K; k++) {
                 int64_t ts = t - (K - 1) + k;
-                if (ts < 0) continue;
-                mb__scan_load(x, xz + (b * T + ts) * 2 * Di + d0, nd);
+                if (ts >= 0) mb__scan_load(x, xz + (b * T + ts) * 2 * Di + d0, nd);
+                else if (win) mb__scan_load(x, win + (b * K + K + ts) * Di + d0, nd); /* input ts of the window */
+                else continue;
                 for (j = 0; j < DB; j++) o[j] += wt[k][j] * x[j];
             }
             for (j = 0; j < DB; j++) o[j] = o[j] * mb__sigmoid_v(o[j]);
-            for (j = 0; j < nd; j++) out[(b * T + t) * Di + d0 + j] = o[j];
+            for (j = 0; j < nd; j++) ot[j] = o[j];
         }
     }
 }
@@ -1696,7 +1767,88 @@ static void mb__scan_step(float *MB__RESTRICT out, float *MB__RESTRICT h, float 
     for (d = 0; d < Di; d++) out[d] = (out[d] + Dp[d] * u[d]) * (z[d] * mb__sigmoid_v(z[d]));
 }
 
-/* The selective scan, fused with dt = softplus(delta + dt_bias), the D skip
+/* ---- the scan, plain: one (sequence, channel) at a time, in the order of
+   the definition below.  Names: dt = softplus(delta + dt_bias), a = exp(dt*A)
+   the decay, h the state (S per channel), y = C.h + D*u before the gate. */
+MBDEF void mb__scan_forward_naive(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
+                                  const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R) {
+    int64_t X = R + 2 * S, b, t;
+    int d, n;
+    float h[MB__MAX_STATE];
+    for (b = 0; b < B; b++)
+        for (d = 0; d < Di; d++) {
+            for (n = 0; n < S; n++) h[n] = 0.0f;
+            for (t = 0; t < T; t++) {
+                int64_t tok = b * T + t;
+                const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
+                float dt = mb__softplus_v(delta[tok * Di + d] + dt_bias[d]), ut = u[tok * Di + d], z = xz[tok * 2 * Di + Di + d];
+                float y = 0.0f;
+                for (n = 0; n < S; n++) {
+                    float A = -mb__exp(A_log[(int64_t)d * S + n]);
+                    h[n] = mb__exp(dt * A) * h[n] + dt * Bt[n] * ut;
+                    y += Ct[n] * h[n];
+                }
+                out[tok * Di + d] = (y + Dp[d] * ut) * mb__silu(z);
+            }
+        }
+}
+
+MBDEF mb_status mb__scan_backward_naive(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                                        float *dxz, const float *dout, const float *u, const float *delta,
+                                        const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                        const float *xz, int B, int T, int Di, int S, int R) {
+    int64_t X = R + 2 * S, b, t;
+    int d, n;
+    float *hs = (float *)MB_MALLOC(sizeof(float) * (size_t)(T + 1) * (size_t)S); /* h_{t-1} at row t, h_t at row t+1 */
+    float dh[MB__MAX_STATE], A[MB__MAX_STATE];
+    if (!hs) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "scan reference: %d x %d states", T + 1, S);
+    for (b = 0; b < B; b++)
+        for (d = 0; d < Di; d++) {
+            for (n = 0; n < S; n++) {
+                A[n] = -mb__exp(A_log[(int64_t)d * S + n]);
+                hs[n] = 0.0f;
+                dh[n] = 0.0f;
+            }
+            for (t = 0; t < T; t++) { /* the forward again, keeping every h */
+                int64_t tok = b * T + t;
+                float dt = mb__softplus_v(delta[tok * Di + d] + dt_bias[d]), ut = u[tok * Di + d];
+                for (n = 0; n < S; n++)
+                    hs[(t + 1) * S + n] = mb__exp(dt * A[n]) * hs[t * S + n] + dt * xdbl[tok * X + R + n] * ut;
+            }
+            for (t = T - 1; t >= 0; t--) { /* then backward through time, dh the adjoint of h_t */
+                int64_t tok = b * T + t;
+                const float *Bt = xdbl + tok * X + R, *Ct = Bt + S, *ht = hs + (t + 1) * S, *hprev = hs + t * S;
+                float *dBt = dxdbl + tok * X + R, *dCt = dBt + S;
+                float x = delta[tok * Di + d] + dt_bias[d], dt = mb__softplus_v(x), ut = u[tok * Di + d];
+                float z = xz[tok * 2 * Di + Di + d], g = dout[tok * Di + d], y = Dp[d] * ut, dy, ddt = 0.0f, dut;
+                for (n = 0; n < S; n++) y += Ct[n] * ht[n];
+                dy = g * mb__silu(z);                       /* d out / d y */
+                dxz[tok * 2 * Di + Di + d] += g * mb__silu_grad(z) * y;
+                dD[d] += dy * ut;
+                dut = dy * Dp[d];
+                for (n = 0; n < S; n++) {
+                    float a = mb__exp(dt * A[n]), dhn = dh[n] + dy * Ct[n];
+                    dCt[n] += dy * ht[n];
+                    ddt += dhn * (A[n] * a * hprev[n] + Bt[n] * ut);
+                    dA_log[(int64_t)d * S + n] += dhn * dt * a * hprev[n] * A[n]; /* dA/dA_log = A */
+                    dBt[n] += dhn * dt * ut;
+                    dut += dhn * dt * Bt[n];
+                    dh[n] = dhn * a; /* to h_{t-1} */
+                }
+                du[tok * Di + d] += dut;
+                ddt *= mb__softplus_grad(x);
+                ddelta[tok * Di + d] = ddt;
+                ddt_bias[d] += ddt;
+            }
+        }
+    MB_FREE(hs);
+    return MB_STATUS_OK;
+}
+
+/* ---- the scan, fast path: 16 channels of one sequence side by side in the
+   vector lanes (a task per (sequence, block of 16)), states kept only at
+   chunk starts.
+   The selective scan, fused with dt = softplus(delta + dt_bias), the D skip
    and the SiLU(z) gate:
        h_t = exp(dt_t*A) * h_{t-1} + dt_t * B_t * u_t      (A = -exp(A_log) < 0)
        out_t = (C_t . h_t + D*u_t) * silu(z_t)
@@ -1706,6 +1858,11 @@ static void mb__scan_step(float *MB__RESTRICT out, float *MB__RESTRICT h, float 
 MBDEF void mb__scan_forward(float *out, float *states, const float *u, const float *delta, const float *dt_bias,
                             const float *A_log, const float *xdbl, const float *Dp, const float *xz,
                             int B, int T, int Di, int S, int R, int chunk) {
+    mb__scan_forward_from(out, states, NULL, u, delta, dt_bias, A_log, xdbl, Dp, xz, B, T, Di, S, R, chunk);
+}
+MBDEF void mb__scan_forward_from(float *out, float *states, float *h0, const float *u, const float *delta,
+                                 const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                 const float *xz, int B, int T, int Di, int S, int R, int chunk) {
     const int DB = MB__SCAN_DB;
     int64_t nchunks = (T + chunk - 1) / chunk, X = R + 2 * S, ndb = (Di + DB - 1) / DB, bj;
     /* each (sequence, block of 16 channels) is one task: h is (S, 16) */
@@ -1718,13 +1875,13 @@ MBDEF void mb__scan_forward(float *out, float *states, const float *u, const flo
         mb__scan_load(bias, dt_bias + d0, nd);
         for (n = 0; n < S; n++)
             for (j = 0; j < DB; j++) {
-                h[n][j] = 0.0f;
+                h[n][j] = h0 ? h0[(b * S + n) * Di + d0 + (j < nd ? j : nd - 1)] : 0.0f;
                 A[n][j] = -mb__exp(A_log[(d0 + (j < nd ? j : nd - 1)) * S + n]);
             }
         for (t = 0; t < T; t++) {
             int64_t tok = b * T + t;
             const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
-            if (t % chunk == 0) { /* h at the chunk start, (Di, S) layout */
+            if (states && t % chunk == 0) { /* h at the chunk start, (Di, S) layout */
                 float *st = states + ((b * nchunks + t / chunk) * Di + d0) * S;
                 for (j = 0; j < nd; j++)
                     for (n = 0; n < S; n++) st[(int64_t)j * S + n] = h[n][j];
@@ -1747,6 +1904,9 @@ MBDEF void mb__scan_forward(float *out, float *states, const float *u, const flo
             for (j = 0; j < DB; j++) y[j] = (y[j] + Dp[d0 + (j < nd ? j : nd - 1)] * ut[j]) * (zt[j] * mb__sigmoid_v(zt[j]));
             for (j = 0; j < nd; j++) out[tok * Di + d0 + j] = y[j];
         }
+        if (h0) /* the state after the last step, for the caller to continue from */
+            for (n = 0; n < S; n++)
+                for (j = 0; j < nd; j++) h0[(b * S + n) * Di + d0 + j] = h[n][j];
     }
 }
 
@@ -2359,12 +2519,20 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
 }
 
 /* ============================================================ streaming */
-/* A stream keeps its own copy of the weights in the layouts one step reads
-   fastest (matrices packed into the forward's panels, conv and A transposed
-   to (K, Di) and (S, Di)): a snapshot taken at mb_stream_create, so a stream
-   made before the weights change keeps the old ones. */
+/* A stream is a snapshot of the whole model taken at mb_stream_create: the
+   config, every parameter (params, in checkpoint order: the vectors one step
+   reads and the matrices of mb_stream_feed's batch products), and the
+   matrices again in the layouts one step reads fastest (packed into the
+   forward's panels, conv and A transposed to (K, Di) and (S, Di)).  Nothing
+   points into the model, so a stream made before the weights change keeps
+   the old ones, and the model may be freed. */
+#ifndef MB__FEED_CHUNK
+#define MB__FEED_CHUNK 256 /* bytes per pass of mb_stream_feed: its workspace holds this many */
+#endif
 struct mb_stream {
-    const mb_model *m;
+    mb_config cfg;         /* the model's (validated) config */
+    float *params;         /* a copy of the model's flat parameter block */
+    mb__weights w;         /* pointers into params (w.layer: n_layer, owned) */
     float *block;          /* one allocation, split below */
     float *win;            /* (L, K, Di): the last K inputs x' of each layer, oldest first */
     float *h;              /* (L, S, Di): the scan state; follows win (state_floats) */
@@ -2374,6 +2542,10 @@ struct mb_stream {
     int64_t f_in, f_x, f_dt, f_out;             /* floats per packed layer matrix */
     float *x, *ln, *xz, *u, *xdbl, *dt, *gated, *out, *logits;
     int64_t state_floats;  /* win + h, contiguous */
+    /* mb_stream_feed's workspace for feed_cap tokens (NULL until the first
+       feed): (T, .) rows of the residual, norm, xz, u, xdbl, delta, gated, out */
+    float *feed_block, *fd_x, *fd_ln, *fd_mean, *fd_rstd, *fd_xz, *fd_u, *fd_xdbl, *fd_delta, *fd_gated, *fd_mix;
+    int64_t feed_cap;
 };
 
 /* out (OC) = w (OC,IC) @ x from a copy of w packed once (mb__matvec_pack)
@@ -2452,12 +2624,25 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     int64_t total = (int64_t)L * (2 * K * Di + 2 * S * Di + f_in + f_x + f_dt + f_out) + f_head +
                     2 * C + 2 * Di + Di + X + Di + Di + C + V;
     mb_stream *s = (mb_stream *)MB_MALLOC(sizeof(mb_stream));
+    mb_tensor_info *ti;
     float *p;
     *out = NULL;
     if (!s) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream");
-    s->m = m;
+    memset(s, 0, sizeof *s);
+    s->cfg = *c;
     s->block = (float *)MB_MALLOC((size_t)total * sizeof(float));
-    if (!s->block) { MB_FREE(s); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream state"); }
+    s->params = (float *)MB_MALLOC((size_t)m->num_params * sizeof(float));
+    s->w.layer = (mb__layer_weights *)MB_MALLOC(sizeof(mb__layer_weights) * (size_t)L);
+    ti = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)m->ntensors);
+    if (!s->block || !s->params || !s->w.layer || !ti) {
+        MB_FREE(ti);
+        mb_stream_free(s);
+        return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream state");
+    }
+    memcpy(s->params, m->params, (size_t)m->num_params * sizeof(float));
+    mb_config_tensors(c, ti);
+    mb__point_weights(&s->w, s->params, c, ti);
+    MB_FREE(ti);
     p = s->block;
     s->win = p; p += (int64_t)L * K * Di;
     s->h = p; p += (int64_t)L * S * Di;
@@ -2479,8 +2664,8 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     s->out = p; p += C;
     s->logits = p;
     s->state_floats = (int64_t)L * Di * (K + S);
-    for (l = 0; l < L; l++) {
-        const mb__layer_weights *W = &m->w.layer[l];
+    for (l = 0; l < L; l++) { /* from the stream's own copy: the model is not read after this */
+        const mb__layer_weights *W = &s->w.layer[l];
         for (n = 0; n < S; n++) /* the same A as the batch scan computes */
             for (d = 0; d < Di; d++) s->AT[((int64_t)l * S + n) * Di + d] = -mb__exp(W->A_log[(int64_t)d * S + n]);
         for (k = 0; k < K; k++)
@@ -2490,7 +2675,7 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
         mb__matvec_pack(s->p_dt + l * f_dt, W->dt_proj_w, R, Di);
         mb__matvec_pack(s->p_out + l * f_out, W->out_proj, Di, C);
     }
-    mb__matvec_pack(s->p_head, m->w.wte, C, V);
+    mb__matvec_pack(s->p_head, s->w.wte, C, V);
     mb_stream_reset(s);
     *out = s;
     return MB_STATUS_OK;
@@ -2498,31 +2683,39 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
 
 MBDEF void mb_stream_reset(mb_stream *s) { memset(s->win, 0, (size_t)s->state_floats * sizeof(float)); }
 
+/* Same config field by field (so also the same state layout and size): the
+   state of one is a state of the other. */
 MBDEF mb_status mb_stream_copy(mb_stream *dst, const mb_stream *src) {
-    if (dst->m != src->m) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "stream copy between different models");
-    memcpy(dst->win, src->win, (size_t)src->state_floats * sizeof(float));
+    const mb_config *a = &dst->cfg, *b = &src->cfg;
+    if (a->vocab_size != b->vocab_size || a->d_model != b->d_model || a->n_layer != b->n_layer ||
+        a->d_state != b->d_state || a->d_conv != b->d_conv || a->expand != b->expand || a->dt_rank != b->dt_rank ||
+        dst->state_floats != src->state_floats)
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "stream copy between models of different configs");
+    if (dst != src) memcpy(dst->win, src->win, (size_t)src->state_floats * sizeof(float));
     return MB_STATUS_OK;
 }
 
 MBDEF void mb_stream_free(mb_stream *s) {
     if (!s) return;
+    MB_FREE(s->feed_block);
     MB_FREE(s->block);
+    MB_FREE(s->params);
+    MB_FREE(s->w.layer);
     MB_FREE(s);
 }
 
 /* One byte through the whole model: mb_model_forward for T = 1 with the
    conv and scan carried in the state.  Each output element takes the same
    operations as in the batch forward, so the logits agree bit for bit.
-   Reads each weight once and allocates nothing. */
+   Reads each weight once (all from the stream's snapshot) and allocates nothing. */
 MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) {
-    const mb_model *m = s->m;
-    const mb_config *c = &m->cfg;
+    const mb_config *c = &s->cfg;
     int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
     int X = R + 2 * S, l, d;
     float mean, rstd;
-    memcpy(s->x, m->w.wte + (int64_t)byte * C, (size_t)C * sizeof(float));
+    memcpy(s->x, s->w.wte + (int64_t)byte * C, (size_t)C * sizeof(float));
     for (l = 0; l < L; l++) {
-        const mb__layer_weights *W = &m->w.layer[l];
+        const mb__layer_weights *W = &s->w.layer[l];
         mb__layernorm_forward(s->ln, &mean, &rstd, s->x, W->norm_w, W->norm_b, 1, C);
         mb__matvec_packed(s->xz, s->ln, s->p_in + l * s->f_in, C, 2 * Di); /* [x', z] */
         mb__conv_step(s->u, s->win + (int64_t)l * K * Di, s->xz, s->conv_wT + (int64_t)l * K * Di, W->conv_b, Di, K);
@@ -2533,9 +2726,105 @@ MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) {
         mb__matvec_packed(s->out, s->gated, s->p_out + l * s->f_out, Di, C);
         for (d = 0; d < C; d++) s->x[d] += s->out[d];
     }
-    mb__layernorm_forward(s->ln, &mean, &rstd, s->x, m->w.norm_f_w, m->w.norm_f_b, 1, C);
+    mb__layernorm_forward(s->ln, &mean, &rstd, s->x, s->w.norm_f_w, s->w.norm_f_b, 1, C);
     mb__matvec_packed(s->logits, s->ln, s->p_head, C, c->vocab_size);
     return s->logits;
+}
+
+/* The feed's workspace for T tokens (grown, never shrunk). */
+static mb_status mb__stream_feed_alloc(mb_stream *s, int64_t T) {
+    const mb_config *c = &s->cfg;
+    int64_t C = c->d_model, Di = C * c->expand, X = c->dt_rank + 2 * c->d_state, total = T * (3 * C + 2 + 6 * Di + X);
+    float *p;
+    if (s->feed_cap >= T) return MB_STATUS_OK;
+    MB_FREE(s->feed_block);
+    s->feed_cap = 0;
+    s->feed_block = p = (float *)MB_MALLOC((size_t)total * sizeof(float));
+    if (!p) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream feed workspace (%.1f MB)", (double)total * 4 / 1e6);
+    s->fd_x = p; p += T * C;
+    s->fd_ln = p; p += T * C;
+    s->fd_mix = p; p += T * C;
+    s->fd_mean = p; p += T;
+    s->fd_rstd = p; p += T;
+    s->fd_xz = p; p += T * 2 * Di;
+    s->fd_u = p; p += T * Di;
+    s->fd_xdbl = p; p += T * X;
+    s->fd_delta = p; p += T * Di;
+    s->fd_gated = p;
+    s->feed_cap = T;
+    return MB_STATUS_OK;
+}
+
+/* mb_model_forward's layer sequence over T bytes (B = 1) with the conv and
+   the scan started from the stream's state (mb__conv1d_forward_from,
+   mb__scan_forward_from) instead of from zero.  Every element takes the
+   same operations as in mb_stream_step: the batch products equal the packed
+   ones bit for bit, the conv adds its K taps from the bias in the same
+   order (from a fresh stream both add the zero window's terms), the scan
+   starts from the same h with the same A; so the logits and the state are
+   bit-identical to T steps, however the bytes are split into feeds. */
+MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, float *logits) {
+    const mb_config *c = &s->cfg;
+    int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
+    int X = R + 2 * S, V = c->vocab_size, l;
+    int64_t i0;
+    mb_status st;
+    if (n < 0 || (n > 0 && !bytes))
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "stream feed: n=%lld bytes=%p", (long long)n, (const void *)bytes);
+    if (n == 0) return MB_STATUS_OK;
+    st = mb__stream_feed_alloc(s, n < MB__FEED_CHUNK ? n : MB__FEED_CHUNK);
+    if (st != MB_STATUS_OK) return st;
+    for (i0 = 0; i0 < n; i0 += MB__FEED_CHUNK) {
+        int T = (int)(n - i0 < MB__FEED_CHUNK ? n - i0 : MB__FEED_CHUNK);
+        mb__embedding_forward(s->fd_x, bytes + i0, s->w.wte, T, C);
+        for (l = 0; l < L; l++) {
+            const mb__layer_weights *W = &s->w.layer[l];
+            float *win = s->win + (int64_t)l * K * Di;
+            int k;
+            mb__layernorm_forward(s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, W->norm_w, W->norm_b, T, C);
+            mb__matmul_forward(s->fd_xz, s->fd_ln, C, W->in_proj, T, C, 2 * Di);
+            mb__conv1d_forward_from(s->fd_u, s->fd_xz, W->conv_w, W->conv_b, win, 1, T, Di, K);
+            /* the window after these T inputs: the last K of (window, x'_0 .. x'_{T-1}) */
+            if (T < K) memmove(win, win + (int64_t)T * Di, sizeof(float) * (size_t)(K - T) * (size_t)Di);
+            for (k = T < K ? K - T : 0; k < K; k++)
+                memcpy(win + (int64_t)k * Di, s->fd_xz + (int64_t)(T - K + k) * 2 * Di, sizeof(float) * (size_t)Di);
+            mb__matmul_forward(s->fd_xdbl, s->fd_u, Di, W->x_proj, T, Di, X);
+            mb__matmul_forward(s->fd_delta, s->fd_xdbl, X, W->dt_proj_w, T, R, Di);
+            mb__scan_forward_from(s->fd_gated, NULL, s->h + (int64_t)l * S * Di, s->fd_u, s->fd_delta, W->dt_proj_b,
+                                  W->A_log, s->fd_xdbl, W->D, s->fd_xz, 1, T, Di, S, R, T);
+            mb__matmul_forward(s->fd_mix, s->fd_gated, Di, W->out_proj, T, Di, C);
+            mb__residual_add(s->fd_x, s->fd_mix, (int64_t)T * C);
+        }
+        if (logits) {
+            mb__layernorm_forward(s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, s->w.norm_f_w, s->w.norm_f_b, T, C);
+            mb__matmul_forward(logits + i0 * V, s->fd_ln, C, s->w.wte, T, C, V); /* tied head */
+        }
+    }
+    return MB_STATUS_OK;
+}
+
+/* ------------------------------------------------------------- sampling */
+static int mb__argmax(const float *x, int n); /* eval section: the first of equal maxima */
+MBDEF int mb_sample_byte(const float *logits, double temperature, int top_k, uint64_t *rng) {
+    float p[256], scaled[256], cut;
+    double u, acc = 0.0;
+    int v, b;
+    if (temperature <= 0.0) return mb__argmax(logits, 256);
+    for (v = 0; v < 256; v++) scaled[v] = (float)(logits[v] / temperature);
+    if (top_k > 0 && top_k < 256) { /* the k-th largest scaled logit is the cut; values equal to it stay */
+        float sorted[256];
+        int a, c;
+        memcpy(sorted, scaled, sizeof sorted);
+        for (a = 0; a < top_k; a++)
+            for (c = a + 1; c < 256; c++)
+                if (sorted[c] > sorted[a]) { float t = sorted[a]; sorted[a] = sorted[c]; sorted[c] = t; }
+        cut = sorted[top_k - 1];
+        for (v = 0; v < 256; v++) if (scaled[v] < cut) scaled[v] = -INFINITY;
+    }
+    mb_softmax(p, scaled, 1, 256);
+    u = mb__rng_uniform(rng);
+    for (b = 0; b < 255; b++) { acc += p[b]; if (u < acc) break; }
+    return b;
 }
 
 /* ========================================================== checkpoints */
@@ -2983,8 +3272,14 @@ static int mb__argmax(const float *x, int n) {
     return best;
 }
 
-MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
-                             mb_eval_result *r, mb_progress_fn progress, void *user) {
+/* The reference: the protocol as written, one mb_stream_step per byte
+   (mb_eval_text below is the fast path; the tests and `mambabyte bench`
+   compare the two). */
+#if defined(__GNUC__)
+__attribute__((unused))
+#endif
+static mb_status mb__eval_text_stepwise(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
+                                        mb_eval_result *r, mb_progress_fn progress, void *user) {
     mb_stream *s;
     const float *logits;
     int64_t end = 0, nchars = 0, pos = 0, c;
@@ -3017,6 +3312,76 @@ MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len
     }
     mb_stream_free(s);
     return MB_STATUS_OK;
+}
+
+/* The protocol only ever conditions on the true text, so the logits before
+   byte i (after 0x00, text[0..i)) all come from parallel passes:
+   mb_stream_feed over the inputs 0x00, text[0], ..., text[end-2] in pieces
+   of MB__FEED_CHUNK.  Those logits are bit-identical to the stepwise ones
+   and are consumed in the same order, so every field of the result
+   (nll_bits too: the same double sum in the same order) is equal. */
+MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
+                             mb_eval_result *r, mb_progress_fn progress, void *user) {
+    mb_stream *s;
+    uint8_t *in;
+    float *lg;
+    double *logp; /* per row of a pass: log p(true byte), and the two argmaxes */
+    int *am;
+    int64_t end = 0, nchars = 0, pos = 0, cend = 0, i0, i;
+    mb_status st;
+    memset(r, 0, sizeof *r);
+    /* validate the whole evaluated prefix first: fail before any work */
+    while (end < len && (max_chars < 0 || nchars < max_chars)) {
+        int k = mb_utf8_char_len(text + end, len - end);
+        if (k == 0) return mb__fail(MB_STATUS_BAD_FORMAT, "invalid UTF-8 at byte offset %lld (byte 0x%02x)", (long long)end, text[end]);
+        end += k;
+        nchars++;
+    }
+    st = mb_stream_create(&s, m);
+    if (st != MB_STATUS_OK) return st;
+    in = (uint8_t *)MB_MALLOC(MB__FEED_CHUNK);
+    lg = (float *)MB_MALLOC((size_t)MB__FEED_CHUNK * 256 * sizeof(float));
+    logp = (double *)MB_MALLOC((size_t)MB__FEED_CHUNK * sizeof(double));
+    am = (int *)MB_MALLOC((size_t)MB__FEED_CHUNK * 2 * sizeof(int));
+    if (!in || !lg || !logp || !am) st = mb__fail(MB_STATUS_OUT_OF_MEMORY, "eval logits");
+    for (i0 = 0; st == MB_STATUS_OK && i0 < end; i0 += MB__FEED_CHUNK) {
+        int64_t T = end - i0 < MB__FEED_CHUNK ? end - i0 : MB__FEED_CHUNK;
+        for (i = 0; i < T; i++) in[i] = i0 + i == 0 ? 0x00 : text[i0 + i - 1];
+        st = mb_stream_feed(s, in, T, lg);
+        if (st != MB_STATUS_OK) break;
+        /* each row's statistics on its own (in parallel); summed below in byte order */
+        MB__OMP(parallel for schedule(static))
+        for (i = 0; i < T; i++) {
+            const float *logits = lg + i * 256;
+            mb__row row = mb__row_stats(logits, 256);
+            logp[i] = mb__row_logp(&row, logits[text[i0 + i]], 256);
+            am[2 * i] = mb__argmax(logits, 128);
+            am[2 * i + 1] = mb__argmax(logits, 256);
+        }
+        for (i = i0; i < i0 + T; i++) {
+            uint8_t b = text[i];
+            if (i == pos) { /* a character starts: its first byte is the prediction */
+                int k = mb_utf8_char_len(text + pos, end - pos);
+                r->chars_correct += k == 1 && am[2 * (i - i0)] == b;
+                cend = pos + k;
+            }
+            r->nll_bits -= logp[i - i0] / 0.69314718055994530942;
+            r->bytes_correct += am[2 * (i - i0) + 1] == b;
+            r->bytes++;
+            if (i + 1 == cend) {
+                pos = cend;
+                r->chars++;
+                if (progress && (r->chars % 1024 == 0 || r->chars == nchars)) progress(user, r->chars, nchars);
+            }
+        }
+    }
+    MB_FREE(in);
+    MB_FREE(lg);
+    MB_FREE(logp);
+    MB_FREE(am);
+    mb_stream_free(s);
+    if (st != MB_STATUS_OK) memset(r, 0, sizeof *r); /* out of memory: no partial result */
+    return st;
 }
 
 /* Exact greedy characters: a best-first search over UTF-8 prefixes.  A node

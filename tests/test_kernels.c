@@ -349,7 +349,31 @@ static void kt_scan_case(int B, int T, int Di, int S, int R, int chunk) {
     for (i = 0; i < Di * S; i++) A_log[i] = (float)(log((double)(i % S + 1)) + 0.1 * mbt_normal(&r));
     for (i = 0; i < N * X; i++) xdbl[i] = (float)mbt_normal(&r);
     kt_scan_ref(ro, rdu, rdd, rdb, rdA, rdx, rdD, rdz, u, delta, bias, A_log, xdbl, Dp, xz, g, B, T, Di, S, R);
-    mb__scan_forward(out, states, u, delta, bias, A_log, xdbl, Dp, xz, B, T, Di, S, R, chunk);
+    {   /* the fast paths against the header's plain float32 references */
+        float *no = (float *)malloc(sizeof(float) * (size_t)(N * Di)), *ndu = (float *)calloc((size_t)(N * Di), sizeof(float));
+        float *ndd = (float *)malloc(sizeof(float) * (size_t)(N * Di)), *ndb = (float *)calloc((size_t)Di, sizeof(float));
+        float *ndA = (float *)calloc((size_t)(Di * S), sizeof(float)), *ndx = (float *)calloc((size_t)(N * X), sizeof(float));
+        float *ndD = (float *)calloc((size_t)Di, sizeof(float)), *ndz = (float *)calloc((size_t)(N * 2 * Di), sizeof(float));
+        float *fdu = (float *)calloc((size_t)(N * Di), sizeof(float)), *fdd = (float *)malloc(sizeof(float) * (size_t)(N * Di));
+        float *fdb = (float *)calloc((size_t)Di, sizeof(float)), *fdA = (float *)calloc((size_t)(Di * S), sizeof(float));
+        float *fdx = (float *)calloc((size_t)(N * X), sizeof(float)), *fdD = (float *)calloc((size_t)Di, sizeof(float));
+        float *fdz = (float *)calloc((size_t)(N * 2 * Di), sizeof(float));
+        double w = 0.0, v;
+        mb__scan_forward_naive(no, u, delta, bias, A_log, xdbl, Dp, xz, B, T, Di, S, R);
+        mb__scan_forward(out, states, u, delta, bias, A_log, xdbl, Dp, xz, B, T, Di, S, R, chunk);
+        MBT_CHECK(mb__scan_backward_naive(ndu, ndd, ndb, ndA, ndx, ndD, ndz, g, u, delta, bias, A_log, xdbl, Dp, xz, B, T, Di, S,
+                                          R) == MB_STATUS_OK, "scan reference backward");
+        mb__scan_backward(fdu, fdd, fdb, fdA, fdx, fdD, fdz, scratch, g, states, u, delta, bias, A_log, xdbl, Dp, xz, B, T, Di, S,
+                          R, chunk);
+#define KT_WORST(a, b, n) (v = mbt_rel_l2(a, b, n), w = v > w || v != v ? v : w)
+        KT_WORST(out, no, N * Di); KT_WORST(fdu, ndu, N * Di); KT_WORST(fdd, ndd, N * Di); KT_WORST(fdb, ndb, Di);
+        KT_WORST(fdA, ndA, Di * S); KT_WORST(fdx, ndx, N * X); KT_WORST(fdD, ndD, Di); KT_WORST(fdz, ndz, N * 2 * Di);
+#undef KT_WORST
+        MBT_CHECK(w < 2e-5, "scan B=%d T=%d Di=%d S=%d chunk=%d: fast path vs mb__scan_*_naive, worst rel L2 %.2g", B, T, Di, S,
+                  chunk, w);
+        free(no); free(ndu); free(ndd); free(ndb); free(ndA); free(ndx); free(ndD); free(ndz);
+        free(fdu); free(fdd); free(fdb); free(fdA); free(fdx); free(fdD); free(fdz);
+    }
     mb__scan_backward(du, ddelta, dbias, dA, dxdbl, dD, dxz, scratch, g, states, u, delta, bias, A_log, xdbl, Dp, xz, B, T, Di,
                       S, R, chunk);
     for (i = 0; i < N * Di; i++) dz[i] = dxz[(i / Di) * 2 * Di + Di + i % Di];

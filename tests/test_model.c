@@ -321,6 +321,341 @@ static void test_stream_matches_forward(void) {
     test_stream_matches_forward_config(c, "odd widths");
 }
 
+/* ------------------------------------------- stream snapshot and prefill */
+/* A stream is a snapshot of all of the model: after every weight of the
+   model changes, its logits are those of the original weights, bit for bit;
+   and it keeps working after its model is freed. */
+static void test_stream_snapshot(void) {
+    enum { T = 200 };
+    mb_config c = tiny_config();
+    mb_model *m, *orig, *m2;
+    mb_stream *s, *s2, *s3;
+    uint8_t x[T];
+    float *p, *before;
+    int64_t np, i, changed = 0;
+    int t, same_orig = 1, same_new = 1, same_freed = 1;
+    c.d_conv = 4;
+    mb_model_create(&m, &c, 31);
+    perturb_params(m, 32);
+    np = mb_model_num_params(m);
+    p = mb_model_params(m);
+    mb_model_create(&orig, &c, 1);
+    memcpy(mb_model_params(orig), p, (size_t)np * sizeof(float));
+    before = (float *)malloc((size_t)np * sizeof(float));
+    memcpy(before, p, (size_t)np * sizeof(float));
+    random_bytes(x, NULL, T, 33);
+    mb_stream_create(&s, m);
+    {   /* change every weight: vectors (embedding, norms, biases, D, A_log) and matrices */
+        mbt_rng rng = {34};
+        for (i = 0; i < np; i++) p[i] += (float)(0.05 + 0.02 * mbt_normal(&rng) * (mbt_normal(&rng) > 0 ? 1 : 0));
+        for (i = 0; i < np; i++) changed += p[i] != before[i];
+    }
+    MBT_CHECK(changed == np, "snapshot test: every weight must change (%lld of %lld did)", (long long)changed, (long long)np);
+    mb_model_forward(orig, x, NULL, 1, T, NULL);
+    for (t = 0; t < T; t++)
+        same_orig &= memcmp(mb_stream_step(s, x[t]), mb_model_logits(orig) + (int64_t)t * 256, 256 * sizeof(float)) == 0;
+    MBT_CHECK(same_orig, "a stream created before the weights changed must give the original weights' logits bit for bit");
+    mb_model_forward(m, x, NULL, 1, T, NULL);
+    mb_stream_reset(s);
+    for (t = 0; t < T; t++)
+        same_new &= memcmp(mb_stream_step(s, x[t]), mb_model_logits(m) + (int64_t)t * 256, 256 * sizeof(float)) == 0;
+    MBT_CHECK(!same_new, "the stream's logits must differ from the changed model's");
+    {   /* a new stream follows the new weights */
+        int same = 1;
+        mb_stream_create(&s3, m);
+        for (t = 0; t < T; t++)
+            same &= memcmp(mb_stream_step(s3, x[t]), mb_model_logits(m) + (int64_t)t * 256, 256 * sizeof(float)) == 0;
+        MBT_CHECK(same, "a stream created after the change must follow the new weights");
+    }
+    /* the model may be freed: step and feed from the snapshot alone (ASan checks the reads) */
+    mb_model_create(&m2, &c, 2);
+    memcpy(mb_model_params(m2), before, (size_t)np * sizeof(float));
+    mb_stream_create(&s2, m2);
+    mb_model_free(m2);
+    {
+        float *lg = (float *)malloc((size_t)T * 256 * sizeof(float));
+        for (t = 0; t < T / 2; t++)
+            same_freed &= memcmp(mb_stream_step(s2, x[t]), mb_model_logits(orig) + (int64_t)t * 256, 256 * sizeof(float)) == 0;
+        same_freed &= mb_stream_feed(s2, x + T / 2, T - T / 2, lg) == MB_STATUS_OK;
+        same_freed &= memcmp(lg, mb_model_logits(orig) + (int64_t)(T / 2) * 256, (size_t)(T - T / 2) * 256 * sizeof(float)) == 0;
+        free(lg);
+    }
+    MBT_CHECK(same_freed, "a stream whose model was freed must step and feed with the snapshot's weights");
+    /* copy: the same config is enough (different weights: dst keeps its own); a different config is refused */
+    {
+        mb_config c2 = c;
+        mb_model *m4;
+        mb_stream *s4;
+        float a[256];
+        mb_stream *s5;
+        mb_stream_create(&s5, m); /* the new weights, like s3 */
+        mb_stream_reset(s);
+        mb_stream_reset(s3);
+        for (t = 0; t < 50; t++) mb_stream_step(s, x[t]);
+        MBT_CHECK(mb_stream_copy(s3, s) == MB_STATUS_OK && mb_stream_copy(s5, s) == MB_STATUS_OK,
+                  "copy between streams of one config: %s", mb_last_error());
+        MBT_CHECK(memcmp(s3->win, s->win, (size_t)s->state_floats * sizeof(float)) == 0, "copy: dst holds src's state");
+        memcpy(a, mb_stream_step(s3, 'a'), sizeof a);
+        MBT_CHECK(memcmp(a, mb_stream_step(s5, 'a'), sizeof a) == 0 && memcmp(a, mb_stream_step(s, 'a'), sizeof a) != 0,
+                  "copy: dst continues from src's state with its own weights");
+        mb_stream_free(s5);
+        c2.d_state = 5;
+        mb_model_create(&m4, &c2, 3);
+        mb_stream_create(&s4, m4);
+        MBT_CHECK(mb_stream_copy(s4, s) == MB_STATUS_INVALID_ARGUMENT && strstr(mb_last_error(), "config"),
+                  "copy between different configs must be refused: '%s'", mb_last_error());
+        mb_stream_free(s4);
+        mb_model_free(m4);
+    }
+    mb_stream_free(s);
+    mb_stream_free(s2);
+    mb_stream_free(s3);
+    free(before);
+    mb_model_free(orig);
+    mb_model_free(m);
+}
+
+/* The stream state as bytes (the test sees the implementation). */
+static int stream_state_equal(const mb_stream *a, const mb_stream *b) {
+    return a->state_floats == b->state_floats && memcmp(a->win, b->win, (size_t)a->state_floats * sizeof(float)) == 0;
+}
+
+/* mb_stream_feed against mb_stream_step: logits and state bit for bit,
+   however the bytes are split between feeds and steps. */
+static void test_stream_feed_config(mb_config c, const char *name) {
+    enum { T = 1500 }; /* more than one feed pass (MB__FEED_CHUNK) */
+    mb_model *m;
+    mb_stream *ref, *s;
+    uint8_t *x = (uint8_t *)malloc(T);
+    float *want = (float *)malloc((size_t)T * 256 * sizeof(float));
+    float *got = (float *)malloc((size_t)T * 256 * sizeof(float));
+    static const int64_t splits[][12] = {
+        {T},                                       /* one feed */
+        {1, 1, 7, 31, 33, 64, 1, 1029, 2, -1},     /* odd pieces, n = 1, across the pass boundary; -1: the rest */
+        {5, 0, 3, 1024, 0, 1, -1},                 /* n = 0 in between */
+        {31, 32, 33, 95, 97, 127, 129, 511, -1},   /* around scan-chunk multiples */
+    };
+    size_t v;
+    int t;
+    mb_model_create(&m, &c, 41);
+    perturb_params(m, 42);
+    random_bytes(x, NULL, T, 43);
+    mb_stream_create(&ref, m);
+    mb_stream_create(&s, m);
+    for (t = 0; t < T; t++) memcpy(want + (int64_t)t * 256, mb_stream_step(ref, x[t]), 256 * sizeof(float));
+    for (v = 0; v < sizeof splits / sizeof splits[0]; v++) {
+        int64_t at = 0;
+        int k, ok = 1;
+        mb_stream_reset(s);
+        memset(got, 0, (size_t)T * 256 * sizeof(float));
+        for (k = 0; k < 12 && at < T; k++) {
+            int64_t n = splits[v][k] < 0 ? T - at : splits[v][k];
+            if (n > T - at) n = T - at;
+            ok &= mb_stream_feed(s, x + at, n, got + at * 256) == MB_STATUS_OK;
+            at += n;
+        }
+        if (at < T) ok &= mb_stream_feed(s, x + at, T - at, got + at * 256) == MB_STATUS_OK;
+        MBT_CHECK(ok, "%s: feed split %d failed: %s", name, (int)v, mb_last_error());
+        MBT_CHECK(memcmp(got, want, (size_t)T * 256 * sizeof(float)) == 0,
+                  "%s: feed split %d: logits differ from stepping (first at %lld, rel L2 there %g)", name, (int)v,
+                  (long long)(mbt_first_mismatch(got, want, (int64_t)T * 256, 0, 0) / 256),
+                  mbt_rel_l2(got + mbt_first_mismatch(got, want, (int64_t)T * 256, 0, 0) / 256 * 256,
+                             want + mbt_first_mismatch(got, want, (int64_t)T * 256, 0, 0) / 256 * 256, 256));
+        MBT_CHECK(stream_state_equal(s, ref), "%s: feed split %d: state after the feeds differs from stepping", name, (int)v);
+    }
+    {   /* steps and feeds interleaved (feed then step, step then feed), some feeds without logits */
+        int64_t at = 0;
+        int k = 0, ok = 1, same = 1;
+        mb_stream_reset(s);
+        while (at < T) {
+            int64_t n = 1 + (k * 37) % 150;
+            if (n > T - at) n = T - at;
+            if (k % 3 == 0) {
+                int64_t j;
+                for (j = 0; j < n; j++)
+                    same &= memcmp(mb_stream_step(s, x[at + j]), want + (at + j) * 256, 256 * sizeof(float)) == 0;
+            } else if (k % 3 == 1) {
+                ok &= mb_stream_feed(s, x + at, n, got) == MB_STATUS_OK;
+                same &= memcmp(got, want + at * 256, (size_t)n * 256 * sizeof(float)) == 0;
+            } else {
+                ok &= mb_stream_feed(s, x + at, n, NULL) == MB_STATUS_OK; /* state only */
+            }
+            at += n;
+            k++;
+        }
+        MBT_CHECK(ok && same, "%s: interleaved steps and feeds must match stepping bit for bit", name);
+        MBT_CHECK(stream_state_equal(s, ref), "%s: interleaved: final state differs from stepping", name);
+    }
+    {   /* n = 0 changes nothing; bad arguments are refused and change nothing */
+        int ok = mb_stream_feed(s, x, 0, got) == MB_STATUS_OK && mb_stream_feed(s, NULL, 0, NULL) == MB_STATUS_OK;
+        ok &= mb_stream_feed(s, x, -1, got) == MB_STATUS_INVALID_ARGUMENT;
+        ok &= mb_stream_feed(s, NULL, 3, got) == MB_STATUS_INVALID_ARGUMENT;
+        MBT_CHECK(ok && stream_state_equal(s, ref), "%s: feed n=0 / bad arguments must leave the state as it is", name);
+    }
+    mb_stream_free(s);
+    mb_stream_free(ref);
+    mb_model_free(m);
+    free(x);
+    free(want);
+    free(got);
+}
+
+static void test_stream_feed(void) {
+    mb_config c = tiny_config();
+    c.d_conv = 4;
+    test_stream_feed_config(c, "feed tiny config");
+    test_stream_feed_config(mb_config_default(), "feed default config");
+    c.d_model = 40; /* widths that are not multiples of the vector panels */
+    c.d_state = 5;
+    c.d_conv = 3;
+    c.dt_rank = 3;
+    test_stream_feed_config(c, "feed odd widths");
+}
+
+/* mb_eval_text (through mb_stream_feed) against the stepwise reference:
+   the same result field for field, nll_bits included, and the same progress calls. */
+typedef struct { int n; int64_t done[16], total[16]; } eval_calls;
+static void record_progress(void *user, int64_t done, int64_t total) {
+    eval_calls *e = (eval_calls *)user;
+    if (e->n < 16) { e->done[e->n] = done; e->total[e->n] = total; }
+    e->n++;
+}
+static void test_eval_feed_matches_stepwise(void) {
+    static const char *pieces[] = {"The quick brown fox, ", "h\xc3\xa9llo w\xc3\xb6rld ", "\xe6\x97\xa5\xe6\x9c\xac ",
+                                   "\xf0\x9f\x98\x80 ", "= = Heading = =\n", "123 456. "};
+    mb_config c = mb_config_default();
+    mb_model *m;
+    uint8_t *text = (uint8_t *)malloc(8192);
+    int64_t len = 0, limits[] = {-1, 0, 1, 1023, 1024, 1025, 2047};
+    size_t k;
+    mbt_rng rng = {51};
+    mb_model_create(&m, &c, 52);
+    perturb_params(m, 53);
+    while (len < 3000) { /* about 2600 characters, mixed widths */
+        const char *pc = pieces[mbt_next(&rng) % 6];
+        size_t n = strlen(pc);
+        memcpy(text + len, pc, n);
+        len += (int64_t)n;
+    }
+    for (k = 0; k < sizeof limits / sizeof limits[0]; k++) {
+        mb_eval_result a, b;
+        eval_calls ca, cb;
+        mb_status sa, sb;
+        memset(&ca, 0, sizeof ca);
+        memset(&cb, 0, sizeof cb);
+        sa = mb__eval_text_stepwise(m, text, len, limits[k], &a, record_progress, &ca);
+        sb = mb_eval_text(m, text, len, limits[k], &b, record_progress, &cb);
+        MBT_CHECK(sa == MB_STATUS_OK && sb == MB_STATUS_OK && a.chars == b.chars && a.chars_correct == b.chars_correct &&
+                      a.bytes == b.bytes && a.bytes_correct == b.bytes_correct && a.nll_bits == b.nll_bits,
+                  "eval max_chars=%lld: fast %lld/%lld chars %lld/%lld bytes %.17g bits vs stepwise %lld/%lld %lld/%lld %.17g",
+                  (long long)limits[k], (long long)b.chars_correct, (long long)b.chars, (long long)b.bytes_correct,
+                  (long long)b.bytes, b.nll_bits, (long long)a.chars_correct, (long long)a.chars,
+                  (long long)a.bytes_correct, (long long)a.bytes, a.nll_bits);
+        MBT_CHECK(ca.n == cb.n && memcmp(ca.done, cb.done, sizeof ca.done) == 0 && memcmp(ca.total, cb.total, sizeof ca.total) == 0,
+                  "eval max_chars=%lld: progress calls differ (%d vs %d)", (long long)limits[k], cb.n, ca.n);
+    }
+    {   /* invalid UTF-8 inside the evaluated prefix: refused before any work, result zeroed */
+        mb_eval_result r;
+        eval_calls cr;
+        memset(&cr, 0, sizeof cr);
+        text[1500] = 0xFF;
+        MBT_CHECK(mb_eval_text(m, text, len, -1, &r, record_progress, &cr) == MB_STATUS_BAD_FORMAT && cr.n == 0 &&
+                      r.bytes == 0 && strstr(mb_last_error(), "1500"),
+                  "eval of invalid UTF-8: '%s', %d progress calls", mb_last_error(), cr.n);
+    }
+    free(text);
+    mb_model_free(m);
+}
+
+/* cmd_sample's draw as it was in main.c: the reference mb_sample_byte must equal. */
+static int ref_sample_byte(const float *logits, double temp, int top_k, uint64_t *rng) {
+    int b;
+    if (temp <= 0.0) {
+        b = mb__argmax(logits, 256);
+    } else {
+        float p[256], scaled[256], cut = -INFINITY;
+        double u, acc = 0.0;
+        int v;
+        for (v = 0; v < 256; v++) scaled[v] = (float)(logits[v] / temp);
+        if (top_k > 0 && top_k < 256) {
+            float sorted[256];
+            int a, c;
+            memcpy(sorted, scaled, sizeof sorted);
+            for (a = 0; a < top_k; a++)
+                for (c = a + 1; c < 256; c++)
+                    if (sorted[c] > sorted[a]) { float t = sorted[a]; sorted[a] = sorted[c]; sorted[c] = t; }
+            cut = sorted[top_k - 1];
+            for (v = 0; v < 256; v++) if (scaled[v] < cut) scaled[v] = -INFINITY;
+        }
+        mb_softmax(p, scaled, 1, 256);
+        u = mb__rng_uniform(rng);
+        for (b = 0; b < 255; b++) { acc += p[b]; if (u < acc) break; }
+    }
+    return b;
+}
+
+static void test_sample_byte(void) {
+    mbt_rng r = {61};
+    float lg[256];
+    int i, v, ok_greedy = 1, ok_top1 = 1, ok_ref = 1;
+    for (i = 0; i < 200; i++) {
+        static const double temps[] = {0.05, 0.3, 0.8, 1.0, 2.5, 100.0};
+        static const int ks[] = {0, 1, 2, 5, 40, 255, 256, 300};
+        uint64_t r1 = 1000 + (uint64_t)i, r2 = r1, r0;
+        double tp = temps[i % 6];
+        int k = ks[(i / 6) % 8], a;
+        for (v = 0; v < 256; v++) lg[v] = (float)(3.0 * mbt_normal(&r));
+        if (i % 7 == 3) for (v = 0; v < 256; v += 3) lg[v] = lg[0]; /* ties, also at the top-k cut */
+        a = mb__argmax(lg, 256);
+        r0 = r1;
+        ok_greedy &= mb_sample_byte(lg, 0.0, k, &r1) == a && mb_sample_byte(lg, -1.0, k, &r1) == a && r1 == r0;
+        if (i % 7 != 3) {
+            uint64_t r3 = r0, adv = r0;
+            (void)mb__rng_uniform(&adv);
+            ok_top1 &= mb_sample_byte(lg, tp, 1, &r3) == a && r3 == adv; /* one uniform drawn */
+        }
+        for (v = 0; v < 20; v++) ok_ref &= mb_sample_byte(lg, tp, k, &r1) == ref_sample_byte(lg, tp, k, &r2) && r1 == r2;
+    }
+    MBT_CHECK(ok_greedy, "mb_sample_byte: temperature <= 0 must be the argmax and draw nothing");
+    MBT_CHECK(ok_top1, "mb_sample_byte: top_k = 1 must be the argmax at any temperature, drawing one uniform");
+    MBT_CHECK(ok_ref, "mb_sample_byte must equal cmd_sample's draw (same bytes, same rng states)");
+    {   /* the draw distribution: softmax(logits / T) over the top k, within 5 sigma per byte */
+        enum { N = 200000 };
+        static int count[256];
+        float scaled[256], p[256];
+        uint64_t rng = 7;
+        int k, worst = -1, ok = 1, outside = 0;
+        double worst_z = 0.0;
+        for (v = 0; v < 256; v++) lg[v] = (float)(1.5 * mbt_normal(&r));
+        for (k = 0; k <= 8; k += 8) {
+            float cut = -INFINITY;
+            memset(count, 0, sizeof count);
+            for (i = 0; i < N; i++) count[mb_sample_byte(lg, 0.7, k, &rng)]++;
+            for (v = 0; v < 256; v++) scaled[v] = (float)(lg[v] / 0.7);
+            if (k > 0) {
+                float sorted[256];
+                int a, b2;
+                memcpy(sorted, scaled, sizeof sorted);
+                for (a = 0; a < k; a++)
+                    for (b2 = a + 1; b2 < 256; b2++)
+                        if (sorted[b2] > sorted[a]) { float t = sorted[a]; sorted[a] = sorted[b2]; sorted[b2] = t; }
+                cut = sorted[k - 1];
+                for (v = 0; v < 256; v++) if (scaled[v] < cut) scaled[v] = -INFINITY;
+            }
+            mb_softmax(p, scaled, 1, 256);
+            for (v = 0; v < 256; v++) {
+                double e = (double)p[v] * N, sd = sqrt(e * (1.0 - p[v])) + 1.0, z = fabs(count[v] - e) / sd;
+                if (p[v] == 0.0f) outside += count[v];
+                if (z > worst_z) { worst_z = z; worst = v; }
+                ok &= z < 5.0;
+            }
+        }
+        MBT_CHECK(ok && outside == 0, "mb_sample_byte distribution: worst byte %d at %.1f sigma, %d draws outside the top k",
+                  worst, worst_z, outside);
+        MBT_CHECK(rng != 7, "mb_sample_byte must advance the rng");
+    }
+}
+
 static void test_initial_loss(void) {
     enum { B = 4, T = 128 };
     mb_config c = mb_config_default();
@@ -588,6 +923,10 @@ static void test_model(void) {
     test_model_gradcheck();
     test_model_pytorch_parity();
     test_stream_matches_forward();
+    test_stream_snapshot();
+    test_stream_feed();
+    test_eval_feed_matches_stepwise();
+    test_sample_byte();
     test_initial_loss();
     test_determinism();
     test_checkpoint_files();
