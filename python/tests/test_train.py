@@ -137,6 +137,6 @@ def test_ctrl_c_saves_and_raises(tmp_path):
     assert "KeyboardInterrupt: training interrupted at step" in out and "saved to" in out
     m = mambabyte.Model.load(tmp_path / "m.bin")  # a complete checkpoint
     assert m.num_params > 0
-    r = run_cli("train", "--resume", tmp_path / "m.bin", "--data", SAMPLE, "--stop-at", 1000000, "--steps", 100000,
-                "--time-budget", 1, "--eval-chars", 0)
+    r = run_cli("train", "--resume", tmp_path / "m.bin", "--out", tmp_path / "m.bin", "--data", SAMPLE, "--stop-at",
+                1000000, "--steps", 100000, "--time-budget", 1, "--eval-chars", 0)
     assert r.returncode == 0, r.stderr  # resumable by the CLI
