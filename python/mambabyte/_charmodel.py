@@ -25,15 +25,10 @@ def _predict_returns_dict(base):
         return False
     if ann is inspect.Signature.empty or ann is str:
         return False
-    if isinstance(ann, str):
-        text = ann
-    else:
-        text = getattr(ann, "__name__", "") + " " + repr(ann)
-        origin = getattr(ann, "__origin__", None)
-        if ann is dict or origin is dict:
-            return True
-    text = text.strip().lower().replace("typing.", "")
-    return text.startswith(("dict", "mapping")) or " dict" in " " + text.split("[")[0]
+    if ann is dict or getattr(ann, "__origin__", None) is dict:  # dict, dict[str, float], typing.Dict[...]
+        return True
+    text = (ann if isinstance(ann, str) else repr(ann)).strip().strip("'\"").lower().replace("typing.", "")
+    return text.startswith(("dict", "mapping"))  # a string annotation ("dict[str, float]"), or Mapping
 
 
 class CharModel(_Base):

@@ -262,10 +262,9 @@ class Model:
             raise ValueError("top_k must be in [0, 256]")
         s = self.stream()
         logits = s._step_ptr(0)
-        if len(p) > 1:
-            s.feed(p[:-1], logits=False)
         if p:
-            logits = s._step_ptr(p[-1])
+            s.feed(p, logits=False)  # all but the last byte in one parallel pass, then one step
+            logits = s._last
         rng = ctypes.c_uint64(int(seed) & (2**64 - 1))
         out = bytearray()
         for _ in range(int(n)):
@@ -347,11 +346,16 @@ class Stream:
         if n == 0:
             return np.zeros((0, 256), np.float32) if logits else None
         arr, ptr = _buffer(data)
+        if not logits:  # the state only: the last byte is stepped, for the logits predict_char needs
+            if n > 1:
+                _check(lib.mb_stream_feed(self._s, ptr, n - 1, None), "feed")
+            self._step_ptr(data[-1])
+            return None
         out = np.empty((n, 256), np.float32)
         _check(lib.mb_stream_feed(self._s, ptr, n, out.ctypes.data), "feed")
-        self._last_rows = out  # keeps the buffer that _last points into
-        self._last = out[-1].ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        return out if logits else None
+        self._last_rows = out[-1].copy()  # the buffer that _last points into (not the caller's array)
+        self._last = self._last_rows.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        return out
 
     def copy(self, into=None):
         """A new stream in the same state; or, given into (a Stream of the
