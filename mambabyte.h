@@ -90,7 +90,8 @@
      256 int32 header: [0] magic 0x4D425954 [1] version 1 [2] vocab_size
      [3] d_model [4] n_layer [5] d_state [6] d_conv [7] expand [8] dt_rank
      [9] norm kind (0 LayerNorm) [10] tied head (1) [11] param dtype
-     (0 float32) [12] training state follows (0/1), the rest 0.
+     (0 float32) [12] training state follows (0/1) [13] data-parallel ranks
+     that trained it (0 or 1: one process), the rest 0.
      Then every parameter as float32 in mb_config_tensors order
      (PyTorch state_dict names of the reference model):
        embedding.weight (256, d_model)
@@ -275,7 +276,7 @@ MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte); /* logits (256) f
    state afterwards is exactly what n calls of mb_stream_step would leave,
    and row i of logits (n x 256; NULL: not computed) is bit for bit what
    mb_stream_step returns after bytes[i]; feeds and steps mix freely.  n = 0
-   does nothing.  Works in passes of up to 256 bytes in a workspace of the
+   does nothing.  Works in passes of up to 2048 bytes in a workspace of the
    stream's own (allocated on the first feed, freed by mb_stream_free).
    To prefill a prompt and then sample: feed all but its last byte with
    logits NULL, then mb_stream_step the last one.  Does not touch the
@@ -376,6 +377,7 @@ typedef struct {
     uint64_t data_rng;         /* the batcher's RNG state */
     int64_t data_pos;          /* the sequential batcher's position */
     double elapsed_s;          /* training time already spent (time schedule) */
+    int32_t ranks;             /* data-parallel processes that trained it (header [13]; 0 in older files = 1) */
     float *adam_m, *adam_v;    /* num_params each, owned by the caller */
     mb_train_settings settings;
 } mb_train_state;
@@ -500,6 +502,9 @@ typedef struct {
 } mb_batcher;
 MBDEF void mb_batcher_init(mb_batcher *b, const uint8_t *data, int64_t size, uint64_t seed, int sequential);
 MBDEF mb_status mb_batcher_next(mb_batcher *b, uint8_t *inputs, int32_t *targets, int B, int T);
+/* Advances b exactly as mb_batcher_next would, without copying the windows
+   (a data-parallel rank passes over the other ranks' micro-batches). */
+MBDEF mb_status mb_batcher_skip(mb_batcher *b, int B, int T);
 
 /* Length (1-4) of the valid UTF-8 character at s[0..n), or 0 if invalid
    (overlong forms, surrogates, > U+10FFFF and truncation are invalid). */
@@ -586,6 +591,23 @@ typedef struct {
     void (*release)(mb_trainer *t);       /* called by mb_trainer_free */
     const char *(*last_error)(void);      /* detail of the backend's last failure */
 } mb_train_backend;
+/* Data-parallel training: how the ranks (processes) talk.  mambabyte_mpi.h
+   builds one over MPI; a trainer without one is a single process.  Every
+   rank runs the same loop on the same settings; rank r takes micro-batches
+   r*grad_accum .. r*grad_accum + grad_accum-1 of the one seeded stream of
+   windows (so N ranks at batch B are one process at grad_accum N*B/B), the
+   gradients are summed over the ranks before the guard, clipping and AdamW,
+   and rank 0 alone saves and calls the callback. */
+typedef struct {
+    int rank, size;
+    void *impl;
+    /* x (n floats) <- the sum over the ranks, the same on every rank; a
+       deterministic one adds in rank order: ((x_0 + x_1) + x_2) ... */
+    mb_status (*sum_floats)(void *impl, float *x, int64_t n);
+    mb_status (*sum_doubles)(void *impl, double *x, int n); /* the same, in rank order */
+    mb_status (*broadcast)(void *impl, double *x, int n);   /* x <- rank 0's x */
+    const char *(*last_error)(void);                        /* detail of its last failure */
+} mb_train_comm;
 struct mb_trainer {
     mb_model *model;           /* borrowed */
     mb_train_state st;         /* step, batcher position, moments, settings */
@@ -593,6 +615,8 @@ struct mb_trainer {
     uint8_t *inputs;           /* (batch, ctx) of the current micro-batch */
     int32_t *targets;
     mb_train_backend backend;
+    const mb_train_comm *comm; /* borrowed; NULL: one process (mb_trainer_set_comm) */
+    float *grad_acc;           /* the micro-batches' gradient sum when grad_accum > 1 */
     int64_t inject_nonfinite_step; /* testing hooks: poison the gradient at this 0-based step, */
     int64_t inject_nonfinite_from; /* or at every step from this one (-1: never) */
 };
@@ -602,9 +626,12 @@ struct mb_trainer {
 MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_settings *settings, const uint8_t *data,
                                 int64_t size, mb_train_state *resume);
 MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r);
+/* Makes t one rank of a data-parallel run (before its first step).  A
+   resumed trainer must have the checkpoint's rank count. */
+MBDEF mb_status mb_trainer_set_comm(mb_trainer *t, const mb_train_comm *comm);
 /* The update half of the CPU step, for callers that feed their own
-   batches: the model's grads hold the sum over grad_accum micro-batches of
-   d(mean loss)/d(params) and loss is their mean loss. */
+   batches: the model's grads hold the sum over the step's grad_accum x
+   ranks micro-batches of d(mean loss)/d(params) and loss is their mean. */
 MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r);
 /* 1 when the testing hooks poison the gradient of the coming step. */
 MBDEF int mb_trainer_poisoned(const mb_trainer *t);
@@ -2527,7 +2554,7 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
    points into the model, so a stream made before the weights change keeps
    the old ones, and the model may be freed. */
 #ifndef MB__FEED_CHUNK
-#define MB__FEED_CHUNK 256 /* bytes per pass of mb_stream_feed: its workspace holds this many */
+#define MB__FEED_CHUNK 2048 /* bytes per pass of mb_stream_feed: its workspace holds this many */
 #endif
 struct mb_stream {
     mb_config cfg;         /* the model's (validated) config */
@@ -2869,7 +2896,7 @@ static void mb__settings_unpack(mb_train_settings *s, const double *o) {
 /* Bytes of the training-state block for n parameters. */
 static int64_t mb__state_bytes(int64_t n) { return 8 + 8 * 4 + 8 * MB__SETTINGS_SLOTS + 2 * 4 * n; }
 
-static void mb__header(int32_t *h, const mb_config *c, int with_state) {
+static void mb__header(int32_t *h, const mb_config *c, int with_state, int32_t ranks) {
     memset(h, 0, 256 * sizeof(int32_t));
     h[0] = MB__CKPT_MAGIC; h[1] = MB__CKPT_VERSION; h[2] = c->vocab_size; h[3] = c->d_model; h[4] = c->n_layer;
     h[5] = c->d_state; h[6] = c->d_conv; h[7] = c->expand; h[8] = c->dt_rank;
@@ -2877,6 +2904,7 @@ static void mb__header(int32_t *h, const mb_config *c, int with_state) {
     h[10] = 1; /* tied head */
     h[11] = 0; /* float32 */
     h[12] = with_state;
+    h[13] = with_state && ranks > 1 ? ranks : 0;
 }
 
 /* Writes all of parts to fd; 0 on success. */
@@ -2949,7 +2977,7 @@ MBDEF mb_status mb_checkpoint_save(const char *path, const mb_model *m, const mb
     int64_t sizes[5], n = m->num_params;
     int np = 0;
     if (!mb__little_endian()) return mb__fail(MB_STATUS_UNSUPPORTED, "checkpoints are little-endian; this host is not");
-    mb__header(header, &m->cfg, ts != NULL);
+    mb__header(header, &m->cfg, ts != NULL, ts ? ts->ranks : 0);
     parts[np] = header; sizes[np++] = sizeof header;
     parts[np] = m->params; sizes[np++] = 4 * n;
     if (ts) {
@@ -2989,7 +3017,9 @@ static mb_status mb__check_header(const int32_t *h, const char *path, mb_config 
     if (h[10] != 1) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: tied-head flag %d unsupported (1 = tied)", path, h[10]);
     if (h[11] != 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: parameter dtype %d unsupported (0 = float32)", path, h[11]);
     if (h[12] != 0 && h[12] != 1) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: training-state flag %d (must be 0 or 1)", path, h[12]);
-    for (i = 13; i < 256; i++)
+    if (h[13] < 0 || h[13] > (1 << 20) || (h[13] != 0 && h[12] != 1))
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: rank count %d (0..2^20, and only with a training state)", path, h[13]);
+    for (i = 14; i < 256; i++)
         if (h[i] != 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: reserved header field [%d] is %d (must be 0)", path, i, h[i]);
     cfg->vocab_size = h[2]; cfg->d_model = h[3]; cfg->n_layer = h[4]; cfg->d_state = h[5];
     cfg->d_conv = h[6]; cfg->expand = h[7]; cfg->dt_rank = h[8];
@@ -3063,6 +3093,7 @@ MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_st
         memcpy(&ts->data_rng, head + 16, 8);
         memcpy(&ts->data_pos, head + 24, 8);
         memcpy(&ts->elapsed_s, head + 32, 8);
+        ts->ranks = h[13] > 1 ? h[13] : 1;
         memcpy(settings, head + 40, sizeof settings);
         if (!mb__settings_valid(settings)) {
             close(fd);
@@ -3238,6 +3269,7 @@ MBDEF mb_status mb_batcher_next(mb_batcher *s, uint8_t *inputs, int32_t *targets
         } else {
             start = (int64_t)(mb__rng_next(&s->rng) % (uint64_t)(s->size - T));
         }
+        if (!inputs) continue; /* mb_batcher_skip */
         w = s->data + start;
         for (t = 0; t < T; t++) {
             inputs[(int64_t)b * T + t] = w[t];
@@ -3246,6 +3278,8 @@ MBDEF mb_status mb_batcher_next(mb_batcher *s, uint8_t *inputs, int32_t *targets
     }
     return MB_STATUS_OK;
 }
+
+MBDEF mb_status mb_batcher_skip(mb_batcher *b, int B, int T) { return mb_batcher_next(b, NULL, NULL, B, T); }
 
 MBDEF int mb_utf8_char_len(const uint8_t *s, int64_t n) {
     uint8_t c, lo = 0x80, hi = 0xBF;
@@ -3628,8 +3662,14 @@ MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_setti
     t->targets = (int32_t *)MB_MALLOC((size_t)tokens * sizeof(int32_t));
     if (!t->inputs || !t->targets) { mb_trainer_free(t); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "batch buffers"); }
     mb_batcher_init(&t->batcher, data, size, (uint64_t)s->seed, s->sequential != 0);
+    t->st.ranks = 1;
+    if (s->grad_accum > 1 && !(t->grad_acc = (float *)MB_MALLOC((size_t)n * sizeof(float)))) {
+        mb_trainer_free(t);
+        return mb__fail(MB_STATUS_OUT_OF_MEMORY, "gradient accumulator");
+    }
     if (resume) {
         t->st.step = resume->step;
+        t->st.ranks = resume->ranks > 1 ? resume->ranks : 1;
         t->st.elapsed_s = resume->elapsed_s;
         t->st.adam_m = resume->adam_m;
         t->st.adam_v = resume->adam_v;
@@ -3650,11 +3690,30 @@ MBDEF int mb_trainer_poisoned(const mb_trainer *t) {
     return t->st.step == t->inject_nonfinite_step || (t->inject_nonfinite_from >= 0 && t->st.step >= t->inject_nonfinite_from);
 }
 
+MBDEF mb_status mb_trainer_set_comm(mb_trainer *t, const mb_train_comm *comm) {
+    int size = comm ? comm->size : 1;
+    if (t->backend.step) return mb__fail(MB_STATUS_UNSUPPORTED, "data-parallel training runs on the CPU backend only (%s is attached)", t->backend.name);
+    if (comm && (comm->size < 1 || comm->rank < 0 || comm->rank >= comm->size || !comm->sum_floats || !comm->sum_doubles ||
+                 !comm->broadcast))
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "communicator: rank %d of %d, or a function missing", comm->rank, comm->size);
+    if (t->st.step > 0 && t->st.ranks != size)
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "the checkpoint was trained on %d rank%s: resume it with %s%d", (int)t->st.ranks,
+                        t->st.ranks == 1 ? "" : "s", t->st.ranks == 1 ? "one process, -np " : "mpirun -np ", (int)t->st.ranks);
+    t->comm = comm;
+    t->st.ranks = size;
+    return MB_STATUS_OK;
+}
+
+static mb_status mb__comm_fail(const mb_trainer *t, mb_status s) {
+    return s == MB_STATUS_OK ? s : mb__fail(s, "data-parallel: %s", t->comm->last_error ? t->comm->last_error() : "communication failed");
+}
+
 MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
     const mb_train_settings *s = &t->st.settings;
     mb_model *m = t->model;
-    int B = (int)s->batch, T = (int)s->ctx;
-    int64_t k;
+    const int B = (int)s->batch, T = (int)s->ctx, rank = t->comm ? t->comm->rank : 0;
+    const int64_t A = s->grad_accum, total = A * (t->comm ? t->comm->size : 1), n = m->num_params;
+    int64_t k, i, mine = 0;
     double loss_sum = 0.0;
     mb_status st;
     if (t->backend.step) {
@@ -3662,16 +3721,31 @@ MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
         if (st != MB_STATUS_OK && t->backend.last_error) return mb__fail(st, "%s", t->backend.last_error());
         return st;
     }
-    mb_model_zero_grad(m);
-    for (k = 0; k < s->grad_accum; k++) {
+    /* each of this rank's micro-batches from fresh gradients, summed in order:
+       the same sum whether the micro-batches run here or on other ranks */
+    for (k = 0; k < total; k++) {
         float loss;
+        if (k / A != rank) {
+            if ((st = mb_batcher_skip(&t->batcher, B, T)) != MB_STATUS_OK) return st;
+            continue;
+        }
+        mb_model_zero_grad(m);
         st = mb_batcher_next(&t->batcher, t->inputs, t->targets, B, T);
         if (st == MB_STATUS_OK) st = mb_model_forward(m, t->inputs, t->targets, B, T, &loss);
         if (st == MB_STATUS_OK) st = mb_model_backward(m);
         if (st != MB_STATUS_OK) return st;
         loss_sum += loss;
+        if (t->grad_acc && mine == 0) memcpy(t->grad_acc, m->grads, (size_t)n * sizeof(float));
+        else if (t->grad_acc)
+            for (i = 0; i < n; i++) t->grad_acc[i] += m->grads[i];
+        mine++;
     }
-    return mb_trainer_apply(t, lr, (float)(loss_sum / (double)s->grad_accum), r);
+    if (t->grad_acc) memcpy(m->grads, t->grad_acc, (size_t)n * sizeof(float));
+    if (t->comm) {
+        if ((st = mb__comm_fail(t, t->comm->sum_floats(t->comm->impl, m->grads, n))) != MB_STATUS_OK) return st;
+        if ((st = mb__comm_fail(t, t->comm->sum_doubles(t->comm->impl, &loss_sum, 1))) != MB_STATUS_OK) return st;
+    }
+    return mb_trainer_apply(t, lr, (float)(loss_sum / (double)total), r);
 }
 
 MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r) {
@@ -3680,8 +3754,8 @@ MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_r
     int64_t n = m->num_params, i;
     memset(r, 0, sizeof *r);
     r->lr = lr;
-    if (s->grad_accum > 1) { /* the mean over micro-batches, not their sum */
-        float inv = 1.0f / (float)s->grad_accum;
+    if (s->grad_accum > 1 || t->comm) { /* the mean over micro-batches, not their sum */
+        float inv = 1.0f / (float)(s->grad_accum * (t->comm ? t->comm->size : 1));
         for (i = 0; i < n; i++) m->grads[i] *= inv;
     }
     if (mb_trainer_poisoned(t)) m->grads[0] = NAN;
@@ -3719,6 +3793,8 @@ MBDEF mb_status mb_trainer_save(mb_trainer *t, const char *path) {
 MBDEF void mb_trainer_free(mb_trainer *t) {
     if (t->backend.release) t->backend.release(t);
     memset(&t->backend, 0, sizeof t->backend);
+    MB_FREE(t->grad_acc);
+    t->grad_acc = NULL;
     MB_FREE(t->inputs);
     MB_FREE(t->targets);
     mb_train_state_free(&t->st);
@@ -3893,14 +3969,20 @@ static double mb__scheduled_lr(const mb_trainer *t, double elapsed) {
     return mb_lr_at_step(s->lr, t->st.step, s->warmup, s->steps);
 }
 
+/* Data-parallel runs agree on what rank 0 decided: x (n doubles) <- rank 0's. */
+static mb_status mb__agree(const mb_trainer *t, double *x, int n) {
+    return t->comm ? mb__comm_fail(t, t->comm->broadcast(t->comm->impl, x, n)) : MB_STATUS_OK;
+}
+
 MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_train_report *rep) {
     static const mb_train_options none = {NULL, 0, NULL, NULL};
     const mb_train_settings *s = &t->st.settings;
-    const int64_t start = t->st.step, tokens_per_step = s->batch * s->ctx * s->grad_accum;
+    const int lead = !t->comm || t->comm->rank == 0; /* the rank that saves and reports */
+    const int64_t start = t->st.step, tokens_per_step = s->batch * s->ctx * s->grad_accum * (t->comm ? t->comm->size : 1);
     const double t0 = mb_clock_seconds(), before = t->st.elapsed_s, budget = s->time_budget;
     double step_est = 0.0;
     int64_t stop_at, last_saved = -1;
-    int nonfinite_run = 0, stop;
+    int nonfinite_run = 0;
     mb_status st = MB_STATUS_OK;
     mb_train_report r;
     if (!opt) opt = &none;
@@ -3914,12 +3996,12 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
         mb_train_progress p;
         mb_step_result sr;
         double ts = mb_clock_seconds(), now, run_s, eta_steps, used;
-        double elapsed = before + (ts - t0);
-        if (budget > 0 && mb__budget_used(s, elapsed, ts - t0) + 1.5 * step_est + 0.5 > budget) {
-            r.outcome = MB_TRAIN_TIME_BUDGET;
-            break;
-        }
-        st = mb_trainer_step(t, mb__scheduled_lr(t, elapsed), &sr);
+        /* rank 0's clock decides: [0] stop for the budget, [1] the elapsed time the lr follows */
+        double before_step[2] = {0.0, before + (ts - t0)}, after_step[2] = {0.0, 0.0};
+        before_step[0] = budget > 0 && mb__budget_used(s, before_step[1], ts - t0) + 1.5 * step_est + 0.5 > budget;
+        if ((st = mb__agree(t, before_step, 2)) != MB_STATUS_OK) { r.outcome = MB_TRAIN_FAILED; break; }
+        if (before_step[0] != 0.0) { r.outcome = MB_TRAIN_TIME_BUDGET; break; }
+        st = mb_trainer_step(t, mb__scheduled_lr(t, before_step[1]), &sr);
         if (st != MB_STATUS_OK) { r.outcome = MB_TRAIN_FAILED; break; }
         now = mb_clock_seconds();
         step_est = now - ts;
@@ -3942,14 +4024,21 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
         p.nonfinite_run = nonfinite_run;
         if (sr.applied) r.last_loss = sr.loss;
         p.saves = sr.applied && opt->out && s->save_every > 0 && t->st.step % s->save_every == 0 && t->st.step < s->steps;
-        stop = opt->callback && opt->callback(opt->user, &p);
-        if (p.saves) {
-            t->st.elapsed_s = before + (mb_clock_seconds() - t0);
-            st = mb_trainer_save(t, opt->out);
-            if (st != MB_STATUS_OK) { r.outcome = MB_TRAIN_FAILED; break; }
-            last_saved = t->st.step;
+        if (lead) { /* [0] the callback asks to stop, [1] the save failed */
+            after_step[0] = opt->callback && opt->callback(opt->user, &p);
+            if (p.saves) {
+                t->st.elapsed_s = before + (mb_clock_seconds() - t0);
+                st = mb_trainer_save(t, opt->out);
+                after_step[1] = st != MB_STATUS_OK;
+            }
         }
-        if (stop) {
+        if (mb__agree(t, after_step, 2) != MB_STATUS_OK || after_step[1] != 0.0) {
+            if (st == MB_STATUS_OK) st = mb__fail(MB_STATUS_IO_ERROR, "rank 0 could not save its checkpoint, or lost contact");
+            r.outcome = MB_TRAIN_FAILED;
+            break;
+        }
+        if (p.saves) last_saved = t->st.step;
+        if (after_step[0] != 0.0) {
             r.outcome = MB_TRAIN_INTERRUPTED;
             if (nonfinite_run < 10) break;
         }
@@ -3965,11 +4054,16 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
     r.steps_run = t->st.step - start;
     r.elapsed_s = t->st.elapsed_s;
     r.tokens_per_s = (double)(r.steps_run * tokens_per_step) / (mb_clock_seconds() - t0 > 0 ? mb_clock_seconds() - t0 : 1.0);
-    if (r.outcome != MB_TRAIN_FAILED) { /* the host holds the final state; a run that ends well is saved */
+    if (r.outcome != MB_TRAIN_FAILED) { /* the host holds the final state; a run that ends well is saved (by rank 0) */
         int save = opt->out && r.outcome != MB_TRAIN_NON_FINITE;
-        mb_status fin = save && last_saved != t->st.step ? mb_trainer_save(t, opt->out) : mb_trainer_sync(t);
-        if (fin != MB_STATUS_OK) { st = fin; r.outcome = MB_TRAIN_FAILED; }
-        else r.saved = save;
+        mb_status fin = lead && save && last_saved != t->st.step ? mb_trainer_save(t, opt->out) : mb_trainer_sync(t);
+        double failed = fin != MB_STATUS_OK;
+        if (mb__agree(t, &failed, 1) != MB_STATUS_OK || failed != 0.0) {
+            st = fin != MB_STATUS_OK ? fin : mb__fail(MB_STATUS_IO_ERROR, "rank 0 could not save its checkpoint, or lost contact");
+            r.outcome = MB_TRAIN_FAILED;
+        } else {
+            r.saved = save;
+        }
     }
     if (rep) *rep = r;
     return st;

@@ -423,7 +423,7 @@ static int stream_state_equal(const mb_stream *a, const mb_stream *b) {
 /* mb_stream_feed against mb_stream_step: logits and state bit for bit,
    however the bytes are split between feeds and steps. */
 static void test_stream_feed_config(mb_config c, const char *name) {
-    enum { T = 1500 }; /* more than one feed pass (MB__FEED_CHUNK) */
+    enum { T = 2600 }; /* more than one feed pass (MB__FEED_CHUNK) */
     mb_model *m;
     mb_stream *ref, *s;
     uint8_t *x = (uint8_t *)malloc(T);
@@ -434,6 +434,7 @@ static void test_stream_feed_config(mb_config c, const char *name) {
         {1, 1, 7, 31, 33, 64, 1, 1029, 2, -1},     /* odd pieces, n = 1, across the pass boundary; -1: the rest */
         {5, 0, 3, 1024, 0, 1, -1},                 /* n = 0 in between */
         {31, 32, 33, 95, 97, 127, 129, 511, -1},   /* around scan-chunk multiples */
+        {3, 2100, -1},                             /* a pass boundary inside a feed that starts from a state */
     };
     size_t v;
     int t;
