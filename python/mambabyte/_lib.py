@@ -33,7 +33,7 @@ class TrainSettings(Structure):
 
 class TrainState(Structure):
     _fields_ = [("step", c_int64), ("data_rng", c_uint64), ("data_pos", c_int64), ("elapsed_s", c_double),
-                ("adam_m", POINTER(c_float)), ("adam_v", POINTER(c_float)), ("settings", TrainSettings)]
+                ("ranks", c_int32), ("adam_m", POINTER(c_float)), ("adam_v", POINTER(c_float)), ("settings", TrainSettings)]
 
 
 class Batcher(Structure):
@@ -51,7 +51,8 @@ class TrainBackend(Structure):  # function pointers kept opaque: Python never ca
 
 class Trainer(Structure):
     _fields_ = [("model", c_void_p), ("st", TrainState), ("batcher", Batcher), ("inputs", c_void_p),
-                ("targets", c_void_p), ("backend", TrainBackend), ("inject_nonfinite_step", c_int64),
+                ("targets", c_void_p), ("backend", TrainBackend), ("comm", c_void_p), ("grad_acc", c_void_p),
+                ("inject_nonfinite_step", c_int64),
                 ("inject_nonfinite_from", c_int64)]
 
 

@@ -17,11 +17,11 @@ int main(void) {
     BEGIN(mb_tensor_info) F(name) F(offset) F(numel) F(ndim) F(shape) F(weight_decay) END
     BEGIN(mb_train_settings) F(batch) F(ctx) F(steps) F(warmup) F(grad_accum) F(save_every) F(seed) F(schedule)
         F(sequential) F(lr) F(weight_decay) F(clip) F(beta1) F(beta2) F(eps) F(time_budget) END
-    BEGIN(mb_train_state) F(step) F(data_rng) F(data_pos) F(elapsed_s) F(adam_m) F(adam_v) F(settings) END
+    BEGIN(mb_train_state) F(step) F(data_rng) F(data_pos) F(elapsed_s) F(ranks) F(adam_m) F(adam_v) F(settings) END
     BEGIN(mb_batcher) F(data) F(size) F(rng) F(pos) F(sequential) END
     BEGIN(mb_step_result) F(loss) F(grad_norm) F(lr) F(applied) END
     BEGIN(mb_train_backend) F(name) F(impl) F(step) F(sync) F(release) F(last_error) END
-    BEGIN(mb_trainer) F(model) F(st) F(batcher) F(inputs) F(targets) F(backend) F(inject_nonfinite_step)
+    BEGIN(mb_trainer) F(model) F(st) F(batcher) F(inputs) F(targets) F(backend) F(comm) F(grad_acc) F(inject_nonfinite_step)
         F(inject_nonfinite_from) END
     BEGIN(mb_train_progress) F(step) F(steps) F(loss) F(lr) F(grad_norm) F(tokens_per_s) F(elapsed_s) F(eta_s)
         F(progress) F(by_time) F(applied) F(nonfinite_run) F(saves) END
