@@ -29,7 +29,7 @@ ifneq ($(NVCC),)
 TARGETS += mambabyte_cuda build/cuda_gpu_test build/cuda_bench
 endif
 
-.PHONY: all test test-cxx test-asan bench bench-cuda test-cuda fuzz check clean
+.PHONY: all test test-cxx test-asan bench bench-cuda test-cuda fuzz check clean lib test-python
 all: $(TARGETS)
 
 HEADERS = mambabyte.h
@@ -91,8 +91,8 @@ FUZZ_CC      ?= clang
 fuzz: | build
 	FUZZ_CC=$(FUZZ_CC) sh tests/fuzz/run.sh $(FUZZ_SECONDS)
 
-# What CI runs: fuzzing, the sanitized suite, then the suite (its summary last).
-check: fuzz test-asan test
+# What CI runs: fuzzing, the sanitized suite, the Python tests, then the suite (its summary last).
+check: fuzz test-asan test-python test
 
 # On a machine with an NVIDIA GPU: kernels and the full model against the CPU path.
 NVCC_OMP = $(if $(OMP),-Xcompiler $(OMP))
@@ -108,5 +108,31 @@ bench-cuda: build/cuda_bench
 bench: mambabyte
 	./mambabyte bench
 
+# The shared library for other languages (the Python package in python/):
+# the header's implementation, every mb_ function with C linkage; with nvcc
+# also libmambabyte_cuda.so, the same plus the CUDA trainer.
+LIBS = libmambabyte.so
+ifneq ($(NVCC),)
+LIBS += libmambabyte_cuda.so
+endif
+LIB_CFLAGS = $(STD) $(CFLAGS) $(WARN) $(OMP) -fPIC -shared -DMAMBABYTE_IMPLEMENTATION
+lib: $(LIBS)
+libmambabyte.so: $(HEADERS)
+	$(CC) $(LIB_CFLAGS) -x c mambabyte.h -o $@ $(LDLIBS)
+build/mambabyte_cuda_pic.o: mambabyte_cuda.cuh $(HEADERS) | build
+	$(NVCC) -O3 $(CUDA_ARCH) -Xcompiler -fPIC -DMAMBABYTE_CUDA_IMPLEMENTATION -x cu -c mambabyte_cuda.cuh -o $@
+libmambabyte_cuda.so: $(HEADERS) build/mambabyte_cuda_pic.o
+	$(CC) $(LIB_CFLAGS) -x c mambabyte.h -x none build/mambabyte_cuda_pic.o -o $@ \
+	  -L$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ $(LDLIBS) -Wl,-rpath,$(CUDA_HOME)/lib64
+
+# The Python package's tests (Debian's python3 with python3-numpy and
+# python3-pytest; the PyTorch ones run when python3-torch is there).
+# build/abi_sizes prints the C layout of every struct the bindings mirror.
+PYTHON ?= /usr/bin/python3
+build/abi_sizes: python/tests/abi_sizes.c $(HEADERS) | build
+	$(CC) $(STD) $(WARN) python/tests/abi_sizes.c -o $@
+test-python: lib build/abi_sizes mambabyte
+	PYTHONPATH=python MB_ABI_SIZES=build/abi_sizes $(PYTHON) -m pytest -q -p no:cacheprovider python/tests
+
 clean:
-	rm -rf build mambabyte mambabyte_cuda mambabyte_mpi test_mambabyte test_mambabyte_asan bench_mambabyte
+	rm -rf build mambabyte mambabyte_cuda mambabyte_mpi test_mambabyte test_mambabyte_asan bench_mambabyte libmambabyte.so libmambabyte_cuda.so

@@ -41,7 +41,9 @@
                  mb_adamw_update, mb_grad_norm, mb_lr_at_step / _at_fraction
      data        mb_dataset_open (a WikiText folder or a file, mmapped),
                  mb_batcher_* (random or sequential training windows)
-     eval        mb_eval_text: the WikiText char-accuracy protocol
+     eval        mb_eval_text: the WikiText char-accuracy protocol;
+                 mb_stream_predict_char / _top_chars, mb_eval_text_exact:
+                 the exact greedy character (argmax over all characters)
      CUDA        mb_cuda_* (defined only when mambabyte_cuda.cuh is linked);
                  mb_cuda_trainer_attach puts a trainer's steps on the GPU
 
@@ -526,6 +528,46 @@ typedef void (*mb_progress_fn)(void *user, int64_t done, int64_t total);
    evaluated then.  progress (may be NULL) is called every 1024 characters. */
 MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
                              mb_eval_result *r, mb_progress_fn progress, void *user);
+
+/* Exact greedy characters.  The protocol above predicts a byte in 0..127;
+   the character the model actually finds most likely may be multi-byte.
+   P(char | text) is the product of its UTF-8 bytes' conditional
+   probabilities; its score here is log P: the sum, in byte order, of each
+   byte's log-probability (log-softmax in double, as bits per byte). */
+typedef struct {
+    uint8_t bytes[4];          /* the character's UTF-8 bytes */
+    int32_t len;               /* 1..4 */
+    double logp;               /* log P(char | the stream's text so far) */
+} mb_char_score;
+/* The argmax over every valid UTF-8 character (mb_utf8_char_len's rules:
+   U+0000..U+10FFFF without surrogates) of P(char), from the stream's
+   current state; logits are the next-byte logits there (what the last
+   mb_stream_step returned).  A multi-byte character's probability is at
+   most its prefixes', so the search is best-first over lead bytes and
+   prefixes, stepping saved copies of the state, and every prefix that
+   cannot beat the best complete character so far is pruned: usually no
+   lead byte beats the best ASCII byte and nothing is stepped.  s is
+   stepped and then put back: on return its state and the logits buffer
+   mb_stream_step returns are as on entry.  Ties (equal scores) go to the
+   smaller code point, and ASCII characters rank as their logits do (the
+   first of equal maxima), so an ASCII answer is exactly the protocol's
+   argmax over bytes 0..127.  A row with a NaN scores -inf for its bytes. */
+MBDEF mb_status mb_stream_predict_char(mb_stream *s, const float *logits, mb_char_score *out);
+/* The k (1..65536) most probable characters, best first, in out[0..k), by
+   the same search and tie rule (out[0] is mb_stream_predict_char's). */
+MBDEF mb_status mb_stream_top_chars(mb_stream *s, const float *logits, int k, mb_char_score *out);
+/* mb_eval_text's protocol, scored by both rules: `base` holds exactly what
+   mb_eval_text returns (the ASCII rule), and the exact rule's prediction
+   (mb_stream_predict_char) is counted correct when it is the character. */
+typedef struct {
+    mb_eval_result base;
+    int64_t exact_correct;           /* characters the exact rule got right */
+    int64_t exact_multibyte;         /* predictions that were multi-byte characters */
+    int64_t exact_multibyte_correct; /* ... and right */
+    int64_t search_steps;            /* stream steps the searches took */
+} mb_eval_exact_result;
+MBDEF mb_status mb_eval_text_exact(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
+                                   mb_eval_exact_result *r, mb_progress_fn progress, void *user);
 
 /* ---------------------------------------------------------------- trainer */
 /* One optimizer step = grad_accum micro-batches of (batch, ctx), averaged;
@@ -3374,6 +3416,229 @@ MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len
     mb_stream_free(s);
     if (st != MB_STATUS_OK) memset(r, 0, sizeof *r); /* out of memory: no partial result */
     return st;
+}
+
+/* Exact greedy characters: a best-first search over UTF-8 prefixes.  A node
+   is a proper prefix (a lead byte, or a lead and continuation bytes) with
+   its score; `order` packs its bytes big-endian, zero-padded, so comparing
+   orders compares byte strings (no two compared ones are prefixes of each
+   other), and any multi-byte order is above every ASCII rank (0..127).
+   Each expansion is one mb_stream_step from the state after the node's
+   prefix minus its last byte, kept in a slot (slot 0: the caller's state).
+   Slots needed at most: the caller's, each 3- and 4-byte lead (21) and each
+   valid 4-byte lead + second byte (256). */
+#define MB__CHAR_SLOTS 278
+#define MB__MAX_TOP_CHARS 65536
+typedef struct {
+    double logp;
+    uint32_t order;
+    uint8_t b[4];
+    int16_t len, need, slot;
+} mb__char_node;
+
+static int mb__char_node_better(const mb__char_node *a, const mb__char_node *b) {
+    return a->logp > b->logp || (a->logp == b->logp && a->order < b->order);
+}
+/* a multi-byte candidate (or prefix) against a listed character: equal
+   scores go to the smaller code point (an ASCII one always). */
+static int mb__char_beats(double logp, uint32_t order, const mb_char_score *e) {
+    uint32_t eo;
+    if (logp != e->logp) return logp > e->logp;
+    if (e->len == 1) return 0;
+    eo = ((uint32_t)e->bytes[0] << 24) | ((uint32_t)e->bytes[1] << 16) | ((uint32_t)(e->len > 2 ? e->bytes[2] : 0) << 8) |
+         (uint32_t)(e->len > 3 ? e->bytes[3] : 0);
+    return order < eo;
+}
+static float mb__char_key(float x) { return x != x ? -INFINITY : x; } /* NaN ranks last */
+static double mb__char_logp(const mb__row *r, float x) {
+    double lp = mb__row_logp(r, x, 256);
+    return lp != lp ? -INFINITY : lp; /* NaN row */
+}
+static void mb__char_heap_push(mb__char_node *h, int *n, const mb__char_node *x) {
+    int i = (*n)++;
+    while (i > 0 && mb__char_node_better(x, &h[(i - 1) / 2])) { h[i] = h[(i - 1) / 2]; i = (i - 1) / 2; }
+    h[i] = *x;
+}
+static mb__char_node mb__char_heap_pop(mb__char_node *h, int *n) {
+    mb__char_node top = h[0], last = h[--(*n)];
+    int i = 0;
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && mb__char_node_better(&h[c + 1], &h[c])) c++;
+        if (!mb__char_node_better(&h[c], &last)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n > 0) h[i] = last;
+    return top;
+}
+/* Inserts a complete multi-byte character into the sorted list out[0..*n) of at most k. */
+static void mb__char_list_insert(mb_char_score *out, int *n, int k, const mb__char_node *x) {
+    int i = *n < k ? (*n)++ : k - 1;
+    while (i > 0 && mb__char_beats(x->logp, x->order, &out[i - 1])) { out[i] = out[i - 1]; i--; }
+    memcpy(out[i].bytes, x->b, 4);
+    out[i].len = x->len;
+    out[i].logp = x->logp;
+}
+
+/* The search; *steps (may be NULL) gets the number of stream steps taken. */
+static mb_status mb__top_chars(mb_stream *s, const float *logits, int k, mb_char_score *out, int64_t *steps) {
+    float root[256], saved_logits[256];
+    float *slots[MB__CHAR_SLOTS];
+    mb__char_node *heap = NULL;
+    int nslots = 0, nheap = 0, cap = 0, nout = 0, i, j, b;
+    int64_t nsteps = 0;
+    size_t state_bytes = (size_t)s->state_floats * sizeof(float);
+    mb_status st = MB_STATUS_OK;
+    mb__row row;
+    unsigned char ascii[128];
+    if (steps) *steps = 0;
+    if (k < 1 || k > MB__MAX_TOP_CHARS) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "k %d out of range [1, %d]", k, MB__MAX_TOP_CHARS);
+    memcpy(root, logits, sizeof root); /* logits may be s's own buffer */
+    row = mb__row_stats(root, 256);
+    /* the ASCII characters in logit order (the first of equal maxima first, NaN last) */
+    for (i = 0; i < 128; i++) {
+        int ka = k < 128 ? k : 128;
+        float x = root[i] != root[i] ? -INFINITY : root[i];
+        if (nout == ka && !(x > mb__char_key(root[ascii[ka - 1]]))) continue;
+        for (j = nout < ka ? nout++ : ka - 1; j > 0 && x > mb__char_key(root[ascii[j - 1]]); j--) ascii[j] = ascii[j - 1];
+        ascii[j] = (unsigned char)i;
+    }
+    for (i = 0; i < nout; i++) {
+        out[i].bytes[0] = ascii[i];
+        out[i].bytes[1] = out[i].bytes[2] = out[i].bytes[3] = 0;
+        out[i].len = 1;
+        out[i].logp = mb__char_logp(&row, root[ascii[i]]);
+    }
+    /* the lead bytes that can beat the list */
+    for (b = 0xC2; b <= 0xF4; b++) {
+        mb__char_node x;
+        memset(&x, 0, sizeof x);
+        x.logp = mb__char_logp(&row, root[b]);
+        x.b[0] = (uint8_t)b;
+        x.order = (uint32_t)b << 24;
+        x.len = 1;
+        x.need = (int16_t)(b <= 0xDF ? 2 : b <= 0xEF ? 3 : 4);
+        x.slot = 0;
+        if (nout == k && !mb__char_beats(x.logp, x.order, &out[k - 1])) continue;
+        if (nheap == cap) {
+            mb__char_node *grown = (mb__char_node *)MB_MALLOC(sizeof(mb__char_node) * (size_t)(cap = cap ? 2 * cap : 64));
+            if (!grown) { st = mb__fail(MB_STATUS_OUT_OF_MEMORY, "character search"); goto done; }
+            if (heap) memcpy(grown, heap, sizeof(mb__char_node) * (size_t)nheap);
+            MB_FREE(heap);
+            heap = grown;
+        }
+        mb__char_heap_push(heap, &nheap, &x);
+    }
+    while (nheap > 0) {
+        mb__char_node p = mb__char_heap_pop(heap, &nheap);
+        const float *lg;
+        int lo = 0x80, hi = 0xBF, c, child_slot = -1;
+        if (nout == k && !mb__char_beats(p.logp, p.order, &out[k - 1])) break; /* nothing left can */
+        if (nslots == 0) { /* the first expansion: keep the caller's state and logits */
+            if (!(slots[0] = (float *)MB_MALLOC(state_bytes))) { st = mb__fail(MB_STATUS_OUT_OF_MEMORY, "character search"); goto done; }
+            memcpy(slots[0], s->win, state_bytes);
+            memcpy(saved_logits, s->logits, sizeof saved_logits);
+            nslots = 1;
+        } else {
+            memcpy(s->win, slots[p.slot], state_bytes);
+        }
+        lg = mb_stream_step(s, p.b[p.len - 1]);
+        nsteps++;
+        row = mb__row_stats(lg, 256);
+        if (p.len == 1) {
+            if (p.b[0] == 0xE0) lo = 0xA0;
+            if (p.b[0] == 0xED) hi = 0x9F;
+            if (p.b[0] == 0xF0) lo = 0x90;
+            if (p.b[0] == 0xF4) hi = 0x8F;
+        }
+        for (c = lo; c <= hi; c++) {
+            mb__char_node x = p;
+            x.logp = p.logp + mb__char_logp(&row, lg[c]);
+            x.b[p.len] = (uint8_t)c;
+            x.order = p.order | ((uint32_t)c << (8 * (3 - p.len)));
+            x.len = (int16_t)(p.len + 1);
+            if (nout == k && !mb__char_beats(x.logp, x.order, &out[k - 1])) continue;
+            if (x.len == x.need) { mb__char_list_insert(out, &nout, k, &x); continue; }
+            if (child_slot < 0) { /* the state after this prefix, for its children */
+                if (nslots >= MB__CHAR_SLOTS || !(slots[nslots] = (float *)MB_MALLOC(state_bytes))) {
+                    st = mb__fail(MB_STATUS_OUT_OF_MEMORY, "character search");
+                    goto done;
+                }
+                memcpy(slots[nslots], s->win, state_bytes);
+                child_slot = nslots++;
+            }
+            x.slot = (int16_t)child_slot;
+            if (nheap == cap) {
+                mb__char_node *grown = (mb__char_node *)MB_MALLOC(sizeof(mb__char_node) * (size_t)(cap = 2 * cap));
+                if (!grown) { st = mb__fail(MB_STATUS_OUT_OF_MEMORY, "character search"); goto done; }
+                memcpy(grown, heap, sizeof(mb__char_node) * (size_t)nheap);
+                MB_FREE(heap);
+                heap = grown;
+            }
+            mb__char_heap_push(heap, &nheap, &x);
+        }
+    }
+done:
+    if (nslots > 0) { /* put the stream back */
+        memcpy(s->win, slots[0], state_bytes);
+        memcpy(s->logits, saved_logits, sizeof saved_logits);
+    }
+    for (i = 0; i < nslots; i++) MB_FREE(slots[i]);
+    MB_FREE(heap);
+    if (steps) *steps = nsteps;
+    return st;
+}
+
+MBDEF mb_status mb_stream_top_chars(mb_stream *s, const float *logits, int k, mb_char_score *out) {
+    return mb__top_chars(s, logits, k, out, NULL);
+}
+
+MBDEF mb_status mb_stream_predict_char(mb_stream *s, const float *logits, mb_char_score *out) {
+    return mb__top_chars(s, logits, 1, out, NULL);
+}
+
+MBDEF mb_status mb_eval_text_exact(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
+                                   mb_eval_exact_result *r, mb_progress_fn progress, void *user) {
+    mb_stream *s;
+    const float *logits;
+    int64_t end = 0, nchars = 0, pos = 0, c;
+    mb_status st;
+    memset(r, 0, sizeof *r);
+    while (end < len && (max_chars < 0 || nchars < max_chars)) { /* validate first, as mb_eval_text */
+        int k = mb_utf8_char_len(text + end, len - end);
+        if (k == 0) return mb__fail(MB_STATUS_BAD_FORMAT, "invalid UTF-8 at byte offset %lld (byte 0x%02x)", (long long)end, text[end]);
+        end += k;
+        nchars++;
+    }
+    if ((st = mb_stream_create(&s, m)) != MB_STATUS_OK) return st;
+    logits = mb_stream_step(s, 0x00);
+    for (c = 0; c < nchars; c++) {
+        int k = mb_utf8_char_len(text + pos, end - pos), j, hit;
+        mb_char_score guess;
+        int64_t steps;
+        if ((st = mb__top_chars(s, logits, 1, &guess, &steps)) != MB_STATUS_OK) { mb_stream_free(s); return st; }
+        r->search_steps += steps;
+        hit = guess.len == k && memcmp(guess.bytes, text + pos, (size_t)k) == 0;
+        r->exact_correct += hit;
+        r->exact_multibyte += guess.len > 1;
+        r->exact_multibyte_correct += guess.len > 1 && hit;
+        r->base.chars_correct += k == 1 && mb__argmax(logits, 128) == text[pos];
+        for (j = 0; j < k; j++) {
+            uint8_t b = text[pos + j];
+            mb__row row = mb__row_stats(logits, 256);
+            r->base.nll_bits -= mb__row_logp(&row, logits[b], 256) / 0.69314718055994530942;
+            r->base.bytes_correct += mb__argmax(logits, 256) == b;
+            r->base.bytes++;
+            logits = mb_stream_step(s, b);
+        }
+        pos += k;
+        r->base.chars++;
+        if (progress && (r->base.chars % 1024 == 0 || r->base.chars == nchars)) progress(user, r->base.chars, nchars);
+    }
+    mb_stream_free(s);
+    return MB_STATUS_OK;
 }
 
 /* ============================================================== trainer */

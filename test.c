@@ -24,6 +24,7 @@ void mbt_cuda_emu_tests(void); /* tests/test_cuda_emu.cpp: the CUDA kernels on t
 #include "tests/test_mpi.c"
 #include "tests/test_kernels.c"
 #include "tests/test_plot.c"
+#include "tests/test_predict.c"
 
 typedef struct { const char *name; void (*fn)(void); } mbt_suite;
 
@@ -39,6 +40,7 @@ int main(int argc, char **argv) {
         {"kernels", test_kernels},
         {"cuda_emu", mbt_cuda_emu_tests},
         {"plot", test_plot},
+        {"predict", test_predict},
     };
     size_t i;
     for (i = 0; i < sizeof suites / sizeof suites[0]; i++) {

@@ -1,0 +1,79 @@
+"""The model in PyTorch, with the checkpoint's parameter names (needs torch).
+
+MambaByte(config) is a torch.nn.Module whose state_dict() has exactly the
+names and shapes of a mambabyte checkpoint, so state dicts move both ways
+(Model.to_torch, Model.from_torch).  Its forward is a readable reference
+(the selective scan as a sequential loop over time), not a fast kernel.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LN_EPS = 1e-5
+
+
+class Mixer(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        dm, di, ds, dc, r = c["d_model"], c["expand"] * c["d_model"], c["d_state"], c["d_conv"], c["dt_rank"]
+        self.di, self.ds, self.dc, self.r = di, ds, dc, r
+        self.in_proj = nn.Linear(dm, 2 * di, bias=False)
+        self.conv1d = nn.Conv1d(di, di, dc, groups=di, padding=dc - 1)
+        self.x_proj = nn.Linear(di, r + 2 * ds, bias=False)
+        self.dt_proj = nn.Linear(r, di)
+        self.A_log = nn.Parameter(torch.zeros(di, ds))
+        self.D = nn.Parameter(torch.ones(di))
+        self.out_proj = nn.Linear(di, dm, bias=False)
+
+    def forward(self, x):
+        T = x.shape[1]
+        xs, z = self.in_proj(x).split(self.di, dim=-1)
+        u = F.silu(self.conv1d(xs.transpose(1, 2))[..., :T].transpose(1, 2))
+        dt_low, Bm, Cm = self.x_proj(u).split([self.r, self.ds, self.ds], dim=-1)
+        dt = F.softplus(self.dt_proj(dt_low))
+        A = -torch.exp(self.A_log)
+        h = torch.zeros(x.shape[0], self.di, self.ds, dtype=x.dtype, device=x.device)
+        ys = []
+        for t in range(T):  # h_t = exp(dt A) h_{t-1} + dt B u ;  y_t = C h_t + D u
+            dtt = dt[:, t].unsqueeze(-1)
+            h = torch.exp(dtt * A) * h + dtt * Bm[:, t].unsqueeze(1) * u[:, t].unsqueeze(-1)
+            ys.append((h * Cm[:, t].unsqueeze(1)).sum(-1))
+        y = torch.stack(ys, 1) + u * self.D
+        return self.out_proj(y * F.silu(z))
+
+
+class Layer(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.norm = nn.LayerNorm(c["d_model"], eps=LN_EPS)
+        self.mixer = Mixer(c)
+
+    def forward(self, x):
+        return x + self.mixer(self.norm(x))
+
+
+class MambaByte(nn.Module):
+    """Byte-level Mamba: embedding (tied output head), n_layer pre-norm
+    residual Mamba blocks, a final LayerNorm.  forward(idx (B, T) long) ->
+    logits (B, T, 256)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = dict(config)
+        self.embedding = nn.Embedding(config["vocab_size"], config["d_model"])
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config["n_layer"]))
+        self.norm_f = nn.LayerNorm(config["d_model"], eps=LN_EPS)
+
+    def forward(self, idx):
+        h = self.embedding(idx)
+        for layer in self.layers:
+            h = layer(h)
+        return self.norm_f(h) @ self.embedding.weight.t()
+
+    @classmethod
+    def from_model(cls, model):
+        """A module holding a mambabyte.Model's weights (a copy)."""
+        m = cls(model.config)
+        m.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()}, strict=True)
+        return m

@@ -1,0 +1,29 @@
+"""Builds the C library (`make lib` in the repository root) and puts it
+inside the package, so an installed mambabyte finds it next to itself.
+The metadata is in pyproject.toml."""
+import os
+import shutil
+import subprocess
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+NAMES = ("libmambabyte.so", "libmambabyte_cuda.so")
+
+
+class BuildWithLibrary(build_py):
+    def run(self):
+        super().run()
+        if os.path.exists(os.path.join(ROOT, "mambabyte.h")) and shutil.which("make"):
+            subprocess.run(["make", "-C", ROOT, "lib"], check=True)
+        dest = os.path.join(self.build_lib, "mambabyte")
+        found = [n for n in NAMES if os.path.exists(os.path.join(ROOT, n))]
+        if not found:
+            raise RuntimeError("libmambabyte.so is not built: run `make lib` in %s" % ROOT)
+        for n in found:
+            shutil.copy2(os.path.join(ROOT, n), os.path.join(dest, n))
+
+
+setup(cmdclass={"build_py": BuildWithLibrary})

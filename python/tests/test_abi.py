@@ -1,0 +1,52 @@
+"""The ctypes mirrors in mambabyte._lib have the C structs' exact layout."""
+import ctypes
+import os
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+from mambabyte import _lib
+
+
+def c_layout():
+    exe = os.environ.get("MB_ABI_SIZES") or str(ROOT / "build" / "abi_sizes")
+    if not os.path.isabs(exe):
+        exe = str(ROOT / exe)
+    if not os.path.exists(exe):
+        subprocess.run(["make", "-C", str(ROOT), "build/abi_sizes"], check=True, capture_output=True)
+    out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
+    structs, extra = {}, {}
+    for line in out.splitlines():
+        parts = line.split()
+        if ":" in line or parts[0].startswith("mb_"):
+            structs[parts[0]] = (int(parts[1]), {f.split(":")[0]: int(f.split(":")[1]) for f in parts[2:]})
+        else:
+            extra[parts[0]] = int(parts[1])
+    return structs, extra
+
+
+STRUCTS, EXTRA = c_layout()
+
+
+@pytest.mark.parametrize("name", sorted(_lib.STRUCTS))
+def test_struct_layout_matches_c(name):
+    assert name in STRUCTS, "build/abi_sizes does not print %s" % name
+    size, offsets = STRUCTS[name]
+    py = _lib.STRUCTS[name]
+    assert ctypes.sizeof(py) == size, "%s: ctypes size %d, C size %d" % (name, ctypes.sizeof(py), size)
+    py_fields = [f[0] for f in py._fields_]
+    assert py_fields == list(offsets), "%s: fields %s vs C %s" % (name, py_fields, list(offsets))
+    for f, off in offsets.items():
+        assert getattr(py, f).offset == off, "%s.%s: ctypes offset %d, C %d" % (name, f, getattr(py, f).offset, off)
+
+
+def test_every_mirror_is_checked():
+    assert set(STRUCTS) == set(_lib.STRUCTS)
+
+
+def test_constants():
+    assert EXTRA["enum"] == ctypes.sizeof(ctypes.c_int)
+    assert EXTRA["MB_FIELD_COUNT"] == _lib.FIELD_COUNT
+    fields = {_lib.lib.mb_train_field_desc(f).contents.key.decode(): f for f in range(_lib.FIELD_COUNT)}
+    assert fields["steps"] == _lib.FIELD_STEPS and fields["warmup"] == _lib.FIELD_WARMUP

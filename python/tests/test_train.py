@@ -1,0 +1,142 @@
+"""mambabyte.train: the library's loop from Python."""
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import mambabyte
+from conftest import ROOT, SAMPLE, python_env, run_cli, tiny_options
+
+
+def test_train_from_bytes_str_and_path_are_the_same_run(tmp_path):
+    data = SAMPLE.read_bytes()
+    head = data[:len(data) - len(data) // 20]  # a path trains on the first 95% (the rest is held out)
+    opts = tiny_options(steps=12)
+    a = mambabyte.train(head, **opts)
+    b = mambabyte.train(pathlib.Path(SAMPLE), **opts)
+    c = mambabyte.train(head.decode("utf-8", "ignore"), **opts)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(np.array_equal(sa[k], sb[k]) for k in sa)
+    assert a.train_report["outcome"] == "finished" and a.train_report["steps"] == 12
+    assert b.train_report["eval_chars"] > 0  # a path is evaluated on its held-out tail
+    assert np.isfinite(c.train_report["final_loss"])
+
+
+def test_train_equals_cli_bit_for_bit(tmp_path):
+    """The same settings through `mambabyte train` and mambabyte.train give the same parameters."""
+    args = dict(steps=15, batch=3, ctx=48, d_model=24, n_layer=2, d_state=4, lr=3e-3, seed=5)
+    flags = []
+    for k, v in args.items():
+        flags += ["--" + k.replace("_", "-"), str(v)]
+    r = run_cli("train", "--data", SAMPLE, "--out", tmp_path / "cli.bin", "--eval-chars", 0, *flags)
+    assert r.returncode == 0, r.stderr
+    m = mambabyte.train(pathlib.Path(SAMPLE), out=str(tmp_path / "py.bin"), eval_chars=0, verbose=False, **args)
+    ref = mambabyte.Model.load(tmp_path / "cli.bin").state_dict()
+    got = m.state_dict()
+    assert all(np.array_equal(ref[k], got[k]) for k in ref)
+    assert all(np.array_equal(ref[k], v) for k, v in mambabyte.Model.load(tmp_path / "py.bin").state_dict().items())
+
+
+def test_callback_sees_steps_and_can_stop(tmp_path, capsys):
+    seen = []
+
+    def cb(p):
+        seen.append(p)
+        return p["step"] >= 4
+
+    m = mambabyte.train(SAMPLE.read_bytes(), callback=cb, out=str(tmp_path / "m.bin"), **tiny_options(steps=50))
+    assert [p["step"] for p in seen] == [1, 2, 3, 4]
+    assert seen[0]["steps"] == 50 and seen[0]["line"].startswith("step 1/50 | loss ")
+    assert m.train_report["outcome"] == "interrupted" and m.train_report["saved"]
+    assert mambabyte.Model.load(tmp_path / "m.bin").num_params == m.num_params
+
+
+def test_progress_lines_like_the_cli(capsys):
+    mambabyte.train(SAMPLE.read_bytes(), log_every=5, **tiny_options(steps=10, verbose=True))
+    out = capsys.readouterr().out
+    assert "step 5/10 | loss " in out and "step 10/10 | loss " in out and "tok/s" in out
+    assert "model: d_model 32, 2 layers" in out and "done: 10 steps" in out
+
+
+def test_time_budget_schedule():
+    t0 = time.monotonic()
+    m = mambabyte.train(SAMPLE.read_bytes(), schedule="time", time_budget=3, **tiny_options(steps=100000))
+    assert m.train_report["outcome"] == "time_budget"
+    assert time.monotonic() - t0 < 3 + 1.5
+
+
+def test_callback_exception_propagates():
+    def cb(p):
+        raise RuntimeError("boom at %d" % p["step"])
+
+    with pytest.raises(RuntimeError, match="boom at 1"):
+        mambabyte.train(SAMPLE.read_bytes(), callback=cb, **tiny_options(steps=5))
+
+
+def test_bad_options():
+    data = SAMPLE.read_bytes()
+    with pytest.raises(TypeError, match="unknown option 'stepz'"):
+        mambabyte.train(data, stepz=3)
+    with pytest.raises(ValueError, match=r"batch \(--batch\) = 0 is out of range"):
+        mambabyte.train(data, batch=0)
+    with pytest.raises(TypeError, match="integer"):
+        mambabyte.train(data, steps=2.5)
+    with pytest.raises(TypeError, match="number"):
+        mambabyte.train(data, lr="fast")
+    with pytest.raises(ValueError, match="'step' or 'time'"):
+        mambabyte.train(data, schedule="cosine")
+    with pytest.raises(ValueError, match="time_budget"):
+        mambabyte.train(data, schedule="time")
+    with pytest.raises(ValueError, match="device"):
+        mambabyte.train(data, device="tpu")
+    with pytest.raises(TypeError):
+        mambabyte.train(12345)
+    assert set(mambabyte.training_fields()) >= {"steps", "time_budget", "d_model", "warmup", "grad_accum"}
+
+
+def test_data_shorter_than_ctx():
+    with pytest.raises(ValueError, match="needs at least 65"):
+        mambabyte.train(b"x" * 64, ctx=64)
+    with pytest.raises(mambabyte.MambaByteError, match="cannot open"):
+        mambabyte.train(pathlib.Path("/nonexistent/mambabyte-data.txt"))
+
+
+def test_device_cuda_without_a_gpu():
+    if mambabyte.has_cuda():
+        pytest.skip("a GPU is present")
+    with pytest.raises(mambabyte.MambaByteError):
+        mambabyte.train(SAMPLE.read_bytes(), device="cuda", **tiny_options(steps=2))
+    m = mambabyte.train(SAMPLE.read_bytes(), device="auto", **tiny_options(steps=2))
+    assert m.train_report["device"] == "cpu"
+
+
+def test_ctrl_c_saves_and_raises(tmp_path):
+    code = textwrap.dedent('''
+        import sys, mambabyte
+        def cb(p):
+            if p["step"] == 1:
+                print("first step", flush=True)
+        try:
+            mambabyte.train(open(sys.argv[1], "rb").read(), out=sys.argv[2], callback=cb, d_model=32, n_layer=2,
+                            d_state=8, batch=2, ctx=64, steps=100000, verbose=False)
+        except KeyboardInterrupt as e:
+            print("KeyboardInterrupt:", e, flush=True)
+            sys.exit(130)
+    ''')
+    p = subprocess.Popen([sys.executable, "-c", code, str(SAMPLE), str(tmp_path / "m.bin")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=python_env())
+    assert p.stdout.readline().strip() == "first step"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, (out, err)
+    assert "KeyboardInterrupt: training interrupted at step" in out and "saved to" in out
+    m = mambabyte.Model.load(tmp_path / "m.bin")  # a complete checkpoint
+    assert m.num_params > 0
+    r = run_cli("train", "--resume", tmp_path / "m.bin", "--out", tmp_path / "m.bin", "--data", SAMPLE, "--stop-at",
+                1000000, "--steps", 100000, "--time-budget", 1, "--eval-chars", 0)
+    assert r.returncode == 0, r.stderr  # resumable by the CLI
