@@ -83,8 +83,12 @@
 typedef __nv_bfloat16 mbc_bf16;
 
 #define MBC_MAX_CONV 64        /* d_conv limit of mb_config_validate */
-#define MBC_SCAN_MAX_CHUNK 64  /* h history kept per thread in the scan backward */
-#define MBC_SCAN_THREADS 256   /* threads per scan block: (256 / SP) channels x SP states */
+#define MBC_SCAN_MAX_CHUNK 64  /* scan chunk limit: rows of B/C staged in shared memory */
+#define MBC_SCAN_MAX_STATE 64  /* d_state limit of the scan kernels */
+#define MBC_SCAN_THREADS 128   /* channels per block of the forward scan kernels */
+#define MBC_SCAN_BWD_WARPS 2   /* warps (32 channels each) per block of the scan backward */
+#define MBC_SCAN_GROUP 16      /* states per pass of the scan backward */
+#define MBC_SCAN_SEG 4         /* tokens per recomputed segment of the scan backward (h in registers) */
 #define MBC_NORM_BLOCKS 256    /* fixed grid of the gradient-norm partials */
 #define MBC_LN_ROWS 64         /* rows per block of the LayerNorm backward */
 #define MBC_CONV_TOKENS 256    /* tokens per partial of the conv weight gradient */
@@ -92,9 +96,11 @@ typedef __nv_bfloat16 mbc_bf16;
 /* Kernel launch: <<<>>> on the GPU, the emulator on the host.  Launchers
    return an mb_status, so a launch error is reported with file and line. */
 #ifdef MB_CUDA_EMULATE
+#define MBC_UNROLL
 #define MBC_DYNAMIC_SHARED(T, name) T *name = (T *)cuda_emu::dynamic_smem()
 #define MBC_LAUNCH(kernel, grid, block, smem, ...) cuda_emu::launch(kernel, grid, block, smem, __VA_ARGS__)
 #else
+#define MBC_UNROLL _Pragma("unroll")
 #define MBC_DYNAMIC_SHARED(T, name) extern __shared__ float4 mbc__dyn_smem[]; T *name = (T *)mbc__dyn_smem
 #define MBC_LAUNCH(kernel, grid, block, smem, ...)                                                    \
     do {                                                                                          \
@@ -400,231 +406,379 @@ __global__ void conv1d_step_kernel(float *u, float *state, const float *xz, cons
 }
 
 /* ===================================================== selective scan
-   Thread layout of every scan kernel: blockDim.x = MBC_SCAN_THREADS; lane
-   group of SP = next power of two >= S threads per channel (state n = tid %
-   SP, lanes n >= S idle but present for the shuffles); DPB = 256/SP channels
-   per block, blockIdx.x picks the channel group, blockIdx.y the chunk,
-   blockIdx.z the sequence.  Idle threads (n >= S, d >= Di) run every loop
-   and shuffle with zeros, so no thread leaves before a barrier.
+   One thread per (sequence b, channel d, chunk c): the d_state states of the
+   channel live in registers, so the per-(token, channel) work (softplus(dt),
+   dt*u, SiLU(z), the loads of u, delta, z and dout) is done once and the
+   inner loop over the states is a few FMUL/FFMA and one MUFU.EX2.  The
+   decay is exp2(dt * A2) with A2 = A * log2(e) = -exp(A_log) * log2(e)
+   computed once per (channel, state).  A block holds MBC_SCAN_THREADS
+   channels of one (chunk, sequence): blockIdx.x picks the channels,
+   blockIdx.y the chunk, blockIdx.z the sequence.  B_t and C_t are the same
+   for every channel of a token, so a block stages its chunk's rows of them
+   in shared memory, padded with zeros to NS (a multiple of 16 >= S): a
+   padded state has A2 = 0, B = C = 0 and h = 0, so it stays 0 and adds
+   nothing, and the inner loops need no guard.
 
-   Forward:  (1) scan_chunk_state_kernel: each chunk from a zero state gives
-   (P, H) = (prod a_t, h_end); (2) scan_carry_kernel: states[c+1] =
-   P[c] * states[c] + H[c], the operator (a,b).(a',b') = (aa', a'b + b')
-   over chunks, sequential per (b,d,n); (3) scan_forward_kernel: each chunk
-   again from its true start state, producing y.  Backward mirrors it with
-   the adjoint g_t = a_{t+1} g_{t+1} + dy_t C_t run in reverse. */
+   Forward:  (1) scan_chunk_state_kernel: each chunk c < nch-1 from h = 0
+   writes h_end into states[c+1] and sdt[c] = sum of dt over the chunk (the
+   chunk's decay is exp2(A2 * sdt)); (2) scan_carry_kernel, in place:
+   states[c+1] = exp2(A2 sdt[c]) states[c] + states[c+1], the associative
+   operator (a,b).(a',b') = (aa', a'b + b') over chunks; (3)
+   scan_forward_kernel: each chunk again from its true start state, with
+   D*u and the SiLU(z) gate fused, writing the gated output.
+
+   Backward mirrors it with the adjoint g_t = a_{t+1} g_{t+1} + dy_t C_t:
+   (1) scan_chunk_grad_kernel: per chunk c >= 1 from g = 0 at its end, the
+   adjoint handed to chunk c-1 (into gin[c-1]) and sdt[c]; (2)
+   scan_carry_grad_kernel, in place: gin[c-1] += exp2(A2 sdt[c]) gin[c];
+   (3) scan_backward_kernel: per chunk, 16 states at a time, h is
+   recomputed from the saved chunk start (checkpoints every MBC_SCAN_SEG
+   tokens, then each segment again into registers) and walked backwards with
+   the adjoint in registers.  The sums over channels (dB, dC) are a 32x32
+   transpose in shared memory per warp (lane j sums column j in lane
+   order), written as partials per (token, warp of channels); dA_log, dD
+   and the dt bias gradient are partials per (b, chunk).  One reduce kernel
+   adds all partials in index order: deterministic, no atomics. */
+
+#define MBC_LOG2E 1.44269504088896340736f
+#define MBC_LN2 0.69314718055994530942f
+
+/* 2^x: one MUFU.EX2 on the GPU (ex2.approx, ~2 ulp, subnormal results
+   flushed to zero: a decay that small is zero for the scan). */
+__device__ __forceinline__ float exp2_(float x) {
+#if defined(__CUDA_ARCH__)
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+#else
+    return exp2f(x);
+#endif
+}
 
 struct scan_ctx {
-    int T, Di, S, SP, R, X, chunk, nch;
+    int T, Di, S, R, X, chunk, nch;
 };
 
-/* dt and the decay of one (token, channel, state). */
-__device__ __forceinline__ float scan_dt(const float *delta, const float *dt_bias, int64_t tok, int Di, int d) {
-    return softplusf_(delta[tok * Di + d] + dt_bias[d]);
-}
-
-/* (1) per chunk c < nch-1: P = prod a, H = h at the chunk end from h = 0;
-   PH layout (B, nch, Di, S) for each of P and H. */
-__global__ void scan_chunk_state_kernel(float *P, float *H, const float *u, const float *delta, const float *dt_bias,
-                                        const float *A_log, const float *xdbl, scan_ctx k) {
-    const int n = threadIdx.x % k.SP, d = blockIdx.x * (MBC_SCAN_THREADS / k.SP) + threadIdx.x / k.SP;
-    const int c = blockIdx.y, b = blockIdx.z;
-    if (n >= k.S || d >= k.Di) return; /* no barriers or shuffles in this kernel */
-    const float A = -expf(A_log[(int64_t)d * k.S + n]);
-    const int t0 = c * k.chunk, t1 = t0 + k.chunk < k.T ? t0 + k.chunk : k.T;
-    float h = 0.0f, p = 1.0f;
-    for (int t = t0; t < t1; t++) {
-        const int64_t tok = (int64_t)b * k.T + t;
-        const float dt = scan_dt(delta, dt_bias, tok, k.Di, d), a = expf(dt * A);
-        h = a * h + dt * xdbl[tok * k.X + k.R + n] * u[tok * k.Di + d];
-        p *= a;
+/* Rows t0..t0+len of B (and C when BC) into s[t][0..NS) (and s[t][NS..2NS)),
+   zero beyond S.  Called by every thread of the block. */
+template <int NS, int W>
+__device__ __forceinline__ void scan_stage(float (*s)[W], const float *xdbl, int64_t tok0, int len, int s0, bool BC,
+                                           const scan_ctx &k) {
+    const int cols = BC ? 2 * NS : NS;
+    for (int i = threadIdx.x; i < len * cols; i += blockDim.x) {
+        const int t = i / cols, j = i % cols, half = j / NS, n = s0 + j % NS;
+        s[t][j] = n < k.S ? xdbl[(tok0 + t) * k.X + k.R + half * k.S + n] : 0.0f;
     }
-    const int64_t o = (((int64_t)b * k.nch + c) * k.Di + d) * k.S + n;
-    P[o] = p;
-    H[o] = h;
 }
 
-/* (2) states[b,0] = 0, states[b,c+1] = P[b,c] states[b,c] + H[b,c]. */
-__global__ void scan_carry_kernel(float *states, const float *P, const float *H, int B, int nch, int64_t DS) {
-    const int64_t total = (int64_t)B * DS;
+/* (1) per chunk c < nch-1: h_end from h = 0 into states[c+1], sdt[b,c,d]. */
+template <int NS>
+__global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_chunk_state_kernel(float *states, float *sdt, const float *u,
+                                        const float *delta, const float *dt_bias, const float *A_log,
+                                        const float *xdbl, scan_ctx k) {
+    __shared__ __align__(16) float sb[MBC_SCAN_MAX_CHUNK][NS];
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y, b = blockIdx.z;
+    const int t0 = c * k.chunk, len = t0 + k.chunk < k.T ? k.chunk : k.T - t0;
+    const int64_t tok0 = (int64_t)b * k.T + t0;
+    scan_stage<NS>(sb, xdbl, tok0, len, 0, false, k);
+    __syncthreads();
+    if (d >= k.Di) return; /* no barrier after this */
+    float A2[NS], h[NS];
+MBC_UNROLL
+    for (int n = 0; n < NS; n++) {
+        A2[n] = n < k.S ? -expf(A_log[(int64_t)d * k.S + n]) * MBC_LOG2E : 0.0f;
+        h[n] = 0.0f;
+    }
+    const float bias = dt_bias[d];
+    float sd = 0.0f;
+    for (int i = 0; i < len; i++) {
+        const int64_t tok = tok0 + i;
+        const float dt = softplusf_(delta[tok * k.Di + d] + bias), dtu = dt * u[tok * k.Di + d];
+        sd += dt;
+MBC_UNROLL
+        for (int n = 0; n < NS; n++) h[n] = exp2_(dt * A2[n]) * h[n] + dtu * sb[i][n];
+    }
+    float *st = states + (((int64_t)b * k.nch + c + 1) * k.Di + d) * k.S;
+MBC_UNROLL
+    for (int n = 0; n < NS; n++)
+        if (n < k.S) st[n] = h[n];
+    sdt[((int64_t)b * k.nch + c) * k.Di + d] = sd;
+}
+
+/* (2) in place: states[b,c+1] = exp2(A2 sdt[b,c]) states[b,c] + states[b,c+1]
+   for c = 0..nch-2 (states[b,0] = 0 is written by scan_forward_kernel). */
+__global__ void scan_carry_kernel(float *states, const float *sdt, const float *A_log, int B, scan_ctx k) {
+    const int64_t DS = (int64_t)k.Di * k.S, total = (int64_t)B * DS;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t b = i / DS, j = i % DS, base = b * nch * DS + j;
+        const int64_t b = i / DS, j = i % DS, d = j / k.S, base = b * k.nch * DS + j;
+        const float A2 = -expf(A_log[j]) * MBC_LOG2E;
         float h = 0.0f;
-        states[base] = h;
-        for (int c = 0; c + 1 < nch; c++) {
-            h = P[base + c * DS] * h + H[base + c * DS];
+        for (int c = 0; c + 1 < k.nch; c++) {
+            h = exp2_(A2 * sdt[(b * k.nch + c) * k.Di + d]) * h + states[base + (c + 1) * DS];
             states[base + (c + 1) * DS] = h;
         }
     }
 }
 
-/* (3) mb__scan_forward's output: out = (C.h + D u) * silu(z). */
-__global__ void scan_forward_kernel(float *out, const float *states, const float *u, const float *delta,
-                                    const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                                    const float *xz, scan_ctx k) {
-    const int n = threadIdx.x % k.SP, d = blockIdx.x * (MBC_SCAN_THREADS / k.SP) + threadIdx.x / k.SP;
-    const int c = blockIdx.y, b = blockIdx.z;
-    const bool active = n < k.S && d < k.Di, chan = d < k.Di;
-    const float A = active ? -expf(A_log[(int64_t)d * k.S + n]) : 0.0f;
-    float h = active ? states[(((int64_t)b * k.nch + c) * k.Di + d) * k.S + n] : 0.0f;
-    const int t0 = c * k.chunk, t1 = t0 + k.chunk < k.T ? t0 + k.chunk : k.T;
-    for (int t = t0; t < t1; t++) {
-        const int64_t tok = (int64_t)b * k.T + t;
-        float yp = 0.0f, ut = 0.0f;
-        if (active) {
-            const float *Bt = xdbl + tok * k.X + k.R;
-            const float dt = scan_dt(delta, dt_bias, tok, k.Di, d);
-            ut = u[tok * k.Di + d];
-            h = expf(dt * A) * h + dt * Bt[n] * ut;
-            yp = Bt[k.S + n] * h;
+/* (3) mb__scan_forward's output: out = (C.h + D u) * silu(z), chunk c from
+   states[c] (chunk 0 from zero, which it writes to states[b,0]). */
+template <int NS>
+__global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_forward_kernel(float *out, float *states, const float *u,
+                                    const float *delta, const float *dt_bias, const float *A_log,
+                                    const float *xdbl, const float *Dp, const float *xz, scan_ctx k) {
+    __shared__ __align__(16) float sbc[MBC_SCAN_MAX_CHUNK][2 * NS];
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y, b = blockIdx.z;
+    const int t0 = c * k.chunk, len = t0 + k.chunk < k.T ? k.chunk : k.T - t0;
+    const int64_t tok0 = (int64_t)b * k.T + t0;
+    scan_stage<NS>(sbc, xdbl, tok0, len, 0, true, k);
+    __syncthreads();
+    if (d >= k.Di) return;
+    float A2[NS], h[NS];
+    float *st = states + (((int64_t)b * k.nch + c) * k.Di + d) * k.S;
+MBC_UNROLL
+    for (int n = 0; n < NS; n++) {
+        A2[n] = n < k.S ? -expf(A_log[(int64_t)d * k.S + n]) * MBC_LOG2E : 0.0f;
+        h[n] = n < k.S && c > 0 ? st[n] : 0.0f;
+        if (c == 0 && n < k.S) st[n] = 0.0f;
+    }
+    const float bias = dt_bias[d], Dd = Dp[d];
+    for (int i = 0; i < len; i++) {
+        const int64_t tok = tok0 + i;
+        const float ut = u[tok * k.Di + d], z = xz[tok * 2 * k.Di + k.Di + d];
+        const float dt = softplusf_(delta[tok * k.Di + d] + bias), dtu = dt * ut;
+        float y = 0.0f;
+MBC_UNROLL
+        for (int n = 0; n < NS; n++) {
+            h[n] = exp2_(dt * A2[n]) * h[n] + dtu * sbc[i][n];
+            y += sbc[i][NS + n] * h[n];
         }
-        const float y = group_sum(yp, k.SP);
-        if (chan && n == 0) out[tok * k.Di + d] = (y + Dp[d] * ut) * siluf_(xz[tok * 2 * k.Di + k.Di + d]);
+        out[tok * k.Di + d] = (y + Dd * ut) * siluf_(z);
     }
 }
 
-/* Backward (1): per chunk c >= 1, from g = 0 at its end: G = a_{t0} g_{t0}
-   (the adjoint handed to chunk c-1) and P = prod a. */
-__global__ void scan_chunk_grad_kernel(float *P, float *G, const float *dout, const float *delta, const float *dt_bias,
-                                       const float *A_log, const float *xdbl, const float *xz, scan_ctx k) {
-    const int n = threadIdx.x % k.SP, d = blockIdx.x * (MBC_SCAN_THREADS / k.SP) + threadIdx.x / k.SP;
-    const int c = blockIdx.y + 1, b = blockIdx.z;
-    if (n >= k.S || d >= k.Di) return;
-    const float A = -expf(A_log[(int64_t)d * k.S + n]);
-    const int t0 = c * k.chunk, t1 = t0 + k.chunk < k.T ? t0 + k.chunk : k.T;
-    float g = 0.0f, p = 1.0f;
-    for (int t = t1 - 1; t >= t0; t--) {
-        const int64_t tok = (int64_t)b * k.T + t;
-        const float dt = scan_dt(delta, dt_bias, tok, k.Di, d), a = expf(dt * A);
+/* Backward (1): per chunk c >= 1, from g = 0 at its end, the adjoint handed
+   to chunk c-1 into gin[b,c-1] and sdt[b,c]. */
+template <int NS>
+__global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_chunk_grad_kernel(float *gin, float *sdt, const float *dout,
+                                       const float *delta, const float *dt_bias, const float *A_log,
+                                       const float *xdbl, const float *xz, scan_ctx k) {
+    __shared__ __align__(16) float sc[MBC_SCAN_MAX_CHUNK][NS];
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y + 1, b = blockIdx.z;
+    const int t0 = c * k.chunk, len = t0 + k.chunk < k.T ? k.chunk : k.T - t0;
+    const int64_t tok0 = (int64_t)b * k.T + t0;
+    for (int i = threadIdx.x; i < len * NS; i += blockDim.x) { /* the C rows */
+        const int t = i / NS, n = i % NS;
+        sc[t][n] = n < k.S ? xdbl[(tok0 + t) * k.X + k.R + k.S + n] : 0.0f;
+    }
+    __syncthreads();
+    if (d >= k.Di) return;
+    float A2[NS], g[NS];
+MBC_UNROLL
+    for (int n = 0; n < NS; n++) {
+        A2[n] = n < k.S ? -expf(A_log[(int64_t)d * k.S + n]) * MBC_LOG2E : 0.0f;
+        g[n] = 0.0f;
+    }
+    const float bias = dt_bias[d];
+    float sd = 0.0f;
+    for (int i = len - 1; i >= 0; i--) {
+        const int64_t tok = tok0 + i;
+        const float dt = softplusf_(delta[tok * k.Di + d] + bias);
         const float dy = dout[tok * k.Di + d] * siluf_(xz[tok * 2 * k.Di + k.Di + d]);
-        g = a * (g + dy * xdbl[tok * k.X + k.R + k.S + n]);
-        p *= a;
+        sd += dt;
+MBC_UNROLL
+        for (int n = 0; n < NS; n++) g[n] = exp2_(dt * A2[n]) * (g[n] + dy * sc[i][n]);
     }
-    const int64_t o = (((int64_t)b * k.nch + c) * k.Di + d) * k.S + n;
-    P[o] = p;
-    G[o] = g;
+    float *gi = gin + (((int64_t)b * k.nch + c - 1) * k.Di + d) * k.S;
+MBC_UNROLL
+    for (int n = 0; n < NS; n++)
+        if (n < k.S) gi[n] = g[n];
+    sdt[((int64_t)b * k.nch + c) * k.Di + d] = sd;
 }
 
-/* Backward (2): gin[b,nch-1] = 0, gin[b,c-1] = G[b,c] + P[b,c] gin[b,c]. */
-__global__ void scan_carry_grad_kernel(float *gin, const float *P, const float *G, int B, int nch, int64_t DS) {
-    const int64_t total = (int64_t)B * DS;
+/* Backward (2), in place: gin[b,c-1] += exp2(A2 sdt[b,c]) gin[b,c] for
+   c = nch-1..1, with gin[b,nch-1] = 0 (never stored: the last chunk starts
+   from zero). */
+__global__ void scan_carry_grad_kernel(float *gin, const float *sdt, const float *A_log, int B, scan_ctx k) {
+    const int64_t DS = (int64_t)k.Di * k.S, total = (int64_t)B * DS;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t b = i / DS, j = i % DS, base = b * nch * DS + j;
+        const int64_t b = i / DS, j = i % DS, d = j / k.S, base = b * k.nch * DS + j;
+        const float A2 = -expf(A_log[j]) * MBC_LOG2E;
         float g = 0.0f;
-        gin[base + (int64_t)(nch - 1) * DS] = g;
-        for (int c = nch - 1; c >= 1; c--) {
-            g = G[base + c * DS] + P[base + c * DS] * g;
-            gin[base + (int64_t)(c - 1) * DS] = g;
+        for (int c = k.nch - 1; c >= 1; c--) {
+            g = gin[base + (c - 1) * DS] + exp2_(A2 * sdt[(b * k.nch + c) * k.Di + d]) * g;
+            gin[base + (c - 1) * DS] = g;
         }
     }
 }
 
-/* Backward (3), mb__scan_backward: recompute h inside the chunk from its
-   saved start (kept in a per-thread history of <= MBC_SCAN_MAX_CHUNK),
-   then walk it in reverse.  Writes ddelta, adds du and the z columns of
-   dxz; per-(b,c) partials of dA_log (partA: Di*S), dD and ddt_bias
-   (partD, partBias: Di); per-(token, channel group) partials of dB and dC
-   (partBC: 2S per (tok, blockIdx.x)), reduced in order by the caller. */
-__global__ void scan_backward_kernel(float *du, float *ddelta, float *dxz, float *partA, float *partD,
-                                     float *partBias, float *partBC, const float *dout, const float *states,
+/* Backward (3), mb__scan_backward.  Writes ddelta, adds du and the z columns
+   of dxz; partials per (b, c) into part[(b nch + c) (Di S + 2 Di)]: dA_log
+   (Di S), dD (Di), dt bias (Di); dB and dC per (token, warp of 32 channels)
+   into partBC[(tok nwarps + w) 2S].  Blocks of MBC_SCAN_BWD_WARPS warps;
+   every thread runs every loop (channels >= Di contribute zeros). */
+__global__ void __launch_bounds__(32 * MBC_SCAN_BWD_WARPS) scan_backward_kernel(float *du, float *ddelta, float *dxz,
+                                     float *part, float *partBC, const float *dout, const float *states,
                                      const float *gin, const float *u, const float *delta, const float *dt_bias,
                                      const float *A_log, const float *xdbl, const float *Dp, const float *xz,
                                      scan_ctx k) {
-    __shared__ float sred[MBC_SCAN_THREADS / 32][64];
+    constexpr int G = MBC_SCAN_GROUP, SEG = MBC_SCAN_SEG;
+    __shared__ __align__(16) float sbc[MBC_SCAN_MAX_CHUNK][2 * G];
+    __shared__ __align__(16) float sred[MBC_SCAN_BWD_WARPS][32][36]; /* rows of 144 B: float4 stores, conflict-free */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int n = threadIdx.x % k.SP, d = blockIdx.x * (MBC_SCAN_THREADS / k.SP) + threadIdx.x / k.SP;
-    const int c = blockIdx.y, b = blockIdx.z, ngroups = gridDim.x;
-    const bool active = n < k.S && d < k.Di, chan = d < k.Di;
-    const float A = active ? -expf(A_log[(int64_t)d * k.S + n]) : 0.0f;
-    const int64_t sidx = (((int64_t)b * k.nch + c) * k.Di + d) * k.S + n;
-    const int t0 = c * k.chunk, len = (t0 + k.chunk < k.T ? t0 + k.chunk : k.T) - t0;
-    float hist[MBC_SCAN_MAX_CHUNK];
-    float h = active ? states[sidx] : 0.0f;
-    for (int i = 0; i < len; i++) {
-        hist[i] = h;
-        if (active) {
-            const int64_t tok = (int64_t)b * k.T + t0 + i;
-            const float dt = scan_dt(delta, dt_bias, tok, k.Di, d);
-            h = expf(dt * A) * h + dt * xdbl[tok * k.X + k.R + n] * u[tok * k.Di + d];
-        }
-    }
-    float g = active ? gin[sidx] : 0.0f, gA = 0.0f, gD = 0.0f, gbias = 0.0f;
-    const float Dd = chan ? Dp[d] : 0.0f;
-    for (int i = len - 1; i >= 0; i--) {
-        const int64_t tok = (int64_t)b * k.T + t0 + i;
-        float x = 0.0f, dt = 0.0f, ut = 0.0f, z = 0.0f, go = 0.0f, Bn = 0.0f, Cn = 0.0f, a = 0.0f, hp = 0.0f, ht = 0.0f;
-        if (chan) {
-            x = delta[tok * k.Di + d] + dt_bias[d];
-            dt = softplusf_(x);
-            ut = u[tok * k.Di + d];
-            z = xz[tok * 2 * k.Di + k.Di + d];
-            go = dout[tok * k.Di + d];
-        }
-        if (active) {
-            Bn = xdbl[tok * k.X + k.R + n];
-            Cn = xdbl[tok * k.X + k.R + k.S + n];
-            a = expf(dt * A);
-            hp = hist[i];
-            ht = a * hp + dt * Bn * ut;
-        }
-        const float y = group_sum(Cn * ht, k.SP) + Dd * ut;
-        const float dy = go * siluf_(z);
-        const float dh = g + dy * Cn;
-        float pB = dh * dt * ut, pC = dy * ht;
-        const float ddt_sum = group_sum(dh * (A * a * hp + Bn * ut), k.SP);
-        const float dut_sum = group_sum(dh * dt * Bn, k.SP);
-        gA += dh * dt * a * hp * A;
-        g = dh * a;
-        if (chan && n == 0) {
-            dxz[tok * 2 * k.Di + k.Di + d] += go * y * silu_gradf_(z);
-            gD += dy * ut;
-            du[tok * k.Di + d] += dut_sum + dy * Dd;
-            const float ddt = ddt_sum * softplus_gradf_(x);
-            ddelta[tok * k.Di + d] = ddt;
-            gbias += ddt;
-        }
-        /* dB, dC: sum over the channels of the warp, then over warps */
-        for (int o = k.SP; o < 32; o <<= 1) {
-            pB += __shfl_xor_sync(0xffffffffu, pB, o);
-            pC += __shfl_xor_sync(0xffffffffu, pC, o);
-        }
-        if (lane < k.SP) {
-            sred[warp][lane] = pB;
-            sred[warp][32 + lane] = pC;
-        }
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y, b = blockIdx.z;
+    const bool chan = d < k.Di;
+    const int t0 = c * k.chunk, len = t0 + k.chunk < k.T ? k.chunk : k.T - t0, nseg = (len + SEG - 1) / SEG;
+    const int64_t tok0 = (int64_t)b * k.T + t0, pc = (int64_t)b * k.nch + c, DS = (int64_t)k.Di * k.S;
+    const int nw = gridDim.x * MBC_SCAN_BWD_WARPS, wg = blockIdx.x * MBC_SCAN_BWD_WARPS + warp;
+    const float bias = chan ? dt_bias[d] : 0.0f, Dd = chan ? Dp[d] : 0.0f;
+    float gD = 0.0f, gbias = 0.0f;
+    for (int s0 = 0; s0 < k.S; s0 += G) {
+        __syncthreads(); /* sbc of the previous group is read */
+        scan_stage<G>(sbc, xdbl, tok0, len, s0, true, k);
         __syncthreads();
-        if ((int)threadIdx.x < 2 * k.S) {
-            const int j = threadIdx.x < (unsigned)k.S ? (int)threadIdx.x : 32 + (int)threadIdx.x - k.S;
-            float s = 0.0f;
-            for (int w = 0; w < MBC_SCAN_THREADS / 32; w++) s += sred[w][j];
-            partBC[(tok * ngroups + blockIdx.x) * 2 * k.S + threadIdx.x] = s;
+        const bool first = s0 == 0;
+        float A2[G], h[G], g[G], gAr[G];
+        const int64_t sidx = (pc * k.Di + d) * k.S + s0;
+MBC_UNROLL
+        for (int n = 0; n < G; n++) {
+            const bool act = chan && s0 + n < k.S;
+            A2[n] = act ? -expf(A_log[(int64_t)d * k.S + s0 + n]) * MBC_LOG2E : 0.0f;
+            h[n] = act && c > 0 ? states[sidx + n] : 0.0f;
+            g[n] = act && c + 1 < k.nch ? gin[sidx + n] : 0.0f;
+            gAr[n] = 0.0f;
         }
-        __syncthreads();
+        /* h at the start of every segment of SEG tokens */
+        float ck[MBC_SCAN_MAX_CHUNK / SEG][G];
+        for (int s = 0; s < nseg; s++) {
+MBC_UNROLL
+            for (int n = 0; n < G; n++) ck[s][n] = h[n];
+MBC_UNROLL
+            for (int kk = 0; kk < SEG; kk++) {
+                const int i = s * SEG + kk;
+                if (i < len) {
+                    const int64_t tok = tok0 + i;
+                    const float dt = chan ? softplusf_(delta[tok * k.Di + d] + bias) : 0.0f;
+                    const float dtu = chan ? dt * u[tok * k.Di + d] : 0.0f;
+MBC_UNROLL
+                    for (int n = 0; n < G; n++) h[n] = exp2_(dt * A2[n]) * h[n] + dtu * sbc[i][n];
+                }
+            }
+        }
+        for (int s = nseg - 1; s >= 0; s--) {
+            float hs[SEG + 1][G], xk[SEG], dtk[SEG], uk[SEG];
+MBC_UNROLL
+            for (int n = 0; n < G; n++) hs[0][n] = ck[s][n];
+MBC_UNROLL
+            for (int kk = 0; kk < SEG; kk++) { /* the segment again, h kept in registers */
+                const int i = s * SEG + kk;
+                xk[kk] = dtk[kk] = uk[kk] = 0.0f;
+                if (i < len) {
+                    const int64_t tok = tok0 + i;
+                    if (chan) {
+                        xk[kk] = delta[tok * k.Di + d] + bias;
+                        dtk[kk] = softplusf_(xk[kk]);
+                        uk[kk] = u[tok * k.Di + d];
+                    }
+                    const float dtu = dtk[kk] * uk[kk];
+MBC_UNROLL
+                    for (int n = 0; n < G; n++) hs[kk + 1][n] = exp2_(dtk[kk] * A2[n]) * hs[kk][n] + dtu * sbc[i][n];
+                }
+            }
+MBC_UNROLL
+            for (int kk = SEG - 1; kk >= 0; kk--) {
+                const int i = s * SEG + kk;
+                if (i >= len) continue; /* the same for the whole block */
+                const int64_t tok = tok0 + i;
+                const float z = chan ? xz[tok * 2 * k.Di + k.Di + d] : 0.0f, go = chan ? dout[tok * k.Di + d] : 0.0f;
+                const float dt = dtk[kk], ut = uk[kk], dtu = dt * ut, dy = go * siluf_(z);
+                float yacc = 0.0f, ddtA = 0.0f, sB = 0.0f;
+MBC_UNROLL
+                for (int q = 0; q < G / 4; q++) {
+                    float pb[4], pcv[4];
+MBC_UNROLL
+                    for (int e = 0; e < 4; e++) {
+                        const int n = 4 * q + e;
+                        const float Bn = sbc[i][n], Cn = sbc[i][G + n], ht = hs[kk + 1][n], hp = hs[kk][n];
+                        const float a = exp2_(dt * A2[n]);
+                        const float dh = dy * Cn + g[n];
+                        yacc += Cn * ht;
+                        sB += dh * Bn;
+                        g[n] = dh * a;
+                        const float r = g[n] * hp;
+                        ddtA += r * A2[n];
+                        gAr[n] += dt * r;
+                        pb[e] = dh * dtu;
+                        pcv[e] = dy * ht;
+                    }
+                    *(float4 *)&sred[warp][lane][4 * q] = make_float4(pb[0], pb[1], pb[2], pb[3]);
+                    *(float4 *)&sred[warp][lane][G + 4 * q] = make_float4(pcv[0], pcv[1], pcv[2], pcv[3]);
+                }
+                __syncwarp();
+                float colsum = 0.0f; /* lane j: column j (dB of state j, then dC) over the warp's channels, in lane order */
+                for (int l = 0; l < 32; l++) colsum += sred[warp][l][lane];
+                __syncwarp();
+                const int n = s0 + (lane & (G - 1));
+                if (n < k.S) partBC[(tok * nw + wg) * 2 * k.S + (lane >= G ? k.S : 0) + n] = colsum;
+                if (chan) {
+                    const float ddt = (ddtA * MBC_LN2 + ut * sB) * softplus_gradf_(xk[kk]);
+                    float *dd = ddelta + tok * k.Di + d;
+                    *dd = first ? ddt : *dd + ddt;
+                    du[tok * k.Di + d] += dt * sB + (first ? dy * Dd : 0.0f);
+                    dxz[tok * 2 * k.Di + k.Di + d] += go * silu_gradf_(z) * (yacc + (first ? Dd * ut : 0.0f));
+                    gbias += ddt;
+                    if (first) gD += dy * ut;
+                }
+            }
+        }
+        float *pA = part + pc * (DS + 2 * k.Di) + (int64_t)d * k.S + s0;
+MBC_UNROLL
+        for (int n = 0; n < G; n++)
+            if (chan && s0 + n < k.S) pA[n] = A2[n] * MBC_LN2 * gAr[n];
     }
-    const int64_t pc = (int64_t)b * k.nch + c;
-    if (active) partA[(pc * k.Di + d) * k.S + n] = gA;
-    if (chan && n == 0) {
-        partD[pc * k.Di + d] = gD;
-        partBias[pc * k.Di + d] = gbias;
+    if (chan) {
+        part[pc * (DS + 2 * k.Di) + DS + d] = gD;
+        part[pc * (DS + 2 * k.Di) + DS + k.Di + d] = gbias;
     }
 }
 
-/* Streaming scan step (mb_stream_step): h = a h + dt B u, gated output. */
+/* The scan backward's partial sums, in index order: i < DS + 2Di sums
+   part[p (DS+2Di) + i] over p < npc into dA_log / dD / ddt_bias; the rest,
+   (token, j < 2S), sums partBC over the nw warps into dxdbl[tok X + R + j]. */
+__global__ void scan_reduce_kernel(float *dA_log, float *dD, float *ddt_bias, float *dxdbl, const float *part,
+                                   const float *partBC, int64_t npc, int64_t ntok, int nw, scan_ctx k) {
+    const int64_t DS = (int64_t)k.Di * k.S, W = DS + 2 * k.Di, total = W + ntok * 2 * k.S;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        if (i < W) {
+            for (int64_t p = 0; p < npc; p++) s += part[p * W + i];
+            if (i < DS) dA_log[i] += s;
+            else if (i < DS + k.Di) dD[i - DS] += s;
+            else ddt_bias[i - DS - k.Di] += s;
+        } else {
+            const int64_t r = (i - W) / (2 * k.S), j = (i - W) % (2 * k.S);
+            const float *p = partBC + r * nw * 2 * k.S + j;
+            for (int w = 0; w < nw; w++) s += p[(int64_t)w * 2 * k.S];
+            dxdbl[r * k.X + k.R + j] += s;
+        }
+    }
+}
+
+/* Streaming scan step (mb_stream_step): one thread per channel, states in
+   order, h = a h + dt B u, gated output. */
 __global__ void scan_step_kernel(float *gated, float *hstate, const float *u, const float *delta,
                                  const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                                 const float *xz, int Di, int S, int SP, int R) {
-    const int n = threadIdx.x % SP, d = blockIdx.x * (MBC_SCAN_THREADS / SP) + threadIdx.x / SP;
-    const bool active = n < S && d < Di;
-    float yp = 0.0f;
-    if (active) {
-        const float *Bt = xdbl + R;
-        const float dt = softplusf_(delta[d] + dt_bias[d]), A = -expf(A_log[(int64_t)d * S + n]);
-        float *h = hstate + (int64_t)d * S + n;
-        *h = expf(dt * A) * *h + dt * Bt[n] * u[d];
-        yp = Bt[S + n] * *h;
+                                 const float *xz, int Di, int S, int R) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= Di) return;
+    const float *Bt = xdbl + R;
+    const float dt = softplusf_(delta[d] + dt_bias[d]), dtu = dt * u[d];
+    float *h = hstate + (int64_t)d * S, y = 0.0f;
+    for (int n = 0; n < S; n++) {
+        const float hn = exp2_(dt * (-expf(A_log[(int64_t)d * S + n]) * MBC_LOG2E)) * h[n] + dtu * Bt[n];
+        h[n] = hn;
+        y += Bt[S + n] * hn;
     }
-    const float y = group_sum(yp, SP);
-    if (d < Di && n == 0) gated[d] = (y + Dp[d] * u[d]) * siluf_(xz[Di + d]);
+    gated[d] = (y + Dp[d] * u[d]) * siluf_(xz[Di + d]);
 }
 
 /* ===================================================== cross-entropy */
@@ -897,11 +1051,6 @@ static inline unsigned grid_for(int64_t n, int threads) {
     if (g > 65536) g = 65536; /* kernels grid-stride beyond */
     return (unsigned)g;
 }
-static inline int pow2_at_least(int s) {
-    int p = 1;
-    while (p < s) p <<= 1;
-    return p;
-}
 
 /* ======================================================================= */
 /*        launchers: the CPU layer signatures, device pointers                */
@@ -1006,25 +1155,36 @@ static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, flo
 
 static inline scan_ctx make_scan_ctx(int T, int Di, int S, int R, int chunk) {
     scan_ctx k;
-    k.T = T; k.Di = Di; k.S = S; k.SP = pow2_at_least(S); k.R = R; k.X = R + 2 * S; k.chunk = chunk;
+    k.T = T; k.Di = Di; k.S = S; k.R = R; k.X = R + 2 * S; k.chunk = chunk;
     k.nch = (T + chunk - 1) / chunk;
     return k;
 }
 static inline mb_status scan_check(int B, int T, int Di, int S, int chunk) {
-    if (S < 1 || S > 32) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..32)", S);
+    if (S < 1 || S > MBC_SCAN_MAX_STATE) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
     if (chunk < 1 || chunk > MBC_SCAN_MAX_CHUNK) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: chunk %d (must be 1..%d)", chunk, MBC_SCAN_MAX_CHUNK);
-    const int64_t groups = (Di + MBC_SCAN_THREADS / pow2_at_least(S) - 1) / (MBC_SCAN_THREADS / pow2_at_least(S));
-    if (B > 65535 || (T + chunk - 1) / chunk > 65535 || groups > 2147483647 || T < 1)
+    if (B > 65535 || (T + chunk - 1) / chunk > 65535 || T < 1 || Di < 1)
         return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: B %d, T %d, Di %d out of the grid's range", B, T, Di);
     return MB_STATUS_OK;
 }
-/* Scan scratch in floats: forward 2*B*nch*Di*S (P, H); backward
-   3*B*nch*Di*S (P, G, gin) + B*nch*(Di*S + 2Di) + B*T*groups*2S. */
-static inline int64_t scan_scratch_floats(int B, int T, int Di, int S, int chunk) {
-    const int64_t nch = (T + chunk - 1) / chunk, groups = (Di + MBC_SCAN_THREADS / pow2_at_least(S) - 1) / (MBC_SCAN_THREADS / pow2_at_least(S));
-    const int64_t st = (int64_t)B * nch * Di * S;
-    return 3 * st + (int64_t)B * nch * ((int64_t)Di * S + 2 * Di) + (int64_t)B * T * groups * 2 * S;
+static inline int scan_bwd_warps(int Di) { /* warps of 32 channels over the backward grid */
+    const int per = 32 * MBC_SCAN_BWD_WARPS;
+    return ((Di + per - 1) / per) * MBC_SCAN_BWD_WARPS;
 }
+/* Scan scratch in floats: forward B*nch*Di (sdt); backward B*nch*Di*S (gin)
+   + B*nch*Di (sdt) + B*nch*(Di*S + 2Di) (parameter partials) + B*T*nw*2S
+   (dB/dC partials, nw warps of channels). */
+static inline int64_t scan_scratch_floats(int B, int T, int Di, int S, int chunk) {
+    const int64_t nch = (T + chunk - 1) / chunk, npc = (int64_t)B * nch, DS = (int64_t)Di * S;
+    return npc * DS + npc * Di + npc * (DS + 2 * Di) + (int64_t)B * T * scan_bwd_warps(Di) * 2 * S;
+}
+
+/* NS: the register width of the state arrays, a multiple of 16 >= S. */
+#define MBC_SCAN_DISPATCH(S, KERNEL, ...)                                                                   \
+    do {                                                                                                     \
+        if ((S) <= 16) MBC_LAUNCH(KERNEL<16>, __VA_ARGS__);                                                  \
+        else if ((S) <= 32) MBC_LAUNCH(KERNEL<32>, __VA_ARGS__);                                             \
+        else MBC_LAUNCH(KERNEL<64>, __VA_ARGS__);                                                            \
+    } while (0)
 
 /* mb__scan_forward on the device; states (B, nch, Di, S) as the CPU. */
 static inline mb_status scan_forward(float *out, float *states, float *scratch, const float *u, const float *delta,
@@ -1032,17 +1192,16 @@ static inline mb_status scan_forward(float *out, float *states, float *scratch, 
                               const float *xz, int B, int T, int Di, int S, int R, int chunk) {
     MBC_TRY(scan_check(B, T, Di, S, chunk));
     const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
-    const int dpb = MBC_SCAN_THREADS / k.SP;
-    const unsigned groups = (unsigned)((Di + dpb - 1) / dpb);
-    const int64_t DS = (int64_t)Di * S, st = (int64_t)B * k.nch * DS;
-    float *P = scratch, *H = scratch + st;
-    if (k.nch > 1)
-        MBC_LAUNCH(scan_chunk_state_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
-                   P, H, u, delta, dt_bias, A_log, xdbl, k);
-    MBC_LAUNCH(scan_carry_kernel, dim3(grid_for((int64_t)B * DS, 256)), dim3(256), 0, states, (const float *)P,
-               (const float *)H, B, k.nch, DS);
-    MBC_LAUNCH(scan_forward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0, out,
-               (const float *)states, u, delta, dt_bias, A_log, xdbl, Dp, xz, k);
+    const unsigned groups = (unsigned)((Di + MBC_SCAN_THREADS - 1) / MBC_SCAN_THREADS);
+    float *sdt = scratch;
+    if (k.nch > 1) {
+        MBC_SCAN_DISPATCH(S, scan_chunk_state_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B),
+                          dim3(MBC_SCAN_THREADS), 0, states, sdt, u, delta, dt_bias, A_log, xdbl, k);
+        MBC_LAUNCH(scan_carry_kernel, dim3(grid_for((int64_t)B * Di * S, 256)), dim3(256), 0, states,
+                   (const float *)sdt, A_log, B, k);
+    }
+    MBC_SCAN_DISPATCH(S, scan_forward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
+                      out, states, u, delta, dt_bias, A_log, xdbl, Dp, xz, k);
     return MB_STATUS_OK;
 }
 
@@ -1053,37 +1212,30 @@ static inline mb_status scan_backward(float *du, float *ddelta, float *ddt_bias,
                                const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk) {
     MBC_TRY(scan_check(B, T, Di, S, chunk));
     const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
-    const int dpb = MBC_SCAN_THREADS / k.SP;
-    const unsigned groups = (unsigned)((Di + dpb - 1) / dpb);
-    const int64_t DS = (int64_t)Di * S, st = (int64_t)B * k.nch * DS, npc = (int64_t)B * k.nch;
-    float *P = scratch, *G = P + st, *gin = G + st, *partA = gin + st, *partD = partA + npc * DS;
-    float *partBias = partD + npc * Di, *partBC = partBias + npc * Di;
-    if (k.nch > 1)
-        MBC_LAUNCH(scan_chunk_grad_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
-                   P, G, dout, delta, dt_bias, A_log, xdbl, xz, k);
-    MBC_LAUNCH(scan_carry_grad_kernel, dim3(grid_for((int64_t)B * DS, 256)), dim3(256), 0, gin, (const float *)P,
-               (const float *)G, B, k.nch, DS);
-    MBC_LAUNCH(scan_backward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0, du, ddelta,
-               dxz, partA, partD, partBias, partBC, dout, states, (const float *)gin, u, delta, dt_bias, A_log, xdbl, Dp,
-               xz, k);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(DS, 256)), dim3(256), 0, dA_log, (int64_t)0, (const float *)partA,
-               (int64_t)0, DS, (int64_t)1, npc, DS);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(Di, 256)), dim3(256), 0, dD, (int64_t)0, (const float *)partD,
-               (int64_t)0, (int64_t)Di, (int64_t)1, npc, (int64_t)Di);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(Di, 256)), dim3(256), 0, ddt_bias, (int64_t)0,
-               (const float *)partBias, (int64_t)0, (int64_t)Di, (int64_t)1, npc, (int64_t)Di);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for((int64_t)B * T * 2 * S, 256)), dim3(256), 0, dxdbl + R,
-               (int64_t)k.X, (const float *)partBC, (int64_t)groups * 2 * S, (int64_t)2 * S, (int64_t)B * T,
-               (int64_t)groups, (int64_t)2 * S);
+    const unsigned groups = (unsigned)((Di + MBC_SCAN_THREADS - 1) / MBC_SCAN_THREADS);
+    const int nw = scan_bwd_warps(Di);
+    const int64_t DS = (int64_t)Di * S, npc = (int64_t)B * k.nch;
+    float *gin = scratch, *sdt = gin + npc * DS, *part = sdt + npc * Di, *partBC = part + npc * (DS + 2 * Di);
+    if (k.nch > 1) {
+        MBC_SCAN_DISPATCH(S, scan_chunk_grad_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B),
+                          dim3(MBC_SCAN_THREADS), 0, gin, sdt, dout, delta, dt_bias, A_log, xdbl, xz, k);
+        MBC_LAUNCH(scan_carry_grad_kernel, dim3(grid_for((int64_t)B * DS, 256)), dim3(256), 0, gin, (const float *)sdt,
+                   A_log, B, k);
+    }
+    MBC_LAUNCH(scan_backward_kernel, dim3((unsigned)(nw / MBC_SCAN_BWD_WARPS), (unsigned)k.nch, (unsigned)B),
+               dim3(32 * MBC_SCAN_BWD_WARPS), 0, du, ddelta, dxz, part, partBC, dout, states, (const float *)gin, u,
+               delta, dt_bias, A_log, xdbl, Dp, xz, k);
+    const int64_t ntok = (int64_t)B * T;
+    MBC_LAUNCH(scan_reduce_kernel, dim3(grid_for(DS + 2 * Di + ntok * 2 * S, 256)), dim3(256), 0, dA_log, dD, ddt_bias,
+               dxdbl, (const float *)part, (const float *)partBC, npc, ntok, nw, k);
     return MB_STATUS_OK;
 }
 
 static inline mb_status scan_step(float *gated, float *hstate, const float *u, const float *delta, const float *dt_bias,
                            const float *A_log, const float *xdbl, const float *Dp, const float *xz, int Di, int S, int R) {
-    if (S < 1 || S > 32) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..32)", S);
-    const int SP = pow2_at_least(S), dpb = MBC_SCAN_THREADS / SP;
-    MBC_LAUNCH(scan_step_kernel, dim3((unsigned)((Di + dpb - 1) / dpb)), dim3(MBC_SCAN_THREADS), 0, gated, hstate, u,
-               delta, dt_bias, A_log, xdbl, Dp, xz, Di, S, SP, R);
+    if (S < 1 || S > MBC_SCAN_MAX_STATE) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
+    MBC_LAUNCH(scan_step_kernel, dim3((unsigned)((Di + 127) / 128)), dim3(128), 0, gated, hstate, u, delta, dt_bias,
+               A_log, xdbl, Dp, xz, Di, S, R);
     return MB_STATUS_OK;
 }
 
@@ -1167,7 +1319,7 @@ static inline mb_status dims_init(dims *d, const mb_config *cfg_in) {
     const mb_config *c = &d->cfg;
     d->C = c->d_model; d->Di = c->d_model * c->expand; d->S = c->d_state; d->K = c->d_conv; d->R = c->dt_rank;
     d->X = d->R + 2 * d->S; d->V = c->vocab_size; d->L = c->n_layer;
-    if (d->S > 32) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_state %d > 32 is not supported", d->S);
+    if (d->S > MBC_SCAN_MAX_STATE) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_state %d > %d is not supported", d->S, MBC_SCAN_MAX_STATE);
     if (d->C > 6144) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_model %d > 6144 is not supported", d->C);
     d->ntensors = mb_config_tensors(c, NULL);
     mb_tensor_info *ti = (mb_tensor_info *)malloc(sizeof(mb_tensor_info) * (size_t)d->ntensors);
