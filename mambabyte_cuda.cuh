@@ -118,6 +118,14 @@ __device__ __forceinline__ float sigmoidf_(float x) {
     float e = expf(x);
     return e / (1.0f + e);
 }
+/* The same with a 2-ulp division (MUFU.RCP and a multiply): the scan's
+   per-token gate, where the IEEE division's subroutine would cost more than
+   the state loop of a token. */
+__device__ __forceinline__ float sigmoid_fast_(float x) {
+    if (x >= 0.0f) return __fdividef(1.0f, 1.0f + expf(-x));
+    const float e = expf(x);
+    return __fdividef(e, 1.0f + e);
+}
 __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 __device__ __forceinline__ float softplus_gradf_(float x) { return x > 20.0f ? 1.0f : sigmoidf_(x); }
 __device__ __forceinline__ float siluf_(float x) { return x * sigmoidf_(x); }
@@ -459,6 +467,12 @@ struct scan_ctx {
     int T, Di, S, R, X, chunk, nch;
 };
 
+/* Four consecutive floats of a 16-byte aligned shared row: one LDS.128. */
+__device__ __forceinline__ void ld4(float *v, const float *p) {
+    const float4 q = *(const float4 *)p;
+    v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+}
+
 /* Rows t0..t0+len of B (and C when BC) into s[t][0..NS) (and s[t][NS..2NS)),
    zero beyond S.  Called by every thread of the block. */
 template <int NS, int W>
@@ -496,7 +510,12 @@ MBC_UNROLL
         const float dt = softplusf_(delta[tok * k.Di + d] + bias), dtu = dt * u[tok * k.Di + d];
         sd += dt;
 MBC_UNROLL
-        for (int n = 0; n < NS; n++) h[n] = exp2_(dt * A2[n]) * h[n] + dtu * sb[i][n];
+        for (int q = 0; q < NS / 4; q++) {
+            float bq[4];
+            ld4(bq, &sb[i][4 * q]);
+MBC_UNROLL
+            for (int e = 0; e < 4; e++) h[4 * q + e] = exp2_(dt * A2[4 * q + e]) * h[4 * q + e] + dtu * bq[e];
+        }
     }
     float *st = states + (((int64_t)b * k.nch + c + 1) * k.Di + d) * k.S;
 MBC_UNROLL
@@ -548,11 +567,18 @@ MBC_UNROLL
         const float dt = softplusf_(delta[tok * k.Di + d] + bias), dtu = dt * ut;
         float y = 0.0f;
 MBC_UNROLL
-        for (int n = 0; n < NS; n++) {
-            h[n] = exp2_(dt * A2[n]) * h[n] + dtu * sbc[i][n];
-            y += sbc[i][NS + n] * h[n];
+        for (int q = 0; q < NS / 4; q++) {
+            float bq[4], cq[4];
+            ld4(bq, &sbc[i][4 * q]);
+            ld4(cq, &sbc[i][NS + 4 * q]);
+MBC_UNROLL
+            for (int e = 0; e < 4; e++) {
+                const int n = 4 * q + e;
+                h[n] = exp2_(dt * A2[n]) * h[n] + dtu * bq[e];
+                y += cq[e] * h[n];
+            }
         }
-        out[tok * k.Di + d] = (y + Dd * ut) * siluf_(z);
+        out[tok * k.Di + d] = (y + Dd * ut) * (z * sigmoid_fast_(z));
     }
 }
 
@@ -583,10 +609,15 @@ MBC_UNROLL
     for (int i = len - 1; i >= 0; i--) {
         const int64_t tok = tok0 + i;
         const float dt = softplusf_(delta[tok * k.Di + d] + bias);
-        const float dy = dout[tok * k.Di + d] * siluf_(xz[tok * 2 * k.Di + k.Di + d]);
+        const float z = xz[tok * 2 * k.Di + k.Di + d], dy = dout[tok * k.Di + d] * (z * sigmoid_fast_(z));
         sd += dt;
 MBC_UNROLL
-        for (int n = 0; n < NS; n++) g[n] = exp2_(dt * A2[n]) * (g[n] + dy * sc[i][n]);
+        for (int q = 0; q < NS / 4; q++) {
+            float cq[4];
+            ld4(cq, &sc[i][4 * q]);
+MBC_UNROLL
+            for (int e = 0; e < 4; e++) g[4 * q + e] = exp2_(dt * A2[4 * q + e]) * (g[4 * q + e] + dy * cq[e]);
+        }
     }
     float *gi = gin + (((int64_t)b * k.nch + c - 1) * k.Di + d) * k.S;
 MBC_UNROLL
@@ -624,6 +655,7 @@ __global__ void __launch_bounds__(32 * MBC_SCAN_BWD_WARPS) scan_backward_kernel(
     constexpr int G = MBC_SCAN_GROUP, SEG = MBC_SCAN_SEG;
     __shared__ __align__(16) float sbc[MBC_SCAN_MAX_CHUNK][2 * G];
     __shared__ __align__(16) float sred[MBC_SCAN_BWD_WARPS][32][36]; /* rows of 144 B: float4 stores, conflict-free */
+    __shared__ float sdt_[MBC_SCAN_MAX_CHUNK][32 * MBC_SCAN_BWD_WARPS]; /* dt per (token, thread), from the first pass */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y, b = blockIdx.z;
     const bool chan = d < k.Di;
@@ -659,29 +691,37 @@ MBC_UNROLL
                     const int64_t tok = tok0 + i;
                     const float dt = chan ? softplusf_(delta[tok * k.Di + d] + bias) : 0.0f;
                     const float dtu = chan ? dt * u[tok * k.Di + d] : 0.0f;
+                    sdt_[i][threadIdx.x] = dt; /* read back by this thread only */
 MBC_UNROLL
-                    for (int n = 0; n < G; n++) h[n] = exp2_(dt * A2[n]) * h[n] + dtu * sbc[i][n];
+                    for (int q = 0; q < G / 4; q++) {
+                        float bq[4];
+                        ld4(bq, &sbc[i][4 * q]);
+MBC_UNROLL
+                        for (int e = 0; e < 4; e++) h[4 * q + e] = exp2_(dt * A2[4 * q + e]) * h[4 * q + e] + dtu * bq[e];
+                    }
                 }
             }
         }
         for (int s = nseg - 1; s >= 0; s--) {
-            float hs[SEG + 1][G], xk[SEG], dtk[SEG], uk[SEG];
+            float hs[SEG + 1][G], dtk[SEG], uk[SEG];
 MBC_UNROLL
             for (int n = 0; n < G; n++) hs[0][n] = ck[s][n];
 MBC_UNROLL
             for (int kk = 0; kk < SEG; kk++) { /* the segment again, h kept in registers */
                 const int i = s * SEG + kk;
-                xk[kk] = dtk[kk] = uk[kk] = 0.0f;
+                dtk[kk] = uk[kk] = 0.0f;
                 if (i < len) {
-                    const int64_t tok = tok0 + i;
-                    if (chan) {
-                        xk[kk] = delta[tok * k.Di + d] + bias;
-                        dtk[kk] = softplusf_(xk[kk]);
-                        uk[kk] = u[tok * k.Di + d];
-                    }
+                    dtk[kk] = sdt_[i][threadIdx.x];
+                    uk[kk] = chan ? u[(tok0 + i) * k.Di + d] : 0.0f;
                     const float dtu = dtk[kk] * uk[kk];
 MBC_UNROLL
-                    for (int n = 0; n < G; n++) hs[kk + 1][n] = exp2_(dtk[kk] * A2[n]) * hs[kk][n] + dtu * sbc[i][n];
+                    for (int q = 0; q < G / 4; q++) {
+                        float bq[4];
+                        ld4(bq, &sbc[i][4 * q]);
+MBC_UNROLL
+                        for (int e = 0; e < 4; e++)
+                            hs[kk + 1][4 * q + e] = exp2_(dtk[kk] * A2[4 * q + e]) * hs[kk][4 * q + e] + dtu * bq[e];
+                    }
                 }
             }
 MBC_UNROLL
@@ -690,15 +730,17 @@ MBC_UNROLL
                 if (i >= len) continue; /* the same for the whole block */
                 const int64_t tok = tok0 + i;
                 const float z = chan ? xz[tok * 2 * k.Di + k.Di + d] : 0.0f, go = chan ? dout[tok * k.Di + d] : 0.0f;
-                const float dt = dtk[kk], ut = uk[kk], dtu = dt * ut, dy = go * siluf_(z);
+                const float dt = dtk[kk], ut = uk[kk], dtu = dt * ut, sz = sigmoid_fast_(z), dy = go * (z * sz);
                 float yacc = 0.0f, ddtA = 0.0f, sB = 0.0f;
 MBC_UNROLL
                 for (int q = 0; q < G / 4; q++) {
-                    float pb[4], pcv[4];
+                    float pb[4], pcv[4], bq[4], cq[4];
+                    ld4(bq, &sbc[i][4 * q]);
+                    ld4(cq, &sbc[i][G + 4 * q]);
 MBC_UNROLL
                     for (int e = 0; e < 4; e++) {
                         const int n = 4 * q + e;
-                        const float Bn = sbc[i][n], Cn = sbc[i][G + n], ht = hs[kk + 1][n], hp = hs[kk][n];
+                        const float Bn = bq[e], Cn = cq[e], ht = hs[kk + 1][n], hp = hs[kk][n];
                         const float a = exp2_(dt * A2[n]);
                         const float dh = dy * Cn + g[n];
                         yacc += Cn * ht;
@@ -720,11 +762,13 @@ MBC_UNROLL
                 const int n = s0 + (lane & (G - 1));
                 if (n < k.S) partBC[(tok * nw + wg) * 2 * k.S + (lane >= G ? k.S : 0) + n] = colsum;
                 if (chan) {
-                    const float ddt = (ddtA * MBC_LN2 + ut * sB) * softplus_gradf_(xk[kk]);
+                    /* softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x)), without cancellation */
+                    const float sg = dt > 20.0f ? 1.0f : -expm1f(-dt);
+                    const float ddt = (ddtA * MBC_LN2 + ut * sB) * sg;
                     float *dd = ddelta + tok * k.Di + d;
                     *dd = first ? ddt : *dd + ddt;
                     du[tok * k.Di + d] += dt * sB + (first ? dy * Dd : 0.0f);
-                    dxz[tok * 2 * k.Di + k.Di + d] += go * silu_gradf_(z) * (yacc + (first ? Dd * ut : 0.0f));
+                    dxz[tok * 2 * k.Di + k.Di + d] += go * (sz * (1.0f + z * (1.0f - sz))) * (yacc + (first ? Dd * ut : 0.0f));
                     gbias += ddt;
                     if (first) gD += dy * ut;
                 }
