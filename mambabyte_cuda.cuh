@@ -97,15 +97,22 @@ typedef __nv_bfloat16 mbc_bf16;
    return an mb_status, so a launch error is reported with file and line. */
 #ifdef MB_CUDA_EMULATE
 #define MBC_UNROLL
+/* static shared memory, counted by the emulator against the 48 KiB limit */
+#define MBC_SHARED(type, name, dims) static type name dims; cuda_emu::note_static_smem(&name, sizeof name)
 #define MBC_DYNAMIC_SHARED(T, name) T *name = (T *)cuda_emu::dynamic_smem()
 #define MBC_LAUNCH(kernel, grid, block, smem, ...) cuda_emu::launch(kernel, grid, block, smem, __VA_ARGS__)
 #else
 #define MBC_UNROLL _Pragma("unroll")
+#define MBC_SHARED(type, name, dims) __shared__ type name dims
 #define MBC_DYNAMIC_SHARED(T, name) extern __shared__ float4 mbc__dyn_smem[]; T *name = (T *)mbc__dyn_smem
+/* With MB_CUDA_SYNC=1 in the environment every launch is followed by a
+   device synchronisation, so a fault is reported at the kernel that caused
+   it (file, line and kernel name) instead of at a later copy. */
 #define MBC_LAUNCH(kernel, grid, block, smem, ...)                                                    \
     do {                                                                                          \
         kernel<<<grid, block, smem, 0>>>(__VA_ARGS__);                                            \
         MBC_CUDA(cudaGetLastError());                                                             \
+        if (mbc::sync_each_launch()) MBC_CUDA_AT(cudaDeviceSynchronize(), #kernel);                 \
     } while (0)
 #endif
 
@@ -289,6 +296,9 @@ __global__ void layernorm_backward_kernel(float *dinp, float *part, const float 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     float *my = acc + (int64_t)warp * 2 * C;
     for (int c = lane; c < 2 * C; c += 32) my[c] = 0.0f;
+    /* my[C + c] is zeroed by lane (C + c) % 32 but accumulated by lane c % 32
+       (different lanes when C % 32 != 0): order the two within the warp */
+    __syncwarp();
     const int64_t r0 = (int64_t)blockIdx.x * MBC_LN_ROWS;
     for (int k = warp; k < MBC_LN_ROWS; k += nwarps) {
         const int64_t row = r0 + k;
@@ -490,7 +500,7 @@ template <int NS>
 __global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_chunk_state_kernel(float *states, float *sdt, const float *u,
                                         const float *delta, const float *dt_bias, const float *A_log,
                                         const float *xdbl, scan_ctx k) {
-    __shared__ __align__(16) float sb[MBC_SCAN_MAX_CHUNK][NS];
+    MBC_SHARED(__align__(16) float, sb, [MBC_SCAN_MAX_CHUNK][NS]);
     const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y, b = blockIdx.z;
     const int t0 = c * k.chunk, len = t0 + k.chunk < k.T ? k.chunk : k.T - t0;
     const int64_t tok0 = (int64_t)b * k.T + t0;
@@ -545,7 +555,7 @@ template <int NS>
 __global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_forward_kernel(float *out, float *states, const float *u,
                                     const float *delta, const float *dt_bias, const float *A_log,
                                     const float *xdbl, const float *Dp, const float *xz, scan_ctx k) {
-    __shared__ __align__(16) float sbc[MBC_SCAN_MAX_CHUNK][2 * NS];
+    MBC_SHARED(__align__(16) float, sbc, [MBC_SCAN_MAX_CHUNK][2 * NS]);
     const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y, b = blockIdx.z;
     const int t0 = c * k.chunk, len = t0 + k.chunk < k.T ? k.chunk : k.T - t0;
     const int64_t tok0 = (int64_t)b * k.T + t0;
@@ -588,7 +598,7 @@ template <int NS>
 __global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_chunk_grad_kernel(float *gin, float *sdt, const float *dout,
                                        const float *delta, const float *dt_bias, const float *A_log,
                                        const float *xdbl, const float *xz, scan_ctx k) {
-    __shared__ __align__(16) float sc[MBC_SCAN_MAX_CHUNK][NS];
+    MBC_SHARED(__align__(16) float, sc, [MBC_SCAN_MAX_CHUNK][NS]);
     const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y + 1, b = blockIdx.z;
     const int t0 = c * k.chunk, len = t0 + k.chunk < k.T ? k.chunk : k.T - t0;
     const int64_t tok0 = (int64_t)b * k.T + t0;
@@ -653,9 +663,9 @@ __global__ void __launch_bounds__(32 * MBC_SCAN_BWD_WARPS) scan_backward_kernel(
                                      const float *A_log, const float *xdbl, const float *Dp, const float *xz,
                                      scan_ctx k) {
     constexpr int G = MBC_SCAN_GROUP, SEG = MBC_SCAN_SEG;
-    __shared__ __align__(16) float sbc[MBC_SCAN_MAX_CHUNK][2 * G];
-    __shared__ __align__(16) float sred[MBC_SCAN_BWD_WARPS][32][36]; /* rows of 144 B: float4 stores, conflict-free */
-    __shared__ float sdt_[MBC_SCAN_MAX_CHUNK][32 * MBC_SCAN_BWD_WARPS]; /* dt per (token, thread), from the first pass */
+    MBC_SHARED(__align__(16) float, sbc, [MBC_SCAN_MAX_CHUNK][2 * G]);
+    MBC_SHARED(__align__(16) float, sred, [MBC_SCAN_BWD_WARPS][32][36]); /* rows of 144 B: float4 stores, conflict-free */
+    MBC_SHARED(float, sdt_, [MBC_SCAN_MAX_CHUNK][32 * MBC_SCAN_BWD_WARPS]); /* dt per (token, thread), from the first pass */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y, b = blockIdx.z;
     const bool chan = d < k.Di;
@@ -836,8 +846,8 @@ __global__ void scan_step_kernel(float *gated, float *hstate, const float *u, co
 __global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const float *logits, const int32_t *targets,
                                      int64_t rows, int V, int32_t ignore_index, float eps, const float *dloss_rows,
                                      float dscale) {
-    __shared__ float shf[32];
-    __shared__ int shi[32];
+    MBC_SHARED(float, shf, [32]);
+    MBC_SHARED(int, shi, [32]);
     const int64_t r = blockIdx.x;
     if (r >= rows) return; /* uniform per block */
     const float *x = logits + r * V;
@@ -903,7 +913,7 @@ __global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const flo
 
 /* out[0] = scale * sum of x[0..n) in a fixed order (one block of 256). */
 __global__ void sum_kernel(float *out, const float *x, int64_t n, double scale) {
-    __shared__ double sh[256];
+    MBC_SHARED(double, sh, [256]);
     double s = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += 256) s += (double)x[i];
     s = block_sum_double256(s, sh);
@@ -915,7 +925,7 @@ __global__ void sum_kernel(float *out, const float *x, int64_t n, double scale) 
 /* g *= scale (when scale != 1); part[blockIdx.x] = sum g^2 (double) over
    this block's grid-stride share.  Fixed grid: MBC_NORM_BLOCKS x 256. */
 __global__ void grad_scale_sumsq_kernel(double *part, float *g, int64_t n, float scale) {
-    __shared__ double sh[256];
+    MBC_SHARED(double, sh, [256]);
     double s = 0.0;
     for (int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x; i < n; i += (int64_t)gridDim.x * 256) {
         float v = g[i];
@@ -928,7 +938,7 @@ __global__ void grad_scale_sumsq_kernel(double *part, float *g, int64_t n, float
 
 /* out[0] = sum of part[0..n) in order (one block of 256). */
 __global__ void sum_double_kernel(double *out, const double *part, int n) {
-    __shared__ double sh[256];
+    MBC_SHARED(double, sh, [256]);
     double s = 0.0;
     for (int i = threadIdx.x; i < n; i += 256) s += part[i];
     s = block_sum_double256(s, sh);
@@ -963,6 +973,16 @@ namespace mbc {
 
 static thread_local char g_err[512];
 
+/* MB_CUDA_SYNC=1: synchronise and check after every launch (read once). */
+static inline bool sync_each_launch() {
+    static int mode = -1;
+    if (mode < 0) {
+        const char *e = getenv("MB_CUDA_SYNC");
+        mode = e && e[0] == '1' && e[1] == 0;
+    }
+    return mode == 1;
+}
+
 static inline mb_status fail(mb_status s, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -983,16 +1003,17 @@ typedef void *blas_t;
 static inline int device_count() { return 1; }
 static inline mb_status device_check() { return MB_STATUS_OK; }
 static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
-    *p = malloc(bytes ? bytes : 1);
+    *p = cuda_emu::device_alloc(bytes); /* 256-byte aligned, as cudaMalloc */
     if (!*p) return fail(MB_STATUS_OUT_OF_MEMORY, "emulated device: %s (%zu bytes)", what, bytes);
     memset(*p, 0xFF, bytes); /* NaN: a read before a write shows */
     return MB_STATUS_OK;
 }
-static inline void dfree(void *p) { free(p); }
-static inline mb_status h2d(void *d, const void *h, size_t bytes) { if (bytes) memcpy(d, h, bytes); return MB_STATUS_OK; }
-static inline mb_status d2h(void *h, const void *d, size_t bytes) { if (bytes) memcpy(h, d, bytes); return MB_STATUS_OK; }
-static inline mb_status d2d(void *d, const void *s, size_t bytes) { if (bytes) memcpy(d, s, bytes); return MB_STATUS_OK; }
-static inline mb_status dzero(void *d, size_t bytes) { if (bytes) memset(d, 0, bytes); return MB_STATUS_OK; }
+static inline void dfree(void *p) { cuda_emu::device_free(p); }
+/* Each copy, memset and GEMM counts as one stream operation (cuda_emu::g.ops). */
+static inline mb_status h2d(void *d, const void *h, size_t bytes) { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, h, bytes); return MB_STATUS_OK; }
+static inline mb_status d2h(void *h, const void *d, size_t bytes) { cuda_emu::g.ops.copies++; if (bytes) memcpy(h, d, bytes); return MB_STATUS_OK; }
+static inline mb_status d2d(void *d, const void *s, size_t bytes) { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, s, bytes); return MB_STATUS_OK; }
+static inline mb_status dzero(void *d, size_t bytes) { cuda_emu::g.ops.memsets++; if (bytes) memset(d, 0, bytes); return MB_STATUS_OK; }
 static inline mb_status sync() { return MB_STATUS_OK; }
 static inline mb_status blas_create(blas_t *h) { *h = nullptr; return MB_STATUS_OK; }
 static inline void blas_destroy(blas_t) {}
@@ -1003,6 +1024,7 @@ static inline float ld_elem(const void *p, int64_t i, int bf16) {
    read when beta == 0), in double on the host. */
 static inline mb_status gemm(blas_t, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
                       int ldb, float beta, float *C, int ldc, int bf16, const char *, int) {
+    cuda_emu::g.ops.gemms++;
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
             double s = 0.0;
@@ -1023,6 +1045,13 @@ typedef cublasHandle_t blas_t;
         cudaError_t e_ = (call);                                                                              \
         if (e_ != cudaSuccess)                                                                                \
             return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                \
+                             cudaGetErrorString(e_));                                                         \
+    } while (0)
+#define MBC_CUDA_AT(call, what)                                                                               \
+    do {                                                                                                      \
+        cudaError_t e_ = (call);                                                                              \
+        if (e_ != cudaSuccess)                                                                                \
+            return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s after %s: %s", __FILE__, __LINE__, #call, what,  \
                              cudaGetErrorString(e_));                                                         \
     } while (0)
 #define MBC_CUBLAS(call)                                                                                      \
@@ -1085,6 +1114,12 @@ static inline mb_status gemm(blas_t h, int ta, int tb, int m, int n, int k, floa
     if (e != CUBLAS_STATUS_SUCCESS)
         return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cublasGemmEx(m=%d n=%d k=%d%s): cuBLAS status %d", file, line, m, n,
                     k, bf16 ? " bf16" : "", (int)e);
+    if (sync_each_launch()) {
+        cudaError_t se = cudaDeviceSynchronize();
+        if (se != cudaSuccess)
+            return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cudaDeviceSynchronize after cublasGemmEx(m=%d n=%d k=%d): %s", file,
+                        line, m, n, k, cudaGetErrorString(se));
+    }
     return MB_STATUS_OK;
 }
 #endif
