@@ -207,16 +207,16 @@ __device__ __forceinline__ double block_sum_double256(double v, double *sh /* 25
 
 /* ===================================================== utility kernels */
 
-/* out[r*ldo + j] += sum_{p in order} part[r*prs + p*ps + j], j < width. */
-__global__ void reduce_partials_kernel(float *out, int64_t ldo, const float *part, int64_t prs, int64_t ps,
-                                       int64_t rows, int64_t nparts, int64_t width) {
-    const int64_t total = rows * width;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t r = i / width, j = i % width;
-        const float *p = part + r * prs + j;
+/* Two outputs of one partial buffer, in one launch: for i < n0,
+   out0[i] += sum_p part[p*ps + i]; for n0 <= i < n0+n1, out1[i-n0] += the
+   same (the LayerNorm's dw|db, the conv's dw|dbias).  Parts in order. */
+__global__ void reduce_partials2_kernel(float *out0, int64_t n0, float *out1, int64_t n1, const float *part, int64_t ps,
+                                        int64_t nparts) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n0 + n1; i += (int64_t)gridDim.x * blockDim.x) {
         float s = 0.0f;
-        for (int64_t k = 0; k < nparts; k++) s += p[k * ps];
-        out[r * ldo + j] += s;
+        for (int64_t k = 0; k < nparts; k++) s += part[k * ps + i];
+        if (i < n0) out0[i] += s;
+        else out1[i - n0] += s;
     }
 }
 
@@ -225,12 +225,6 @@ __global__ void convert_bf16_kernel(mbc_bf16 *dst, const float *src, int64_t row
     const int64_t total = rows * cols;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = __float2bfloat16_rn(src[(i / cols) * lds + i % cols]);
-}
-
-/* x += y */
-__global__ void add_inplace_kernel(float *x, const float *y, int64_t n) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        x[i] += y[i];
 }
 
 /* ===================================================== embedding */
@@ -291,7 +285,8 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
    db), each warp accumulating its rows in shared memory, then summed over
    warps in order.  Dynamic shared memory: nwarps * 2C floats. */
 __global__ void layernorm_backward_kernel(float *dinp, float *part, const float *dout, const float *inp,
-                                          const float *w, const float *mean, const float *rstd, int64_t N, int C) {
+                                          const float *w, const float *mean, const float *rstd, int64_t N, int C,
+                                          int overwrite) {
     MBC_DYNAMIC_SHARED(float, acc);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     float *my = acc + (int64_t)warp * 2 * C;
@@ -316,7 +311,8 @@ __global__ void layernorm_backward_kernel(float *dinp, float *part, const float 
         float *dx = dinp + row * C;
         for (int c = lane; c < C; c += 32) {
             float xhat = (x[c] - m) * s, dn = w[c] * g[c];
-            dx[c] += (dn - dm - xhat * dnm) * s;
+            const float v = (dn - dm - xhat * dnm) * s;
+            dx[c] = overwrite ? v : dx[c] + v;
             my[c] += xhat * g[c];
             my[C + c] += g[c];
         }
@@ -362,14 +358,14 @@ __global__ void conv1d_forward_kernel(float *out, const float *xz, const float *
    increasing t as the CPU.  dpre is recomputed from the pre-activation. */
 template <int KT>
 __global__ void conv1d_backward_dx_kernel(float *dxz, const float *dout, const float *xz, const float *w,
-                                          const float *bias, int B, int T, int Di, int K) {
+                                          const float *bias, int B, int T, int Di, int K, int overwrite) {
     const int KK = KT > 0 ? KT : K;
     const int64_t total = (int64_t)B * T * Di;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t bs = i / Di;
         const int d = (int)(i % Di), s = (int)(bs % T);
         float *dx = dxz + bs * 2 * Di + d;
-        float acc = *dx;
+        float acc = overwrite ? 0.0f : *dx;
         for (int j = 0; j < KK; j++) {
             const int t = s + j;
             if (t >= T) break;
@@ -661,7 +657,7 @@ __global__ void __launch_bounds__(32 * MBC_SCAN_BWD_WARPS) scan_backward_kernel(
                                      float *part, float *partBC, const float *dout, const float *states,
                                      const float *gin, const float *u, const float *delta, const float *dt_bias,
                                      const float *A_log, const float *xdbl, const float *Dp, const float *xz,
-                                     scan_ctx k) {
+                                     scan_ctx k, int overwrite) {
     constexpr int G = MBC_SCAN_GROUP, SEG = MBC_SCAN_SEG;
     MBC_SHARED(__align__(16) float, sbc, [MBC_SCAN_MAX_CHUNK][2 * G]);
     MBC_SHARED(__align__(16) float, sred, [MBC_SCAN_BWD_WARPS][32][36]); /* rows of 144 B: float4 stores, conflict-free */
@@ -777,8 +773,12 @@ MBC_UNROLL
                     const float ddt = (ddtA * MBC_LN2 + ut * sB) * sg;
                     float *dd = ddelta + tok * k.Di + d;
                     *dd = first ? ddt : *dd + ddt;
-                    du[tok * k.Di + d] += dt * sB + (first ? dy * Dd : 0.0f);
-                    dxz[tok * 2 * k.Di + k.Di + d] += go * (sz * (1.0f + z * (1.0f - sz))) * (yacc + (first ? Dd * ut : 0.0f));
+                    const bool ow = first && overwrite; /* the first writer of du and dz (no memset) */
+                    const float vu = dt * sB + (first ? dy * Dd : 0.0f);
+                    const float vz = go * (sz * (1.0f + z * (1.0f - sz))) * (yacc + (first ? Dd * ut : 0.0f));
+                    float *pu = du + tok * k.Di + d, *pz = dxz + tok * 2 * k.Di + k.Di + d;
+                    *pu = ow ? vu : *pu + vu;
+                    *pz = ow ? vz : *pz + vz;
                     gbias += ddt;
                     if (first) gD += dy * ut;
                 }
@@ -799,7 +799,7 @@ MBC_UNROLL
    part[p (DS+2Di) + i] over p < npc into dA_log / dD / ddt_bias; the rest,
    (token, j < 2S), sums partBC over the nw warps into dxdbl[tok X + R + j]. */
 __global__ void scan_reduce_kernel(float *dA_log, float *dD, float *ddt_bias, float *dxdbl, const float *part,
-                                   const float *partBC, int64_t npc, int64_t ntok, int nw, scan_ctx k) {
+                                   const float *partBC, int64_t npc, int64_t ntok, int nw, scan_ctx k, int overwrite) {
     const int64_t DS = (int64_t)k.Di * k.S, W = DS + 2 * k.Di, total = W + ntok * 2 * k.S;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         float s = 0.0f;
@@ -812,7 +812,8 @@ __global__ void scan_reduce_kernel(float *dA_log, float *dD, float *ddt_bias, fl
             const int64_t r = (i - W) / (2 * k.S), j = (i - W) % (2 * k.S);
             const float *p = partBC + r * nw * 2 * k.S + j;
             for (int w = 0; w < nw; w++) s += p[(int64_t)w * 2 * k.S];
-            dxdbl[r * k.X + k.R + j] += s;
+            float *o = dxdbl + r * k.X + k.R + j;
+            *o = overwrite ? s : *o + s;
         }
     }
 }
@@ -1169,27 +1170,27 @@ static inline int ln_backward_warps(int C) {
 }
 static inline int64_t ln_backward_parts(int64_t N) { return (N + MBC_LN_ROWS - 1) / MBC_LN_ROWS; }
 /* scratch: ln_backward_parts(N) * 2C floats. */
+/* overwrite: dinp = instead of += (a first writer needs no memset). */
 static inline mb_status layernorm_backward(float *dinp, float *dw, float *db, float *scratch, const float *dout,
                                     const float *inp, const float *w, const float *mean, const float *rstd, int64_t N,
-                                    int C) {
+                                    int C, bool overwrite = false) {
     const int64_t parts = ln_backward_parts(N);
     const int warps = ln_backward_warps(C);
     if (parts > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "layernorm backward: N %lld too large", (long long)N);
     MBC_LAUNCH(layernorm_backward_kernel, dim3((unsigned)parts), dim3(32 * warps), (size_t)warps * 2 * C * sizeof(float),
-               dinp, scratch, dout, inp, w, mean, rstd, N, C);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(C, 256)), dim3(256), 0, dw, (int64_t)0, (const float *)scratch,
-               (int64_t)0, (int64_t)2 * C, (int64_t)1, parts, (int64_t)C);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(C, 256)), dim3(256), 0, db, (int64_t)0,
-               (const float *)(scratch + C), (int64_t)0, (int64_t)2 * C, (int64_t)1, parts, (int64_t)C);
+               dinp, scratch, dout, inp, w, mean, rstd, N, C, (int)overwrite);
+    MBC_LAUNCH(reduce_partials2_kernel, dim3(grid_for(2 * C, 64)), dim3(64), 0, dw, (int64_t)C, db, (int64_t)C,
+               (const float *)scratch, (int64_t)2 * C, parts);
     return MB_STATUS_OK;
 }
 
 /* mb__matmul_forward / _backward through cuBLAS.  Row-major (N,IC) @ (OC,IC)^T
    is, column-major, out(OC,N) = W^T(OC,IC) x inp(IC,N).  The *_b pointers are
    the bf16 copies used when bf16 != 0 (inp_b contiguous, ld IC). */
+/* beta 1: out += (the residual add folded into the product). */
 static inline mb_status matmul_forward(blas_t h, float *out, const float *inp, int64_t ldi, const float *w, int64_t N,
-                                int IC, int OC) {
-    return gemm(h, 1, 0, OC, (int)N, IC, 1.0f, w, IC, inp, (int)ldi, 0.0f, out, OC, 0, __FILE__, __LINE__);
+                                int IC, int OC, float beta = 0.0f) {
+    return gemm(h, 1, 0, OC, (int)N, IC, 1.0f, w, IC, inp, (int)ldi, beta, out, OC, 0, __FILE__, __LINE__);
 }
 /* dinp (row stride ldi) = beta_in * dinp + dout @ w ; dw += dout^T @ inp. */
 static inline mb_status matmul_backward(blas_t h, float *dinp, float beta_in, float *dw, const float *dout, const float *inp,
@@ -1212,23 +1213,23 @@ static inline mb_status conv1d_forward(float *out, const float *xz, const float 
 }
 static inline int64_t conv_backward_parts(int B, int T) { return ((int64_t)B * T + MBC_CONV_TOKENS - 1) / MBC_CONV_TOKENS; }
 /* scratch: conv_backward_parts(B,T) * Di * (K+1) floats. */
+/* overwrite: the x' columns of dxz = instead of +=. */
 static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, float *scratch, const float *dout,
-                                 const float *xz, const float *w, const float *bias, int B, int T, int Di, int K) {
+                                 const float *xz, const float *w, const float *bias, int B, int T, int Di, int K,
+                                 bool overwrite = false) {
     const int64_t parts = conv_backward_parts(B, T);
     const dim3 g(grid_for((int64_t)B * T * Di, 256)), gw((unsigned)((Di + 127) / 128), (unsigned)parts);
     if (parts > 65535) return fail(MB_STATUS_INVALID_ARGUMENT, "conv1d backward: B*T %lld too large", (long long)B * T);
     if (K == 4) {
-        MBC_LAUNCH(conv1d_backward_dx_kernel<4>, g, dim3(256), 0, dxz, dout, xz, w, bias, B, T, Di, K);
+        MBC_LAUNCH(conv1d_backward_dx_kernel<4>, g, dim3(256), 0, dxz, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
         MBC_LAUNCH(conv1d_backward_dw_kernel<4>, gw, dim3(128), 0, scratch, dout, xz, w, bias, B, T, Di, K);
     } else {
-        MBC_LAUNCH(conv1d_backward_dx_kernel<0>, g, dim3(256), 0, dxz, dout, xz, w, bias, B, T, Di, K);
+        MBC_LAUNCH(conv1d_backward_dx_kernel<0>, g, dim3(256), 0, dxz, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
         MBC_LAUNCH(conv1d_backward_dw_kernel<0>, gw, dim3(128), 0, scratch, dout, xz, w, bias, B, T, Di, K);
     }
     const int64_t ps = (int64_t)Di * (K + 1);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for((int64_t)Di * K, 256)), dim3(256), 0, dw, (int64_t)0,
-               (const float *)scratch, (int64_t)0, ps, (int64_t)1, parts, (int64_t)Di * K);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(Di, 256)), dim3(256), 0, dbias, (int64_t)0,
-               (const float *)(scratch + (int64_t)Di * K), (int64_t)0, ps, (int64_t)1, parts, (int64_t)Di);
+    MBC_LAUNCH(reduce_partials2_kernel, dim3(grid_for(ps, 64)), dim3(64), 0, dw, (int64_t)Di * K, dbias, (int64_t)Di,
+               (const float *)scratch, ps, parts);
     return MB_STATUS_OK;
 }
 
@@ -1284,11 +1285,14 @@ static inline mb_status scan_forward(float *out, float *states, float *scratch, 
     return MB_STATUS_OK;
 }
 
-/* mb__scan_backward on the device (same += / overwrite contract). */
+/* mb__scan_backward on the device (same += / overwrite contract); with
+   overwrite, du, the z columns of dxz and the B/C columns of dxdbl are
+   written (=) instead of added to, so the trainer needs no memsets. */
 static inline mb_status scan_backward(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
                                float *dxz, float *scratch, const float *dout, const float *states, const float *u,
                                const float *delta, const float *dt_bias, const float *A_log, const float *xdbl,
-                               const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk) {
+                               const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk,
+                               bool overwrite = false) {
     MBC_TRY(scan_check(B, T, Di, S, chunk));
     const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
     const unsigned groups = (unsigned)((Di + MBC_SCAN_THREADS - 1) / MBC_SCAN_THREADS);
@@ -1303,10 +1307,10 @@ static inline mb_status scan_backward(float *du, float *ddelta, float *ddt_bias,
     }
     MBC_LAUNCH(scan_backward_kernel, dim3((unsigned)(nw / MBC_SCAN_BWD_WARPS), (unsigned)k.nch, (unsigned)B),
                dim3(32 * MBC_SCAN_BWD_WARPS), 0, du, ddelta, dxz, part, partBC, dout, states, (const float *)gin, u,
-               delta, dt_bias, A_log, xdbl, Dp, xz, k);
+               delta, dt_bias, A_log, xdbl, Dp, xz, k, (int)overwrite);
     const int64_t ntok = (int64_t)B * T;
     MBC_LAUNCH(scan_reduce_kernel, dim3(grid_for(DS + 2 * Di + ntok * 2 * S, 256)), dim3(256), 0, dA_log, dD, ddt_bias,
-               dxdbl, (const float *)part, (const float *)partBC, npc, ntok, nw, k);
+               dxdbl, (const float *)part, (const float *)partBC, npc, ntok, nw, k, (int)overwrite);
     return MB_STATUS_OK;
 }
 
@@ -1348,11 +1352,6 @@ static inline mb_status adamw(float *p, float *g, float *m, float *v, const uint
     const float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)t)), fe = (float)eps, decay = (float)(1.0 - lr * wd);
     MBC_LAUNCH(adamw_kernel, dim3(grid_for(n, 256)), dim3(256), 0, p, g, m, v, mask, n, coef, b1, b2, one_b1, one_b2,
                step_size, bc2_sqrt, fe, decay);
-    return MB_STATUS_OK;
-}
-
-static inline mb_status add_inplace(float *x, const float *y, int64_t n) {
-    MBC_LAUNCH(add_inplace_kernel, dim3(grid_for(n, 256)), dim3(256), 0, x, y, n);
     return MB_STATUS_OK;
 }
 
@@ -1460,7 +1459,7 @@ struct mb_cuda_trainer {
     int64_t *bucket_off, *bucket_rows, *h_bucket;
     /* activations */
     mbc::layer_acts *acts;   /* host array of device pointers */
-    float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *loss_rows, *loss_dev, *mix_out;
+    float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *loss_rows, *loss_dev;
     /* backward */
     float *d_resid, *d_ln, *d_xz, *d_u, *d_xdbl, *d_delta, *d_gated, *scratch;
     int64_t scratch_floats;
@@ -1475,11 +1474,11 @@ static inline float *W(mb_cuda_trainer *t, float *base, int layer, int field) {
 
 /* Trainer matmuls: fp32 directly, bf16 through converted copies. */
 static inline mb_status tr_mm_forward(mb_cuda_trainer *t, float *out, const float *inp, int64_t ldi, int widx, int64_t N,
-                               int IC, int OC) {
+                               int IC, int OC, float beta = 0.0f) {
     const float *w = t->params + t->d.offset[widx];
-    if (!t->precision) return matmul_forward(t->blas, out, inp, ldi, w, N, IC, OC);
+    if (!t->precision) return matmul_forward(t->blas, out, inp, ldi, w, N, IC, OC, beta);
     MBC_TRY(convert_bf16(t->bfa, inp, N, IC, ldi));
-    return gemm(t->blas, 1, 0, OC, (int)N, IC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, t->bfa, IC, 0.0f, out, OC,
+    return gemm(t->blas, 1, 0, OC, (int)N, IC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, t->bfa, IC, beta, out, OC,
                 1, __FILE__, __LINE__);
 }
 static inline mb_status tr_mm_backward(mb_cuda_trainer *t, float *dinp, float beta_in, const float *dout, const float *inp,
@@ -1595,7 +1594,6 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     MBC_TRY(dalloc(&t->mem, &t->logits, N * d.V, "logits"));
     MBC_TRY(dalloc(&t->mem, &t->loss_rows, N, "loss rows"));
     MBC_TRY(dalloc(&t->mem, &t->loss_dev, 1, "loss"));
-    MBC_TRY(dalloc(&t->mem, &t->mix_out, N * d.C, "mixer out"));
     MBC_TRY(dalloc(&t->mem, &t->d_resid, N * d.C, "d resid"));
     MBC_TRY(dalloc(&t->mem, &t->d_ln, N * d.C, "d ln"));
     MBC_TRY(dalloc(&t->mem, &t->d_xz, N * 2 * d.Di, "d xz"));
@@ -1633,9 +1631,9 @@ static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs) {
         MBC_TRY(scan_forward(a->gated, a->states, t->scratch, a->u, a->delta, W(t, t->params, l, W_DT_B),
                              W(t, t->params, l, W_A_LOG), a->xdbl, W(t, t->params, l, W_D), a->xz, t->B, t->T, d.Di, d.S,
                              d.R, t->chunk));
-        MBC_TRY(tr_mm_forward(t, t->mix_out, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C));
+        /* next = resid + out_proj(gated): the residual copied, the product added (beta 1) */
         MBC_TRY(d2d(next, a->resid, (size_t)(N * d.C) * sizeof(float)));
-        MBC_TRY(add_inplace(next, t->mix_out, N * d.C));
+        MBC_TRY(tr_mm_forward(t, next, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C, 1.0f));
     }
     MBC_TRY(layernorm_forward(t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, W(t, t->params, -1, G_NORM_F_W),
                               W(t, t->params, -1, G_NORM_F_B), N, d.C));
@@ -1647,24 +1645,24 @@ static inline mb_status tr_backward(mb_cuda_trainer *t) {
     const int64_t N = t->N;
     float *dlogits = t->logits; /* overwritten by the cross-entropy kernel */
     MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, dlogits, t->lnf, d.C, global_index(d, G_EMBEDDING), N, d.C, d.V));
-    MBC_TRY(dzero(t->d_resid, (size_t)(N * d.C) * sizeof(float)));
+    /* first writers overwrite (no memsets): the final LayerNorm's d_resid; per
+       layer the scan's d_u, z columns of d_xz and B/C columns of d_xdbl, the
+       dt product's dt_low columns (beta 0) and the conv's x' columns */
     MBC_TRY(layernorm_backward(t->d_resid, W(t, t->grads, -1, G_NORM_F_W), W(t, t->grads, -1, G_NORM_F_B), t->scratch,
-                               t->d_ln, t->resid_out, W(t, t->params, -1, G_NORM_F_W), t->lnf_mean, t->lnf_rstd, N, d.C));
+                               t->d_ln, t->resid_out, W(t, t->params, -1, G_NORM_F_W), t->lnf_mean, t->lnf_rstd, N, d.C,
+                               true));
     for (int l = d.L - 1; l >= 0; l--) {
         layer_acts *a = &t->acts[l];
         float *P = t->params, *G = t->grads;
-        MBC_TRY(dzero(t->d_u, (size_t)(N * d.Di) * sizeof(float)));
-        MBC_TRY(dzero(t->d_xdbl, (size_t)(N * d.X) * sizeof(float)));
-        MBC_TRY(dzero(t->d_xz, (size_t)(N * 2 * d.Di) * sizeof(float)));
         MBC_TRY(tr_mm_backward(t, t->d_gated, 0.0f, t->d_resid, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C));
         MBC_TRY(scan_backward(t->d_u, t->d_delta, W(t, G, l, W_DT_B), W(t, G, l, W_A_LOG), t->d_xdbl, W(t, G, l, W_D),
                               t->d_xz, t->scratch, t->d_gated, a->states, a->u, a->delta, W(t, P, l, W_DT_B),
                               W(t, P, l, W_A_LOG), a->xdbl, W(t, P, l, W_D), a->xz, t->B, t->T, d.Di, d.S, d.R,
-                              t->chunk));
-        MBC_TRY(tr_mm_backward(t, t->d_xdbl, 1.0f, t->d_delta, a->xdbl, d.X, tensor_index(d, l, W_DT_W), N, d.R, d.Di));
+                              t->chunk, true));
+        MBC_TRY(tr_mm_backward(t, t->d_xdbl, 0.0f, t->d_delta, a->xdbl, d.X, tensor_index(d, l, W_DT_W), N, d.R, d.Di));
         MBC_TRY(tr_mm_backward(t, t->d_u, 1.0f, t->d_xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X));
         MBC_TRY(conv1d_backward(t->d_xz, W(t, G, l, W_CONV_W), W(t, G, l, W_CONV_B), t->scratch, t->d_u, a->xz,
-                                W(t, P, l, W_CONV_W), W(t, P, l, W_CONV_B), t->B, t->T, d.Di, d.K));
+                                W(t, P, l, W_CONV_W), W(t, P, l, W_CONV_B), t->B, t->T, d.Di, d.K, true));
         MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, t->d_xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di));
         MBC_TRY(layernorm_backward(t->d_resid, W(t, G, l, W_NORM_W), W(t, G, l, W_NORM_B), t->scratch, t->d_ln,
                                    a->resid, W(t, P, l, W_NORM_W), a->mean, a->rstd, N, d.C));
@@ -1911,8 +1909,8 @@ mb_status mb_cuda_stream_step(mb_cuda_stream *s, uint8_t byte, float *logits_hos
         MBC_TRY(mbc::matmul_forward(s->blas, s->delta, s->xdbl, d.X, MBC_SW(l, mbc::W_DT_W), 1, d.R, d.Di));
         MBC_TRY(mbc::scan_step(s->gated, s->ssm_state + (int64_t)l * d.Di * d.S, s->u, s->delta, MBC_SW(l, mbc::W_DT_B),
                                MBC_SW(l, mbc::W_A_LOG), s->xdbl, MBC_SW(l, mbc::W_D), s->xz, d.Di, d.S, d.R));
-        MBC_TRY(mbc::matmul_forward(s->blas, s->out, s->gated, d.Di, MBC_SW(l, mbc::W_OUT_PROJ), 1, d.Di, d.C));
-        MBC_TRY(mbc::add_inplace(s->x, s->out, d.C));
+        /* x += out_proj(gated): the residual add as the product's beta */
+        MBC_TRY(mbc::matmul_forward(s->blas, s->x, s->gated, d.Di, MBC_SW(l, mbc::W_OUT_PROJ), 1, d.Di, d.C, 1.0f));
     }
     MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, MBC_SW(-1, mbc::G_NORM_F_W), MBC_SW(-1, mbc::G_NORM_F_B), 1, d.C));
     MBC_TRY(mbc::matmul_forward(s->blas, s->logits, s->ln, d.C, MBC_SW(-1, mbc::G_EMBEDDING), 1, d.C, d.V));
