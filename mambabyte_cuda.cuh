@@ -257,7 +257,7 @@ __global__ void embedding_backward_kernel(float *dwte, const float *dout, const 
 /* mb__layernorm_forward: one warp per row, two passes (mean, then the
    centred variance) as the CPU, eps 1e-5. */
 __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                         const float *b, int64_t N, int C) {
+                                         const float *b, int64_t N, int C, float *copy) {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= N) return; /* whole warps leave together: no block barrier here */
@@ -274,6 +274,8 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
     const float r = 1.0f / sqrtf(v + 1e-5f);
     float *o = out + row * C;
     for (int c = lane; c < C; c += 32) o[c] = (x[c] - m) * r * w[c] + b[c];
+    if (copy) /* the residual stream's next buffer, so no separate copy */
+        for (int c = lane; c < C; c += 32) copy[row * C + c] = x[c];
     if (lane == 0) {
         mean[row] = m;
         rstd[row] = r;
@@ -1016,6 +1018,9 @@ static inline mb_status d2h(void *h, const void *d, size_t bytes) { cuda_emu::g.
 static inline mb_status d2d(void *d, const void *s, size_t bytes) { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, s, bytes); return MB_STATUS_OK; }
 static inline mb_status dzero(void *d, size_t bytes) { cuda_emu::g.ops.memsets++; if (bytes) memset(d, 0, bytes); return MB_STATUS_OK; }
 static inline mb_status sync() { return MB_STATUS_OK; }
+static inline void *hmalloc(size_t bytes) { return malloc(bytes ? bytes : 1); }
+static inline void hfree(void *p) { free(p); }
+static inline mb_status h2d_async(void *d, const void *h, size_t bytes) { return h2d(d, h, bytes); }
 static inline mb_status blas_create(blas_t *h) { *h = nullptr; return MB_STATUS_OK; }
 static inline void blas_destroy(blas_t) {}
 static inline float ld_elem(const void *p, int64_t i, int bf16) {
@@ -1099,6 +1104,19 @@ static inline mb_status d2h(void *h, const void *d, size_t bytes) { MBC_CUDA(cud
 static inline mb_status d2d(void *d, const void *s, size_t bytes) { MBC_CUDA(cudaMemcpy(d, s, bytes, cudaMemcpyDeviceToDevice)); return MB_STATUS_OK; }
 static inline mb_status dzero(void *d, size_t bytes) { MBC_CUDA(cudaMemset(d, 0, bytes)); return MB_STATUS_OK; }
 static inline mb_status sync() { MBC_CUDA(cudaDeviceSynchronize()); return MB_STATUS_OK; }
+/* Pinned host memory: the batch upload is asynchronous (ordered before the
+   step's kernels on the default stream; the buffer is rewritten only after
+   the step's loss has come back, which waits for it). */
+static inline void *hmalloc(size_t bytes) {
+    void *p = nullptr;
+    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) { (void)cudaGetLastError(); return nullptr; }
+    return p;
+}
+static inline void hfree(void *p) { if (p) (void)cudaFreeHost(p); }
+static inline mb_status h2d_async(void *d, const void *h, size_t bytes) {
+    MBC_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, 0));
+    return MB_STATUS_OK;
+}
 static inline mb_status blas_create(blas_t *h) {
     MBC_CUBLAS(cublasCreate(h));
     /* default math: with CUBLAS_COMPUTE_32F (every call below) no TF32 */
@@ -1158,9 +1176,11 @@ static inline mb_status embedding_backward(float *dwte, const float *dout, const
     return MB_STATUS_OK;
 }
 
+/* copy (optional): also copy inp there (the residual for the next layer). */
 static inline mb_status layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                   const float *b, int64_t N, int C) {
-    MBC_LAUNCH(layernorm_forward_kernel, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C);
+                                   const float *b, int64_t N, int C, float *copy = nullptr) {
+    MBC_LAUNCH(layernorm_forward_kernel, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C,
+               copy);
     return MB_STATUS_OK;
 }
 
@@ -1454,9 +1474,12 @@ struct mb_cuda_trainer {
     mbc_bf16 *params_bf16;   /* bf16 mode: weights for cuBLAS */
     mbc_bf16 *bfa, *bfb;      /* bf16 mode: matrix-input scratch */
     /* batch */
-    uint8_t *tokens;
+    /* one upload per step: [bucket_off (257) | bucket_rows (N) | targets (N) | tokens (N)],
+       packed in pinned host memory (h_batch) and copied to the device (batch) */
+    uint8_t *batch, *h_batch, *tokens;
     int32_t *targets;
     int64_t *bucket_off, *bucket_rows, *h_bucket;
+    size_t batch_bytes;
     /* activations */
     mbc::layer_acts *acts;   /* host array of device pointers */
     float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *loss_rows, *loss_dev;
@@ -1578,13 +1601,16 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
         MBC_TRY(dalloc(&t->mem, &t->bfb, wa > wb ? wa : wb, "bf16 scratch b"));
         MBC_TRY(tr_refresh_bf16(t));
     }
-    MBC_TRY(dalloc(&t->mem, &t->tokens, N, "tokens"));
-    MBC_TRY(dalloc(&t->mem, &t->targets, N, "targets"));
-    MBC_TRY(dalloc(&t->mem, &t->bucket_off, 257 + N, "token buckets"));
+    t->batch_bytes = sizeof(int64_t) * (size_t)(257 + N) + sizeof(int32_t) * (size_t)N + (size_t)N;
+    MBC_TRY(dalloc(&t->mem, &t->batch, (int64_t)t->batch_bytes, "batch"));
+    t->bucket_off = (int64_t *)t->batch;
     t->bucket_rows = t->bucket_off + 257;
-    t->h_bucket = (int64_t *)malloc(sizeof(int64_t) * (size_t)(257 + N));
+    t->targets = (int32_t *)(t->bucket_rows + N);
+    t->tokens = (uint8_t *)(t->targets + N);
+    t->h_batch = (uint8_t *)hmalloc(t->batch_bytes);
+    t->h_bucket = (int64_t *)t->h_batch;
     t->acts = (layer_acts *)calloc((size_t)d.L, sizeof(layer_acts));
-    if (!t->h_bucket || !t->acts) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: host tables");
+    if (!t->h_batch || !t->acts) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: host tables");
     MBC_TRY(tr_alloc_acts(t));
     MBC_TRY(tr_alloc_chunked(t));
     MBC_TRY(dalloc(&t->mem, &t->resid_out, N * d.C, "resid out"));
@@ -1611,19 +1637,21 @@ static inline void tr_free(mb_cuda_trainer *t) {
     dlist_free(&t->chunk_mem);
     blas_destroy(t->blas);
     free(t->d.offset);
-    free(t->h_bucket);
+    hfree(t->h_batch);
     free(t->acts);
 }
 
-static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs) {
+/* uploaded: the batch (tokens included) is already on its way. */
+static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs, bool uploaded = false) {
     const dims &d = t->d;
     const int64_t N = t->N;
-    MBC_TRY(h2d(t->tokens, inputs, (size_t)N));
+    if (!uploaded) MBC_TRY(h2d(t->tokens, inputs, (size_t)N));
     MBC_TRY(embedding_forward(t->acts[0].resid, t->tokens, W(t, t->params, -1, G_EMBEDDING), N, d.C));
     for (int l = 0; l < d.L; l++) {
         layer_acts *a = &t->acts[l];
         float *next = l + 1 < d.L ? t->acts[l + 1].resid : t->resid_out;
-        MBC_TRY(layernorm_forward(a->ln, a->mean, a->rstd, a->resid, W(t, t->params, l, W_NORM_W), W(t, t->params, l, W_NORM_B), N, d.C));
+        MBC_TRY(layernorm_forward(a->ln, a->mean, a->rstd, a->resid, W(t, t->params, l, W_NORM_W), W(t, t->params, l, W_NORM_B), N, d.C,
+                                  next));
         MBC_TRY(tr_mm_forward(t, a->xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di));
         MBC_TRY(conv1d_forward(a->u, a->xz, W(t, t->params, l, W_CONV_W), W(t, t->params, l, W_CONV_B), t->B, t->T, d.Di, d.K));
         MBC_TRY(tr_mm_forward(t, a->xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X));
@@ -1631,8 +1659,7 @@ static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs) {
         MBC_TRY(scan_forward(a->gated, a->states, t->scratch, a->u, a->delta, W(t, t->params, l, W_DT_B),
                              W(t, t->params, l, W_A_LOG), a->xdbl, W(t, t->params, l, W_D), a->xz, t->B, t->T, d.Di, d.S,
                              d.R, t->chunk));
-        /* next = resid + out_proj(gated): the residual copied, the product added (beta 1) */
-        MBC_TRY(d2d(next, a->resid, (size_t)(N * d.C) * sizeof(float)));
+        /* next = resid (copied by the LayerNorm kernel) + out_proj(gated) (beta 1) */
         MBC_TRY(tr_mm_forward(t, next, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C, 1.0f));
     }
     MBC_TRY(layernorm_forward(t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, W(t, t->params, -1, G_NORM_F_W),
@@ -1740,14 +1767,16 @@ mb_status mb_cuda_trainer_forward_backward(mb_cuda_trainer *t, const uint8_t *in
                              (long long)i, t->d.V);
         n_valid++;
     }
-    MBC_TRY(mbc::tr_forward(t, inputs));
+    /* the whole batch in one asynchronous copy */
+    mbc::token_buckets(t->h_bucket, t->h_bucket + 257, inputs, N);
+    memcpy(t->h_bucket + 257 + N, targets, (size_t)N * sizeof(int32_t));
+    memcpy((int32_t *)(t->h_bucket + 257 + N) + N, inputs, (size_t)N);
+    MBC_TRY(mbc::h2d_async(t->batch, t->h_batch, t->batch_bytes));
+    MBC_TRY(mbc::tr_forward(t, inputs, true));
     if (n_valid == 0) { /* as the CPU: NaN loss, zero gradient */
         if (loss) *loss = NAN;
         return mbc::sync();
     }
-    MBC_TRY(mbc::h2d(t->targets, targets, (size_t)N * sizeof(int32_t)));
-    mbc::token_buckets(t->h_bucket, t->h_bucket + 257, inputs, N);
-    MBC_TRY(mbc::h2d(t->bucket_off, t->h_bucket, sizeof(int64_t) * (size_t)(257 + N)));
     MBC_TRY(mbc::cross_entropy(t->loss_rows, t->logits, t->logits, t->targets, N, t->d.V, -100, 0.0f, nullptr,
                                (float)(1.0 / (double)n_valid)));
     MBC_TRY(mbc::sum(t->loss_dev, t->loss_rows, N, 1.0 / (double)n_valid));

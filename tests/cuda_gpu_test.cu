@@ -337,6 +337,10 @@ int main(void) {
     test_scan(2, 70, 24, 16, 3, 32, 0.0);
     test_scan(2, 70, 17, 16, 3, 16, 50.0);
     test_scan(2, 33, 10, 5, 2, 8, 0.0);
+    test_scan(2, 45, 40, 64, 3, 16, 0.0); /* d_state 64, T not a multiple of the chunk */
+    test_scan(1, 21, 70, 64, 2, 32, 0.0); /* T < chunk */
+    test_scan(2, 67, 33, 20, 4, 32, 0.0);
+    test_scan(2, 1024, 384, 64, 12, 32, 0.0);
     test_scan(4, 1024, 384, 16, 12, 32, 0.0);
     test_scan(2, 1024, 384, 16, 12, 64, 0.0);
     test_model(2, 256, 0);
