@@ -76,9 +76,14 @@ def main():
         print(f'  {name:26s} per state {per_state:5.2f}   per token {per_token:5.0f}   at S=16: {a[0] / 16.0:5.2f}')
     for n, ls in fs.items():
         if 'scan_backward_kernel' in n:
-            for cnt, ex2 in sorted(ls):
-                if cnt > 200:
-                    print(f'  backward loop of {cnt:5d} instructions ({ex2} ex2): {cnt / 64.0:5.2f} per element (4 tokens x 16 states)')
+            big = sorted(x for x in ls if x[0] > 200)
+            names = ['first pass (h at segment starts)', 'segment (recompute + reverse + dB/dC transpose)']
+            total = 0.0
+            for (cnt, ex2), what in zip(big[:2], names):
+                total += cnt / 64.0
+                print(f'  backward {what:48s} {cnt:5d} per 4 tokens x 16 states: {cnt / 64.0:5.2f} per element')
+            if len(big) >= 2:
+                print(f'  backward main kernel total {total:5.2f} per element (plus the carry-in pass above)')
 
 
 if __name__ == '__main__':
