@@ -25,6 +25,8 @@
      precision 1 (bf16): the inputs of every matrix product (activations,
      gradients and a bf16 copy of the weights, refreshed after each update)
      are bf16, accumulation and outputs float32 (cublasGemmEx, compute 32F).
+     precision 2 (tf32): float32 storage, the matrix products on the tensor
+     cores with TF32 inputs (CUBLAS_COMPUTE_32F_FAST_TF32, ~1e-3 relative).
      Master weights, gradients, AdamW state, LayerNorm, the scan state and
      the cross-entropy are float32 in both modes.
 
@@ -89,6 +91,9 @@ typedef __nv_bfloat16 mbc_bf16;
 #define MBC_SCAN_BWD_WARPS 2   /* warps (32 channels each) per block of the scan backward */
 #define MBC_SCAN_GROUP 16      /* states per pass of the scan backward */
 #define MBC_SCAN_SEG 4         /* tokens per recomputed segment of the scan backward (h in registers) */
+#define MBC_FP32 0 /* GEMM modes = the trainer's precision values */
+#define MBC_BF16 1
+#define MBC_TF32 2
 #define MBC_NORM_BLOCKS 256    /* fixed grid of the gradient-norm partials */
 #define MBC_LN_ROWS 64         /* rows per block of the LayerNorm backward */
 #define MBC_CONV_TOKENS 256    /* tokens per partial of the conv weight gradient */
@@ -1023,20 +1028,32 @@ static inline void hfree(void *p) { free(p); }
 static inline mb_status h2d_async(void *d, const void *h, size_t bytes) { return h2d(d, h, bytes); }
 static inline mb_status blas_create(blas_t *h) { *h = nullptr; return MB_STATUS_OK; }
 static inline void blas_destroy(blas_t) {}
-static inline float ld_elem(const void *p, int64_t i, int bf16) {
-    return bf16 ? __bfloat162float(((const mbc_bf16 *)p)[i]) : ((const float *)p)[i];
+/* TF32 as the tensor cores take it: 10 mantissa bits, round to nearest,
+   ties away from zero (cvt.rna.tf32.f32). */
+static inline float tf32_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+/* mode: MBC_FP32, MBC_BF16 (bf16 operands), MBC_TF32 (fp32 operands rounded to TF32) */
+static inline float ld_elem(const void *p, int64_t i, int mode) {
+    if (mode == MBC_BF16) return __bfloat162float(((const mbc_bf16 *)p)[i]);
+    const float f = ((const float *)p)[i];
+    return mode == MBC_TF32 ? tf32_round(f) : f;
 }
 /* Column-major C = alpha op(A) op(B) + beta C, cuBLAS's contract (C is not
    read when beta == 0), in double on the host. */
 static inline mb_status gemm(blas_t, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
-                      int ldb, float beta, float *C, int ldc, int bf16, const char *, int) {
+                      int ldb, float beta, float *C, int ldc, int mode, const char *, int) {
     cuda_emu::g.ops.gemms++;
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
             double s = 0.0;
             for (int p = 0; p < k; p++) {
-                const double a = ld_elem(A, ta ? p + (int64_t)i * lda : i + (int64_t)p * lda, bf16);
-                const double b = ld_elem(B, tb ? j + (int64_t)p * ldb : p + (int64_t)j * ldb, bf16);
+                const double a = ld_elem(A, ta ? p + (int64_t)i * lda : i + (int64_t)p * lda, mode);
+                const double b = ld_elem(B, tb ? j + (int64_t)p * ldb : p + (int64_t)j * ldb, mode);
                 s += a * b;
             }
             float *c = C + i + (int64_t)j * ldc;
@@ -1125,10 +1142,12 @@ static inline mb_status blas_create(blas_t *h) {
 }
 static inline void blas_destroy(blas_t h) { if (h) (void)cublasDestroy(h); }
 static inline mb_status gemm(blas_t h, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
-                      int ldb, float beta, float *C, int ldc, int bf16, const char *file, int line) {
+                      int ldb, float beta, float *C, int ldc, int mode, const char *file, int line) {
+    const bool bf16 = mode == MBC_BF16;
     const cudaDataType_t ty = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     cublasStatus_t e = cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha,
-                                    A, ty, lda, B, ty, ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                    A, ty, lda, B, ty, ldb, &beta, C, CUDA_R_32F, ldc,
+                                    mode == MBC_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
                                     CUBLAS_GEMM_DEFAULT);
     if (e != CUBLAS_STATUS_SUCCESS)
         return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cublasGemmEx(m=%d n=%d k=%d%s): cuBLAS status %d", file, line, m, n,
@@ -1209,14 +1228,14 @@ static inline mb_status layernorm_backward(float *dinp, float *dw, float *db, fl
    the bf16 copies used when bf16 != 0 (inp_b contiguous, ld IC). */
 /* beta 1: out += (the residual add folded into the product). */
 static inline mb_status matmul_forward(blas_t h, float *out, const float *inp, int64_t ldi, const float *w, int64_t N,
-                                int IC, int OC, float beta = 0.0f) {
-    return gemm(h, 1, 0, OC, (int)N, IC, 1.0f, w, IC, inp, (int)ldi, beta, out, OC, 0, __FILE__, __LINE__);
+                                int IC, int OC, float beta = 0.0f, int mode = MBC_FP32) {
+    return gemm(h, 1, 0, OC, (int)N, IC, 1.0f, w, IC, inp, (int)ldi, beta, out, OC, mode, __FILE__, __LINE__);
 }
 /* dinp (row stride ldi) = beta_in * dinp + dout @ w ; dw += dout^T @ inp. */
 static inline mb_status matmul_backward(blas_t h, float *dinp, float beta_in, float *dw, const float *dout, const float *inp,
-                                 int64_t ldi, const float *w, int64_t N, int IC, int OC) {
-    if (dinp) MBC_TRY(gemm(h, 0, 0, IC, (int)N, OC, 1.0f, w, IC, dout, OC, beta_in, dinp, (int)ldi, 0, __FILE__, __LINE__));
-    return gemm(h, 0, 1, IC, OC, (int)N, 1.0f, inp, (int)ldi, dout, OC, 1.0f, dw, IC, 0, __FILE__, __LINE__);
+                                 int64_t ldi, const float *w, int64_t N, int IC, int OC, int mode = MBC_FP32) {
+    if (dinp) MBC_TRY(gemm(h, 0, 0, IC, (int)N, OC, 1.0f, w, IC, dout, OC, beta_in, dinp, (int)ldi, mode, __FILE__, __LINE__));
+    return gemm(h, 0, 1, IC, OC, (int)N, 1.0f, inp, (int)ldi, dout, OC, 1.0f, dw, IC, mode, __FILE__, __LINE__);
 }
 
 static inline mb_status convert_bf16(mbc_bf16 *dst, const float *src, int64_t rows, int64_t cols, int64_t lds) {
@@ -1499,7 +1518,7 @@ static inline float *W(mb_cuda_trainer *t, float *base, int layer, int field) {
 static inline mb_status tr_mm_forward(mb_cuda_trainer *t, float *out, const float *inp, int64_t ldi, int widx, int64_t N,
                                int IC, int OC, float beta = 0.0f) {
     const float *w = t->params + t->d.offset[widx];
-    if (!t->precision) return matmul_forward(t->blas, out, inp, ldi, w, N, IC, OC, beta);
+    if (t->precision != MBC_BF16) return matmul_forward(t->blas, out, inp, ldi, w, N, IC, OC, beta, t->precision);
     MBC_TRY(convert_bf16(t->bfa, inp, N, IC, ldi));
     return gemm(t->blas, 1, 0, OC, (int)N, IC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, t->bfa, IC, beta, out, OC,
                 1, __FILE__, __LINE__);
@@ -1508,7 +1527,7 @@ static inline mb_status tr_mm_backward(mb_cuda_trainer *t, float *dinp, float be
                                 int64_t ldi, int widx, int64_t N, int IC, int OC) {
     const float *w = t->params + t->d.offset[widx];
     float *dw = t->grads + t->d.offset[widx];
-    if (!t->precision) return matmul_backward(t->blas, dinp, beta_in, dw, dout, inp, ldi, w, N, IC, OC);
+    if (t->precision != MBC_BF16) return matmul_backward(t->blas, dinp, beta_in, dw, dout, inp, ldi, w, N, IC, OC, t->precision);
     MBC_TRY(convert_bf16(t->bfa, dout, N, OC, OC));
     MBC_TRY(convert_bf16(t->bfb, inp, N, IC, ldi));
     if (dinp)
@@ -1518,7 +1537,7 @@ static inline mb_status tr_mm_backward(mb_cuda_trainer *t, float *dinp, float be
 }
 
 static inline mb_status tr_refresh_bf16(mb_cuda_trainer *t) {
-    if (!t->precision) return MB_STATUS_OK;
+    if (t->precision != MBC_BF16) return MB_STATUS_OK;
     return convert_bf16(t->params_bf16, t->params, 1, t->d.nparams, t->d.nparams);
 }
 
@@ -1567,7 +1586,8 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     const dims &d = t->d;
     if (B < 1 || T < 1 || (int64_t)B * T > 2147483647 / 2)
         return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: B=%d T=%d", B, T);
-    if (precision != 0 && precision != 1) return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: precision %d", precision);
+    if (precision != MBC_FP32 && precision != MBC_BF16 && precision != MBC_TF32)
+        return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: precision %d (0 fp32, 1 bf16, 2 tf32)", precision);
     if (device_count() < 1) return fail(MB_STATUS_UNSUPPORTED, "CUDA trainer: no CUDA device");
     t->B = B; t->T = T; t->N = (int64_t)B * T; t->precision = precision;
     t->chunk = T < 32 ? T : 32;
@@ -1594,7 +1614,7 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
         free(mask);
         MBC_TRY(s);
     }
-    if (precision) {
+    if (precision == MBC_BF16) {
         const int64_t wa = N * (d.V > 2 * d.Di ? d.V : 2 * d.Di), wb = N * (d.C > d.Di ? d.C : d.Di);
         MBC_TRY(dalloc(&t->mem, &t->params_bf16, P, "bf16 params"));
         MBC_TRY(dalloc(&t->mem, &t->bfa, wa > wb ? wa : wb, "bf16 scratch a"));

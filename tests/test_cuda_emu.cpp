@@ -370,6 +370,14 @@ void test_matmul() {
     mbc::gemm(nullptr, 1, 0, OC, (int)N, IC, 1.0f, wb.data(), IC, xb.data(), IC, 0.0f, ob.data(), OC, 1, __FILE__, __LINE__);
     double e = mbt_rel_l2(ob.data(), ro.data(), (int64_t)o.size());
     MBT_CHECK(e < 1e-2, "bf16 matmul within bf16 rounding: rel L2 %.3g", e);
+    /* TF32: fp32 operands rounded to 10 mantissa bits (ties away) */
+    MBT_CHECK(mbc::tf32_round(1.0f + 0x1p-11f) == 1.0f + 0x1p-10f && mbc::tf32_round(1.0f + 0x1p-12f) == 1.0f &&
+                  mbc::tf32_round(-(1.0f + 0x1p-11f)) == -(1.0f + 0x1p-10f),
+              "tf32 rounding: nearest, ties away from zero");
+    fvec ot(o.size(), NAN);
+    mbc::matmul_forward(nullptr, ot.data(), x.data(), ldi, w.data(), N, IC, OC, 0.0f, MBC_TF32);
+    e = mbt_rel_l2(ot.data(), ro.data(), (int64_t)o.size());
+    MBT_CHECK(e < 2e-3 && e > 0.0, "tf32 matmul within TF32 rounding: rel L2 %.3g", e);
 }
 
 /* ============================================================== AdamW */
@@ -641,11 +649,14 @@ void test_trainer(int precision) {
     MBT_CHECK(mb_cuda_trainer_forward_logits(t, in.data(), logits.data()) == MB_STATUS_OK, "trainer forward");
     s = mb_cuda_trainer_forward_backward(t, in.data(), tg.data(), &loss);
     MBT_CHECK(s == MB_STATUS_OK, "trainer forward_backward: %s", mb_cuda_last_error());
-    const double ltol = precision ? 2e-2 : 2e-6, gtol = precision ? 8e-2 : 1e-4;
-    MBT_CHECK(fabs(loss - ref_loss) <= ltol * fabs(ref_loss), "trainer loss (%s): %.7g vs CPU %.7g",
-              precision ? "bf16" : "fp32", loss, ref_loss);
-    CHECK_CLOSE(precision ? "trainer logits bf16" : "trainer logits", logits.data(), ref_logits.data(), logits.size(),
-                precision ? 2e-2 : 2e-6);
+    /* bf16 (8-bit mantissa operands) and TF32 (10-bit) against the fp32 CPU */
+    const char *pname = precision == 1 ? "bf16" : precision == 2 ? "tf32" : "fp32";
+    const double ltol = precision == 1 ? 2e-2 : precision == 2 ? 3e-3 : 2e-6;
+    const double gtol = precision == 1 ? 8e-2 : precision == 2 ? 2e-2 : 1e-4;
+    MBT_CHECK(fabs(loss - ref_loss) <= ltol * fabs(ref_loss), "trainer loss (%s): %.7g vs CPU %.7g", pname, loss, ref_loss);
+    char lname[64];
+    snprintf(lname, sizeof lname, "trainer logits %s", pname);
+    CHECK_CLOSE(lname, logits.data(), ref_logits.data(), logits.size(), precision == 1 ? 2e-2 : precision == 2 ? 3e-3 : 2e-6);
     fvec grads((size_t)P, NAN);
     mb_cuda_trainer_grads(t, grads.data());
     const float *rg = mb_model_grads(m);
@@ -660,7 +671,7 @@ void test_trainer(int precision) {
             fprintf(stderr, "  grad %-32s rel L2 %.3g\n", x.name, e);
         }
     }
-    MBT_CHECK(bad == 0, "trainer gradients (%s): %d tensors beyond %.0e", precision ? "bf16" : "fp32", bad, gtol);
+    MBT_CHECK(bad == 0, "trainer gradients (%s): %d tensors beyond %.0e", pname, bad, gtol);
     /* a second forward_backward accumulates (grads doubled) */
     mb_cuda_trainer_forward_backward(t, in.data(), tg.data(), &loss);
     fvec g2((size_t)P);
@@ -862,6 +873,7 @@ extern "C" void mbt_cuda_emu_tests(void) {
         {"emulator", test_emulator}, {"cross_entropy", test_cross_entropy}, {"layernorm", test_layernorm},
         {"embedding", test_embedding}, {"matmul", test_matmul}, {"adamw", test_adamw}, {"conv1d", test_conv1d},
         {"scan", test_scan}, {"trainer_fp32", [] { test_trainer(0); }}, {"trainer_bf16", [] { test_trainer(1); }},
+        {"trainer_tf32", [] { test_trainer(2); }},
         {"stream", test_stream}, {"tensor_indices", test_tensor_indices}, {"launch_budget", test_launch_budget},
         {"train_loop_backend", test_train_loop_backend},
     };

@@ -13,7 +13,7 @@
 #          4. make test-cuda: every kernel and the model against the CPU
 #          5. compute-sanitizer memcheck, racecheck, synccheck over the GPU
 #             tests at small shapes (build/cuda_gpu_test --small)
-#          6. make bench-cuda: ms/step and tokens/s at B16 x T1024 (fp32, bf16),
+#          6. make bench-cuda: ms/step and tokens/s at B16 x T1024 (fp32, tf32, bf16),
 #             the scan alone with GB/s, whether ctx 2048 x batch 64 fits
 #          7. 120 s of training (--time-budget) on ../shared/data text, then eval
 # On an H100/H200 the whole run takes about 8 minutes.  Without a GPU it does
