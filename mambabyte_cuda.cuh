@@ -96,7 +96,7 @@ typedef __nv_bfloat16 mbc_bf16;
 #define MBC_TF32 2
 #define MBC_NORM_BLOCKS 256    /* fixed grid of the gradient-norm partials */
 #define MBC_LN_ROWS 64         /* rows per block of the LayerNorm backward */
-#define MBC_CONV_TOKENS 256    /* tokens per partial of the conv weight gradient */
+#define MBC_CONV_TOKENS 64     /* tokens per thread (and per partial of dw) of the conv backward */
 
 /* Kernel launch: <<<>>> on the GPU, the emulator on the host.  Launchers
    return an mb_status, so a launch error is reported with file and line. */
@@ -360,53 +360,48 @@ __global__ void conv1d_forward_kernel(float *out, const float *xz, const float *
     }
 }
 
-/* mb__conv1d_backward, input part: dxz[s, d] (x' columns) += sum over the
-   outputs t = s..s+K-1 that read x'[s] of dpre[t] * w[d, K-1-(t-s)], in
-   increasing t as the CPU.  dpre is recomputed from the pre-activation. */
+/* mb__conv1d_backward in one pass: one thread per (channel d, part of
+   MBC_CONV_TOKENS flat tokens, blockIdx.y).  dpre[t] = dout[t] silu'(pre[t])
+   is computed once per token (and for the K-1 tokens past the part, which
+   the part's last dx need), kept in a window win[j] = dpre[s+j].  The x'
+   columns of dxz: dx[s] (+)= sum over j < K with t_s + j < T of
+   dpre[s+j] w[d, K-1-j], in increasing j as the CPU (overwrite: from 0).
+   dw (Di,K) and dbias (Di) summed over the part's tokens into
+   part[blockIdx.y * Di*(K+1)]: dw (Di*K) then dbias (Di), reduced in part
+   order by the caller.  KT is the kernel width when known (4), else 0. */
 template <int KT>
-__global__ void conv1d_backward_dx_kernel(float *dxz, const float *dout, const float *xz, const float *w,
-                                          const float *bias, int B, int T, int Di, int K, int overwrite) {
-    const int KK = KT > 0 ? KT : K;
-    const int64_t total = (int64_t)B * T * Di;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t bs = i / Di;
-        const int d = (int)(i % Di), s = (int)(bs % T);
-        float *dx = dxz + bs * 2 * Di + d;
-        float acc = overwrite ? 0.0f : *dx;
-        for (int j = 0; j < KK; j++) {
-            const int t = s + j;
-            if (t >= T) break;
-            const int64_t bt = bs + j;
-            const float pre = conv_pre<KT>(xz, w, bias, bt, t, d, Di, K);
-            const float dpre = dout[bt * Di + d] * silu_gradf_(pre);
-            acc += dpre * w[(int64_t)d * KK + (KK - 1 - j)];
-        }
-        *dx = acc;
-    }
-}
-
-/* mb__conv1d_backward, parameter part: partial sums of dw (Di,K) and dbias
-   (Di) over MBC_CONV_TOKENS tokens per blockIdx.y, into
-   part[blockIdx.y * Di*(K+1)]: dw (Di*K) then dbias (Di). */
-template <int KT>
-__global__ void conv1d_backward_dw_kernel(float *part, const float *dout, const float *xz, const float *w,
-                                          const float *bias, int B, int T, int Di, int K) {
+__global__ void conv1d_backward_kernel(float *dxz, float *part, const float *dout, const float *xz, const float *w,
+                                       const float *bias, int B, int T, int Di, int K, int overwrite) {
     const int KK = KT > 0 ? KT : K;
     const int d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= Di) return;
     const int64_t N = (int64_t)B * T, n0 = (int64_t)blockIdx.y * MBC_CONV_TOKENS;
     const int64_t n1 = n0 + MBC_CONV_TOKENS < N ? n0 + MBC_CONV_TOKENS : N;
-    float dw[KT > 0 ? KT : MBC_MAX_CONV];
+    float win[KT > 0 ? KT : MBC_MAX_CONV], dw[KT > 0 ? KT : MBC_MAX_CONV];
     float db = 0.0f;
     for (int k = 0; k < KK; k++) dw[k] = 0.0f;
-    for (int64_t bt = n0; bt < n1; bt++) {
-        const int t = (int)(bt % T);
-        const float dpre = dout[bt * Di + d] * silu_gradf_(conv_pre<KT>(xz, w, bias, bt, t, d, Di, K));
-        db += dpre;
-        for (int k = 0; k < KK; k++) {
-            const int ts = t - (KK - 1) + k;
-            if (ts >= 0) dw[k] += dpre * xz[(bt - t + ts) * 2 * Di + d];
+    for (int j = 0; j + 1 < KK; j++) {
+        const int64_t bt = n0 + j;
+        win[j] = bt < N ? dout[bt * Di + d] * silu_gradf_(conv_pre<KT>(xz, w, bias, bt, (int)(bt % T), d, Di, K)) : 0.0f;
+    }
+    for (int64_t s = n0; s < n1; s++) {
+        const int64_t bl = s + KK - 1;
+        win[KK - 1] = bl < N ? dout[bl * Di + d] * silu_gradf_(conv_pre<KT>(xz, w, bias, bl, (int)(bl % T), d, Di, K)) : 0.0f;
+        const int ts = (int)(s % T);
+        float *dx = dxz + s * 2 * Di + d;
+        float acc = overwrite ? 0.0f : *dx;
+        for (int j = 0; j < KK; j++) {
+            if (ts + j >= T) break;
+            acc += win[j] * w[(int64_t)d * KK + (KK - 1 - j)];
         }
+        *dx = acc;
+        const float dp = win[0]; /* this token's own dpre: the parameter sums */
+        db += dp;
+        for (int k = 0; k < KK; k++) {
+            const int tk = ts - (KK - 1) + k;
+            if (tk >= 0) dw[k] += dp * xz[(s - ts + tk) * 2 * Di + d];
+        }
+        for (int j = 0; j + 1 < KK; j++) win[j] = win[j + 1];
     }
     float *p = part + (int64_t)blockIdx.y * Di * (KK + 1);
     for (int k = 0; k < KK; k++) p[(int64_t)d * KK + k] = dw[k];
@@ -1257,15 +1252,12 @@ static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, flo
                                  const float *xz, const float *w, const float *bias, int B, int T, int Di, int K,
                                  bool overwrite = false) {
     const int64_t parts = conv_backward_parts(B, T);
-    const dim3 g(grid_for((int64_t)B * T * Di, 256)), gw((unsigned)((Di + 127) / 128), (unsigned)parts);
+    const dim3 gw((unsigned)((Di + 127) / 128), (unsigned)parts);
     if (parts > 65535) return fail(MB_STATUS_INVALID_ARGUMENT, "conv1d backward: B*T %lld too large", (long long)B * T);
-    if (K == 4) {
-        MBC_LAUNCH(conv1d_backward_dx_kernel<4>, g, dim3(256), 0, dxz, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
-        MBC_LAUNCH(conv1d_backward_dw_kernel<4>, gw, dim3(128), 0, scratch, dout, xz, w, bias, B, T, Di, K);
-    } else {
-        MBC_LAUNCH(conv1d_backward_dx_kernel<0>, g, dim3(256), 0, dxz, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
-        MBC_LAUNCH(conv1d_backward_dw_kernel<0>, gw, dim3(128), 0, scratch, dout, xz, w, bias, B, T, Di, K);
-    }
+    if (K == 4)
+        MBC_LAUNCH(conv1d_backward_kernel<4>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
+    else
+        MBC_LAUNCH(conv1d_backward_kernel<0>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
     const int64_t ps = (int64_t)Di * (K + 1);
     MBC_LAUNCH(reduce_partials2_kernel, dim3(grid_for(ps, 64)), dim3(64), 0, dw, (int64_t)Di * K, dbias, (int64_t)Di,
                (const float *)scratch, ps, parts);
