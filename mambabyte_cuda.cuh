@@ -949,11 +949,27 @@ __global__ void sum_double_kernel(double *out, const double *part, int n) {
 }
 
 /* mb_adamw_update after clipping (g *= coef), then g = 0.  Constants as the
-   CPU computes them (host, double -> float); decay_mask[i] picks decay. */
+   CPU computes them (host, double -> float); decay_mask[i] picks decay.
+   With sumsq (the device's sum of g^2), the clip coefficient is computed
+   here, as mb_clip_coef does on the host (double), and a non-finite norm
+   only zeroes the gradient: the host need not read the norm first. */
 __global__ void adamw_kernel(float *p, float *g, float *m, float *v, const uint8_t *decay_mask, int64_t n, float coef,
-                             float b1, float b2, float one_b1, float one_b2, float step_size, float bc2_sqrt,
-                             float eps, float decay) {
+                             const double *sumsq, double clip, float b1, float b2, float one_b1, float one_b2,
+                             float step_size, float bc2_sqrt, float eps, float decay) {
+    bool skip = false;
+    if (sumsq) {
+        const double norm = sqrt(*sumsq);
+        if (!isfinite(norm)) skip = true;
+        else {
+            const double c = clip / (norm + 1e-6);
+            coef = (float)(c < 1.0 ? c : 1.0);
+        }
+    }
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        if (skip) {
+            g[i] = 0.0f;
+            continue;
+        }
         float gi = g[i];
         if (coef < 1.0f) gi *= coef;
         float pi = p[i];
@@ -1375,14 +1391,17 @@ static inline mb_status grad_scale_sumsq(double *sumsq_dev, double *part, float 
     return MB_STATUS_OK;
 }
 
-/* The CPU's AdamW constants (mb_adamw_update). */
+/* The CPU's AdamW constants (mb_adamw_update).  sumsq_dev (optional): take
+   the clip coefficient from the device's squared norm and `clip` instead of
+   coef (see adamw_kernel). */
 static inline mb_status adamw(float *p, float *g, float *m, float *v, const uint8_t *mask, int64_t n, float coef, double lr,
-                       double beta1, double beta2, double eps, double wd, int64_t t) {
+                       double beta1, double beta2, double eps, double wd, int64_t t, const double *sumsq_dev = nullptr,
+                       double clip = 0.0) {
     const float b1 = (float)beta1, b2 = (float)beta2, one_b1 = (float)(1.0 - beta1), one_b2 = (float)(1.0 - beta2);
     const float step_size = (float)(lr / (1.0 - pow(beta1, (double)t)));
     const float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)t)), fe = (float)eps, decay = (float)(1.0 - lr * wd);
-    MBC_LAUNCH(adamw_kernel, dim3(grid_for(n, 256)), dim3(256), 0, p, g, m, v, mask, n, coef, b1, b2, one_b1, one_b2,
-               step_size, bc2_sqrt, fe, decay);
+    MBC_LAUNCH(adamw_kernel, dim3(grid_for(n, 256)), dim3(256), 0, p, g, m, v, mask, n, coef, sumsq_dev, clip, b1, b2,
+               one_b1, one_b2, step_size, bc2_sqrt, fe, decay);
     return MB_STATUS_OK;
 }
 
@@ -1819,18 +1838,17 @@ mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr
     double sumsq = 0.0;
     if (applied_out) *applied_out = 0;
     if (adam_step < 1) return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA update: adam_step %lld", (long long)adam_step);
+    /* norm, clip and update without a host round trip in between: the one
+       synchronisation is the read of the norm at the end */
     MBC_TRY(mbc::grad_scale_sumsq(t->norm_dev, t->norm_part, t->grads, P, grad_scale));
+    MBC_TRY(mbc::adamw(t->params, t->grads, t->adam_m, t->adam_v, t->decay_mask, P, 1.0f, lr, beta1, beta2, eps,
+                       weight_decay, adam_step, t->norm_dev, clip));
+    MBC_TRY(mbc::tr_refresh_bf16(t)); /* (unchanged parameters when skipped) */
     MBC_TRY(mbc::d2h(&sumsq, t->norm_dev, sizeof(double)));
     const double norm = sqrt(sumsq);
     if (grad_norm_out) *grad_norm_out = norm;
-    if (!isfinite(norm)) return mb_cuda_trainer_zero_grad(t);
-    const double c = clip / (norm + 1e-6);
-    const float coef = (float)(c < 1.0 ? c : 1.0); /* mb_clip_coef */
-    MBC_TRY(mbc::adamw(t->params, t->grads, t->adam_m, t->adam_v, t->decay_mask, P, coef, lr, beta1, beta2, eps,
-                       weight_decay, adam_step));
-    MBC_TRY(mbc::tr_refresh_bf16(t));
-    if (applied_out) *applied_out = 1;
-    return mbc::sync();
+    if (applied_out) *applied_out = isfinite(norm) ? 1 : 0;
+    return MB_STATUS_OK;
 }
 
 /* ---- the trainer backend: mb_trainer_step / mb_trainer_sync on the GPU.
