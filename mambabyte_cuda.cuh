@@ -212,14 +212,35 @@ __device__ __forceinline__ double block_sum_double256(double v, double *sh /* 25
 
 /* ===================================================== utility kernels */
 
+/* Sums of partials, widened and deterministic: blocks of (32, MBC_RED_Y)
+   threads; threadIdx.x picks one of 32 consecutive outputs (coalesced),
+   threadIdx.y sums the parts k = y, y + MBC_RED_Y, ... in order, and the
+   MBC_RED_Y sums are added in y order.  Returns the total in thread y = 0
+   (others: 0).  Every thread of the block must call it (one barrier). */
+#define MBC_RED_Y 8
+__device__ __forceinline__ float reduce_parts_2d(const float *part, int64_t ps, int64_t nparts, bool valid) {
+    MBC_SHARED(float, sh, [MBC_RED_Y][32]);
+    float s = 0.0f;
+    if (valid)
+        for (int64_t k = threadIdx.y; k < nparts; k += MBC_RED_Y) s += part[k * ps];
+    sh[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    float t = 0.0f;
+    if (threadIdx.y == 0)
+        for (int y = 0; y < MBC_RED_Y; y++) t += sh[y][threadIdx.x];
+    return t;
+}
+
 /* Two outputs of one partial buffer, in one launch: for i < n0,
    out0[i] += sum_p part[p*ps + i]; for n0 <= i < n0+n1, out1[i-n0] += the
-   same (the LayerNorm's dw|db, the conv's dw|dbias).  Parts in order. */
+   same (the LayerNorm's dw|db, the conv's dw|dbias).  Grid: one block of
+   (32, MBC_RED_Y) per 32 outputs. */
 __global__ void reduce_partials2_kernel(float *out0, int64_t n0, float *out1, int64_t n1, const float *part, int64_t ps,
                                         int64_t nparts) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n0 + n1; i += (int64_t)gridDim.x * blockDim.x) {
-        float s = 0.0f;
-        for (int64_t k = 0; k < nparts; k++) s += part[k * ps + i];
+    const int64_t i = (int64_t)blockIdx.x * 32 + threadIdx.x;
+    const bool valid = i < n0 + n1;
+    const float s = reduce_parts_2d(part + (valid ? i : 0), ps, nparts, valid);
+    if (valid && threadIdx.y == 0) {
         if (i < n0) out0[i] += s;
         else out1[i - n0] += s;
     }
@@ -802,21 +823,21 @@ MBC_UNROLL
    (token, j < 2S), sums partBC over the nw warps into dxdbl[tok X + R + j]. */
 __global__ void scan_reduce_kernel(float *dA_log, float *dD, float *ddt_bias, float *dxdbl, const float *part,
                                    const float *partBC, int64_t npc, int64_t ntok, int nw, scan_ctx k, int overwrite) {
+    /* blocks of (32, MBC_RED_Y): 32 outputs each, parts split over y (reduce_parts_2d) */
     const int64_t DS = (int64_t)k.Di * k.S, W = DS + 2 * k.Di, total = W + ntok * 2 * k.S;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        float s = 0.0f;
-        if (i < W) {
-            for (int64_t p = 0; p < npc; p++) s += part[p * W + i];
-            if (i < DS) dA_log[i] += s;
-            else if (i < DS + k.Di) dD[i - DS] += s;
-            else ddt_bias[i - DS - k.Di] += s;
-        } else {
-            const int64_t r = (i - W) / (2 * k.S), j = (i - W) % (2 * k.S);
-            const float *p = partBC + r * nw * 2 * k.S + j;
-            for (int w = 0; w < nw; w++) s += p[(int64_t)w * 2 * k.S];
-            float *o = dxdbl + r * k.X + k.R + j;
-            *o = overwrite ? s : *o + s;
-        }
+    const int64_t i = (int64_t)blockIdx.x * 32 + threadIdx.x;
+    const bool valid = i < total;
+    const bool param = i < W; /* uniform per block unless the block straddles W */
+    const int64_t r = param || !valid ? 0 : (i - W) / (2 * k.S), j = param || !valid ? 0 : (i - W) % (2 * k.S);
+    const float *p = !valid ? part : param ? part + i : partBC + r * nw * 2 * k.S + j;
+    const float s = reduce_parts_2d(p, param ? W : 2 * k.S, param ? npc : nw, valid);
+    if (!valid || threadIdx.y != 0) return;
+    if (i < DS) dA_log[i] += s;
+    else if (i < DS + k.Di) dD[i - DS] += s;
+    else if (i < W) ddt_bias[i - DS - k.Di] += s;
+    else {
+        float *o = dxdbl + r * k.X + k.R + j;
+        *o = overwrite ? s : *o + s;
     }
 }
 
@@ -1229,8 +1250,8 @@ static inline mb_status layernorm_backward(float *dinp, float *dw, float *db, fl
     if (parts > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "layernorm backward: N %lld too large", (long long)N);
     MBC_LAUNCH(layernorm_backward_kernel, dim3((unsigned)parts), dim3(32 * warps), (size_t)warps * 2 * C * sizeof(float),
                dinp, scratch, dout, inp, w, mean, rstd, N, C, (int)overwrite);
-    MBC_LAUNCH(reduce_partials2_kernel, dim3(grid_for(2 * C, 64)), dim3(64), 0, dw, (int64_t)C, db, (int64_t)C,
-               (const float *)scratch, (int64_t)2 * C, parts);
+    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((2 * C + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)C, db,
+               (int64_t)C, (const float *)scratch, (int64_t)2 * C, parts);
     return MB_STATUS_OK;
 }
 
@@ -1275,8 +1296,8 @@ static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, flo
     else
         MBC_LAUNCH(conv1d_backward_kernel<0>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
     const int64_t ps = (int64_t)Di * (K + 1);
-    MBC_LAUNCH(reduce_partials2_kernel, dim3(grid_for(ps, 64)), dim3(64), 0, dw, (int64_t)Di * K, dbias, (int64_t)Di,
-               (const float *)scratch, ps, parts);
+    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((ps + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)Di * K,
+               dbias, (int64_t)Di, (const float *)scratch, ps, parts);
     return MB_STATUS_OK;
 }
 
@@ -1356,7 +1377,9 @@ static inline mb_status scan_backward(float *du, float *ddelta, float *ddt_bias,
                dim3(32 * MBC_SCAN_BWD_WARPS), 0, du, ddelta, dxz, part, partBC, dout, states, (const float *)gin, u,
                delta, dt_bias, A_log, xdbl, Dp, xz, k, (int)overwrite);
     const int64_t ntok = (int64_t)B * T;
-    MBC_LAUNCH(scan_reduce_kernel, dim3(grid_for(DS + 2 * Di + ntok * 2 * S, 256)), dim3(256), 0, dA_log, dD, ddt_bias,
+    const int64_t nred = (DS + 2 * Di + ntok * 2 * S + 31) / 32;
+    if (nred > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA scan: B*T %lld too large", (long long)ntok);
+    MBC_LAUNCH(scan_reduce_kernel, dim3((unsigned)nred), dim3(32, MBC_RED_Y), 0, dA_log, dD, ddt_bias,
                dxdbl, (const float *)part, (const float *)partBC, npc, ntok, nw, k, (int)overwrite);
     return MB_STATUS_OK;
 }
