@@ -823,22 +823,28 @@ MBC_UNROLL
    (token, j < 2S), sums partBC over the nw warps into dxdbl[tok X + R + j]. */
 __global__ void scan_reduce_kernel(float *dA_log, float *dD, float *ddt_bias, float *dxdbl, const float *part,
                                    const float *partBC, int64_t npc, int64_t ntok, int nw, scan_ctx k, int overwrite) {
-    /* blocks of (32, MBC_RED_Y): 32 outputs each, parts split over y (reduce_parts_2d) */
-    const int64_t DS = (int64_t)k.Di * k.S, W = DS + 2 * k.Di, total = W + ntok * 2 * k.S;
-    const int64_t i = (int64_t)blockIdx.x * 32 + threadIdx.x;
-    const bool valid = i < total;
-    const bool param = i < W; /* uniform per block unless the block straddles W */
-    const int64_t r = param || !valid ? 0 : (i - W) / (2 * k.S), j = param || !valid ? 0 : (i - W) % (2 * k.S);
-    const float *p = !valid ? part : param ? part + i : partBC + r * nw * 2 * k.S + j;
-    const float s = reduce_parts_2d(p, param ? W : 2 * k.S, param ? npc : nw, valid);
-    if (!valid || threadIdx.y != 0) return;
-    if (i < DS) dA_log[i] += s;
-    else if (i < DS + k.Di) dD[i - DS] += s;
-    else if (i < W) ddt_bias[i - DS - k.Di] += s;
-    else {
-        float *o = dxdbl + r * k.X + k.R + j;
-        *o = overwrite ? s : *o + s;
+    /* blocks of (32, MBC_RED_Y).  The first ceil(W/32) blocks: 32 parameter
+       outputs each over the B*nch parts, split over y (reduce_parts_2d); the
+       rest: one dB/dC output per thread over the nw warp partials (few). */
+    const int64_t DS = (int64_t)k.Di * k.S, W = DS + 2 * k.Di, pblocks = (W + 31) / 32;
+    if ((int64_t)blockIdx.x < pblocks) { /* uniform per block: the barrier inside is reached by all */
+        const int64_t i = (int64_t)blockIdx.x * 32 + threadIdx.x;
+        const bool valid = i < W;
+        const float s = reduce_parts_2d(part + (valid ? i : 0), W, npc, valid);
+        if (!valid || threadIdx.y != 0) return;
+        if (i < DS) dA_log[i] += s;
+        else if (i < DS + k.Di) dD[i - DS] += s;
+        else ddt_bias[i - DS - k.Di] += s;
+        return;
     }
+    const int64_t i = ((int64_t)blockIdx.x - pblocks) * (32 * MBC_RED_Y) + threadIdx.y * 32 + threadIdx.x;
+    if (i >= ntok * 2 * k.S) return;
+    const int64_t r = i / (2 * k.S), j = i % (2 * k.S);
+    const float *p = partBC + r * nw * 2 * k.S + j;
+    float s = 0.0f;
+    for (int w = 0; w < nw; w++) s += p[(int64_t)w * 2 * k.S];
+    float *o = dxdbl + r * k.X + k.R + j;
+    *o = overwrite ? s : *o + s;
 }
 
 /* Streaming scan step (mb_stream_step): one thread per channel, states in
@@ -1377,7 +1383,7 @@ static inline mb_status scan_backward(float *du, float *ddelta, float *ddt_bias,
                dim3(32 * MBC_SCAN_BWD_WARPS), 0, du, ddelta, dxz, part, partBC, dout, states, (const float *)gin, u,
                delta, dt_bias, A_log, xdbl, Dp, xz, k, (int)overwrite);
     const int64_t ntok = (int64_t)B * T;
-    const int64_t nred = (DS + 2 * Di + ntok * 2 * S + 31) / 32;
+    const int64_t nred = (DS + 2 * Di + 31) / 32 + (ntok * 2 * S + 32 * MBC_RED_Y - 1) / (32 * MBC_RED_Y);
     if (nred > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA scan: B*T %lld too large", (long long)ntok);
     MBC_LAUNCH(scan_reduce_kernel, dim3((unsigned)nred), dim3(32, MBC_RED_Y), 0, dA_log, dD, ddt_bias,
                dxdbl, (const float *)part, (const float *)partBC, npc, ntok, nw, k, (int)overwrite);
