@@ -25,6 +25,8 @@
      precision 1 (bf16): the inputs of every matrix product (activations,
      gradients and a bf16 copy of the weights, refreshed after each update)
      are bf16, accumulation and outputs float32 (cublasGemmEx, compute 32F).
+     precision 2 (tf32): float32 storage, the matrix products on the tensor
+     cores with TF32 inputs (CUBLAS_COMPUTE_32F_FAST_TF32, ~1e-3 relative).
      Master weights, gradients, AdamW state, LayerNorm, the scan state and
      the cross-entropy are float32 in both modes.
 
@@ -83,23 +85,39 @@
 typedef __nv_bfloat16 mbc_bf16;
 
 #define MBC_MAX_CONV 64        /* d_conv limit of mb_config_validate */
-#define MBC_SCAN_MAX_CHUNK 64  /* h history kept per thread in the scan backward */
-#define MBC_SCAN_THREADS 256   /* threads per scan block: (256 / SP) channels x SP states */
+#define MBC_SCAN_MAX_CHUNK 64  /* scan chunk limit: rows of B/C staged in shared memory */
+#define MBC_SCAN_MAX_STATE 64  /* d_state limit of the scan kernels */
+#define MBC_SCAN_THREADS 128   /* channels per block of the forward scan kernels */
+#define MBC_SCAN_BWD_WARPS 2   /* warps (32 channels each) per block of the scan backward */
+#define MBC_SCAN_GROUP 16      /* states per pass of the scan backward */
+#define MBC_SCAN_SEG 4         /* tokens per recomputed segment of the scan backward (h in registers) */
+#define MBC_FP32 0 /* GEMM modes = the trainer's precision values */
+#define MBC_BF16 1
+#define MBC_TF32 2
 #define MBC_NORM_BLOCKS 256    /* fixed grid of the gradient-norm partials */
 #define MBC_LN_ROWS 64         /* rows per block of the LayerNorm backward */
-#define MBC_CONV_TOKENS 256    /* tokens per partial of the conv weight gradient */
+#define MBC_CONV_TOKENS 64     /* tokens per thread (and per partial of dw) of the conv backward */
 
 /* Kernel launch: <<<>>> on the GPU, the emulator on the host.  Launchers
    return an mb_status, so a launch error is reported with file and line. */
 #ifdef MB_CUDA_EMULATE
+#define MBC_UNROLL
+/* static shared memory, counted by the emulator against the 48 KiB limit */
+#define MBC_SHARED(type, name, dims) static type name dims; cuda_emu::note_static_smem(&name, sizeof name)
 #define MBC_DYNAMIC_SHARED(T, name) T *name = (T *)cuda_emu::dynamic_smem()
 #define MBC_LAUNCH(kernel, grid, block, smem, ...) cuda_emu::launch(kernel, grid, block, smem, __VA_ARGS__)
 #else
+#define MBC_UNROLL _Pragma("unroll")
+#define MBC_SHARED(type, name, dims) __shared__ type name dims
 #define MBC_DYNAMIC_SHARED(T, name) extern __shared__ float4 mbc__dyn_smem[]; T *name = (T *)mbc__dyn_smem
+/* With MB_CUDA_SYNC=1 in the environment every launch is followed by a
+   device synchronisation, so a fault is reported at the kernel that caused
+   it (file, line and kernel name) instead of at a later copy. */
 #define MBC_LAUNCH(kernel, grid, block, smem, ...)                                                    \
     do {                                                                                          \
         kernel<<<grid, block, smem, 0>>>(__VA_ARGS__);                                            \
         MBC_CUDA(cudaGetLastError());                                                             \
+        if (mbc::sync_each_launch()) MBC_CUDA_AT(cudaDeviceSynchronize(), #kernel);                 \
     } while (0)
 #endif
 
@@ -111,6 +129,14 @@ __device__ __forceinline__ float sigmoidf_(float x) {
     if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
     float e = expf(x);
     return e / (1.0f + e);
+}
+/* The same with a 2-ulp division (MUFU.RCP and a multiply): the scan's
+   per-token gate, where the IEEE division's subroutine would cost more than
+   the state loop of a token. */
+__device__ __forceinline__ float sigmoid_fast_(float x) {
+    if (x >= 0.0f) return __fdividef(1.0f, 1.0f + expf(-x));
+    const float e = expf(x);
+    return __fdividef(e, 1.0f + e);
 }
 __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 __device__ __forceinline__ float softplus_gradf_(float x) { return x > 20.0f ? 1.0f : sigmoidf_(x); }
@@ -186,16 +212,37 @@ __device__ __forceinline__ double block_sum_double256(double v, double *sh /* 25
 
 /* ===================================================== utility kernels */
 
-/* out[r*ldo + j] += sum_{p in order} part[r*prs + p*ps + j], j < width. */
-__global__ void reduce_partials_kernel(float *out, int64_t ldo, const float *part, int64_t prs, int64_t ps,
-                                       int64_t rows, int64_t nparts, int64_t width) {
-    const int64_t total = rows * width;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t r = i / width, j = i % width;
-        const float *p = part + r * prs + j;
-        float s = 0.0f;
-        for (int64_t k = 0; k < nparts; k++) s += p[k * ps];
-        out[r * ldo + j] += s;
+/* Sums of partials, widened and deterministic: blocks of (32, MBC_RED_Y)
+   threads; threadIdx.x picks one of 32 consecutive outputs (coalesced),
+   threadIdx.y sums the parts k = y, y + MBC_RED_Y, ... in order, and the
+   MBC_RED_Y sums are added in y order.  Returns the total in thread y = 0
+   (others: 0).  Every thread of the block must call it (one barrier). */
+#define MBC_RED_Y 8
+__device__ __forceinline__ float reduce_parts_2d(const float *part, int64_t ps, int64_t nparts, bool valid) {
+    MBC_SHARED(float, sh, [MBC_RED_Y][32]);
+    float s = 0.0f;
+    if (valid)
+        for (int64_t k = threadIdx.y; k < nparts; k += MBC_RED_Y) s += part[k * ps];
+    sh[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    float t = 0.0f;
+    if (threadIdx.y == 0)
+        for (int y = 0; y < MBC_RED_Y; y++) t += sh[y][threadIdx.x];
+    return t;
+}
+
+/* Two outputs of one partial buffer, in one launch: for i < n0,
+   out0[i] += sum_p part[p*ps + i]; for n0 <= i < n0+n1, out1[i-n0] += the
+   same (the LayerNorm's dw|db, the conv's dw|dbias).  Grid: one block of
+   (32, MBC_RED_Y) per 32 outputs. */
+__global__ void reduce_partials2_kernel(float *out0, int64_t n0, float *out1, int64_t n1, const float *part, int64_t ps,
+                                        int64_t nparts) {
+    const int64_t i = (int64_t)blockIdx.x * 32 + threadIdx.x;
+    const bool valid = i < n0 + n1;
+    const float s = reduce_parts_2d(part + (valid ? i : 0), ps, nparts, valid);
+    if (valid && threadIdx.y == 0) {
+        if (i < n0) out0[i] += s;
+        else out1[i - n0] += s;
     }
 }
 
@@ -204,12 +251,6 @@ __global__ void convert_bf16_kernel(mbc_bf16 *dst, const float *src, int64_t row
     const int64_t total = rows * cols;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = __float2bfloat16_rn(src[(i / cols) * lds + i % cols]);
-}
-
-/* x += y */
-__global__ void add_inplace_kernel(float *x, const float *y, int64_t n) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        x[i] += y[i];
 }
 
 /* ===================================================== embedding */
@@ -242,7 +283,7 @@ __global__ void embedding_backward_kernel(float *dwte, const float *dout, const 
 /* mb__layernorm_forward: one warp per row, two passes (mean, then the
    centred variance) as the CPU, eps 1e-5. */
 __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                         const float *b, int64_t N, int C) {
+                                         const float *b, int64_t N, int C, float *copy) {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= N) return; /* whole warps leave together: no block barrier here */
@@ -259,6 +300,8 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
     const float r = 1.0f / sqrtf(v + 1e-5f);
     float *o = out + row * C;
     for (int c = lane; c < C; c += 32) o[c] = (x[c] - m) * r * w[c] + b[c];
+    if (copy) /* the residual stream's next buffer, so no separate copy */
+        for (int c = lane; c < C; c += 32) copy[row * C + c] = x[c];
     if (lane == 0) {
         mean[row] = m;
         rstd[row] = r;
@@ -270,11 +313,15 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
    db), each warp accumulating its rows in shared memory, then summed over
    warps in order.  Dynamic shared memory: nwarps * 2C floats. */
 __global__ void layernorm_backward_kernel(float *dinp, float *part, const float *dout, const float *inp,
-                                          const float *w, const float *mean, const float *rstd, int64_t N, int C) {
+                                          const float *w, const float *mean, const float *rstd, int64_t N, int C,
+                                          int overwrite) {
     MBC_DYNAMIC_SHARED(float, acc);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     float *my = acc + (int64_t)warp * 2 * C;
     for (int c = lane; c < 2 * C; c += 32) my[c] = 0.0f;
+    /* my[C + c] is zeroed by lane (C + c) % 32 but accumulated by lane c % 32
+       (different lanes when C % 32 != 0): order the two within the warp */
+    __syncwarp();
     const int64_t r0 = (int64_t)blockIdx.x * MBC_LN_ROWS;
     for (int k = warp; k < MBC_LN_ROWS; k += nwarps) {
         const int64_t row = r0 + k;
@@ -292,7 +339,8 @@ __global__ void layernorm_backward_kernel(float *dinp, float *part, const float 
         float *dx = dinp + row * C;
         for (int c = lane; c < C; c += 32) {
             float xhat = (x[c] - m) * s, dn = w[c] * g[c];
-            dx[c] += (dn - dm - xhat * dnm) * s;
+            const float v = (dn - dm - xhat * dnm) * s;
+            dx[c] = overwrite ? v : dx[c] + v;
             my[c] += xhat * g[c];
             my[C + c] += g[c];
         }
@@ -333,53 +381,48 @@ __global__ void conv1d_forward_kernel(float *out, const float *xz, const float *
     }
 }
 
-/* mb__conv1d_backward, input part: dxz[s, d] (x' columns) += sum over the
-   outputs t = s..s+K-1 that read x'[s] of dpre[t] * w[d, K-1-(t-s)], in
-   increasing t as the CPU.  dpre is recomputed from the pre-activation. */
+/* mb__conv1d_backward in one pass: one thread per (channel d, part of
+   MBC_CONV_TOKENS flat tokens, blockIdx.y).  dpre[t] = dout[t] silu'(pre[t])
+   is computed once per token (and for the K-1 tokens past the part, which
+   the part's last dx need), kept in a window win[j] = dpre[s+j].  The x'
+   columns of dxz: dx[s] (+)= sum over j < K with t_s + j < T of
+   dpre[s+j] w[d, K-1-j], in increasing j as the CPU (overwrite: from 0).
+   dw (Di,K) and dbias (Di) summed over the part's tokens into
+   part[blockIdx.y * Di*(K+1)]: dw (Di*K) then dbias (Di), reduced in part
+   order by the caller.  KT is the kernel width when known (4), else 0. */
 template <int KT>
-__global__ void conv1d_backward_dx_kernel(float *dxz, const float *dout, const float *xz, const float *w,
-                                          const float *bias, int B, int T, int Di, int K) {
-    const int KK = KT > 0 ? KT : K;
-    const int64_t total = (int64_t)B * T * Di;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t bs = i / Di;
-        const int d = (int)(i % Di), s = (int)(bs % T);
-        float *dx = dxz + bs * 2 * Di + d;
-        float acc = *dx;
-        for (int j = 0; j < KK; j++) {
-            const int t = s + j;
-            if (t >= T) break;
-            const int64_t bt = bs + j;
-            const float pre = conv_pre<KT>(xz, w, bias, bt, t, d, Di, K);
-            const float dpre = dout[bt * Di + d] * silu_gradf_(pre);
-            acc += dpre * w[(int64_t)d * KK + (KK - 1 - j)];
-        }
-        *dx = acc;
-    }
-}
-
-/* mb__conv1d_backward, parameter part: partial sums of dw (Di,K) and dbias
-   (Di) over MBC_CONV_TOKENS tokens per blockIdx.y, into
-   part[blockIdx.y * Di*(K+1)]: dw (Di*K) then dbias (Di). */
-template <int KT>
-__global__ void conv1d_backward_dw_kernel(float *part, const float *dout, const float *xz, const float *w,
-                                          const float *bias, int B, int T, int Di, int K) {
+__global__ void conv1d_backward_kernel(float *dxz, float *part, const float *dout, const float *xz, const float *w,
+                                       const float *bias, int B, int T, int Di, int K, int overwrite) {
     const int KK = KT > 0 ? KT : K;
     const int d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= Di) return;
     const int64_t N = (int64_t)B * T, n0 = (int64_t)blockIdx.y * MBC_CONV_TOKENS;
     const int64_t n1 = n0 + MBC_CONV_TOKENS < N ? n0 + MBC_CONV_TOKENS : N;
-    float dw[KT > 0 ? KT : MBC_MAX_CONV];
+    float win[KT > 0 ? KT : MBC_MAX_CONV], dw[KT > 0 ? KT : MBC_MAX_CONV];
     float db = 0.0f;
     for (int k = 0; k < KK; k++) dw[k] = 0.0f;
-    for (int64_t bt = n0; bt < n1; bt++) {
-        const int t = (int)(bt % T);
-        const float dpre = dout[bt * Di + d] * silu_gradf_(conv_pre<KT>(xz, w, bias, bt, t, d, Di, K));
-        db += dpre;
-        for (int k = 0; k < KK; k++) {
-            const int ts = t - (KK - 1) + k;
-            if (ts >= 0) dw[k] += dpre * xz[(bt - t + ts) * 2 * Di + d];
+    for (int j = 0; j + 1 < KK; j++) {
+        const int64_t bt = n0 + j;
+        win[j] = bt < N ? dout[bt * Di + d] * silu_gradf_(conv_pre<KT>(xz, w, bias, bt, (int)(bt % T), d, Di, K)) : 0.0f;
+    }
+    for (int64_t s = n0; s < n1; s++) {
+        const int64_t bl = s + KK - 1;
+        win[KK - 1] = bl < N ? dout[bl * Di + d] * silu_gradf_(conv_pre<KT>(xz, w, bias, bl, (int)(bl % T), d, Di, K)) : 0.0f;
+        const int ts = (int)(s % T);
+        float *dx = dxz + s * 2 * Di + d;
+        float acc = overwrite ? 0.0f : *dx;
+        for (int j = 0; j < KK; j++) {
+            if (ts + j >= T) break;
+            acc += win[j] * w[(int64_t)d * KK + (KK - 1 - j)];
         }
+        *dx = acc;
+        const float dp = win[0]; /* this token's own dpre: the parameter sums */
+        db += dp;
+        for (int k = 0; k < KK; k++) {
+            const int tk = ts - (KK - 1) + k;
+            if (tk >= 0) dw[k] += dp * xz[(s - ts + tk) * 2 * Di + d];
+        }
+        for (int j = 0; j + 1 < KK; j++) win[j] = win[j + 1];
     }
     float *p = part + (int64_t)blockIdx.y * Di * (KK + 1);
     for (int k = 0; k < KK; k++) p[(int64_t)d * KK + k] = dw[k];
@@ -400,231 +443,426 @@ __global__ void conv1d_step_kernel(float *u, float *state, const float *xz, cons
 }
 
 /* ===================================================== selective scan
-   Thread layout of every scan kernel: blockDim.x = MBC_SCAN_THREADS; lane
-   group of SP = next power of two >= S threads per channel (state n = tid %
-   SP, lanes n >= S idle but present for the shuffles); DPB = 256/SP channels
-   per block, blockIdx.x picks the channel group, blockIdx.y the chunk,
-   blockIdx.z the sequence.  Idle threads (n >= S, d >= Di) run every loop
-   and shuffle with zeros, so no thread leaves before a barrier.
+   One thread per (sequence b, channel d, chunk c): the d_state states of the
+   channel live in registers, so the per-(token, channel) work (softplus(dt),
+   dt*u, SiLU(z), the loads of u, delta, z and dout) is done once and the
+   inner loop over the states is a few FMUL/FFMA and one MUFU.EX2.  The
+   decay is exp2(dt * A2) with A2 = A * log2(e) = -exp(A_log) * log2(e)
+   computed once per (channel, state).  A block holds MBC_SCAN_THREADS
+   channels of one (chunk, sequence): blockIdx.x picks the channels,
+   blockIdx.y the chunk, blockIdx.z the sequence.  B_t and C_t are the same
+   for every channel of a token, so a block stages its chunk's rows of them
+   in shared memory, padded with zeros to NS (a multiple of 16 >= S): a
+   padded state has A2 = 0, B = C = 0 and h = 0, so it stays 0 and adds
+   nothing, and the inner loops need no guard.
 
-   Forward:  (1) scan_chunk_state_kernel: each chunk from a zero state gives
-   (P, H) = (prod a_t, h_end); (2) scan_carry_kernel: states[c+1] =
-   P[c] * states[c] + H[c], the operator (a,b).(a',b') = (aa', a'b + b')
-   over chunks, sequential per (b,d,n); (3) scan_forward_kernel: each chunk
-   again from its true start state, producing y.  Backward mirrors it with
-   the adjoint g_t = a_{t+1} g_{t+1} + dy_t C_t run in reverse. */
+   Forward:  (1) scan_chunk_state_kernel: each chunk c < nch-1 from h = 0
+   writes h_end into states[c+1] and sdt[c] = sum of dt over the chunk (the
+   chunk's decay is exp2(A2 * sdt)); (2) scan_carry_kernel, in place:
+   states[c+1] = exp2(A2 sdt[c]) states[c] + states[c+1], the associative
+   operator (a,b).(a',b') = (aa', a'b + b') over chunks; (3)
+   scan_forward_kernel: each chunk again from its true start state, with
+   D*u and the SiLU(z) gate fused, writing the gated output.
+
+   Backward mirrors it with the adjoint g_t = a_{t+1} g_{t+1} + dy_t C_t:
+   (1) scan_chunk_grad_kernel: per chunk c >= 1 from g = 0 at its end, the
+   adjoint handed to chunk c-1 (into gin[c-1]) and sdt[c]; (2)
+   scan_carry_grad_kernel, in place: gin[c-1] += exp2(A2 sdt[c]) gin[c];
+   (3) scan_backward_kernel: per chunk, 16 states at a time, h is
+   recomputed from the saved chunk start (checkpoints every MBC_SCAN_SEG
+   tokens, then each segment again into registers) and walked backwards with
+   the adjoint in registers.  The sums over channels (dB, dC) are a 32x32
+   transpose in shared memory per warp (lane j sums column j in lane
+   order), written as partials per (token, warp of channels); dA_log, dD
+   and the dt bias gradient are partials per (b, chunk).  One reduce kernel
+   adds all partials in index order: deterministic, no atomics. */
+
+#define MBC_LOG2E 1.44269504088896340736f
+#define MBC_LN2 0.69314718055994530942f
+
+/* 2^x: one MUFU.EX2 on the GPU (ex2.approx, ~2 ulp, subnormal results
+   flushed to zero: a decay that small is zero for the scan). */
+__device__ __forceinline__ float exp2_(float x) {
+#if defined(__CUDA_ARCH__)
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+#else
+    return exp2f(x);
+#endif
+}
 
 struct scan_ctx {
-    int T, Di, S, SP, R, X, chunk, nch;
+    int T, Di, S, R, X, chunk, nch;
 };
 
-/* dt and the decay of one (token, channel, state). */
-__device__ __forceinline__ float scan_dt(const float *delta, const float *dt_bias, int64_t tok, int Di, int d) {
-    return softplusf_(delta[tok * Di + d] + dt_bias[d]);
+/* Four consecutive floats of a 16-byte aligned shared row: one LDS.128. */
+__device__ __forceinline__ void ld4(float *v, const float *p) {
+    const float4 q = *(const float4 *)p;
+    v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
 }
 
-/* (1) per chunk c < nch-1: P = prod a, H = h at the chunk end from h = 0;
-   PH layout (B, nch, Di, S) for each of P and H. */
-__global__ void scan_chunk_state_kernel(float *P, float *H, const float *u, const float *delta, const float *dt_bias,
-                                        const float *A_log, const float *xdbl, scan_ctx k) {
-    const int n = threadIdx.x % k.SP, d = blockIdx.x * (MBC_SCAN_THREADS / k.SP) + threadIdx.x / k.SP;
-    const int c = blockIdx.y, b = blockIdx.z;
-    if (n >= k.S || d >= k.Di) return; /* no barriers or shuffles in this kernel */
-    const float A = -expf(A_log[(int64_t)d * k.S + n]);
-    const int t0 = c * k.chunk, t1 = t0 + k.chunk < k.T ? t0 + k.chunk : k.T;
-    float h = 0.0f, p = 1.0f;
-    for (int t = t0; t < t1; t++) {
-        const int64_t tok = (int64_t)b * k.T + t;
-        const float dt = scan_dt(delta, dt_bias, tok, k.Di, d), a = expf(dt * A);
-        h = a * h + dt * xdbl[tok * k.X + k.R + n] * u[tok * k.Di + d];
-        p *= a;
+/* Rows t0..t0+len of B (and C when BC) into s[t][0..NS) (and s[t][NS..2NS)),
+   zero beyond S.  Called by every thread of the block. */
+template <int NS, int W>
+__device__ __forceinline__ void scan_stage(float (*s)[W], const float *xdbl, int64_t tok0, int len, int s0, bool BC,
+                                           const scan_ctx &k) {
+    const int cols = BC ? 2 * NS : NS;
+    for (int i = threadIdx.x; i < len * cols; i += blockDim.x) {
+        const int t = i / cols, j = i % cols, half = j / NS, n = s0 + j % NS;
+        s[t][j] = n < k.S ? xdbl[(tok0 + t) * k.X + k.R + half * k.S + n] : 0.0f;
     }
-    const int64_t o = (((int64_t)b * k.nch + c) * k.Di + d) * k.S + n;
-    P[o] = p;
-    H[o] = h;
 }
 
-/* (2) states[b,0] = 0, states[b,c+1] = P[b,c] states[b,c] + H[b,c]. */
-__global__ void scan_carry_kernel(float *states, const float *P, const float *H, int B, int nch, int64_t DS) {
-    const int64_t total = (int64_t)B * DS;
+/* (1) per chunk c < nch-1: h_end from h = 0 into states[c+1], sdt[b,c,d]. */
+template <int NS>
+__global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_chunk_state_kernel(float *states, float *sdt, const float *u,
+                                        const float *delta, const float *dt_bias, const float *A_log,
+                                        const float *xdbl, scan_ctx k) {
+    MBC_SHARED(__align__(16) float, sb, [MBC_SCAN_MAX_CHUNK][NS]);
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y, b = blockIdx.z;
+    const int t0 = c * k.chunk, len = t0 + k.chunk < k.T ? k.chunk : k.T - t0;
+    const int64_t tok0 = (int64_t)b * k.T + t0;
+    scan_stage<NS>(sb, xdbl, tok0, len, 0, false, k);
+    __syncthreads();
+    if (d >= k.Di) return; /* no barrier after this */
+    float A2[NS], h[NS];
+MBC_UNROLL
+    for (int n = 0; n < NS; n++) {
+        A2[n] = n < k.S ? -expf(A_log[(int64_t)d * k.S + n]) * MBC_LOG2E : 0.0f;
+        h[n] = 0.0f;
+    }
+    const float bias = dt_bias[d];
+    float sd = 0.0f;
+    for (int i = 0; i < len; i++) {
+        const int64_t tok = tok0 + i;
+        const float dt = softplusf_(delta[tok * k.Di + d] + bias), dtu = dt * u[tok * k.Di + d];
+        sd += dt;
+MBC_UNROLL
+        for (int q = 0; q < NS / 4; q++) {
+            float bq[4];
+            ld4(bq, &sb[i][4 * q]);
+MBC_UNROLL
+            for (int e = 0; e < 4; e++) h[4 * q + e] = exp2_(dt * A2[4 * q + e]) * h[4 * q + e] + dtu * bq[e];
+        }
+    }
+    float *st = states + (((int64_t)b * k.nch + c + 1) * k.Di + d) * k.S;
+MBC_UNROLL
+    for (int n = 0; n < NS; n++)
+        if (n < k.S) st[n] = h[n];
+    sdt[((int64_t)b * k.nch + c) * k.Di + d] = sd;
+}
+
+/* (2) in place: states[b,c+1] = exp2(A2 sdt[b,c]) states[b,c] + states[b,c+1]
+   for c = 0..nch-2 (states[b,0] = 0 is written by scan_forward_kernel). */
+__global__ void scan_carry_kernel(float *states, const float *sdt, const float *A_log, int B, scan_ctx k) {
+    const int64_t DS = (int64_t)k.Di * k.S, total = (int64_t)B * DS;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t b = i / DS, j = i % DS, base = b * nch * DS + j;
+        const int64_t b = i / DS, j = i % DS, d = j / k.S, base = b * k.nch * DS + j;
+        const float A2 = -expf(A_log[j]) * MBC_LOG2E;
         float h = 0.0f;
-        states[base] = h;
-        for (int c = 0; c + 1 < nch; c++) {
-            h = P[base + c * DS] * h + H[base + c * DS];
+        for (int c = 0; c + 1 < k.nch; c++) {
+            h = exp2_(A2 * sdt[(b * k.nch + c) * k.Di + d]) * h + states[base + (c + 1) * DS];
             states[base + (c + 1) * DS] = h;
         }
     }
 }
 
-/* (3) mb__scan_forward's output: out = (C.h + D u) * silu(z). */
-__global__ void scan_forward_kernel(float *out, const float *states, const float *u, const float *delta,
-                                    const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                                    const float *xz, scan_ctx k) {
-    const int n = threadIdx.x % k.SP, d = blockIdx.x * (MBC_SCAN_THREADS / k.SP) + threadIdx.x / k.SP;
-    const int c = blockIdx.y, b = blockIdx.z;
-    const bool active = n < k.S && d < k.Di, chan = d < k.Di;
-    const float A = active ? -expf(A_log[(int64_t)d * k.S + n]) : 0.0f;
-    float h = active ? states[(((int64_t)b * k.nch + c) * k.Di + d) * k.S + n] : 0.0f;
-    const int t0 = c * k.chunk, t1 = t0 + k.chunk < k.T ? t0 + k.chunk : k.T;
-    for (int t = t0; t < t1; t++) {
-        const int64_t tok = (int64_t)b * k.T + t;
-        float yp = 0.0f, ut = 0.0f;
-        if (active) {
-            const float *Bt = xdbl + tok * k.X + k.R;
-            const float dt = scan_dt(delta, dt_bias, tok, k.Di, d);
-            ut = u[tok * k.Di + d];
-            h = expf(dt * A) * h + dt * Bt[n] * ut;
-            yp = Bt[k.S + n] * h;
+/* (3) mb__scan_forward's output: out = (C.h + D u) * silu(z), chunk c from
+   states[c] (chunk 0 from zero, which it writes to states[b,0]). */
+template <int NS>
+__global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_forward_kernel(float *out, float *states, const float *u,
+                                    const float *delta, const float *dt_bias, const float *A_log,
+                                    const float *xdbl, const float *Dp, const float *xz, scan_ctx k) {
+    MBC_SHARED(__align__(16) float, sbc, [MBC_SCAN_MAX_CHUNK][2 * NS]);
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y, b = blockIdx.z;
+    const int t0 = c * k.chunk, len = t0 + k.chunk < k.T ? k.chunk : k.T - t0;
+    const int64_t tok0 = (int64_t)b * k.T + t0;
+    scan_stage<NS>(sbc, xdbl, tok0, len, 0, true, k);
+    __syncthreads();
+    if (d >= k.Di) return;
+    float A2[NS], h[NS];
+    float *st = states + (((int64_t)b * k.nch + c) * k.Di + d) * k.S;
+MBC_UNROLL
+    for (int n = 0; n < NS; n++) {
+        A2[n] = n < k.S ? -expf(A_log[(int64_t)d * k.S + n]) * MBC_LOG2E : 0.0f;
+        h[n] = n < k.S && c > 0 ? st[n] : 0.0f;
+        if (c == 0 && n < k.S) st[n] = 0.0f;
+    }
+    const float bias = dt_bias[d], Dd = Dp[d];
+    for (int i = 0; i < len; i++) {
+        const int64_t tok = tok0 + i;
+        const float ut = u[tok * k.Di + d], z = xz[tok * 2 * k.Di + k.Di + d];
+        const float dt = softplusf_(delta[tok * k.Di + d] + bias), dtu = dt * ut;
+        float y = 0.0f;
+MBC_UNROLL
+        for (int q = 0; q < NS / 4; q++) {
+            float bq[4], cq[4];
+            ld4(bq, &sbc[i][4 * q]);
+            ld4(cq, &sbc[i][NS + 4 * q]);
+MBC_UNROLL
+            for (int e = 0; e < 4; e++) {
+                const int n = 4 * q + e;
+                h[n] = exp2_(dt * A2[n]) * h[n] + dtu * bq[e];
+                y += cq[e] * h[n];
+            }
         }
-        const float y = group_sum(yp, k.SP);
-        if (chan && n == 0) out[tok * k.Di + d] = (y + Dp[d] * ut) * siluf_(xz[tok * 2 * k.Di + k.Di + d]);
+        out[tok * k.Di + d] = (y + Dd * ut) * (z * sigmoid_fast_(z));
     }
 }
 
-/* Backward (1): per chunk c >= 1, from g = 0 at its end: G = a_{t0} g_{t0}
-   (the adjoint handed to chunk c-1) and P = prod a. */
-__global__ void scan_chunk_grad_kernel(float *P, float *G, const float *dout, const float *delta, const float *dt_bias,
-                                       const float *A_log, const float *xdbl, const float *xz, scan_ctx k) {
-    const int n = threadIdx.x % k.SP, d = blockIdx.x * (MBC_SCAN_THREADS / k.SP) + threadIdx.x / k.SP;
-    const int c = blockIdx.y + 1, b = blockIdx.z;
-    if (n >= k.S || d >= k.Di) return;
-    const float A = -expf(A_log[(int64_t)d * k.S + n]);
-    const int t0 = c * k.chunk, t1 = t0 + k.chunk < k.T ? t0 + k.chunk : k.T;
-    float g = 0.0f, p = 1.0f;
-    for (int t = t1 - 1; t >= t0; t--) {
-        const int64_t tok = (int64_t)b * k.T + t;
-        const float dt = scan_dt(delta, dt_bias, tok, k.Di, d), a = expf(dt * A);
-        const float dy = dout[tok * k.Di + d] * siluf_(xz[tok * 2 * k.Di + k.Di + d]);
-        g = a * (g + dy * xdbl[tok * k.X + k.R + k.S + n]);
-        p *= a;
+/* Backward (1): per chunk c >= 1, from g = 0 at its end, the adjoint handed
+   to chunk c-1 into gin[b,c-1] and sdt[b,c]. */
+template <int NS>
+__global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_chunk_grad_kernel(float *gin, float *sdt, const float *dout,
+                                       const float *delta, const float *dt_bias, const float *A_log,
+                                       const float *xdbl, const float *xz, scan_ctx k) {
+    MBC_SHARED(__align__(16) float, sc, [MBC_SCAN_MAX_CHUNK][NS]);
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y + 1, b = blockIdx.z;
+    const int t0 = c * k.chunk, len = t0 + k.chunk < k.T ? k.chunk : k.T - t0;
+    const int64_t tok0 = (int64_t)b * k.T + t0;
+    for (int i = threadIdx.x; i < len * NS; i += blockDim.x) { /* the C rows */
+        const int t = i / NS, n = i % NS;
+        sc[t][n] = n < k.S ? xdbl[(tok0 + t) * k.X + k.R + k.S + n] : 0.0f;
     }
-    const int64_t o = (((int64_t)b * k.nch + c) * k.Di + d) * k.S + n;
-    P[o] = p;
-    G[o] = g;
+    __syncthreads();
+    if (d >= k.Di) return;
+    float A2[NS], g[NS];
+MBC_UNROLL
+    for (int n = 0; n < NS; n++) {
+        A2[n] = n < k.S ? -expf(A_log[(int64_t)d * k.S + n]) * MBC_LOG2E : 0.0f;
+        g[n] = 0.0f;
+    }
+    const float bias = dt_bias[d];
+    float sd = 0.0f;
+    for (int i = len - 1; i >= 0; i--) {
+        const int64_t tok = tok0 + i;
+        const float dt = softplusf_(delta[tok * k.Di + d] + bias);
+        const float z = xz[tok * 2 * k.Di + k.Di + d], dy = dout[tok * k.Di + d] * (z * sigmoid_fast_(z));
+        sd += dt;
+MBC_UNROLL
+        for (int q = 0; q < NS / 4; q++) {
+            float cq[4];
+            ld4(cq, &sc[i][4 * q]);
+MBC_UNROLL
+            for (int e = 0; e < 4; e++) g[4 * q + e] = exp2_(dt * A2[4 * q + e]) * (g[4 * q + e] + dy * cq[e]);
+        }
+    }
+    float *gi = gin + (((int64_t)b * k.nch + c - 1) * k.Di + d) * k.S;
+MBC_UNROLL
+    for (int n = 0; n < NS; n++)
+        if (n < k.S) gi[n] = g[n];
+    sdt[((int64_t)b * k.nch + c) * k.Di + d] = sd;
 }
 
-/* Backward (2): gin[b,nch-1] = 0, gin[b,c-1] = G[b,c] + P[b,c] gin[b,c]. */
-__global__ void scan_carry_grad_kernel(float *gin, const float *P, const float *G, int B, int nch, int64_t DS) {
-    const int64_t total = (int64_t)B * DS;
+/* Backward (2), in place: gin[b,c-1] += exp2(A2 sdt[b,c]) gin[b,c] for
+   c = nch-1..1, with gin[b,nch-1] = 0 (never stored: the last chunk starts
+   from zero). */
+__global__ void scan_carry_grad_kernel(float *gin, const float *sdt, const float *A_log, int B, scan_ctx k) {
+    const int64_t DS = (int64_t)k.Di * k.S, total = (int64_t)B * DS;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t b = i / DS, j = i % DS, base = b * nch * DS + j;
+        const int64_t b = i / DS, j = i % DS, d = j / k.S, base = b * k.nch * DS + j;
+        const float A2 = -expf(A_log[j]) * MBC_LOG2E;
         float g = 0.0f;
-        gin[base + (int64_t)(nch - 1) * DS] = g;
-        for (int c = nch - 1; c >= 1; c--) {
-            g = G[base + c * DS] + P[base + c * DS] * g;
-            gin[base + (int64_t)(c - 1) * DS] = g;
+        for (int c = k.nch - 1; c >= 1; c--) {
+            g = gin[base + (c - 1) * DS] + exp2_(A2 * sdt[(b * k.nch + c) * k.Di + d]) * g;
+            gin[base + (c - 1) * DS] = g;
         }
     }
 }
 
-/* Backward (3), mb__scan_backward: recompute h inside the chunk from its
-   saved start (kept in a per-thread history of <= MBC_SCAN_MAX_CHUNK),
-   then walk it in reverse.  Writes ddelta, adds du and the z columns of
-   dxz; per-(b,c) partials of dA_log (partA: Di*S), dD and ddt_bias
-   (partD, partBias: Di); per-(token, channel group) partials of dB and dC
-   (partBC: 2S per (tok, blockIdx.x)), reduced in order by the caller. */
-__global__ void scan_backward_kernel(float *du, float *ddelta, float *dxz, float *partA, float *partD,
-                                     float *partBias, float *partBC, const float *dout, const float *states,
+/* Backward (3), mb__scan_backward.  Writes ddelta, adds du and the z columns
+   of dxz; partials per (b, c) into part[(b nch + c) (Di S + 2 Di)]: dA_log
+   (Di S), dD (Di), dt bias (Di); dB and dC per (token, warp of 32 channels)
+   into partBC[(tok nwarps + w) 2S].  Blocks of MBC_SCAN_BWD_WARPS warps;
+   every thread runs every loop (channels >= Di contribute zeros). */
+__global__ void __launch_bounds__(32 * MBC_SCAN_BWD_WARPS) scan_backward_kernel(float *du, float *ddelta, float *dxz,
+                                     float *part, float *partBC, const float *dout, const float *states,
                                      const float *gin, const float *u, const float *delta, const float *dt_bias,
                                      const float *A_log, const float *xdbl, const float *Dp, const float *xz,
-                                     scan_ctx k) {
-    __shared__ float sred[MBC_SCAN_THREADS / 32][64];
+                                     scan_ctx k, int overwrite) {
+    constexpr int G = MBC_SCAN_GROUP, SEG = MBC_SCAN_SEG;
+    MBC_SHARED(__align__(16) float, sbc, [MBC_SCAN_MAX_CHUNK][2 * G]);
+    MBC_SHARED(__align__(16) float, sred, [MBC_SCAN_BWD_WARPS][32][36]); /* rows of 144 B: float4 stores, conflict-free */
+    MBC_SHARED(float, sdt_, [MBC_SCAN_MAX_CHUNK][32 * MBC_SCAN_BWD_WARPS]); /* dt per (token, thread), from the first pass */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int n = threadIdx.x % k.SP, d = blockIdx.x * (MBC_SCAN_THREADS / k.SP) + threadIdx.x / k.SP;
-    const int c = blockIdx.y, b = blockIdx.z, ngroups = gridDim.x;
-    const bool active = n < k.S && d < k.Di, chan = d < k.Di;
-    const float A = active ? -expf(A_log[(int64_t)d * k.S + n]) : 0.0f;
-    const int64_t sidx = (((int64_t)b * k.nch + c) * k.Di + d) * k.S + n;
-    const int t0 = c * k.chunk, len = (t0 + k.chunk < k.T ? t0 + k.chunk : k.T) - t0;
-    float hist[MBC_SCAN_MAX_CHUNK];
-    float h = active ? states[sidx] : 0.0f;
-    for (int i = 0; i < len; i++) {
-        hist[i] = h;
-        if (active) {
-            const int64_t tok = (int64_t)b * k.T + t0 + i;
-            const float dt = scan_dt(delta, dt_bias, tok, k.Di, d);
-            h = expf(dt * A) * h + dt * xdbl[tok * k.X + k.R + n] * u[tok * k.Di + d];
-        }
-    }
-    float g = active ? gin[sidx] : 0.0f, gA = 0.0f, gD = 0.0f, gbias = 0.0f;
-    const float Dd = chan ? Dp[d] : 0.0f;
-    for (int i = len - 1; i >= 0; i--) {
-        const int64_t tok = (int64_t)b * k.T + t0 + i;
-        float x = 0.0f, dt = 0.0f, ut = 0.0f, z = 0.0f, go = 0.0f, Bn = 0.0f, Cn = 0.0f, a = 0.0f, hp = 0.0f, ht = 0.0f;
-        if (chan) {
-            x = delta[tok * k.Di + d] + dt_bias[d];
-            dt = softplusf_(x);
-            ut = u[tok * k.Di + d];
-            z = xz[tok * 2 * k.Di + k.Di + d];
-            go = dout[tok * k.Di + d];
-        }
-        if (active) {
-            Bn = xdbl[tok * k.X + k.R + n];
-            Cn = xdbl[tok * k.X + k.R + k.S + n];
-            a = expf(dt * A);
-            hp = hist[i];
-            ht = a * hp + dt * Bn * ut;
-        }
-        const float y = group_sum(Cn * ht, k.SP) + Dd * ut;
-        const float dy = go * siluf_(z);
-        const float dh = g + dy * Cn;
-        float pB = dh * dt * ut, pC = dy * ht;
-        const float ddt_sum = group_sum(dh * (A * a * hp + Bn * ut), k.SP);
-        const float dut_sum = group_sum(dh * dt * Bn, k.SP);
-        gA += dh * dt * a * hp * A;
-        g = dh * a;
-        if (chan && n == 0) {
-            dxz[tok * 2 * k.Di + k.Di + d] += go * y * silu_gradf_(z);
-            gD += dy * ut;
-            du[tok * k.Di + d] += dut_sum + dy * Dd;
-            const float ddt = ddt_sum * softplus_gradf_(x);
-            ddelta[tok * k.Di + d] = ddt;
-            gbias += ddt;
-        }
-        /* dB, dC: sum over the channels of the warp, then over warps */
-        for (int o = k.SP; o < 32; o <<= 1) {
-            pB += __shfl_xor_sync(0xffffffffu, pB, o);
-            pC += __shfl_xor_sync(0xffffffffu, pC, o);
-        }
-        if (lane < k.SP) {
-            sred[warp][lane] = pB;
-            sred[warp][32 + lane] = pC;
-        }
+    const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y, b = blockIdx.z;
+    const bool chan = d < k.Di;
+    const int t0 = c * k.chunk, len = t0 + k.chunk < k.T ? k.chunk : k.T - t0, nseg = (len + SEG - 1) / SEG;
+    const int64_t tok0 = (int64_t)b * k.T + t0, pc = (int64_t)b * k.nch + c, DS = (int64_t)k.Di * k.S;
+    const int nw = gridDim.x * MBC_SCAN_BWD_WARPS, wg = blockIdx.x * MBC_SCAN_BWD_WARPS + warp;
+    const float bias = chan ? dt_bias[d] : 0.0f, Dd = chan ? Dp[d] : 0.0f;
+    float gD = 0.0f, gbias = 0.0f;
+    for (int s0 = 0; s0 < k.S; s0 += G) {
+        __syncthreads(); /* sbc of the previous group is read */
+        scan_stage<G>(sbc, xdbl, tok0, len, s0, true, k);
         __syncthreads();
-        if ((int)threadIdx.x < 2 * k.S) {
-            const int j = threadIdx.x < (unsigned)k.S ? (int)threadIdx.x : 32 + (int)threadIdx.x - k.S;
-            float s = 0.0f;
-            for (int w = 0; w < MBC_SCAN_THREADS / 32; w++) s += sred[w][j];
-            partBC[(tok * ngroups + blockIdx.x) * 2 * k.S + threadIdx.x] = s;
+        const bool first = s0 == 0;
+        float A2[G], h[G], g[G], gAr[G];
+        const int64_t sidx = (pc * k.Di + d) * k.S + s0;
+MBC_UNROLL
+        for (int n = 0; n < G; n++) {
+            const bool act = chan && s0 + n < k.S;
+            A2[n] = act ? -expf(A_log[(int64_t)d * k.S + s0 + n]) * MBC_LOG2E : 0.0f;
+            h[n] = act && c > 0 ? states[sidx + n] : 0.0f;
+            g[n] = act && c + 1 < k.nch ? gin[sidx + n] : 0.0f;
+            gAr[n] = 0.0f;
         }
-        __syncthreads();
+        /* h at the start of every segment of SEG tokens */
+        float ck[MBC_SCAN_MAX_CHUNK / SEG][G];
+        for (int s = 0; s < nseg; s++) {
+MBC_UNROLL
+            for (int n = 0; n < G; n++) ck[s][n] = h[n];
+MBC_UNROLL
+            for (int kk = 0; kk < SEG; kk++) {
+                const int i = s * SEG + kk;
+                if (i < len) {
+                    const int64_t tok = tok0 + i;
+                    const float dt = chan ? softplusf_(delta[tok * k.Di + d] + bias) : 0.0f;
+                    const float dtu = chan ? dt * u[tok * k.Di + d] : 0.0f;
+                    sdt_[i][threadIdx.x] = dt; /* read back by this thread only */
+MBC_UNROLL
+                    for (int q = 0; q < G / 4; q++) {
+                        float bq[4];
+                        ld4(bq, &sbc[i][4 * q]);
+MBC_UNROLL
+                        for (int e = 0; e < 4; e++) h[4 * q + e] = exp2_(dt * A2[4 * q + e]) * h[4 * q + e] + dtu * bq[e];
+                    }
+                }
+            }
+        }
+        for (int s = nseg - 1; s >= 0; s--) {
+            float hs[SEG + 1][G], dtk[SEG], uk[SEG];
+MBC_UNROLL
+            for (int n = 0; n < G; n++) hs[0][n] = ck[s][n];
+MBC_UNROLL
+            for (int kk = 0; kk < SEG; kk++) { /* the segment again, h kept in registers */
+                const int i = s * SEG + kk;
+                dtk[kk] = uk[kk] = 0.0f;
+                if (i < len) {
+                    dtk[kk] = sdt_[i][threadIdx.x];
+                    uk[kk] = chan ? u[(tok0 + i) * k.Di + d] : 0.0f;
+                    const float dtu = dtk[kk] * uk[kk];
+MBC_UNROLL
+                    for (int q = 0; q < G / 4; q++) {
+                        float bq[4];
+                        ld4(bq, &sbc[i][4 * q]);
+MBC_UNROLL
+                        for (int e = 0; e < 4; e++)
+                            hs[kk + 1][4 * q + e] = exp2_(dtk[kk] * A2[4 * q + e]) * hs[kk][4 * q + e] + dtu * bq[e];
+                    }
+                }
+            }
+MBC_UNROLL
+            for (int kk = SEG - 1; kk >= 0; kk--) {
+                const int i = s * SEG + kk;
+                if (i >= len) continue; /* the same for the whole block */
+                const int64_t tok = tok0 + i;
+                const float z = chan ? xz[tok * 2 * k.Di + k.Di + d] : 0.0f, go = chan ? dout[tok * k.Di + d] : 0.0f;
+                const float dt = dtk[kk], ut = uk[kk], dtu = dt * ut, sz = sigmoid_fast_(z), dy = go * (z * sz);
+                float yacc = 0.0f, ddtA = 0.0f, sB = 0.0f;
+MBC_UNROLL
+                for (int q = 0; q < G / 4; q++) {
+                    float pb[4], pcv[4], bq[4], cq[4];
+                    ld4(bq, &sbc[i][4 * q]);
+                    ld4(cq, &sbc[i][G + 4 * q]);
+MBC_UNROLL
+                    for (int e = 0; e < 4; e++) {
+                        const int n = 4 * q + e;
+                        const float Bn = bq[e], Cn = cq[e], ht = hs[kk + 1][n], hp = hs[kk][n];
+                        const float a = exp2_(dt * A2[n]);
+                        const float dh = dy * Cn + g[n];
+                        yacc += Cn * ht;
+                        sB += dh * Bn;
+                        g[n] = dh * a;
+                        const float r = g[n] * hp;
+                        ddtA += r * A2[n];
+                        gAr[n] += dt * r;
+                        pb[e] = dh * dtu;
+                        pcv[e] = dy * ht;
+                    }
+                    *(float4 *)&sred[warp][lane][4 * q] = make_float4(pb[0], pb[1], pb[2], pb[3]);
+                    *(float4 *)&sred[warp][lane][G + 4 * q] = make_float4(pcv[0], pcv[1], pcv[2], pcv[3]);
+                }
+                __syncwarp();
+                float colsum = 0.0f; /* lane j: column j (dB of state j, then dC) over the warp's channels, in lane order */
+                for (int l = 0; l < 32; l++) colsum += sred[warp][l][lane];
+                __syncwarp();
+                const int n = s0 + (lane & (G - 1));
+                if (n < k.S) partBC[(tok * nw + wg) * 2 * k.S + (lane >= G ? k.S : 0) + n] = colsum;
+                if (chan) {
+                    /* softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x)), without cancellation */
+                    const float sg = dt > 20.0f ? 1.0f : -expm1f(-dt);
+                    const float ddt = (ddtA * MBC_LN2 + ut * sB) * sg;
+                    float *dd = ddelta + tok * k.Di + d;
+                    *dd = first ? ddt : *dd + ddt;
+                    const bool ow = first && overwrite; /* the first writer of du and dz (no memset) */
+                    const float vu = dt * sB + (first ? dy * Dd : 0.0f);
+                    const float vz = go * (sz * (1.0f + z * (1.0f - sz))) * (yacc + (first ? Dd * ut : 0.0f));
+                    float *pu = du + tok * k.Di + d, *pz = dxz + tok * 2 * k.Di + k.Di + d;
+                    *pu = ow ? vu : *pu + vu;
+                    *pz = ow ? vz : *pz + vz;
+                    gbias += ddt;
+                    if (first) gD += dy * ut;
+                }
+            }
+        }
+        float *pA = part + pc * (DS + 2 * k.Di) + (int64_t)d * k.S + s0;
+MBC_UNROLL
+        for (int n = 0; n < G; n++)
+            if (chan && s0 + n < k.S) pA[n] = A2[n] * MBC_LN2 * gAr[n];
     }
-    const int64_t pc = (int64_t)b * k.nch + c;
-    if (active) partA[(pc * k.Di + d) * k.S + n] = gA;
-    if (chan && n == 0) {
-        partD[pc * k.Di + d] = gD;
-        partBias[pc * k.Di + d] = gbias;
+    if (chan) {
+        part[pc * (DS + 2 * k.Di) + DS + d] = gD;
+        part[pc * (DS + 2 * k.Di) + DS + k.Di + d] = gbias;
     }
 }
 
-/* Streaming scan step (mb_stream_step): h = a h + dt B u, gated output. */
+/* The scan backward's partial sums, in index order: i < DS + 2Di sums
+   part[p (DS+2Di) + i] over p < npc into dA_log / dD / ddt_bias; the rest,
+   (token, j < 2S), sums partBC over the nw warps into dxdbl[tok X + R + j]. */
+__global__ void scan_reduce_kernel(float *dA_log, float *dD, float *ddt_bias, float *dxdbl, const float *part,
+                                   const float *partBC, int64_t npc, int64_t ntok, int nw, scan_ctx k, int overwrite) {
+    /* blocks of (32, MBC_RED_Y).  The first ceil(W/32) blocks: 32 parameter
+       outputs each over the B*nch parts, split over y (reduce_parts_2d); the
+       rest: one dB/dC output per thread over the nw warp partials (few). */
+    const int64_t DS = (int64_t)k.Di * k.S, W = DS + 2 * k.Di, pblocks = (W + 31) / 32;
+    if ((int64_t)blockIdx.x < pblocks) { /* uniform per block: the barrier inside is reached by all */
+        const int64_t i = (int64_t)blockIdx.x * 32 + threadIdx.x;
+        const bool valid = i < W;
+        const float s = reduce_parts_2d(part + (valid ? i : 0), W, npc, valid);
+        if (!valid || threadIdx.y != 0) return;
+        if (i < DS) dA_log[i] += s;
+        else if (i < DS + k.Di) dD[i - DS] += s;
+        else ddt_bias[i - DS - k.Di] += s;
+        return;
+    }
+    const int64_t i = ((int64_t)blockIdx.x - pblocks) * (32 * MBC_RED_Y) + threadIdx.y * 32 + threadIdx.x;
+    if (i >= ntok * 2 * k.S) return;
+    const int64_t r = i / (2 * k.S), j = i % (2 * k.S);
+    const float *p = partBC + r * nw * 2 * k.S + j;
+    float s = 0.0f;
+    for (int w = 0; w < nw; w++) s += p[(int64_t)w * 2 * k.S];
+    float *o = dxdbl + r * k.X + k.R + j;
+    *o = overwrite ? s : *o + s;
+}
+
+/* Streaming scan step (mb_stream_step): one thread per channel, states in
+   order, h = a h + dt B u, gated output. */
 __global__ void scan_step_kernel(float *gated, float *hstate, const float *u, const float *delta,
                                  const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                                 const float *xz, int Di, int S, int SP, int R) {
-    const int n = threadIdx.x % SP, d = blockIdx.x * (MBC_SCAN_THREADS / SP) + threadIdx.x / SP;
-    const bool active = n < S && d < Di;
-    float yp = 0.0f;
-    if (active) {
-        const float *Bt = xdbl + R;
-        const float dt = softplusf_(delta[d] + dt_bias[d]), A = -expf(A_log[(int64_t)d * S + n]);
-        float *h = hstate + (int64_t)d * S + n;
-        *h = expf(dt * A) * *h + dt * Bt[n] * u[d];
-        yp = Bt[S + n] * *h;
+                                 const float *xz, int Di, int S, int R) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= Di) return;
+    const float *Bt = xdbl + R;
+    const float dt = softplusf_(delta[d] + dt_bias[d]), dtu = dt * u[d];
+    float *h = hstate + (int64_t)d * S, y = 0.0f;
+    for (int n = 0; n < S; n++) {
+        const float hn = exp2_(dt * (-expf(A_log[(int64_t)d * S + n]) * MBC_LOG2E)) * h[n] + dtu * Bt[n];
+        h[n] = hn;
+        y += Bt[S + n] * hn;
     }
-    const float y = group_sum(yp, SP);
-    if (d < Di && n == 0) gated[d] = (y + Dp[d] * u[d]) * siluf_(xz[Di + d]);
+    gated[d] = (y + Dp[d] * u[d]) * siluf_(xz[Di + d]);
 }
 
 /* ===================================================== cross-entropy */
@@ -638,8 +876,8 @@ __global__ void scan_step_kernel(float *gated, float *hstate, const float *u, co
 __global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const float *logits, const int32_t *targets,
                                      int64_t rows, int V, int32_t ignore_index, float eps, const float *dloss_rows,
                                      float dscale) {
-    __shared__ float shf[32];
-    __shared__ int shi[32];
+    MBC_SHARED(float, shf, [32]);
+    MBC_SHARED(int, shi, [32]);
     const int64_t r = blockIdx.x;
     if (r >= rows) return; /* uniform per block */
     const float *x = logits + r * V;
@@ -705,7 +943,7 @@ __global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const flo
 
 /* out[0] = scale * sum of x[0..n) in a fixed order (one block of 256). */
 __global__ void sum_kernel(float *out, const float *x, int64_t n, double scale) {
-    __shared__ double sh[256];
+    MBC_SHARED(double, sh, [256]);
     double s = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += 256) s += (double)x[i];
     s = block_sum_double256(s, sh);
@@ -717,7 +955,7 @@ __global__ void sum_kernel(float *out, const float *x, int64_t n, double scale) 
 /* g *= scale (when scale != 1); part[blockIdx.x] = sum g^2 (double) over
    this block's grid-stride share.  Fixed grid: MBC_NORM_BLOCKS x 256. */
 __global__ void grad_scale_sumsq_kernel(double *part, float *g, int64_t n, float scale) {
-    __shared__ double sh[256];
+    MBC_SHARED(double, sh, [256]);
     double s = 0.0;
     for (int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x; i < n; i += (int64_t)gridDim.x * 256) {
         float v = g[i];
@@ -730,7 +968,7 @@ __global__ void grad_scale_sumsq_kernel(double *part, float *g, int64_t n, float
 
 /* out[0] = sum of part[0..n) in order (one block of 256). */
 __global__ void sum_double_kernel(double *out, const double *part, int n) {
-    __shared__ double sh[256];
+    MBC_SHARED(double, sh, [256]);
     double s = 0.0;
     for (int i = threadIdx.x; i < n; i += 256) s += part[i];
     s = block_sum_double256(s, sh);
@@ -738,11 +976,27 @@ __global__ void sum_double_kernel(double *out, const double *part, int n) {
 }
 
 /* mb_adamw_update after clipping (g *= coef), then g = 0.  Constants as the
-   CPU computes them (host, double -> float); decay_mask[i] picks decay. */
+   CPU computes them (host, double -> float); decay_mask[i] picks decay.
+   With sumsq (the device's sum of g^2), the clip coefficient is computed
+   here, as mb_clip_coef does on the host (double), and a non-finite norm
+   only zeroes the gradient: the host need not read the norm first. */
 __global__ void adamw_kernel(float *p, float *g, float *m, float *v, const uint8_t *decay_mask, int64_t n, float coef,
-                             float b1, float b2, float one_b1, float one_b2, float step_size, float bc2_sqrt,
-                             float eps, float decay) {
+                             const double *sumsq, double clip, float b1, float b2, float one_b1, float one_b2,
+                             float step_size, float bc2_sqrt, float eps, float decay) {
+    bool skip = false;
+    if (sumsq) {
+        const double norm = sqrt(*sumsq);
+        if (!isfinite(norm)) skip = true;
+        else {
+            const double c = clip / (norm + 1e-6);
+            coef = (float)(c < 1.0 ? c : 1.0);
+        }
+    }
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        if (skip) {
+            g[i] = 0.0f;
+            continue;
+        }
         float gi = g[i];
         if (coef < 1.0f) gi *= coef;
         float pi = p[i];
@@ -765,6 +1019,16 @@ namespace mbc {
 
 static thread_local char g_err[512];
 
+/* MB_CUDA_SYNC=1: synchronise and check after every launch (read once). */
+static inline bool sync_each_launch() {
+    static int mode = -1;
+    if (mode < 0) {
+        const char *e = getenv("MB_CUDA_SYNC");
+        mode = e && e[0] == '1' && e[1] == 0;
+    }
+    return mode == 1;
+}
+
 static inline mb_status fail(mb_status s, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -785,32 +1049,49 @@ typedef void *blas_t;
 static inline int device_count() { return 1; }
 static inline mb_status device_check() { return MB_STATUS_OK; }
 static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
-    *p = malloc(bytes ? bytes : 1);
+    *p = cuda_emu::device_alloc(bytes); /* 256-byte aligned, as cudaMalloc */
     if (!*p) return fail(MB_STATUS_OUT_OF_MEMORY, "emulated device: %s (%zu bytes)", what, bytes);
     memset(*p, 0xFF, bytes); /* NaN: a read before a write shows */
     return MB_STATUS_OK;
 }
-static inline void dfree(void *p) { free(p); }
-static inline mb_status h2d(void *d, const void *h, size_t bytes) { if (bytes) memcpy(d, h, bytes); return MB_STATUS_OK; }
-static inline mb_status d2h(void *h, const void *d, size_t bytes) { if (bytes) memcpy(h, d, bytes); return MB_STATUS_OK; }
-static inline mb_status d2d(void *d, const void *s, size_t bytes) { if (bytes) memcpy(d, s, bytes); return MB_STATUS_OK; }
-static inline mb_status dzero(void *d, size_t bytes) { if (bytes) memset(d, 0, bytes); return MB_STATUS_OK; }
+static inline void dfree(void *p) { cuda_emu::device_free(p); }
+/* Each copy, memset and GEMM counts as one stream operation (cuda_emu::g.ops). */
+static inline mb_status h2d(void *d, const void *h, size_t bytes) { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, h, bytes); return MB_STATUS_OK; }
+static inline mb_status d2h(void *h, const void *d, size_t bytes) { cuda_emu::g.ops.copies++; if (bytes) memcpy(h, d, bytes); return MB_STATUS_OK; }
+static inline mb_status d2d(void *d, const void *s, size_t bytes) { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, s, bytes); return MB_STATUS_OK; }
+static inline mb_status dzero(void *d, size_t bytes) { cuda_emu::g.ops.memsets++; if (bytes) memset(d, 0, bytes); return MB_STATUS_OK; }
 static inline mb_status sync() { return MB_STATUS_OK; }
+static inline void *hmalloc(size_t bytes) { return malloc(bytes ? bytes : 1); }
+static inline void hfree(void *p) { free(p); }
+static inline mb_status h2d_async(void *d, const void *h, size_t bytes) { return h2d(d, h, bytes); }
 static inline mb_status blas_create(blas_t *h) { *h = nullptr; return MB_STATUS_OK; }
 static inline void blas_destroy(blas_t) {}
-static inline float ld_elem(const void *p, int64_t i, int bf16) {
-    return bf16 ? __bfloat162float(((const mbc_bf16 *)p)[i]) : ((const float *)p)[i];
+/* TF32 as the tensor cores take it: 10 mantissa bits, round to nearest,
+   ties away from zero (cvt.rna.tf32.f32). */
+static inline float tf32_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+/* mode: MBC_FP32, MBC_BF16 (bf16 operands), MBC_TF32 (fp32 operands rounded to TF32) */
+static inline float ld_elem(const void *p, int64_t i, int mode) {
+    if (mode == MBC_BF16) return __bfloat162float(((const mbc_bf16 *)p)[i]);
+    const float f = ((const float *)p)[i];
+    return mode == MBC_TF32 ? tf32_round(f) : f;
 }
 /* Column-major C = alpha op(A) op(B) + beta C, cuBLAS's contract (C is not
    read when beta == 0), in double on the host. */
 static inline mb_status gemm(blas_t, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
-                      int ldb, float beta, float *C, int ldc, int bf16, const char *, int) {
+                      int ldb, float beta, float *C, int ldc, int mode, const char *, int) {
+    cuda_emu::g.ops.gemms++;
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
             double s = 0.0;
             for (int p = 0; p < k; p++) {
-                const double a = ld_elem(A, ta ? p + (int64_t)i * lda : i + (int64_t)p * lda, bf16);
-                const double b = ld_elem(B, tb ? j + (int64_t)p * ldb : p + (int64_t)j * ldb, bf16);
+                const double a = ld_elem(A, ta ? p + (int64_t)i * lda : i + (int64_t)p * lda, mode);
+                const double b = ld_elem(B, tb ? j + (int64_t)p * ldb : p + (int64_t)j * ldb, mode);
                 s += a * b;
             }
             float *c = C + i + (int64_t)j * ldc;
@@ -825,6 +1106,13 @@ typedef cublasHandle_t blas_t;
         cudaError_t e_ = (call);                                                                              \
         if (e_ != cudaSuccess)                                                                                \
             return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                \
+                             cudaGetErrorString(e_));                                                         \
+    } while (0)
+#define MBC_CUDA_AT(call, what)                                                                               \
+    do {                                                                                                      \
+        cudaError_t e_ = (call);                                                                              \
+        if (e_ != cudaSuccess)                                                                                \
+            return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s after %s: %s", __FILE__, __LINE__, #call, what,  \
                              cudaGetErrorString(e_));                                                         \
     } while (0)
 #define MBC_CUBLAS(call)                                                                                      \
@@ -871,6 +1159,19 @@ static inline mb_status d2h(void *h, const void *d, size_t bytes) { MBC_CUDA(cud
 static inline mb_status d2d(void *d, const void *s, size_t bytes) { MBC_CUDA(cudaMemcpy(d, s, bytes, cudaMemcpyDeviceToDevice)); return MB_STATUS_OK; }
 static inline mb_status dzero(void *d, size_t bytes) { MBC_CUDA(cudaMemset(d, 0, bytes)); return MB_STATUS_OK; }
 static inline mb_status sync() { MBC_CUDA(cudaDeviceSynchronize()); return MB_STATUS_OK; }
+/* Pinned host memory: the batch upload is asynchronous (ordered before the
+   step's kernels on the default stream; the buffer is rewritten only after
+   the step's loss has come back, which waits for it). */
+static inline void *hmalloc(size_t bytes) {
+    void *p = nullptr;
+    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) { (void)cudaGetLastError(); return nullptr; }
+    return p;
+}
+static inline void hfree(void *p) { if (p) (void)cudaFreeHost(p); }
+static inline mb_status h2d_async(void *d, const void *h, size_t bytes) {
+    MBC_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, 0));
+    return MB_STATUS_OK;
+}
 static inline mb_status blas_create(blas_t *h) {
     MBC_CUBLAS(cublasCreate(h));
     /* default math: with CUBLAS_COMPUTE_32F (every call below) no TF32 */
@@ -879,14 +1180,22 @@ static inline mb_status blas_create(blas_t *h) {
 }
 static inline void blas_destroy(blas_t h) { if (h) (void)cublasDestroy(h); }
 static inline mb_status gemm(blas_t h, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
-                      int ldb, float beta, float *C, int ldc, int bf16, const char *file, int line) {
+                      int ldb, float beta, float *C, int ldc, int mode, const char *file, int line) {
+    const bool bf16 = mode == MBC_BF16;
     const cudaDataType_t ty = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     cublasStatus_t e = cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha,
-                                    A, ty, lda, B, ty, ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                    A, ty, lda, B, ty, ldb, &beta, C, CUDA_R_32F, ldc,
+                                    mode == MBC_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
                                     CUBLAS_GEMM_DEFAULT);
     if (e != CUBLAS_STATUS_SUCCESS)
         return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cublasGemmEx(m=%d n=%d k=%d%s): cuBLAS status %d", file, line, m, n,
                     k, bf16 ? " bf16" : "", (int)e);
+    if (sync_each_launch()) {
+        cudaError_t se = cudaDeviceSynchronize();
+        if (se != cudaSuccess)
+            return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cudaDeviceSynchronize after cublasGemmEx(m=%d n=%d k=%d): %s", file,
+                        line, m, n, k, cudaGetErrorString(se));
+    }
     return MB_STATUS_OK;
 }
 #endif
@@ -896,11 +1205,6 @@ static inline unsigned grid_for(int64_t n, int threads) {
     if (g < 1) g = 1;
     if (g > 65536) g = 65536; /* kernels grid-stride beyond */
     return (unsigned)g;
-}
-static inline int pow2_at_least(int s) {
-    int p = 1;
-    while (p < s) p <<= 1;
-    return p;
 }
 
 /* ======================================================================= */
@@ -929,9 +1233,11 @@ static inline mb_status embedding_backward(float *dwte, const float *dout, const
     return MB_STATUS_OK;
 }
 
+/* copy (optional): also copy inp there (the residual for the next layer). */
 static inline mb_status layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                   const float *b, int64_t N, int C) {
-    MBC_LAUNCH(layernorm_forward_kernel, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C);
+                                   const float *b, int64_t N, int C, float *copy = nullptr) {
+    MBC_LAUNCH(layernorm_forward_kernel, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C,
+               copy);
     return MB_STATUS_OK;
 }
 
@@ -941,33 +1247,33 @@ static inline int ln_backward_warps(int C) {
 }
 static inline int64_t ln_backward_parts(int64_t N) { return (N + MBC_LN_ROWS - 1) / MBC_LN_ROWS; }
 /* scratch: ln_backward_parts(N) * 2C floats. */
+/* overwrite: dinp = instead of += (a first writer needs no memset). */
 static inline mb_status layernorm_backward(float *dinp, float *dw, float *db, float *scratch, const float *dout,
                                     const float *inp, const float *w, const float *mean, const float *rstd, int64_t N,
-                                    int C) {
+                                    int C, bool overwrite = false) {
     const int64_t parts = ln_backward_parts(N);
     const int warps = ln_backward_warps(C);
     if (parts > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "layernorm backward: N %lld too large", (long long)N);
     MBC_LAUNCH(layernorm_backward_kernel, dim3((unsigned)parts), dim3(32 * warps), (size_t)warps * 2 * C * sizeof(float),
-               dinp, scratch, dout, inp, w, mean, rstd, N, C);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(C, 256)), dim3(256), 0, dw, (int64_t)0, (const float *)scratch,
-               (int64_t)0, (int64_t)2 * C, (int64_t)1, parts, (int64_t)C);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(C, 256)), dim3(256), 0, db, (int64_t)0,
-               (const float *)(scratch + C), (int64_t)0, (int64_t)2 * C, (int64_t)1, parts, (int64_t)C);
+               dinp, scratch, dout, inp, w, mean, rstd, N, C, (int)overwrite);
+    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((2 * C + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)C, db,
+               (int64_t)C, (const float *)scratch, (int64_t)2 * C, parts);
     return MB_STATUS_OK;
 }
 
 /* mb__matmul_forward / _backward through cuBLAS.  Row-major (N,IC) @ (OC,IC)^T
    is, column-major, out(OC,N) = W^T(OC,IC) x inp(IC,N).  The *_b pointers are
    the bf16 copies used when bf16 != 0 (inp_b contiguous, ld IC). */
+/* beta 1: out += (the residual add folded into the product). */
 static inline mb_status matmul_forward(blas_t h, float *out, const float *inp, int64_t ldi, const float *w, int64_t N,
-                                int IC, int OC) {
-    return gemm(h, 1, 0, OC, (int)N, IC, 1.0f, w, IC, inp, (int)ldi, 0.0f, out, OC, 0, __FILE__, __LINE__);
+                                int IC, int OC, float beta = 0.0f, int mode = MBC_FP32) {
+    return gemm(h, 1, 0, OC, (int)N, IC, 1.0f, w, IC, inp, (int)ldi, beta, out, OC, mode, __FILE__, __LINE__);
 }
 /* dinp (row stride ldi) = beta_in * dinp + dout @ w ; dw += dout^T @ inp. */
 static inline mb_status matmul_backward(blas_t h, float *dinp, float beta_in, float *dw, const float *dout, const float *inp,
-                                 int64_t ldi, const float *w, int64_t N, int IC, int OC) {
-    if (dinp) MBC_TRY(gemm(h, 0, 0, IC, (int)N, OC, 1.0f, w, IC, dout, OC, beta_in, dinp, (int)ldi, 0, __FILE__, __LINE__));
-    return gemm(h, 0, 1, IC, OC, (int)N, 1.0f, inp, (int)ldi, dout, OC, 1.0f, dw, IC, 0, __FILE__, __LINE__);
+                                 int64_t ldi, const float *w, int64_t N, int IC, int OC, int mode = MBC_FP32) {
+    if (dinp) MBC_TRY(gemm(h, 0, 0, IC, (int)N, OC, 1.0f, w, IC, dout, OC, beta_in, dinp, (int)ldi, mode, __FILE__, __LINE__));
+    return gemm(h, 0, 1, IC, OC, (int)N, 1.0f, inp, (int)ldi, dout, OC, 1.0f, dw, IC, mode, __FILE__, __LINE__);
 }
 
 static inline mb_status convert_bf16(mbc_bf16 *dst, const float *src, int64_t rows, int64_t cols, int64_t lds) {
@@ -984,47 +1290,55 @@ static inline mb_status conv1d_forward(float *out, const float *xz, const float 
 }
 static inline int64_t conv_backward_parts(int B, int T) { return ((int64_t)B * T + MBC_CONV_TOKENS - 1) / MBC_CONV_TOKENS; }
 /* scratch: conv_backward_parts(B,T) * Di * (K+1) floats. */
+/* overwrite: the x' columns of dxz = instead of +=. */
 static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, float *scratch, const float *dout,
-                                 const float *xz, const float *w, const float *bias, int B, int T, int Di, int K) {
+                                 const float *xz, const float *w, const float *bias, int B, int T, int Di, int K,
+                                 bool overwrite = false) {
     const int64_t parts = conv_backward_parts(B, T);
-    const dim3 g(grid_for((int64_t)B * T * Di, 256)), gw((unsigned)((Di + 127) / 128), (unsigned)parts);
+    const dim3 gw((unsigned)((Di + 127) / 128), (unsigned)parts);
     if (parts > 65535) return fail(MB_STATUS_INVALID_ARGUMENT, "conv1d backward: B*T %lld too large", (long long)B * T);
-    if (K == 4) {
-        MBC_LAUNCH(conv1d_backward_dx_kernel<4>, g, dim3(256), 0, dxz, dout, xz, w, bias, B, T, Di, K);
-        MBC_LAUNCH(conv1d_backward_dw_kernel<4>, gw, dim3(128), 0, scratch, dout, xz, w, bias, B, T, Di, K);
-    } else {
-        MBC_LAUNCH(conv1d_backward_dx_kernel<0>, g, dim3(256), 0, dxz, dout, xz, w, bias, B, T, Di, K);
-        MBC_LAUNCH(conv1d_backward_dw_kernel<0>, gw, dim3(128), 0, scratch, dout, xz, w, bias, B, T, Di, K);
-    }
+    if (K == 4)
+        MBC_LAUNCH(conv1d_backward_kernel<4>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
+    else
+        MBC_LAUNCH(conv1d_backward_kernel<0>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
     const int64_t ps = (int64_t)Di * (K + 1);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for((int64_t)Di * K, 256)), dim3(256), 0, dw, (int64_t)0,
-               (const float *)scratch, (int64_t)0, ps, (int64_t)1, parts, (int64_t)Di * K);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(Di, 256)), dim3(256), 0, dbias, (int64_t)0,
-               (const float *)(scratch + (int64_t)Di * K), (int64_t)0, ps, (int64_t)1, parts, (int64_t)Di);
+    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((ps + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)Di * K,
+               dbias, (int64_t)Di, (const float *)scratch, ps, parts);
     return MB_STATUS_OK;
 }
 
 static inline scan_ctx make_scan_ctx(int T, int Di, int S, int R, int chunk) {
     scan_ctx k;
-    k.T = T; k.Di = Di; k.S = S; k.SP = pow2_at_least(S); k.R = R; k.X = R + 2 * S; k.chunk = chunk;
+    k.T = T; k.Di = Di; k.S = S; k.R = R; k.X = R + 2 * S; k.chunk = chunk;
     k.nch = (T + chunk - 1) / chunk;
     return k;
 }
 static inline mb_status scan_check(int B, int T, int Di, int S, int chunk) {
-    if (S < 1 || S > 32) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..32)", S);
+    if (S < 1 || S > MBC_SCAN_MAX_STATE) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
     if (chunk < 1 || chunk > MBC_SCAN_MAX_CHUNK) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: chunk %d (must be 1..%d)", chunk, MBC_SCAN_MAX_CHUNK);
-    const int64_t groups = (Di + MBC_SCAN_THREADS / pow2_at_least(S) - 1) / (MBC_SCAN_THREADS / pow2_at_least(S));
-    if (B > 65535 || (T + chunk - 1) / chunk > 65535 || groups > 2147483647 || T < 1)
+    if (B > 65535 || (T + chunk - 1) / chunk > 65535 || T < 1 || Di < 1)
         return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: B %d, T %d, Di %d out of the grid's range", B, T, Di);
     return MB_STATUS_OK;
 }
-/* Scan scratch in floats: forward 2*B*nch*Di*S (P, H); backward
-   3*B*nch*Di*S (P, G, gin) + B*nch*(Di*S + 2Di) + B*T*groups*2S. */
-static inline int64_t scan_scratch_floats(int B, int T, int Di, int S, int chunk) {
-    const int64_t nch = (T + chunk - 1) / chunk, groups = (Di + MBC_SCAN_THREADS / pow2_at_least(S) - 1) / (MBC_SCAN_THREADS / pow2_at_least(S));
-    const int64_t st = (int64_t)B * nch * Di * S;
-    return 3 * st + (int64_t)B * nch * ((int64_t)Di * S + 2 * Di) + (int64_t)B * T * groups * 2 * S;
+static inline int scan_bwd_warps(int Di) { /* warps of 32 channels over the backward grid */
+    const int per = 32 * MBC_SCAN_BWD_WARPS;
+    return ((Di + per - 1) / per) * MBC_SCAN_BWD_WARPS;
 }
+/* Scan scratch in floats: forward B*nch*Di (sdt); backward B*nch*Di*S (gin)
+   + B*nch*Di (sdt) + B*nch*(Di*S + 2Di) (parameter partials) + B*T*nw*2S
+   (dB/dC partials, nw warps of channels). */
+static inline int64_t scan_scratch_floats(int B, int T, int Di, int S, int chunk) {
+    const int64_t nch = (T + chunk - 1) / chunk, npc = (int64_t)B * nch, DS = (int64_t)Di * S;
+    return npc * DS + npc * Di + npc * (DS + 2 * Di) + (int64_t)B * T * scan_bwd_warps(Di) * 2 * S;
+}
+
+/* NS: the register width of the state arrays, a multiple of 16 >= S. */
+#define MBC_SCAN_DISPATCH(S, KERNEL, ...)                                                                   \
+    do {                                                                                                     \
+        if ((S) <= 16) MBC_LAUNCH(KERNEL<16>, __VA_ARGS__);                                                  \
+        else if ((S) <= 32) MBC_LAUNCH(KERNEL<32>, __VA_ARGS__);                                             \
+        else MBC_LAUNCH(KERNEL<64>, __VA_ARGS__);                                                            \
+    } while (0)
 
 /* mb__scan_forward on the device; states (B, nch, Di, S) as the CPU. */
 static inline mb_status scan_forward(float *out, float *states, float *scratch, const float *u, const float *delta,
@@ -1032,58 +1346,55 @@ static inline mb_status scan_forward(float *out, float *states, float *scratch, 
                               const float *xz, int B, int T, int Di, int S, int R, int chunk) {
     MBC_TRY(scan_check(B, T, Di, S, chunk));
     const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
-    const int dpb = MBC_SCAN_THREADS / k.SP;
-    const unsigned groups = (unsigned)((Di + dpb - 1) / dpb);
-    const int64_t DS = (int64_t)Di * S, st = (int64_t)B * k.nch * DS;
-    float *P = scratch, *H = scratch + st;
-    if (k.nch > 1)
-        MBC_LAUNCH(scan_chunk_state_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
-                   P, H, u, delta, dt_bias, A_log, xdbl, k);
-    MBC_LAUNCH(scan_carry_kernel, dim3(grid_for((int64_t)B * DS, 256)), dim3(256), 0, states, (const float *)P,
-               (const float *)H, B, k.nch, DS);
-    MBC_LAUNCH(scan_forward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0, out,
-               (const float *)states, u, delta, dt_bias, A_log, xdbl, Dp, xz, k);
+    const unsigned groups = (unsigned)((Di + MBC_SCAN_THREADS - 1) / MBC_SCAN_THREADS);
+    float *sdt = scratch;
+    if (k.nch > 1) {
+        MBC_SCAN_DISPATCH(S, scan_chunk_state_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B),
+                          dim3(MBC_SCAN_THREADS), 0, states, sdt, u, delta, dt_bias, A_log, xdbl, k);
+        MBC_LAUNCH(scan_carry_kernel, dim3(grid_for((int64_t)B * Di * S, 256)), dim3(256), 0, states,
+                   (const float *)sdt, A_log, B, k);
+    }
+    MBC_SCAN_DISPATCH(S, scan_forward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
+                      out, states, u, delta, dt_bias, A_log, xdbl, Dp, xz, k);
     return MB_STATUS_OK;
 }
 
-/* mb__scan_backward on the device (same += / overwrite contract). */
+/* mb__scan_backward on the device (same += / overwrite contract); with
+   overwrite, du, the z columns of dxz and the B/C columns of dxdbl are
+   written (=) instead of added to, so the trainer needs no memsets. */
 static inline mb_status scan_backward(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
                                float *dxz, float *scratch, const float *dout, const float *states, const float *u,
                                const float *delta, const float *dt_bias, const float *A_log, const float *xdbl,
-                               const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk) {
+                               const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk,
+                               bool overwrite = false) {
     MBC_TRY(scan_check(B, T, Di, S, chunk));
     const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
-    const int dpb = MBC_SCAN_THREADS / k.SP;
-    const unsigned groups = (unsigned)((Di + dpb - 1) / dpb);
-    const int64_t DS = (int64_t)Di * S, st = (int64_t)B * k.nch * DS, npc = (int64_t)B * k.nch;
-    float *P = scratch, *G = P + st, *gin = G + st, *partA = gin + st, *partD = partA + npc * DS;
-    float *partBias = partD + npc * Di, *partBC = partBias + npc * Di;
-    if (k.nch > 1)
-        MBC_LAUNCH(scan_chunk_grad_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
-                   P, G, dout, delta, dt_bias, A_log, xdbl, xz, k);
-    MBC_LAUNCH(scan_carry_grad_kernel, dim3(grid_for((int64_t)B * DS, 256)), dim3(256), 0, gin, (const float *)P,
-               (const float *)G, B, k.nch, DS);
-    MBC_LAUNCH(scan_backward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0, du, ddelta,
-               dxz, partA, partD, partBias, partBC, dout, states, (const float *)gin, u, delta, dt_bias, A_log, xdbl, Dp,
-               xz, k);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(DS, 256)), dim3(256), 0, dA_log, (int64_t)0, (const float *)partA,
-               (int64_t)0, DS, (int64_t)1, npc, DS);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(Di, 256)), dim3(256), 0, dD, (int64_t)0, (const float *)partD,
-               (int64_t)0, (int64_t)Di, (int64_t)1, npc, (int64_t)Di);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for(Di, 256)), dim3(256), 0, ddt_bias, (int64_t)0,
-               (const float *)partBias, (int64_t)0, (int64_t)Di, (int64_t)1, npc, (int64_t)Di);
-    MBC_LAUNCH(reduce_partials_kernel, dim3(grid_for((int64_t)B * T * 2 * S, 256)), dim3(256), 0, dxdbl + R,
-               (int64_t)k.X, (const float *)partBC, (int64_t)groups * 2 * S, (int64_t)2 * S, (int64_t)B * T,
-               (int64_t)groups, (int64_t)2 * S);
+    const unsigned groups = (unsigned)((Di + MBC_SCAN_THREADS - 1) / MBC_SCAN_THREADS);
+    const int nw = scan_bwd_warps(Di);
+    const int64_t DS = (int64_t)Di * S, npc = (int64_t)B * k.nch;
+    float *gin = scratch, *sdt = gin + npc * DS, *part = sdt + npc * Di, *partBC = part + npc * (DS + 2 * Di);
+    if (k.nch > 1) {
+        MBC_SCAN_DISPATCH(S, scan_chunk_grad_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B),
+                          dim3(MBC_SCAN_THREADS), 0, gin, sdt, dout, delta, dt_bias, A_log, xdbl, xz, k);
+        MBC_LAUNCH(scan_carry_grad_kernel, dim3(grid_for((int64_t)B * DS, 256)), dim3(256), 0, gin, (const float *)sdt,
+                   A_log, B, k);
+    }
+    MBC_LAUNCH(scan_backward_kernel, dim3((unsigned)(nw / MBC_SCAN_BWD_WARPS), (unsigned)k.nch, (unsigned)B),
+               dim3(32 * MBC_SCAN_BWD_WARPS), 0, du, ddelta, dxz, part, partBC, dout, states, (const float *)gin, u,
+               delta, dt_bias, A_log, xdbl, Dp, xz, k, (int)overwrite);
+    const int64_t ntok = (int64_t)B * T;
+    const int64_t nred = (DS + 2 * Di + 31) / 32 + (ntok * 2 * S + 32 * MBC_RED_Y - 1) / (32 * MBC_RED_Y);
+    if (nred > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA scan: B*T %lld too large", (long long)ntok);
+    MBC_LAUNCH(scan_reduce_kernel, dim3((unsigned)nred), dim3(32, MBC_RED_Y), 0, dA_log, dD, ddt_bias,
+               dxdbl, (const float *)part, (const float *)partBC, npc, ntok, nw, k, (int)overwrite);
     return MB_STATUS_OK;
 }
 
 static inline mb_status scan_step(float *gated, float *hstate, const float *u, const float *delta, const float *dt_bias,
                            const float *A_log, const float *xdbl, const float *Dp, const float *xz, int Di, int S, int R) {
-    if (S < 1 || S > 32) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..32)", S);
-    const int SP = pow2_at_least(S), dpb = MBC_SCAN_THREADS / SP;
-    MBC_LAUNCH(scan_step_kernel, dim3((unsigned)((Di + dpb - 1) / dpb)), dim3(MBC_SCAN_THREADS), 0, gated, hstate, u,
-               delta, dt_bias, A_log, xdbl, Dp, xz, Di, S, SP, R);
+    if (S < 1 || S > MBC_SCAN_MAX_STATE) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
+    MBC_LAUNCH(scan_step_kernel, dim3((unsigned)((Di + 127) / 128)), dim3(128), 0, gated, hstate, u, delta, dt_bias,
+               A_log, xdbl, Dp, xz, Di, S, R);
     return MB_STATUS_OK;
 }
 
@@ -1109,19 +1420,17 @@ static inline mb_status grad_scale_sumsq(double *sumsq_dev, double *part, float 
     return MB_STATUS_OK;
 }
 
-/* The CPU's AdamW constants (mb_adamw_update). */
+/* The CPU's AdamW constants (mb_adamw_update).  sumsq_dev (optional): take
+   the clip coefficient from the device's squared norm and `clip` instead of
+   coef (see adamw_kernel). */
 static inline mb_status adamw(float *p, float *g, float *m, float *v, const uint8_t *mask, int64_t n, float coef, double lr,
-                       double beta1, double beta2, double eps, double wd, int64_t t) {
+                       double beta1, double beta2, double eps, double wd, int64_t t, const double *sumsq_dev = nullptr,
+                       double clip = 0.0) {
     const float b1 = (float)beta1, b2 = (float)beta2, one_b1 = (float)(1.0 - beta1), one_b2 = (float)(1.0 - beta2);
     const float step_size = (float)(lr / (1.0 - pow(beta1, (double)t)));
     const float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)t)), fe = (float)eps, decay = (float)(1.0 - lr * wd);
-    MBC_LAUNCH(adamw_kernel, dim3(grid_for(n, 256)), dim3(256), 0, p, g, m, v, mask, n, coef, b1, b2, one_b1, one_b2,
-               step_size, bc2_sqrt, fe, decay);
-    return MB_STATUS_OK;
-}
-
-static inline mb_status add_inplace(float *x, const float *y, int64_t n) {
-    MBC_LAUNCH(add_inplace_kernel, dim3(grid_for(n, 256)), dim3(256), 0, x, y, n);
+    MBC_LAUNCH(adamw_kernel, dim3(grid_for(n, 256)), dim3(256), 0, p, g, m, v, mask, n, coef, sumsq_dev, clip, b1, b2,
+               one_b1, one_b2, step_size, bc2_sqrt, fe, decay);
     return MB_STATUS_OK;
 }
 
@@ -1167,7 +1476,7 @@ static inline mb_status dims_init(dims *d, const mb_config *cfg_in) {
     const mb_config *c = &d->cfg;
     d->C = c->d_model; d->Di = c->d_model * c->expand; d->S = c->d_state; d->K = c->d_conv; d->R = c->dt_rank;
     d->X = d->R + 2 * d->S; d->V = c->vocab_size; d->L = c->n_layer;
-    if (d->S > 32) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_state %d > 32 is not supported", d->S);
+    if (d->S > MBC_SCAN_MAX_STATE) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_state %d > %d is not supported", d->S, MBC_SCAN_MAX_STATE);
     if (d->C > 6144) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_model %d > 6144 is not supported", d->C);
     d->ntensors = mb_config_tensors(c, NULL);
     mb_tensor_info *ti = (mb_tensor_info *)malloc(sizeof(mb_tensor_info) * (size_t)d->ntensors);
@@ -1224,12 +1533,15 @@ struct mb_cuda_trainer {
     mbc_bf16 *params_bf16;   /* bf16 mode: weights for cuBLAS */
     mbc_bf16 *bfa, *bfb;      /* bf16 mode: matrix-input scratch */
     /* batch */
-    uint8_t *tokens;
+    /* one upload per step: [bucket_off (257) | bucket_rows (N) | targets (N) | tokens (N)],
+       packed in pinned host memory (h_batch) and copied to the device (batch) */
+    uint8_t *batch, *h_batch, *tokens;
     int32_t *targets;
     int64_t *bucket_off, *bucket_rows, *h_bucket;
+    size_t batch_bytes;
     /* activations */
     mbc::layer_acts *acts;   /* host array of device pointers */
-    float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *loss_rows, *loss_dev, *mix_out;
+    float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *loss_rows, *loss_dev;
     /* backward */
     float *d_resid, *d_ln, *d_xz, *d_u, *d_xdbl, *d_delta, *d_gated, *scratch;
     int64_t scratch_floats;
@@ -1244,18 +1556,18 @@ static inline float *W(mb_cuda_trainer *t, float *base, int layer, int field) {
 
 /* Trainer matmuls: fp32 directly, bf16 through converted copies. */
 static inline mb_status tr_mm_forward(mb_cuda_trainer *t, float *out, const float *inp, int64_t ldi, int widx, int64_t N,
-                               int IC, int OC) {
+                               int IC, int OC, float beta = 0.0f) {
     const float *w = t->params + t->d.offset[widx];
-    if (!t->precision) return matmul_forward(t->blas, out, inp, ldi, w, N, IC, OC);
+    if (t->precision != MBC_BF16) return matmul_forward(t->blas, out, inp, ldi, w, N, IC, OC, beta, t->precision);
     MBC_TRY(convert_bf16(t->bfa, inp, N, IC, ldi));
-    return gemm(t->blas, 1, 0, OC, (int)N, IC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, t->bfa, IC, 0.0f, out, OC,
+    return gemm(t->blas, 1, 0, OC, (int)N, IC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, t->bfa, IC, beta, out, OC,
                 1, __FILE__, __LINE__);
 }
 static inline mb_status tr_mm_backward(mb_cuda_trainer *t, float *dinp, float beta_in, const float *dout, const float *inp,
                                 int64_t ldi, int widx, int64_t N, int IC, int OC) {
     const float *w = t->params + t->d.offset[widx];
     float *dw = t->grads + t->d.offset[widx];
-    if (!t->precision) return matmul_backward(t->blas, dinp, beta_in, dw, dout, inp, ldi, w, N, IC, OC);
+    if (t->precision != MBC_BF16) return matmul_backward(t->blas, dinp, beta_in, dw, dout, inp, ldi, w, N, IC, OC, t->precision);
     MBC_TRY(convert_bf16(t->bfa, dout, N, OC, OC));
     MBC_TRY(convert_bf16(t->bfb, inp, N, IC, ldi));
     if (dinp)
@@ -1265,7 +1577,7 @@ static inline mb_status tr_mm_backward(mb_cuda_trainer *t, float *dinp, float be
 }
 
 static inline mb_status tr_refresh_bf16(mb_cuda_trainer *t) {
-    if (!t->precision) return MB_STATUS_OK;
+    if (t->precision != MBC_BF16) return MB_STATUS_OK;
     return convert_bf16(t->params_bf16, t->params, 1, t->d.nparams, t->d.nparams);
 }
 
@@ -1314,7 +1626,8 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     const dims &d = t->d;
     if (B < 1 || T < 1 || (int64_t)B * T > 2147483647 / 2)
         return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: B=%d T=%d", B, T);
-    if (precision != 0 && precision != 1) return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: precision %d", precision);
+    if (precision != MBC_FP32 && precision != MBC_BF16 && precision != MBC_TF32)
+        return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: precision %d (0 fp32, 1 bf16, 2 tf32)", precision);
     if (device_count() < 1) return fail(MB_STATUS_UNSUPPORTED, "CUDA trainer: no CUDA device");
     t->B = B; t->T = T; t->N = (int64_t)B * T; t->precision = precision;
     t->chunk = T < 32 ? T : 32;
@@ -1341,20 +1654,23 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
         free(mask);
         MBC_TRY(s);
     }
-    if (precision) {
+    if (precision == MBC_BF16) {
         const int64_t wa = N * (d.V > 2 * d.Di ? d.V : 2 * d.Di), wb = N * (d.C > d.Di ? d.C : d.Di);
         MBC_TRY(dalloc(&t->mem, &t->params_bf16, P, "bf16 params"));
         MBC_TRY(dalloc(&t->mem, &t->bfa, wa > wb ? wa : wb, "bf16 scratch a"));
         MBC_TRY(dalloc(&t->mem, &t->bfb, wa > wb ? wa : wb, "bf16 scratch b"));
         MBC_TRY(tr_refresh_bf16(t));
     }
-    MBC_TRY(dalloc(&t->mem, &t->tokens, N, "tokens"));
-    MBC_TRY(dalloc(&t->mem, &t->targets, N, "targets"));
-    MBC_TRY(dalloc(&t->mem, &t->bucket_off, 257 + N, "token buckets"));
+    t->batch_bytes = sizeof(int64_t) * (size_t)(257 + N) + sizeof(int32_t) * (size_t)N + (size_t)N;
+    MBC_TRY(dalloc(&t->mem, &t->batch, (int64_t)t->batch_bytes, "batch"));
+    t->bucket_off = (int64_t *)t->batch;
     t->bucket_rows = t->bucket_off + 257;
-    t->h_bucket = (int64_t *)malloc(sizeof(int64_t) * (size_t)(257 + N));
+    t->targets = (int32_t *)(t->bucket_rows + N);
+    t->tokens = (uint8_t *)(t->targets + N);
+    t->h_batch = (uint8_t *)hmalloc(t->batch_bytes);
+    t->h_bucket = (int64_t *)t->h_batch;
     t->acts = (layer_acts *)calloc((size_t)d.L, sizeof(layer_acts));
-    if (!t->h_bucket || !t->acts) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: host tables");
+    if (!t->h_batch || !t->acts) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: host tables");
     MBC_TRY(tr_alloc_acts(t));
     MBC_TRY(tr_alloc_chunked(t));
     MBC_TRY(dalloc(&t->mem, &t->resid_out, N * d.C, "resid out"));
@@ -1364,7 +1680,6 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     MBC_TRY(dalloc(&t->mem, &t->logits, N * d.V, "logits"));
     MBC_TRY(dalloc(&t->mem, &t->loss_rows, N, "loss rows"));
     MBC_TRY(dalloc(&t->mem, &t->loss_dev, 1, "loss"));
-    MBC_TRY(dalloc(&t->mem, &t->mix_out, N * d.C, "mixer out"));
     MBC_TRY(dalloc(&t->mem, &t->d_resid, N * d.C, "d resid"));
     MBC_TRY(dalloc(&t->mem, &t->d_ln, N * d.C, "d ln"));
     MBC_TRY(dalloc(&t->mem, &t->d_xz, N * 2 * d.Di, "d xz"));
@@ -1382,19 +1697,21 @@ static inline void tr_free(mb_cuda_trainer *t) {
     dlist_free(&t->chunk_mem);
     blas_destroy(t->blas);
     free(t->d.offset);
-    free(t->h_bucket);
+    hfree(t->h_batch);
     free(t->acts);
 }
 
-static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs) {
+/* uploaded: the batch (tokens included) is already on its way. */
+static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs, bool uploaded = false) {
     const dims &d = t->d;
     const int64_t N = t->N;
-    MBC_TRY(h2d(t->tokens, inputs, (size_t)N));
+    if (!uploaded) MBC_TRY(h2d(t->tokens, inputs, (size_t)N));
     MBC_TRY(embedding_forward(t->acts[0].resid, t->tokens, W(t, t->params, -1, G_EMBEDDING), N, d.C));
     for (int l = 0; l < d.L; l++) {
         layer_acts *a = &t->acts[l];
         float *next = l + 1 < d.L ? t->acts[l + 1].resid : t->resid_out;
-        MBC_TRY(layernorm_forward(a->ln, a->mean, a->rstd, a->resid, W(t, t->params, l, W_NORM_W), W(t, t->params, l, W_NORM_B), N, d.C));
+        MBC_TRY(layernorm_forward(a->ln, a->mean, a->rstd, a->resid, W(t, t->params, l, W_NORM_W), W(t, t->params, l, W_NORM_B), N, d.C,
+                                  next));
         MBC_TRY(tr_mm_forward(t, a->xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di));
         MBC_TRY(conv1d_forward(a->u, a->xz, W(t, t->params, l, W_CONV_W), W(t, t->params, l, W_CONV_B), t->B, t->T, d.Di, d.K));
         MBC_TRY(tr_mm_forward(t, a->xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X));
@@ -1402,9 +1719,8 @@ static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs) {
         MBC_TRY(scan_forward(a->gated, a->states, t->scratch, a->u, a->delta, W(t, t->params, l, W_DT_B),
                              W(t, t->params, l, W_A_LOG), a->xdbl, W(t, t->params, l, W_D), a->xz, t->B, t->T, d.Di, d.S,
                              d.R, t->chunk));
-        MBC_TRY(tr_mm_forward(t, t->mix_out, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C));
-        MBC_TRY(d2d(next, a->resid, (size_t)(N * d.C) * sizeof(float)));
-        MBC_TRY(add_inplace(next, t->mix_out, N * d.C));
+        /* next = resid (copied by the LayerNorm kernel) + out_proj(gated) (beta 1) */
+        MBC_TRY(tr_mm_forward(t, next, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C, 1.0f));
     }
     MBC_TRY(layernorm_forward(t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, W(t, t->params, -1, G_NORM_F_W),
                               W(t, t->params, -1, G_NORM_F_B), N, d.C));
@@ -1416,24 +1732,24 @@ static inline mb_status tr_backward(mb_cuda_trainer *t) {
     const int64_t N = t->N;
     float *dlogits = t->logits; /* overwritten by the cross-entropy kernel */
     MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, dlogits, t->lnf, d.C, global_index(d, G_EMBEDDING), N, d.C, d.V));
-    MBC_TRY(dzero(t->d_resid, (size_t)(N * d.C) * sizeof(float)));
+    /* first writers overwrite (no memsets): the final LayerNorm's d_resid; per
+       layer the scan's d_u, z columns of d_xz and B/C columns of d_xdbl, the
+       dt product's dt_low columns (beta 0) and the conv's x' columns */
     MBC_TRY(layernorm_backward(t->d_resid, W(t, t->grads, -1, G_NORM_F_W), W(t, t->grads, -1, G_NORM_F_B), t->scratch,
-                               t->d_ln, t->resid_out, W(t, t->params, -1, G_NORM_F_W), t->lnf_mean, t->lnf_rstd, N, d.C));
+                               t->d_ln, t->resid_out, W(t, t->params, -1, G_NORM_F_W), t->lnf_mean, t->lnf_rstd, N, d.C,
+                               true));
     for (int l = d.L - 1; l >= 0; l--) {
         layer_acts *a = &t->acts[l];
         float *P = t->params, *G = t->grads;
-        MBC_TRY(dzero(t->d_u, (size_t)(N * d.Di) * sizeof(float)));
-        MBC_TRY(dzero(t->d_xdbl, (size_t)(N * d.X) * sizeof(float)));
-        MBC_TRY(dzero(t->d_xz, (size_t)(N * 2 * d.Di) * sizeof(float)));
         MBC_TRY(tr_mm_backward(t, t->d_gated, 0.0f, t->d_resid, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C));
         MBC_TRY(scan_backward(t->d_u, t->d_delta, W(t, G, l, W_DT_B), W(t, G, l, W_A_LOG), t->d_xdbl, W(t, G, l, W_D),
                               t->d_xz, t->scratch, t->d_gated, a->states, a->u, a->delta, W(t, P, l, W_DT_B),
                               W(t, P, l, W_A_LOG), a->xdbl, W(t, P, l, W_D), a->xz, t->B, t->T, d.Di, d.S, d.R,
-                              t->chunk));
-        MBC_TRY(tr_mm_backward(t, t->d_xdbl, 1.0f, t->d_delta, a->xdbl, d.X, tensor_index(d, l, W_DT_W), N, d.R, d.Di));
+                              t->chunk, true));
+        MBC_TRY(tr_mm_backward(t, t->d_xdbl, 0.0f, t->d_delta, a->xdbl, d.X, tensor_index(d, l, W_DT_W), N, d.R, d.Di));
         MBC_TRY(tr_mm_backward(t, t->d_u, 1.0f, t->d_xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X));
         MBC_TRY(conv1d_backward(t->d_xz, W(t, G, l, W_CONV_W), W(t, G, l, W_CONV_B), t->scratch, t->d_u, a->xz,
-                                W(t, P, l, W_CONV_W), W(t, P, l, W_CONV_B), t->B, t->T, d.Di, d.K));
+                                W(t, P, l, W_CONV_W), W(t, P, l, W_CONV_B), t->B, t->T, d.Di, d.K, true));
         MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, t->d_xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di));
         MBC_TRY(layernorm_backward(t->d_resid, W(t, G, l, W_NORM_W), W(t, G, l, W_NORM_B), t->scratch, t->d_ln,
                                    a->resid, W(t, P, l, W_NORM_W), a->mean, a->rstd, N, d.C));
@@ -1511,14 +1827,16 @@ mb_status mb_cuda_trainer_forward_backward(mb_cuda_trainer *t, const uint8_t *in
                              (long long)i, t->d.V);
         n_valid++;
     }
-    MBC_TRY(mbc::tr_forward(t, inputs));
+    /* the whole batch in one asynchronous copy */
+    mbc::token_buckets(t->h_bucket, t->h_bucket + 257, inputs, N);
+    memcpy(t->h_bucket + 257 + N, targets, (size_t)N * sizeof(int32_t));
+    memcpy((int32_t *)(t->h_bucket + 257 + N) + N, inputs, (size_t)N);
+    MBC_TRY(mbc::h2d_async(t->batch, t->h_batch, t->batch_bytes));
+    MBC_TRY(mbc::tr_forward(t, inputs, true));
     if (n_valid == 0) { /* as the CPU: NaN loss, zero gradient */
         if (loss) *loss = NAN;
         return mbc::sync();
     }
-    MBC_TRY(mbc::h2d(t->targets, targets, (size_t)N * sizeof(int32_t)));
-    mbc::token_buckets(t->h_bucket, t->h_bucket + 257, inputs, N);
-    MBC_TRY(mbc::h2d(t->bucket_off, t->h_bucket, sizeof(int64_t) * (size_t)(257 + N)));
     MBC_TRY(mbc::cross_entropy(t->loss_rows, t->logits, t->logits, t->targets, N, t->d.V, -100, 0.0f, nullptr,
                                (float)(1.0 / (double)n_valid)));
     MBC_TRY(mbc::sum(t->loss_dev, t->loss_rows, N, 1.0 / (double)n_valid));
@@ -1549,18 +1867,17 @@ mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr
     double sumsq = 0.0;
     if (applied_out) *applied_out = 0;
     if (adam_step < 1) return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA update: adam_step %lld", (long long)adam_step);
+    /* norm, clip and update without a host round trip in between: the one
+       synchronisation is the read of the norm at the end */
     MBC_TRY(mbc::grad_scale_sumsq(t->norm_dev, t->norm_part, t->grads, P, grad_scale));
+    MBC_TRY(mbc::adamw(t->params, t->grads, t->adam_m, t->adam_v, t->decay_mask, P, 1.0f, lr, beta1, beta2, eps,
+                       weight_decay, adam_step, t->norm_dev, clip));
+    MBC_TRY(mbc::tr_refresh_bf16(t)); /* (unchanged parameters when skipped) */
     MBC_TRY(mbc::d2h(&sumsq, t->norm_dev, sizeof(double)));
     const double norm = sqrt(sumsq);
     if (grad_norm_out) *grad_norm_out = norm;
-    if (!isfinite(norm)) return mb_cuda_trainer_zero_grad(t);
-    const double c = clip / (norm + 1e-6);
-    const float coef = (float)(c < 1.0 ? c : 1.0); /* mb_clip_coef */
-    MBC_TRY(mbc::adamw(t->params, t->grads, t->adam_m, t->adam_v, t->decay_mask, P, coef, lr, beta1, beta2, eps,
-                       weight_decay, adam_step));
-    MBC_TRY(mbc::tr_refresh_bf16(t));
-    if (applied_out) *applied_out = 1;
-    return mbc::sync();
+    if (applied_out) *applied_out = isfinite(norm) ? 1 : 0;
+    return MB_STATUS_OK;
 }
 
 /* ---- the trainer backend: mb_trainer_step / mb_trainer_sync on the GPU.
@@ -1683,8 +2000,8 @@ mb_status mb_cuda_stream_step(mb_cuda_stream *s, uint8_t byte, float *logits_hos
         MBC_TRY(mbc::matmul_forward(s->blas, s->delta, s->xdbl, d.X, MBC_SW(l, mbc::W_DT_W), 1, d.R, d.Di));
         MBC_TRY(mbc::scan_step(s->gated, s->ssm_state + (int64_t)l * d.Di * d.S, s->u, s->delta, MBC_SW(l, mbc::W_DT_B),
                                MBC_SW(l, mbc::W_A_LOG), s->xdbl, MBC_SW(l, mbc::W_D), s->xz, d.Di, d.S, d.R));
-        MBC_TRY(mbc::matmul_forward(s->blas, s->out, s->gated, d.Di, MBC_SW(l, mbc::W_OUT_PROJ), 1, d.Di, d.C));
-        MBC_TRY(mbc::add_inplace(s->x, s->out, d.C));
+        /* x += out_proj(gated): the residual add as the product's beta */
+        MBC_TRY(mbc::matmul_forward(s->blas, s->x, s->gated, d.Di, MBC_SW(l, mbc::W_OUT_PROJ), 1, d.Di, d.C, 1.0f));
     }
     MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, MBC_SW(-1, mbc::G_NORM_F_W), MBC_SW(-1, mbc::G_NORM_F_B), 1, d.C));
     MBC_TRY(mbc::matmul_forward(s->blas, s->logits, s->ln, d.C, MBC_SW(-1, mbc::G_EMBEDDING), 1, d.C, d.V));

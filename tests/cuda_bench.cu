@@ -1,6 +1,6 @@
 /* cuda_bench.cu - `make bench-cuda`: GPU throughput of mambabyte_cuda.cuh.
      1. a full training step (forward_backward + update) of the default
-        model at B16 x T1024, fp32 and bf16: ms/step and tokens/s;
+        model at B16 x T1024, fp32, tf32 and bf16: ms/step and tokens/s;
      2. the selective scan alone (forward, backward) at the same shape, with
         the achieved bandwidth over the bytes it must move at least;
      3. whether ctx 2048 x batch 64 fits: creates that trainer, runs one
@@ -66,7 +66,7 @@ static void bench_step(int B, int T, int precision, int steps) {
     }
     cudaEventRecord(e1);
     const double ms = elapsed_ms(e0, e1) / steps;
-    printf("step  B%-3d T%-5d %-4s  %8.2f ms/step  %10.0f tokens/s  (loss %.4f)\n", B, T, precision ? "bf16" : "fp32", ms,
+    printf("step  B%-3d T%-5d %-4s  %8.2f ms/step  %10.0f tokens/s  (loss %.4f)\n", B, T, precision == 1 ? "bf16" : precision == 2 ? "tf32" : "fp32", ms,
            (double)N / (ms * 1e-3), loss);
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
@@ -159,6 +159,7 @@ int main(int argc, char **argv) {
     printf("device: %s, %d SMs, %.1f GiB\n", p.name, p.multiProcessorCount, (double)p.totalGlobalMem / (1 << 30));
     const int steps = argc > 1 ? atoi(argv[1]) : 20;
     bench_step(16, 1024, 0, steps);
+    bench_step(16, 1024, 2, steps); /* tf32 */
     bench_step(16, 1024, 1, steps);
     bench_scan(16, 1024, 20);
     memory_fit(64, 2048);

@@ -26,7 +26,8 @@
      * barrier and shuffle discipline: a __syncthreads reached by only part
        of a block, a thread that exits while others wait at a barrier, a
        shuffle whose mask names a lane that is absent or that never arrives,
-       or lanes of one shuffle disagreeing on the mask all abort with a
+       lanes of one shuffle disagreeing on the mask, or lanes of a warp
+       meeting at shuffles of different call sites all abort with a
        message (they deadlock or are undefined on hardware); reading a lane
        outside the mask yields all-ones bits (NaN as float), so a value
        that is undefined on hardware shows if it is used;
@@ -36,8 +37,12 @@
        identical results across schedules (a shared-memory race or an
        inter-block race that changes a result then shows as a mismatch);
      * launch limits: at most 1024 threads per block, block.z <= 64,
-       grid.y/z <= 65535, static+dynamic shared memory within 48 KiB unless
-       the launch names more (as cudaFuncSetAttribute would);
+       grid.y/z <= 65535, static (declared with the .cuh's MBC_SHARED) plus
+       dynamic shared memory within 48 KiB unless func_set_max_dynamic_smem
+       (cudaFuncSetAttribute) opted the kernel in, up to 227 KiB; device
+       allocations 256-byte aligned as cudaMalloc's;
+     * a count of stream operations (g.ops: kernels, GEMMs, memsets,
+       copies), so a test can hold the launches per step to a budget;
      * with -fsanitize=address, out-of-bounds global/shared accesses
        (fiber stacks are announced to ASan with the fiber-switch API).
 
@@ -102,8 +107,12 @@
 #define __shared__ static
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
+#define __align__(n) __attribute__((aligned(n)))
 
 struct uint3 { unsigned x, y, z; };
+/* float4 as CUDA's (16-byte aligned); may_alias: kernels store it over float arrays */
+struct __attribute__((aligned(16), may_alias)) float4 { float x, y, z, w; };
+static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 struct dim3 {
     unsigned x, y, z;
     constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
@@ -150,6 +159,8 @@ struct Fiber {
 
 struct Warp {
     unsigned gen = 0, arrived = 0, mask = 0, lanes = 0; /* lanes: bit per existing thread */
+    const char *site_file = nullptr; /* the shuffle call site of this round (nullptr: __syncwarp) */
+    int site_line = 0;
     uint64_t vals[2][32]; /* double-buffered by barrier parity: one barrier per shuffle */
 };
 
@@ -170,6 +181,14 @@ struct State {
     std::vector<unsigned char> dyn_smem;
     size_t dyn_smem_bytes = 0;
     uint64_t launches = 0, blocks_run = 0;
+    /* stream operations, counted for the launch budget: kernels (launch()),
+       and, from the .cuh's emulated platform layer, GEMMs, memsets, copies */
+    struct { uint64_t kernels = 0, gemms = 0, memsets = 0, copies = 0; } ops;
+    /* static shared memory of the running launch: (address, bytes) per array */
+    std::vector<std::pair<const void *, size_t>> static_smem;
+    size_t static_smem_bytes = 0, smem_limit = 48 * 1024;
+    const void *kernel = nullptr;
+    std::vector<std::pair<const void *, size_t>> smem_optin; /* cudaFuncSetAttribute(MaxDynamicSharedMemorySize) */
 #ifdef CUDA_EMU_ASAN
     const void *sched_bottom = nullptr;
     size_t sched_size = 0;
@@ -177,7 +196,32 @@ struct State {
 };
 inline thread_local State g;
 
+/* A kernel's static __shared__ array (MBC_SHARED in the .cuh): static plus
+   dynamic shared memory must fit 48 KiB, or the opted-in maximum. */
+inline void note_static_smem(const void *p, size_t bytes) {
+    for (auto &e : g.static_smem)
+        if (e.first == p) return;
+    g.static_smem.emplace_back(p, bytes);
+    g.static_smem_bytes += bytes;
+    if (g.static_smem_bytes + g.dyn_smem_bytes > g.smem_limit) {
+        char msg[96];
+        std::snprintf(msg, sizeof msg, "(%zu static + %zu dynamic bytes > %zu)", g.static_smem_bytes, g.dyn_smem_bytes,
+                      g.smem_limit);
+        die("shared memory beyond the limit", msg);
+    }
+}
+
 inline void set_schedule(unsigned seed) { g.schedule_seed = seed; }
+inline uint64_t stream_ops() { return g.ops.kernels + g.ops.gemms + g.ops.memsets + g.ops.copies; }
+
+/* Device allocations are 256-byte aligned, as cudaMalloc's (a kernel's
+   vector loads may rely on it). */
+inline void *device_alloc(size_t bytes) {
+    void *p = nullptr;
+    if (posix_memalign(&p, 256, bytes ? bytes : 1) != 0) return nullptr;
+    return p;
+}
+inline void device_free(void *p) { std::free(p); }
 
 #ifdef CUDA_EMU_FAST_SWITCH
 /* Saves rbp rbx r12-r15 on the current stack, stores rsp in *save, loads
@@ -245,15 +289,22 @@ inline void syncthreads() {
     yield_to_scheduler();
 }
 
-/* Warp barrier among the lanes of mask; every lane must name the same mask. */
-inline void warp_barrier(unsigned mask) {
+/* Warp barrier among the lanes of mask; every lane must name the same mask
+   and, for a shuffle, come from the same call site (file, line): shuffles
+   at different sites do not exchange values on hardware. */
+inline void warp_barrier(unsigned mask, const char *file = nullptr, int line = 0) {
     Fiber *f = g.current;
     Warp &w = g.warps[(size_t)f->linear / 32];
     unsigned lane = (unsigned)f->linear % 32;
     if (!(mask >> lane & 1u)) die("shuffle/syncwarp mask does not include the calling lane");
     if (mask & ~w.lanes) die("shuffle/syncwarp mask names lanes that do not exist in this warp");
-    if (w.arrived == 0) w.mask = mask;
-    else if (w.mask != mask) die("lanes of one warp disagree on the shuffle/syncwarp mask");
+    if (w.arrived == 0) {
+        w.mask = mask;
+        w.site_file = file;
+        w.site_line = line;
+    } else if (w.mask != mask) die("lanes of one warp disagree on the shuffle/syncwarp mask");
+    else if (w.site_line != line || (w.site_file != file && (!file || !w.site_file || std::strcmp(file, w.site_file))))
+        die("lanes of one warp meet at different shuffle/syncwarp call sites");
     unsigned gen = w.gen;
     if (++w.arrived == (unsigned)__builtin_popcount(mask)) {
         w.arrived = 0;
@@ -266,7 +317,7 @@ inline void warp_barrier(unsigned mask) {
 }
 
 enum ShflMode { SHFL_IDX, SHFL_XOR, SHFL_DOWN, SHFL_UP };
-template <class T> inline T shfl(unsigned mask, T v, int arg, int width, ShflMode mode) {
+template <class T> inline T shfl(unsigned mask, T v, int arg, int width, ShflMode mode, const char *file, int line) {
     static_assert(sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
     if (width < 1 || width > 32 || (width & (width - 1))) die("shuffle width must be a power of two <= 32");
     Fiber *f = g.current;
@@ -284,7 +335,7 @@ template <class T> inline T shfl(unsigned mask, T v, int arg, int width, ShflMod
        only after the next barrier, which every lane reaches after reading. */
     uint64_t *vals = w.vals[w.gen & 1u];
     vals[lane] = bits;
-    warp_barrier(mask); /* every lane has published */
+    warp_barrier(mask, file, line); /* every lane has published */
     T r;
     /* A lane outside the mask (absent or not participating) gives an
        undefined value on hardware: here all-ones bits (NaN for floats). */
@@ -399,7 +450,16 @@ inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_byte
     if (g.current) die("launch from inside a kernel");
     if (nthreads == 0 || nthreads > 1024 || block.z > 64) die("bad block shape");
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535) die("bad grid shape");
-    if (smem_bytes > 227 * 1024) die("dynamic shared memory beyond 227 KiB");
+    size_t optin = 0;
+    for (auto &e : g.smem_optin)
+        if (e.first == (const void *)kernel) optin = e.second;
+    g.smem_limit = optin ? 227 * 1024 : 48 * 1024;
+    if (smem_bytes > (optin ? optin : 48 * 1024))
+        die("dynamic shared memory beyond 48 KiB without cudaFuncSetAttribute, or beyond the opted-in size");
+    g.static_smem.clear();
+    g.static_smem_bytes = 0;
+    g.kernel = (const void *)kernel;
+    g.ops.kernels++;
     Call<P...> call{kernel, std::tuple<P...>(std::forward<A>(args)...)};
     g.body = &Call<P...>::run;
     g.body_arg = &call;
@@ -431,22 +491,34 @@ inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_byte
     threadIdx = {0, 0, 0};
 }
 
+/* cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) */
+template <class... P> inline void func_set_max_dynamic_smem(void (*kernel)(P...), size_t bytes) {
+    if (bytes > 227 * 1024) die("cudaFuncAttributeMaxDynamicSharedMemorySize beyond 227 KiB");
+    for (auto &e : g.smem_optin)
+        if (e.first == (const void *)kernel) { e.second = bytes; return; }
+    g.smem_optin.emplace_back((const void *)kernel, bytes);
+}
+
 } /* namespace cuda_emu */
 
 /* --------------------------------------------------- device builtins */
 static inline void __syncthreads() { cuda_emu::syncthreads(); }
 static inline void __syncwarp(unsigned mask = 0xffffffffu) { cuda_emu::warp_barrier(mask); }
-template <class T> static inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
-    return cuda_emu::shfl(mask, v, src, width, cuda_emu::SHFL_IDX);
+template <class T>
+static inline T __shfl_sync(unsigned mask, T v, int src, int width = 32, const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
+    return cuda_emu::shfl(mask, v, src, width, cuda_emu::SHFL_IDX, file, line);
 }
-template <class T> static inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
-    return cuda_emu::shfl(mask, v, lane_mask, width, cuda_emu::SHFL_XOR);
+template <class T>
+static inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
+    return cuda_emu::shfl(mask, v, lane_mask, width, cuda_emu::SHFL_XOR, file, line);
 }
-template <class T> static inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-    return cuda_emu::shfl(mask, v, (int)delta, width, cuda_emu::SHFL_DOWN);
+template <class T>
+static inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32, const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
+    return cuda_emu::shfl(mask, v, (int)delta, width, cuda_emu::SHFL_DOWN, file, line);
 }
-template <class T> static inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-    return cuda_emu::shfl(mask, v, (int)delta, width, cuda_emu::SHFL_UP);
+template <class T>
+static inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32, const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
+    return cuda_emu::shfl(mask, v, (int)delta, width, cuda_emu::SHFL_UP, file, line);
 }
 /* Single OS thread: an atomic is a plain read-modify-write. */
 static inline float atomicAdd(float *p, float v) { float old = *p; *p = old + v; return old; }

@@ -255,8 +255,8 @@ void test_model(int B, int T, int precision) {
     OK(mb_model_forward(m, in.data(), tg.data(), B, T, &rl));
     OK(mb_model_backward(m));
     OK(mb_cuda_trainer_forward_backward(t, in.data(), tg.data(), &gl));
-    const char *pr = precision ? "bf16" : "fp32";
-    MBT_CHECK(fabs(gl - rl) <= (precision ? 1e-2 : 1e-5) * fabs(rl), "gpu model loss %s B%d T%d: %.7g vs CPU %.7g", pr, B,
+    const char *pr = precision == 1 ? "bf16" : precision == 2 ? "tf32" : "fp32";
+    MBT_CHECK(fabs(gl - rl) <= (precision == 1 ? 1e-2 : precision == 2 ? 3e-3 : 1e-5) * fabs(rl), "gpu model loss %s B%d T%d: %.7g vs CPU %.7g", pr, B,
               T, gl, rl);
     fvec g((size_t)P);
     OK(mb_cuda_trainer_grads(t, g.data()));
@@ -269,7 +269,7 @@ void test_model(int B, int T, int precision) {
         double e = mbt_rel_l2(g.data() + x.offset, mb_model_grads(m) + x.offset, x.numel);
         if (!(e <= worst)) { worst = e; wn = x.name; }
     }
-    MBT_CHECK(worst <= (precision ? 5e-2 : 1e-4), "gpu model grads %s B%d T%d: worst rel L2 %.3g (%s)", pr, B, T, worst, wn);
+    MBT_CHECK(worst <= (precision == 1 ? 5e-2 : precision == 2 ? 3e-2 : 1e-4), "gpu model grads %s B%d T%d: worst rel L2 %.3g (%s)", pr, B, T, worst, wn);
     /* determinism: the same step again gives bitwise the same gradients */
     OK(mb_cuda_trainer_zero_grad(t));
     OK(mb_cuda_trainer_forward_backward(t, in.data(), tg.data(), &gl));
@@ -314,34 +314,41 @@ void test_model(int B, int T, int precision) {
 
 } /* namespace */
 
-int main(void) {
+/* --small: only the small (ragged) shapes, for compute-sanitizer runs. */
+int main(int argc, char **argv) {
+    const bool small = argc > 1 && !strcmp(argv[1], "--small");
     if (mb_cuda_device_count() < 1) {
         printf("no CUDA device: skipped\n");
         return 77;
     }
     for (float eps : {0.0f, 0.1f}) {
         test_cross_entropy(37, eps);
-        test_cross_entropy(16384, eps);
+        if (!small) test_cross_entropy(16384, eps);
     }
     test_layernorm(37, 50);
-    test_layernorm(16384, 192);
-    test_embedding(16384, 192);
+    if (!small) test_layernorm(16384, 192);
+    if (!small) test_embedding(16384, 192);
     test_matmul(37, 19, 13, 25);
-    test_matmul(4096, 192, 768, 192);
-    test_matmul(4096, 12, 384, 44); /* dt_proj: strided input */
+    if (!small) test_matmul(4096, 192, 768, 192);
+    if (!small) test_matmul(4096, 12, 384, 44); /* dt_proj: strided input */
     for (int K : {4, 3}) {
         test_conv(2, 70, 40, K);
-        test_conv(16, 1024, 384, K);
+        if (!small) test_conv(16, 1024, 384, K);
     }
     test_scan(2, 70, 24, 16, 3, 16, 0.0);
     test_scan(2, 70, 24, 16, 3, 32, 0.0);
     test_scan(2, 70, 17, 16, 3, 16, 50.0);
     test_scan(2, 33, 10, 5, 2, 8, 0.0);
-    test_scan(4, 1024, 384, 16, 12, 32, 0.0);
-    test_scan(2, 1024, 384, 16, 12, 64, 0.0);
+    test_scan(2, 45, 40, 64, 3, 16, 0.0); /* d_state 64, T not a multiple of the chunk */
+    test_scan(1, 21, 70, 64, 2, 32, 0.0); /* T < chunk */
+    test_scan(2, 67, 33, 20, 4, 32, 0.0);
+    if (!small) test_scan(2, 1024, 384, 64, 12, 32, 0.0);
+    if (!small) test_scan(4, 1024, 384, 16, 12, 32, 0.0);
+    if (!small) test_scan(2, 1024, 384, 16, 12, 64, 0.0);
     test_model(2, 256, 0);
-    test_model(4, 1024, 0);
+    if (!small) test_model(4, 1024, 0);
     test_model(2, 256, 1);
+    test_model(2, 256, 2); /* tf32 */
     printf("%d passed, %d failed, %d skipped\n", mbt_passed, mbt_failed, mbt_skipped);
     return mbt_failed == 0 && mbt_passed > 0 ? 0 : 1;
 }
