@@ -211,7 +211,7 @@ static const flag CLI_TRAIN_FLAGS[] = {
     {"plot", F_STR, 0, 0, "SVG of the loss curve, rewritten at each save (needs --log, or logs to FILE.csv)", 0, 0, 0},
     {"json", F_STR, 0, 0, "summary JSON", 0, 0, 0},
     {"device", F_STR, 0, 0, "auto (default), cpu or cuda", 0, 0, 0},
-    {"precision", F_STR, 0, 0, "fp32 (default) or bf16 (CUDA only)", 0, 0, 0},
+    {"precision", F_STR, 0, 0, "fp32 (default), tf32 or bf16: the GPU's matrix products (CUDA only)", 0, 0, 0},
     {"eval-chars", F_INT, 0, 1e15, "characters to evaluate after training (default 60000; 0 = skip)", 0, 0, 0},
     {"threads", F_INT, 1, 1024, "OpenMP threads", 0, 0, 0},
     {"deterministic", F_BOOL, 0, 0, "mpirun: sum gradients in rank order (bit-identical to one process with --grad-accum N)", 0, 0, 0},
@@ -398,7 +398,7 @@ static int report_run(const mb_trainer *tr, const mb_train_report *r, mb_status 
 
 static int cmd_train(int argc, char **argv) {
     static const char *const schedules[] = {"step", "time", NULL}, *const devices[] = {"auto", "cpu", "cuda", NULL},
-                             *const precisions[] = {"fp32", "bf16", NULL};
+                             *const precisions[] = {"fp32", "tf32", "bf16", NULL};
     flag flags[TRAIN_NFLAGS];
     mb_dataset d;
     mb_train_settings set;
@@ -430,9 +430,9 @@ static int cmd_train(int argc, char **argv) {
         return 2;
     }
 #ifndef MB_WITH_CUDA
-    if (!strcmp(device, "cuda") || !strcmp(precision, "bf16")) {
+    if (!strcmp(device, "cuda") || strcmp(precision, "fp32") != 0) {
         fprintf(stderr, "mambabyte train: %s needs the CUDA build: build with nvcc on PATH (make) and run ./mambabyte_cuda\n",
-                !strcmp(device, "cuda") ? "--device cuda" : "--precision bf16");
+                !strcmp(device, "cuda") ? "--device cuda" : "--precision tf32/bf16");
         return 2;
     }
 #endif
@@ -458,7 +458,7 @@ static int cmd_train(int argc, char **argv) {
     if (getenv("MB_TEST_INJECT_NAN_STEP")) tr.inject_nonfinite_step = atoll(getenv("MB_TEST_INJECT_NAN_STEP"));
     if (getenv("MB_TEST_INJECT_NAN_FROM")) tr.inject_nonfinite_from = atoll(getenv("MB_TEST_INJECT_NAN_FROM"));
 #ifdef MB_WITH_CUDA
-    if (strcmp(device, "cpu") != 0 && mb_cuda_trainer_attach(&tr, !strcmp(precision, "bf16")) != MB_STATUS_OK) {
+    if (strcmp(device, "cpu") != 0 && mb_cuda_trainer_attach(&tr, !strcmp(precision, "bf16") ? 1 : !strcmp(precision, "tf32") ? 2 : 0) != MB_STATUS_OK) {
         if (!strcmp(device, "cuda")) TRAIN_FAIL(1, "--device cuda: %s\n", mb_cuda_last_error());
         printf("note: training on the CPU (fp32): %s\n", mb_cuda_last_error());
     }

@@ -1939,7 +1939,7 @@ mb_status mb_cuda_trainer_attach(mb_trainer *tr, int precision) {
         mb_cuda_trainer_free(g);
         return st;
     }
-    tr->backend.name = precision ? "cuda bf16" : "cuda fp32";
+    tr->backend.name = precision == 1 ? "cuda bf16" : precision == 2 ? "cuda tf32" : "cuda fp32";
     tr->backend.impl = g;
     tr->backend.step = mbc_backend_step;
     tr->backend.sync = mbc_backend_sync;
