@@ -48,66 +48,45 @@ static void eval_progress(void *user, int64_t done, int64_t total) {
         fprintf(stderr, "eval %lld/%lld chars | %s elapsed | ETA %s\n", (long long)done, (long long)total, a, b);
 }
 
-/* Evaluates m on text, prints (and writes to json_path) the results; *acc
-   gets the char accuracy.  Returns an exit code. */
-static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t chars, const char *label,
-                    const char *json_path, double *acc) {
-    mb_eval_result r;
-    eval_progress_state ps = {mb_clock_seconds(), isatty(2)};
-    double dt, ca, bpb, ba;
-    if (mb_eval_text(m, text, len, chars, &r, eval_progress, &ps) != MB_STATUS_OK) {
-        fprintf(stderr, "mambabyte eval: %s: %s\n", label, mb_last_error());
-        return 1;
-    }
-    dt = mb_clock_seconds() - ps.t0;
-    ca = r.chars ? (double)r.chars_correct / (double)r.chars : 0.0;
-    bpb = r.bytes ? r.nll_bits / (double)r.bytes : 0.0;
-    ba = r.bytes ? (double)r.bytes_correct / (double)r.bytes : 0.0;
-    if (acc) *acc = ca;
-    printf("eval on %s: %lld chars, %lld bytes\n  char accuracy  %.4f\n  bits per byte  %.4f\n  byte accuracy  %.4f\n"
-           "  %.0f chars/s (%.1f s)\n", label, (long long)r.chars, (long long)r.bytes, ca, bpb, ba,
-           dt > 0 ? (double)r.chars / dt : 0.0, dt);
-    {
-        const json_field j[] = {{"val_char_accuracy", ca, 6}, {"chars", (double)r.chars, 0}, {"bits_per_byte", bpb, 6},
-                                {"byte_accuracy", ba, 6}, {"duration_s", dt, 3}, {"chars_per_s", dt > 0 ? (double)r.chars / dt : 0.0, 1}};
-        return json_path ? cli_write_json("eval", json_path, j, 6) : 0;
-    }
-}
-
 static const char *EVAL_USAGE =
     "mambabyte eval --model FILE --data PATH [--split valid|test|train] [--chars N] [--predict ascii|exact] [--json FILE]";
 
-/* --predict exact: the protocol's ASCII rule and the exact greedy character side by side. */
-static int run_eval_exact(const mb_model *m, const uint8_t *text, int64_t len, int64_t chars, const char *label,
-                          const char *json_path) {
+/* Evaluates m on text, prints (and writes to json_path) the results; exact
+   adds the exact greedy character beside the protocol's ASCII rule; *acc
+   gets the protocol's char accuracy.  Returns an exit code. */
+static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t chars, const char *label, int exact,
+                    const char *json_path, double *acc) {
     mb_eval_exact_result r;
     eval_progress_state ps = {mb_clock_seconds(), isatty(2)};
-    double dt, n;
-    if (mb_eval_text_exact(m, text, len, chars, &r, eval_progress, &ps) != MB_STATUS_OK) {
-        fprintf(stderr, "mambabyte eval: %s: %s\n", label, mb_last_error());
-        return 1;
-    }
+    mb_status st;
+    double dt, n, ca, bpb, ba;
+    memset(&r, 0, sizeof r);
+    st = exact ? mb_eval_text_exact(m, text, len, chars, &r, eval_progress, &ps) : mb_eval_text(m, text, len, chars, &r.base, eval_progress, &ps);
+    if (st != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s: %s\n", label, mb_last_error()); return 1; }
     dt = mb_clock_seconds() - ps.t0;
     n = r.base.chars ? (double)r.base.chars : 1.0;
-    printf("eval on %s: %lld chars, %lld bytes\n"
-           "  char accuracy (ASCII rule)  %.4f   argmax over bytes 0..127, the benchmark protocol\n"
-           "  char accuracy (exact rule)  %.4f   argmax over all characters: %lld multi-byte predictions, %lld right\n"
-           "  bits per byte               %.4f\n  byte accuracy               %.4f\n"
-           "  %.0f chars/s (%.1f s), %lld extra steps for the exact rule\n",
-           label, (long long)r.base.chars, (long long)r.base.bytes, (double)r.base.chars_correct / n, (double)r.exact_correct / n,
-           (long long)r.exact_multibyte, (long long)r.exact_multibyte_correct, r.base.bytes ? r.base.nll_bits / (double)r.base.bytes : 0.0,
-           r.base.bytes ? (double)r.base.bytes_correct / (double)r.base.bytes : 0.0, dt > 0 ? (double)r.base.chars / dt : 0.0, dt,
-           (long long)r.search_steps);
+    ca = (double)r.base.chars_correct / n;
+    bpb = r.base.bytes ? r.base.nll_bits / (double)r.base.bytes : 0.0;
+    ba = r.base.bytes ? (double)r.base.bytes_correct / (double)r.base.bytes : 0.0;
+    if (acc) *acc = ca;
+    printf("eval on %s: %lld chars, %lld bytes\n", label, (long long)r.base.chars, (long long)r.base.bytes);
+    if (exact)
+        printf("  char accuracy (ASCII rule)  %.4f   argmax over bytes 0..127, the benchmark protocol\n"
+               "  char accuracy (exact rule)  %.4f   argmax over all characters: %lld multi-byte predictions, %lld right\n"
+               "  bits per byte               %.4f\n  byte accuracy               %.4f\n"
+               "  %.0f chars/s (%.1f s), %lld extra steps for the exact rule\n", ca, (double)r.exact_correct / n,
+               (long long)r.exact_multibyte, (long long)r.exact_multibyte_correct, bpb, ba, dt > 0 ? (double)r.base.chars / dt : 0.0, dt,
+               (long long)r.search_steps);
+    else
+        printf("  char accuracy  %.4f\n  bits per byte  %.4f\n  byte accuracy  %.4f\n  %.0f chars/s (%.1f s)\n", ca, bpb, ba,
+               dt > 0 ? (double)r.base.chars / dt : 0.0, dt);
     {
-        const json_field j[] = {{"val_char_accuracy", (double)r.base.chars_correct / n, 6},
+        const json_field j[] = {{"val_char_accuracy", ca, 6}, {"chars", (double)r.base.chars, 0}, {"bits_per_byte", bpb, 6},
+                                {"byte_accuracy", ba, 6}, {"duration_s", dt, 3}, {"chars_per_s", dt > 0 ? (double)r.base.chars / dt : 0.0, 1},
                                 {"exact_char_accuracy", (double)r.exact_correct / n, 6},
                                 {"exact_multibyte_predictions", (double)r.exact_multibyte, 0},
-                                {"exact_multibyte_correct", (double)r.exact_multibyte_correct, 0},
-                                {"chars", (double)r.base.chars, 0},
-                                {"bits_per_byte", r.base.bytes ? r.base.nll_bits / (double)r.base.bytes : 0.0, 6},
-                                {"byte_accuracy", r.base.bytes ? (double)r.base.bytes_correct / (double)r.base.bytes : 0.0, 6},
-                                {"duration_s", dt, 3}};
-        return json_path ? cli_write_json("eval", json_path, j, 8) : 0;
+                                {"exact_multibyte_correct", (double)r.exact_multibyte_correct, 0}};
+        return json_path ? cli_write_json("eval", json_path, j, exact ? 9 : 6) : 0;
     }
 }
 
@@ -139,9 +118,8 @@ static int cmd_eval(int argc, char **argv) {
     else snprintf(path, sizeof path, "%s", data);
     if (mb_model_load(&m, flag_str(flags, "model", "")) != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s\n", mb_last_error()); return 1; }
     if (mb_map_file(&f, path) != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s\n", mb_last_error()); mb_model_free(m); return 1; }
-    if (!strcmp(flag_str(flags, "predict", "ascii"), "exact"))
-        rc = run_eval_exact(m, f.data, f.size, (int64_t)flag_num(flags, "chars", 60000), path, flag_str(flags, "json", NULL));
-    else rc = run_eval(m, f.data, f.size, (int64_t)flag_num(flags, "chars", 60000), path, flag_str(flags, "json", NULL), NULL);
+    rc = run_eval(m, f.data, f.size, (int64_t)flag_num(flags, "chars", 60000), path, !strcmp(flag_str(flags, "predict", "ascii"), "exact"),
+                  flag_str(flags, "json", NULL), NULL);
     mb_unmap_file(&f);
     mb_model_free(m);
     return rc;
@@ -485,7 +463,7 @@ static int cmd_train(int argc, char **argv) {
     /* a finished run is evaluated; one paused by --stop-at or interrupted is not */
     eval_chars = (int64_t)flag_num(flags, "eval-chars", demo ? 4000 : 60000);
     if (rc == 0 && IS_RANK0 && eval_chars > 0 && d.eval_size > 0 && (rep.outcome == MB_TRAIN_FINISHED || rep.outcome == MB_TRAIN_TIME_BUDGET)) {
-        rc = run_eval(m, d.eval, d.eval_size, eval_chars, d.eval_is_tail ? "held-out 5%" : d.eval_path, NULL, &acc);
+        rc = run_eval(m, d.eval, d.eval_size, eval_chars, d.eval_is_tail ? "held-out 5%" : d.eval_path, 0, NULL, &acc);
         if (rc == 0 && v.csv) fprintf(v.csv, "%lld,,,,%.3f,%.6f\n", (long long)tr.st.step, rep.elapsed_s, acc);
     }
     if (rc != 1) replot(&v);
