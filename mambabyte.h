@@ -3306,6 +3306,20 @@ static int mb__argmax(const float *x, int n) {
     return best;
 }
 
+/* The evaluated prefix of text: the first max_chars characters (all when
+   max_chars < 0), *end bytes and *nchars characters; invalid UTF-8 in it is
+   MB_STATUS_BAD_FORMAT naming the offset. */
+static mb_status mb__eval_prefix(const uint8_t *text, int64_t len, int64_t max_chars, int64_t *end, int64_t *nchars) {
+    *end = *nchars = 0;
+    while (*end < len && (max_chars < 0 || *nchars < max_chars)) {
+        int k = mb_utf8_char_len(text + *end, len - *end);
+        if (k == 0) return mb__fail(MB_STATUS_BAD_FORMAT, "invalid UTF-8 at byte offset %lld (byte 0x%02x)", (long long)*end, text[*end]);
+        *end += k;
+        (*nchars)++;
+    }
+    return MB_STATUS_OK;
+}
+
 /* The reference: the protocol as written, one mb_stream_step per byte
    (mb_eval_text below is the fast path; the tests and `mambabyte bench`
    compare the two). */
@@ -3320,12 +3334,7 @@ static mb_status mb__eval_text_stepwise(const mb_model *m, const uint8_t *text, 
     mb_status st;
     memset(r, 0, sizeof *r);
     /* validate the whole evaluated prefix first: fail before any work */
-    while (end < len && (max_chars < 0 || nchars < max_chars)) {
-        int k = mb_utf8_char_len(text + end, len - end);
-        if (k == 0) return mb__fail(MB_STATUS_BAD_FORMAT, "invalid UTF-8 at byte offset %lld (byte 0x%02x)", (long long)end, text[end]);
-        end += k;
-        nchars++;
-    }
+    if ((st = mb__eval_prefix(text, len, max_chars, &end, &nchars)) != MB_STATUS_OK) return st;
     st = mb_stream_create(&s, m);
     if (st != MB_STATUS_OK) return st;
     logits = mb_stream_step(s, 0x00);
@@ -3365,12 +3374,7 @@ MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len
     mb_status st;
     memset(r, 0, sizeof *r);
     /* validate the whole evaluated prefix first: fail before any work */
-    while (end < len && (max_chars < 0 || nchars < max_chars)) {
-        int k = mb_utf8_char_len(text + end, len - end);
-        if (k == 0) return mb__fail(MB_STATUS_BAD_FORMAT, "invalid UTF-8 at byte offset %lld (byte 0x%02x)", (long long)end, text[end]);
-        end += k;
-        nchars++;
-    }
+    if ((st = mb__eval_prefix(text, len, max_chars, &end, &nchars)) != MB_STATUS_OK) return st;
     st = mb_stream_create(&s, m);
     if (st != MB_STATUS_OK) return st;
     in = (uint8_t *)MB_MALLOC(MB__FEED_CHUNK);
@@ -3606,12 +3610,7 @@ MBDEF mb_status mb_eval_text_exact(const mb_model *m, const uint8_t *text, int64
     int64_t end = 0, nchars = 0, pos = 0, c;
     mb_status st;
     memset(r, 0, sizeof *r);
-    while (end < len && (max_chars < 0 || nchars < max_chars)) { /* validate first, as mb_eval_text */
-        int k = mb_utf8_char_len(text + end, len - end);
-        if (k == 0) return mb__fail(MB_STATUS_BAD_FORMAT, "invalid UTF-8 at byte offset %lld (byte 0x%02x)", (long long)end, text[end]);
-        end += k;
-        nchars++;
-    }
+    if ((st = mb__eval_prefix(text, len, max_chars, &end, &nchars)) != MB_STATUS_OK) return st; /* validate first */
     if ((st = mb_stream_create(&s, m)) != MB_STATUS_OK) return st;
     logits = mb_stream_step(s, 0x00);
     for (c = 0; c < nchars; c++) {
