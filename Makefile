@@ -30,7 +30,7 @@ ifneq ($(NVCC),)
 TARGETS += mambabyte_cuda build/cuda_gpu_test build/cuda_bench
 endif
 
-.PHONY: all test test-cxx test-asan bench bench-cuda test-cuda fuzz check clean lib test-python
+.PHONY: all test test-mpi test-cxx test-asan bench bench-cuda test-cuda fuzz check clean lib test-python
 all: $(TARGETS)
 
 HEADERS = mambabyte.h
@@ -105,6 +105,10 @@ build/cuda_bench: tests/cuda_bench.cu mambabyte_cuda.cuh $(HEADERS) | build
 	$(NVCC) -O3 $(CUDA_ARCH) $(NVCC_OMP) tests/cuda_bench.cu -o $@ -lcublas
 bench-cuda: build/cuda_bench
 	./build/cuda_bench
+
+# Data-parallel training under mpirun (skipped, and counted, without MPI).
+test-mpi: test_mambabyte mambabyte $(if $(MPICC),mambabyte_mpi)
+	./test_mambabyte mpi
 
 bench: mambabyte
 	./mambabyte bench

@@ -352,6 +352,9 @@ static int report_run(const mb_trainer *tr, const mb_train_report *r, mb_status 
     printf("%sdone: %lld steps, %.0f tokens, final loss %.4f, %.1f s, %.0f tokens/s; saved %s\n", v->tty ? "\n" : "",
            (long long)tr->st.step, (double)(r->steps_run * s->batch * s->ctx * s->grad_accum * tr->st.ranks), r->last_loss, r->elapsed_s,
            r->tokens_per_s, v->out);
+    if (tr->comm && tr->comm->size > 1)
+        printf("data-parallel: %d ranks, %.2f s of %.1f s summing gradients (%.1f%%)\n", tr->comm->size, r->comm_s, r->elapsed_s,
+               100.0 * r->comm_s / (r->elapsed_s > 0 ? r->elapsed_s : 1));
     if (energy_ok) printf("GPU energy of the training loop: %.1f J\n", (double)(e1 - e0) / 1000.0);
     else printf("GPU energy: not measured\n");
     if (flag_given(flags, "json") && IS_RANK0) {
@@ -457,6 +460,15 @@ static int cmd_train(int argc, char **argv) {
     signal(SIGUSR1, on_interrupt); /* mpirun forwards SIGUSR1 to every rank (its own Ctrl-C kills them) */
     if (nvml_open(&nv) && !nvml_read_mj(&nv, &e0)) nv.lib = NULL;
     rc = report_run(&tr, &rep, mb_train_run(&tr, &opt, &rep), &v, flags, &nv, e0);
+#ifdef MB_WITH_MPI
+    {   /* every rank says what it holds, so a divergence would show (the tests compare these) */
+        uint64_t hash = 1469598103934665603ull;
+        const unsigned char *p = (const unsigned char *)mb_model_params(m);
+        size_t k, nb = (size_t)mb_model_num_params(m) * sizeof(float);
+        for (k = 0; k < nb; k++) hash = (hash ^ p[k]) * 1099511628211ull;
+        fprintf(stderr, "rank %d: parameters fnv1a %016llx\n", MY_RANK, (unsigned long long)hash);
+    }
+#endif
     signal(SIGINT, SIG_DFL); /* the state is saved: a Ctrl-C from here on (the evaluation) just ends the process */
     signal(SIGTERM, SIG_DFL);
     signal(SIGUSR1, SIG_DFL);

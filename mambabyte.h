@@ -617,6 +617,7 @@ struct mb_trainer {
     mb_train_backend backend;
     const mb_train_comm *comm; /* borrowed; NULL: one process (mb_trainer_set_comm) */
     float *grad_acc;           /* the micro-batches' gradient sum when grad_accum > 1 */
+    double comm_s;             /* seconds spent summing gradients over the ranks (data-parallel) */
     int64_t inject_nonfinite_step; /* testing hooks: poison the gradient at this 0-based step, */
     int64_t inject_nonfinite_from; /* or at every step from this one (-1: never) */
 };
@@ -693,6 +694,7 @@ typedef struct {
     double tokens_per_s;       /* of this call */
     float last_loss;           /* of the last applied step (NaN if none) */
     int saved;                 /* the final checkpoint was written to out */
+    double comm_s;             /* of this call's time, the seconds spent summing gradients over the ranks */
 } mb_train_report;
 
 /* The whole training loop over t: the lr schedule (by step, or by the
@@ -3747,8 +3749,10 @@ MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
     }
     if (t->grad_acc) memcpy(m->grads, t->grad_acc, (size_t)n * sizeof(float));
     if (t->comm) {
+        double c0 = mb_clock_seconds();
         if ((st = mb__comm_fail(t, t->comm->sum_floats(t->comm->impl, m->grads, n))) != MB_STATUS_OK) return st;
         if ((st = mb__comm_fail(t, t->comm->sum_doubles(t->comm->impl, &loss_sum, 1))) != MB_STATUS_OK) return st;
+        t->comm_s += mb_clock_seconds() - c0;
     }
     return mb_trainer_apply(t, lr, (float)(loss_sum / (double)total), r);
 }
@@ -3984,7 +3988,7 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
     const mb_train_settings *s = &t->st.settings;
     const int lead = !t->comm || t->comm->rank == 0; /* the rank that saves and reports */
     const int64_t start = t->st.step, tokens_per_step = s->batch * s->ctx * s->grad_accum * (t->comm ? t->comm->size : 1);
-    const double t0 = mb_clock_seconds(), before = t->st.elapsed_s, budget = s->time_budget;
+    const double t0 = mb_clock_seconds(), before = t->st.elapsed_s, budget = s->time_budget, comm0 = t->comm_s;
     double step_est = 0.0;
     int64_t stop_at, last_saved = -1;
     int nonfinite_run = 0;
@@ -4059,6 +4063,7 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
     t->st.elapsed_s = before + (mb_clock_seconds() - t0);
     r.steps_run = t->st.step - start;
     r.elapsed_s = t->st.elapsed_s;
+    r.comm_s = t->comm_s - comm0;
     r.tokens_per_s = (double)(r.steps_run * tokens_per_step) / (mb_clock_seconds() - t0 > 0 ? mb_clock_seconds() - t0 : 1.0);
     if (r.outcome != MB_TRAIN_FAILED) { /* the host holds the final state; a run that ends well is saved (by rank 0) */
         int save = opt->out && r.outcome != MB_TRAIN_NON_FINITE;

@@ -35,6 +35,26 @@ static double mpi_param_rel(const char *a, const char *b) {
     return worst;
 }
 
+/* The worst relative difference of the loss column of two CSV logs (1e30 when they differ in length). */
+static double mpi_loss_rel(const char *a, const char *b) {
+    FILE *fa = fopen(a, "r"), *fb = fopen(b, "r");
+    char la[256], lb[256];
+    double worst = fa && fb ? 0 : 1e30;
+    int rows = 0;
+    while (fa && fb && fgets(la, sizeof la, fa)) {
+        double x, y;
+        long long sa, sb;
+        if (!fgets(lb, sizeof lb, fb)) { worst = 1e30; break; }
+        if (sscanf(la, "%lld,%lf", &sa, &x) != 2 || sscanf(lb, "%lld,%lf", &sb, &y) != 2) continue;
+        if (sa != sb) { worst = 1e30; break; }
+        worst = fabs(x - y) / fabs(y) > worst ? fabs(x - y) / fabs(y) : worst;
+        rows++;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return rows > 0 ? worst : 1e30;
+}
+
 static void test_mpi(void) {
     char why[128];
     int rc;
@@ -56,11 +76,22 @@ static void test_mpi(void) {
               "3 ranks --deterministic must equal --grad-accum 3 bit for bit (exit %d): %s", rc, why);
     MBT_CHECK(!mbt_file_contains("build/t_mpi.out", "step 3/8 | loss") || mbt_run("test $(grep -c '^.*step 3/8 | loss' build/t_mpi.out) -eq 1") == 0,
               "rank 0 alone prints");
-    /* the default reduction: MPI's order, agreement to float rounding */
-    rc = mbt_run(MPI_RUN "2 ./mambabyte_mpi train" MPI_FLAGS " --steps 8 --out build/t_mpi_fast.bin > build/t_mpi.out 2>&1");
-    MBT_CHECK(rc == 0 && mpi_param_rel("build/t_mpi_fast.bin", "build/t_mpi_ref2.bin") < 1e-5,
-              "2 ranks (MPI_Reduce) vs --grad-accum 2: max rel param difference %.3g (exit %d)",
-              mpi_param_rel("build/t_mpi_fast.bin", "build/t_mpi_ref2.bin"), rc);
+    /* the default reduction, 20 steps: MPI's order, losses within 1e-6 relative, both ranks hold the same parameters */
+    rc = mbt_run("./mambabyte train" MPI_FLAGS " --steps 20 --grad-accum 2 --log build/t_mpi_ref20.csv --out build/t_mpi_ref20.bin "
+                 "> build/t_mpi.out 2>&1");
+    rc |= mbt_run(MPI_RUN "2 ./mambabyte_mpi train" MPI_FLAGS " --steps 20 --log build/t_mpi_fast.csv --out build/t_mpi_fast.bin "
+                  "> build/t_mpi.out 2>&1");
+    {
+        double worst = mpi_loss_rel("build/t_mpi_fast.csv", "build/t_mpi_ref20.csv");
+        MBT_CHECK(rc == 0 && worst < 1e-6, "2 ranks (MPI_Reduce) vs --grad-accum 2 over 20 steps: worst loss rel difference %.3g (exit %d)",
+                  worst, rc);
+        MBT_CHECK(mpi_param_rel("build/t_mpi_fast.bin", "build/t_mpi_ref20.bin") < 1e-5, "final parameters: max rel difference %.3g",
+                  mpi_param_rel("build/t_mpi_fast.bin", "build/t_mpi_ref20.bin"));
+        MBT_CHECK(mbt_run("grep -h 'parameters fnv1a' build/t_mpi.out | awk '{print $NF}' | sort -u | wc -l | grep -qx 1") == 0 &&
+                      mbt_run("test $(grep -c 'parameters fnv1a' build/t_mpi.out) -eq 2") == 0,
+                  "both ranks must end with the same parameter hash (see build/t_mpi.out)");
+        MBT_CHECK(mbt_file_contains("build/t_mpi.out", "data-parallel: 2 ranks"), "the run reports its time in the gradient sum");
+    }
     /* resume with the same count: exact; with another: refused */
     rc = mbt_run(MPI_RUN "2 ./mambabyte_mpi train" MPI_FLAGS " --steps 8 --stop-at 3 --deterministic --out build/t_mpi_half.bin > build/t_mpi.out 2>&1");
     rc |= mbt_run(MPI_RUN "2 ./mambabyte_mpi train --data build/t_text.txt --resume build/t_mpi_half.bin --out build/t_mpi_half.bin "

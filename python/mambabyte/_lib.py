@@ -52,7 +52,7 @@ class TrainBackend(Structure):  # function pointers kept opaque: Python never ca
 class Trainer(Structure):
     _fields_ = [("model", c_void_p), ("st", TrainState), ("batcher", Batcher), ("inputs", c_void_p),
                 ("targets", c_void_p), ("backend", TrainBackend), ("comm", c_void_p), ("grad_acc", c_void_p),
-                ("inject_nonfinite_step", c_int64),
+                ("comm_s", c_double), ("inject_nonfinite_step", c_int64),
                 ("inject_nonfinite_from", c_int64)]
 
 
@@ -71,7 +71,7 @@ class TrainOptions(Structure):
 
 class TrainReport(Structure):
     _fields_ = [("outcome", c_int), ("steps_run", c_int64), ("elapsed_s", c_double), ("tokens_per_s", c_double),
-                ("last_loss", c_float), ("saved", c_int)]
+                ("last_loss", c_float), ("saved", c_int), ("comm_s", c_double)]
 
 
 class TrainFieldInfo(Structure):

@@ -21,12 +21,12 @@ int main(void) {
     BEGIN(mb_batcher) F(data) F(size) F(rng) F(pos) F(sequential) END
     BEGIN(mb_step_result) F(loss) F(grad_norm) F(lr) F(applied) END
     BEGIN(mb_train_backend) F(name) F(impl) F(step) F(sync) F(release) F(last_error) END
-    BEGIN(mb_trainer) F(model) F(st) F(batcher) F(inputs) F(targets) F(backend) F(comm) F(grad_acc) F(inject_nonfinite_step)
+    BEGIN(mb_trainer) F(model) F(st) F(batcher) F(inputs) F(targets) F(backend) F(comm) F(grad_acc) F(comm_s) F(inject_nonfinite_step)
         F(inject_nonfinite_from) END
     BEGIN(mb_train_progress) F(step) F(steps) F(loss) F(lr) F(grad_norm) F(tokens_per_s) F(elapsed_s) F(eta_s)
         F(progress) F(by_time) F(applied) F(nonfinite_run) F(saves) END
     BEGIN(mb_train_options) F(out) F(stop_at) F(callback) F(user) END
-    BEGIN(mb_train_report) F(outcome) F(steps_run) F(elapsed_s) F(tokens_per_s) F(last_loss) F(saved) END
+    BEGIN(mb_train_report) F(outcome) F(steps_run) F(elapsed_s) F(tokens_per_s) F(last_loss) F(saved) F(comm_s) END
     BEGIN(mb_train_field_info) F(flag) F(key) F(kind) F(lo) F(hi) F(help) END
     BEGIN(mb_mapped_file) F(data) F(size) F(map_base) F(map_len) END
     BEGIN(mb_dataset) F(train_file) F(eval_file) F(train) F(eval) F(train_size) F(eval_size) F(eval_is_tail)
