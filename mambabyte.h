@@ -1660,45 +1660,129 @@ MB__INLINE void mb__scan_load(float *dst, const float *src, int nd) {
     }
 }
 
+/* The scan's core on 16 channels, split in two so that the batch forward
+   can run the part without a dependence between tokens ahead of the
+   recurrence (the out-of-order core cannot overlap a token's ~500
+   instructions with the next token's by itself):
+     mb__scan_decays16:  a[n] = exp(dt*A[n]),  b[n] = (dt*B[n])*u      any tokens, in any order
+     mb__scan_recur16:   h[n] = a[n]*h[n] + b[n],  y = (0 + C[0]h[0]) + C[1]h[1] + ...   token after token
+   Every forward (batch, prefill, stream step) goes through these two, so
+   their bits agree.  h, A, a, b are S rows of 16 lanes (h and A hs / as
+   floats apart).  On AVX-512 the lanes are one register (y never leaves
+   it), and mb__exp16 does mb__exp's operations in the same order. */
+#if defined(__AVX512F__) && defined(__FMA__) && !defined(MB_NO_INTRINSICS)
+#include <immintrin.h>
+#define MB__HAVE_EXP16 1
+MB__INLINE __m512 mb__exp16(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.33654475f), hi = _mm512_set1_ps(88.37626266f), magic = _mm512_set1_ps(12582912.0f);
+    __mmask16 below = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), above = _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ);
+    __m512 xc = _mm512_mask_blend_ps(above, _mm512_mask_blend_ps(below, x, lo), hi); /* NaN passes, as in mb__exp */
+    __m512 t = _mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), magic), k = _mm512_sub_ps(t, magic), r, p;
+    __m512i e;
+    r = _mm512_fmadd_ps(k, _mm512_set1_ps(-0.693359375f), xc);
+    r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
+    p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    /* (the maskz form: gcc 12 warns about the plain one's undefined pass-through) */
+    e = _mm512_maskz_slli_epi32((__mmask16)0xFFFF, _mm512_add_epi32(_mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(0x4B400000)),
+                                                                _mm512_set1_epi32(127)), 23);
+    p = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    p = _mm512_mask_blend_ps(above, p, _mm512_set1_ps((float)INFINITY));
+    return _mm512_mask_blend_ps(below, p, _mm512_setzero_ps());
+}
+MB__INLINE void mb__scan_decays16(float *MB__RESTRICT a, float *MB__RESTRICT b, const float *MB__RESTRICT A, int64_t as,
+                                  const float *dt, const float *u, const float *Bt, int S) {
+    const __m512 vdt = _mm512_loadu_ps(dt), vu = _mm512_loadu_ps(u);
+    int n;
+    for (n = 0; n < S; n++) {
+        _mm512_storeu_ps(a + n * MB__SCAN_DB, mb__exp16(_mm512_mul_ps(vdt, _mm512_loadu_ps(A + n * as))));
+        _mm512_storeu_ps(b + n * MB__SCAN_DB, _mm512_mul_ps(_mm512_mul_ps(vdt, _mm512_set1_ps(Bt[n])), vu));
+    }
+}
+MB__INLINE void mb__scan_recur16(float *MB__RESTRICT h, int64_t hs, const float *MB__RESTRICT a, const float *MB__RESTRICT b,
+                                 const float *Ct, int S, float *y) {
+    __m512 vy = _mm512_setzero_ps();
+    int n;
+    for (n = 0; n < S; n++) {
+        __m512 hn = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(a + n * MB__SCAN_DB), _mm512_loadu_ps(h + n * hs)),
+                                  _mm512_loadu_ps(b + n * MB__SCAN_DB));
+        _mm512_storeu_ps(h + n * hs, hn);
+        vy = _mm512_add_ps(vy, _mm512_mul_ps(_mm512_set1_ps(Ct[n]), hn));
+    }
+    _mm512_storeu_ps(y, vy);
+}
+#else
+MB__INLINE void mb__scan_decays16(float *MB__RESTRICT a, float *MB__RESTRICT b, const float *MB__RESTRICT A, int64_t as,
+                                  const float *dt, const float *u, const float *Bt, int S) {
+    int n, j;
+    for (n = 0; n < S; n++)
+        for (j = 0; j < MB__SCAN_DB; j++) {
+            a[n * MB__SCAN_DB + j] = mb__exp(dt[j] * A[n * as + j]);
+            b[n * MB__SCAN_DB + j] = dt[j] * Bt[n] * u[j];
+        }
+}
+MB__INLINE void mb__scan_recur16(float *MB__RESTRICT h, int64_t hs, const float *MB__RESTRICT a, const float *MB__RESTRICT b,
+                                 const float *Ct, int S, float *y) {
+    int n, j;
+    for (j = 0; j < MB__SCAN_DB; j++) y[j] = 0.0f;
+    for (n = 0; n < S; n++)
+        for (j = 0; j < MB__SCAN_DB; j++) {
+            float v = a[n * MB__SCAN_DB + j] * h[n * hs + j] + b[n * MB__SCAN_DB + j];
+            h[n * hs + j] = v;
+            y[j] += Ct[n] * v;
+        }
+}
+#endif
+/* The per-token values of a tile of tokens are kept for MB__SCAN_ROWS (token, state) rows. */
+#define MB__SCAN_ROWS 256
+
 /* Causal depthwise conv over time of x' (the first Di columns of xz, row
    stride 2Di), then SiLU.  out is (B,T,Di), w is (Di,K). */
 MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const float *bias,
                               int B, int T, int Di, int K) {
     mb__conv1d_forward_from(out, xz, w, bias, NULL, B, T, Di, K);
 }
+/* One token of the conv for the channels of wT: u = SiLU(bias + w[0]x[0] + ...
+   + w[K-1]x[K-1]) with x[k] = rows[k] (NULL: a tap before the sequence,
+   skipped) and wT the taps transposed, (K, ld).  The batch forward and the
+   stream step both call it, so their bits agree. */
+MB__INLINE void mb__conv_row(float *MB__RESTRICT u, const float *const *rows, const float *MB__RESTRICT wT, int64_t ld,
+                             const float *MB__RESTRICT bias, int n, int K) {
+    int d, k;
+    for (d = 0; d < n; d++) u[d] = bias[d];
+    for (k = 0; k < K; k++) {
+        const float *MB__RESTRICT wk = wT + (int64_t)k * ld, *MB__RESTRICT xk = rows[k];
+        if (xk)
+            for (d = 0; d < n; d++) u[d] += wk[d] * xk[d];
+    }
+    for (d = 0; d < n; d++) u[d] = u[d] * mb__sigmoid_v(u[d]);
+}
 MBDEF void mb__conv1d_forward_from(float *out, const float *xz, const float *w, const float *bias, const float *win,
                                    int B, int T, int Di, int K) {
-    /* one task per (sequence, block of 16 channels); the taps transposed to
-       (K, 16) so the channel loop is a vector loop; sums from the bias in tap order */
-    const int DB = MB__SCAN_DB;
-    int64_t ndb = (Di + DB - 1) / DB, bj;
-    MB__OMP(parallel for schedule(static))
-    for (bj = 0; bj < (int64_t)B * ndb; bj++) {
-        int64_t b = bj / ndb, d0 = (bj % ndb) * DB, t;
-        int nd = (int)(Di - d0 < DB ? Di - d0 : DB), j, k;
-        float wt[64][MB__SCAN_DB], bs[MB__SCAN_DB], o[MB__SCAN_DB], x[MB__SCAN_DB];
+    /* token rows in parallel, each a vector loop over channels; the taps
+       transposed on the stack for a slab of channels at a time */
+    enum { WT = 8192 };
+    float wT[WT];
+    int slab = WT / K < Di ? WT / K : Di, c0;
+    for (c0 = 0; c0 < Di; c0 += slab) {
+        int nc = Di - c0 < slab ? Di - c0 : slab, d, k;
+        int64_t row;
         for (k = 0; k < K; k++)
-            for (j = 0; j < DB; j++) wt[k][j] = w[(d0 + (j < nd ? j : nd - 1)) * K + k];
-        mb__scan_load(bs, bias + d0, nd);
-        for (t = 0; t < T; t++) {
-            float *MB__RESTRICT ot = out + (b * T + t) * Di + d0;
-            for (j = 0; j < DB; j++) o[j] = bs[j];
-            if (t >= K - 1 && nd == DB) { /* every tap inside the sequence, a whole block: straight from xz */
-                const float *MB__RESTRICT xs = xz + (b * T + t - (K - 1)) * 2 * Di + d0;
-                for (k = 0; k < K; k++)
-                    for (j = 0; j < DB; j++) o[j] += wt[k][j] * xs[(int64_t)k * 2 * Di + j];
-                for (j = 0; j < DB; j++) ot[j] = o[j] * mb__sigmoid_v(o[j]);
-                continue;
+            for (d = 0; d < nc; d++) wT[k * nc + d] = w[(int64_t)(c0 + d) * K + k];
+        MB__OMP(parallel for schedule(static))
+        for (row = 0; row < (int64_t)B * T; row++) {
+            int64_t b = row / T, t = row % T, ts;
+            const float *rows[64];
+            int j;
+            for (j = 0; j < K; j++) {
+                ts = t - (K - 1) + j;
+                rows[j] = ts >= 0 ? xz + (b * T + ts) * 2 * Di + c0 : win ? win + (b * K + K + ts) * Di + c0 : NULL;
             }
-            for (k = 0; k < K; k++) {
-                int64_t ts = t - (K - 1) + k;
-                if (ts >= 0) mb__scan_load(x, xz + (b * T + ts) * 2 * Di + d0, nd);
-                else if (win) mb__scan_load(x, win + (b * K + K + ts) * Di + d0, nd); /* input ts of the window */
-                else continue;
-                for (j = 0; j < DB; j++) o[j] += wt[k][j] * x[j];
-            }
-            for (j = 0; j < DB; j++) o[j] = o[j] * mb__sigmoid_v(o[j]);
-            for (j = 0; j < nd; j++) ot[j] = o[j];
+            mb__conv_row(out + row * Di + c0, rows, wT, nc, bias + c0, nc, K);
         }
     }
 }
@@ -1763,15 +1847,12 @@ MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float 
    win: the last K inputs x', oldest first; u (Di) receives SiLU(conv). */
 static void mb__conv_step(float *MB__RESTRICT u, float *MB__RESTRICT win, const float *MB__RESTRICT x,
                                      const float *MB__RESTRICT wT, const float *MB__RESTRICT bias, int Di, int K) {
-    int d, k;
+    const float *rows[64];
+    int k;
     memmove(win, win + Di, sizeof(float) * (size_t)(K - 1) * (size_t)Di);
     memcpy(win + (int64_t)(K - 1) * Di, x, sizeof(float) * (size_t)Di);
-    for (d = 0; d < Di; d++) u[d] = bias[d];
-    for (k = 0; k < K; k++) {
-        const float *MB__RESTRICT wk = wT + (int64_t)k * Di, *MB__RESTRICT xk = win + (int64_t)k * Di;
-        for (d = 0; d < Di; d++) u[d] += wk[d] * xk[d];
-    }
-    for (d = 0; d < Di; d++) u[d] = u[d] * mb__sigmoid_v(u[d]);
+    for (k = 0; k < K; k++) rows[k] = win + (int64_t)k * Di;
+    mb__conv_row(u, rows, wT, Di, bias, Di, K);
 }
 /* dt (Di) holds delta on entry and dt = softplus(delta + dt_bias) on exit;
    h, AT are (S, Di); Bt, Ct (S); out (Di) receives (C.h + D u) * silu(z). */
@@ -1780,14 +1861,18 @@ static void mb__scan_step(float *MB__RESTRICT out, float *MB__RESTRICT h, float 
                                      const float *MB__RESTRICT u, const float *MB__RESTRICT Bt, const float *MB__RESTRICT Ct,
                                      const float *MB__RESTRICT Dp, const float *MB__RESTRICT z, int Di, int S) {
     int d, n;
-    for (d = 0; d < Di; d++) {
-        dt[d] = mb__softplus_v(dt[d] + dt_bias[d]);
-        out[d] = 0.0f;
+    int d16 = Di - Di % MB__SCAN_DB; /* whole blocks of 16 channels as the batch forward does them, the rest one by one */
+    float a[MB__MAX_STATE * MB__SCAN_DB], bu[MB__MAX_STATE * MB__SCAN_DB];
+    for (d = 0; d < Di; d++) dt[d] = mb__softplus_v(dt[d] + dt_bias[d]);
+    for (d = 0; d < d16; d += MB__SCAN_DB) {
+        mb__scan_decays16(a, bu, AT + d, Di, dt + d, u + d, Bt, S);
+        mb__scan_recur16(h + d, Di, a, bu, Ct, S, out + d);
     }
+    for (d = d16; d < Di; d++) out[d] = 0.0f;
     for (n = 0; n < S; n++) {
         const float bn = Bt[n], cn = Ct[n], *MB__RESTRICT An = AT + (int64_t)n * Di;
         float *MB__RESTRICT hn = h + (int64_t)n * Di;
-        for (d = 0; d < Di; d++) {
+        for (d = d16; d < Di; d++) {
             float v = mb__exp(dt[d] * An[d]) * hn[d] + dt[d] * bn * u[d];
             hn[d] = v;
             out[d] += cn * v;
@@ -1892,46 +1977,62 @@ MBDEF void mb__scan_forward(float *out, float *states, const float *u, const flo
 MBDEF void mb__scan_forward_from(float *out, float *states, float *h0, const float *u, const float *delta,
                                  const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
                                  const float *xz, int B, int T, int Di, int S, int R, int chunk) {
-    const int DB = MB__SCAN_DB;
+    const int DB = MB__SCAN_DB, L = S < MB__SCAN_ROWS ? MB__SCAN_ROWS / S : 1; /* L tokens per tile */
     int64_t nchunks = (T + chunk - 1) / chunk, X = R + 2 * S, ndb = (Di + DB - 1) / DB, bj;
-    /* each (sequence, block of 16 channels) is one task: h is (S, 16) */
+    /* each (sequence, block of 16 channels) is one task: h is (S, 16); a
+       tile of L tokens at a time: their dt, decays and inputs (no dependence
+       between tokens), then the recurrence, then the gate */
     MB__OMP(parallel for schedule(static))
     for (bj = 0; bj < (int64_t)B * ndb; bj++) {
-        int64_t b = bj / ndb, d0 = (bj % ndb) * DB, t;
+        int64_t b = bj / ndb, d0 = (bj % ndb) * DB, t0, t;
         int nd = (int)(Di - d0 < DB ? Di - d0 : DB), n, j;
         float h[MB__MAX_STATE][MB__SCAN_DB], A[MB__MAX_STATE][MB__SCAN_DB];
-        float dt[MB__SCAN_DB], ut[MB__SCAN_DB], zt[MB__SCAN_DB], bias[MB__SCAN_DB], y[MB__SCAN_DB];
+        float a[MB__SCAN_ROWS > MB__MAX_STATE ? MB__SCAN_ROWS : MB__MAX_STATE][MB__SCAN_DB];
+        float bu[MB__SCAN_ROWS > MB__MAX_STATE ? MB__SCAN_ROWS : MB__MAX_STATE][MB__SCAN_DB];
+        float ut[MB__SCAN_ROWS][MB__SCAN_DB], y[MB__SCAN_ROWS][MB__SCAN_DB];
+        float dt[MB__SCAN_DB], zt[MB__SCAN_DB], bias[MB__SCAN_DB], Dv[MB__SCAN_DB];
         mb__scan_load(bias, dt_bias + d0, nd);
+        mb__scan_load(Dv, Dp + d0, nd);
         for (n = 0; n < S; n++)
             for (j = 0; j < DB; j++) {
                 h[n][j] = h0 ? h0[(b * S + n) * Di + d0 + (j < nd ? j : nd - 1)] : 0.0f;
                 A[n][j] = -mb__exp(A_log[(d0 + (j < nd ? j : nd - 1)) * S + n]);
             }
-        for (t = 0; t < T; t++) {
-            int64_t tok = b * T + t;
-            const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
-            if (states && t % chunk == 0) { /* h at the chunk start, (Di, S) layout */
-                float *st = states + ((b * nchunks + t / chunk) * Di + d0) * S;
-                for (j = 0; j < nd; j++)
-                    for (n = 0; n < S; n++) st[(int64_t)j * S + n] = h[n][j];
+        for (t0 = 0; t0 < T; t0 += L) {
+            int len = (int)(T - t0 < L ? T - t0 : L), k;
+            for (k = 0; k < len; k++) {
+                int64_t tok = b * T + t0 + k;
+                const float *ds = delta + tok * Di + d0;
+                mb__scan_load(ut[k], u + tok * Di + d0, nd);
+                if (nd == DB) /* straight from the row: a copy through memory would stall the vector load after it */
+                    for (j = 0; j < DB; j++) dt[j] = mb__softplus_v(ds[j] + bias[j]);
+                else {
+                    mb__scan_load(dt, ds, nd);
+                    for (j = 0; j < DB; j++) dt[j] = mb__softplus_v(dt[j] + bias[j]);
+                }
+                mb__scan_decays16(a[k * S], bu[k * S], A[0], MB__SCAN_DB, dt, ut[k], xdbl + tok * X + R, S);
             }
-            mb__scan_load(dt, delta + tok * Di + d0, nd);
-            mb__scan_load(ut, u + tok * Di + d0, nd);
-            mb__scan_load(zt, xz + tok * 2 * Di + Di + d0, nd);
-            for (j = 0; j < DB; j++) {
-                dt[j] = mb__softplus_v(dt[j] + bias[j]);
-                y[j] = 0.0f;
+            for (k = 0; k < len; k++) {
+                t = t0 + k;
+                if (states && t % chunk == 0) { /* h at the chunk start, (Di, S) layout */
+                    float *st = states + ((b * nchunks + t / chunk) * Di + d0) * S;
+                    for (j = 0; j < nd; j++)
+                        for (n = 0; n < S; n++) st[(int64_t)j * S + n] = h[n][j];
+                }
+                mb__scan_recur16(h[0], MB__SCAN_DB, a[k * S], bu[k * S], xdbl + (b * T + t) * X + R + S, S, y[k]);
             }
-            for (n = 0; n < S; n++) {
-                const float bn = Bt[n], cn = Ct[n];
-                for (j = 0; j < DB; j++) {
-                    float hn = mb__exp(dt[j] * A[n][j]) * h[n][j] + dt[j] * bn * ut[j];
-                    h[n][j] = hn;
-                    y[j] += cn * hn;
+            for (k = 0; k < len; k++) {
+                int64_t tok = b * T + t0 + k;
+                const float *zs = xz + tok * 2 * Di + Di + d0;
+                float *os = out + tok * Di + d0;
+                if (nd == DB)
+                    for (j = 0; j < DB; j++) os[j] = (y[k][j] + Dv[j] * ut[k][j]) * (zs[j] * mb__sigmoid_v(zs[j]));
+                else {
+                    mb__scan_load(zt, zs, nd);
+                    for (j = 0; j < DB; j++) y[k][j] = (y[k][j] + Dv[j] * ut[k][j]) * (zt[j] * mb__sigmoid_v(zt[j]));
+                    for (j = 0; j < nd; j++) os[j] = y[k][j];
                 }
             }
-            for (j = 0; j < DB; j++) y[j] = (y[j] + Dp[d0 + (j < nd ? j : nd - 1)] * ut[j]) * (zt[j] * mb__sigmoid_v(zt[j]));
-            for (j = 0; j < nd; j++) out[tok * Di + d0 + j] = y[j];
         }
         if (h0) /* the state after the last step, for the caller to continue from */
             for (n = 0; n < S; n++)

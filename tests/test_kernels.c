@@ -508,8 +508,61 @@ static void test_kernels_math(void) {
               "mb__sigmoid_v special values");
 }
 
+/* The scan's core (mb__scan_decays16 + mb__scan_recur16: AVX-512
+   intrinsics where the build has them) against its definition in plain
+   scalar code with mb__exp, bit for bit, on values that reach every branch
+   of the exp: underflow, NaN, infinities, zero. */
+static int kt_same_bits(float a, float b) { return (a != a && b != b) || !memcmp(&a, &b, sizeof a); }
+static void test_kernels_scan_core(void) {
+    enum { S = 7 }; /* odd: no multiple of the vector width */
+    static const float special[] = {0.0f, -0.0f, 1e-30f, 5.0f, 30.0f, 1e10f, (float)INFINITY, NAN};
+    mbt_rng r = {4242};
+    int round, n, j, same = 1, same_exp = 1;
+    for (round = 0; round < 200; round++) {
+        float A[S * MB__SCAN_DB], dt[MB__SCAN_DB], u[MB__SCAN_DB], Bt[S], Ct[S], h[S * MB__SCAN_DB], hr[S * MB__SCAN_DB];
+        float a[S * MB__SCAN_DB], b[S * MB__SCAN_DB], y[MB__SCAN_DB], yr[MB__SCAN_DB];
+        for (j = 0; j < MB__SCAN_DB; j++) {
+            dt[j] = round % 4 == 3 ? special[(round / 4 + j) % 8] : (float)(3.0 * mbt_uniform(&r));
+            u[j] = (float)mbt_normal(&r);
+            yr[j] = 0.0f;
+        }
+        for (n = 0; n < S; n++) {
+            Bt[n] = (float)mbt_normal(&r);
+            Ct[n] = (float)mbt_normal(&r);
+            for (j = 0; j < MB__SCAN_DB; j++) {
+                A[n * MB__SCAN_DB + j] = -(float)(40.0 * mbt_uniform(&r));
+                h[n * MB__SCAN_DB + j] = hr[n * MB__SCAN_DB + j] = (float)mbt_normal(&r);
+            }
+        }
+        mb__scan_decays16(a, b, A, MB__SCAN_DB, dt, u, Bt, S);
+        mb__scan_recur16(h, MB__SCAN_DB, a, b, Ct, S, y);
+        for (n = 0; n < S; n++)
+            for (j = 0; j < MB__SCAN_DB; j++) { /* the definition, one element at a time */
+                float v = mb__exp(dt[j] * A[n * MB__SCAN_DB + j]) * hr[n * MB__SCAN_DB + j] + dt[j] * Bt[n] * u[j];
+                hr[n * MB__SCAN_DB + j] = v;
+                yr[j] += Ct[n] * v;
+            }
+        for (j = 0; j < S * MB__SCAN_DB; j++) same &= kt_same_bits(h[j], hr[j]);
+        for (j = 0; j < MB__SCAN_DB; j++) same &= kt_same_bits(y[j], yr[j]);
+    }
+    MBT_CHECK(same, "mb__scan_decays16 / mb__scan_recur16 differ from the scan's definition with mb__exp");
+#ifdef MB__HAVE_EXP16
+    for (round = 0; round < 40000; round++) { /* exp16 against mb__exp across its whole domain, bounds and specials */
+        float x[16], e[16];
+        for (j = 0; j < 16; j++) {
+            float v = (float)(-100.0 + 200.0 * mbt_uniform(&r));
+            x[j] = round < 8 ? special[round] * (j % 2 ? -1.0f : 1.0f) : j == 0 ? -87.33654475f : j == 1 ? 88.37626266f : v;
+        }
+        _mm512_storeu_ps(e, mb__exp16(_mm512_loadu_ps(x)));
+        for (j = 0; j < 16; j++) same_exp &= kt_same_bits(e[j], mb__exp(x[j]));
+    }
+    MBT_CHECK(same_exp, "mb__exp16 differs from mb__exp");
+#endif
+}
+
 static void test_kernels(void) {
     test_kernels_math();
+    test_kernels_scan_core();
     test_kernels_matmul();
     test_kernels_conv();
     test_kernels_scan();
