@@ -1,7 +1,7 @@
 /* cli.h - what the mambabyte commands share: one flag parser (a table per
    command; values parsed and range checked here, so every command rejects
-   bad input the same way, exit 2), threads, file tests, a JSON writer, and the
-   NVML energy reader.  The clock is
+   bad input the same way, exit 2) with the flags of the library's training
+   options, threads, file tests, a JSON writer, and the NVML energy reader.  The clock is
    the library's mb_clock_seconds.  Included by main.c, bench.c and
    numerics_report.c (static functions, one copy per program). */
 #ifndef MB_CLI_H
@@ -118,9 +118,45 @@ static void cli_set_threads(int n) {
 #endif
 }
 
-static int cli_is_dir(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+/* The flags of the library's table of training options (mb_train_field_desc:
+   names, ranges, help and defaults written once there) in out[0..MB_FIELD_COUNT). */
+static void cli_train_field_flags(flag *out) {
+    static const flag_kind kinds[] = {F_INT, F_NUM, F_BOOL, F_STR};
+    static char help[MB_FIELD_COUNT][160];
+    mb_train_settings s = mb_train_settings_default();
+    mb_config c = mb_config_default();
+    int f;
+    for (f = 0; f < MB_FIELD_COUNT; f++) {
+        const mb_train_field_info *i = mb_train_field_desc(f);
+        double v = mb_train_field_get(&s, &c, f);
+        if (i->kind == MB_KIND_SCHEDULE) snprintf(help[f], sizeof help[f], "%s (default %s)", i->help, v ? "time" : "step");
+        else if (i->kind == MB_KIND_SWITCH || f == MB_FIELD_WARMUP) snprintf(help[f], sizeof help[f], "%s", i->help);
+        else snprintf(help[f], sizeof help[f], "%s (default %g)", i->help, v);
+        out[f].name = i->flag + 2;
+        out[f].kind = kinds[i->kind];
+        out[f].lo = i->lo;
+        out[f].hi = i->hi;
+        out[f].help = help[f];
+        out[f].given = 0;
+    }
+}
+
+/* The given ones of those flags (flags[0..MB_FIELD_COUNT)) into s and c;
+   returns their MB_GIVEN bits. */
+static uint32_t cli_train_fields_apply(const flag *flags, mb_train_settings *s, mb_config *c) {
+    uint32_t given = 0;
+    int f;
+    for (f = 0; f < MB_FIELD_COUNT; f++) {
+        if (!flags[f].given) continue;
+        given |= MB_GIVEN(f);
+        mb_train_field_set(s, c, f, f == MB_FIELD_SCHEDULE ? !strcmp(flags[f].str, "time") : flags[f].num);
+    }
+    return given;
+}
+
+/* --threads N, where a command has it and it was given. */
+static void cli_threads_flag(flag *flags) {
+    if (flag_given(flags, "threads")) cli_set_threads((int)flag_num(flags, "threads", 1));
 }
 static int cli_is_file(const char *path) {
     struct stat st;

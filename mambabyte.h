@@ -28,22 +28,27 @@
      numerics    mb_softmax, mb_log_softmax, mb_logsumexp,
                  mb_cross_entropy_forward / _backward   (PyTorch semantics)
      model       mb_model_create/load/save/free, mb_model_forward/backward,
-                 mb_model_params/grads (one flat block, checkpoint order)
+                 mb_model_params/grads (one flat block, checkpoint order),
+                 mb_model_hash
                  layout: MB_LAYER_TENSORS, mb_config_tensors, mb_tensor_index
      streaming   mb_stream_create/step/feed/reset/copy/free: O(1) state per
                  byte (a stream snapshots the weights); mb_stream_feed, the
-                 parallel prefill; mb_sample_byte
+                 parallel prefill; mb_sample_byte, mb_stream_generate
      files       mb_checkpoint_save/load (atomic: temp file, fsync, rename)
      training    mb_train_settings_default (seed 000's recipe), mb_trainer_*
                  (one step: batches, guard, clip, AdamW), mb_train_run (the
                  whole loop: schedule, time budget, saves, callback),
                  mb_train_settings_resume (what a resume may change),
-                 mb_adamw_update, mb_grad_norm, mb_lr_at_step / _at_fraction
+                 mb_adamw_update, mb_grad_norm, mb_lr_at_step / _at_fraction;
+                 the lines front ends print: mb_train_progress_line,
+                 mb_trainer_describe, mb_train_report_describe
      data        mb_dataset_open (a WikiText folder or a file, mmapped),
+                 mb_dataset_split_path, mb_dataset_describe,
                  mb_batcher_* (random or sequential training windows)
      eval        mb_eval_text: the WikiText char-accuracy protocol;
                  mb_stream_predict_char / _top_chars, mb_eval_text_exact:
-                 the exact greedy character (argmax over all characters)
+                 the exact greedy character (argmax over all characters);
+                 mb_eval_describe
      CUDA        mb_cuda_* (defined only when mambabyte_cuda.cuh is linked);
                  mb_cuda_trainer_attach puts a trainer's steps on the GPU
 
@@ -246,6 +251,7 @@ MBDEF void mb_model_free(mb_model *m);
 MBDEF const mb_config *mb_model_config(const mb_model *m);
 MBDEF int64_t mb_model_num_params(const mb_model *m);
 MBDEF float *mb_model_params(mb_model *m); /* flat, in checkpoint order */
+MBDEF uint64_t mb_model_hash(const mb_model *m); /* FNV-1a (64-bit) of the parameters' bytes: equal weights, equal hash */
 MBDEF float *mb_model_grads(mb_model *m);  /* same layout */
 /* inputs, targets (targets may be NULL: no loss) are (B, T); the loss is the
    mean cross-entropy over targets that are not -100.  Keeps what backward needs. */
@@ -299,6 +305,16 @@ MBDEF void mb_stream_free(mb_stream *s);
    header's RNG; advances *rng by one) the result is the first byte b < 255
    with p[0] + ... + p[b] > u, else 255.  Greedy draws leave *rng as is. */
 MBDEF int mb_sample_byte(const float *logits, double temperature, int top_k, uint64_t *rng);
+/* Generation as `mambabyte sample` does it: resets s, conditions it on the
+   0x00 start byte (as eval does) and prompt[0..prompt_len) (prefilled with
+   mb_stream_feed), then draws n bytes with mb_sample_byte, each fed back.
+   out (n bytes, or NULL) receives them; on_byte (or NULL) is called after
+   each and stops the generation early by returning nonzero.  *generated
+   (or NULL) gets the number drawn.  The same arguments and *rng give the
+   same bytes. */
+MBDEF mb_status mb_stream_generate(mb_stream *s, const uint8_t *prompt, int64_t prompt_len, int64_t n, double temperature,
+                                   int top_k, uint64_t *rng, uint8_t *out, int (*on_byte)(void *user, int byte), void *user,
+                                   int64_t *generated);
 
 /* ------------------------------------------------------- CPU layer kernels */
 /* The readable specification every CUDA kernel is checked against.  Shapes
@@ -488,6 +504,12 @@ typedef struct {
 } mb_dataset;
 MBDEF mb_status mb_dataset_open(mb_dataset *d, const char *path, const char *eval_path);
 MBDEF void mb_dataset_close(mb_dataset *d);
+/* The file of a split ("train", "valid", "test") of path: path/wiki.<split>.raw
+   when path is a folder, else path itself.  Writes at most n bytes to out;
+   returns whether path is a folder. */
+MBDEF int mb_dataset_split_path(char *out, size_t n, const char *path, const char *split);
+/* "data: training on P (N bytes); evaluating on Q" (or "... on its last 5% (M bytes)"). */
+MBDEF int mb_dataset_describe(char *buf, size_t n, const mb_dataset *d);
 
 /* The training batcher: draws windows of T+1 bytes for each of B rows
    (inputs are bytes [0,T), targets bytes [1,T+1)), at random positions or
@@ -568,6 +590,11 @@ typedef struct {
 } mb_eval_exact_result;
 MBDEF mb_status mb_eval_text_exact(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
                                    mb_eval_exact_result *r, mb_progress_fn progress, void *user);
+/* The results as `mambabyte eval` prints them: "eval on LABEL: C chars, B
+   bytes", then char accuracy, bits per byte, byte accuracy and chars/s
+   over seconds; with exact, both rules (r from mb_eval_text_exact;
+   otherwise only r->base is read). */
+MBDEF int mb_eval_describe(char *buf, size_t n, const char *label, const mb_eval_exact_result *r, int exact, double seconds);
 
 /* ---------------------------------------------------------------- trainer */
 /* One optimizer step = grad_accum micro-batches of (batch, ctx), averaged;
@@ -668,6 +695,16 @@ typedef int (*mb_train_callback)(void *user, const mb_train_progress *p);
    00:12 elapsed | ETA 40:03", with "step 20 (4% of the time budget)" when
    the budget ends the run first.  Returns snprintf's count. */
 MBDEF int mb_train_progress_line(char *buf, size_t n, const mb_train_progress *p);
+/* The other lines every front end prints around a run (each returns
+   snprintf's count):
+     mb_trainer_describe: "model: d_model 192, 4 layers, ...: N parameters"
+       and "train: batch 16 x ctx 1024 x accum 1, ... device cpu, 2 threads"
+       (and "resumed from FILE at step S" when resumed_from is not NULL);
+     mb_train_report_describe: "done: S steps, T tokens, final loss L, X s,
+       R tokens/s", after "time budget: stopping at step S ..." when the
+       budget ended the run, and followed by the time spent summing
+       gradients when several ranks trained. */
+MBDEF int mb_trainer_describe(char *buf, size_t n, const mb_trainer *t, const char *resumed_from);
 /* "mm:ss", or "h:mm:ss" from an hour on (negative or non-finite: 00:00). */
 MBDEF void mb_format_duration(char *buf, size_t n, double seconds);
 
@@ -695,7 +732,9 @@ typedef struct {
     float last_loss;           /* of the last applied step (NaN if none) */
     int saved;                 /* the final checkpoint was written to out */
     double comm_s;             /* of this call's time, the seconds spent summing gradients over the ranks */
+    double tokens;             /* training tokens of this call, over all ranks */
 } mb_train_report;
+MBDEF int mb_train_report_describe(char *buf, size_t n, const mb_trainer *t, const mb_train_report *r); /* see mb_trainer_describe */
 
 /* The whole training loop over t: the lr schedule (by step, or by the
    elapsed fraction of the time budget), the time budget (stops before the
@@ -785,8 +824,10 @@ void mb_cuda_stream_free(mb_cuda_stream *s);
 #include <omp.h>
 #define MB__PRAGMA(x) _Pragma(#x)
 #define MB__OMP(x) MB__PRAGMA(omp x)
+#define mb__max_threads() omp_get_max_threads()
 #else
 #define MB__OMP(x)
+#define mb__max_threads() 1
 #endif
 
 #ifdef __cplusplus
@@ -2474,6 +2515,13 @@ MBDEF void mb_model_free(mb_model *m) {
 
 MBDEF const mb_config *mb_model_config(const mb_model *m) { return &m->cfg; }
 MBDEF int64_t mb_model_num_params(const mb_model *m) { return m->num_params; }
+MBDEF uint64_t mb_model_hash(const mb_model *m) {
+    uint64_t hash = 1469598103934665603ull;
+    const unsigned char *p = (const unsigned char *)m->params;
+    size_t k, nb = (size_t)m->num_params * sizeof(float);
+    for (k = 0; k < nb; k++) hash = (hash ^ p[k]) * 1099511628211ull;
+    return hash;
+}
 MBDEF float *mb_model_params(mb_model *m) { return m->params; }
 MBDEF float *mb_model_grads(mb_model *m) { return m->grads; }
 MBDEF const float *mb_model_logits(const mb_model *m) { return m->logits; }
@@ -2957,6 +3005,29 @@ MBDEF int mb_sample_byte(const float *logits, double temperature, int top_k, uin
     return b;
 }
 
+MBDEF mb_status mb_stream_generate(mb_stream *s, const uint8_t *prompt, int64_t prompt_len, int64_t n, double temperature,
+                                   int top_k, uint64_t *rng, uint8_t *out, int (*on_byte)(void *user, int byte), void *user,
+                                   int64_t *generated) {
+    const float *logits;
+    int64_t i;
+    mb_status st;
+    if (generated) *generated = 0;
+    if (!s || !rng || prompt_len < 0 || n < 0 || (prompt_len > 0 && !prompt))
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "mb_stream_generate: invalid argument");
+    mb_stream_reset(s);
+    logits = mb_stream_step(s, 0x00);
+    if (prompt_len > 1 && (st = mb_stream_feed(s, prompt, prompt_len - 1, NULL)) != MB_STATUS_OK) return st;
+    if (prompt_len > 0) logits = mb_stream_step(s, prompt[prompt_len - 1]);
+    for (i = 0; i < n; i++) {
+        int b = mb_sample_byte(logits, temperature, top_k, rng);
+        if (out) out[i] = (uint8_t)b;
+        logits = mb_stream_step(s, (uint8_t)b); /* the state includes every byte drawn */
+        if (generated) *generated = i + 1;
+        if (on_byte && on_byte(user, b)) break;
+    }
+    return MB_STATUS_OK;
+}
+
 /* ========================================================== checkpoints */
 #define MB__CKPT_MAGIC 0x4D425954
 #define MB__CKPT_VERSION 1
@@ -3314,12 +3385,19 @@ MBDEF void mb_unmap_file(mb_mapped_file *f) {
     memset(f, 0, sizeof *f);
 }
 
-MBDEF mb_status mb_dataset_open(mb_dataset *d, const char *path, const char *eval_path) {
+MBDEF int mb_dataset_split_path(char *out, size_t n, const char *path, const char *split) {
     struct stat st;
     int folder = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+    if (folder) snprintf(out, n, "%s/wiki.%s.raw", path, split);
+    else snprintf(out, n, "%s", path);
+    return folder;
+}
+
+MBDEF mb_status mb_dataset_open(mb_dataset *d, const char *path, const char *eval_path) {
+    int folder;
     mb_status s;
     memset(d, 0, sizeof *d);
-    snprintf(d->train_path, sizeof d->train_path, folder ? "%s/wiki.train.raw" : "%s", path);
+    folder = mb_dataset_split_path(d->train_path, sizeof d->train_path, path, "train");
     if ((s = mb_map_file(&d->train_file, d->train_path)) != MB_STATUS_OK) return s;
     d->train = d->train_file.data;
     d->train_size = d->train_file.size;
@@ -3332,7 +3410,8 @@ MBDEF mb_status mb_dataset_open(mb_dataset *d, const char *path, const char *eva
         snprintf(d->eval_path, sizeof d->eval_path, "%s", d->train_path);
         return MB_STATUS_OK;
     }
-    snprintf(d->eval_path, sizeof d->eval_path, eval_path ? "%s" : "%s/wiki.valid.raw", eval_path ? eval_path : path);
+    if (eval_path) snprintf(d->eval_path, sizeof d->eval_path, "%s", eval_path);
+    else mb_dataset_split_path(d->eval_path, sizeof d->eval_path, path, "valid");
     if ((s = mb_map_file(&d->eval_file, d->eval_path)) != MB_STATUS_OK) {
         mb_dataset_close(d);
         return mb__fail(s, "evaluation data: %s", mb_last_error());
@@ -3340,6 +3419,13 @@ MBDEF mb_status mb_dataset_open(mb_dataset *d, const char *path, const char *eva
     d->eval = d->eval_file.data;
     d->eval_size = d->eval_file.size;
     return MB_STATUS_OK;
+}
+
+MBDEF int mb_dataset_describe(char *buf, size_t n, const mb_dataset *d) {
+    if (d->eval_is_tail)
+        return snprintf(buf, n, "data: training on %s (first 95%%, %lld bytes); evaluating on its last 5%% (%lld bytes)", d->train_path,
+                        (long long)d->train_size, (long long)d->eval_size);
+    return snprintf(buf, n, "data: training on %s (%lld bytes); evaluating on %s", d->train_path, (long long)d->train_size, d->eval_path);
 }
 
 MBDEF void mb_dataset_close(mb_dataset *d) {
@@ -3743,6 +3829,24 @@ MBDEF mb_status mb_eval_text_exact(const mb_model *m, const uint8_t *text, int64
     return MB_STATUS_OK;
 }
 
+MBDEF int mb_eval_describe(char *buf, size_t n, const char *label, const mb_eval_exact_result *r, int exact, double seconds) {
+    const mb_eval_result *b = &r->base;
+    double chars = b->chars ? (double)b->chars : 1.0, bytes = b->bytes ? (double)b->bytes : 1.0;
+    double rate = seconds > 0 ? (double)b->chars / seconds : 0.0;
+    if (exact)
+        return snprintf(buf, n, "eval on %s: %lld chars, %lld bytes\n"
+                        "  char accuracy (ASCII rule)  %.4f   argmax over bytes 0..127, the benchmark protocol\n"
+                        "  char accuracy (exact rule)  %.4f   argmax over all characters: %lld multi-byte predictions, %lld right\n"
+                        "  bits per byte               %.4f\n  byte accuracy               %.4f\n"
+                        "  %.0f chars/s (%.1f s), %lld extra steps for the exact rule", label, (long long)b->chars,
+                        (long long)b->bytes, (double)b->chars_correct / chars, (double)r->exact_correct / chars,
+                        (long long)r->exact_multibyte, (long long)r->exact_multibyte_correct, b->nll_bits / bytes,
+                        (double)b->bytes_correct / bytes, rate, seconds, (long long)r->search_steps);
+    return snprintf(buf, n, "eval on %s: %lld chars, %lld bytes\n  char accuracy  %.4f\n  bits per byte  %.4f\n"
+                    "  byte accuracy  %.4f\n  %.0f chars/s (%.1f s)", label, (long long)b->chars, (long long)b->bytes,
+                    (double)b->chars_correct / chars, b->nll_bits / bytes, (double)b->bytes_correct / bytes, rate, seconds);
+}
+
 /* ============================================================== trainer */
 MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_settings *settings, const uint8_t *data,
                                 int64_t size, mb_train_state *resume) {
@@ -4054,12 +4158,47 @@ MBDEF void mb_format_duration(char *buf, size_t n, double seconds) {
 
 MBDEF int mb_train_progress_line(char *buf, size_t n, const mb_train_progress *p) {
     char where[96], el[32], eta[32];
+    if (!p->applied)
+        return snprintf(buf, n, "step %lld: non-finite %s (loss %g, grad norm %g): update skipped (%d in a row)", (long long)p->step,
+                        isfinite(p->loss) ? "gradient" : "loss", p->loss, p->grad_norm, p->nonfinite_run);
     mb_format_duration(el, sizeof el, p->elapsed_s);
     mb_format_duration(eta, sizeof eta, p->eta_s);
     if (p->by_time) snprintf(where, sizeof where, "step %lld (%.0f%% of the time budget)", (long long)p->step, 100.0 * p->progress);
     else snprintf(where, sizeof where, "step %lld/%lld", (long long)p->step, (long long)p->steps);
     return snprintf(buf, n, "%s | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %s elapsed | ETA %s", where, p->loss, p->lr,
                     p->grad_norm, p->tokens_per_s, el, eta);
+}
+
+MBDEF int mb_trainer_describe(char *buf, size_t n, const mb_trainer *t, const char *resumed_from) {
+    const mb_config *c = mb_model_config(t->model);
+    const mb_train_settings *s = &t->st.settings;
+    int k = snprintf(buf, n, "model: d_model %d, %d layers, d_state %d, d_conv %d, expand %d, dt_rank %d: %lld parameters\n"
+                     "train: batch %lld x ctx %lld x accum %lld, %lld steps%s, lr %g (warm-up %lld steps%s, cosine to 0, %s schedule), "
+                     "wd %g, clip %g, seed %lld, %s windows, device %s, %d threads", c->d_model, c->n_layer, c->d_state,
+                     c->d_conv, c->expand, c->dt_rank, (long long)mb_model_num_params(t->model), (long long)s->batch,
+                     (long long)s->ctx, (long long)s->grad_accum, (long long)s->steps, resumed_from ? " (resumed)" : "", s->lr,
+                     (long long)s->warmup, s->schedule ? " = the same share of the time budget" : "", s->schedule ? "time" : "step",
+                     s->weight_decay, s->clip, (long long)s->seed, s->sequential ? "sequential" : "random", t->backend.name,
+                     mb__max_threads());
+    if (s->time_budget > 0 && k >= 0 && (size_t)k < n) k += snprintf(buf + k, n - (size_t)k, ", time budget %.1f s", s->time_budget);
+    if (resumed_from && k >= 0 && (size_t)k < n)
+        k += snprintf(buf + k, n - (size_t)k, "\nresumed from %s at step %lld", resumed_from, (long long)t->st.step);
+    return k;
+}
+
+MBDEF int mb_train_report_describe(char *buf, size_t n, const mb_trainer *t, const mb_train_report *r) {
+    const mb_train_settings *s = &t->st.settings;
+    int k = 0;
+    if (r->outcome == MB_TRAIN_TIME_BUDGET)
+        k = snprintf(buf, n, "time budget: stopping at step %lld after %.1f s (budget %.1f s)\n", (long long)t->st.step,
+                     r->elapsed_s, s->time_budget);
+    if (k >= 0 && (size_t)k < n)
+        k += snprintf(buf + k, n - (size_t)k, "done: %lld steps, %.0f tokens, final loss %.4f, %.1f s, %.0f tokens/s",
+                      (long long)t->st.step, r->tokens, r->last_loss, r->elapsed_s, r->tokens_per_s);
+    if (t->comm && t->comm->size > 1 && k >= 0 && (size_t)k < n)
+        k += snprintf(buf + k, n - (size_t)k, "\ndata-parallel: %d ranks, %.2f s of %.1f s summing gradients (%.1f%%)",
+                      t->comm->size, r->comm_s, r->elapsed_s, 100.0 * r->comm_s / (r->elapsed_s > 0 ? r->elapsed_s : 1));
+    return k;
 }
 
 /* Seconds counted against the time budget: under the time schedule the
@@ -4165,7 +4304,8 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
     r.steps_run = t->st.step - start;
     r.elapsed_s = t->st.elapsed_s;
     r.comm_s = t->comm_s - comm0;
-    r.tokens_per_s = (double)(r.steps_run * tokens_per_step) / (mb_clock_seconds() - t0 > 0 ? mb_clock_seconds() - t0 : 1.0);
+    r.tokens = (double)(r.steps_run * tokens_per_step);
+    r.tokens_per_s = r.tokens / (mb_clock_seconds() - t0 > 0 ? mb_clock_seconds() - t0 : 1.0);
     if (r.outcome != MB_TRAIN_FAILED) { /* the host holds the final state; a run that ends well is saved (by rank 0) */
         int save = opt->out && r.outcome != MB_TRAIN_NON_FINITE;
         mb_status fin = lead && save && last_saved != t->st.step ? mb_trainer_save(t, opt->out) : mb_trainer_sync(t);

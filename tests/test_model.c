@@ -919,6 +919,107 @@ static void test_act_layout(void) {
     }
 }
 
+/* mb_stream_generate is what it says: the 0x00 start, the prompt, then n
+   draws of mb_sample_byte, each fed back; early stop; argument errors.
+   And mb_model_hash: equal weights, equal hash; one changed bit, another. */
+typedef struct { int calls, stop_after; } gen_probe;
+static int gen_on_byte(void *user, int b) {
+    gen_probe *g = (gen_probe *)user;
+    (void)b;
+    return ++g->calls == g->stop_after;
+}
+static void test_generate(void) {
+    mb_config c = mb_config_default();
+    mb_model *m;
+    mb_stream *s, *ref;
+    static const uint8_t prompt[] = "The cat sat on the";
+    const int64_t plen = (int64_t)sizeof prompt - 1, n = 40;
+    uint8_t got[40], want[40];
+    const float *lg;
+    uint64_t r1 = 7, r2 = 7, h0;
+    int64_t i, made = -1;
+    gen_probe g = {0, 5};
+    int same;
+    float *p;
+    c.d_model = 32; c.n_layer = 2; c.d_state = 8; c.dt_rank = 2;
+    mb_model_create(&m, &c, 5);
+    perturb_params(m, 6);
+    mb_stream_create(&s, m);
+    mb_stream_create(&ref, m);
+    mb_stream_step(s, 'x'); /* generate resets it first */
+    MBT_CHECK(mb_stream_generate(s, prompt, plen, n, 0.9, 20, &r1, got, NULL, NULL, &made) == MB_STATUS_OK && made == n,
+              "mb_stream_generate: %s (made %lld)", mb_last_error(), (long long)made);
+    lg = mb_stream_step(ref, 0x00);
+    for (i = 0; i < plen; i++) lg = mb_stream_step(ref, prompt[i]);
+    for (i = 0; i < n; i++) {
+        want[i] = (uint8_t)mb_sample_byte(lg, 0.9, 20, &r2);
+        lg = mb_stream_step(ref, want[i]);
+    }
+    MBT_CHECK(!memcmp(got, want, (size_t)n) && r1 == r2, "mb_stream_generate must equal stepping the prompt and sampling by hand");
+    MBT_CHECK(stream_state_equal(s, ref), "after mb_stream_generate the state must include every byte drawn");
+    r1 = 7;
+    same = mb_stream_generate(s, prompt, plen, n, 0.9, 20, &r1, NULL, gen_on_byte, &g, &made) == MB_STATUS_OK;
+    MBT_CHECK(same && g.calls == 5 && made == 5, "on_byte returning nonzero stops the generation: %d calls, %lld made", g.calls,
+              (long long)made);
+    MBT_CHECK(mb_stream_generate(s, NULL, 3, 1, 0.0, 0, &r1, NULL, NULL, NULL, NULL) == MB_STATUS_INVALID_ARGUMENT &&
+                  mb_stream_generate(s, prompt, plen, -1, 0.0, 0, &r1, NULL, NULL, NULL, NULL) == MB_STATUS_INVALID_ARGUMENT &&
+                  mb_stream_generate(s, prompt, plen, 1, 0.0, 0, NULL, NULL, NULL, NULL, NULL) == MB_STATUS_INVALID_ARGUMENT,
+              "mb_stream_generate: a NULL prompt with a length, n < 0 or no rng must be refused");
+    h0 = mb_model_hash(m);
+    MBT_CHECK(h0 == mb_model_hash(m), "mb_model_hash must be a function of the weights");
+    p = mb_model_params(m);
+    p[mb_model_num_params(m) - 1] = -p[mb_model_num_params(m) - 1];
+    MBT_CHECK(mb_model_hash(m) != h0, "mb_model_hash must change when a weight changes");
+    mb_stream_free(s);
+    mb_stream_free(ref);
+    mb_model_free(m);
+}
+
+/* The lines the CLI and the Python package print come from the library. */
+static void test_describe_lines(void) {
+    mb_config c = mb_config_default();
+    mb_train_settings st = mb_train_settings_default();
+    mb_model *m;
+    mb_trainer tr;
+    mb_train_report rep;
+    mb_eval_exact_result ev;
+    mb_train_progress pr;
+    char buf[2048], path[256];
+    static uint8_t text[4096];
+    int k;
+    memset(text, 'a', sizeof text);
+    c.d_model = 32; c.n_layer = 2; c.d_state = 8; c.dt_rank = 2;
+    st.batch = 2; st.ctx = 16; st.steps = 10; st.time_budget = 30;
+    mb_model_create(&m, &c, 1);
+    memset(&tr, 0, sizeof tr);
+    MBT_CHECK(mb_trainer_init(&tr, m, &st, text, sizeof text, NULL) == MB_STATUS_OK, "trainer: %s", mb_last_error());
+    k = mb_trainer_describe(buf, sizeof buf, &tr, "old.bin");
+    MBT_CHECK(k > 0 && strstr(buf, "model: d_model 32, 2 layers, d_state 8") && strstr(buf, "\ntrain: batch 2 x ctx 16 x accum 1, 10 steps (resumed)") &&
+                  strstr(buf, "time budget 30.0 s") && strstr(buf, "\nresumed from old.bin at step 0"),
+              "mb_trainer_describe: '%s'", buf);
+    memset(&rep, 0, sizeof rep);
+    rep.outcome = MB_TRAIN_TIME_BUDGET; rep.steps_run = 3; rep.tokens = 96; rep.last_loss = 2.5f; rep.elapsed_s = 29.5;
+    mb_train_report_describe(buf, sizeof buf, &tr, &rep);
+    MBT_CHECK(strstr(buf, "time budget: stopping at step 0 after 29.5 s (budget 30.0 s)\ndone: 0 steps, 96 tokens, final loss 2.5000") != NULL,
+              "mb_train_report_describe: '%s'", buf);
+    k = mb_train_report_describe(buf, 8, &tr, &rep);
+    MBT_CHECK(k > 8 && strlen(buf) == 7, "a short buffer is cut, with the full length returned (%d, '%s')", k, buf);
+    memset(&pr, 0, sizeof pr);
+    pr.step = 4; pr.loss = NAN; pr.nonfinite_run = 2;
+    mb_train_progress_line(buf, sizeof buf, &pr);
+    MBT_CHECK(!strcmp(buf, "step 4: non-finite loss (loss nan, grad norm 0): update skipped (2 in a row)"), "non-finite line: '%s'", buf);
+    memset(&ev, 0, sizeof ev);
+    ev.base.chars = 4; ev.base.chars_correct = 1; ev.base.bytes = 4; ev.base.bytes_correct = 2; ev.base.nll_bits = 8;
+    mb_eval_describe(buf, sizeof buf, "x.txt", &ev, 0, 2.0);
+    MBT_CHECK(strstr(buf, "eval on x.txt: 4 chars, 4 bytes\n  char accuracy  0.2500\n  bits per byte  2.0000\n  byte accuracy  0.5000\n  2 chars/s") != NULL,
+              "mb_eval_describe: '%s'", buf);
+    MBT_CHECK(mb_dataset_split_path(path, sizeof path, "tests", "test") == 1 && !strcmp(path, "tests/wiki.test.raw") &&
+                  mb_dataset_split_path(path, sizeof path, "data/sample.txt", "test") == 0 && !strcmp(path, "data/sample.txt"),
+              "mb_dataset_split_path: '%s'", path);
+    mb_trainer_free(&tr);
+    mb_model_free(m);
+}
+
 static void test_model(void) {
     test_scan_vs_recurrence();
     test_model_gradcheck();
@@ -928,6 +1029,8 @@ static void test_model(void) {
     test_stream_feed();
     test_eval_feed_matches_stepwise();
     test_sample_byte();
+    test_generate();
+    test_describe_lines();
     test_initial_loss();
     test_determinism();
     test_checkpoint_files();

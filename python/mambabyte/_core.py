@@ -251,27 +251,22 @@ class Model:
 
     def generate(self, prompt=b"", n=200, temperature=1.0, top_k=0, seed=0):
         """n bytes sampled after prompt (bytes or str), as `mambabyte sample`
-        does: the stream starts with one 0x00 byte, the prompt is prefilled,
-        then each byte is drawn with mb_sample_byte (temperature 0: greedy;
-        top_k 0: all bytes) from an RNG seeded with seed.  Returns the new
-        bytes only; the same arguments give the same bytes."""
+        (mb_stream_generate): the stream starts with one 0x00 byte, the
+        prompt is prefilled, then each byte is drawn with mb_sample_byte
+        (temperature 0: greedy; top_k 0: all bytes) from an RNG seeded with
+        seed.  Returns the new bytes only; the same arguments give the same
+        bytes."""
         p = bytes(_as_bytes(prompt, "prompt"))
         if n < 0:
             raise ValueError("n must be >= 0")
         if not 0 <= int(top_k) <= 256:
             raise ValueError("top_k must be in [0, 256]")
         s = self.stream()
-        logits = s._step_ptr(0)
-        if p:
-            s.feed(p, logits=False)  # all but the last byte in one parallel pass, then one step
-            logits = s._last
         rng = ctypes.c_uint64(int(seed) & (2**64 - 1))
-        out = bytearray()
-        for _ in range(int(n)):
-            b = lib.mb_sample_byte(logits, float(temperature), int(top_k), ctypes.byref(rng))
-            out.append(b)
-            logits = s._step_ptr(b)
-        return bytes(out)
+        out = ctypes.create_string_buffer(max(int(n), 1))
+        _check(lib.mb_stream_generate(s._s, p, len(p), int(n), float(temperature), int(top_k), ctypes.byref(rng), out,
+                                      None, None, None), "generate")
+        return out.raw[:int(n)]
 
     def evaluate(self, text, chars=60000, exact=False):
         """The WikiText char-level protocol over the first `chars` characters

@@ -71,7 +71,7 @@ class TrainOptions(Structure):
 
 class TrainReport(Structure):
     _fields_ = [("outcome", c_int), ("steps_run", c_int64), ("elapsed_s", c_double), ("tokens_per_s", c_double),
-                ("last_loss", c_float), ("saved", c_int), ("comm_s", c_double)]
+                ("last_loss", c_float), ("saved", c_int), ("comm_s", c_double), ("tokens", c_double)]
 
 
 class TrainFieldInfo(Structure):
@@ -147,6 +147,12 @@ PROTOTYPES = {
     "mb_stream_predict_char": (c_int, [P, POINTER(c_float), POINTER(CharScore)]),
     "mb_stream_top_chars": (c_int, [P, POINTER(c_float), c_int, POINTER(CharScore)]),
     "mb_sample_byte": (c_int, [POINTER(c_float), c_double, c_int, POINTER(c_uint64)]),
+    "mb_trainer_describe": (c_int, [c_char_p, c_size_t, POINTER(Trainer), c_char_p]),
+    "mb_train_report_describe": (c_int, [c_char_p, c_size_t, POINTER(Trainer), POINTER(TrainReport)]),
+    "mb_dataset_describe": (c_int, [c_char_p, c_size_t, POINTER(Dataset)]),
+    "mb_eval_describe": (c_int, [c_char_p, c_size_t, c_char_p, POINTER(EvalExactResult), c_int, c_double]),
+    "mb_stream_generate": (c_int, [P, c_void_p, c_int64, c_int64, c_double, c_int, POINTER(c_uint64), c_void_p,
+                                   c_void_p, c_void_p, POINTER(c_int64)]),
     "mb_train_settings_default": (TrainSettings, []),
     "mb_train_field_desc": (POINTER(TrainFieldInfo), [c_int]),
     "mb_train_field_get": (c_double, [POINTER(TrainSettings), POINTER(Config), c_int]),

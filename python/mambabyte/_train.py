@@ -149,8 +149,10 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
         if eval_data is None or ev_path is not None:
             eval_label = "held-out 5%" if ds.eval_is_tail else ds.eval_path.decode()
             eval_ptr, eval_size = ds.eval, ds.eval_size
-        _print("data: training on %s (%d bytes)%s" % (ds.train_path.decode(), size, "; evaluating on its last 5%"
-                                                       if ds.eval_is_tail and eval_data is None else ""), verbose)
+        if eval_data is None or ev_path is not None:
+            _print(_describe(lib.mb_dataset_describe, ctypes.byref(ds)), verbose)
+        else:
+            _print("data: training on %s (%d bytes); evaluating on eval_data" % (ds.train_path.decode(), size), verbose)
     else:
         buf = _as_bytes(data)
         arr, ptr = _buffer(buf)
@@ -187,29 +189,22 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
                 if left <= 0:
                     raise ValueError("the deadline has passed before training could start")
                 tr.st.settings.time_budget = left
-            c = model.config
-            _print("model: d_model %d, %d layers, d_state %d, d_conv %d, expand %d, dt_rank %d: %d parameters" % (
-                c["d_model"], c["n_layer"], c["d_state"], c["d_conv"], c["expand"], c["dt_rank"], model.num_params),
-                verbose)
-            _print("train: batch %d x ctx %d x accum %d, %d steps, lr %g (warm-up %d steps, %s schedule%s), device %s" % (
-                settings.batch, settings.ctx, settings.grad_accum, settings.steps, settings.lr, settings.warmup,
-                "time" if settings.schedule else "step",
-                ", budget %.1f s" % tr.st.settings.time_budget if tr.st.settings.time_budget > 0 else "",
-                tr.backend.name.decode()),
-                verbose)
+            _print(_describe(lib.mb_trainer_describe, ctypes.byref(tr), None), verbose)
             report = _run(tr, out, callback, log_every, verbose)
         finally:
             lib.mb_trainer_free(ctypes.byref(tr))
         model.train_report = report
         if eval_size > 0 and eval_chars and report["outcome"] in ("finished", "time_budget"):
-            from ._lib import EvalResult
-            r = EvalResult()
-            _check(lib.mb_eval_text(model._handle(), eval_ptr, eval_size, int(eval_chars), ctypes.byref(r), None, None),
-                   "eval")
+            from ._lib import EvalExactResult
+            ex = EvalExactResult()
+            t0 = time.monotonic()
+            _check(lib.mb_eval_text(model._handle(), eval_ptr, eval_size, int(eval_chars), ctypes.byref(ex.base), None,
+                                    None), "eval")
+            r = ex.base
             n, nb = max(r.chars, 1), max(r.bytes, 1)
             report.update(eval_chars=int(r.chars), char_accuracy=r.chars_correct / n, bits_per_byte=r.nll_bits / nb)
-            _print("eval on %s: %d chars, %d bytes\n  char accuracy  %.4f\n  bits per byte  %.4f" % (
-                eval_label, r.chars, r.bytes, report["char_accuracy"], report["bits_per_byte"]), verbose)
+            _print(_describe(lib.mb_eval_describe, eval_label.encode(), ctypes.byref(ex), 0, time.monotonic() - t0),
+                   verbose)
     finally:
         if ds is not None:
             lib.mb_dataset_close(ctypes.byref(ds))
@@ -217,6 +212,13 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
         raise KeyboardInterrupt("training interrupted at step %d%s" % (
             report["steps"], "; saved to %s" % out if out else ""))
     return model
+
+
+def _describe(fn, *args):
+    """One of the library's mb_*_describe lines (the CLI prints the same)."""
+    buf = ctypes.create_string_buffer(2048)
+    fn(buf, len(buf), *args)
+    return buf.value.decode("utf-8", "replace")
 
 
 def _run(tr, out, callback, log_every, verbose):
@@ -232,9 +234,7 @@ def _run(tr, out, callback, log_every, verbose):
                 lib.mb_train_progress_line(line, 256, pp)
                 text = line.value.decode()
                 if not p.applied:
-                    _print("step %d: non-finite %s (loss %g, grad norm %g): update skipped (%d in a row)" % (
-                        p.step, "gradient" if math.isfinite(p.loss) else "loss", p.loss, p.grad_norm,
-                        p.nonfinite_run), verbose)
+                    _print(text, verbose)
                 elif p.step % log_every == 0 or p.step == p.steps:
                     _print(("\r\033[K" if tty else "") + text, verbose)
                 stop = False
@@ -261,8 +261,6 @@ def _run(tr, out, callback, log_every, verbose):
     if state["error"] is not None:
         report["interrupted_by_signal"] = True
     _check(st, "train")
-    if outcome == "time_budget":
-        _print("time budget: stopping at step %d after %.1f s" % (tr.st.step, rep.elapsed_s), verbose)
-    _print("done: %d steps, final loss %.4f, %.1f s, %.0f tokens/s%s" % (
-        tr.st.step, rep.last_loss, rep.elapsed_s, rep.tokens_per_s, "; saved %s" % out if rep.saved else ""), verbose)
+    _print(_describe(lib.mb_train_report_describe, ctypes.byref(tr), ctypes.byref(rep)) +
+           ("; saved %s" % out if rep.saved else ""), verbose)
     return report

@@ -26,7 +26,7 @@ int main(void) {
     BEGIN(mb_train_progress) F(step) F(steps) F(loss) F(lr) F(grad_norm) F(tokens_per_s) F(elapsed_s) F(eta_s)
         F(progress) F(by_time) F(applied) F(nonfinite_run) F(saves) END
     BEGIN(mb_train_options) F(out) F(stop_at) F(callback) F(user) END
-    BEGIN(mb_train_report) F(outcome) F(steps_run) F(elapsed_s) F(tokens_per_s) F(last_loss) F(saved) F(comm_s) END
+    BEGIN(mb_train_report) F(outcome) F(steps_run) F(elapsed_s) F(tokens_per_s) F(last_loss) F(saved) F(comm_s) F(tokens) END
     BEGIN(mb_train_field_info) F(flag) F(key) F(kind) F(lo) F(hi) F(help) END
     BEGIN(mb_mapped_file) F(data) F(size) F(map_base) F(map_len) END
     BEGIN(mb_dataset) F(train_file) F(eval_file) F(train) F(eval) F(train_size) F(eval_size) F(eval_is_tail)

@@ -1,0 +1,91 @@
+/* eval.c - `mambabyte eval`: the WikiText char-level protocol over a
+   checkpoint (mb_eval_text, or mb_eval_text_exact with --predict exact),
+   printed and optionally written as JSON.  main.c includes this file after
+   the implementation of mambabyte.h and cli.h; `train` calls run_eval on
+   its held-out text after training.  Entry points:
+
+     static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t chars,
+                         const char *label, int exact, const char *json_path, double *acc);
+     static int mb_cli_eval(int argc, char **argv);   (argv[0] == "eval") */
+
+typedef struct { double t0; int tty; } eval_progress_state;
+static void eval_progress(void *user, int64_t done, int64_t total) {
+    eval_progress_state *p = (eval_progress_state *)user;
+    double el = mb_clock_seconds() - p->t0, eta = done > 0 ? el * (double)(total - done) / (double)done : 0;
+    char a[32], b[32];
+    mb_format_duration(a, sizeof a, el);
+    mb_format_duration(b, sizeof b, eta);
+    if (p->tty) fprintf(stderr, "\reval %lld/%lld chars (%.0f%%) | %s elapsed | ETA %s   %s", (long long)done,
+                        (long long)total, 100.0 * (double)done / (double)total, a, b, done == total ? "\n" : "");
+    else if (done == total || done % (16 * 1024) == 0)
+        fprintf(stderr, "eval %lld/%lld chars | %s elapsed | ETA %s\n", (long long)done, (long long)total, a, b);
+}
+
+static const char *EVAL_USAGE =
+    "mambabyte eval --model FILE --data PATH [--split valid|test|train] [--chars N] [--predict ascii|exact] [--json FILE]";
+
+/* Evaluates m on text, prints (and writes to json_path) the results; exact
+   adds the exact greedy character beside the protocol's ASCII rule; *acc
+   gets the protocol's char accuracy.  Returns an exit code. */
+static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t chars, const char *label, int exact,
+                    const char *json_path, double *acc) {
+    mb_eval_exact_result r;
+    eval_progress_state ps = {mb_clock_seconds(), isatty(2)};
+    mb_status st;
+    double dt, n, ca, bpb, ba;
+    memset(&r, 0, sizeof r);
+    st = exact ? mb_eval_text_exact(m, text, len, chars, &r, eval_progress, &ps) : mb_eval_text(m, text, len, chars, &r.base, eval_progress, &ps);
+    if (st != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s: %s\n", label, mb_last_error()); return 1; }
+    dt = mb_clock_seconds() - ps.t0;
+    n = r.base.chars ? (double)r.base.chars : 1.0;
+    ca = (double)r.base.chars_correct / n;
+    bpb = r.base.bytes ? r.base.nll_bits / (double)r.base.bytes : 0.0;
+    ba = r.base.bytes ? (double)r.base.bytes_correct / (double)r.base.bytes : 0.0;
+    if (acc) *acc = ca;
+    {
+        char text[1024];
+        mb_eval_describe(text, sizeof text, label, &r, exact, dt);
+        printf("%s\n", text);
+    }
+    {
+        const json_field j[] = {{"val_char_accuracy", ca, 6}, {"chars", (double)r.base.chars, 0}, {"bits_per_byte", bpb, 6},
+                                {"byte_accuracy", ba, 6}, {"duration_s", dt, 3}, {"chars_per_s", dt > 0 ? (double)r.base.chars / dt : 0.0, 1},
+                                {"exact_char_accuracy", (double)r.exact_correct / n, 6},
+                                {"exact_multibyte_predictions", (double)r.exact_multibyte, 0},
+                                {"exact_multibyte_correct", (double)r.exact_multibyte_correct, 0}};
+        return json_path ? cli_write_json("eval", json_path, j, exact ? 9 : 6) : 0;
+    }
+}
+
+static int mb_cli_eval(int argc, char **argv) {
+    static const char *const splits[] = {"valid", "test", "train", NULL}, *const rules[] = {"ascii", "exact", NULL};
+    flag flags[] = {
+        {"model", F_STR, 0, 0, "checkpoint to evaluate (required)", 0, 0, 0},
+        {"data", F_STR, 0, 0, "WikiText folder or a text file (required)", 0, 0, 0},
+        {"split", F_STR, 0, 0, "split of a folder: valid (default), test or train", 0, 0, 0},
+        {"chars", F_INT, 1, 1e15, "first N characters (default 60000)", 0, 0, 0},
+        {"predict", F_STR, 0, 0, "ascii (default: the protocol's argmax over bytes 0..127) or exact (also the exact greedy character)", 0, 0, 0},
+        {"json", F_STR, 0, 0, "also write the results as JSON", 0, 0, 0},
+        {"threads", F_INT, 1, 1024, "OpenMP threads", 0, 0, 0},
+        FLAG_END};
+    mb_model *m;
+    mb_mapped_file f;
+    char path[4096];
+    int rc;
+    if (parse_flags("eval", flags, argc - 1, argv + 1, EVAL_USAGE)) return 2;
+    if (!flag_given(flags, "model") || !flag_given(flags, "data")) {
+        fprintf(stderr, "mambabyte eval: --model and --data are required\nusage: %s\n", EVAL_USAGE);
+        return 2;
+    }
+    if (!flag_choice("eval", flags, "split", splits, EVAL_USAGE) || !flag_choice("eval", flags, "predict", rules, EVAL_USAGE)) return 2;
+    cli_threads_flag(flags);
+    mb_dataset_split_path(path, sizeof path, flag_str(flags, "data", ""), flag_str(flags, "split", "valid"));
+    if (mb_model_load(&m, flag_str(flags, "model", "")) != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s\n", mb_last_error()); return 1; }
+    if (mb_map_file(&f, path) != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s\n", mb_last_error()); mb_model_free(m); return 1; }
+    rc = run_eval(m, f.data, f.size, (int64_t)flag_num(flags, "chars", 60000), path, !strcmp(flag_str(flags, "predict", "ascii"), "exact"),
+                  flag_str(flags, "json", NULL), NULL);
+    mb_unmap_file(&f);
+    mb_model_free(m);
+    return rc;
+}
+
