@@ -89,13 +89,16 @@
    CHECKPOINT FORMAT (little-endian; see mb_checkpoint_save)
      256 int32 header: [0] magic 0x4D425954 [1] version 1 [2] vocab_size
      [3] d_model [4] n_layer [5] d_state [6] d_conv [7] expand [8] dt_rank
-     [9] norm kind (0 LayerNorm) [10] tied head (1) [11] param dtype
+     [9] norm kind (0 LayerNorm, 1 RMSNorm) [10] tied head (1; 0: a separate
+     lm_head.weight is stored) [11] param dtype
      (0 float32) [12] training state follows (0/1) [13] data-parallel ranks
      that trained it (0 or 1: one process), the rest 0.
-     Then every parameter as float32 in mb_config_tensors order
-     (PyTorch state_dict names of the reference model):
+     Then every parameter as float32 in mb_config_tensors order (the names
+     are mamba_ssm's without "backbone.", but NOT its order: mamba_ssm's
+     state_dict lists A_log and D first in each mixer):
        embedding.weight (256, d_model)
-       per layer i: layers.i.norm.weight, layers.i.norm.bias (d_model),
+       per layer i: layers.i.norm.weight, layers.i.norm.bias (d_model; no
+         bias under RMSNorm),
          layers.i.mixer.in_proj.weight (2*d_inner, d_model),
          layers.i.mixer.conv1d.weight (d_inner, 1, d_conv),
          layers.i.mixer.conv1d.bias (d_inner),
@@ -104,7 +107,8 @@
          layers.i.mixer.dt_proj.bias (d_inner),
          layers.i.mixer.A_log (d_inner, d_state), layers.i.mixer.D (d_inner),
          layers.i.mixer.out_proj.weight (d_model, d_inner)
-       norm_f.weight, norm_f.bias (d_model)
+       norm_f.weight, norm_f.bias (d_model; no bias under RMSNorm)
+       lm_head.weight (256, d_model) only when [10] is 0
      When [12] is 1 the training state follows (see mb_checkpoint_save).
 
    LICENSE: MIT, at the end of this file.
@@ -178,10 +182,14 @@ MBDEF mb_status mb_cross_entropy_backward(float *dlogits, const float *dloss, co
 
 
 /* ----------------------------------------------------------------- model */
+typedef enum { MB_NORM_LAYERNORM = 0, MB_NORM_RMSNORM = 1 } mb_norm_kind;
 typedef struct {
     int32_t vocab_size, d_model, n_layer, d_state, d_conv, expand, dt_rank;
+    int32_t norm;        /* mb_norm_kind: LayerNorm (weight, bias) or RMSNorm (weight only); eps 1e-5 */
+    int32_t untied_head; /* 0: logits = norm_f(x) . embedding^T; 1: a separate lm_head.weight (V, C) */
 } mb_config;
-/* Seed 000's model: 256, 192, 4, 16, 4, 2, 12 (about 1.06M parameters). */
+/* Seed 000's model: 256, 192, 4, 16, 4, 2, 12, LayerNorm, tied head (about
+   1.06M parameters).  A zeroed norm / untied_head is that default. */
 MBDEF mb_config mb_config_default(void);
 /* MB_STATUS_OK when every field is in range (dt_rank 0 means ceil(d_model/16)
    and is filled in); otherwise INVALID_ARGUMENT with the reason. */
@@ -219,11 +227,16 @@ typedef struct {
     ENTRY(OUT_PROJ,  out_proj,  "mixer.out_proj.weight", 2, C,  Di, 1, 1)
 #define MB_TENSORS_AFTER_LAYERS(ENTRY) \
     ENTRY(NORM_F_W,  norm_f_w,  "norm_f.weight",         1, C,  1,  1, 0) \
-    ENTRY(NORM_F_B,  norm_f_b,  "norm_f.bias",           1, C,  1,  1, 0)
+    ENTRY(NORM_F_B,  norm_f_b,  "norm_f.bias",           1, C,  1,  1, 0) \
+    ENTRY(LM_HEAD,   lm_head,   "lm_head.weight",        2, V,  C,  1, 1)
+/* Not every config holds every entry: RMSNorm has no norm.bias / norm_f.bias
+   and a tied head no lm_head.weight (mb_tensor_index gives -1 for them, and
+   their weight pointers are NULL); the others keep the lists' order. */
 #define MB__TENSOR_ID(ID, field, name, ndim, d0, d1, d2, decay) MB_TENSOR_##ID,
 #define MB__TENSOR_ONE(ID, field, name, ndim, d0, d1, d2, decay) +1
 /* Per-layer tensors (MB_TENSOR_NORM_W ... MB_TENSOR_OUT_PROJ) and the
-   globals (MB_TENSOR_EMBEDDING, MB_TENSOR_NORM_F_W, MB_TENSOR_NORM_F_B). */
+   globals (MB_TENSOR_EMBEDDING, MB_TENSOR_NORM_F_W, MB_TENSOR_NORM_F_B,
+   MB_TENSOR_LM_HEAD). */
 typedef enum { MB_LAYER_TENSORS(MB__TENSOR_ID) MB_NUM_LAYER_TENSORS } mb_layer_tensor;
 typedef enum {
     MB_TENSORS_BEFORE_LAYERS(MB__TENSOR_ID) MB_TENSORS_AFTER_LAYERS(MB__TENSOR_ID) MB_NUM_GLOBAL_TENSORS
@@ -234,7 +247,8 @@ enum { MB__NUM_TENSORS_BEFORE_LAYERS = 0 MB_TENSORS_BEFORE_LAYERS(MB__TENSOR_ONE
 MBDEF int mb_config_tensors(const mb_config *cfg, mb_tensor_info *out);
 /* Index into mb_config_tensors' table of layer `layer`'s tensor `field` (an
    mb_layer_tensor), or with layer -1 of the global tensor `field` (an
-   mb_global_tensor); -1 when out of range.  cfg is a validated config. */
+   mb_global_tensor); -1 when out of range or absent from this config (an
+   RMSNorm bias, a tied head's lm_head).  cfg is a validated config. */
 MBDEF int mb_tensor_index(const mb_config *cfg, int layer, int field);
 MBDEF int64_t mb_config_num_params(const mb_config *cfg);
 
@@ -311,6 +325,10 @@ MBDEF void mb__layernorm_forward(float *out, float *mean, float *rstd, const flo
                                  const float *b, int64_t N, int C);
 MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                                   const float *w, const float *mean, const float *rstd, int64_t N, int C);
+/* RMSNorm (mamba_ssm's rms_norm): out = x * rstd * w, rstd = 1/sqrt(mean(x^2) + 1e-5). */
+MBDEF void mb__rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C);
+MBDEF void mb__rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                                const float *rstd, int64_t N, int C);
 MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC);
 MBDEF void mb__matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
                                const float *w, int64_t N, int IC, int OC);
@@ -1067,6 +1085,8 @@ MBDEF mb_config mb_config_default(void) {
     c.d_conv = 4;
     c.expand = 2;
     c.dt_rank = 12;
+    c.norm = MB_NORM_LAYERNORM;
+    c.untied_head = 0;
     return c;
 }
 
@@ -1085,8 +1105,20 @@ MBDEF mb_status mb_config_validate(mb_config *c) {
     if (c->d_conv < 1 || c->d_conv > 64) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_conv %d out of range [1, 64]", c->d_conv);
     if (c->expand < 1 || c->expand > 16) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "expand %d out of range [1, 16]", c->expand);
     if (c->dt_rank < 1 || c->dt_rank > 65536) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "dt_rank %d out of range [1, 65536]", c->dt_rank);
+    if (c->norm != MB_NORM_LAYERNORM && c->norm != MB_NORM_RMSNORM) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "norm kind %d unknown (0 LayerNorm, 1 RMSNorm)", c->norm);
+    if (c->untied_head != 0 && c->untied_head != 1) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "untied_head %d must be 0 or 1", c->untied_head);
     if ((int64_t)c->d_model * c->expand > 1048576) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_inner %lld too large", (long long)c->d_model * c->expand);
     return MB_STATUS_OK;
+}
+
+/* Which layout entries a config holds (see MB_TENSORS_AFTER_LAYERS). */
+static int mb__layer_used(const mb_config *c, int field) {
+    return field != (int)MB_TENSOR_NORM_B || c->norm == MB_NORM_LAYERNORM;
+}
+static int mb__global_used(const mb_config *c, int field) {
+    if (field == (int)MB_TENSOR_NORM_F_B) return c->norm == MB_NORM_LAYERNORM;
+    if (field == (int)MB_TENSOR_LM_HEAD) return c->untied_head == 1;
+    return 1;
 }
 
 static void mb__tensor(mb_tensor_info *out, int *n, int64_t *offset, const char *name, int ndim,
@@ -1114,10 +1146,13 @@ MBDEF int mb_config_tensors(const mb_config *c, mb_tensor_info *out) {
     const int64_t C = c->d_model, Di = (int64_t)c->d_model * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
     const int64_t X = R + 2 * S, V = c->vocab_size;
     char name[64];
-#define MB__T(ID, field, suffix, ndim, d0, d1, d2, decay) mb__tensor(out, &n, &off, suffix, ndim, d0, d1, d2, decay);
+#define MB__T(ID, field, suffix, ndim, d0, d1, d2, decay) \
+    if (mb__global_used(c, MB_TENSOR_##ID)) mb__tensor(out, &n, &off, suffix, ndim, d0, d1, d2, decay);
 #define MB__LT(ID, field, suffix, ndim, d0, d1, d2, decay) \
-    snprintf(name, sizeof name, "layers.%d.%s", l, suffix); \
-    mb__tensor(out, &n, &off, name, ndim, d0, d1, d2, decay);
+    if (mb__layer_used(c, MB_TENSOR_##ID)) { \
+        snprintf(name, sizeof name, "layers.%d.%s", l, suffix); \
+        mb__tensor(out, &n, &off, name, ndim, d0, d1, d2, decay); \
+    }
     MB_TENSORS_BEFORE_LAYERS(MB__T)
     for (l = 0; l < c->n_layer; l++) {
         MB_LAYER_TENSORS(MB__LT)
@@ -1128,14 +1163,19 @@ MBDEF int mb_config_tensors(const mb_config *c, mb_tensor_info *out) {
     return n;
 }
 
+/* An entry's position among the entries the config holds. */
 MBDEF int mb_tensor_index(const mb_config *c, int layer, int field) {
+    int i, per = 0, pos = 0;
+    for (i = 0; i < (int)MB_NUM_LAYER_TENSORS; i++) per += mb__layer_used(c, i);
     if (layer >= 0) {
-        if (layer >= c->n_layer || field < 0 || field >= (int)MB_NUM_LAYER_TENSORS) return -1;
-        return (int)MB__NUM_TENSORS_BEFORE_LAYERS + layer * (int)MB_NUM_LAYER_TENSORS + field;
+        if (layer >= c->n_layer || field < 0 || field >= (int)MB_NUM_LAYER_TENSORS || !mb__layer_used(c, field)) return -1;
+        for (i = 0; i < (int)MB__NUM_TENSORS_BEFORE_LAYERS; i++) pos += mb__global_used(c, i);
+        for (i = 0; i < field; i++) pos += mb__layer_used(c, i);
+        return pos + layer * per;
     }
-    if (layer != -1 || field < 0 || field >= (int)MB_NUM_GLOBAL_TENSORS) return -1;
-    if (field < (int)MB__NUM_TENSORS_BEFORE_LAYERS) return field;
-    return field + c->n_layer * (int)MB_NUM_LAYER_TENSORS;
+    if (layer != -1 || field < 0 || field >= (int)MB_NUM_GLOBAL_TENSORS || !mb__global_used(c, field)) return -1;
+    for (i = 0; i < field; i++) pos += mb__global_used(c, i);
+    return field < (int)MB__NUM_TENSORS_BEFORE_LAYERS ? pos : pos + c->n_layer * per;
 }
 
 MBDEF int64_t mb_config_num_params(const mb_config *c) {
@@ -1226,6 +1266,58 @@ MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float
             }
         }
     }
+}
+
+MBDEF void mb__rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C) {
+    /* out, inp are (N,C); rstd is (N); no centring and no bias */
+    int64_t n;
+    MB__OMP(parallel for schedule(static) if (N * C > 16384))
+    for (n = 0; n < N; n++) {
+        const float *x = inp + n * C;
+        float *o = out + n * C, v = 0.0f, s;
+        int c;
+        for (c = 0; c < C; c++) v += x[c] * x[c];
+        v /= (float)C;
+        s = 1.0f / sqrtf(v + 1e-5f);
+        for (c = 0; c < C; c++) o[c] = x[c] * s * w[c];
+        rstd[n] = s;
+    }
+}
+
+MBDEF void mb__rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                                const float *rstd, int64_t N, int C) {
+    /* y = xhat * w with xhat = x * s: dx = s * (dn - xhat * mean(dn * xhat)), dn = w * dy */
+    int64_t n, c0;
+    MB__OMP(parallel for schedule(static))
+    for (n = 0; n < N; n++) {
+        const float *x = inp + n * C, *g = dout + n * C;
+        float *dx = dinp + n * C, s = rstd[n], dnorm_norm_mean = 0.0f;
+        int c;
+        for (c = 0; c < C; c++) dnorm_norm_mean += w[c] * g[c] * (x[c] * s);
+        dnorm_norm_mean /= (float)C;
+        for (c = 0; c < C; c++) dx[c] += (w[c] * g[c] - x[c] * s * dnorm_norm_mean) * s;
+    }
+    MB__OMP(parallel for schedule(static))
+    for (c0 = 0; c0 < C; c0 += 16) {
+        int64_t c1 = c0 + 16 < C ? c0 + 16 : C, c;
+        for (n = 0; n < N; n++) {
+            const float *x = inp + n * C, *g = dout + n * C;
+            for (c = c0; c < c1; c++) dw[c] += x[c] * rstd[n] * g[c];
+        }
+    }
+}
+
+/* The config's norm: LayerNorm (mean, rstd, bias) or RMSNorm (rstd only; b,
+   db and mean unused). */
+static void mb__norm_forward(const mb_config *cfg, float *out, float *mean, float *rstd, const float *inp,
+                             const float *w, const float *b, int64_t N, int C) {
+    if (cfg->norm == MB_NORM_RMSNORM) mb__rmsnorm_forward(out, rstd, inp, w, N, C);
+    else mb__layernorm_forward(out, mean, rstd, inp, w, b, N, C);
+}
+static void mb__norm_backward(const mb_config *cfg, float *dinp, float *dw, float *db, const float *dout,
+                              const float *inp, const float *w, const float *mean, const float *rstd, int64_t N, int C) {
+    if (cfg->norm == MB_NORM_RMSNORM) mb__rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C);
+    else mb__layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
 }
 
 /* ---- matrix products: register-tiled, auto-vectorised portable C ----
@@ -2220,7 +2312,7 @@ typedef struct {
     float *norm_w, *norm_b, *in_proj, *conv_w, *conv_b, *x_proj, *dt_proj_w, *dt_proj_b, *A_log, *D, *out_proj;
 } mb__layer_weights;
 typedef struct {
-    float *wte, *norm_f_w, *norm_f_b;
+    float *wte, *norm_f_w, *norm_f_b, *lm_head; /* norm_b, norm_f_b, lm_head NULL when the config has none */
     mb__layer_weights *layer; /* n_layer */
 } mb__weights;
 
@@ -2257,11 +2349,19 @@ struct mb_model {
     int have_targets;
 };
 
+/* base + the tensor's offset, NULL when the config has no such tensor. */
+static float *mb__tensor_ptr(float *base, const mb_config *c, const mb_tensor_info *t, int layer, int field) {
+    int i = mb_tensor_index(c, layer, field);
+    return i < 0 ? NULL : base + t[i].offset;
+}
+/* The logits' matrix (V, C): the embedding when tied. */
+static float *mb__head(const mb__weights *w) { return w->lm_head ? w->lm_head : w->wte; }
+
 /* The weight pointers, one per entry of the layout lists. */
 static void mb__point_weights(mb__weights *w, float *base, const mb_config *c, const mb_tensor_info *t) {
     int l;
-#define MB__PG(ID, field, name, ndim, d0, d1, d2, decay) w->field = base + t[mb_tensor_index(c, -1, MB_TENSOR_##ID)].offset;
-#define MB__PL(ID, field, name, ndim, d0, d1, d2, decay) L->field = base + t[mb_tensor_index(c, l, MB_TENSOR_##ID)].offset;
+#define MB__PG(ID, field, name, ndim, d0, d1, d2, decay) w->field = mb__tensor_ptr(base, c, t, -1, MB_TENSOR_##ID);
+#define MB__PL(ID, field, name, ndim, d0, d1, d2, decay) L->field = mb__tensor_ptr(base, c, t, l, MB_TENSOR_##ID);
     MB_TENSORS_BEFORE_LAYERS(MB__PG)
     MB_TENSORS_AFTER_LAYERS(MB__PG)
     for (l = 0; l < c->n_layer; l++) {
@@ -2322,7 +2422,8 @@ static void mb__model_init(mb_model *m, uint64_t seed) {
     for (i = 0; i < c->vocab_size * C; i++) m->w.wte[i] = (float)(0.02 * mb__rng_normal(&rng));
     for (l = 0; l < c->n_layer; l++) {
         mb__layer_weights *L = &m->w.layer[l];
-        for (i = 0; i < C; i++) { L->norm_w[i] = 1.0f; L->norm_b[i] = 0.0f; }
+        for (i = 0; i < C; i++) L->norm_w[i] = 1.0f;
+        if (L->norm_b) memset(L->norm_b, 0, (size_t)C * sizeof(float));
         /* PyTorch defaults: kaiming-uniform a=sqrt(5) gives U(+-1/sqrt(fan_in)) */
         mb__fill_uniform(L->in_proj, 2 * Di * C, 1.0 / sqrt((double)C), &rng);
         mb__fill_uniform(L->conv_w, Di * K, 1.0 / sqrt((double)K), &rng);
@@ -2338,7 +2439,11 @@ static void mb__model_init(mb_model *m, uint64_t seed) {
         for (i = 0; i < Di; i++) L->D[i] = 1.0f;
         mb__fill_uniform(L->out_proj, C * Di, 1.0 / sqrt((double)Di), &rng);
     }
-    for (i = 0; i < C; i++) { m->w.norm_f_w[i] = 1.0f; m->w.norm_f_b[i] = 0.0f; }
+    for (i = 0; i < C; i++) m->w.norm_f_w[i] = 1.0f;
+    if (m->w.norm_f_b) memset(m->w.norm_f_b, 0, (size_t)C * sizeof(float));
+    /* drawn last, so a tied model's init does not depend on the head kind */
+    if (m->w.lm_head)
+        for (i = 0; i < c->vocab_size * C; i++) m->w.lm_head[i] = (float)(0.02 * mb__rng_normal(&rng));
 }
 
 MBDEF mb_status mb_model_create(mb_model **out, const mb_config *cfg, uint64_t seed) {
@@ -2482,13 +2587,13 @@ MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32
     for (l = 0; l < c->n_layer; l++) {
         mb__layer_acts *a = &m->acts[l];
         float *next = l + 1 < c->n_layer ? m->acts[l + 1].resid : m->resid_out;
-        mb__layernorm_forward(a->ln, a->ln_mean, a->ln_rstd, a->resid, m->w.layer[l].norm_w, m->w.layer[l].norm_b, N, (int)C);
+        mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, m->w.layer[l].norm_w, m->w.layer[l].norm_b, N, (int)C);
         mb__mixer_forward(m, l, m->mix_out);
         memcpy(next, a->resid, (size_t)(N * C) * sizeof(float));
         mb__residual_add(next, m->mix_out, N * C);
     }
-    mb__layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, m->resid_out, m->w.norm_f_w, m->w.norm_f_b, N, (int)C);
-    mb__matmul_forward(m->logits, m->lnf, C, m->w.wte, N, (int)C, c->vocab_size); /* tied head */
+    mb__norm_forward(c, m->lnf, m->lnf_mean, m->lnf_rstd, m->resid_out, m->w.norm_f_w, m->w.norm_f_b, N, (int)C);
+    mb__matmul_forward(m->logits, m->lnf, C, mb__head(&m->w), N, (int)C, c->vocab_size);
     if (targets) {
         float l_val;
         s = mb_cross_entropy_forward(&l_val, m->logits, targets, N, c->vocab_size, NULL);
@@ -2531,17 +2636,17 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
     s = mb_cross_entropy_backward(m->d_logits, &one, m->logits, m->targets, N, V, NULL);
     if (s != MB_STATUS_OK) return s;
     memset(m->d_ln, 0, (size_t)(N * C) * sizeof(float));
-    mb__matmul_backward(m->d_ln, m->g.wte, m->d_logits, m->lnf, C, m->w.wte, N, (int)C, (int)V);
+    mb__matmul_backward(m->d_ln, mb__head(&m->g), m->d_logits, m->lnf, C, mb__head(&m->w), N, (int)C, (int)V);
     memset(m->d_resid, 0, (size_t)(N * C) * sizeof(float));
-    mb__layernorm_backward(m->d_resid, m->g.norm_f_w, m->g.norm_f_b, m->d_ln, m->resid_out, m->w.norm_f_w,
-                           m->lnf_mean, m->lnf_rstd, N, (int)C);
+    mb__norm_backward(c, m->d_resid, m->g.norm_f_w, m->g.norm_f_b, m->d_ln, m->resid_out, m->w.norm_f_w,
+                      m->lnf_mean, m->lnf_rstd, N, (int)C);
     for (l = c->n_layer - 1; l >= 0; l--) {
         mb__layer_acts *a = &m->acts[l];
         /* the residual passes d_resid through; the mixer adds its input grad */
         memset(m->d_ln, 0, (size_t)(N * C) * sizeof(float));
         mb__mixer_backward(m, l, m->d_resid, m->d_ln);
-        mb__layernorm_backward(m->d_resid, m->g.layer[l].norm_w, m->g.layer[l].norm_b, m->d_ln, a->resid,
-                               m->w.layer[l].norm_w, a->ln_mean, a->ln_rstd, N, (int)C);
+        mb__norm_backward(c, m->d_resid, m->g.layer[l].norm_w, m->g.layer[l].norm_b, m->d_ln, a->resid,
+                          m->w.layer[l].norm_w, a->ln_mean, a->ln_rstd, N, (int)C);
     }
     mb__embedding_backward(m->g.wte, m->d_resid, m->inputs, N, (int)C);
     return MB_STATUS_OK;
@@ -2704,7 +2809,7 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
         mb__matvec_pack(s->p_dt + l * f_dt, W->dt_proj_w, R, Di);
         mb__matvec_pack(s->p_out + l * f_out, W->out_proj, Di, C);
     }
-    mb__matvec_pack(s->p_head, s->w.wte, C, V);
+    mb__matvec_pack(s->p_head, mb__head(&s->w), C, V);
     mb_stream_reset(s);
     *out = s;
     return MB_STATUS_OK;
@@ -2718,7 +2823,7 @@ MBDEF mb_status mb_stream_copy(mb_stream *dst, const mb_stream *src) {
     const mb_config *a = &dst->cfg, *b = &src->cfg;
     if (a->vocab_size != b->vocab_size || a->d_model != b->d_model || a->n_layer != b->n_layer ||
         a->d_state != b->d_state || a->d_conv != b->d_conv || a->expand != b->expand || a->dt_rank != b->dt_rank ||
-        dst->state_floats != src->state_floats)
+        a->norm != b->norm || a->untied_head != b->untied_head || dst->state_floats != src->state_floats)
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "stream copy between models of different configs");
     if (dst != src) memcpy(dst->win, src->win, (size_t)src->state_floats * sizeof(float));
     return MB_STATUS_OK;
@@ -2745,7 +2850,7 @@ MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) {
     memcpy(s->x, s->w.wte + (int64_t)byte * C, (size_t)C * sizeof(float));
     for (l = 0; l < L; l++) {
         const mb__layer_weights *W = &s->w.layer[l];
-        mb__layernorm_forward(s->ln, &mean, &rstd, s->x, W->norm_w, W->norm_b, 1, C);
+        mb__norm_forward(c, s->ln, &mean, &rstd, s->x, W->norm_w, W->norm_b, 1, C);
         mb__matvec_packed(s->xz, s->ln, s->p_in + l * s->f_in, C, 2 * Di); /* [x', z] */
         mb__conv_step(s->u, s->win + (int64_t)l * K * Di, s->xz, s->conv_wT + (int64_t)l * K * Di, W->conv_b, Di, K);
         mb__matvec_packed(s->xdbl, s->u, s->p_x + l * s->f_x, Di, X); /* [dt_low, B, C] */
@@ -2755,7 +2860,7 @@ MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) {
         mb__matvec_packed(s->out, s->gated, s->p_out + l * s->f_out, Di, C);
         for (d = 0; d < C; d++) s->x[d] += s->out[d];
     }
-    mb__layernorm_forward(s->ln, &mean, &rstd, s->x, s->w.norm_f_w, s->w.norm_f_b, 1, C);
+    mb__norm_forward(c, s->ln, &mean, &rstd, s->x, s->w.norm_f_w, s->w.norm_f_b, 1, C);
     mb__matvec_packed(s->logits, s->ln, s->p_head, C, c->vocab_size);
     return s->logits;
 }
@@ -2810,7 +2915,7 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
             const mb__layer_weights *W = &s->w.layer[l];
             float *win = s->win + (int64_t)l * K * Di;
             int k;
-            mb__layernorm_forward(s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, W->norm_w, W->norm_b, T, C);
+            mb__norm_forward(c, s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, W->norm_w, W->norm_b, T, C);
             mb__matmul_forward(s->fd_xz, s->fd_ln, C, W->in_proj, T, C, 2 * Di);
             mb__conv1d_forward_from(s->fd_u, s->fd_xz, W->conv_w, W->conv_b, win, 1, T, Di, K);
             /* the window after these T inputs: the last K of (window, x'_0 .. x'_{T-1}) */
@@ -2825,8 +2930,8 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
             mb__residual_add(s->fd_x, s->fd_mix, (int64_t)T * C);
         }
         if (logits) {
-            mb__layernorm_forward(s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, s->w.norm_f_w, s->w.norm_f_b, T, C);
-            mb__matmul_forward(logits + i0 * V, s->fd_ln, C, s->w.wte, T, C, V); /* tied head */
+            mb__norm_forward(c, s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, s->w.norm_f_w, s->w.norm_f_b, T, C);
+            mb__matmul_forward(logits + i0 * V, s->fd_ln, C, mb__head(&s->w), T, C, V);
         }
     }
     return MB_STATUS_OK;
@@ -2902,8 +3007,8 @@ static void mb__header(int32_t *h, const mb_config *c, int with_state, int32_t r
     memset(h, 0, 256 * sizeof(int32_t));
     h[0] = MB__CKPT_MAGIC; h[1] = MB__CKPT_VERSION; h[2] = c->vocab_size; h[3] = c->d_model; h[4] = c->n_layer;
     h[5] = c->d_state; h[6] = c->d_conv; h[7] = c->expand; h[8] = c->dt_rank;
-    h[9] = 0;  /* LayerNorm */
-    h[10] = 1; /* tied head */
+    h[9] = c->norm;          /* 0 LayerNorm, 1 RMSNorm */
+    h[10] = !c->untied_head; /* 1 tied head, 0 lm_head.weight stored after norm_f */
     h[11] = 0; /* float32 */
     h[12] = with_state;
     h[13] = with_state && ranks > 1 ? ranks : 0;
@@ -3015,8 +3120,8 @@ static mb_status mb__check_header(const int32_t *h, const char *path, mb_config 
     mb_status s;
     if ((uint32_t)h[0] != MB__CKPT_MAGIC) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: not a mambabyte checkpoint (magic 0x%08x, expected 0x%08x)", path, (unsigned)h[0], MB__CKPT_MAGIC);
     if (h[1] != MB__CKPT_VERSION) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: checkpoint version %d, this build reads version %d", path, h[1], MB__CKPT_VERSION);
-    if (h[9] != 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: norm kind %d unsupported (0 = LayerNorm)", path, h[9]);
-    if (h[10] != 1) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: tied-head flag %d unsupported (1 = tied)", path, h[10]);
+    if (h[9] != 0 && h[9] != 1) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: norm kind %d unsupported (0 = LayerNorm, 1 = RMSNorm)", path, h[9]);
+    if (h[10] != 0 && h[10] != 1) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: tied-head flag %d unsupported (1 = tied, 0 = lm_head stored)", path, h[10]);
     if (h[11] != 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: parameter dtype %d unsupported (0 = float32)", path, h[11]);
     if (h[12] != 0 && h[12] != 1) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: training-state flag %d (must be 0 or 1)", path, h[12]);
     if (h[13] < 0 || h[13] > (1 << 20) || (h[13] != 0 && h[12] != 1))
@@ -3024,7 +3129,7 @@ static mb_status mb__check_header(const int32_t *h, const char *path, mb_config 
     for (i = 14; i < 256; i++)
         if (h[i] != 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: reserved header field [%d] is %d (must be 0)", path, i, h[i]);
     cfg->vocab_size = h[2]; cfg->d_model = h[3]; cfg->n_layer = h[4]; cfg->d_state = h[5];
-    cfg->d_conv = h[6]; cfg->expand = h[7]; cfg->dt_rank = h[8];
+    cfg->d_conv = h[6]; cfg->expand = h[7]; cfg->dt_rank = h[8]; cfg->norm = h[9]; cfg->untied_head = !h[10];
     if (cfg->dt_rank == 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: dt_rank 0 in header", path);
     s = mb_config_validate(cfg);
     if (s != MB_STATUS_OK) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: bad config in header: %s", path, mb_last_error());
