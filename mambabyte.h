@@ -254,7 +254,8 @@ MBDEF int64_t mb_config_num_params(const mb_config *cfg);
 
 typedef struct mb_model mb_model;
 MBDEF mb_status mb_model_create(mb_model **out, const mb_config *cfg, uint64_t seed);
-MBDEF mb_status mb_model_load(mb_model **out, const char *path);      /* any checkpoint */
+/* Any checkpoint of this project, or a safetensors file (see below). */
+MBDEF mb_status mb_model_load(mb_model **out, const char *path);
 MBDEF mb_status mb_model_save(const mb_model *m, const char *path);   /* atomic, no training state */
 MBDEF void mb_model_free(mb_model *m);
 MBDEF const mb_config *mb_model_config(const mb_model *m);
@@ -409,6 +410,28 @@ MBDEF mb_status mb_checkpoint_save(const char *path, const mb_model *m, const mb
    with mb_train_state_free) and *has_state is set to 1. */
 MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_state *ts, int *has_state);
 MBDEF void mb_train_state_free(mb_train_state *ts);
+
+/* safetensors (Hugging Face), for mamba_ssm's MambaLMHeadModel: tensor names
+   as this project's or mamba_ssm's (backbone.embedding.weight,
+   backbone.layers.{i}.norm.weight, ...mixer.A_log, backbone.norm_f.weight,
+   lm_head.weight; the "backbone." prefix optional), in any order, F32, BF16
+   or F16 (converted to float32).  The config comes from the shapes
+   (embedding (256, C); in_proj (2*expand*C, C); A_log (Di, S); conv1d
+   (Di, 1, K); dt_proj (Di, R); a norm bias: LayerNorm, else RMSNorm;
+   lm_head.weight: untied unless it equals the embedding bit for bit).  When
+   a config.json sits beside the file, its d_model, n_layer, vocab_size,
+   rms_norm, tie_embeddings and ssm_cfg.{d_state, d_conv, expand} must
+   agree.  A missing, unexpected or duplicated tensor, a shape that does not
+   fit, an offset outside the file or another dtype is an error naming it. */
+MBDEF mb_status mb_model_load_safetensors(mb_model **out, const char *path);
+/* The same from memory (the whole file; config_json NULL: none); `what`
+   names the source in errors. */
+MBDEF mb_status mb_model_from_safetensors(mb_model **out, const uint8_t *data, int64_t size, const char *config_json,
+                                          int64_t config_len, const char *what);
+/* Writes float32 safetensors with mamba_ssm's names ("backbone." prefix;
+   lm_head.weight always, the embedding's copy when tied), atomically like
+   mb_checkpoint_save. */
+MBDEF mb_status mb_model_save_safetensors(const mb_model *m, const char *path);
 
 
 /* --------------------------------------------------------------- training */
@@ -3231,7 +3254,573 @@ MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_st
     return MB_STATUS_OK;
 }
 
-MBDEF mb_status mb_model_load(mb_model **out, const char *path) { return mb_checkpoint_load(path, out, NULL, NULL); }
+/* This project's checkpoint (its magic first) or a safetensors file (an
+   8-byte length, then the JSON header's '{'). */
+MBDEF mb_status mb_model_load(mb_model **out, const char *path) {
+    unsigned char head[9];
+    int fd = open(path, O_RDONLY);
+    int64_t got = fd >= 0 ? mb__read_all(fd, head, 9) : -1;
+    if (fd >= 0) close(fd);
+    *out = NULL;
+    if (got == 9 && head[8] == '{' && !(head[0] == 0x54 && head[1] == 0x59 && head[2] == 0x42 && head[3] == 0x4D))
+        return mb_model_load_safetensors(out, path);
+    return mb_checkpoint_load(path, out, NULL, NULL);
+}
+
+/* ========================================================== safetensors */
+/* The Hugging Face format: an 8-byte little-endian header length N, N bytes
+   of JSON {"name": {"dtype", "shape", "data_offsets": [begin, end]}, ...,
+   "__metadata__": {...}}, then the raw data (offsets from its start).  The
+   header is untrusted: the parser below is bounded (length, depth, names,
+   dims, tensor count), and every shape and offset is checked against the
+   file before a byte of data is read. */
+#define MB__ST_MAX_HEADER (100 << 20)
+#define MB__ST_MAX_TENSORS 65536
+#define MB__ST_MAX_DEPTH 32
+#define MB__ST_NAME 128
+
+typedef struct { const char *p, *end; int depth; } mb__json;
+typedef struct {
+    char name[MB__ST_NAME]; /* without a "backbone." prefix */
+    int dtype;              /* 0 F32, 1 BF16, 2 F16, -1 another (dtype_name) */
+    char dtype_name[16];
+    int ndim;
+    int64_t shape[8];
+    uint64_t begin, end;
+} mb__st_tensor;
+
+static void mb__js_ws(mb__json *j) {
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
+}
+static int mb__js_eat(mb__json *j, char c) {
+    mb__js_ws(j);
+    if (j->p < j->end && *j->p == c) { j->p++; return 1; }
+    return 0;
+}
+/* A string into out (cap bytes, NUL-terminated); 0 when malformed or longer.
+   \u escapes outside ASCII become '?' (no name we look up has them). */
+static int mb__js_string(mb__json *j, char *out, size_t cap) {
+    size_t n = 0;
+    if (!mb__js_eat(j, '"')) return 0;
+    while (j->p < j->end && *j->p != '"') {
+        char c = *j->p++;
+        if ((unsigned char)c < 0x20) return 0;
+        if (c == '\\') {
+            if (j->p >= j->end) return 0;
+            c = *j->p++;
+            switch (c) {
+            case '"': case '\\': case '/': break;
+            case 'b': c = '\b'; break;
+            case 'f': c = '\f'; break;
+            case 'n': c = '\n'; break;
+            case 'r': c = '\r'; break;
+            case 't': c = '\t'; break;
+            case 'u': {
+                unsigned v = 0;
+                int k;
+                if (j->end - j->p < 4) return 0;
+                for (k = 0; k < 4; k++) {
+                    char h = *j->p++;
+                    v = v * 16 + (unsigned)(h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : 99);
+                    if (v > 0xFFFF) return 0;
+                }
+                c = v > 0 && v < 0x80 ? (char)v : '?';
+                break;
+            }
+            default: return 0;
+            }
+        }
+        if (out) {
+            if (n + 1 >= cap) return 0;
+            out[n] = c;
+        }
+        n++;
+    }
+    if (j->p >= j->end) return 0;
+    j->p++;
+    if (out) out[n] = '\0';
+    return 1;
+}
+/* A non-negative integer below 2^53 (sizes and offsets). */
+static int mb__js_uint(mb__json *j, uint64_t *v) {
+    uint64_t x = 0;
+    const char *s;
+    mb__js_ws(j);
+    s = j->p;
+    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
+        x = x * 10 + (uint64_t)(*j->p++ - '0');
+        if (x > ((uint64_t)1 << 53)) return 0;
+    }
+    if (j->p == s || (j->p - s > 1 && *s == '0')) return 0;
+    if (j->p < j->end && (*j->p == '.' || *j->p == 'e' || *j->p == 'E')) return 0;
+    *v = x;
+    return 1;
+}
+/* A number, true/false (1/0) or null (NaN): config.json's scalars. */
+static int mb__js_scalar(mb__json *j, double *v) {
+    char buf[64];
+    size_t n = 0;
+    mb__js_ws(j);
+    if (j->end - j->p >= 4 && !memcmp(j->p, "true", 4)) { j->p += 4; *v = 1; return 1; }
+    if (j->end - j->p >= 5 && !memcmp(j->p, "false", 5)) { j->p += 5; *v = 0; return 1; }
+    if (j->end - j->p >= 4 && !memcmp(j->p, "null", 4)) { j->p += 4; *v = NAN; return 1; }
+    while (j->p < j->end && n + 1 < sizeof buf && strchr("+-.0123456789eE", *j->p)) buf[n++] = *j->p++;
+    buf[n] = '\0';
+    if (n == 0) return 0;
+    {
+        char *e;
+        *v = strtod(buf, &e);
+        return *e == '\0';
+    }
+}
+/* Skips one value of any kind (depth-limited). */
+static int mb__js_skip(mb__json *j) {
+    double d;
+    mb__js_ws(j);
+    if (j->p >= j->end) return 0;
+    if (*j->p == '"') return mb__js_string(j, NULL, 0);
+    if (*j->p == '{' || *j->p == '[') {
+        const char close = *j->p == '{' ? '}' : ']';
+        const int obj = close == '}';
+        int ok = 1;
+        if (++j->depth > MB__ST_MAX_DEPTH) return 0;
+        j->p++;
+        if (!mb__js_eat(j, close)) {
+            do {
+                if (obj && (!mb__js_string(j, NULL, 0) || !mb__js_eat(j, ':'))) { ok = 0; break; }
+                if (!mb__js_skip(j)) { ok = 0; break; }
+            } while (mb__js_eat(j, ','));
+            ok = ok && mb__js_eat(j, close);
+        }
+        j->depth--;
+        return ok;
+    }
+    return mb__js_scalar(j, &d);
+}
+
+/* One tensor's record: {"dtype": .., "shape": [..], "data_offsets": [b, e]}
+   in any order, other keys skipped.  Returns NULL or what is wrong. */
+static const char *mb__st_record(mb__json *j, mb__st_tensor *t) {
+    char key[32], dtype[16];
+    int have = 0;
+    if (!mb__js_eat(j, '{')) return "a tensor entry is not an object";
+    if (mb__js_eat(j, '}')) return "a tensor entry is empty";
+    do {
+        if (!mb__js_string(j, key, sizeof key) || !mb__js_eat(j, ':')) {
+            if (!mb__js_skip(j)) return "malformed key in a tensor entry";
+            continue;
+        }
+        if (!strcmp(key, "dtype")) {
+            if (!mb__js_string(j, dtype, sizeof dtype)) return "dtype is not a short string";
+            t->dtype = !strcmp(dtype, "F32") ? 0 : !strcmp(dtype, "BF16") ? 1 : !strcmp(dtype, "F16") ? 2 : -1;
+            snprintf(t->dtype_name, sizeof t->dtype_name, "%s", dtype);
+            have |= 1;
+        } else if (!strcmp(key, "shape")) {
+            uint64_t d;
+            if (!mb__js_eat(j, '[')) return "shape is not a list";
+            t->ndim = 0;
+            if (!mb__js_eat(j, ']')) {
+                do {
+                    if (t->ndim >= 8 || !mb__js_uint(j, &d) || d > ((uint64_t)1 << 40)) return "shape has more than 8 dims or a bad dim";
+                    t->shape[t->ndim++] = (int64_t)d;
+                } while (mb__js_eat(j, ','));
+                if (!mb__js_eat(j, ']')) return "shape list not closed";
+            }
+            have |= 2;
+        } else if (!strcmp(key, "data_offsets")) {
+            if (!mb__js_eat(j, '[') || !mb__js_uint(j, &t->begin) || !mb__js_eat(j, ',') || !mb__js_uint(j, &t->end) ||
+                !mb__js_eat(j, ']'))
+                return "data_offsets is not [begin, end]";
+            have |= 4;
+        } else if (!mb__js_skip(j)) {
+            return "malformed value in a tensor entry";
+        }
+    } while (mb__js_eat(j, ','));
+    if (!mb__js_eat(j, '}')) return "a tensor entry is not closed";
+    if (have != 7) return "a tensor entry lacks dtype, shape or data_offsets";
+    return NULL;
+}
+
+/* Our tensor-table index of a (prefix-stripped) name, or -1. */
+static int mb__st_lookup(const mb_config *c, const char *name) {
+    static const char *const layer_names[] = {
+#define MB__LNAME(ID, field, nm, ndim, d0, d1, d2, decay) nm,
+        MB_LAYER_TENSORS(MB__LNAME)
+#undef MB__LNAME
+    };
+    static const char *const global_names[] = {
+#define MB__GNAME(ID, field, nm, ndim, d0, d1, d2, decay) nm,
+        MB_TENSORS_BEFORE_LAYERS(MB__GNAME) MB_TENSORS_AFTER_LAYERS(MB__GNAME)
+#undef MB__GNAME
+    };
+    int i;
+    if (!strncmp(name, "layers.", 7)) {
+        const char *p = name + 7;
+        long l = 0;
+        if (*p < '0' || *p > '9' || (p[0] == '0' && p[1] >= '0' && p[1] <= '9')) return -1;
+        while (*p >= '0' && *p <= '9' && l < 100000) l = l * 10 + (*p++ - '0');
+        if (*p++ != '.' || l >= c->n_layer) return -1;
+        for (i = 0; i < (int)MB_NUM_LAYER_TENSORS; i++)
+            if (!strcmp(p, layer_names[i])) return mb_tensor_index(c, (int)l, i);
+        return -1;
+    }
+    for (i = 0; i < (int)MB_NUM_GLOBAL_TENSORS; i++)
+        if (!strcmp(name, global_names[i])) return mb_tensor_index(c, -1, i);
+    return -1;
+}
+
+static const mb__st_tensor *mb__st_find(const mb__st_tensor *t, int n, const char *name) {
+    int i;
+    for (i = 0; i < n; i++)
+        if (!strcmp(t[i].name, name)) return &t[i];
+    return NULL;
+}
+
+static float mb__half_to_float(uint16_t h) {
+    const int e = (h >> 10) & 31, m = h & 1023;
+    const float s = (h & 0x8000) ? -1.0f : 1.0f;
+    if (e == 0) return s * ldexpf((float)m, -24);
+    if (e == 31) return m ? NAN : s * INFINITY;
+    return s * ldexpf((float)(m | 1024), e - 25);
+}
+/* n values of dtype at src (little-endian, any alignment) as float32. */
+static void mb__st_convert(float *dst, const uint8_t *src, int dtype, int64_t n) {
+    int64_t i;
+    for (i = 0; i < n; i++) {
+        if (dtype == 0) {
+            memcpy(&dst[i], src + 4 * i, 4);
+        } else {
+            uint16_t h = (uint16_t)(src[2 * i] | (src[2 * i + 1] << 8));
+            if (dtype == 1) {
+                uint32_t b = (uint32_t)h << 16;
+                memcpy(&dst[i], &b, 4);
+            } else {
+                dst[i] = mb__half_to_float(h);
+            }
+        }
+    }
+}
+
+/* config.json's fields we check against the shapes (NaN: not given). */
+typedef struct { double d_model, n_layer, vocab_size, rms_norm, tie, d_state, d_conv, expand; } mb__st_json_cfg;
+static int mb__st_config_object(mb__json *j, mb__st_json_cfg *o, int nested) {
+    char key[64];
+    if (!mb__js_eat(j, '{')) return 0;
+    if (mb__js_eat(j, '}')) return 1;
+    do {
+        double *slot = NULL, v;
+        if (!mb__js_string(j, key, sizeof key)) { if (!mb__js_skip(j) || !mb__js_eat(j, ':') || !mb__js_skip(j)) return 0; continue; }
+        if (!mb__js_eat(j, ':')) return 0;
+        mb__js_ws(j);
+        if (!nested && !strcmp(key, "ssm_cfg") && j->p < j->end && *j->p == '{') {
+            if (++j->depth > MB__ST_MAX_DEPTH || !mb__st_config_object(j, o, 1)) return 0;
+            j->depth--;
+            continue;
+        }
+        if (!nested && !strcmp(key, "d_model")) slot = &o->d_model;
+        else if (!nested && !strcmp(key, "n_layer")) slot = &o->n_layer;
+        else if (!nested && !strcmp(key, "vocab_size")) slot = &o->vocab_size;
+        else if (!nested && !strcmp(key, "rms_norm")) slot = &o->rms_norm;
+        else if (!nested && !strcmp(key, "tie_embeddings")) slot = &o->tie;
+        else if (nested && !strcmp(key, "d_state")) slot = &o->d_state;
+        else if (nested && !strcmp(key, "d_conv")) slot = &o->d_conv;
+        else if (nested && !strcmp(key, "expand")) slot = &o->expand;
+        if (slot && j->p < j->end && *j->p != '"' && *j->p != '{' && *j->p != '[') {
+            if (!mb__js_scalar(j, &v)) return 0;
+            *slot = v;
+        } else if (!mb__js_skip(j)) {
+            return 0;
+        }
+    } while (mb__js_eat(j, ','));
+    return mb__js_eat(j, '}');
+}
+
+static mb_status mb__st_check_config_json(const mb_config *c, int had_lm_head, const char *json, int64_t len, const char *what) {
+    mb__json j;
+    mb__st_json_cfg o;
+    const double nan = NAN;
+    struct { const char *name; double *given; double have; } f[8];
+    int i;
+    o.d_model = o.n_layer = o.vocab_size = o.rms_norm = o.tie = o.d_state = o.d_conv = o.expand = nan;
+    j.p = json; j.end = json + len; j.depth = 0;
+    if (!mb__st_config_object(&j, &o, 0)) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: config.json is not a JSON object this reader can parse (near byte %lld)", what, (long long)(j.p - json));
+    f[0].name = "d_model"; f[0].given = &o.d_model; f[0].have = c->d_model;
+    f[1].name = "n_layer"; f[1].given = &o.n_layer; f[1].have = c->n_layer;
+    f[2].name = "vocab_size"; f[2].given = &o.vocab_size; f[2].have = c->vocab_size;
+    f[3].name = "rms_norm"; f[3].given = &o.rms_norm; f[3].have = c->norm == MB_NORM_RMSNORM;
+    /* tie_embeddings true with a separate lm_head that differs: not what config.json says */
+    f[4].name = "tie_embeddings"; f[4].given = &o.tie; f[4].have = !c->untied_head;
+    f[5].name = "ssm_cfg.d_state"; f[5].given = &o.d_state; f[5].have = c->d_state;
+    f[6].name = "ssm_cfg.d_conv"; f[6].given = &o.d_conv; f[6].have = c->d_conv;
+    f[7].name = "ssm_cfg.expand"; f[7].given = &o.expand; f[7].have = c->expand;
+    for (i = 0; i < 8; i++) {
+        if (isnan(*f[i].given)) continue;
+        if (i == 4 && *f[i].given == 0 && !c->untied_head && had_lm_head) continue; /* an untied head that equals the embedding */
+        if (*f[i].given != f[i].have)
+            return mb__fail(MB_STATUS_BAD_FORMAT, "%s: config.json has %s = %g but the tensors give %g", what, f[i].name, *f[i].given, f[i].have);
+    }
+    return MB_STATUS_OK;
+}
+
+/* Parses the header into a tensor list (MB_MALLOC'd into *out, count *n). */
+static mb_status mb__st_parse_header(const uint8_t *data, int64_t size, const char *what, mb__st_tensor **out, int *n,
+                                     int64_t *data_start) {
+    uint64_t hlen = 0;
+    mb__json j;
+    mb__st_tensor *t;
+    int cap, k;
+    *out = NULL;
+    *n = 0;
+    if (size < 8) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: truncated: %lld bytes, a safetensors file starts with an 8-byte header length", what, (long long)size);
+    for (k = 7; k >= 0; k--) hlen = (hlen << 8) | data[k];
+    if (hlen < 2 || hlen > MB__ST_MAX_HEADER || (int64_t)hlen > size - 8)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header length %llu does not fit the file (%lld bytes; at most %d)", what,
+                        (unsigned long long)hlen, (long long)size, MB__ST_MAX_HEADER);
+    *data_start = 8 + (int64_t)hlen;
+    cap = (int)(hlen / 40 + 1 < MB__ST_MAX_TENSORS ? hlen / 40 + 1 : MB__ST_MAX_TENSORS);
+    t = (mb__st_tensor *)MB_MALLOC(sizeof(mb__st_tensor) * (size_t)cap);
+    if (!t) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "%s: tensor list", what);
+    j.p = (const char *)data + 8; j.end = j.p + hlen; j.depth = 0;
+    if (!mb__js_eat(&j, '{')) { MB_FREE(t); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header is not a JSON object", what); }
+    if (!mb__js_eat(&j, '}')) {
+        do {
+            char name[MB__ST_NAME];
+            const char *err;
+            const int64_t at = (int64_t)(j.p - (const char *)data);
+            if (!mb__js_string(&j, name, sizeof name) || !mb__js_eat(&j, ':')) {
+                MB_FREE(t);
+                return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header: bad or over-long (> %d bytes) tensor name near byte %lld", what, MB__ST_NAME - 1, (long long)at);
+            }
+            if (!strcmp(name, "__metadata__")) {
+                if (!mb__js_skip(&j)) { MB_FREE(t); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header: malformed __metadata__", what); }
+                continue;
+            }
+            if (*n >= cap) { MB_FREE(t); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header lists more than %d tensors", what, cap); }
+            memset(&t[*n], 0, sizeof t[*n]);
+            memcpy(t[*n].name, strncmp(name, "backbone.", 9) ? name : name + 9, strlen(name) + 1 - (strncmp(name, "backbone.", 9) ? 0 : 9));
+            err = mb__st_record(&j, &t[*n]);
+            if (err) { MB_FREE(t); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header, tensor %s: %s", what, name, err); }
+            if (t[*n].dtype < 0) {
+                mb_status st = mb__fail(MB_STATUS_UNSUPPORTED, "%s: tensor %s has dtype %s; supported: F32, BF16, F16", what, name, t[*n].dtype_name);
+                MB_FREE(t);
+                return st;
+            }
+            (*n)++;
+        } while (mb__js_eat(&j, ','));
+        if (!mb__js_eat(&j, '}')) { MB_FREE(t); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header: JSON object not closed near byte %lld", what, (long long)(j.p - (const char *)data)); }
+    }
+    mb__js_ws(&j);
+    if (j.p != j.end) { MB_FREE(t); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header: trailing bytes after the JSON object", what); }
+    *out = t;
+    return MB_STATUS_OK;
+}
+
+/* A tensor's shape must be exactly `want` (ndim and every dim). */
+static int mb__st_shape_is(const mb__st_tensor *s, int ndim, int64_t d0, int64_t d1, int64_t d2) {
+    const int64_t want[3] = {d0, d1, d2};
+    int i;
+    if (s->ndim != ndim) return 0;
+    for (i = 0; i < ndim; i++)
+        if (s->shape[i] != want[i]) return 0;
+    return 1;
+}
+static void mb__st_shape_str(char *buf, size_t cap, const int64_t *shape, int ndim) {
+    int i;
+    size_t n = (size_t)snprintf(buf, cap, "(");
+    for (i = 0; i < ndim && n < cap; i++) n += (size_t)snprintf(buf + n, cap - n, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (n < cap) snprintf(buf + n, cap - n, ")");
+}
+
+/* The config the shapes say: d_model and the vocabulary from the embedding,
+   n_layer from the in_proj names, expand, d_state, d_conv, dt_rank from
+   layer 0, the norm from layer 0's bias, the head from lm_head.weight. */
+static mb_status mb__st_infer_config(const mb__st_tensor *t, int n, const char *what, mb_config *c) {
+    const mb__st_tensor *emb = mb__st_find(t, n, "embedding.weight"), *in, *A, *cw, *dt;
+    int i;
+    memset(c, 0, sizeof *c);
+    if (!emb) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: missing tensor embedding.weight (or backbone.embedding.weight)", what);
+    if (emb->ndim != 2 || emb->shape[0] != 256 || emb->shape[1] < 1 || emb->shape[1] > 65536)
+        return mb__fail(MB_STATUS_UNSUPPORTED, "%s: embedding.weight must be (256, d_model) for a byte model, has %d dims (%lld, ...)", what,
+                        emb->ndim, (long long)emb->shape[0]);
+    c->vocab_size = 256;
+    c->d_model = (int32_t)emb->shape[1];
+    for (i = 0; i < n; i++) {
+        const char *p = t[i].name;
+        long l = 0;
+        if (strncmp(p, "layers.", 7)) continue;
+        for (p += 7; *p >= '0' && *p <= '9' && l <= 1024; p++) l = l * 10 + (*p - '0');
+        if (!strcmp(p, ".mixer.in_proj.weight") && l + 1 > c->n_layer) c->n_layer = (int32_t)(l + 1);
+    }
+    if (c->n_layer < 1 || c->n_layer > 1024) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: no layers (missing layers.0.mixer.in_proj.weight) or more than 1024", what);
+    in = mb__st_find(t, n, "layers.0.mixer.in_proj.weight");
+    A = mb__st_find(t, n, "layers.0.mixer.A_log");
+    cw = mb__st_find(t, n, "layers.0.mixer.conv1d.weight");
+    dt = mb__st_find(t, n, "layers.0.mixer.dt_proj.weight");
+    if (!in || !A || !cw || !dt)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: missing tensor layers.0.mixer.%s", what,
+                        !in ? "in_proj.weight" : !A ? "A_log" : !cw ? "conv1d.weight" : "dt_proj.weight");
+    if (in->ndim != 2 || in->shape[1] != c->d_model || in->shape[0] % (2 * c->d_model) != 0 || in->shape[0] == 0 || in->shape[0] > 32 * (int64_t)c->d_model)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: layers.0.mixer.in_proj.weight is not (2 * expand * d_model, d_model) with d_model %d", what, c->d_model);
+    c->expand = (int32_t)(in->shape[0] / (2 * c->d_model));
+    if (A->ndim != 2 || A->shape[0] != in->shape[0] / 2 || A->shape[1] < 1 || A->shape[1] > 1 << 20)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: layers.0.mixer.A_log is not (d_inner, d_state)", what);
+    c->d_state = (int32_t)A->shape[1];
+    if (cw->ndim != 3 || cw->shape[0] != A->shape[0] || cw->shape[1] != 1 || cw->shape[2] < 1 || cw->shape[2] > 1 << 20)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: layers.0.mixer.conv1d.weight is not (d_inner, 1, d_conv)", what);
+    c->d_conv = (int32_t)cw->shape[2];
+    if (dt->ndim != 2 || dt->shape[0] != A->shape[0] || dt->shape[1] < 1 || dt->shape[1] > 1 << 20)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: layers.0.mixer.dt_proj.weight is not (d_inner, dt_rank)", what);
+    c->dt_rank = (int32_t)dt->shape[1];
+    c->norm = mb__st_find(t, n, "layers.0.norm.bias") ? MB_NORM_LAYERNORM : MB_NORM_RMSNORM;
+    c->untied_head = mb__st_find(t, n, "lm_head.weight") != NULL; /* tied again below when it equals the embedding */
+    if (mb_config_validate(c) != MB_STATUS_OK) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: the tensor shapes give a config out of range: %s", what, mb_last_error());
+    return MB_STATUS_OK;
+}
+
+MBDEF mb_status mb_model_from_safetensors(mb_model **out, const uint8_t *data, int64_t size, const char *config_json,
+                                          int64_t config_len, const char *what) {
+    mb__st_tensor *t = NULL;
+    int n = 0, i, nt;
+    int64_t data_start = 0, k;
+    mb_config c;
+    mb_model *m = NULL;
+    unsigned char *hit = NULL;
+    const mb__st_tensor *lm = NULL;
+    mb_status s;
+    *out = NULL;
+    s = mb__st_parse_header(data, size, what, &t, &n, &data_start);
+    if (s == MB_STATUS_OK) s = mb__st_infer_config(t, n, what, &c);
+    if (s == MB_STATUS_OK) s = mb__model_alloc(&m, &c);
+    if (s != MB_STATUS_OK) { MB_FREE(t); return s; }
+    nt = m->ntensors;
+    hit = (unsigned char *)MB_MALLOC((size_t)nt);
+    if (!hit) { s = mb__fail(MB_STATUS_OUT_OF_MEMORY, "%s: tensor table", what); goto done; }
+    memset(hit, 0, (size_t)nt);
+    for (i = 0; i < n; i++) {
+        const int idx = mb__st_lookup(&c, t[i].name);
+        const int64_t es = t[i].dtype == 0 ? 4 : 2;
+        const mb_tensor_info *ti;
+        int64_t numel = 1;
+        char got[96], want[96];
+        int d;
+        for (d = 0; d < t[i].ndim; d++) /* saturates at 2^40: no overflow, and no file holds that many */
+            numel = numel == 0 || t[i].shape[d] <= ((int64_t)1 << 40) / numel ? numel * t[i].shape[d] : ((int64_t)1 << 40) + 1;
+        if (t[i].end < t[i].begin || t[i].end > (uint64_t)(size - data_start) || (int64_t)(t[i].end - t[i].begin) != numel * es) {
+            s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: tensor %s: data_offsets [%llu, %llu] do not hold %lld values of %lld bytes inside the %lld data bytes",
+                         what, t[i].name, (unsigned long long)t[i].begin, (unsigned long long)t[i].end, (long long)numel, (long long)es,
+                         (long long)(size - data_start));
+            goto done;
+        }
+        if (idx < 0) {
+            s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: unexpected tensor %s (not a MambaLMHeadModel tensor of this config: d_model %d, %d layers, %s)",
+                         what, t[i].name, c.d_model, c.n_layer, c.norm ? "RMSNorm" : "LayerNorm");
+            goto done;
+        }
+        ti = &m->tensors[idx];
+        if (!mb__st_shape_is(&t[i], ti->ndim, ti->shape[0], ti->shape[1], ti->shape[2])) {
+            mb__st_shape_str(got, sizeof got, t[i].shape, t[i].ndim);
+            mb__st_shape_str(want, sizeof want, ti->shape, ti->ndim);
+            s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: tensor %s has shape %s, the config needs %s", what, t[i].name, got, want);
+            goto done;
+        }
+        if (hit[idx]++) { s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: tensor %s listed twice", what, t[i].name); goto done; }
+        mb__st_convert(m->params + ti->offset, data + data_start + t[i].begin, t[i].dtype, numel);
+        if (!strcmp(t[i].name, "lm_head.weight")) lm = &t[i];
+    }
+    for (i = 0; i < nt; i++)
+        if (!hit[i]) { s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: missing tensor %s", what, m->tensors[i].name); goto done; }
+    for (k = 0; k < m->num_params; k++)
+        if (!isfinite(m->params[k])) {
+            int ti = 0;
+            while (ti + 1 < nt && m->tensors[ti + 1].offset <= k) ti++;
+            s = mb__fail(MB_STATUS_NON_FINITE, "%s: parameter %s[%lld] is not finite", what, m->tensors[ti].name, (long long)(k - m->tensors[ti].offset));
+            goto done;
+        }
+    if (lm) { /* a head equal to the embedding bit for bit is tied: the smaller layout */
+        const int li = mb_tensor_index(&c, -1, MB_TENSOR_LM_HEAD);
+        if (li >= 0 && !memcmp(m->params + m->tensors[li].offset, m->w.wte, sizeof(float) * (size_t)(256 * c.d_model))) {
+            mb_model *tied = NULL;
+            c.untied_head = 0;
+            s = mb__model_alloc(&tied, &c);
+            if (s != MB_STATUS_OK) goto done;
+            memcpy(tied->params, m->params, sizeof(float) * (size_t)tied->num_params); /* lm_head is last */
+            mb_model_free(m);
+            m = tied;
+        }
+    }
+    if (config_json) s = mb__st_check_config_json(&m->cfg, lm != NULL, config_json, config_len, what);
+done:
+    MB_FREE(hit);
+    MB_FREE(t);
+    if (s != MB_STATUS_OK) { mb_model_free(m); return s; }
+    *out = m;
+    return MB_STATUS_OK;
+}
+
+MBDEF mb_status mb_model_load_safetensors(mb_model **out, const char *path) {
+    mb_mapped_file f, cj;
+    char cpath[4096];
+    const char *slash = strrchr(path, '/');
+    mb_status s;
+    int have_cfg = 0;
+    *out = NULL;
+    s = mb_map_file(&f, path);
+    if (s != MB_STATUS_OK) return s;
+    if (strlen(path) + 16 < sizeof cpath) { /* config.json beside it, when there */
+        struct stat st;
+        if (slash) snprintf(cpath, sizeof cpath, "%.*s/config.json", (int)(slash - path), path);
+        else snprintf(cpath, sizeof cpath, "config.json");
+        if (stat(cpath, &st) == 0 && S_ISREG(st.st_mode)) {
+            if (st.st_size > (1 << 20)) { mb_unmap_file(&f); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: larger than 1 MB", cpath); }
+            s = mb_map_file(&cj, cpath);
+            if (s != MB_STATUS_OK) { mb_unmap_file(&f); return s; }
+            have_cfg = 1;
+        }
+    }
+    s = mb_model_from_safetensors(out, f.data, f.size, have_cfg ? (const char *)cj.data : NULL, have_cfg ? cj.size : 0, path);
+    if (have_cfg) mb_unmap_file(&cj);
+    mb_unmap_file(&f);
+    return s;
+}
+
+/* The header names mamba_ssm's MambaLMHeadModel (load_state_dict strict):
+   "backbone." before every backbone tensor, and lm_head.weight always (a
+   copy of the embedding when tied, as its state_dict lists it); the header
+   padded with spaces to 8 bytes, as the reference writer does. */
+MBDEF mb_status mb_model_save_safetensors(const mb_model *m, const char *path) {
+    const mb_config *c = &m->cfg;
+    const int tied = !c->untied_head;
+    size_t cap = (size_t)(m->ntensors + 2) * 200 + 64, len = 0;
+    char *h = (char *)MB_MALLOC(cap);
+    uint8_t lenbuf[8];
+    const void *parts[4];
+    int64_t sizes[4], end = 4 * m->num_params;
+    uint64_t hl;
+    int i, k;
+    mb_status s;
+    if (!h) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "safetensors header");
+    if (!mb__little_endian()) { MB_FREE(h); return mb__fail(MB_STATUS_UNSUPPORTED, "safetensors is little-endian; this host is not"); }
+    len += (size_t)snprintf(h + len, cap - len, "{\"__metadata__\":{\"format\":\"pt\"}");
+    for (i = 0; i < m->ntensors + tied; i++) {
+        const mb_tensor_info *t = &m->tensors[i < m->ntensors ? i : 0]; /* the last: the tied head's copy */
+        const char *name = i < m->ntensors ? t->name : "lm_head.weight";
+        const int64_t b = i < m->ntensors ? 4 * t->offset : end;
+        len += (size_t)snprintf(h + len, cap - len, ",\"%s%s\":{\"dtype\":\"F32\",\"shape\":[", strncmp(name, "lm_head", 7) ? "backbone." : "", name);
+        for (k = 0; k < t->ndim; k++) len += (size_t)snprintf(h + len, cap - len, k ? ",%lld" : "%lld", (long long)t->shape[k]);
+        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%lld,%lld]}", (long long)b, (long long)(b + 4 * t->numel));
+    }
+    len += (size_t)snprintf(h + len, cap - len, "}");
+    while (len % 8) h[len++] = ' ';
+    hl = (uint64_t)len;
+    for (k = 0; k < 8; k++) lenbuf[k] = (uint8_t)(hl >> (8 * k));
+    parts[0] = lenbuf; sizes[0] = 8;
+    parts[1] = h; sizes[1] = (int64_t)len;
+    parts[2] = m->params; sizes[2] = end;
+    parts[3] = m->w.wte; sizes[3] = 4 * 256 * (int64_t)c->d_model;
+    s = mb__write_file_atomic(path, tied ? 4 : 3, parts, sizes);
+    MB_FREE(h);
+    return s;
+}
 
 
 /* ============================================================= training */
