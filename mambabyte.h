@@ -3258,7 +3258,9 @@ MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_st
    8-byte length, then the JSON header's '{'). */
 MBDEF mb_status mb_model_load(mb_model **out, const char *path) {
     unsigned char head[9];
-    int fd = open(path, O_RDONLY);
+    struct stat st;
+    /* only a regular file is opened (a FIFO would block): the rest is the checkpoint loader's error */
+    int fd = stat(path, &st) == 0 && S_ISREG(st.st_mode) ? open(path, O_RDONLY) : -1;
     int64_t got = fd >= 0 ? mb__read_all(fd, head, 9) : -1;
     if (fd >= 0) close(fd);
     *out = NULL;
