@@ -34,10 +34,10 @@ endif
 all: $(TARGETS)
 
 HEADERS = mambabyte.h
-mambabyte: main.c cli.h plot.c eval.c numerics_report.c bench.c $(HEADERS)
+mambabyte: main.c cli.h plot.c eval.c export.c numerics_report.c bench.c $(HEADERS)
 	$(CC) $(STD) $(CFLAGS) $(WARN) $(OMP) main.c -o $@ $(LDLIBS)
 
-mambabyte_mpi: main.c cli.h plot.c eval.c numerics_report.c bench.c mambabyte_mpi.h $(HEADERS)
+mambabyte_mpi: main.c cli.h plot.c eval.c export.c numerics_report.c bench.c mambabyte_mpi.h $(HEADERS)
 	$(MPICC) $(STD) $(CFLAGS) $(WARN) $(OMP) -DMB_WITH_MPI main.c -o $@ $(LDLIBS)
 
 build:
@@ -46,7 +46,7 @@ build:
 # The CUDA variant: the .cuh in its own nvcc translation unit, main.c stays C.
 build/mambabyte_cuda.o: mambabyte_cuda.cuh $(HEADERS) | build
 	$(NVCC) -O3 $(CUDA_ARCH) -DMAMBABYTE_CUDA_IMPLEMENTATION -x cu -c mambabyte_cuda.cuh -o $@
-mambabyte_cuda: main.c cli.h plot.c eval.c numerics_report.c bench.c $(HEADERS) build/mambabyte_cuda.o
+mambabyte_cuda: main.c cli.h plot.c eval.c export.c numerics_report.c bench.c $(HEADERS) build/mambabyte_cuda.o
 	$(CC) $(STD) $(CFLAGS) $(WARN) $(OMP) -DMB_WITH_CUDA main.c build/mambabyte_cuda.o -o $@ \
 	  -L$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ $(LDLIBS) -Wl,-rpath,$(CUDA_HOME)/lib64
 
@@ -73,7 +73,7 @@ SAN     = -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover
           -fno-omit-frame-pointer -g -O1
 SAN_ENV = ASAN_OPTIONS=detect_leaks=1:detect_stack_use_after_return=1:exitcode=86 \
           UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=87
-build/asan/mambabyte: main.c cli.h plot.c eval.c numerics_report.c bench.c $(HEADERS) | build
+build/asan/mambabyte: main.c cli.h plot.c eval.c export.c numerics_report.c bench.c $(HEADERS) | build
 	mkdir -p build/asan/build
 	$(CC) $(STD) $(SAN) $(WARN) $(OMP) main.c -o $@ $(LDLIBS)
 build/asan/test_cuda_emu.o: tests/test_cuda_emu.cpp $(HEADERS) $(wildcard mambabyte_cuda.cuh tests/cuda_emu*.h) | build

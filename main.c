@@ -30,6 +30,7 @@ static mb_mpi_comm g_mpi;
 #include "bench.c"
 #include "plot.c"
 #include "eval.c"
+#include "export.c"
 
 /* -------------------------------------------------------------- sample */
 static const char *SAMPLE_USAGE =
@@ -351,7 +352,8 @@ static const struct { const char *name; int (*run)(int, char **); const char *he
     {"sample", cmd_sample, "generate text from a checkpoint"},
     {"plot", mb_cli_plot, "draw a training CSV log as an SVG (plot LOG.csv -o FILE.svg)"},
     {"numerics", mb_cli_numerics, "naive vs stable softmax report (--json FILE, --svg FILE)"},
-    {"bench", mb_cli_bench, "CPU benchmark of the default config (--json FILE)"}};
+    {"bench", mb_cli_bench, "CPU benchmark of the default config (--json FILE)"},
+    {"export", mb_cli_export, "write a model as safetensors (mamba_ssm names) or as a checkpoint"}};
 #define NCOMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
 static void usage(FILE *f) {

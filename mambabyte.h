@@ -94,13 +94,16 @@
    CHECKPOINT FORMAT (little-endian; see mb_checkpoint_save)
      256 int32 header: [0] magic 0x4D425954 [1] version 1 [2] vocab_size
      [3] d_model [4] n_layer [5] d_state [6] d_conv [7] expand [8] dt_rank
-     [9] norm kind (0 LayerNorm) [10] tied head (1) [11] param dtype
+     [9] norm kind (0 LayerNorm, 1 RMSNorm) [10] tied head (1; 0: a separate
+     lm_head.weight is stored) [11] param dtype
      (0 float32) [12] training state follows (0/1) [13] data-parallel ranks
      that trained it (0 or 1: one process), the rest 0.
-     Then every parameter as float32 in mb_config_tensors order
-     (PyTorch state_dict names of the reference model):
+     Then every parameter as float32 in mb_config_tensors order (the names
+     are mamba_ssm's without "backbone.", but NOT its order: mamba_ssm's
+     state_dict lists A_log and D first in each mixer):
        embedding.weight (256, d_model)
-       per layer i: layers.i.norm.weight, layers.i.norm.bias (d_model),
+       per layer i: layers.i.norm.weight, layers.i.norm.bias (d_model; no
+         bias under RMSNorm),
          layers.i.mixer.in_proj.weight (2*d_inner, d_model),
          layers.i.mixer.conv1d.weight (d_inner, 1, d_conv),
          layers.i.mixer.conv1d.bias (d_inner),
@@ -109,7 +112,8 @@
          layers.i.mixer.dt_proj.bias (d_inner),
          layers.i.mixer.A_log (d_inner, d_state), layers.i.mixer.D (d_inner),
          layers.i.mixer.out_proj.weight (d_model, d_inner)
-       norm_f.weight, norm_f.bias (d_model)
+       norm_f.weight, norm_f.bias (d_model; no bias under RMSNorm)
+       lm_head.weight (256, d_model) only when [10] is 0
      When [12] is 1 the training state follows (see mb_checkpoint_save).
 
    LICENSE: MIT, at the end of this file.
@@ -183,10 +187,14 @@ MBDEF mb_status mb_cross_entropy_backward(float *dlogits, const float *dloss, co
 
 
 /* ----------------------------------------------------------------- model */
+typedef enum { MB_NORM_LAYERNORM = 0, MB_NORM_RMSNORM = 1 } mb_norm_kind;
 typedef struct {
     int32_t vocab_size, d_model, n_layer, d_state, d_conv, expand, dt_rank;
+    int32_t norm;        /* mb_norm_kind: LayerNorm (weight, bias) or RMSNorm (weight only); eps 1e-5 */
+    int32_t untied_head; /* 0: logits = norm_f(x) . embedding^T; 1: a separate lm_head.weight (V, C) */
 } mb_config;
-/* Seed 000's model: 256, 192, 4, 16, 4, 2, 12 (about 1.06M parameters). */
+/* Seed 000's model: 256, 192, 4, 16, 4, 2, 12, LayerNorm, tied head (about
+   1.06M parameters).  A zeroed norm / untied_head is that default. */
 MBDEF mb_config mb_config_default(void);
 /* MB_STATUS_OK when every field is in range (dt_rank 0 means ceil(d_model/16)
    and is filled in); otherwise INVALID_ARGUMENT with the reason. */
@@ -224,11 +232,16 @@ typedef struct {
     ENTRY(OUT_PROJ,  out_proj,  "mixer.out_proj.weight", 2, C,  Di, 1, 1)
 #define MB_TENSORS_AFTER_LAYERS(ENTRY) \
     ENTRY(NORM_F_W,  norm_f_w,  "norm_f.weight",         1, C,  1,  1, 0) \
-    ENTRY(NORM_F_B,  norm_f_b,  "norm_f.bias",           1, C,  1,  1, 0)
+    ENTRY(NORM_F_B,  norm_f_b,  "norm_f.bias",           1, C,  1,  1, 0) \
+    ENTRY(LM_HEAD,   lm_head,   "lm_head.weight",        2, V,  C,  1, 1)
+/* Not every config holds every entry: RMSNorm has no norm.bias / norm_f.bias
+   and a tied head no lm_head.weight (mb_tensor_index gives -1 for them, and
+   their weight pointers are NULL); the others keep the lists' order. */
 #define MB__TENSOR_ID(ID, field, name, ndim, d0, d1, d2, decay) MB_TENSOR_##ID,
 #define MB__TENSOR_ONE(ID, field, name, ndim, d0, d1, d2, decay) +1
 /* Per-layer tensors (MB_TENSOR_NORM_W ... MB_TENSOR_OUT_PROJ) and the
-   globals (MB_TENSOR_EMBEDDING, MB_TENSOR_NORM_F_W, MB_TENSOR_NORM_F_B). */
+   globals (MB_TENSOR_EMBEDDING, MB_TENSOR_NORM_F_W, MB_TENSOR_NORM_F_B,
+   MB_TENSOR_LM_HEAD). */
 typedef enum { MB_LAYER_TENSORS(MB__TENSOR_ID) MB_NUM_LAYER_TENSORS } mb_layer_tensor;
 typedef enum {
     MB_TENSORS_BEFORE_LAYERS(MB__TENSOR_ID) MB_TENSORS_AFTER_LAYERS(MB__TENSOR_ID) MB_NUM_GLOBAL_TENSORS
@@ -239,13 +252,15 @@ enum { MB__NUM_TENSORS_BEFORE_LAYERS = 0 MB_TENSORS_BEFORE_LAYERS(MB__TENSOR_ONE
 MBDEF int mb_config_tensors(const mb_config *cfg, mb_tensor_info *out);
 /* Index into mb_config_tensors' table of layer `layer`'s tensor `field` (an
    mb_layer_tensor), or with layer -1 of the global tensor `field` (an
-   mb_global_tensor); -1 when out of range.  cfg is a validated config. */
+   mb_global_tensor); -1 when out of range or absent from this config (an
+   RMSNorm bias, a tied head's lm_head).  cfg is a validated config. */
 MBDEF int mb_tensor_index(const mb_config *cfg, int layer, int field);
 MBDEF int64_t mb_config_num_params(const mb_config *cfg);
 
 typedef struct mb_model mb_model;
 MBDEF mb_status mb_model_create(mb_model **out, const mb_config *cfg, uint64_t seed);
-MBDEF mb_status mb_model_load(mb_model **out, const char *path);      /* any checkpoint */
+/* Any checkpoint of this project, or a safetensors file (see below). */
+MBDEF mb_status mb_model_load(mb_model **out, const char *path);
 MBDEF mb_status mb_model_save(const mb_model *m, const char *path);   /* atomic, no training state */
 MBDEF void mb_model_free(mb_model *m);
 MBDEF const mb_config *mb_model_config(const mb_model *m);
@@ -327,6 +342,10 @@ MBDEF void mb__layernorm_forward(float *out, float *mean, float *rstd, const flo
                                  const float *b, int64_t N, int C);
 MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                                   const float *w, const float *mean, const float *rstd, int64_t N, int C);
+/* RMSNorm (mamba_ssm's rms_norm): out = x * rstd * w, rstd = 1/sqrt(mean(x^2) + 1e-5). */
+MBDEF void mb__rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C);
+MBDEF void mb__rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                                const float *rstd, int64_t N, int C);
 MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC);
 MBDEF void mb__matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
                                const float *w, int64_t N, int IC, int OC);
@@ -407,6 +426,28 @@ MBDEF mb_status mb_checkpoint_save(const char *path, const mb_model *m, const mb
    with mb_train_state_free) and *has_state is set to 1. */
 MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_state *ts, int *has_state);
 MBDEF void mb_train_state_free(mb_train_state *ts);
+
+/* safetensors (Hugging Face), for mamba_ssm's MambaLMHeadModel: tensor names
+   as this project's or mamba_ssm's (backbone.embedding.weight,
+   backbone.layers.{i}.norm.weight, ...mixer.A_log, backbone.norm_f.weight,
+   lm_head.weight; the "backbone." prefix optional), in any order, F32, BF16
+   or F16 (converted to float32).  The config comes from the shapes
+   (embedding (256, C); in_proj (2*expand*C, C); A_log (Di, S); conv1d
+   (Di, 1, K); dt_proj (Di, R); a norm bias: LayerNorm, else RMSNorm;
+   lm_head.weight: untied unless it equals the embedding bit for bit).  When
+   a config.json sits beside the file, its d_model, n_layer, vocab_size,
+   rms_norm, tie_embeddings and ssm_cfg.{d_state, d_conv, expand} must
+   agree.  A missing, unexpected or duplicated tensor, a shape that does not
+   fit, an offset outside the file or another dtype is an error naming it. */
+MBDEF mb_status mb_model_load_safetensors(mb_model **out, const char *path);
+/* The same from memory (the whole file; config_json NULL: none); `what`
+   names the source in errors. */
+MBDEF mb_status mb_model_from_safetensors(mb_model **out, const uint8_t *data, int64_t size, const char *config_json,
+                                          int64_t config_len, const char *what);
+/* Writes float32 safetensors with mamba_ssm's names ("backbone." prefix;
+   lm_head.weight always, the embedding's copy when tied), atomically like
+   mb_checkpoint_save. */
+MBDEF mb_status mb_model_save_safetensors(const mb_model *m, const char *path);
 
 
 /* --------------------------------------------------------------- training */
@@ -1108,6 +1149,8 @@ MBDEF mb_config mb_config_default(void) {
     c.d_conv = 4;
     c.expand = 2;
     c.dt_rank = 12;
+    c.norm = MB_NORM_LAYERNORM;
+    c.untied_head = 0;
     return c;
 }
 
@@ -1126,8 +1169,20 @@ MBDEF mb_status mb_config_validate(mb_config *c) {
     if (c->d_conv < 1 || c->d_conv > 64) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_conv %d out of range [1, 64]", c->d_conv);
     if (c->expand < 1 || c->expand > 16) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "expand %d out of range [1, 16]", c->expand);
     if (c->dt_rank < 1 || c->dt_rank > 65536) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "dt_rank %d out of range [1, 65536]", c->dt_rank);
+    if (c->norm != MB_NORM_LAYERNORM && c->norm != MB_NORM_RMSNORM) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "norm kind %d unknown (0 LayerNorm, 1 RMSNorm)", c->norm);
+    if (c->untied_head != 0 && c->untied_head != 1) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "untied_head %d must be 0 or 1", c->untied_head);
     if ((int64_t)c->d_model * c->expand > 1048576) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_inner %lld too large", (long long)c->d_model * c->expand);
     return MB_STATUS_OK;
+}
+
+/* Which layout entries a config holds (see MB_TENSORS_AFTER_LAYERS). */
+static int mb__layer_used(const mb_config *c, int field) {
+    return field != (int)MB_TENSOR_NORM_B || c->norm == MB_NORM_LAYERNORM;
+}
+static int mb__global_used(const mb_config *c, int field) {
+    if (field == (int)MB_TENSOR_NORM_F_B) return c->norm == MB_NORM_LAYERNORM;
+    if (field == (int)MB_TENSOR_LM_HEAD) return c->untied_head == 1;
+    return 1;
 }
 
 static void mb__tensor(mb_tensor_info *out, int *n, int64_t *offset, const char *name, int ndim,
@@ -1155,10 +1210,13 @@ MBDEF int mb_config_tensors(const mb_config *c, mb_tensor_info *out) {
     const int64_t C = c->d_model, Di = (int64_t)c->d_model * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
     const int64_t X = R + 2 * S, V = c->vocab_size;
     char name[64];
-#define MB__T(ID, field, suffix, ndim, d0, d1, d2, decay) mb__tensor(out, &n, &off, suffix, ndim, d0, d1, d2, decay);
+#define MB__T(ID, field, suffix, ndim, d0, d1, d2, decay) \
+    if (mb__global_used(c, MB_TENSOR_##ID)) mb__tensor(out, &n, &off, suffix, ndim, d0, d1, d2, decay);
 #define MB__LT(ID, field, suffix, ndim, d0, d1, d2, decay) \
-    snprintf(name, sizeof name, "layers.%d.%s", l, suffix); \
-    mb__tensor(out, &n, &off, name, ndim, d0, d1, d2, decay);
+    if (mb__layer_used(c, MB_TENSOR_##ID)) { \
+        snprintf(name, sizeof name, "layers.%d.%s", l, suffix); \
+        mb__tensor(out, &n, &off, name, ndim, d0, d1, d2, decay); \
+    }
     MB_TENSORS_BEFORE_LAYERS(MB__T)
     for (l = 0; l < c->n_layer; l++) {
         MB_LAYER_TENSORS(MB__LT)
@@ -1169,14 +1227,19 @@ MBDEF int mb_config_tensors(const mb_config *c, mb_tensor_info *out) {
     return n;
 }
 
+/* An entry's position among the entries the config holds. */
 MBDEF int mb_tensor_index(const mb_config *c, int layer, int field) {
+    int i, per = 0, pos = 0;
+    for (i = 0; i < (int)MB_NUM_LAYER_TENSORS; i++) per += mb__layer_used(c, i);
     if (layer >= 0) {
-        if (layer >= c->n_layer || field < 0 || field >= (int)MB_NUM_LAYER_TENSORS) return -1;
-        return (int)MB__NUM_TENSORS_BEFORE_LAYERS + layer * (int)MB_NUM_LAYER_TENSORS + field;
+        if (layer >= c->n_layer || field < 0 || field >= (int)MB_NUM_LAYER_TENSORS || !mb__layer_used(c, field)) return -1;
+        for (i = 0; i < (int)MB__NUM_TENSORS_BEFORE_LAYERS; i++) pos += mb__global_used(c, i);
+        for (i = 0; i < field; i++) pos += mb__layer_used(c, i);
+        return pos + layer * per;
     }
-    if (layer != -1 || field < 0 || field >= (int)MB_NUM_GLOBAL_TENSORS) return -1;
-    if (field < (int)MB__NUM_TENSORS_BEFORE_LAYERS) return field;
-    return field + c->n_layer * (int)MB_NUM_LAYER_TENSORS;
+    if (layer != -1 || field < 0 || field >= (int)MB_NUM_GLOBAL_TENSORS || !mb__global_used(c, field)) return -1;
+    for (i = 0; i < field; i++) pos += mb__global_used(c, i);
+    return field < (int)MB__NUM_TENSORS_BEFORE_LAYERS ? pos : pos + c->n_layer * per;
 }
 
 MBDEF int64_t mb_config_num_params(const mb_config *c) {
@@ -1267,6 +1330,58 @@ MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float
             }
         }
     }
+}
+
+MBDEF void mb__rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C) {
+    /* out, inp are (N,C); rstd is (N); no centring and no bias */
+    int64_t n;
+    MB__OMP(parallel for schedule(static) if (N * C > 16384))
+    for (n = 0; n < N; n++) {
+        const float *x = inp + n * C;
+        float *o = out + n * C, v = 0.0f, s;
+        int c;
+        for (c = 0; c < C; c++) v += x[c] * x[c];
+        v /= (float)C;
+        s = 1.0f / sqrtf(v + 1e-5f);
+        for (c = 0; c < C; c++) o[c] = x[c] * s * w[c];
+        rstd[n] = s;
+    }
+}
+
+MBDEF void mb__rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                                const float *rstd, int64_t N, int C) {
+    /* y = xhat * w with xhat = x * s: dx = s * (dn - xhat * mean(dn * xhat)), dn = w * dy */
+    int64_t n, c0;
+    MB__OMP(parallel for schedule(static))
+    for (n = 0; n < N; n++) {
+        const float *x = inp + n * C, *g = dout + n * C;
+        float *dx = dinp + n * C, s = rstd[n], dnorm_norm_mean = 0.0f;
+        int c;
+        for (c = 0; c < C; c++) dnorm_norm_mean += w[c] * g[c] * (x[c] * s);
+        dnorm_norm_mean /= (float)C;
+        for (c = 0; c < C; c++) dx[c] += (w[c] * g[c] - x[c] * s * dnorm_norm_mean) * s;
+    }
+    MB__OMP(parallel for schedule(static))
+    for (c0 = 0; c0 < C; c0 += 16) {
+        int64_t c1 = c0 + 16 < C ? c0 + 16 : C, c;
+        for (n = 0; n < N; n++) {
+            const float *x = inp + n * C, *g = dout + n * C;
+            for (c = c0; c < c1; c++) dw[c] += x[c] * rstd[n] * g[c];
+        }
+    }
+}
+
+/* The config's norm: LayerNorm (mean, rstd, bias) or RMSNorm (rstd only; b,
+   db and mean unused). */
+static void mb__norm_forward(const mb_config *cfg, float *out, float *mean, float *rstd, const float *inp,
+                             const float *w, const float *b, int64_t N, int C) {
+    if (cfg->norm == MB_NORM_RMSNORM) mb__rmsnorm_forward(out, rstd, inp, w, N, C);
+    else mb__layernorm_forward(out, mean, rstd, inp, w, b, N, C);
+}
+static void mb__norm_backward(const mb_config *cfg, float *dinp, float *dw, float *db, const float *dout,
+                              const float *inp, const float *w, const float *mean, const float *rstd, int64_t N, int C) {
+    if (cfg->norm == MB_NORM_RMSNORM) mb__rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C);
+    else mb__layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
 }
 
 /* ---- matrix products: register-tiled, auto-vectorised portable C ----
@@ -2362,7 +2477,7 @@ typedef struct {
     float *norm_w, *norm_b, *in_proj, *conv_w, *conv_b, *x_proj, *dt_proj_w, *dt_proj_b, *A_log, *D, *out_proj;
 } mb__layer_weights;
 typedef struct {
-    float *wte, *norm_f_w, *norm_f_b;
+    float *wte, *norm_f_w, *norm_f_b, *lm_head; /* norm_b, norm_f_b, lm_head NULL when the config has none */
     mb__layer_weights *layer; /* n_layer */
 } mb__weights;
 
@@ -2399,11 +2514,19 @@ struct mb_model {
     int have_targets;
 };
 
+/* base + the tensor's offset, NULL when the config has no such tensor. */
+static float *mb__tensor_ptr(float *base, const mb_config *c, const mb_tensor_info *t, int layer, int field) {
+    int i = mb_tensor_index(c, layer, field);
+    return i < 0 ? NULL : base + t[i].offset;
+}
+/* The logits' matrix (V, C): the embedding when tied. */
+static float *mb__head(const mb__weights *w) { return w->lm_head ? w->lm_head : w->wte; }
+
 /* The weight pointers, one per entry of the layout lists. */
 static void mb__point_weights(mb__weights *w, float *base, const mb_config *c, const mb_tensor_info *t) {
     int l;
-#define MB__PG(ID, field, name, ndim, d0, d1, d2, decay) w->field = base + t[mb_tensor_index(c, -1, MB_TENSOR_##ID)].offset;
-#define MB__PL(ID, field, name, ndim, d0, d1, d2, decay) L->field = base + t[mb_tensor_index(c, l, MB_TENSOR_##ID)].offset;
+#define MB__PG(ID, field, name, ndim, d0, d1, d2, decay) w->field = mb__tensor_ptr(base, c, t, -1, MB_TENSOR_##ID);
+#define MB__PL(ID, field, name, ndim, d0, d1, d2, decay) L->field = mb__tensor_ptr(base, c, t, l, MB_TENSOR_##ID);
     MB_TENSORS_BEFORE_LAYERS(MB__PG)
     MB_TENSORS_AFTER_LAYERS(MB__PG)
     for (l = 0; l < c->n_layer; l++) {
@@ -2464,7 +2587,8 @@ static void mb__model_init(mb_model *m, uint64_t seed) {
     for (i = 0; i < c->vocab_size * C; i++) m->w.wte[i] = (float)(0.02 * mb__rng_normal(&rng));
     for (l = 0; l < c->n_layer; l++) {
         mb__layer_weights *L = &m->w.layer[l];
-        for (i = 0; i < C; i++) { L->norm_w[i] = 1.0f; L->norm_b[i] = 0.0f; }
+        for (i = 0; i < C; i++) L->norm_w[i] = 1.0f;
+        if (L->norm_b) memset(L->norm_b, 0, (size_t)C * sizeof(float));
         /* PyTorch defaults: kaiming-uniform a=sqrt(5) gives U(+-1/sqrt(fan_in)) */
         mb__fill_uniform(L->in_proj, 2 * Di * C, 1.0 / sqrt((double)C), &rng);
         mb__fill_uniform(L->conv_w, Di * K, 1.0 / sqrt((double)K), &rng);
@@ -2480,7 +2604,11 @@ static void mb__model_init(mb_model *m, uint64_t seed) {
         for (i = 0; i < Di; i++) L->D[i] = 1.0f;
         mb__fill_uniform(L->out_proj, C * Di, 1.0 / sqrt((double)Di), &rng);
     }
-    for (i = 0; i < C; i++) { m->w.norm_f_w[i] = 1.0f; m->w.norm_f_b[i] = 0.0f; }
+    for (i = 0; i < C; i++) m->w.norm_f_w[i] = 1.0f;
+    if (m->w.norm_f_b) memset(m->w.norm_f_b, 0, (size_t)C * sizeof(float));
+    /* drawn last, so a tied model's init does not depend on the head kind */
+    if (m->w.lm_head)
+        for (i = 0; i < c->vocab_size * C; i++) m->w.lm_head[i] = (float)(0.02 * mb__rng_normal(&rng));
 }
 
 MBDEF mb_status mb_model_create(mb_model **out, const mb_config *cfg, uint64_t seed) {
@@ -2631,13 +2759,13 @@ MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32
     for (l = 0; l < c->n_layer; l++) {
         mb__layer_acts *a = &m->acts[l];
         float *next = l + 1 < c->n_layer ? m->acts[l + 1].resid : m->resid_out;
-        mb__layernorm_forward(a->ln, a->ln_mean, a->ln_rstd, a->resid, m->w.layer[l].norm_w, m->w.layer[l].norm_b, N, (int)C);
+        mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, m->w.layer[l].norm_w, m->w.layer[l].norm_b, N, (int)C);
         mb__mixer_forward(m, l, m->mix_out);
         memcpy(next, a->resid, (size_t)(N * C) * sizeof(float));
         mb__residual_add(next, m->mix_out, N * C);
     }
-    mb__layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, m->resid_out, m->w.norm_f_w, m->w.norm_f_b, N, (int)C);
-    mb__matmul_forward(m->logits, m->lnf, C, m->w.wte, N, (int)C, c->vocab_size); /* tied head */
+    mb__norm_forward(c, m->lnf, m->lnf_mean, m->lnf_rstd, m->resid_out, m->w.norm_f_w, m->w.norm_f_b, N, (int)C);
+    mb__matmul_forward(m->logits, m->lnf, C, mb__head(&m->w), N, (int)C, c->vocab_size);
     if (targets) {
         float l_val;
         s = mb_cross_entropy_forward(&l_val, m->logits, targets, N, c->vocab_size, NULL);
@@ -2680,17 +2808,17 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
     s = mb_cross_entropy_backward(m->d_logits, &one, m->logits, m->targets, N, V, NULL);
     if (s != MB_STATUS_OK) return s;
     memset(m->d_ln, 0, (size_t)(N * C) * sizeof(float));
-    mb__matmul_backward(m->d_ln, m->g.wte, m->d_logits, m->lnf, C, m->w.wte, N, (int)C, (int)V);
+    mb__matmul_backward(m->d_ln, mb__head(&m->g), m->d_logits, m->lnf, C, mb__head(&m->w), N, (int)C, (int)V);
     memset(m->d_resid, 0, (size_t)(N * C) * sizeof(float));
-    mb__layernorm_backward(m->d_resid, m->g.norm_f_w, m->g.norm_f_b, m->d_ln, m->resid_out, m->w.norm_f_w,
-                           m->lnf_mean, m->lnf_rstd, N, (int)C);
+    mb__norm_backward(c, m->d_resid, m->g.norm_f_w, m->g.norm_f_b, m->d_ln, m->resid_out, m->w.norm_f_w,
+                      m->lnf_mean, m->lnf_rstd, N, (int)C);
     for (l = c->n_layer - 1; l >= 0; l--) {
         mb__layer_acts *a = &m->acts[l];
         /* the residual passes d_resid through; the mixer adds its input grad */
         memset(m->d_ln, 0, (size_t)(N * C) * sizeof(float));
         mb__mixer_backward(m, l, m->d_resid, m->d_ln);
-        mb__layernorm_backward(m->d_resid, m->g.layer[l].norm_w, m->g.layer[l].norm_b, m->d_ln, a->resid,
-                               m->w.layer[l].norm_w, a->ln_mean, a->ln_rstd, N, (int)C);
+        mb__norm_backward(c, m->d_resid, m->g.layer[l].norm_w, m->g.layer[l].norm_b, m->d_ln, a->resid,
+                          m->w.layer[l].norm_w, a->ln_mean, a->ln_rstd, N, (int)C);
     }
     mb__embedding_backward(m->g.wte, m->d_resid, m->inputs, N, (int)C);
     return MB_STATUS_OK;
@@ -2853,7 +2981,7 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
         mb__matvec_pack(s->p_dt + l * f_dt, W->dt_proj_w, R, Di);
         mb__matvec_pack(s->p_out + l * f_out, W->out_proj, Di, C);
     }
-    mb__matvec_pack(s->p_head, s->w.wte, C, V);
+    mb__matvec_pack(s->p_head, mb__head(&s->w), C, V);
     mb_stream_reset(s);
     *out = s;
     return MB_STATUS_OK;
@@ -2867,7 +2995,7 @@ MBDEF mb_status mb_stream_copy(mb_stream *dst, const mb_stream *src) {
     const mb_config *a = &dst->cfg, *b = &src->cfg;
     if (a->vocab_size != b->vocab_size || a->d_model != b->d_model || a->n_layer != b->n_layer ||
         a->d_state != b->d_state || a->d_conv != b->d_conv || a->expand != b->expand || a->dt_rank != b->dt_rank ||
-        dst->state_floats != src->state_floats)
+        a->norm != b->norm || a->untied_head != b->untied_head || dst->state_floats != src->state_floats)
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "stream copy between models of different configs");
     if (dst != src) memcpy(dst->win, src->win, (size_t)src->state_floats * sizeof(float));
     return MB_STATUS_OK;
@@ -2894,7 +3022,7 @@ MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) {
     memcpy(s->x, s->w.wte + (int64_t)byte * C, (size_t)C * sizeof(float));
     for (l = 0; l < L; l++) {
         const mb__layer_weights *W = &s->w.layer[l];
-        mb__layernorm_forward(s->ln, &mean, &rstd, s->x, W->norm_w, W->norm_b, 1, C);
+        mb__norm_forward(c, s->ln, &mean, &rstd, s->x, W->norm_w, W->norm_b, 1, C);
         mb__matvec_packed(s->xz, s->ln, s->p_in + l * s->f_in, C, 2 * Di); /* [x', z] */
         mb__conv_step(s->u, s->win + (int64_t)l * K * Di, s->xz, s->conv_wT + (int64_t)l * K * Di, W->conv_b, Di, K);
         mb__matvec_packed(s->xdbl, s->u, s->p_x + l * s->f_x, Di, X); /* [dt_low, B, C] */
@@ -2904,7 +3032,7 @@ MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) {
         mb__matvec_packed(s->out, s->gated, s->p_out + l * s->f_out, Di, C);
         for (d = 0; d < C; d++) s->x[d] += s->out[d];
     }
-    mb__layernorm_forward(s->ln, &mean, &rstd, s->x, s->w.norm_f_w, s->w.norm_f_b, 1, C);
+    mb__norm_forward(c, s->ln, &mean, &rstd, s->x, s->w.norm_f_w, s->w.norm_f_b, 1, C);
     mb__matvec_packed(s->logits, s->ln, s->p_head, C, c->vocab_size);
     return s->logits;
 }
@@ -2959,7 +3087,7 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
             const mb__layer_weights *W = &s->w.layer[l];
             float *win = s->win + (int64_t)l * K * Di;
             int k;
-            mb__layernorm_forward(s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, W->norm_w, W->norm_b, T, C);
+            mb__norm_forward(c, s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, W->norm_w, W->norm_b, T, C);
             mb__matmul_forward(s->fd_xz, s->fd_ln, C, W->in_proj, T, C, 2 * Di);
             mb__conv1d_forward_from(s->fd_u, s->fd_xz, W->conv_w, W->conv_b, win, 1, T, Di, K);
             /* the window after these T inputs: the last K of (window, x'_0 .. x'_{T-1}) */
@@ -2974,8 +3102,8 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
             mb__residual_add(s->fd_x, s->fd_mix, (int64_t)T * C);
         }
         if (logits) {
-            mb__layernorm_forward(s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, s->w.norm_f_w, s->w.norm_f_b, T, C);
-            mb__matmul_forward(logits + i0 * V, s->fd_ln, C, s->w.wte, T, C, V); /* tied head */
+            mb__norm_forward(c, s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, s->w.norm_f_w, s->w.norm_f_b, T, C);
+            mb__matmul_forward(logits + i0 * V, s->fd_ln, C, mb__head(&s->w), T, C, V);
         }
     }
     return MB_STATUS_OK;
@@ -3074,8 +3202,8 @@ static void mb__header(int32_t *h, const mb_config *c, int with_state, int32_t r
     memset(h, 0, 256 * sizeof(int32_t));
     h[0] = MB__CKPT_MAGIC; h[1] = MB__CKPT_VERSION; h[2] = c->vocab_size; h[3] = c->d_model; h[4] = c->n_layer;
     h[5] = c->d_state; h[6] = c->d_conv; h[7] = c->expand; h[8] = c->dt_rank;
-    h[9] = 0;  /* LayerNorm */
-    h[10] = 1; /* tied head */
+    h[9] = c->norm;          /* 0 LayerNorm, 1 RMSNorm */
+    h[10] = !c->untied_head; /* 1 tied head, 0 lm_head.weight stored after norm_f */
     h[11] = 0; /* float32 */
     h[12] = with_state;
     h[13] = with_state && ranks > 1 ? ranks : 0;
@@ -3187,8 +3315,8 @@ static mb_status mb__check_header(const int32_t *h, const char *path, mb_config 
     mb_status s;
     if ((uint32_t)h[0] != MB__CKPT_MAGIC) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: not a mambabyte checkpoint (magic 0x%08x, expected 0x%08x)", path, (unsigned)h[0], MB__CKPT_MAGIC);
     if (h[1] != MB__CKPT_VERSION) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: checkpoint version %d, this build reads version %d", path, h[1], MB__CKPT_VERSION);
-    if (h[9] != 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: norm kind %d unsupported (0 = LayerNorm)", path, h[9]);
-    if (h[10] != 1) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: tied-head flag %d unsupported (1 = tied)", path, h[10]);
+    if (h[9] != 0 && h[9] != 1) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: norm kind %d unsupported (0 = LayerNorm, 1 = RMSNorm)", path, h[9]);
+    if (h[10] != 0 && h[10] != 1) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: tied-head flag %d unsupported (1 = tied, 0 = lm_head stored)", path, h[10]);
     if (h[11] != 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: parameter dtype %d unsupported (0 = float32)", path, h[11]);
     if (h[12] != 0 && h[12] != 1) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: training-state flag %d (must be 0 or 1)", path, h[12]);
     if (h[13] < 0 || h[13] > (1 << 20) || (h[13] != 0 && h[12] != 1))
@@ -3196,7 +3324,7 @@ static mb_status mb__check_header(const int32_t *h, const char *path, mb_config 
     for (i = 14; i < 256; i++)
         if (h[i] != 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: reserved header field [%d] is %d (must be 0)", path, i, h[i]);
     cfg->vocab_size = h[2]; cfg->d_model = h[3]; cfg->n_layer = h[4]; cfg->d_state = h[5];
-    cfg->d_conv = h[6]; cfg->expand = h[7]; cfg->dt_rank = h[8];
+    cfg->d_conv = h[6]; cfg->expand = h[7]; cfg->dt_rank = h[8]; cfg->norm = h[9]; cfg->untied_head = !h[10];
     if (cfg->dt_rank == 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: dt_rank 0 in header", path);
     s = mb_config_validate(cfg);
     if (s != MB_STATUS_OK) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: bad config in header: %s", path, mb_last_error());
@@ -3298,7 +3426,575 @@ MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_st
     return MB_STATUS_OK;
 }
 
-MBDEF mb_status mb_model_load(mb_model **out, const char *path) { return mb_checkpoint_load(path, out, NULL, NULL); }
+/* This project's checkpoint (its magic first) or a safetensors file (an
+   8-byte length, then the JSON header's '{'). */
+MBDEF mb_status mb_model_load(mb_model **out, const char *path) {
+    unsigned char head[9];
+    struct stat st;
+    /* only a regular file is opened (a FIFO would block): the rest is the checkpoint loader's error */
+    int fd = stat(path, &st) == 0 && S_ISREG(st.st_mode) ? open(path, O_RDONLY) : -1;
+    int64_t got = fd >= 0 ? mb__read_all(fd, head, 9) : -1;
+    if (fd >= 0) close(fd);
+    *out = NULL;
+    if (got == 9 && head[8] == '{' && !(head[0] == 0x54 && head[1] == 0x59 && head[2] == 0x42 && head[3] == 0x4D))
+        return mb_model_load_safetensors(out, path);
+    return mb_checkpoint_load(path, out, NULL, NULL);
+}
+
+/* ========================================================== safetensors */
+/* The Hugging Face format: an 8-byte little-endian header length N, N bytes
+   of JSON {"name": {"dtype", "shape", "data_offsets": [begin, end]}, ...,
+   "__metadata__": {...}}, then the raw data (offsets from its start).  The
+   header is untrusted: the parser below is bounded (length, depth, names,
+   dims, tensor count), and every shape and offset is checked against the
+   file before a byte of data is read. */
+#define MB__ST_MAX_HEADER (100 << 20)
+#define MB__ST_MAX_TENSORS 65536
+#define MB__ST_MAX_DEPTH 32
+#define MB__ST_NAME 128
+
+typedef struct { const char *p, *end; int depth; } mb__json;
+typedef struct {
+    char name[MB__ST_NAME]; /* without a "backbone." prefix */
+    int dtype;              /* 0 F32, 1 BF16, 2 F16, -1 another (dtype_name) */
+    char dtype_name[16];
+    int ndim;
+    int64_t shape[8];
+    uint64_t begin, end;
+} mb__st_tensor;
+
+static void mb__js_ws(mb__json *j) {
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
+}
+static int mb__js_eat(mb__json *j, char c) {
+    mb__js_ws(j);
+    if (j->p < j->end && *j->p == c) { j->p++; return 1; }
+    return 0;
+}
+/* A string into out (cap bytes, NUL-terminated); 0 when malformed or longer.
+   \u escapes outside ASCII become '?' (no name we look up has them). */
+static int mb__js_string(mb__json *j, char *out, size_t cap) {
+    size_t n = 0;
+    if (!mb__js_eat(j, '"')) return 0;
+    while (j->p < j->end && *j->p != '"') {
+        char c = *j->p++;
+        if ((unsigned char)c < 0x20) return 0;
+        if (c == '\\') {
+            if (j->p >= j->end) return 0;
+            c = *j->p++;
+            switch (c) {
+            case '"': case '\\': case '/': break;
+            case 'b': c = '\b'; break;
+            case 'f': c = '\f'; break;
+            case 'n': c = '\n'; break;
+            case 'r': c = '\r'; break;
+            case 't': c = '\t'; break;
+            case 'u': {
+                unsigned v = 0;
+                int k;
+                if (j->end - j->p < 4) return 0;
+                for (k = 0; k < 4; k++) {
+                    char h = *j->p++;
+                    v = v * 16 + (unsigned)(h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : 99);
+                    if (v > 0xFFFF) return 0;
+                }
+                c = v > 0 && v < 0x80 ? (char)v : '?';
+                break;
+            }
+            default: return 0;
+            }
+        }
+        if (out) {
+            if (n + 1 >= cap) return 0;
+            out[n] = c;
+        }
+        n++;
+    }
+    if (j->p >= j->end) return 0;
+    j->p++;
+    if (out) out[n] = '\0';
+    return 1;
+}
+/* A non-negative integer below 2^53 (sizes and offsets). */
+static int mb__js_uint(mb__json *j, uint64_t *v) {
+    uint64_t x = 0;
+    const char *s;
+    mb__js_ws(j);
+    s = j->p;
+    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
+        x = x * 10 + (uint64_t)(*j->p++ - '0');
+        if (x > ((uint64_t)1 << 53)) return 0;
+    }
+    if (j->p == s || (j->p - s > 1 && *s == '0')) return 0;
+    if (j->p < j->end && (*j->p == '.' || *j->p == 'e' || *j->p == 'E')) return 0;
+    *v = x;
+    return 1;
+}
+/* A number, true/false (1/0) or null (NaN): config.json's scalars. */
+static int mb__js_scalar(mb__json *j, double *v) {
+    char buf[64];
+    size_t n = 0;
+    mb__js_ws(j);
+    if (j->end - j->p >= 4 && !memcmp(j->p, "true", 4)) { j->p += 4; *v = 1; return 1; }
+    if (j->end - j->p >= 5 && !memcmp(j->p, "false", 5)) { j->p += 5; *v = 0; return 1; }
+    if (j->end - j->p >= 4 && !memcmp(j->p, "null", 4)) { j->p += 4; *v = NAN; return 1; }
+    while (j->p < j->end && n + 1 < sizeof buf && strchr("+-.0123456789eE", *j->p)) buf[n++] = *j->p++;
+    buf[n] = '\0';
+    if (n == 0) return 0;
+    {
+        char *e;
+        *v = strtod(buf, &e);
+        return *e == '\0';
+    }
+}
+/* Skips one value of any kind (depth-limited). */
+static int mb__js_skip(mb__json *j) {
+    double d;
+    mb__js_ws(j);
+    if (j->p >= j->end) return 0;
+    if (*j->p == '"') return mb__js_string(j, NULL, 0);
+    if (*j->p == '{' || *j->p == '[') {
+        const char close = *j->p == '{' ? '}' : ']';
+        const int obj = close == '}';
+        int ok = 1;
+        if (++j->depth > MB__ST_MAX_DEPTH) return 0;
+        j->p++;
+        if (!mb__js_eat(j, close)) {
+            do {
+                if (obj && (!mb__js_string(j, NULL, 0) || !mb__js_eat(j, ':'))) { ok = 0; break; }
+                if (!mb__js_skip(j)) { ok = 0; break; }
+            } while (mb__js_eat(j, ','));
+            ok = ok && mb__js_eat(j, close);
+        }
+        j->depth--;
+        return ok;
+    }
+    return mb__js_scalar(j, &d);
+}
+
+/* One tensor's record: {"dtype": .., "shape": [..], "data_offsets": [b, e]}
+   in any order, other keys skipped.  Returns NULL or what is wrong. */
+static const char *mb__st_record(mb__json *j, mb__st_tensor *t) {
+    char key[32], dtype[16];
+    int have = 0;
+    if (!mb__js_eat(j, '{')) return "a tensor entry is not an object";
+    if (mb__js_eat(j, '}')) return "a tensor entry is empty";
+    do {
+        if (!mb__js_string(j, key, sizeof key) || !mb__js_eat(j, ':')) {
+            if (!mb__js_skip(j)) return "malformed key in a tensor entry";
+            continue;
+        }
+        if (!strcmp(key, "dtype")) {
+            if (!mb__js_string(j, dtype, sizeof dtype)) return "dtype is not a short string";
+            t->dtype = !strcmp(dtype, "F32") ? 0 : !strcmp(dtype, "BF16") ? 1 : !strcmp(dtype, "F16") ? 2 : -1;
+            snprintf(t->dtype_name, sizeof t->dtype_name, "%s", dtype);
+            have |= 1;
+        } else if (!strcmp(key, "shape")) {
+            uint64_t d;
+            if (!mb__js_eat(j, '[')) return "shape is not a list";
+            t->ndim = 0;
+            if (!mb__js_eat(j, ']')) {
+                do {
+                    if (t->ndim >= 8 || !mb__js_uint(j, &d) || d > ((uint64_t)1 << 40)) return "shape has more than 8 dims or a bad dim";
+                    t->shape[t->ndim++] = (int64_t)d;
+                } while (mb__js_eat(j, ','));
+                if (!mb__js_eat(j, ']')) return "shape list not closed";
+            }
+            have |= 2;
+        } else if (!strcmp(key, "data_offsets")) {
+            if (!mb__js_eat(j, '[') || !mb__js_uint(j, &t->begin) || !mb__js_eat(j, ',') || !mb__js_uint(j, &t->end) ||
+                !mb__js_eat(j, ']'))
+                return "data_offsets is not [begin, end]";
+            have |= 4;
+        } else if (!mb__js_skip(j)) {
+            return "malformed value in a tensor entry";
+        }
+    } while (mb__js_eat(j, ','));
+    if (!mb__js_eat(j, '}')) return "a tensor entry is not closed";
+    if (have != 7) return "a tensor entry lacks dtype, shape or data_offsets";
+    return NULL;
+}
+
+/* Our tensor-table index of a (prefix-stripped) name, or -1. */
+static int mb__st_lookup(const mb_config *c, const char *name) {
+    static const char *const layer_names[] = {
+#define MB__LNAME(ID, field, nm, ndim, d0, d1, d2, decay) nm,
+        MB_LAYER_TENSORS(MB__LNAME)
+#undef MB__LNAME
+    };
+    static const char *const global_names[] = {
+#define MB__GNAME(ID, field, nm, ndim, d0, d1, d2, decay) nm,
+        MB_TENSORS_BEFORE_LAYERS(MB__GNAME) MB_TENSORS_AFTER_LAYERS(MB__GNAME)
+#undef MB__GNAME
+    };
+    int i;
+    if (!strncmp(name, "layers.", 7)) {
+        const char *p = name + 7;
+        long l = 0;
+        if (*p < '0' || *p > '9' || (p[0] == '0' && p[1] >= '0' && p[1] <= '9')) return -1;
+        while (*p >= '0' && *p <= '9' && l < 100000) l = l * 10 + (*p++ - '0');
+        if (*p++ != '.' || l >= c->n_layer) return -1;
+        for (i = 0; i < (int)MB_NUM_LAYER_TENSORS; i++)
+            if (!strcmp(p, layer_names[i])) return mb_tensor_index(c, (int)l, i);
+        return -1;
+    }
+    for (i = 0; i < (int)MB_NUM_GLOBAL_TENSORS; i++)
+        if (!strcmp(name, global_names[i])) return mb_tensor_index(c, -1, i);
+    return -1;
+}
+
+static const mb__st_tensor *mb__st_find(const mb__st_tensor *t, int n, const char *name) {
+    int i;
+    for (i = 0; i < n; i++)
+        if (!strcmp(t[i].name, name)) return &t[i];
+    return NULL;
+}
+
+static float mb__half_to_float(uint16_t h) {
+    const int e = (h >> 10) & 31, m = h & 1023;
+    const float s = (h & 0x8000) ? -1.0f : 1.0f;
+    if (e == 0) return s * ldexpf((float)m, -24);
+    if (e == 31) return m ? NAN : s * INFINITY;
+    return s * ldexpf((float)(m | 1024), e - 25);
+}
+/* n values of dtype at src (little-endian, any alignment) as float32. */
+static void mb__st_convert(float *dst, const uint8_t *src, int dtype, int64_t n) {
+    int64_t i;
+    for (i = 0; i < n; i++) {
+        if (dtype == 0) {
+            memcpy(&dst[i], src + 4 * i, 4);
+        } else {
+            uint16_t h = (uint16_t)(src[2 * i] | (src[2 * i + 1] << 8));
+            if (dtype == 1) {
+                uint32_t b = (uint32_t)h << 16;
+                memcpy(&dst[i], &b, 4);
+            } else {
+                dst[i] = mb__half_to_float(h);
+            }
+        }
+    }
+}
+
+/* config.json's fields we check against the shapes (NaN: not given). */
+typedef struct { double d_model, n_layer, vocab_size, rms_norm, tie, d_state, d_conv, expand; } mb__st_json_cfg;
+static int mb__st_config_object(mb__json *j, mb__st_json_cfg *o, int nested) {
+    char key[64];
+    if (!mb__js_eat(j, '{')) return 0;
+    if (mb__js_eat(j, '}')) return 1;
+    do {
+        double *slot = NULL, v;
+        if (!mb__js_string(j, key, sizeof key)) { if (!mb__js_skip(j) || !mb__js_eat(j, ':') || !mb__js_skip(j)) return 0; continue; }
+        if (!mb__js_eat(j, ':')) return 0;
+        mb__js_ws(j);
+        if (!nested && !strcmp(key, "ssm_cfg") && j->p < j->end && *j->p == '{') {
+            if (++j->depth > MB__ST_MAX_DEPTH || !mb__st_config_object(j, o, 1)) return 0;
+            j->depth--;
+            continue;
+        }
+        if (!nested && !strcmp(key, "d_model")) slot = &o->d_model;
+        else if (!nested && !strcmp(key, "n_layer")) slot = &o->n_layer;
+        else if (!nested && !strcmp(key, "vocab_size")) slot = &o->vocab_size;
+        else if (!nested && !strcmp(key, "rms_norm")) slot = &o->rms_norm;
+        else if (!nested && !strcmp(key, "tie_embeddings")) slot = &o->tie;
+        else if (nested && !strcmp(key, "d_state")) slot = &o->d_state;
+        else if (nested && !strcmp(key, "d_conv")) slot = &o->d_conv;
+        else if (nested && !strcmp(key, "expand")) slot = &o->expand;
+        if (slot && j->p < j->end && *j->p != '"' && *j->p != '{' && *j->p != '[') {
+            if (!mb__js_scalar(j, &v)) return 0;
+            *slot = v;
+        } else if (!mb__js_skip(j)) {
+            return 0;
+        }
+    } while (mb__js_eat(j, ','));
+    return mb__js_eat(j, '}');
+}
+
+static mb_status mb__st_check_config_json(const mb_config *c, int had_lm_head, const char *json, int64_t len, const char *what) {
+    mb__json j;
+    mb__st_json_cfg o;
+    const double nan = NAN;
+    struct { const char *name; double *given; double have; } f[8];
+    int i;
+    o.d_model = o.n_layer = o.vocab_size = o.rms_norm = o.tie = o.d_state = o.d_conv = o.expand = nan;
+    j.p = json; j.end = json + len; j.depth = 0;
+    if (!mb__st_config_object(&j, &o, 0)) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: config.json is not a JSON object this reader can parse (near byte %lld)", what, (long long)(j.p - json));
+    f[0].name = "d_model"; f[0].given = &o.d_model; f[0].have = c->d_model;
+    f[1].name = "n_layer"; f[1].given = &o.n_layer; f[1].have = c->n_layer;
+    f[2].name = "vocab_size"; f[2].given = &o.vocab_size; f[2].have = c->vocab_size;
+    f[3].name = "rms_norm"; f[3].given = &o.rms_norm; f[3].have = c->norm == MB_NORM_RMSNORM;
+    /* tie_embeddings true with a separate lm_head that differs: not what config.json says */
+    f[4].name = "tie_embeddings"; f[4].given = &o.tie; f[4].have = !c->untied_head;
+    f[5].name = "ssm_cfg.d_state"; f[5].given = &o.d_state; f[5].have = c->d_state;
+    f[6].name = "ssm_cfg.d_conv"; f[6].given = &o.d_conv; f[6].have = c->d_conv;
+    f[7].name = "ssm_cfg.expand"; f[7].given = &o.expand; f[7].have = c->expand;
+    for (i = 0; i < 8; i++) {
+        if (isnan(*f[i].given)) continue;
+        if (i == 4 && *f[i].given == 0 && !c->untied_head && had_lm_head) continue; /* an untied head that equals the embedding */
+        if (*f[i].given != f[i].have)
+            return mb__fail(MB_STATUS_BAD_FORMAT, "%s: config.json has %s = %g but the tensors give %g", what, f[i].name, *f[i].given, f[i].have);
+    }
+    return MB_STATUS_OK;
+}
+
+/* Parses the header into a tensor list (MB_MALLOC'd into *out, count *n). */
+static mb_status mb__st_parse_header(const uint8_t *data, int64_t size, const char *what, mb__st_tensor **out, int *n,
+                                     int64_t *data_start) {
+    uint64_t hlen = 0;
+    mb__json j;
+    mb__st_tensor *t;
+    int cap, k;
+    *out = NULL;
+    *n = 0;
+    if (size < 8) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: truncated: %lld bytes, a safetensors file starts with an 8-byte header length", what, (long long)size);
+    for (k = 7; k >= 0; k--) hlen = (hlen << 8) | data[k];
+    if (hlen < 2 || hlen > MB__ST_MAX_HEADER || (int64_t)hlen > size - 8)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header length %llu does not fit the file (%lld bytes; at most %d)", what,
+                        (unsigned long long)hlen, (long long)size, MB__ST_MAX_HEADER);
+    *data_start = 8 + (int64_t)hlen;
+    cap = (int)(hlen / 40 + 1 < MB__ST_MAX_TENSORS ? hlen / 40 + 1 : MB__ST_MAX_TENSORS);
+    t = (mb__st_tensor *)MB_MALLOC(sizeof(mb__st_tensor) * (size_t)cap);
+    if (!t) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "%s: tensor list", what);
+    j.p = (const char *)data + 8; j.end = j.p + hlen; j.depth = 0;
+    if (!mb__js_eat(&j, '{')) { MB_FREE(t); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header is not a JSON object", what); }
+    if (!mb__js_eat(&j, '}')) {
+        do {
+            char name[MB__ST_NAME];
+            const char *err;
+            const int64_t at = (int64_t)(j.p - (const char *)data);
+            if (!mb__js_string(&j, name, sizeof name) || !mb__js_eat(&j, ':')) {
+                MB_FREE(t);
+                return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header: bad or over-long (> %d bytes) tensor name near byte %lld", what, MB__ST_NAME - 1, (long long)at);
+            }
+            if (!strcmp(name, "__metadata__")) {
+                if (!mb__js_skip(&j)) { MB_FREE(t); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header: malformed __metadata__", what); }
+                continue;
+            }
+            if (*n >= cap) { MB_FREE(t); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header lists more than %d tensors", what, cap); }
+            memset(&t[*n], 0, sizeof t[*n]);
+            memcpy(t[*n].name, strncmp(name, "backbone.", 9) ? name : name + 9, strlen(name) + 1 - (strncmp(name, "backbone.", 9) ? 0 : 9));
+            err = mb__st_record(&j, &t[*n]);
+            if (err) { MB_FREE(t); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header, tensor %s: %s", what, name, err); }
+            if (t[*n].dtype < 0) {
+                mb_status st = mb__fail(MB_STATUS_UNSUPPORTED, "%s: tensor %s has dtype %s; supported: F32, BF16, F16", what, name, t[*n].dtype_name);
+                MB_FREE(t);
+                return st;
+            }
+            (*n)++;
+        } while (mb__js_eat(&j, ','));
+        if (!mb__js_eat(&j, '}')) { MB_FREE(t); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header: JSON object not closed near byte %lld", what, (long long)(j.p - (const char *)data)); }
+    }
+    mb__js_ws(&j);
+    if (j.p != j.end) { MB_FREE(t); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: safetensors header: trailing bytes after the JSON object", what); }
+    *out = t;
+    return MB_STATUS_OK;
+}
+
+/* A tensor's shape must be exactly `want` (ndim and every dim). */
+static int mb__st_shape_is(const mb__st_tensor *s, int ndim, int64_t d0, int64_t d1, int64_t d2) {
+    const int64_t want[3] = {d0, d1, d2};
+    int i;
+    if (s->ndim != ndim) return 0;
+    for (i = 0; i < ndim; i++)
+        if (s->shape[i] != want[i]) return 0;
+    return 1;
+}
+static void mb__st_shape_str(char *buf, size_t cap, const int64_t *shape, int ndim) {
+    int i;
+    size_t n = (size_t)snprintf(buf, cap, "(");
+    for (i = 0; i < ndim && n < cap; i++) n += (size_t)snprintf(buf + n, cap - n, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (n < cap) snprintf(buf + n, cap - n, ")");
+}
+
+/* The config the shapes say: d_model and the vocabulary from the embedding,
+   n_layer from the in_proj names, expand, d_state, d_conv, dt_rank from
+   layer 0, the norm from layer 0's bias, the head from lm_head.weight. */
+static mb_status mb__st_infer_config(const mb__st_tensor *t, int n, const char *what, mb_config *c) {
+    const mb__st_tensor *emb = mb__st_find(t, n, "embedding.weight"), *in, *A, *cw, *dt;
+    int i;
+    memset(c, 0, sizeof *c);
+    if (!emb) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: missing tensor embedding.weight (or backbone.embedding.weight)", what);
+    if (emb->ndim != 2 || emb->shape[0] != 256 || emb->shape[1] < 1 || emb->shape[1] > 65536)
+        return mb__fail(MB_STATUS_UNSUPPORTED, "%s: embedding.weight must be (256, d_model) for a byte model, has %d dims (%lld, ...)", what,
+                        emb->ndim, (long long)emb->shape[0]);
+    c->vocab_size = 256;
+    c->d_model = (int32_t)emb->shape[1];
+    for (i = 0; i < n; i++) {
+        const char *p = t[i].name;
+        long l = 0;
+        if (strncmp(p, "layers.", 7)) continue;
+        for (p += 7; *p >= '0' && *p <= '9' && l <= 1024; p++) l = l * 10 + (*p - '0');
+        if (!strcmp(p, ".mixer.in_proj.weight") && l + 1 > c->n_layer) c->n_layer = (int32_t)(l + 1);
+    }
+    if (c->n_layer < 1 || c->n_layer > 1024) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: no layers (missing layers.0.mixer.in_proj.weight) or more than 1024", what);
+    in = mb__st_find(t, n, "layers.0.mixer.in_proj.weight");
+    A = mb__st_find(t, n, "layers.0.mixer.A_log");
+    cw = mb__st_find(t, n, "layers.0.mixer.conv1d.weight");
+    dt = mb__st_find(t, n, "layers.0.mixer.dt_proj.weight");
+    if (!in || !A || !cw || !dt)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: missing tensor layers.0.mixer.%s", what,
+                        !in ? "in_proj.weight" : !A ? "A_log" : !cw ? "conv1d.weight" : "dt_proj.weight");
+    if (in->ndim != 2 || in->shape[1] != c->d_model || in->shape[0] % (2 * c->d_model) != 0 || in->shape[0] == 0 || in->shape[0] > 32 * (int64_t)c->d_model)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: layers.0.mixer.in_proj.weight is not (2 * expand * d_model, d_model) with d_model %d", what, c->d_model);
+    c->expand = (int32_t)(in->shape[0] / (2 * c->d_model));
+    if (A->ndim != 2 || A->shape[0] != in->shape[0] / 2 || A->shape[1] < 1 || A->shape[1] > 1 << 20)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: layers.0.mixer.A_log is not (d_inner, d_state)", what);
+    c->d_state = (int32_t)A->shape[1];
+    if (cw->ndim != 3 || cw->shape[0] != A->shape[0] || cw->shape[1] != 1 || cw->shape[2] < 1 || cw->shape[2] > 1 << 20)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: layers.0.mixer.conv1d.weight is not (d_inner, 1, d_conv)", what);
+    c->d_conv = (int32_t)cw->shape[2];
+    if (dt->ndim != 2 || dt->shape[0] != A->shape[0] || dt->shape[1] < 1 || dt->shape[1] > 1 << 20)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: layers.0.mixer.dt_proj.weight is not (d_inner, dt_rank)", what);
+    c->dt_rank = (int32_t)dt->shape[1];
+    c->norm = mb__st_find(t, n, "layers.0.norm.bias") ? MB_NORM_LAYERNORM : MB_NORM_RMSNORM;
+    c->untied_head = mb__st_find(t, n, "lm_head.weight") != NULL; /* tied again below when it equals the embedding */
+    if (mb_config_validate(c) != MB_STATUS_OK) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: the tensor shapes give a config out of range: %s", what, mb_last_error());
+    return MB_STATUS_OK;
+}
+
+MBDEF mb_status mb_model_from_safetensors(mb_model **out, const uint8_t *data, int64_t size, const char *config_json,
+                                          int64_t config_len, const char *what) {
+    mb__st_tensor *t = NULL;
+    int n = 0, i, nt;
+    int64_t data_start = 0, k;
+    mb_config c;
+    mb_model *m = NULL;
+    unsigned char *hit = NULL;
+    const mb__st_tensor *lm = NULL;
+    mb_status s;
+    *out = NULL;
+    s = mb__st_parse_header(data, size, what, &t, &n, &data_start);
+    if (s == MB_STATUS_OK) s = mb__st_infer_config(t, n, what, &c);
+    if (s == MB_STATUS_OK) s = mb__model_alloc(&m, &c);
+    if (s != MB_STATUS_OK) { MB_FREE(t); return s; }
+    nt = m->ntensors;
+    hit = (unsigned char *)MB_MALLOC((size_t)nt);
+    if (!hit) { s = mb__fail(MB_STATUS_OUT_OF_MEMORY, "%s: tensor table", what); goto done; }
+    memset(hit, 0, (size_t)nt);
+    for (i = 0; i < n; i++) {
+        const int idx = mb__st_lookup(&c, t[i].name);
+        const int64_t es = t[i].dtype == 0 ? 4 : 2;
+        const mb_tensor_info *ti;
+        int64_t numel = 1;
+        char got[96], want[96];
+        int d;
+        for (d = 0; d < t[i].ndim; d++) /* saturates at 2^40: no overflow, and no file holds that many */
+            numel = numel == 0 || t[i].shape[d] <= ((int64_t)1 << 40) / numel ? numel * t[i].shape[d] : ((int64_t)1 << 40) + 1;
+        if (t[i].end < t[i].begin || t[i].end > (uint64_t)(size - data_start) || (int64_t)(t[i].end - t[i].begin) != numel * es) {
+            s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: tensor %s: data_offsets [%llu, %llu] do not hold %lld values of %lld bytes inside the %lld data bytes",
+                         what, t[i].name, (unsigned long long)t[i].begin, (unsigned long long)t[i].end, (long long)numel, (long long)es,
+                         (long long)(size - data_start));
+            goto done;
+        }
+        if (idx < 0) {
+            s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: unexpected tensor %s (not a MambaLMHeadModel tensor of this config: d_model %d, %d layers, %s)",
+                         what, t[i].name, c.d_model, c.n_layer, c.norm ? "RMSNorm" : "LayerNorm");
+            goto done;
+        }
+        ti = &m->tensors[idx];
+        if (!mb__st_shape_is(&t[i], ti->ndim, ti->shape[0], ti->shape[1], ti->shape[2])) {
+            mb__st_shape_str(got, sizeof got, t[i].shape, t[i].ndim);
+            mb__st_shape_str(want, sizeof want, ti->shape, ti->ndim);
+            s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: tensor %s has shape %s, the config needs %s", what, t[i].name, got, want);
+            goto done;
+        }
+        if (hit[idx]++) { s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: tensor %s listed twice", what, t[i].name); goto done; }
+        mb__st_convert(m->params + ti->offset, data + data_start + t[i].begin, t[i].dtype, numel);
+        if (!strcmp(t[i].name, "lm_head.weight")) lm = &t[i];
+    }
+    for (i = 0; i < nt; i++)
+        if (!hit[i]) { s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: missing tensor %s", what, m->tensors[i].name); goto done; }
+    for (k = 0; k < m->num_params; k++)
+        if (!isfinite(m->params[k])) {
+            int ti = 0;
+            while (ti + 1 < nt && m->tensors[ti + 1].offset <= k) ti++;
+            s = mb__fail(MB_STATUS_NON_FINITE, "%s: parameter %s[%lld] is not finite", what, m->tensors[ti].name, (long long)(k - m->tensors[ti].offset));
+            goto done;
+        }
+    if (lm) { /* a head equal to the embedding bit for bit is tied: the smaller layout */
+        const int li = mb_tensor_index(&c, -1, MB_TENSOR_LM_HEAD);
+        if (li >= 0 && !memcmp(m->params + m->tensors[li].offset, m->w.wte, sizeof(float) * (size_t)(256 * c.d_model))) {
+            mb_model *tied = NULL;
+            c.untied_head = 0;
+            s = mb__model_alloc(&tied, &c);
+            if (s != MB_STATUS_OK) goto done;
+            memcpy(tied->params, m->params, sizeof(float) * (size_t)tied->num_params); /* lm_head is last */
+            mb_model_free(m);
+            m = tied;
+        }
+    }
+    if (config_json) s = mb__st_check_config_json(&m->cfg, lm != NULL, config_json, config_len, what);
+done:
+    MB_FREE(hit);
+    MB_FREE(t);
+    if (s != MB_STATUS_OK) { mb_model_free(m); return s; }
+    *out = m;
+    return MB_STATUS_OK;
+}
+
+MBDEF mb_status mb_model_load_safetensors(mb_model **out, const char *path) {
+    mb_mapped_file f, cj;
+    char cpath[4096];
+    const char *slash = strrchr(path, '/');
+    mb_status s;
+    int have_cfg = 0;
+    *out = NULL;
+    s = mb_map_file(&f, path);
+    if (s != MB_STATUS_OK) return s;
+    if (strlen(path) + 16 < sizeof cpath) { /* config.json beside it, when there */
+        struct stat st;
+        if (slash) snprintf(cpath, sizeof cpath, "%.*s/config.json", (int)(slash - path), path);
+        else snprintf(cpath, sizeof cpath, "config.json");
+        if (stat(cpath, &st) == 0 && S_ISREG(st.st_mode)) {
+            if (st.st_size > (1 << 20)) { mb_unmap_file(&f); return mb__fail(MB_STATUS_BAD_FORMAT, "%s: larger than 1 MB", cpath); }
+            s = mb_map_file(&cj, cpath);
+            if (s != MB_STATUS_OK) { mb_unmap_file(&f); return s; }
+            have_cfg = 1;
+        }
+    }
+    s = mb_model_from_safetensors(out, f.data, f.size, have_cfg ? (const char *)cj.data : NULL, have_cfg ? cj.size : 0, path);
+    if (have_cfg) mb_unmap_file(&cj);
+    mb_unmap_file(&f);
+    return s;
+}
+
+/* The header names mamba_ssm's MambaLMHeadModel (load_state_dict strict):
+   "backbone." before every backbone tensor, and lm_head.weight always (a
+   copy of the embedding when tied, as its state_dict lists it); the header
+   padded with spaces to 8 bytes, as the reference writer does. */
+MBDEF mb_status mb_model_save_safetensors(const mb_model *m, const char *path) {
+    const mb_config *c = &m->cfg;
+    const int tied = !c->untied_head;
+    size_t cap = (size_t)(m->ntensors + 2) * 200 + 64, len = 0;
+    char *h = (char *)MB_MALLOC(cap);
+    uint8_t lenbuf[8];
+    const void *parts[4];
+    int64_t sizes[4], end = 4 * m->num_params;
+    uint64_t hl;
+    int i, k;
+    mb_status s;
+    if (!h) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "safetensors header");
+    if (!mb__little_endian()) { MB_FREE(h); return mb__fail(MB_STATUS_UNSUPPORTED, "safetensors is little-endian; this host is not"); }
+    len += (size_t)snprintf(h + len, cap - len, "{\"__metadata__\":{\"format\":\"pt\"}");
+    for (i = 0; i < m->ntensors + tied; i++) {
+        const mb_tensor_info *t = &m->tensors[i < m->ntensors ? i : 0]; /* the last: the tied head's copy */
+        const char *name = i < m->ntensors ? t->name : "lm_head.weight";
+        const int64_t b = i < m->ntensors ? 4 * t->offset : end;
+        len += (size_t)snprintf(h + len, cap - len, ",\"%s%s\":{\"dtype\":\"F32\",\"shape\":[", strncmp(name, "lm_head", 7) ? "backbone." : "", name);
+        for (k = 0; k < t->ndim; k++) len += (size_t)snprintf(h + len, cap - len, k ? ",%lld" : "%lld", (long long)t->shape[k]);
+        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%lld,%lld]}", (long long)b, (long long)(b + 4 * t->numel));
+    }
+    len += (size_t)snprintf(h + len, cap - len, "}");
+    while (len % 8) h[len++] = ' ';
+    hl = (uint64_t)len;
+    for (k = 0; k < 8; k++) lenbuf[k] = (uint8_t)(hl >> (8 * k));
+    parts[0] = lenbuf; sizes[0] = 8;
+    parts[1] = h; sizes[1] = (int64_t)len;
+    parts[2] = m->params; sizes[2] = end;
+    parts[3] = m->w.wte; sizes[3] = 4 * 256 * (int64_t)c->d_model;
+    s = mb__write_file_atomic(path, tied ? 4 : 3, parts, sizes);
+    MB_FREE(h);
+    return s;
+}
 
 
 /* ============================================================= training */

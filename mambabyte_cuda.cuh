@@ -281,29 +281,34 @@ __global__ void embedding_backward_kernel(float *dwte, const float *dout, const 
 /* ===================================================== layernorm */
 
 /* mb__layernorm_forward: one warp per row, two passes (mean, then the
-   centred variance) as the CPU, eps 1e-5. */
+   centred variance) as the CPU, eps 1e-5.  rms: mb__rmsnorm_forward (no
+   mean, no bias: b and mean unused), the same operations as the CPU's. */
 __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                         const float *b, int64_t N, int C, float *copy) {
+                                         const float *b, int64_t N, int C, float *copy, int rms) {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= N) return; /* whole warps leave together: no block barrier here */
     const float *x = inp + row * C;
     float s = 0.0f;
-    for (int c = lane; c < C; c += 32) s += x[c];
-    const float m = warp_sum(s) / (float)C;
+    if (!rms)
+        for (int c = lane; c < C; c += 32) s += x[c];
+    const float m = rms ? 0.0f : warp_sum(s) / (float)C;
     float v = 0.0f;
     for (int c = lane; c < C; c += 32) {
-        float d = x[c] - m;
+        float d = rms ? x[c] : x[c] - m;
         v += d * d;
     }
     v = warp_sum(v) / (float)C;
     const float r = 1.0f / sqrtf(v + 1e-5f);
     float *o = out + row * C;
-    for (int c = lane; c < C; c += 32) o[c] = (x[c] - m) * r * w[c] + b[c];
+    if (rms)
+        for (int c = lane; c < C; c += 32) o[c] = x[c] * r * w[c];
+    else
+        for (int c = lane; c < C; c += 32) o[c] = (x[c] - m) * r * w[c] + b[c];
     if (copy) /* the residual stream's next buffer, so no separate copy */
         for (int c = lane; c < C; c += 32) copy[row * C + c] = x[c];
     if (lane == 0) {
-        mean[row] = m;
+        if (!rms) mean[row] = m;
         rstd[row] = r;
     }
 }
@@ -311,10 +316,11 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
 /* mb__layernorm_backward, part 1: dinp += per row (one warp per row); the
    dw/db sums of MBC_LN_ROWS rows go to part[blockIdx.x] (2C floats: dw then
    db), each warp accumulating its rows in shared memory, then summed over
-   warps in order.  Dynamic shared memory: nwarps * 2C floats. */
+   warps in order.  Dynamic shared memory: nwarps * 2C floats.  rms:
+   mb__rmsnorm_backward (mean unused, no mean term; the db half stays 0). */
 __global__ void layernorm_backward_kernel(float *dinp, float *part, const float *dout, const float *inp,
                                           const float *w, const float *mean, const float *rstd, int64_t N, int C,
-                                          int overwrite) {
+                                          int overwrite, int rms) {
     MBC_DYNAMIC_SHARED(float, acc);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     float *my = acc + (int64_t)warp * 2 * C;
@@ -327,10 +333,10 @@ __global__ void layernorm_backward_kernel(float *dinp, float *part, const float 
         const int64_t row = r0 + k;
         if (row >= N) break;
         const float *x = inp + row * C, *g = dout + row * C;
-        const float m = mean[row], s = rstd[row];
+        const float m = rms ? 0.0f : mean[row], s = rstd[row];
         float dm = 0.0f, dnm = 0.0f;
         for (int c = lane; c < C; c += 32) {
-            float xhat = (x[c] - m) * s, dn = w[c] * g[c];
+            float xhat = (rms ? x[c] : x[c] - m) * s, dn = w[c] * g[c];
             dm += dn;
             dnm += dn * xhat;
         }
@@ -338,11 +344,11 @@ __global__ void layernorm_backward_kernel(float *dinp, float *part, const float 
         dnm = warp_sum(dnm) / (float)C;
         float *dx = dinp + row * C;
         for (int c = lane; c < C; c += 32) {
-            float xhat = (x[c] - m) * s, dn = w[c] * g[c];
-            const float v = (dn - dm - xhat * dnm) * s;
+            float xhat = (rms ? x[c] : x[c] - m) * s, dn = w[c] * g[c];
+            const float v = (rms ? dn - xhat * dnm : dn - dm - xhat * dnm) * s;
             dx[c] = overwrite ? v : dx[c] + v;
             my[c] += xhat * g[c];
-            my[C + c] += g[c];
+            if (!rms) my[C + c] += g[c];
         }
     }
     __syncthreads();
@@ -1233,14 +1239,14 @@ static inline mb_status embedding_backward(float *dwte, const float *dout, const
     return MB_STATUS_OK;
 }
 
-/* copy (optional): also copy inp there (the residual for the next layer). */
+/* copy (optional): also copy inp there (the residual for the next layer).
+   rms: RMSNorm instead (b and mean unused). */
 static inline mb_status layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                   const float *b, int64_t N, int C, float *copy = nullptr) {
+                                   const float *b, int64_t N, int C, float *copy = nullptr, bool rms = false) {
     MBC_LAUNCH(layernorm_forward_kernel, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C,
-               copy);
+               copy, (int)rms);
     return MB_STATUS_OK;
 }
-
 static inline int ln_backward_warps(int C) {
     int w = (int)((48 * 1024) / ((int64_t)8 * C)); /* nwarps * 2C floats <= 48 KiB */
     return w > 8 ? 8 : (w < 1 ? 1 : w);
@@ -1248,19 +1254,20 @@ static inline int ln_backward_warps(int C) {
 static inline int64_t ln_backward_parts(int64_t N) { return (N + MBC_LN_ROWS - 1) / MBC_LN_ROWS; }
 /* scratch: ln_backward_parts(N) * 2C floats. */
 /* overwrite: dinp = instead of += (a first writer needs no memset). */
+/* rms: RMSNorm's backward (db and mean unused). */
 static inline mb_status layernorm_backward(float *dinp, float *dw, float *db, float *scratch, const float *dout,
                                     const float *inp, const float *w, const float *mean, const float *rstd, int64_t N,
-                                    int C, bool overwrite = false) {
+                                    int C, bool overwrite = false, bool rms = false) {
     const int64_t parts = ln_backward_parts(N);
     const int warps = ln_backward_warps(C);
     if (parts > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "layernorm backward: N %lld too large", (long long)N);
     MBC_LAUNCH(layernorm_backward_kernel, dim3((unsigned)parts), dim3(32 * warps), (size_t)warps * 2 * C * sizeof(float),
-               dinp, scratch, dout, inp, w, mean, rstd, N, C, (int)overwrite);
-    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((2 * C + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)C, db,
-               (int64_t)C, (const float *)scratch, (int64_t)2 * C, parts);
+               dinp, scratch, dout, inp, w, mean, rstd, N, C, (int)overwrite, (int)rms);
+    const int64_t nout = rms ? C : 2 * C; /* RMSNorm: only the dw half */
+    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((nout + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)C, db,
+               nout - C, (const float *)scratch, (int64_t)2 * C, parts);
     return MB_STATUS_OK;
 }
-
 /* mb__matmul_forward / _backward through cuBLAS.  Row-major (N,IC) @ (OC,IC)^T
    is, column-major, out(OC,N) = W^T(OC,IC) x inp(IC,N).  The *_b pointers are
    the bf16 copies used when bf16 != 0 (inp_b contiguous, ld IC). */
@@ -1550,8 +1557,14 @@ struct mb_cuda_trainer {
 
 namespace mbc {
 
+/* NULL for a tensor the config does not hold (an RMSNorm's bias). */
 static inline float *W(mb_cuda_trainer *t, float *base, int layer, int field) {
-    return base + t->d.offset[tensor_index(t->d, layer, field)];
+    const int i = tensor_index(t->d, layer, field);
+    return i < 0 ? nullptr : base + t->d.offset[i];
+}
+/* The logits' matrix: lm_head when untied, else the embedding. */
+static inline int head_index(const dims &d) {
+    return d.cfg.untied_head ? global_index(d, G_LM_HEAD) : global_index(d, G_EMBEDDING);
 }
 
 /* Trainer matmuls: fp32 directly, bf16 through converted copies. */
@@ -1705,13 +1718,14 @@ static inline void tr_free(mb_cuda_trainer *t) {
 static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs, bool uploaded = false) {
     const dims &d = t->d;
     const int64_t N = t->N;
+    const bool rms = d.cfg.norm == MB_NORM_RMSNORM;
     if (!uploaded) MBC_TRY(h2d(t->tokens, inputs, (size_t)N));
     MBC_TRY(embedding_forward(t->acts[0].resid, t->tokens, W(t, t->params, -1, G_EMBEDDING), N, d.C));
     for (int l = 0; l < d.L; l++) {
         layer_acts *a = &t->acts[l];
         float *next = l + 1 < d.L ? t->acts[l + 1].resid : t->resid_out;
         MBC_TRY(layernorm_forward(a->ln, a->mean, a->rstd, a->resid, W(t, t->params, l, W_NORM_W), W(t, t->params, l, W_NORM_B), N, d.C,
-                                  next));
+                                  next, rms));
         MBC_TRY(tr_mm_forward(t, a->xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di));
         MBC_TRY(conv1d_forward(a->u, a->xz, W(t, t->params, l, W_CONV_W), W(t, t->params, l, W_CONV_B), t->B, t->T, d.Di, d.K));
         MBC_TRY(tr_mm_forward(t, a->xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X));
@@ -1723,21 +1737,22 @@ static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs, bo
         MBC_TRY(tr_mm_forward(t, next, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C, 1.0f));
     }
     MBC_TRY(layernorm_forward(t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, W(t, t->params, -1, G_NORM_F_W),
-                              W(t, t->params, -1, G_NORM_F_B), N, d.C));
-    return tr_mm_forward(t, t->logits, t->lnf, d.C, global_index(d, G_EMBEDDING), N, d.C, d.V); /* tied head */
+                              W(t, t->params, -1, G_NORM_F_B), N, d.C, nullptr, rms));
+    return tr_mm_forward(t, t->logits, t->lnf, d.C, head_index(d), N, d.C, d.V);
 }
 
 static inline mb_status tr_backward(mb_cuda_trainer *t) {
     const dims &d = t->d;
     const int64_t N = t->N;
+    const bool rms = d.cfg.norm == MB_NORM_RMSNORM;
     float *dlogits = t->logits; /* overwritten by the cross-entropy kernel */
-    MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, dlogits, t->lnf, d.C, global_index(d, G_EMBEDDING), N, d.C, d.V));
+    MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, dlogits, t->lnf, d.C, head_index(d), N, d.C, d.V));
     /* first writers overwrite (no memsets): the final LayerNorm's d_resid; per
        layer the scan's d_u, z columns of d_xz and B/C columns of d_xdbl, the
        dt product's dt_low columns (beta 0) and the conv's x' columns */
     MBC_TRY(layernorm_backward(t->d_resid, W(t, t->grads, -1, G_NORM_F_W), W(t, t->grads, -1, G_NORM_F_B), t->scratch,
                                t->d_ln, t->resid_out, W(t, t->params, -1, G_NORM_F_W), t->lnf_mean, t->lnf_rstd, N, d.C,
-                               true));
+                               true, rms));
     for (int l = d.L - 1; l >= 0; l--) {
         layer_acts *a = &t->acts[l];
         float *P = t->params, *G = t->grads;
@@ -1752,7 +1767,7 @@ static inline mb_status tr_backward(mb_cuda_trainer *t) {
                                 W(t, P, l, W_CONV_W), W(t, P, l, W_CONV_B), t->B, t->T, d.Di, d.K, true));
         MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, t->d_xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di));
         MBC_TRY(layernorm_backward(t->d_resid, W(t, G, l, W_NORM_W), W(t, G, l, W_NORM_B), t->scratch, t->d_ln,
-                                   a->resid, W(t, P, l, W_NORM_W), a->mean, a->rstd, N, d.C));
+                                   a->resid, W(t, P, l, W_NORM_W), a->mean, a->rstd, N, d.C, false, rms));
     }
     return embedding_backward(W(t, t->grads, -1, G_EMBEDDING), t->d_resid, t->bucket_off, t->bucket_rows, d.C);
 }
@@ -1988,10 +2003,12 @@ mb_status mb_cuda_stream_reset(mb_cuda_stream *s) {
 mb_status mb_cuda_stream_step(mb_cuda_stream *s, uint8_t byte, float *logits_host) {
     const mbc::dims &d = s->d;
     const float *P = s->params;
-#define MBC_SW(l, f) (P + d.offset[mbc::tensor_index(d, l, f)])
+    const bool rms = d.cfg.norm == MB_NORM_RMSNORM;
+#define MBC_SW(l, f) (mbc::tensor_index(d, l, f) < 0 ? nullptr : P + d.offset[mbc::tensor_index(d, l, f)])
     MBC_TRY(mbc::d2d(s->x, MBC_SW(-1, mbc::G_EMBEDDING) + (int64_t)byte * d.C, sizeof(float) * (size_t)d.C));
     for (int l = 0; l < d.L; l++) {
-        MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, MBC_SW(l, mbc::W_NORM_W), MBC_SW(l, mbc::W_NORM_B), 1, d.C));
+        MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, MBC_SW(l, mbc::W_NORM_W), MBC_SW(l, mbc::W_NORM_B), 1, d.C,
+                                       nullptr, rms));
         MBC_TRY(mbc::matmul_forward(s->blas, s->xz, s->ln, d.C, MBC_SW(l, mbc::W_IN_PROJ), 1, d.C, 2 * d.Di));
         MBC_LAUNCH(mbc::conv1d_step_kernel, dim3((unsigned)((d.Di + 127) / 128)), dim3(128), 0, s->u,
                    s->conv_state + (int64_t)l * d.Di * d.K, (const float *)s->xz, MBC_SW(l, mbc::W_CONV_W),
@@ -2003,8 +2020,9 @@ mb_status mb_cuda_stream_step(mb_cuda_stream *s, uint8_t byte, float *logits_hos
         /* x += out_proj(gated): the residual add as the product's beta */
         MBC_TRY(mbc::matmul_forward(s->blas, s->x, s->gated, d.Di, MBC_SW(l, mbc::W_OUT_PROJ), 1, d.Di, d.C, 1.0f));
     }
-    MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, MBC_SW(-1, mbc::G_NORM_F_W), MBC_SW(-1, mbc::G_NORM_F_B), 1, d.C));
-    MBC_TRY(mbc::matmul_forward(s->blas, s->logits, s->ln, d.C, MBC_SW(-1, mbc::G_EMBEDDING), 1, d.C, d.V));
+    MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, MBC_SW(-1, mbc::G_NORM_F_W), MBC_SW(-1, mbc::G_NORM_F_B), 1, d.C,
+                                   nullptr, rms));
+    MBC_TRY(mbc::matmul_forward(s->blas, s->logits, s->ln, d.C, P + d.offset[mbc::head_index(d)], 1, d.C, d.V));
 #undef MBC_SW
     return mbc::d2h(logits_host, s->logits, sizeof(float) * (size_t)d.V);
 }

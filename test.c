@@ -17,6 +17,7 @@ void mbt_cuda_emu_tests(void); /* tests/test_cuda_emu.cpp: the CUDA kernels on t
 
 #include "tests/test_numerics.c"
 #include "tests/test_model.c"
+#include "tests/test_interop.c"
 #include "tests/test_numerics_report.c"
 #include "tests/test_train.c"
 #include "tests/test_reliability.c"
@@ -32,6 +33,7 @@ int main(int argc, char **argv) {
     static const mbt_suite suites[] = {
         {"numerics", test_numerics},
         {"model", test_model},
+        {"interop", test_interop},
         {"numerics_report", test_numerics_report},
         {"train", test_train},
         {"loop", test_loop},

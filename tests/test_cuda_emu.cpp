@@ -319,6 +319,33 @@ void test_layernorm() {
         }
 }
 
+/* RMSNorm: the same kernels with rms set, against mb__rmsnorm_*; the
+   trailing-overwrite form (a first writer) too. */
+void test_rmsnorm() {
+    mbt_rng r = {13};
+    for (int C : {48, 50, 192})
+        for (int64_t N : {37, 150}) {
+            fvec x = randn(&r, (size_t)(N * C), 2.0, 0.5), w = randn(&r, C, 0.5, 1.0);
+            fvec o(x.size(), NAN), s(N, NAN), ro(x.size()), rs(N), copy(x.size(), NAN);
+            mb__rmsnorm_forward(ro.data(), rs.data(), x.data(), w.data(), N, C);
+            mbc::layernorm_forward(o.data(), nullptr, s.data(), x.data(), w.data(), nullptr, N, C, copy.data(), true);
+            CHECK_CLOSE("rmsnorm out", o.data(), ro.data(), o.size(), 1e-6);
+            CHECK_CLOSE("rmsnorm rstd", s.data(), rs.data(), N, 1e-6);
+            CHECK_CLOSE("rmsnorm residual copy", copy.data(), x.data(), x.size(), 0.0);
+            fvec g = randn(&r, x.size()), di = randn(&r, x.size()), dw = randn(&r, C);
+            fvec rdi = di, rdw = dw, di2(x.size(), NAN), rdi2(x.size(), 0.0f), dw2 = dw, rdw2 = dw;
+            fvec scratch((size_t)(mbc::ln_backward_parts(N) * 2 * C), NAN);
+            mb__rmsnorm_backward(rdi.data(), rdw.data(), g.data(), x.data(), w.data(), rs.data(), N, C);
+            mbc::layernorm_backward(di.data(), dw.data(), nullptr, scratch.data(), g.data(), x.data(), w.data(), nullptr, rs.data(), N, C, false, true);
+            CHECK_CLOSE("rmsnorm dinp", di.data(), rdi.data(), di.size(), 1e-6);
+            CHECK_CLOSE("rmsnorm dw", dw.data(), rdw.data(), C, 1e-6);
+            mb__rmsnorm_backward(rdi2.data(), rdw2.data(), g.data(), x.data(), w.data(), rs.data(), N, C);
+            mbc::layernorm_backward(di2.data(), dw2.data(), nullptr, scratch.data(), g.data(), x.data(), w.data(), nullptr, rs.data(), N, C, true, true);
+            CHECK_CLOSE("rmsnorm dinp (overwrite)", di2.data(), rdi2.data(), di2.size(), 1e-6);
+            CHECK_CLOSE("rmsnorm dw (overwrite)", dw2.data(), rdw2.data(), C, 1e-6);
+        }
+}
+
 /* ========================================================= embedding */
 
 void test_embedding() {
@@ -578,12 +605,15 @@ void test_tensor_indices() {
     };
     static const struct { int field; const char *name; } globals[] = {
         {mbc::G_EMBEDDING, "embedding.weight"}, {mbc::G_NORM_F_W, "norm_f.weight"}, {mbc::G_NORM_F_B, "norm_f.bias"},
+        {mbc::G_LM_HEAD, "lm_head.weight"},
     };
-    MBT_CHECK(MB_NUM_LAYER_TENSORS == 11 && MB_NUM_GLOBAL_TENSORS == 3, "tensor indices: %d per layer, %d globals",
+    MBT_CHECK(MB_NUM_LAYER_TENSORS == 11 && MB_NUM_GLOBAL_TENSORS == 4, "tensor indices: %d per layer, %d globals",
               (int)MB_NUM_LAYER_TENSORS, (int)MB_NUM_GLOBAL_TENSORS);
-    for (int n_layer : {1, 3, 4}) {
+    for (int variant = 0; variant < 12; variant++) { /* 3 depths x {LayerNorm, RMSNorm} x {tied, untied} */
+        const int n_layer = variant % 3 == 0 ? 1 : variant % 3 == 1 ? 3 : 4, rms = (variant / 3) % 2, untied = variant / 6;
         mb_config cfg = mb_config_default();
         cfg.d_model = 7; cfg.n_layer = n_layer; cfg.d_state = 5; cfg.d_conv = 3; cfg.expand = 3; cfg.dt_rank = 0;
+        cfg.norm = rms ? MB_NORM_RMSNORM : MB_NORM_LAYERNORM; cfg.untied_head = untied;
         mbc::dims d;
         MBT_CHECK(mbc::dims_init(&d, &cfg) == MB_STATUS_OK, "tensor indices: dims_init: %s", mb_cuda_last_error());
         const int nt = mb_config_tensors(&d.cfg, nullptr);
@@ -592,6 +622,11 @@ void test_tensor_indices() {
         std::vector<int> hits((size_t)nt, 0);
         int bad = 0;
         auto expect = [&](int idx, const char *name) {
+            const bool absent = (rms && strstr(name, "norm") && strstr(name, ".bias")) || (!untied && strstr(name, "lm_head"));
+            if (absent) { /* the config has no such tensor */
+                if (idx != -1) { fprintf(stderr, "  L=%d: %s should be absent, index %d\n", n_layer, name, idx); bad++; }
+                return;
+            }
             if (idx < 0 || idx >= nt || strcmp(ti[(size_t)idx].name, name) != 0 || d.offset[idx] != ti[(size_t)idx].offset) {
                 fprintf(stderr, "  L=%d: index %d is %s, expected %s\n", n_layer, idx,
                         idx >= 0 && idx < nt ? ti[(size_t)idx].name : "out of range", name);
@@ -609,8 +644,8 @@ void test_tensor_indices() {
         for (const auto &g : globals) expect(mbc::global_index(d, g.field), g.name);
         int once = 0;
         for (int h : hits) once += h == 1;
-        MBT_CHECK(bad == 0 && d.ntensors == nt && once == nt, "tensor indices L=%d: %d wrong, %d of %d tensors hit once",
-                  n_layer, bad, once, nt);
+        MBT_CHECK(bad == 0 && d.ntensors == nt && once == nt && nt == 1 + n_layer * (11 - rms) + 2 - rms + untied,
+                  "tensor indices L=%d rms=%d untied=%d: %d wrong, %d of %d tensors hit once", n_layer, rms, untied, bad, once, nt);
         MBT_CHECK(mbc::tensor_index(d, n_layer, 0) == -1 && mbc::tensor_index(d, 0, MB_NUM_LAYER_TENSORS) == -1 &&
                       mbc::tensor_index(d, 0, -1) == -1 && mbc::global_index(d, MB_NUM_GLOBAL_TENSORS) == -1 &&
                       mbc::tensor_index(d, -2, 0) == -1,
@@ -619,10 +654,12 @@ void test_tensor_indices() {
     }
 }
 
-void test_trainer(int precision) {
+/* rms_untied: also the mamba_ssm-style model (RMSNorm, separate lm_head). */
+void test_trainer(int precision, bool rms_untied = false) {
     mbt_rng r = {9};
     mb_config cfg = mb_config_default();
     cfg.d_model = 16; cfg.n_layer = 2; cfg.dt_rank = 0;
+    if (rms_untied) { cfg.norm = MB_NORM_RMSNORM; cfg.untied_head = 1; }
     const int B = 2, T = 37;
     mb_model *m = nullptr;
     MBT_CHECK(mb_model_create(&m, &cfg, 11) == MB_STATUS_OK, "trainer: CPU model");
@@ -769,10 +806,11 @@ void test_launch_budget() {
     mb_model_free(m);
 }
 
-void test_stream() {
+void test_stream(bool rms_untied = false) {
     mbt_rng r = {10};
     mb_config cfg = mb_config_default();
     cfg.d_model = 16; cfg.n_layer = 2; cfg.dt_rank = 0; cfg.d_conv = 3;
+    if (rms_untied) { cfg.norm = MB_NORM_RMSNORM; cfg.untied_head = 1; }
     mb_model *m = nullptr;
     mb_model_create(&m, &cfg, 12);
     if (!m) { MBT_CHECK(0, "stream: model"); return; }
@@ -876,11 +914,11 @@ void test_train_loop_backend() {
 
 extern "C" void mbt_cuda_emu_tests(void) {
     static const struct { const char *name; void (*fn)(); } tests[] = {
-        {"emulator", test_emulator}, {"cross_entropy", test_cross_entropy}, {"layernorm", test_layernorm},
+        {"emulator", test_emulator}, {"cross_entropy", test_cross_entropy}, {"layernorm", test_layernorm}, {"rmsnorm", test_rmsnorm},
         {"embedding", test_embedding}, {"matmul", test_matmul}, {"adamw", test_adamw}, {"conv1d", test_conv1d},
         {"scan", test_scan}, {"trainer_fp32", [] { test_trainer(0); }}, {"trainer_bf16", [] { test_trainer(1); }},
-        {"trainer_tf32", [] { test_trainer(2); }},
-        {"stream", test_stream}, {"tensor_indices", test_tensor_indices}, {"launch_budget", test_launch_budget},
+        {"trainer_tf32", [] { test_trainer(2); }}, {"trainer_fp32_rms_untied", [] { test_trainer(0, true); }},
+        {"stream", [] { test_stream(); }}, {"stream_rms_untied", [] { test_stream(true); }}, {"tensor_indices", test_tensor_indices}, {"launch_budget", test_launch_budget},
         {"train_loop_backend", test_train_loop_backend},
     };
     const bool timing = getenv("MBT_EMU_TIMING") != nullptr; /* per-test seconds on stderr */

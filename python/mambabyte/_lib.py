@@ -16,7 +16,8 @@ LIBRARY_NAMES = ("libmambabyte_cuda.so", "libmambabyte.so")
 
 # ------------------------------------------------------------------ structs
 class Config(Structure):
-    _fields_ = [(n, c_int32) for n in ("vocab_size", "d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank")]
+    _fields_ = [(n, c_int32) for n in ("vocab_size", "d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank",
+                                              "norm", "untied_head")]
 
 
 class TensorInfo(Structure):

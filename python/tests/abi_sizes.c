@@ -13,7 +13,7 @@
 #define END printf("\n"); }
 
 int main(void) {
-    BEGIN(mb_config) F(vocab_size) F(d_model) F(n_layer) F(d_state) F(d_conv) F(expand) F(dt_rank) END
+    BEGIN(mb_config) F(vocab_size) F(d_model) F(n_layer) F(d_state) F(d_conv) F(expand) F(dt_rank) F(norm) F(untied_head) END
     BEGIN(mb_tensor_info) F(name) F(offset) F(numel) F(ndim) F(shape) F(weight_decay) END
     BEGIN(mb_train_settings) F(batch) F(ctx) F(steps) F(warmup) F(grad_accum) F(save_every) F(seed) F(schedule)
         F(sequential) F(lr) F(weight_decay) F(clip) F(beta1) F(beta2) F(eps) F(time_budget) END

@@ -2,6 +2,8 @@
      cc -std=c99 -I. tests/fuzz/make_corpus.c -o build/make_corpus -lm && build/make_corpus
      corpus/checkpoint/  tiny checkpoints of a d_model 4 model, valid
                          (with and without training state) and broken
+     corpus/safetensors/ tiny safetensors files (LayerNorm tied, RMSNorm
+                         untied) and broken ones: dtype, shape, name, offsets
      corpus/utf8_eval/   UTF-8 text, valid and invalid, with the 10-byte
                          prefix fuzz_utf8_eval.c expects
      corpus/cli_args/    argv lines, one argument per line, after a mode and
@@ -89,6 +91,47 @@ static void checkpoints(void) {
     free(state);
 }
 
+/* A copy of buf (n bytes) with the first occurrence of `from` replaced by
+   `to` (same length), written to path. */
+static void put_replaced(const char *path, const unsigned char *buf, size_t n, const char *from, const char *to) {
+    unsigned char *b = (unsigned char *)malloc(n);
+    size_t i, k = strlen(from);
+    memcpy(b, buf, n);
+    for (i = 0; i + k <= n; i++)
+        if (!memcmp(b + i, from, k)) { memcpy(b + i, to, k); break; }
+    put(path, b, n);
+    free(b);
+}
+
+static void safetensors(void) {
+    mb_config c = mb_config_default();
+    mb_model *m;
+    unsigned char *st, *rt;
+    size_t n, nr;
+    c.d_model = 4; c.n_layer = 1; c.d_state = 2; c.d_conv = 2; c.expand = 1; c.dt_rank = 1;
+    if (mb_model_create(&m, &c, 1) != MB_STATUS_OK) exit(1);
+    if (mb_model_save_safetensors(m, DIR "safetensors/layernorm_tied.safetensors") != MB_STATUS_OK) exit(1);
+    mb_model_free(m);
+    c.norm = MB_NORM_RMSNORM; c.untied_head = 1; c.n_layer = 2;
+    if (mb_model_create(&m, &c, 2) != MB_STATUS_OK) exit(1);
+    if (mb_model_save_safetensors(m, DIR "safetensors/rmsnorm_untied.safetensors") != MB_STATUS_OK) exit(1);
+    mb_model_free(m);
+    st = slurp(DIR "safetensors/layernorm_tied.safetensors", &n);
+    rt = slurp(DIR "safetensors/rmsnorm_untied.safetensors", &nr);
+    put(DIR "safetensors/empty", "", 0);
+    put(DIR "safetensors/header_only", st, 8 + (size_t)st[0] + 256 * (size_t)st[1]);
+    put(DIR "safetensors/truncated", st, n - 5);
+    put_replaced(DIR "safetensors/dtype_f64", st, n, "\"F32\"", "\"F64\"");
+    put_replaced(DIR "safetensors/dtype_i32", st, n, "\"F32\"", "\"I32\"");
+    put_replaced(DIR "safetensors/bad_shape", rt, nr, "lm_head.weight\":{\"dtype\":\"F32\",\"shape\":[256,4]",
+                 "lm_head.weight\":{\"dtype\":\"F32\",\"shape\":[128,8]");
+    put_replaced(DIR "safetensors/renamed", rt, nr, "mixer.A_log", "mixer.B_log");
+    put_replaced(DIR "safetensors/bad_offsets", st, n, "[0,4096]", "[0,9999]");
+    put_replaced(DIR "safetensors/nested_metadata", st, n, "{\"format\":\"pt\"}", "[[[[[[[0]]]]]]]");
+    free(st);
+    free(rt);
+}
+
 static void utf8(void) {
 #define T(name, s) {name, s, sizeof s - 1}
     static const struct { const char *name; const char *s; size_t n; } t[] = {
@@ -140,6 +183,7 @@ static void cli(void) {
 
 int main(void) {
     checkpoints();
+    safetensors();
     utf8();
     cli();
     return 0;

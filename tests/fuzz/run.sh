@@ -3,7 +3,7 @@
 #
 #   sh tests/fuzz/run.sh [SECONDS]     (default 60 per harness; `make fuzz`)
 #
-# For each harness (checkpoint, utf8_eval, cli_args):
+# For each harness (checkpoint, utf8_eval, cli_args, safetensors):
 #   1. build build/fuzz/fuzz_<name> with clang -fsanitize=fuzzer,address,undefined
 #   2. replay tests/fuzz/regressions/<name>/* (every crash found so far) and
 #      the seed corpus tests/fuzz/corpus/<name>/: any failure fails the run
@@ -12,13 +12,13 @@
 #      in the repository)
 # A crash, leak, timeout or out-of-memory input is copied into
 # tests/fuzz/regressions/<name>/ and printed; the script then exits 1.
-# Environment: FUZZ_CC (default clang), FUZZ_HARNESSES (default all three).
+# Environment: FUZZ_CC (default clang), FUZZ_HARNESSES (default all four).
 set -u
 cd "$(dirname "$0")/../.." || exit 2
 
 SECONDS_EACH=${1:-${FUZZ_SECONDS:-60}}
 CC=${FUZZ_CC:-clang}
-HARNESSES=${FUZZ_HARNESSES:-"checkpoint utf8_eval cli_args"}
+HARNESSES=${FUZZ_HARNESSES:-"checkpoint utf8_eval cli_args safetensors"}
 CFLAGS="-std=c99 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined"
 # ASan/UBSan/LSan findings are failures; one input may take at most 10 s.
 COMMON="-timeout=10 -rss_limit_mb=2048 -print_final_stats=1"
