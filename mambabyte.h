@@ -1816,6 +1816,15 @@ MB__INLINE void mb__scan_load(float *dst, const float *src, int nd) {
     }
 }
 
+/* The 16 values of channels d0.. of a row as a pointer: the row itself
+   when the block is whole (a copy through memory would stall the vector
+   loads that follow it), else buf holding mb__scan_load's padded copy. */
+MB__INLINE const float *mb__scan_row(float *buf, const float *src, int nd) {
+    if (nd == MB__SCAN_DB) return src;
+    mb__scan_load(buf, src, nd);
+    return buf;
+}
+
 /* The scan's core on 16 channels, split in two so that the batch forward
    can run the part without a dependence between tokens ahead of the
    recurrence (the out-of-order core cannot overlap a token's ~500
@@ -2158,14 +2167,9 @@ MBDEF void mb__scan_forward_from(float *out, float *states, float *h0, const flo
             int len = (int)(T - t0 < L ? T - t0 : L), k;
             for (k = 0; k < len; k++) {
                 int64_t tok = b * T + t0 + k;
-                const float *ds = delta + tok * Di + d0;
+                const float *ds = mb__scan_row(dt, delta + tok * Di + d0, nd);
                 mb__scan_load(ut[k], u + tok * Di + d0, nd);
-                if (nd == DB) /* straight from the row: a copy through memory would stall the vector load after it */
-                    for (j = 0; j < DB; j++) dt[j] = mb__softplus_v(ds[j] + bias[j]);
-                else {
-                    mb__scan_load(dt, ds, nd);
-                    for (j = 0; j < DB; j++) dt[j] = mb__softplus_v(dt[j] + bias[j]);
-                }
+                for (j = 0; j < DB; j++) dt[j] = mb__softplus_v(ds[j] + bias[j]);
                 mb__scan_decays16(a[k * S], bu[k * S], A[0], MB__SCAN_DB, dt, ut[k], xdbl + tok * X + R, S);
             }
             for (k = 0; k < len; k++) {
@@ -2179,15 +2183,13 @@ MBDEF void mb__scan_forward_from(float *out, float *states, float *h0, const flo
             }
             for (k = 0; k < len; k++) {
                 int64_t tok = b * T + t0 + k;
-                const float *zs = xz + tok * 2 * Di + Di + d0;
+                const float *zs = mb__scan_row(zt, xz + tok * 2 * Di + Di + d0, nd);
                 float *os = out + tok * Di + d0;
-                if (nd == DB)
-                    for (j = 0; j < DB; j++) os[j] = (y[k][j] + Dv[j] * ut[k][j]) * (zs[j] * mb__sigmoid_v(zs[j]));
-                else {
-                    mb__scan_load(zt, zs, nd);
-                    for (j = 0; j < DB; j++) y[k][j] = (y[k][j] + Dv[j] * ut[k][j]) * (zt[j] * mb__sigmoid_v(zt[j]));
+                for (j = 0; j < DB; j++) y[k][j] = (y[k][j] + Dv[j] * ut[k][j]) * (zs[j] * mb__sigmoid_v(zs[j]));
+                if (nd == DB) /* whole blocks: a fixed-length copy */
+                    for (j = 0; j < DB; j++) os[j] = y[k][j];
+                else
                     for (j = 0; j < nd; j++) os[j] = y[k][j];
-                }
             }
         }
         if (h0) /* the state after the last step, for the caller to continue from */
@@ -2213,7 +2215,7 @@ static void mb__scan_bwd_blocks(float *du, float *ddelta, float *dxdbl, float *d
                                 const float *xz, int64_t b, int T, int Di, int S, int R, int chunk) {
     const int DB = MB__SCAN_DB;
     int64_t nchunks = (T + chunk - 1) / chunk, X = R + 2 * S, c;
-    float hbuf[MB__SCAN_FAST][MB__SCAN_DB], abuf[MB__SCAN_FAST][MB__SCAN_DB];
+    float hbuf[MB__SCAN_FAST][MB__SCAN_DB], abuf[MB__SCAN_FAST][MB__SCAN_DB], dtbuf[MB__SCAN_FAST][MB__SCAN_DB];
     float pB[MB__SCAN_FAST][MB__SCAN_DB], pC[MB__SCAN_FAST][MB__SCAN_DB];
     float dh[MB__SCAN_FAST_S][MB__SCAN_DB], A[MB__SCAN_FAST_S][MB__SCAN_DB], h0[MB__SCAN_FAST_S][MB__SCAN_DB];
     float gAb[MB__SCAN_FAST_S][MB__SCAN_DB];
@@ -2244,10 +2246,9 @@ static void mb__scan_bwd_blocks(float *du, float *ddelta, float *dxdbl, float *d
             for (k = 0; k < len; k++) {
                 int64_t tok = b * T + t0 + k;
                 const float *Bt = xdbl + tok * X + R;
-                float dt[MB__SCAN_DB], ut[MB__SCAN_DB];
-                mb__scan_load(dt, delta + tok * Di + d0, nd);
-                mb__scan_load(ut, u + tok * Di + d0, nd);
-                for (j = 0; j < DB; j++) dt[j] = mb__softplus_v(dt[j] + bias[j]);
+                float dc[MB__SCAN_DB], uc[MB__SCAN_DB], *dt = dtbuf[k]; /* dt kept for the reverse sweep */
+                const float *ds = mb__scan_row(dc, delta + tok * Di + d0, nd), *ut = mb__scan_row(uc, u + tok * Di + d0, nd);
+                for (j = 0; j < DB; j++) dt[j] = mb__softplus_v(ds[j] + bias[j]);
                 for (n = 0; n < S; n++) {
                     const float *hp = k > 0 ? hbuf[(k - 1) * S + n] : h0[n];
                     float *ht = hbuf[k * S + n], *at = abuf[k * S + n], bn = Bt[n];
@@ -2261,20 +2262,18 @@ static void mb__scan_bwd_blocks(float *du, float *ddelta, float *dxdbl, float *d
             for (k = len - 1; k >= 0; k--) {
                 int64_t tok = b * T + t0 + k;
                 const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
-                float dt[MB__SCAN_DB], sg[MB__SCAN_DB], ut[MB__SCAN_DB], zt[MB__SCAN_DB], g[MB__SCAN_DB];
+                float sg[MB__SCAN_DB], dc[MB__SCAN_DB], uc[MB__SCAN_DB], zc[MB__SCAN_DB], gc[MB__SCAN_DB], gs[MB__SCAN_DB];
                 float dy[MB__SCAN_DB], y[MB__SCAN_DB], ddt[MB__SCAN_DB], dut[MB__SCAN_DB];
                 float *dxzt = dxz + tok * 2 * Di + Di + d0, *dut_o = du + tok * Di + d0, *ddt_o = ddelta + tok * Di + d0;
-                mb__scan_load(dt, delta + tok * Di + d0, nd);
-                mb__scan_load(ut, u + tok * Di + d0, nd);
-                mb__scan_load(zt, xz + tok * 2 * Di + Di + d0, nd);
-                mb__scan_load(g, dout + tok * Di + d0, nd);
-                for (j = nd; j < DB; j++) g[j] = 0.0f; /* lanes past Di add nothing to dB, dC */
+                const float *dt = dtbuf[k], *ds = mb__scan_row(dc, delta + tok * Di + d0, nd);
+                const float *ut = mb__scan_row(uc, u + tok * Di + d0, nd), *zt = mb__scan_row(zc, xz + tok * 2 * Di + Di + d0, nd);
+                const float *g = mb__scan_row(gc, dout + tok * Di + d0, nd);
+                for (j = nd; j < DB; j++) gc[j] = 0.0f; /* lanes past Di add nothing to dB, dC */
                 for (j = 0; j < DB; j++) {
-                    float x = dt[j] + bias[j], sz = mb__sigmoid_v(zt[j]);
-                    dt[j] = mb__softplus_v(x);
-                    sg[j] = mb__sigmoid_v(x);
+                    float x = ds[j] + bias[j], sz = mb__sigmoid_v(zt[j]);
+                    sg[j] = mb__sigmoid_v(x); /* softplus'(x) */
                     dy[j] = g[j] * (zt[j] * sz);
-                    g[j] *= sz * (1.0f + zt[j] * (1.0f - sz)); /* g * silu'(z) */
+                    gs[j] = g[j] * (sz * (1.0f + zt[j] * (1.0f - sz))); /* g * silu'(z) */
                     y[j] = Dv[j] * ut[j];
                     ddt[j] = 0.0f;
                     dut[j] = dy[j] * Dv[j];
@@ -2298,7 +2297,7 @@ static void mb__scan_bwd_blocks(float *du, float *ddelta, float *dxdbl, float *d
                     gDb[j] += dy[j] * ut[j];
                     ddt[j] *= sg[j];
                     gbb[j] += ddt[j];
-                    y[j] *= g[j];
+                    y[j] *= gs[j];
                 }
                 if (nd == DB) {
                     for (j = 0; j < DB; j++) { dxzt[j] += y[j]; dut_o[j] += dut[j]; ddt_o[j] = ddt[j]; }
