@@ -1962,7 +1962,8 @@ MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float 
     for (d0 = 0; d0 < Di; d0 += DB) {
         int nd = (int)(Di - d0 < DB ? Di - d0 : DB), j, k, b, t;
         float wt[64][MB__SCAN_DB], gw[64][MB__SCAN_DB], bs[MB__SCAN_DB], gb[MB__SCAN_DB];
-        float x[64][MB__SCAN_DB], g[MB__SCAN_DB], pre[MB__SCAN_DB], dpre[MB__SCAN_DB];
+        float x[64][MB__SCAN_DB], gc[MB__SCAN_DB], pre[MB__SCAN_DB], dpre[MB__SCAN_DB];
+        const float *xr[64];
         for (k = 0; k < K; k++)
             for (j = 0; j < DB; j++) {
                 wt[k][j] = w[(d0 + (j < nd ? j : nd - 1)) * K + k];
@@ -1975,11 +1976,11 @@ MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float 
             float *dxs = dxz + (int64_t)b * T * 2 * Di + d0;
             for (t = 0; t < T; t++) {
                 int k0 = t < K - 1 ? K - 1 - t : 0; /* taps before the sequence start are skipped */
-                mb__scan_load(g, dout + ((int64_t)b * T + t) * Di + d0, nd);
+                const float *g = mb__scan_row(gc, dout + ((int64_t)b * T + t) * Di + d0, nd);
                 for (j = 0; j < DB; j++) pre[j] = bs[j];
                 for (k = k0; k < K; k++) {
-                    mb__scan_load(x[k], xs + (int64_t)(t - (K - 1) + k) * 2 * Di, nd);
-                    for (j = 0; j < DB; j++) pre[j] += wt[k][j] * x[k][j];
+                    xr[k] = mb__scan_row(x[k], xs + (int64_t)(t - (K - 1) + k) * 2 * Di, nd);
+                    for (j = 0; j < DB; j++) pre[j] += wt[k][j] * xr[k][j];
                 }
                 for (j = 0; j < DB; j++) {
                     float sg = mb__sigmoid_v(pre[j]);
@@ -1988,7 +1989,7 @@ MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float 
                 }
                 for (k = k0; k < K; k++) {
                     float *dx = dxs + (int64_t)(t - (K - 1) + k) * 2 * Di;
-                    for (j = 0; j < DB; j++) gw[k][j] += dpre[j] * x[k][j];
+                    for (j = 0; j < DB; j++) gw[k][j] += dpre[j] * xr[k][j];
                     if (nd == DB)
                         for (j = 0; j < DB; j++) dx[j] += dpre[j] * wt[k][j];
                     else
@@ -2167,10 +2168,9 @@ MBDEF void mb__scan_forward_from(float *out, float *states, float *h0, const flo
             int len = (int)(T - t0 < L ? T - t0 : L), k;
             for (k = 0; k < len; k++) {
                 int64_t tok = b * T + t0 + k;
-                const float *ds = mb__scan_row(dt, delta + tok * Di + d0, nd);
-                mb__scan_load(ut[k], u + tok * Di + d0, nd);
+                const float *ds = mb__scan_row(dt, delta + tok * Di + d0, nd), *us = mb__scan_row(ut[k], u + tok * Di + d0, nd);
                 for (j = 0; j < DB; j++) dt[j] = mb__softplus_v(ds[j] + bias[j]);
-                mb__scan_decays16(a[k * S], bu[k * S], A[0], MB__SCAN_DB, dt, ut[k], xdbl + tok * X + R, S);
+                mb__scan_decays16(a[k * S], bu[k * S], A[0], MB__SCAN_DB, dt, us, xdbl + tok * X + R, S);
             }
             for (k = 0; k < len; k++) {
                 t = t0 + k;
@@ -2183,9 +2183,9 @@ MBDEF void mb__scan_forward_from(float *out, float *states, float *h0, const flo
             }
             for (k = 0; k < len; k++) {
                 int64_t tok = b * T + t0 + k;
-                const float *zs = mb__scan_row(zt, xz + tok * 2 * Di + Di + d0, nd);
+                const float *zs = mb__scan_row(zt, xz + tok * 2 * Di + Di + d0, nd), *us = nd == DB ? u + tok * Di + d0 : ut[k];
                 float *os = out + tok * Di + d0;
-                for (j = 0; j < DB; j++) y[k][j] = (y[k][j] + Dv[j] * ut[k][j]) * (zs[j] * mb__sigmoid_v(zs[j]));
+                for (j = 0; j < DB; j++) y[k][j] = (y[k][j] + Dv[j] * us[j]) * (zs[j] * mb__sigmoid_v(zs[j]));
                 if (nd == DB) /* whole blocks: a fixed-length copy */
                     for (j = 0; j < DB; j++) os[j] = y[k][j];
                 else
