@@ -449,6 +449,11 @@ MBDEF mb_status mb_model_from_safetensors(mb_model **out, const uint8_t *data, i
    lm_head.weight always, the embedding's copy when tied), atomically like
    mb_checkpoint_save. */
 MBDEF mb_status mb_model_save_safetensors(const mb_model *m, const char *path);
+/* mamba_ssm's config.json for m (d_model, n_layer, vocab_size 256, ssm_cfg
+   {d_state, d_conv, expand, dt_rank}, rms_norm, tie_embeddings,
+   pad_vocab_size_multiple 8), written atomically to path; the safetensors
+   loader's config.json check accepts it. */
+MBDEF mb_status mb_model_save_config_json(const mb_model *m, const char *path);
 
 
 /* --------------------------------------------------------------- training */
@@ -853,6 +858,9 @@ void mb_cuda_stream_free(mb_cuda_stream *s);
 #ifndef MB_MALLOC
 #define MB_MALLOC(n) malloc(n)
 #define MB_FREE(p) free(p)
+#ifndef MB_CALLOC
+#define MB_CALLOC(n) calloc(1, n) /* zeroed: the C library maps big blocks lazily */
+#endif
 #endif
 #ifndef MB_ASSERT
 #include <assert.h>
@@ -2563,10 +2571,17 @@ static mb_status mb__model_alloc(mb_model **out, const mb_config *cfg_in) {
     mb_config_tensors(&cfg, m->tensors);
     m->num_params = m->tensors[m->ntensors - 1].offset + m->tensors[m->ntensors - 1].numel;
     m->params = (float *)MB_MALLOC((size_t)m->num_params * sizeof(float));
+    /* zeroed without being touched where MB_CALLOC is calloc: a model that is
+       only loaded and streamed never makes its gradients resident (the
+       memory of a large model stays about its own size, not twice) */
+#ifdef MB_CALLOC
+    m->grads = (float *)MB_CALLOC((size_t)m->num_params * sizeof(float));
+#else
     m->grads = (float *)MB_MALLOC((size_t)m->num_params * sizeof(float));
+    if (m->grads) memset(m->grads, 0, (size_t)m->num_params * sizeof(float));
+#endif
     if (!m->params || !m->grads) { mb_model_free(m); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "%lld parameters", (long long)m->num_params); }
     memset(m->params, 0, (size_t)m->num_params * sizeof(float));
-    memset(m->grads, 0, (size_t)m->num_params * sizeof(float));
     mb__point_weights(&m->w, m->params, &cfg, m->tensors);
     mb__point_weights(&m->g, m->grads, &cfg, m->tensors);
     m->scan_chunk = mb__default_chunk(&cfg);
@@ -3733,7 +3748,7 @@ static void mb__st_convert(float *dst, const uint8_t *src, int dtype, int64_t n)
 }
 
 /* config.json's fields we check against the shapes (NaN: not given). */
-typedef struct { double d_model, n_layer, vocab_size, rms_norm, tie, d_state, d_conv, expand; } mb__st_json_cfg;
+typedef struct { double d_model, n_layer, vocab_size, rms_norm, tie, d_state, d_conv, expand, dt_rank; } mb__st_json_cfg;
 static int mb__st_config_object(mb__json *j, mb__st_json_cfg *o, int nested) {
     char key[64];
     if (!mb__js_eat(j, '{')) return 0;
@@ -3756,6 +3771,7 @@ static int mb__st_config_object(mb__json *j, mb__st_json_cfg *o, int nested) {
         else if (nested && !strcmp(key, "d_state")) slot = &o->d_state;
         else if (nested && !strcmp(key, "d_conv")) slot = &o->d_conv;
         else if (nested && !strcmp(key, "expand")) slot = &o->expand;
+        else if (nested && !strcmp(key, "dt_rank")) slot = &o->dt_rank; /* a number; "auto" is skipped */
         if (slot && j->p < j->end && *j->p != '"' && *j->p != '{' && *j->p != '[') {
             if (!mb__js_scalar(j, &v)) return 0;
             *slot = v;
@@ -3770,9 +3786,9 @@ static mb_status mb__st_check_config_json(const mb_config *c, int had_lm_head, c
     mb__json j;
     mb__st_json_cfg o;
     const double nan = NAN;
-    struct { const char *name; double *given; double have; } f[8];
+    struct { const char *name; double *given; double have; } f[9];
     int i;
-    o.d_model = o.n_layer = o.vocab_size = o.rms_norm = o.tie = o.d_state = o.d_conv = o.expand = nan;
+    o.d_model = o.n_layer = o.vocab_size = o.rms_norm = o.tie = o.d_state = o.d_conv = o.expand = o.dt_rank = nan;
     j.p = json; j.end = json + len; j.depth = 0;
     if (!mb__st_config_object(&j, &o, 0)) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: config.json is not a JSON object this reader can parse (near byte %lld)", what, (long long)(j.p - json));
     f[0].name = "d_model"; f[0].given = &o.d_model; f[0].have = c->d_model;
@@ -3784,7 +3800,8 @@ static mb_status mb__st_check_config_json(const mb_config *c, int had_lm_head, c
     f[5].name = "ssm_cfg.d_state"; f[5].given = &o.d_state; f[5].have = c->d_state;
     f[6].name = "ssm_cfg.d_conv"; f[6].given = &o.d_conv; f[6].have = c->d_conv;
     f[7].name = "ssm_cfg.expand"; f[7].given = &o.expand; f[7].have = c->expand;
-    for (i = 0; i < 8; i++) {
+    f[8].name = "ssm_cfg.dt_rank"; f[8].given = &o.dt_rank; f[8].have = c->dt_rank;
+    for (i = 0; i < 9; i++) {
         if (isnan(*f[i].given)) continue;
         if (i == 4 && *f[i].given == 0 && !c->untied_head && had_lm_head) continue; /* an untied head that equals the embedding */
         if (*f[i].given != f[i].have)
@@ -3970,13 +3987,15 @@ MBDEF mb_status mb_model_from_safetensors(mb_model **out, const uint8_t *data, i
     if (lm) { /* a head equal to the embedding bit for bit is tied: the smaller layout */
         const int li = mb_tensor_index(&c, -1, MB_TENSOR_LM_HEAD);
         if (li >= 0 && !memcmp(m->params + m->tensors[li].offset, m->w.wte, sizeof(float) * (size_t)(256 * c.d_model))) {
-            mb_model *tied = NULL;
+            /* in place, not into a second model (that would hold the weights
+               twice): lm_head is the last tensor, so the tied layout is the
+               block's prefix; the V x d_model floats after it stay unused */
             c.untied_head = 0;
-            s = mb__model_alloc(&tied, &c);
-            if (s != MB_STATUS_OK) goto done;
-            memcpy(tied->params, m->params, sizeof(float) * (size_t)tied->num_params); /* lm_head is last */
-            mb_model_free(m);
-            m = tied;
+            m->cfg = c;
+            m->ntensors = mb_config_tensors(&c, m->tensors);
+            m->num_params = m->tensors[m->ntensors - 1].offset + m->tensors[m->ntensors - 1].numel;
+            mb__point_weights(&m->w, m->params, &c, m->tensors);
+            mb__point_weights(&m->g, m->grads, &c, m->tensors);
         }
     }
     if (config_json) s = mb__st_check_config_json(&m->cfg, lm != NULL, config_json, config_len, what);
@@ -4018,6 +4037,22 @@ MBDEF mb_status mb_model_load_safetensors(mb_model **out, const char *path) {
    "backbone." before every backbone tensor, and lm_head.weight always (a
    copy of the embedding when tied, as its state_dict lists it); the header
    padded with spaces to 8 bytes, as the reference writer does. */
+MBDEF mb_status mb_model_save_config_json(const mb_model *m, const char *path) {
+    const mb_config *c = &m->cfg;
+    char buf[512];
+    const void *parts[1];
+    int64_t sizes[1];
+    int n = snprintf(buf, sizeof buf,
+                     "{\n  \"d_model\": %d,\n  \"n_layer\": %d,\n  \"vocab_size\": %d,\n  \"ssm_cfg\": {\"d_state\": %d, \"d_conv\": %d, "
+                     "\"expand\": %d, \"dt_rank\": %d},\n  \"rms_norm\": %s,\n  \"residual_in_fp32\": true,\n  \"fused_add_norm\": true,\n"
+                     "  \"pad_vocab_size_multiple\": 8,\n  \"tie_embeddings\": %s\n}\n",
+                     c->d_model, c->n_layer, c->vocab_size, c->d_state, c->d_conv, c->expand, c->dt_rank,
+                     c->norm == MB_NORM_RMSNORM ? "true" : "false", c->untied_head ? "false" : "true");
+    parts[0] = buf;
+    sizes[0] = n;
+    return mb__write_file_atomic(path, 1, parts, sizes);
+}
+
 MBDEF mb_status mb_model_save_safetensors(const mb_model *m, const char *path) {
     const mb_config *c = &m->cfg;
     const int tied = !c->untied_head;
