@@ -26,6 +26,19 @@ static int mb_cli_export(int argc, char **argv) {
     if (mb_model_load(&m, flag_str(flags, "model", "")) != MB_STATUS_OK) { fprintf(stderr, "mambabyte export: %s\n", mb_last_error()); return 1; }
     s = !strcmp(flag_str(flags, "format", ""), "safetensors") ? mb_model_save_safetensors(m, flag_str(flags, "out", ""))
                                                               : mb_model_save(m, flag_str(flags, "out", ""));
+    if (s == MB_STATUS_OK && !strcmp(flag_str(flags, "format", ""), "safetensors")) {
+        /* mamba_ssm reads its config from config.json beside the weights */
+        const char *out = flag_str(flags, "out", ""), *slash = strrchr(out, '/');
+        char cpath[4096];
+        if (strlen(out) + 16 > sizeof cpath) {
+            fprintf(stderr, "mambabyte export: --out path too long to write config.json beside it\n");
+            mb_model_free(m);
+            return 1;
+        }
+        if (slash) snprintf(cpath, sizeof cpath, "%.*s/config.json", (int)(slash - out), out);
+        else snprintf(cpath, sizeof cpath, "config.json");
+        s = mb_model_save_config_json(m, cpath);
+    }
     if (s != MB_STATUS_OK) { fprintf(stderr, "mambabyte export: %s\n", mb_last_error()); mb_model_free(m); return 1; }
     c = mb_model_config(m);
     printf("wrote %s: d_model %d, %d layers, d_state %d, d_conv %d, expand %d, dt_rank %d, %s, %s head, %lld parameters\n",

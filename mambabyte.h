@@ -283,8 +283,9 @@ MBDEF mb_status mb_model_set_scan_chunk(mb_model *m, int chunk);
    d_inner): O(1) memory and work per byte, no context window.  The logits
    equal mb_model_forward's bit for bit.
    mb_stream_create snapshots ALL of the model: it copies every parameter
-   (the flat block, plus the matrices again in the packed layout one step
-   reads fastest: about twice the model's size) and the config.  After it
+   once (the matrices only in the packed layout one step and the feed read,
+   the rest as they are: about the model's size, plus a tied head's
+   V x d_model packed copy) and the config.  After it
    returns the stream never reads the model again: the model may change
    (an optimizer step) or be freed, and the stream keeps computing with the
    weights it was created from.  To follow new weights, create a new stream. */
@@ -448,6 +449,11 @@ MBDEF mb_status mb_model_from_safetensors(mb_model **out, const uint8_t *data, i
    lm_head.weight always, the embedding's copy when tied), atomically like
    mb_checkpoint_save. */
 MBDEF mb_status mb_model_save_safetensors(const mb_model *m, const char *path);
+/* mamba_ssm's config.json for m (d_model, n_layer, vocab_size 256, ssm_cfg
+   {d_state, d_conv, expand, dt_rank}, rms_norm, tie_embeddings,
+   pad_vocab_size_multiple 8), written atomically to path; the safetensors
+   loader's config.json check accepts it. */
+MBDEF mb_status mb_model_save_config_json(const mb_model *m, const char *path);
 
 
 /* --------------------------------------------------------------- training */
@@ -852,6 +858,9 @@ void mb_cuda_stream_free(mb_cuda_stream *s);
 #ifndef MB_MALLOC
 #define MB_MALLOC(n) malloc(n)
 #define MB_FREE(p) free(p)
+#ifndef MB_CALLOC
+#define MB_CALLOC(n) calloc(1, n) /* zeroed: the C library maps big blocks lazily */
+#endif
 #endif
 #ifndef MB_ASSERT
 #include <assert.h>
@@ -2561,10 +2570,17 @@ static mb_status mb__model_alloc(mb_model **out, const mb_config *cfg_in) {
     mb_config_tensors(&cfg, m->tensors);
     m->num_params = m->tensors[m->ntensors - 1].offset + m->tensors[m->ntensors - 1].numel;
     m->params = (float *)MB_MALLOC((size_t)m->num_params * sizeof(float));
+    /* zeroed without being touched where MB_CALLOC is calloc: a model that is
+       only loaded and streamed never makes its gradients resident (the
+       memory of a large model stays about its own size, not twice) */
+#ifdef MB_CALLOC
+    m->grads = (float *)MB_CALLOC((size_t)m->num_params * sizeof(float));
+#else
     m->grads = (float *)MB_MALLOC((size_t)m->num_params * sizeof(float));
+    if (m->grads) memset(m->grads, 0, (size_t)m->num_params * sizeof(float));
+#endif
     if (!m->params || !m->grads) { mb_model_free(m); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "%lld parameters", (long long)m->num_params); }
     memset(m->params, 0, (size_t)m->num_params * sizeof(float));
-    memset(m->grads, 0, (size_t)m->num_params * sizeof(float));
     mb__point_weights(&m->w, m->params, &cfg, m->tensors);
     mb__point_weights(&m->g, m->grads, &cfg, m->tensors);
     m->scan_chunk = mb__default_chunk(&cfg);
@@ -2824,20 +2840,22 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
 }
 
 /* ============================================================ streaming */
-/* A stream is a snapshot of the whole model taken at mb_stream_create: the
-   config, every parameter (params, in checkpoint order: the vectors one step
-   reads and the matrices of mb_stream_feed's batch products), and the
-   matrices again in the layouts one step reads fastest (packed into the
-   forward's panels, conv and A transposed to (K, Di) and (S, Di)).  Nothing
-   points into the model, so a stream made before the weights change keeps
-   the old ones, and the model may be freed. */
+/* A stream is a snapshot of the whole model taken at mb_stream_create, with
+   each weight held once: the five matrices (in_proj, x_proj, dt_proj,
+   out_proj, the head) only in the packed panels one step reads fastest,
+   which mb_stream_feed's batch products read too (mb__matmul_packed); the
+   vectors, the embedding, conv and A_log in their checkpoint layout (vecs);
+   and conv and A again transposed to (K, Di) and (S, Di) for the step (those
+   are under 1% of a model).  A tied head is packed apart from the embedding
+   (V x C floats).  Nothing points into the model, so a stream made before the
+   weights change keeps the old ones, and the model may be freed. */
 #ifndef MB__FEED_CHUNK
 #define MB__FEED_CHUNK 2048 /* bytes per pass of mb_stream_feed: its workspace holds this many */
 #endif
 struct mb_stream {
     mb_config cfg;         /* the model's (validated) config */
-    float *params;         /* a copy of the model's flat parameter block */
-    mb__weights w;         /* pointers into params (w.layer: n_layer, owned) */
+    float *vecs;           /* the model's tensors except the five matrices, in checkpoint order */
+    mb__weights w;         /* pointers into vecs (w.layer: n_layer, owned); the matrices' are NULL */
     float *block;          /* one allocation, split below */
     float *win;            /* (L, K, Di): the last K inputs x' of each layer, oldest first */
     float *h;              /* (L, S, Di): the scan state; follows win (state_floats) */
@@ -2919,13 +2937,56 @@ static void mb__matvec_packed(float *MB__RESTRICT out, const float *MB__RESTRICT
     }
 }
 
+/* out (N, OC) = inp (N, IC; row stride ldi) @ w^T from w packed by
+   mb__matvec_pack: mb__matmul_forward's tiles and kernel with the panel read
+   in place (the packed layout is the one that function builds on its stack),
+   so every element takes the same operations as there and as in
+   mb__matvec_packed: bit for bit the batch forward. */
+static void mb__matmul_packed(float *out, const float *inp, int64_t ldi, const float *wp, int64_t N, int IC, int OC) {
+    const int MR = MB__MM_MR, NR = MB__MM_NR;
+    int nb = IC / 16, np = (OC + NR - 1) / NR;
+    int64_t nmb = (N + MR - 1) / MR, t;
+    if (N < 2 * MR) { /* as mb__matmul_forward: few rows one at a time */
+        for (t = 0; t < N; t++) mb__matvec_packed(out + t * OC, inp + t * ldi, wp, IC, OC);
+        return;
+    }
+    MB__OMP(parallel for schedule(static) if (N * IC * OC > 65536))
+    for (t = 0; t < (int64_t)np * nmb; t++) {
+        const float *ap[MB__MM_MR];
+        float cb[MB__MM_MR * MB__MM_NR];
+        int64_t n0 = (t % nmb) * MR;
+        int o0 = (int)(t / nmb) * NR, nr = OC - o0 < NR ? OC - o0 : NR;
+        int rows = (int)(N - n0 < MR ? N - n0 : MR), r, j;
+        const float *bp = wp + (int64_t)o0 * IC;
+        for (r = 0; r < MR; r++) ap[r] = inp + (n0 + (r < rows ? r : rows - 1)) * ldi;
+        if (rows == MR && nr == NR) {
+            mb__mm_kernel_fwd(out + n0 * OC + o0, OC, ap, bp, nb, nb > 0 ? 0 : 16, 16, 0, IC - 16 * nb, 1);
+            continue;
+        }
+        mb__mm_kernel_fwd(cb, NR, ap, bp, nb, nb > 0 ? 0 : 16, 16, 0, IC - 16 * nb, 1);
+        for (r = 0; r < rows; r++)
+            for (j = 0; j < nr; j++) out[(n0 + r) * OC + o0 + j] = cb[r * NR + j];
+    }
+}
+
+/* 1 for the tensors a stream holds only packed. */
+static int mb__stream_packs(const mb_config *c, int i) {
+    static const int fields[] = {MB_TENSOR_IN_PROJ, MB_TENSOR_X_PROJ, MB_TENSOR_DT_W, MB_TENSOR_OUT_PROJ};
+    int l, f;
+    if (i == mb_tensor_index(c, -1, MB_TENSOR_LM_HEAD)) return 1;
+    for (l = 0; l < c->n_layer; l++)
+        for (f = 0; f < 4; f++)
+            if (i == mb_tensor_index(c, l, fields[f])) return 1;
+    return 0;
+}
+
 MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     const mb_config *c = &m->cfg;
     int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
-    int X = R + 2 * S, V = c->vocab_size, l, d, n, k;
+    int X = R + 2 * S, V = c->vocab_size, l, d, n, k, i;
     int64_t f_in = mb__matvec_packed_floats(C, 2 * Di), f_x = mb__matvec_packed_floats(Di, X);
     int64_t f_dt = mb__matvec_packed_floats(R, Di), f_out = mb__matvec_packed_floats(Di, C);
-    int64_t f_head = mb__matvec_packed_floats(C, V);
+    int64_t f_head = mb__matvec_packed_floats(C, V), nvec = 0;
     int64_t total = (int64_t)L * (2 * K * Di + 2 * S * Di + f_in + f_x + f_dt + f_out) + f_head +
                     2 * C + 2 * Di + Di + X + Di + Di + C + V;
     mb_stream *s = (mb_stream *)MB_MALLOC(sizeof(mb_stream));
@@ -2935,19 +2996,30 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     if (!s) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream");
     memset(s, 0, sizeof *s);
     s->cfg = *c;
+    for (i = 0; i < m->ntensors; i++)
+        if (!mb__stream_packs(c, i)) nvec += m->tensors[i].numel;
     s->block = (float *)MB_MALLOC((size_t)total * sizeof(float));
-    s->params = (float *)MB_MALLOC((size_t)m->num_params * sizeof(float));
+    s->vecs = (float *)MB_MALLOC((size_t)nvec * sizeof(float));
     s->w.layer = (mb__layer_weights *)MB_MALLOC(sizeof(mb__layer_weights) * (size_t)L);
     ti = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)m->ntensors);
-    if (!s->block || !s->params || !s->w.layer || !ti) {
+    if (!s->block || !s->vecs || !s->w.layer || !ti) {
         MB_FREE(ti);
         mb_stream_free(s);
         return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream state");
     }
-    memcpy(s->params, m->params, (size_t)m->num_params * sizeof(float));
-    mb_config_tensors(c, ti);
-    mb__point_weights(&s->w, s->params, c, ti);
+    /* the kept tensors close up in vecs; the packed ones get no room (offset 0, pointer NULL below) */
+    memcpy(ti, m->tensors, sizeof(mb_tensor_info) * (size_t)m->ntensors);
+    for (i = 0, nvec = 0; i < m->ntensors; i++) {
+        if (mb__stream_packs(c, i)) { ti[i].offset = 0; continue; }
+        memcpy(s->vecs + nvec, m->params + m->tensors[i].offset, (size_t)ti[i].numel * sizeof(float));
+        ti[i].offset = nvec;
+        nvec += ti[i].numel;
+    }
+    mb__point_weights(&s->w, s->vecs, c, ti);
     MB_FREE(ti);
+    s->w.lm_head = NULL;
+    for (l = 0; l < L; l++)
+        s->w.layer[l].in_proj = s->w.layer[l].x_proj = s->w.layer[l].dt_proj_w = s->w.layer[l].out_proj = NULL;
     p = s->block;
     s->win = p; p += (int64_t)L * K * Di;
     s->h = p; p += (int64_t)L * S * Di;
@@ -2969,18 +3041,18 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     s->out = p; p += C;
     s->logits = p;
     s->state_floats = (int64_t)L * Di * (K + S);
-    for (l = 0; l < L; l++) { /* from the stream's own copy: the model is not read after this */
-        const mb__layer_weights *W = &s->w.layer[l];
+    for (l = 0; l < L; l++) { /* the matrices from the model, the rest from the stream's copy */
+        const mb__layer_weights *W = &s->w.layer[l], *M = &m->w.layer[l];
         for (n = 0; n < S; n++) /* the same A as the batch scan computes */
             for (d = 0; d < Di; d++) s->AT[((int64_t)l * S + n) * Di + d] = -mb__exp(W->A_log[(int64_t)d * S + n]);
         for (k = 0; k < K; k++)
             for (d = 0; d < Di; d++) s->conv_wT[((int64_t)l * K + k) * Di + d] = W->conv_w[(int64_t)d * K + k];
-        mb__matvec_pack(s->p_in + l * f_in, W->in_proj, C, 2 * Di);
-        mb__matvec_pack(s->p_x + l * f_x, W->x_proj, Di, X);
-        mb__matvec_pack(s->p_dt + l * f_dt, W->dt_proj_w, R, Di);
-        mb__matvec_pack(s->p_out + l * f_out, W->out_proj, Di, C);
+        mb__matvec_pack(s->p_in + l * f_in, M->in_proj, C, 2 * Di);
+        mb__matvec_pack(s->p_x + l * f_x, M->x_proj, Di, X);
+        mb__matvec_pack(s->p_dt + l * f_dt, M->dt_proj_w, R, Di);
+        mb__matvec_pack(s->p_out + l * f_out, M->out_proj, Di, C);
     }
-    mb__matvec_pack(s->p_head, mb__head(&s->w), C, V);
+    mb__matvec_pack(s->p_head, mb__head(&m->w), C, V);
     mb_stream_reset(s);
     *out = s;
     return MB_STATUS_OK;
@@ -3004,7 +3076,7 @@ MBDEF void mb_stream_free(mb_stream *s) {
     if (!s) return;
     MB_FREE(s->feed_block);
     MB_FREE(s->block);
-    MB_FREE(s->params);
+    MB_FREE(s->vecs);
     MB_FREE(s->w.layer);
     MB_FREE(s);
 }
@@ -3087,22 +3159,22 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
             float *win = s->win + (int64_t)l * K * Di;
             int k;
             mb__norm_forward(c, s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, W->norm_w, W->norm_b, T, C);
-            mb__matmul_forward(s->fd_xz, s->fd_ln, C, W->in_proj, T, C, 2 * Di);
+            mb__matmul_packed(s->fd_xz, s->fd_ln, C, s->p_in + l * s->f_in, T, C, 2 * Di);
             mb__conv1d_forward_from(s->fd_u, s->fd_xz, W->conv_w, W->conv_b, win, 1, T, Di, K);
             /* the window after these T inputs: the last K of (window, x'_0 .. x'_{T-1}) */
             if (T < K) memmove(win, win + (int64_t)T * Di, sizeof(float) * (size_t)(K - T) * (size_t)Di);
             for (k = T < K ? K - T : 0; k < K; k++)
                 memcpy(win + (int64_t)k * Di, s->fd_xz + (int64_t)(T - K + k) * 2 * Di, sizeof(float) * (size_t)Di);
-            mb__matmul_forward(s->fd_xdbl, s->fd_u, Di, W->x_proj, T, Di, X);
-            mb__matmul_forward(s->fd_delta, s->fd_xdbl, X, W->dt_proj_w, T, R, Di);
+            mb__matmul_packed(s->fd_xdbl, s->fd_u, Di, s->p_x + l * s->f_x, T, Di, X);
+            mb__matmul_packed(s->fd_delta, s->fd_xdbl, X, s->p_dt + l * s->f_dt, T, R, Di);
             mb__scan_forward_from(s->fd_gated, NULL, s->h + (int64_t)l * S * Di, s->fd_u, s->fd_delta, W->dt_proj_b,
                                   W->A_log, s->fd_xdbl, W->D, s->fd_xz, 1, T, Di, S, R, T);
-            mb__matmul_forward(s->fd_mix, s->fd_gated, Di, W->out_proj, T, Di, C);
+            mb__matmul_packed(s->fd_mix, s->fd_gated, Di, s->p_out + l * s->f_out, T, Di, C);
             mb__residual_add(s->fd_x, s->fd_mix, (int64_t)T * C);
         }
         if (logits) {
             mb__norm_forward(c, s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, s->w.norm_f_w, s->w.norm_f_b, T, C);
-            mb__matmul_forward(logits + i0 * V, s->fd_ln, C, mb__head(&s->w), T, C, V);
+            mb__matmul_packed(logits + i0 * V, s->fd_ln, C, s->p_head, T, C, V);
         }
     }
     return MB_STATUS_OK;
@@ -3675,7 +3747,7 @@ static void mb__st_convert(float *dst, const uint8_t *src, int dtype, int64_t n)
 }
 
 /* config.json's fields we check against the shapes (NaN: not given). */
-typedef struct { double d_model, n_layer, vocab_size, rms_norm, tie, d_state, d_conv, expand; } mb__st_json_cfg;
+typedef struct { double d_model, n_layer, vocab_size, rms_norm, tie, d_state, d_conv, expand, dt_rank; } mb__st_json_cfg;
 static int mb__st_config_object(mb__json *j, mb__st_json_cfg *o, int nested) {
     char key[64];
     if (!mb__js_eat(j, '{')) return 0;
@@ -3698,6 +3770,7 @@ static int mb__st_config_object(mb__json *j, mb__st_json_cfg *o, int nested) {
         else if (nested && !strcmp(key, "d_state")) slot = &o->d_state;
         else if (nested && !strcmp(key, "d_conv")) slot = &o->d_conv;
         else if (nested && !strcmp(key, "expand")) slot = &o->expand;
+        else if (nested && !strcmp(key, "dt_rank")) slot = &o->dt_rank; /* a number; "auto" is skipped */
         if (slot && j->p < j->end && *j->p != '"' && *j->p != '{' && *j->p != '[') {
             if (!mb__js_scalar(j, &v)) return 0;
             *slot = v;
@@ -3712,9 +3785,9 @@ static mb_status mb__st_check_config_json(const mb_config *c, int had_lm_head, c
     mb__json j;
     mb__st_json_cfg o;
     const double nan = NAN;
-    struct { const char *name; double *given; double have; } f[8];
+    struct { const char *name; double *given; double have; } f[9];
     int i;
-    o.d_model = o.n_layer = o.vocab_size = o.rms_norm = o.tie = o.d_state = o.d_conv = o.expand = nan;
+    o.d_model = o.n_layer = o.vocab_size = o.rms_norm = o.tie = o.d_state = o.d_conv = o.expand = o.dt_rank = nan;
     j.p = json; j.end = json + len; j.depth = 0;
     if (!mb__st_config_object(&j, &o, 0)) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: config.json is not a JSON object this reader can parse (near byte %lld)", what, (long long)(j.p - json));
     f[0].name = "d_model"; f[0].given = &o.d_model; f[0].have = c->d_model;
@@ -3726,7 +3799,8 @@ static mb_status mb__st_check_config_json(const mb_config *c, int had_lm_head, c
     f[5].name = "ssm_cfg.d_state"; f[5].given = &o.d_state; f[5].have = c->d_state;
     f[6].name = "ssm_cfg.d_conv"; f[6].given = &o.d_conv; f[6].have = c->d_conv;
     f[7].name = "ssm_cfg.expand"; f[7].given = &o.expand; f[7].have = c->expand;
-    for (i = 0; i < 8; i++) {
+    f[8].name = "ssm_cfg.dt_rank"; f[8].given = &o.dt_rank; f[8].have = c->dt_rank;
+    for (i = 0; i < 9; i++) {
         if (isnan(*f[i].given)) continue;
         if (i == 4 && *f[i].given == 0 && !c->untied_head && had_lm_head) continue; /* an untied head that equals the embedding */
         if (*f[i].given != f[i].have)
@@ -3912,13 +3986,15 @@ MBDEF mb_status mb_model_from_safetensors(mb_model **out, const uint8_t *data, i
     if (lm) { /* a head equal to the embedding bit for bit is tied: the smaller layout */
         const int li = mb_tensor_index(&c, -1, MB_TENSOR_LM_HEAD);
         if (li >= 0 && !memcmp(m->params + m->tensors[li].offset, m->w.wte, sizeof(float) * (size_t)(256 * c.d_model))) {
-            mb_model *tied = NULL;
+            /* in place, not into a second model (that would hold the weights
+               twice): lm_head is the last tensor, so the tied layout is the
+               block's prefix; the V x d_model floats after it stay unused */
             c.untied_head = 0;
-            s = mb__model_alloc(&tied, &c);
-            if (s != MB_STATUS_OK) goto done;
-            memcpy(tied->params, m->params, sizeof(float) * (size_t)tied->num_params); /* lm_head is last */
-            mb_model_free(m);
-            m = tied;
+            m->cfg = c;
+            m->ntensors = mb_config_tensors(&c, m->tensors);
+            m->num_params = m->tensors[m->ntensors - 1].offset + m->tensors[m->ntensors - 1].numel;
+            mb__point_weights(&m->w, m->params, &c, m->tensors);
+            mb__point_weights(&m->g, m->grads, &c, m->tensors);
         }
     }
     if (config_json) s = mb__st_check_config_json(&m->cfg, lm != NULL, config_json, config_len, what);
@@ -3960,6 +4036,22 @@ MBDEF mb_status mb_model_load_safetensors(mb_model **out, const char *path) {
    "backbone." before every backbone tensor, and lm_head.weight always (a
    copy of the embedding when tied, as its state_dict lists it); the header
    padded with spaces to 8 bytes, as the reference writer does. */
+MBDEF mb_status mb_model_save_config_json(const mb_model *m, const char *path) {
+    const mb_config *c = &m->cfg;
+    char buf[512];
+    const void *parts[1];
+    int64_t sizes[1];
+    int n = snprintf(buf, sizeof buf,
+                     "{\n  \"d_model\": %d,\n  \"n_layer\": %d,\n  \"vocab_size\": %d,\n  \"ssm_cfg\": {\"d_state\": %d, \"d_conv\": %d, "
+                     "\"expand\": %d, \"dt_rank\": %d},\n  \"rms_norm\": %s,\n  \"residual_in_fp32\": true,\n  \"fused_add_norm\": true,\n"
+                     "  \"pad_vocab_size_multiple\": 8,\n  \"tie_embeddings\": %s\n}\n",
+                     c->d_model, c->n_layer, c->vocab_size, c->d_state, c->d_conv, c->expand, c->dt_rank,
+                     c->norm == MB_NORM_RMSNORM ? "true" : "false", c->untied_head ? "false" : "true");
+    parts[0] = buf;
+    sizes[0] = n;
+    return mb__write_file_atomic(path, 1, parts, sizes);
+}
+
 MBDEF mb_status mb_model_save_safetensors(const mb_model *m, const char *path) {
     const mb_config *c = &m->cfg;
     const int tied = !c->untied_head;

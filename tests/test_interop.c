@@ -271,6 +271,32 @@ static void test_safetensors_config_json(void) {
                   "config.json case %d: status %d, '%s'", (int)i, s, s ? mb_last_error() : "");
         mb_model_free(m);
     }
+    /* the one mb_model_save_config_json writes is accepted, and names dt_rank (here 2, not d_model/16) */
+    m = NULL;
+    mb_model_create(&m, &c, 7);
+    MBT_CHECK(mb_model_save_config_json(m, "build/interop_cfg/config.json") == MB_STATUS_OK, "write config.json: %s", mb_last_error());
+    mb_model_free(m);
+    {
+        char text[600] = "", want[32];
+        FILE *f = fopen("build/interop_cfg/config.json", "rb");
+        size_t got = f ? fread(text, 1, sizeof text - 1, f) : 0;
+        if (f) fclose(f);
+        text[got] = 0;
+        snprintf(want, sizeof want, "\"dt_rank\": %d}", c.dt_rank);
+        MBT_CHECK(got > 0 && got < 512 && c.dt_rank == 2 && strstr(text, want) && strstr(text, "\"tie_embeddings\": false") && strstr(text, "\"rms_norm\": true"),
+                  "config.json names dt_rank 2 (not ceil(16/16)), RMSNorm and an untied head: %s", text);
+    }
+    m = NULL;
+    MBT_CHECK(mb_model_load(&m, "build/interop_cfg/model.safetensors") == MB_STATUS_OK, "load with the written config.json: %s", mb_last_error());
+    mb_model_free(m);
+    {
+        FILE *f = fopen("build/interop_cfg/config.json", "wb");
+        if (f) { fputs("{\"ssm_cfg\": {\"dt_rank\": 1}}", f); fclose(f); }
+        m = NULL;
+        MBT_CHECK(mb_model_load(&m, "build/interop_cfg/model.safetensors") == MB_STATUS_BAD_FORMAT && strstr(mb_last_error(), "ssm_cfg.dt_rank = 1"),
+                  "a wrong dt_rank in config.json is refused: '%s'", mb_last_error());
+        mb_model_free(m);
+    }
     remove("build/interop_cfg/config.json");
     remove("build/interop_cfg/model.safetensors");
     rmdir("build/interop_cfg");
@@ -279,11 +305,13 @@ static void test_safetensors_config_json(void) {
 /* The CLI: export to safetensors and back is bit-identical to the original
    checkpoint; bad arguments fail cleanly. */
 static void test_export_cli(void) {
-    int rc = system("./mambabyte export --model tests/fixtures/model_tiny.bin --format safetensors --out build/interop_cli.safetensors >/dev/null && "
-                    "./mambabyte export --model build/interop_cli.safetensors --format mambabyte --out build/interop_cli.bin >/dev/null && "
+    int rc = system("mkdir -p build/interop_cli && "
+                    "./mambabyte export --model tests/fixtures/model_tiny.bin --format safetensors --out build/interop_cli/m.safetensors >/dev/null && "
+                    "grep -q '\"tie_embeddings\": true' build/interop_cli/config.json && "
+                    "./mambabyte export --model build/interop_cli/m.safetensors --format mambabyte --out build/interop_cli.bin >/dev/null && "
                     "cmp -s build/interop_cli.bin tests/fixtures/model_tiny.bin");
-    MBT_CHECK(rc == 0, "export -> safetensors -> export -> checkpoint is the fixture byte for byte (rc %d)", rc);
-    rc = system("./mambabyte export --model build/interop_cli.safetensors --format onnx --out x 2>/dev/null");
+    MBT_CHECK(rc == 0, "export -> safetensors (+ config.json, read back) -> export -> checkpoint is the fixture byte for byte (rc %d)", rc);
+    rc = system("./mambabyte export --model build/interop_cli/m.safetensors --format onnx --out x 2>/dev/null");
     MBT_CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "export --format onnx: usage error (rc %d)", rc);
     rc = system("./mambabyte export --model tests/fuzz/corpus/safetensors/dtype_f64 --format mambabyte --out build/x.bin 2>build/interop_err.txt");
     {
@@ -292,7 +320,9 @@ static void test_export_cli(void) {
         if (f) { if (!fgets(line, sizeof line, f)) line[0] = 0; fclose(f); }
         MBT_CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 1 && strstr(line, "dtype F64"), "export of an F64 file: exit 1, '%s'", line);
     }
-    remove("build/interop_cli.safetensors");
+    remove("build/interop_cli/m.safetensors");
+    remove("build/interop_cli/config.json");
+    rmdir("build/interop_cli");
     remove("build/interop_cli.bin");
     remove("build/interop_err.txt");
 }
