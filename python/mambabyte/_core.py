@@ -7,7 +7,8 @@ import numpy as np
 
 from ._lib import CharScore, Config, TensorInfo, lib
 
-CONFIG_KEYS = ("vocab_size", "d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank")
+CONFIG_KEYS = ("vocab_size", "d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank", "norm", "untied_head")
+NORMS = ("layernorm", "rmsnorm")  # mb_norm_kind 0, 1
 
 
 class MambaByteError(RuntimeError):
@@ -62,7 +63,15 @@ def _config_struct(config):
         if "d_model" in config and "dt_rank" not in config:
             c.dt_rank = 0  # derived from d_model
         for k, v in config.items():
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            if k == "norm":
+                if v not in NORMS:
+                    raise ValueError("config norm must be one of %s, not %r" % (", ".join(NORMS), v))
+                v = NORMS.index(v)
+            elif k == "untied_head":
+                if not isinstance(v, (bool, int, np.integer)) or int(v) not in (0, 1):
+                    raise TypeError("config untied_head must be True or False, not %r" % (v,))
+                v = int(v)
+            elif isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError("config %s must be an int, not %r" % (k, v))
             if not -2**31 <= int(v) < 2**31:
                 raise ValueError("config %s = %d is out of range" % (k, v))
@@ -72,7 +81,9 @@ def _config_struct(config):
 
 
 def _config_dict(c):
-    return {k: int(getattr(c, k)) for k in CONFIG_KEYS}
+    d = {k: int(getattr(c, k)) for k in CONFIG_KEYS}
+    d["norm"], d["untied_head"] = NORMS[d["norm"]], bool(d["untied_head"])
+    return d
 
 
 def _tensor_table(c):
@@ -100,7 +111,8 @@ def _infer_config(d):
     di = two_di // 2
     return {"vocab_size": V, "d_model": C, "n_layer": n_layer, "d_state": shape("layers.0.mixer.A_log")[1],
             "d_conv": shape("layers.0.mixer.conv1d.weight")[2], "expand": di // C,
-            "dt_rank": shape("layers.0.mixer.dt_proj.weight")[1]}
+            "dt_rank": shape("layers.0.mixer.dt_proj.weight")[1],
+            "norm": "layernorm" if "layers.0.norm.bias" in d else "rmsnorm", "untied_head": "lm_head.weight" in d}
 
 
 class Model:
@@ -119,8 +131,9 @@ class Model:
     @classmethod
     def create(cls, config=None, seed=1337):
         """A freshly initialised model.  config: a dict of any of vocab_size,
-        d_model, n_layer, d_state, d_conv, expand, dt_rank (the rest are seed
-        000's: 256, 192, 4, 16, 4, 2, and dt_rank ceil(d_model/16)); seed as
+        d_model, n_layer, d_state, d_conv, expand, dt_rank, norm ("layernorm"
+        or "rmsnorm"), untied_head (the rest are seed 000's: 256, 192, 4, 16,
+        4, 2, dt_rank ceil(d_model/16), LayerNorm, a tied head); seed as
         `mambabyte train --seed` (the same seed gives the same weights)."""
         c = _config_struct(config)
         h = ctypes.c_void_p()
@@ -129,8 +142,9 @@ class Model:
 
     @classmethod
     def load(cls, path):
-        """Loads any checkpoint (with or without training state); a bad
-        file raises MambaByteError naming the file and what is wrong."""
+        """Loads any checkpoint (with or without training state), or a
+        mamba_ssm .safetensors file (mb_model_load); a bad file raises
+        MambaByteError naming the file and what is wrong."""
         h = ctypes.c_void_p()
         _check(lib.mb_model_load(ctypes.byref(h), _path(path)))
         return cls(h.value)
@@ -159,7 +173,7 @@ class Model:
     # ---------------------------------------------------------- properties
     @property
     def config(self):
-        """The config as a dict (vocab_size, d_model, n_layer, d_state, d_conv, expand, dt_rank)."""
+        """The config as a dict (vocab_size, d_model, n_layer, d_state, d_conv, expand, dt_rank, norm, untied_head)."""
         return _config_dict(lib.mb_model_config(self._handle()).contents)
 
     @property

@@ -43,10 +43,26 @@ class Mixer(nn.Module):
         return self.out_proj(y * F.silu(z))
 
 
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) * weight (mamba_ssm's RMSNorm; PyTorch 1.13 has none)."""
+
+    def __init__(self, d, eps=LN_EPS):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def _norm(c):
+    return RMSNorm(c["d_model"]) if c.get("norm", "layernorm") == "rmsnorm" else nn.LayerNorm(c["d_model"], eps=LN_EPS)
+
+
 class Layer(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.norm = nn.LayerNorm(c["d_model"], eps=LN_EPS)
+        self.norm = _norm(c)
         self.mixer = Mixer(c)
 
     def forward(self, x):
@@ -54,22 +70,26 @@ class Layer(nn.Module):
 
 
 class MambaByte(nn.Module):
-    """Byte-level Mamba: embedding (tied output head), n_layer pre-norm
-    residual Mamba blocks, a final LayerNorm.  forward(idx (B, T) long) ->
-    logits (B, T, 256)."""
+    """Byte-level Mamba: embedding, n_layer pre-norm residual Mamba blocks,
+    a final norm (LayerNorm, or RMSNorm with config norm "rmsnorm"), and the
+    output head: the embedding (tied) or lm_head (untied_head).
+    forward(idx (B, T) long) -> logits (B, T, 256)."""
 
     def __init__(self, config):
         super().__init__()
         self.config = dict(config)
         self.embedding = nn.Embedding(config["vocab_size"], config["d_model"])
         self.layers = nn.ModuleList(Layer(config) for _ in range(config["n_layer"]))
-        self.norm_f = nn.LayerNorm(config["d_model"], eps=LN_EPS)
+        self.norm_f = _norm(config)
+        if config.get("untied_head"):
+            self.lm_head = nn.Linear(config["d_model"], config["vocab_size"], bias=False)
 
     def forward(self, idx):
         h = self.embedding(idx)
         for layer in self.layers:
             h = layer(h)
-        return self.norm_f(h) @ self.embedding.weight.t()
+        head = self.lm_head.weight if self.config.get("untied_head") else self.embedding.weight
+        return self.norm_f(h) @ head.t()
 
     @classmethod
     def from_model(cls, model):

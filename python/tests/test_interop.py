@@ -57,7 +57,29 @@ def check_c(path, want, c):
     got = m.config
     for k in ("d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank"):
         assert got[k] == c[k], k
+    assert got["norm"] == ("rmsnorm" if c["norm"] else "layernorm") and got["untied_head"] == bool(c["untied_head"])
     return m
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_python_model_with_each_norm_and_head(name):
+    """Model.create / config / state_dict / from_state_dict / to_torch with
+    RMSNorm and an untied head: the torch module's logits equal the C forward."""
+    c = dict(CONFIGS[name])
+    c["norm"], c["untied_head"] = ("rmsnorm" if c["norm"] else "layernorm"), bool(c["untied_head"])
+    m = mambabyte.Model.create(c, seed=3)
+    assert m.config == dict(c, vocab_size=256)
+    sd = m.state_dict()
+    assert ("lm_head.weight" in sd) == c["untied_head"] and ("layers.0.norm.bias" in sd) == (c["norm"] == "layernorm")
+    m2 = mambabyte.Model.from_state_dict(sd)  # the config inferred from the names and shapes
+    assert m2.config == m.config and np.array_equal(m2.forward(X), m.forward(X))
+    net = m.to_torch()
+    assert set(net.state_dict()) == set(sd)
+    with torch.no_grad():
+        t = net(torch.from_numpy(X.astype(np.int64))).numpy()
+    assert rel(t[0].astype(np.float64), m.forward(X)[0].astype(np.float64)) < 1e-5
+    with pytest.raises(ValueError):
+        mambabyte.Model.create(dict(c, norm="batchnorm"))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -15,7 +15,8 @@ X = np.frombuffer(b"The harbour froze in 1892. Caf\xc3\xa9 \xe2\x80\x93 \xe5\xa5
 def test_create_config_and_params():
     m = mambabyte.Model.create(SMALL, seed=3)
     c = m.config
-    assert c == {"vocab_size": 256, "d_model": 32, "n_layer": 2, "d_state": 8, "d_conv": 4, "expand": 2, "dt_rank": 2}
+    assert c == {"vocab_size": 256, "d_model": 32, "n_layer": 2, "d_state": 8, "d_conv": 4, "expand": 2, "dt_rank": 2,
+                 "norm": "layernorm", "untied_head": False}
     sd = m.state_dict()
     assert sum(v.size for v in sd.values()) == m.num_params
     assert list(sd)[:3] == ["embedding.weight", "layers.0.norm.weight", "layers.0.norm.bias"]

@@ -39,7 +39,7 @@ def test_torch_round_trip():
     c = dict(vocab_size=256, d_model=32, n_layer=2, d_state=8, d_conv=4, expand=2, dt_rank=2)
     net = _TorchNet(c)
     m = mambabyte.Model.from_torch(net)
-    assert m.config == c
+    assert m.config == dict(c, norm="layernorm", untied_head=False)
     sd = m.state_dict()
     for k, v in net.state_dict().items():
         assert np.array_equal(sd[k], v.numpy()), k
