@@ -123,6 +123,7 @@ static int open_train_data(mb_dataset *d, flag *flags, int *demo) {
 /* Seed 000's settings, the demo's or smoke mode's, then the flags; *given
    gets the MB_GIVEN bits of the flags that were given. */
 static void settings_from_flags(mb_train_settings *s, mb_config *c, uint32_t *given, flag *flags, const mb_dataset *d, int demo) {
+    char why[512];
     int smoke = d->train_size < 10000 || (getenv("MB_SMOKE") && !strcmp(getenv("MB_SMOKE"), "1"));
     *s = mb_train_settings_default();
     *c = mb_config_default();
@@ -137,6 +138,8 @@ static void settings_from_flags(mb_train_settings *s, mb_config *c, uint32_t *gi
         s->ctx = d->train_size < 65 ? d->train_size - 1 : 64; s->batch = 2; s->steps = 2;
     }
     *given = cli_train_fields_apply(flags, s, c); /* the fields come first in flags */
+    if (!demo && !smoke && !flag_given(flags, "resume") && mb_train_settings_for_budget(s, *given, why, sizeof why))
+        printf("%s\n", why);
     if (!(*given & MB_GIVEN(MB_FIELD_WARMUP))) s->warmup = (int64_t)floor(0.05 * (double)s->steps + 0.5);
 }
 

@@ -478,6 +478,17 @@ MBDEF void mb_adamw_update(mb_model *m, float *adam_m, float *adam_v, int64_t t,
    step schedule, grad_accum 1, seed 1337, random windows, no time budget,
    saves only at the end. */
 MBDEF mb_train_settings mb_train_settings_default(void);
+/* Forward declaration: the recipe below takes the mask of given fields. */
+/* The recipe for a time budget (s->time_budget > 0), measured on this
+   project's 2-core CPU machine (docs/RESULTS.md): seed 000's settings
+   were tuned for 4000 steps on a GPU, and under a short budget on a CPU
+   they take only a few dozen steps of batch 16 x ctx 1024 at lr 3e-4.  Each
+   of schedule (time), lr, batch, ctx and steps (enough that the budget, not
+   the step count, ends the run) that the user did not give (bits of given,
+   MB_GIVEN below) gets the recipe's value; given fields are kept.  why (n
+   bytes, or NULL) gets one line saying what was chosen and why ("" when
+   nothing changed).  Returns the number of fields changed. */
+MBDEF int mb_train_settings_for_budget(mb_train_settings *s, uint32_t given, char *why, size_t n);
 
 /* The fields a user sets (settings and model config), for resume
    reconciliation: bit MB_GIVEN(f) of a mask says the user gave field f. */
@@ -4810,6 +4821,48 @@ MBDEF mb_train_settings mb_train_settings_default(void) {
     s.batch = 16; s.ctx = 1024; s.steps = 4000; s.warmup = 200; s.grad_accum = 1; s.seed = 1337;
     s.lr = 3e-4; s.beta1 = 0.9; s.beta2 = 0.95; s.eps = 1e-8; s.weight_decay = 0.1; s.clip = 1.0;
     return s;
+}
+
+/* Appends to buf (n bytes) at *k, never past its end. */
+static void mb__appendf(char *buf, size_t n, size_t *k, const char *fmt, ...) {
+    va_list ap;
+    int w;
+    if (*k >= n) return;
+    va_start(ap, fmt);
+    w = vsnprintf(buf + *k, n - *k, fmt, ap);
+    va_end(ap);
+    if (w > 0) *k += (size_t)w < n - *k ? (size_t)w : n - *k;
+}
+
+MBDEF int mb_train_settings_for_budget(mb_train_settings *s, uint32_t given, char *why, size_t n) {
+    /* measured at 60 s and 300 s on English text (docs/RESULTS.md); one
+       recipe won at both, so it serves every budget until more are measured */
+    const int64_t batch = 4, ctx = 256, steps = 1000000;
+    const double lr = 2e-3;
+    char set[160] = "";
+    int changed = 0;
+    size_t k = 0;
+    if (why && n) why[0] = 0;
+    if (!(s->time_budget > 0)) return 0;
+    if (!(given & MB_GIVEN(MB_FIELD_SCHEDULE)) && !s->schedule) {
+        s->schedule = 1; changed++; mb__appendf(set, sizeof set, &k, " --schedule time");
+    }
+    if (!(given & MB_GIVEN(MB_FIELD_LR)) && s->lr != lr) {
+        s->lr = lr; changed++; mb__appendf(set, sizeof set, &k, " --lr %g", lr);
+    }
+    if (!(given & MB_GIVEN(MB_FIELD_BATCH)) && s->batch != batch) {
+        s->batch = batch; changed++; mb__appendf(set, sizeof set, &k, " --batch %lld", (long long)batch);
+    }
+    if (!(given & MB_GIVEN(MB_FIELD_CTX)) && s->ctx != ctx) {
+        s->ctx = ctx; changed++; mb__appendf(set, sizeof set, &k, " --ctx %lld", (long long)ctx);
+    }
+    if (!(given & MB_GIVEN(MB_FIELD_STEPS)) && s->schedule && s->steps < steps) { /* the budget, not the steps, ends it */
+        s->steps = steps; changed++; mb__appendf(set, sizeof set, &k, " --steps %lld", (long long)steps);
+    }
+    if (changed && why)
+        snprintf(why, n, "time budget %g s, so%s: the short-budget recipe measured on a 2-core CPU (docs/RESULTS.md); "
+                 "the flags you gave are kept", s->time_budget, set);
+    return changed;
 }
 
 static const mb_train_field_info mb__fields[MB_FIELD_COUNT] = {

@@ -338,9 +338,46 @@ static void test_interrupt_saves(void) {
     }
 }
 
+/* The short-budget recipe: only with a budget, only the fields not given,
+   one line saying what it chose; the CLI prints it and a resume does not
+   apply it. */
+static void test_budget_recipe(void) {
+    mb_train_settings s = mb_train_settings_default(), d = s;
+    char why[512];
+    int n;
+    MBT_CHECK(mb_train_settings_for_budget(&s, 0, why, sizeof why) == 0 && !memcmp(&s, &d, sizeof s) && why[0] == 0,
+              "no time budget: the seed's settings stay, nothing said");
+    s.time_budget = 300;
+    n = mb_train_settings_for_budget(&s, 0, why, sizeof why);
+    MBT_CHECK(n == 5 && s.schedule == 1 && s.lr == 2e-3 && s.batch == 4 && s.ctx == 256 && s.steps == 1000000 &&
+                  s.weight_decay == d.weight_decay && s.clip == d.clip && s.seed == d.seed,
+              "a budget alone: the recipe (%d changed: schedule %d lr %g batch %lld ctx %lld steps %lld)", n, s.schedule, s.lr,
+              (long long)s.batch, (long long)s.ctx, (long long)s.steps);
+    MBT_CHECK(strstr(why, "time budget 300 s, so --schedule time --lr 0.002 --batch 4 --ctx 256 --steps 1000000") != NULL,
+              "the recipe's line: '%s'", why);
+    s = d;
+    s.time_budget = 60; s.lr = 1e-3; s.batch = 32; s.schedule = 0;
+    n = mb_train_settings_for_budget(&s, MB_GIVEN(MB_FIELD_LR) | MB_GIVEN(MB_FIELD_BATCH) | MB_GIVEN(MB_FIELD_SCHEDULE), why, sizeof why);
+    MBT_CHECK(n == 1 && s.lr == 1e-3 && s.batch == 32 && s.schedule == 0 && s.ctx == 256 && s.steps == d.steps &&
+                  !strstr(why, "--lr") && strstr(why, "--ctx 256"),
+              "given flags are kept (the step schedule keeps its steps): %d changed, '%s'", n, why);
+    n = mb_train_settings_for_budget(&s, 0, NULL, 0);
+    MBT_CHECK(n > 0, "why may be NULL");
+    MBT_CHECK(mbt_run("./mambabyte train --data data/sample.txt --d-model 16 --n-layer 1 --time-budget 0.5 --eval-chars 0 "
+                      "--out build/t_recipe.bin > build/t_recipe.out 2>&1") == 0 &&
+                  mbt_file_contains("build/t_recipe.out", "time budget 0.5 s, so --schedule time --lr 0.002 --batch 4 --ctx 256") &&
+                  mbt_file_contains("build/t_recipe.out", "batch 4 x ctx 256"),
+              "the CLI applies and prints the recipe (build/t_recipe.out)");
+    MBT_CHECK(mbt_run("./mambabyte train --data data/sample.txt --d-model 16 --n-layer 1 --time-budget 0.5 --eval-chars 0 "
+                      "--resume build/t_recipe.bin --out build/t_recipe2.bin > build/t_recipe.out 2>&1") == 0 &&
+                  !mbt_file_contains("build/t_recipe.out", "short-budget recipe"),
+              "a resume keeps the checkpoint's settings: no recipe (build/t_recipe.out)");
+}
+
 static void test_loop(void) {
     write_train_text("build/t_text.txt");
     test_settings_default();
+    test_budget_recipe();
     test_resume_rules();
     test_library_equals_cli();
     test_callback_stop_and_resume();

@@ -149,6 +149,7 @@ PROTOTYPES = {
     "mb_stream_top_chars": (c_int, [P, POINTER(c_float), c_int, POINTER(CharScore)]),
     "mb_sample_byte": (c_int, [POINTER(c_float), c_double, c_int, POINTER(c_uint64)]),
     "mb_trainer_describe": (c_int, [c_char_p, c_size_t, POINTER(Trainer), c_char_p]),
+    "mb_train_settings_for_budget": (c_int, [POINTER(TrainSettings), c_uint32, c_char_p, c_size_t]),
     "mb_train_report_describe": (c_int, [c_char_p, c_size_t, POINTER(Trainer), POINTER(TrainReport)]),
     "mb_dataset_describe": (c_int, [c_char_p, c_size_t, POINTER(Dataset)]),
     "mb_eval_describe": (c_int, [c_char_p, c_size_t, c_char_p, POINTER(EvalExactResult), c_int, c_double]),

@@ -129,10 +129,13 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
     for k, v in given.items():
         spec = fields[k]
         _check(lib.mb_train_field_set(ctypes.byref(settings), ctypes.byref(cfg), spec[5], _field_value(k, v, spec)))
-    if "warmup" not in given:
-        settings.warmup = int(math.floor(0.05 * settings.steps + 0.5))
     if deadline is not None:  # a placeholder until the loop starts (below)
         settings.time_budget = max(float(deadline) - time.monotonic(), 0.0) or 1e-3
+    why = ctypes.create_string_buffer(512)  # a budget and no lr/batch/ctx: the short-budget recipe, as the CLI
+    if lib.mb_train_settings_for_budget(ctypes.byref(settings), sum(1 << fields[k][5] for k in given), why, len(why)):
+        _print(why.value.decode(), verbose)
+    if "warmup" not in given:
+        settings.warmup = int(math.floor(0.05 * settings.steps + 0.5))
     if settings.schedule == 1 and not settings.time_budget > 0:
         raise ValueError("schedule='time' needs time_budget (seconds)")
     _check(lib.mb_config_validate(ctypes.byref(cfg)), "config")

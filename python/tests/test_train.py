@@ -140,3 +140,14 @@ def test_ctrl_c_saves_and_raises(tmp_path):
     r = run_cli("train", "--resume", tmp_path / "m.bin", "--out", tmp_path / "m.bin", "--data", SAMPLE, "--stop-at",
                 1000000, "--steps", 100000, "--time-budget", 1, "--eval-chars", 0)
     assert r.returncode == 0, r.stderr  # resumable by the CLI
+
+
+def test_budget_alone_takes_the_recipe(capsys):
+    """A time budget without lr/batch/ctx: the library's short-budget recipe, said in one line, as the CLI."""
+    m = mambabyte.train(SAMPLE.read_bytes(), time_budget=1, d_model=16, n_layer=1, eval_chars=0, verbose=True)
+    out = capsys.readouterr().out
+    assert "time budget 1 s, so --schedule time --lr 0.002 --batch 4 --ctx 256" in out, out
+    assert "batch 4 x ctx 256" in out and m.train_report["outcome"] == "time_budget"
+    mambabyte.train(SAMPLE.read_bytes(), time_budget=1, d_model=16, n_layer=1, batch=2, eval_chars=0, verbose=True)
+    out = capsys.readouterr().out
+    assert "--batch 4" not in out and "batch 2 x ctx 256" in out, out  # a given option is kept
