@@ -478,7 +478,6 @@ MBDEF void mb_adamw_update(mb_model *m, float *adam_m, float *adam_v, int64_t t,
    step schedule, grad_accum 1, seed 1337, random windows, no time budget,
    saves only at the end. */
 MBDEF mb_train_settings mb_train_settings_default(void);
-/* Forward declaration: the recipe below takes the mask of given fields. */
 /* The recipe for a time budget (s->time_budget > 0), measured on this
    project's 2-core CPU machine (docs/RESULTS.md): seed 000's settings
    were tuned for 4000 steps on a GPU, and under a short budget on a CPU
@@ -896,6 +895,17 @@ extern "C" {
 #endif
 
 /* ============================================================ utilities */
+/* snprintf at buf + *k (buf holds n bytes): *k grows by the full length,
+   as snprintf counts, so a cut line still reports its length; nothing is
+   written past the end. */
+static void mb__appendf(char *buf, size_t n, size_t *k, const char *fmt, ...) {
+    va_list ap;
+    int w;
+    va_start(ap, fmt);
+    w = vsnprintf(*k < n ? buf + *k : NULL, *k < n ? n - *k : 0, fmt, ap);
+    va_end(ap);
+    if (w > 0) *k += (size_t)w;
+}
 
 static MB__THREAD_LOCAL char mb__error_text[512];
 
@@ -2046,22 +2056,28 @@ static void mb__scan_step(float *MB__RESTRICT out, float *MB__RESTRICT h, float 
                                      const float *MB__RESTRICT AT, const float *MB__RESTRICT dt_bias,
                                      const float *MB__RESTRICT u, const float *MB__RESTRICT Bt, const float *MB__RESTRICT Ct,
                                      const float *MB__RESTRICT Dp, const float *MB__RESTRICT z, int Di, int S) {
-    int d, n;
-    int d16 = Di - Di % MB__SCAN_DB; /* whole blocks of 16 channels as the batch forward does them, the rest one by one */
+    int d, n, j;
+    int d16 = Di - Di % MB__SCAN_DB; /* whole blocks of 16 channels in place, as the batch forward does them */
     float a[MB__MAX_STATE * MB__SCAN_DB], bu[MB__MAX_STATE * MB__SCAN_DB];
     for (d = 0; d < Di; d++) dt[d] = mb__softplus_v(dt[d] + dt_bias[d]);
     for (d = 0; d < d16; d += MB__SCAN_DB) {
         mb__scan_decays16(a, bu, AT + d, Di, dt + d, u + d, Bt, S);
         mb__scan_recur16(h + d, Di, a, bu, Ct, S, out + d);
     }
-    for (d = d16; d < Di; d++) out[d] = 0.0f;
-    for (n = 0; n < S; n++) {
-        const float bn = Bt[n], cn = Ct[n], *MB__RESTRICT An = AT + (int64_t)n * Di;
-        float *MB__RESTRICT hn = h + (int64_t)n * Di;
-        for (d = d16; d < Di; d++) {
-            float v = mb__exp(dt[d] * An[d]) * hn[d] + dt[d] * bn * u[d];
-            hn[d] = v;
-            out[d] += cn * v;
+    if (d16 < Di) { /* the last, partial block through the same core, its lanes padded as the batch forward pads them */
+        int nd = Di - d16;
+        float hp[MB__MAX_STATE * MB__SCAN_DB], Ap[MB__MAX_STATE * MB__SCAN_DB], dp[MB__SCAN_DB], up[MB__SCAN_DB], y[MB__SCAN_DB];
+        mb__scan_load(dp, dt + d16, nd);
+        mb__scan_load(up, u + d16, nd);
+        for (n = 0; n < S; n++) {
+            mb__scan_load(hp + n * MB__SCAN_DB, h + (int64_t)n * Di + d16, nd);
+            mb__scan_load(Ap + n * MB__SCAN_DB, AT + (int64_t)n * Di + d16, nd);
+        }
+        mb__scan_decays16(a, bu, Ap, MB__SCAN_DB, dp, up, Bt, S);
+        mb__scan_recur16(hp, MB__SCAN_DB, a, bu, Ct, S, y);
+        for (j = 0; j < nd; j++) {
+            out[d16 + j] = y[j];
+            for (n = 0; n < S; n++) h[(int64_t)n * Di + d16 + j] = hp[n * MB__SCAN_DB + j];
         }
     }
     for (d = 0; d < Di; d++) out[d] = (out[d] + Dp[d] * u[d]) * (z[d] * mb__sigmoid_v(z[d]));
@@ -4823,20 +4839,10 @@ MBDEF mb_train_settings mb_train_settings_default(void) {
     return s;
 }
 
-/* Appends to buf (n bytes) at *k, never past its end. */
-static void mb__appendf(char *buf, size_t n, size_t *k, const char *fmt, ...) {
-    va_list ap;
-    int w;
-    if (*k >= n) return;
-    va_start(ap, fmt);
-    w = vsnprintf(buf + *k, n - *k, fmt, ap);
-    va_end(ap);
-    if (w > 0) *k += (size_t)w < n - *k ? (size_t)w : n - *k;
-}
-
 MBDEF int mb_train_settings_for_budget(mb_train_settings *s, uint32_t given, char *why, size_t n) {
-    /* measured at 60 s and 300 s on English text (docs/RESULTS.md); one
-       recipe won at both, so it serves every budget until more are measured */
+    /* the best of six at 60 s on English text, confirmed against the
+       defaults at 300 s (docs/RESULTS.md); it serves every budget until
+       other budgets are measured */
     const int64_t batch = 4, ctx = 256, steps = 1000000;
     const double lr = 2e-3;
     char set[160] = "";
@@ -5012,33 +5018,33 @@ MBDEF int mb_train_progress_line(char *buf, size_t n, const mb_train_progress *p
 MBDEF int mb_trainer_describe(char *buf, size_t n, const mb_trainer *t, const char *resumed_from) {
     const mb_config *c = mb_model_config(t->model);
     const mb_train_settings *s = &t->st.settings;
-    int k = snprintf(buf, n, "model: d_model %d, %d layers, d_state %d, d_conv %d, expand %d, dt_rank %d: %lld parameters\n"
-                     "train: batch %lld x ctx %lld x accum %lld, %lld steps%s, lr %g (warm-up %lld steps%s, cosine to 0, %s schedule), "
-                     "wd %g, clip %g, seed %lld, %s windows, device %s, %d threads", c->d_model, c->n_layer, c->d_state,
-                     c->d_conv, c->expand, c->dt_rank, (long long)mb_model_num_params(t->model), (long long)s->batch,
-                     (long long)s->ctx, (long long)s->grad_accum, (long long)s->steps, resumed_from ? " (resumed)" : "", s->lr,
-                     (long long)s->warmup, s->schedule ? " = the same share of the time budget" : "", s->schedule ? "time" : "step",
-                     s->weight_decay, s->clip, (long long)s->seed, s->sequential ? "sequential" : "random", t->backend.name,
-                     mb__max_threads());
-    if (s->time_budget > 0 && k >= 0 && (size_t)k < n) k += snprintf(buf + k, n - (size_t)k, ", time budget %.1f s", s->time_budget);
-    if (resumed_from && k >= 0 && (size_t)k < n)
-        k += snprintf(buf + k, n - (size_t)k, "\nresumed from %s at step %lld", resumed_from, (long long)t->st.step);
-    return k;
+    size_t k = 0;
+    if (n) buf[0] = 0;
+    mb__appendf(buf, n, &k, "model: d_model %d, %d layers, d_state %d, d_conv %d, expand %d, dt_rank %d: %lld parameters\n"
+                "train: batch %lld x ctx %lld x accum %lld, %lld steps%s, lr %g (warm-up %lld steps%s, cosine to 0, %s schedule), "
+                "wd %g, clip %g, seed %lld, %s windows, device %s, %d threads", c->d_model, c->n_layer, c->d_state,
+                c->d_conv, c->expand, c->dt_rank, (long long)mb_model_num_params(t->model), (long long)s->batch,
+                (long long)s->ctx, (long long)s->grad_accum, (long long)s->steps, resumed_from ? " (resumed)" : "", s->lr,
+                (long long)s->warmup, s->schedule ? " = the same share of the time budget" : "", s->schedule ? "time" : "step",
+                s->weight_decay, s->clip, (long long)s->seed, s->sequential ? "sequential" : "random", t->backend.name,
+                mb__max_threads());
+    if (s->time_budget > 0) mb__appendf(buf, n, &k, ", time budget %.1f s", s->time_budget);
+    if (resumed_from) mb__appendf(buf, n, &k, "\nresumed from %s at step %lld", resumed_from, (long long)t->st.step);
+    return (int)k;
 }
 
 MBDEF int mb_train_report_describe(char *buf, size_t n, const mb_trainer *t, const mb_train_report *r) {
-    const mb_train_settings *s = &t->st.settings;
-    int k = 0;
+    size_t k = 0;
+    if (n) buf[0] = 0;
     if (r->outcome == MB_TRAIN_TIME_BUDGET)
-        k = snprintf(buf, n, "time budget: stopping at step %lld after %.1f s (budget %.1f s)\n", (long long)t->st.step,
-                     r->elapsed_s, s->time_budget);
-    if (k >= 0 && (size_t)k < n)
-        k += snprintf(buf + k, n - (size_t)k, "done: %lld steps, %.0f tokens, final loss %.4f, %.1f s, %.0f tokens/s",
-                      (long long)t->st.step, r->tokens, r->last_loss, r->elapsed_s, r->tokens_per_s);
-    if (t->comm && t->comm->size > 1 && k >= 0 && (size_t)k < n)
-        k += snprintf(buf + k, n - (size_t)k, "\ndata-parallel: %d ranks, %.2f s of %.1f s summing gradients (%.1f%%)",
-                      t->comm->size, r->comm_s, r->elapsed_s, 100.0 * r->comm_s / (r->elapsed_s > 0 ? r->elapsed_s : 1));
-    return k;
+        mb__appendf(buf, n, &k, "time budget: stopping at step %lld after %.1f s (budget %.1f s)\n", (long long)t->st.step,
+                    r->elapsed_s, t->st.settings.time_budget);
+    mb__appendf(buf, n, &k, "done: %lld steps, %.0f tokens, final loss %.4f, %.1f s, %.0f tokens/s", (long long)t->st.step,
+                r->tokens, r->last_loss, r->elapsed_s, r->tokens_per_s);
+    if (t->comm && t->comm->size > 1)
+        mb__appendf(buf, n, &k, "\ndata-parallel: %d ranks, %.2f s of %.1f s summing gradients (%.1f%%)", t->comm->size,
+                    r->comm_s, r->elapsed_s, 100.0 * r->comm_s / (r->elapsed_s > 0 ? r->elapsed_s : 1));
+    return (int)k;
 }
 
 /* Seconds counted against the time budget: under the time schedule the
