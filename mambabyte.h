@@ -1490,8 +1490,10 @@ static void mb__norm_backward(const mb_config *cfg, float *dinp, float *dw, floa
 /* MB__PREFETCH: a hint, no effect on results. */
 #if defined(__GNUC__)
 #define MB__PREFETCH(p) __builtin_prefetch(p)
+#define MB__PREFETCH_W(p) __builtin_prefetch(p, 1) /* to be written */
 #else
 #define MB__PREFETCH(p) ((void)0)
+#define MB__PREFETCH_W(p) ((void)0)
 #endif
 /* Small helpers that must be inlined into the loops that call them for the
    compiler to vectorise those loops. */
@@ -1514,6 +1516,10 @@ static void mb__mm_kernel(float *MB__RESTRICT c, int64_t ldc, const float *const
         for (j = 0; j < MB__MM_NR; j++) acc[r][j] = c[r * ldc + j];
     for (s = 0; s < steps; s++) {
         const float *MB__RESTRICT bp = b + s * bs;
+        if (as > 1) { /* a's rows are far apart (dw's dout rows): fetch ahead, the hardware does not */
+            MB__PREFETCH(a[0] + (s + 12) * as);
+            MB__PREFETCH(a[MB__MM_MRB - 1] + (s + 12) * as);
+        }
         MB__UNROLL
         for (r = 0; r < MB__MM_MRB; r++) {
             float av = a[r][s * as];
@@ -1611,6 +1617,43 @@ static void mb__dot_rows(float *MB__RESTRICT out, const float *MB__RESTRICT x, c
 /* Step s of the forward's order -> input index i. */
 static int mb__fwd_index(int s, int nb) { return s < 16 * nb ? (s % nb) * 16 + s / nb : s; }
 
+/* w (OC, IC) packed whole into the forward's panels: NR outputs side by
+   side (zero-padded), the steps in the forward's order; panel p at
+   wp + p*NR*IC.  mb__matmul_packed (and mb_stream_feed, which keeps its
+   weights this way) reads them. */
+static int64_t mb__matvec_packed_floats(int IC, int OC) {
+    return (int64_t)((OC + MB__MM_NR - 1) / MB__MM_NR) * MB__MM_NR * IC;
+}
+static void mb__matvec_pack(float *wp, const float *w, int IC, int OC) {
+    int nb = IC / 16, o0, s, j;
+    for (o0 = 0; o0 < OC; o0 += MB__MM_NR) {
+        int nr = OC - o0 < MB__MM_NR ? OC - o0 : MB__MM_NR;
+        float *p = wp + (int64_t)o0 * IC;
+        for (s = 0; s < IC; s++) {
+            const float *src = w + (int64_t)o0 * IC + mb__fwd_index(s, nb);
+            for (j = 0; j < nr; j++) p[(int64_t)s * MB__MM_NR + j] = src[(int64_t)j * IC];
+            for (; j < MB__MM_NR; j++) p[(int64_t)s * MB__MM_NR + j] = 0.0f;
+        }
+    }
+}
+/* The forward's MR x NR tile of out at rows n0.., columns o0.. from one
+   packed panel bp holding all IC steps. */
+static void mb__mm_fwd_tile(float *out, const float *inp, int64_t ldi, const float *bp, int64_t N, int IC, int OC,
+                            int64_t n0, int o0) {
+    const float *ap[MB__MM_MR];
+    float cb[MB__MM_MR * MB__MM_NR];
+    int nb = IC / 16, nr = OC - o0 < MB__MM_NR ? OC - o0 : MB__MM_NR;
+    int rows = (int)(N - n0 < MB__MM_MR ? N - n0 : MB__MM_MR), r, j;
+    for (r = 0; r < MB__MM_MR; r++) ap[r] = inp + (n0 + (r < rows ? r : rows - 1)) * ldi;
+    if (rows == MB__MM_MR && nr == MB__MM_NR) {
+        mb__mm_kernel_fwd(out + n0 * OC + o0, OC, ap, bp, nb, nb > 0 ? 0 : 16, 16, 0, IC - 16 * nb, 1);
+        return;
+    }
+    mb__mm_kernel_fwd(cb, MB__MM_NR, ap, bp, nb, nb > 0 ? 0 : 16, 16, 0, IC - 16 * nb, 1);
+    for (r = 0; r < rows; r++)
+        for (j = 0; j < nr; j++) out[(n0 + r) * OC + o0 + j] = cb[r * MB__MM_NR + j];
+}
+
 MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC) {
     const int MR = MB__MM_MR, NR = MB__MM_NR;
     int nb = IC / 16;
@@ -1618,6 +1661,23 @@ MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const f
         int64_t n;
         MB__OMP(parallel for schedule(static) if (N * IC * OC > 65536))
         for (n = 0; n < N; n++) mb__dot_rows(out + n * OC, inp + n * ldi, w, IC, OC);
+        return;
+    }
+    if (mb__matvec_packed_floats(IC, OC) <= MB__MM_KC * MB__MM_NR) {
+        /* all of w fits one thread's panel buffer (dt_proj's 12 inputs): packed
+           once, each row tile writes its whole rows, which reach memory in
+           order (panel by panel, the rows' parts are written far apart and the
+           output was 2.5x slower in a training step) */
+        MB__OMP(parallel if (N * IC * OC > 65536))
+        {
+            float bp[MB__MM_KC * MB__MM_NR];
+            int64_t nmb = (N + MR - 1) / MR, mb;
+            int o0;
+            mb__matvec_pack(bp, w, IC, OC);
+            MB__OMP(for schedule(static))
+            for (mb = 0; mb < nmb; mb++)
+                for (o0 = 0; o0 < OC; o0 += NR) mb__mm_fwd_tile(out, inp, ldi, bp + (int64_t)o0 * IC, N, IC, OC, mb * MR, o0);
+        }
         return;
     }
     MB__OMP(parallel if (N * IC * OC > 65536))
@@ -1648,6 +1708,11 @@ MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const f
                     int k0 = s0 < 16 * nb ? s0 / nb : 16, k1 = s1 < 16 * nb ? s1 / nb : 16;
                     int t0 = s0 > 16 * nb ? s0 - 16 * nb : 0, t1 = s1 > 16 * nb ? s1 - 16 * nb : 0;
                     for (r = 0; r < MR; r++) ap[r] = inp + (n0 + (r < rows ? r : rows - 1)) * ldi;
+                    if (s0 == 0 && n0 + 2 * MR <= N) /* the next tile's output lines, far apart: ask for them early */
+                        for (r = 0; r < MR; r++) {
+                            MB__PREFETCH_W(out + (n0 + MR + r) * OC + o0);
+                            MB__PREFETCH_W(out + (n0 + MR + r) * OC + o0 + NR - 1);
+                        }
                     if (rows == MR && nr == NR) { /* a whole tile: straight into out */
                         mb__mm_kernel_fwd(out + n0 * OC + o0, OC, ap, bp, nb, k0, k1, t0, t1, s0 == 0);
                         continue;
@@ -2919,21 +2984,6 @@ struct mb_stream {
    those of mb__matmul_forward / mb__dot_rows (bit for bit), but with the outputs in the
    vector lanes there is no sum across lanes (about 3x faster per byte when
    streaming; see docs/BENCHMARKS.md). */
-static int64_t mb__matvec_packed_floats(int IC, int OC) {
-    return (int64_t)((OC + MB__MM_NR - 1) / MB__MM_NR) * MB__MM_NR * IC;
-}
-static void mb__matvec_pack(float *wp, const float *w, int IC, int OC) {
-    int nb = IC / 16, o0, s, j;
-    for (o0 = 0; o0 < OC; o0 += MB__MM_NR) {
-        int nr = OC - o0 < MB__MM_NR ? OC - o0 : MB__MM_NR;
-        float *p = wp + (int64_t)o0 * IC;
-        for (s = 0; s < IC; s++) {
-            const float *src = w + (int64_t)o0 * IC + mb__fwd_index(s, nb);
-            for (j = 0; j < nr; j++) p[(int64_t)s * MB__MM_NR + j] = src[(int64_t)j * IC];
-            for (; j < MB__MM_NR; j++) p[(int64_t)s * MB__MM_NR + j] = 0.0f;
-        }
-    }
-}
 /* nq (1..4, a constant after inlining) panels at once: independent chains
    cover the FMA latency. */
 MB__INLINE void mb__matvec_panels(float *MB__RESTRICT sum, const float *MB__RESTRICT x, const float *MB__RESTRICT bp,
@@ -2986,7 +3036,7 @@ static void mb__matvec_packed(float *MB__RESTRICT out, const float *MB__RESTRICT
    mb__matvec_packed: bit for bit the batch forward. */
 static void mb__matmul_packed(float *out, const float *inp, int64_t ldi, const float *wp, int64_t N, int IC, int OC) {
     const int MR = MB__MM_MR, NR = MB__MM_NR;
-    int nb = IC / 16, np = (OC + NR - 1) / NR;
+    int np = (OC + NR - 1) / NR;
     int64_t nmb = (N + MR - 1) / MR, t;
     if (N < 2 * MR) { /* as mb__matmul_forward: few rows one at a time */
         for (t = 0; t < N; t++) mb__matvec_packed(out + t * OC, inp + t * ldi, wp, IC, OC);
@@ -2994,20 +3044,8 @@ static void mb__matmul_packed(float *out, const float *inp, int64_t ldi, const f
     }
     MB__OMP(parallel for schedule(static) if (N * IC * OC > 65536))
     for (t = 0; t < (int64_t)np * nmb; t++) {
-        const float *ap[MB__MM_MR];
-        float cb[MB__MM_MR * MB__MM_NR];
-        int64_t n0 = (t % nmb) * MR;
-        int o0 = (int)(t / nmb) * NR, nr = OC - o0 < NR ? OC - o0 : NR;
-        int rows = (int)(N - n0 < MR ? N - n0 : MR), r, j;
-        const float *bp = wp + (int64_t)o0 * IC;
-        for (r = 0; r < MR; r++) ap[r] = inp + (n0 + (r < rows ? r : rows - 1)) * ldi;
-        if (rows == MR && nr == NR) {
-            mb__mm_kernel_fwd(out + n0 * OC + o0, OC, ap, bp, nb, nb > 0 ? 0 : 16, 16, 0, IC - 16 * nb, 1);
-            continue;
-        }
-        mb__mm_kernel_fwd(cb, NR, ap, bp, nb, nb > 0 ? 0 : 16, 16, 0, IC - 16 * nb, 1);
-        for (r = 0; r < rows; r++)
-            for (j = 0; j < nr; j++) out[(n0 + r) * OC + o0 + j] = cb[r * NR + j];
+        int o0 = (int)(t / nmb) * NR;
+        mb__mm_fwd_tile(out, inp, ldi, wp + (int64_t)o0 * IC, N, IC, OC, (t % nmb) * MR, o0);
     }
 }
 
