@@ -2086,6 +2086,10 @@ MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float 
             float *dxs = dxz + (int64_t)b * T * 2 * Di + d0;
             for (t = 0; t < T; t++) {
                 int k0 = t < K - 1 ? K - 1 - t : 0; /* taps before the sequence start are skipped */
+                /* the rows ahead, one line each and far apart: the hardware does not fetch them */
+                MB__PREFETCH(xs + (int64_t)(t + 8) * 2 * Di);
+                MB__PREFETCH_W(dxs + (int64_t)(t + 8) * 2 * Di);
+                MB__PREFETCH(dout + ((int64_t)b * T + t + 8) * Di + d0);
                 const float *g = mb__scan_row(gc, dout + ((int64_t)b * T + t) * Di + d0, nd);
                 for (j = 0; j < DB; j++) pre[j] = bs[j];
                 for (k = k0; k < K; k++) {
