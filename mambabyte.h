@@ -1822,15 +1822,20 @@ MBDEF void mb__matmul_backward(float *dinp, float *dw, const float *dout, const 
    subnormal range to zero.  AMX's tdpbf16ps adds a tile's 32 products in
    an order of its own: close to the reference, not equal (tests/test_bf16.c
    bounds it).
-   Layout: a pair is one uint32_t, the even member in the low half.  B (the
-   broadcast-free operand) is packed once per call as pairs of its k rows,
-   "packed pairs": row q holds the pairs (b[2q][j], b[2q+1][j]) of every
-   column j, rows padded to a multiple of 16 and columns to 32 with zeros,
-   which is both vdpbf16ps's lane layout and AMX's VNNI layout for B.  A is
-   rounded a block of rows at a time by the thread that owns the block:
-   [q][r] for the 12 x 32 zmm tile (each pair broadcast), [r][q] for AMX's
-   16 x 16-pair A tiles.  The weights (B of the forward and of dinp) are
-   packed by mb__bf16_pack_weight; a model does it once per forward. */
+   Layouts (a pair is one uint32_t, the even member in the low half):
+     packed pairs  row q holds the pairs (m[2q][x], m[2q+1][x]) of every
+                   column x of a k-major matrix m: rows padded to a multiple
+                   of 16, columns to 32, with zeros.  B always (vdpbf16ps's
+                   lanes and AMX's VNNI layout at once), and A of dw, whose
+                   dout is k-major too (the zmm tile broadcasts its pairs).
+     pair rows     row r holds the pairs (a[r][2q], a[r][2q+1]) along one
+                   row: A of the forward and of dinp, rounded a block of
+                   rows at a time by the thread that owns the block (AMX's
+                   A tiles take this layout; for dw they get it by a
+                   transpose of the packed pairs).
+   The weights (B of the forward and of dinp) are packed by
+   mb__bf16_pack_weight; a model does it once per forward.  The vector
+   conversions are mb__bf_pack's, 32 values per vcvtne2ps2bf16. */
 #define MB__BF_NR 32    /* columns of a tile: two zmm, or two AMX tiles, of float32 sums */
 #define MB__BF_MR 12    /* AVX512-BF16: rows of the register tile (24 zmm of sums) */
 #define MB__BF_MRX 32   /* AMX: rows of a tile block (2 x 2 tiles of 16 x 16 sums) */
@@ -1856,93 +1861,13 @@ static int64_t mb__bf_round_up(int64_t x, int64_t m) { return (x + m - 1) / m * 
 /* Rows of the packed pairs of K summed values: ceil(K/2), padded to 16. */
 static int64_t mb__bf_pair_rows(int64_t K) { return mb__bf_round_up((K + 1) / 2, 16); }
 
-/* Pairs along k of the float matrix m(k, x) = src[k*sk + x*sx] (k < K,
-   x < X), rounded: dst[(q - q0)*dq + x*dx] = (m(2q, x), m(2q+1, x)) for
-   pairs q in [q0, q1), the odd member 0 at 2q+1 = K, pairs past the end 0.
-   The inner loop runs along whichever of k and x is contiguous in src. */
-static void mb__bf_pack(uint32_t *MB__RESTRICT dst, int64_t dq, int64_t dx, const float *MB__RESTRICT src, int64_t sk,
-                        int64_t sx, int64_t K, int64_t X, int64_t q0, int64_t q1) {
-    int64_t qf = K / 2 < q1 ? K / 2 : q1, q, x; /* pairs [q0, qf) are whole */
-    if (qf < q0) qf = q0;
-    if (sk == 1) {
-        for (x = 0; x < X; x++) {
-            const float *s = src + x * sx;
-            uint32_t *d = dst + x * dx - q0 * dq;
-            for (q = q0; q < qf; q++) d[q * dq] = mb__bf16_bits(s[2 * q]) | mb__bf16_bits(s[2 * q + 1]) << 16;
-        }
-    } else {
-        for (q = q0; q < qf; q++) {
-            const float *s0 = src + 2 * q * sk, *s1 = s0 + sk;
-            uint32_t *d = dst + (q - q0) * dq;
-            for (x = 0; x < X; x++) d[x * dx] = mb__bf16_bits(s0[x * sx]) | mb__bf16_bits(s1[x * sx]) << 16;
-        }
-    }
-    for (q = qf; q < q1; q++) /* the half pair, then zeros */
-        for (x = 0; x < X; x++)
-            dst[(q - q0) * dq + x * dx] = 2 * q < K ? mb__bf16_bits(src[2 * q * sk + x * sx]) : 0u;
-}
-
-/* The packed pairs (mb__bf_pair_rows(K) rows of ld = roundup(X, 32)
-   dwords, zero-padded) of m(k, x) = src[k*sk + x*sx]. */
-static void mb__bf_pack_pairs(uint32_t *dst, const float *src, int64_t sk, int64_t sx, int64_t K, int64_t X) {
-    const int64_t Q = mb__bf_pair_rows(K), ld = mb__bf_round_up(X, MB__BF_NR);
-    int64_t q0;
-    MB__OMP(parallel for schedule(static) if (K * X > 65536))
-    for (q0 = 0; q0 < Q; q0 += 16) {
-        int64_t q, x;
-        mb__bf_pack(dst + q0 * ld, ld, 1, src, sk, sx, K, X, q0, q0 + 16);
-        for (q = q0; q < q0 + 16; q++)
-            for (x = X; x < ld; x++) dst[q * ld + x] = 0u;
-    }
-}
-
-/* A weight w (OC, IC) as the forward's B (the pairs of w^T: k = i, columns
-   o) followed by dinp's (the pairs of w: k = o, columns i). */
-MBDEF int64_t mb__bf16_packed_size(int IC, int OC) {
-    return mb__bf_pair_rows(IC) * mb__bf_round_up(OC, MB__BF_NR) + mb__bf_pair_rows(OC) * mb__bf_round_up(IC, MB__BF_NR);
-}
-MBDEF void mb__bf16_pack_weight(uint32_t *wp, const float *w, int IC, int OC) {
-    mb__bf_pack_pairs(wp, w, 1, IC, IC, OC);
-    mb__bf_pack_pairs(wp + mb__bf_pair_rows(IC) * mb__bf_round_up(OC, MB__BF_NR), w, IC, 1, OC, IC);
-}
-
-/* The reference: c(r, j) (+= when acc, else =) the pairs' sum above of
-   a(r, k) b(k, j), a(r, k) = a[r*ar + k*ak], b(k, j) = b[k*bk + j*bj],
-   c(r, j) = c[r*cr + j]. */
-static void mb__bf_gemm_naive(float *c, int64_t cr, int acc, const float *a, int64_t ar, int64_t ak, const float *b,
-                              int64_t bk, int64_t bj, int64_t rows, int64_t cols, int64_t K) {
-    int64_t r;
-    MB__OMP(parallel for schedule(static) if (rows * cols * K > 65536))
-    for (r = 0; r < rows; r++) {
-        int64_t j, k;
-        for (j = 0; j < cols; j++) {
-            float s = acc ? c[r * cr + j] : 0.0f;
-            for (k = 0; k < K; k += 2) {
-                float a0 = mb__bf16_value(mb__bf16_bits(a[r * ar + k * ak])), b0 = mb__bf16_value(mb__bf16_bits(b[k * bk + j * bj]));
-                float a1 = k + 1 < K ? mb__bf16_value(mb__bf16_bits(a[r * ar + (k + 1) * ak])) : 0.0f;
-                float b1 = k + 1 < K ? mb__bf16_value(mb__bf16_bits(b[(k + 1) * bk + j * bj])) : 0.0f;
-                s = (s + a1 * b1) + a0 * b0;
-            }
-            c[r * cr + j] = s;
-        }
-    }
-}
-
-MBDEF void mb__matmul_forward_bf16_naive(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC) {
-    mb__bf_gemm_naive(out, OC, 0, inp, ldi, 1, w, 1, IC, N, OC, IC);
-}
-MBDEF void mb__matmul_backward_bf16_naive(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
-                                          const float *w, int64_t N, int IC, int OC) {
-    if (dinp) mb__bf_gemm_naive(dinp, ldi, 1, dout, OC, 1, w, IC, 1, N, IC, OC);
-    mb__bf_gemm_naive(dw, IC, 1, dout, 1, OC, inp, ldi, 1, OC, IC, N);
-}
-
 /* ---- which kernels this machine runs ----
    CPUID says what the core has and XGETBV what the OS saves on a context
    switch (XCR0: opmask and the upper zmm halves for AVX-512, bits 5-7;
    the tile config and data for AMX, bits 17-18); Linux also hands out the
    tile data only on request (arch_prctl ARCH_REQ_XCOMP_PERM, once per
-   process, for every thread). */
+   process, for every thread).  AMX is used only beside AVX512-BF16 (the
+   conversions are AVX-512's). */
 static int mb__bf16_allowed = -1;
 MBDEF void mb__bf16_limit_paths(int mask) { mb__bf16_allowed = mask; }
 #if defined(MB__BF16_X86)
@@ -1990,16 +1915,162 @@ MBDEF int mb__bf16_paths(void) {
 MBDEF int mb__bf16_paths(void) { return 1 << MB__BF16_NONE & (mb__bf16_allowed | 1); }
 #endif
 
+/* ---- packing: rounding to bf16 pairs ---- */
 #if defined(MB__BF16_X86)
 #define MB__BF16_AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define MB__BF16_AMX_FN __attribute__((target("amx-tile,amx-bf16")))
+/* 32 floats (lo, then hi) -> 32 bf16 in order: 16 pairs along the row. */
+MB__BF16_AVX512_FN static void mb__bf_cvt_row(uint32_t *d, const float *s, int64_t nq) {
+    int64_t q;
+    for (q = 0; q + 16 <= nq; q += 16)
+        _mm512_storeu_si512((void *)(d + q), (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + 2 * q + 16), _mm512_loadu_ps(s + 2 * q)));
+}
+/* 16 floats of two rows -> their 16 pairs, column by column. */
+MB__BF16_AVX512_FN static void mb__bf_cvt_two(uint32_t *d, const float *s0, const float *s1, int64_t nx) {
+    __m512i idx;
+    uint16_t ix[32];
+    int64_t x;
+    int j;
+    for (j = 0; j < 16; j++) { /* [s0's 16 | s1's 16] -> s0[0], s1[0], s0[1], ... */
+        ix[2 * j] = (uint16_t)j;
+        ix[2 * j + 1] = (uint16_t)(16 + j);
+    }
+    idx = _mm512_loadu_si512((const void *)ix);
+    for (x = 0; x + 16 <= nx; x += 16) {
+        __m512i v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s1 + x), _mm512_loadu_ps(s0 + x));
+        _mm512_storeu_si512((void *)(d + x), _mm512_permutexvar_epi16(idx, v));
+    }
+}
+#endif
 
+/* Pairs along k of the float matrix m(k, x) = src[k*sk + x*sx] (k < K,
+   x < X), rounded: dst[(q - q0)*dq + x*dx] = (m(2q, x), m(2q+1, x)) for
+   pairs q in [q0, q1), the odd member 0 at 2q+1 = K, pairs past the end 0.
+   Where this CPU has AVX512-BF16, the two layouts the kernels read go 32
+   values per instruction: along a row (sk == 1, dq == 1: pair rows) and
+   down pairs of rows (sx == 1, dx == 1: packed pairs); the rest, and any
+   other strides, pair by pair in C. */
+static void mb__bf_pack(uint32_t *MB__RESTRICT dst, int64_t dq, int64_t dx, const float *MB__RESTRICT src, int64_t sk,
+                        int64_t sx, int64_t K, int64_t X, int64_t q0, int64_t q1) {
+    int64_t qf = K / 2 < q1 ? K / 2 : q1, q, x, done = 0; /* pairs [q0, qf) are whole */
+#if defined(MB__BF16_X86)
+    const int vec = mb__bf16_paths() >> MB__BF16_AVX512 & 1;
+#else
+    const int vec = 0;
+#endif
+    if (qf < q0) qf = q0;
+    if (sk == 1) {
+        for (x = 0; x < X; x++) {
+            const float *s = src + x * sx;
+            uint32_t *d = dst + x * dx - q0 * dq;
+#if defined(MB__BF16_X86)
+            if (vec && dq == 1) {
+                done = (qf - q0) / 16 * 16;
+                mb__bf_cvt_row(d + q0, s + 2 * q0, done);
+            }
+#endif
+            for (q = q0 + done; q < qf; q++) d[q * dq] = mb__bf16_bits(s[2 * q]) | mb__bf16_bits(s[2 * q + 1]) << 16;
+        }
+    } else {
+        for (q = q0; q < qf; q++) {
+            const float *s0 = src + 2 * q * sk, *s1 = s0 + sk;
+            uint32_t *d = dst + (q - q0) * dq;
+#if defined(MB__BF16_X86)
+            if (vec && dx == 1 && sx == 1) {
+                done = X / 16 * 16;
+                mb__bf_cvt_two(d, s0, s1, done);
+            }
+#endif
+            for (x = done; x < X; x++) d[x * dx] = mb__bf16_bits(s0[x * sx]) | mb__bf16_bits(s1[x * sx]) << 16;
+        }
+    }
+    (void)vec;
+    for (q = qf; q < q1; q++) /* the half pair, then zeros */
+        for (x = 0; x < X; x++)
+            dst[(q - q0) * dq + x * dx] = 2 * q < K ? mb__bf16_bits(src[2 * q * sk + x * sx]) : 0u;
+}
+
+/* The packed pairs of m(k, x) = src[k*sk + x*sx] (k < K, x < X):
+   mb__bf_pair_rows(K) rows of ld = roundup(X, 32) dwords, zero-padded,
+   and MB__BF_MR zero dwords after them (the zmm tile reads up to 11 rows
+   past the last column).  sk == 1 (pairs along src's rows) goes through a
+   block of pair rows on the stack and a transpose. */
+static void mb__bf_pack_pairs(uint32_t *dst, const float *src, int64_t sk, int64_t sx, int64_t K, int64_t X) {
+    const int64_t Q = mb__bf_pair_rows(K), ld = mb__bf_round_up(X, MB__BF_NR);
+    int64_t q0;
+    MB__OMP(parallel for schedule(static) if (K * X > 65536))
+    for (q0 = 0; q0 < Q; q0 += 16) {
+        int64_t q, x;
+        if (sk == 1) {
+            uint32_t t[MB__BF_NR * 16];
+            int64_t x0;
+            for (x0 = 0; x0 < X; x0 += MB__BF_NR) { /* 32 columns x 16 pairs, then their transpose */
+                int64_t nx = X - x0 < MB__BF_NR ? X - x0 : MB__BF_NR;
+                mb__bf_pack(t, 1, 16, src + x0 * sx, 1, sx, K, nx, q0, q0 + 16);
+                for (q = 0; q < 16; q++)
+                    for (x = 0; x < nx; x++) dst[(q0 + q) * ld + x0 + x] = t[x * 16 + q];
+            }
+        } else {
+            mb__bf_pack(dst + q0 * ld, ld, 1, src, sk, sx, K, X, q0, q0 + 16);
+        }
+        for (q = q0; q < q0 + 16; q++)
+            for (x = X; x < ld; x++) dst[q * ld + x] = 0u;
+    }
+    memset(dst + Q * ld, 0, MB__BF_MR * sizeof(uint32_t));
+}
+static size_t mb__bf_pairs_bytes(int64_t K, int64_t X) {
+    return (size_t)(mb__bf_pair_rows(K) * mb__bf_round_up(X, MB__BF_NR) + MB__BF_MR) * sizeof(uint32_t);
+}
+
+/* A weight w (OC, IC) as the forward's B (the pairs of w^T: k = i, columns
+   o) followed by dinp's (the pairs of w: k = o, columns i). */
+MBDEF int64_t mb__bf16_packed_size(int IC, int OC) {
+    return (int64_t)((mb__bf_pairs_bytes(IC, OC) + mb__bf_pairs_bytes(OC, IC)) / sizeof(uint32_t));
+}
+MBDEF void mb__bf16_pack_weight(uint32_t *wp, const float *w, int IC, int OC) {
+    mb__bf_pack_pairs(wp, w, 1, IC, IC, OC);
+    mb__bf_pack_pairs(wp + mb__bf_pairs_bytes(IC, OC) / sizeof(uint32_t), w, IC, 1, OC, IC);
+}
+
+/* The reference: c(r, j) (+= when acc, else =) the pairs' sum above of
+   a(r, k) b(k, j), a(r, k) = a[r*ar + k*ak], b(k, j) = b[k*bk + j*bj],
+   c(r, j) = c[r*cr + j]. */
+static void mb__bf_gemm_naive(float *c, int64_t cr, int acc, const float *a, int64_t ar, int64_t ak, const float *b,
+                              int64_t bk, int64_t bj, int64_t rows, int64_t cols, int64_t K) {
+    int64_t r;
+    MB__OMP(parallel for schedule(static) if (rows * cols * K > 65536))
+    for (r = 0; r < rows; r++) {
+        int64_t j, k;
+        for (j = 0; j < cols; j++) {
+            float s = acc ? c[r * cr + j] : 0.0f;
+            for (k = 0; k < K; k += 2) {
+                float a0 = mb__bf16_value(mb__bf16_bits(a[r * ar + k * ak])), b0 = mb__bf16_value(mb__bf16_bits(b[k * bk + j * bj]));
+                float a1 = k + 1 < K ? mb__bf16_value(mb__bf16_bits(a[r * ar + (k + 1) * ak])) : 0.0f;
+                float b1 = k + 1 < K ? mb__bf16_value(mb__bf16_bits(b[(k + 1) * bk + j * bj])) : 0.0f;
+                s = (s + a1 * b1) + a0 * b0;
+            }
+            c[r * cr + j] = s;
+        }
+    }
+}
+
+MBDEF void mb__matmul_forward_bf16_naive(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC) {
+    mb__bf_gemm_naive(out, OC, 0, inp, ldi, 1, w, 1, IC, N, OC, IC);
+}
+MBDEF void mb__matmul_backward_bf16_naive(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                                          const float *w, int64_t N, int IC, int OC) {
+    if (dinp) mb__bf_gemm_naive(dinp, ldi, 1, dout, OC, 1, w, IC, 1, N, IC, OC);
+    mb__bf_gemm_naive(dw, IC, 1, dout, 1, OC, inp, ldi, 1, OC, IC, N);
+}
+
+/* ---- the kernels ---- */
+#if defined(MB__BF16_X86)
 /* c (12 x 32, row stride ldc) = (first) or += the pairs q < nq of
-   a[q*lda + r] (one pair, broadcast) . b[q*ldb + j] (32 pairs): 24 zmm of
-   sums, two loads and 12 broadcasts per 24 vdpbf16ps. */
-MB__BF16_AVX512_FN static void mb__bf_tile_avx512(float *MB__RESTRICT c, int64_t ldc, const uint32_t *MB__RESTRICT a,
-                                                  int64_t lda, const uint32_t *MB__RESTRICT b, int64_t ldb, int64_t nq,
-                                                  int first) {
+   a[q*aq + r*ar] (one pair, broadcast) . b[q*ldb + j] (32 pairs): 24 zmm
+   of sums, two loads and 12 broadcasts per 24 vdpbf16ps. */
+MB__BF16_AVX512_FN MB__INLINE void mb__bf_tile_avx512(float *MB__RESTRICT c, int64_t ldc, const uint32_t *MB__RESTRICT a,
+                                                      int64_t aq, int64_t ar, const uint32_t *MB__RESTRICT b, int64_t ldb,
+                                                      int64_t nq, int first) {
     __m512 acc[MB__BF_MR][2];
     int64_t q;
     int r;
@@ -2013,7 +2084,7 @@ MB__BF16_AVX512_FN static void mb__bf_tile_avx512(float *MB__RESTRICT c, int64_t
         __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(b + q * ldb + 16));
         MB__UNROLL
         for (r = 0; r < MB__BF_MR; r++) {
-            __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[q * lda + r]);
+            __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[q * aq + r * ar]);
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
         }
@@ -2023,6 +2094,15 @@ MB__BF16_AVX512_FN static void mb__bf_tile_avx512(float *MB__RESTRICT c, int64_t
         _mm512_storeu_ps(c + r * ldc, acc[r][0]);
         _mm512_storeu_ps(c + r * ldc + 16, acc[r][1]);
     }
+}
+/* A as pair rows (a[r*lda + q]), or as packed pairs (a[q*lda + r]). */
+MB__BF16_AVX512_FN static void mb__bf_tile_avx512_rows(float *c, int64_t ldc, const uint32_t *a, int64_t lda, const uint32_t *b,
+                                                       int64_t ldb, int64_t nq, int first) {
+    mb__bf_tile_avx512(c, ldc, a, 1, lda, b, ldb, nq, first);
+}
+MB__BF16_AVX512_FN static void mb__bf_tile_avx512_pairs(float *c, int64_t ldc, const uint32_t *a, int64_t lda, const uint32_t *b,
+                                                        int64_t ldb, int64_t nq, int first) {
+    mb__bf_tile_avx512(c, ldc, a, lda, 1, b, ldb, nq, first);
 }
 
 /* AMX: tiles 0-3 the 2 x 2 blocks of 16 x 16 sums, 4-5 A's two row halves
@@ -2049,8 +2129,8 @@ MB__BF16_AMX_FN static void mb__amx_begin(void) {
 MB__BF16_AMX_FN static void mb__amx_end(void) { _tile_release(); }
 
 /* c (32 x 32, row stride ldc) = (first) or += A B over nq pairs (a
-   multiple of 16): A rows a + r*lda (pairs along the row), B packed
-   pairs (ld ldb).  two_r / two_c: the second row / column half is used. */
+   multiple of 16): A pair rows (a + r*lda), B packed pairs (ld ldb).
+   two_r / two_c: the second row / column half is used. */
 MB__BF16_AMX_FN static void mb__bf_tile_amx(float *c, int64_t ldc, const uint32_t *a, int64_t lda, const uint32_t *b,
                                             int64_t ldb, int64_t nq, int first, int two_r, int two_c) {
     const long sc = (long)(ldc * 4), sa = (long)(lda * 4), sb = (long)(ldb * 4);
@@ -2089,12 +2169,14 @@ MB__BF16_AMX_FN static void mb__bf_tile_amx(float *c, int64_t ldc, const uint32_
 #endif
 
 /* C (rows x cols, row stride ldc, transposed when tr) = (acc 0) or += A B,
-   k < K in pairs: a(r, k) = a[r*ar + k*ak] in float32, rounded here a
-   block of rows (12, or 32 for AMX) and MB__BF_KQ pairs at a time by the
-   thread that owns the block; B packed pairs (ld ldb).  A block's tile
-   passes through C between chunks of pairs, which keeps the order. */
-static void mb__bf_gemm(int path, float *C, int64_t ldc, int tr, int acc, const float *a, int64_t ar, int64_t ak, int64_t rows,
-                        const uint32_t *bp, int64_t ldb, int64_t cols, int64_t K) {
+   k < K in pairs, B packed pairs (ld ldb).  A is either float rows
+   a(r, k) = a[r*lda + k], rounded here a block of rows (12, or 32 for AMX)
+   and MB__BF_KQ pairs at a time by the thread that owns the block, or
+   packed pairs ap (ld ldap; a block's tile reads them as they are, AMX
+   through a transpose into pair rows).  A block's sums pass through C
+   between chunks of pairs, which keeps the order. */
+static void mb__bf_gemm(int path, float *C, int64_t ldc, int tr, int acc, const float *a, int64_t lda, const uint32_t *ap,
+                        int64_t ldap, int64_t rows, const uint32_t *bp, int64_t ldb, int64_t cols, int64_t K) {
 #if defined(MB__BF16_X86)
     const int amx = path == MB__BF16_AMX, MR = amx ? MB__BF_MRX : MB__BF_MR;
     const int64_t Q = amx ? mb__bf_pair_rows(K) : (K + 1) / 2, nrb = (rows + MR - 1) / MR;
@@ -2108,13 +2190,17 @@ static void mb__bf_gemm(int path, float *C, int64_t ldc, int tr, int acc, const 
         for (rb = 0; rb < nrb; rb++) {
             const int64_t r0 = rb * MR;
             const int nr = (int)(rows - r0 < MR ? rows - r0 : MR);
-            int64_t q0 = 0, c0;
+            int64_t q0 = 0, c0, q, r;
             do { /* at least once: K = 0 still writes the zeros */
                 const int64_t nq = Q - q0 < MB__BF_KQ ? Q - q0 : MB__BF_KQ;
                 const int first = !acc && q0 == 0;
-                if (nr < MR) memset(ab, 0, sizeof ab);
-                if (amx) mb__bf_pack(ab, 1, MB__BF_KQ, a + r0 * ar, ak, ar, K, nr, q0, q0 + nq);
-                else mb__bf_pack(ab, MB__BF_MR, 1, a + r0 * ar, ak, ar, K, nr, q0, q0 + nq);
+                if (a) { /* round this block of A */
+                    mb__bf_pack(ab, 1, MB__BF_KQ, a + r0 * lda, 1, lda, K, nr, q0, q0 + nq);
+                    if (nr < MR) memset(ab + nr * MB__BF_KQ, 0, sizeof(uint32_t) * (size_t)((MR - nr) * MB__BF_KQ));
+                } else if (amx) { /* packed pairs -> pair rows (ap's zero columns pad the block) */
+                    for (q = 0; q < nq; q++)
+                        for (r = 0; r < MR; r++) ab[r * MB__BF_KQ + q] = ap[(q0 + q) * ldap + r0 + r];
+                }
                 for (c0 = 0; c0 < cols; c0 += MB__BF_NR) {
                     const int nc = (int)(cols - c0 < MB__BF_NR ? cols - c0 : MB__BF_NR);
                     const uint32_t *b = bp + q0 * ldb + c0;
@@ -2123,7 +2209,8 @@ static void mb__bf_gemm(int path, float *C, int64_t ldc, int tr, int acc, const 
                     int64_t ldt = direct ? ldc : MB__BF_NR;
                     if (!direct && !first) mb__tile_io(cb, MR, MB__BF_NR, C, ldc, tr, r0, c0, nr, nc, 0);
                     if (amx) mb__bf_tile_amx(c, ldt, ab, MB__BF_KQ, b, ldb, nq, first, nr > 16, nc > 16);
-                    else mb__bf_tile_avx512(c, ldt, ab, MB__BF_MR, b, ldb, nq, first);
+                    else if (a) mb__bf_tile_avx512_rows(c, ldt, ab, MB__BF_KQ, b, ldb, nq, first);
+                    else mb__bf_tile_avx512_pairs(c, ldt, ap + q0 * ldap + r0, ldap, b, ldb, nq, first);
                     if (!direct) mb__tile_io(cb, MR, MB__BF_NR, C, ldc, tr, r0, c0, nr, nc, 1);
                 }
                 q0 += nq;
@@ -2132,8 +2219,8 @@ static void mb__bf_gemm(int path, float *C, int64_t ldc, int tr, int acc, const 
         if (amx) mb__amx_end();
     }
 #else
-    (void)path; (void)C; (void)ldc; (void)tr; (void)acc; (void)a; (void)ar; (void)ak; (void)rows; (void)bp; (void)ldb;
-    (void)cols; (void)K;
+    (void)path; (void)C; (void)ldc; (void)tr; (void)acc; (void)a; (void)lda; (void)ap; (void)ldap; (void)rows; (void)bp;
+    (void)ldb; (void)cols; (void)K;
     MB_ASSERT(0); /* no kernels here: the callers take the reference */
 #endif
 }
@@ -2160,38 +2247,37 @@ MBDEF void mb__matmul_forward_bf16(int path, float *out, const float *inp, int64
     if (path != MB__BF16_NONE) wp = mb__bf_weight(wp, &own, w, IC, OC);
     /* out[n][o] = inp[n][i] . w^T[i][o]: rows n, columns o, k = i (memory short: the reference) */
     if (path == MB__BF16_NONE || !wp) mb__matmul_forward_bf16_naive(out, inp, ldi, w, N, IC, OC);
-    else mb__bf_gemm(path, out, OC, 0, 0, inp, ldi, 1, N, wp, mb__bf_round_up(OC, MB__BF_NR), OC, IC);
+    else mb__bf_gemm(path, out, OC, 0, 0, inp, ldi, NULL, 0, N, wp, mb__bf_round_up(OC, MB__BF_NR), OC, IC);
     MB_FREE(own);
 }
 
 MBDEF void mb__matmul_backward_bf16(int path, float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
                                     const float *w, const uint32_t *wp, int64_t N, int IC, int OC) {
-    uint32_t *own = NULL, *pk = NULL;
-    /* dw[o][i] += dout^T[o][n] . inp[n][i]; AVX512-BF16 with a narrow IC: dw^T[i][o] += inp^T[i][n] . dout[n][o] */
-    int tr;
+    const int64_t ldo = mb__bf_round_up(OC, MB__BF_NR), ldx = mb__bf_round_up(IC, MB__BF_NR);
+    uint32_t *own = NULL, *pko = NULL, *pki;
     path = mb__bf_path(path);
-    tr = path == MB__BF16_AVX512 && IC < MB__BF_NR && IC < OC;
     if (path != MB__BF16_NONE) {
         if (dinp) wp = mb__bf_weight(wp, &own, w, IC, OC);
-        pk = (uint32_t *)MB_MALLOC((size_t)(mb__bf_pair_rows(N) * mb__bf_round_up(tr ? OC : IC, MB__BF_NR)) * sizeof(uint32_t));
+        pko = (uint32_t *)MB_MALLOC(mb__bf_pairs_bytes(N, OC) + mb__bf_pairs_bytes(N, IC));
     }
-    if (path == MB__BF16_NONE || (dinp && !wp) || !pk) {
+    if (path == MB__BF16_NONE || (dinp && !wp) || !pko) {
         mb__matmul_backward_bf16_naive(dinp, dw, dout, inp, ldi, w, N, IC, OC);
     } else {
         /* dinp[n][i] += dout[n][o] . w[o][i]: rows n, columns i, k = o */
         if (dinp)
-            mb__bf_gemm(path, dinp, ldi, 0, 1, dout, OC, 1, N, wp + mb__bf_pair_rows(IC) * mb__bf_round_up(OC, MB__BF_NR),
-                        mb__bf_round_up(IC, MB__BF_NR), IC, OC);
-        if (tr) {
-            mb__bf_pack_pairs(pk, dout, OC, 1, N, OC);
-            mb__bf_gemm(path, dw, IC, 1, 1, inp, 1, ldi, IC, pk, mb__bf_round_up(OC, MB__BF_NR), OC, N);
-        } else {
-            mb__bf_pack_pairs(pk, inp, ldi, 1, N, IC);
-            mb__bf_gemm(path, dw, IC, 0, 1, dout, 1, OC, OC, pk, mb__bf_round_up(IC, MB__BF_NR), IC, N);
-        }
+            mb__bf_gemm(path, dinp, ldi, 0, 1, dout, OC, NULL, 0, N, wp + mb__bf_pairs_bytes(IC, OC) / sizeof(uint32_t), ldx, IC, OC);
+        /* dw[o][i] += dout^T[o][n] . inp[n][i], k = n: both packed pairs; the
+           zmm tile with a narrow IC: dw^T[i][o] += inp^T[i][n] . dout[n][o] */
+        pki = pko + mb__bf_pairs_bytes(N, OC) / sizeof(uint32_t);
+        mb__bf_pack_pairs(pko, dout, OC, 1, N, OC);
+        mb__bf_pack_pairs(pki, inp, ldi, 1, N, IC);
+        if (path == MB__BF16_AVX512 && IC < MB__BF_NR && IC < OC)
+            mb__bf_gemm(path, dw, IC, 1, 1, NULL, 0, pki, ldx, IC, pko, ldo, OC, N);
+        else
+            mb__bf_gemm(path, dw, IC, 0, 1, NULL, 0, pko, ldo, OC, pki, ldx, IC, N);
     }
     MB_FREE(own);
-    MB_FREE(pk);
+    MB_FREE(pko);
 }
 
 /* Vectorisable float32 exp, log1p-based softplus and sigmoid: branch-free
