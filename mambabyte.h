@@ -29,7 +29,8 @@
                  mb_cross_entropy_forward / _backward   (PyTorch semantics)
      model       mb_model_create/load/save/free, mb_model_forward/backward,
                  mb_model_params/grads (one flat block, checkpoint order),
-                 mb_model_hash
+                 mb_model_hash, mb_model_set_precision (bf16 matrix
+                 products: AMX or AVX512-BF16, chosen at run time)
                  layout: MB_LAYER_TENSORS, mb_config_tensors, mb_tensor_index
      streaming   mb_stream_create/step/feed/reset/copy/free: O(1) state per
                  byte (a stream snapshots the weights); mb_stream_feed, the
@@ -67,7 +68,7 @@
    IMPLEMENTATION SECTIONS (in this order, after the declarations)
      utilities, numerics, RNG, numerics+ (sigmoid, softplus, SiLU), config
      (the tensor table), CPU layers (each layer's forward and backward side by
-     side, the matrix products, the conv, the scan: its fast chunked path and
+     side, the matrix products in float32 and in bf16, the conv, the scan: its fast chunked path and
      the plain reference beside it), model (activations, forward, backward),
      streaming, checkpoints, training (schedule, AdamW), data, eval, trainer,
      train loop.  Each starts with a "= name =" banner comment.
