@@ -68,8 +68,9 @@
    IMPLEMENTATION SECTIONS (in this order, after the declarations)
      utilities, numerics, RNG, numerics+ (sigmoid, softplus, SiLU), config
      (the tensor table), CPU layers (each layer's forward and backward side by
-     side, the matrix products in float32 and in bf16, the conv, the scan: its fast chunked path and
-     the plain reference beside it), model (activations, forward, backward),
+     side, the matrix products in float32 and in bf16, the conv, the scan:
+     its fast chunked path and the plain reference beside it), model
+     (activations, forward, backward),
      streaming, checkpoints, training (schedule, AdamW), data, eval, trainer,
      train loop.  Each starts with a "= name =" banner comment.
 
