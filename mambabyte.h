@@ -1964,14 +1964,14 @@ static void mb__bf_pack(uint32_t *MB__RESTRICT dst, int64_t dq, int64_t dx, cons
     if (sk == 1) {
         for (x = 0; x < X; x++) {
             const float *s = src + x * sx;
-            uint32_t *d = dst + x * dx - q0 * dq;
+            uint32_t *d = dst + x * dx; /* pair q at d[(q - q0)*dq] */
 #if defined(MB__BF16_X86)
             if (vec && dq == 1) {
                 done = (qf - q0) / 16 * 16;
-                mb__bf_cvt_row(d + q0, s + 2 * q0, done);
+                mb__bf_cvt_row(d, s + 2 * q0, done);
             }
 #endif
-            for (q = q0 + done; q < qf; q++) d[q * dq] = mb__bf16_bits(s[2 * q]) | mb__bf16_bits(s[2 * q + 1]) << 16;
+            for (q = q0 + done; q < qf; q++) d[(q - q0) * dq] = mb__bf16_bits(s[2 * q]) | mb__bf16_bits(s[2 * q + 1]) << 16;
         }
     } else {
         for (q = q0; q < qf; q++) {
