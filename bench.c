@@ -3,10 +3,14 @@
    mb__ kernels and look inside mb_model.  Prints, for the default config:
      * the measured float32 FMA peak (1 thread and all threads),
      * every matrix product of a training step, forward and backward, with
-       their exact FLOP count, and their share of the peak,
+       their exact FLOP count, and their share of the peak, and the same in
+       bf16 (mb__matmul_*_bf16) on each bf16 kernel this CPU runs (AMX,
+       AVX512-BF16),
      * one layer's scan alone (forward + backward),
      * a forward + backward + AdamW step at batch 4 x ctx 256 and at
        batch 16 x ctx 1024 (tokens/s, share of peak at ~6.3 MFLOP/token),
+       and at batch 4 x ctx 256 with bf16 products on each bf16 kernel
+       (tokens/s and the ratio to the float32 step of the same run),
      * peak resident memory (getrusage ru_maxrss),
      * streaming bytes/s on one thread (mb_stream_step), and the ceiling
        that one thread's read bandwidth over the 4.2 MB of weights puts
@@ -153,10 +157,16 @@ typedef struct {
     double shape_fwd[5], shape_bwd[5];
     double step_s[2], step_fwd_s[2], step_bwd_s[2], step_opt_s[2], tok_s[2], rss_mb, act_mb[2];
     double scan_fwd_s[2], scan_bwd_s[2];
+    /* bf16, by kernel (MB__BF16_AVX512, MB__BF16_AMX): the products of one step, the B4xT256 step */
+    double bf_mm_s[3], bf_fwd_gflops[3], bf_bwd_gflops[3], bf_step_s[3], bf_tok_s[3];
     double stream_bps, read_gbs, stream_ceiling; /* ceiling: read_gbs over the weights' bytes, bytes/s */
     int done[2];
     int threads;
 } bench_result;
+
+static const char *bench_bf16_path_name(int path) {
+    return path == MB__BF16_AMX ? "AMX tiles (tdpbf16ps)" : path == MB__BF16_AVX512 ? "AVX512-BF16 (vdpbf16ps)" : "none";
+}
 
 /* ------------------------------------------------------------- matmuls */
 static void bench_matmuls(bench_result *res, const mb_config *c, int64_t N, int reps) {
@@ -166,6 +176,7 @@ static void bench_matmuls(bench_result *res, const mb_config *c, int64_t N, int 
     float *inp, *w, *out, *dinp, *dw, *dout;
     uint64_t rng = 99;
     double tot_f = 0.0, tot_b = 0.0, flop_f = 0.0;
+    int path;
     shapes[0].name = "in_proj";  shapes[0].IC = C;  shapes[0].OC = 2 * Di; shapes[0].count = c->n_layer;
     shapes[1].name = "x_proj";   shapes[1].IC = Di; shapes[1].OC = X;      shapes[1].count = c->n_layer;
     shapes[2].name = "dt_proj";  shapes[2].IC = R;  shapes[2].OC = Di;     shapes[2].count = c->n_layer;
@@ -216,6 +227,47 @@ static void bench_matmuls(bench_result *res, const mb_config *c, int64_t N, int 
     res->mm_gflops = res->mm_flop / res->mm_s / 1e9;
     res->mm_fwd_gflops = flop_f / tot_f / 1e9;
     res->mm_bwd_gflops = 2.0 * flop_f / tot_b / 1e9;
+    printf("  all products of one step: %.1f ms = %.1f GFLOP (2*N*IC*OC forward, twice that backward): %.1f GFLOP/s, "
+           "%.0f%% of peak (forward %.1f, backward %.1f GFLOP/s)\n",
+           1e3 * res->mm_s, res->mm_flop / 1e9, res->mm_gflops, 100.0 * res->mm_gflops / res->fmaN, res->mm_fwd_gflops,
+           res->mm_bwd_gflops);
+    if (mb__bf16_paths() == 1) printf("  bf16 products: this CPU has no AVX512-BF16 or AMX\n");
+    for (path = MB__BF16_AVX512; path <= MB__BF16_AMX; path++) { /* the same shapes in bf16, the weights packed first */
+        double bf_f = 0.0, bf_b = 0.0;
+        if (!(mb__bf16_paths() >> path & 1)) continue;
+        printf("  bf16 products on %s:\n", bench_bf16_path_name(path));
+        for (s = 0; s < 5; s++) {
+            const bench_mm_shape *sh = &shapes[s];
+            double vf[16], vb[16], f = 2.0 * (double)N * sh->IC * sh->OC;
+            uint32_t *wp = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)mb__bf16_packed_size(sh->IC, sh->OC));
+            int r;
+            if (!wp) { fprintf(stderr, "bench: out of memory (bf16 weights)\n"); break; }
+            mb__bf16_pack_weight(wp, w, sh->IC, sh->OC);
+            mb__matmul_forward_bf16(path, out, inp, sh->IC, w, wp, N, sh->IC, sh->OC); /* warm */
+            for (r = 0; r < reps; r++) {
+                double t0 = mb_clock_seconds();
+                mb__matmul_forward_bf16(path, out, inp, sh->IC, w, wp, N, sh->IC, sh->OC);
+                vf[r] = mb_clock_seconds() - t0;
+                t0 = mb_clock_seconds();
+                mb__matmul_backward_bf16(path, dinp, dw, dout, inp, sh->IC, w, wp, N, sh->IC, sh->OC);
+                vb[r] = mb_clock_seconds() - t0;
+            }
+            free(wp);
+            vf[0] = bench_median(vf, reps);
+            vb[0] = bench_median(vb, reps);
+            bf_f += vf[0] * sh->count;
+            bf_b += vb[0] * sh->count;
+            printf("  %-9s %4d -> %-4d  x%d   forward %7.2f ms %6.1f GFLOP/s   backward %7.2f ms %6.1f GFLOP/s   (%.1fx, %.1fx fp32)\n",
+                   sh->name, sh->IC, sh->OC, sh->count, 1e3 * vf[0], f / vf[0] / 1e9, 1e3 * vb[0], 2.0 * f / vb[0] / 1e9,
+                   res->shape_fwd[s] / vf[0], res->shape_bwd[s] / vb[0]);
+        }
+        res->bf_mm_s[path] = bf_f + bf_b;
+        res->bf_fwd_gflops[path] = flop_f / bf_f / 1e9;
+        res->bf_bwd_gflops[path] = 2.0 * flop_f / bf_b / 1e9;
+        printf("  all bf16 products of one step on %s: %.1f ms: %.1f GFLOP/s (forward %.1f, backward %.1f), %.2fx float32's %.1f ms\n",
+               bench_bf16_path_name(path), 1e3 * res->bf_mm_s[path], 3.0 * flop_f / res->bf_mm_s[path] / 1e9,
+               res->bf_fwd_gflops[path], res->bf_bwd_gflops[path], (tot_f + tot_b) / res->bf_mm_s[path], 1e3 * (tot_f + tot_b));
+    }
     free(inp); free(dinp); free(out); free(dout); free(w); free(dw);
 }
 
@@ -234,8 +286,10 @@ static uint8_t *bench_make_text(int64_t n, uint64_t seed) {
 }
 
 /* Times `steps` training steps (after one warm-up step) at batch B x ctx T;
-   the same calls as mb_trainer_step, split so each phase is timed. */
-static int bench_train(bench_result *res, int which, const mb_config *cfg, int B, int T, int steps,
+   the same calls as mb_trainer_step, split so each phase is timed.  path
+   MB__BF16_NONE: float32 (res's step fields [which]); otherwise the bf16
+   products on that kernel (res->bf_step_s / bf_tok_s [path]; no scan). */
+static int bench_train(bench_result *res, int which, int path, const mb_config *cfg, int B, int T, int steps,
                        const uint8_t *data, int64_t size) {
     mb_model *m = NULL;
     mb_trainer tr;
@@ -249,6 +303,11 @@ static int bench_train(bench_result *res, int which, const mb_config *cfg, int B
         fprintf(stderr, "bench: %s\n", mb_last_error());
         mb_model_free(m);
         return 1;
+    }
+    if (path != MB__BF16_NONE) { /* this kernel, even where the model would take another */
+        mb__bf16_limit_paths(1 << path);
+        mb_model_set_precision(m, MB_PRECISION_BF16);
+        mb__bf16_limit_paths(-1);
     }
     for (s = -1; s < steps; s++) {
         mb_step_result r;
@@ -270,6 +329,16 @@ static int bench_train(bench_result *res, int which, const mb_config *cfg, int B
         mb_trainer_free(&tr);
         mb_model_free(m);
         return 1;
+    }
+    if (path != MB__BF16_NONE) {
+        res->bf_step_s[path] = bench_median(vt, steps);
+        res->bf_tok_s[path] = (double)B * T / res->bf_step_s[path];
+        printf("  bf16 products on %s: %.1f ms per step = %.0f tokens/s: %.2fx float32 (forward %.1f, backward %.1f ms)\n",
+               bench_bf16_path_name(path), 1e3 * res->bf_step_s[path], res->bf_tok_s[path], res->bf_tok_s[path] / res->tok_s[which],
+               1e3 * bench_median(vf, steps), 1e3 * bench_median(vb, steps));
+        mb_trainer_free(&tr);
+        mb_model_free(m);
+        return 0;
     }
     res->step_s[which] = bench_median(vt, steps);
     res->step_fwd_s[which] = bench_median(vf, steps);
@@ -431,19 +500,16 @@ static int mb_cli_bench(int argc, char **argv) {
 
     printf("matrix products of one training step at N = %d tokens (mb__matmul_forward / _backward):\n", 4096);
     bench_matmuls(&res, &cfg, 4096, 7);
-    printf("  all products of one step: %.1f ms = %.1f GFLOP (2*N*IC*OC forward, twice that backward): %.1f GFLOP/s, "
-           "%.0f%% of peak (forward %.1f, backward %.1f GFLOP/s)\n\n",
-           1e3 * res.mm_s, res.mm_flop / 1e9, res.mm_gflops, res.mm_gflops / peak_share_div, res.mm_fwd_gflops,
-           res.mm_bwd_gflops);
+    printf("\n");
     fflush(stdout);
 
     {
         static const int Bs[2] = {4, 16}, Ts[2] = {256, 1024}, steps[2] = {9, 3};
-        int k;
+        int k, path;
         for (k = 0; k < 2; k++) {
             double gf;
             if (k == 1 && quick) break;
-            if (bench_train(&res, k, &cfg, Bs[k], Ts[k], steps[k], text, text_size) != 0) { free(text); return 1; }
+            if (bench_train(&res, k, MB__BF16_NONE, &cfg, Bs[k], Ts[k], steps[k], text, text_size) != 0) { free(text); return 1; }
             gf = res.tok_s[k] * BENCH_STEP_FLOP_PER_TOKEN / 1e9;
             printf("training step, batch %d x ctx %d (forward + backward + AdamW, median of %d):\n", Bs[k], Ts[k], steps[k]);
             printf("  %.1f ms per step = %.0f tokens/s = %.1f GFLOP/s at 6.3 MFLOP/token, %.1f%% of peak\n",
@@ -454,6 +520,11 @@ static int mb_cli_bench(int argc, char **argv) {
                    cfg.n_layer, 1e3 * res.scan_fwd_s[k], 1e3 * res.scan_bwd_s[k],
                    1e3 * (res.scan_fwd_s[k] + res.scan_bwd_s[k]), cfg.n_layer,
                    100.0 * cfg.n_layer * (res.scan_fwd_s[k] + res.scan_bwd_s[k]) / res.step_s[k]);
+            fflush(stdout);
+            for (path = MB__BF16_AVX512; k == 0 && path <= MB__BF16_AMX; path++) /* --precision bf16, each kernel */
+                if (mb__bf16_paths() >> path & 1 &&
+                    bench_train(&res, k, path, &cfg, Bs[k], Ts[k], steps[k], text, text_size) != 0) { free(text); return 1; }
+            if (k == 0 && mb__bf16_paths() == 1) printf("  bf16: this CPU has no AVX512-BF16 or AMX (the step stays float32)\n");
             fflush(stdout);
         }
     }
@@ -488,7 +559,7 @@ static int mb_cli_bench(int argc, char **argv) {
 
     if (json) {
         FILE *f = fopen(json, "w");
-        int k;
+        int k, first;
         if (!f) { fprintf(stderr, "mambabyte bench: cannot write %s\n", json); free(text); return 1; }
         fprintf(f, "{\n  \"cpu\": \"%s\",\n  \"threads\": %d,\n  \"compiler\": \"%s\",\n", cpu, threads, __VERSION__);
         fprintf(f, "  \"config\": {\"d_model\": %d, \"n_layer\": %d, \"d_state\": %d, \"d_conv\": %d, \"expand\": %d, \"dt_rank\": %d},\n",
@@ -508,6 +579,16 @@ static int mb_cli_bench(int argc, char **argv) {
                     k ? "," : "", Bs[k], Ts[k], res.step_s[k], res.tok_s[k], res.step_fwd_s[k], res.step_bwd_s[k],
                     res.step_opt_s[k], res.tok_s[k] * BENCH_STEP_FLOP_PER_TOKEN / 1e9 / res.fmaN, res.act_mb[k],
                     res.scan_fwd_s[k], res.scan_bwd_s[k]);
+        }
+        fprintf(f, "  ],\n  \"bf16\": [\n");
+        for (k = MB__BF16_AVX512, first = 1; k <= MB__BF16_AMX; k++) {
+            if (!(mb__bf16_paths() >> k & 1)) continue;
+            fprintf(f, "    %s{\"kernel\": \"%s\", \"matmul_seconds\": %.6f, \"matmul_forward_gflops\": %.2f, "
+                       "\"matmul_backward_gflops\": %.2f, \"step_s_b4_t256\": %.6f, \"tokens_per_s_b4_t256\": %.1f, "
+                       "\"ratio_to_fp32\": %.3f}\n", first ? "" : ",", k == MB__BF16_AMX ? "amx" : "avx512_bf16", res.bf_mm_s[k],
+                    res.bf_fwd_gflops[k], res.bf_bwd_gflops[k], res.bf_step_s[k], res.bf_tok_s[k],
+                    res.tok_s[0] > 0 ? res.bf_tok_s[k] / res.tok_s[0] : 0.0);
+            first = 0;
         }
         fprintf(f, "  ],\n  \"peak_rss_mb\": %.1f,\n  \"stream_bytes_per_s\": %.1f,\n", res.rss_mb, res.stream_bps);
         fprintf(f, "  \"read_bandwidth_gbs_1thread\": %.2f,\n  \"stream_ceiling_bytes_per_s\": %.1f,\n", res.read_gbs,

@@ -91,7 +91,7 @@ static const flag CLI_TRAIN_FLAGS[] = {
     {"plot", F_STR, 0, 0, "SVG of the loss curve, rewritten at each save (needs --log, or logs to FILE.csv)", 0, 0, 0},
     {"json", F_STR, 0, 0, "summary JSON", 0, 0, 0},
     {"device", F_STR, 0, 0, "auto (default), cpu or cuda", 0, 0, 0},
-    {"precision", F_STR, 0, 0, "fp32 (default), tf32 or bf16: the GPU's matrix products (CUDA only)", 0, 0, 0},
+    {"precision", F_STR, 0, 0, "fp32 (default), bf16 (GPU, or CPU with AVX512-BF16/AMX) or tf32 (CUDA only): the matrix products", 0, 0, 0},
     {"eval-chars", F_INT, 0, 1e15, "characters to evaluate after training (default 60000; 0 = skip)", 0, 0, 0},
     {"threads", F_INT, 1, 1024, "OpenMP threads", 0, 0, 0},
     {"deterministic", F_BOOL, 0, 0, "mpirun: sum gradients in rank order (bit-identical to one process with --grad-accum N)", 0, 0, 0},
@@ -270,12 +270,16 @@ static int cmd_train(int argc, char **argv) {
         return 2;
     }
 #ifndef MB_WITH_CUDA
-    if (!strcmp(device, "cuda") || strcmp(precision, "fp32") != 0) {
+    if (!strcmp(device, "cuda") || !strcmp(precision, "tf32")) {
         fprintf(stderr, "mambabyte train: %s needs the CUDA build: build with nvcc on PATH (make) and run ./mambabyte_cuda\n",
-                !strcmp(device, "cuda") ? "--device cuda" : "--precision tf32/bf16");
+                !strcmp(device, "cuda") ? "--device cuda" : "--precision tf32");
         return 2;
     }
 #endif
+    if (!strcmp(device, "cpu") && !strcmp(precision, "tf32")) {
+        fprintf(stderr, "mambabyte train: --precision tf32 is CUDA only; on the CPU use fp32 or bf16\n");
+        return 2;
+    }
     cli_threads_flag(flags);
     if (getenv("MB_TEST_FAIL_RANK") && atoi(getenv("MB_TEST_FAIL_RANK")) == MY_RANK) /* testing hook: this rank's data fails */
         TRAIN_FAIL(1, "%s: cannot read (MB_TEST_FAIL_RANK)\n", flag_str(flags, "data", "data"));
@@ -300,9 +304,14 @@ static int cmd_train(int argc, char **argv) {
 #ifdef MB_WITH_CUDA
     if (strcmp(device, "cpu") != 0 && mb_cuda_trainer_attach(&tr, !strcmp(precision, "bf16") ? 1 : !strcmp(precision, "tf32") ? 2 : 0) != MB_STATUS_OK) {
         if (!strcmp(device, "cuda")) TRAIN_FAIL(1, "--device cuda: %s\n", mb_cuda_last_error());
-        printf("note: training on the CPU (fp32): %s\n", mb_cuda_last_error());
+        printf("note: training on the CPU (%s): %s\n", !strcmp(precision, "bf16") ? "bf16" : "fp32", mb_cuda_last_error());
     }
 #endif
+    if (!tr.backend.step && !strcmp(precision, "bf16")) { /* the CPU's bf16 products: say which kernel, or why none */
+        if (getenv("MB_TEST_BF16_PATHS")) mb__bf16_limit_paths(atoi(getenv("MB_TEST_BF16_PATHS"))); /* testing hook: fewer kernels */
+        if (mb_model_set_precision(m, MB_PRECISION_BF16) != MB_STATUS_OK) TRAIN_FAIL(1, "%s\n", mb_last_error());
+        printf("precision: %s\n", mb_model_precision_describe(m));
+    }
     {
         char text[1024];
         mb_trainer_describe(text, sizeof text, &tr, has_state ? resume : NULL);

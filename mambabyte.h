@@ -29,7 +29,8 @@
                  mb_cross_entropy_forward / _backward   (PyTorch semantics)
      model       mb_model_create/load/save/free, mb_model_forward/backward,
                  mb_model_params/grads (one flat block, checkpoint order),
-                 mb_model_hash
+                 mb_model_hash, mb_model_set_precision (bf16 matrix
+                 products: AMX or AVX512-BF16, chosen at run time)
                  layout: MB_LAYER_TENSORS, mb_config_tensors, mb_tensor_index
      streaming   mb_stream_create/step/feed/reset/copy/free: O(1) state per
                  byte (a stream snapshots the weights); mb_stream_feed, the
@@ -67,8 +68,9 @@
    IMPLEMENTATION SECTIONS (in this order, after the declarations)
      utilities, numerics, RNG, numerics+ (sigmoid, softplus, SiLU), config
      (the tensor table), CPU layers (each layer's forward and backward side by
-     side, the matrix products, the conv, the scan: its fast chunked path and
-     the plain reference beside it), model (activations, forward, backward),
+     side, the matrix products in float32 and in bf16, the conv, the scan:
+     its fast chunked path and the plain reference beside it), model
+     (activations, forward, backward),
      streaming, checkpoints, training (schedule, AdamW), data, eval, trainer,
      train loop.  Each starts with a "= name =" banner comment.
 
@@ -277,6 +279,26 @@ MBDEF mb_status mb_model_backward(mb_model *m);         /* grads += d(mean CE)/d
 MBDEF void mb_model_zero_grad(mb_model *m);
 /* Time steps per scan chunk (states are kept only at chunk boundaries). */
 MBDEF mb_status mb_model_set_scan_chunk(mb_model *m, int chunk);
+/* The matrix products of mb_model_forward / mb_model_backward (the linear
+   layers and the head): MB_PRECISION_FP32, the default, or
+   MB_PRECISION_BF16: operands rounded to bf16, products and sums in
+   float32 (AMX tiles where the CPU has them, else AVX512-BF16), while the
+   weights, gradients, AdamW, norms, conv, scan and cross-entropy stay
+   float32.  A CPU with neither keeps the float32 products (still
+   MB_STATUS_OK: mb_model_precision says FP32, the describe line why).
+   MB_PRECISION_TF32 is the CUDA trainer's only: MB_STATUS_UNSUPPORTED.
+   The numbering is mb_cuda_trainer_attach's.  A run setting, not saved
+   with the weights; streams and eval always compute in float32.  After a
+   change, backward needs a new forward. */
+#define MB_PRECISION_FP32 0
+#define MB_PRECISION_BF16 1
+#define MB_PRECISION_TF32 2
+MBDEF mb_status mb_model_set_precision(mb_model *m, int precision);
+MBDEF int mb_model_precision(const mb_model *m); /* the products' precision in effect */
+/* "float32 products", "bf16 products: AMX tiles (tdpbf16ps)", "bf16
+   products: AVX512-BF16 (vdpbf16ps)", or "bf16 requested but this CPU has
+   no AVX512-BF16 or AMX: float32 products". */
+MBDEF const char *mb_model_precision_describe(const mb_model *m);
 
 /* ------------------------------------------------------------- streaming */
 /* Per layer a conv window (d_conv x d_inner) and a scan state (d_state x
@@ -350,6 +372,31 @@ MBDEF void mb__rmsnorm_backward(float *dinp, float *dw, const float *dout, const
 MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC);
 MBDEF void mb__matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
                                const float *w, int64_t N, int IC, int OC);
+/* The same products with bf16 operands and float32 sums (--precision bf16;
+   see "bf16 matrix products" in the implementation).  path: one of the
+   kernels below, MB__BF16_NONE being the scalar reference; a path this CPU
+   cannot run computes as the reference.  wp: w packed by
+   mb__bf16_pack_weight (mb__bf16_packed_size dwords), or NULL to pack it
+   here; w is read only by the reference.  Each output element is one
+   thread's, in a fixed order: results do not depend on the thread count. */
+enum { MB__BF16_NONE = 0, MB__BF16_AVX512 = 1, MB__BF16_AMX = 2 };
+/* Bit 1 << path for each path this CPU and OS can run (bit 0 always). */
+MBDEF int mb__bf16_paths(void);
+/* Testing: mb__bf16_paths() reports only the paths in mask from now on
+   (as on a CPU without the others); -1 restores them all. */
+MBDEF void mb__bf16_limit_paths(int mask);
+MBDEF uint16_t mb__bf16_from_float(float x); /* round to nearest even; NaN stays NaN */
+MBDEF int64_t mb__bf16_packed_size(int IC, int OC);
+MBDEF void mb__bf16_pack_weight(uint32_t *wp, const float *w, int IC, int OC);
+MBDEF void mb__matmul_forward_bf16(int path, float *out, const float *inp, int64_t ldi, const float *w, const uint32_t *wp,
+                                   int64_t N, int IC, int OC);
+MBDEF void mb__matmul_backward_bf16(int path, float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                                    const float *w, const uint32_t *wp, int64_t N, int IC, int OC);
+/* The scalar references: operands rounded by mb__bf16_from_float, sums in
+   the kernels' order. */
+MBDEF void mb__matmul_forward_bf16_naive(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC);
+MBDEF void mb__matmul_backward_bf16_naive(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                                          const float *w, int64_t N, int IC, int OC);
 MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const float *bias,
                               int B, int T, int Di, int K);
 /* The same from a given start: win (B, K, Di) holds each sequence's inputs
@@ -866,6 +913,16 @@ void mb_cuda_stream_free(mb_cuda_stream *s);
 #include <unistd.h>
 
 #if defined(__AVX512F__) && defined(__FMA__) && !defined(MB_NO_INTRINSICS)
+#include <immintrin.h>
+#endif
+/* The bf16 matrix products' AVX512-BF16 and AMX kernels (see "bf16 matrix
+   products"): compiled with target attributes whatever -march says and
+   chosen at run time (CPUID, XGETBV), so GCC >= 11 or Clang >= 12 on
+   x86-64; nvcc's host pass and MB_NO_INTRINSICS leave them out. */
+#if defined(__x86_64__) && !defined(__CUDACC__) && !defined(MB_NO_INTRINSICS) && !defined(__INTEL_COMPILER) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11))
+#define MB__BF16_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -1741,21 +1798,27 @@ static void mb__mm_pack(float *MB__RESTRICT bp, const float *MB__RESTRICT b, int
     }
 }
 
-/* Loads (or stores) the valid part of an MR x NR tile of C at (r0, c0);
-   tr: C is stored transposed (element (r, j) at C[j*ldc + r]). */
-static void mb__mm_tile_io(float *MB__RESTRICT cb, float *MB__RESTRICT C, int64_t ldc, int tr, int64_t r0, int64_t c0,
-                           int nrr, int ncc, int store) {
+/* Loads (or stores) the valid nrr x ncc part of an mr x nr tile cb (row
+   stride nr) of C at (r0, c0); tr: C is stored transposed (element (r, j)
+   at C[j*ldc + r]).  A load zeroes the rest of the tile. */
+static void mb__tile_io(float *MB__RESTRICT cb, int mr, int nr, float *MB__RESTRICT C, int64_t ldc, int tr, int64_t r0,
+                        int64_t c0, int nrr, int ncc, int store) {
     int r, j;
-    for (r = 0; r < MB__MM_MRB; r++)
-        for (j = 0; j < MB__MM_NR; j++) {
+    for (r = 0; r < mr; r++)
+        for (j = 0; j < nr; j++) {
             float *p = tr ? &C[(c0 + j) * ldc + r0 + r] : &C[(r0 + r) * ldc + c0 + j];
             if (r < nrr && j < ncc) {
-                if (store) *p = cb[r * MB__MM_NR + j];
-                else cb[r * MB__MM_NR + j] = *p;
+                if (store) *p = cb[r * nr + j];
+                else cb[r * nr + j] = *p;
             } else if (!store) {
-                cb[r * MB__MM_NR + j] = 0.0f;
+                cb[r * nr + j] = 0.0f;
             }
         }
+}
+/* ... an MRB x NR tile of the float32 products. */
+static void mb__mm_tile_io(float *MB__RESTRICT cb, float *MB__RESTRICT C, int64_t ldc, int tr, int64_t r0, int64_t c0,
+                           int nrr, int ncc, int store) {
+    mb__tile_io(cb, MB__MM_MRB, MB__MM_NR, C, ldc, tr, r0, c0, nrr, ncc, store);
 }
 
 /* C (rows x cols, row stride ldc, transposed when tr) += sum over steps s in
@@ -1811,6 +1874,477 @@ MBDEF void mb__matmul_backward(float *dinp, float *dw, const float *dout, const 
     /* dw[o][i] += dout[n][o] * inp[n][i]: steps n; vectors along i, or along o when IC is narrow */
     if (IC >= MB__MM_NR || IC >= OC) mb__mm_accum(dw, IC, 0, OC, IC, dout, OC, 1, inp, ldi, N, 128);
     else mb__mm_accum(dw, IC, 1, IC, OC, inp, ldi, 1, dout, OC, N, 128);
+}
+
+/* ---- bf16 matrix products (--precision bf16 on the CPU) ----
+   The three products above with both operands rounded to bf16 (round to
+   nearest even, as vcvtne2ps2bf16 does: NaN stays NaN, quieted; a float32
+   subnormal becomes a signed zero) and every product and sum in float32.
+   The summed index k goes in pairs (2q, 2q+1), the odd member 0 when K is
+   odd, and each output adds pair after pair
+       c = (c + a[2q+1]*b[2q+1]) + a[2q]*b[2q]
+   (a product of two bf16 values is exact in float32), which is what
+   vdpbf16ps does in each lane: so the AVX512-BF16 path is bit for bit the
+   scalar reference, except that the instruction flushes sums in float32's
+   subnormal range to zero.  AMX's tdpbf16ps adds a tile's 32 products in
+   an order of its own: close to the reference, not equal (tests/test_bf16.c
+   bounds it).
+   Layouts (a pair is one uint32_t, the even member in the low half):
+     packed pairs  row q holds the pairs (m[2q][x], m[2q+1][x]) of every
+                   column x of a k-major matrix m: rows padded to a multiple
+                   of 16, columns to 32, with zeros.  B always (vdpbf16ps's
+                   lanes and AMX's VNNI layout at once), and A of dw, whose
+                   dout is k-major too (the zmm tile broadcasts its pairs).
+     pair rows     row r holds the pairs (a[r][2q], a[r][2q+1]) along one
+                   row: A of the forward and of dinp, rounded a block of
+                   rows at a time by the thread that owns the block (AMX's
+                   A tiles take this layout; for dw they get it by a
+                   transpose of the packed pairs).
+   The weights (B of the forward and of dinp) are packed by
+   mb__bf16_pack_weight; a model does it once per forward.  The vector
+   conversions are mb__bf_pack's, 32 values per vcvtne2ps2bf16. */
+#define MB__BF_NR 32    /* columns of a tile: two zmm, or two AMX tiles, of float32 sums */
+#define MB__BF_MR 12    /* AVX512-BF16: rows of the register tile (24 zmm of sums) */
+#define MB__BF_MRX 32   /* AMX: rows of a tile block (2 x 2 tiles of 16 x 16 sums) */
+#define MB__BF_KQ 256   /* pairs of one rounded block of A: 32 x 256 dwords, 32 KB on the stack */
+
+static uint32_t mb__bf16_bits(float x) {
+    uint32_t u, r;
+    memcpy(&u, &x, 4);
+    r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;               /* to nearest even; large values become inf */
+    r = (u & 0x7F800000u) == 0 ? (u >> 16) & 0x8000u : r;      /* zero, subnormal: a signed zero */
+    return (u & 0x7FFFFFFFu) > 0x7F800000u ? (u >> 16) | 0x40u : r; /* NaN: quiet, sign and top payload kept */
+}
+MBDEF uint16_t mb__bf16_from_float(float x) { return (uint16_t)mb__bf16_bits(x); }
+/* The float32 value of a bf16 value (exact). */
+static float mb__bf16_value(uint32_t b) {
+    float f;
+    b <<= 16;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+static int64_t mb__bf_round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+/* Rows of the packed pairs of K summed values: ceil(K/2), padded to 16. */
+static int64_t mb__bf_pair_rows(int64_t K) { return mb__bf_round_up((K + 1) / 2, 16); }
+
+/* ---- which kernels this machine runs ----
+   CPUID says what the core has and XGETBV what the OS saves on a context
+   switch (XCR0: opmask and the upper zmm halves for AVX-512, bits 5-7;
+   the tile config and data for AMX, bits 17-18); Linux also hands out the
+   tile data only on request (arch_prctl ARCH_REQ_XCOMP_PERM, once per
+   process, for every thread).  AMX is used only beside AVX512-BF16 (the
+   conversions are AVX-512's). */
+static int mb__bf16_allowed = -1;
+MBDEF void mb__bf16_limit_paths(int mask) { mb__bf16_allowed = mask; }
+#if defined(MB__BF16_X86)
+static uint64_t mb__xgetbv0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (uint64_t)hi << 32 | lo;
+}
+/* syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0,
+   without the headers that declare syscall() only outside strict C99. */
+static int mb__amx_permission(void) {
+#if defined(__linux__)
+    long ret;
+    __asm__ volatile("syscall" : "=a"(ret) : "0"(158L /* SYS_arch_prctl */), "D"(0x1023L), "S"(18L) : "rcx", "r11", "memory");
+    return ret == 0;
+#else
+    return 0;
+#endif
+}
+static int mb__bf16_detect(void) {
+    unsigned int a, b, c, d, ebx7, edx7, sub7;
+    int paths = 1 << MB__BF16_NONE;
+    uint64_t xcr0;
+    if (!__get_cpuid(0, &a, &b, &c, &d) || a < 7) return paths;
+    __cpuid(1, a, b, c, d);
+    if (!(c >> 27 & 1u)) return paths; /* no OSXSAVE: no XGETBV, no AVX state */
+    xcr0 = mb__xgetbv0();
+    __cpuid_count(7, 0, sub7, ebx7, c, edx7);
+    if (sub7 < 1) return paths;
+    __cpuid_count(7, 1, a, b, c, d);
+    if (!((ebx7 >> 16 & 1u) && (ebx7 >> 30 & 1u) && (ebx7 >> 31 & 1u) && (a >> 5 & 1u) && (xcr0 & 0xE6u) == 0xE6u))
+        return paths; /* AVX512F, BW, VL, BF16 and the OS's zmm state */
+    paths |= 1 << MB__BF16_AVX512;
+    if ((edx7 >> 22 & 1u) && (edx7 >> 24 & 1u) && (xcr0 & 0x60000u) == 0x60000u && mb__amx_permission())
+        paths |= 1 << MB__BF16_AMX;
+    return paths;
+}
+MBDEF int mb__bf16_paths(void) {
+    static int cached = 0; /* 0: not yet (bit 0 is always set once known) */
+    int p = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
+    if (!p) __atomic_store_n(&cached, p = mb__bf16_detect(), __ATOMIC_RELEASE);
+    return p & (mb__bf16_allowed | 1);
+}
+#else
+MBDEF int mb__bf16_paths(void) { return 1 << MB__BF16_NONE & (mb__bf16_allowed | 1); }
+#endif
+
+/* ---- packing: rounding to bf16 pairs ---- */
+#if defined(MB__BF16_X86)
+#define MB__BF16_AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define MB__BF16_AMX_FN __attribute__((target("amx-tile,amx-bf16")))
+/* 32 floats (lo, then hi) -> 32 bf16 in order: 16 pairs along the row. */
+MB__BF16_AVX512_FN static void mb__bf_cvt_row(uint32_t *d, const float *s, int64_t nq) {
+    int64_t q;
+    for (q = 0; q + 16 <= nq; q += 16)
+        _mm512_storeu_si512((void *)(d + q), (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + 2 * q + 16), _mm512_loadu_ps(s + 2 * q)));
+}
+/* 16 floats of two rows -> their 16 pairs, column by column. */
+MB__BF16_AVX512_FN static void mb__bf_cvt_two(uint32_t *d, const float *s0, const float *s1, int64_t nx) {
+    __m512i idx;
+    uint16_t ix[32];
+    int64_t x;
+    int j;
+    for (j = 0; j < 16; j++) { /* [s0's 16 | s1's 16] -> s0[0], s1[0], s0[1], ... */
+        ix[2 * j] = (uint16_t)j;
+        ix[2 * j + 1] = (uint16_t)(16 + j);
+    }
+    idx = _mm512_loadu_si512((const void *)ix);
+    for (x = 0; x + 16 <= nx; x += 16) {
+        __m512i v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s1 + x), _mm512_loadu_ps(s0 + x));
+        _mm512_storeu_si512((void *)(d + x), _mm512_permutexvar_epi16(idx, v));
+    }
+}
+#endif
+
+/* Pairs along k of the float matrix m(k, x) = src[k*sk + x*sx] (k < K,
+   x < X), rounded: dst[(q - q0)*dq + x*dx] = (m(2q, x), m(2q+1, x)) for
+   pairs q in [q0, q1), the odd member 0 at 2q+1 = K, pairs past the end 0.
+   Where this CPU has AVX512-BF16, the two layouts the kernels read go 32
+   values per instruction: along a row (sk == 1, dq == 1: pair rows) and
+   down pairs of rows (sx == 1, dx == 1: packed pairs); the rest, and any
+   other strides, pair by pair in C. */
+static void mb__bf_pack(uint32_t *MB__RESTRICT dst, int64_t dq, int64_t dx, const float *MB__RESTRICT src, int64_t sk,
+                        int64_t sx, int64_t K, int64_t X, int64_t q0, int64_t q1) {
+    int64_t qf = K / 2 < q1 ? K / 2 : q1, q, x, done = 0; /* pairs [q0, qf) are whole */
+#if defined(MB__BF16_X86)
+    const int vec = mb__bf16_paths() >> MB__BF16_AVX512 & 1;
+#else
+    const int vec = 0;
+#endif
+    if (qf < q0) qf = q0;
+    if (sk == 1) {
+        for (x = 0; x < X; x++) {
+            const float *s = src + x * sx;
+            uint32_t *d = dst + x * dx; /* pair q at d[(q - q0)*dq] */
+#if defined(MB__BF16_X86)
+            if (vec && dq == 1) {
+                done = (qf - q0) / 16 * 16;
+                mb__bf_cvt_row(d, s + 2 * q0, done);
+            }
+#endif
+            for (q = q0 + done; q < qf; q++) d[(q - q0) * dq] = mb__bf16_bits(s[2 * q]) | mb__bf16_bits(s[2 * q + 1]) << 16;
+        }
+    } else {
+        for (q = q0; q < qf; q++) {
+            const float *s0 = src + 2 * q * sk, *s1 = s0 + sk;
+            uint32_t *d = dst + (q - q0) * dq;
+#if defined(MB__BF16_X86)
+            if (vec && dx == 1 && sx == 1) {
+                done = X / 16 * 16;
+                mb__bf_cvt_two(d, s0, s1, done);
+            }
+#endif
+            for (x = done; x < X; x++) d[x * dx] = mb__bf16_bits(s0[x * sx]) | mb__bf16_bits(s1[x * sx]) << 16;
+        }
+    }
+    (void)vec;
+    for (q = qf; q < q1; q++) /* the half pair, then zeros */
+        for (x = 0; x < X; x++)
+            dst[(q - q0) * dq + x * dx] = 2 * q < K ? mb__bf16_bits(src[2 * q * sk + x * sx]) : 0u;
+}
+
+/* The packed pairs of m(k, x) = src[k*sk + x*sx] (k < K, x < X):
+   mb__bf_pair_rows(K) rows of ld = roundup(X, 32) dwords, zero-padded,
+   and MB__BF_MR zero dwords after them (the zmm tile reads up to 11 rows
+   past the last column).  sk == 1 (pairs along src's rows) goes through a
+   block of pair rows on the stack and a transpose. */
+static void mb__bf_pack_pairs(uint32_t *dst, const float *src, int64_t sk, int64_t sx, int64_t K, int64_t X) {
+    const int64_t Q = mb__bf_pair_rows(K), ld = mb__bf_round_up(X, MB__BF_NR);
+    int64_t q0;
+    MB__OMP(parallel for schedule(static) if (K * X > 65536))
+    for (q0 = 0; q0 < Q; q0 += 16) {
+        int64_t q, x;
+        if (sk == 1) {
+            uint32_t t[MB__BF_NR * 16];
+            int64_t x0;
+            for (x0 = 0; x0 < X; x0 += MB__BF_NR) { /* 32 columns x 16 pairs, then their transpose */
+                int64_t nx = X - x0 < MB__BF_NR ? X - x0 : MB__BF_NR;
+                mb__bf_pack(t, 1, 16, src + x0 * sx, 1, sx, K, nx, q0, q0 + 16);
+                for (q = 0; q < 16; q++)
+                    for (x = 0; x < nx; x++) dst[(q0 + q) * ld + x0 + x] = t[x * 16 + q];
+            }
+        } else {
+            mb__bf_pack(dst + q0 * ld, ld, 1, src, sk, sx, K, X, q0, q0 + 16);
+        }
+        for (q = q0; q < q0 + 16; q++)
+            for (x = X; x < ld; x++) dst[q * ld + x] = 0u;
+    }
+    memset(dst + Q * ld, 0, MB__BF_MR * sizeof(uint32_t));
+}
+static size_t mb__bf_pairs_bytes(int64_t K, int64_t X) {
+    return (size_t)(mb__bf_pair_rows(K) * mb__bf_round_up(X, MB__BF_NR) + MB__BF_MR) * sizeof(uint32_t);
+}
+
+/* A weight w (OC, IC) as the forward's B (the pairs of w^T: k = i, columns
+   o) followed by dinp's (the pairs of w: k = o, columns i). */
+MBDEF int64_t mb__bf16_packed_size(int IC, int OC) {
+    return (int64_t)((mb__bf_pairs_bytes(IC, OC) + mb__bf_pairs_bytes(OC, IC)) / sizeof(uint32_t));
+}
+MBDEF void mb__bf16_pack_weight(uint32_t *wp, const float *w, int IC, int OC) {
+    mb__bf_pack_pairs(wp, w, 1, IC, IC, OC);
+    mb__bf_pack_pairs(wp + mb__bf_pairs_bytes(IC, OC) / sizeof(uint32_t), w, IC, 1, OC, IC);
+}
+
+/* The reference: c(r, j) (+= when acc, else =) the pairs' sum above of
+   a(r, k) b(k, j), a(r, k) = a[r*ar + k*ak], b(k, j) = b[k*bk + j*bj],
+   c(r, j) = c[r*cr + j]. */
+static void mb__bf_gemm_naive(float *c, int64_t cr, int acc, const float *a, int64_t ar, int64_t ak, const float *b,
+                              int64_t bk, int64_t bj, int64_t rows, int64_t cols, int64_t K) {
+    int64_t r;
+    MB__OMP(parallel for schedule(static) if (rows * cols * K > 65536))
+    for (r = 0; r < rows; r++) {
+        int64_t j, k;
+        for (j = 0; j < cols; j++) {
+            float s = acc ? c[r * cr + j] : 0.0f;
+            for (k = 0; k < K; k += 2) {
+                float a0 = mb__bf16_value(mb__bf16_bits(a[r * ar + k * ak])), b0 = mb__bf16_value(mb__bf16_bits(b[k * bk + j * bj]));
+                float a1 = k + 1 < K ? mb__bf16_value(mb__bf16_bits(a[r * ar + (k + 1) * ak])) : 0.0f;
+                float b1 = k + 1 < K ? mb__bf16_value(mb__bf16_bits(b[(k + 1) * bk + j * bj])) : 0.0f;
+                s = (s + a1 * b1) + a0 * b0;
+            }
+            c[r * cr + j] = s;
+        }
+    }
+}
+
+MBDEF void mb__matmul_forward_bf16_naive(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC) {
+    mb__bf_gemm_naive(out, OC, 0, inp, ldi, 1, w, 1, IC, N, OC, IC);
+}
+MBDEF void mb__matmul_backward_bf16_naive(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                                          const float *w, int64_t N, int IC, int OC) {
+    if (dinp) mb__bf_gemm_naive(dinp, ldi, 1, dout, OC, 1, w, IC, 1, N, IC, OC);
+    mb__bf_gemm_naive(dw, IC, 1, dout, 1, OC, inp, ldi, 1, OC, IC, N);
+}
+
+/* ---- the kernels ---- */
+#if defined(MB__BF16_X86)
+/* c (12 x 32, row stride ldc) = (first) or += the pairs q < nq of
+   a[q*aq + r*ar] (one pair, broadcast) . b[q*ldb + j] (32 pairs): 24 zmm
+   of sums, two loads and 12 broadcasts per 24 vdpbf16ps. */
+MB__BF16_AVX512_FN MB__INLINE void mb__bf_tile_avx512(float *MB__RESTRICT c, int64_t ldc, const uint32_t *MB__RESTRICT a,
+                                                      int64_t aq, int64_t ar, const uint32_t *MB__RESTRICT b, int64_t ldb,
+                                                      int64_t nq, int first) {
+    __m512 acc[MB__BF_MR][2];
+    int64_t q;
+    int r;
+    MB__UNROLL
+    for (r = 0; r < MB__BF_MR; r++) {
+        acc[r][0] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc);
+        acc[r][1] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + 16);
+    }
+    for (q = 0; q < nq; q++) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)(b + q * ldb));
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(b + q * ldb + 16));
+        MB__UNROLL
+        for (r = 0; r < MB__BF_MR; r++) {
+            __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[q * aq + r * ar]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+        }
+    }
+    MB__UNROLL
+    for (r = 0; r < MB__BF_MR; r++) {
+        _mm512_storeu_ps(c + r * ldc, acc[r][0]);
+        _mm512_storeu_ps(c + r * ldc + 16, acc[r][1]);
+    }
+}
+/* A as pair rows (a[r*lda + q]), or as packed pairs (a[q*lda + r]). */
+MB__BF16_AVX512_FN static void mb__bf_tile_avx512_rows(float *c, int64_t ldc, const uint32_t *a, int64_t lda, const uint32_t *b,
+                                                       int64_t ldb, int64_t nq, int first) {
+    mb__bf_tile_avx512(c, ldc, a, 1, lda, b, ldb, nq, first);
+}
+MB__BF16_AVX512_FN static void mb__bf_tile_avx512_pairs(float *c, int64_t ldc, const uint32_t *a, int64_t lda, const uint32_t *b,
+                                                        int64_t ldb, int64_t nq, int first) {
+    mb__bf_tile_avx512(c, ldc, a, lda, 1, b, ldb, nq, first);
+}
+
+/* AMX: tiles 0-3 the 2 x 2 blocks of 16 x 16 sums, 4-5 A's two row halves
+   (16 rows x 16 pairs each), 6-7 B's two column halves (16 pairs x 16
+   columns); all 16 rows of 64 bytes. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} mb__amx_config;
+MB__BF16_AMX_FN static void mb__amx_begin(void) {
+    mb__amx_config cfg;
+    int t;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    /* not _tile_loadconfig: gcc 12's asm names 8 bytes of the config as
+       its input, and then drops the stores to the rest */
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+}
+MB__BF16_AMX_FN static void mb__amx_end(void) { _tile_release(); }
+
+/* c (32 x 32, row stride ldc) = (first) or += A B over nq pairs (a
+   multiple of 16): A pair rows (a + r*lda), B packed pairs (ld ldb).
+   two_r / two_c: the second row / column half is used. */
+MB__BF16_AMX_FN static void mb__bf_tile_amx(float *c, int64_t ldc, const uint32_t *a, int64_t lda, const uint32_t *b,
+                                            int64_t ldb, int64_t nq, int first, int two_r, int two_c) {
+    const long sc = (long)(ldc * 4), sa = (long)(lda * 4), sb = (long)(ldb * 4);
+    float *c1 = c + 16 * ldc;
+    int64_t q;
+    if (first) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    } else {
+        _tile_loadd(0, c, sc);
+        if (two_c) _tile_loadd(1, c + 16, sc);
+        if (two_r) _tile_loadd(2, c1, sc);
+        if (two_r && two_c) _tile_loadd(3, c1 + 16, sc);
+    }
+    for (q = 0; q < nq; q += 16) {
+        _tile_loadd(4, a + q, sa);
+        _tile_loadd(6, b + q * ldb, sb);
+        _tile_dpbf16ps(0, 4, 6);
+        if (two_c) {
+            _tile_loadd(7, b + q * ldb + 16, sb);
+            _tile_dpbf16ps(1, 4, 7);
+        }
+        if (two_r) {
+            _tile_loadd(5, a + 16 * lda + q, sa);
+            _tile_dpbf16ps(2, 5, 6);
+            if (two_c) _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    _tile_stored(0, c, sc);
+    if (two_c) _tile_stored(1, c + 16, sc);
+    if (two_r) _tile_stored(2, c1, sc);
+    if (two_r && two_c) _tile_stored(3, c1 + 16, sc);
+}
+#endif
+
+/* C (rows x cols, row stride ldc, transposed when tr) = (acc 0) or += A B,
+   k < K in pairs, B packed pairs (ld ldb).  A is either float rows
+   a(r, k) = a[r*lda + k], rounded here a block of rows (12, or 32 for AMX)
+   and MB__BF_KQ pairs at a time by the thread that owns the block, or
+   packed pairs ap (ld ldap; a block's tile reads them as they are, AMX
+   through a transpose into pair rows).  A block's sums pass through C
+   between chunks of pairs, which keeps the order. */
+static void mb__bf_gemm(int path, float *C, int64_t ldc, int tr, int acc, const float *a, int64_t lda, const uint32_t *ap,
+                        int64_t ldap, int64_t rows, const uint32_t *bp, int64_t ldb, int64_t cols, int64_t K) {
+#if defined(MB__BF16_X86)
+    const int amx = path == MB__BF16_AMX, MR = amx ? MB__BF_MRX : MB__BF_MR;
+    const int64_t Q = amx ? mb__bf_pair_rows(K) : (K + 1) / 2, nrb = (rows + MR - 1) / MR;
+    MB__OMP(parallel if (rows * cols * K > 65536))
+    {
+        uint32_t ab[MB__BF_MRX * MB__BF_KQ];
+        float cb[MB__BF_MRX * MB__BF_NR];
+        int64_t rb;
+        if (amx) mb__amx_begin();
+        MB__OMP(for schedule(static))
+        for (rb = 0; rb < nrb; rb++) {
+            const int64_t r0 = rb * MR;
+            const int nr = (int)(rows - r0 < MR ? rows - r0 : MR);
+            int64_t q0 = 0, c0, q, r;
+            do { /* at least once: K = 0 still writes the zeros */
+                const int64_t nq = Q - q0 < MB__BF_KQ ? Q - q0 : MB__BF_KQ;
+                const int first = !acc && q0 == 0;
+                if (a) { /* round this block of A */
+                    mb__bf_pack(ab, 1, MB__BF_KQ, a + r0 * lda, 1, lda, K, nr, q0, q0 + nq);
+                    if (nr < MR) memset(ab + nr * MB__BF_KQ, 0, sizeof(uint32_t) * (size_t)((MR - nr) * MB__BF_KQ));
+                } else if (amx) { /* packed pairs -> pair rows (ap's zero columns pad the block) */
+                    for (q = 0; q < nq; q++)
+                        for (r = 0; r < MR; r++) ab[r * MB__BF_KQ + q] = ap[(q0 + q) * ldap + r0 + r];
+                }
+                for (c0 = 0; c0 < cols; c0 += MB__BF_NR) {
+                    const int nc = (int)(cols - c0 < MB__BF_NR ? cols - c0 : MB__BF_NR);
+                    const uint32_t *b = bp + q0 * ldb + c0;
+                    const int direct = !tr && nr == MR && nc == MB__BF_NR; /* a whole tile: straight into C */
+                    float *c = direct ? C + r0 * ldc + c0 : cb;
+                    int64_t ldt = direct ? ldc : MB__BF_NR;
+                    if (!direct && !first) mb__tile_io(cb, MR, MB__BF_NR, C, ldc, tr, r0, c0, nr, nc, 0);
+                    if (amx) mb__bf_tile_amx(c, ldt, ab, MB__BF_KQ, b, ldb, nq, first, nr > 16, nc > 16);
+                    else if (a) mb__bf_tile_avx512_rows(c, ldt, ab, MB__BF_KQ, b, ldb, nq, first);
+                    else mb__bf_tile_avx512_pairs(c, ldt, ap + q0 * ldap + r0, ldap, b, ldb, nq, first);
+                    if (!direct) mb__tile_io(cb, MR, MB__BF_NR, C, ldc, tr, r0, c0, nr, nc, 1);
+                }
+                q0 += nq;
+            } while (q0 < Q);
+        }
+        if (amx) mb__amx_end();
+    }
+#else
+    (void)path; (void)C; (void)ldc; (void)tr; (void)acc; (void)a; (void)lda; (void)ap; (void)ldap; (void)rows; (void)bp;
+    (void)ldb; (void)cols; (void)K;
+    MB_ASSERT(0); /* no kernels here: the callers take the reference */
+#endif
+}
+
+/* The path the products take: the reference for MB__BF16_NONE and for a
+   path this CPU cannot run. */
+static int mb__bf_path(int path) {
+    return path > MB__BF16_NONE && path <= MB__BF16_AMX && (mb__bf16_paths() >> path & 1) ? path : MB__BF16_NONE;
+}
+
+/* wp, or w packed into *own (MB_MALLOC; NULL when it cannot be allocated). */
+static const uint32_t *mb__bf_weight(const uint32_t *wp, uint32_t **own, const float *w, int IC, int OC) {
+    *own = NULL;
+    if (wp) return wp;
+    if ((*own = (uint32_t *)MB_MALLOC((size_t)mb__bf16_packed_size(IC, OC) * sizeof(uint32_t))))
+        mb__bf16_pack_weight(*own, w, IC, OC);
+    return *own;
+}
+
+MBDEF void mb__matmul_forward_bf16(int path, float *out, const float *inp, int64_t ldi, const float *w, const uint32_t *wp,
+                                   int64_t N, int IC, int OC) {
+    uint32_t *own = NULL;
+    path = mb__bf_path(path);
+    if (path != MB__BF16_NONE) wp = mb__bf_weight(wp, &own, w, IC, OC);
+    /* out[n][o] = inp[n][i] . w^T[i][o]: rows n, columns o, k = i (memory short: the reference) */
+    if (path == MB__BF16_NONE || !wp) mb__matmul_forward_bf16_naive(out, inp, ldi, w, N, IC, OC);
+    else mb__bf_gemm(path, out, OC, 0, 0, inp, ldi, NULL, 0, N, wp, mb__bf_round_up(OC, MB__BF_NR), OC, IC);
+    MB_FREE(own);
+}
+
+MBDEF void mb__matmul_backward_bf16(int path, float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                                    const float *w, const uint32_t *wp, int64_t N, int IC, int OC) {
+    const int64_t ldo = mb__bf_round_up(OC, MB__BF_NR), ldx = mb__bf_round_up(IC, MB__BF_NR);
+    uint32_t *own = NULL, *pko = NULL, *pki;
+    path = mb__bf_path(path);
+    if (path != MB__BF16_NONE) {
+        if (dinp) wp = mb__bf_weight(wp, &own, w, IC, OC);
+        pko = (uint32_t *)MB_MALLOC(mb__bf_pairs_bytes(N, OC) + mb__bf_pairs_bytes(N, IC));
+    }
+    if (path == MB__BF16_NONE || (dinp && !wp) || !pko) {
+        mb__matmul_backward_bf16_naive(dinp, dw, dout, inp, ldi, w, N, IC, OC);
+    } else {
+        /* dinp[n][i] += dout[n][o] . w[o][i]: rows n, columns i, k = o */
+        if (dinp)
+            mb__bf_gemm(path, dinp, ldi, 0, 1, dout, OC, NULL, 0, N, wp + mb__bf_pairs_bytes(IC, OC) / sizeof(uint32_t), ldx, IC, OC);
+        /* dw[o][i] += dout^T[o][n] . inp[n][i], k = n: both packed pairs; the
+           zmm tile with a narrow IC: dw^T[i][o] += inp^T[i][n] . dout[n][o] */
+        pki = pko + mb__bf_pairs_bytes(N, OC) / sizeof(uint32_t);
+        mb__bf_pack_pairs(pko, dout, OC, 1, N, OC);
+        mb__bf_pack_pairs(pki, inp, ldi, 1, N, IC);
+        if (path == MB__BF16_AVX512 && IC < MB__BF_NR && IC < OC)
+            mb__bf_gemm(path, dw, IC, 1, 1, NULL, 0, pki, ldx, IC, pko, ldo, OC, N);
+        else
+            mb__bf_gemm(path, dw, IC, 0, 1, NULL, 0, pko, ldo, OC, pki, ldx, IC, N);
+    }
+    MB_FREE(own);
+    MB_FREE(pko);
 }
 
 /* Vectorisable float32 exp, log1p-based softplus and sigmoid: branch-free
@@ -2631,6 +3165,12 @@ struct mb_model {
     uint8_t *inputs;
     int32_t *targets;
     int have_targets;
+    /* mb_model_set_precision: the products' precision and kernel, and for
+       bf16 the matrices packed once per forward (mb__bf16_pack_weight; in
+       mb__bf_matrix order, MB_MALLOC on first use) */
+    int precision, bf16_path;
+    uint32_t *bf16_w;
+    int64_t *bf16_off;
 };
 
 /* base + the tensor's offset, NULL when the config has no such tensor. */
@@ -2759,6 +3299,8 @@ static void mb__free_acts(mb_model *m) {
 MBDEF void mb_model_free(mb_model *m) {
     if (!m) return;
     mb__free_acts(m);
+    MB_FREE(m->bf16_w);
+    MB_FREE(m->bf16_off);
     MB_FREE(m->tensors);
     MB_FREE(m->w.layer);
     MB_FREE(m->g.layer);
@@ -2787,6 +3329,33 @@ MBDEF mb_status mb_model_set_scan_chunk(mb_model *m, int chunk) {
     m->scan_chunk = chunk;
     m->have_targets = 0; /* saved states used the old chunking: forward again before backward */
     return MB_STATUS_OK;
+}
+
+/* bf16 products are on: requested, and a kernel this CPU runs. */
+static int mb__bf_on(const mb_model *m) { return m->precision == MB_PRECISION_BF16 && m->bf16_path != MB__BF16_NONE; }
+
+MBDEF mb_status mb_model_set_precision(mb_model *m, int precision) {
+    int paths = mb__bf16_paths();
+    if (precision == MB_PRECISION_TF32)
+        return mb__fail(MB_STATUS_UNSUPPORTED, "precision tf32 is the CUDA trainer's only: the CPU products are fp32 or bf16");
+    if (precision != MB_PRECISION_FP32 && precision != MB_PRECISION_BF16)
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "precision %d: 0 fp32, 1 bf16 (2 tf32: CUDA only)", precision);
+    m->precision = precision;
+    m->bf16_path = precision != MB_PRECISION_BF16 ? MB__BF16_NONE
+                   : paths >> MB__BF16_AMX & 1     ? MB__BF16_AMX
+                   : paths >> MB__BF16_AVX512 & 1  ? MB__BF16_AVX512
+                                                   : MB__BF16_NONE;
+    m->have_targets = 0; /* the saved activations came from the other products: forward again before backward */
+    return MB_STATUS_OK;
+}
+
+MBDEF int mb_model_precision(const mb_model *m) { return mb__bf_on(m) ? MB_PRECISION_BF16 : MB_PRECISION_FP32; }
+
+MBDEF const char *mb_model_precision_describe(const mb_model *m) {
+    if (m->precision != MB_PRECISION_BF16) return "float32 products";
+    if (m->bf16_path == MB__BF16_AMX) return "bf16 products: AMX tiles (tdpbf16ps)";
+    if (m->bf16_path == MB__BF16_AVX512) return "bf16 products: AVX512-BF16 (vdpbf16ps)";
+    return "bf16 requested but this CPU has no AVX512-BF16 or AMX: float32 products";
 }
 
 /* One allocation for every activation of a (B,T) batch, split by a sizes
@@ -2854,6 +3423,64 @@ static void mb__residual_add(float *x, const float *y, int64_t n) {
     for (i = 0; i < n; i++) x[i] += y[i];
 }
 
+/* The model's matrices for the bf16 products, in bf16_w's order: layer
+   l's in_proj, x_proj, dt_proj and out_proj (k = 0..3), then the head
+   (l = n_layer, k = 0).  Their index in bf16_off, and *w, *IC, *OC. */
+static int mb__bf_matrix(const mb_model *m, int l, int k, const float **w, int *IC, int *OC) {
+    const mb_config *c = &m->cfg;
+    int C = c->d_model, Di = C * c->expand, X = c->dt_rank + 2 * c->d_state;
+    const mb__layer_weights *W = l < c->n_layer ? &m->w.layer[l] : NULL;
+    if (!W) { *w = mb__head(&m->w); *IC = C; *OC = c->vocab_size; return 4 * l; }
+    *w = k == 0 ? W->in_proj : k == 1 ? W->x_proj : k == 2 ? W->dt_proj_w : W->out_proj;
+    *IC = k == 0 ? C : k == 1 ? Di : k == 2 ? c->dt_rank : Di;
+    *OC = k == 0 ? 2 * Di : k == 1 ? X : k == 2 ? Di : C;
+    return 4 * l + k;
+}
+
+/* Packs every matrix for this forward's bf16 products (the weights change
+   at every optimizer step; the backward reuses the forward's packing). */
+static mb_status mb__bf_pack_model(mb_model *m) {
+    const int L = m->cfg.n_layer, n = 4 * L + 1;
+    const float *w;
+    int l, k, IC, OC, i;
+    if (!m->bf16_off) {
+        int64_t total = 0;
+        if (!(m->bf16_off = (int64_t *)MB_MALLOC(sizeof(int64_t) * (size_t)(n + 1))))
+            return mb__fail(MB_STATUS_OUT_OF_MEMORY, "bf16 weights");
+        for (i = 0; i < n; i++) {
+            mb__bf_matrix(m, i / 4, i % 4, &w, &IC, &OC);
+            m->bf16_off[i] = total;
+            total += mb__bf16_packed_size(IC, OC);
+        }
+        m->bf16_off[n] = total;
+    }
+    if (!m->bf16_w && !(m->bf16_w = (uint32_t *)MB_MALLOC(sizeof(uint32_t) * (size_t)m->bf16_off[n])))
+        return mb__fail(MB_STATUS_OUT_OF_MEMORY, "bf16 weights (%.1f MB)", (double)m->bf16_off[n] * 4 / 1e6);
+    for (l = 0; l <= L; l++)
+        for (k = 0; k < (l < L ? 4 : 1); k++) {
+            i = mb__bf_matrix(m, l, k, &w, &IC, &OC);
+            mb__bf16_pack_weight(m->bf16_w + m->bf16_off[i], w, IC, OC);
+        }
+    return MB_STATUS_OK;
+}
+
+/* Matrix k of layer l (mb__bf_matrix) applied forward: out = inp @ w^T,
+   in float32 unless the model's bf16 products are on. */
+static void mb__linear_forward(const mb_model *m, int l, int k, float *out, const float *inp, int64_t ldi, int64_t N) {
+    const float *w;
+    int IC, OC, i = mb__bf_matrix(m, l, k, &w, &IC, &OC);
+    if (mb__bf_on(m)) mb__matmul_forward_bf16(m->bf16_path, out, inp, ldi, w, m->bf16_w + m->bf16_off[i], N, IC, OC);
+    else mb__matmul_forward(out, inp, ldi, w, N, IC, OC);
+}
+/* ... and backward: dinp += dout @ w, dw += dout^T @ inp. */
+static void mb__linear_backward(const mb_model *m, int l, int k, float *dinp, float *dw, const float *dout, const float *inp,
+                                int64_t ldi, int64_t N) {
+    const float *w;
+    int IC, OC, i = mb__bf_matrix(m, l, k, &w, &IC, &OC);
+    if (mb__bf_on(m)) mb__matmul_backward_bf16(m->bf16_path, dinp, dw, dout, inp, ldi, w, m->bf16_w + m->bf16_off[i], N, IC, OC);
+    else mb__matmul_backward(dinp, dw, dout, inp, ldi, w, N, IC, OC);
+}
+
 /* One Mamba mixer: ln (N,C) -> out (N,C). */
 static void mb__mixer_forward(mb_model *m, int l, float *out) {
     const mb_config *c = &m->cfg;
@@ -2861,13 +3488,13 @@ static void mb__mixer_forward(mb_model *m, int l, float *out) {
     mb__layer_acts *a = &m->acts[l];
     int B = m->B, T = m->T, C = c->d_model, Di = C * c->expand, S = c->d_state, R = c->dt_rank, X = R + 2 * S;
     int64_t N = (int64_t)B * T;
-    mb__matmul_forward(a->xz, a->ln, C, W->in_proj, N, C, 2 * Di);
+    mb__linear_forward(m, l, 0, a->xz, a->ln, C, N);                 /* in_proj (N,C) -> (N,2Di) */
     mb__conv1d_forward(a->u, a->xz, W->conv_w, W->conv_b, B, T, Di, c->d_conv);
-    mb__matmul_forward(a->xdbl, a->u, Di, W->x_proj, N, Di, X);
-    mb__matmul_forward(a->delta, a->xdbl, X, W->dt_proj_w, N, R, Di);
+    mb__linear_forward(m, l, 1, a->xdbl, a->u, Di, N);               /* x_proj (N,Di) -> (N,X) */
+    mb__linear_forward(m, l, 2, a->delta, a->xdbl, X, N);            /* dt_proj (N,R of X) -> (N,Di) */
     mb__scan_forward(a->gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
                      B, T, Di, S, R, m->scan_chunk);
-    mb__matmul_forward(out, a->gated, Di, W->out_proj, N, Di, C);
+    mb__linear_forward(m, l, 3, out, a->gated, Di, N);               /* out_proj (N,Di) -> (N,C) */
 }
 
 MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32_t *targets, int B, int T, float *loss) {
@@ -2877,6 +3504,7 @@ MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32
     int l;
     if (B < 1 || T < 1) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "forward: B=%d T=%d must be >= 1", B, T);
     s = mb__ensure_acts(m, B, T);
+    if (s == MB_STATUS_OK && mb__bf_on(m)) s = mb__bf_pack_model(m);
     if (s != MB_STATUS_OK) return s;
     memcpy(m->inputs, inputs, (size_t)N);
     m->have_targets = targets != NULL;
@@ -2891,7 +3519,7 @@ MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32
         mb__residual_add(next, m->mix_out, N * C);
     }
     mb__norm_forward(c, m->lnf, m->lnf_mean, m->lnf_rstd, m->resid_out, m->w.norm_f_w, m->w.norm_f_b, N, (int)C);
-    mb__matmul_forward(m->logits, m->lnf, C, mb__head(&m->w), N, (int)C, c->vocab_size);
+    mb__linear_forward(m, c->n_layer, 0, m->logits, m->lnf, C, N); /* the head (N,C) -> (N,V) */
     if (targets) {
         float l_val;
         s = mb_cross_entropy_forward(&l_val, m->logits, targets, N, c->vocab_size, NULL);
@@ -2914,14 +3542,14 @@ static void mb__mixer_backward(mb_model *m, int l, const float *dout, float *dln
     memset(m->d_u, 0, (size_t)(N * Di) * sizeof(float));
     memset(m->d_xdbl, 0, (size_t)(N * X) * sizeof(float));
     memset(m->d_xz, 0, (size_t)(N * 2 * Di) * sizeof(float));
-    mb__matmul_backward(m->d_gated, G->out_proj, dout, a->gated, Di, W->out_proj, N, Di, C);
+    mb__linear_backward(m, l, 3, m->d_gated, G->out_proj, dout, a->gated, Di, N);
     mb__scan_backward(m->d_u, m->d_delta, G->dt_proj_b, G->A_log, m->d_xdbl, G->D, m->d_xz, m->scan_scratch,
                       m->d_gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
                       B, T, Di, S, R, m->scan_chunk);
-    mb__matmul_backward(m->d_xdbl, G->dt_proj_w, m->d_delta, a->xdbl, X, W->dt_proj_w, N, R, Di);
-    mb__matmul_backward(m->d_u, G->x_proj, m->d_xdbl, a->u, Di, W->x_proj, N, Di, X);
+    mb__linear_backward(m, l, 2, m->d_xdbl, G->dt_proj_w, m->d_delta, a->xdbl, X, N);
+    mb__linear_backward(m, l, 1, m->d_u, G->x_proj, m->d_xdbl, a->u, Di, N);
     mb__conv1d_backward(m->d_xz, G->conv_w, G->conv_b, m->d_u, a->xz, W->conv_w, W->conv_b, B, T, Di, c->d_conv);
-    mb__matmul_backward(dln, G->in_proj, m->d_xz, a->ln, C, W->in_proj, N, C, 2 * Di);
+    mb__linear_backward(m, l, 0, dln, G->in_proj, m->d_xz, a->ln, C, N);
 }
 
 MBDEF mb_status mb_model_backward(mb_model *m) {
@@ -2934,7 +3562,7 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
     s = mb_cross_entropy_backward(m->d_logits, &one, m->logits, m->targets, N, V, NULL);
     if (s != MB_STATUS_OK) return s;
     memset(m->d_ln, 0, (size_t)(N * C) * sizeof(float));
-    mb__matmul_backward(m->d_ln, mb__head(&m->g), m->d_logits, m->lnf, C, mb__head(&m->w), N, (int)C, (int)V);
+    mb__linear_backward(m, c->n_layer, 0, m->d_ln, mb__head(&m->g), m->d_logits, m->lnf, C, N);
     memset(m->d_resid, 0, (size_t)(N * C) * sizeof(float));
     mb__norm_backward(c, m->d_resid, m->g.norm_f_w, m->g.norm_f_b, m->d_ln, m->resid_out, m->w.norm_f_w,
                       m->lnf_mean, m->lnf_rstd, N, (int)C);

@@ -98,7 +98,10 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
 
     device: "auto" (CUDA when this library has it and it works, else the
     CPU with a printed reason), "cpu" or "cuda" (an error when it cannot);
-    precision "fp32" or "bf16" (CUDA only).  out: checkpoint path (saved
+    precision "fp32" or "bf16": bf16 matrix products with float32 sums, on
+    the GPU, or on the CPU where it has AMX or AVX512-BF16 (else float32,
+    with a printed reason; model.train_report["precision"] says which).
+    out: checkpoint path (saved
     atomically at the end and every save_every steps); None: not saved.
     callback(progress: dict) after every step (step, steps, loss, lr,
     grad_norm, tokens_per_s, elapsed_s, eta_s, progress, by_time, applied,
@@ -123,8 +126,6 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
         raise ValueError("device must be 'auto', 'cpu' or 'cuda', not %r" % (device,))
     if precision not in ("fp32", "bf16"):
         raise ValueError("precision must be 'fp32' or 'bf16', not %r" % (precision,))
-    if precision == "bf16" and device == "cpu":
-        raise ValueError("precision 'bf16' needs the CUDA backend")
     settings, cfg = lib.mb_train_settings_default(), lib.mb_config_default()
     for k, v in given.items():
         spec = fields[k]
@@ -183,10 +184,13 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
                              "where nvcc is)" % os.path.basename(lib.path)
                 elif lib.mb_cuda_trainer_attach(ctypes.byref(tr), 1 if precision == "bf16" else 0) != 0:
                     reason = lib.mb_cuda_last_error().decode("utf-8", "replace")
-                if reason and (device == "cuda" or precision == "bf16"):
+                if reason and device == "cuda":
                     raise MambaByteError(7, reason, "device cuda")
                 if reason:
-                    _print("note: training on the CPU (fp32): %s" % reason, verbose)
+                    _print("note: training on the CPU (%s): %s" % (precision, reason), verbose)
+            if not tr.backend.step and precision == "bf16":  # the CPU's bf16 products: which kernel, or why none
+                _check(lib.mb_model_set_precision(model._handle(), 1), "precision")
+                _print("precision: %s" % lib.mb_model_precision_describe(model._handle()).decode(), verbose)
             if deadline is not None:
                 left = float(deadline) - time.monotonic() - 1.0
                 if left <= 0:
@@ -194,6 +198,8 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
                 tr.st.settings.time_budget = left
             _print(_describe(lib.mb_trainer_describe, ctypes.byref(tr), None), verbose)
             report = _run(tr, out, callback, log_every, verbose)
+            if not tr.backend.step:
+                report["precision"] = lib.mb_model_precision_describe(model._handle()).decode()
         finally:
             lib.mb_trainer_free(ctypes.byref(tr))
         model.train_report = report

@@ -115,6 +115,25 @@ def test_device_cuda_without_a_gpu():
     assert m.train_report["device"] == "cpu"
 
 
+def test_bf16_on_the_cpu(capsys):
+    """precision="bf16" on the CPU: the bf16 products where the CPU has them (else float32, said)."""
+    opts = tiny_options(steps=20, device="cpu", seed=3)
+    a = mambabyte.train(SAMPLE.read_bytes(), precision="fp32", **opts)
+    b = mambabyte.train(SAMPLE.read_bytes(), precision="bf16", **dict(opts, verbose=True))
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("precision: ")]
+    assert len(line) == 1 and line[0] == "precision: " + b.train_report["precision"]
+    assert a.train_report["precision"] == "float32 products"
+    sa, sb = a.state_dict(), b.state_dict()
+    if b.train_report["precision"].startswith("bf16 products"):
+        assert not all(np.array_equal(sa[k], sb[k]) for k in sa)  # other products, other weights ...
+        assert abs(a.train_report["final_loss"] - b.train_report["final_loss"]) < 0.05  # ... and the same training
+    else:
+        assert "no AVX512-BF16 or AMX" in b.train_report["precision"]
+        assert all(np.array_equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(ValueError, match="precision"):
+        mambabyte.train(SAMPLE.read_bytes(), precision="tf32", **opts)
+
+
 def test_ctrl_c_saves_and_raises(tmp_path):
     code = textwrap.dedent('''
         import sys, mambabyte
