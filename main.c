@@ -276,10 +276,8 @@ static int cmd_train(int argc, char **argv) {
         return 2;
     }
 #endif
-    if (!strcmp(device, "cpu") && !strcmp(precision, "tf32")) {
-        fprintf(stderr, "mambabyte train: --precision tf32 is CUDA only; on the CPU use fp32 or bf16\n");
-        return 2;
-    }
+    if (!strcmp(device, "cpu") && !strcmp(precision, "tf32")) /* (without the CUDA build, refused above) */
+        TRAIN_FAIL(2, "--precision tf32 is CUDA only; on the CPU use fp32 or bf16\n");
     cli_threads_flag(flags);
     if (getenv("MB_TEST_FAIL_RANK") && atoi(getenv("MB_TEST_FAIL_RANK")) == MY_RANK) /* testing hook: this rank's data fails */
         TRAIN_FAIL(1, "%s: cannot read (MB_TEST_FAIL_RANK)\n", flag_str(flags, "data", "data"));
@@ -307,11 +305,8 @@ static int cmd_train(int argc, char **argv) {
         printf("note: training on the CPU (%s): %s\n", !strcmp(precision, "bf16") ? "bf16" : "fp32", mb_cuda_last_error());
     }
 #endif
-    if (!tr.backend.step && !strcmp(precision, "bf16")) { /* the CPU's bf16 products: say which kernel, or why none */
-        if (getenv("MB_TEST_BF16_PATHS")) mb__bf16_limit_paths(atoi(getenv("MB_TEST_BF16_PATHS"))); /* testing hook: fewer kernels */
-        if (mb_model_set_precision(m, MB_PRECISION_BF16) != MB_STATUS_OK) TRAIN_FAIL(1, "%s\n", mb_last_error());
-        printf("precision: %s\n", mb_model_precision_describe(m));
-    }
+    if (!tr.backend.step && !strcmp(precision, "bf16") && mb_model_set_precision(m, MB_PRECISION_BF16) == MB_STATUS_OK)
+        printf("precision: %s\n", mb_model_precision_describe(m)); /* the CPU's bf16 products: which kernel, or why none */
     {
         char text[1024];
         mb_trainer_describe(text, sizeof text, &tr, has_state ? resume : NULL);

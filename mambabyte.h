@@ -383,7 +383,8 @@ enum { MB__BF16_NONE = 0, MB__BF16_AVX512 = 1, MB__BF16_AMX = 2 };
 /* Bit 1 << path for each path this CPU and OS can run (bit 0 always). */
 MBDEF int mb__bf16_paths(void);
 /* Testing: mb__bf16_paths() reports only the paths in mask from now on
-   (as on a CPU without the others); -1 restores them all. */
+   (as on a CPU without the others); -1 restores them all.  A process
+   started with MB_TEST_BF16_PATHS=mask begins so. */
 MBDEF void mb__bf16_limit_paths(int mask);
 MBDEF uint16_t mb__bf16_from_float(float x); /* round to nearest even; NaN stays NaN */
 MBDEF int64_t mb__bf16_packed_size(int IC, int OC);
@@ -1975,7 +1976,11 @@ static int mb__bf16_detect(void) {
 MBDEF int mb__bf16_paths(void) {
     static int cached = 0; /* 0: not yet (bit 0 is always set once known) */
     int p = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
-    if (!p) __atomic_store_n(&cached, p = mb__bf16_detect(), __ATOMIC_RELEASE);
+    if (!p) {
+        const char *mask = getenv("MB_TEST_BF16_PATHS"); /* testing hook: a process that sees fewer kernels */
+        if (mask && mb__bf16_allowed == -1) mb__bf16_allowed = atoi(mask);
+        __atomic_store_n(&cached, p = mb__bf16_detect(), __ATOMIC_RELEASE);
+    }
     return p & (mb__bf16_allowed | 1);
 }
 #else
