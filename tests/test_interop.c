@@ -237,7 +237,7 @@ static void test_safetensors_corpus(void) {
             n++;
         }
         closedir(d);
-        MBT_CHECK(1, "safetensors regressions replayed: %d", n);
+        printf("interop: %d safetensors fuzz regressions replayed without a crash\n", n); /* a crash fails the suite */
     }
 }
 
