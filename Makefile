@@ -29,6 +29,14 @@ endif
 ifneq ($(NVCC),)
 TARGETS += mambabyte_cuda build/cuda_gpu_test build/cuda_bench
 endif
+# Both, and NCCL in the toolkit folder: ./mambabyte_cuda_mpi, the CUDA trainer
+# with its gradients summed over the ranks' GPUs by NCCL (MPI bootstraps it).
+NCCL_H = $(if $(NVCC),$(wildcard $(CUDA_HOME)/include/nccl.h))
+ifneq ($(MPICC),)
+ifneq ($(NCCL_H),)
+TARGETS += mambabyte_cuda_mpi
+endif
+endif
 
 .PHONY: all test test-mpi test-cxx test-asan bench bench-cuda test-cuda fuzz check clean lib test-python
 all: $(TARGETS)
@@ -49,6 +57,12 @@ build/mambabyte_cuda.o: mambabyte_cuda.cuh $(HEADERS) | build
 mambabyte_cuda: main.c cli.h plot.c eval.c export.c numerics_report.c bench.c $(HEADERS) build/mambabyte_cuda.o
 	$(CC) $(STD) $(CFLAGS) $(WARN) $(OMP) -DMB_WITH_CUDA main.c build/mambabyte_cuda.o -o $@ \
 	  -L$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ $(LDLIBS) -Wl,-rpath,$(CUDA_HOME)/lib64
+
+build/mambabyte_cuda_nccl.o: mambabyte_cuda.cuh $(HEADERS) | build
+	$(NVCC) -O3 $(CUDA_ARCH) -DMAMBABYTE_CUDA_IMPLEMENTATION -DMB_WITH_NCCL -x cu -c mambabyte_cuda.cuh -o $@
+mambabyte_cuda_mpi: main.c cli.h plot.c eval.c export.c numerics_report.c bench.c mambabyte_mpi.h $(HEADERS) build/mambabyte_cuda_nccl.o
+	$(MPICC) $(STD) $(CFLAGS) $(WARN) $(OMP) -DMB_WITH_MPI -DMB_WITH_CUDA main.c build/mambabyte_cuda_nccl.o -o $@ \
+	  -L$(CUDA_HOME)/lib64 -lnccl -lcublas -lcudart -lstdc++ $(LDLIBS) -Wl,-rpath,$(CUDA_HOME)/lib64
 
 # Tests: the header must compile warning-free as C99 and as C++.
 TEST_SRC = test.c $(HEADERS) cli.h plot.c numerics_report.c $(wildcard tests/*.c tests/*.h)
@@ -107,7 +121,7 @@ bench-cuda: build/cuda_bench
 	./build/cuda_bench
 
 # Data-parallel training under mpirun (skipped, and counted, without MPI).
-test-mpi: test_mambabyte mambabyte $(if $(MPICC),mambabyte_mpi)
+test-mpi: test_mambabyte mambabyte $(if $(MPICC),mambabyte_mpi) $(filter mambabyte_cuda_mpi,$(TARGETS))
 	./test_mambabyte mpi
 
 bench: mambabyte
@@ -140,4 +154,4 @@ test-python: lib build/abi_sizes mambabyte
 	PYTHONPATH=python MB_ABI_SIZES=build/abi_sizes $(PYTHON) -m pytest -q -p no:cacheprovider python/tests
 
 clean:
-	rm -rf build mambabyte mambabyte_cuda mambabyte_mpi test_mambabyte test_mambabyte_asan bench_mambabyte libmambabyte.so libmambabyte_cuda.so
+	rm -rf build mambabyte mambabyte_cuda mambabyte_mpi mambabyte_cuda_mpi test_mambabyte test_mambabyte_asan bench_mambabyte libmambabyte.so libmambabyte_cuda.so

@@ -15,6 +15,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
+/* The program's name under mpirun, for the messages that tell how to resume. */
+#ifdef MB_WITH_CUDA
+#define MPI_BINARY "mambabyte_cuda_mpi"
+#else
+#define MPI_BINARY "mambabyte_mpi"
+#endif
+
 typedef enum { F_INT, F_NUM, F_STR, F_BOOL } flag_kind;
 typedef struct {
     const char *name;   /* without the leading "--" */

@@ -223,7 +223,7 @@ static int report_run(const mb_trainer *tr, const mb_train_report *r, mb_status 
     }
     if (r->outcome == MB_TRAIN_INTERRUPTED) {
         char how[64] = "./mambabyte";
-        if (tr->st.ranks > 1) snprintf(how, sizeof how, "mpirun -np %d ./mambabyte_mpi", (int)tr->st.ranks);
+        if (tr->st.ranks > 1) snprintf(how, sizeof how, "mpirun -np %d ./" MPI_BINARY, (int)tr->st.ranks);
         printf("interrupted: step %lld is saved in %s; to continue: %s train --resume %s --out %s%s%s\n", (long long)tr->st.step,
                v->out, how, v->out, v->out, flag_given(flags, "data") ? " --data " : "", flag_str(flags, "data", ""));
         rc = 130;
@@ -294,7 +294,7 @@ static int cmd_train(int argc, char **argv) {
         TRAIN_FAIL(1, "%lld training bytes, fewer than ctx+1 = %lld\n", (long long)d.train_size, (long long)set.ctx + 1);
     if (mb_trainer_init(&tr, m, &set, d.train, d.train_size, has_state ? &ck : NULL) != MB_STATUS_OK) TRAIN_FAIL(1, "%s\n", mb_last_error());
 #ifdef MB_WITH_MPI
-    g_mpi.deterministic = flag_given(flags, "deterministic");
+    g_mpi.comm.deterministic = flag_given(flags, "deterministic");
 #endif
     if (mb_trainer_set_comm(&tr, COMM) != MB_STATUS_OK) TRAIN_FAIL(2, "%s\n", mb_last_error());
     if (getenv("MB_TEST_INJECT_NAN_STEP")) tr.inject_nonfinite_step = atoll(getenv("MB_TEST_INJECT_NAN_STEP"));

@@ -732,6 +732,8 @@ typedef struct {
    and rank 0 alone saves and calls the callback. */
 typedef struct {
     int rank, size;
+    int local_rank;            /* rank among this node's processes: the CUDA backend uses GPU local_rank mod (GPUs here) */
+    int deterministic;         /* 1: every sum in rank order, on the host and (NCCL) on the GPU */
     void *impl;
     /* x (n floats) <- the sum over the ranks, the same on every rank; a
        deterministic one adds in rank order: ((x_0 + x_1) + x_2) ... */

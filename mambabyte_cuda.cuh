@@ -1553,6 +1553,10 @@ struct mb_cuda_trainer {
     float *d_resid, *d_ln, *d_xz, *d_u, *d_xdbl, *d_delta, *d_gated, *scratch;
     int64_t scratch_floats;
     double *norm_part, *norm_dev;
+    /* data-parallel (MB_WITH_NCCL): the gradient sum over the ranks on device memory */
+    void *nccl;              /* ncclComm_t; NULL for one process */
+    float *nccl_recv;        /* rank 0's receive buffer of the rank-order (deterministic) sum */
+    int nccl_deterministic;
 };
 
 namespace mbc {
@@ -1705,7 +1709,9 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     return MB_STATUS_OK;
 }
 
+static inline void nccl_free(mb_cuda_trainer *t);
 static inline void tr_free(mb_cuda_trainer *t) {
+    nccl_free(t);
     dlist_free(&t->mem);
     dlist_free(&t->chunk_mem);
     blas_destroy(t->blas);
@@ -1770,6 +1776,112 @@ static inline mb_status tr_backward(mb_cuda_trainer *t) {
                                    a->resid, W(t, P, l, W_NORM_W), a->mean, a->rstd, N, d.C, false, rms));
     }
     return embedding_backward(W(t, t->grads, -1, G_EMBEDDING), t->d_resid, t->bucket_off, t->bucket_rows, d.C);
+}
+
+/* ===================================================== data-parallel (NCCL) */
+/* With MB_WITH_NCCL (the mambabyte_cuda_mpi build) the ranks' gradients
+   are summed where they are, on the GPUs.  The host communicator (MPI)
+   only bootstraps: rank 0's ncclUniqueId is broadcast through it.  Like
+   the MPI sums, every rank ends with the same sum: deterministic sends
+   each rank's buffer to rank 0, which adds them in rank order
+   ((g_0 + g_1) + g_2 ...) and broadcasts the result; the default is
+   ncclAllReduce (NCCL's own order: within float rounding of the rank-order
+   sum). */
+#if defined(MB_WITH_NCCL) && !defined(MB_CUDA_EMULATE)
+} /* namespace mbc */
+#include <nccl.h>
+namespace mbc {
+#define MBC_NCCL(call)                                                                                           \
+    do {                                                                                                         \
+        ncclResult_t e_ = (call);                                                                                \
+        if (e_ != ncclSuccess)                                                                                   \
+            return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call, ncclGetErrorString(e_)); \
+    } while (0)
+
+__global__ void add_kernel(float *x, const float *y, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) x[i] += y[i];
+}
+
+/* Collective: every rank calls it.  NCCL over the ranks of comm. */
+static inline mb_status nccl_create(mb_cuda_trainer *t, const mb_train_comm *comm) {
+    ncclUniqueId id;
+    double packed[sizeof id.internal / 4]; /* the id as 32-bit words: exact as doubles, whatever their bits */
+    ncclComm_t c = nullptr;
+    memset(&id, 0, sizeof id);
+    if (comm->rank == 0) MBC_NCCL(ncclGetUniqueId(&id));
+    for (size_t i = 0; i < sizeof packed / sizeof packed[0]; i++) {
+        uint32_t w;
+        memcpy(&w, id.internal + 4 * i, 4);
+        packed[i] = (double)w;
+    }
+    if (comm->broadcast(comm->impl, packed, (int)(sizeof packed / sizeof packed[0])) != MB_STATUS_OK)
+        return fail(MB_STATUS_IO_ERROR, "NCCL bootstrap: broadcast of the unique id: %s",
+                    comm->last_error ? comm->last_error() : "failed");
+    for (size_t i = 0; i < sizeof packed / sizeof packed[0]; i++) {
+        const uint32_t w = (uint32_t)packed[i];
+        memcpy(id.internal + 4 * i, &w, 4);
+    }
+    MBC_NCCL(ncclCommInitRank(&c, comm->size, id, comm->rank));
+    t->nccl = c;
+    t->nccl_deterministic = comm->deterministic;
+    if (comm->deterministic && comm->rank == 0)
+        MBC_TRY(dlist_alloc(&t->mem, (void **)&t->nccl_recv, (size_t)t->d.nparams * sizeof(float), "NCCL receive buffer"));
+    return MB_STATUS_OK;
+}
+
+/* grads <- their sum over the ranks, the same bits on every rank. */
+static inline mb_status nccl_sum_grads(mb_cuda_trainer *t, int rank, int size) {
+    ncclComm_t c = (ncclComm_t)t->nccl;
+    const size_t P = (size_t)t->d.nparams;
+    if (!t->nccl_deterministic) {
+        MBC_NCCL(ncclAllReduce(t->grads, t->grads, P, ncclFloat, ncclSum, c, 0));
+        return MB_STATUS_OK;
+    }
+    if (rank == 0) {
+        const int blocks = (int)((P + 255) / 256 < 4096 ? (P + 255) / 256 : 4096);
+        for (int r = 1; r < size; r++) { /* rank order: the adds of one process with grad-accum N */
+            MBC_NCCL(ncclRecv(t->nccl_recv, P, ncclFloat, r, c, 0));
+            MBC_LAUNCH(add_kernel, blocks, 256, 0, t->grads, t->nccl_recv, (int64_t)P);
+        }
+    } else {
+        MBC_NCCL(ncclSend(t->grads, P, ncclFloat, 0, c, 0));
+    }
+    MBC_NCCL(ncclBroadcast(t->grads, t->grads, P, ncclFloat, 0, c, 0));
+    return MB_STATUS_OK;
+}
+
+static inline void nccl_free(mb_cuda_trainer *t) {
+    if (t->nccl) (void)ncclCommDestroy((ncclComm_t)t->nccl);
+    t->nccl = nullptr;
+}
+#define MBC_HAS_NCCL 1
+#else
+#define MBC_HAS_NCCL 0
+static inline mb_status nccl_create(mb_cuda_trainer *, const mb_train_comm *) {
+    return fail(MB_STATUS_UNSUPPORTED, "CUDA: this build has no NCCL: data-parallel GPU training is the mambabyte_cuda_mpi build");
+}
+static inline mb_status nccl_sum_grads(mb_cuda_trainer *, int, int) { return fail(MB_STATUS_UNSUPPORTED, "CUDA: no NCCL"); }
+static inline void nccl_free(mb_cuda_trainer *) {}
+#endif
+
+/* This process's GPU: its rank among the node's ranks, modulo the node's GPUs. */
+static inline mb_status select_device(const mb_train_comm *comm) {
+#ifndef MB_CUDA_EMULATE
+    const int n = device_count();
+    if (comm && comm->size > 1 && n > 0) MBC_CUDA(cudaSetDevice(comm->local_rank % n));
+#else
+    (void)comm;
+#endif
+    return MB_STATUS_OK;
+}
+
+/* 1 when ok is 1 on every rank (a sum of flags over the host communicator):
+   the ranks all train on their GPUs or none does. */
+static inline int all_ranks_ok(const mb_train_comm *comm, int ok) {
+    double flag = ok ? 1.0 : 0.0;
+    if (!comm || comm->size == 1) return ok;
+    if (comm->sum_doubles(comm->impl, &flag, 1) != MB_STATUS_OK) return 0;
+    return flag == (double)comm->size;
 }
 
 } /* namespace mbc */
@@ -1904,16 +2016,30 @@ static mb_status mbc_backend_step(mb_trainer *tr, double lr, mb_step_result *r) 
     const mb_train_settings *s = &tr->st.settings;
     double loss_sum = 0.0, norm = 0.0;
     int applied = 0;
+    const int rank = tr->comm ? tr->comm->rank : 0, ranks = tr->comm ? tr->comm->size : 1;
+    const int64_t A = s->grad_accum, total = A * ranks;
     memset(r, 0, sizeof *r);
     r->lr = lr;
-    for (int64_t k = 0; k < s->grad_accum; k++) {
+    /* this rank's micro-batches of the one seeded stream, as on the CPU */
+    for (int64_t k = 0; k < total; k++) {
         float loss = NAN;
-        mb_status st = mb_batcher_next(&tr->batcher, tr->inputs, tr->targets, (int)s->batch, (int)s->ctx);
+        mb_status st = k / A == rank ? mb_batcher_next(&tr->batcher, tr->inputs, tr->targets, (int)s->batch, (int)s->ctx)
+                                     : mb_batcher_skip(&tr->batcher, (int)s->batch, (int)s->ctx);
         if (st != MB_STATUS_OK) return mbc::fail(st, "%s", mb_last_error());
+        if (k / A != rank) continue;
         MBC_TRY(mb_cuda_trainer_forward_backward(g, tr->inputs, tr->targets, &loss));
         loss_sum += loss;
     }
-    r->loss = (float)(loss_sum / (double)s->grad_accum);
+    if (ranks > 1) { /* the gradients on the GPUs (NCCL), the loss on the host */
+        const double c0 = mb_clock_seconds();
+        MBC_TRY(mbc::sync());
+        MBC_TRY(mbc::nccl_sum_grads(g, rank, ranks));
+        MBC_TRY(mbc::sync());
+        if (tr->comm->sum_doubles(tr->comm->impl, &loss_sum, 1) != MB_STATUS_OK)
+            return mbc::fail(MB_STATUS_IO_ERROR, "data-parallel: %s", tr->comm->last_error ? tr->comm->last_error() : "loss sum failed");
+        tr->comm_s += mb_clock_seconds() - c0;
+    }
+    r->loss = (float)(loss_sum / (double)total);
     if (mb_trainer_poisoned(tr)) { /* the testing hook, as on the CPU: one NaN gradient */
         const float nan = NAN;
         MBC_TRY(mbc::h2d(g->grads, &nan, sizeof nan));
@@ -1922,7 +2048,7 @@ static mb_status mbc_backend_step(mb_trainer *tr, double lr, mb_step_result *r) 
         MBC_TRY(mb_cuda_trainer_zero_grad(g));
         r->grad_norm = NAN;
     } else {
-        MBC_TRY(mb_cuda_trainer_update(g, 1.0f / (float)s->grad_accum, lr, s->beta1, s->beta2, s->eps, s->weight_decay,
+        MBC_TRY(mb_cuda_trainer_update(g, 1.0f / (float)total, lr, s->beta1, s->beta2, s->eps, s->weight_decay,
                                        s->clip, tr->st.step + 1, &norm, &applied));
         r->grad_norm = norm;
         r->applied = applied;
@@ -1942,14 +2068,18 @@ mb_status mb_cuda_trainer_attach(mb_trainer *tr, int precision) {
     const mb_train_settings *s = &tr->st.settings;
     mb_cuda_trainer *g = nullptr;
     if (tr->backend.step) return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: the trainer already has a %s backend", tr->backend.name);
-    if (tr->comm && tr->comm->size > 1) /* the gradient sum would need NCCL on device memory: not built yet */
-        return mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA: data-parallel GPU training (NCCL) is not built yet; %d ranks train on the CPU",
-                         tr->comm->size);
-    MBC_TRY(mbc::device_check());
-    if (s->batch * s->ctx > 2147483647 / 2)
-        return mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA: batch %lld x ctx %lld is too large", (long long)s->batch, (long long)s->ctx);
-    MBC_TRY(mb_cuda_trainer_create(&g, mb_model_config(tr->model), (int)s->batch, (int)s->ctx, precision));
-    mb_status st = mb_cuda_trainer_upload(g, mb_model_params(tr->model), tr->st.adam_m, tr->st.adam_v);
+    const int ranks = tr->comm ? tr->comm->size : 1;
+    mb_status st = ranks > 1 && !MBC_HAS_NCCL ? mbc::nccl_create(nullptr, tr->comm) : MB_STATUS_OK;
+    if (st == MB_STATUS_OK) st = mbc::device_check();
+    if (st == MB_STATUS_OK) st = mbc::select_device(tr->comm);
+    if (st == MB_STATUS_OK && s->batch * s->ctx > 2147483647 / 2)
+        st = mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA: batch %lld x ctx %lld is too large", (long long)s->batch, (long long)s->ctx);
+    if (st == MB_STATUS_OK) st = mb_cuda_trainer_create(&g, mb_model_config(tr->model), (int)s->batch, (int)s->ctx, precision);
+    if (st == MB_STATUS_OK) st = mb_cuda_trainer_upload(g, mb_model_params(tr->model), tr->st.adam_m, tr->st.adam_v);
+    /* data-parallel: the ranks all attach (then NCCL joins them) or all stay on the CPU */
+    if (ranks > 1 && !mbc::all_ranks_ok(tr->comm, st == MB_STATUS_OK) && st == MB_STATUS_OK)
+        st = mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA: another rank could not use its GPU");
+    if (st == MB_STATUS_OK && ranks > 1) st = mbc::nccl_create(g, tr->comm);
     if (st != MB_STATUS_OK) {
         mb_cuda_trainer_free(g);
         return st;

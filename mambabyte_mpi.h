@@ -39,8 +39,7 @@ extern "C" {
 #endif
 
 typedef struct {
-    mb_train_comm comm;        /* pass &comm to mb_trainer_set_comm */
-    int deterministic;         /* 1: sums in rank order */
+    mb_train_comm comm;        /* pass &comm to mb_trainer_set_comm; comm.deterministic: sums in rank order */
     float *recv;               /* rank 0's receive buffer (deterministic sums) */
     int64_t recv_n;
 } mb_mpi_comm;
@@ -87,7 +86,7 @@ static mb_status mb__mpi_sum_floats(void *impl, float *x, int64_t n) {
     int64_t off;
     mb_status s = MB_STATUS_OK;
     if (c->comm.size == 1) return MB_STATUS_OK;
-    if (c->deterministic && c->comm.rank == 0 && c->recv_n < n) {
+    if (c->comm.deterministic && c->comm.rank == 0 && c->recv_n < n) {
         free(c->recv);
         c->recv = (float *)malloc((size_t)n * sizeof(float));
         c->recv_n = c->recv ? n : 0;
@@ -95,7 +94,7 @@ static mb_status mb__mpi_sum_floats(void *impl, float *x, int64_t n) {
     }
     for (off = 0; off < n && s == MB_STATUS_OK; off += MB__MPI_PIECE) {
         int count = (int)(n - off < MB__MPI_PIECE ? n - off : MB__MPI_PIECE), r, i;
-        if (!c->deterministic) {
+        if (!c->comm.deterministic) {
             s = mb__mpi_check(MPI_Reduce(c->comm.rank == 0 ? MPI_IN_PLACE : x + off, x + off, count, MPI_FLOAT, MPI_SUM, 0,
                                          MPI_COMM_WORLD), "MPI_Reduce");
         } else if (c->comm.rank == 0) { /* ((x_0 + x_1) + x_2) ...: rank order, every element */
@@ -141,7 +140,15 @@ mb_status mb_mpi_init(mb_mpi_comm *c, int *argc, char ***argv, int deterministic
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &c->comm.rank);
     MPI_Comm_size(MPI_COMM_WORLD, &c->comm.size);
-    c->deterministic = deterministic;
+    { /* the rank among the processes that share this node's memory (and GPUs) */
+        MPI_Comm node;
+        c->comm.local_rank = c->comm.rank;
+        if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, c->comm.rank, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+            MPI_Comm_rank(node, &c->comm.local_rank);
+            MPI_Comm_free(&node);
+        }
+    }
+    c->comm.deterministic = deterministic;
     c->comm.impl = c;
     c->comm.sum_floats = mb__mpi_sum_floats;
     c->comm.sum_doubles = mb__mpi_sum_doubles;

@@ -55,6 +55,50 @@ static double mpi_loss_rel(const char *a, const char *b) {
     return rows > 0 ? worst : 1e30;
 }
 
+/* ./mambabyte_cuda_mpi (MPI + CUDA + NCCL): built wherever nvcc, NCCL and
+   mpicc are; without a GPU every rank falls back to the CPU together and
+   equals ./mambabyte_mpi; with 2+ GPUs the gradients are summed by NCCL. */
+static void test_mpi_nccl(void) {
+    char why[128];
+    int rc, gpus;
+    if (mbt_run("(command -v nvcc || test -x /usr/local/cuda/bin/nvcc) > /dev/null 2>&1 && "
+                "test -f \"$(dirname \"$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)\")/../include/nccl.h\"") != 0) {
+        MBT_SKIP("mpi", "NCCL: no nvcc with nccl.h here, so no ./mambabyte_cuda_mpi");
+        return;
+    }
+    MBT_CHECK(mbt_run("test -x ./mambabyte_cuda_mpi") == 0, "make builds ./mambabyte_cuda_mpi where nvcc, NCCL and mpicc are");
+    gpus = mbt_run("test $(nvidia-smi -L 2>/dev/null | grep -c '^GPU') -ge 2") == 0 ? 2 : 0;
+    if (gpus < 2) { /* no GPUs (CI): the ranks agree to stay on the CPU, and train as ./mambabyte_mpi does */
+        rc = mbt_run(MPI_RUN "2 ./mambabyte_cuda_mpi train" MPI_FLAGS " --steps 8 --deterministic --out build/t_nccl_cpu.bin "
+                     "> build/t_nccl.out 2>&1");
+        MBT_CHECK(rc == 0 && rel_same_run("build/t_nccl_cpu.bin", "build/t_mpi_2.bin", why, sizeof why) &&
+                      mbt_file_contains("build/t_nccl.out", "note: training on the CPU"),
+                  "mambabyte_cuda_mpi without GPUs: both ranks on the CPU, equal to mambabyte_mpi (exit %d): %s", rc, why);
+        rc = mbt_run(MPI_RUN "2 ./mambabyte_cuda_mpi train" MPI_FLAGS " --steps 8 --device cuda --out build/t_nccl_x.bin "
+                     "> build/t_nccl.out 2>&1");
+        MBT_CHECK(rc != 0 && rc != 124 && mbt_file_contains("build/t_nccl.out", "--device cuda: CUDA"),
+                  "mambabyte_cuda_mpi --device cuda without a GPU: a clear error on every rank, no hang (exit %d)", rc);
+        MBT_SKIP("mpi", "NCCL: the GPU data-parallel run needs 2+ GPUs (nvidia-smi -L)");
+        return;
+    }
+    /* 2 GPUs: one process at grad-accum 2 against 2 ranks summed by NCCL, 20 steps, both reductions */
+    rc = mbt_run("./mambabyte_cuda train" MPI_FLAGS " --device cuda --steps 20 --grad-accum 2 --log build/t_nccl_ref.csv "
+                 "--out build/t_nccl_ref.bin > build/t_nccl.out 2>&1");
+    rc |= mbt_run(MPI_RUN "2 ./mambabyte_cuda_mpi train" MPI_FLAGS " --device cuda --steps 20 --log build/t_nccl_fast.csv "
+                  "--out build/t_nccl_fast.bin > build/t_nccl.out 2>&1");
+    MBT_CHECK(rc == 0 && mpi_loss_rel("build/t_nccl_fast.csv", "build/t_nccl_ref.csv") < 1e-6 &&
+                  mbt_run("grep -h 'parameters fnv1a' build/t_nccl.out | awk '{print $NF}' | sort -u | wc -l | grep -qx 1") == 0,
+              "2 GPUs (ncclAllReduce) vs one GPU at --grad-accum 2: losses within 1e-6 (worst %.3g), one parameter hash (exit %d)",
+              mpi_loss_rel("build/t_nccl_fast.csv", "build/t_nccl_ref.csv"), rc);
+    rc = mbt_run(MPI_RUN "2 ./mambabyte_cuda_mpi train" MPI_FLAGS " --device cuda --steps 20 --deterministic --log build/t_nccl_det.csv "
+                 "--out build/t_nccl_det.bin > build/t_nccl.out 2>&1");
+    rc |= mbt_run(MPI_RUN "2 ./mambabyte_cuda_mpi train" MPI_FLAGS " --device cuda --steps 20 --deterministic "
+                  "--out build/t_nccl_det2.bin > build/t_nccl.out 2>&1");
+    MBT_CHECK(rc == 0 && mpi_loss_rel("build/t_nccl_det.csv", "build/t_nccl_ref.csv") < 1e-6 &&
+                  rel_same_run("build/t_nccl_det.bin", "build/t_nccl_det2.bin", why, sizeof why),
+              "2 GPUs --deterministic: within 1e-6 of one GPU and bit-identical run to run (exit %d): %s", rc, why);
+}
+
 static void test_mpi(void) {
     char why[128];
     int rc;
@@ -144,6 +188,7 @@ static void test_mpi(void) {
         MBT_CHECK(rc == 0 && rel_same_run("build/t_mpi_int.bin", "build/t_mpi_ref300.bin", why, sizeof why),
                   "stopped by SIGUSR1 and resumed equals 300 uninterrupted steps on 2 ranks (exit %d): %s", rc, why);
     }
+    test_mpi_nccl();
     /* a rank that cannot start: every rank stops, with the reason */
     t0 = mb_clock_seconds();
     rc = mbt_run("MB_TEST_FAIL_RANK=1 " MPI_RUN "2 ./mambabyte_mpi train" MPI_FLAGS " --steps 8 --out build/t_mpi_x.bin > build/t_mpi.out 2>&1");
