@@ -1557,6 +1557,7 @@ struct mb_cuda_trainer {
     void *nccl;              /* ncclComm_t; NULL for one process */
     float *nccl_recv;        /* rank 0's receive buffer of the rank-order (deterministic) sum */
     int nccl_deterministic;
+    float *host_grads;       /* without NCCL: the gradients on their way through the host communicator */
 };
 
 namespace mbc {
@@ -1712,6 +1713,7 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
 static inline void nccl_free(mb_cuda_trainer *t);
 static inline void tr_free(mb_cuda_trainer *t) {
     nccl_free(t);
+    free(t->host_grads);
     dlist_free(&t->mem);
     dlist_free(&t->chunk_mem);
     blas_destroy(t->blas);
@@ -1856,13 +1858,23 @@ static inline void nccl_free(mb_cuda_trainer *t) {
 }
 #define MBC_HAS_NCCL 1
 #else
-#define MBC_HAS_NCCL 0
-static inline mb_status nccl_create(mb_cuda_trainer *, const mb_train_comm *) {
-    return fail(MB_STATUS_UNSUPPORTED, "CUDA: this build has no NCCL: data-parallel GPU training is the mambabyte_cuda_mpi build");
-}
+#define MBC_HAS_NCCL 0 /* (and in the emulator): the gradients go through host memory and the host communicator */
+static inline mb_status nccl_create(mb_cuda_trainer *, const mb_train_comm *) { return MB_STATUS_OK; }
 static inline mb_status nccl_sum_grads(mb_cuda_trainer *, int, int) { return fail(MB_STATUS_UNSUPPORTED, "CUDA: no NCCL"); }
 static inline void nccl_free(mb_cuda_trainer *) {}
 #endif
+
+/* grads <- their sum over the ranks: NCCL on the GPUs when the build has
+   it, else down to the host, the communicator's sum_floats, and back up. */
+static inline mb_status sum_grads(mb_cuda_trainer *t, const mb_train_comm *comm) {
+    const size_t bytes = (size_t)t->d.nparams * sizeof(float);
+    if (t->nccl) return nccl_sum_grads(t, comm->rank, comm->size);
+    if (!t->host_grads && !(t->host_grads = (float *)malloc(bytes))) return fail(MB_STATUS_OUT_OF_MEMORY, "host gradient buffer");
+    MBC_TRY(d2h(t->host_grads, t->grads, bytes));
+    if (comm->sum_floats(comm->impl, t->host_grads, t->d.nparams) != MB_STATUS_OK)
+        return fail(MB_STATUS_IO_ERROR, "data-parallel: %s", comm->last_error ? comm->last_error() : "gradient sum failed");
+    return h2d(t->grads, t->host_grads, bytes);
+}
 
 /* This process's GPU: its rank among the node's ranks, modulo the node's GPUs. */
 static inline mb_status select_device(const mb_train_comm *comm) {
@@ -2030,10 +2042,10 @@ static mb_status mbc_backend_step(mb_trainer *tr, double lr, mb_step_result *r) 
         MBC_TRY(mb_cuda_trainer_forward_backward(g, tr->inputs, tr->targets, &loss));
         loss_sum += loss;
     }
-    if (ranks > 1) { /* the gradients on the GPUs (NCCL), the loss on the host */
+    if (ranks > 1) { /* the gradients on the GPUs (NCCL) or through the host, the loss on the host */
         const double c0 = mb_clock_seconds();
         MBC_TRY(mbc::sync());
-        MBC_TRY(mbc::nccl_sum_grads(g, rank, ranks));
+        MBC_TRY(mbc::sum_grads(g, tr->comm));
         MBC_TRY(mbc::sync());
         if (tr->comm->sum_doubles(tr->comm->impl, &loss_sum, 1) != MB_STATUS_OK)
             return mbc::fail(MB_STATUS_IO_ERROR, "data-parallel: %s", tr->comm->last_error ? tr->comm->last_error() : "loss sum failed");
@@ -2069,8 +2081,7 @@ mb_status mb_cuda_trainer_attach(mb_trainer *tr, int precision) {
     mb_cuda_trainer *g = nullptr;
     if (tr->backend.step) return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: the trainer already has a %s backend", tr->backend.name);
     const int ranks = tr->comm ? tr->comm->size : 1;
-    mb_status st = ranks > 1 && !MBC_HAS_NCCL ? mbc::nccl_create(nullptr, tr->comm) : MB_STATUS_OK;
-    if (st == MB_STATUS_OK) st = mbc::device_check();
+    mb_status st = mbc::device_check();
     if (st == MB_STATUS_OK) st = mbc::select_device(tr->comm);
     if (st == MB_STATUS_OK && s->batch * s->ctx > 2147483647 / 2)
         st = mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA: batch %lld x ctx %lld is too large", (long long)s->batch, (long long)s->ctx);

@@ -18,6 +18,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 extern "C" void mbt_cuda_emu_tests(void);
@@ -853,11 +856,13 @@ namespace {
 struct loop_log {
     std::vector<float> loss;
     std::vector<int> applied;
+    std::vector<double> norm;
 };
 int loop_record(void *user, const mb_train_progress *p) {
     loop_log *l = (loop_log *)user;
     l->loss.push_back(p->loss);
     l->applied.push_back(p->applied);
+    l->norm.push_back(p->grad_norm);
     return 0;
 }
 
@@ -910,6 +915,120 @@ void test_train_loop_backend() {
               "10 non-finite steps in a row stop both backends the same way (%zu / %zu steps)", nc.applied.size(), ng.applied.size());
 }
 
+/* Data-parallel on the CUDA backend without NCCL (the emulator's build):
+   two ranks in two threads, joined by an in-process communicator whose sums
+   add in rank order; one big lock keeps the emulator single-threaded (a
+   rank lets go of it only while it waits in a collective). */
+struct pair_world {
+    std::mutex big;
+    std::condition_variable cv;
+    void *slot[2] = {nullptr, nullptr};
+    int arrived = 0;
+    long gen = 0;
+};
+struct pair_rank {
+    mb_train_comm comm;
+    pair_world *w;
+    std::unique_lock<std::mutex> *lk;
+};
+/* Both ranks bring a buffer; the second to arrive runs op on the pair. */
+template <class F> static mb_status pair_collective(pair_rank *r, void *x, F op) {
+    pair_world *w = r->w;
+    const long gen = w->gen;
+    w->slot[r->comm.rank] = x;
+    if (++w->arrived == 2) {
+        op(w->slot[0], w->slot[1]);
+        w->arrived = 0;
+        w->gen++;
+        w->cv.notify_all();
+    } else {
+        w->cv.wait(*r->lk, [&] { return w->gen != gen; });
+    }
+    return MB_STATUS_OK;
+}
+static mb_status pair_sum_floats(void *impl, float *x, int64_t n) {
+    return pair_collective((pair_rank *)impl, x, [n](void *a, void *b) {
+        for (int64_t i = 0; i < n; i++) ((float *)a)[i] = ((float *)b)[i] = ((float *)a)[i] + ((float *)b)[i];
+    });
+}
+static mb_status pair_sum_doubles(void *impl, double *x, int n) {
+    return pair_collective((pair_rank *)impl, x, [n](void *a, void *b) {
+        for (int i = 0; i < n; i++) ((double *)a)[i] = ((double *)b)[i] = ((double *)a)[i] + ((double *)b)[i];
+    });
+}
+static mb_status pair_broadcast(void *impl, double *x, int n) {
+    return pair_collective((pair_rank *)impl, x, [n](void *a, void *b) { memcpy(b, a, sizeof(double) * (size_t)n); });
+}
+
+/* One rank (comm NULL: one process) of the loop on the CUDA backend at grad_accum A. */
+static mb_status dp_run(const mb_train_comm *comm, int64_t A, loop_log *log, fvec *params, const char **backend) {
+    static uint8_t text[6000];
+    uint32_t x = 12345; /* letters that differ from window to window, so the ranks' batches are told apart */
+    for (size_t i = 0; i < sizeof text; i++) text[i] = (uint8_t)('a' + (x = x * 1664525u + 1013904223u) % 26u);
+    mb_config c = mb_config_default();
+    c.d_model = 16; c.n_layer = 2; c.d_state = 4; c.dt_rank = 0;
+    mb_train_settings s = mb_train_settings_default();
+    s.batch = 2; s.ctx = 24; s.steps = 5; s.warmup = 1; s.lr = 1e-2; s.grad_accum = A;
+    mb_model *m = nullptr;
+    mb_trainer tr;
+    mb_train_report rep;
+    memset(&tr, 0, sizeof tr);
+    mb_status st = mb_model_create(&m, &c, 5);
+    if (st == MB_STATUS_OK) st = mb_trainer_init(&tr, m, &s, text, (int64_t)sizeof text, nullptr);
+    if (st == MB_STATUS_OK) st = mb_trainer_set_comm(&tr, comm);
+    if (st == MB_STATUS_OK) st = mb_cuda_trainer_attach(&tr, 0);
+    *backend = tr.backend.name ? tr.backend.name : "cpu";
+    mb_train_options opt = {nullptr, 0, loop_record, log};
+    if (st == MB_STATUS_OK) st = mb_train_run(&tr, &opt, &rep);
+    if (m) params->assign(mb_model_params(m), mb_model_params(m) + mb_model_num_params(m));
+    mb_trainer_free(&tr);
+    mb_model_free(m);
+    return st;
+}
+
+void test_data_parallel_backend() {
+    pair_world w;
+    pair_rank r[2];
+    loop_log lr[2], l1;
+    fvec pr[2], p1;
+    const char *br[2] = {"", ""}, *b1 = "";
+    mb_status sr[2] = {MB_STATUS_OK, MB_STATUS_OK};
+    for (int k = 0; k < 2; k++) {
+        memset(&r[k].comm, 0, sizeof r[k].comm);
+        r[k].comm.rank = k;
+        r[k].comm.size = 2;
+        r[k].comm.impl = &r[k];
+        r[k].comm.sum_floats = pair_sum_floats;
+        r[k].comm.sum_doubles = pair_sum_doubles;
+        r[k].comm.broadcast = pair_broadcast;
+        r[k].w = &w;
+    }
+    std::vector<std::thread> ranks;
+    for (int k = 0; k < 2; k++)
+        ranks.emplace_back([&, k] {
+            std::unique_lock<std::mutex> lk(w.big);
+            r[k].lk = &lk;
+            sr[k] = dp_run(&r[k].comm, 2, &lr[k], &pr[k], &br[k]);
+        });
+    for (auto &t : ranks) t.join();
+    const mb_status s1 = dp_run(nullptr, 4, &l1, &p1, &b1);
+    MBT_CHECK(sr[0] == MB_STATUS_OK && sr[1] == MB_STATUS_OK && s1 == MB_STATUS_OK && !strcmp(br[0], "cuda fp32") &&
+                  !strcmp(br[1], "cuda fp32"),
+              "2 ranks on the CUDA backend (gradients through the host communicator): %d %d %d (%s) %s %s", (int)sr[0],
+              (int)sr[1], (int)s1, mb_cuda_last_error(), br[0], br[1]);
+    MBT_CHECK(pr[0].size() == p1.size() && pr[1].size() == p1.size() &&
+                  !memcmp(pr[0].data(), pr[1].data(), sizeof(float) * p1.size()),
+              "both ranks end with the same parameters, bit for bit");
+    double worst = lr[0].loss.size() == 5 && l1.loss.size() == 5 ? 0 : 1e30;
+    for (size_t i = 0; i < l1.loss.size() && i < lr[0].loss.size(); i++)
+        worst = fmax(worst, fabs(lr[0].loss[i] - l1.loss[i]) / fabs(l1.loss[i]));
+    for (size_t i = 0; i < l1.norm.size() && i < lr[0].norm.size(); i++)
+        worst = fmax(worst, fabs(lr[0].norm[i] - l1.norm[i]) / fabs(l1.norm[i]));
+    MBT_CHECK(worst < 1e-6, "2 ranks x grad-accum 2 = one process at grad-accum 4: worst loss or gradient-norm rel difference %.3g",
+              worst);
+    CHECK_CLOSE("final parameters, 2 ranks vs one process", pr[0].data(), p1.data(), p1.size(), 1e-5);
+}
+
 }  /* namespace */
 
 extern "C" void mbt_cuda_emu_tests(void) {
@@ -919,7 +1038,7 @@ extern "C" void mbt_cuda_emu_tests(void) {
         {"scan", test_scan}, {"trainer_fp32", [] { test_trainer(0); }}, {"trainer_bf16", [] { test_trainer(1); }},
         {"trainer_tf32", [] { test_trainer(2); }}, {"trainer_fp32_rms_untied", [] { test_trainer(0, true); }},
         {"stream", [] { test_stream(); }}, {"stream_rms_untied", [] { test_stream(true); }}, {"tensor_indices", test_tensor_indices}, {"launch_budget", test_launch_budget},
-        {"train_loop_backend", test_train_loop_backend},
+        {"train_loop_backend", test_train_loop_backend}, {"data_parallel_backend", test_data_parallel_backend},
     };
     const bool timing = getenv("MBT_EMU_TIMING") != nullptr; /* per-test seconds on stderr */
     for (const auto &t : tests) {
