@@ -761,6 +761,10 @@ struct mb_trainer {
 MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_settings *settings, const uint8_t *data,
                                 int64_t size, mb_train_state *resume);
 MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r);
+/* Micro-batch k (0 <= k < grad_accum x ranks) of this step's part of the one
+   seeded stream: drawn into t->inputs / t->targets when it is this rank's
+   (*mine = 1), skipped otherwise.  Every backend's step draws through it. */
+MBDEF mb_status mb_trainer_draw(mb_trainer *t, int64_t k, int *mine);
 /* Makes t one rank of a data-parallel run (before its first step).  A
    resumed trainer must have the checkpoint's rank count. */
 MBDEF mb_status mb_trainer_set_comm(mb_trainer *t, const mb_train_comm *comm);
@@ -5426,11 +5430,18 @@ static mb_status mb__comm_fail(const mb_trainer *t, mb_status s) {
     return s == MB_STATUS_OK ? s : mb__fail(s, "data-parallel: %s", t->comm->last_error ? t->comm->last_error() : "communication failed");
 }
 
+MBDEF mb_status mb_trainer_draw(mb_trainer *t, int64_t k, int *mine) {
+    const mb_train_settings *s = &t->st.settings;
+    *mine = k / s->grad_accum == (t->comm ? t->comm->rank : 0);
+    return *mine ? mb_batcher_next(&t->batcher, t->inputs, t->targets, (int)s->batch, (int)s->ctx)
+                 : mb_batcher_skip(&t->batcher, (int)s->batch, (int)s->ctx);
+}
+
 MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
     const mb_train_settings *s = &t->st.settings;
     mb_model *m = t->model;
-    const int B = (int)s->batch, T = (int)s->ctx, rank = t->comm ? t->comm->rank : 0;
-    const int64_t A = s->grad_accum, total = A * (t->comm ? t->comm->size : 1), n = m->num_params;
+    const int B = (int)s->batch, T = (int)s->ctx;
+    const int64_t total = s->grad_accum * (t->comm ? t->comm->size : 1), n = m->num_params;
     int64_t k, i, mine = 0;
     double loss_sum = 0.0;
     mb_status st;
@@ -5443,13 +5454,11 @@ MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
        the same sum whether the micro-batches run here or on other ranks */
     for (k = 0; k < total; k++) {
         float loss;
-        if (k / A != rank) {
-            if ((st = mb_batcher_skip(&t->batcher, B, T)) != MB_STATUS_OK) return st;
-            continue;
-        }
+        int own;
+        if ((st = mb_trainer_draw(t, k, &own)) != MB_STATUS_OK) return st;
+        if (!own) continue;
         mb_model_zero_grad(m);
-        st = mb_batcher_next(&t->batcher, t->inputs, t->targets, B, T);
-        if (st == MB_STATUS_OK) st = mb_model_forward(m, t->inputs, t->targets, B, T, &loss);
+        st = mb_model_forward(m, t->inputs, t->targets, B, T, &loss);
         if (st == MB_STATUS_OK) st = mb_model_backward(m);
         if (st != MB_STATUS_OK) return st;
         loss_sum += loss;

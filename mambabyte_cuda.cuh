@@ -1556,7 +1556,6 @@ struct mb_cuda_trainer {
     /* data-parallel (MB_WITH_NCCL): the gradient sum over the ranks on device memory */
     void *nccl;              /* ncclComm_t; NULL for one process */
     float *nccl_recv;        /* rank 0's receive buffer of the rank-order (deterministic) sum */
-    int nccl_deterministic;
     float *host_grads;       /* without NCCL: the gradients on their way through the host communicator */
 };
 
@@ -1825,23 +1824,22 @@ static inline mb_status nccl_create(mb_cuda_trainer *t, const mb_train_comm *com
     }
     MBC_NCCL(ncclCommInitRank(&c, comm->size, id, comm->rank));
     t->nccl = c;
-    t->nccl_deterministic = comm->deterministic;
     if (comm->deterministic && comm->rank == 0)
         MBC_TRY(dlist_alloc(&t->mem, (void **)&t->nccl_recv, (size_t)t->d.nparams * sizeof(float), "NCCL receive buffer"));
     return MB_STATUS_OK;
 }
 
 /* grads <- their sum over the ranks, the same bits on every rank. */
-static inline mb_status nccl_sum_grads(mb_cuda_trainer *t, int rank, int size) {
+static inline mb_status nccl_sum_grads(mb_cuda_trainer *t, const mb_train_comm *comm) {
     ncclComm_t c = (ncclComm_t)t->nccl;
     const size_t P = (size_t)t->d.nparams;
-    if (!t->nccl_deterministic) {
+    if (!comm->deterministic) {
         MBC_NCCL(ncclAllReduce(t->grads, t->grads, P, ncclFloat, ncclSum, c, 0));
         return MB_STATUS_OK;
     }
-    if (rank == 0) {
+    if (comm->rank == 0) {
         const int blocks = (int)((P + 255) / 256 < 4096 ? (P + 255) / 256 : 4096);
-        for (int r = 1; r < size; r++) { /* rank order: the adds of one process with grad-accum N */
+        for (int r = 1; r < comm->size; r++) { /* rank order: the adds of one process with grad-accum N */
             MBC_NCCL(ncclRecv(t->nccl_recv, P, ncclFloat, r, c, 0));
             MBC_LAUNCH(add_kernel, blocks, 256, 0, t->grads, t->nccl_recv, (int64_t)P);
         }
@@ -1856,11 +1854,9 @@ static inline void nccl_free(mb_cuda_trainer *t) {
     if (t->nccl) (void)ncclCommDestroy((ncclComm_t)t->nccl);
     t->nccl = nullptr;
 }
-#define MBC_HAS_NCCL 1
-#else
-#define MBC_HAS_NCCL 0 /* (and in the emulator): the gradients go through host memory and the host communicator */
+#else /* (and in the emulator): t->nccl stays NULL, the gradients go through host memory */
 static inline mb_status nccl_create(mb_cuda_trainer *, const mb_train_comm *) { return MB_STATUS_OK; }
-static inline mb_status nccl_sum_grads(mb_cuda_trainer *, int, int) { return fail(MB_STATUS_UNSUPPORTED, "CUDA: no NCCL"); }
+static inline mb_status nccl_sum_grads(mb_cuda_trainer *, const mb_train_comm *) { return fail(MB_STATUS_UNSUPPORTED, "CUDA: no NCCL"); }
 static inline void nccl_free(mb_cuda_trainer *) {}
 #endif
 
@@ -1868,7 +1864,7 @@ static inline void nccl_free(mb_cuda_trainer *) {}
    it, else down to the host, the communicator's sum_floats, and back up. */
 static inline mb_status sum_grads(mb_cuda_trainer *t, const mb_train_comm *comm) {
     const size_t bytes = (size_t)t->d.nparams * sizeof(float);
-    if (t->nccl) return nccl_sum_grads(t, comm->rank, comm->size);
+    if (t->nccl) return nccl_sum_grads(t, comm);
     if (!t->host_grads && !(t->host_grads = (float *)malloc(bytes))) return fail(MB_STATUS_OUT_OF_MEMORY, "host gradient buffer");
     MBC_TRY(d2h(t->host_grads, t->grads, bytes));
     if (comm->sum_floats(comm->impl, t->host_grads, t->d.nparams) != MB_STATUS_OK)
@@ -2028,25 +2024,24 @@ static mb_status mbc_backend_step(mb_trainer *tr, double lr, mb_step_result *r) 
     const mb_train_settings *s = &tr->st.settings;
     double loss_sum = 0.0, norm = 0.0;
     int applied = 0;
-    const int rank = tr->comm ? tr->comm->rank : 0, ranks = tr->comm ? tr->comm->size : 1;
+    const int ranks = tr->comm ? tr->comm->size : 1;
     const int64_t A = s->grad_accum, total = A * ranks;
     memset(r, 0, sizeof *r);
     r->lr = lr;
     /* this rank's micro-batches of the one seeded stream, as on the CPU */
     for (int64_t k = 0; k < total; k++) {
         float loss = NAN;
-        mb_status st = k / A == rank ? mb_batcher_next(&tr->batcher, tr->inputs, tr->targets, (int)s->batch, (int)s->ctx)
-                                     : mb_batcher_skip(&tr->batcher, (int)s->batch, (int)s->ctx);
+        int own = 0;
+        mb_status st = mb_trainer_draw(tr, k, &own);
         if (st != MB_STATUS_OK) return mbc::fail(st, "%s", mb_last_error());
-        if (k / A != rank) continue;
+        if (!own) continue;
         MBC_TRY(mb_cuda_trainer_forward_backward(g, tr->inputs, tr->targets, &loss));
         loss_sum += loss;
     }
     if (ranks > 1) { /* the gradients on the GPUs (NCCL) or through the host, the loss on the host */
-        const double c0 = mb_clock_seconds();
-        MBC_TRY(mbc::sync());
+        const double c0 = mb_clock_seconds(); /* (the backward is done: each micro-batch's loss was read back) */
         MBC_TRY(mbc::sum_grads(g, tr->comm));
-        MBC_TRY(mbc::sync());
+        MBC_TRY(mbc::sync()); /* so that comm_s holds NCCL's work, not just its enqueue */
         if (tr->comm->sum_doubles(tr->comm->impl, &loss_sum, 1) != MB_STATUS_OK)
             return mbc::fail(MB_STATUS_IO_ERROR, "data-parallel: %s", tr->comm->last_error ? tr->comm->last_error() : "loss sum failed");
         tr->comm_s += mb_clock_seconds() - c0;
