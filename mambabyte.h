@@ -889,6 +889,12 @@ mb_status mb_cuda_trainer_zero_grad(mb_cuda_trainer *t);
 mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr, double beta1, double beta2,
                                  double eps, double weight_decay, double clip, int64_t adam_step,
                                  double *grad_norm_out, int *applied_out);
+/* The trainer runs on its own stream, and after a first eager run replays
+   forward-backward and the update as two CUDA graphs (one submission each).
+   on 0 launches every operation instead (as MB_CUDA_GRAPH=0 and
+   MB_CUDA_SYNC=1 do); a capture the driver refuses also turns them off. */
+mb_status mb_cuda_trainer_set_graphs(mb_cuda_trainer *t, int on);
+int mb_cuda_trainer_graphs(const mb_cuda_trainer *t); /* 1 while graphs are on */
 typedef struct mb_cuda_stream mb_cuda_stream;
 mb_status mb_cuda_stream_create(mb_cuda_stream **out, const mb_config *cfg, const float *params);
 mb_status mb_cuda_stream_step(mb_cuda_stream *s, uint8_t byte, float *logits_host);

@@ -95,6 +95,11 @@ typedef __nv_bfloat16 mbc_bf16;
 #define MBC_BF16 1
 #define MBC_TF32 2
 #define MBC_NORM_BLOCKS 256    /* fixed grid of the gradient-norm partials */
+#ifdef MB_CUDA_EMULATE
+#define MBC_BLAS_WORKSPACE 0
+#else
+#define MBC_BLAS_WORKSPACE (32 << 20) /* bytes of cuBLAS workspace (its recommendation for sm_90) */
+#endif
 #define MBC_LN_ROWS 64         /* rows per block of the LayerNorm backward */
 #define MBC_CONV_TOKENS 64     /* tokens per thread (and per partial of dw) of the conv backward */
 
@@ -115,7 +120,7 @@ typedef __nv_bfloat16 mbc_bf16;
    it (file, line and kernel name) instead of at a later copy. */
 #define MBC_LAUNCH(kernel, grid, block, smem, ...)                                                    \
     do {                                                                                          \
-        kernel<<<grid, block, smem, 0>>>(__VA_ARGS__);                                            \
+        kernel<<<grid, block, smem, mbc::g_stream>>>(__VA_ARGS__);                                \
         MBC_CUDA(cudaGetLastError());                                                             \
         if (mbc::sync_each_launch()) MBC_CUDA_AT(cudaDeviceSynchronize(), #kernel);                 \
     } while (0)
@@ -878,10 +883,11 @@ __global__ void scan_step_kernel(float *gated, float *hstate, const float *u, co
    +inf entries sharing the mass, all -inf row uniform, -inf target +inf).
    loss_rows[r] = 0 for ignored rows.  dlogits may alias logits: every read
    of the row happens before the first write (barriers in between).
-   Gradient scale per row: dloss_rows ? dloss_rows[r] : dscale. */
+   Gradient scale per row: dloss_rows ? dloss_rows[r] : dscale, where
+   dscale_dev (a graph's per-batch 1/valid rows) replaces dscale when given. */
 __global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const float *logits, const int32_t *targets,
                                      int64_t rows, int V, int32_t ignore_index, float eps, const float *dloss_rows,
-                                     float dscale) {
+                                     float dscale, const double *dscale_dev) {
     MBC_SHARED(float, shf, [32]);
     MBC_SHARED(int, shi, [32]);
     const int64_t r = blockIdx.x;
@@ -931,7 +937,7 @@ __global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const flo
         }
         loss_rows[r] = loss;
     }
-    const float gs = dloss_rows ? dloss_rows[r] : dscale;
+    const float gs = dloss_rows ? dloss_rows[r] : dscale_dev ? (float)*dscale_dev : dscale;
     float *dx = dlogits + r * V;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
         float p;
@@ -947,21 +953,29 @@ __global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const flo
     }
 }
 
-/* out[0] = scale * sum of x[0..n) in a fixed order (one block of 256). */
-__global__ void sum_kernel(float *out, const float *x, int64_t n, double scale) {
+/* out[0] = scale * sum of x[0..n) in a fixed order (one block of 256);
+   scale_dev replaces scale when given; acc (optional) += out[0], in double,
+   as the host adds the micro-batches' losses. */
+__global__ void sum_kernel(float *out, const float *x, int64_t n, double scale, const double *scale_dev, double *acc) {
     MBC_SHARED(double, sh, [256]);
     double s = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += 256) s += (double)x[i];
     s = block_sum_double256(s, sh);
-    if (threadIdx.x == 0) out[0] = (float)(s * scale);
+    if (threadIdx.x == 0) {
+        const float v = (float)(s * (scale_dev ? *scale_dev : scale));
+        out[0] = v;
+        if (acc) acc[0] += (double)v;
+    }
 }
 
 /* ===================================================== optimizer */
 
-/* g *= scale (when scale != 1); part[blockIdx.x] = sum g^2 (double) over
-   this block's grid-stride share.  Fixed grid: MBC_NORM_BLOCKS x 256. */
-__global__ void grad_scale_sumsq_kernel(double *part, float *g, int64_t n, float scale) {
+/* g *= scale (when scale != 1; scale_dev replaces it when given);
+   part[blockIdx.x] = sum g^2 (double) over this block's grid-stride share.
+   Fixed grid: MBC_NORM_BLOCKS x 256. */
+__global__ void grad_scale_sumsq_kernel(double *part, float *g, int64_t n, float scale, const float *scale_dev) {
     MBC_SHARED(double, sh, [256]);
+    if (scale_dev) scale = *scale_dev;
     double s = 0.0;
     for (int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x; i < n; i += (int64_t)gridDim.x * 256) {
         float v = g[i];
@@ -981,16 +995,30 @@ __global__ void sum_double_kernel(double *out, const double *part, int n) {
     if (threadIdx.x == 0) out[0] = s;
 }
 
-/* mb_adamw_update after clipping (g *= coef), then g = 0.  Constants as the
-   CPU computes them (host, double -> float); decay_mask[i] picks decay.
-   With sumsq (the device's sum of g^2), the clip coefficient is computed
-   here, as mb_clip_coef does on the host (double), and a non-finite norm
-   only zeroes the gradient: the host need not read the norm first. */
-__global__ void adamw_kernel(float *p, float *g, float *m, float *v, const uint8_t *decay_mask, int64_t n, float coef,
-                             const double *sumsq, double clip, float b1, float b2, float one_b1, float one_b2,
-                             float step_size, float bc2_sqrt, float eps, float decay) {
-    bool skip = false;
-    if (sumsq) {
+/* One update's scalars: AdamW's constants as the CPU computes them (host,
+   double -> float; make_adamw_args), the clip, and the gradient scale. */
+struct adamw_args {
+    float coef, b1, b2, one_b1, one_b2, step_size, bc2_sqrt, eps, decay, grad_scale;
+    double clip;
+    int guard; /* skip the update (zero the gradient) when *loss_sum is not finite */
+};
+
+/* mb_adamw_update after clipping (g *= coef), then g = 0; decay_mask[i]
+   picks decay.  args_dev (a graph's per-step scalars, uploaded before it
+   runs) replaces a when given.  With sumsq (the device's sum of g^2), the
+   clip coefficient is computed here, as mb_clip_coef does on the host
+   (double), and a non-finite norm only zeroes the gradient: the host need
+   not read the norm first.  With loss_sum and a.guard (the trainer's
+   guard), a non-finite loss also only zeroes the gradient. */
+__global__ void adamw_kernel(float *p, float *g, float *m, float *v, const uint8_t *decay_mask, int64_t n, adamw_args a,
+                             const adamw_args *args_dev, const double *sumsq, const double *loss_sum) {
+    if (args_dev) a = *args_dev;
+    float coef = a.coef;
+    const float b1 = a.b1, b2 = a.b2, one_b1 = a.one_b1, one_b2 = a.one_b2, step_size = a.step_size,
+                bc2_sqrt = a.bc2_sqrt, eps = a.eps, decay = a.decay;
+    const double clip = a.clip;
+    bool skip = loss_sum && a.guard && !isfinite(*loss_sum);
+    if (sumsq && !skip) {
         const double norm = sqrt(*sumsq);
         if (!isfinite(norm)) skip = true;
         else {
@@ -1061,16 +1089,49 @@ static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
     return MB_STATUS_OK;
 }
 static inline void dfree(void *p) { cuda_emu::device_free(p); }
-/* Each copy, memset and GEMM counts as one stream operation (cuda_emu::g.ops). */
-static inline mb_status h2d(void *d, const void *h, size_t bytes) { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, h, bytes); return MB_STATUS_OK; }
-static inline mb_status d2h(void *h, const void *d, size_t bytes) { cuda_emu::g.ops.copies++; if (bytes) memcpy(h, d, bytes); return MB_STATUS_OK; }
-static inline mb_status d2d(void *d, const void *s, size_t bytes) { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, s, bytes); return MB_STATUS_OK; }
-static inline mb_status dzero(void *d, size_t bytes) { cuda_emu::g.ops.memsets++; if (bytes) memset(d, 0, bytes); return MB_STATUS_OK; }
-static inline mb_status sync() { return MB_STATUS_OK; }
+/* Each copy, memset and GEMM counts as one stream operation (cuda_emu::g.ops)
+   where it runs.  The blocking ones (h2d, d2h: pageable host memory, the
+   host waits) may not be captured into a graph; the async ones (pinned host
+   memory, read when the operation runs) and d2d/dzero may. */
+typedef void *stream_t;
+typedef cuda_emu::Graph *graph_t;
+typedef void *event_t;
+static thread_local stream_t g_stream = nullptr;
+static inline mb_status h2d(void *d, const void *h, size_t bytes) {
+    cuda_emu::host_sync("h2d (blocking copy)");
+    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, h, bytes); });
+    return MB_STATUS_OK;
+}
+static inline mb_status d2h(void *h, const void *d, size_t bytes) {
+    cuda_emu::host_sync("d2h (blocking copy)");
+    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(h, d, bytes); });
+    return MB_STATUS_OK;
+}
+static inline mb_status d2d(void *d, const void *s, size_t bytes) {
+    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, s, bytes); });
+    return MB_STATUS_OK;
+}
+static inline mb_status dzero(void *d, size_t bytes) {
+    cuda_emu::stream_op([=] { cuda_emu::g.ops.memsets++; if (bytes) memset(d, 0, bytes); });
+    return MB_STATUS_OK;
+}
+static inline mb_status sync() { cuda_emu::host_sync("stream synchronize"); return MB_STATUS_OK; }
 static inline void *hmalloc(size_t bytes) { return malloc(bytes ? bytes : 1); }
 static inline void hfree(void *p) { free(p); }
-static inline mb_status h2d_async(void *d, const void *h, size_t bytes) { return h2d(d, h, bytes); }
-static inline mb_status blas_create(blas_t *h) { *h = nullptr; return MB_STATUS_OK; }
+static inline mb_status h2d_async(void *d, const void *h, size_t bytes) { return d2d(d, h, bytes); }
+static inline mb_status d2h_async(void *h, const void *d, size_t bytes) { return d2d(h, d, bytes); }
+static inline mb_status stream_create(stream_t *s) { *s = nullptr; return MB_STATUS_OK; }
+static inline void stream_destroy(stream_t) {}
+static inline mb_status event_create(event_t *e) { *e = nullptr; return MB_STATUS_OK; }
+static inline void event_destroy(event_t) {}
+static inline mb_status event_record(event_t) { return MB_STATUS_OK; }
+static inline mb_status event_wait(event_t) { cuda_emu::host_sync("event synchronize"); return MB_STATUS_OK; }
+static inline mb_status capture_begin() { cuda_emu::capture_begin(); return MB_STATUS_OK; }
+static inline mb_status capture_end(graph_t *out) { *out = cuda_emu::capture_end(); return MB_STATUS_OK; }
+static inline void capture_abort() { if (cuda_emu::g.capturing) cuda_emu::delete_graph(cuda_emu::capture_end()); }
+static inline mb_status graph_launch(graph_t gr) { cuda_emu::launch_graph(gr); return MB_STATUS_OK; }
+static inline void graph_free(graph_t gr) { if (gr) cuda_emu::delete_graph(gr); }
+static inline mb_status blas_create(blas_t *h, stream_t = nullptr, void * = nullptr, size_t = 0) { *h = nullptr; return MB_STATUS_OK; }
 static inline void blas_destroy(blas_t) {}
 /* TF32 as the tensor cores take it: 10 mantissa bits, round to nearest,
    ties away from zero (cvt.rna.tf32.f32). */
@@ -1089,8 +1150,8 @@ static inline float ld_elem(const void *p, int64_t i, int mode) {
 }
 /* Column-major C = alpha op(A) op(B) + beta C, cuBLAS's contract (C is not
    read when beta == 0), in double on the host. */
-static inline mb_status gemm(blas_t, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
-                      int ldb, float beta, float *C, int ldc, int mode, const char *, int) {
+static inline void gemm_now(int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
+                            int ldb, float beta, float *C, int ldc, int mode) {
     cuda_emu::g.ops.gemms++;
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
@@ -1103,6 +1164,10 @@ static inline mb_status gemm(blas_t, int ta, int tb, int m, int n, int k, float 
             float *c = C + i + (int64_t)j * ldc;
             *c = beta == 0.0f ? (float)(alpha * s) : (float)(alpha * s + (double)beta * *c);
         }
+}
+static inline mb_status gemm(blas_t, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
+                      int ldb, float beta, float *C, int ldc, int mode, const char *, int) {
+    cuda_emu::stream_op([=] { gemm_now(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, mode); });
     return MB_STATUS_OK;
 }
 #else
@@ -1160,14 +1225,26 @@ static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
     return MB_STATUS_OK;
 }
 static inline void dfree(void *p) { if (p) (void)cudaFree(p); }
-static inline mb_status h2d(void *d, const void *h, size_t bytes) { MBC_CUDA(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice)); return MB_STATUS_OK; }
-static inline mb_status d2h(void *h, const void *d, size_t bytes) { MBC_CUDA(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost)); return MB_STATUS_OK; }
-static inline mb_status d2d(void *d, const void *s, size_t bytes) { MBC_CUDA(cudaMemcpy(d, s, bytes, cudaMemcpyDeviceToDevice)); return MB_STATUS_OK; }
-static inline mb_status dzero(void *d, size_t bytes) { MBC_CUDA(cudaMemset(d, 0, bytes)); return MB_STATUS_OK; }
-static inline mb_status sync() { MBC_CUDA(cudaDeviceSynchronize()); return MB_STATUS_OK; }
-/* Pinned host memory: the batch upload is asynchronous (ordered before the
-   step's kernels on the default stream; the buffer is rewritten only after
-   the step's loss has come back, which waits for it). */
+/* Every operation goes to g_stream: the legacy default stream (0) unless
+   an entry point put its own stream there (stream_scope: the trainer's,
+   which graphs can be captured from).  The blocking copies wait for it. */
+typedef cudaStream_t stream_t;
+typedef cudaGraphExec_t graph_t;
+typedef cudaEvent_t event_t;
+static thread_local stream_t g_stream = 0;
+static inline mb_status sync() { MBC_CUDA(cudaStreamSynchronize(g_stream)); return MB_STATUS_OK; }
+static inline mb_status h2d(void *d, const void *h, size_t bytes) {
+    MBC_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_stream));
+    return sync(); /* the caller may reuse h, pinned or not */
+}
+static inline mb_status d2h(void *h, const void *d, size_t bytes) {
+    MBC_CUDA(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_stream));
+    return sync();
+}
+static inline mb_status d2d(void *d, const void *s, size_t bytes) { MBC_CUDA(cudaMemcpyAsync(d, s, bytes, cudaMemcpyDeviceToDevice, g_stream)); return MB_STATUS_OK; }
+static inline mb_status dzero(void *d, size_t bytes) { MBC_CUDA(cudaMemsetAsync(d, 0, bytes, g_stream)); return MB_STATUS_OK; }
+/* Pinned host memory, for the asynchronous copies: the batch upload, the
+   update's scalars, the step's statistics read-back. */
 static inline void *hmalloc(size_t bytes) {
     void *p = nullptr;
     if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) { (void)cudaGetLastError(); return nullptr; }
@@ -1175,13 +1252,50 @@ static inline void *hmalloc(size_t bytes) {
 }
 static inline void hfree(void *p) { if (p) (void)cudaFreeHost(p); }
 static inline mb_status h2d_async(void *d, const void *h, size_t bytes) {
-    MBC_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, 0));
+    MBC_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_stream));
     return MB_STATUS_OK;
 }
-static inline mb_status blas_create(blas_t *h) {
+static inline mb_status d2h_async(void *h, const void *d, size_t bytes) {
+    MBC_CUDA(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_stream));
+    return MB_STATUS_OK;
+}
+static inline mb_status stream_create(stream_t *s) { MBC_CUDA(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking)); return MB_STATUS_OK; }
+static inline void stream_destroy(stream_t s) { if (s) (void)cudaStreamDestroy(s); }
+static inline mb_status event_create(event_t *e) { MBC_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming)); return MB_STATUS_OK; }
+static inline void event_destroy(event_t e) { if (e) (void)cudaEventDestroy(e); }
+static inline mb_status event_record(event_t e) { MBC_CUDA(cudaEventRecord(e, g_stream)); return MB_STATUS_OK; }
+static inline mb_status event_wait(event_t e) { MBC_CUDA(cudaEventSynchronize(e)); return MB_STATUS_OK; }
+/* Graphs: capture g_stream's operations (this thread's only), instantiate,
+   replay.  A failed capture must still be ended (capture_abort). */
+static inline mb_status capture_begin() { MBC_CUDA(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal)); return MB_STATUS_OK; }
+static inline mb_status capture_end(graph_t *out) {
+    cudaGraph_t gr = nullptr;
+    *out = nullptr;
+    MBC_CUDA(cudaStreamEndCapture(g_stream, &gr));
+    const cudaError_t e = cudaGraphInstantiate(out, gr, 0);
+    (void)cudaGraphDestroy(gr);
+    if (e != cudaSuccess) { *out = nullptr; return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cudaGraphInstantiate: %s", __FILE__, __LINE__, cudaGetErrorString(e)); }
+    return MB_STATUS_OK;
+}
+static inline void capture_abort() {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(g_stream, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
+        cudaGraph_t gr = nullptr;
+        if (cudaStreamEndCapture(g_stream, &gr) == cudaSuccess && gr) (void)cudaGraphDestroy(gr);
+    }
+    (void)cudaGetLastError();
+}
+static inline mb_status graph_launch(graph_t gr) { MBC_CUDA(cudaGraphLaunch(gr, g_stream)); return MB_STATUS_OK; }
+static inline void graph_free(graph_t gr) { if (gr) (void)cudaGraphExecDestroy(gr); }
+/* A handle bound to one stream.  workspace: cuBLAS's scratch given up front,
+   so a captured GEMM never asks for memory (set after the stream: setting a
+   stream resets the workspace to cuBLAS's own). */
+static inline mb_status blas_create(blas_t *h, stream_t s = 0, void *workspace = nullptr, size_t workspace_bytes = 0) {
     MBC_CUBLAS(cublasCreate(h));
     /* default math: with CUBLAS_COMPUTE_32F (every call below) no TF32 */
     MBC_CUBLAS(cublasSetMathMode(*h, CUBLAS_DEFAULT_MATH));
+    MBC_CUBLAS(cublasSetStream(*h, s));
+    if (workspace) MBC_CUBLAS(cublasSetWorkspace(*h, workspace, workspace_bytes));
     return MB_STATUS_OK;
 }
 static inline void blas_destroy(blas_t h) { if (h) (void)cublasDestroy(h); }
@@ -1205,6 +1319,13 @@ static inline mb_status gemm(blas_t h, int ta, int tb, int m, int n, int k, floa
     return MB_STATUS_OK;
 }
 #endif
+
+/* The stream the launchers use while an entry point runs. */
+struct stream_scope {
+    stream_t prev;
+    explicit stream_scope(stream_t s) : prev(g_stream) { g_stream = s; }
+    ~stream_scope() { g_stream = prev; }
+};
 
 static inline unsigned grid_for(int64_t n, int threads) {
     int64_t g = (n + threads - 1) / threads;
@@ -1408,36 +1529,58 @@ static inline mb_status scan_step(float *gated, float *hstate, const float *u, c
 /* Fused cross-entropy: loss_rows (rows), dlogits (may alias logits). */
 static inline mb_status cross_entropy(float *loss_rows, float *dlogits, const float *logits, const int32_t *targets,
                                int64_t rows, int V, int32_t ignore_index, float label_smoothing,
-                               const float *dloss_rows, float dscale) {
+                               const float *dloss_rows, float dscale, const double *dscale_dev = nullptr) {
     if (rows < 1) return MB_STATUS_OK;
     if (rows > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "cross-entropy: %lld rows", (long long)rows);
     MBC_LAUNCH(cross_entropy_kernel, dim3((unsigned)rows), dim3(256), 0, loss_rows, dlogits, logits, targets, rows, V,
-               ignore_index, label_smoothing, dloss_rows, dscale);
+               ignore_index, label_smoothing, dloss_rows, dscale, dscale_dev);
     return MB_STATUS_OK;
 }
-static inline mb_status sum(float *out, const float *x, int64_t n, double scale) {
-    MBC_LAUNCH(sum_kernel, dim3(1), dim3(256), 0, out, x, n, scale);
+static inline mb_status sum(float *out, const float *x, int64_t n, double scale, const double *scale_dev = nullptr,
+                            double *acc = nullptr) {
+    MBC_LAUNCH(sum_kernel, dim3(1), dim3(256), 0, out, x, n, scale, scale_dev, acc);
     return MB_STATUS_OK;
 }
 
 /* g *= scale, then sum g^2 into *sumsq_dev (double); part: MBC_NORM_BLOCKS doubles. */
-static inline mb_status grad_scale_sumsq(double *sumsq_dev, double *part, float *g, int64_t n, float scale) {
-    MBC_LAUNCH(grad_scale_sumsq_kernel, dim3(MBC_NORM_BLOCKS), dim3(256), 0, part, g, n, scale);
+static inline mb_status grad_scale_sumsq(double *sumsq_dev, double *part, float *g, int64_t n, float scale,
+                                         const float *scale_dev = nullptr) {
+    MBC_LAUNCH(grad_scale_sumsq_kernel, dim3(MBC_NORM_BLOCKS), dim3(256), 0, part, g, n, scale, scale_dev);
     MBC_LAUNCH(sum_double_kernel, dim3(1), dim3(256), 0, sumsq_dev, (const double *)part, MBC_NORM_BLOCKS);
     return MB_STATUS_OK;
 }
 
-/* The CPU's AdamW constants (mb_adamw_update).  sumsq_dev (optional): take
-   the clip coefficient from the device's squared norm and `clip` instead of
-   coef (see adamw_kernel). */
-static inline mb_status adamw(float *p, float *g, float *m, float *v, const uint8_t *mask, int64_t n, float coef, double lr,
+/* The CPU's AdamW constants (mb_adamw_update) for step t. */
+static inline adamw_args make_adamw_args(float coef, double lr, double beta1, double beta2, double eps, double wd,
+                                         int64_t t, double clip, float grad_scale) {
+    adamw_args a;
+    a.coef = coef;
+    a.b1 = (float)beta1; a.b2 = (float)beta2; a.one_b1 = (float)(1.0 - beta1); a.one_b2 = (float)(1.0 - beta2);
+    a.step_size = (float)(lr / (1.0 - pow(beta1, (double)t)));
+    a.bc2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)t));
+    a.eps = (float)eps;
+    a.decay = (float)(1.0 - lr * wd);
+    a.grad_scale = grad_scale;
+    a.clip = clip;
+    a.guard = 0;
+    return a;
+}
+/* (Not static: only the tests call it, and an unused static draws a warning.)
+   sumsq_dev (optional): take the clip coefficient from the device's squared
+   norm and `clip` instead of coef (see adamw_kernel). */
+inline mb_status adamw(float *p, float *g, float *m, float *v, const uint8_t *mask, int64_t n, float coef, double lr,
                        double beta1, double beta2, double eps, double wd, int64_t t, const double *sumsq_dev = nullptr,
                        double clip = 0.0) {
-    const float b1 = (float)beta1, b2 = (float)beta2, one_b1 = (float)(1.0 - beta1), one_b2 = (float)(1.0 - beta2);
-    const float step_size = (float)(lr / (1.0 - pow(beta1, (double)t)));
-    const float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)t)), fe = (float)eps, decay = (float)(1.0 - lr * wd);
-    MBC_LAUNCH(adamw_kernel, dim3(grid_for(n, 256)), dim3(256), 0, p, g, m, v, mask, n, coef, sumsq_dev, clip, b1, b2,
-               one_b1, one_b2, step_size, bc2_sqrt, fe, decay);
+    const adamw_args a = make_adamw_args(coef, lr, beta1, beta2, eps, wd, t, clip, 1.0f);
+    MBC_LAUNCH(adamw_kernel, dim3(grid_for(n, 256)), dim3(256), 0, p, g, m, v, mask, n, a, (const adamw_args *)nullptr,
+               sumsq_dev, (const double *)nullptr);
+    return MB_STATUS_OK;
+}
+/* The same from scalars on the device, with the trainer's loss guard. */
+static inline mb_status adamw_from_device(float *p, float *g, float *m, float *v, const uint8_t *mask, int64_t n,
+                                          const adamw_args *args_dev, const double *sumsq_dev, const double *loss_sum) {
+    MBC_LAUNCH(adamw_kernel, dim3(grid_for(n, 256)), dim3(256), 0, p, g, m, v, mask, n, adamw_args(), args_dev,
+               sumsq_dev, loss_sum);
     return MB_STATUS_OK;
 }
 
@@ -1460,6 +1603,14 @@ enum { MB_TENSORS_BEFORE_LAYERS(MBC_GLOBAL_NAME) MB_TENSORS_AFTER_LAYERS(MBC_GLO
 
 struct layer_acts {
     float *resid, *ln, *mean, *rstd, *xz, *u, *xdbl, *delta, *gated, *states;
+};
+
+/* A sequence of the trainer's operations as one CUDA graph: run eagerly the
+   first time (the warm-up: modules loaded, cuBLAS's choices made), captured
+   the second, replayed from then on. */
+struct captured {
+    graph_t exec;
+    int runs;
 };
 
 /* Dimensions shared by the trainer and the stream. */
@@ -1540,9 +1691,10 @@ struct mb_cuda_trainer {
     mbc_bf16 *params_bf16;   /* bf16 mode: weights for cuBLAS */
     mbc_bf16 *bfa, *bfb;      /* bf16 mode: matrix-input scratch */
     /* batch */
-    /* one upload per step: [bucket_off (257) | bucket_rows (N) | targets (N) | tokens (N)],
-       packed in pinned host memory (h_batch) and copied to the device (batch) */
+    /* one upload per micro-batch: [1/valid rows (double) | bucket_off (257) | bucket_rows (N) |
+       targets (N) | tokens (N)], packed in pinned host memory (h_batch) and copied to the device (batch) */
     uint8_t *batch, *h_batch, *tokens;
+    double *inv_valid;       /* device, in the batch: the loss's 1 / rows with a target */
     int32_t *targets;
     int64_t *bucket_off, *bucket_rows, *h_bucket;
     size_t batch_bytes;
@@ -1553,6 +1705,14 @@ struct mb_cuda_trainer {
     float *d_resid, *d_ln, *d_xz, *d_u, *d_xdbl, *d_delta, *d_gated, *scratch;
     int64_t scratch_floats;
     double *norm_part, *norm_dev;
+    /* the step on its own stream, replayed as two CUDA graphs */
+    mbc::stream_t stream;    /* every operation of this trainer (graphs cannot be captured from the legacy stream) */
+    mbc::event_t uploaded;   /* recorded after each batch upload: then h_batch may be rewritten */
+    int graphs;              /* 1: capture and replay (default); 0: launch every operation (mb_cuda_trainer_set_graphs,
+                                MB_CUDA_GRAPH=0, MB_CUDA_SYNC=1, or a capture that failed) */
+    mbc::captured fb, update; /* forward + loss + backward of one micro-batch; norm, clip, AdamW, read-back */
+    double *stats, *h_stats; /* device / pinned: [loss sum over the step's micro-batches, squared gradient norm] */
+    mbc::adamw_args *args_dev, *h_args; /* the update's scalars, device / pinned */
     /* data-parallel (MB_WITH_NCCL): the gradient sum over the ranks on device memory */
     void *nccl;              /* ncclComm_t; NULL for one process */
     float *nccl_recv;        /* rank 0's receive buffer of the rank-order (deterministic) sum */
@@ -1631,6 +1791,8 @@ static inline mb_status tr_alloc_acts(mb_cuda_trainer *t) {
 static inline mb_status tr_alloc_chunked(mb_cuda_trainer *t) {
     const dims &d = t->d;
     const int64_t nch = (t->T + t->chunk - 1) / t->chunk;
+    graph_free(t->fb.exec); /* it holds the old buffers: capture again */
+    t->fb.exec = nullptr;
     dlist_free(&t->chunk_mem);
     for (int l = 0; l < d.L; l++)
         MBC_TRY(dalloc(&t->chunk_mem, &t->acts[l].states, (int64_t)t->B * nch * d.Di * d.S, "scan states"));
@@ -1649,7 +1811,16 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     t->B = B; t->T = T; t->N = (int64_t)B * T; t->precision = precision;
     t->chunk = T < 32 ? T : 32;
     MBC_TRY(scan_check(B, T, d.Di, d.S, t->chunk));
-    MBC_TRY(blas_create(&t->blas));
+    MBC_TRY(stream_create(&t->stream));
+    MBC_TRY(event_create(&t->uploaded));
+    stream_scope on(t->stream);
+    {
+        const char *e = getenv("MB_CUDA_GRAPH");
+        t->graphs = !(e && e[0] == '0') && !sync_each_launch(); /* a captured launch cannot synchronise */
+    }
+    float *workspace = nullptr;
+    MBC_TRY(dalloc(&t->mem, &workspace, MBC_BLAS_WORKSPACE / 4, "cuBLAS workspace"));
+    MBC_TRY(blas_create(&t->blas, t->stream, workspace, MBC_BLAS_WORKSPACE));
     const int64_t N = t->N, P = d.nparams;
     MBC_TRY(dalloc(&t->mem, &t->params, P, "params"));
     MBC_TRY(dalloc(&t->mem, &t->grads, P, "grads"));
@@ -1678,14 +1849,15 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
         MBC_TRY(dalloc(&t->mem, &t->bfb, wa > wb ? wa : wb, "bf16 scratch b"));
         MBC_TRY(tr_refresh_bf16(t));
     }
-    t->batch_bytes = sizeof(int64_t) * (size_t)(257 + N) + sizeof(int32_t) * (size_t)N + (size_t)N;
+    t->batch_bytes = sizeof(double) + sizeof(int64_t) * (size_t)(257 + N) + sizeof(int32_t) * (size_t)N + (size_t)N;
     MBC_TRY(dalloc(&t->mem, &t->batch, (int64_t)t->batch_bytes, "batch"));
-    t->bucket_off = (int64_t *)t->batch;
+    t->inv_valid = (double *)t->batch;
+    t->bucket_off = (int64_t *)(t->inv_valid + 1);
     t->bucket_rows = t->bucket_off + 257;
     t->targets = (int32_t *)(t->bucket_rows + N);
     t->tokens = (uint8_t *)(t->targets + N);
     t->h_batch = (uint8_t *)hmalloc(t->batch_bytes);
-    t->h_bucket = (int64_t *)t->h_batch;
+    t->h_bucket = (int64_t *)(t->h_batch + sizeof(double));
     t->acts = (layer_acts *)calloc((size_t)d.L, sizeof(layer_acts));
     if (!t->h_batch || !t->acts) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: host tables");
     MBC_TRY(tr_alloc_acts(t));
@@ -1705,8 +1877,14 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     MBC_TRY(dalloc(&t->mem, &t->d_delta, N * d.Di, "d delta"));
     MBC_TRY(dalloc(&t->mem, &t->d_gated, N * d.Di, "d gated"));
     MBC_TRY(dalloc(&t->mem, &t->norm_part, MBC_NORM_BLOCKS, "norm partials"));
-    MBC_TRY(dalloc(&t->mem, &t->norm_dev, 1, "norm"));
-    return MB_STATUS_OK;
+    MBC_TRY(dalloc(&t->mem, &t->stats, 2, "step statistics"));
+    MBC_TRY(dzero(t->stats, 2 * sizeof(double)));
+    t->norm_dev = t->stats + 1;
+    MBC_TRY(dalloc(&t->mem, &t->args_dev, 1, "update scalars"));
+    t->h_stats = (double *)hmalloc(2 * sizeof(double));
+    t->h_args = (adamw_args *)hmalloc(sizeof(adamw_args));
+    if (!t->h_stats || !t->h_args) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: pinned step buffers");
+    return sync();
 }
 
 static inline void nccl_free(mb_cuda_trainer *t);
@@ -1718,7 +1896,13 @@ static inline void tr_free(mb_cuda_trainer *t) {
     blas_destroy(t->blas);
     free(t->d.offset);
     hfree(t->h_batch);
+    hfree(t->h_stats);
+    hfree(t->h_args);
     free(t->acts);
+    graph_free(t->fb.exec);
+    graph_free(t->update.exec);
+    event_destroy(t->uploaded);
+    stream_destroy(t->stream);
 }
 
 /* uploaded: the batch (tokens included) is already on its way. */
@@ -1779,6 +1963,90 @@ static inline mb_status tr_backward(mb_cuda_trainer *t) {
     return embedding_backward(W(t, t->grads, -1, G_EMBEDDING), t->d_resid, t->bucket_off, t->bucket_rows, d.C);
 }
 
+/* Runs ops (one fixed sequence of this trainer's stream operations) as the
+   graph c: eagerly the first time, then captured once and replayed.  A
+   capture that fails (a driver or library that cannot capture) turns the
+   graphs off for this trainer and runs ops eagerly, so the step goes on. */
+static inline mb_status tr_run(mb_cuda_trainer *t, captured *c, mb_status (*ops)(mb_cuda_trainer *)) {
+    if (!t->graphs || c->runs++ < 1) return ops(t);
+    if (!c->exec) {
+        mb_status s = capture_begin();
+        if (s == MB_STATUS_OK) s = ops(t);
+        if (s == MB_STATUS_OK) s = capture_end(&c->exec);
+        if (s != MB_STATUS_OK) {
+            capture_abort();
+            graph_free(c->exec);
+            c->exec = nullptr;
+            t->graphs = 0;
+            return ops(t);
+        }
+    }
+    return graph_launch(c->exec);
+}
+
+/* The batch up, asynchronously: targets checked, the embedding backward's
+   buckets, 1/valid rows for the loss.  n_valid: rows with a target. */
+static inline mb_status tr_upload_batch(mb_cuda_trainer *t, const uint8_t *inputs, const int32_t *targets, int64_t *n_valid) {
+    const int64_t N = t->N;
+    int64_t n = 0;
+    for (int64_t i = 0; i < N; i++) {
+        if (targets[i] == -100) continue;
+        if (targets[i] < 0 || targets[i] >= t->d.V)
+            return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: target %d at row %lld is outside [0,%d)", targets[i], (long long)i, t->d.V);
+        n++;
+    }
+    *n_valid = n;
+    MBC_TRY(event_wait(t->uploaded)); /* the previous upload has left h_batch (long ago, as a rule) */
+    *(double *)t->h_batch = n ? 1.0 / (double)n : 0.0;
+    token_buckets(t->h_bucket, t->h_bucket + 257, inputs, N);
+    memcpy(t->h_bucket + 257 + N, targets, (size_t)N * sizeof(int32_t));
+    memcpy((int32_t *)(t->h_bucket + 257 + N) + N, inputs, (size_t)N);
+    MBC_TRY(h2d_async(t->batch, t->h_batch, t->batch_bytes));
+    return event_record(t->uploaded);
+}
+
+/* One micro-batch's forward, loss and backward on the uploaded batch; the
+   loss (float) goes to loss_dev and is added (double) to stats[0]. */
+static inline mb_status tr_forward_backward_ops(mb_cuda_trainer *t) {
+    MBC_TRY(tr_forward(t, nullptr, true));
+    MBC_TRY(cross_entropy(t->loss_rows, t->logits, t->logits, t->targets, t->N, t->d.V, -100, 0.0f, nullptr, 0.0f, t->inv_valid));
+    MBC_TRY(sum(t->loss_dev, t->loss_rows, t->N, 0.0, t->inv_valid, t->stats));
+    return tr_backward(t);
+}
+
+/* Submits one micro-batch (nothing waits for it). */
+static inline mb_status tr_submit_micro_batch(mb_cuda_trainer *t, const uint8_t *inputs, const int32_t *targets) {
+    int64_t n_valid = 0;
+    MBC_TRY(tr_upload_batch(t, inputs, targets, &n_valid));
+    if (n_valid > 0) return tr_run(t, &t->fb, tr_forward_backward_ops);
+    /* as the CPU: NaN loss, zero gradient (no backward) */
+    MBC_TRY(tr_forward(t, nullptr, true));
+    return sum(t->loss_dev, t->loss_rows, 0, NAN, nullptr, t->stats);
+}
+
+/* Gradient scale and norm, clip, AdamW, the bf16 weights; the statistics
+   copied out and the loss sum reset for the next step. */
+static inline mb_status tr_update_ops(mb_cuda_trainer *t) {
+    const int64_t P = t->d.nparams;
+    MBC_TRY(grad_scale_sumsq(t->norm_dev, t->norm_part, t->grads, P, 1.0f, &t->args_dev->grad_scale));
+    MBC_TRY(adamw_from_device(t->params, t->grads, t->adam_m, t->adam_v, t->decay_mask, P, t->args_dev, t->norm_dev, t->stats));
+    MBC_TRY(tr_refresh_bf16(t)); /* (unchanged parameters when skipped) */
+    MBC_TRY(d2h_async(t->h_stats, t->stats, 2 * sizeof(double)));
+    return dzero(t->stats, sizeof(double));
+}
+
+/* Submits the update with its scalars and waits for it: the step's one
+   synchronisation.  stats_out: [loss sum, squared norm]. */
+static inline mb_status tr_update(mb_cuda_trainer *t, const adamw_args &a, double *stats_out) {
+    *t->h_args = a; /* (the previous update has finished: it was waited for) */
+    MBC_TRY(h2d_async(t->args_dev, t->h_args, sizeof(adamw_args)));
+    MBC_TRY(tr_run(t, &t->update, tr_update_ops));
+    MBC_TRY(sync());
+    stats_out[0] = t->h_stats[0];
+    stats_out[1] = t->h_stats[1];
+    return MB_STATUS_OK;
+}
+
 /* ===================================================== data-parallel (NCCL) */
 /* With MB_WITH_NCCL (the mambabyte_cuda_mpi build) the ranks' gradients
    are summed where they are, on the GPUs.  The host communicator (MPI)
@@ -1834,19 +2102,19 @@ static inline mb_status nccl_sum_grads(mb_cuda_trainer *t, const mb_train_comm *
     ncclComm_t c = (ncclComm_t)t->nccl;
     const size_t P = (size_t)t->d.nparams;
     if (!comm->deterministic) {
-        MBC_NCCL(ncclAllReduce(t->grads, t->grads, P, ncclFloat, ncclSum, c, 0));
+        MBC_NCCL(ncclAllReduce(t->grads, t->grads, P, ncclFloat, ncclSum, c, g_stream));
         return MB_STATUS_OK;
     }
     if (comm->rank == 0) {
         const int blocks = (int)((P + 255) / 256 < 4096 ? (P + 255) / 256 : 4096);
         for (int r = 1; r < comm->size; r++) { /* rank order: the adds of one process with grad-accum N */
-            MBC_NCCL(ncclRecv(t->nccl_recv, P, ncclFloat, r, c, 0));
+            MBC_NCCL(ncclRecv(t->nccl_recv, P, ncclFloat, r, c, g_stream));
             MBC_LAUNCH(add_kernel, blocks, 256, 0, t->grads, t->nccl_recv, (int64_t)P);
         }
     } else {
-        MBC_NCCL(ncclSend(t->grads, P, ncclFloat, 0, c, 0));
+        MBC_NCCL(ncclSend(t->grads, P, ncclFloat, 0, c, g_stream));
     }
-    MBC_NCCL(ncclBroadcast(t->grads, t->grads, P, ncclFloat, 0, c, 0));
+    MBC_NCCL(ncclBroadcast(t->grads, t->grads, P, ncclFloat, 0, c, g_stream));
     return MB_STATUS_OK;
 }
 
@@ -1936,6 +2204,7 @@ mb_status mb_cuda_trainer_set_scan_chunk(mb_cuda_trainer *t, int chunk) {
 }
 
 mb_status mb_cuda_trainer_upload(mb_cuda_trainer *t, const float *params, const float *adam_m, const float *adam_v) {
+    mbc::stream_scope on(t->stream);
     const size_t bytes = (size_t)t->d.nparams * sizeof(float);
     MBC_TRY(mbc::h2d(t->params, params, bytes));
     MBC_TRY(adam_m ? mbc::h2d(t->adam_m, adam_m, bytes) : mbc::dzero(t->adam_m, bytes));
@@ -1944,6 +2213,7 @@ mb_status mb_cuda_trainer_upload(mb_cuda_trainer *t, const float *params, const 
 }
 
 mb_status mb_cuda_trainer_download(mb_cuda_trainer *t, float *params, float *adam_m, float *adam_v) {
+    mbc::stream_scope on(t->stream);
     const size_t bytes = (size_t)t->d.nparams * sizeof(float);
     if (params) MBC_TRY(mbc::d2h(params, t->params, bytes));
     if (adam_m) MBC_TRY(mbc::d2h(adam_m, t->adam_m, bytes));
@@ -1953,67 +2223,52 @@ mb_status mb_cuda_trainer_download(mb_cuda_trainer *t, float *params, float *ada
 
 mb_status mb_cuda_trainer_forward_backward(mb_cuda_trainer *t, const uint8_t *inputs, const int32_t *targets,
                                            float *loss) {
-    const int64_t N = t->N;
-    int64_t n_valid = 0;
-    for (int64_t i = 0; i < N; i++) {
-        if (targets[i] == -100) continue;
-        if (targets[i] < 0 || targets[i] >= t->d.V)
-            return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: target %d at row %lld is outside [0,%d)", targets[i],
-                             (long long)i, t->d.V);
-        n_valid++;
-    }
-    /* the whole batch in one asynchronous copy */
-    mbc::token_buckets(t->h_bucket, t->h_bucket + 257, inputs, N);
-    memcpy(t->h_bucket + 257 + N, targets, (size_t)N * sizeof(int32_t));
-    memcpy((int32_t *)(t->h_bucket + 257 + N) + N, inputs, (size_t)N);
-    MBC_TRY(mbc::h2d_async(t->batch, t->h_batch, t->batch_bytes));
-    MBC_TRY(mbc::tr_forward(t, inputs, true));
-    if (n_valid == 0) { /* as the CPU: NaN loss, zero gradient */
-        if (loss) *loss = NAN;
-        return mbc::sync();
-    }
-    MBC_TRY(mbc::cross_entropy(t->loss_rows, t->logits, t->logits, t->targets, N, t->d.V, -100, 0.0f, nullptr,
-                               (float)(1.0 / (double)n_valid)));
-    MBC_TRY(mbc::sum(t->loss_dev, t->loss_rows, N, 1.0 / (double)n_valid));
-    MBC_TRY(mbc::tr_backward(t));
+    mbc::stream_scope on(t->stream);
     float l = NAN;
+    MBC_TRY(mbc::tr_submit_micro_batch(t, inputs, targets));
     MBC_TRY(mbc::d2h(&l, t->loss_dev, sizeof(float)));
     if (loss) *loss = l;
     return MB_STATUS_OK;
 }
 
 mb_status mb_cuda_trainer_forward_logits(mb_cuda_trainer *t, const uint8_t *inputs, float *logits_host) {
+    mbc::stream_scope on(t->stream);
     MBC_TRY(mbc::tr_forward(t, inputs));
     return mbc::d2h(logits_host, t->logits, (size_t)(t->N * t->d.V) * sizeof(float));
 }
 
 mb_status mb_cuda_trainer_grads(mb_cuda_trainer *t, float *grads_host) {
+    mbc::stream_scope on(t->stream);
     return mbc::d2h(grads_host, t->grads, (size_t)t->d.nparams * sizeof(float));
 }
 
 mb_status mb_cuda_trainer_zero_grad(mb_cuda_trainer *t) {
+    mbc::stream_scope on(t->stream);
     return mbc::dzero(t->grads, (size_t)t->d.nparams * sizeof(float));
 }
 
 mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr, double beta1, double beta2,
                                  double eps, double weight_decay, double clip, int64_t adam_step,
                                  double *grad_norm_out, int *applied_out) {
-    const int64_t P = t->d.nparams;
-    double sumsq = 0.0;
+    mbc::stream_scope on(t->stream);
+    double stats[2] = {0.0, 0.0};
     if (applied_out) *applied_out = 0;
     if (adam_step < 1) return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA update: adam_step %lld", (long long)adam_step);
     /* norm, clip and update without a host round trip in between: the one
        synchronisation is the read of the norm at the end */
-    MBC_TRY(mbc::grad_scale_sumsq(t->norm_dev, t->norm_part, t->grads, P, grad_scale));
-    MBC_TRY(mbc::adamw(t->params, t->grads, t->adam_m, t->adam_v, t->decay_mask, P, 1.0f, lr, beta1, beta2, eps,
-                       weight_decay, adam_step, t->norm_dev, clip));
-    MBC_TRY(mbc::tr_refresh_bf16(t)); /* (unchanged parameters when skipped) */
-    MBC_TRY(mbc::d2h(&sumsq, t->norm_dev, sizeof(double)));
-    const double norm = sqrt(sumsq);
+    MBC_TRY(mbc::tr_update(t, mbc::make_adamw_args(1.0f, lr, beta1, beta2, eps, weight_decay, adam_step, clip, grad_scale), stats));
+    const double norm = sqrt(stats[1]);
     if (grad_norm_out) *grad_norm_out = norm;
     if (applied_out) *applied_out = isfinite(norm) ? 1 : 0;
     return MB_STATUS_OK;
 }
+
+mb_status mb_cuda_trainer_set_graphs(mb_cuda_trainer *t, int on) {
+    if (on && mbc::sync_each_launch()) return mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA graphs: not with MB_CUDA_SYNC=1");
+    t->graphs = on ? 1 : 0;
+    return MB_STATUS_OK;
+}
+int mb_cuda_trainer_graphs(const mb_cuda_trainer *t) { return t->graphs; }
 
 /* ---- the trainer backend: mb_trainer_step / mb_trainer_sync on the GPU.
    The host trainer keeps the batcher, the step count and the testing
@@ -2021,44 +2276,45 @@ mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr
    holds the live parameters, gradients and moments. */
 static mb_status mbc_backend_step(mb_trainer *tr, double lr, mb_step_result *r) {
     mb_cuda_trainer *g = (mb_cuda_trainer *)tr->backend.impl;
+    mbc::stream_scope on(g->stream);
     const mb_train_settings *s = &tr->st.settings;
-    double loss_sum = 0.0, norm = 0.0;
-    int applied = 0;
     const int ranks = tr->comm ? tr->comm->size : 1;
     const int64_t A = s->grad_accum, total = A * ranks;
+    double stats[2] = {0.0, 0.0};
     memset(r, 0, sizeof *r);
     r->lr = lr;
-    /* this rank's micro-batches of the one seeded stream, as on the CPU */
+    /* this rank's micro-batches of the one seeded stream, as on the CPU;
+       submitted without waiting (their losses add up on the device) */
     for (int64_t k = 0; k < total; k++) {
-        float loss = NAN;
         int own = 0;
         mb_status st = mb_trainer_draw(tr, k, &own);
         if (st != MB_STATUS_OK) return mbc::fail(st, "%s", mb_last_error());
-        if (!own) continue;
-        MBC_TRY(mb_cuda_trainer_forward_backward(g, tr->inputs, tr->targets, &loss));
-        loss_sum += loss;
+        if (own) MBC_TRY(mbc::tr_submit_micro_batch(g, tr->inputs, tr->targets));
     }
     if (ranks > 1) { /* the gradients on the GPUs (NCCL) or through the host, the loss on the host */
-        const double c0 = mb_clock_seconds(); /* (the backward is done: each micro-batch's loss was read back) */
+        const double c0 = mb_clock_seconds();
+        double loss_sum = 0.0;
         MBC_TRY(mbc::sum_grads(g, tr->comm));
-        MBC_TRY(mbc::sync()); /* so that comm_s holds NCCL's work, not just its enqueue */
+        MBC_TRY(mbc::d2h(&loss_sum, g->stats, sizeof loss_sum)); /* waits, so comm_s holds NCCL's work too */
         if (tr->comm->sum_doubles(tr->comm->impl, &loss_sum, 1) != MB_STATUS_OK)
             return mbc::fail(MB_STATUS_IO_ERROR, "data-parallel: %s", tr->comm->last_error ? tr->comm->last_error() : "loss sum failed");
+        MBC_TRY(mbc::h2d(g->stats, &loss_sum, sizeof loss_sum)); /* the guard below reads the ranks' sum */
         tr->comm_s += mb_clock_seconds() - c0;
     }
-    r->loss = (float)(loss_sum / (double)total);
     if (mb_trainer_poisoned(tr)) { /* the testing hook, as on the CPU: one NaN gradient */
         const float nan = NAN;
         MBC_TRY(mbc::h2d(g->grads, &nan, sizeof nan));
     }
-    if (!isfinite(r->loss)) { /* the guard: skip the update, drop the gradients */
-        MBC_TRY(mb_cuda_trainer_zero_grad(g));
-        r->grad_norm = NAN;
-    } else {
-        MBC_TRY(mb_cuda_trainer_update(g, 1.0f / (float)total, lr, s->beta1, s->beta2, s->eps, s->weight_decay,
-                                       s->clip, tr->st.step + 1, &norm, &applied));
-        r->grad_norm = norm;
-        r->applied = applied;
+    /* the update, guarded on the device: a non-finite loss skips it and drops the gradients */
+    mbc::adamw_args a = mbc::make_adamw_args(1.0f, lr, s->beta1, s->beta2, s->eps, s->weight_decay, tr->st.step + 1,
+                                             s->clip, 1.0f / (float)total);
+    a.guard = 1;
+    MBC_TRY(mbc::tr_update(g, a, stats));
+    r->loss = (float)(stats[0] / (double)total);
+    if (!isfinite(r->loss)) r->grad_norm = NAN;
+    else {
+        r->grad_norm = sqrt(stats[1]);
+        r->applied = isfinite(r->grad_norm) ? 1 : 0;
     }
     tr->st.step++;
     return MB_STATUS_OK;

@@ -42,7 +42,17 @@
        (cudaFuncSetAttribute) opted the kernel in, up to 227 KiB; device
        allocations 256-byte aligned as cudaMalloc's;
      * a count of stream operations (g.ops: kernels, GEMMs, memsets,
-       copies), so a test can hold the launches per step to a budget;
+       copies, counted where they run) and of host submissions
+       (g.submissions: eager operations and graph launches), so a test can
+       hold the launches per step to a budget;
+     * stream capture (capture_begin / capture_end / launch_graph, the
+       cudaStreamBeginCapture .. cudaGraphLaunch of the .cuh): while a
+       capture is open every stream operation is recorded with its
+       arguments by value, as CUDA records kernel parameters, and a graph
+       launch replays them in order, reading host memory (pinned buffers)
+       when it runs; a synchronising call inside a capture (a blocking copy,
+       a stream or event wait), which invalidates the capture on a GPU,
+       aborts with a message;
      * with -fsanitize=address, out-of-bounds global/shared accesses
        (fiber stacks are announced to ASan with the fiber-switch API).
 
@@ -71,6 +81,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <math.h>
 #include <sys/mman.h>
 #include <tuple>
@@ -184,6 +195,8 @@ struct State {
     /* stream operations, counted for the launch budget: kernels (launch()),
        and, from the .cuh's emulated platform layer, GEMMs, memsets, copies */
     struct { uint64_t kernels = 0, gemms = 0, memsets = 0, copies = 0; } ops;
+    uint64_t submissions = 0; /* host calls that put work on a stream: eager operations, graph launches */
+    struct Graph *capturing = nullptr; /* the open stream capture, if any */
     /* static shared memory of the running launch: (address, bytes) per array */
     std::vector<std::pair<const void *, size_t>> static_smem;
     size_t static_smem_bytes = 0, smem_limit = 48 * 1024;
@@ -212,6 +225,41 @@ inline void note_static_smem(const void *p, size_t bytes) {
 }
 
 inline void set_schedule(unsigned seed) { g.schedule_seed = seed; }
+
+/* Stream capture.  A graph is the recorded operations, run in order. */
+struct Graph {
+    std::vector<std::function<void()>> ops;
+};
+/* One stream operation: recorded while a capture is open, else run now. */
+inline void stream_op(std::function<void()> op) {
+    if (g.capturing) {
+        g.capturing->ops.push_back(std::move(op));
+        return;
+    }
+    g.submissions++;
+    op();
+}
+/* A call that waits for the stream (or reads pageable host memory now):
+   illegal inside a capture. */
+inline void host_sync(const char *what) {
+    if (g.capturing) die("synchronising call inside a stream capture:", what);
+}
+inline void capture_begin() {
+    if (g.capturing) die("stream capture begun twice", "");
+    g.capturing = new Graph;
+}
+inline Graph *capture_end() {
+    if (!g.capturing) die("stream capture ended without a begin", "");
+    Graph *gr = g.capturing;
+    g.capturing = nullptr;
+    return gr;
+}
+inline void launch_graph(Graph *gr) {
+    if (g.capturing) die("graph launch inside a stream capture", "");
+    g.submissions++;
+    for (auto &op : gr->ops) op();
+}
+inline void delete_graph(Graph *gr) { delete gr; }
 inline uint64_t stream_ops() { return g.ops.kernels + g.ops.gemms + g.ops.memsets + g.ops.copies; }
 
 /* Device allocations are 256-byte aligned, as cudaMalloc's (a kernel's
@@ -442,10 +490,8 @@ template <class... P> struct Call {
     }
 };
 
-/* kernel<<<grid, block, smem>>>(args...) */
-template <class... P, class... A>
-inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_bytes, A &&...args) {
-    static_assert(sizeof...(P) == sizeof...(A), "wrong number of kernel arguments");
+/* One kernel launch, run now. */
+template <class... P> inline void run_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_bytes, const std::tuple<P...> &targs) {
     const uint64_t nthreads = (uint64_t)block.x * block.y * block.z;
     if (g.current) die("launch from inside a kernel");
     if (nthreads == 0 || nthreads > 1024 || block.z > 64) die("bad block shape");
@@ -460,7 +506,7 @@ inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_byte
     g.static_smem_bytes = 0;
     g.kernel = (const void *)kernel;
     g.ops.kernels++;
-    Call<P...> call{kernel, std::tuple<P...>(std::forward<A>(args)...)};
+    Call<P...> call{kernel, targs};
     g.body = &Call<P...>::run;
     g.body_arg = &call;
     g.dyn_smem.assign(smem_bytes ? smem_bytes : 1, 0xFF);
@@ -489,6 +535,16 @@ inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_byte
     g.launches++;
     blockIdx = {0, 0, 0};
     threadIdx = {0, 0, 0};
+}
+
+/* kernel<<<grid, block, smem, stream>>>(args...): the arguments are taken
+   by value now, the kernel runs now or when its graph is launched. */
+template <class... P, class... A>
+inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_bytes, A &&...args) {
+    static_assert(sizeof...(P) == sizeof...(A), "wrong number of kernel arguments");
+    if (g.current) die("launch from inside a kernel", "");
+    std::tuple<P...> targs(std::forward<A>(args)...);
+    stream_op([=] { run_launch(kernel, grid, block, smem_bytes, targs); });
 }
 
 /* cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) */

@@ -312,6 +312,43 @@ void test_model(int B, int T, int precision) {
     mb_model_free(m);
 }
 
+/* CUDA graphs on the device: the captured steps end bit for bit where the
+   launched ones do, and the capture was not refused (graphs still on). */
+void test_graphs(int B, int T) {
+    mb_config cfg = mb_config_default();
+    mb_model *m = nullptr;
+    mb_cuda_trainer *t[2] = {nullptr, nullptr};
+    OK(mb_model_create(&m, &cfg, 9));
+    for (int g = 0; g < 2; g++) {
+        OK(mb_cuda_trainer_create(&t[g], &cfg, B, T, 0));
+        if (!m || !t[g]) { mb_cuda_trainer_free(t[0]); mb_model_free(m); return; }
+        OK(mb_cuda_trainer_set_graphs(t[g], g));
+        OK(mb_cuda_trainer_upload(t[g], mb_model_params(m), nullptr, nullptr));
+    }
+    const int64_t N = (int64_t)B * T, P = mb_model_num_params(m);
+    std::vector<uint8_t> in((size_t)N);
+    std::vector<int32_t> tg((size_t)N);
+    fvec loss[2];
+    for (int step = 0; step < 5; step++) {
+        for (int64_t i = 0; i < N; i++) { in[(size_t)i] = (uint8_t)(i * 7 + step); tg[(size_t)i] = (i + step) % 3 ? (int32_t)(i * 13 % 256) : -100; }
+        for (int g = 0; g < 2; g++) {
+            float l = 0;
+            double norm = 0;
+            int applied = 0;
+            OK(mb_cuda_trainer_forward_backward(t[g], in.data(), tg.data(), &l));
+            OK(mb_cuda_trainer_update(t[g], 1.0f, 1e-3 * (step + 1), 0.9, 0.95, 1e-8, 0.1, 1.0, step + 1, &norm, &applied));
+            loss[g].push_back(l);
+        }
+    }
+    fvec p0((size_t)P), p1((size_t)P);
+    OK(mb_cuda_trainer_download(t[0], p0.data(), nullptr, nullptr));
+    OK(mb_cuda_trainer_download(t[1], p1.data(), nullptr, nullptr));
+    MBT_CHECK(mb_cuda_trainer_graphs(t[1]) == 1, "gpu graphs: the capture was refused (%s)", mb_cuda_last_error());
+    MBT_CHECK(loss[0] == loss[1] && p0 == p1, "gpu graphs B%d T%d: 5 replayed steps bitwise equal to 5 launched ones", B, T);
+    for (int g = 0; g < 2; g++) mb_cuda_trainer_free(t[g]);
+    mb_model_free(m);
+}
+
 } /* namespace */
 
 /* --small: only the small (ragged) shapes, for compute-sanitizer runs. */
@@ -349,6 +386,7 @@ int main(int argc, char **argv) {
     if (!small) test_model(4, 1024, 0);
     test_model(2, 256, 1);
     test_model(2, 256, 2); /* tf32 */
+    test_graphs(2, 100);
     printf("%d passed, %d failed, %d skipped\n", mbt_passed, mbt_failed, mbt_skipped);
     return mbt_failed == 0 && mbt_passed > 0 ? 0 : 1;
 }
