@@ -287,9 +287,10 @@ __global__ void embedding_backward_kernel(float *dwte, const float *dout, const 
 
 /* mb__layernorm_forward: one warp per row, two passes (mean, then the
    centred variance) as the CPU, eps 1e-5.  rms: mb__rmsnorm_forward (no
-   mean, no bias: b and mean unused), the same operations as the CPU's. */
+   mean, no bias: b and mean unused), the same operations as the CPU's.
+   out_bf (optional): out in bf16 as well, the next product's input. */
 __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                         const float *b, int64_t N, int C, float *copy, int rms) {
+                                         const float *b, int64_t N, int C, float *copy, int rms, mbc_bf16 *out_bf) {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= N) return; /* whole warps leave together: no block barrier here */
@@ -310,6 +311,8 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
         for (int c = lane; c < C; c += 32) o[c] = x[c] * r * w[c];
     else
         for (int c = lane; c < C; c += 32) o[c] = (x[c] - m) * r * w[c] + b[c];
+    if (out_bf)
+        for (int c = lane; c < C; c += 32) out_bf[row * C + c] = __float2bfloat16_rn(o[c]);
     if (copy) /* the residual stream's next buffer, so no separate copy */
         for (int c = lane; c < C; c += 32) copy[row * C + c] = x[c];
     if (lane == 0) {
@@ -380,15 +383,18 @@ __device__ __forceinline__ float conv_pre(const float *xz, const float *w, const
 }
 
 /* mb__conv1d_forward: out (B,T,Di) = silu(causal depthwise conv of x').
-   KT is the kernel width when known at compile time (4), else 0. */
+   KT is the kernel width when known at compile time (4), else 0.
+   out_bf (optional): out in bf16 as well, the next product's input. */
 template <int KT>
 __global__ void conv1d_forward_kernel(float *out, const float *xz, const float *w, const float *bias, int B, int T,
-                                      int Di, int K) {
+                                      int Di, int K, mbc_bf16 *out_bf) {
     const int64_t total = (int64_t)B * T * Di;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t bt = i / Di;
         const int d = (int)(i % Di), t = (int)(bt % T);
-        out[i] = siluf_(conv_pre<KT>(xz, w, bias, bt, t, d, Di, K));
+        const float v = siluf_(conv_pre<KT>(xz, w, bias, bt, t, d, Di, K));
+        out[i] = v;
+        if (out_bf) out_bf[i] = __float2bfloat16_rn(v);
     }
 }
 
@@ -584,7 +590,8 @@ __global__ void scan_carry_kernel(float *states, const float *sdt, const float *
 template <int NS>
 __global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_forward_kernel(float *out, float *states, const float *u,
                                     const float *delta, const float *dt_bias, const float *A_log,
-                                    const float *xdbl, const float *Dp, const float *xz, scan_ctx k) {
+                                    const float *xdbl, const float *Dp, const float *xz, scan_ctx k,
+                                    mbc_bf16 *out_bf) {
     MBC_SHARED(__align__(16) float, sbc, [MBC_SCAN_MAX_CHUNK][2 * NS]);
     const int d = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y, b = blockIdx.z;
     const int t0 = c * k.chunk, len = t0 + k.chunk < k.T ? k.chunk : k.T - t0;
@@ -618,7 +625,9 @@ MBC_UNROLL
                 y += cq[e] * h[n];
             }
         }
-        out[tok * k.Di + d] = (y + Dd * ut) * (z * sigmoid_fast_(z));
+        const float o = (y + Dd * ut) * (z * sigmoid_fast_(z));
+        out[tok * k.Di + d] = o;
+        if (out_bf) out_bf[tok * k.Di + d] = __float2bfloat16_rn(o); /* out_proj's bf16 input */
     }
 }
 
@@ -1363,9 +1372,10 @@ static inline mb_status embedding_backward(float *dwte, const float *dout, const
 /* copy (optional): also copy inp there (the residual for the next layer).
    rms: RMSNorm instead (b and mean unused). */
 static inline mb_status layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                   const float *b, int64_t N, int C, float *copy = nullptr, bool rms = false) {
+                                   const float *b, int64_t N, int C, float *copy = nullptr, bool rms = false,
+                                   mbc_bf16 *out_bf = nullptr) {
     MBC_LAUNCH(layernorm_forward_kernel, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C,
-               copy, (int)rms);
+               copy, (int)rms, out_bf);
     return MB_STATUS_OK;
 }
 static inline int ln_backward_warps(int C) {
@@ -1410,10 +1420,10 @@ static inline mb_status convert_bf16(mbc_bf16 *dst, const float *src, int64_t ro
 }
 
 static inline mb_status conv1d_forward(float *out, const float *xz, const float *w, const float *bias, int B, int T, int Di,
-                                int K) {
+                                int K, mbc_bf16 *out_bf = nullptr) {
     const dim3 g(grid_for((int64_t)B * T * Di, 256));
-    if (K == 4) MBC_LAUNCH(conv1d_forward_kernel<4>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K);
-    else MBC_LAUNCH(conv1d_forward_kernel<0>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K);
+    if (K == 4) MBC_LAUNCH(conv1d_forward_kernel<4>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K, out_bf);
+    else MBC_LAUNCH(conv1d_forward_kernel<0>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K, out_bf);
     return MB_STATUS_OK;
 }
 static inline int64_t conv_backward_parts(int B, int T) { return ((int64_t)B * T + MBC_CONV_TOKENS - 1) / MBC_CONV_TOKENS; }
@@ -1471,7 +1481,8 @@ static inline int64_t scan_scratch_floats(int B, int T, int Di, int S, int chunk
 /* mb__scan_forward on the device; states (B, nch, Di, S) as the CPU. */
 static inline mb_status scan_forward(float *out, float *states, float *scratch, const float *u, const float *delta,
                               const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                              const float *xz, int B, int T, int Di, int S, int R, int chunk) {
+                              const float *xz, int B, int T, int Di, int S, int R, int chunk,
+                              mbc_bf16 *out_bf = nullptr) {
     MBC_TRY(scan_check(B, T, Di, S, chunk));
     const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
     const unsigned groups = (unsigned)((Di + MBC_SCAN_THREADS - 1) / MBC_SCAN_THREADS);
@@ -1483,7 +1494,7 @@ static inline mb_status scan_forward(float *out, float *states, float *scratch, 
                    (const float *)sdt, A_log, B, k);
     }
     MBC_SCAN_DISPATCH(S, scan_forward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
-                      out, states, u, delta, dt_bias, A_log, xdbl, Dp, xz, k);
+                      out, states, u, delta, dt_bias, A_log, xdbl, Dp, xz, k, out_bf);
     return MB_STATUS_OK;
 }
 
@@ -1603,6 +1614,7 @@ enum { MB_TENSORS_BEFORE_LAYERS(MBC_GLOBAL_NAME) MB_TENSORS_AFTER_LAYERS(MBC_GLO
 
 struct layer_acts {
     float *resid, *ln, *mean, *rstd, *xz, *u, *xdbl, *delta, *gated, *states;
+    mbc_bf16 *ln_bf, *u_bf, *gated_bf; /* bf16 mode: the products' inputs, written beside ln, u, gated */
 };
 
 /* A sequence of the trainer's operations as one CUDA graph: run eagerly the
@@ -1701,6 +1713,7 @@ struct mb_cuda_trainer {
     /* activations */
     mbc::layer_acts *acts;   /* host array of device pointers */
     float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *loss_rows, *loss_dev;
+    mbc_bf16 *lnf_bf;        /* bf16 mode: the head's input */
     /* backward */
     float *d_resid, *d_ln, *d_xz, *d_u, *d_xdbl, *d_delta, *d_gated, *scratch;
     int64_t scratch_floats;
@@ -1731,26 +1744,33 @@ static inline int head_index(const dims &d) {
     return d.cfg.untied_head ? global_index(d, G_LM_HEAD) : global_index(d, G_EMBEDDING);
 }
 
-/* Trainer matmuls: fp32 directly, bf16 through converted copies. */
+/* Trainer matmuls: fp32 directly, bf16 through bf16 copies: inp_bf when
+   the kernel that wrote inp stored one (contiguous, ld IC), else converted. */
 static inline mb_status tr_mm_forward(mb_cuda_trainer *t, float *out, const float *inp, int64_t ldi, int widx, int64_t N,
-                               int IC, int OC, float beta = 0.0f) {
+                               int IC, int OC, float beta = 0.0f, const mbc_bf16 *inp_bf = nullptr) {
     const float *w = t->params + t->d.offset[widx];
     if (t->precision != MBC_BF16) return matmul_forward(t->blas, out, inp, ldi, w, N, IC, OC, beta, t->precision);
-    MBC_TRY(convert_bf16(t->bfa, inp, N, IC, ldi));
-    return gemm(t->blas, 1, 0, OC, (int)N, IC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, t->bfa, IC, beta, out, OC,
+    if (!inp_bf) {
+        MBC_TRY(convert_bf16(t->bfa, inp, N, IC, ldi));
+        inp_bf = t->bfa;
+    }
+    return gemm(t->blas, 1, 0, OC, (int)N, IC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, inp_bf, IC, beta, out, OC,
                 1, __FILE__, __LINE__);
 }
 static inline mb_status tr_mm_backward(mb_cuda_trainer *t, float *dinp, float beta_in, const float *dout, const float *inp,
-                                int64_t ldi, int widx, int64_t N, int IC, int OC) {
+                                int64_t ldi, int widx, int64_t N, int IC, int OC, const mbc_bf16 *inp_bf = nullptr) {
     const float *w = t->params + t->d.offset[widx];
     float *dw = t->grads + t->d.offset[widx];
     if (t->precision != MBC_BF16) return matmul_backward(t->blas, dinp, beta_in, dw, dout, inp, ldi, w, N, IC, OC, t->precision);
     MBC_TRY(convert_bf16(t->bfa, dout, N, OC, OC));
-    MBC_TRY(convert_bf16(t->bfb, inp, N, IC, ldi));
+    if (!inp_bf) {
+        MBC_TRY(convert_bf16(t->bfb, inp, N, IC, ldi));
+        inp_bf = t->bfb;
+    }
     if (dinp)
         MBC_TRY(gemm(t->blas, 0, 0, IC, (int)N, OC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, t->bfa, OC, beta_in,
                      dinp, (int)ldi, 1, __FILE__, __LINE__));
-    return gemm(t->blas, 0, 1, IC, OC, (int)N, 1.0f, t->bfb, IC, t->bfa, OC, 1.0f, dw, IC, 1, __FILE__, __LINE__);
+    return gemm(t->blas, 0, 1, IC, OC, (int)N, 1.0f, inp_bf, IC, t->bfa, OC, 1.0f, dw, IC, 1, __FILE__, __LINE__);
 }
 
 static inline mb_status tr_refresh_bf16(mb_cuda_trainer *t) {
@@ -1781,7 +1801,13 @@ static inline mb_status tr_alloc_acts(mb_cuda_trainer *t) {
         MBC_TRY(dalloc(&t->mem, &a->xdbl, N * d.X, "xdbl"));
         MBC_TRY(dalloc(&t->mem, &a->delta, N * d.Di, "delta"));
         MBC_TRY(dalloc(&t->mem, &a->gated, N * d.Di, "gated"));
+        if (t->precision == MBC_BF16) {
+            MBC_TRY(dalloc(&t->mem, &a->ln_bf, N * d.C, "ln bf16"));
+            MBC_TRY(dalloc(&t->mem, &a->u_bf, N * d.Di, "u bf16"));
+            MBC_TRY(dalloc(&t->mem, &a->gated_bf, N * d.Di, "gated bf16"));
+        }
     }
+    if (t->precision == MBC_BF16) MBC_TRY(dalloc(&t->mem, &t->lnf_bf, N * d.C, "lnf bf16"));
     (void)nch;
     return MB_STATUS_OK;
 }
@@ -1916,20 +1942,21 @@ static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs, bo
         layer_acts *a = &t->acts[l];
         float *next = l + 1 < d.L ? t->acts[l + 1].resid : t->resid_out;
         MBC_TRY(layernorm_forward(a->ln, a->mean, a->rstd, a->resid, W(t, t->params, l, W_NORM_W), W(t, t->params, l, W_NORM_B), N, d.C,
-                                  next, rms));
-        MBC_TRY(tr_mm_forward(t, a->xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di));
-        MBC_TRY(conv1d_forward(a->u, a->xz, W(t, t->params, l, W_CONV_W), W(t, t->params, l, W_CONV_B), t->B, t->T, d.Di, d.K));
-        MBC_TRY(tr_mm_forward(t, a->xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X));
+                                  next, rms, a->ln_bf));
+        MBC_TRY(tr_mm_forward(t, a->xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di, 0.0f, a->ln_bf));
+        MBC_TRY(conv1d_forward(a->u, a->xz, W(t, t->params, l, W_CONV_W), W(t, t->params, l, W_CONV_B), t->B, t->T, d.Di, d.K,
+                               a->u_bf));
+        MBC_TRY(tr_mm_forward(t, a->xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X, 0.0f, a->u_bf));
         MBC_TRY(tr_mm_forward(t, a->delta, a->xdbl, d.X, tensor_index(d, l, W_DT_W), N, d.R, d.Di));
         MBC_TRY(scan_forward(a->gated, a->states, t->scratch, a->u, a->delta, W(t, t->params, l, W_DT_B),
                              W(t, t->params, l, W_A_LOG), a->xdbl, W(t, t->params, l, W_D), a->xz, t->B, t->T, d.Di, d.S,
-                             d.R, t->chunk));
+                             d.R, t->chunk, a->gated_bf));
         /* next = resid (copied by the LayerNorm kernel) + out_proj(gated) (beta 1) */
-        MBC_TRY(tr_mm_forward(t, next, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C, 1.0f));
+        MBC_TRY(tr_mm_forward(t, next, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C, 1.0f, a->gated_bf));
     }
     MBC_TRY(layernorm_forward(t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, W(t, t->params, -1, G_NORM_F_W),
-                              W(t, t->params, -1, G_NORM_F_B), N, d.C, nullptr, rms));
-    return tr_mm_forward(t, t->logits, t->lnf, d.C, head_index(d), N, d.C, d.V);
+                              W(t, t->params, -1, G_NORM_F_B), N, d.C, nullptr, rms, t->lnf_bf));
+    return tr_mm_forward(t, t->logits, t->lnf, d.C, head_index(d), N, d.C, d.V, 0.0f, t->lnf_bf);
 }
 
 static inline mb_status tr_backward(mb_cuda_trainer *t) {
@@ -1937,7 +1964,7 @@ static inline mb_status tr_backward(mb_cuda_trainer *t) {
     const int64_t N = t->N;
     const bool rms = d.cfg.norm == MB_NORM_RMSNORM;
     float *dlogits = t->logits; /* overwritten by the cross-entropy kernel */
-    MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, dlogits, t->lnf, d.C, head_index(d), N, d.C, d.V));
+    MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, dlogits, t->lnf, d.C, head_index(d), N, d.C, d.V, t->lnf_bf));
     /* first writers overwrite (no memsets): the final LayerNorm's d_resid; per
        layer the scan's d_u, z columns of d_xz and B/C columns of d_xdbl, the
        dt product's dt_low columns (beta 0) and the conv's x' columns */
@@ -1947,16 +1974,17 @@ static inline mb_status tr_backward(mb_cuda_trainer *t) {
     for (int l = d.L - 1; l >= 0; l--) {
         layer_acts *a = &t->acts[l];
         float *P = t->params, *G = t->grads;
-        MBC_TRY(tr_mm_backward(t, t->d_gated, 0.0f, t->d_resid, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C));
+        MBC_TRY(tr_mm_backward(t, t->d_gated, 0.0f, t->d_resid, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C,
+                               a->gated_bf));
         MBC_TRY(scan_backward(t->d_u, t->d_delta, W(t, G, l, W_DT_B), W(t, G, l, W_A_LOG), t->d_xdbl, W(t, G, l, W_D),
                               t->d_xz, t->scratch, t->d_gated, a->states, a->u, a->delta, W(t, P, l, W_DT_B),
                               W(t, P, l, W_A_LOG), a->xdbl, W(t, P, l, W_D), a->xz, t->B, t->T, d.Di, d.S, d.R,
                               t->chunk, true));
         MBC_TRY(tr_mm_backward(t, t->d_xdbl, 0.0f, t->d_delta, a->xdbl, d.X, tensor_index(d, l, W_DT_W), N, d.R, d.Di));
-        MBC_TRY(tr_mm_backward(t, t->d_u, 1.0f, t->d_xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X));
+        MBC_TRY(tr_mm_backward(t, t->d_u, 1.0f, t->d_xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X, a->u_bf));
         MBC_TRY(conv1d_backward(t->d_xz, W(t, G, l, W_CONV_W), W(t, G, l, W_CONV_B), t->scratch, t->d_u, a->xz,
                                 W(t, P, l, W_CONV_W), W(t, P, l, W_CONV_B), t->B, t->T, d.Di, d.K, true));
-        MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, t->d_xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di));
+        MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, t->d_xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di, a->ln_bf));
         MBC_TRY(layernorm_backward(t->d_resid, W(t, G, l, W_NORM_W), W(t, G, l, W_NORM_B), t->scratch, t->d_ln,
                                    a->resid, W(t, P, l, W_NORM_W), a->mean, a->rstd, N, d.C, false, rms));
     }
