@@ -102,6 +102,8 @@ typedef __nv_bfloat16 mbc_bf16;
 #endif
 #define MBC_LN_ROWS 64         /* rows per block of the LayerNorm backward */
 #define MBC_CONV_TOKENS 64     /* tokens per thread (and per partial of dw) of the conv backward */
+#define MBC_EMB_PIECE 64       /* rows per piece of the embedding backward (one block sums one piece) */
+#define MBC_BUCKET_TABLE 514   /* int64s of the embedding's bucket table: bucket_off (257), piece_base (257) */
 
 /* Kernel launch: <<<>>> on the GPU, the emulator on the host.  Launchers
    return an mb_status, so a launch error is reported with file and line. */
@@ -269,16 +271,55 @@ __global__ void embedding_forward_kernel(float *out, const uint8_t *tokens, cons
     }
 }
 
-/* mb__embedding_backward: one block per byte value v; the rows holding v
-   (bucket_rows[bucket_off[v] .. bucket_off[v+1]), increasing) are added in
-   token order, exactly the CPU's order: bitwise equal results. */
-__global__ void embedding_backward_kernel(float *dwte, const float *dout, const int64_t *bucket_off,
-                                          const int64_t *bucket_rows, int C) {
+/* mb__embedding_backward in two passes, so that a frequent byte (the space:
+   ~2500 of 16384 rows) is not one serial chain.  bucket_table holds
+   bucket_off[0..256] then piece_base[0..256]: byte v's rows are
+   bucket_rows[bucket_off[v] .. bucket_off[v+1]) (increasing), cut into
+   pieces of MBC_EMB_PIECE rows; piece p of v has the step-wide number
+   piece_base[v] + p.  The layout comes from the offsets alone, so the sum's
+   order is fixed whatever the device. */
+
+/* Pass 1: block b sums piece b's rows in token order into part[b*C ..].
+   The grid (embedding_pieces_max) depends only on N, not on the counts, so
+   blocks beyond the last piece exit; so do the pieces of one-piece bytes,
+   which pass 2 adds directly. */
+__global__ void embedding_backward_pieces_kernel(float *part, const float *dout, const int64_t *bucket_table,
+                                                 const int64_t *bucket_rows, int C) {
+    const int64_t *bucket_off = bucket_table, *piece_base = bucket_table + 257;
+    const int64_t piece = blockIdx.x;
+    if (piece >= piece_base[256]) return;
+    int lo = 0, hi = 256; /* the byte v with piece_base[v] <= piece < piece_base[v+1] */
+    while (hi - lo > 1) {
+        const int mid = (lo + hi) / 2;
+        if (piece_base[mid] <= piece) lo = mid;
+        else hi = mid;
+    }
+    const int v = lo;
+    if (piece_base[v + 1] - piece_base[v] < 2) return;
+    const int64_t k0 = bucket_off[v] + (piece - piece_base[v]) * MBC_EMB_PIECE;
+    const int64_t k1 = k0 + MBC_EMB_PIECE < bucket_off[v + 1] ? k0 + MBC_EMB_PIECE : bucket_off[v + 1];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int64_t k = k0; k < k1; k++) acc += dout[bucket_rows[k] * C + c];
+        part[piece * C + c] = acc;
+    }
+}
+
+/* Pass 2: one block per byte value: dwte[v] + its pieces' partials in piece
+   order.  A byte of at most one piece adds its rows directly, in the CPU's
+   order, so rare bytes stay bitwise equal to the CPU; a frequent byte agrees
+   to float rounding. */
+__global__ void embedding_backward_kernel(float *dwte, const float *part, const float *dout,
+                                          const int64_t *bucket_table, const int64_t *bucket_rows, int C) {
+    const int64_t *bucket_off = bucket_table, *piece_base = bucket_table + 257;
     const int v = blockIdx.x;
-    const int64_t b0 = bucket_off[v], b1 = bucket_off[v + 1];
+    const int64_t p0 = piece_base[v], p1 = piece_base[v + 1];
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         float acc = dwte[(int64_t)v * C + c];
-        for (int64_t k = b0; k < b1; k++) acc += dout[bucket_rows[k] * C + c];
+        if (p1 - p0 < 2)
+            for (int64_t k = bucket_off[v]; k < bucket_off[v + 1]; k++) acc += dout[bucket_rows[k] * C + c];
+        else
+            for (int64_t p = p0; p < p1; p++) acc += part[p * C + c];
         dwte[(int64_t)v * C + c] = acc;
     }
 }
@@ -1353,19 +1394,35 @@ static inline mb_status embedding_forward(float *out, const uint8_t *tokens, con
 }
 
 /* Host side of the embedding backward: a stable counting sort of the
-   tokens by byte value (off: 257, rows: N). */
-static inline void token_buckets(int64_t *off, int64_t *rows, const uint8_t *tokens, int64_t N) {
+   tokens by byte value and the piece numbering.  table: MBC_BUCKET_TABLE
+   (bucket_off[257], then piece_base[257], the prefix sum of each byte's
+   ceil(count / MBC_EMB_PIECE)); rows: N. */
+static inline void token_buckets(int64_t *table, int64_t *rows, const uint8_t *tokens, int64_t N) {
     int64_t cnt[257];
     memset(cnt, 0, sizeof cnt);
     for (int64_t n = 0; n < N; n++) cnt[tokens[n] + 1]++;
     for (int v = 0; v < 256; v++) cnt[v + 1] += cnt[v];
-    memcpy(off, cnt, sizeof cnt);
+    memcpy(table, cnt, sizeof cnt);
+    int64_t *piece_base = table + 257;
+    piece_base[0] = 0;
+    for (int v = 0; v < 256; v++)
+        piece_base[v + 1] = piece_base[v] + (cnt[v + 1] - cnt[v] + MBC_EMB_PIECE - 1) / MBC_EMB_PIECE;
     for (int64_t n = 0; n < N; n++) rows[cnt[tokens[n]]++] = n;
 }
-static inline mb_status embedding_backward(float *dwte, const float *dout, const int64_t *bucket_off,
-                                    const int64_t *bucket_rows, int C) {
+/* The pass-1 grid: an upper bound of the pieces from N alone (the counts are
+   not known where the launch is recorded): sum_v ceil(count_v / PIECE) <=
+   N / PIECE + 256.  The scratch holds one partial row (C floats) each. */
+static inline int64_t embedding_pieces_max(int64_t N) { return (N + MBC_EMB_PIECE - 1) / MBC_EMB_PIECE + 256; }
+/* scratch: embedding_pieces_max(N) * C floats. */
+static inline mb_status embedding_backward(float *dwte, float *scratch, const float *dout, const int64_t *bucket_table,
+                                           const int64_t *bucket_rows, int64_t N, int C) {
     const int threads = C >= 256 ? 256 : ((C + 31) / 32) * 32;
-    MBC_LAUNCH(embedding_backward_kernel, dim3(256), dim3(threads), 0, dwte, dout, bucket_off, bucket_rows, C);
+    const int64_t pieces = embedding_pieces_max(N);
+    if (pieces > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "embedding backward: N %lld too large", (long long)N);
+    MBC_LAUNCH(embedding_backward_pieces_kernel, dim3((unsigned)pieces), dim3(threads), 0, scratch, dout, bucket_table,
+               bucket_rows, C);
+    MBC_LAUNCH(embedding_backward_kernel, dim3(256), dim3(threads), 0, dwte, (const float *)scratch, dout, bucket_table,
+               bucket_rows, C);
     return MB_STATUS_OK;
 }
 
@@ -1703,8 +1760,9 @@ struct mb_cuda_trainer {
     mbc_bf16 *params_bf16;   /* bf16 mode: weights for cuBLAS */
     mbc_bf16 *bfa, *bfb;      /* bf16 mode: matrix-input scratch */
     /* batch */
-    /* one upload per micro-batch: [1/valid rows (double) | bucket_off (257) | bucket_rows (N) |
-       targets (N) | tokens (N)], packed in pinned host memory (h_batch) and copied to the device (batch) */
+    /* one upload per micro-batch: [1/valid rows (double) | bucket table (MBC_BUCKET_TABLE: bucket_off 257,
+       piece_base 257) | bucket_rows (N) | targets (N) | tokens (N)], packed in pinned host memory (h_batch)
+       and copied to the device (batch) */
     uint8_t *batch, *h_batch, *tokens;
     double *inv_valid;       /* device, in the batch: the loss's 1 / rows with a target */
     int32_t *targets;
@@ -1784,6 +1842,8 @@ static inline int64_t tr_scratch_floats(const mb_cuda_trainer *t) {
     const int64_t ln = ln_backward_parts(t->N) * 2 * d.C, cv = conv_backward_parts(t->B, t->T) * (int64_t)d.Di * (d.K + 1);
     if (ln > s) s = ln;
     if (cv > s) s = cv;
+    const int64_t emb = embedding_pieces_max(t->N) * d.C;
+    if (emb > s) s = emb;
     return s;
 }
 
@@ -1875,11 +1935,11 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
         MBC_TRY(dalloc(&t->mem, &t->bfb, wa > wb ? wa : wb, "bf16 scratch b"));
         MBC_TRY(tr_refresh_bf16(t));
     }
-    t->batch_bytes = sizeof(double) + sizeof(int64_t) * (size_t)(257 + N) + sizeof(int32_t) * (size_t)N + (size_t)N;
+    t->batch_bytes = sizeof(double) + sizeof(int64_t) * (size_t)(MBC_BUCKET_TABLE + N) + sizeof(int32_t) * (size_t)N + (size_t)N;
     MBC_TRY(dalloc(&t->mem, &t->batch, (int64_t)t->batch_bytes, "batch"));
     t->inv_valid = (double *)t->batch;
     t->bucket_off = (int64_t *)(t->inv_valid + 1);
-    t->bucket_rows = t->bucket_off + 257;
+    t->bucket_rows = t->bucket_off + MBC_BUCKET_TABLE;
     t->targets = (int32_t *)(t->bucket_rows + N);
     t->tokens = (uint8_t *)(t->targets + N);
     t->h_batch = (uint8_t *)hmalloc(t->batch_bytes);
@@ -1988,7 +2048,8 @@ static inline mb_status tr_backward(mb_cuda_trainer *t) {
         MBC_TRY(layernorm_backward(t->d_resid, W(t, G, l, W_NORM_W), W(t, G, l, W_NORM_B), t->scratch, t->d_ln,
                                    a->resid, W(t, P, l, W_NORM_W), a->mean, a->rstd, N, d.C, false, rms));
     }
-    return embedding_backward(W(t, t->grads, -1, G_EMBEDDING), t->d_resid, t->bucket_off, t->bucket_rows, d.C);
+    return embedding_backward(W(t, t->grads, -1, G_EMBEDDING), t->scratch, t->d_resid, t->bucket_off, t->bucket_rows, N,
+                              d.C);
 }
 
 /* Runs ops (one fixed sequence of this trainer's stream operations) as the
@@ -2026,9 +2087,9 @@ static inline mb_status tr_upload_batch(mb_cuda_trainer *t, const uint8_t *input
     *n_valid = n;
     MBC_TRY(event_wait(t->uploaded)); /* the previous upload has left h_batch (long ago, as a rule) */
     *(double *)t->h_batch = n ? 1.0 / (double)n : 0.0;
-    token_buckets(t->h_bucket, t->h_bucket + 257, inputs, N);
-    memcpy(t->h_bucket + 257 + N, targets, (size_t)N * sizeof(int32_t));
-    memcpy((int32_t *)(t->h_bucket + 257 + N) + N, inputs, (size_t)N);
+    token_buckets(t->h_bucket, t->h_bucket + MBC_BUCKET_TABLE, inputs, N);
+    memcpy(t->h_bucket + MBC_BUCKET_TABLE + N, targets, (size_t)N * sizeof(int32_t));
+    memcpy((int32_t *)(t->h_bucket + MBC_BUCKET_TABLE + N) + N, inputs, (size_t)N);
     MBC_TRY(h2d_async(t->batch, t->h_batch, t->batch_bytes));
     return event_record(t->uploaded);
 }

@@ -29,7 +29,7 @@ extern "C" void mbt_cuda_emu_tests(void);
    allows: the count today (it may only go down).  With CUDA graphs the host
    submits far fewer: MBC_SUBMIT_BUDGET is issue 16's target of 60. */
 #ifndef MBC_LAUNCH_BUDGET
-#define MBC_LAUNCH_BUDGET 118
+#define MBC_LAUNCH_BUDGET 119
 #endif
 #define MBC_SUBMIT_BUDGET 60
 
@@ -353,6 +353,80 @@ void test_rmsnorm() {
 
 /* ========================================================= embedding */
 
+/* The GPU's order of one byte's sum, written out: dwte + (the rows of each
+   MBC_EMB_PIECE piece summed from 0 in token order) in piece order; a byte of
+   at most one piece adds its rows to dwte directly. */
+fvec embedding_backward_piece_order(const fvec &dwte, const fvec &dout, const std::vector<uint8_t> &tok, int C) {
+    fvec out = dwte;
+    for (int v = 0; v < 256; v++) {
+        std::vector<int64_t> rows;
+        for (int64_t n = 0; n < (int64_t)tok.size(); n++)
+            if (tok[(size_t)n] == v) rows.push_back(n);
+        const size_t np = (rows.size() + MBC_EMB_PIECE - 1) / MBC_EMB_PIECE;
+        for (int c = 0; c < C; c++) {
+            float acc = out[(size_t)v * C + c];
+            for (size_t p = 0; p < np; p++) {
+                float part = np < 2 ? acc : 0.0f;
+                for (size_t k = p * MBC_EMB_PIECE; k < rows.size() && k < (p + 1) * MBC_EMB_PIECE; k++)
+                    part += dout[(size_t)rows[k] * C + c];
+                acc = np < 2 ? part : acc + part;
+            }
+            out[(size_t)v * C + c] = acc;
+        }
+    }
+    return out;
+}
+
+/* One embedding backward through the two kernels: a fresh copy of dwte, the
+   scratch filled with NaN (a partial read before it is written shows), run
+   under the given block/thread schedule. */
+fvec run_embedding_backward(const fvec &dwte, const fvec &dout, const std::vector<int64_t> &buckets, int64_t N, int C,
+                            unsigned schedule) {
+    fvec dw = dwte, scratch((size_t)(mbc::embedding_pieces_max(N) * C), NAN);
+    cuda_emu::set_schedule(schedule);
+    mbc::embedding_backward(dw.data(), scratch.data(), dout.data(), buckets.data(), buckets.data() + MBC_BUCKET_TABLE, N, C);
+    cuda_emu::set_schedule(0);
+    return dw;
+}
+
+/* A byte distribution with bytes of many pieces: compared with the CPU's
+   token-order sum to float rounding, bitwise with the piece order written
+   out, and bitwise between two runs under different schedules. */
+void check_embedding_pieces(const char *name, const std::vector<uint8_t> &tok, int C, mbt_rng *r) {
+    const int64_t N = (int64_t)tok.size();
+    fvec g = randn(r, (size_t)N * C), dw0 = randn(r, (size_t)256 * C), rdw = dw0;
+    std::vector<int64_t> buckets((size_t)(MBC_BUCKET_TABLE + N));
+    mbc::token_buckets(buckets.data(), buckets.data() + MBC_BUCKET_TABLE, tok.data(), N);
+    const int64_t *piece_base = buckets.data() + 257, grid = mbc::embedding_pieces_max(N);
+    int64_t most = 0; /* the largest piece count of one byte */
+    for (int v = 0; v < 256; v++)
+        if (piece_base[v + 1] - piece_base[v] > most) most = piece_base[v + 1] - piece_base[v];
+    MBT_CHECK(most >= 2 && piece_base[256] <= grid, "embedding %s: %lld pieces, at most %lld in one byte (grid %lld)", name,
+              (long long)piece_base[256], (long long)most, (long long)grid);
+    mb__embedding_backward(rdw.data(), g.data(), tok.data(), N, C);
+    const fvec a = run_embedding_backward(dw0, g, buckets, N, C, 0), b = run_embedding_backward(dw0, g, buckets, N, C, 7);
+    /* Both sides sum the same terms (dwte and the byte's rows) in two orders.
+       Each rounding is at most u = 2^-24 of a partial sum, itself at most
+       S = sum|terms|; over m <= 5001 roundings of either sign the errors add
+       as a random walk, ~u sqrt(2m) S <= 6e-6 S for the two orders together
+       (all of one sign, the worst case, (m + 64 + pieces) u S ~ 3e-4 S; seen:
+       ~1e-7 S).  The test allows 1e-5 S, S per (byte, channel) from the data. */
+    fvec S = dw0;
+    for (float &s : S) s = fabsf(s);
+    for (int64_t n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) S[(size_t)tok[(size_t)n] * C + c] += fabsf(g[(size_t)(n * C + c)]);
+    double worst = 0.0; /* max |diff| / S */
+    for (size_t i = 0; i < a.size(); i++) {
+        const double e = fabs((double)a[i] - (double)rdw[i]) / (double)S[i];
+        if (!(e <= worst)) worst = e; /* NaN propagates */
+    }
+    MBT_CHECK(worst <= 1e-5, "embedding %s backward vs the CPU: max |diff| / sum|terms| = %.3g (tol 1e-5)", name, worst);
+    MBT_CHECK(bitwise_equal(a, embedding_backward_piece_order(dw0, g, tok, C)),
+              "embedding %s backward: bitwise the piece order (pieces of %d rows in token order, then in piece order)", name,
+              MBC_EMB_PIECE);
+    MBT_CHECK(bitwise_equal(a, b), "embedding %s backward: a second run (shuffled schedule) gives the same bits", name);
+}
+
 void test_embedding() {
     mbt_rng r = {4};
     const int C = 40;
@@ -364,11 +438,29 @@ void test_embedding() {
     mbc::embedding_forward(o.data(), tok.data(), wte.data(), N, C);
     MBT_CHECK(bitwise_equal(o, ro), "embedding forward");
     fvec g = randn(&r, o.size()), dw = randn(&r, wte.size()), rdw = dw;
-    std::vector<int64_t> buckets(257 + N);
-    mbc::token_buckets(buckets.data(), buckets.data() + 257, tok.data(), N);
+    std::vector<int64_t> buckets(MBC_BUCKET_TABLE + N);
+    mbc::token_buckets(buckets.data(), buckets.data() + MBC_BUCKET_TABLE, tok.data(), N);
+    bool one_piece = true; /* ~15 rows per byte: every byte takes the direct path */
+    const int64_t *piece_base = buckets.data() + 257;
+    for (int v = 0; v < 256; v++) one_piece &= piece_base[v + 1] - piece_base[v] <= 1;
+    MBT_CHECK(one_piece, "embedding: every byte of the uniform case has at most one piece");
     mb__embedding_backward(rdw.data(), g.data(), tok.data(), N, C);
-    mbc::embedding_backward(dw.data(), g.data(), buckets.data(), buckets.data() + 257, C);
-    MBT_CHECK(bitwise_equal(dw, rdw), "embedding backward (same order: bitwise)");
+    MBT_CHECK(bitwise_equal(run_embedding_backward(dw, g, buckets, N, C, 0), rdw),
+              "embedding backward, at most one piece per byte (same order: bitwise)");
+
+    /* skewed: C = 50, not a multiple of 32 (a block of 64 threads, 14 idle) */
+    std::vector<uint8_t> spaces(5000);
+    for (auto &t : spaces) t = mbt_next(&r) % 10 < 7 ? (uint8_t)' ' : (uint8_t)(mbt_next(&r) % 256);
+    check_embedding_pieces("70% spaces (N 5000)", spaces, 50, &r);
+    check_embedding_pieces("one byte holds all rows (N 5000)", std::vector<uint8_t>(5000, 255), 50, &r);
+    /* piece edges: 64 rows (one piece, direct), 65 (a last piece of one row),
+       128 (two full pieces), 129, 0 and 1 rows; interleaved; C = 300, more
+       channels than a block's 256 threads */
+    std::vector<uint8_t> edges;
+    const int counts[6] = {64, 65, 128, 129, 0, 1};
+    for (int v = 0; v < 6; v++) edges.insert(edges.end(), (size_t)counts[v], (uint8_t)v);
+    for (size_t i = edges.size(); i > 1; i--) std::swap(edges[i - 1], edges[mbt_next(&r) % i]);
+    check_embedding_pieces("piece edges (64, 65, 128, 129, 0, 1 rows)", edges, 300, &r);
 }
 
 /* ============================================================ matmul */
