@@ -1038,23 +1038,34 @@ int loop_record(void *user, const mb_train_progress *p) {
     return 0;
 }
 
-mb_status loop_run(int cuda, int64_t steps, int64_t poison_step, int64_t poison_from, loop_log *log, fvec *params,
-                   mb_train_report *rep, const char **backend) {
-    static uint8_t text[6000];
-    for (size_t i = 0; i < sizeof text; i++) text[i] = (uint8_t)("the scan of a state space model "[i % 32] + (i % 97 == 0));
+/* One run of the training loop on the demo-sized model. */
+struct loop_args {
+    int cuda;                         /* 1: the CUDA backend (emulated), 0: the CPU */
+    int64_t steps, grad_accum;
+    int64_t poison_step, poison_from; /* the trainer's testing hooks (-1: off) */
+    const mb_train_comm *comm;        /* one rank of a data-parallel run; NULL: one process */
+    bool random_text;                 /* letters that differ from window to window (ranks' batches told apart) */
+};
+mb_status loop_run(const loop_args &a, loop_log *log, fvec *params, mb_train_report *rep, const char **backend) {
+    std::vector<uint8_t> text(6000);
+    uint32_t x = 12345;
+    for (size_t i = 0; i < text.size(); i++)
+        text[i] = a.random_text ? (uint8_t)('a' + (x = x * 1664525u + 1013904223u) % 26u)
+                                : (uint8_t)("the scan of a state space model "[i % 32] + (i % 97 == 0));
     mb_config c = mb_config_default();
     c.d_model = 16; c.n_layer = 2; c.d_state = 4; c.dt_rank = 0;
     mb_train_settings s = mb_train_settings_default();
-    s.batch = 2; s.ctx = 24; s.steps = steps; s.warmup = 1; s.lr = 1e-2; s.grad_accum = 2;
+    s.batch = 2; s.ctx = 24; s.steps = a.steps; s.warmup = 1; s.lr = 1e-2; s.grad_accum = a.grad_accum;
     mb_model *m = nullptr;
     mb_trainer tr;
     memset(&tr, 0, sizeof tr);
     mb_status st = mb_model_create(&m, &c, 5);
-    if (st == MB_STATUS_OK) st = mb_trainer_init(&tr, m, &s, text, (int64_t)sizeof text, nullptr);
-    tr.inject_nonfinite_step = poison_step;
-    tr.inject_nonfinite_from = poison_from;
-    if (st == MB_STATUS_OK && cuda) st = mb_cuda_trainer_attach(&tr, 0);
-    *backend = tr.backend.name;
+    if (st == MB_STATUS_OK) st = mb_trainer_init(&tr, m, &s, text.data(), (int64_t)text.size(), nullptr);
+    tr.inject_nonfinite_step = a.poison_step;
+    tr.inject_nonfinite_from = a.poison_from;
+    if (st == MB_STATUS_OK && a.comm) st = mb_trainer_set_comm(&tr, a.comm);
+    if (st == MB_STATUS_OK && a.cuda) st = mb_cuda_trainer_attach(&tr, 0);
+    *backend = tr.backend.name ? tr.backend.name : "cpu";
     mb_train_options opt = {nullptr, 0, loop_record, log};
     if (st == MB_STATUS_OK) st = mb_train_run(&tr, &opt, rep);
     if (m) params->assign(mb_model_params(m), mb_model_params(m) + mb_model_num_params(m));
@@ -1068,7 +1079,8 @@ void test_train_loop_backend() {
     fvec pc, pg;
     mb_train_report rc, rg;
     const char *bc = "", *bg = "";
-    mb_status sc = loop_run(0, 6, 2, -1, &lc, &pc, &rc, &bc), sg = loop_run(1, 6, 2, -1, &lg, &pg, &rg, &bg);
+    mb_status sc = loop_run({0, 6, 2, 2, -1, nullptr, false}, &lc, &pc, &rc, &bc),
+              sg = loop_run({1, 6, 2, 2, -1, nullptr, false}, &lg, &pg, &rg, &bg);
     MBT_CHECK(sc == MB_STATUS_OK && sg == MB_STATUS_OK && !strcmp(bc, "cpu") && !strcmp(bg, "cuda fp32"),
               "train loop on both backends: %d %d (%s) %s %s", (int)sc, (int)sg, mb_cuda_last_error(), bc, bg);
     MBT_CHECK(lc.loss.size() == 6 && lg.loss.size() == 6 && lc.applied == lg.applied && lc.applied[2] == 0 && lc.applied[3] == 1,
@@ -1080,8 +1092,8 @@ void test_train_loop_backend() {
     MBT_CHECK(rc.outcome == MB_TRAIN_FINISHED && rg.outcome == MB_TRAIN_FINISHED, "both finish");
     /* the guard: every step from the 2nd poisoned -> 10 skipped, then stop */
     loop_log nc, ng;
-    sc = loop_run(0, 40, -1, 1, &nc, &pc, &rc, &bc);
-    sg = loop_run(1, 40, -1, 1, &ng, &pg, &rg, &bg);
+    sc = loop_run({0, 40, 2, -1, 1, nullptr, false}, &nc, &pc, &rc, &bc);
+    sg = loop_run({1, 40, 2, -1, 1, nullptr, false}, &ng, &pg, &rg, &bg);
     MBT_CHECK(sc == MB_STATUS_NON_FINITE && sg == MB_STATUS_NON_FINITE && rc.outcome == MB_TRAIN_NON_FINITE &&
               rg.outcome == MB_TRAIN_NON_FINITE && nc.applied.size() == 11 && ng.applied == nc.applied,
               "10 non-finite steps in a row stop both backends the same way (%zu / %zu steps)", nc.applied.size(), ng.applied.size());
@@ -1132,32 +1144,6 @@ static mb_status pair_broadcast(void *impl, double *x, int n) {
     return pair_collective((pair_rank *)impl, x, [n](void *a, void *b) { memcpy(b, a, sizeof(double) * (size_t)n); });
 }
 
-/* One rank (comm NULL: one process) of the loop on the CUDA backend at grad_accum A. */
-static mb_status dp_run(const mb_train_comm *comm, int64_t A, loop_log *log, fvec *params, const char **backend) {
-    static uint8_t text[6000];
-    uint32_t x = 12345; /* letters that differ from window to window, so the ranks' batches are told apart */
-    for (size_t i = 0; i < sizeof text; i++) text[i] = (uint8_t)('a' + (x = x * 1664525u + 1013904223u) % 26u);
-    mb_config c = mb_config_default();
-    c.d_model = 16; c.n_layer = 2; c.d_state = 4; c.dt_rank = 0;
-    mb_train_settings s = mb_train_settings_default();
-    s.batch = 2; s.ctx = 24; s.steps = 5; s.warmup = 1; s.lr = 1e-2; s.grad_accum = A;
-    mb_model *m = nullptr;
-    mb_trainer tr;
-    mb_train_report rep;
-    memset(&tr, 0, sizeof tr);
-    mb_status st = mb_model_create(&m, &c, 5);
-    if (st == MB_STATUS_OK) st = mb_trainer_init(&tr, m, &s, text, (int64_t)sizeof text, nullptr);
-    if (st == MB_STATUS_OK) st = mb_trainer_set_comm(&tr, comm);
-    if (st == MB_STATUS_OK) st = mb_cuda_trainer_attach(&tr, 0);
-    *backend = tr.backend.name ? tr.backend.name : "cpu";
-    mb_train_options opt = {nullptr, 0, loop_record, log};
-    if (st == MB_STATUS_OK) st = mb_train_run(&tr, &opt, &rep);
-    if (m) params->assign(mb_model_params(m), mb_model_params(m) + mb_model_num_params(m));
-    mb_trainer_free(&tr);
-    mb_model_free(m);
-    return st;
-}
-
 void test_data_parallel_backend() {
     pair_world w;
     pair_rank r[2];
@@ -1180,10 +1166,12 @@ void test_data_parallel_backend() {
         ranks.emplace_back([&, k] {
             std::unique_lock<std::mutex> lk(w.big);
             r[k].lk = &lk;
-            sr[k] = dp_run(&r[k].comm, 2, &lr[k], &pr[k], &br[k]);
+            mb_train_report rep;
+            sr[k] = loop_run({1, 5, 2, -1, -1, &r[k].comm, true}, &lr[k], &pr[k], &rep, &br[k]);
         });
     for (auto &t : ranks) t.join();
-    const mb_status s1 = dp_run(nullptr, 4, &l1, &p1, &b1);
+    mb_train_report rep1;
+    const mb_status s1 = loop_run({1, 5, 4, -1, -1, nullptr, true}, &l1, &p1, &rep1, &b1);
     MBT_CHECK(sr[0] == MB_STATUS_OK && sr[1] == MB_STATUS_OK && s1 == MB_STATUS_OK && !strcmp(br[0], "cuda fp32") &&
                   !strcmp(br[1], "cuda fp32"),
               "2 ranks on the CUDA backend (gradients through the host communicator): %d %d %d (%s) %s %s", (int)sr[0],
