@@ -157,6 +157,36 @@ template <class F> bool aborts(F fn) {
     return WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT;
 }
 
+/* Stream capture in the emulator: operations issued inside a capture run
+   only when the graph is launched, once per launch, with the arguments
+   they had when captured and host memory read at the launch; a
+   synchronising call inside a capture stops the run. */
+void test_graph_capture() {
+    fvec x(300, 1.0f), out(2, 0.0f), host(2, 0.0f);
+    cuda_emu::capture_begin();
+    cuda_emu::launch(emu_block_sum_kernel, dim3(2), dim3(256), 0, out.data(), (const float *)x.data(), 300);
+    mbc::d2h_async(host.data(), out.data(), 2 * sizeof(float));
+    cuda_emu::Graph *g = cuda_emu::capture_end();
+    MBT_CHECK(out[0] == 0.0f && host[0] == 0.0f, "capture: nothing runs while capturing");
+    cuda_emu::launch_graph(g);
+    MBT_CHECK(out[0] == 256.0f && out[1] == 44.0f && host[1] == 44.0f, "capture: the launch runs the kernel and the copy");
+    x[299] = 3.0f; /* read when the replay runs, as device memory is */
+    cuda_emu::launch_graph(g);
+    MBT_CHECK(out[1] == 46.0f && host[1] == 46.0f, "capture: a second launch runs again on the current data");
+    cuda_emu::delete_graph(g);
+    MBT_CHECK(aborts([] {
+                  cuda_emu::capture_begin();
+                  (void)mbc::sync();
+              }),
+              "capture: a stream synchronisation inside a capture aborts");
+    MBT_CHECK(aborts([] {
+                  float v = 0;
+                  cuda_emu::capture_begin();
+                  (void)mbc::d2h(&v, &v, sizeof v);
+              }),
+              "capture: a blocking copy inside a capture aborts");
+}
+
 void test_emulator() {
     mbt_rng r = {1};
     const int n = 700;
@@ -1193,7 +1223,7 @@ void test_data_parallel_backend() {
 
 extern "C" void mbt_cuda_emu_tests(void) {
     static const struct { const char *name; void (*fn)(); } tests[] = {
-        {"emulator", test_emulator}, {"cross_entropy", test_cross_entropy}, {"layernorm", test_layernorm}, {"rmsnorm", test_rmsnorm},
+        {"emulator", test_emulator}, {"graph_capture", test_graph_capture}, {"cross_entropy", test_cross_entropy}, {"layernorm", test_layernorm}, {"rmsnorm", test_rmsnorm},
         {"embedding", test_embedding}, {"matmul", test_matmul}, {"adamw", test_adamw}, {"conv1d", test_conv1d},
         {"scan", test_scan}, {"trainer_fp32", [] { test_trainer(0); }}, {"trainer_bf16", [] { test_trainer(1); }},
         {"trainer_tf32", [] { test_trainer(2); }}, {"trainer_fp32_rms_untied", [] { test_trainer(0, true); }},
