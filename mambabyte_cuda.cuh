@@ -2381,6 +2381,7 @@ static mb_status mbc_backend_step(mb_trainer *tr, double lr, mb_step_result *r) 
         if (own) MBC_TRY(mbc::tr_submit_micro_batch(g, tr->inputs, tr->targets));
     }
     if (ranks > 1) { /* the gradients on the GPUs (NCCL) or through the host, the loss on the host */
+        MBC_TRY(mbc::sync()); /* the micro-batches were only submitted: comm_s starts when they are done */
         const double c0 = mb_clock_seconds();
         double loss_sum = 0.0;
         MBC_TRY(mbc::sum_grads(g, tr->comm));

@@ -492,8 +492,7 @@ template <class... P> struct Call {
 
 /* One kernel launch, run now. */
 template <class... P> inline void run_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_bytes, const std::tuple<P...> &targs) {
-    const uint64_t nthreads = (uint64_t)block.x * block.y * block.z;
-    if (g.current) die("launch from inside a kernel");
+    const uint64_t nthreads = (uint64_t)block.x * block.y * block.z; /* (launch() refused a launch from inside a kernel) */
     if (nthreads == 0 || nthreads > 1024 || block.z > 64) die("bad block shape");
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535) die("bad grid shape");
     size_t optin = 0;
