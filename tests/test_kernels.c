@@ -508,8 +508,9 @@ static void test_kernels_math(void) {
               "mb__sigmoid_v special values");
 }
 
-/* The scan's core (mb__scan_decays16 + mb__scan_recur16: AVX-512
-   intrinsics where the build has them) against its definition in plain
+/* The scan's core (mb__scan_decays16 + mb__scan_recur16, and the
+   backward's mb__scan_recompute16: AVX-512 intrinsics where the build has
+   them) against its definition in plain
    scalar code with mb__exp, bit for bit, on values that reach every branch
    of the exp: underflow, NaN, infinities, zero. */
 static int kt_same_bits(float a, float b) { return (a != a && b != b) || !memcmp(&a, &b, sizeof a); }
@@ -517,10 +518,10 @@ static void test_kernels_scan_core(void) {
     enum { S = 7 }; /* odd: no multiple of the vector width */
     static const float special[] = {0.0f, -0.0f, 1e-30f, 5.0f, 30.0f, 1e10f, (float)INFINITY, NAN};
     mbt_rng r = {4242};
-    int round, n, j, same = 1;
+    int round, n, j, same = 1, same_re = 1;
     for (round = 0; round < 200; round++) {
         float A[S * MB__SCAN_DB], dt[MB__SCAN_DB], u[MB__SCAN_DB], Bt[S], Ct[S], h[S * MB__SCAN_DB], hr[S * MB__SCAN_DB];
-        float a[S * MB__SCAN_DB], b[S * MB__SCAN_DB], y[MB__SCAN_DB], yr[MB__SCAN_DB];
+        float a[S * MB__SCAN_DB], b[S * MB__SCAN_DB], y[MB__SCAN_DB], yr[MB__SCAN_DB], hb[S * MB__SCAN_DB], ab[S * MB__SCAN_DB];
         for (j = 0; j < MB__SCAN_DB; j++) {
             dt[j] = round % 4 == 3 ? special[(round / 4 + j) % 8] : (float)(3.0 * mbt_uniform(&r));
             u[j] = (float)mbt_normal(&r);
@@ -534,8 +535,10 @@ static void test_kernels_scan_core(void) {
                 h[n * MB__SCAN_DB + j] = hr[n * MB__SCAN_DB + j] = (float)mbt_normal(&r);
             }
         }
+        mb__scan_recompute16(hb, ab, h, A, dt, u, Bt, S); /* the backward's recompute, from the same h */
         mb__scan_decays16(a, b, A, MB__SCAN_DB, dt, u, Bt, S);
         mb__scan_recur16(h, MB__SCAN_DB, a, b, Ct, S, y);
+        for (j = 0; j < S * MB__SCAN_DB; j++) same_re &= kt_same_bits(hb[j], h[j]) && kt_same_bits(ab[j], a[j]);
         for (n = 0; n < S; n++)
             for (j = 0; j < MB__SCAN_DB; j++) { /* the definition, one element at a time */
                 float v = mb__exp(dt[j] * A[n * MB__SCAN_DB + j]) * hr[n * MB__SCAN_DB + j] + dt[j] * Bt[n] * u[j];
@@ -546,8 +549,10 @@ static void test_kernels_scan_core(void) {
         for (j = 0; j < MB__SCAN_DB; j++) same &= kt_same_bits(y[j], yr[j]);
     }
     MBT_CHECK(same, "mb__scan_decays16 / mb__scan_recur16 differ from the scan's definition with mb__exp");
+    MBT_CHECK(same_re, "mb__scan_recompute16 (the backward's h and decays) differs from the forward's");
 #ifdef MB__HAVE_EXP16
     int same_exp = 1;
+    float x_all[16], e_all[16];
     for (round = 0; round < 40000; round++) { /* exp16 against mb__exp across its whole domain, bounds and specials */
         float x[16], e[16];
         for (j = 0; j < 16; j++) {
@@ -556,6 +561,29 @@ static void test_kernels_scan_core(void) {
         }
         _mm512_storeu_ps(e, mb__exp16(_mm512_loadu_ps(x)));
         for (j = 0; j < 16; j++) same_exp &= kt_same_bits(e[j], mb__exp(x[j]));
+    }
+    { /* every 251st bit pattern (all signs, exponents and NaNs), and every
+         pattern within 2^16 ulps of the range's two bounds */
+        const float bound[2] = {-87.33654475f, 88.37626266f};
+        uint32_t bits[16];
+        uint64_t i;
+        int q;
+        for (i = 0; i < (1ull << 32); i += 16 * 251) {
+            for (j = 0; j < 16; j++) bits[j] = (uint32_t)(i + (uint64_t)j * 251);
+            memcpy(x_all, bits, sizeof bits);
+            _mm512_storeu_ps(e_all, mb__exp16(_mm512_loadu_ps(x_all)));
+            for (j = 0; j < 16; j++) same_exp &= kt_same_bits(e_all[j], mb__exp(x_all[j]));
+        }
+        for (q = 0; q < 2; q++) {
+            uint32_t c;
+            memcpy(&c, &bound[q], 4);
+            for (i = 0; i < (1u << 17); i += 16) {
+                for (j = 0; j < 16; j++) bits[j] = c - (1u << 16) + (uint32_t)(i + (uint64_t)j);
+                memcpy(x_all, bits, sizeof bits);
+                _mm512_storeu_ps(e_all, mb__exp16(_mm512_loadu_ps(x_all)));
+                for (j = 0; j < 16; j++) same_exp &= kt_same_bits(e_all[j], mb__exp(x_all[j]));
+            }
+        }
     }
     MBT_CHECK(same_exp, "mb__exp16 differs from mb__exp");
 #endif
