@@ -2487,6 +2487,63 @@ MB__INLINE const float *mb__scan_row(float *buf, const float *src, int nd) {
     return buf;
 }
 
+/* The backward's pieces in plain C: what the AVX-512 forms below compute,
+   operation for operation (the kernel tests compare them bit for bit),
+   and what builds without AVX-512 run. */
+MB__INLINE void mb__scan_recompute16_plain(float *MB__RESTRICT ht, float *MB__RESTRICT at, const float *hp, const float *A,
+                                     const float *dt, const float *u, const float *Bt, int S) {
+    int n, j;
+    for (n = 0; n < S; n++)
+        for (j = 0; j < MB__SCAN_DB; j++) {
+            float a = mb__exp(dt[j] * A[n * MB__SCAN_DB + j]);
+            at[n * MB__SCAN_DB + j] = a;
+            ht[n * MB__SCAN_DB + j] = a * hp[n * MB__SCAN_DB + j] + dt[j] * Bt[n] * u[j];
+        }
+}
+MB__INLINE void mb__scan_bwd_states16_plain(float *y, float *ddt, float *du, float *MB__RESTRICT pB, float *MB__RESTRICT pC,
+                                      float *MB__RESTRICT gA, float *MB__RESTRICT dh, const float *at, const float *ht,
+                                      const float *hp, const float *A, const float *Bt, const float *Ct, const float *dy,
+                                      const float *dt, const float *u, int S) {
+    float acc[2][3][MB__SCAN_DB];
+    int n, j;
+    for (j = 0; j < MB__SCAN_DB; j++) {
+        acc[0][0][j] = y[j]; acc[0][1][j] = ddt[j]; acc[0][2][j] = du[j];
+        acc[1][0][j] = acc[1][1][j] = acc[1][2][j] = 0.0f;
+    }
+    for (n = 0; n < S; n++) {
+        const int o = n * MB__SCAN_DB, e = n & 1;
+        for (j = 0; j < MB__SCAN_DB; j++) {
+            float a = at[o + j], h = ht[o + j], dhn = MB__FMA(dy[j], Ct[n], dh[o + j]), ah = A[o + j] * a * hp[o + j];
+            float ddn = dhn * dt[j];
+            acc[e][0][j] = MB__FMA(Ct[n], h, acc[e][0][j]);
+            acc[e][1][j] = MB__FMA(dhn, MB__FMA(Bt[n], u[j], ah), acc[e][1][j]);
+            acc[e][2][j] = MB__FMA(ddn, Bt[n], acc[e][2][j]);
+            pC[o + j] = MB__FMA(dy[j], h, pC[o + j]);
+            pB[o + j] = MB__FMA(ddn, u[j], pB[o + j]);
+            gA[o + j] = MB__FMA(ddn, ah, gA[o + j]);
+            dh[o + j] = dhn * a;
+        }
+    }
+    for (j = 0; j < MB__SCAN_DB; j++) {
+        y[j] = acc[0][0][j] + acc[1][0][j];
+        ddt[j] = acc[0][1][j] + acc[1][1][j];
+        du[j] = acc[0][2][j] + acc[1][2][j];
+    }
+}
+MB__INLINE void mb__scan_gather16_plain(float *MB__RESTRICT dst, const float *src, int S, int nd, int neg_exp) {
+    int n, j;
+    for (n = 0; n < S; n++)
+        for (j = 0; j < MB__SCAN_DB; j++) {
+            float v = src[(j < nd ? j : nd - 1) * S + n];
+            dst[n * MB__SCAN_DB + j] = neg_exp ? -mb__exp(v) : v;
+        }
+}
+MB__INLINE void mb__scan_scatter16_plain(float *dst, const float *MB__RESTRICT src, int S, int nd) {
+    int n, j;
+    for (j = 0; j < nd; j++)
+        for (n = 0; n < S; n++) dst[j * S + n] = src[n * MB__SCAN_DB + j];
+}
+
 /* The scan's core on 16 channels, split in two so that the batch forward
    can run the part without a dependence between tokens ahead of the
    recurrence (the out-of-order core cannot overlap a token's ~500
@@ -2556,6 +2613,71 @@ MB__INLINE void mb__scan_recompute16(float *MB__RESTRICT ht, float *MB__RESTRICT
                                                             _mm512_mul_ps(_mm512_mul_ps(vdt, _mm512_set1_ps(Bt[n])), vu)));
     }
 }
+/* One token of the scan backward's reverse sweep over the S states of 16
+   channels (rows of 16 lanes): with dhn = dh + dy*C[n], ah = A*a*h_prev and
+   ddn = dhn*dt,
+     y += C[n]*h,  ddt += dhn*(B[n]*u + ah),  du += ddn*B[n]         (summed over n)
+     pC += dy*h,  pB += ddn*u,  gA += ddn*ah,  dh = dhn*a            (per state)
+   twelve operations per state.  The three sums over n alternate between
+   two accumulators (even and odd n, added at the end) so that each chain
+   is half as long: y, ddt, du come in holding their values before the
+   states and the odd sums start at zero. */
+/* (one state of mb__scan_bwd_states16, its three sums in y, ddt, du) */
+#define MB__SCAN_BWD_STATE16(n, y, ddt, du) do { \
+        const int o_ = (n) * MB__SCAN_DB; \
+        const __m512 a_ = _mm512_loadu_ps(at + o_), h_ = _mm512_loadu_ps(ht + o_); \
+        const __m512 cn_ = _mm512_set1_ps(Ct[n]), bn_ = _mm512_set1_ps(Bt[n]); \
+        const __m512 dhn_ = _mm512_fmadd_ps(vdy, cn_, _mm512_loadu_ps(dh + o_)); \
+        const __m512 ah_ = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(A + o_), a_), _mm512_loadu_ps(hp + o_)); \
+        const __m512 ddn_ = _mm512_mul_ps(dhn_, vdt); \
+        y = _mm512_fmadd_ps(cn_, h_, y); \
+        ddt = _mm512_fmadd_ps(dhn_, _mm512_fmadd_ps(bn_, vu, ah_), ddt); \
+        du = _mm512_fmadd_ps(ddn_, bn_, du); \
+        _mm512_storeu_ps(pC + o_, _mm512_fmadd_ps(vdy, h_, _mm512_loadu_ps(pC + o_))); \
+        _mm512_storeu_ps(pB + o_, _mm512_fmadd_ps(ddn_, vu, _mm512_loadu_ps(pB + o_))); \
+        _mm512_storeu_ps(gA + o_, _mm512_fmadd_ps(ddn_, ah_, _mm512_loadu_ps(gA + o_))); \
+        _mm512_storeu_ps(dh + o_, _mm512_mul_ps(dhn_, a_)); \
+    } while (0)
+MB__INLINE void mb__scan_bwd_states16(float *y, float *ddt, float *du, float *MB__RESTRICT pB, float *MB__RESTRICT pC,
+                                      float *MB__RESTRICT gA, float *MB__RESTRICT dh, const float *at, const float *ht,
+                                      const float *hp, const float *A, const float *Bt, const float *Ct, const float *dy,
+                                      const float *dt, const float *u, int S) {
+    const __m512 vdy = _mm512_loadu_ps(dy), vdt = _mm512_loadu_ps(dt), vu = _mm512_loadu_ps(u);
+    __m512 y0 = _mm512_loadu_ps(y), t0 = _mm512_loadu_ps(ddt), u0 = _mm512_loadu_ps(du);
+    __m512 y1 = _mm512_setzero_ps(), t1 = y1, u1 = y1;
+    int n;
+    for (n = 0; n + 1 < S; n += 2) { /* even states into the first sums, odd into the second */
+        MB__SCAN_BWD_STATE16(n, y0, t0, u0);
+        MB__SCAN_BWD_STATE16(n + 1, y1, t1, u1);
+    }
+    if (n < S) MB__SCAN_BWD_STATE16(n, y0, t0, u0);
+    _mm512_storeu_ps(y, _mm512_add_ps(y0, y1));
+    _mm512_storeu_ps(ddt, _mm512_add_ps(t0, t1));
+    _mm512_storeu_ps(du, _mm512_add_ps(u0, u1));
+}
+#undef MB__SCAN_BWD_STATE16
+/* The rows of S values of 16 channels (src[j*S + n], channel j < nd; the
+   last one repeated past nd) as S rows of 16 lanes: dst[n*16 + j], or
+   -exp of them (neg_exp: A from A_log).  And back, the nd valid lanes. */
+MB__INLINE __m512i mb__scan_lane_offsets(int S, int nd) {
+    const __m512i j = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm512_mullo_epi32(_mm512_min_epi32(j, _mm512_set1_epi32(nd - 1)), _mm512_set1_epi32(S));
+}
+MB__INLINE void mb__scan_gather16(float *MB__RESTRICT dst, const float *src, int S, int nd, int neg_exp) {
+    const __m512i off = mb__scan_lane_offsets(S, nd), sign = _mm512_set1_epi32((int)0x80000000u);
+    int n;
+    for (n = 0; n < S; n++) {
+        __m512 v = _mm512_i32gather_ps(off, src + n, 4);
+        if (neg_exp) v = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(mb__exp16(v)), sign));
+        _mm512_storeu_ps(dst + n * MB__SCAN_DB, v);
+    }
+}
+MB__INLINE void mb__scan_scatter16(float *dst, const float *MB__RESTRICT src, int S, int nd) {
+    const __m512i off = mb__scan_lane_offsets(S, nd);
+    const __mmask16 valid = (__mmask16)((1u << nd) - 1u);
+    int n;
+    for (n = 0; n < S; n++) _mm512_mask_i32scatter_ps(dst + n, valid, off, _mm512_loadu_ps(src + n * MB__SCAN_DB), 4);
+}
 #else
 MB__INLINE void mb__scan_decays16(float *MB__RESTRICT a, float *MB__RESTRICT b, const float *MB__RESTRICT A, int64_t as,
                                   const float *dt, const float *u, const float *Bt, int S) {
@@ -2577,16 +2699,10 @@ MB__INLINE void mb__scan_recur16(float *MB__RESTRICT h, int64_t hs, const float 
             y[j] += Ct[n] * v;
         }
 }
-MB__INLINE void mb__scan_recompute16(float *MB__RESTRICT ht, float *MB__RESTRICT at, const float *hp, const float *A,
-                                     const float *dt, const float *u, const float *Bt, int S) {
-    int n, j;
-    for (n = 0; n < S; n++)
-        for (j = 0; j < MB__SCAN_DB; j++) {
-            float a = mb__exp(dt[j] * A[n * MB__SCAN_DB + j]);
-            at[n * MB__SCAN_DB + j] = a;
-            ht[n * MB__SCAN_DB + j] = a * hp[n * MB__SCAN_DB + j] + dt[j] * Bt[n] * u[j];
-        }
-}
+#define mb__scan_recompute16 mb__scan_recompute16_plain
+#define mb__scan_bwd_states16 mb__scan_bwd_states16_plain
+#define mb__scan_gather16 mb__scan_gather16_plain
+#define mb__scan_scatter16 mb__scan_scatter16_plain
 #endif
 /* The per-token values of a tile of tokens are kept for MB__SCAN_ROWS (token, state) rows. */
 #define MB__SCAN_ROWS 256
@@ -2925,15 +3041,11 @@ static void mb__scan_bwd_blocks(float *du, float *ddelta, float *dxdbl, float *d
             int nd = (int)(Di - d0 < DB ? Di - d0 : DB);
             mb__scan_load(bias, dt_bias + d0, nd);
             mb__scan_load(Dv, Dp + d0, nd);
-            for (n = 0; n < S; n++)
-                for (j = 0; j < DB; j++) {
-                    int jj = j < nd ? j : nd - 1;
-                    A[n][j] = -mb__exp(A_log[(d0 + jj) * S + n]);
-                    h0[n][j] = states[((b * nchunks + c) * Di + d0 + jj) * S + n];
-                    gAb[n][j] = gA[(d0 + jj) * S + n];
-                    /* dh from the chunk after this one, parked in our first rows of ddelta */
-                    dh[n][j] = c == nchunks - 1 || j >= nd ? 0.0f : ddelta[(b * T + t0 + n) * Di + d0 + jj];
-                }
+            mb__scan_gather16(A[0], A_log + d0 * S, S, nd, 1); /* A = -exp(A_log) */
+            mb__scan_gather16(h0[0], states + ((b * nchunks + c) * Di + d0) * S, S, nd, 0);
+            mb__scan_gather16(gAb[0], gA + d0 * S, S, nd, 0);
+            for (n = 0; n < S; n++) /* dh from the chunk after this one, parked in our first rows of ddelta */
+                for (j = 0; j < DB; j++) dh[n][j] = c == nchunks - 1 || j >= nd ? 0.0f : ddelta[(b * T + t0 + n) * Di + d0 + j];
             for (j = 0; j < DB; j++) {
                 gDb[j] = gD[d0 + (j < nd ? j : nd - 1)];
                 gbb[j] = gbias[d0 + (j < nd ? j : nd - 1)];
@@ -2966,21 +3078,8 @@ static void mb__scan_bwd_blocks(float *du, float *ddelta, float *dxdbl, float *d
                     ddt[j] = 0.0f;
                     dut[j] = dy[j] * Dv[j];
                 }
-                for (n = 0; n < S; n++) {
-                    const float *ht = hbuf[k * S + n], *at = abuf[k * S + n], *hp = k > 0 ? hbuf[(k - 1) * S + n] : h0[n];
-                    float *pb = pB[k * S + n], *pc = pC[k * S + n], *dhn_ = dh[n], *ga = gAb[n], bn = Bt[n], cn = Ct[n];
-                    const float *An = A[n];
-                    for (j = 0; j < DB; j++) {
-                        float a = at[j], dhn = dhn_[j] + dy[j] * cn;
-                        y[j] += cn * ht[j];
-                        pc[j] += dy[j] * ht[j];
-                        ddt[j] += dhn * (An[j] * a * hp[j] + bn * ut[j]);
-                        ga[j] += dhn * dt[j] * a * hp[j] * An[j]; /* dA_log = dA * A */
-                        pb[j] += dhn * dt[j] * ut[j];
-                        dut[j] += dhn * dt[j] * bn;
-                        dhn_[j] = dhn * a;
-                    }
-                }
+                mb__scan_bwd_states16(y, ddt, dut, pB[k * S], pC[k * S], gAb[0], dh[0], abuf[k * S], hbuf[k * S],
+                                      k > 0 ? hbuf[(k - 1) * S] : h0[0], A[0], Bt, Ct, dy, dt, ut, S);
                 for (j = 0; j < DB; j++) {
                     gDb[j] += dy[j] * ut[j];
                     ddt[j] *= sg[j];
@@ -2996,11 +3095,11 @@ static void mb__scan_bwd_blocks(float *du, float *ddelta, float *dxdbl, float *d
             for (j = 0; j < nd; j++) {
                 gD[d0 + j] = gDb[j];
                 gbias[d0 + j] = gbb[j];
-                for (n = 0; n < S; n++) {
-                    gA[(d0 + j) * S + n] = gAb[n][j];
-                    if (c > 0) ddelta[(b * T + t0 - chunk + n) * Di + d0 + j] = dh[n][j];
-                }
             }
+            mb__scan_scatter16(gA + d0 * S, gAb[0], S, nd);
+            if (c > 0)
+                for (n = 0; n < S; n++)
+                    for (j = 0; j < nd; j++) ddelta[(b * T + t0 - chunk + n) * Di + d0 + j] = dh[n][j];
         }
         for (k = 0; k < len; k++) { /* the chunk's dB and dC: the lane partials, summed */
             float *dBt = dxdbl + (b * T + t0 + k) * X + R;
@@ -3021,14 +3120,14 @@ MB__INLINE void mb__scan_bwd_step(float *MB__RESTRICT ty, float *MB__RESTRICT td
                                   const float *MB__RESTRICT ht, const float *MB__RESTRICT hp, const float *MB__RESTRICT Bt,
                                   const float *MB__RESTRICT Ct, float dy, float dt, float ut, int S) {
     int n;
-    for (n = 0; n < S; n++) {
-        float a = at[n], dhn = dh[n] + dy * Ct[n];
+    for (n = 0; n < S; n++) { /* the 16-channel path's operations (mb__scan_bwd_blocks) */
+        float a = at[n], dhn = MB__FMA(dy, Ct[n], dh[n]), ah = A[n] * a * hp[n], ddn = dhn * dt;
         ty[n] = Ct[n] * ht[n];
-        tdt[n] = dhn * (A[n] * a * hp[n] + Bt[n] * ut);
-        tu[n] = dhn * dt * Bt[n];
-        dC[n] += dy * ht[n];
-        gA[n] += dhn * dt * a * hp[n] * A[n]; /* dA_log = dA * A */
-        dB[n] += dhn * dt * ut;
+        tdt[n] = dhn * MB__FMA(Bt[n], ut, ah);
+        tu[n] = ddn * Bt[n];
+        dC[n] = MB__FMA(dy, ht[n], dC[n]);
+        gA[n] = MB__FMA(ddn, ah, gA[n]); /* dA_log = dA * A */
+        dB[n] = MB__FMA(ddn, ut, dB[n]);
         dh[n] = dhn * a;
     }
 }

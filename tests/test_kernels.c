@@ -550,6 +550,51 @@ static void test_kernels_scan_core(void) {
     }
     MBT_CHECK(same, "mb__scan_decays16 / mb__scan_recur16 differ from the scan's definition with mb__exp");
     MBT_CHECK(same_re, "mb__scan_recompute16 (the backward's h and decays) differs from the forward's");
+    { /* the backward's AVX-512 pieces against their plain twins, bit for bit:
+         odd and even S, partial channel blocks */
+        static const int shapes[4][2] = {{16, 16}, {7, 16}, {16, 5}, {32, 1}};
+        int q, ok_states = 1, ok_gather = 1;
+        for (q = 0; q < 4 * 25; q++) {
+            enum { MS = 32 * MB__SCAN_DB };
+            int Sq = shapes[q % 4][0], nd = shapes[q % 4][1];
+            float at[MS], ht[MS], hp[MS], Aq[MS], Bq[32], Cq[32], dy[16], dtq[16], uq[16];
+            float y[2][16], ddt[2][16], du[2][16], pB[2][MS], pC[2][MS], gA[2][MS], dh[2][MS];
+            float src[16 * 32], g[2][MS], back[2][16 * 32];
+            for (j = 0; j < Sq * MB__SCAN_DB; j++) {
+                at[j] = (float)mbt_uniform(&r); ht[j] = (float)mbt_normal(&r); hp[j] = (float)mbt_normal(&r);
+                Aq[j] = -(float)(8.0 * mbt_uniform(&r));
+                pB[0][j] = pB[1][j] = (float)mbt_normal(&r); pC[0][j] = pC[1][j] = (float)mbt_normal(&r);
+                gA[0][j] = gA[1][j] = (float)mbt_normal(&r); dh[0][j] = dh[1][j] = (float)mbt_normal(&r);
+            }
+            for (n = 0; n < Sq; n++) { Bq[n] = (float)mbt_normal(&r); Cq[n] = (float)mbt_normal(&r); }
+            for (j = 0; j < 16; j++) {
+                dy[j] = (float)mbt_normal(&r); dtq[j] = (float)mbt_uniform(&r); uq[j] = (float)mbt_normal(&r);
+                y[0][j] = y[1][j] = (float)mbt_normal(&r); ddt[0][j] = ddt[1][j] = 0.0f; du[0][j] = du[1][j] = (float)mbt_normal(&r);
+            }
+            mb__scan_bwd_states16(y[0], ddt[0], du[0], pB[0], pC[0], gA[0], dh[0], at, ht, hp, Aq, Bq, Cq, dy, dtq, uq, Sq);
+            mb__scan_bwd_states16_plain(y[1], ddt[1], du[1], pB[1], pC[1], gA[1], dh[1], at, ht, hp, Aq, Bq, Cq, dy, dtq, uq, Sq);
+            ok_states &= !memcmp(y[0], y[1], sizeof y[0]) && !memcmp(ddt[0], ddt[1], sizeof ddt[0]) &&
+                         !memcmp(du[0], du[1], sizeof du[0]) && !memcmp(pB[0], pB[1], sizeof(float) * (size_t)(Sq * 16)) &&
+                         !memcmp(pC[0], pC[1], sizeof(float) * (size_t)(Sq * 16)) &&
+                         !memcmp(gA[0], gA[1], sizeof(float) * (size_t)(Sq * 16)) &&
+                         !memcmp(dh[0], dh[1], sizeof(float) * (size_t)(Sq * 16));
+            for (j = 0; j < 16 * Sq; j++) src[j] = (float)(4.0 * mbt_normal(&r));
+            for (n = 0; n < 2; n++) {
+                mb__scan_gather16(g[0], src, Sq, nd, n);
+                mb__scan_gather16_plain(g[1], src, Sq, nd, n);
+                ok_gather &= !memcmp(g[0], g[1], sizeof(float) * (size_t)(Sq * 16));
+            }
+            for (j = 0; j < 16 * 32; j++) back[0][j] = back[1][j] = -1.0f;
+            mb__scan_scatter16(back[0], g[0], Sq, nd);
+            mb__scan_scatter16_plain(back[1], g[0], Sq, nd);
+            ok_gather &= !memcmp(back[0], back[1], sizeof back[0]);
+            mb__scan_gather16(g[0], src, Sq, nd, 0);
+            mb__scan_scatter16(back[0], g[0], Sq, nd);
+            ok_gather &= !memcmp(back[0], src, sizeof(float) * (size_t)(nd * Sq)) && (nd == 16 || back[0][nd * Sq] == -1.0f);
+        }
+        MBT_CHECK(ok_states, "mb__scan_bwd_states16 differs from mb__scan_bwd_states16_plain");
+        MBT_CHECK(ok_gather, "mb__scan_gather16 / mb__scan_scatter16 differ from their plain twins or lose values");
+    }
 #ifdef MB__HAVE_EXP16
     int same_exp = 1;
     float x_all[16], e_all[16];
