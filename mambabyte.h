@@ -3017,8 +3017,9 @@ MBDEF void mb__scan_forward_from(float *out, float *states, float *h0, const flo
    chunk*S <= MB__SCAN_FAST and, with several chunks, chunk >= S: the dh
    carried from one chunk to the one before it waits in that chunk's first
    S rows of ddelta, which are written only later.  The sums over the state
-   run in state order; the per-channel parameter sums in (chunk, step) order
-   as in the one-channel path. */
+   run in two accumulators, even and odd states, each in state order
+   (mb__scan_bwd_states16); the per-channel parameter sums in (chunk, step)
+   order as in the one-channel path. */
 #define MB__SCAN_FAST 512  /* chunk * S: the (step, state) rows of a chunk kept for 16 channels */
 #define MB__SCAN_FAST_S 32 /* d_state */
 static void mb__scan_bwd_blocks(float *du, float *ddelta, float *dxdbl, float *dxz, float *gA, float *gD, float *gbias,
