@@ -1,5 +1,7 @@
 # mambabyte - build, test, bench.  `make` builds ./mambabyte (plain C, CPU,
-# OpenMP when available) and, when nvcc is found, also ./mambabyte_cuda.
+# OpenMP when available) first, then what the toolchain allows: with mpicc
+# ./mambabyte_mpi, with nvcc ./mambabyte_cuda and the GPU test programs.
+# `make mambabyte` builds only the CLI.
 CC      ?= gcc
 CXX     ?= g++
 ARCH    ?= -march=native
@@ -39,7 +41,13 @@ endif
 endif
 
 .PHONY: all test test-mpi test-cxx test-asan bench bench-cuda test-cuda fuzz check clean lib test-python
-all: $(TARGETS)
+# ./mambabyte first (even under -j), then the rest, announced in one line.
+MORE = $(filter-out mambabyte,$(TARGETS))
+all: mambabyte
+ifneq ($(MORE),)
+	@echo "make: ./mambabyte is ready; now building $(MORE) (\`make mambabyte\` skips them)"
+	@$(MAKE) --no-print-directory $(MORE)
+endif
 
 HEADERS = mambabyte.h
 mambabyte: main.c cli.h plot.c eval.c export.c numerics_report.c bench.c $(HEADERS)
