@@ -340,6 +340,9 @@ static void test_cli_inputs(void) {
     MBT_CHECK(mbt_run("MB_SMOKE=0 ./mambabyte train --data build/t_small.txt --eval-chars 0 --out build/t_in.bin --steps 1 --d-model 16 "
                       "--n-layer 1 --batch 2 --ctx 32 --threads 2 > build/t_cli.out 2>&1") == 0 && !mbt_file_contains("build/t_cli.out", "smoke") &&
               mbt_file_contains("build/t_cli.out", "d_state 16"), "MB_SMOKE=0 turns smoke mode off on a small file");
+    /* the demo runs from any folder: data/ is found beside the binary */
+    MBT_CHECK(mbt_run("cd build && MB_SMOKE=1 ../mambabyte train --eval-chars 0 --threads 2 --out t_demo.bin > t_demo.out 2>&1") == 0 &&
+              mbt_file_contains("build/t_demo.out", "/data/sample.txt (first 95%"), "the demo from another folder: see build/t_demo.out");
     /* eval --split tail scores exactly the 5% that train held out (and says so) */
     rc = mbt_run("grep -A2 \"^eval on build/t_text.txt's held-out 5%: 200 chars\" build/t_full.out > build/t_tail_a.out && "
                  "./mambabyte eval --model build/t_full.bin --data build/t_text.txt --split tail --chars 200 --threads 2 > build/t_cli.out 2>&1 && "
