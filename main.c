@@ -123,7 +123,7 @@ static int open_train_data(mb_dataset *d, flag *flags, int *demo) {
         data = sample;
     }
     if (mb_dataset_open(d, data, flag_str(flags, "eval-data", NULL)) != MB_STATUS_OK) {
-        fprintf(stderr, "mambabyte train: %s%s\n", mb_last_error(), *demo ? " (no --data given: run from the repository or give --data FILE)" : "");
+        fprintf(stderr, "mambabyte train: %s%s\n", mb_last_error(), *demo && !cli_is_file(sample) ? " (no --data given: run from the repository or give --data FILE)" : "");
         return 1;
     }
     if (d->train_file.size == 0) {
