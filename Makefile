@@ -1,5 +1,7 @@
 # mambabyte - build, test, bench.  `make` builds ./mambabyte (plain C, CPU,
-# OpenMP when available) and, when nvcc is found, also ./mambabyte_cuda.
+# OpenMP when available) first, then what the toolchain allows: with mpicc
+# ./mambabyte_mpi, with nvcc ./mambabyte_cuda and the GPU test programs.
+# `make mambabyte` builds only the CLI.
 CC      ?= gcc
 CXX     ?= g++
 ARCH    ?= -march=native
@@ -38,8 +40,14 @@ TARGETS += mambabyte_cuda_mpi
 endif
 endif
 
-.PHONY: all test test-mpi test-cxx test-asan bench bench-cuda test-cuda fuzz check clean lib test-python
-all: $(TARGETS)
+.PHONY: all test test-readme test-mpi test-cxx test-asan bench bench-cuda test-cuda fuzz check clean lib test-python
+# ./mambabyte first (even under -j), then the rest, announced in one line.
+MORE = $(filter-out mambabyte,$(TARGETS))
+all: mambabyte
+ifneq ($(MORE),)
+	@echo "make: ./mambabyte is ready; now building $(MORE) (\`make mambabyte\` skips them)"
+	@$(MAKE) --no-print-directory $(MORE)
+endif
 
 HEADERS = mambabyte.h
 mambabyte: main.c cli.h plot.c eval.c export.c numerics_report.c bench.c $(HEADERS)
@@ -77,8 +85,17 @@ test-cxx: | build
 	$(CXX) -std=c++11 $(WARN) $(CONV) -O1 -DMAMBABYTE_STATIC -c tests/cxx_compile.cpp -o build/cxx_compile_static.o
 	$(CC) $(STD) $(WARN) $(CONV) -O1 -DMAMBABYTE_STATIC -x c -c tests/cxx_compile.cpp -o build/c_compile_static.o
 
-test: all test-cxx test_mambabyte
+test: all test-cxx test_mambabyte test-readme
 	./test_mambabyte
+
+# The README's C example, built in build/readme/ by the README's own cc line
+# (comment dropped) and run for 3 steps, so neither can drift from the library.
+test-readme: | build
+	mkdir -p build/readme && cp mambabyte.h build/readme/ && rm -f build/readme/example build/readme/weights.bin
+	awk '/^<!-- example.c/ {f = 1; next} f && /^```c/ {next} f && /^```/ {exit} f' README.md > build/readme/example.c
+	cd build/readme && $$(awk '/^<!-- example.sh/ {f = 1} f && /^cc / {sub(/ *#.*/, ""); print; exit}' ../../README.md)
+	cd build/readme && ./example ../../data/sample.txt 3 > example.out && grep -q '^step 3/3 ' example.out && \
+	  grep -q '^held-out char accuracy' example.out && grep -q '^The harbour' example.out && test -s weights.bin
 
 # The whole suite (CUDA kernels through the emulator too) under ASan + UBSan,
 # with a sanitized ./mambabyte for the CLI tests (run in build/asan/, a copy

@@ -22,7 +22,33 @@ static void eval_progress(void *user, int64_t done, int64_t total) {
 }
 
 static const char *EVAL_USAGE =
-    "mambabyte eval --model FILE --data PATH [--split valid|test|train] [--chars N] [--predict ascii|exact] [--json FILE]";
+    "mambabyte eval --model FILE --data PATH [--split valid|test|train|tail] [--chars N] [--predict ascii|exact] [--json FILE]";
+
+/* Before any work: the text the evaluation will read (its first `chars`
+   characters) is there and is UTF-8, as the protocol needs.  Returns 0, or
+   1 after saying why (cmd: "train" or "eval"). */
+static int eval_text_check(const char *cmd, const char *label, const uint8_t *text, int64_t len, int64_t chars) {
+    int64_t pos = 0, k;
+    if (len <= 0) {
+        fprintf(stderr, "mambabyte %s: %s is empty: there is no text to evaluate\n", cmd, label);
+        return 1;
+    }
+    for (; pos < len && chars > 0; pos += k, chars--)
+        if ((k = mb_utf8_char_len(text + pos, len - pos)) == 0) {
+            fprintf(stderr, "mambabyte %s: %s: invalid UTF-8 at byte offset %lld (byte 0x%02x); the evaluation reads UTF-8 text%s\n", cmd,
+                    label, (long long)pos, text[pos], !strcmp(cmd, "train") ? " (--eval-chars 0 skips it)" : "");
+            return 1;
+        }
+    return 0;
+}
+
+/* Where the evaluated text of d comes from, for "eval on LABEL: ...": a
+   named split, a file's held-out 5%, or an evaluation file (eval_data). */
+static void dataset_eval_label(char *buf, size_t n, const mb_dataset *d, const char *split, int eval_data) {
+    if (d->eval_is_tail) snprintf(buf, n, "%s's held-out 5%%", d->train_path);
+    else if (eval_data) snprintf(buf, n, "%s (--eval-data)", d->eval_path);
+    else snprintf(buf, n, "the %s split (%s)", split, d->eval_path);
+}
 
 /* Evaluates m on text, prints (and writes to json_path) the results; exact
    adds the exact greedy character beside the protocol's ASCII rule; *acc
@@ -58,20 +84,23 @@ static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t
 }
 
 static int mb_cli_eval(int argc, char **argv) {
-    static const char *const splits[] = {"valid", "test", "train", NULL}, *const rules[] = {"ascii", "exact", NULL};
+    static const char *const splits[] = {"valid", "test", "train", "tail", NULL}, *const rules[] = {"ascii", "exact", NULL};
     flag flags[] = {
         {"model", F_STR, 0, 0, "checkpoint to evaluate (required)", 0, 0, 0},
         {"data", F_STR, 0, 0, "WikiText folder or a text file (required)", 0, 0, 0},
-        {"split", F_STR, 0, 0, "split of a folder: valid (default), test or train", 0, 0, 0},
+        {"split", F_STR, 0, 0, "a folder's split: valid (default), test or train; or tail: a file's last 5% (as train holds out). Without it a file is scored from its start", 0, 0, 0},
         {"chars", F_INT, 1, 1e15, "first N characters (default 60000)", 0, 0, 0},
         {"predict", F_STR, 0, 0, "ascii (default: the protocol's argmax over bytes 0..127) or exact (also the exact greedy character)", 0, 0, 0},
         {"json", F_STR, 0, 0, "also write the results as JSON", 0, 0, 0},
         {"threads", F_INT, 1, 1024, "OpenMP threads", 0, 0, 0},
         FLAG_END};
     mb_model *m;
+    mb_dataset d;
     mb_mapped_file f;
-    char path[4096];
-    int rc;
+    const char *data, *split;
+    char path[4096], label[4200];
+    int64_t chars;
+    int rc, folder, tail;
     if (parse_flags("eval", flags, argc - 1, argv + 1, EVAL_USAGE)) return 2;
     if (!flag_given(flags, "model") || !flag_given(flags, "data")) {
         fprintf(stderr, "mambabyte eval: --model and --data are required\nusage: %s\n", EVAL_USAGE);
@@ -79,13 +108,40 @@ static int mb_cli_eval(int argc, char **argv) {
     }
     if (!flag_choice("eval", flags, "split", splits, EVAL_USAGE) || !flag_choice("eval", flags, "predict", rules, EVAL_USAGE)) return 2;
     cli_threads_flag(flags);
-    mb_dataset_split_path(path, sizeof path, flag_str(flags, "data", ""), flag_str(flags, "split", "valid"));
-    if (mb_model_load(&m, flag_str(flags, "model", "")) != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s\n", mb_last_error()); return 1; }
-    if (mb_map_file(&f, path) != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s\n", mb_last_error()); mb_model_free(m); return 1; }
-    rc = run_eval(m, f.data, f.size, (int64_t)flag_num(flags, "chars", 60000), path, !strcmp(flag_str(flags, "predict", "ascii"), "exact"),
-                  flag_str(flags, "json", NULL), NULL);
-    mb_unmap_file(&f);
-    mb_model_free(m);
+    data = flag_str(flags, "data", "");
+    split = flag_str(flags, "split", NULL);
+    chars = (int64_t)flag_num(flags, "chars", 60000);
+    folder = mb_dataset_split_path(path, sizeof path, data, split ? split : "valid");
+    tail = split && !strcmp(split, "tail");
+    if (split && folder == tail && (folder || cli_is_file(data))) { /* a folder's split of a file, or a file's tail of a folder */
+        if (folder) fprintf(stderr, "mambabyte eval: --split tail is a single file's held-out 5%%; %s is a folder: use --split valid or test\n", data);
+        else fprintf(stderr, "mambabyte eval: --split %s needs a WikiText folder, and %s is a file: give the folder, --split tail for the "
+                             "file's last 5%% (what train holds out), or no --split to score the file from its start (not held out)\n", split, data);
+        return 2;
+    }
+    memset(&d, 0, sizeof d);
+    memset(&f, 0, sizeof f);
+    if (tail) { /* the same 5% that train holds out */
+        if (mb_dataset_open(&d, data, NULL) != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s\n", mb_last_error()); return 1; }
+        f.data = d.eval;
+        f.size = d.eval_size;
+    } else if (mb_map_file(&f, path) != MB_STATUS_OK) {
+        fprintf(stderr, "mambabyte eval: %s\n", mb_last_error());
+        return 1;
+    }
+    snprintf(d.eval_path, sizeof d.eval_path, "%s", path);
+    if (folder || tail) dataset_eval_label(label, sizeof label, &d, split ? split : "valid", 0);
+    else snprintf(label, sizeof label, "the start of %s (not held out)", path);
+    rc = eval_text_check("eval", label, f.data, f.size, chars);
+    if (rc == 0 && mb_model_load(&m, flag_str(flags, "model", "")) != MB_STATUS_OK) {
+        fprintf(stderr, "mambabyte eval: %s\n", mb_last_error());
+        rc = 1;
+    }
+    if (rc == 0) {
+        rc = run_eval(m, f.data, f.size, chars, label, !strcmp(flag_str(flags, "predict", "ascii"), "exact"), flag_str(flags, "json", NULL), NULL);
+        mb_model_free(m);
+    }
+    if (tail) mb_dataset_close(&d);
+    else mb_unmap_file(&f);
     return rc;
 }
-

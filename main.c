@@ -98,18 +98,36 @@ static const flag CLI_TRAIN_FLAGS[] = {
     FLAG_END};
 #define TRAIN_NFLAGS (MB_FIELD_COUNT + sizeof CLI_TRAIN_FLAGS / sizeof CLI_TRAIN_FLAGS[0])
 
+/* The bundled data folder: ./data when it holds the sample text, else the
+   one beside the binary, so the demo runs from any folder. */
+static const char *bundled_data_dir(char *buf, size_t n) {
+    ssize_t k = cli_is_file("data/sample.txt") ? -1 : readlink("/proc/self/exe", buf, n - 16);
+    char *slash = k > 0 ? (buf[k] = '\0', strrchr(buf, '/')) : NULL;
+    if (!slash) return "data";
+    memcpy(slash, "/data", 6);
+    return buf;
+}
+
 /* --data (default: WikiText-103 if fetched, else the demo text) through mb_dataset_open. */
 static int open_train_data(mb_dataset *d, flag *flags, int *demo) {
-    const char *data = flag_str(flags, "data", NULL);
+    char dir[4096], wiki[4200], sample[4200], probe[4300];
+    const char *data = flag_str(flags, "data", NULL), *bundled = bundled_data_dir(dir, sizeof dir);
     memset(d, 0, sizeof *d);
-    if (!data && cli_is_file("data/wikitext-103/wiki.train.raw")) data = "data/wikitext-103";
+    snprintf(wiki, sizeof wiki, "%s/wikitext-103", bundled);
+    snprintf(sample, sizeof sample, "%s/sample.txt", bundled);
+    snprintf(probe, sizeof probe, "%s/wiki.train.raw", wiki);
+    if (!data && cli_is_file(probe)) data = wiki;
     if ((*demo = !data)) {
-        printf("WikiText-103 is not in data/wikitext-103/ (fetch it with: bash data/fetch_wikitext103.sh).\n"
-               "Running a short demo on the bundled sample text instead: data/sample.txt\n\n");
-        data = "data/sample.txt";
+        printf("WikiText-103 is not in %s/ (fetch it with: bash data/fetch_wikitext103.sh).\n"
+               "Running a short demo on the bundled sample text instead: %s\n\n", wiki, sample);
+        data = sample;
     }
     if (mb_dataset_open(d, data, flag_str(flags, "eval-data", NULL)) != MB_STATUS_OK) {
-        fprintf(stderr, "mambabyte train: %s\n", mb_last_error());
+        fprintf(stderr, "mambabyte train: %s%s\n", mb_last_error(), *demo && !cli_is_file(sample) ? " (no --data given: run from the repository or give --data FILE)" : "");
+        return 1;
+    }
+    if (d->train_file.size == 0) {
+        fprintf(stderr, "mambabyte train: %s is empty: there is no text to train on\n", d->train_path);
         return 1;
     }
     {
@@ -124,23 +142,60 @@ static int open_train_data(mb_dataset *d, flag *flags, int *demo) {
    gets the MB_GIVEN bits of the flags that were given. */
 static void settings_from_flags(mb_train_settings *s, mb_config *c, uint32_t *given, flag *flags, const mb_dataset *d, int demo) {
     char why[512];
-    int smoke = d->train_size < 10000 || (getenv("MB_SMOKE") && !strcmp(getenv("MB_SMOKE"), "1"));
+    const char *env = getenv("MB_SMOKE");
+    int smoke_env = env && !strcmp(env, "1"), smoke = smoke_env || (d->train_size < 10000 && !(env && !strcmp(env, "0")));
     *s = mb_train_settings_default();
     *c = mb_config_default();
     if (demo) { /* finishes in well under a minute on two cores */
         c->d_model = 64; c->n_layer = 2; c->dt_rank = 4;
         s->batch = 8; s->ctx = 128; s->steps = 300; s->lr = 3e-3;
     }
-    if (smoke) {
-        printf("smoke mode (%s): d_model 32, 2 layers, d_state 8, ctx 64, batch 2, 2 steps\n",
-               d->train_size < 10000 ? "training data under 10,000 bytes" : "MB_SMOKE=1");
+    if (smoke) { /* a check that everything runs, in a second: the flags given still win */
         c->d_model = 32; c->n_layer = 2; c->d_state = 8; c->dt_rank = 2;
         s->ctx = d->train_size < 65 ? d->train_size - 1 : 64; s->batch = 2; s->steps = 2;
     }
     *given = cli_train_fields_apply(flags, s, c); /* the fields come first in flags */
+    if (smoke && !flag_given(flags, "resume")) /* what will run, after the flags */
+        printf("smoke mode (%s): d_model %d, %d layers, d_state %d, ctx %lld, batch %lld, %lld steps (flags given win); %s turns it off\n",
+               smoke_env ? "MB_SMOKE=1" : "training data under 10,000 bytes", c->d_model, c->n_layer, c->d_state, (long long)s->ctx,
+               (long long)s->batch, (long long)s->steps, smoke_env ? "unsetting MB_SMOKE" : "MB_SMOKE=0");
     if (!demo && !smoke && !flag_given(flags, "resume") && mb_train_settings_for_budget(s, *given, why, sizeof why))
         printf("%s\n", why);
     if (!(*given & MB_GIVEN(MB_FIELD_WARMUP))) s->warmup = (int64_t)floor(0.05 * (double)s->steps + 0.5);
+}
+
+/* Before any work: an output's folder is writable and the path is no
+   folder.  Returns 0, or 1 after saying why. */
+static int check_writable(const char *flag_name, const char *path) {
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    struct stat st;
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + 1 : 1, slash ? path : ".");
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "mambabyte train: --%s %s is a folder: give a file path\n", flag_name, path);
+        return 1;
+    }
+    if (access(dir, W_OK | X_OK) != 0) {
+        fprintf(stderr, "mambabyte train: --%s %s: cannot create a file in %s: %s\n", flag_name, path, dir, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+/* Every input and output of a run, checked before the model is built: the
+   evaluation text (what the evaluation after training will read) and the
+   paths written during and after the run.  Returns 0 or 1. */
+static int check_run_inputs(flag *flags, const mb_dataset *d, int64_t eval_chars, const char *eval_label) {
+    static const char *const outputs[] = {"out", "log", "plot", "json"};
+    size_t i;
+    if (IS_RANK0 && eval_chars > 0 && (d->eval_size > 0 || !d->eval_is_tail) &&
+        eval_text_check("train", eval_label, d->eval, d->eval_size, eval_chars))
+        return 1;
+    for (i = 0; i < sizeof outputs / sizeof outputs[0]; i++) {
+        const char *path = flag_str(flags, outputs[i], i == 0 ? "model.bin" : NULL);
+        if (IS_RANK0 && path && check_writable(outputs[i], path)) return 1;
+    }
+    return 0;
 }
 
 /* What the step callback prints and writes. */
@@ -254,6 +309,7 @@ static int cmd_train(int argc, char **argv) {
     int64_t eval_chars;
     mb_model *m = NULL;
     const char *resume, *device, *precision;
+    char eval_label[4200];
     double acc = 0;
     cli_train_field_flags(flags);
     memcpy(flags + MB_FIELD_COUNT, CLI_TRAIN_FLAGS, sizeof CLI_TRAIN_FLAGS);
@@ -282,6 +338,9 @@ static int cmd_train(int argc, char **argv) {
     if (getenv("MB_TEST_FAIL_RANK") && atoi(getenv("MB_TEST_FAIL_RANK")) == MY_RANK) /* testing hook: this rank's data fails */
         TRAIN_FAIL(1, "%s: cannot read (MB_TEST_FAIL_RANK)\n", flag_str(flags, "data", "data"));
     if (open_train_data(&d, flags, &demo)) { rc = 1; goto done; }
+    eval_chars = (int64_t)flag_num(flags, "eval-chars", demo ? 4000 : 60000);
+    dataset_eval_label(eval_label, sizeof eval_label, &d, "valid", flag_given(flags, "eval-data"));
+    if (check_run_inputs(flags, &d, eval_chars, eval_label)) { rc = 1; goto done; }
     settings_from_flags(&set, &cfg, &given, flags, &d, demo);
     if ((resume = flag_str(flags, "resume", NULL))) { /* the whole training state, and the run's own settings */
         if (mb_checkpoint_load(resume, &m, &ck, &has_state) != MB_STATUS_OK) TRAIN_FAIL(1, "--resume: %s\n", mb_last_error());
@@ -335,9 +394,8 @@ static int cmd_train(int argc, char **argv) {
     signal(SIGTERM, SIG_DFL);
     signal(SIGUSR1, SIG_DFL);
     /* a finished run is evaluated; one paused by --stop-at or interrupted is not */
-    eval_chars = (int64_t)flag_num(flags, "eval-chars", demo ? 4000 : 60000);
     if (rc == 0 && IS_RANK0 && eval_chars > 0 && d.eval_size > 0 && (rep.outcome == MB_TRAIN_FINISHED || rep.outcome == MB_TRAIN_TIME_BUDGET)) {
-        rc = run_eval(m, d.eval, d.eval_size, eval_chars, d.eval_is_tail ? "held-out 5%" : d.eval_path, 0, NULL, &acc);
+        rc = run_eval(m, d.eval, d.eval_size, eval_chars, eval_label, 0, NULL, &acc);
         if (rc == 0 && v.csv) fprintf(v.csv, "%lld,,,,%.3f,%.6f\n", (long long)tr.st.step, rep.elapsed_s, acc);
     }
     if (rc != 1) replot(&v);

@@ -299,6 +299,58 @@ static void test_cli_errors(void) {
     }
 }
 
+/* Inputs are checked before any work, and every message says what it is
+   about: empty texts, a non-UTF-8 or empty evaluation text, an unwritable
+   output, smoke mode's actual run, and where each evaluated text comes from
+   (needs build/t_full.bin and build/t_text.txt from test_cli_train). */
+static void test_cli_inputs(void) {
+#define TINY " --steps 1 --d-model 16 --n-layer 1 --batch 2 --ctx 32 --threads 2"
+    struct { const char *cmd; int rc; const char *msg; } c[] = {
+        {"./mambabyte train --data build/t_empty.txt", 1, "build/t_empty.txt is empty: there is no text to train on"},
+        {"./mambabyte eval --model build/t_full.bin --data build/t_empty.txt", 1, "the start of build/t_empty.txt (not held out) is empty: there is no text to evaluate"},
+        {"./mambabyte train --data build/t_text.txt --eval-data build/t_empty.txt" TINY, 1, "build/t_empty.txt (--eval-data) is empty"},
+        {"./mambabyte train --data build/t_text.txt --eval-data build/t_bad_utf8.txt" TINY, 1,
+         "build/t_bad_utf8.txt (--eval-data): invalid UTF-8 at byte offset 3 (byte 0xc3); the evaluation reads UTF-8 text (--eval-chars 0 skips it)"},
+        {"./mambabyte train --data build/t_text.txt --out build/no_dir/x.bin" TINY, 1, "--out build/no_dir/x.bin: cannot create a file in build/no_dir/"},
+        {"./mambabyte train --data build/t_text.txt --json build" TINY, 1, "--json build is a folder: give a file path"},
+        {"./mambabyte eval --model build/t_full.bin --data build/t_text.txt --split test", 2, "--split test needs a WikiText folder, and build/t_text.txt is a file"},
+        {"./mambabyte eval --model build/t_full.bin --data build/t_wiki --split tail", 2, "--split tail is a single file's held-out 5%; build/t_wiki is a folder"},
+        {"./mambabyte eval --model build/t_full.bin --data build/t_text.txt --chars 50", 0, "eval on the start of build/t_text.txt (not held out): 50 chars"},
+        {"./mambabyte eval --model build/t_full.bin --data build/t_wiki --split test --chars 20", 0, "eval on the test split (build/t_wiki/wiki.test.raw): 20 chars"},
+        {"./mambabyte train --data build/t_wiki --eval-chars 30 --out build/t_in.bin" TINY, 0, "eval on the valid split (build/t_wiki/wiki.valid.raw): 30 chars"},
+        {"./mambabyte train --data build/t_text.txt --eval-data build/t_wiki/wiki.test.raw --eval-chars 30 --out build/t_in.bin" TINY, 0,
+         "eval on build/t_wiki/wiki.test.raw (--eval-data): 30 chars"},
+        {"./mambabyte train --data build/t_small.txt --steps 3 --d-model 24 --eval-chars 0 --threads 2 --out build/t_in.bin", 0,
+         "smoke mode (training data under 10,000 bytes): d_model 24, 2 layers, d_state 8, ctx 64, batch 2, 3 steps (flags given win); MB_SMOKE=0 turns it off"},
+        {"MB_SMOKE=1 ./mambabyte train --data build/t_text.txt --eval-chars 0 --threads 2 --out build/t_in.bin", 0,
+         "smoke mode (MB_SMOKE=1): d_model 32, 2 layers, d_state 8, ctx 64, batch 2, 2 steps (flags given win); unsetting MB_SMOKE turns it off"},
+    };
+    size_t i;
+    int rc;
+    char cmd[1024];
+    mbt_run("mkdir -p build/t_wiki && : > build/t_empty.txt && head -c 5000 build/t_text.txt > build/t_small.txt && cp build/t_text.txt build/t_wiki/wiki.train.raw && "
+            "head -c 3000 build/t_text.txt > build/t_wiki/wiki.valid.raw && tail -c 3000 build/t_text.txt > build/t_wiki/wiki.test.raw && rm -f build/t_in.bin");
+    for (i = 0; i < sizeof c / sizeof c[0]; i++) {
+        snprintf(cmd, sizeof cmd, "%s > build/t_cli.out 2>&1", c[i].cmd);
+        rc = mbt_run(cmd);
+        MBT_CHECK(rc == c[i].rc && mbt_file_contains("build/t_cli.out", c[i].msg), "'%s': exit %d (want %d), output lacks '%s'?", cmd, rc, c[i].rc, c[i].msg);
+        MBT_CHECK(rc == 0 || (!mbt_file_contains("build/t_cli.out", "step ") && !mbt_file_contains("build/t_cli.out", "model:")),
+                  "'%s' must fail before building the model", cmd);
+    }
+    MBT_CHECK(mbt_run("MB_SMOKE=0 ./mambabyte train --data build/t_small.txt --eval-chars 0 --out build/t_in.bin --steps 1 --d-model 16 "
+                      "--n-layer 1 --batch 2 --ctx 32 --threads 2 > build/t_cli.out 2>&1") == 0 && !mbt_file_contains("build/t_cli.out", "smoke") &&
+              mbt_file_contains("build/t_cli.out", "d_state 16"), "MB_SMOKE=0 turns smoke mode off on a small file");
+    /* the demo runs from any folder: data/ is found beside the binary */
+    MBT_CHECK(mbt_run("cd build && MB_SMOKE=1 ../mambabyte train --eval-chars 0 --threads 2 --out t_demo.bin > t_demo.out 2>&1") == 0 &&
+              mbt_file_contains("build/t_demo.out", "/data/sample.txt (first 95%"), "the demo from another folder: see build/t_demo.out");
+    /* eval --split tail scores exactly the 5% that train held out (and says so) */
+    rc = mbt_run("grep -A2 \"^eval on build/t_text.txt's held-out 5%: 200 chars\" build/t_full.out > build/t_tail_a.out && "
+                 "./mambabyte eval --model build/t_full.bin --data build/t_text.txt --split tail --chars 200 --threads 2 > build/t_cli.out 2>&1 && "
+                 "grep -A2 '^eval on' build/t_cli.out > build/t_tail_b.out && test -s build/t_tail_a.out");
+    MBT_CHECK(rc == 0 && mbt_files_equal("build/t_tail_a.out", "build/t_tail_b.out"), "eval --split tail must repeat train's held-out figures");
+#undef TINY
+}
+
 /* Saving into a "full disk" (RLIMIT_FSIZE) fails cleanly and keeps the old file. */
 static void test_save_failure_keeps_old(void) {
     mb_config c = tiny_config();
@@ -337,4 +389,5 @@ static void test_train(void) {
     test_save_failure_keeps_old();
     test_cli_train();
     test_cli_errors();
+    test_cli_inputs();
 }

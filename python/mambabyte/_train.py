@@ -151,7 +151,10 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
         _check(lib.mb_dataset_open(ctypes.byref(ds), _path(data), ev_path), "data")
         ptr, size = ds.train, ds.train_size
         if eval_data is None or ev_path is not None:
-            eval_label = "held-out 5%" if ds.eval_is_tail else ds.eval_path.decode()
+            # the CLI's labels: where the evaluated text comes from
+            eval_label = ("%s's held-out 5%%" % ds.train_path.decode() if ds.eval_is_tail else
+                          "%s (eval_data)" % ds.eval_path.decode() if ev_path else
+                          "the valid split (%s)" % ds.eval_path.decode())
             eval_ptr, eval_size = ds.eval, ds.eval_size
         if eval_data is None or ev_path is not None:
             _print(_describe(lib.mb_dataset_describe, ctypes.byref(ds)), verbose)
