@@ -99,7 +99,8 @@
      [9] norm kind (0 LayerNorm, 1 RMSNorm) [10] tied head (1; 0: a separate
      lm_head.weight is stored) [11] param dtype
      (0 float32) [12] training state follows (0/1) [13] data-parallel ranks
-     that trained it (0 or 1: one process), the rest 0.
+     that trained it (0 or 1: one process) [14] named settings in the
+     training state (0 in files before them), the rest 0.
      Then every parameter as float32 in mb_config_tensors order (the names
      are mamba_ssm's without "backbone.", but NOT its order: mamba_ssm's
      state_dict lists A_log and D first in each mixer):
@@ -116,7 +117,13 @@
          layers.i.mixer.out_proj.weight (d_model, d_inner)
        norm_f.weight, norm_f.bias (d_model; no bias under RMSNorm)
        lm_head.weight (256, d_model) only when [10] is 0
-     When [12] is 1 the training state follows (see mb_checkpoint_save).
+     When [12] is 1 the training state follows: uint32 magic 0x4D425453,
+     uint32 version 1, int64 step, uint64 batcher RNG, int64 sequential
+     position, float64 elapsed seconds; [14] settings, each a key of
+     MB_TRAIN_SETTINGS NUL-padded to 24 bytes and its float64 value (a
+     missing one takes its default; [14] 0: 16 unnamed float64, batch ctx
+     steps warmup grad_accum save_every seed schedule lr weight_decay clip
+     beta1 beta2 eps time_budget sequential); AdamW m, then v (float32).
 
    LICENSE: MIT, at the end of this file.
 */
@@ -781,7 +788,8 @@ struct mb_trainer {
     int64_t inject_nonfinite_step; /* testing hooks: poison the gradient at this 0-based step, */
     int64_t inject_nonfinite_from; /* or at every step from this one (-1: never) */
 };
-/* settings must be complete (see mb_train_settings); data is the training
+/* settings must be complete (see mb_train_settings; warmup MB_WARMUP_AUTO
+   is resolved into the trainer's copy, and so saved); data is the training
    text.  When resume is non-NULL its step, batcher state and moments are
    taken over (ownership of adam_m/adam_v moves to the trainer). */
 MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_settings *settings, const uint8_t *data,
@@ -4107,7 +4115,7 @@ MBDEF mb_status mb_stream_generate(mb_stream *s, const uint8_t *prompt, int64_t 
 #define MB__KEY_FITS(ID, field, ...) char ID[sizeof(#field) <= 24 ? 1 : -1];
 enum { MB__NUM_SETTINGS = 0 MB_TRAIN_SETTINGS(MB__SETTING_ONE) }; /* MB_FIELD_ 0 .. this-1 */
 typedef struct { MB_TRAIN_SETTINGS(MB__KEY_FITS) } mb__setting_keys_fit; /* fails to compile when a key is too long */
-/* Files from before the named settings (header [14] 0) hold these 16 float64. */
+/* Files from before the named settings (header [14] 0) hold these 16 float64: frozen. */
 static const char *const mb__v1_settings[16] = {"batch", "ctx", "steps", "warmup", "grad_accum", "save_every", "seed",
                                                 "schedule", "lr", "weight_decay", "clip", "beta1", "beta2", "eps",
                                                 "time_budget", "sequential"};
