@@ -4149,7 +4149,7 @@ static int mb__setting_valid(mb_field_kind k, double v) {
     return k == MB_KIND_INT || v == 0 || v == 1;
 }
 /* count named settings (0: the 16 unnamed ones of older files) over the
-   defaults; 0, with the key in bad, when one is unknown, repeated or out of range. */
+   defaults; 0, with the key in bad (25 bytes), when one is unknown, repeated or out of range. */
 static int mb__settings_unpack(mb_train_settings *s, const unsigned char *p, int count, char *bad) {
     uint64_t seen = 0;
     int i, f;
