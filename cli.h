@@ -106,12 +106,9 @@ static int parse_flags(const char *cmd, flag *flags, int argc, char **argv, cons
         f->num = strtod(a, &end);
         if (errno || end == a || *end || !isfinite(f->num) || f->num < f->lo || f->num > f->hi ||
             (f->kind == F_INT && f->num != floor(f->num))) {
-            if (f->kind == F_INT) /* %.0f: whole numbers up to 2^53 print in full */
-                fprintf(stderr, "mambabyte %s: bad value '%s' for --%s (an integer in [%.0f, %.0f])\nusage: %s\n", cmd, a, f->name,
-                        f->lo, f->hi, usage_line);
-            else
-                fprintf(stderr, "mambabyte %s: bad value '%s' for --%s (a number in [%g, %g])\nusage: %s\n", cmd, a, f->name, f->lo,
-                        f->hi, usage_line);
+            char range[96]; /* an integer range in full (up to 2^53), not as 1.04858e+06 */
+            snprintf(range, sizeof range, f->kind == F_INT ? "an integer in [%.0f, %.0f]" : "a number in [%g, %g]", f->lo, f->hi);
+            fprintf(stderr, "mambabyte %s: bad value '%s' for --%s (%s)\nusage: %s\n", cmd, a, f->name, range, usage_line);
             return 2;
         }
     }

@@ -39,7 +39,8 @@
      training    mb_train_settings_default (seed 000's recipe), mb_trainer_*
                  (one step: batches, guard, clip, AdamW), mb_train_run (the
                  whole loop: schedule, time budget, saves, callback),
-                 mb_train_settings_resume (what a resume may change),
+                 mb_train_settings_resume (what a resume may change); the
+                 settings' one table: MB_TRAIN_SETTINGS, mb_train_field_*
                  mb_adamw_update, mb_grad_norm, mb_lr_at_step / _at_fraction;
                  the lines front ends print: mb_train_progress_line,
                  mb_trainer_describe, mb_train_report_describe
