@@ -120,11 +120,9 @@
        lm_head.weight (256, d_model) only when [10] is 0
      When [12] is 1 the training state follows: uint32 magic 0x4D425453,
      uint32 version 1, int64 step, uint64 batcher RNG, int64 sequential
-     position, float64 elapsed seconds; [14] settings, each a key of
-     MB_TRAIN_SETTINGS NUL-padded to 24 bytes and its float64 value (a
-     missing one takes its default; [14] 0: 16 unnamed float64, batch ctx
-     steps warmup grad_accum save_every seed schedule lr weight_decay clip
-     beta1 beta2 eps time_budget sequential); AdamW m, then v (float32).
+     position, float64 elapsed seconds, [14] settings (a MB_TRAIN_SETTINGS
+     key NUL-padded to 24 bytes, a float64; one missing takes its default;
+     [14] 0: mb__v1_settings' 16 float64), AdamW m, then v (float32).
 
    LICENSE: MIT, at the end of this file.
 */
