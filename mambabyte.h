@@ -5709,6 +5709,7 @@ MBDEF void mb_trainer_free(mb_trainer *t) {
 /* ============================================================ train loop */
 MBDEF mb_train_settings mb_train_settings_default(void) {
     mb_train_settings s;
+    memset(&s, 0, sizeof s); /* padding too, so settings compare with memcmp */
 #define MB__SETTING_DEFAULT(ID, field, kind, flag, lo, hi, dflt, ...) s.field = (MB__CTYPE_##kind)(dflt);
     MB_TRAIN_SETTINGS(MB__SETTING_DEFAULT)
 #undef MB__SETTING_DEFAULT
