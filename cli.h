@@ -44,6 +44,36 @@ static void print_flags(FILE *out, const flag *f) {
     for (; f->name; f++) fprintf(out, "  --%-14s %s\n", f->name, f->help);
 }
 
+/* Edit distance (insertions, deletions, substitutions and swaps of two
+   neighbours) between a and b, capped at 64 characters each. */
+static int edit_distance(const char *a, const char *b) {
+    int d[65][65], i, j, n = (int)strlen(a), m = (int)strlen(b);
+    if (n > 64 || m > 64) return 64;
+    for (i = 0; i <= n; i++) d[i][0] = i;
+    for (j = 0; j <= m; j++) d[0][j] = j;
+    for (i = 1; i <= n; i++)
+        for (j = 1; j <= m; j++) {
+            int best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < best) best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best) best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < best) best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    return d[n][m];
+}
+
+/* The flag closest to a mistyped one (dashes stripped), or NULL when none is close. */
+static const char *closest_flag(const flag *f, const char *typed) {
+    const char *best = NULL;
+    int best_d = 1 << 30;
+    while (*typed == '-') typed++;
+    for (; f->name; f++) {
+        int d = edit_distance(typed, f->name);
+        if (d <= 1 + (int)strlen(f->name) / 4 && d < best_d) best = f->name, best_d = d;
+    }
+    return best;
+}
+
 /* Returns 0 on success, 2 on a bad flag (after printing why and the usage).
    --help / -h print the usage and the flags and exit 0.  argv holds only the
    flags (no command name). */
@@ -59,8 +89,9 @@ static int parse_flags(const char *cmd, flag *flags, int argc, char **argv, cons
             exit(0);
         }
         if (strncmp(a, "--", 2) != 0 || !(f = find_flag(flags, a + 2))) {
-            fprintf(stderr, "mambabyte %s: unknown flag '%s'\nusage: %s\n", cmd, a, usage_line);
-            print_flags(stderr, flags);
+            const char *near = closest_flag(flags, a);
+            fprintf(stderr, "mambabyte %s: unknown flag '%s'%s%s%s\nusage: %s\n", cmd, a, near ? "; did you mean --" : "",
+                    near ? near : "", near ? "?" : "", usage_line);
             return 2;
         }
         f->given = 1;
@@ -75,8 +106,9 @@ static int parse_flags(const char *cmd, flag *flags, int argc, char **argv, cons
         f->num = strtod(a, &end);
         if (errno || end == a || *end || !isfinite(f->num) || f->num < f->lo || f->num > f->hi ||
             (f->kind == F_INT && f->num != floor(f->num))) {
-            fprintf(stderr, "mambabyte %s: bad value '%s' for --%s (%s in [%g, %g])\nusage: %s\n", cmd, a, f->name,
-                    f->kind == F_INT ? "an integer" : "a number", f->lo, f->hi, usage_line);
+            char range[96]; /* an integer range in full (up to 2^53), not as 1.04858e+06 */
+            snprintf(range, sizeof range, f->kind == F_INT ? "an integer in [%.0f, %.0f]" : "a number in [%g, %g]", f->lo, f->hi);
+            fprintf(stderr, "mambabyte %s: bad value '%s' for --%s (%s)\nusage: %s\n", cmd, a, f->name, range, usage_line);
             return 2;
         }
     }
@@ -129,7 +161,7 @@ static void cli_set_threads(int n) {
    names, ranges, help and defaults written once there) in out[0..MB_FIELD_COUNT). */
 static void cli_train_field_flags(flag *out) {
     static const flag_kind kinds[] = {F_INT, F_NUM, F_BOOL, F_STR};
-    static char help[MB_FIELD_COUNT][160];
+    static char help[MB_FIELD_COUNT][224];
     mb_train_settings s = mb_train_settings_default();
     mb_config c = mb_config_default();
     int f;
@@ -137,7 +169,7 @@ static void cli_train_field_flags(flag *out) {
         const mb_train_field_info *i = mb_train_field_desc(f);
         double v = mb_train_field_get(&s, &c, f);
         if (i->kind == MB_KIND_SCHEDULE) snprintf(help[f], sizeof help[f], "%s (default %s)", i->help, v ? "time" : "step");
-        else if (i->kind == MB_KIND_SWITCH || f == MB_FIELD_WARMUP) snprintf(help[f], sizeof help[f], "%s", i->help);
+        else if (i->kind == MB_KIND_SWITCH || v < 0) snprintf(help[f], sizeof help[f], "%s", i->help);
         else snprintf(help[f], sizeof help[f], "%s (default %g)", i->help, v);
         out[f].name = i->flag + 2;
         out[f].kind = kinds[i->kind];

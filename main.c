@@ -161,7 +161,16 @@ static void settings_from_flags(mb_train_settings *s, mb_config *c, uint32_t *gi
                (long long)s->batch, (long long)s->steps, smoke_env ? "unsetting MB_SMOKE" : "MB_SMOKE=0");
     if (!demo && !smoke && !flag_given(flags, "resume") && mb_train_settings_for_budget(s, *given, why, sizeof why))
         printf("%s\n", why);
-    if (!(*given & MB_GIVEN(MB_FIELD_WARMUP))) s->warmup = (int64_t)floor(0.05 * (double)s->steps + 0.5);
+}
+
+/* 1, after saying why and what to do, when a resume is already at or past
+   --stop-at (it would only rewrite the checkpoint). */
+static int resume_past_stop(const mb_train_state *ck, const mb_train_settings *s, int64_t stop_at, const char *path) {
+    if (!(stop_at > 0 && stop_at < s->steps && ck->step >= stop_at)) return 0;
+    fprintf(stderr, "mambabyte train: --resume %s is at step %lld, already at or past --stop-at %lld: nothing to train, "
+            "nothing written. Give a --stop-at above %lld, or leave it out to train to step %lld\n", path,
+            (long long)ck->step, (long long)stop_at, (long long)ck->step, (long long)s->steps);
+    return 1;
 }
 
 /* Before any work: an output's folder is writable and the path is no
@@ -269,7 +278,7 @@ static int report_run(const mb_trainer *tr, const mb_train_report *r, mb_status 
     mb_train_report_describe(text, sizeof text, tr, r);
     printf("%s%s; saved %s\n", v->tty ? "\n" : "", text, v->out);
     if (energy_ok) printf("GPU energy of the training loop: %.1f J\n", (double)(e1 - e0) / 1000.0);
-    else printf("GPU energy: not measured\n");
+    else if (tr->backend.step) printf("GPU energy: not measured\n"); /* a CPU run has none to measure */
     if (flag_given(flags, "json") && IS_RANK0) {
         const json_field j[] = {{"steps", (double)tr->st.step, 0}, {"tokens", r->tokens, 0},
                                 {"final_loss", r->last_loss, 6}, {"training_duration_s", r->elapsed_s, 3},
@@ -346,6 +355,7 @@ static int cmd_train(int argc, char **argv) {
         if (mb_checkpoint_load(resume, &m, &ck, &has_state) != MB_STATUS_OK) TRAIN_FAIL(1, "--resume: %s\n", mb_last_error());
         if (!has_state) TRAIN_FAIL(1, "--resume %s: the checkpoint has no training state (it was saved for inference)\n", resume);
         if (mb_train_settings_resume(&set, &cfg, given, &ck.settings, mb_model_config(m)) != MB_STATUS_OK) TRAIN_FAIL(2, "resume: %s\n", mb_last_error());
+        if (resume_past_stop(&ck, &set, (int64_t)flag_num(flags, "stop-at", 0), resume)) { rc = 2; goto done; }
     } else if (mb_model_create(&m, &cfg, (uint64_t)set.seed) != MB_STATUS_OK) {
         TRAIN_FAIL(2, "%s\n", mb_last_error());
     }

@@ -39,7 +39,8 @@
      training    mb_train_settings_default (seed 000's recipe), mb_trainer_*
                  (one step: batches, guard, clip, AdamW), mb_train_run (the
                  whole loop: schedule, time budget, saves, callback),
-                 mb_train_settings_resume (what a resume may change),
+                 mb_train_settings_resume (what a resume may change); the
+                 settings' one table: MB_TRAIN_SETTINGS, mb_train_field_*
                  mb_adamw_update, mb_grad_norm, mb_lr_at_step / _at_fraction;
                  the lines front ends print: mb_train_progress_line,
                  mb_trainer_describe, mb_train_report_describe
@@ -99,7 +100,8 @@
      [9] norm kind (0 LayerNorm, 1 RMSNorm) [10] tied head (1; 0: a separate
      lm_head.weight is stored) [11] param dtype
      (0 float32) [12] training state follows (0/1) [13] data-parallel ranks
-     that trained it (0 or 1: one process), the rest 0.
+     that trained it (0 or 1: one process) [14] named settings in the
+     training state (0 in files before them), the rest 0.
      Then every parameter as float32 in mb_config_tensors order (the names
      are mamba_ssm's without "backbone.", but NOT its order: mamba_ssm's
      state_dict lists A_log and D first in each mixer):
@@ -116,7 +118,11 @@
          layers.i.mixer.out_proj.weight (d_model, d_inner)
        norm_f.weight, norm_f.bias (d_model; no bias under RMSNorm)
        lm_head.weight (256, d_model) only when [10] is 0
-     When [12] is 1 the training state follows (see mb_checkpoint_save).
+     When [12] is 1 the training state follows: uint32 magic 0x4D425453,
+     uint32 version 1, int64 step, uint64 batcher RNG, int64 sequential
+     position, float64 elapsed seconds, [14] settings (a MB_TRAIN_SETTINGS
+     key NUL-padded to 24 bytes, a float64; one missing takes its default;
+     [14] 0: mb__v1_settings' 16 float64), AdamW m, then v (float32).
 
    LICENSE: MIT, at the end of this file.
 */
@@ -195,7 +201,8 @@ typedef struct {
     int32_t norm;        /* mb_norm_kind: LayerNorm (weight, bias) or RMSNorm (weight only); eps 1e-5 */
     int32_t untied_head; /* 0: logits = norm_f(x) . embedding^T; 1: a separate lm_head.weight (V, C) */
 } mb_config;
-/* Seed 000's model: 256, 192, 4, 16, 4, 2, 12, LayerNorm, tied head (about
+/* Seed 000's model: 256, 192, 4, 16, 4, 2, dt_rank 0 (derived: ceil(d_model/16),
+   12 here, and it follows a changed d_model), LayerNorm, tied head (about
    1.06M parameters).  A zeroed norm / untied_head is that default. */
 MBDEF mb_config mb_config_default(void);
 /* MB_STATUS_OK when every field is in range (dt_rank 0 means ceil(d_model/16)
@@ -437,25 +444,55 @@ MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *d
 
 
 /* ----------------------------------------------------------- checkpoints */
-/* Everything a run needs to continue bit-identically.  settings holds the
-   run's flags (see mb_train_settings), so a resume can check them. */
-typedef struct {
-    int64_t batch;             /* sequences per micro-batch */
-    int64_t ctx;               /* bytes per sequence */
-    int64_t steps;             /* optimizer steps of the schedule */
-    int64_t warmup;            /* linear warm-up steps (the time schedule uses warmup/steps of the budget) */
-    int64_t grad_accum;        /* micro-batches averaged per step */
-    int64_t save_every;        /* also save every N steps (0: only at the end) */
-    int64_t seed;              /* model init and batches */
-    int32_t schedule;          /* 0: lr by step; 1: lr by the elapsed fraction of time_budget */
-    int32_t sequential;        /* 1: consecutive windows instead of random ones */
-    double lr;                 /* peak learning rate */
-    double weight_decay;       /* AdamW decay of >= 2-dim weights except A_log */
-    double clip;               /* global grad-norm clip */
-    double beta1, beta2, eps;  /* AdamW */
-    double time_budget;        /* seconds, 0 none: the whole training time under the time
-                                  schedule; this mb_train_run call's time under the step schedule */
-} mb_train_settings;
+/* The training settings, written once, one line per field:
+   FIELD(ID, field, kind, flag, lo, hi, default, resume role, help).  They
+   generate mb_train_settings, MB_FIELD_*, the table of mb_train_field_desc,
+   get/set, mb_train_settings_default, mb_train_settings_resume and the
+   checkpoint's named settings.  kind: INT (int64_t), NUM (double), SWITCH
+   (int32_t 0/1), SCHEDULE (int32_t: "step" 0, "time" 1).  Resume role:
+   TRAJ defines the trajectory (the checkpoint's value; another one given
+   is an error), STOP is a stop condition (the user's value when given),
+   BUDGET is TRAJ under the time schedule and STOP under the step one.  A
+   negative default is a sentinel the help line explains. */
+#define MB_TRAIN_SETTINGS(FIELD) \
+    FIELD(BATCH,        batch,        INT,      "--batch",        1, 1 << 20, 16,   TRAJ, "sequences per micro-batch") \
+    FIELD(CTX,          ctx,          INT,      "--ctx",          1, 1 << 24, 1024, TRAJ, "bytes per sequence") \
+    FIELD(STEPS,        steps,        INT,      "--steps",        1, 1e12,    4000, TRAJ, "optimizer steps") \
+    FIELD(WARMUP,       warmup,       INT,      "--warmup",       0, 1e12, MB_WARMUP_AUTO, TRAJ, "linear warm-up steps (default: 5% of the steps)") \
+    FIELD(GRAD_ACCUM,   grad_accum,   INT,      "--grad-accum",   1, 1 << 20, 1,    TRAJ, "micro-batches averaged per step") \
+    FIELD(SAVE_EVERY,   save_every,   INT,      "--save-every",   0, 1e12,    0,    STOP, "also save every N steps (0: only at the end)") \
+    FIELD(SEED,         seed,         INT,      "--seed",         0, 9007199254740992.0, 1337, TRAJ, "seed for init and batches") \
+    FIELD(SCHEDULE,     schedule,     SCHEDULE, "--schedule",     0, 1,       0,    TRAJ, "step, or time: the lr follows the budget's elapsed fraction") \
+    FIELD(SEQUENTIAL,   sequential,   SWITCH,   "--sequential",   0, 1,       0,    TRAJ, "consecutive windows (passes over the data) instead of random ones") \
+    FIELD(LR,           lr,           NUM,      "--lr",           0, 10,      3e-4, TRAJ, "peak learning rate") \
+    FIELD(WEIGHT_DECAY, weight_decay, NUM,      "--weight-decay", 0, 10,      0.1,  TRAJ, "AdamW weight decay on >=2-dim weights except A_log") \
+    FIELD(CLIP,         clip,         NUM,      "--clip",         0, 1e9,     1.0,  TRAJ, "global grad-norm clip") \
+    FIELD(BETA1,        beta1,        NUM,      "--beta1",        0, 0.999999, 0.9, TRAJ, "AdamW beta1") \
+    FIELD(BETA2,        beta2,        NUM,      "--beta2",        0, 0.999999, 0.95, TRAJ, "AdamW beta2") \
+    FIELD(EPS,          eps,          NUM,      "--eps",          1e-30, 1,   1e-8, TRAJ, "AdamW eps") \
+    FIELD(TIME_BUDGET,  time_budget,  NUM,      "--time-budget",  0, 1e9,     0,    BUDGET, \
+          "seconds: stop cleanly and save before this (0 none; per run unless --schedule time); given alone, it also "\
+          "changes the lr, batch, ctx, schedule and steps (the short-budget recipe; the flags you give are kept)")
+/* The model's sizes that a run sets (int32_t fields of mb_config; the
+   defaults are mb_config_default's), in the same form; role MODEL: the
+   checkpoint's, another one given is an error. */
+#define MB_TRAIN_MODEL_FIELDS(FIELD) \
+    FIELD(D_MODEL, d_model, INT, "--d-model", 1, 65536, 192, MODEL, "model width") \
+    FIELD(N_LAYER, n_layer, INT, "--n-layer", 1, 1024,  4,   MODEL, "layers") \
+    FIELD(D_STATE, d_state, INT, "--d-state", 1, 256,   16,  MODEL, "SSM state size") \
+    FIELD(D_CONV,  d_conv,  INT, "--d-conv",  1, 64,    4,   MODEL, "conv width") \
+    FIELD(EXPAND,  expand,  INT, "--expand",  1, 16,    2,   MODEL, "d_inner = expand * d_model")
+#define MB__CTYPE_INT int64_t
+#define MB__CTYPE_NUM double
+#define MB__CTYPE_SWITCH int32_t
+#define MB__CTYPE_SCHEDULE int32_t
+#define MB__SETTING_MEMBER(ID, field, kind, ...) MB__CTYPE_##kind field;
+/* warmup's default: floor(MB_WARMUP_SHARE * steps + 0.5), resolved by mb_trainer_init. */
+#define MB_WARMUP_AUTO (-1)
+#define MB_WARMUP_SHARE 0.05
+/* A run's flags (the fields above); a checkpoint keeps them so a resume can check them. */
+typedef struct { MB_TRAIN_SETTINGS(MB__SETTING_MEMBER) } mb_train_settings;
+/* Everything a run needs to continue bit-identically. */
 typedef struct {
     int64_t step;              /* optimizer steps completed */
     uint64_t data_rng;         /* the batcher's RNG state */
@@ -520,11 +557,12 @@ MBDEF float mb_clip_coef(double norm, double max_norm);
 MBDEF void mb_adamw_update(mb_model *m, float *adam_m, float *adam_v, int64_t t, double lr, double beta1,
                            double beta2, double eps, double weight_decay);
 
-/* Seed 000's recipe, the one place its numbers live: batch 16, ctx 1024,
-   4000 steps, lr 3e-4 (AdamW betas 0.9 / 0.95, eps 1e-8, weight decay 0.1),
-   grad-norm clip 1.0, linear warm-up over 5% of the steps (200), cosine to 0,
-   step schedule, grad_accum 1, seed 1337, random windows, no time budget,
-   saves only at the end. */
+/* Seed 000's recipe (the defaults of MB_TRAIN_SETTINGS): batch 16, ctx
+   1024, 4000 steps, lr 3e-4 (AdamW betas 0.9 / 0.95, eps 1e-8, weight decay
+   0.1), grad-norm clip 1.0, linear warm-up over 5% of the steps (warmup
+   MB_WARMUP_AUTO: 200 of 4000, and it follows a changed steps), cosine to
+   0, step schedule, grad_accum 1, seed 1337, random windows, no time
+   budget, saves only at the end. */
 MBDEF mb_train_settings mb_train_settings_default(void);
 /* The recipe for a time budget (s->time_budget > 0), measured on this
    project's 2-core CPU machine (docs/RESULTS.md): seed 000's settings
@@ -537,20 +575,15 @@ MBDEF mb_train_settings mb_train_settings_default(void);
    nothing changed).  Returns the number of fields changed. */
 MBDEF int mb_train_settings_for_budget(mb_train_settings *s, uint32_t given, char *why, size_t n);
 
-/* The fields a user sets (settings and model config), for resume
-   reconciliation: bit MB_GIVEN(f) of a mask says the user gave field f. */
-typedef enum {
-    MB_FIELD_BATCH = 0, MB_FIELD_CTX, MB_FIELD_STEPS, MB_FIELD_WARMUP, MB_FIELD_GRAD_ACCUM, MB_FIELD_SEED,
-    MB_FIELD_SCHEDULE, MB_FIELD_SEQUENTIAL, MB_FIELD_LR, MB_FIELD_WEIGHT_DECAY, MB_FIELD_CLIP, MB_FIELD_BETA1,
-    MB_FIELD_BETA2, MB_FIELD_EPS, MB_FIELD_TIME_BUDGET, MB_FIELD_SAVE_EVERY,
-    MB_FIELD_D_MODEL, MB_FIELD_N_LAYER, MB_FIELD_D_STATE, MB_FIELD_D_CONV, MB_FIELD_EXPAND,
-    MB_FIELD_COUNT
-} mb_train_field;
+/* The fields a user sets (MB_TRAIN_SETTINGS, then MB_TRAIN_MODEL_FIELDS),
+   for flags and resume reconciliation: bit MB_GIVEN(f) of a mask says the
+   user gave field f (at most 32 fields). */
+#define MB__FIELD_ID(ID, ...) MB_FIELD_##ID,
+typedef enum { MB_TRAIN_SETTINGS(MB__FIELD_ID) MB_TRAIN_MODEL_FIELDS(MB__FIELD_ID) MB_FIELD_COUNT } mb_train_field;
 #define MB_GIVEN(f) (1u << (f))
 /* What a user needs to set field f from a command line or keywords: the
    flag as typed, the keyword (the struct field's name), the kind of value,
-   the accepted range and a one-line help.  The defaults are those of
-   mb_train_settings_default / mb_config_default. */
+   the accepted range and a one-line help. */
 typedef enum { MB_KIND_INT = 0, MB_KIND_NUM, MB_KIND_SWITCH /* 0/1 */, MB_KIND_SCHEDULE /* "step" 0 / "time" 1 */ } mb_field_kind;
 typedef struct {
     const char *flag;          /* "--time-budget" */
@@ -558,12 +591,14 @@ typedef struct {
     mb_field_kind kind;
     double lo, hi;             /* accepted values */
     const char *help;
+    int64_t offset;            /* the field's offset in mb_train_settings; -1: a field of mb_config */
 } mb_train_field_info;
+MBDEF int mb_train_field_count(void); /* MB_FIELD_COUNT, for bindings */
 /* NULL when f is out of range. */
 MBDEF const mb_train_field_info *mb_train_field_desc(int f);
 /* The flag as a user types it ("--time-budget"); NULL when f is out of range. */
 MBDEF const char *mb_train_field_flag(int f);
-/* Field f's value in s (or cfg) as a double. */
+/* Field f's value in s (or cfg) as a double; NaN when f is out of range. */
 MBDEF double mb_train_field_get(const mb_train_settings *s, const mb_config *cfg, int f);
 /* Sets field f of s (or, for the model fields, of cfg) to v: integers are
    truncated, schedule and sequential are 0/1; setting d_model resets
@@ -571,13 +606,10 @@ MBDEF double mb_train_field_get(const mb_train_settings *s, const mb_config *cfg
 MBDEF mb_status mb_train_field_set(mb_train_settings *s, mb_config *cfg, int f, double v);
 /* Resume reconciliation.  On entry *s and *cfg hold what the user asked for
    (only the fields in `given` count); ck and ck_cfg are the checkpoint's.
-   What defines the trajectory (the model config, batch, ctx, steps,
-   warmup, grad_accum, seed, schedule, sequential, lr, weight_decay, clip,
-   betas, eps, and time_budget under the time schedule) takes the
-   checkpoint's value, and a given value that differs is
-   MB_STATUS_INVALID_ARGUMENT with an error naming the flag.  Stop
-   conditions (save_every, and time_budget under the step schedule) keep
-   the user's value when given, else the checkpoint's. */
+   Each given field follows its resume role (MB_TRAIN_SETTINGS): the model
+   fields and the TRAJ ones must equal the checkpoint's (otherwise
+   MB_STATUS_INVALID_ARGUMENT with an error naming the flag), STOP ones take
+   the user's value.  Fields not given take the checkpoint's. */
 MBDEF mb_status mb_train_settings_resume(mb_train_settings *s, mb_config *cfg, uint32_t given,
                                          const mb_train_settings *ck, const mb_config *ck_cfg);
 
@@ -755,7 +787,8 @@ struct mb_trainer {
     int64_t inject_nonfinite_step; /* testing hooks: poison the gradient at this 0-based step, */
     int64_t inject_nonfinite_from; /* or at every step from this one (-1: never) */
 };
-/* settings must be complete (see mb_train_settings); data is the training
+/* settings must be complete (see mb_train_settings; warmup MB_WARMUP_AUTO
+   is resolved into the trainer's copy, and so saved); data is the training
    text.  When resume is non-NULL its step, batcher state and moments are
    taken over (ownership of adam_m/adam_v moves to the trainer). */
 MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_settings *settings, const uint8_t *data,
@@ -1258,15 +1291,11 @@ static float mb__silu_grad(float x) {
 /* ============================================================== config */
 MBDEF mb_config mb_config_default(void) {
     mb_config c;
+    memset(&c, 0, sizeof c); /* dt_rank 0: derived from d_model; LayerNorm; tied head */
     c.vocab_size = 256;
-    c.d_model = 192;
-    c.n_layer = 4;
-    c.d_state = 16;
-    c.d_conv = 4;
-    c.expand = 2;
-    c.dt_rank = 12;
-    c.norm = MB_NORM_LAYERNORM;
-    c.untied_head = 0;
+#define MB__CONFIG_DEFAULT(ID, field, kind, flag, lo, hi, dflt, ...) c.field = dflt;
+    MB_TRAIN_MODEL_FIELDS(MB__CONFIG_DEFAULT)
+#undef MB__CONFIG_DEFAULT
     return c;
 }
 
@@ -1320,10 +1349,11 @@ static void mb__tensor(mb_tensor_info *out, int *n, int64_t *offset, const char 
 
 /* The sizes table, in checkpoint order, expanded from MB_TENSORS_BEFORE_LAYERS,
    MB_LAYER_TENSORS and MB_TENSORS_AFTER_LAYERS: the one place the layout lives. */
-MBDEF int mb_config_tensors(const mb_config *c, mb_tensor_info *out) {
+static int mb__config_layout(const mb_config *c, mb_tensor_info *out, int64_t *total) {
     int n = 0, l;
     int64_t off = 0;
-    const int64_t C = c->d_model, Di = (int64_t)c->d_model * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
+    const int64_t C = c->d_model, Di = (int64_t)c->d_model * c->expand, S = c->d_state, K = c->d_conv;
+    const int64_t R = c->dt_rank ? c->dt_rank : (C + 15) / 16; /* 0: derived, as mb_config_validate does */
     const int64_t X = R + 2 * S, V = c->vocab_size;
     char name[64];
 #define MB__T(ID, field, suffix, ndim, d0, d1, d2, decay) \
@@ -1340,7 +1370,12 @@ MBDEF int mb_config_tensors(const mb_config *c, mb_tensor_info *out) {
     MB_TENSORS_AFTER_LAYERS(MB__T)
 #undef MB__T
 #undef MB__LT
+    *total = off;
     return n;
+}
+MBDEF int mb_config_tensors(const mb_config *c, mb_tensor_info *out) {
+    int64_t total;
+    return mb__config_layout(c, out, &total);
 }
 
 /* An entry's position among the entries the config holds. */
@@ -1359,13 +1394,8 @@ MBDEF int mb_tensor_index(const mb_config *c, int layer, int field) {
 }
 
 MBDEF int64_t mb_config_num_params(const mb_config *c) {
-    int n = mb_config_tensors(c, NULL), i;
-    int64_t total = 0;
-    mb_tensor_info *t = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)n);
-    if (!t) return -1;
-    mb_config_tensors(c, t);
-    for (i = 0; i < n; i++) total += t[i].numel;
-    MB_FREE(t);
+    int64_t total;
+    mb__config_layout(c, NULL, &total);
     return total;
 }
 
@@ -4077,43 +4107,65 @@ MBDEF mb_status mb_stream_generate(mb_stream *s, const uint8_t *prompt, int64_t 
 #define MB__CKPT_MAGIC 0x4D425954
 #define MB__CKPT_VERSION 1
 #define MB__STATE_MAGIC 0x4D425453 /* "STBM" little-endian: the training-state block */
-#define MB__SETTINGS_SLOTS 16
+#define MB__STATE_HEAD 40          /* its magic, version, step, data_rng, data_pos, elapsed_s */
+#define MB__SETTING_BYTES 32       /* a named setting: its key NUL-padded to 24 bytes, a float64 */
+#define MB__MAX_SETTINGS 1024      /* header [14]'s range */
+#define MB__SETTING_ONE(...) +1
+#define MB__KEY_FITS(ID, field, ...) char ID[sizeof(#field) <= 24 ? 1 : -1];
+enum { MB__NUM_SETTINGS = 0 MB_TRAIN_SETTINGS(MB__SETTING_ONE) }; /* MB_FIELD_ 0 .. this-1 */
+typedef struct { MB_TRAIN_SETTINGS(MB__KEY_FITS) } mb__setting_keys_fit; /* fails to compile when a key is too long */
+/* Files from before the named settings (header [14] 0) hold these 16 float64: frozen. */
+static const char *const mb__v1_settings[16] = {"batch", "ctx", "steps", "warmup", "grad_accum", "save_every", "seed",
+                                                "schedule", "lr", "weight_decay", "clip", "beta1", "beta2", "eps",
+                                                "time_budget", "sequential"};
 
 static int mb__little_endian(void) {
     const uint32_t one = 1;
     return *(const unsigned char *)&one == 1;
 }
 
-/* Settings as 16 doubles (exact for every integer we store). */
-static void mb__settings_pack(double *o, const mb_train_settings *s) {
-    memset(o, 0, sizeof(double) * MB__SETTINGS_SLOTS);
-    o[0] = (double)s->batch; o[1] = (double)s->ctx; o[2] = (double)s->steps; o[3] = (double)s->warmup;
-    o[4] = (double)s->grad_accum; o[5] = (double)s->save_every; o[6] = (double)s->seed; o[7] = (double)s->schedule;
-    o[8] = s->lr; o[9] = s->weight_decay; o[10] = s->clip; o[11] = s->beta1; o[12] = s->beta2; o[13] = s->eps;
-    o[14] = s->time_budget; o[15] = (double)s->sequential;
+/* Bytes of the training-state block for n parameters and count named settings (0: the 16 of older files). */
+static int64_t mb__state_bytes(int64_t n, int count) {
+    return MB__STATE_HEAD + (count ? (int64_t)count * MB__SETTING_BYTES : 8 * 16) + 2 * 4 * n;
 }
-/* Every slot finite; the integer slots whole and within 2^53; flags 0/1. */
-static int mb__settings_valid(const double *o) {
-    static const int int_slots[] = {0, 1, 2, 3, 4, 5, 6, 7, 15};
-    size_t i;
-    for (i = 0; i < MB__SETTINGS_SLOTS; i++)
-        if (!isfinite(o[i])) return 0;
-    for (i = 0; i < sizeof int_slots / sizeof int_slots[0]; i++) {
-        double v = o[int_slots[i]];
-        if (v != floor(v) || fabs(v) > 9007199254740992.0) return 0;
+
+/* Every setting as (key, value): float64 is exact for every integer we store. */
+static void mb__settings_pack(unsigned char *o, const mb_train_settings *s) {
+    int f;
+    memset(o, 0, MB__NUM_SETTINGS * MB__SETTING_BYTES);
+    for (f = 0; f < MB__NUM_SETTINGS; f++) {
+        const char *key = mb_train_field_desc(f)->key;
+        double v = mb_train_field_get(s, NULL, f);
+        memcpy(o + f * MB__SETTING_BYTES, key, strlen(key));
+        memcpy(o + f * MB__SETTING_BYTES + 24, &v, 8);
     }
-    return (o[7] == 0 || o[7] == 1) && (o[15] == 0 || o[15] == 1);
 }
-
-static void mb__settings_unpack(mb_train_settings *s, const double *o) {
-    s->batch = (int64_t)o[0]; s->ctx = (int64_t)o[1]; s->steps = (int64_t)o[2]; s->warmup = (int64_t)o[3];
-    s->grad_accum = (int64_t)o[4]; s->save_every = (int64_t)o[5]; s->seed = (int64_t)o[6]; s->schedule = (int32_t)o[7];
-    s->lr = o[8]; s->weight_decay = o[9]; s->clip = o[10]; s->beta1 = o[11]; s->beta2 = o[12]; s->eps = o[13];
-    s->time_budget = o[14]; s->sequential = (int32_t)o[15];
+/* Finite; the integer kinds whole and within 2^53; the switches 0/1. */
+static int mb__setting_valid(mb_field_kind k, double v) {
+    if (!isfinite(v)) return 0;
+    if (k == MB_KIND_NUM) return 1;
+    if (v != floor(v) || fabs(v) > 9007199254740992.0) return 0;
+    return k == MB_KIND_INT || v == 0 || v == 1;
 }
-
-/* Bytes of the training-state block for n parameters. */
-static int64_t mb__state_bytes(int64_t n) { return 8 + 8 * 4 + 8 * MB__SETTINGS_SLOTS + 2 * 4 * n; }
+/* count named settings (0: the 16 unnamed ones of older files) over the
+   defaults; 0, with the key in bad (25 bytes), when one is unknown, repeated or out of range. */
+static int mb__settings_unpack(mb_train_settings *s, const unsigned char *p, int count, char *bad) {
+    uint64_t seen = 0;
+    int i, f;
+    *s = mb_train_settings_default();
+    for (i = 0; i < (count ? count : 16); i++) {
+        double v;
+        const unsigned char *at = count ? p + i * MB__SETTING_BYTES : p + 8 * i;
+        memset(bad, 0, 25);
+        memcpy(bad, count ? (const char *)at : mb__v1_settings[i], count ? 24 : strlen(mb__v1_settings[i]));
+        memcpy(&v, count ? at + 24 : at, 8);
+        for (f = 0; f < MB__NUM_SETTINGS && strcmp(bad, mb_train_field_desc(f)->key) != 0; f++) {}
+        if (f == MB__NUM_SETTINGS || (seen >> f & 1) || !mb__setting_valid(mb_train_field_desc(f)->kind, v)) return 0;
+        seen |= (uint64_t)1 << f;
+        mb_train_field_set(s, NULL, f, v);
+    }
+    return 1;
+}
 
 static void mb__header(int32_t *h, const mb_config *c, int with_state, int32_t ranks) {
     memset(h, 0, 256 * sizeof(int32_t));
@@ -4124,6 +4176,7 @@ static void mb__header(int32_t *h, const mb_config *c, int with_state, int32_t r
     h[11] = 0; /* float32 */
     h[12] = with_state;
     h[13] = with_state && ranks > 1 ? ranks : 0;
+    h[14] = with_state ? MB__NUM_SETTINGS : 0;
 }
 
 /* Writes all of parts to fd; 0 on success. */
@@ -4191,7 +4244,7 @@ fail:
 
 MBDEF mb_status mb_checkpoint_save(const char *path, const mb_model *m, const mb_train_state *ts) {
     int32_t header[256];
-    unsigned char state_head[8 + 8 * 4 + 8 * MB__SETTINGS_SLOTS];
+    unsigned char state_head[MB__STATE_HEAD + MB__NUM_SETTINGS * MB__SETTING_BYTES];
     const void *parts[5];
     int64_t sizes[5], n = m->num_params;
     int np = 0;
@@ -4201,15 +4254,13 @@ MBDEF mb_status mb_checkpoint_save(const char *path, const mb_model *m, const mb
     parts[np] = m->params; sizes[np++] = 4 * n;
     if (ts) {
         uint32_t magic = MB__STATE_MAGIC, version = 1;
-        double settings[MB__SETTINGS_SLOTS];
-        mb__settings_pack(settings, &ts->settings);
         memcpy(state_head, &magic, 4);
         memcpy(state_head + 4, &version, 4);
         memcpy(state_head + 8, &ts->step, 8);
         memcpy(state_head + 16, &ts->data_rng, 8);
         memcpy(state_head + 24, &ts->data_pos, 8);
         memcpy(state_head + 32, &ts->elapsed_s, 8);
-        memcpy(state_head + 40, settings, sizeof settings);
+        mb__settings_pack(state_head + MB__STATE_HEAD, &ts->settings);
         parts[np] = state_head; sizes[np++] = sizeof state_head;
         parts[np] = ts->adam_m; sizes[np++] = 4 * n;
         parts[np] = ts->adam_v; sizes[np++] = 4 * n;
@@ -4238,7 +4289,9 @@ static mb_status mb__check_header(const int32_t *h, const char *path, mb_config 
     if (h[12] != 0 && h[12] != 1) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: training-state flag %d (must be 0 or 1)", path, h[12]);
     if (h[13] < 0 || h[13] > (1 << 20) || (h[13] != 0 && h[12] != 1))
         return mb__fail(MB_STATUS_BAD_FORMAT, "%s: rank count %d (0..2^20, and only with a training state)", path, h[13]);
-    for (i = 14; i < 256; i++)
+    if (h[14] < 0 || h[14] > MB__MAX_SETTINGS) /* (and 0 without a state: checked after the size) */
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: named settings count %d (0..%d)", path, h[14], MB__MAX_SETTINGS);
+    for (i = 15; i < 256; i++)
         if (h[i] != 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: reserved header field [%d] is %d (must be 0)", path, i, h[i]);
     cfg->vocab_size = h[2]; cfg->d_model = h[3]; cfg->n_layer = h[4]; cfg->d_state = h[5];
     cfg->d_conv = h[6]; cfg->expand = h[7]; cfg->dt_rank = h[8]; cfg->norm = h[9]; cfg->untied_head = !h[10];
@@ -4248,13 +4301,55 @@ static mb_status mb__check_header(const int32_t *h, const char *path, mb_config 
     return MB_STATUS_OK;
 }
 
+/* The first non-finite value of m's parameters, named by tensor (MB_STATUS_OK when none). */
+static mb_status mb__check_params_finite(const mb_model *m, const char *path) {
+    int64_t i;
+    int t = 0;
+    for (i = 0; i < m->num_params && isfinite(m->params[i]); i++) {}
+    if (i == m->num_params) return MB_STATUS_OK;
+    while (t + 1 < m->ntensors && m->tensors[t + 1].offset <= i) t++;
+    return mb__fail(MB_STATUS_NON_FINITE, "%s: parameter %s[%lld] is not finite: the checkpoint is corrupt", path,
+                    m->tensors[t].name, (long long)(i - m->tensors[t].offset));
+}
+
+/* The training-state block after the parameters (fd is there) into the zeroed ts. */
+static mb_status mb__read_state(int fd, mb_train_state *ts, const int32_t *h, int64_t n, const char *path) {
+    unsigned char head[MB__STATE_HEAD + MB__MAX_SETTINGS * MB__SETTING_BYTES];
+    int64_t bytes = mb__state_bytes(0, h[14]), i;
+    uint32_t magic, version;
+    char key[25];
+    if (mb__read_all(fd, head, bytes) != bytes) return mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path);
+    memcpy(&magic, head, 4);
+    memcpy(&version, head + 4, 4);
+    if (magic != MB__STATE_MAGIC || version != 1)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: training-state block has magic 0x%08x version %u", path, magic, version);
+    memcpy(&ts->step, head + 8, 8);
+    memcpy(&ts->data_rng, head + 16, 8);
+    memcpy(&ts->data_pos, head + 24, 8);
+    memcpy(&ts->elapsed_s, head + 32, 8);
+    ts->ranks = h[13] > 1 ? h[13] : 1;
+    if (!mb__settings_unpack(&ts->settings, head + MB__STATE_HEAD, h[14], key))
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: training setting '%s' unknown, repeated or out of range (corrupt checkpoint)", path, key);
+    ts->adam_m = (float *)MB_MALLOC((size_t)n * 4);
+    ts->adam_v = (float *)MB_MALLOC((size_t)n * 4);
+    if (!ts->adam_m || !ts->adam_v) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "optimizer state");
+    if (mb__read_all(fd, ts->adam_m, 4 * n) != 4 * n || mb__read_all(fd, ts->adam_v, 4 * n) != 4 * n)
+        return mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path);
+    if (ts->step < 0 || ts->data_pos < 0 || !isfinite(ts->elapsed_s) || ts->elapsed_s < 0)
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: negative step, data position or elapsed time (corrupt checkpoint)", path);
+    for (i = 0; i < n; i++) /* a NaN moment would turn the first update's parameters into NaN */
+        if (!isfinite(ts->adam_m[i]) || !isfinite(ts->adam_v[i]) || ts->adam_v[i] < 0.0f)
+            return mb__fail(MB_STATUS_NON_FINITE, "%s: AdamW moment %lld is not finite (or v < 0): the checkpoint is corrupt", path, (long long)i);
+    return MB_STATUS_OK;
+}
+
 MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_state *ts, int *has_state) {
     int32_t h[256];
     struct stat st;
     mb_config cfg;
     mb_model *m = NULL;
-    int64_t n, expect, i;
-    int fd, with_state;
+    int64_t n, expect, got;
+    int fd = -1, with_state = 0;
     mb_status s;
     *out = NULL;
     if (has_state) *has_state = 0;
@@ -4263,82 +4358,38 @@ MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_st
     if (!S_ISREG(st.st_mode)) return mb__fail(MB_STATUS_IO_ERROR, "checkpoint %s is not a regular file", path);
     fd = open(path, O_RDONLY);
     if (fd < 0) return mb__fail(MB_STATUS_IO_ERROR, "cannot open checkpoint %s: %s", path, strerror(errno));
-    i = mb__read_all(fd, h, sizeof h);
-    if (i != (int64_t)sizeof h) {
-        close(fd);
-        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: truncated: %lld bytes, the header alone is 1024", path, (long long)(i < 0 ? 0 : i));
+    got = mb__read_all(fd, h, sizeof h);
+    if (got != (int64_t)sizeof h) {
+        s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: truncated: %lld bytes, the header alone is 1024", path, (long long)(got < 0 ? 0 : got));
+        goto done;
     }
-    s = mb__check_header(h, path, &cfg);
-    if (s != MB_STATUS_OK) { close(fd); return s; }
+    if ((s = mb__check_header(h, path, &cfg)) != MB_STATUS_OK) goto done;
     n = mb_config_num_params(&cfg);
     with_state = h[12];
-    expect = 1024 + 4 * n + (with_state ? mb__state_bytes(n) : 0);
+    if (with_state && ts) memset(ts, 0, sizeof *ts);
+    expect = (int64_t)sizeof h + 4 * n + (with_state ? mb__state_bytes(n, h[14]) : 0);
     if ((int64_t)st.st_size != expect) {
-        close(fd);
-        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: %lld bytes, but its header (d_model %d, %d layers%s) needs %lld: %s", path,
-                        (long long)st.st_size, cfg.d_model, cfg.n_layer, with_state ? ", training state" : "", (long long)expect,
-                        (int64_t)st.st_size < expect ? "truncated" : "trailing data or a config that does not match");
+        s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: %lld bytes, but its header (d_model %d, %d layers%s) needs %lld: %s", path,
+                     (long long)st.st_size, cfg.d_model, cfg.n_layer, with_state ? ", training state" : "", (long long)expect,
+                     (int64_t)st.st_size < expect ? "truncated" : "trailing data or a config that does not match");
+        goto done;
     }
-    s = mb__model_alloc(&m, &cfg);
-    if (s != MB_STATUS_OK) { close(fd); return s; }
-    if (mb__read_all(fd, m->params, 4 * n) != 4 * n) { close(fd); mb_model_free(m); return mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path); }
-    for (i = 0; i < n; i++) {
-        if (!isfinite(m->params[i])) {
-            char tname[64];
-            int t = 0;
-            while (t + 1 < m->ntensors && m->tensors[t + 1].offset <= i) t++;
-            snprintf(tname, sizeof tname, "%s", m->tensors[t].name);
-            i -= m->tensors[t].offset;
-            close(fd);
-            mb_model_free(m);
-            return mb__fail(MB_STATUS_NON_FINITE, "%s: parameter %s[%lld] is not finite: the checkpoint is corrupt", path,
-                            tname, (long long)i);
-        }
+    if (!with_state && h[14] != 0) {
+        s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: %d named settings but no training state", path, h[14]);
+        goto done;
     }
-    if (with_state && ts) {
-        unsigned char head[8 + 8 * 4 + 8 * MB__SETTINGS_SLOTS];
-        uint32_t magic, version;
-        double settings[MB__SETTINGS_SLOTS];
-        memset(ts, 0, sizeof *ts);
-        if (mb__read_all(fd, head, sizeof head) != (int64_t)sizeof head) { close(fd); mb_model_free(m); return mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path); }
-        memcpy(&magic, head, 4);
-        memcpy(&version, head + 4, 4);
-        if (magic != MB__STATE_MAGIC || version != 1) {
-            close(fd);
-            mb_model_free(m);
-            return mb__fail(MB_STATUS_BAD_FORMAT, "%s: training-state block has magic 0x%08x version %u", path, magic, version);
-        }
-        memcpy(&ts->step, head + 8, 8);
-        memcpy(&ts->data_rng, head + 16, 8);
-        memcpy(&ts->data_pos, head + 24, 8);
-        memcpy(&ts->elapsed_s, head + 32, 8);
-        ts->ranks = h[13] > 1 ? h[13] : 1;
-        memcpy(settings, head + 40, sizeof settings);
-        if (!mb__settings_valid(settings)) {
-            close(fd);
-            mb_model_free(m);
-            return mb__fail(MB_STATUS_BAD_FORMAT, "%s: training settings out of range (corrupt checkpoint)", path);
-        }
-        mb__settings_unpack(&ts->settings, settings);
-        ts->adam_m = (float *)MB_MALLOC((size_t)n * 4);
-        ts->adam_v = (float *)MB_MALLOC((size_t)n * 4);
-        if (!ts->adam_m || !ts->adam_v) { close(fd); mb_model_free(m); mb_train_state_free(ts); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "optimizer state"); }
-        if (mb__read_all(fd, ts->adam_m, 4 * n) != 4 * n || mb__read_all(fd, ts->adam_v, 4 * n) != 4 * n) {
-            close(fd); mb_model_free(m); mb_train_state_free(ts);
-            return mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path);
-        }
-        if (ts->step < 0 || ts->data_pos < 0 || !isfinite(ts->elapsed_s) || ts->elapsed_s < 0) {
-            close(fd); mb_model_free(m); mb_train_state_free(ts);
-            return mb__fail(MB_STATUS_BAD_FORMAT, "%s: negative step, data position or elapsed time (corrupt checkpoint)", path);
-        }
-        for (i = 0; i < n; i++) /* a NaN moment would turn the first update's parameters into NaN */
-            if (!isfinite(ts->adam_m[i]) || !isfinite(ts->adam_v[i]) || ts->adam_v[i] < 0.0f) {
-                close(fd); mb_model_free(m); mb_train_state_free(ts);
-                return mb__fail(MB_STATUS_NON_FINITE, "%s: AdamW moment %lld is not finite (or v < 0): the checkpoint is corrupt", path, (long long)i);
-            }
-        if (has_state) *has_state = 1;
-    }
+    if ((s = mb__model_alloc(&m, &cfg)) != MB_STATUS_OK) goto done;
+    if (mb__read_all(fd, m->params, 4 * n) != 4 * n) s = mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path);
+    else s = mb__check_params_finite(m, path);
+    if (s == MB_STATUS_OK && with_state && ts) s = mb__read_state(fd, ts, h, n, path);
+done: /* the one way out */
     close(fd);
+    if (s != MB_STATUS_OK) {
+        if (with_state && ts) mb_train_state_free(ts);
+        mb_model_free(m);
+        return s;
+    }
+    if (has_state) *has_state = with_state && ts;
     *out = m;
     return MB_STATUS_OK;
 }
@@ -5496,6 +5547,7 @@ MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_setti
                         (long long)size, (long long)s->ctx, (long long)s->ctx + 1);
     t->model = m;
     t->st.settings = *s;
+    if (s->warmup == MB_WARMUP_AUTO) t->st.settings.warmup = (int64_t)floor(MB_WARMUP_SHARE * (double)s->steps + 0.5);
     tokens = s->batch * s->ctx;
     t->inputs = (uint8_t *)MB_MALLOC((size_t)tokens);
     t->targets = (int32_t *)MB_MALLOC((size_t)tokens * sizeof(int32_t));
@@ -5657,9 +5709,10 @@ MBDEF void mb_trainer_free(mb_trainer *t) {
 /* ============================================================ train loop */
 MBDEF mb_train_settings mb_train_settings_default(void) {
     mb_train_settings s;
-    memset(&s, 0, sizeof s);
-    s.batch = 16; s.ctx = 1024; s.steps = 4000; s.warmup = 200; s.grad_accum = 1; s.seed = 1337;
-    s.lr = 3e-4; s.beta1 = 0.9; s.beta2 = 0.95; s.eps = 1e-8; s.weight_decay = 0.1; s.clip = 1.0;
+    memset(&s, 0, sizeof s); /* padding too, so settings compare with memcmp */
+#define MB__SETTING_DEFAULT(ID, field, kind, flag, lo, hi, dflt, ...) s.field = (MB__CTYPE_##kind)(dflt);
+    MB_TRAIN_SETTINGS(MB__SETTING_DEFAULT)
+#undef MB__SETTING_DEFAULT
     return s;
 }
 
@@ -5695,120 +5748,54 @@ MBDEF int mb_train_settings_for_budget(mb_train_settings *s, uint32_t given, cha
     return changed;
 }
 
-static const mb_train_field_info mb__fields[MB_FIELD_COUNT] = {
-    {"--batch", "batch", MB_KIND_INT, 1, 1 << 20, "sequences per micro-batch"},
-    {"--ctx", "ctx", MB_KIND_INT, 1, 1 << 24, "bytes per sequence"},
-    {"--steps", "steps", MB_KIND_INT, 1, 1e12, "optimizer steps"},
-    {"--warmup", "warmup", MB_KIND_INT, 0, 1e12, "linear warm-up steps (default 5% of the steps)"},
-    {"--grad-accum", "grad_accum", MB_KIND_INT, 1, 1 << 20, "micro-batches averaged per step"},
-    {"--seed", "seed", MB_KIND_INT, 0, 9007199254740992.0, "seed for init and batches"},
-    {"--schedule", "schedule", MB_KIND_SCHEDULE, 0, 1, "step, or time: the lr follows the budget's elapsed fraction"},
-    {"--sequential", "sequential", MB_KIND_SWITCH, 0, 1, "consecutive windows (passes over the data) instead of random ones"},
-    {"--lr", "lr", MB_KIND_NUM, 0, 10, "peak learning rate"},
-    {"--weight-decay", "weight_decay", MB_KIND_NUM, 0, 10, "AdamW weight decay on >=2-dim weights except A_log"},
-    {"--clip", "clip", MB_KIND_NUM, 0, 1e9, "global grad-norm clip"},
-    {"--beta1", "beta1", MB_KIND_NUM, 0, 0.999999, "AdamW beta1"},
-    {"--beta2", "beta2", MB_KIND_NUM, 0, 0.999999, "AdamW beta2"},
-    {"--eps", "eps", MB_KIND_NUM, 1e-30, 1, "AdamW eps"},
-    {"--time-budget", "time_budget", MB_KIND_NUM, 0, 1e9, "seconds: stop cleanly and save before this (0 none; per run unless --schedule time)"},
-    {"--save-every", "save_every", MB_KIND_INT, 0, 1e12, "also save every N steps (0: only at the end)"},
-    {"--d-model", "d_model", MB_KIND_INT, 1, 65536, "model width"},
-    {"--n-layer", "n_layer", MB_KIND_INT, 1, 1024, "layers"},
-    {"--d-state", "d_state", MB_KIND_INT, 1, 256, "SSM state size"},
-    {"--d-conv", "d_conv", MB_KIND_INT, 1, 64, "conv width"},
-    {"--expand", "expand", MB_KIND_INT, 1, 16, "d_inner = expand * d_model"}};
+#define MB__FIELD_INFO(ID, field, kind, flag, lo, hi, dflt, role, help) \
+    {flag, #field, MB_KIND_##kind, lo, hi, help, (int64_t)offsetof(mb_train_settings, field)},
+#define MB__MODEL_INFO(ID, field, kind, flag, lo, hi, dflt, role, help) {flag, #field, MB_KIND_##kind, lo, hi, help, -1},
+static const mb_train_field_info mb__fields[MB_FIELD_COUNT] = {MB_TRAIN_SETTINGS(MB__FIELD_INFO) MB_TRAIN_MODEL_FIELDS(MB__MODEL_INFO)};
+/* The resume roles (see MB_TRAIN_SETTINGS) by field. */
+enum { MB__ROLE_TRAJ, MB__ROLE_STOP, MB__ROLE_BUDGET, MB__ROLE_MODEL };
+#define MB__FIELD_ROLE(ID, field, kind, flag, lo, hi, dflt, role, help) MB__ROLE_##role,
+static const unsigned char mb__roles[MB_FIELD_COUNT] = {MB_TRAIN_SETTINGS(MB__FIELD_ROLE) MB_TRAIN_MODEL_FIELDS(MB__FIELD_ROLE)};
 
+MBDEF int mb_train_field_count(void) { return MB_FIELD_COUNT; }
 MBDEF const mb_train_field_info *mb_train_field_desc(int f) { return f >= 0 && f < MB_FIELD_COUNT ? &mb__fields[f] : NULL; }
 MBDEF const char *mb_train_field_flag(int f) { return f >= 0 && f < MB_FIELD_COUNT ? mb__fields[f].flag : NULL; }
 
-/* The value of settings field f as a double (exact for every stored integer). */
-static double mb__field_value(const mb_train_settings *s, int f) {
-    switch (f) {
-    case MB_FIELD_BATCH: return (double)s->batch;
-    case MB_FIELD_CTX: return (double)s->ctx;
-    case MB_FIELD_STEPS: return (double)s->steps;
-    case MB_FIELD_WARMUP: return (double)s->warmup;
-    case MB_FIELD_GRAD_ACCUM: return (double)s->grad_accum;
-    case MB_FIELD_SEED: return (double)s->seed;
-    case MB_FIELD_SCHEDULE: return (double)s->schedule;
-    case MB_FIELD_SEQUENTIAL: return (double)s->sequential;
-    case MB_FIELD_LR: return s->lr;
-    case MB_FIELD_WEIGHT_DECAY: return s->weight_decay;
-    case MB_FIELD_CLIP: return s->clip;
-    case MB_FIELD_BETA1: return s->beta1;
-    case MB_FIELD_BETA2: return s->beta2;
-    case MB_FIELD_EPS: return s->eps;
-    case MB_FIELD_TIME_BUDGET: return s->time_budget;
-    default: return (double)s->save_every;
-    }
-}
-
-static void mb__field_set(mb_train_settings *s, int f, double v) {
-    switch (f) {
-    case MB_FIELD_BATCH: s->batch = (int64_t)v; break;
-    case MB_FIELD_CTX: s->ctx = (int64_t)v; break;
-    case MB_FIELD_STEPS: s->steps = (int64_t)v; break;
-    case MB_FIELD_WARMUP: s->warmup = (int64_t)v; break;
-    case MB_FIELD_GRAD_ACCUM: s->grad_accum = (int64_t)v; break;
-    case MB_FIELD_SEED: s->seed = (int64_t)v; break;
-    case MB_FIELD_SCHEDULE: s->schedule = (int32_t)v; break;
-    case MB_FIELD_SEQUENTIAL: s->sequential = (int32_t)v; break;
-    case MB_FIELD_LR: s->lr = v; break;
-    case MB_FIELD_WEIGHT_DECAY: s->weight_decay = v; break;
-    case MB_FIELD_CLIP: s->clip = v; break;
-    case MB_FIELD_BETA1: s->beta1 = v; break;
-    case MB_FIELD_BETA2: s->beta2 = v; break;
-    case MB_FIELD_EPS: s->eps = v; break;
-    case MB_FIELD_TIME_BUDGET: s->time_budget = v; break;
-    default: s->save_every = (int64_t)v; break;
-    }
-}
-
+/* Exact for every stored integer (< 2^53). */
 MBDEF double mb_train_field_get(const mb_train_settings *s, const mb_config *cfg, int f) {
-    switch (f) {
-    case MB_FIELD_D_MODEL: return cfg->d_model;
-    case MB_FIELD_N_LAYER: return cfg->n_layer;
-    case MB_FIELD_D_STATE: return cfg->d_state;
-    case MB_FIELD_D_CONV: return cfg->d_conv;
-    case MB_FIELD_EXPAND: return cfg->expand;
-    default: return mb__field_value(s, f);
-    }
+#define MB__GET(ID, field, ...) case MB_FIELD_##ID: return (double)s->field;
+#define MB__GET_MODEL(ID, field, ...) case MB_FIELD_##ID: return (double)cfg->field;
+    switch (f) { MB_TRAIN_SETTINGS(MB__GET) MB_TRAIN_MODEL_FIELDS(MB__GET_MODEL) }
+    return NAN; /* out of range */
 }
 
 MBDEF mb_status mb_train_field_set(mb_train_settings *s, mb_config *cfg, int f, double v) {
-    if (f < 0 || f >= MB_FIELD_COUNT) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "no settings field %d", f);
-    switch (f) {
-    case MB_FIELD_D_MODEL: cfg->d_model = (int32_t)v; cfg->dt_rank = 0; break;
-    case MB_FIELD_N_LAYER: cfg->n_layer = (int32_t)v; break;
-    case MB_FIELD_D_STATE: cfg->d_state = (int32_t)v; break;
-    case MB_FIELD_D_CONV: cfg->d_conv = (int32_t)v; break;
-    case MB_FIELD_EXPAND: cfg->expand = (int32_t)v; break;
-    default: mb__field_set(s, f, v); break;
-    }
-    return MB_STATUS_OK;
+#define MB__SET(ID, field, kind, ...) case MB_FIELD_##ID: s->field = (MB__CTYPE_##kind)v; return MB_STATUS_OK;
+#define MB__SET_MODEL(ID, field, ...) case MB_FIELD_##ID: cfg->field = (int32_t)v; return MB_STATUS_OK;
+    if (f == MB_FIELD_D_MODEL) cfg->dt_rank = 0; /* derived from the new width */
+    switch (f) { MB_TRAIN_SETTINGS(MB__SET) MB_TRAIN_MODEL_FIELDS(MB__SET_MODEL) }
+    return mb__fail(MB_STATUS_INVALID_ARGUMENT, "no settings field %d", f);
 }
 
 MBDEF mb_status mb_train_settings_resume(mb_train_settings *s, mb_config *cfg, uint32_t given,
                                          const mb_train_settings *ck, const mb_config *ck_cfg) {
-    const int32_t want[5] = {cfg->d_model, cfg->n_layer, cfg->d_state, cfg->d_conv, cfg->expand};
-    const int32_t have[5] = {ck_cfg->d_model, ck_cfg->n_layer, ck_cfg->d_state, ck_cfg->d_conv, ck_cfg->expand};
     mb_train_settings out = *ck;
-    int f;
-    for (f = 0; f < 5; f++)
-        if ((given & MB_GIVEN(MB_FIELD_D_MODEL + f)) && want[f] != have[f])
-            return mb__fail(MB_STATUS_INVALID_ARGUMENT, "%s %d differs from the checkpoint's %d: resume with the checkpoint's config",
-                            mb__fields[MB_FIELD_D_MODEL + f].flag, (int)want[f], (int)have[f]);
-    for (f = 0; f < MB_FIELD_D_MODEL; f++) {
-        /* a time budget is a stop condition, except when the lr follows it */
-        int stop_condition = f == MB_FIELD_SAVE_EVERY || (f == MB_FIELD_TIME_BUDGET && ck->schedule == 0);
-        double mine = mb__field_value(s, f), theirs = mb__field_value(ck, f);
-        if (!(given & MB_GIVEN(f))) continue;
-        if (stop_condition) mb__field_set(&out, f, mine);
-        else if (mine != theirs)
-            return mb__fail(MB_STATUS_INVALID_ARGUMENT,
-                            "%s is %.17g in the checkpoint but %.17g here: a resumed run keeps what defines its trajectory",
-                            mb__fields[f].flag, theirs, mine);
-    }
+    int pass, f;
+    for (pass = 0; pass < 2; pass++) /* the model's sizes first */
+        for (f = 0; f < MB_FIELD_COUNT; f++) {
+            int role = mb__roles[f];
+            double mine = mb_train_field_get(s, cfg, f), theirs = mb_train_field_get(ck, ck_cfg, f);
+            if (!(given & MB_GIVEN(f)) || (role == MB__ROLE_MODEL) != (pass == 0)) continue;
+            /* a time budget is a stop condition, except when the lr follows it */
+            if (role == MB__ROLE_STOP || (role == MB__ROLE_BUDGET && ck->schedule == 0)) mb_train_field_set(&out, NULL, f, mine);
+            else if (role == MB__ROLE_MODEL && mine != theirs)
+                return mb__fail(MB_STATUS_INVALID_ARGUMENT, "%s %.0f differs from the checkpoint's %.0f: resume with the checkpoint's config",
+                                mb__fields[f].flag, mine, theirs);
+            else if (mine != theirs)
+                return mb__fail(MB_STATUS_INVALID_ARGUMENT,
+                                "%s is %.17g in the checkpoint but %.17g here: a resumed run keeps what defines its trajectory",
+                                mb__fields[f].flag, theirs, mine);
+        }
     *s = out;
     *cfg = *ck_cfg;
     return MB_STATUS_OK;
@@ -5839,19 +5826,32 @@ MBDEF int mb_train_progress_line(char *buf, size_t n, const mb_train_progress *p
                     p->grad_norm, p->tokens_per_s, el, eta);
 }
 
+/* The share of the time budget that the time schedule warms up over. */
+static double mb__warmup_share(const mb_train_settings *s) {
+    return s->steps > 0 ? (double)s->warmup / (double)s->steps : MB_WARMUP_SHARE;
+}
+
 MBDEF int mb_trainer_describe(char *buf, size_t n, const mb_trainer *t, const char *resumed_from) {
     const mb_config *c = mb_model_config(t->model);
     const mb_train_settings *s = &t->st.settings;
+    char steps[96], warm[96];
     size_t k = 0;
     if (n) buf[0] = 0;
+    if (s->schedule) { /* the budget's clock, not the step count, shapes the lr and ends the run */
+        snprintf(steps, sizeof steps, "until the time budget ends (at most %lld steps)", (long long)s->steps);
+        snprintf(warm, sizeof warm, "warm-up over the first %.3g%% of the time budget, cosine to 0 at its end",
+                 100.0 * mb__warmup_share(s));
+    } else {
+        snprintf(steps, sizeof steps, "%lld steps", (long long)s->steps);
+        snprintf(warm, sizeof warm, "warm-up %lld steps, cosine to 0", (long long)s->warmup);
+    }
     mb__appendf(buf, n, &k, "model: d_model %d, %d layers, d_state %d, d_conv %d, expand %d, dt_rank %d: %lld parameters\n"
-                "train: batch %lld x ctx %lld x accum %lld, %lld steps%s, lr %g (warm-up %lld steps%s, cosine to 0, %s schedule), "
+                "train: batch %lld x ctx %lld x accum %lld, %s%s, lr %g (%s, %s schedule), "
                 "wd %g, clip %g, seed %lld, %s windows, device %s, %d threads", c->d_model, c->n_layer, c->d_state,
                 c->d_conv, c->expand, c->dt_rank, (long long)mb_model_num_params(t->model), (long long)s->batch,
-                (long long)s->ctx, (long long)s->grad_accum, (long long)s->steps, resumed_from ? " (resumed)" : "", s->lr,
-                (long long)s->warmup, s->schedule ? " = the same share of the time budget" : "", s->schedule ? "time" : "step",
-                s->weight_decay, s->clip, (long long)s->seed, s->sequential ? "sequential" : "random", t->backend.name,
-                mb__max_threads());
+                (long long)s->ctx, (long long)s->grad_accum, steps, resumed_from ? " (resumed)" : "", s->lr, warm,
+                s->schedule ? "time" : "step", s->weight_decay, s->clip, (long long)s->seed,
+                s->sequential ? "sequential" : "random", t->backend.name, mb__max_threads());
     if (s->time_budget > 0) mb__appendf(buf, n, &k, ", time budget %.1f s", s->time_budget);
     if (resumed_from) mb__appendf(buf, n, &k, "\nresumed from %s at step %lld", resumed_from, (long long)t->st.step);
     return (int)k;
@@ -5881,10 +5881,7 @@ static double mb__budget_used(const mb_train_settings *s, double elapsed, double
 /* The lr of the coming step: by step, or by the elapsed fraction of the budget. */
 static double mb__scheduled_lr(const mb_trainer *t, double elapsed) {
     const mb_train_settings *s = &t->st.settings;
-    if (s->schedule) {
-        double warmup_frac = s->steps > 0 ? (double)s->warmup / (double)s->steps : 0.05;
-        return mb_lr_at_fraction(s->lr, elapsed / s->time_budget, warmup_frac);
-    }
+    if (s->schedule) return mb_lr_at_fraction(s->lr, elapsed / s->time_budget, mb__warmup_share(s));
     return mb_lr_at_step(s->lr, t->st.step, s->warmup, s->steps);
 }
 

@@ -6,12 +6,69 @@
    test_train.c and test_reliability.c, whose write_train_text and
    rel_same_run it uses. */
 
+/* The trainer's warm-up for settings s (MB_WARMUP_AUTO resolved by mb_trainer_init). */
+static int64_t loop_resolved_warmup(const mb_train_settings *s) {
+    static const uint8_t text[80] = "the trainer resolves the warm-up from the steps, as the CLI and Python do.";
+    mb_config c = mb_config_default();
+    mb_model *m = NULL;
+    mb_trainer tr;
+    int64_t w = -2;
+    c.d_model = 8; c.n_layer = 1; c.d_state = 2;
+    if (mb_model_create(&m, &c, 1) == MB_STATUS_OK) {
+        mb_train_settings t = *s;
+        t.batch = 1; t.ctx = 8;
+        if (mb_trainer_init(&tr, m, &t, text, sizeof text, NULL) == MB_STATUS_OK) w = tr.st.settings.warmup;
+        mb_trainer_free(&tr);
+    }
+    mb_model_free(m);
+    return w;
+}
+
 static void test_settings_default(void) {
     mb_train_settings s = mb_train_settings_default();
+    mb_config c = mb_config_default();
+    mb_model *m = NULL;
+    int f, same = 1;
     MBT_CHECK(s.batch == 16 && s.ctx == 1024 && s.steps == 4000 && s.lr == 3e-4 && s.beta1 == 0.9 && s.beta2 == 0.95 &&
-              s.eps == 1e-8 && s.weight_decay == 0.1 && s.clip == 1.0 && s.warmup == 200 && s.schedule == 0 &&
+              s.eps == 1e-8 && s.weight_decay == 0.1 && s.clip == 1.0 && s.warmup == MB_WARMUP_AUTO && s.schedule == 0 &&
               s.grad_accum == 1 && s.time_budget == 0 && s.save_every == 0,
               "mb_train_settings_default must be seed 000's recipe");
+    /* the warm-up follows the steps (5%, rounded), unless it is set */
+    MBT_CHECK(loop_resolved_warmup(&s) == 200, "4000 steps warm up over 200");
+    s.steps = 30;
+    MBT_CHECK(loop_resolved_warmup(&s) == 2, "30 steps warm up over floor(1.5 + 0.5) = 2, not 200");
+    s.steps = 9;
+    MBT_CHECK(loop_resolved_warmup(&s) == 0, "9 steps: floor(0.45 + 0.5) = 0");
+    s.warmup = 7;
+    MBT_CHECK(loop_resolved_warmup(&s) == 7, "a warm-up that is set is kept");
+    /* dt_rank follows d_model, and the checkpoint records the resolved value */
+    MBT_CHECK(c.dt_rank == 0 && mb_config_num_params(&c) > 1000000, "mb_config_default's dt_rank is derived (0)");
+    c.d_model = 64;
+    MBT_CHECK(mb_model_create(&m, &c, 1) == MB_STATUS_OK && mb_model_config(m)->dt_rank == 4 &&
+                  mb_config_num_params(&c) == mb_model_num_params(m),
+              "d_model 64 gets dt_rank ceil(64/16) = 4 (%d)", m ? mb_model_config(m)->dt_rank : -1);
+    if (m && mb_model_save(m, "build/t_dtrank.bin") == MB_STATUS_OK) {
+        size_t n = 0;
+        char *b = mbt_slurp("build/t_dtrank.bin", &n);
+        int32_t h8 = 0;
+        if (b && n > 40) memcpy(&h8, b + 32, 4);
+        MBT_CHECK(h8 == 4, "the checkpoint's header [8] holds the resolved dt_rank 4 (%d)", h8);
+        free(b);
+    }
+    mb_model_free(m);
+    /* the table: every field's get and set meet, by its keyword and kind */
+    s = mb_train_settings_default();
+    c = mb_config_default();
+    for (f = 0; f < MB_FIELD_COUNT; f++) {
+        const mb_train_field_info *d = mb_train_field_desc(f);
+        double v = d->kind == MB_KIND_NUM ? 0.25 : d->kind == MB_KIND_INT ? 3 : 1;
+        same &= mb_train_field_set(&s, &c, f, v) == MB_STATUS_OK && mb_train_field_get(&s, &c, f) == v;
+    }
+    MBT_CHECK(same && mb_train_field_count() == MB_FIELD_COUNT && mb_train_field_desc(MB_FIELD_COUNT) == NULL &&
+                  isnan(mb_train_field_get(&s, &c, MB_FIELD_COUNT)) &&
+                  mb_train_field_set(&s, &c, MB_FIELD_COUNT, 1) == MB_STATUS_INVALID_ARGUMENT && s.lr == 0.25 &&
+                  s.sequential == 1 && c.expand == 3 && !strcmp(mb_train_field_desc(MB_FIELD_GRAD_ACCUM)->key, "grad_accum"),
+              "get and set of every field, by the table");
     MBT_CHECK(!strcmp(mb_train_field_flag(MB_FIELD_TIME_BUDGET), "--time-budget") &&
               !strcmp(mb_train_field_flag(MB_FIELD_WEIGHT_DECAY), "--weight-decay") &&
               !strcmp(mb_train_field_flag(MB_FIELD_D_MODEL), "--d-model") && mb_train_field_flag(MB_FIELD_COUNT) == NULL &&
@@ -92,8 +149,7 @@ static mb_config loop_config(void) {
 }
 static mb_train_settings loop_settings(int64_t steps) {
     mb_train_settings s = mb_train_settings_default();
-    s.batch = 2; s.ctx = 32; s.lr = 1e-2; s.steps = steps;
-    s.warmup = (int64_t)floor(0.05 * (double)steps + 0.5); /* the CLI's default: 5% of the steps */
+    s.batch = 2; s.ctx = 32; s.lr = 1e-2; s.steps = steps; /* warmup: the library's default, as the CLI's */
     return s;
 }
 
@@ -169,6 +225,9 @@ static void test_library_equals_cli(void) {
     }
     if (f) fclose(f);
     MBT_CHECK(k == 10 && same_losses, "the CLI's logged losses must be the library's (%d rows)", k);
+    MBT_CHECK(tr.st.settings.warmup == 1 && mbt_file_contains("build/t_loop_cli.out", "warm-up 1 steps, cosine to 0, step schedule"),
+              "10 steps: the library and the CLI warm up over floor(0.5 + 0.5) = 1 step (%lld)", (long long)tr.st.settings.warmup);
+    MBT_CHECK(!mbt_file_contains("build/t_loop_cli.out", "GPU energy"), "a CPU run says nothing about GPU energy");
     MBT_CHECK(mb_model_params(m) == mb_model_params(tr.model), "the trainer trains the caller's model");
     mb_trainer_free(&tr);
     mb_model_free(m);
@@ -374,6 +433,77 @@ static void test_budget_recipe(void) {
               "a resume keeps the checkpoint's settings: no recipe (build/t_recipe.out)");
 }
 
+/* A checkpoint written by fdfeb08 (16 unnamed settings; tests/fixtures/README.md):
+   it loads bit for bit, saves with named settings, and both resume alike. */
+static void test_v1_checkpoint(void) {
+    static const struct { const char *key; double v; } want[] = {
+        {"batch", 3}, {"ctx", 16}, {"steps", 10}, {"warmup", 3}, {"grad_accum", 2}, {"save_every", 4}, {"seed", 7},
+        {"schedule", 0}, {"sequential", 1}, {"lr", 0.01}, {"weight_decay", 0.05}, {"clip", 0.5}, {"beta1", 0.8},
+        {"beta2", 0.9}, {"eps", 1e-7}, {"time_budget", 1000}};
+    mb_train_settings dflt = mb_train_settings_default();
+    const char *path = "tests/fixtures/ckpt_v1_state.bin";
+    mb_model *m = NULL, *m2 = NULL;
+    mb_train_state ts, ts2;
+    mb_trainer tr;
+    mb_train_report rep;
+    mb_dataset d;
+    size_t bytes = 0;
+    char *file = mbt_slurp(path, &bytes), why[128] = "";
+    int has = 0, has2 = 0, f, same = 1;
+    int64_t n;
+    mb_status st = mb_checkpoint_load(path, &m, &ts, &has);
+    MBT_CHECK(st == MB_STATUS_OK && has && file, "the fdfeb08 checkpoint loads: %s", mb_last_error());
+    if (st != MB_STATUS_OK || !has || !file) { free(file); mb_model_free(m); return; }
+    n = mb_model_num_params(m);
+    for (f = 0; f < MB_FIELD_COUNT && mb_train_field_desc(f)->offset >= 0; f++) { /* by name: the old slots, else the default */
+        size_t k = 0;
+        while (k < sizeof want / sizeof want[0] && strcmp(want[k].key, mb_train_field_desc(f)->key)) k++;
+        same &= mb_train_field_get(&ts.settings, NULL, f) ==
+                (k < sizeof want / sizeof want[0] ? want[k].v : mb_train_field_get(&dflt, NULL, f));
+    }
+    MBT_CHECK(same && ts.step == 4 && ts.ranks == 1 && bytes == (size_t)(1024 + 4 * n + 40 + 128 + 8 * n) &&
+                  !memcmp(mb_model_params(m), file + 1024, 4 * (size_t)n) && !memcmp(ts.adam_m, file + 1024 + 4 * n + 168, 4 * (size_t)n) &&
+                  !memcmp(ts.adam_v, file + 1024 + 8 * n + 168, 4 * (size_t)n),
+              "the old settings slots, step, parameters and moments load bit for bit");
+    MBT_CHECK(mb_checkpoint_save("build/t_v2.bin", m, &ts) == MB_STATUS_OK &&
+                  mb_checkpoint_load("build/t_v2.bin", &m2, &ts2, &has2) == MB_STATUS_OK && has2 &&
+                  !memcmp(&ts2.settings, &ts.settings, sizeof ts.settings) && ts2.elapsed_s == ts.elapsed_s &&
+                  rel_same_run(path, "build/t_v2.bin", why, sizeof why),
+              "saved again (named settings) it loads the same: %s %s", why, mb_last_error());
+    if (has2) mb_train_state_free(&ts2);
+    mb_model_free(m2);
+    /* resumed to the end by the library and by the CLI, from the old file: the same run */
+    st = mb_dataset_open(&d, "data/sample.txt", NULL);
+    if (st == MB_STATUS_OK) st = mb_trainer_init(&tr, m, &ts.settings, d.train, d.train_size, &ts);
+    if (st == MB_STATUS_OK) {
+        mb_train_options opt = {"build/t_v1_lib.bin", 0, NULL, NULL};
+        st = mb_train_run(&tr, &opt, &rep);
+        mb_trainer_free(&tr);
+    }
+    MBT_CHECK(st == MB_STATUS_OK && rep.steps_run == 6, "the old checkpoint resumes to step 10: %s", mb_last_error());
+    MBT_CHECK(mbt_run("cp tests/fixtures/ckpt_v1_state.bin build/t_v1_cli.bin && ./mambabyte train --data data/sample.txt "
+                      "--resume build/t_v1_cli.bin --out build/t_v1_cli.bin --eval-chars 0 > build/t_v1_cli.out 2>&1") == 0 &&
+                  rel_same_run("build/t_v1_lib.bin", "build/t_v1_cli.bin", why, sizeof why),
+              "the CLI resumes the old checkpoint as the library does: %s (build/t_v1_cli.out)", why);
+    mb_dataset_close(&d);
+    mb_train_state_free(&ts);
+    mb_model_free(m);
+    free(file);
+}
+
+/* A resume already at or past --stop-at trains nothing, writes nothing and says what to do. */
+static void test_resume_past_stop(void) {
+    int rc;
+    remove("build/t_past.bin");
+    rc = mbt_run("cp tests/fixtures/ckpt_v1_state.bin build/t_past_in.bin && ./mambabyte train --data data/sample.txt "
+                 "--resume build/t_past_in.bin --stop-at 3 --out build/t_past.bin > build/t_past.out 2>&1");
+    MBT_CHECK(rc == 2 && mbt_file_contains("build/t_past.out", "--resume build/t_past_in.bin is at step 4, already at or past "
+                                                                "--stop-at 3: nothing to train, nothing written. Give a --stop-at "
+                                                                "above 4, or leave it out to train to step 10") &&
+                  mbt_run("test -e build/t_past.bin") != 0 && !mbt_file_contains("build/t_past.out", "final loss nan"),
+              "resume past --stop-at: exit %d, see build/t_past.out", rc);
+}
+
 static void test_loop(void) {
     write_train_text("build/t_text.txt");
     test_settings_default();
@@ -383,4 +513,6 @@ static void test_loop(void) {
     test_callback_stop_and_resume();
     test_loop_guard_budget_saves();
     test_interrupt_saves();
+    test_v1_checkpoint();
+    test_resume_past_stop();
 }

@@ -278,6 +278,16 @@ static int rel_lib_refuses(const char *path, mb_status want, const char *needle)
     return ok;
 }
 
+/* Where the value of the named setting `key` lies in a checkpoint with a training state (nm: the bytes before it). */
+static size_t rel_setting_at(const unsigned char *file, size_t nm, const char *key) {
+    int32_t count;
+    size_t i;
+    memcpy(&count, file + 4 * 14, 4);
+    for (i = 0; i < (size_t)count; i++)
+        if (!strcmp((const char *)file + nm + 40 + 32 * i, key)) break;
+    return nm + 40 + 32 * i + 24;
+}
+
 static void test_checkpoint_robustness(void) {
     const char *model_path = "build/t_rel_model.bin", *state_path = "build/t_rel_state.bin", *bad = "build/t_rel_bad.bin";
     mb_config c = tiny_config();
@@ -385,13 +395,15 @@ static void test_checkpoint_robustness(void) {
        that) and never a crash of a resumed run */
     {
         double slot_values[] = {NAN, INFINITY, -INFINITY, 1e300, -1e300, 9.3e18, -1.0, 0.5};
-        int slots[] = {0, 1, 2, 4, 5, 6, 7, 15};
+        const char *keys[] = {"batch", "ctx", "steps", "grad_accum", "save_every", "seed", "schedule", "sequential"};
+        size_t slots[8];
         int64_t pos_values[] = {-1, -100000000, INT64_MAX, INT64_MAX - 10, INT64_MIN};
         size_t s1, s2;
         int crashed = 0, rc;
         pid_t pid;
         /* in a child, so that a sanitizer report (exit 86/87 in make
            test-asan) fails this check instead of ending the suite */
+        for (s1 = 0; s1 < 8; s1++) slots[s1] = rel_setting_at(state, nm, keys[s1]);
         fflush(stdout);
         fflush(stderr);
         pid = fork();
@@ -404,12 +416,12 @@ static void test_checkpoint_robustness(void) {
                     int has = 0;
                     mb_status s;
                     memcpy(b, state, ns);
-                    memcpy(b + nm + 40 + 8 * (size_t)slots[s1], &slot_values[s2], 8);
+                    memcpy(b + slots[s1], &slot_values[s2], 8);
                     rel_write_file(bad, b, ns);
                     s = mb_checkpoint_load(bad, &mm, &ts, &has);
                     if (s != MB_STATUS_OK && s != MB_STATUS_BAD_FORMAT) {
                         wrong++;
-                        fprintf(stderr, "  settings slot %d = %g: status %s\n", slots[s1], slot_values[s2], mb_status_string(s));
+                        fprintf(stderr, "  setting %s = %g: status %s\n", keys[s1], slot_values[s2], mb_status_string(s));
                     }
                     if (s == MB_STATUS_OK && has) mb_train_state_free(&ts);
                     mb_model_free(mm);
@@ -425,7 +437,7 @@ static void test_checkpoint_robustness(void) {
             int rc;
             memcpy(b, state, ns);
             memcpy(b + nm + 24, &pos_values[s1], 8);
-            memcpy(b + nm + 40 + 8 * 15, &seq, 8); /* sequential windows: data_pos is used */
+            memcpy(b + slots[7], &seq, 8); /* sequential windows: data_pos is used */
             rel_write_file(bad, b, ns);
             snprintf(cmd, sizeof cmd, "./mambabyte train --data build/t_text.txt --resume %s --stop-at 3 --out build/t_rel_x.bin "
                      "--eval-chars 0 > build/t_rel_cli.out 2>&1", bad);

@@ -242,6 +242,10 @@ static void test_cli_train(void) {
               "--time-budget should stop cleanly: rc %d", rc);
     MBT_CHECK(mbt_file_contains("build/t_budget.out", "% of the time budget)") && !mbt_file_contains("build/t_budget.out", "/1000000 |"),
               "a run the budget ends shows its progress against the budget, not against the million steps");
+    MBT_CHECK(mbt_file_contains("build/t_budget.out", "until the time budget ends (at most 1000000 steps), lr 0.002 (warm-up over the "
+                                                      "first 5% of the time budget, cosine to 0 at its end, time schedule)") &&
+                  !mbt_file_contains("build/t_budget.out", "warm-up 50000 steps"),
+              "the time schedule's banner says what happens: the budget, not the million steps, shapes the lr (build/t_budget.out)");
     MBT_CHECK(mbt_file_contains("build/t_budget.out", "char accuracy"),
               "a run ended by its time budget is finished, so it is evaluated (--eval-chars)");
     {
@@ -272,6 +276,11 @@ static void test_cli_errors(void) {
         {"./mambabyte train --steps", 2, "needs a value"},
         {"./mambabyte train --steps -5", 2, "bad value"},
         {"./mambabyte train --steps 2.5", 2, "bad value"},
+        {"./mambabyte train --stpes 5", 2, "unknown flag '--stpes'; did you mean --steps?"},
+        {"./mambabyte train --time-budjet 5", 2, "did you mean --time-budget?"},
+        {"./mambabyte train --batch 0", 2, "bad value '0' for --batch (an integer in [1, 1048576])"},
+        {"./mambabyte train --seed -1", 2, "(an integer in [0, 9007199254740992])"},
+        {"./mambabyte train --help", 0, "given alone, it also changes the lr, batch, ctx, schedule and steps"},
         {"./mambabyte train --lr nan", 2, "bad value"},
         {"./mambabyte train --schedule sometimes", 2, "--schedule"},
         {"./mambabyte train --schedule time --data build/t_text.txt", 2, "--time-budget"},
@@ -297,6 +306,10 @@ static void test_cli_errors(void) {
         MBT_CHECK(rc == c[i].rc && mbt_file_contains("build/t_cli.out", c[i].msg), "'%s': exit %d (want %d), output lacks '%s'?", c[i].cmd, rc,
                   c[i].rc, c[i].msg);
     }
+    MBT_CHECK(mbt_run("./mambabyte train --qwertyuiop 1 > build/t_cli.out 2>&1") == 2 &&
+                  mbt_file_contains("build/t_cli.out", "unknown flag '--qwertyuiop'\nusage:") &&
+                  !mbt_file_contains("build/t_cli.out", "did you mean") && !mbt_file_contains("build/t_cli.out", "--grad-accum"),
+              "a flag like none: no guess, and no flag list dumped (build/t_cli.out)");
 }
 
 /* Inputs are checked before any work, and every message says what it is

@@ -1,7 +1,6 @@
 """mambabyte.train: the library's training loop (mb_train_run) from Python."""
 
 import ctypes
-import math
 import os
 import signal
 import sys
@@ -11,7 +10,7 @@ import time
 import numpy as np
 
 from ._core import MambaByteError, Model, _as_bytes, _buffer, _check, _config_dict, _path
-from ._lib import (FIELD_COUNT, FIELD_STEPS, FIELD_WARMUP, KIND_INT, KIND_NUM, KIND_SCHEDULE, KIND_SWITCH, OUTCOMES,
+from ._lib import (FIELD_COUNT, KIND_INT, KIND_NUM, KIND_SCHEDULE, KIND_SWITCH, OUTCOMES,
                    TRAIN_CALLBACK, Config, Dataset, Trainer, TrainOptions, TrainReport, lib)
 
 
@@ -90,7 +89,7 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
     The options are those of `mambabyte train` under their keyword names
     (the library's table, mambabyte.training_fields()): steps, time_budget,
     schedule ("step" or "time"), batch, ctx, lr, seed, warmup (default 5%
-    of steps), grad_accum, weight_decay, clip, beta1, beta2, eps,
+    of steps, resolved by the library as for C and the CLI), grad_accum, weight_decay, clip, beta1, beta2, eps,
     save_every, sequential, and the model's d_model, n_layer, d_state,
     d_conv, expand.  Unset ones are seed 000's (mb_train_settings_default,
     mb_config_default).  An unknown keyword is a TypeError, a value out of
@@ -135,8 +134,6 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
     why = ctypes.create_string_buffer(512)  # a budget and no lr/batch/ctx: the short-budget recipe, as the CLI
     if lib.mb_train_settings_for_budget(ctypes.byref(settings), sum(1 << fields[k][5] for k in given), why, len(why)):
         _print(why.value.decode(), verbose)
-    if "warmup" not in given:
-        settings.warmup = int(math.floor(0.05 * settings.steps + 0.5))
     if settings.schedule == 1 and not settings.time_budget > 0:
         raise ValueError("schedule='time' needs time_budget (seconds)")
     _check(lib.mb_config_validate(ctypes.byref(cfg)), "config")

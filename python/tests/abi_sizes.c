@@ -11,12 +11,12 @@
 #define BEGIN(T) printf("%s %zu", #T, sizeof(T)); { typedef T mbt_abi_t;
 #define F(f) printf(" %s:%zu", #f, offsetof(mbt_abi_t, f));
 #define END printf("\n"); }
+#define SETTING(ID, f, ...) F(f)
 
 int main(void) {
     BEGIN(mb_config) F(vocab_size) F(d_model) F(n_layer) F(d_state) F(d_conv) F(expand) F(dt_rank) F(norm) F(untied_head) END
     BEGIN(mb_tensor_info) F(name) F(offset) F(numel) F(ndim) F(shape) F(weight_decay) END
-    BEGIN(mb_train_settings) F(batch) F(ctx) F(steps) F(warmup) F(grad_accum) F(save_every) F(seed) F(schedule)
-        F(sequential) F(lr) F(weight_decay) F(clip) F(beta1) F(beta2) F(eps) F(time_budget) END
+    BEGIN(mb_train_settings) MB_TRAIN_SETTINGS(SETTING) END
     BEGIN(mb_train_state) F(step) F(data_rng) F(data_pos) F(elapsed_s) F(ranks) F(adam_m) F(adam_v) F(settings) END
     BEGIN(mb_batcher) F(data) F(size) F(rng) F(pos) F(sequential) END
     BEGIN(mb_step_result) F(loss) F(grad_norm) F(lr) F(applied) END
@@ -27,7 +27,7 @@ int main(void) {
         F(progress) F(by_time) F(applied) F(nonfinite_run) F(saves) END
     BEGIN(mb_train_options) F(out) F(stop_at) F(callback) F(user) END
     BEGIN(mb_train_report) F(outcome) F(steps_run) F(elapsed_s) F(tokens_per_s) F(last_loss) F(saved) F(comm_s) F(tokens) END
-    BEGIN(mb_train_field_info) F(flag) F(key) F(kind) F(lo) F(hi) F(help) END
+    BEGIN(mb_train_field_info) F(flag) F(key) F(kind) F(lo) F(hi) F(help) F(offset) END
     BEGIN(mb_mapped_file) F(data) F(size) F(map_base) F(map_len) END
     BEGIN(mb_dataset) F(train_file) F(eval_file) F(train) F(eval) F(train_size) F(eval_size) F(eval_is_tail)
         F(train_path) F(eval_path) END

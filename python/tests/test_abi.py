@@ -48,5 +48,6 @@ def test_every_mirror_is_checked():
 def test_constants():
     assert EXTRA["enum"] == ctypes.sizeof(ctypes.c_int)
     assert EXTRA["MB_FIELD_COUNT"] == _lib.FIELD_COUNT
-    fields = {_lib.lib.mb_train_field_desc(f).contents.key.decode(): f for f in range(_lib.FIELD_COUNT)}
-    assert fields["steps"] == _lib.FIELD_STEPS and fields["warmup"] == _lib.FIELD_WARMUP
+    assert _lib.lib.mb_train_field_count() == _lib.FIELD_COUNT and not _lib.lib.mb_train_field_desc(_lib.FIELD_COUNT)
+    settings = [d.key.decode() for d in _lib._train_fields() if d.offset >= 0]
+    assert settings == list(STRUCTS["mb_train_settings"][1]), "the table's settings fields are mb_train_settings' in order"

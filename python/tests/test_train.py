@@ -99,6 +99,20 @@ def test_bad_options():
     assert set(mambabyte.training_fields()) >= {"steps", "time_budget", "d_model", "warmup", "grad_accum"}
 
 
+def test_warmup_and_dt_rank_follow_the_run(capsys):
+    """The library's defaults follow the run, as in C and the CLI: 5% of the steps warm up (not a fixed 200), and
+    d_model sets dt_rank."""
+    mambabyte.train(SAMPLE.read_bytes(), **tiny_options(steps=30, verbose=True, eval_chars=0))
+    assert "warm-up 2 steps, cosine to 0" in capsys.readouterr().out  # floor(0.05 * 30 + 0.5)
+    mambabyte.train(SAMPLE.read_bytes(), **tiny_options(steps=30, warmup=7, verbose=True, eval_chars=0))
+    assert "warm-up 7 steps" in capsys.readouterr().out
+    from mambabyte._lib import lib
+    cfg = lib.mb_config_default()
+    assert cfg.dt_rank == 0  # derived: ceil(d_model / 16)
+    cfg.d_model = 64
+    assert mambabyte.Model.create(cfg).config["dt_rank"] == 4
+
+
 def test_data_shorter_than_ctx():
     with pytest.raises(ValueError, match="needs at least 65"):
         mambabyte.train(b"x" * 64, ctx=64)
