@@ -8,8 +8,8 @@
               -DMAMBABYTE_CUDA_IMPLEMENTATION -x cu -c mambabyte_cuda.cuh -o mambabyte_cuda.o
      and link it (with -lcublas -lcudart -lstdc++) into a C program that
      compiles mambabyte.h's implementation (non-static: this file calls
-     mb_config_validate and mb_config_tensors).  Without the macro the file
-     only declares the mb_cuda_* API below (C-compatible).
+     mb_config_validate, mb_tensor_index...).  The mb_cuda_* API is declared
+     in mambabyte.h (section "CUDA"); without the macro this file adds nothing.
 
    WHAT RUNS WHERE
      Everything of a training step stays on the device: the batch bytes and
@@ -21,14 +21,14 @@
      function is the specification (tests/test_cuda_emu.cpp checks each).
 
    PRECISION
-     precision 0 (fp32): cuBLAS with CUBLAS_COMPUTE_32F (no TF32).
-     precision 1 (bf16): the inputs of every matrix product (activations,
+     MB_PRECISION_FP32: cuBLAS with CUBLAS_COMPUTE_32F (no TF32).
+     MB_PRECISION_BF16: the inputs of every matrix product (activations,
      gradients and a bf16 copy of the weights, refreshed after each update)
      are bf16, accumulation and outputs float32 (cublasGemmEx, compute 32F).
-     precision 2 (tf32): float32 storage, the matrix products on the tensor
+     MB_PRECISION_TF32: float32 storage, the matrix products on the tensor
      cores with TF32 inputs (CUBLAS_COMPUTE_32F_FAST_TF32, ~1e-3 relative).
      Master weights, gradients, AdamW state, LayerNorm, the scan state and
-     the cross-entropy are float32 in both modes.
+     the cross-entropy are float32 in all three.
 
    DETERMINISM
      No float atomics.  Every reduction (LayerNorm/conv/scan parameter
@@ -46,8 +46,9 @@
 
    ERRORS
      Every CUDA and cuBLAS call is checked; failures return
-     MB_STATUS_CUDA_ERROR (or the mb_status that fits) and
-     mb_cuda_last_error() gives "file:line: call: reason".
+     MB_STATUS_CUDA_ERROR (or the mb_status that fits) and record
+     "file:line: call: reason" with mb_set_error: mb_last_error() reads it.
+     Host memory comes from MB_MALLOC / MB_FREE, as in mambabyte.h.
 
    LICENSE: MIT, as mambabyte.h.
 */
@@ -55,8 +56,6 @@
 #define MAMBABYTE_CUDA_CUH
 
 #include "mambabyte.h"
-
-/* The mb_cuda_* API is declared in mambabyte.h (section "CUDA"). */
 #endif /* MAMBABYTE_CUDA_CUH */
 
 /* ======================================================================= */
@@ -83,6 +82,10 @@
 #endif
 
 typedef __nv_bfloat16 mbc_bf16;
+#ifndef MB_MALLOC /* host memory: override both here as in the C translation unit */
+#define MB_MALLOC(n) malloc(n)
+#define MB_FREE(p) free(p)
+#endif
 
 #define MBC_MAX_CONV 64        /* d_conv limit of mb_config_validate */
 #define MBC_SCAN_MAX_CHUNK 64  /* scan chunk limit: rows of B/C staged in shared memory */
@@ -1101,8 +1104,6 @@ __global__ void adamw_kernel(float *p, float *g, float *m, float *v, const uint8
 /* ======================================================================= */
 namespace mbc {
 
-static thread_local char g_err[512];
-
 /* MB_CUDA_SYNC=1: synchronise and check after every launch (read once). */
 static inline bool sync_each_launch() {
     static int mode = -1;
@@ -1111,14 +1112,6 @@ static inline bool sync_each_launch() {
         mode = e && e[0] == '1' && e[1] == 0;
     }
     return mode == 1;
-}
-
-static inline mb_status fail(mb_status s, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
-    va_end(ap);
-    return s;
 }
 
 #define MBC_TRY(expr)                                      \
@@ -1134,7 +1127,7 @@ static inline int device_count() { return 1; }
 static inline mb_status device_check() { return MB_STATUS_OK; }
 static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
     *p = cuda_emu::device_alloc(bytes); /* 256-byte aligned, as cudaMalloc */
-    if (!*p) return fail(MB_STATUS_OUT_OF_MEMORY, "emulated device: %s (%zu bytes)", what, bytes);
+    if (!*p) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "emulated device: %s (%zu bytes)", what, bytes);
     memset(*p, 0xFF, bytes); /* NaN: a read before a write shows */
     return MB_STATUS_OK;
 }
@@ -1166,8 +1159,8 @@ static inline mb_status dzero(void *d, size_t bytes) {
     return MB_STATUS_OK;
 }
 static inline mb_status sync() { cuda_emu::host_sync("stream synchronize"); return MB_STATUS_OK; }
-static inline void *hmalloc(size_t bytes) { return malloc(bytes ? bytes : 1); }
-static inline void hfree(void *p) { free(p); }
+static inline void *hmalloc(size_t bytes) { return MB_MALLOC(bytes ? bytes : 1); }
+static inline void hfree(void *p) { MB_FREE(p); }
 static inline mb_status h2d_async(void *d, const void *h, size_t bytes) { return d2d(d, h, bytes); }
 static inline mb_status d2h_async(void *h, const void *d, size_t bytes) { return d2d(h, d, bytes); }
 static inline mb_status stream_create(stream_t *s) { *s = nullptr; return MB_STATUS_OK; }
@@ -1226,21 +1219,21 @@ typedef cublasHandle_t blas_t;
     do {                                                                                                      \
         cudaError_t e_ = (call);                                                                              \
         if (e_ != cudaSuccess)                                                                                \
-            return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                \
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                \
                              cudaGetErrorString(e_));                                                         \
     } while (0)
 #define MBC_CUDA_AT(call, what)                                                                               \
     do {                                                                                                      \
         cudaError_t e_ = (call);                                                                              \
         if (e_ != cudaSuccess)                                                                                \
-            return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s after %s: %s", __FILE__, __LINE__, #call, what,  \
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s after %s: %s", __FILE__, __LINE__, #call, what,  \
                              cudaGetErrorString(e_));                                                         \
     } while (0)
 #define MBC_CUBLAS(call)                                                                                      \
     do {                                                                                                      \
         cublasStatus_t e_ = (call);                                                                           \
         if (e_ != CUBLAS_STATUS_SUCCESS)                                                                      \
-            return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, #call,  \
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, #call,  \
                              (int)e_);                                                                        \
     } while (0)
 static inline int device_count() {
@@ -1258,9 +1251,9 @@ static inline mb_status device_check() {
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
-        return fail(MB_STATUS_UNSUPPORTED, "CUDA: %s (cudaGetDeviceCount: %s)", cudaGetErrorString(e), cudaGetErrorName(e));
+        return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: %s (cudaGetDeviceCount: %s)", cudaGetErrorString(e), cudaGetErrorName(e));
     }
-    if (n < 1) return fail(MB_STATUS_UNSUPPORTED, "CUDA: no CUDA device found");
+    if (n < 1) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: no CUDA device found");
     return MB_STATUS_OK;
 }
 static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
@@ -1268,10 +1261,10 @@ static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
     cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
     if (e == cudaErrorMemoryAllocation) {
         (void)cudaGetLastError();
-        return fail(MB_STATUS_OUT_OF_MEMORY, "%s:%d: cudaMalloc %s (%zu bytes): out of device memory", __FILE__,
+        return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "%s:%d: cudaMalloc %s (%zu bytes): out of device memory", __FILE__,
                     __LINE__, what, bytes);
     }
-    if (e != cudaSuccess) return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cudaMalloc %s: %s", __FILE__, __LINE__, what, cudaGetErrorString(e));
+    if (e != cudaSuccess) return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cudaMalloc %s: %s", __FILE__, __LINE__, what, cudaGetErrorString(e));
     return MB_STATUS_OK;
 }
 static inline void dfree(void *p) { if (p) (void)cudaFree(p); }
@@ -1324,7 +1317,7 @@ static inline mb_status capture_end(graph_t *out) {
     MBC_CUDA(cudaStreamEndCapture(g_stream, &gr));
     const cudaError_t e = cudaGraphInstantiate(out, gr, 0);
     (void)cudaGraphDestroy(gr);
-    if (e != cudaSuccess) { *out = nullptr; return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cudaGraphInstantiate: %s", __FILE__, __LINE__, cudaGetErrorString(e)); }
+    if (e != cudaSuccess) { *out = nullptr; return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cudaGraphInstantiate: %s", __FILE__, __LINE__, cudaGetErrorString(e)); }
     return MB_STATUS_OK;
 }
 static inline void capture_abort() {
@@ -1358,12 +1351,12 @@ static inline mb_status gemm(blas_t h, int ta, int tb, int m, int n, int k, floa
                                     mode == MBC_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
                                     CUBLAS_GEMM_DEFAULT);
     if (e != CUBLAS_STATUS_SUCCESS)
-        return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cublasGemmEx(m=%d n=%d k=%d%s): cuBLAS status %d", file, line, m, n,
+        return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cublasGemmEx(m=%d n=%d k=%d%s): cuBLAS status %d", file, line, m, n,
                     k, bf16 ? " bf16" : "", (int)e);
     if (sync_each_launch()) {
         cudaError_t se = cudaDeviceSynchronize();
         if (se != cudaSuccess)
-            return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cudaDeviceSynchronize after cublasGemmEx(m=%d n=%d k=%d): %s", file,
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cudaDeviceSynchronize after cublasGemmEx(m=%d n=%d k=%d): %s", file,
                         line, m, n, k, cudaGetErrorString(se));
     }
     return MB_STATUS_OK;
@@ -1418,7 +1411,7 @@ static inline mb_status embedding_backward(float *dwte, float *scratch, const fl
                                            const int64_t *bucket_rows, int64_t N, int C) {
     const int threads = C >= 256 ? 256 : ((C + 31) / 32) * 32;
     const int64_t pieces = embedding_pieces_max(N);
-    if (pieces > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "embedding backward: N %lld too large", (long long)N);
+    if (pieces > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "embedding backward: N %lld too large", (long long)N);
     MBC_LAUNCH(embedding_backward_pieces_kernel, dim3((unsigned)pieces), dim3(threads), 0, scratch, dout, bucket_table,
                bucket_rows, C);
     MBC_LAUNCH(embedding_backward_kernel, dim3(256), dim3(threads), 0, dwte, (const float *)scratch, dout, bucket_table,
@@ -1448,7 +1441,7 @@ static inline mb_status layernorm_backward(float *dinp, float *dw, float *db, fl
                                     int C, bool overwrite = false, bool rms = false) {
     const int64_t parts = ln_backward_parts(N);
     const int warps = ln_backward_warps(C);
-    if (parts > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "layernorm backward: N %lld too large", (long long)N);
+    if (parts > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "layernorm backward: N %lld too large", (long long)N);
     MBC_LAUNCH(layernorm_backward_kernel, dim3((unsigned)parts), dim3(32 * warps), (size_t)warps * 2 * C * sizeof(float),
                dinp, scratch, dout, inp, w, mean, rstd, N, C, (int)overwrite, (int)rms);
     const int64_t nout = rms ? C : 2 * C; /* RMSNorm: only the dw half */
@@ -1491,7 +1484,7 @@ static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, flo
                                  bool overwrite = false) {
     const int64_t parts = conv_backward_parts(B, T);
     const dim3 gw((unsigned)((Di + 127) / 128), (unsigned)parts);
-    if (parts > 65535) return fail(MB_STATUS_INVALID_ARGUMENT, "conv1d backward: B*T %lld too large", (long long)B * T);
+    if (parts > 65535) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "conv1d backward: B*T %lld too large", (long long)B * T);
     if (K == 4)
         MBC_LAUNCH(conv1d_backward_kernel<4>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
     else
@@ -1509,10 +1502,10 @@ static inline scan_ctx make_scan_ctx(int T, int Di, int S, int R, int chunk) {
     return k;
 }
 static inline mb_status scan_check(int B, int T, int Di, int S, int chunk) {
-    if (S < 1 || S > MBC_SCAN_MAX_STATE) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
-    if (chunk < 1 || chunk > MBC_SCAN_MAX_CHUNK) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: chunk %d (must be 1..%d)", chunk, MBC_SCAN_MAX_CHUNK);
+    if (S < 1 || S > MBC_SCAN_MAX_STATE) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
+    if (chunk < 1 || chunk > MBC_SCAN_MAX_CHUNK) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: chunk %d (must be 1..%d)", chunk, MBC_SCAN_MAX_CHUNK);
     if (B > 65535 || (T + chunk - 1) / chunk > 65535 || T < 1 || Di < 1)
-        return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: B %d, T %d, Di %d out of the grid's range", B, T, Di);
+        return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: B %d, T %d, Di %d out of the grid's range", B, T, Di);
     return MB_STATUS_OK;
 }
 static inline int scan_bwd_warps(int Di) { /* warps of 32 channels over the backward grid */
@@ -1580,7 +1573,7 @@ static inline mb_status scan_backward(float *du, float *ddelta, float *ddt_bias,
                delta, dt_bias, A_log, xdbl, Dp, xz, k, (int)overwrite);
     const int64_t ntok = (int64_t)B * T;
     const int64_t nred = (DS + 2 * Di + 31) / 32 + (ntok * 2 * S + 32 * MBC_RED_Y - 1) / (32 * MBC_RED_Y);
-    if (nred > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA scan: B*T %lld too large", (long long)ntok);
+    if (nred > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA scan: B*T %lld too large", (long long)ntok);
     MBC_LAUNCH(scan_reduce_kernel, dim3((unsigned)nred), dim3(32, MBC_RED_Y), 0, dA_log, dD, ddt_bias,
                dxdbl, (const float *)part, (const float *)partBC, npc, ntok, nw, k, (int)overwrite);
     return MB_STATUS_OK;
@@ -1588,7 +1581,7 @@ static inline mb_status scan_backward(float *du, float *ddelta, float *ddt_bias,
 
 static inline mb_status scan_step(float *gated, float *hstate, const float *u, const float *delta, const float *dt_bias,
                            const float *A_log, const float *xdbl, const float *Dp, const float *xz, int Di, int S, int R) {
-    if (S < 1 || S > MBC_SCAN_MAX_STATE) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
+    if (S < 1 || S > MBC_SCAN_MAX_STATE) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
     MBC_LAUNCH(scan_step_kernel, dim3((unsigned)((Di + 127) / 128)), dim3(128), 0, gated, hstate, u, delta, dt_bias,
                A_log, xdbl, Dp, xz, Di, S, R);
     return MB_STATUS_OK;
@@ -1599,7 +1592,7 @@ static inline mb_status cross_entropy(float *loss_rows, float *dlogits, const fl
                                int64_t rows, int V, int32_t ignore_index, float label_smoothing,
                                const float *dloss_rows, float dscale, const double *dscale_dev = nullptr) {
     if (rows < 1) return MB_STATUS_OK;
-    if (rows > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "cross-entropy: %lld rows", (long long)rows);
+    if (rows > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "cross-entropy: %lld rows", (long long)rows);
     MBC_LAUNCH(cross_entropy_kernel, dim3((unsigned)rows), dim3(256), 0, loss_rows, dlogits, logits, targets, rows, V,
                ignore_index, label_smoothing, dloss_rows, dscale, dscale_dev);
     return MB_STATUS_OK;
@@ -1699,45 +1692,38 @@ static inline mb_status dims_init(dims *d, const mb_config *cfg_in) {
     memset(d, 0, sizeof *d);
     d->cfg = *cfg_in;
     if (mb_config_validate(&d->cfg) != MB_STATUS_OK)
-        return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: invalid config: %s", mb_last_error());
+        return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA: invalid config: %s", mb_last_error());
     const mb_config *c = &d->cfg;
     d->C = c->d_model; d->Di = c->d_model * c->expand; d->S = c->d_state; d->K = c->d_conv; d->R = c->dt_rank;
     d->X = d->R + 2 * d->S; d->V = c->vocab_size; d->L = c->n_layer;
-    if (d->S > MBC_SCAN_MAX_STATE) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_state %d > %d is not supported", d->S, MBC_SCAN_MAX_STATE);
-    if (d->C > 6144) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_model %d > 6144 is not supported", d->C);
+    if (d->S > MBC_SCAN_MAX_STATE) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: d_state %d > %d is not supported", d->S, MBC_SCAN_MAX_STATE);
+    if (d->C > 6144) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: d_model %d > 6144 is not supported", d->C);
     d->ntensors = mb_config_tensors(c, NULL);
-    mb_tensor_info *ti = (mb_tensor_info *)malloc(sizeof(mb_tensor_info) * (size_t)d->ntensors);
-    d->offset = (int64_t *)malloc(sizeof(int64_t) * (size_t)d->ntensors);
-    if (!ti || !d->offset) { free(ti); return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA: tensor table"); }
+    mb_tensor_info *ti = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)d->ntensors);
+    d->offset = (int64_t *)MB_MALLOC(sizeof(int64_t) * (size_t)d->ntensors);
+    if (!ti || !d->offset) { MB_FREE(ti); return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA: tensor table"); }
     mb_config_tensors(c, ti);
     for (int i = 0; i < d->ntensors; i++) d->offset[i] = ti[i].offset;
     d->nparams = ti[d->ntensors - 1].offset + ti[d->ntensors - 1].numel;
-    free(ti);
+    MB_FREE(ti);
     return MB_STATUS_OK;
 }
 
-/* A list of device allocations freed together. */
+/* A list of device allocations freed together (a trainer makes about 20). */
+#define MBC_DLIST_MAX 512
 struct dlist {
-    void **ptrs = nullptr;
-    int n = 0, cap = 0;
+    void *ptrs[MBC_DLIST_MAX];
+    int n;
 };
 static inline mb_status dlist_alloc(dlist *l, void **out, size_t bytes, const char *what) {
-    if (l->n == l->cap) {
-        int cap = l->cap ? 2 * l->cap : 64;
-        void **p = (void **)realloc(l->ptrs, sizeof(void *) * (size_t)cap);
-        if (!p) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA: allocation list");
-        l->ptrs = p;
-        l->cap = cap;
-    }
+    if (l->n == MBC_DLIST_MAX) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA: more than %d allocations", MBC_DLIST_MAX);
     MBC_TRY(dmalloc(out, bytes, what));
     l->ptrs[l->n++] = *out;
     return MB_STATUS_OK;
 }
 static inline void dlist_free(dlist *l) {
     for (int i = 0; i < l->n; i++) dfree(l->ptrs[i]);
-    free(l->ptrs);
-    l->ptrs = nullptr;
-    l->n = l->cap = 0;
+    l->n = 0;
 }
 template <class T> static mb_status dalloc(dlist *l, T **out, int64_t count, const char *what) {
     void *p = nullptr;
@@ -1890,10 +1876,10 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     MBC_TRY(dims_init(&t->d, cfg));
     const dims &d = t->d;
     if (B < 1 || T < 1 || (int64_t)B * T > 2147483647 / 2)
-        return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: B=%d T=%d", B, T);
+        return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: B=%d T=%d", B, T);
     if (precision != MBC_FP32 && precision != MBC_BF16 && precision != MBC_TF32)
-        return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: precision %d (0 fp32, 1 bf16, 2 tf32)", precision);
-    if (device_count() < 1) return fail(MB_STATUS_UNSUPPORTED, "CUDA trainer: no CUDA device");
+        return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: precision %d (0 fp32, 1 bf16, 2 tf32)", precision);
+    if (device_count() < 1) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA trainer: no CUDA device");
     t->B = B; t->T = T; t->N = (int64_t)B * T; t->precision = precision;
     t->chunk = T < 32 ? T : 32;
     MBC_TRY(scan_check(B, T, d.Di, d.S, t->chunk));
@@ -1918,14 +1904,14 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     MBC_TRY(dzero(t->adam_m, (size_t)P * sizeof(float)));
     MBC_TRY(dzero(t->adam_v, (size_t)P * sizeof(float)));
     {
-        mb_tensor_info *ti = (mb_tensor_info *)malloc(sizeof(mb_tensor_info) * (size_t)d.ntensors);
-        uint8_t *mask = (uint8_t *)malloc((size_t)P);
-        if (!ti || !mask) { free(ti); free(mask); return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: decay mask"); }
+        mb_tensor_info *ti = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)d.ntensors);
+        uint8_t *mask = (uint8_t *)MB_MALLOC((size_t)P);
+        if (!ti || !mask) { MB_FREE(ti); MB_FREE(mask); return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: decay mask"); }
         mb_config_tensors(&d.cfg, ti);
         for (int i = 0; i < d.ntensors; i++) memset(mask + ti[i].offset, ti[i].weight_decay ? 1 : 0, (size_t)ti[i].numel);
         mb_status s = h2d(t->decay_mask, mask, (size_t)P);
-        free(ti);
-        free(mask);
+        MB_FREE(ti);
+        MB_FREE(mask);
         MBC_TRY(s);
     }
     if (precision == MBC_BF16) {
@@ -1944,8 +1930,8 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     t->tokens = (uint8_t *)(t->targets + N);
     t->h_batch = (uint8_t *)hmalloc(t->batch_bytes);
     t->h_bucket = (int64_t *)(t->h_batch + sizeof(double));
-    t->acts = (layer_acts *)calloc((size_t)d.L, sizeof(layer_acts));
-    if (!t->h_batch || !t->acts) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: host tables");
+    if ((t->acts = (layer_acts *)MB_MALLOC(sizeof(layer_acts) * (size_t)d.L))) memset(t->acts, 0, sizeof(layer_acts) * (size_t)d.L);
+    if (!t->h_batch || !t->acts) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: host tables");
     MBC_TRY(tr_alloc_acts(t));
     MBC_TRY(tr_alloc_chunked(t));
     MBC_TRY(dalloc(&t->mem, &t->resid_out, N * d.C, "resid out"));
@@ -1969,22 +1955,22 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     MBC_TRY(dalloc(&t->mem, &t->args_dev, 1, "update scalars"));
     t->h_stats = (double *)hmalloc(2 * sizeof(double));
     t->h_args = (adamw_args *)hmalloc(sizeof(adamw_args));
-    if (!t->h_stats || !t->h_args) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: pinned step buffers");
+    if (!t->h_stats || !t->h_args) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: pinned step buffers");
     return sync();
 }
 
 static inline void nccl_free(mb_cuda_trainer *t);
 static inline void tr_free(mb_cuda_trainer *t) {
     nccl_free(t);
-    free(t->host_grads);
+    MB_FREE(t->host_grads);
     dlist_free(&t->mem);
     dlist_free(&t->chunk_mem);
     blas_destroy(t->blas);
-    free(t->d.offset);
+    MB_FREE(t->d.offset);
     hfree(t->h_batch);
     hfree(t->h_stats);
     hfree(t->h_args);
-    free(t->acts);
+    MB_FREE(t->acts);
     graph_free(t->fb.exec);
     graph_free(t->update.exec);
     event_destroy(t->uploaded);
@@ -2081,7 +2067,7 @@ static inline mb_status tr_upload_batch(mb_cuda_trainer *t, const uint8_t *input
     for (int64_t i = 0; i < N; i++) {
         if (targets[i] == -100) continue;
         if (targets[i] < 0 || targets[i] >= t->d.V)
-            return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: target %d at row %lld is outside [0,%d)", targets[i], (long long)i, t->d.V);
+            return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA: target %d at row %lld is outside [0,%d)", targets[i], (long long)i, t->d.V);
         n++;
     }
     *n_valid = n;
@@ -2153,7 +2139,7 @@ namespace mbc {
     do {                                                                                                         \
         ncclResult_t e_ = (call);                                                                                \
         if (e_ != ncclSuccess)                                                                                   \
-            return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call, ncclGetErrorString(e_)); \
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call, ncclGetErrorString(e_)); \
     } while (0)
 
 __global__ void add_kernel(float *x, const float *y, int64_t n) {
@@ -2173,7 +2159,7 @@ static inline mb_status nccl_create(mb_cuda_trainer *t, const mb_train_comm *com
         packed[i] = (double)w;
     }
     if (comm->broadcast(comm->impl, packed, (int)(sizeof packed / sizeof packed[0])) != MB_STATUS_OK)
-        return fail(MB_STATUS_IO_ERROR, "NCCL bootstrap: broadcast of the unique id: %s",
+        return mb_set_error(MB_STATUS_IO_ERROR, "NCCL bootstrap: broadcast of the unique id: %s",
                     comm->last_error ? comm->last_error() : "failed");
     for (size_t i = 0; i < sizeof packed / sizeof packed[0]; i++) {
         const uint32_t w = (uint32_t)packed[i];
@@ -2213,7 +2199,7 @@ static inline void nccl_free(mb_cuda_trainer *t) {
 }
 #else /* (and in the emulator): t->nccl stays NULL, the gradients go through host memory */
 static inline mb_status nccl_create(mb_cuda_trainer *, const mb_train_comm *) { return MB_STATUS_OK; }
-static inline mb_status nccl_sum_grads(mb_cuda_trainer *, const mb_train_comm *) { return fail(MB_STATUS_UNSUPPORTED, "CUDA: no NCCL"); }
+static inline mb_status nccl_sum_grads(mb_cuda_trainer *, const mb_train_comm *) { return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: no NCCL"); }
 static inline void nccl_free(mb_cuda_trainer *) {}
 #endif
 
@@ -2222,10 +2208,10 @@ static inline void nccl_free(mb_cuda_trainer *) {}
 static inline mb_status sum_grads(mb_cuda_trainer *t, const mb_train_comm *comm) {
     const size_t bytes = (size_t)t->d.nparams * sizeof(float);
     if (t->nccl) return nccl_sum_grads(t, comm);
-    if (!t->host_grads && !(t->host_grads = (float *)malloc(bytes))) return fail(MB_STATUS_OUT_OF_MEMORY, "host gradient buffer");
+    if (!t->host_grads && !(t->host_grads = (float *)MB_MALLOC(bytes))) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "host gradient buffer");
     MBC_TRY(d2h(t->host_grads, t->grads, bytes));
     if (comm->sum_floats(comm->impl, t->host_grads, t->d.nparams) != MB_STATUS_OK)
-        return fail(MB_STATUS_IO_ERROR, "data-parallel: %s", comm->last_error ? comm->last_error() : "gradient sum failed");
+        return mb_set_error(MB_STATUS_IO_ERROR, "data-parallel: %s", comm->last_error ? comm->last_error() : "gradient sum failed");
     return h2d(t->grads, t->host_grads, bytes);
 }
 
@@ -2263,16 +2249,17 @@ struct mb_cuda_stream {
 extern "C" {
 
 int mb_cuda_device_count(void) { return mbc::device_count(); }
-const char *mb_cuda_last_error(void) { return mbc::g_err; }
+const char *mb_cuda_last_error(void) { return mb_last_error(); }
 
 mb_status mb_cuda_trainer_create(mb_cuda_trainer **out, const mb_config *cfg, int B, int T, int precision) {
     *out = nullptr;
-    mb_cuda_trainer *t = (mb_cuda_trainer *)calloc(1, sizeof(mb_cuda_trainer));
-    if (!t) return mbc::fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer struct");
+    mb_cuda_trainer *t = (mb_cuda_trainer *)MB_MALLOC(sizeof(mb_cuda_trainer));
+    if (!t) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer struct");
+    memset(t, 0, sizeof *t);
     mb_status s = mbc::tr_create(t, cfg, B, T, precision);
     if (s != MB_STATUS_OK) {
         mbc::tr_free(t);
-        free(t);
+        MB_FREE(t);
         return s;
     }
     *out = t;
@@ -2282,7 +2269,7 @@ mb_status mb_cuda_trainer_create(mb_cuda_trainer **out, const mb_config *cfg, in
 void mb_cuda_trainer_free(mb_cuda_trainer *t) {
     if (!t) return;
     mbc::tr_free(t);
-    free(t);
+    MB_FREE(t);
 }
 
 mb_status mb_cuda_trainer_set_scan_chunk(mb_cuda_trainer *t, int chunk) {
@@ -2342,7 +2329,7 @@ mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr
     mbc::stream_scope on(t->stream);
     double stats[2] = {0.0, 0.0};
     if (applied_out) *applied_out = 0;
-    if (adam_step < 1) return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA update: adam_step %lld", (long long)adam_step);
+    if (adam_step < 1) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA update: adam_step %lld", (long long)adam_step);
     /* norm, clip and update without a host round trip in between: the one
        synchronisation is the read of the norm at the end */
     MBC_TRY(mbc::tr_update(t, mbc::make_adamw_args(1.0f, lr, beta1, beta2, eps, weight_decay, adam_step, clip, grad_scale), stats));
@@ -2353,7 +2340,7 @@ mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr
 }
 
 mb_status mb_cuda_trainer_set_graphs(mb_cuda_trainer *t, int on) {
-    if (on && mbc::sync_each_launch()) return mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA graphs: not with MB_CUDA_SYNC=1");
+    if (on && mbc::sync_each_launch()) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA graphs: not with MB_CUDA_SYNC=1");
     t->graphs = on ? 1 : 0;
     return MB_STATUS_OK;
 }
@@ -2377,7 +2364,7 @@ static mb_status mbc_backend_step(mb_trainer *tr, double lr, mb_step_result *r) 
     for (int64_t k = 0; k < total; k++) {
         int own = 0;
         mb_status st = mb_trainer_draw(tr, k, &own);
-        if (st != MB_STATUS_OK) return mbc::fail(st, "%s", mb_last_error());
+        if (st != MB_STATUS_OK) return st;
         if (own) MBC_TRY(mbc::tr_submit_micro_batch(g, tr->inputs, tr->targets));
     }
     if (ranks > 1) { /* the gradients on the GPUs (NCCL) or through the host, the loss on the host */
@@ -2387,7 +2374,7 @@ static mb_status mbc_backend_step(mb_trainer *tr, double lr, mb_step_result *r) 
         MBC_TRY(mbc::sum_grads(g, tr->comm));
         MBC_TRY(mbc::d2h(&loss_sum, g->stats, sizeof loss_sum)); /* waits, so comm_s holds NCCL's work too */
         if (tr->comm->sum_doubles(tr->comm->impl, &loss_sum, 1) != MB_STATUS_OK)
-            return mbc::fail(MB_STATUS_IO_ERROR, "data-parallel: %s", tr->comm->last_error ? tr->comm->last_error() : "loss sum failed");
+            return mb_set_error(MB_STATUS_IO_ERROR, "data-parallel: %s", tr->comm->last_error ? tr->comm->last_error() : "loss sum failed");
         MBC_TRY(mbc::h2d(g->stats, &loss_sum, sizeof loss_sum)); /* the guard below reads the ranks' sum */
         tr->comm_s += mb_clock_seconds() - c0;
     }
@@ -2420,17 +2407,17 @@ static void mbc_backend_release(mb_trainer *tr) { mb_cuda_trainer_free((mb_cuda_
 mb_status mb_cuda_trainer_attach(mb_trainer *tr, int precision) {
     const mb_train_settings *s = &tr->st.settings;
     mb_cuda_trainer *g = nullptr;
-    if (tr->backend.step) return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: the trainer already has a %s backend", tr->backend.name);
+    if (tr->backend.step) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA: the trainer already has a %s backend", tr->backend.name);
     const int ranks = tr->comm ? tr->comm->size : 1;
     mb_status st = mbc::device_check();
     if (st == MB_STATUS_OK) st = mbc::select_device(tr->comm);
     if (st == MB_STATUS_OK && s->batch * s->ctx > 2147483647 / 2)
-        st = mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA: batch %lld x ctx %lld is too large", (long long)s->batch, (long long)s->ctx);
+        st = mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: batch %lld x ctx %lld is too large", (long long)s->batch, (long long)s->ctx);
     if (st == MB_STATUS_OK) st = mb_cuda_trainer_create(&g, mb_model_config(tr->model), (int)s->batch, (int)s->ctx, precision);
     if (st == MB_STATUS_OK) st = mb_cuda_trainer_upload(g, mb_model_params(tr->model), tr->st.adam_m, tr->st.adam_v);
     /* data-parallel: the ranks all attach (then NCCL joins them) or all stay on the CPU */
     if (ranks > 1 && !mbc::all_ranks_ok(tr->comm, st == MB_STATUS_OK) && st == MB_STATUS_OK)
-        st = mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA: another rank could not use its GPU");
+        st = mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: another rank could not use its GPU");
     if (st == MB_STATUS_OK && ranks > 1) st = mbc::nccl_create(g, tr->comm);
     if (st != MB_STATUS_OK) {
         mb_cuda_trainer_free(g);
@@ -2441,17 +2428,17 @@ mb_status mb_cuda_trainer_attach(mb_trainer *tr, int precision) {
     tr->backend.step = mbc_backend_step;
     tr->backend.sync = mbc_backend_sync;
     tr->backend.release = mbc_backend_release;
-    tr->backend.last_error = mb_cuda_last_error;
     return MB_STATUS_OK;
 }
 
 mb_status mb_cuda_stream_create(mb_cuda_stream **out, const mb_config *cfg, const float *params) {
     *out = nullptr;
-    mb_cuda_stream *s = (mb_cuda_stream *)calloc(1, sizeof(mb_cuda_stream));
-    if (!s) return mbc::fail(MB_STATUS_OUT_OF_MEMORY, "CUDA stream struct");
+    mb_cuda_stream *s = (mb_cuda_stream *)MB_MALLOC(sizeof(mb_cuda_stream));
+    if (!s) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA stream struct");
+    memset(s, 0, sizeof *s);
     mb_status st = mbc::dims_init(&s->d, cfg);
     const mbc::dims &d = s->d;
-    if (st == MB_STATUS_OK && mbc::device_count() < 1) st = mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA stream: no CUDA device");
+    if (st == MB_STATUS_OK && mbc::device_count() < 1) st = mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA stream: no CUDA device");
     if (st == MB_STATUS_OK) st = mbc::blas_create(&s->blas);
     if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->params, d.nparams, "stream params");
     if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->conv_state, (int64_t)d.L * d.Di * d.K, "conv state");
@@ -2513,8 +2500,8 @@ void mb_cuda_stream_free(mb_cuda_stream *s) {
     if (!s) return;
     mbc::dlist_free(&s->mem);
     mbc::blas_destroy(s->blas);
-    free(s->d.offset);
-    free(s);
+    MB_FREE(s->d.offset);
+    MB_FREE(s);
 }
 
 } /* extern "C" */

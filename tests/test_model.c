@@ -394,7 +394,7 @@ static void test_stream_snapshot(void) {
         for (t = 0; t < 50; t++) mb_stream_step(s, x[t]);
         MBT_CHECK(mb_stream_copy(s3, s) == MB_STATUS_OK && mb_stream_copy(s5, s) == MB_STATUS_OK,
                   "copy between streams of one config: %s", mb_last_error());
-        MBT_CHECK(memcmp(s3->win, s->win, (size_t)s->state_floats * sizeof(float)) == 0, "copy: dst holds src's state");
+        MBT_CHECK(memcmp(s3->conv_state, s->conv_state, (size_t)s->state_floats * sizeof(float)) == 0, "copy: dst holds src's state");
         memcpy(a, mb_stream_step(s3, 'a'), sizeof a);
         MBT_CHECK(memcmp(a, mb_stream_step(s5, 'a'), sizeof a) == 0 && memcmp(a, mb_stream_step(s, 'a'), sizeof a) != 0,
                   "copy: dst continues from src's state with its own weights");
@@ -417,7 +417,7 @@ static void test_stream_snapshot(void) {
 
 /* The stream state as bytes (the test sees the implementation). */
 static int stream_state_equal(const mb_stream *a, const mb_stream *b) {
-    return a->state_floats == b->state_floats && memcmp(a->win, b->win, (size_t)a->state_floats * sizeof(float)) == 0;
+    return a->state_floats == b->state_floats && memcmp(a->conv_state, b->conv_state, (size_t)a->state_floats * sizeof(float)) == 0;
 }
 
 /* mb_stream_feed against mb_stream_step: logits and state bit for bit,
@@ -899,16 +899,18 @@ static void test_act_layout(void) {
             nchunks = (T + m->scan_chunk - 1) / m->scan_chunk;
             measured = mb__layout_acts(m, NULL, B, T);
             next = m->act_block;
-#define MBT_WALK_L(ptr, n) ok &= m->acts[l].ptr == next; next += (n);
+#define MBT_WALK_L(ptr, n, bf16) if ((n) != 0) { ok &= a->ptr == next; next += (n); }
 #define MBT_WALK_M(ptr, n) ok &= m->ptr == next; next += (n);
-            for (l = 0; l < c.n_layer; l++) {
-                MB__LAYER_ACTS(MBT_WALK_L)
+            for (l = 0; l <= c.n_layer; l++) { /* the layers', then the gradients' (no states) */
+                const mb_layer_acts *a = l < c.n_layer ? &m->acts[l] : &m->dacts;
+                const int64_t nch = l < c.n_layer ? nchunks : 0;
+                MB_LAYER_ACTS(MBT_WALK_L)
             }
             MB__MODEL_ACTS(MBT_WALK_M)
 #undef MBT_WALK_L
 #undef MBT_WALK_M
             hand = c.n_layer * (N * (2 * C + 2 + 2 * Di + Di + X + Di + Di) + B * nchunks * Di * S) +
-                   N * (C + C + 2 + V + C) + N * (C + C + 2 * Di + Di + X + Di + Di + V) + B * (Di * S + 2 * Di);
+                   N * (C + C + 2 + V + C) + N * (C + C + 2 + 2 * Di + Di + X + Di + Di + V) + B * (Di * S + 2 * Di);
             MBT_CHECK(ok, "act layout cfg %d B=%d T=%d: buffers do not tile the block in list order", (int)ci, B, T);
             MBT_CHECK(m->act_used == measured && next == m->act_block + m->act_used && m->act_used <= m->act_floats,
                       "act layout cfg %d B=%d T=%d: carved %lld, measured %lld, walked %lld, block %lld", (int)ci, B, T,
