@@ -349,8 +349,8 @@ static int bench_train(bench_result *res, int which, int path, const mb_config *
     /* one layer's scan alone, on the real activations of the last step */
     {
         const mb_config *c = &m->cfg;
-        const mb__layer_weights *W = &m->w.layer[0];
-        mb__layer_weights *G = &m->g.layer[0];
+        const mb_layer_weights *W = &m->w.layer[0];
+        mb_layer_weights *G = &m->g.layer[0];
         mb_layer_acts *a = &m->acts[0];
         int Di = c->d_model * c->expand, S = c->d_state, R = c->dt_rank, reps = which == 0 ? 9 : 3, r;
         double sf[16], sb[16];

@@ -176,6 +176,7 @@ MBDEF void mb_log_softmax(float *out, const float *x, int64_t rows, int64_t V);
 MBDEF void mb_logsumexp(float *out /* rows */, const float *x, int64_t rows, int64_t V);
 
 typedef enum { MB_REDUCTION_MEAN = 0, MB_REDUCTION_SUM = 1, MB_REDUCTION_NONE = 2 } mb_reduction;
+#define MB_IGNORE_INDEX (-100) /* PyTorch's: a row without a target */
 typedef struct {
     int32_t ignore_index;
     mb_reduction reduction;
@@ -287,6 +288,18 @@ typedef struct { MB_LAYER_ACTS(MB__ACT_PTR) } mb_layer_acts;
    scan's (0: no states); bf16 1: only the buffers with a bf16 copy, in
    2-byte elements (the others NULL). */
 MBDEF int64_t mb_layer_acts_place(mb_layer_acts *a, float *base, const mb_config *cfg, int B, int T, int chunk, int bf16);
+/* Pointers into one flat block (parameters or gradients), one per entry of
+   the layout lists: the CPU model's, its stream's, the CUDA trainer's and
+   stream's (device pointers), all set by mb_weights_point from a tensor
+   table t (mb_config_tensors'; NULL where the config has no such tensor or
+   t's offset is -1).  w->layer: n_layer entries, the caller's. */
+#define MB__TENSOR_PTR(ID, field, name, ndim, d0, d1, d2, decay) float *field;
+typedef struct { MB_LAYER_TENSORS(MB__TENSOR_PTR) } mb_layer_weights;
+typedef struct {
+    MB_TENSORS_BEFORE_LAYERS(MB__TENSOR_PTR) MB_TENSORS_AFTER_LAYERS(MB__TENSOR_PTR)
+    mb_layer_weights *layer;
+} mb_weights;
+MBDEF void mb_weights_point(mb_weights *w, float *base, const mb_config *cfg, const mb_tensor_info *t);
 MBDEF int64_t mb_config_num_params(const mb_config *cfg);
 
 typedef struct mb_model mb_model;
@@ -1160,7 +1173,7 @@ MBDEF void mb_logsumexp(float *out, const float *x, int64_t rows, int64_t V) {
 
 MBDEF mb_ce_options mb_ce_options_default(void) {
     mb_ce_options o;
-    o.ignore_index = -100;
+    o.ignore_index = MB_IGNORE_INDEX;
     o.reduction = MB_REDUCTION_MEAN;
     o.label_smoothing = 0.0f;
     return o;
@@ -3315,23 +3328,13 @@ MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *d
 }
 
 /* ================================================================ model */
-/* Pointers into one flat block (parameters or gradients), split by the sizes
-   table. */
-typedef struct {
-    float *norm_w, *norm_b, *in_proj, *conv_w, *conv_b, *x_proj, *dt_proj_w, *dt_proj_b, *A_log, *D, *out_proj;
-} mb__layer_weights;
-typedef struct {
-    float *wte, *norm_f_w, *norm_f_b, *lm_head; /* norm_b, norm_f_b, lm_head NULL when the config has none */
-    mb__layer_weights *layer; /* n_layer */
-} mb__weights;
-
 struct mb_model {
     mb_config cfg;
     int ntensors;
     mb_tensor_info *tensors;
     int64_t num_params;
     float *params, *grads;
-    mb__weights w, g;
+    mb_weights w, g;
     int scan_chunk;
     /* activations and backward scratch, sized for act_tokens tokens */
     int B, T;
@@ -3358,15 +3361,14 @@ static float *mb__tensor_ptr(float *base, const mb_config *c, const mb_tensor_in
     return i < 0 || t[i].offset < 0 ? NULL : base + t[i].offset;
 }
 
-/* The weight pointers, one per entry of the layout lists. */
-static void mb__point_weights(mb__weights *w, float *base, const mb_config *c, const mb_tensor_info *t) {
+MBDEF void mb_weights_point(mb_weights *w, float *base, const mb_config *c, const mb_tensor_info *t) {
     int l;
 #define MB__PG(ID, field, name, ndim, d0, d1, d2, decay) w->field = mb__tensor_ptr(base, c, t, -1, MB_TENSOR_##ID);
 #define MB__PL(ID, field, name, ndim, d0, d1, d2, decay) L->field = mb__tensor_ptr(base, c, t, l, MB_TENSOR_##ID);
     MB_TENSORS_BEFORE_LAYERS(MB__PG)
     MB_TENSORS_AFTER_LAYERS(MB__PG)
     for (l = 0; l < c->n_layer; l++) {
-        mb__layer_weights *L = &w->layer[l];
+        mb_layer_weights *L = &w->layer[l];
         MB_LAYER_TENSORS(MB__PL)
     }
 #undef MB__PG
@@ -3392,8 +3394,8 @@ static mb_status mb__model_alloc(mb_model **out, const mb_config *cfg_in) {
     m->cfg = cfg;
     m->ntensors = mb_config_tensors(&cfg, NULL);
     m->tensors = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)m->ntensors);
-    m->w.layer = (mb__layer_weights *)MB_MALLOC(sizeof(mb__layer_weights) * (size_t)cfg.n_layer);
-    m->g.layer = (mb__layer_weights *)MB_MALLOC(sizeof(mb__layer_weights) * (size_t)cfg.n_layer);
+    m->w.layer = (mb_layer_weights *)MB_MALLOC(sizeof(mb_layer_weights) * (size_t)cfg.n_layer);
+    m->g.layer = (mb_layer_weights *)MB_MALLOC(sizeof(mb_layer_weights) * (size_t)cfg.n_layer);
     if (!m->tensors || !m->w.layer || !m->g.layer) { mb_model_free(m); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "model tables"); }
     mb_config_tensors(&cfg, m->tensors);
     m->num_params = m->tensors[m->ntensors - 1].offset + m->tensors[m->ntensors - 1].numel;
@@ -3409,8 +3411,8 @@ static mb_status mb__model_alloc(mb_model **out, const mb_config *cfg_in) {
 #endif
     if (!m->params || !m->grads) { mb_model_free(m); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "%lld parameters", (long long)m->num_params); }
     memset(m->params, 0, (size_t)m->num_params * sizeof(float));
-    mb__point_weights(&m->w, m->params, &cfg, m->tensors);
-    mb__point_weights(&m->g, m->grads, &cfg, m->tensors);
+    mb_weights_point(&m->w, m->params, &cfg, m->tensors);
+    mb_weights_point(&m->g, m->grads, &cfg, m->tensors);
     m->scan_chunk = mb__default_chunk(&cfg);
     *out = m;
     return MB_STATUS_OK;
@@ -3429,7 +3431,7 @@ static void mb__model_init(mb_model *m, uint64_t seed) {
     int l;
     for (i = 0; i < c->vocab_size * C; i++) m->w.wte[i] = (float)(0.02 * mb__rng_normal(&rng));
     for (l = 0; l < c->n_layer; l++) {
-        mb__layer_weights *L = &m->w.layer[l];
+        mb_layer_weights *L = &m->w.layer[l];
         for (i = 0; i < C; i++) L->norm_w[i] = 1.0f;
         if (L->norm_b) memset(L->norm_b, 0, (size_t)C * sizeof(float));
         /* PyTorch defaults: kaiming-uniform a=sqrt(5) gives U(+-1/sqrt(fan_in)) */
@@ -3652,7 +3654,7 @@ static void mb__linear_backward(const mb_model *m, int l, int field, float *dinp
 /* One Mamba mixer: ln (N,C) -> out (N,C). */
 static void mb__mixer_forward(mb_model *m, int l, float *out) {
     const mb_config *c = &m->cfg;
-    const mb__layer_weights *W = &m->w.layer[l];
+    const mb_layer_weights *W = &m->w.layer[l];
     mb_layer_acts *a = &m->acts[l];
     int B = m->B, T = m->T, C = c->d_model, Di = C * c->expand, S = c->d_state, R = c->dt_rank, X = R + 2 * S;
     int64_t N = (int64_t)B * T;
@@ -3701,8 +3703,8 @@ MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32
 
 static void mb__mixer_backward(mb_model *m, int l, const float *dout, float *dln) {
     const mb_config *c = &m->cfg;
-    const mb__layer_weights *W = &m->w.layer[l];
-    mb__layer_weights *G = &m->g.layer[l];
+    const mb_layer_weights *W = &m->w.layer[l];
+    mb_layer_weights *G = &m->g.layer[l];
     mb_layer_acts *a = &m->acts[l];
     int B = m->B, T = m->T, C = c->d_model, Di = C * c->expand, S = c->d_state, R = c->dt_rank, X = R + 2 * S;
     int64_t N = (int64_t)B * T;
@@ -3764,7 +3766,7 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
 struct mb_stream {
     mb_config cfg;         /* the model's (validated) config */
     float *vecs;           /* the model's tensors except the five matrices, in checkpoint order */
-    mb__weights w;         /* pointers into vecs (w.layer: n_layer, owned); the matrices' are NULL */
+    mb_weights w;         /* pointers into vecs (w.layer: n_layer, owned); the matrices' are NULL */
     float *block;          /* one allocation, split below */
     float *conv_state;     /* (L, K, Di): the last K inputs x' of each layer, oldest first */
     float *ssm_state;      /* (L, S, Di): the scan state; follows conv_state (state_floats) */
@@ -3888,7 +3890,7 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     }
     s->block = (float *)MB_MALLOC((size_t)total * sizeof(float));
     s->vecs = (float *)MB_MALLOC((size_t)nvec * sizeof(float));
-    s->w.layer = (mb__layer_weights *)MB_MALLOC(sizeof(mb__layer_weights) * (size_t)L);
+    s->w.layer = (mb_layer_weights *)MB_MALLOC(sizeof(mb_layer_weights) * (size_t)L);
     s->packed = (float **)MB_MALLOC(sizeof(float *) * (size_t)m->ntensors);
     ti = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)m->ntensors);
     if (!s->block || !s->vecs || !s->w.layer || !s->packed || !ti) {
@@ -3905,7 +3907,7 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
         ti[i].offset = nvec;
         nvec += ti[i].numel;
     }
-    mb__point_weights(&s->w, s->vecs, c, ti);
+    mb_weights_point(&s->w, s->vecs, c, ti);
     MB_FREE(ti);
     p = s->block;
     s->conv_state = p; p += (int64_t)L * K * Di;
@@ -3922,7 +3924,7 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     s->logits = p;
     s->state_floats = (int64_t)L * Di * (K + S);
     for (l = 0; l < L; l++) {
-        const mb__layer_weights *W = &s->w.layer[l];
+        const mb_layer_weights *W = &s->w.layer[l];
         for (n = 0; n < S; n++) /* the same A as the batch scan computes */
             for (d = 0; d < Di; d++) s->AT[((int64_t)l * S + n) * Di + d] = -mb__exp(W->A_log[(int64_t)d * S + n]);
         for (k = 0; k < K; k++)
@@ -3968,7 +3970,7 @@ MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) {
     mb_layer_acts *a = &s->a;
     memcpy(a->resid, s->w.wte + (int64_t)byte * C, (size_t)C * sizeof(float));
     for (l = 0; l < L; l++) {
-        const mb__layer_weights *W = &s->w.layer[l];
+        const mb_layer_weights *W = &s->w.layer[l];
         mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, 1, C);
         mb__stream_linear(s, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, C, 1); /* [x', z] */
         mb__conv_step(a->u, s->conv_state + (int64_t)l * K * Di, a->xz, s->conv_wT + (int64_t)l * K * Di, W->conv_b, Di, K);
@@ -4021,7 +4023,7 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
         int T = (int)(n - i0 < MB__FEED_CHUNK ? n - i0 : MB__FEED_CHUNK);
         mb__embedding_forward(a->resid, bytes + i0, s->w.wte, T, C);
         for (l = 0; l < L; l++) {
-            const mb__layer_weights *W = &s->w.layer[l];
+            const mb_layer_weights *W = &s->w.layer[l];
             float *win = s->conv_state + (int64_t)l * K * Di;
             int k;
             mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, T, C);
@@ -4859,8 +4861,8 @@ MBDEF mb_status mb_model_from_safetensors(mb_model **out, const uint8_t *data, i
             m->cfg = c;
             m->ntensors = mb_config_tensors(&c, m->tensors);
             m->num_params = m->tensors[m->ntensors - 1].offset + m->tensors[m->ntensors - 1].numel;
-            mb__point_weights(&m->w, m->params, &c, m->tensors);
-            mb__point_weights(&m->g, m->grads, &c, m->tensors);
+            mb_weights_point(&m->w, m->params, &c, m->tensors);
+            mb_weights_point(&m->g, m->grads, &c, m->tensors);
         }
     }
     if (config_json) s = mb__st_check_config_json(&m->cfg, lm != NULL, config_json, config_len, what);
@@ -5559,7 +5561,7 @@ static mb_status mb__check_ranks(const mb_trainer *t, int size) {
 
 MBDEF mb_status mb_trainer_set_comm(mb_trainer *t, const mb_train_comm *comm) {
     int size = comm ? comm->size : 1;
-    if (t->backend.step) return mb__fail(MB_STATUS_UNSUPPORTED, "data-parallel training runs on the CPU backend only (%s is attached)", t->backend.name);
+    if (t->backend.step) return mb__fail(MB_STATUS_UNSUPPORTED, "the communicator goes on before the backend (%s is attached)", t->backend.name);
     if (comm && (comm->size < 1 || comm->rank < 0 || comm->rank >= comm->size || !comm->sum_floats || !comm->sum_doubles ||
                  !comm->broadcast))
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "communicator: rank %d of %d, or a function missing", comm->rank, comm->size);

@@ -94,9 +94,9 @@ typedef __nv_bfloat16 mbc_bf16;
 #define MBC_SCAN_BWD_WARPS 2   /* warps (32 channels each) per block of the scan backward */
 #define MBC_SCAN_GROUP 16      /* states per pass of the scan backward */
 #define MBC_SCAN_SEG 4         /* tokens per recomputed segment of the scan backward (h in registers) */
-#define MBC_FP32 0 /* GEMM modes = the trainer's precision values */
-#define MBC_BF16 1
-#define MBC_TF32 2
+#define MBC_SMEM_BYTES (48 * 1024) /* shared memory per block without an opt-in */
+#define MBC_MAX_D_MODEL (MBC_SMEM_BYTES / 8) /* the norm backward's 2C floats of one warp fit it */
+#define MBC_MAX_TOKENS (2147483647 / 2) /* B*T: the products' int dimensions (cuBLAS), with a factor 2 to spare */
 #define MBC_NORM_BLOCKS 256    /* fixed grid of the gradient-norm partials */
 #ifdef MB_CUDA_EMULATE
 #define MBC_BLAS_WORKSPACE 0
@@ -149,7 +149,6 @@ __device__ __forceinline__ float sigmoid_fast_(float x) {
     return __fdividef(e, 1.0f + e);
 }
 __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float softplus_gradf_(float x) { return x > 20.0f ? 1.0f : sigmoidf_(x); }
 __device__ __forceinline__ float siluf_(float x) { return x * sigmoidf_(x); }
 __device__ __forceinline__ float silu_gradf_(float x) {
     float s = sigmoidf_(x);
@@ -169,11 +168,6 @@ __device__ __forceinline__ float warp_max(float v) {
         float w = __shfl_xor_sync(0xffffffffu, v, o);
         v = w > v ? w : v;
     }
-    return v;
-}
-/* Sum over the `width` lanes of an aligned group (width a power of 2). */
-__device__ __forceinline__ float group_sum(float v, int width) {
-    for (int o = width >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o, width);
     return v;
 }
 
@@ -330,11 +324,12 @@ __global__ void embedding_backward_kernel(float *dwte, const float *part, const 
 /* ===================================================== layernorm */
 
 /* mb__layernorm_forward: one warp per row, two passes (mean, then the
-   centred variance) as the CPU, eps 1e-5.  rms: mb__rmsnorm_forward (no
+   centred variance) as the CPU, eps 1e-5.  RMS: mb__rmsnorm_forward (no
    mean, no bias: b and mean unused), the same operations as the CPU's.
    out_bf (optional): out in bf16 as well, the next product's input. */
-__global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                         const float *b, int64_t N, int C, float *copy, int rms, mbc_bf16 *out_bf) {
+template <bool rms>
+__global__ void norm_forward_kernel(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                    const float *b, int64_t N, int C, float *copy, mbc_bf16 *out_bf) {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= N) return; /* whole warps leave together: no block barrier here */
@@ -368,11 +363,11 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
 /* mb__layernorm_backward, part 1: dinp += per row (one warp per row); the
    dw/db sums of MBC_LN_ROWS rows go to part[blockIdx.x] (2C floats: dw then
    db), each warp accumulating its rows in shared memory, then summed over
-   warps in order.  Dynamic shared memory: nwarps * 2C floats.  rms:
+   warps in order.  Dynamic shared memory: nwarps * 2C floats.  RMS:
    mb__rmsnorm_backward (mean unused, no mean term; the db half stays 0). */
-__global__ void layernorm_backward_kernel(float *dinp, float *part, const float *dout, const float *inp,
-                                          const float *w, const float *mean, const float *rstd, int64_t N, int C,
-                                          int overwrite, int rms) {
+template <bool rms>
+__global__ void norm_backward_kernel(float *dinp, float *part, const float *dout, const float *inp, const float *w,
+                                     const float *mean, const float *rstd, int64_t N, int C, int overwrite) {
     MBC_DYNAMIC_SHARED(float, acc);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     float *my = acc + (int64_t)warp * 2 * C;
@@ -1185,11 +1180,11 @@ static inline float tf32_round(float f) {
     memcpy(&f, &u, 4);
     return f;
 }
-/* mode: MBC_FP32, MBC_BF16 (bf16 operands), MBC_TF32 (fp32 operands rounded to TF32) */
+/* mode: an MB_PRECISION_*: FP32, BF16 (bf16 operands), TF32 (fp32 operands rounded to TF32) */
 static inline float ld_elem(const void *p, int64_t i, int mode) {
-    if (mode == MBC_BF16) return __bfloat162float(((const mbc_bf16 *)p)[i]);
+    if (mode == MB_PRECISION_BF16) return __bfloat162float(((const mbc_bf16 *)p)[i]);
     const float f = ((const float *)p)[i];
-    return mode == MBC_TF32 ? tf32_round(f) : f;
+    return mode == MB_PRECISION_TF32 ? tf32_round(f) : f;
 }
 /* Column-major C = alpha op(A) op(B) + beta C, cuBLAS's contract (C is not
    read when beta == 0), in double on the host. */
@@ -1344,11 +1339,11 @@ static inline mb_status blas_create(blas_t *h, stream_t s = 0, void *workspace =
 static inline void blas_destroy(blas_t h) { if (h) (void)cublasDestroy(h); }
 static inline mb_status gemm(blas_t h, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
                       int ldb, float beta, float *C, int ldc, int mode, const char *file, int line) {
-    const bool bf16 = mode == MBC_BF16;
+    const bool bf16 = mode == MB_PRECISION_BF16;
     const cudaDataType_t ty = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     cublasStatus_t e = cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha,
                                     A, ty, lda, B, ty, ldb, &beta, C, CUDA_R_32F, ldc,
-                                    mode == MBC_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+                                    mode == MB_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
                                     CUBLAS_GEMM_DEFAULT);
     if (e != CUBLAS_STATUS_SUCCESS)
         return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cublasGemmEx(m=%d n=%d k=%d%s): cuBLAS status %d", file, line, m, n,
@@ -1419,47 +1414,70 @@ static inline mb_status embedding_backward(float *dwte, float *scratch, const fl
     return MB_STATUS_OK;
 }
 
-/* copy (optional): also copy inp there (the residual for the next layer).
-   rms: RMSNorm instead (b and mean unused). */
-static inline mb_status layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                   const float *b, int64_t N, int C, float *copy = nullptr, bool rms = false,
-                                   mbc_bf16 *out_bf = nullptr) {
-    MBC_LAUNCH(layernorm_forward_kernel, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C,
-               copy, (int)rms, out_bf);
+/* copy (optional): also copy inp there (the residual for the next layer). */
+static inline mb_status layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
+                                          int64_t N, int C, float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
+    MBC_LAUNCH(norm_forward_kernel<false>, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C, copy, out_bf);
+    return MB_STATUS_OK;
+}
+static inline mb_status rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C,
+                                        float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
+    MBC_LAUNCH(norm_forward_kernel<true>, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, (float *)nullptr, rstd, inp, w,
+               (const float *)nullptr, N, C, copy, out_bf);
     return MB_STATUS_OK;
 }
 static inline int ln_backward_warps(int C) {
-    int w = (int)((48 * 1024) / ((int64_t)8 * C)); /* nwarps * 2C floats <= 48 KiB */
+    int w = (int)(MBC_SMEM_BYTES / ((int64_t)8 * C)); /* nwarps * 2C floats fit the shared memory */
     return w > 8 ? 8 : (w < 1 ? 1 : w);
 }
 static inline int64_t ln_backward_parts(int64_t N) { return (N + MBC_LN_ROWS - 1) / MBC_LN_ROWS; }
-/* scratch: ln_backward_parts(N) * 2C floats. */
-/* overwrite: dinp = instead of += (a first writer needs no memset). */
-/* rms: RMSNorm's backward (db and mean unused). */
-static inline mb_status layernorm_backward(float *dinp, float *dw, float *db, float *scratch, const float *dout,
-                                    const float *inp, const float *w, const float *mean, const float *rstd, int64_t N,
-                                    int C, bool overwrite = false, bool rms = false) {
+/* scratch: ln_backward_parts(N) * 2C floats; overwrite: dinp = instead of
+   += (a first writer needs no memset).  RMSNorm: db and mean unused. */
+template <bool rms>
+static inline mb_status norm_backward_(float *dinp, float *dw, float *db, float *scratch, const float *dout, const float *inp,
+                                       const float *w, const float *mean, const float *rstd, int64_t N, int C, bool overwrite) {
     const int64_t parts = ln_backward_parts(N);
     const int warps = ln_backward_warps(C);
-    if (parts > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "layernorm backward: N %lld too large", (long long)N);
-    MBC_LAUNCH(layernorm_backward_kernel, dim3((unsigned)parts), dim3(32 * warps), (size_t)warps * 2 * C * sizeof(float),
-               dinp, scratch, dout, inp, w, mean, rstd, N, C, (int)overwrite, (int)rms);
+    if (parts > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "norm backward: N %lld too large", (long long)N);
+    MBC_LAUNCH(norm_backward_kernel<rms>, dim3((unsigned)parts), dim3(32 * warps), (size_t)warps * 2 * C * sizeof(float),
+               dinp, scratch, dout, inp, w, mean, rstd, N, C, (int)overwrite);
     const int64_t nout = rms ? C : 2 * C; /* RMSNorm: only the dw half */
     MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((nout + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)C, db,
                nout - C, (const float *)scratch, (int64_t)2 * C, parts);
     return MB_STATUS_OK;
+}
+static inline mb_status layernorm_backward(float *dinp, float *dw, float *db, float *scratch, const float *dout, const float *inp,
+                                           const float *w, const float *mean, const float *rstd, int64_t N, int C,
+                                           bool overwrite = false) {
+    return norm_backward_<false>(dinp, dw, db, scratch, dout, inp, w, mean, rstd, N, C, overwrite);
+}
+static inline mb_status rmsnorm_backward(float *dinp, float *dw, float *scratch, const float *dout, const float *inp,
+                                         const float *w, const float *rstd, int64_t N, int C, bool overwrite = false) {
+    return norm_backward_<true>(dinp, dw, nullptr, scratch, dout, inp, w, nullptr, rstd, N, C, overwrite);
+}
+/* mb__norm_forward / _backward: the config's norm. */
+static inline mb_status norm_forward(const mb_config *c, float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                     const float *b, int64_t N, int C, float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
+    if (c->norm == MB_NORM_RMSNORM) return rmsnorm_forward(out, rstd, inp, w, N, C, copy, out_bf);
+    return layernorm_forward(out, mean, rstd, inp, w, b, N, C, copy, out_bf);
+}
+static inline mb_status norm_backward(const mb_config *c, float *dinp, float *dw, float *db, float *scratch, const float *dout,
+                                      const float *inp, const float *w, const float *mean, const float *rstd, int64_t N, int C,
+                                      bool overwrite) {
+    if (c->norm == MB_NORM_RMSNORM) return rmsnorm_backward(dinp, dw, scratch, dout, inp, w, rstd, N, C, overwrite);
+    return layernorm_backward(dinp, dw, db, scratch, dout, inp, w, mean, rstd, N, C, overwrite);
 }
 /* mb__matmul_forward / _backward through cuBLAS.  Row-major (N,IC) @ (OC,IC)^T
    is, column-major, out(OC,N) = W^T(OC,IC) x inp(IC,N).  The *_b pointers are
    the bf16 copies used when bf16 != 0 (inp_b contiguous, ld IC). */
 /* beta 1: out += (the residual add folded into the product). */
 static inline mb_status matmul_forward(blas_t h, float *out, const float *inp, int64_t ldi, const float *w, int64_t N,
-                                int IC, int OC, float beta = 0.0f, int mode = MBC_FP32) {
+                                int IC, int OC, float beta = 0.0f, int mode = MB_PRECISION_FP32) {
     return gemm(h, 1, 0, OC, (int)N, IC, 1.0f, w, IC, inp, (int)ldi, beta, out, OC, mode, __FILE__, __LINE__);
 }
 /* dinp (row stride ldi) = beta_in * dinp + dout @ w ; dw += dout^T @ inp. */
 static inline mb_status matmul_backward(blas_t h, float *dinp, float beta_in, float *dw, const float *dout, const float *inp,
-                                 int64_t ldi, const float *w, int64_t N, int IC, int OC, int mode = MBC_FP32) {
+                                 int64_t ldi, const float *w, int64_t N, int IC, int OC, int mode = MB_PRECISION_FP32) {
     if (dinp) MBC_TRY(gemm(h, 0, 0, IC, (int)N, OC, 1.0f, w, IC, dout, OC, beta_in, dinp, (int)ldi, mode, __FILE__, __LINE__));
     return gemm(h, 0, 1, IC, OC, (int)N, 1.0f, inp, (int)ldi, dout, OC, 1.0f, dw, IC, mode, __FILE__, __LINE__);
 }
@@ -1492,6 +1510,10 @@ static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, flo
     const int64_t ps = (int64_t)Di * (K + 1);
     MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((ps + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)Di * K,
                dbias, (int64_t)Di, (const float *)scratch, ps, parts);
+    return MB_STATUS_OK;
+}
+static inline mb_status conv1d_step(float *u, float *state, const float *xz, const float *w, const float *bias, int Di, int K) {
+    MBC_LAUNCH(conv1d_step_kernel, dim3((unsigned)((Di + 127) / 128)), dim3(128), 0, u, state, xz, w, bias, Di, K);
     return MB_STATUS_OK;
 }
 
@@ -1652,20 +1674,13 @@ static inline mb_status adamw_from_device(float *p, float *g, float *m, float *v
 /* ======================================================================= */
 namespace mbc {
 
-/* Tensors by name: W_<ID> for each entry of mambabyte.h's MB_LAYER_TENSORS,
-   G_<ID> for the globals; their indices in mb_config_tensors order come from
-   mb_tensor_index, the header's reading of the same lists. */
-#define MBC_TENSOR_NAME(ID, field, name, ndim, d0, d1, d2, decay) W_##ID = MB_TENSOR_##ID,
-#define MBC_GLOBAL_NAME(ID, field, name, ndim, d0, d1, d2, decay) G_##ID = MB_TENSOR_##ID,
-enum { MB_LAYER_TENSORS(MBC_TENSOR_NAME) };
-enum { MB_TENSORS_BEFORE_LAYERS(MBC_GLOBAL_NAME) MB_TENSORS_AFTER_LAYERS(MBC_GLOBAL_NAME) };
-#undef MBC_TENSOR_NAME
-#undef MBC_GLOBAL_NAME
-
+/* One layer's activations (mambabyte.h's MB_LAYER_ACTS, placed by
+   mb_layer_acts_place as on the CPU) and, in bf16 mode, the bf16 copies of
+   ln, u and gated that the products read (the others NULL). */
 struct layer_acts {
-    float *resid, *ln, *mean, *rstd, *xz, *u, *xdbl, *delta, *gated, *states;
-    mbc_bf16 *ln_bf, *u_bf, *gated_bf; /* bf16 mode: the products' inputs, written beside ln, u, gated */
+    mb_layer_acts f, bf;
 };
+static inline mbc_bf16 *bf(float *p) { return (mbc_bf16 *)p; }
 
 /* A sequence of the trainer's operations as one CUDA graph: run eagerly the
    first time (the warm-up: modules loaded, cuBLAS's choices made), captured
@@ -1681,12 +1696,8 @@ struct dims {
     int C, Di, S, K, R, X, V, L;
     int64_t nparams;
     int ntensors;
-    int64_t *offset; /* per tensor, floats */
+    mb_tensor_info *tensors; /* mb_config_tensors' table */
 };
-
-/* Index of layer `layer`'s tensor W_* (with layer -1: of the global G_*). */
-static inline int tensor_index(const dims &d, int layer, int field) { return mb_tensor_index(&d.cfg, layer, field); }
-static inline int global_index(const dims &d, int field) { return mb_tensor_index(&d.cfg, -1, field); }
 
 static inline mb_status dims_init(dims *d, const mb_config *cfg_in) {
     memset(d, 0, sizeof *d);
@@ -1697,20 +1708,24 @@ static inline mb_status dims_init(dims *d, const mb_config *cfg_in) {
     d->C = c->d_model; d->Di = c->d_model * c->expand; d->S = c->d_state; d->K = c->d_conv; d->R = c->dt_rank;
     d->X = d->R + 2 * d->S; d->V = c->vocab_size; d->L = c->n_layer;
     if (d->S > MBC_SCAN_MAX_STATE) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: d_state %d > %d is not supported", d->S, MBC_SCAN_MAX_STATE);
-    if (d->C > 6144) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: d_model %d > 6144 is not supported", d->C);
+    if (d->C > MBC_MAX_D_MODEL) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: d_model %d > %d is not supported", d->C, MBC_MAX_D_MODEL);
     d->ntensors = mb_config_tensors(c, NULL);
-    mb_tensor_info *ti = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)d->ntensors);
-    d->offset = (int64_t *)MB_MALLOC(sizeof(int64_t) * (size_t)d->ntensors);
-    if (!ti || !d->offset) { MB_FREE(ti); return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA: tensor table"); }
-    mb_config_tensors(c, ti);
-    for (int i = 0; i < d->ntensors; i++) d->offset[i] = ti[i].offset;
-    d->nparams = ti[d->ntensors - 1].offset + ti[d->ntensors - 1].numel;
-    MB_FREE(ti);
+    if (!(d->tensors = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)d->ntensors)))
+        return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA: tensor table");
+    mb_config_tensors(c, d->tensors);
+    d->nparams = d->tensors[d->ntensors - 1].offset + d->tensors[d->ntensors - 1].numel;
+    return MB_STATUS_OK;
+}
+/* w's pointers (device memory) into base, as the CPU model's. */
+static inline mb_status weights_point(mb_weights *w, float *base, const dims &d) {
+    if (!w->layer && !(w->layer = (mb_layer_weights *)MB_MALLOC(sizeof(mb_layer_weights) * (size_t)d.L)))
+        return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA: weight pointers");
+    mb_weights_point(w, base, &d.cfg, d.tensors);
     return MB_STATUS_OK;
 }
 
-/* A list of device allocations freed together (a trainer makes about 20). */
-#define MBC_DLIST_MAX 512
+/* A list of device allocations freed together (a trainer makes about 25). */
+#define MBC_DLIST_MAX 32
 struct dlist {
     void *ptrs[MBC_DLIST_MAX];
     int n;
@@ -1742,6 +1757,7 @@ struct mb_cuda_trainer {
     mbc::dlist mem, chunk_mem;
     /* parameters and optimizer (flat, checkpoint order) */
     float *params, *grads, *adam_m, *adam_v;
+    mb_weights w, g;          /* pointers into params and grads, as the CPU model's */
     uint8_t *decay_mask;
     mbc_bf16 *params_bf16;   /* bf16 mode: weights for cuBLAS */
     mbc_bf16 *bfa, *bfb;      /* bf16 mode: matrix-input scratch */
@@ -1754,12 +1770,12 @@ struct mb_cuda_trainer {
     int32_t *targets;
     int64_t *bucket_off, *bucket_rows, *h_bucket;
     size_t batch_bytes;
-    /* activations */
-    mbc::layer_acts *acts;   /* host array of device pointers */
+    /* activations: n_layer (a host array of device pointers), their gradients (no states), the model's */
+    mbc::layer_acts *acts;
+    mb_layer_acts dacts;
     float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *loss_rows, *loss_dev;
-    mbc_bf16 *lnf_bf;        /* bf16 mode: the head's input */
-    /* backward */
-    float *d_resid, *d_ln, *d_xz, *d_u, *d_xdbl, *d_delta, *d_gated, *scratch;
+    float *lnf_bf;           /* bf16 mode: the head's input, as bf16 */
+    float *scratch;          /* backward scratch */
     int64_t scratch_floats;
     double *norm_part, *norm_dev;
     /* the step on its own stream, replayed as two CUDA graphs */
@@ -1776,49 +1792,47 @@ struct mb_cuda_trainer {
     float *host_grads;       /* without NCCL: the gradients on their way through the host communicator */
 };
 
+struct mb_cuda_stream {
+    mbc::dims d;
+    mbc::blas_t blas;
+    mbc::dlist mem;
+    float *params, *conv_state, *ssm_state, *logits;
+    mb_weights w;
+    mb_layer_acts a;         /* one token's (resid: the residual stream) */
+};
+
 namespace mbc {
 
-/* NULL for a tensor the config does not hold (an RMSNorm's bias). */
-static inline float *W(mb_cuda_trainer *t, float *base, int layer, int field) {
-    const int i = tensor_index(t->d, layer, field);
-    return i < 0 ? nullptr : base + t->d.offset[i];
+/* mb__linear_forward: layer l's matrix `field` (l -1, MB_TENSOR_LM_HEAD:
+   the head), out = inp @ w^T (+ beta out); bf16 through the bf16 copies:
+   inp_bf when the kernel that wrote inp stored one (contiguous, ld IC), else converted. */
+static inline mb_status linear_forward(mb_cuda_trainer *t, int l, int field, float *out, const float *inp, int64_t ldi,
+                                       float beta = 0.0f, float *inp_bf = nullptr) {
+    int IC, OC;
+    const int64_t off = t->d.tensors[mb_tensor_matrix(&t->d.cfg, l, field, &IC, &OC)].offset;
+    if (t->precision != MB_PRECISION_BF16) return matmul_forward(t->blas, out, inp, ldi, t->params + off, t->N, IC, OC, beta, t->precision);
+    if (!inp_bf) MBC_TRY(convert_bf16(t->bfa, inp, t->N, IC, ldi));
+    return gemm(t->blas, 1, 0, OC, (int)t->N, IC, 1.0f, t->params_bf16 + off, IC, inp_bf ? bf(inp_bf) : t->bfa, IC, beta, out,
+                OC, MB_PRECISION_BF16, __FILE__, __LINE__);
 }
-/* The logits' matrix: lm_head when untied, else the embedding. */
-static inline int head_index(const dims &d) {
-    return d.cfg.untied_head ? global_index(d, G_LM_HEAD) : global_index(d, G_EMBEDDING);
-}
-
-/* Trainer matmuls: fp32 directly, bf16 through bf16 copies: inp_bf when
-   the kernel that wrote inp stored one (contiguous, ld IC), else converted. */
-static inline mb_status tr_mm_forward(mb_cuda_trainer *t, float *out, const float *inp, int64_t ldi, int widx, int64_t N,
-                               int IC, int OC, float beta = 0.0f, const mbc_bf16 *inp_bf = nullptr) {
-    const float *w = t->params + t->d.offset[widx];
-    if (t->precision != MBC_BF16) return matmul_forward(t->blas, out, inp, ldi, w, N, IC, OC, beta, t->precision);
-    if (!inp_bf) {
-        MBC_TRY(convert_bf16(t->bfa, inp, N, IC, ldi));
-        inp_bf = t->bfa;
-    }
-    return gemm(t->blas, 1, 0, OC, (int)N, IC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, inp_bf, IC, beta, out, OC,
-                1, __FILE__, __LINE__);
-}
-static inline mb_status tr_mm_backward(mb_cuda_trainer *t, float *dinp, float beta_in, const float *dout, const float *inp,
-                                int64_t ldi, int widx, int64_t N, int IC, int OC, const mbc_bf16 *inp_bf = nullptr) {
-    const float *w = t->params + t->d.offset[widx];
-    float *dw = t->grads + t->d.offset[widx];
-    if (t->precision != MBC_BF16) return matmul_backward(t->blas, dinp, beta_in, dw, dout, inp, ldi, w, N, IC, OC, t->precision);
+/* ... and backward: dinp = beta_in dinp + dout @ w (dinp may be NULL), dw += dout^T @ inp. */
+static inline mb_status linear_backward(mb_cuda_trainer *t, int l, int field, float *dinp, float beta_in, const float *dout,
+                                        const float *inp, int64_t ldi, float *inp_bf = nullptr) {
+    int IC, OC;
+    const int64_t off = t->d.tensors[mb_tensor_matrix(&t->d.cfg, l, field, &IC, &OC)].offset, N = t->N;
+    if (t->precision != MB_PRECISION_BF16)
+        return matmul_backward(t->blas, dinp, beta_in, t->grads + off, dout, inp, ldi, t->params + off, N, IC, OC, t->precision);
     MBC_TRY(convert_bf16(t->bfa, dout, N, OC, OC));
-    if (!inp_bf) {
-        MBC_TRY(convert_bf16(t->bfb, inp, N, IC, ldi));
-        inp_bf = t->bfb;
-    }
+    if (!inp_bf) MBC_TRY(convert_bf16(t->bfb, inp, N, IC, ldi));
     if (dinp)
-        MBC_TRY(gemm(t->blas, 0, 0, IC, (int)N, OC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, t->bfa, OC, beta_in,
-                     dinp, (int)ldi, 1, __FILE__, __LINE__));
-    return gemm(t->blas, 0, 1, IC, OC, (int)N, 1.0f, inp_bf, IC, t->bfa, OC, 1.0f, dw, IC, 1, __FILE__, __LINE__);
+        MBC_TRY(gemm(t->blas, 0, 0, IC, (int)N, OC, 1.0f, t->params_bf16 + off, IC, t->bfa, OC, beta_in, dinp, (int)ldi,
+                     MB_PRECISION_BF16, __FILE__, __LINE__));
+    return gemm(t->blas, 0, 1, IC, OC, (int)N, 1.0f, inp_bf ? bf(inp_bf) : t->bfb, IC, t->bfa, OC, 1.0f, t->grads + off, IC,
+                MB_PRECISION_BF16, __FILE__, __LINE__);
 }
 
 static inline mb_status tr_refresh_bf16(mb_cuda_trainer *t) {
-    if (t->precision != MBC_BF16) return MB_STATUS_OK;
+    if (t->precision != MB_PRECISION_BF16) return MB_STATUS_OK;
     return convert_bf16(t->params_bf16, t->params, 1, t->d.nparams, t->d.nparams);
 }
 
@@ -1833,41 +1847,18 @@ static inline int64_t tr_scratch_floats(const mb_cuda_trainer *t) {
     return s;
 }
 
-static inline mb_status tr_alloc_acts(mb_cuda_trainer *t) {
-    const dims &d = t->d;
-    const int64_t N = t->N, nch = (t->T + t->chunk - 1) / t->chunk;
-    for (int l = 0; l < d.L; l++) {
-        layer_acts *a = &t->acts[l];
-        MBC_TRY(dalloc(&t->mem, &a->resid, N * d.C, "resid"));
-        MBC_TRY(dalloc(&t->mem, &a->ln, N * d.C, "ln"));
-        MBC_TRY(dalloc(&t->mem, &a->mean, N, "ln mean"));
-        MBC_TRY(dalloc(&t->mem, &a->rstd, N, "ln rstd"));
-        MBC_TRY(dalloc(&t->mem, &a->xz, N * 2 * d.Di, "xz"));
-        MBC_TRY(dalloc(&t->mem, &a->u, N * d.Di, "u"));
-        MBC_TRY(dalloc(&t->mem, &a->xdbl, N * d.X, "xdbl"));
-        MBC_TRY(dalloc(&t->mem, &a->delta, N * d.Di, "delta"));
-        MBC_TRY(dalloc(&t->mem, &a->gated, N * d.Di, "gated"));
-        if (t->precision == MBC_BF16) {
-            MBC_TRY(dalloc(&t->mem, &a->ln_bf, N * d.C, "ln bf16"));
-            MBC_TRY(dalloc(&t->mem, &a->u_bf, N * d.Di, "u bf16"));
-            MBC_TRY(dalloc(&t->mem, &a->gated_bf, N * d.Di, "gated bf16"));
-        }
-    }
-    if (t->precision == MBC_BF16) MBC_TRY(dalloc(&t->mem, &t->lnf_bf, N * d.C, "lnf bf16"));
-    (void)nch;
-    return MB_STATUS_OK;
-}
-
-/* The chunk-dependent buffers (scan states, scratch): their own list, so a
-   new chunk size can replace them. */
+/* The chunk-dependent buffers (the layers' activations, with the scan's
+   chunk states, and the scratch): their own list, so a new chunk size can
+   replace them. */
 static inline mb_status tr_alloc_chunked(mb_cuda_trainer *t) {
     const dims &d = t->d;
-    const int64_t nch = (t->T + t->chunk - 1) / t->chunk;
+    const int64_t per = mb_layer_acts_place(nullptr, nullptr, &d.cfg, t->B, t->T, t->chunk, 0);
+    float *block = nullptr;
     graph_free(t->fb.exec); /* it holds the old buffers: capture again */
     t->fb.exec = nullptr;
     dlist_free(&t->chunk_mem);
-    for (int l = 0; l < d.L; l++)
-        MBC_TRY(dalloc(&t->chunk_mem, &t->acts[l].states, (int64_t)t->B * nch * d.Di * d.S, "scan states"));
+    MBC_TRY(dalloc(&t->chunk_mem, &block, per * d.L, "activations"));
+    for (int l = 0; l < d.L; l++) mb_layer_acts_place(&t->acts[l].f, block + per * l, &d.cfg, t->B, t->T, t->chunk, 0);
     t->scratch_floats = tr_scratch_floats(t);
     return dalloc(&t->chunk_mem, &t->scratch, t->scratch_floats, "scratch");
 }
@@ -1875,9 +1866,9 @@ static inline mb_status tr_alloc_chunked(mb_cuda_trainer *t) {
 static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int B, int T, int precision) {
     MBC_TRY(dims_init(&t->d, cfg));
     const dims &d = t->d;
-    if (B < 1 || T < 1 || (int64_t)B * T > 2147483647 / 2)
+    if (B < 1 || T < 1 || (int64_t)B * T > MBC_MAX_TOKENS)
         return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: B=%d T=%d", B, T);
-    if (precision != MBC_FP32 && precision != MBC_BF16 && precision != MBC_TF32)
+    if (precision != MB_PRECISION_FP32 && precision != MB_PRECISION_BF16 && precision != MB_PRECISION_TF32)
         return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: precision %d (0 fp32, 1 bf16, 2 tf32)", precision);
     if (device_count() < 1) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA trainer: no CUDA device");
     t->B = B; t->T = T; t->N = (int64_t)B * T; t->precision = precision;
@@ -1899,26 +1890,32 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     MBC_TRY(dalloc(&t->mem, &t->adam_m, P, "adam m"));
     MBC_TRY(dalloc(&t->mem, &t->adam_v, P, "adam v"));
     MBC_TRY(dalloc(&t->mem, &t->decay_mask, P, "decay mask"));
+    MBC_TRY(weights_point(&t->w, t->params, d));
+    MBC_TRY(weights_point(&t->g, t->grads, d));
     MBC_TRY(dzero(t->params, (size_t)P * sizeof(float)));
     MBC_TRY(dzero(t->grads, (size_t)P * sizeof(float)));
     MBC_TRY(dzero(t->adam_m, (size_t)P * sizeof(float)));
     MBC_TRY(dzero(t->adam_v, (size_t)P * sizeof(float)));
     {
-        mb_tensor_info *ti = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)d.ntensors);
         uint8_t *mask = (uint8_t *)MB_MALLOC((size_t)P);
-        if (!ti || !mask) { MB_FREE(ti); MB_FREE(mask); return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: decay mask"); }
-        mb_config_tensors(&d.cfg, ti);
-        for (int i = 0; i < d.ntensors; i++) memset(mask + ti[i].offset, ti[i].weight_decay ? 1 : 0, (size_t)ti[i].numel);
+        if (!mask) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: decay mask");
+        for (int i = 0; i < d.ntensors; i++) memset(mask + d.tensors[i].offset, d.tensors[i].weight_decay ? 1 : 0, (size_t)d.tensors[i].numel);
         mb_status s = h2d(t->decay_mask, mask, (size_t)P);
-        MB_FREE(ti);
         MB_FREE(mask);
         MBC_TRY(s);
     }
-    if (precision == MBC_BF16) {
+    if (!(t->acts = (layer_acts *)MB_MALLOC(sizeof(layer_acts) * (size_t)d.L))) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: host tables");
+    memset(t->acts, 0, sizeof(layer_acts) * (size_t)d.L);
+    if (precision == MB_PRECISION_BF16) {
         const int64_t wa = N * (d.V > 2 * d.Di ? d.V : 2 * d.Di), wb = N * (d.C > d.Di ? d.C : d.Di);
+        const int64_t per = mb_layer_acts_place(nullptr, nullptr, &d.cfg, B, T, 0, 1), lnf = (N * d.C + 1) / 2;
+        float *copies = nullptr;
         MBC_TRY(dalloc(&t->mem, &t->params_bf16, P, "bf16 params"));
         MBC_TRY(dalloc(&t->mem, &t->bfa, wa > wb ? wa : wb, "bf16 scratch a"));
         MBC_TRY(dalloc(&t->mem, &t->bfb, wa > wb ? wa : wb, "bf16 scratch b"));
+        MBC_TRY(dalloc(&t->mem, &copies, per * d.L + lnf, "bf16 activations"));
+        for (int l = 0; l < d.L; l++) mb_layer_acts_place(&t->acts[l].bf, copies + per * l, &d.cfg, B, T, 0, 1);
+        t->lnf_bf = copies + per * d.L;
         MBC_TRY(tr_refresh_bf16(t));
     }
     t->batch_bytes = sizeof(double) + sizeof(int64_t) * (size_t)(MBC_BUCKET_TABLE + N) + sizeof(int32_t) * (size_t)N + (size_t)N;
@@ -1930,10 +1927,11 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     t->tokens = (uint8_t *)(t->targets + N);
     t->h_batch = (uint8_t *)hmalloc(t->batch_bytes);
     t->h_bucket = (int64_t *)(t->h_batch + sizeof(double));
-    if ((t->acts = (layer_acts *)MB_MALLOC(sizeof(layer_acts) * (size_t)d.L))) memset(t->acts, 0, sizeof(layer_acts) * (size_t)d.L);
-    if (!t->h_batch || !t->acts) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: host tables");
-    MBC_TRY(tr_alloc_acts(t));
+    if (!t->h_batch) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: pinned batch");
     MBC_TRY(tr_alloc_chunked(t));
+    float *dacts = nullptr;
+    MBC_TRY(dalloc(&t->mem, &dacts, mb_layer_acts_place(nullptr, nullptr, &d.cfg, B, T, 0, 0), "activation gradients"));
+    mb_layer_acts_place(&t->dacts, dacts, &d.cfg, B, T, 0, 0);
     MBC_TRY(dalloc(&t->mem, &t->resid_out, N * d.C, "resid out"));
     MBC_TRY(dalloc(&t->mem, &t->lnf, N * d.C, "lnf"));
     MBC_TRY(dalloc(&t->mem, &t->lnf_mean, N, "lnf mean"));
@@ -1941,13 +1939,6 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     MBC_TRY(dalloc(&t->mem, &t->logits, N * d.V, "logits"));
     MBC_TRY(dalloc(&t->mem, &t->loss_rows, N, "loss rows"));
     MBC_TRY(dalloc(&t->mem, &t->loss_dev, 1, "loss"));
-    MBC_TRY(dalloc(&t->mem, &t->d_resid, N * d.C, "d resid"));
-    MBC_TRY(dalloc(&t->mem, &t->d_ln, N * d.C, "d ln"));
-    MBC_TRY(dalloc(&t->mem, &t->d_xz, N * 2 * d.Di, "d xz"));
-    MBC_TRY(dalloc(&t->mem, &t->d_u, N * d.Di, "d u"));
-    MBC_TRY(dalloc(&t->mem, &t->d_xdbl, N * d.X, "d xdbl"));
-    MBC_TRY(dalloc(&t->mem, &t->d_delta, N * d.Di, "d delta"));
-    MBC_TRY(dalloc(&t->mem, &t->d_gated, N * d.Di, "d gated"));
     MBC_TRY(dalloc(&t->mem, &t->norm_part, MBC_NORM_BLOCKS, "norm partials"));
     MBC_TRY(dalloc(&t->mem, &t->stats, 2, "step statistics"));
     MBC_TRY(dzero(t->stats, 2 * sizeof(double)));
@@ -1966,7 +1957,9 @@ static inline void tr_free(mb_cuda_trainer *t) {
     dlist_free(&t->mem);
     dlist_free(&t->chunk_mem);
     blas_destroy(t->blas);
-    MB_FREE(t->d.offset);
+    MB_FREE(t->d.tensors);
+    MB_FREE(t->w.layer);
+    MB_FREE(t->g.layer);
     hfree(t->h_batch);
     hfree(t->h_stats);
     hfree(t->h_args);
@@ -1977,65 +1970,80 @@ static inline void tr_free(mb_cuda_trainer *t) {
     stream_destroy(t->stream);
 }
 
-/* uploaded: the batch (tokens included) is already on its way. */
-static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs, bool uploaded = false) {
+/* mb__mixer_forward: layer l's mixer from its norm's output; its last
+   product adds into out (beta 1: out holds the residual, which the norm
+   kernel copied there). */
+static inline mb_status mixer_forward(mb_cuda_trainer *t, int l, float *out) {
     const dims &d = t->d;
-    const int64_t N = t->N;
-    const bool rms = d.cfg.norm == MB_NORM_RMSNORM;
-    if (!uploaded) MBC_TRY(h2d(t->tokens, inputs, (size_t)N));
-    MBC_TRY(embedding_forward(t->acts[0].resid, t->tokens, W(t, t->params, -1, G_EMBEDDING), N, d.C));
-    for (int l = 0; l < d.L; l++) {
-        layer_acts *a = &t->acts[l];
-        float *next = l + 1 < d.L ? t->acts[l + 1].resid : t->resid_out;
-        MBC_TRY(layernorm_forward(a->ln, a->mean, a->rstd, a->resid, W(t, t->params, l, W_NORM_W), W(t, t->params, l, W_NORM_B), N, d.C,
-                                  next, rms, a->ln_bf));
-        MBC_TRY(tr_mm_forward(t, a->xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di, 0.0f, a->ln_bf));
-        MBC_TRY(conv1d_forward(a->u, a->xz, W(t, t->params, l, W_CONV_W), W(t, t->params, l, W_CONV_B), t->B, t->T, d.Di, d.K,
-                               a->u_bf));
-        MBC_TRY(tr_mm_forward(t, a->xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X, 0.0f, a->u_bf));
-        MBC_TRY(tr_mm_forward(t, a->delta, a->xdbl, d.X, tensor_index(d, l, W_DT_W), N, d.R, d.Di));
-        MBC_TRY(scan_forward(a->gated, a->states, t->scratch, a->u, a->delta, W(t, t->params, l, W_DT_B),
-                             W(t, t->params, l, W_A_LOG), a->xdbl, W(t, t->params, l, W_D), a->xz, t->B, t->T, d.Di, d.S,
-                             d.R, t->chunk, a->gated_bf));
-        /* next = resid (copied by the LayerNorm kernel) + out_proj(gated) (beta 1) */
-        MBC_TRY(tr_mm_forward(t, next, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C, 1.0f, a->gated_bf));
-    }
-    MBC_TRY(layernorm_forward(t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, W(t, t->params, -1, G_NORM_F_W),
-                              W(t, t->params, -1, G_NORM_F_B), N, d.C, nullptr, rms, t->lnf_bf));
-    return tr_mm_forward(t, t->logits, t->lnf, d.C, head_index(d), N, d.C, d.V, 0.0f, t->lnf_bf);
+    const mb_layer_weights *W = &t->w.layer[l];
+    const mb_layer_acts *a = &t->acts[l].f, *ab = &t->acts[l].bf;
+    MBC_TRY(linear_forward(t, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, d.C, 0.0f, ab->ln));
+    MBC_TRY(conv1d_forward(a->u, a->xz, W->conv_w, W->conv_b, t->B, t->T, d.Di, d.K, bf(ab->u)));
+    MBC_TRY(linear_forward(t, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, d.Di, 0.0f, ab->u));
+    MBC_TRY(linear_forward(t, l, MB_TENSOR_DT_W, a->delta, a->xdbl, d.X));
+    MBC_TRY(scan_forward(a->gated, a->states, t->scratch, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz, t->B,
+                         t->T, d.Di, d.S, d.R, t->chunk, bf(ab->gated)));
+    return linear_forward(t, l, MB_TENSOR_OUT_PROJ, out, a->gated, d.Di, 1.0f, ab->gated);
 }
 
-static inline mb_status tr_backward(mb_cuda_trainer *t) {
+/* mb_model_forward; uploaded: the batch (tokens included) is already on its way. */
+static inline mb_status model_forward(mb_cuda_trainer *t, const uint8_t *inputs, bool uploaded = false) {
     const dims &d = t->d;
-    const int64_t N = t->N;
-    const bool rms = d.cfg.norm == MB_NORM_RMSNORM;
-    float *dlogits = t->logits; /* overwritten by the cross-entropy kernel */
-    MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, dlogits, t->lnf, d.C, head_index(d), N, d.C, d.V, t->lnf_bf));
-    /* first writers overwrite (no memsets): the final LayerNorm's d_resid; per
-       layer the scan's d_u, z columns of d_xz and B/C columns of d_xdbl, the
-       dt product's dt_low columns (beta 0) and the conv's x' columns */
-    MBC_TRY(layernorm_backward(t->d_resid, W(t, t->grads, -1, G_NORM_F_W), W(t, t->grads, -1, G_NORM_F_B), t->scratch,
-                               t->d_ln, t->resid_out, W(t, t->params, -1, G_NORM_F_W), t->lnf_mean, t->lnf_rstd, N, d.C,
-                               true, rms));
-    for (int l = d.L - 1; l >= 0; l--) {
-        layer_acts *a = &t->acts[l];
-        float *P = t->params, *G = t->grads;
-        MBC_TRY(tr_mm_backward(t, t->d_gated, 0.0f, t->d_resid, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C,
-                               a->gated_bf));
-        MBC_TRY(scan_backward(t->d_u, t->d_delta, W(t, G, l, W_DT_B), W(t, G, l, W_A_LOG), t->d_xdbl, W(t, G, l, W_D),
-                              t->d_xz, t->scratch, t->d_gated, a->states, a->u, a->delta, W(t, P, l, W_DT_B),
-                              W(t, P, l, W_A_LOG), a->xdbl, W(t, P, l, W_D), a->xz, t->B, t->T, d.Di, d.S, d.R,
-                              t->chunk, true));
-        MBC_TRY(tr_mm_backward(t, t->d_xdbl, 0.0f, t->d_delta, a->xdbl, d.X, tensor_index(d, l, W_DT_W), N, d.R, d.Di));
-        MBC_TRY(tr_mm_backward(t, t->d_u, 1.0f, t->d_xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X, a->u_bf));
-        MBC_TRY(conv1d_backward(t->d_xz, W(t, G, l, W_CONV_W), W(t, G, l, W_CONV_B), t->scratch, t->d_u, a->xz,
-                                W(t, P, l, W_CONV_W), W(t, P, l, W_CONV_B), t->B, t->T, d.Di, d.K, true));
-        MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, t->d_xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di, a->ln_bf));
-        MBC_TRY(layernorm_backward(t->d_resid, W(t, G, l, W_NORM_W), W(t, G, l, W_NORM_B), t->scratch, t->d_ln,
-                                   a->resid, W(t, P, l, W_NORM_W), a->mean, a->rstd, N, d.C, false, rms));
+    if (!uploaded) MBC_TRY(h2d(t->tokens, inputs, (size_t)t->N));
+    MBC_TRY(embedding_forward(t->acts[0].f.resid, t->tokens, t->w.wte, t->N, d.C));
+    for (int l = 0; l < d.L; l++) {
+        const mb_layer_acts *a = &t->acts[l].f;
+        const mb_layer_weights *W = &t->w.layer[l];
+        float *next = l + 1 < d.L ? t->acts[l + 1].f.resid : t->resid_out;
+        MBC_TRY(norm_forward(&d.cfg, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, t->N, d.C, next,
+                             bf(t->acts[l].bf.ln)));
+        MBC_TRY(mixer_forward(t, l, next));
     }
-    return embedding_backward(W(t, t->grads, -1, G_EMBEDDING), t->scratch, t->d_resid, t->bucket_off, t->bucket_rows, N,
-                              d.C);
+    MBC_TRY(norm_forward(&d.cfg, t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, t->w.norm_f_w, t->w.norm_f_b, t->N, d.C,
+                         nullptr, bf(t->lnf_bf)));
+    return linear_forward(t, -1, MB_TENSOR_LM_HEAD, t->logits, t->lnf, d.C, 0.0f, t->lnf_bf);
+}
+
+/* mb__mixer_backward: dln = the mixer's input gradient (overwritten),
+   its parameters' gradients added.  The first writers overwrite (no
+   memsets): the scan's d_u, z columns of d_xz and B/C columns of d_xdbl,
+   the dt product's dt_low columns (beta 0) and the conv's x' columns. */
+static inline mb_status mixer_backward(mb_cuda_trainer *t, int l, const float *dout, float *dln) {
+    const dims &d = t->d;
+    const mb_layer_weights *W = &t->w.layer[l], *G = &t->g.layer[l];
+    const mb_layer_acts *a = &t->acts[l].f, *ab = &t->acts[l].bf, *g = &t->dacts;
+    MBC_TRY(linear_backward(t, l, MB_TENSOR_OUT_PROJ, g->gated, 0.0f, dout, a->gated, d.Di, ab->gated));
+    MBC_TRY(scan_backward(g->u, g->delta, G->dt_proj_b, G->A_log, g->xdbl, G->D, g->xz, t->scratch, g->gated, a->states, a->u,
+                          a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz, t->B, t->T, d.Di, d.S, d.R, t->chunk, true));
+    MBC_TRY(linear_backward(t, l, MB_TENSOR_DT_W, g->xdbl, 0.0f, g->delta, a->xdbl, d.X));
+    MBC_TRY(linear_backward(t, l, MB_TENSOR_X_PROJ, g->u, 1.0f, g->xdbl, a->u, d.Di, ab->u));
+    MBC_TRY(conv1d_backward(g->xz, G->conv_w, G->conv_b, t->scratch, g->u, a->xz, W->conv_w, W->conv_b, t->B, t->T, d.Di,
+                            d.K, true));
+    return linear_backward(t, l, MB_TENSOR_IN_PROJ, dln, 0.0f, g->xz, a->ln, d.C, ab->ln);
+}
+
+/* mb_model_backward from dlogits (the cross-entropy kernel wrote them over the logits). */
+static inline mb_status model_backward(mb_cuda_trainer *t) {
+    const dims &d = t->d;
+    const mb_layer_acts *g = &t->dacts;
+    MBC_TRY(linear_backward(t, -1, MB_TENSOR_LM_HEAD, g->ln, 0.0f, t->logits, t->lnf, d.C, t->lnf_bf));
+    MBC_TRY(norm_backward(&d.cfg, g->resid, t->g.norm_f_w, t->g.norm_f_b, t->scratch, g->ln, t->resid_out, t->w.norm_f_w,
+                          t->lnf_mean, t->lnf_rstd, t->N, d.C, true));
+    for (int l = d.L - 1; l >= 0; l--) {
+        const mb_layer_acts *a = &t->acts[l].f;
+        MBC_TRY(mixer_backward(t, l, g->resid, g->ln));
+        MBC_TRY(norm_backward(&d.cfg, g->resid, t->g.layer[l].norm_w, t->g.layer[l].norm_b, t->scratch, g->ln, a->resid,
+                              t->w.layer[l].norm_w, a->ln_mean, a->ln_rstd, t->N, d.C, false));
+    }
+    return embedding_backward(t->g.wte, t->scratch, g->resid, t->bucket_off, t->bucket_rows, t->N, d.C);
+}
+
+/* The stream's linear layers: one token, fp32 (mb__stream_linear). */
+static inline mb_status stream_linear(mb_cuda_stream *s, int l, int field, float *out, const float *inp, int64_t ldi,
+                                      float beta = 0.0f) {
+    int IC, OC;
+    const int64_t off = s->d.tensors[mb_tensor_matrix(&s->d.cfg, l, field, &IC, &OC)].offset;
+    return matmul_forward(s->blas, out, inp, ldi, s->params + off, 1, IC, OC, beta);
 }
 
 /* Runs ops (one fixed sequence of this trainer's stream operations) as the
@@ -2065,7 +2073,7 @@ static inline mb_status tr_upload_batch(mb_cuda_trainer *t, const uint8_t *input
     const int64_t N = t->N;
     int64_t n = 0;
     for (int64_t i = 0; i < N; i++) {
-        if (targets[i] == -100) continue;
+        if (targets[i] == MB_IGNORE_INDEX) continue;
         if (targets[i] < 0 || targets[i] >= t->d.V)
             return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA: target %d at row %lld is outside [0,%d)", targets[i], (long long)i, t->d.V);
         n++;
@@ -2083,10 +2091,10 @@ static inline mb_status tr_upload_batch(mb_cuda_trainer *t, const uint8_t *input
 /* One micro-batch's forward, loss and backward on the uploaded batch; the
    loss (float) goes to loss_dev and is added (double) to stats[0]. */
 static inline mb_status tr_forward_backward_ops(mb_cuda_trainer *t) {
-    MBC_TRY(tr_forward(t, nullptr, true));
-    MBC_TRY(cross_entropy(t->loss_rows, t->logits, t->logits, t->targets, t->N, t->d.V, -100, 0.0f, nullptr, 0.0f, t->inv_valid));
+    MBC_TRY(model_forward(t, nullptr, true));
+    MBC_TRY(cross_entropy(t->loss_rows, t->logits, t->logits, t->targets, t->N, t->d.V, MB_IGNORE_INDEX, 0.0f, nullptr, 0.0f, t->inv_valid));
     MBC_TRY(sum(t->loss_dev, t->loss_rows, t->N, 0.0, t->inv_valid, t->stats));
-    return tr_backward(t);
+    return model_backward(t);
 }
 
 /* Submits one micro-batch (nothing waits for it). */
@@ -2095,7 +2103,7 @@ static inline mb_status tr_submit_micro_batch(mb_cuda_trainer *t, const uint8_t 
     MBC_TRY(tr_upload_batch(t, inputs, targets, &n_valid));
     if (n_valid > 0) return tr_run(t, &t->fb, tr_forward_backward_ops);
     /* as the CPU: NaN loss, zero gradient (no backward) */
-    MBC_TRY(tr_forward(t, nullptr, true));
+    MBC_TRY(model_forward(t, nullptr, true));
     return sum(t->loss_dev, t->loss_rows, 0, NAN, nullptr, t->stats);
 }
 
@@ -2239,13 +2247,6 @@ static inline int all_ranks_ok(const mb_train_comm *comm, int ok) {
 
 /* ===================================================== entry points */
 
-struct mb_cuda_stream {
-    mbc::dims d;
-    mbc::blas_t blas;
-    mbc::dlist mem;
-    float *params, *conv_state, *ssm_state, *x, *ln, *mean, *xz, *u, *xdbl, *delta, *gated, *out, *logits;
-};
-
 extern "C" {
 
 int mb_cuda_device_count(void) { return mbc::device_count(); }
@@ -2309,7 +2310,7 @@ mb_status mb_cuda_trainer_forward_backward(mb_cuda_trainer *t, const uint8_t *in
 
 mb_status mb_cuda_trainer_forward_logits(mb_cuda_trainer *t, const uint8_t *inputs, float *logits_host) {
     mbc::stream_scope on(t->stream);
-    MBC_TRY(mbc::tr_forward(t, inputs));
+    MBC_TRY(mbc::model_forward(t, inputs));
     return mbc::d2h(logits_host, t->logits, (size_t)(t->N * t->d.V) * sizeof(float));
 }
 
@@ -2411,7 +2412,7 @@ mb_status mb_cuda_trainer_attach(mb_trainer *tr, int precision) {
     const int ranks = tr->comm ? tr->comm->size : 1;
     mb_status st = mbc::device_check();
     if (st == MB_STATUS_OK) st = mbc::select_device(tr->comm);
-    if (st == MB_STATUS_OK && s->batch * s->ctx > 2147483647 / 2)
+    if (st == MB_STATUS_OK && s->batch * s->ctx > MBC_MAX_TOKENS)
         st = mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: batch %lld x ctx %lld is too large", (long long)s->batch, (long long)s->ctx);
     if (st == MB_STATUS_OK) st = mb_cuda_trainer_create(&g, mb_model_config(tr->model), (int)s->batch, (int)s->ctx, precision);
     if (st == MB_STATUS_OK) st = mb_cuda_trainer_upload(g, mb_model_params(tr->model), tr->st.adam_m, tr->st.adam_v);
@@ -2423,7 +2424,7 @@ mb_status mb_cuda_trainer_attach(mb_trainer *tr, int precision) {
         mb_cuda_trainer_free(g);
         return st;
     }
-    tr->backend.name = precision == 1 ? "cuda bf16" : precision == 2 ? "cuda tf32" : "cuda fp32";
+    tr->backend.name = precision == MB_PRECISION_BF16 ? "cuda bf16" : precision == MB_PRECISION_TF32 ? "cuda tf32" : "cuda fp32";
     tr->backend.impl = g;
     tr->backend.step = mbc_backend_step;
     tr->backend.sync = mbc_backend_sync;
@@ -2438,22 +2439,20 @@ mb_status mb_cuda_stream_create(mb_cuda_stream **out, const mb_config *cfg, cons
     memset(s, 0, sizeof *s);
     mb_status st = mbc::dims_init(&s->d, cfg);
     const mbc::dims &d = s->d;
+    const int64_t acts = mb_layer_acts_place(nullptr, nullptr, &d.cfg, 1, 1, 0, 0);
+    float *block = nullptr;
     if (st == MB_STATUS_OK && mbc::device_count() < 1) st = mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA stream: no CUDA device");
     if (st == MB_STATUS_OK) st = mbc::blas_create(&s->blas);
     if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->params, d.nparams, "stream params");
+    if (st == MB_STATUS_OK) st = mbc::weights_point(&s->w, s->params, d);
     if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->conv_state, (int64_t)d.L * d.Di * d.K, "conv state");
     if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->ssm_state, (int64_t)d.L * d.Di * d.S, "ssm state");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->x, d.C, "x");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->ln, d.C, "ln");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->mean, 2, "ln stats");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->xz, 2 * d.Di, "xz");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->u, d.Di, "u");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->xdbl, d.X, "xdbl");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->delta, d.Di, "delta");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->gated, d.Di, "gated");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->out, d.C, "out");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->logits, d.V, "logits");
-    if (st == MB_STATUS_OK) st = mbc::h2d(s->params, params, (size_t)d.nparams * sizeof(float));
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &block, acts + d.V, "activations");
+    if (st == MB_STATUS_OK) {
+        mb_layer_acts_place(&s->a, block, &d.cfg, 1, 1, 0, 0);
+        s->logits = block + acts;
+        st = mbc::h2d(s->params, params, (size_t)d.nparams * sizeof(float));
+    }
     if (st == MB_STATUS_OK) st = mb_cuda_stream_reset(s);
     if (st != MB_STATUS_OK) {
         mb_cuda_stream_free(s);
@@ -2469,30 +2468,25 @@ mb_status mb_cuda_stream_reset(mb_cuda_stream *s) {
     return mbc::dzero(s->ssm_state, sizeof(float) * (size_t)d.L * d.Di * d.S);
 }
 
+/* mb_stream_step on the device. */
 mb_status mb_cuda_stream_step(mb_cuda_stream *s, uint8_t byte, float *logits_host) {
     const mbc::dims &d = s->d;
-    const float *P = s->params;
-    const bool rms = d.cfg.norm == MB_NORM_RMSNORM;
-#define MBC_SW(l, f) (mbc::tensor_index(d, l, f) < 0 ? nullptr : P + d.offset[mbc::tensor_index(d, l, f)])
-    MBC_TRY(mbc::d2d(s->x, MBC_SW(-1, mbc::G_EMBEDDING) + (int64_t)byte * d.C, sizeof(float) * (size_t)d.C));
+    const mb_layer_acts *a = &s->a;
+    MBC_TRY(mbc::d2d(a->resid, s->w.wte + (int64_t)byte * d.C, sizeof(float) * (size_t)d.C));
     for (int l = 0; l < d.L; l++) {
-        MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, MBC_SW(l, mbc::W_NORM_W), MBC_SW(l, mbc::W_NORM_B), 1, d.C,
-                                       nullptr, rms));
-        MBC_TRY(mbc::matmul_forward(s->blas, s->xz, s->ln, d.C, MBC_SW(l, mbc::W_IN_PROJ), 1, d.C, 2 * d.Di));
-        MBC_LAUNCH(mbc::conv1d_step_kernel, dim3((unsigned)((d.Di + 127) / 128)), dim3(128), 0, s->u,
-                   s->conv_state + (int64_t)l * d.Di * d.K, (const float *)s->xz, MBC_SW(l, mbc::W_CONV_W),
-                   MBC_SW(l, mbc::W_CONV_B), d.Di, d.K);
-        MBC_TRY(mbc::matmul_forward(s->blas, s->xdbl, s->u, d.Di, MBC_SW(l, mbc::W_X_PROJ), 1, d.Di, d.X));
-        MBC_TRY(mbc::matmul_forward(s->blas, s->delta, s->xdbl, d.X, MBC_SW(l, mbc::W_DT_W), 1, d.R, d.Di));
-        MBC_TRY(mbc::scan_step(s->gated, s->ssm_state + (int64_t)l * d.Di * d.S, s->u, s->delta, MBC_SW(l, mbc::W_DT_B),
-                               MBC_SW(l, mbc::W_A_LOG), s->xdbl, MBC_SW(l, mbc::W_D), s->xz, d.Di, d.S, d.R));
-        /* x += out_proj(gated): the residual add as the product's beta */
-        MBC_TRY(mbc::matmul_forward(s->blas, s->x, s->gated, d.Di, MBC_SW(l, mbc::W_OUT_PROJ), 1, d.Di, d.C, 1.0f));
+        const mb_layer_weights *W = &s->w.layer[l];
+        MBC_TRY(mbc::norm_forward(&d.cfg, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, 1, d.C));
+        MBC_TRY(mbc::stream_linear(s, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, d.C));
+        MBC_TRY(mbc::conv1d_step(a->u, s->conv_state + (int64_t)l * d.Di * d.K, a->xz, W->conv_w, W->conv_b, d.Di, d.K));
+        MBC_TRY(mbc::stream_linear(s, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, d.Di));
+        MBC_TRY(mbc::stream_linear(s, l, MB_TENSOR_DT_W, a->delta, a->xdbl, d.X));
+        MBC_TRY(mbc::scan_step(a->gated, s->ssm_state + (int64_t)l * d.Di * d.S, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl,
+                               W->D, a->xz, d.Di, d.S, d.R));
+        /* resid += out_proj(gated): the residual add as the product's beta */
+        MBC_TRY(mbc::stream_linear(s, l, MB_TENSOR_OUT_PROJ, a->resid, a->gated, d.Di, 1.0f));
     }
-    MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, MBC_SW(-1, mbc::G_NORM_F_W), MBC_SW(-1, mbc::G_NORM_F_B), 1, d.C,
-                                   nullptr, rms));
-    MBC_TRY(mbc::matmul_forward(s->blas, s->logits, s->ln, d.C, P + d.offset[mbc::head_index(d)], 1, d.C, d.V));
-#undef MBC_SW
+    MBC_TRY(mbc::norm_forward(&d.cfg, a->ln, a->ln_mean, a->ln_rstd, a->resid, s->w.norm_f_w, s->w.norm_f_b, 1, d.C));
+    MBC_TRY(mbc::stream_linear(s, -1, MB_TENSOR_LM_HEAD, s->logits, a->ln, d.C));
     return mbc::d2h(logits_host, s->logits, sizeof(float) * (size_t)d.V);
 }
 
@@ -2500,7 +2494,8 @@ void mb_cuda_stream_free(mb_cuda_stream *s) {
     if (!s) return;
     mbc::dlist_free(&s->mem);
     mbc::blas_destroy(s->blas);
-    MB_FREE(s->d.offset);
+    MB_FREE(s->d.tensors);
+    MB_FREE(s->w.layer);
     MB_FREE(s);
 }
 

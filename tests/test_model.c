@@ -841,7 +841,7 @@ static void test_tensor_table(void) {
     } while (0)
     MBT_EXPECT_TENSOR("embedding.weight", 2, 256, 7, 1, 1);
     for (l = 0; l < 3; l++) {
-        const mb__layer_weights *W = &m->w.layer[l], *G = &m->g.layer[l];
+        const mb_layer_weights *W = &m->w.layer[l], *G = &m->g.layer[l];
         const float *pw[11], *pg[11];
         pw[0] = W->norm_w; pw[1] = W->norm_b; pw[2] = W->in_proj; pw[3] = W->conv_w; pw[4] = W->conv_b; pw[5] = W->x_proj;
         pw[6] = W->dt_proj_w; pw[7] = W->dt_proj_b; pw[8] = W->A_log; pw[9] = W->D; pw[10] = W->out_proj;
