@@ -815,6 +815,23 @@ MBDEF mb_status mb_trainer_set_comm(mb_trainer *t, const mb_train_comm *comm);
    batches: the model's grads hold the sum over the step's grad_accum x
    ranks micro-batches of d(mean loss)/d(params) and loss is their mean. */
 MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r);
+/* A backend's kernels for mb_trainer_step's one policy (the micro-batches
+   drawn in order, the sums over the ranks, the testing hooks, the guard's
+   result, the step count).  loss_sum is the step's loss sum where the
+   backend sums on the host; one that sums on the device reports it from
+   update. */
+typedef struct {
+    /* this rank's micro-batch (t->inputs, t->targets) forward and backward,
+       its gradient and loss added to the step's (first: they start from it) */
+    mb_status (*micro_batch)(mb_trainer *t, int first, double *loss_sum);
+    mb_status (*sum_ranks)(mb_trainer *t, double *loss_sum); /* the sums over t->comm's ranks (adds to t->comm_s) */
+    /* the gradient times scale (the mean), one NaN when poison, its norm;
+       unless the loss or the norm is non-finite (the guard), clipping and
+       AdamW at step t->st.step + 1 */
+    mb_status (*update)(mb_trainer *t, double lr, float scale, int poison, double *loss_sum, double *grad_norm);
+} mb_step_kernels;
+/* mb_trainer_step's policy on k: a backend's step calls it with its own. */
+MBDEF mb_status mb_trainer_step_on(mb_trainer *t, const mb_step_kernels *k, double lr, mb_step_result *r);
 /* 1 when the testing hooks poison the gradient of the coming step. */
 MBDEF int mb_trainer_poisoned(const mb_trainer *t);
 /* Brings a backend's live parameters and moments into t->model and t->st
@@ -5582,76 +5599,96 @@ MBDEF mb_status mb_trainer_draw(mb_trainer *t, int64_t k, int *mine) {
                  : mb_batcher_skip(&t->batcher, (int)s->batch, (int)s->ctx);
 }
 
-MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
+/* The CPU's kernels: each micro-batch from fresh gradients, summed in
+   order (the running sum added to it: the same sum whether the
+   micro-batches run here or on other ranks). */
+static mb_status mb__cpu_micro_batch(mb_trainer *t, int first, double *loss_sum) {
     const mb_train_settings *s = &t->st.settings;
     mb_model *m = t->model;
-    const int B = (int)s->batch, T = (int)s->ctx;
-    const int64_t total = s->grad_accum * (t->comm ? t->comm->size : 1), n = m->num_params;
-    int64_t k, i, mine = 0;
-    double loss_sum = 0.0;
+    int64_t i, n = m->num_params;
+    float loss;
     mb_status st;
-    if (t->backend.step) {
-        st = t->backend.step(t, lr, r);
-        if (st != MB_STATUS_OK && t->backend.last_error) return mb__fail(st, "%s", t->backend.last_error());
-        return st;
-    }
-    /* each of this rank's micro-batches from fresh gradients, summed in order:
-       the same sum whether the micro-batches run here or on other ranks */
-    for (k = 0; k < total; k++) {
-        float loss;
-        int own;
-        if ((st = mb_trainer_draw(t, k, &own)) != MB_STATUS_OK) return st;
-        if (!own) continue;
-        mb_model_zero_grad(m);
-        st = mb_model_forward(m, t->inputs, t->targets, B, T, &loss);
-        if (st == MB_STATUS_OK) st = mb_model_backward(m);
-        if (st != MB_STATUS_OK) return st;
-        loss_sum += loss;
-        if (t->grad_acc && mine == 0) memcpy(t->grad_acc, m->grads, (size_t)n * sizeof(float));
-        else if (t->grad_acc)
-            for (i = 0; i < n; i++) t->grad_acc[i] += m->grads[i];
-        mine++;
-    }
-    if (t->grad_acc) memcpy(m->grads, t->grad_acc, (size_t)n * sizeof(float));
-    if (t->comm) {
-        double c0 = mb_clock_seconds();
-        if ((st = mb__comm_fail(t, t->comm->sum_floats(t->comm->impl, m->grads, n))) != MB_STATUS_OK) return st;
-        if ((st = mb__comm_fail(t, t->comm->sum_doubles(t->comm->impl, &loss_sum, 1))) != MB_STATUS_OK) return st;
-        t->comm_s += mb_clock_seconds() - c0;
-    }
-    return mb_trainer_apply(t, lr, (float)(loss_sum / (double)total), r);
+    if (!first) memcpy(t->grad_acc, m->grads, (size_t)n * sizeof(float));
+    mb_model_zero_grad(m);
+    st = mb_model_forward(m, t->inputs, t->targets, (int)s->batch, (int)s->ctx, &loss);
+    if (st == MB_STATUS_OK) st = mb_model_backward(m);
+    if (st != MB_STATUS_OK) return st;
+    if (!first)
+        for (i = 0; i < n; i++) m->grads[i] += t->grad_acc[i];
+    *loss_sum = first ? loss : *loss_sum + loss;
+    return MB_STATUS_OK;
 }
-
-MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r) {
+static mb_status mb__cpu_sum_ranks(mb_trainer *t, double *loss_sum) {
+    double c0 = mb_clock_seconds();
+    mb_status st = mb__comm_fail(t, t->comm->sum_floats(t->comm->impl, t->model->grads, t->model->num_params));
+    if (st == MB_STATUS_OK) st = mb__comm_fail(t, t->comm->sum_doubles(t->comm->impl, loss_sum, 1));
+    t->comm_s += mb_clock_seconds() - c0;
+    return st;
+}
+static mb_status mb__cpu_update(mb_trainer *t, double lr, float scale, int poison, double *loss_sum, double *grad_norm) {
     const mb_train_settings *s = &t->st.settings;
     mb_model *m = t->model;
     int64_t n = m->num_params, i;
-    memset(r, 0, sizeof *r);
-    r->lr = lr;
-    if (s->grad_accum > 1 || t->comm) { /* the mean over micro-batches, not their sum */
-        float inv = 1.0f / (float)(s->grad_accum * (t->comm ? t->comm->size : 1));
-        for (i = 0; i < n; i++) m->grads[i] *= inv;
-    }
-    if (mb_trainer_poisoned(t)) m->grads[0] = NAN;
-    r->loss = loss;
-    r->grad_norm = mb_grad_norm(m->grads, n);
-    r->applied = isfinite(r->loss) && isfinite(r->grad_norm);
-    if (r->applied) { /* the guard: a non-finite step changes nothing but the step count */
-        float coef = mb_clip_coef(r->grad_norm, s->clip);
+    if (scale != 1.0f) /* the mean over micro-batches, not their sum */
+        for (i = 0; i < n; i++) m->grads[i] *= scale;
+    if (poison) m->grads[0] = NAN;
+    *grad_norm = mb_grad_norm(m->grads, n);
+    if (isfinite((float)(*loss_sum * scale)) && isfinite(*grad_norm)) { /* the guard */
+        float coef = mb_clip_coef(*grad_norm, s->clip);
         if (coef < 1.0f)
             for (i = 0; i < n; i++) m->grads[i] *= coef;
         mb_adamw_update(m, t->st.adam_m, t->st.adam_v, t->st.step + 1, lr, s->beta1, s->beta2, s->eps, s->weight_decay);
     }
+    return MB_STATUS_OK;
+}
+static const mb_step_kernels mb__cpu_kernels = {mb__cpu_micro_batch, mb__cpu_sum_ranks, mb__cpu_update};
+
+/* A backend's failure with its own detail, where it keeps one. */
+static mb_status mb__backend_fail(const mb_trainer *t, mb_status s) {
+    return s != MB_STATUS_OK && t->backend.last_error ? mb__fail(s, "%s", t->backend.last_error()) : s;
+}
+
+/* The update and the result: a non-finite step changes nothing but the step count. */
+static mb_status mb__finish_step(mb_trainer *t, const mb_step_kernels *k, double lr, double loss_sum, mb_step_result *r) {
+    const int64_t total = t->st.settings.grad_accum * (t->comm ? t->comm->size : 1);
+    mb_status st;
+    memset(r, 0, sizeof *r);
+    r->lr = lr;
+    st = k->update(t, lr, 1.0f / (float)total, mb_trainer_poisoned(t), &loss_sum, &r->grad_norm);
+    if (st != MB_STATUS_OK) return mb__backend_fail(t, st);
+    r->loss = (float)(loss_sum / (double)total);
+    r->applied = isfinite(r->loss) && isfinite(r->grad_norm);
     t->st.step++;
     return MB_STATUS_OK;
+}
+
+MBDEF mb_status mb_trainer_step_on(mb_trainer *t, const mb_step_kernels *k, double lr, mb_step_result *r) {
+    const int64_t total = t->st.settings.grad_accum * (t->comm ? t->comm->size : 1);
+    int64_t i, mine = 0;
+    double loss_sum = 0.0;
+    int own;
+    mb_status st;
+    for (i = 0; i < total; i++) { /* this rank's micro-batches of the one seeded stream */
+        if ((st = mb_trainer_draw(t, i, &own)) != MB_STATUS_OK) return st;
+        if (own && (st = k->micro_batch(t, mine++ == 0, &loss_sum)) != MB_STATUS_OK) return mb__backend_fail(t, st);
+    }
+    if (t->comm && (st = k->sum_ranks(t, &loss_sum)) != MB_STATUS_OK) return mb__backend_fail(t, st);
+    return mb__finish_step(t, k, lr, loss_sum, r);
+}
+
+MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
+    return t->backend.step ? mb__backend_fail(t, t->backend.step(t, lr, r)) : mb_trainer_step_on(t, &mb__cpu_kernels, lr, r);
+}
+
+MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r) {
+    return mb__finish_step(t, &mb__cpu_kernels, lr, (double)loss * (double)(t->st.settings.grad_accum * (t->comm ? t->comm->size : 1)), r);
 }
 
 MBDEF mb_status mb_trainer_sync(mb_trainer *t) {
     mb_status s;
     if (!t->backend.sync) return MB_STATUS_OK;
     s = t->backend.sync(t);
-    if (s != MB_STATUS_OK && t->backend.last_error) return mb__fail(s, "%s", t->backend.last_error());
-    return s;
+    return mb__backend_fail(t, s);
 }
 
 MBDEF mb_status mb_trainer_save(mb_trainer *t, const char *path) {

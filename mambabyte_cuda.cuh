@@ -2347,55 +2347,50 @@ mb_status mb_cuda_trainer_set_graphs(mb_cuda_trainer *t, int on) {
 }
 int mb_cuda_trainer_graphs(const mb_cuda_trainer *t) { return t->graphs; }
 
-/* ---- the trainer backend: mb_trainer_step / mb_trainer_sync on the GPU.
-   The host trainer keeps the batcher, the step count and the testing
-   hooks, so the loop (mb_train_run) is the same on both backends; the GPU
-   holds the live parameters, gradients and moments. */
-static mb_status mbc_backend_step(mb_trainer *tr, double lr, mb_step_result *r) {
+/* ---- the trainer backend: mb_trainer_step's policy (mb_trainer_step_on)
+   on the GPU's kernels, and mb_trainer_sync.  The host trainer keeps the
+   batcher, the step count and the testing hooks, so the loop
+   (mb_train_run) is the same on both backends; the GPU holds the live
+   parameters, gradients and moments, and sums the loss: the micro-batches
+   are submitted without waiting, and the update is guarded on the device. */
+static mb_status mbc_micro_batch(mb_trainer *tr, int, double *) {
     mb_cuda_trainer *g = (mb_cuda_trainer *)tr->backend.impl;
-    mbc::stream_scope on(g->stream);
+    return mbc::tr_submit_micro_batch(g, tr->inputs, tr->targets);
+}
+/* The gradients on the GPUs (NCCL) or through the host, the loss on the host. */
+static mb_status mbc_sum_ranks(mb_trainer *tr, double *) {
+    mb_cuda_trainer *g = (mb_cuda_trainer *)tr->backend.impl;
+    double loss_sum = 0.0;
+    if (tr->comm->size == 1) return MB_STATUS_OK;
+    MBC_TRY(mbc::sync()); /* the micro-batches were only submitted: comm_s starts when they are done */
+    const double c0 = mb_clock_seconds();
+    MBC_TRY(mbc::sum_grads(g, tr->comm));
+    MBC_TRY(mbc::d2h(&loss_sum, g->stats, sizeof loss_sum)); /* waits, so comm_s holds NCCL's work too */
+    if (tr->comm->sum_doubles(tr->comm->impl, &loss_sum, 1) != MB_STATUS_OK)
+        return mb_set_error(MB_STATUS_IO_ERROR, "data-parallel: %s", tr->comm->last_error ? tr->comm->last_error() : "loss sum failed");
+    MBC_TRY(mbc::h2d(g->stats, &loss_sum, sizeof loss_sum)); /* the device's guard reads the ranks' sum */
+    tr->comm_s += mb_clock_seconds() - c0;
+    return MB_STATUS_OK;
+}
+static mb_status mbc_update(mb_trainer *tr, double lr, float scale, int poison, double *loss_sum, double *grad_norm) {
+    mb_cuda_trainer *g = (mb_cuda_trainer *)tr->backend.impl;
     const mb_train_settings *s = &tr->st.settings;
-    const int ranks = tr->comm ? tr->comm->size : 1;
-    const int64_t A = s->grad_accum, total = A * ranks;
     double stats[2] = {0.0, 0.0};
-    memset(r, 0, sizeof *r);
-    r->lr = lr;
-    /* this rank's micro-batches of the one seeded stream, as on the CPU;
-       submitted without waiting (their losses add up on the device) */
-    for (int64_t k = 0; k < total; k++) {
-        int own = 0;
-        mb_status st = mb_trainer_draw(tr, k, &own);
-        if (st != MB_STATUS_OK) return st;
-        if (own) MBC_TRY(mbc::tr_submit_micro_batch(g, tr->inputs, tr->targets));
-    }
-    if (ranks > 1) { /* the gradients on the GPUs (NCCL) or through the host, the loss on the host */
-        MBC_TRY(mbc::sync()); /* the micro-batches were only submitted: comm_s starts when they are done */
-        const double c0 = mb_clock_seconds();
-        double loss_sum = 0.0;
-        MBC_TRY(mbc::sum_grads(g, tr->comm));
-        MBC_TRY(mbc::d2h(&loss_sum, g->stats, sizeof loss_sum)); /* waits, so comm_s holds NCCL's work too */
-        if (tr->comm->sum_doubles(tr->comm->impl, &loss_sum, 1) != MB_STATUS_OK)
-            return mb_set_error(MB_STATUS_IO_ERROR, "data-parallel: %s", tr->comm->last_error ? tr->comm->last_error() : "loss sum failed");
-        MBC_TRY(mbc::h2d(g->stats, &loss_sum, sizeof loss_sum)); /* the guard below reads the ranks' sum */
-        tr->comm_s += mb_clock_seconds() - c0;
-    }
-    if (mb_trainer_poisoned(tr)) { /* the testing hook, as on the CPU: one NaN gradient */
+    if (poison) {
         const float nan = NAN;
         MBC_TRY(mbc::h2d(g->grads, &nan, sizeof nan));
     }
-    /* the update, guarded on the device: a non-finite loss skips it and drops the gradients */
-    mbc::adamw_args a = mbc::make_adamw_args(1.0f, lr, s->beta1, s->beta2, s->eps, s->weight_decay, tr->st.step + 1,
-                                             s->clip, 1.0f / (float)total);
-    a.guard = 1;
+    mbc::adamw_args a = mbc::make_adamw_args(1.0f, lr, s->beta1, s->beta2, s->eps, s->weight_decay, tr->st.step + 1, s->clip, scale);
+    a.guard = 1; /* a non-finite loss skips the update and drops the gradients */
     MBC_TRY(mbc::tr_update(g, a, stats));
-    r->loss = (float)(stats[0] / (double)total);
-    if (!isfinite(r->loss)) r->grad_norm = NAN;
-    else {
-        r->grad_norm = sqrt(stats[1]);
-        r->applied = isfinite(r->grad_norm) ? 1 : 0;
-    }
-    tr->st.step++;
+    *loss_sum = stats[0];
+    *grad_norm = isfinite(stats[0]) ? sqrt(stats[1]) : NAN; /* no norm is read after a non-finite loss */
     return MB_STATUS_OK;
+}
+static const mb_step_kernels mbc_kernels = {mbc_micro_batch, mbc_sum_ranks, mbc_update};
+static mb_status mbc_backend_step(mb_trainer *tr, double lr, mb_step_result *r) {
+    mbc::stream_scope on(((mb_cuda_trainer *)tr->backend.impl)->stream);
+    return mb_trainer_step_on(tr, &mbc_kernels, lr, r);
 }
 
 static mb_status mbc_backend_sync(mb_trainer *tr) {
