@@ -271,15 +271,11 @@ MBDEF int mb_tensor_matrix(const mb_config *cfg, int layer, int field, int *in, 
    block order, in N = B*T tokens, B, nch = the scan's chunks and the shapes'
    letters above; bf16 1: the CUDA trainer's bf16 products read a copy too. */
 #define MB_LAYER_ACTS(ENTRY) \
-    ENTRY(resid, N * C, 0)             /* the layer's input */ \
-    ENTRY(ln, N * C, 1)                /* its norm, and the norm's statistics */ \
-    ENTRY(ln_mean, N, 0) ENTRY(ln_rstd, N, 0) \
-    ENTRY(xz, N * 2 * Di, 0)           /* in_proj's output: x' | z */ \
-    ENTRY(u, N * Di, 1)                /* silu(conv(x')) */ \
-    ENTRY(xdbl, N * X, 0)              /* x_proj's output: dt_low | B | C */ \
-    ENTRY(delta, N * Di, 0)            /* dt_proj's output before the bias */ \
-    ENTRY(gated, N * Di, 1)            /* the scan's output y * silu(z) */ \
-    ENTRY(states, B * nch * Di * S, 0) /* the scan's h at the chunks' starts */
+    ENTRY(resid, N * C, 0) ENTRY(ln, N * C, 1)    /* the layer's input, its norm */ \
+    ENTRY(ln_mean, N, 0) ENTRY(ln_rstd, N, 0)     /* the norm's statistics */ \
+    ENTRY(xz, N * 2 * Di, 0) ENTRY(u, N * Di, 1)  /* in_proj's output x' | z; silu(conv(x')) */ \
+    ENTRY(xdbl, N * X, 0) ENTRY(delta, N * Di, 0) /* x_proj's dt_low | B | C; dt_proj's, before the bias */ \
+    ENTRY(gated, N * Di, 1) ENTRY(states, B * nch * Di * S, 0) /* the scan's y * silu(z); its h at the chunks' starts */
 #define MB__ACT_PTR(name, floats, bf16) float *name;
 typedef struct { MB_LAYER_ACTS(MB__ACT_PTR) } mb_layer_acts;
 /* Points a's buffers for a (B, T) batch into base (NULL: only measures) and
@@ -815,19 +811,16 @@ MBDEF mb_status mb_trainer_set_comm(mb_trainer *t, const mb_train_comm *comm);
    batches: the model's grads hold the sum over the step's grad_accum x
    ranks micro-batches of d(mean loss)/d(params) and loss is their mean. */
 MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r);
-/* A backend's kernels for mb_trainer_step's one policy (the micro-batches
-   drawn in order, the sums over the ranks, the testing hooks, the guard's
-   result, the step count).  loss_sum is the step's loss sum where the
-   backend sums on the host; one that sums on the device reports it from
-   update. */
+/* A backend's kernels under mb_trainer_step's one policy (the micro-batches
+   drawn in order, the sums over the ranks, the testing hooks, the result,
+   the step count).  loss_sum: the step's, where a backend sums on the host
+   (one that sums on the device reports it from update). */
 typedef struct {
-    /* this rank's micro-batch (t->inputs, t->targets) forward and backward,
-       its gradient and loss added to the step's (first: they start from it) */
+    /* this rank's micro-batch (t->inputs, t->targets): its gradient and loss added to the step's (first: they start) */
     mb_status (*micro_batch)(mb_trainer *t, int first, double *loss_sum);
     mb_status (*sum_ranks)(mb_trainer *t, double *loss_sum); /* the sums over t->comm's ranks (adds to t->comm_s) */
-    /* the gradient times scale (the mean), one NaN when poison, its norm;
-       unless the loss or the norm is non-finite (the guard), clipping and
-       AdamW at step t->st.step + 1 */
+    /* the gradient times scale (the mean), one NaN when poison, its norm; then unless the loss or the
+       norm is non-finite (the guard), clipping and AdamW at step t->st.step + 1 */
     mb_status (*update)(mb_trainer *t, double lr, float scale, int poison, double *loss_sum, double *grad_norm);
 } mb_step_kernels;
 /* mb_trainer_step's policy on k: a backend's step calls it with its own. */
@@ -3957,10 +3950,7 @@ MBDEF void mb_stream_reset(mb_stream *s) { memset(s->conv_state, 0, (size_t)s->s
 /* Same config field by field (so also the same state layout and size): the
    state of one is a state of the other. */
 MBDEF mb_status mb_stream_copy(mb_stream *dst, const mb_stream *src) {
-    const mb_config *a = &dst->cfg, *b = &src->cfg;
-    if (a->vocab_size != b->vocab_size || a->d_model != b->d_model || a->n_layer != b->n_layer ||
-        a->d_state != b->d_state || a->d_conv != b->d_conv || a->expand != b->expand || a->dt_rank != b->dt_rank ||
-        a->norm != b->norm || a->untied_head != b->untied_head || dst->state_floats != src->state_floats)
+    if (memcmp(&dst->cfg, &src->cfg, sizeof dst->cfg) != 0 || dst->state_floats != src->state_floats) /* int32s: no padding */
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "stream copy between models of different configs");
     if (dst != src) memcpy(dst->conv_state, src->conv_state, (size_t)src->state_floats * sizeof(float));
     return MB_STATUS_OK;

@@ -16,8 +16,9 @@
      targets go up, one float (the loss) comes back.  Parameters, gradients
      and AdamW moments are flat float32 blocks in checkpoint order (the same
      layout as mb_model_params), so upload/download are single copies.
-     Kernels are named after the CPU function they mirror:
-     mb__layernorm_forward -> layernorm_forward_kernel, and so on; the CPU
+     Each CPU function has a launcher of its name and signature on device
+     pointers, directly below its kernels (mb__layernorm_forward ->
+     layernorm_forward; mb__mixer_forward -> mixer_forward...); the CPU
      function is the specification (tests/test_cuda_emu.cpp checks each).
 
    PRECISION
@@ -131,7 +132,283 @@ typedef __nv_bfloat16 mbc_bf16;
     } while (0)
 #endif
 
+/* ======================================================================= */
+/*             platform layer: device memory, copies, GEMM                 */
+/* ======================================================================= */
 namespace mbc {
+
+/* MB_CUDA_SYNC=1: synchronise and check after every launch (read once). */
+static inline bool sync_each_launch() {
+    static int mode = -1;
+    if (mode < 0) {
+        const char *e = getenv("MB_CUDA_SYNC");
+        mode = e && e[0] == '1' && e[1] == 0;
+    }
+    return mode == 1;
+}
+
+#define MBC_TRY(expr)                                      \
+    do {                                                   \
+        mb_status s_ = (expr);                             \
+        if (s_ != MB_STATUS_OK) return s_;                 \
+    } while (0)
+
+#ifdef MB_CUDA_EMULATE
+typedef void *blas_t;
+#define MBC_CUDA(call) (void)0
+static inline int device_count() { return 1; }
+static inline mb_status device_check() { return MB_STATUS_OK; }
+static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
+    *p = cuda_emu::device_alloc(bytes); /* 256-byte aligned, as cudaMalloc */
+    if (!*p) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "emulated device: %s (%zu bytes)", what, bytes);
+    memset(*p, 0xFF, bytes); /* NaN: a read before a write shows */
+    return MB_STATUS_OK;
+}
+static inline void dfree(void *p) { cuda_emu::device_free(p); }
+/* Each copy, memset and GEMM counts as one stream operation (cuda_emu::g.ops)
+   where it runs.  The blocking ones (h2d, d2h: pageable host memory, the
+   host waits) may not be captured into a graph; the async ones (pinned host
+   memory, read when the operation runs) and d2d/dzero may. */
+typedef void *stream_t;
+typedef cuda_emu::Graph *graph_t;
+typedef void *event_t;
+static thread_local stream_t g_stream = nullptr;
+static inline mb_status h2d(void *d, const void *h, size_t bytes) {
+    cuda_emu::host_sync("h2d (blocking copy)");
+    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, h, bytes); });
+    return MB_STATUS_OK;
+}
+static inline mb_status d2h(void *h, const void *d, size_t bytes) {
+    cuda_emu::host_sync("d2h (blocking copy)");
+    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(h, d, bytes); });
+    return MB_STATUS_OK;
+}
+static inline mb_status d2d(void *d, const void *s, size_t bytes) {
+    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, s, bytes); });
+    return MB_STATUS_OK;
+}
+static inline mb_status dzero(void *d, size_t bytes) {
+    cuda_emu::stream_op([=] { cuda_emu::g.ops.memsets++; if (bytes) memset(d, 0, bytes); });
+    return MB_STATUS_OK;
+}
+static inline mb_status sync() { cuda_emu::host_sync("stream synchronize"); return MB_STATUS_OK; }
+static inline void *hmalloc(size_t bytes) { return MB_MALLOC(bytes ? bytes : 1); }
+static inline void hfree(void *p) { MB_FREE(p); }
+static inline mb_status h2d_async(void *d, const void *h, size_t bytes) { return d2d(d, h, bytes); }
+static inline mb_status d2h_async(void *h, const void *d, size_t bytes) { return d2d(h, d, bytes); }
+static inline mb_status stream_create(stream_t *s) { *s = nullptr; return MB_STATUS_OK; }
+static inline void stream_destroy(stream_t) {}
+static inline mb_status event_create(event_t *e) { *e = nullptr; return MB_STATUS_OK; }
+static inline void event_destroy(event_t) {}
+static inline mb_status event_record(event_t) { return MB_STATUS_OK; }
+static inline mb_status event_wait(event_t) { cuda_emu::host_sync("event synchronize"); return MB_STATUS_OK; }
+static inline mb_status capture_begin() { cuda_emu::capture_begin(); return MB_STATUS_OK; }
+static inline mb_status capture_end(graph_t *out) { *out = cuda_emu::capture_end(); return MB_STATUS_OK; }
+static inline void capture_abort() { if (cuda_emu::g.capturing) cuda_emu::delete_graph(cuda_emu::capture_end()); }
+static inline mb_status graph_launch(graph_t gr) { cuda_emu::launch_graph(gr); return MB_STATUS_OK; }
+static inline void graph_free(graph_t gr) { if (gr) cuda_emu::delete_graph(gr); }
+static inline mb_status blas_create(blas_t *h, stream_t = nullptr, void * = nullptr, size_t = 0) { *h = nullptr; return MB_STATUS_OK; }
+static inline void blas_destroy(blas_t) {}
+/* TF32 as the tensor cores take it: 10 mantissa bits, round to nearest,
+   ties away from zero (cvt.rna.tf32.f32). */
+static inline float tf32_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+/* mode: an MB_PRECISION_*: FP32, BF16 (bf16 operands), TF32 (fp32 operands rounded to TF32) */
+static inline float ld_elem(const void *p, int64_t i, int mode) {
+    if (mode == MB_PRECISION_BF16) return __bfloat162float(((const mbc_bf16 *)p)[i]);
+    const float f = ((const float *)p)[i];
+    return mode == MB_PRECISION_TF32 ? tf32_round(f) : f;
+}
+/* Column-major C = alpha op(A) op(B) + beta C, cuBLAS's contract (C is not
+   read when beta == 0), in double on the host. */
+static inline void gemm_now(int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
+                            int ldb, float beta, float *C, int ldc, int mode) {
+    cuda_emu::g.ops.gemms++;
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            double s = 0.0;
+            for (int p = 0; p < k; p++) {
+                const double a = ld_elem(A, ta ? p + (int64_t)i * lda : i + (int64_t)p * lda, mode);
+                const double b = ld_elem(B, tb ? j + (int64_t)p * ldb : p + (int64_t)j * ldb, mode);
+                s += a * b;
+            }
+            float *c = C + i + (int64_t)j * ldc;
+            *c = beta == 0.0f ? (float)(alpha * s) : (float)(alpha * s + (double)beta * *c);
+        }
+}
+static inline mb_status gemm(blas_t, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
+                      int ldb, float beta, float *C, int ldc, int mode, const char *, int) {
+    cuda_emu::stream_op([=] { gemm_now(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, mode); });
+    return MB_STATUS_OK;
+}
+#else
+typedef cublasHandle_t blas_t;
+#define MBC_CUDA(call)                                                                                        \
+    do {                                                                                                      \
+        cudaError_t e_ = (call);                                                                              \
+        if (e_ != cudaSuccess)                                                                                \
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                \
+                             cudaGetErrorString(e_));                                                         \
+    } while (0)
+#define MBC_CUDA_AT(call, what)                                                                               \
+    do {                                                                                                      \
+        cudaError_t e_ = (call);                                                                              \
+        if (e_ != cudaSuccess)                                                                                \
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s after %s: %s", __FILE__, __LINE__, #call, what,  \
+                             cudaGetErrorString(e_));                                                         \
+    } while (0)
+#define MBC_CUBLAS(call)                                                                                      \
+    do {                                                                                                      \
+        cublasStatus_t e_ = (call);                                                                           \
+        if (e_ != CUBLAS_STATUS_SUCCESS)                                                                      \
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, #call,  \
+                             (int)e_);                                                                        \
+    } while (0)
+static inline int device_count() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+/* Why no GPU can be used, in CUDA's words (e.g. "CUDA driver version is
+   insufficient for CUDA runtime version"), rather than a bare "no GPU". */
+static inline mb_status device_check() {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: %s (cudaGetDeviceCount: %s)", cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    if (n < 1) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: no CUDA device found");
+    return MB_STATUS_OK;
+}
+static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
+    *p = nullptr;
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
+    if (e == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "%s:%d: cudaMalloc %s (%zu bytes): out of device memory", __FILE__,
+                    __LINE__, what, bytes);
+    }
+    if (e != cudaSuccess) return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cudaMalloc %s: %s", __FILE__, __LINE__, what, cudaGetErrorString(e));
+    return MB_STATUS_OK;
+}
+static inline void dfree(void *p) { if (p) (void)cudaFree(p); }
+/* Every operation goes to g_stream: the legacy default stream (0) unless
+   an entry point put its own stream there (stream_scope: the trainer's,
+   which graphs can be captured from).  The blocking copies wait for it. */
+typedef cudaStream_t stream_t;
+typedef cudaGraphExec_t graph_t;
+typedef cudaEvent_t event_t;
+static thread_local stream_t g_stream = 0;
+static inline mb_status sync() { MBC_CUDA(cudaStreamSynchronize(g_stream)); return MB_STATUS_OK; }
+static inline mb_status h2d(void *d, const void *h, size_t bytes) {
+    MBC_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_stream));
+    return sync(); /* the caller may reuse h, pinned or not */
+}
+static inline mb_status d2h(void *h, const void *d, size_t bytes) {
+    MBC_CUDA(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_stream));
+    return sync();
+}
+static inline mb_status d2d(void *d, const void *s, size_t bytes) { MBC_CUDA(cudaMemcpyAsync(d, s, bytes, cudaMemcpyDeviceToDevice, g_stream)); return MB_STATUS_OK; }
+static inline mb_status dzero(void *d, size_t bytes) { MBC_CUDA(cudaMemsetAsync(d, 0, bytes, g_stream)); return MB_STATUS_OK; }
+/* Pinned host memory, for the asynchronous copies: the batch upload, the
+   update's scalars, the step's statistics read-back. */
+static inline void *hmalloc(size_t bytes) {
+    void *p = nullptr;
+    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) { (void)cudaGetLastError(); return nullptr; }
+    return p;
+}
+static inline void hfree(void *p) { if (p) (void)cudaFreeHost(p); }
+static inline mb_status h2d_async(void *d, const void *h, size_t bytes) {
+    MBC_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_stream));
+    return MB_STATUS_OK;
+}
+static inline mb_status d2h_async(void *h, const void *d, size_t bytes) {
+    MBC_CUDA(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_stream));
+    return MB_STATUS_OK;
+}
+static inline mb_status stream_create(stream_t *s) { MBC_CUDA(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking)); return MB_STATUS_OK; }
+static inline void stream_destroy(stream_t s) { if (s) (void)cudaStreamDestroy(s); }
+static inline mb_status event_create(event_t *e) { MBC_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming)); return MB_STATUS_OK; }
+static inline void event_destroy(event_t e) { if (e) (void)cudaEventDestroy(e); }
+static inline mb_status event_record(event_t e) { MBC_CUDA(cudaEventRecord(e, g_stream)); return MB_STATUS_OK; }
+static inline mb_status event_wait(event_t e) { MBC_CUDA(cudaEventSynchronize(e)); return MB_STATUS_OK; }
+/* Graphs: capture g_stream's operations (this thread's only), instantiate,
+   replay.  A failed capture must still be ended (capture_abort). */
+static inline mb_status capture_begin() { MBC_CUDA(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal)); return MB_STATUS_OK; }
+static inline mb_status capture_end(graph_t *out) {
+    cudaGraph_t gr = nullptr;
+    *out = nullptr;
+    MBC_CUDA(cudaStreamEndCapture(g_stream, &gr));
+    const cudaError_t e = cudaGraphInstantiate(out, gr, 0);
+    (void)cudaGraphDestroy(gr);
+    if (e != cudaSuccess) { *out = nullptr; return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cudaGraphInstantiate: %s", __FILE__, __LINE__, cudaGetErrorString(e)); }
+    return MB_STATUS_OK;
+}
+static inline void capture_abort() {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(g_stream, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
+        cudaGraph_t gr = nullptr;
+        if (cudaStreamEndCapture(g_stream, &gr) == cudaSuccess && gr) (void)cudaGraphDestroy(gr);
+    }
+    (void)cudaGetLastError();
+}
+static inline mb_status graph_launch(graph_t gr) { MBC_CUDA(cudaGraphLaunch(gr, g_stream)); return MB_STATUS_OK; }
+static inline void graph_free(graph_t gr) { if (gr) (void)cudaGraphExecDestroy(gr); }
+/* A handle bound to one stream.  workspace: cuBLAS's scratch given up front,
+   so a captured GEMM never asks for memory (set after the stream: setting a
+   stream resets the workspace to cuBLAS's own). */
+static inline mb_status blas_create(blas_t *h, stream_t s = 0, void *workspace = nullptr, size_t workspace_bytes = 0) {
+    MBC_CUBLAS(cublasCreate(h));
+    /* default math: with CUBLAS_COMPUTE_32F (every call below) no TF32 */
+    MBC_CUBLAS(cublasSetMathMode(*h, CUBLAS_DEFAULT_MATH));
+    MBC_CUBLAS(cublasSetStream(*h, s));
+    if (workspace) MBC_CUBLAS(cublasSetWorkspace(*h, workspace, workspace_bytes));
+    return MB_STATUS_OK;
+}
+static inline void blas_destroy(blas_t h) { if (h) (void)cublasDestroy(h); }
+static inline mb_status gemm(blas_t h, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
+                      int ldb, float beta, float *C, int ldc, int mode, const char *file, int line) {
+    const bool bf16 = mode == MB_PRECISION_BF16;
+    const cudaDataType_t ty = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    cublasStatus_t e = cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha,
+                                    A, ty, lda, B, ty, ldb, &beta, C, CUDA_R_32F, ldc,
+                                    mode == MB_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT);
+    if (e != CUBLAS_STATUS_SUCCESS)
+        return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cublasGemmEx(m=%d n=%d k=%d%s): cuBLAS status %d", file, line, m, n,
+                    k, bf16 ? " bf16" : "", (int)e);
+    if (sync_each_launch()) {
+        cudaError_t se = cudaDeviceSynchronize();
+        if (se != cudaSuccess)
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cudaDeviceSynchronize after cublasGemmEx(m=%d n=%d k=%d): %s", file,
+                        line, m, n, k, cudaGetErrorString(se));
+    }
+    return MB_STATUS_OK;
+}
+#endif
+
+/* The stream the launchers use while an entry point runs. */
+struct stream_scope {
+    stream_t prev;
+    explicit stream_scope(stream_t s) : prev(g_stream) { g_stream = s; }
+    ~stream_scope() { g_stream = prev; }
+};
+
+static inline unsigned grid_for(int64_t n, int threads) {
+    int64_t g = (n + threads - 1) / threads;
+    if (g < 1) g = 1;
+    if (g > 65536) g = 65536; /* kernels grid-stride beyond */
+    return (unsigned)g;
+}
 
 /* ====================================================== device helpers */
 
@@ -257,6 +534,26 @@ __global__ void convert_bf16_kernel(mbc_bf16 *dst, const float *src, int64_t row
         dst[i] = __float2bfloat16_rn(src[(i / cols) * lds + i % cols]);
 }
 
+/* mb__matmul_forward / _backward through cuBLAS.  Row-major (N,IC) @ (OC,IC)^T
+   is, column-major, out(OC,N) = W^T(OC,IC) x inp(IC,N).  The *_b pointers are
+   the bf16 copies used when bf16 != 0 (inp_b contiguous, ld IC). */
+/* beta 1: out += (the residual add folded into the product). */
+static inline mb_status matmul_forward(blas_t h, float *out, const float *inp, int64_t ldi, const float *w, int64_t N,
+                                int IC, int OC, float beta = 0.0f, int mode = MB_PRECISION_FP32) {
+    return gemm(h, 1, 0, OC, (int)N, IC, 1.0f, w, IC, inp, (int)ldi, beta, out, OC, mode, __FILE__, __LINE__);
+}
+/* dinp (row stride ldi) = beta_in * dinp + dout @ w ; dw += dout^T @ inp. */
+static inline mb_status matmul_backward(blas_t h, float *dinp, float beta_in, float *dw, const float *dout, const float *inp,
+                                 int64_t ldi, const float *w, int64_t N, int IC, int OC, int mode = MB_PRECISION_FP32) {
+    if (dinp) MBC_TRY(gemm(h, 0, 0, IC, (int)N, OC, 1.0f, w, IC, dout, OC, beta_in, dinp, (int)ldi, mode, __FILE__, __LINE__));
+    return gemm(h, 0, 1, IC, OC, (int)N, 1.0f, inp, (int)ldi, dout, OC, 1.0f, dw, IC, mode, __FILE__, __LINE__);
+}
+
+static inline mb_status convert_bf16(mbc_bf16 *dst, const float *src, int64_t rows, int64_t cols, int64_t lds) {
+    MBC_LAUNCH(convert_bf16_kernel, dim3(grid_for(rows * cols, 256)), dim3(256), 0, dst, src, rows, cols, lds);
+    return MB_STATUS_OK;
+}
+
 /* ===================================================== embedding */
 
 /* mb__embedding_forward: out (N,C) = wte[tokens] */
@@ -319,6 +616,44 @@ __global__ void embedding_backward_kernel(float *dwte, const float *part, const 
             for (int64_t p = p0; p < p1; p++) acc += part[p * C + c];
         dwte[(int64_t)v * C + c] = acc;
     }
+}
+
+static inline mb_status embedding_forward(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C) {
+    MBC_LAUNCH(embedding_forward_kernel, dim3(grid_for(N * C, 256)), dim3(256), 0, out, tokens, wte, N, C);
+    return MB_STATUS_OK;
+}
+
+/* Host side of the embedding backward: a stable counting sort of the
+   tokens by byte value and the piece numbering.  table: MBC_BUCKET_TABLE
+   (bucket_off[257], then piece_base[257], the prefix sum of each byte's
+   ceil(count / MBC_EMB_PIECE)); rows: N. */
+static inline void token_buckets(int64_t *table, int64_t *rows, const uint8_t *tokens, int64_t N) {
+    int64_t cnt[257];
+    memset(cnt, 0, sizeof cnt);
+    for (int64_t n = 0; n < N; n++) cnt[tokens[n] + 1]++;
+    for (int v = 0; v < 256; v++) cnt[v + 1] += cnt[v];
+    memcpy(table, cnt, sizeof cnt);
+    int64_t *piece_base = table + 257;
+    piece_base[0] = 0;
+    for (int v = 0; v < 256; v++)
+        piece_base[v + 1] = piece_base[v] + (cnt[v + 1] - cnt[v] + MBC_EMB_PIECE - 1) / MBC_EMB_PIECE;
+    for (int64_t n = 0; n < N; n++) rows[cnt[tokens[n]]++] = n;
+}
+/* The pass-1 grid: an upper bound of the pieces from N alone (the counts are
+   not known where the launch is recorded): sum_v ceil(count_v / PIECE) <=
+   N / PIECE + 256.  The scratch holds one partial row (C floats) each. */
+static inline int64_t embedding_pieces_max(int64_t N) { return (N + MBC_EMB_PIECE - 1) / MBC_EMB_PIECE + 256; }
+/* scratch: embedding_pieces_max(N) * C floats. */
+static inline mb_status embedding_backward(float *dwte, float *scratch, const float *dout, const int64_t *bucket_table,
+                                           const int64_t *bucket_rows, int64_t N, int C) {
+    const int threads = C >= 256 ? 256 : ((C + 31) / 32) * 32;
+    const int64_t pieces = embedding_pieces_max(N);
+    if (pieces > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "embedding backward: N %lld too large", (long long)N);
+    MBC_LAUNCH(embedding_backward_pieces_kernel, dim3((unsigned)pieces), dim3(threads), 0, scratch, dout, bucket_table,
+               bucket_rows, C);
+    MBC_LAUNCH(embedding_backward_kernel, dim3(256), dim3(threads), 0, dwte, (const float *)scratch, dout, bucket_table,
+               bucket_rows, C);
+    return MB_STATUS_OK;
 }
 
 /* ===================================================== layernorm */
@@ -404,6 +739,60 @@ __global__ void norm_backward_kernel(float *dinp, float *part, const float *dout
         for (int k = 0; k < nwarps; k++) s += acc[(int64_t)k * 2 * C + c];
         part[(int64_t)blockIdx.x * 2 * C + c] = s;
     }
+}
+
+/* copy (optional): also copy inp there (the residual for the next layer). */
+static inline mb_status layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
+                                          int64_t N, int C, float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
+    MBC_LAUNCH(norm_forward_kernel<false>, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C, copy, out_bf);
+    return MB_STATUS_OK;
+}
+static inline mb_status rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C,
+                                        float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
+    MBC_LAUNCH(norm_forward_kernel<true>, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, (float *)nullptr, rstd, inp, w,
+               (const float *)nullptr, N, C, copy, out_bf);
+    return MB_STATUS_OK;
+}
+static inline int ln_backward_warps(int C) {
+    int w = (int)(MBC_SMEM_BYTES / ((int64_t)8 * C)); /* nwarps * 2C floats fit the shared memory */
+    return w > 8 ? 8 : (w < 1 ? 1 : w);
+}
+static inline int64_t ln_backward_parts(int64_t N) { return (N + MBC_LN_ROWS - 1) / MBC_LN_ROWS; }
+/* scratch: ln_backward_parts(N) * 2C floats; overwrite: dinp = instead of
+   += (a first writer needs no memset).  RMSNorm: db and mean unused. */
+template <bool rms>
+static inline mb_status norm_backward_(float *dinp, float *dw, float *db, float *scratch, const float *dout, const float *inp,
+                                       const float *w, const float *mean, const float *rstd, int64_t N, int C, bool overwrite) {
+    const int64_t parts = ln_backward_parts(N);
+    const int warps = ln_backward_warps(C);
+    if (parts > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "norm backward: N %lld too large", (long long)N);
+    MBC_LAUNCH(norm_backward_kernel<rms>, dim3((unsigned)parts), dim3(32 * warps), (size_t)warps * 2 * C * sizeof(float),
+               dinp, scratch, dout, inp, w, mean, rstd, N, C, (int)overwrite);
+    const int64_t nout = rms ? C : 2 * C; /* RMSNorm: only the dw half */
+    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((nout + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)C, db,
+               nout - C, (const float *)scratch, (int64_t)2 * C, parts);
+    return MB_STATUS_OK;
+}
+static inline mb_status layernorm_backward(float *dinp, float *dw, float *db, float *scratch, const float *dout, const float *inp,
+                                           const float *w, const float *mean, const float *rstd, int64_t N, int C,
+                                           bool overwrite = false) {
+    return norm_backward_<false>(dinp, dw, db, scratch, dout, inp, w, mean, rstd, N, C, overwrite);
+}
+static inline mb_status rmsnorm_backward(float *dinp, float *dw, float *scratch, const float *dout, const float *inp,
+                                         const float *w, const float *rstd, int64_t N, int C, bool overwrite = false) {
+    return norm_backward_<true>(dinp, dw, nullptr, scratch, dout, inp, w, nullptr, rstd, N, C, overwrite);
+}
+/* mb__norm_forward / _backward: the config's norm. */
+static inline mb_status norm_forward(const mb_config *c, float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                     const float *b, int64_t N, int C, float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
+    if (c->norm == MB_NORM_RMSNORM) return rmsnorm_forward(out, rstd, inp, w, N, C, copy, out_bf);
+    return layernorm_forward(out, mean, rstd, inp, w, b, N, C, copy, out_bf);
+}
+static inline mb_status norm_backward(const mb_config *c, float *dinp, float *dw, float *db, float *scratch, const float *dout,
+                                      const float *inp, const float *w, const float *mean, const float *rstd, int64_t N, int C,
+                                      bool overwrite) {
+    if (c->norm == MB_NORM_RMSNORM) return rmsnorm_backward(dinp, dw, scratch, dout, inp, w, rstd, N, C, overwrite);
+    return layernorm_backward(dinp, dw, db, scratch, dout, inp, w, mean, rstd, N, C, overwrite);
 }
 
 /* ===================================================== conv1d */
@@ -496,6 +885,36 @@ __global__ void conv1d_step_kernel(float *u, float *state, const float *xz, cons
     s[K - 1] = xz[d];
     for (int k = 0; k < K; k++) pre += w[(int64_t)d * K + k] * s[k];
     u[d] = siluf_(pre);
+}
+
+static inline mb_status conv1d_forward(float *out, const float *xz, const float *w, const float *bias, int B, int T, int Di,
+                                int K, mbc_bf16 *out_bf = nullptr) {
+    const dim3 g(grid_for((int64_t)B * T * Di, 256));
+    if (K == 4) MBC_LAUNCH(conv1d_forward_kernel<4>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K, out_bf);
+    else MBC_LAUNCH(conv1d_forward_kernel<0>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K, out_bf);
+    return MB_STATUS_OK;
+}
+static inline int64_t conv_backward_parts(int B, int T) { return ((int64_t)B * T + MBC_CONV_TOKENS - 1) / MBC_CONV_TOKENS; }
+/* scratch: conv_backward_parts(B,T) * Di * (K+1) floats. */
+/* overwrite: the x' columns of dxz = instead of +=. */
+static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, float *scratch, const float *dout,
+                                 const float *xz, const float *w, const float *bias, int B, int T, int Di, int K,
+                                 bool overwrite = false) {
+    const int64_t parts = conv_backward_parts(B, T);
+    const dim3 gw((unsigned)((Di + 127) / 128), (unsigned)parts);
+    if (parts > 65535) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "conv1d backward: B*T %lld too large", (long long)B * T);
+    if (K == 4)
+        MBC_LAUNCH(conv1d_backward_kernel<4>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
+    else
+        MBC_LAUNCH(conv1d_backward_kernel<0>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
+    const int64_t ps = (int64_t)Di * (K + 1);
+    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((ps + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)Di * K,
+               dbias, (int64_t)Di, (const float *)scratch, ps, parts);
+    return MB_STATUS_OK;
+}
+static inline mb_status conv1d_step(float *u, float *state, const float *xz, const float *w, const float *bias, int Di, int K) {
+    MBC_LAUNCH(conv1d_step_kernel, dim3((unsigned)((Di + 127) / 128)), dim3(128), 0, u, state, xz, w, bias, Di, K);
+    return MB_STATUS_OK;
 }
 
 /* ===================================================== selective scan
@@ -924,599 +1343,6 @@ __global__ void scan_step_kernel(float *gated, float *hstate, const float *u, co
     gated[d] = (y + Dp[d] * u[d]) * siluf_(xz[Di + d]);
 }
 
-/* ===================================================== cross-entropy */
-
-/* Fused mb_cross_entropy_forward (per-row loss, NONE) and _backward: one
-   block per row, float32 log-sum-exp, the CPU's special cases (NaN row,
-   +inf entries sharing the mass, all -inf row uniform, -inf target +inf).
-   loss_rows[r] = 0 for ignored rows.  dlogits may alias logits: every read
-   of the row happens before the first write (barriers in between).
-   Gradient scale per row: dloss_rows ? dloss_rows[r] : dscale, where
-   dscale_dev (a graph's per-batch 1/valid rows) replaces dscale when given. */
-__global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const float *logits, const int32_t *targets,
-                                     int64_t rows, int V, int32_t ignore_index, float eps, const float *dloss_rows,
-                                     float dscale, const double *dscale_dev) {
-    MBC_SHARED(float, shf, [32]);
-    MBC_SHARED(int, shi, [32]);
-    const int64_t r = blockIdx.x;
-    if (r >= rows) return; /* uniform per block */
-    const float *x = logits + r * V;
-    const int32_t y = targets[r];
-    const bool ignored = y == ignore_index;
-    const float xy = ignored ? 0.0f : x[y];
-    float m = -INFINITY;
-    int nnan = 0, npos = 0;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        const float v = x[i];
-        if (isnan(v)) nnan++;
-        else if (v > m) m = v;
-        npos += v == INFINITY;
-    }
-    nnan = block_sum_int(nnan, shi);
-    npos = block_sum_int(npos, shi);
-    m = block_max(m, shf);
-    /* kind: 0 finite, 1 +inf, 2 all -inf, 3 NaN */
-    const int kind = nnan ? 3 : (npos ? 1 : (m == -INFINITY ? 2 : 0));
-    /* shifted by the max first (as the CPU), so large logits keep precision */
-    float se = 0.0f, sx = 0.0f;
-    if (kind == 0)
-        for (int i = threadIdx.x; i < V; i += blockDim.x) {
-            se += expf(x[i] - m);
-            sx += x[i] - m;
-        }
-    se = block_sum(se, shf); /* also the barrier before any write to dlogits */
-    sx = block_sum(sx, shf);
-    const float ls = logf(se); /* log sum exp(x - m) >= 0 */
-    if (threadIdx.x == 0) {
-        float loss = 0.0f;
-        if (!ignored) {
-            float nll, smooth;
-            switch (kind) {
-            case 0: nll = ls - (xy - m); smooth = ls - sx / (float)V; break;
-            case 1:
-                nll = xy == INFINITY ? logf((float)npos) : INFINITY;
-                smooth = npos == V ? logf((float)npos) : INFINITY;
-                break;
-            case 2: nll = smooth = logf((float)V); break;
-            default: nll = smooth = NAN; break;
-            }
-            loss = (1.0f - eps) * nll;
-            if (eps > 0.0f) loss += eps * smooth;
-        }
-        loss_rows[r] = loss;
-    }
-    const float gs = dloss_rows ? dloss_rows[r] : dscale_dev ? (float)*dscale_dev : dscale;
-    float *dx = dlogits + r * V;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        float p;
-        const float v = x[i];
-        switch (kind) {
-        case 0: p = expf((v - m) - ls); break;
-        case 1: p = v == INFINITY ? 1.0f / (float)npos : 0.0f; break;
-        case 2: p = 1.0f / (float)V; break;
-        default: p = NAN; break;
-        }
-        const float tp = eps / (float)V + (i == y ? 1.0f - eps : 0.0f);
-        dx[i] = ignored ? 0.0f : (p - tp) * gs;
-    }
-}
-
-/* out[0] = scale * sum of x[0..n) in a fixed order (one block of 256);
-   scale_dev replaces scale when given; acc (optional) += out[0], in double,
-   as the host adds the micro-batches' losses. */
-__global__ void sum_kernel(float *out, const float *x, int64_t n, double scale, const double *scale_dev, double *acc) {
-    MBC_SHARED(double, sh, [256]);
-    double s = 0.0;
-    for (int64_t i = threadIdx.x; i < n; i += 256) s += (double)x[i];
-    s = block_sum_double256(s, sh);
-    if (threadIdx.x == 0) {
-        const float v = (float)(s * (scale_dev ? *scale_dev : scale));
-        out[0] = v;
-        if (acc) acc[0] += (double)v;
-    }
-}
-
-/* ===================================================== optimizer */
-
-/* g *= scale (when scale != 1; scale_dev replaces it when given);
-   part[blockIdx.x] = sum g^2 (double) over this block's grid-stride share.
-   Fixed grid: MBC_NORM_BLOCKS x 256. */
-__global__ void grad_scale_sumsq_kernel(double *part, float *g, int64_t n, float scale, const float *scale_dev) {
-    MBC_SHARED(double, sh, [256]);
-    if (scale_dev) scale = *scale_dev;
-    double s = 0.0;
-    for (int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x; i < n; i += (int64_t)gridDim.x * 256) {
-        float v = g[i];
-        if (scale != 1.0f) g[i] = v = v * scale;
-        s += (double)v * (double)v;
-    }
-    s = block_sum_double256(s, sh);
-    if (threadIdx.x == 0) part[blockIdx.x] = s;
-}
-
-/* out[0] = sum of part[0..n) in order (one block of 256). */
-__global__ void sum_double_kernel(double *out, const double *part, int n) {
-    MBC_SHARED(double, sh, [256]);
-    double s = 0.0;
-    for (int i = threadIdx.x; i < n; i += 256) s += part[i];
-    s = block_sum_double256(s, sh);
-    if (threadIdx.x == 0) out[0] = s;
-}
-
-/* One update's scalars: AdamW's constants as the CPU computes them (host,
-   double -> float; make_adamw_args), the clip, and the gradient scale. */
-struct adamw_args {
-    float coef, b1, b2, one_b1, one_b2, step_size, bc2_sqrt, eps, decay, grad_scale;
-    double clip;
-    int guard; /* skip the update (zero the gradient) when *loss_sum is not finite */
-};
-
-/* mb_adamw_update after clipping (g *= coef), then g = 0; decay_mask[i]
-   picks decay.  args_dev (a graph's per-step scalars, uploaded before it
-   runs) replaces a when given.  With sumsq (the device's sum of g^2), the
-   clip coefficient is computed here, as mb_clip_coef does on the host
-   (double), and a non-finite norm only zeroes the gradient: the host need
-   not read the norm first.  With loss_sum and a.guard (the trainer's
-   guard), a non-finite loss also only zeroes the gradient. */
-__global__ void adamw_kernel(float *p, float *g, float *m, float *v, const uint8_t *decay_mask, int64_t n, adamw_args a,
-                             const adamw_args *args_dev, const double *sumsq, const double *loss_sum) {
-    if (args_dev) a = *args_dev;
-    float coef = a.coef;
-    const float b1 = a.b1, b2 = a.b2, one_b1 = a.one_b1, one_b2 = a.one_b2, step_size = a.step_size,
-                bc2_sqrt = a.bc2_sqrt, eps = a.eps, decay = a.decay;
-    const double clip = a.clip;
-    bool skip = loss_sum && a.guard && !isfinite(*loss_sum);
-    if (sumsq && !skip) {
-        const double norm = sqrt(*sumsq);
-        if (!isfinite(norm)) skip = true;
-        else {
-            const double c = clip / (norm + 1e-6);
-            coef = (float)(c < 1.0 ? c : 1.0);
-        }
-    }
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        if (skip) {
-            g[i] = 0.0f;
-            continue;
-        }
-        float gi = g[i];
-        if (coef < 1.0f) gi *= coef;
-        float pi = p[i];
-        if (decay_mask[i]) pi *= decay;
-        const float mi = m[i] * b1 + gi * one_b1, vi = v[i] * b2 + gi * gi * one_b2;
-        const float denom = sqrtf(vi) / bc2_sqrt + eps;
-        p[i] = pi - step_size * (mi / denom);
-        m[i] = mi;
-        v[i] = vi;
-        g[i] = 0.0f;
-    }
-}
-
-} /* namespace mbc */
-
-/* ======================================================================= */
-/*             platform layer: device memory, copies, GEMM                 */
-/* ======================================================================= */
-namespace mbc {
-
-/* MB_CUDA_SYNC=1: synchronise and check after every launch (read once). */
-static inline bool sync_each_launch() {
-    static int mode = -1;
-    if (mode < 0) {
-        const char *e = getenv("MB_CUDA_SYNC");
-        mode = e && e[0] == '1' && e[1] == 0;
-    }
-    return mode == 1;
-}
-
-#define MBC_TRY(expr)                                      \
-    do {                                                   \
-        mb_status s_ = (expr);                             \
-        if (s_ != MB_STATUS_OK) return s_;                 \
-    } while (0)
-
-#ifdef MB_CUDA_EMULATE
-typedef void *blas_t;
-#define MBC_CUDA(call) (void)0
-static inline int device_count() { return 1; }
-static inline mb_status device_check() { return MB_STATUS_OK; }
-static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
-    *p = cuda_emu::device_alloc(bytes); /* 256-byte aligned, as cudaMalloc */
-    if (!*p) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "emulated device: %s (%zu bytes)", what, bytes);
-    memset(*p, 0xFF, bytes); /* NaN: a read before a write shows */
-    return MB_STATUS_OK;
-}
-static inline void dfree(void *p) { cuda_emu::device_free(p); }
-/* Each copy, memset and GEMM counts as one stream operation (cuda_emu::g.ops)
-   where it runs.  The blocking ones (h2d, d2h: pageable host memory, the
-   host waits) may not be captured into a graph; the async ones (pinned host
-   memory, read when the operation runs) and d2d/dzero may. */
-typedef void *stream_t;
-typedef cuda_emu::Graph *graph_t;
-typedef void *event_t;
-static thread_local stream_t g_stream = nullptr;
-static inline mb_status h2d(void *d, const void *h, size_t bytes) {
-    cuda_emu::host_sync("h2d (blocking copy)");
-    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, h, bytes); });
-    return MB_STATUS_OK;
-}
-static inline mb_status d2h(void *h, const void *d, size_t bytes) {
-    cuda_emu::host_sync("d2h (blocking copy)");
-    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(h, d, bytes); });
-    return MB_STATUS_OK;
-}
-static inline mb_status d2d(void *d, const void *s, size_t bytes) {
-    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, s, bytes); });
-    return MB_STATUS_OK;
-}
-static inline mb_status dzero(void *d, size_t bytes) {
-    cuda_emu::stream_op([=] { cuda_emu::g.ops.memsets++; if (bytes) memset(d, 0, bytes); });
-    return MB_STATUS_OK;
-}
-static inline mb_status sync() { cuda_emu::host_sync("stream synchronize"); return MB_STATUS_OK; }
-static inline void *hmalloc(size_t bytes) { return MB_MALLOC(bytes ? bytes : 1); }
-static inline void hfree(void *p) { MB_FREE(p); }
-static inline mb_status h2d_async(void *d, const void *h, size_t bytes) { return d2d(d, h, bytes); }
-static inline mb_status d2h_async(void *h, const void *d, size_t bytes) { return d2d(h, d, bytes); }
-static inline mb_status stream_create(stream_t *s) { *s = nullptr; return MB_STATUS_OK; }
-static inline void stream_destroy(stream_t) {}
-static inline mb_status event_create(event_t *e) { *e = nullptr; return MB_STATUS_OK; }
-static inline void event_destroy(event_t) {}
-static inline mb_status event_record(event_t) { return MB_STATUS_OK; }
-static inline mb_status event_wait(event_t) { cuda_emu::host_sync("event synchronize"); return MB_STATUS_OK; }
-static inline mb_status capture_begin() { cuda_emu::capture_begin(); return MB_STATUS_OK; }
-static inline mb_status capture_end(graph_t *out) { *out = cuda_emu::capture_end(); return MB_STATUS_OK; }
-static inline void capture_abort() { if (cuda_emu::g.capturing) cuda_emu::delete_graph(cuda_emu::capture_end()); }
-static inline mb_status graph_launch(graph_t gr) { cuda_emu::launch_graph(gr); return MB_STATUS_OK; }
-static inline void graph_free(graph_t gr) { if (gr) cuda_emu::delete_graph(gr); }
-static inline mb_status blas_create(blas_t *h, stream_t = nullptr, void * = nullptr, size_t = 0) { *h = nullptr; return MB_STATUS_OK; }
-static inline void blas_destroy(blas_t) {}
-/* TF32 as the tensor cores take it: 10 mantissa bits, round to nearest,
-   ties away from zero (cvt.rna.tf32.f32). */
-static inline float tf32_round(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
-    memcpy(&f, &u, 4);
-    return f;
-}
-/* mode: an MB_PRECISION_*: FP32, BF16 (bf16 operands), TF32 (fp32 operands rounded to TF32) */
-static inline float ld_elem(const void *p, int64_t i, int mode) {
-    if (mode == MB_PRECISION_BF16) return __bfloat162float(((const mbc_bf16 *)p)[i]);
-    const float f = ((const float *)p)[i];
-    return mode == MB_PRECISION_TF32 ? tf32_round(f) : f;
-}
-/* Column-major C = alpha op(A) op(B) + beta C, cuBLAS's contract (C is not
-   read when beta == 0), in double on the host. */
-static inline void gemm_now(int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
-                            int ldb, float beta, float *C, int ldc, int mode) {
-    cuda_emu::g.ops.gemms++;
-    for (int j = 0; j < n; j++)
-        for (int i = 0; i < m; i++) {
-            double s = 0.0;
-            for (int p = 0; p < k; p++) {
-                const double a = ld_elem(A, ta ? p + (int64_t)i * lda : i + (int64_t)p * lda, mode);
-                const double b = ld_elem(B, tb ? j + (int64_t)p * ldb : p + (int64_t)j * ldb, mode);
-                s += a * b;
-            }
-            float *c = C + i + (int64_t)j * ldc;
-            *c = beta == 0.0f ? (float)(alpha * s) : (float)(alpha * s + (double)beta * *c);
-        }
-}
-static inline mb_status gemm(blas_t, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
-                      int ldb, float beta, float *C, int ldc, int mode, const char *, int) {
-    cuda_emu::stream_op([=] { gemm_now(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, mode); });
-    return MB_STATUS_OK;
-}
-#else
-typedef cublasHandle_t blas_t;
-#define MBC_CUDA(call)                                                                                        \
-    do {                                                                                                      \
-        cudaError_t e_ = (call);                                                                              \
-        if (e_ != cudaSuccess)                                                                                \
-            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                \
-                             cudaGetErrorString(e_));                                                         \
-    } while (0)
-#define MBC_CUDA_AT(call, what)                                                                               \
-    do {                                                                                                      \
-        cudaError_t e_ = (call);                                                                              \
-        if (e_ != cudaSuccess)                                                                                \
-            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s after %s: %s", __FILE__, __LINE__, #call, what,  \
-                             cudaGetErrorString(e_));                                                         \
-    } while (0)
-#define MBC_CUBLAS(call)                                                                                      \
-    do {                                                                                                      \
-        cublasStatus_t e_ = (call);                                                                           \
-        if (e_ != CUBLAS_STATUS_SUCCESS)                                                                      \
-            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, #call,  \
-                             (int)e_);                                                                        \
-    } while (0)
-static inline int device_count() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 0;
-    }
-    return n;
-}
-/* Why no GPU can be used, in CUDA's words (e.g. "CUDA driver version is
-   insufficient for CUDA runtime version"), rather than a bare "no GPU". */
-static inline mb_status device_check() {
-    int n = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: %s (cudaGetDeviceCount: %s)", cudaGetErrorString(e), cudaGetErrorName(e));
-    }
-    if (n < 1) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: no CUDA device found");
-    return MB_STATUS_OK;
-}
-static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
-    *p = nullptr;
-    cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
-    if (e == cudaErrorMemoryAllocation) {
-        (void)cudaGetLastError();
-        return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "%s:%d: cudaMalloc %s (%zu bytes): out of device memory", __FILE__,
-                    __LINE__, what, bytes);
-    }
-    if (e != cudaSuccess) return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cudaMalloc %s: %s", __FILE__, __LINE__, what, cudaGetErrorString(e));
-    return MB_STATUS_OK;
-}
-static inline void dfree(void *p) { if (p) (void)cudaFree(p); }
-/* Every operation goes to g_stream: the legacy default stream (0) unless
-   an entry point put its own stream there (stream_scope: the trainer's,
-   which graphs can be captured from).  The blocking copies wait for it. */
-typedef cudaStream_t stream_t;
-typedef cudaGraphExec_t graph_t;
-typedef cudaEvent_t event_t;
-static thread_local stream_t g_stream = 0;
-static inline mb_status sync() { MBC_CUDA(cudaStreamSynchronize(g_stream)); return MB_STATUS_OK; }
-static inline mb_status h2d(void *d, const void *h, size_t bytes) {
-    MBC_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_stream));
-    return sync(); /* the caller may reuse h, pinned or not */
-}
-static inline mb_status d2h(void *h, const void *d, size_t bytes) {
-    MBC_CUDA(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_stream));
-    return sync();
-}
-static inline mb_status d2d(void *d, const void *s, size_t bytes) { MBC_CUDA(cudaMemcpyAsync(d, s, bytes, cudaMemcpyDeviceToDevice, g_stream)); return MB_STATUS_OK; }
-static inline mb_status dzero(void *d, size_t bytes) { MBC_CUDA(cudaMemsetAsync(d, 0, bytes, g_stream)); return MB_STATUS_OK; }
-/* Pinned host memory, for the asynchronous copies: the batch upload, the
-   update's scalars, the step's statistics read-back. */
-static inline void *hmalloc(size_t bytes) {
-    void *p = nullptr;
-    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) { (void)cudaGetLastError(); return nullptr; }
-    return p;
-}
-static inline void hfree(void *p) { if (p) (void)cudaFreeHost(p); }
-static inline mb_status h2d_async(void *d, const void *h, size_t bytes) {
-    MBC_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_stream));
-    return MB_STATUS_OK;
-}
-static inline mb_status d2h_async(void *h, const void *d, size_t bytes) {
-    MBC_CUDA(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_stream));
-    return MB_STATUS_OK;
-}
-static inline mb_status stream_create(stream_t *s) { MBC_CUDA(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking)); return MB_STATUS_OK; }
-static inline void stream_destroy(stream_t s) { if (s) (void)cudaStreamDestroy(s); }
-static inline mb_status event_create(event_t *e) { MBC_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming)); return MB_STATUS_OK; }
-static inline void event_destroy(event_t e) { if (e) (void)cudaEventDestroy(e); }
-static inline mb_status event_record(event_t e) { MBC_CUDA(cudaEventRecord(e, g_stream)); return MB_STATUS_OK; }
-static inline mb_status event_wait(event_t e) { MBC_CUDA(cudaEventSynchronize(e)); return MB_STATUS_OK; }
-/* Graphs: capture g_stream's operations (this thread's only), instantiate,
-   replay.  A failed capture must still be ended (capture_abort). */
-static inline mb_status capture_begin() { MBC_CUDA(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal)); return MB_STATUS_OK; }
-static inline mb_status capture_end(graph_t *out) {
-    cudaGraph_t gr = nullptr;
-    *out = nullptr;
-    MBC_CUDA(cudaStreamEndCapture(g_stream, &gr));
-    const cudaError_t e = cudaGraphInstantiate(out, gr, 0);
-    (void)cudaGraphDestroy(gr);
-    if (e != cudaSuccess) { *out = nullptr; return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cudaGraphInstantiate: %s", __FILE__, __LINE__, cudaGetErrorString(e)); }
-    return MB_STATUS_OK;
-}
-static inline void capture_abort() {
-    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(g_stream, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
-        cudaGraph_t gr = nullptr;
-        if (cudaStreamEndCapture(g_stream, &gr) == cudaSuccess && gr) (void)cudaGraphDestroy(gr);
-    }
-    (void)cudaGetLastError();
-}
-static inline mb_status graph_launch(graph_t gr) { MBC_CUDA(cudaGraphLaunch(gr, g_stream)); return MB_STATUS_OK; }
-static inline void graph_free(graph_t gr) { if (gr) (void)cudaGraphExecDestroy(gr); }
-/* A handle bound to one stream.  workspace: cuBLAS's scratch given up front,
-   so a captured GEMM never asks for memory (set after the stream: setting a
-   stream resets the workspace to cuBLAS's own). */
-static inline mb_status blas_create(blas_t *h, stream_t s = 0, void *workspace = nullptr, size_t workspace_bytes = 0) {
-    MBC_CUBLAS(cublasCreate(h));
-    /* default math: with CUBLAS_COMPUTE_32F (every call below) no TF32 */
-    MBC_CUBLAS(cublasSetMathMode(*h, CUBLAS_DEFAULT_MATH));
-    MBC_CUBLAS(cublasSetStream(*h, s));
-    if (workspace) MBC_CUBLAS(cublasSetWorkspace(*h, workspace, workspace_bytes));
-    return MB_STATUS_OK;
-}
-static inline void blas_destroy(blas_t h) { if (h) (void)cublasDestroy(h); }
-static inline mb_status gemm(blas_t h, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
-                      int ldb, float beta, float *C, int ldc, int mode, const char *file, int line) {
-    const bool bf16 = mode == MB_PRECISION_BF16;
-    const cudaDataType_t ty = bf16 ? CUDA_R_16BF : CUDA_R_32F;
-    cublasStatus_t e = cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha,
-                                    A, ty, lda, B, ty, ldb, &beta, C, CUDA_R_32F, ldc,
-                                    mode == MB_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
-                                    CUBLAS_GEMM_DEFAULT);
-    if (e != CUBLAS_STATUS_SUCCESS)
-        return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cublasGemmEx(m=%d n=%d k=%d%s): cuBLAS status %d", file, line, m, n,
-                    k, bf16 ? " bf16" : "", (int)e);
-    if (sync_each_launch()) {
-        cudaError_t se = cudaDeviceSynchronize();
-        if (se != cudaSuccess)
-            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cudaDeviceSynchronize after cublasGemmEx(m=%d n=%d k=%d): %s", file,
-                        line, m, n, k, cudaGetErrorString(se));
-    }
-    return MB_STATUS_OK;
-}
-#endif
-
-/* The stream the launchers use while an entry point runs. */
-struct stream_scope {
-    stream_t prev;
-    explicit stream_scope(stream_t s) : prev(g_stream) { g_stream = s; }
-    ~stream_scope() { g_stream = prev; }
-};
-
-static inline unsigned grid_for(int64_t n, int threads) {
-    int64_t g = (n + threads - 1) / threads;
-    if (g < 1) g = 1;
-    if (g > 65536) g = 65536; /* kernels grid-stride beyond */
-    return (unsigned)g;
-}
-
-/* ======================================================================= */
-/*        launchers: the CPU layer signatures, device pointers                */
-/* ======================================================================= */
-
-static inline mb_status embedding_forward(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C) {
-    MBC_LAUNCH(embedding_forward_kernel, dim3(grid_for(N * C, 256)), dim3(256), 0, out, tokens, wte, N, C);
-    return MB_STATUS_OK;
-}
-
-/* Host side of the embedding backward: a stable counting sort of the
-   tokens by byte value and the piece numbering.  table: MBC_BUCKET_TABLE
-   (bucket_off[257], then piece_base[257], the prefix sum of each byte's
-   ceil(count / MBC_EMB_PIECE)); rows: N. */
-static inline void token_buckets(int64_t *table, int64_t *rows, const uint8_t *tokens, int64_t N) {
-    int64_t cnt[257];
-    memset(cnt, 0, sizeof cnt);
-    for (int64_t n = 0; n < N; n++) cnt[tokens[n] + 1]++;
-    for (int v = 0; v < 256; v++) cnt[v + 1] += cnt[v];
-    memcpy(table, cnt, sizeof cnt);
-    int64_t *piece_base = table + 257;
-    piece_base[0] = 0;
-    for (int v = 0; v < 256; v++)
-        piece_base[v + 1] = piece_base[v] + (cnt[v + 1] - cnt[v] + MBC_EMB_PIECE - 1) / MBC_EMB_PIECE;
-    for (int64_t n = 0; n < N; n++) rows[cnt[tokens[n]]++] = n;
-}
-/* The pass-1 grid: an upper bound of the pieces from N alone (the counts are
-   not known where the launch is recorded): sum_v ceil(count_v / PIECE) <=
-   N / PIECE + 256.  The scratch holds one partial row (C floats) each. */
-static inline int64_t embedding_pieces_max(int64_t N) { return (N + MBC_EMB_PIECE - 1) / MBC_EMB_PIECE + 256; }
-/* scratch: embedding_pieces_max(N) * C floats. */
-static inline mb_status embedding_backward(float *dwte, float *scratch, const float *dout, const int64_t *bucket_table,
-                                           const int64_t *bucket_rows, int64_t N, int C) {
-    const int threads = C >= 256 ? 256 : ((C + 31) / 32) * 32;
-    const int64_t pieces = embedding_pieces_max(N);
-    if (pieces > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "embedding backward: N %lld too large", (long long)N);
-    MBC_LAUNCH(embedding_backward_pieces_kernel, dim3((unsigned)pieces), dim3(threads), 0, scratch, dout, bucket_table,
-               bucket_rows, C);
-    MBC_LAUNCH(embedding_backward_kernel, dim3(256), dim3(threads), 0, dwte, (const float *)scratch, dout, bucket_table,
-               bucket_rows, C);
-    return MB_STATUS_OK;
-}
-
-/* copy (optional): also copy inp there (the residual for the next layer). */
-static inline mb_status layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
-                                          int64_t N, int C, float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
-    MBC_LAUNCH(norm_forward_kernel<false>, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C, copy, out_bf);
-    return MB_STATUS_OK;
-}
-static inline mb_status rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C,
-                                        float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
-    MBC_LAUNCH(norm_forward_kernel<true>, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, (float *)nullptr, rstd, inp, w,
-               (const float *)nullptr, N, C, copy, out_bf);
-    return MB_STATUS_OK;
-}
-static inline int ln_backward_warps(int C) {
-    int w = (int)(MBC_SMEM_BYTES / ((int64_t)8 * C)); /* nwarps * 2C floats fit the shared memory */
-    return w > 8 ? 8 : (w < 1 ? 1 : w);
-}
-static inline int64_t ln_backward_parts(int64_t N) { return (N + MBC_LN_ROWS - 1) / MBC_LN_ROWS; }
-/* scratch: ln_backward_parts(N) * 2C floats; overwrite: dinp = instead of
-   += (a first writer needs no memset).  RMSNorm: db and mean unused. */
-template <bool rms>
-static inline mb_status norm_backward_(float *dinp, float *dw, float *db, float *scratch, const float *dout, const float *inp,
-                                       const float *w, const float *mean, const float *rstd, int64_t N, int C, bool overwrite) {
-    const int64_t parts = ln_backward_parts(N);
-    const int warps = ln_backward_warps(C);
-    if (parts > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "norm backward: N %lld too large", (long long)N);
-    MBC_LAUNCH(norm_backward_kernel<rms>, dim3((unsigned)parts), dim3(32 * warps), (size_t)warps * 2 * C * sizeof(float),
-               dinp, scratch, dout, inp, w, mean, rstd, N, C, (int)overwrite);
-    const int64_t nout = rms ? C : 2 * C; /* RMSNorm: only the dw half */
-    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((nout + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)C, db,
-               nout - C, (const float *)scratch, (int64_t)2 * C, parts);
-    return MB_STATUS_OK;
-}
-static inline mb_status layernorm_backward(float *dinp, float *dw, float *db, float *scratch, const float *dout, const float *inp,
-                                           const float *w, const float *mean, const float *rstd, int64_t N, int C,
-                                           bool overwrite = false) {
-    return norm_backward_<false>(dinp, dw, db, scratch, dout, inp, w, mean, rstd, N, C, overwrite);
-}
-static inline mb_status rmsnorm_backward(float *dinp, float *dw, float *scratch, const float *dout, const float *inp,
-                                         const float *w, const float *rstd, int64_t N, int C, bool overwrite = false) {
-    return norm_backward_<true>(dinp, dw, nullptr, scratch, dout, inp, w, nullptr, rstd, N, C, overwrite);
-}
-/* mb__norm_forward / _backward: the config's norm. */
-static inline mb_status norm_forward(const mb_config *c, float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                     const float *b, int64_t N, int C, float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
-    if (c->norm == MB_NORM_RMSNORM) return rmsnorm_forward(out, rstd, inp, w, N, C, copy, out_bf);
-    return layernorm_forward(out, mean, rstd, inp, w, b, N, C, copy, out_bf);
-}
-static inline mb_status norm_backward(const mb_config *c, float *dinp, float *dw, float *db, float *scratch, const float *dout,
-                                      const float *inp, const float *w, const float *mean, const float *rstd, int64_t N, int C,
-                                      bool overwrite) {
-    if (c->norm == MB_NORM_RMSNORM) return rmsnorm_backward(dinp, dw, scratch, dout, inp, w, rstd, N, C, overwrite);
-    return layernorm_backward(dinp, dw, db, scratch, dout, inp, w, mean, rstd, N, C, overwrite);
-}
-/* mb__matmul_forward / _backward through cuBLAS.  Row-major (N,IC) @ (OC,IC)^T
-   is, column-major, out(OC,N) = W^T(OC,IC) x inp(IC,N).  The *_b pointers are
-   the bf16 copies used when bf16 != 0 (inp_b contiguous, ld IC). */
-/* beta 1: out += (the residual add folded into the product). */
-static inline mb_status matmul_forward(blas_t h, float *out, const float *inp, int64_t ldi, const float *w, int64_t N,
-                                int IC, int OC, float beta = 0.0f, int mode = MB_PRECISION_FP32) {
-    return gemm(h, 1, 0, OC, (int)N, IC, 1.0f, w, IC, inp, (int)ldi, beta, out, OC, mode, __FILE__, __LINE__);
-}
-/* dinp (row stride ldi) = beta_in * dinp + dout @ w ; dw += dout^T @ inp. */
-static inline mb_status matmul_backward(blas_t h, float *dinp, float beta_in, float *dw, const float *dout, const float *inp,
-                                 int64_t ldi, const float *w, int64_t N, int IC, int OC, int mode = MB_PRECISION_FP32) {
-    if (dinp) MBC_TRY(gemm(h, 0, 0, IC, (int)N, OC, 1.0f, w, IC, dout, OC, beta_in, dinp, (int)ldi, mode, __FILE__, __LINE__));
-    return gemm(h, 0, 1, IC, OC, (int)N, 1.0f, inp, (int)ldi, dout, OC, 1.0f, dw, IC, mode, __FILE__, __LINE__);
-}
-
-static inline mb_status convert_bf16(mbc_bf16 *dst, const float *src, int64_t rows, int64_t cols, int64_t lds) {
-    MBC_LAUNCH(convert_bf16_kernel, dim3(grid_for(rows * cols, 256)), dim3(256), 0, dst, src, rows, cols, lds);
-    return MB_STATUS_OK;
-}
-
-static inline mb_status conv1d_forward(float *out, const float *xz, const float *w, const float *bias, int B, int T, int Di,
-                                int K, mbc_bf16 *out_bf = nullptr) {
-    const dim3 g(grid_for((int64_t)B * T * Di, 256));
-    if (K == 4) MBC_LAUNCH(conv1d_forward_kernel<4>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K, out_bf);
-    else MBC_LAUNCH(conv1d_forward_kernel<0>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K, out_bf);
-    return MB_STATUS_OK;
-}
-static inline int64_t conv_backward_parts(int B, int T) { return ((int64_t)B * T + MBC_CONV_TOKENS - 1) / MBC_CONV_TOKENS; }
-/* scratch: conv_backward_parts(B,T) * Di * (K+1) floats. */
-/* overwrite: the x' columns of dxz = instead of +=. */
-static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, float *scratch, const float *dout,
-                                 const float *xz, const float *w, const float *bias, int B, int T, int Di, int K,
-                                 bool overwrite = false) {
-    const int64_t parts = conv_backward_parts(B, T);
-    const dim3 gw((unsigned)((Di + 127) / 128), (unsigned)parts);
-    if (parts > 65535) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "conv1d backward: B*T %lld too large", (long long)B * T);
-    if (K == 4)
-        MBC_LAUNCH(conv1d_backward_kernel<4>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
-    else
-        MBC_LAUNCH(conv1d_backward_kernel<0>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
-    const int64_t ps = (int64_t)Di * (K + 1);
-    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((ps + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)Di * K,
-               dbias, (int64_t)Di, (const float *)scratch, ps, parts);
-    return MB_STATUS_OK;
-}
-static inline mb_status conv1d_step(float *u, float *state, const float *xz, const float *w, const float *bias, int Di, int K) {
-    MBC_LAUNCH(conv1d_step_kernel, dim3((unsigned)((Di + 127) / 128)), dim3(128), 0, u, state, xz, w, bias, Di, K);
-    return MB_STATUS_OK;
-}
-
 static inline scan_ctx make_scan_ctx(int T, int Di, int S, int R, int chunk) {
     scan_ctx k;
     k.T = T; k.Di = Di; k.S = S; k.R = R; k.X = R + 2 * S; k.chunk = chunk;
@@ -1609,6 +1435,98 @@ static inline mb_status scan_step(float *gated, float *hstate, const float *u, c
     return MB_STATUS_OK;
 }
 
+/* ===================================================== cross-entropy */
+
+/* Fused mb_cross_entropy_forward (per-row loss, NONE) and _backward: one
+   block per row, float32 log-sum-exp, the CPU's special cases (NaN row,
+   +inf entries sharing the mass, all -inf row uniform, -inf target +inf).
+   loss_rows[r] = 0 for ignored rows.  dlogits may alias logits: every read
+   of the row happens before the first write (barriers in between).
+   Gradient scale per row: dloss_rows ? dloss_rows[r] : dscale, where
+   dscale_dev (a graph's per-batch 1/valid rows) replaces dscale when given. */
+__global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const float *logits, const int32_t *targets,
+                                     int64_t rows, int V, int32_t ignore_index, float eps, const float *dloss_rows,
+                                     float dscale, const double *dscale_dev) {
+    MBC_SHARED(float, shf, [32]);
+    MBC_SHARED(int, shi, [32]);
+    const int64_t r = blockIdx.x;
+    if (r >= rows) return; /* uniform per block */
+    const float *x = logits + r * V;
+    const int32_t y = targets[r];
+    const bool ignored = y == ignore_index;
+    const float xy = ignored ? 0.0f : x[y];
+    float m = -INFINITY;
+    int nnan = 0, npos = 0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        const float v = x[i];
+        if (isnan(v)) nnan++;
+        else if (v > m) m = v;
+        npos += v == INFINITY;
+    }
+    nnan = block_sum_int(nnan, shi);
+    npos = block_sum_int(npos, shi);
+    m = block_max(m, shf);
+    /* kind: 0 finite, 1 +inf, 2 all -inf, 3 NaN */
+    const int kind = nnan ? 3 : (npos ? 1 : (m == -INFINITY ? 2 : 0));
+    /* shifted by the max first (as the CPU), so large logits keep precision */
+    float se = 0.0f, sx = 0.0f;
+    if (kind == 0)
+        for (int i = threadIdx.x; i < V; i += blockDim.x) {
+            se += expf(x[i] - m);
+            sx += x[i] - m;
+        }
+    se = block_sum(se, shf); /* also the barrier before any write to dlogits */
+    sx = block_sum(sx, shf);
+    const float ls = logf(se); /* log sum exp(x - m) >= 0 */
+    if (threadIdx.x == 0) {
+        float loss = 0.0f;
+        if (!ignored) {
+            float nll, smooth;
+            switch (kind) {
+            case 0: nll = ls - (xy - m); smooth = ls - sx / (float)V; break;
+            case 1:
+                nll = xy == INFINITY ? logf((float)npos) : INFINITY;
+                smooth = npos == V ? logf((float)npos) : INFINITY;
+                break;
+            case 2: nll = smooth = logf((float)V); break;
+            default: nll = smooth = NAN; break;
+            }
+            loss = (1.0f - eps) * nll;
+            if (eps > 0.0f) loss += eps * smooth;
+        }
+        loss_rows[r] = loss;
+    }
+    const float gs = dloss_rows ? dloss_rows[r] : dscale_dev ? (float)*dscale_dev : dscale;
+    float *dx = dlogits + r * V;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float p;
+        const float v = x[i];
+        switch (kind) {
+        case 0: p = expf((v - m) - ls); break;
+        case 1: p = v == INFINITY ? 1.0f / (float)npos : 0.0f; break;
+        case 2: p = 1.0f / (float)V; break;
+        default: p = NAN; break;
+        }
+        const float tp = eps / (float)V + (i == y ? 1.0f - eps : 0.0f);
+        dx[i] = ignored ? 0.0f : (p - tp) * gs;
+    }
+}
+
+/* out[0] = scale * sum of x[0..n) in a fixed order (one block of 256);
+   scale_dev replaces scale when given; acc (optional) += out[0], in double,
+   as the host adds the micro-batches' losses. */
+__global__ void sum_kernel(float *out, const float *x, int64_t n, double scale, const double *scale_dev, double *acc) {
+    MBC_SHARED(double, sh, [256]);
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += 256) s += (double)x[i];
+    s = block_sum_double256(s, sh);
+    if (threadIdx.x == 0) {
+        const float v = (float)(s * (scale_dev ? *scale_dev : scale));
+        out[0] = v;
+        if (acc) acc[0] += (double)v;
+    }
+}
+
 /* Fused cross-entropy: loss_rows (rows), dlogits (may alias logits). */
 static inline mb_status cross_entropy(float *loss_rows, float *dlogits, const float *logits, const int32_t *targets,
                                int64_t rows, int V, int32_t ignore_index, float label_smoothing,
@@ -1623,6 +1541,82 @@ static inline mb_status sum(float *out, const float *x, int64_t n, double scale,
                             double *acc = nullptr) {
     MBC_LAUNCH(sum_kernel, dim3(1), dim3(256), 0, out, x, n, scale, scale_dev, acc);
     return MB_STATUS_OK;
+}
+
+/* ===================================================== optimizer */
+
+/* g *= scale (when scale != 1; scale_dev replaces it when given);
+   part[blockIdx.x] = sum g^2 (double) over this block's grid-stride share.
+   Fixed grid: MBC_NORM_BLOCKS x 256. */
+__global__ void grad_scale_sumsq_kernel(double *part, float *g, int64_t n, float scale, const float *scale_dev) {
+    MBC_SHARED(double, sh, [256]);
+    if (scale_dev) scale = *scale_dev;
+    double s = 0.0;
+    for (int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x; i < n; i += (int64_t)gridDim.x * 256) {
+        float v = g[i];
+        if (scale != 1.0f) g[i] = v = v * scale;
+        s += (double)v * (double)v;
+    }
+    s = block_sum_double256(s, sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+/* out[0] = sum of part[0..n) in order (one block of 256). */
+__global__ void sum_double_kernel(double *out, const double *part, int n) {
+    MBC_SHARED(double, sh, [256]);
+    double s = 0.0;
+    for (int i = threadIdx.x; i < n; i += 256) s += part[i];
+    s = block_sum_double256(s, sh);
+    if (threadIdx.x == 0) out[0] = s;
+}
+
+/* One update's scalars: AdamW's constants as the CPU computes them (host,
+   double -> float; make_adamw_args), the clip, and the gradient scale. */
+struct adamw_args {
+    float coef, b1, b2, one_b1, one_b2, step_size, bc2_sqrt, eps, decay, grad_scale;
+    double clip;
+    int guard; /* skip the update (zero the gradient) when *loss_sum is not finite */
+};
+
+/* mb_adamw_update after clipping (g *= coef), then g = 0; decay_mask[i]
+   picks decay.  args_dev (a graph's per-step scalars, uploaded before it
+   runs) replaces a when given.  With sumsq (the device's sum of g^2), the
+   clip coefficient is computed here, as mb_clip_coef does on the host
+   (double), and a non-finite norm only zeroes the gradient: the host need
+   not read the norm first.  With loss_sum and a.guard (the trainer's
+   guard), a non-finite loss also only zeroes the gradient. */
+__global__ void adamw_kernel(float *p, float *g, float *m, float *v, const uint8_t *decay_mask, int64_t n, adamw_args a,
+                             const adamw_args *args_dev, const double *sumsq, const double *loss_sum) {
+    if (args_dev) a = *args_dev;
+    float coef = a.coef;
+    const float b1 = a.b1, b2 = a.b2, one_b1 = a.one_b1, one_b2 = a.one_b2, step_size = a.step_size,
+                bc2_sqrt = a.bc2_sqrt, eps = a.eps, decay = a.decay;
+    const double clip = a.clip;
+    bool skip = loss_sum && a.guard && !isfinite(*loss_sum);
+    if (sumsq && !skip) {
+        const double norm = sqrt(*sumsq);
+        if (!isfinite(norm)) skip = true;
+        else {
+            const double c = clip / (norm + 1e-6);
+            coef = (float)(c < 1.0 ? c : 1.0);
+        }
+    }
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        if (skip) {
+            g[i] = 0.0f;
+            continue;
+        }
+        float gi = g[i];
+        if (coef < 1.0f) gi *= coef;
+        float pi = p[i];
+        if (decay_mask[i]) pi *= decay;
+        const float mi = m[i] * b1 + gi * one_b1, vi = v[i] * b2 + gi * gi * one_b2;
+        const float denom = sqrtf(vi) / bc2_sqrt + eps;
+        p[i] = pi - step_size * (mi / denom);
+        m[i] = mi;
+        v[i] = vi;
+        g[i] = 0.0f;
+    }
 }
 
 /* g *= scale, then sum g^2 into *sumsq_dev (double); part: MBC_NORM_BLOCKS doubles. */
