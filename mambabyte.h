@@ -284,11 +284,10 @@ typedef struct { MB_LAYER_ACTS(MB__ACT_PTR) } mb_layer_acts;
    scan's (0: no states); bf16 1: only the buffers with a bf16 copy, in
    2-byte elements (the others NULL). */
 MBDEF int64_t mb_layer_acts_place(mb_layer_acts *a, float *base, const mb_config *cfg, int B, int T, int chunk, int bf16);
-/* Pointers into one flat block (parameters or gradients), one per entry of
-   the layout lists: the CPU model's, its stream's, the CUDA trainer's and
-   stream's (device pointers), all set by mb_weights_point from a tensor
-   table t (mb_config_tensors'; NULL where the config has no such tensor or
-   t's offset is -1).  w->layer: n_layer entries, the caller's. */
+/* Pointers into a flat block (parameters or gradients), one per entry of the
+   layout lists, set by mb_weights_point from a tensor table t (mb_config_tensors';
+   NULL where the config has no such tensor or t's offset is -1): the CPU
+   model's and stream's, the CUDA trainer's and stream's.  w->layer: n_layer, the caller's. */
 #define MB__TENSOR_PTR(ID, field, name, ndim, d0, d1, d2, decay) float *field;
 typedef struct { MB_LAYER_TENSORS(MB__TENSOR_PTR) } mb_layer_weights;
 typedef struct {
@@ -1414,14 +1413,12 @@ MBDEF int mb_tensor_index(const mb_config *c, int layer, int field) {
 MBDEF int mb_tensor_matrix(const mb_config *c, int layer, int field, int *in, int *out) {
     const int64_t C = c->d_model, Di = (int64_t)c->d_model * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
     const int64_t X = R + 2 * S, V = c->vocab_size;
-    int64_t rows = 0, cols = 0;
+    *in = *out = 0;
     if (layer < 0 && field == MB_TENSOR_LM_HEAD && !c->untied_head) field = MB_TENSOR_EMBEDDING;
-#define MB__M(ID, f, name, ndim, d0, d1, d2, decay) if (field == MB_TENSOR_##ID) { rows = d0; cols = d1 * d2; }
+#define MB__M(ID, f, name, ndim, d0, d1, d2, decay) if (field == MB_TENSOR_##ID) { *out = (int)(d0); *in = (int)((d1) * (d2)); }
     if (layer < 0) { MB_TENSORS_BEFORE_LAYERS(MB__M) MB_TENSORS_AFTER_LAYERS(MB__M) }
     else { MB_LAYER_TENSORS(MB__M) }
 #undef MB__M
-    *in = (int)cols;
-    *out = (int)rows;
     return mb_tensor_index(c, layer, field);
 }
 
@@ -3481,8 +3478,7 @@ static void mb__free_acts(mb_model *m) {
     m->acts = NULL;
     m->inputs = NULL;
     m->targets = NULL;
-    m->act_tokens = 0;
-    m->act_floats = 0;
+    m->act_tokens = m->act_floats = 0;
 }
 
 MBDEF void mb_model_free(mb_model *m) {
@@ -3605,11 +3601,9 @@ static void mb__residual_add(float *x, const float *y, int64_t n) {
 
 /* The model's matrix products: layer j / 4's MB_LAYER_MATRICES, then the
    head (j = 4 n_layer).  Matrix j's tensor index, and its shape. */
-static const int mb__layer_matrices[] = {
 #define MB__MAT(ID) MB_TENSOR_##ID,
-    MB_LAYER_MATRICES(MB__MAT)
+static const int mb__layer_matrices[] = {MB_LAYER_MATRICES(MB__MAT)};
 #undef MB__MAT
-};
 enum { MB__NUM_LAYER_MATRICES = sizeof mb__layer_matrices / sizeof mb__layer_matrices[0] };
 static int mb__matrix_at(const mb_config *c, int j, int *IC, int *OC) {
     const int l = j / MB__NUM_LAYER_MATRICES;

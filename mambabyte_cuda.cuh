@@ -1671,18 +1671,13 @@ namespace mbc {
 /* One layer's activations (mambabyte.h's MB_LAYER_ACTS, placed by
    mb_layer_acts_place as on the CPU) and, in bf16 mode, the bf16 copies of
    ln, u and gated that the products read (the others NULL). */
-struct layer_acts {
-    mb_layer_acts f, bf;
-};
+struct layer_acts { mb_layer_acts f, bf; };
 static inline mbc_bf16 *bf(float *p) { return (mbc_bf16 *)p; }
 
 /* A sequence of the trainer's operations as one CUDA graph: run eagerly the
    first time (the warm-up: modules loaded, cuBLAS's choices made), captured
    the second, replayed from then on. */
-struct captured {
-    graph_t exec;
-    int runs;
-};
+struct captured { graph_t exec; int runs; };
 
 /* Dimensions shared by the trainer and the stream. */
 struct dims {
@@ -1724,21 +1719,16 @@ struct dlist {
     void *ptrs[MBC_DLIST_MAX];
     int n;
 };
-static inline mb_status dlist_alloc(dlist *l, void **out, size_t bytes, const char *what) {
+template <class T> static mb_status dalloc(dlist *l, T **out, int64_t count, const char *what) {
+    void *p = nullptr;
     if (l->n == MBC_DLIST_MAX) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA: more than %d allocations", MBC_DLIST_MAX);
-    MBC_TRY(dmalloc(out, bytes, what));
-    l->ptrs[l->n++] = *out;
+    MBC_TRY(dmalloc(&p, (size_t)count * sizeof(T), what));
+    *out = (T *)(l->ptrs[l->n++] = p);
     return MB_STATUS_OK;
 }
 static inline void dlist_free(dlist *l) {
     for (int i = 0; i < l->n; i++) dfree(l->ptrs[i]);
     l->n = 0;
-}
-template <class T> static mb_status dalloc(dlist *l, T **out, int64_t count, const char *what) {
-    void *p = nullptr;
-    MBC_TRY(dlist_alloc(l, &p, (size_t)count * sizeof(T), what));
-    *out = (T *)p;
-    return MB_STATUS_OK;
 }
 
 } /* namespace mbc */
@@ -1832,12 +1822,10 @@ static inline mb_status tr_refresh_bf16(mb_cuda_trainer *t) {
 
 static inline int64_t tr_scratch_floats(const mb_cuda_trainer *t) {
     const dims &d = t->d;
-    int64_t s = scan_scratch_floats(t->B, t->T, d.Di, d.S, t->chunk);
-    const int64_t ln = ln_backward_parts(t->N) * 2 * d.C, cv = conv_backward_parts(t->B, t->T) * (int64_t)d.Di * (d.K + 1);
-    if (ln > s) s = ln;
-    if (cv > s) s = cv;
-    const int64_t emb = embedding_pieces_max(t->N) * d.C;
-    if (emb > s) s = emb;
+    const int64_t need[4] = {scan_scratch_floats(t->B, t->T, d.Di, d.S, t->chunk), ln_backward_parts(t->N) * 2 * d.C,
+                             conv_backward_parts(t->B, t->T) * (int64_t)d.Di * (d.K + 1), embedding_pieces_max(t->N) * d.C};
+    int64_t s = 0;
+    for (int i = 0; i < 4; i++) s = need[i] > s ? need[i] : s;
     return s;
 }
 
@@ -2170,7 +2158,7 @@ static inline mb_status nccl_create(mb_cuda_trainer *t, const mb_train_comm *com
     MBC_NCCL(ncclCommInitRank(&c, comm->size, id, comm->rank));
     t->nccl = c;
     if (comm->deterministic && comm->rank == 0)
-        MBC_TRY(dlist_alloc(&t->mem, (void **)&t->nccl_recv, (size_t)t->d.nparams * sizeof(float), "NCCL receive buffer"));
+        MBC_TRY(dalloc(&t->mem, &t->nccl_recv, t->d.nparams, "NCCL receive buffer"));
     return MB_STATUS_OK;
 }
 
@@ -2252,13 +2240,9 @@ mb_status mb_cuda_trainer_create(mb_cuda_trainer **out, const mb_config *cfg, in
     if (!t) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer struct");
     memset(t, 0, sizeof *t);
     mb_status s = mbc::tr_create(t, cfg, B, T, precision);
-    if (s != MB_STATUS_OK) {
-        mbc::tr_free(t);
-        MB_FREE(t);
-        return s;
-    }
-    *out = t;
-    return MB_STATUS_OK;
+    if (s != MB_STATUS_OK) mb_cuda_trainer_free(t);
+    else *out = t;
+    return s;
 }
 
 void mb_cuda_trainer_free(mb_cuda_trainer *t) {
