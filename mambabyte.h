@@ -278,11 +278,9 @@ MBDEF int mb_tensor_matrix(const mb_config *cfg, int layer, int field, int *in, 
     ENTRY(gated, N * Di, 1) ENTRY(states, B * nch * Di * S, 0) /* the scan's y * silu(z); its h at the chunks' starts */
 #define MB__ACT_PTR(name, floats, bf16) float *name;
 typedef struct { MB_LAYER_ACTS(MB__ACT_PTR) } mb_layer_acts;
-/* Points a's buffers for a (B, T) batch into base (NULL: only measures) and
-   returns the floats they take: the one layout of the CPU and CUDA trainers
-   (the layers' and their gradients') and of both streams.  chunk: the
-   scan's (0: no states); bf16 1: only the buffers with a bf16 copy, in
-   2-byte elements (the others NULL). */
+/* The one layout of both trainers' activations (and gradients') and both streams': a's buffers for (B, T)
+   from base (NULL: only measures), returning the floats they take.  chunk: the scan's (0: no states);
+   bf16 1: only the buffers with a bf16 copy, in 2-byte elements (the others NULL). */
 MBDEF int64_t mb_layer_acts_place(mb_layer_acts *a, float *base, const mb_config *cfg, int B, int T, int chunk, int bf16);
 /* Pointers into a flat block (parameters or gradients), one per entry of the
    layout lists, set by mb_weights_point from a tensor table t (mb_config_tensors';
@@ -810,10 +808,9 @@ MBDEF mb_status mb_trainer_set_comm(mb_trainer *t, const mb_train_comm *comm);
    batches: the model's grads hold the sum over the step's grad_accum x
    ranks micro-batches of d(mean loss)/d(params) and loss is their mean. */
 MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r);
-/* A backend's kernels under mb_trainer_step's one policy (the micro-batches
-   drawn in order, the sums over the ranks, the testing hooks, the result,
-   the step count).  loss_sum: the step's, where a backend sums on the host
-   (one that sums on the device reports it from update). */
+/* A backend's kernels under mb_trainer_step's one policy (the micro-batches drawn in order, the sums
+   over the ranks, the testing hooks, the result, the step count).  loss_sum: the step's, where a
+   backend sums on the host (one that sums on the device reports it from update). */
 typedef struct {
     /* this rank's micro-batch (t->inputs, t->targets): its gradient and loss added to the step's (first: they start) */
     mb_status (*micro_batch)(mb_trainer *t, int first, double *loss_sum);
@@ -3600,15 +3597,16 @@ static void mb__residual_add(float *x, const float *y, int64_t n) {
 }
 
 /* The model's matrix products: layer j / 4's MB_LAYER_MATRICES, then the
-   head (j = 4 n_layer).  Matrix j's tensor index, and its shape. */
+   head (j = 4 n_layer: l -1).  Matrix j's layer and field, its shape and
+   (returned) its tensor index. */
 #define MB__MAT(ID) MB_TENSOR_##ID,
 static const int mb__layer_matrices[] = {MB_LAYER_MATRICES(MB__MAT)};
 #undef MB__MAT
 enum { MB__NUM_LAYER_MATRICES = sizeof mb__layer_matrices / sizeof mb__layer_matrices[0] };
-static int mb__matrix_at(const mb_config *c, int j, int *IC, int *OC) {
-    const int l = j / MB__NUM_LAYER_MATRICES;
-    return l < c->n_layer ? mb_tensor_matrix(c, l, mb__layer_matrices[j % MB__NUM_LAYER_MATRICES], IC, OC)
-                          : mb_tensor_matrix(c, -1, MB_TENSOR_LM_HEAD, IC, OC);
+static int mb__matrix_at(const mb_config *c, int j, int *l, int *field, int *IC, int *OC) {
+    *l = j / MB__NUM_LAYER_MATRICES < c->n_layer ? j / MB__NUM_LAYER_MATRICES : -1;
+    *field = *l < 0 ? MB_TENSOR_LM_HEAD : mb__layer_matrices[j % MB__NUM_LAYER_MATRICES];
+    return mb_tensor_matrix(c, *l, *field, IC, OC);
 }
 
 /* Packs every matrix for this forward's bf16 products (the weights change
@@ -3616,13 +3614,13 @@ static int mb__matrix_at(const mb_config *c, int j, int *IC, int *OC) {
    each at bf16_off[its tensor index]. */
 static mb_status mb__bf_pack_model(mb_model *m) {
     const int n = MB__NUM_LAYER_MATRICES * m->cfg.n_layer + 1, nt = m->ntensors;
-    int j, i, IC, OC;
+    int j, i, l, f, IC, OC;
     if (!m->bf16_off) {
         int64_t total = 0;
         if (!(m->bf16_off = (int64_t *)MB_MALLOC(sizeof(int64_t) * (size_t)(nt + 1))))
             return mb__fail(MB_STATUS_OUT_OF_MEMORY, "bf16 weights");
         for (j = 0; j < n; j++) {
-            i = mb__matrix_at(&m->cfg, j, &IC, &OC);
+            i = mb__matrix_at(&m->cfg, j, &l, &f, &IC, &OC);
             m->bf16_off[i] = total;
             total += mb__bf16_packed_size(IC, OC);
         }
@@ -3631,7 +3629,7 @@ static mb_status mb__bf_pack_model(mb_model *m) {
     if (!m->bf16_w && !(m->bf16_w = (uint32_t *)MB_MALLOC(sizeof(uint32_t) * (size_t)m->bf16_off[nt])))
         return mb__fail(MB_STATUS_OUT_OF_MEMORY, "bf16 weights (%.1f MB)", (double)m->bf16_off[nt] * 4 / 1e6);
     for (j = 0; j < n; j++) {
-        i = mb__matrix_at(&m->cfg, j, &IC, &OC);
+        i = mb__matrix_at(&m->cfg, j, &l, &f, &IC, &OC);
         mb__bf16_pack_weight(m->bf16_w + m->bf16_off[i], m->params + m->tensors[i].offset, IC, OC);
     }
     return MB_STATUS_OK;
@@ -3767,6 +3765,8 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
 #ifndef MB__FEED_CHUNK
 #define MB__FEED_CHUNK 2048 /* bytes per pass of mb_stream_feed: its workspace holds this many */
 #endif
+typedef struct { const float *w; int IC, OC; } mb__packed;
+static int mb__slot(int l, int field) { return (l + 1) * MB_NUM_LAYER_TENSORS + field; } /* l -1: the head */
 struct mb_stream {
     mb_config cfg;         /* the model's (validated) config */
     float *vecs;           /* the model's tensors except the five matrices, in checkpoint order */
@@ -3776,7 +3776,7 @@ struct mb_stream {
     float *ssm_state;      /* (L, S, Di): the scan state; follows conv_state (state_floats) */
     float *AT;             /* (L, S, Di) = -exp(A_log), transposed */
     float *conv_wT;        /* (L, K, Di) conv weights, transposed */
-    float **packed;        /* by tensor index: the matrices' packed copies (mb__matvec_pack), else NULL */
+    mb__packed *packed;    /* the matrices' packed copies (mb__matvec_pack), at mb__slot(layer, field) */
     mb_layer_acts a;       /* one token's activations (resid: the residual stream) */
     float *out, *logits;
     int64_t state_floats;  /* conv_state + ssm_state, contiguous */
@@ -3860,22 +3860,22 @@ static void mb__matmul_packed(float *out, const float *inp, int64_t ldi, const f
 
 /* 1 for the tensors a stream holds only packed (a tied head's embedding is also a vector table). */
 static int mb__stream_packs(const mb_config *c, int i) {
-    int j, IC, OC;
+    int j, l, f, IC, OC;
     for (j = 0; j < MB__NUM_LAYER_MATRICES * c->n_layer + 1; j++)
-        if (mb__matrix_at(c, j, &IC, &OC) == i) return i != mb_tensor_index(c, -1, MB_TENSOR_EMBEDDING);
+        if (mb__matrix_at(c, j, &l, &f, &IC, &OC) == i) return i != mb_tensor_index(c, -1, MB_TENSOR_EMBEDDING);
     return 0;
 }
 
 /* Layer l's matrix `field` (-1, MB_TENSOR_LM_HEAD: the head) over T rows
    from its packed copy; T = 1 is mb__matvec_packed. */
 static void mb__stream_linear(const mb_stream *s, int l, int field, float *out, const float *inp, int64_t ldi, int64_t T) {
-    int IC, OC, i = mb_tensor_matrix(&s->cfg, l, field, &IC, &OC);
-    mb__matmul_packed(out, inp, ldi, s->packed[i], T, IC, OC);
+    const mb__packed *q = &s->packed[mb__slot(l, field)];
+    mb__matmul_packed(out, inp, ldi, q->w, T, q->IC, q->OC);
 }
 
 MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     const mb_config *c = &m->cfg;
-    int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, l, d, n, k, i, j, IC, OC;
+    int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, l, f, d, n, k, i, j, IC, OC;
     const int nmat = MB__NUM_LAYER_MATRICES * L + 1;
     int64_t total = (int64_t)L * (2 * K * Di + 2 * S * Di) + mb_layer_acts_place(NULL, NULL, c, 1, 1, 0, 0) + C + c->vocab_size;
     int64_t nvec = 0;
@@ -3889,13 +3889,13 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     for (i = 0; i < m->ntensors; i++)
         if (!mb__stream_packs(c, i)) nvec += m->tensors[i].numel;
     for (j = 0; j < nmat; j++) {
-        mb__matrix_at(c, j, &IC, &OC);
+        mb__matrix_at(c, j, &l, &f, &IC, &OC);
         total += mb__matvec_packed_floats(IC, OC);
     }
     s->block = (float *)MB_MALLOC((size_t)total * sizeof(float));
     s->vecs = (float *)MB_MALLOC((size_t)nvec * sizeof(float));
     s->w.layer = (mb_layer_weights *)MB_MALLOC(sizeof(mb_layer_weights) * (size_t)L);
-    s->packed = (float **)MB_MALLOC(sizeof(float *) * (size_t)m->ntensors);
+    s->packed = (mb__packed *)MB_MALLOC(sizeof(mb__packed) * (size_t)(L + 1) * MB_NUM_LAYER_TENSORS);
     ti = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)m->ntensors);
     if (!s->block || !s->vecs || !s->w.layer || !s->packed || !ti) {
         MB_FREE(ti);
@@ -3905,7 +3905,6 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     /* the kept tensors close up in vecs; the packed ones get no room (offset -1: pointer NULL) */
     memcpy(ti, m->tensors, sizeof(mb_tensor_info) * (size_t)m->ntensors);
     for (i = 0, nvec = 0; i < m->ntensors; i++) {
-        s->packed[i] = NULL;
         if (mb__stream_packs(c, i)) { ti[i].offset = -1; continue; }
         memcpy(s->vecs + nvec, m->params + m->tensors[i].offset, (size_t)ti[i].numel * sizeof(float));
         ti[i].offset = nvec;
@@ -3919,8 +3918,13 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     s->AT = p; p += (int64_t)L * S * Di;
     s->conv_wT = p; p += (int64_t)L * K * Di;
     for (j = 0; j < nmat; j++) { /* the matrices from the model, the rest from the stream's copy */
-        i = mb__matrix_at(c, j, &IC, &OC);
-        mb__matvec_pack(s->packed[i] = p, m->params + m->tensors[i].offset, IC, OC);
+        mb__packed *q;
+        i = mb__matrix_at(c, j, &l, &f, &IC, &OC);
+        q = &s->packed[mb__slot(l, f)];
+        q->w = p;
+        q->IC = IC;
+        q->OC = OC;
+        mb__matvec_pack(p, m->params + m->tensors[i].offset, IC, OC);
         p += mb__matvec_packed_floats(IC, OC);
     }
     p += mb_layer_acts_place(&s->a, p, c, 1, 1, 0, 0);

@@ -2332,8 +2332,7 @@ int mb_cuda_trainer_graphs(const mb_cuda_trainer *t) { return t->graphs; }
    parameters, gradients and moments, and sums the loss: the micro-batches
    are submitted without waiting, and the update is guarded on the device. */
 static mb_status mbc_micro_batch(mb_trainer *tr, int, double *) {
-    mb_cuda_trainer *g = (mb_cuda_trainer *)tr->backend.impl;
-    return mbc::tr_submit_micro_batch(g, tr->inputs, tr->targets);
+    return mbc::tr_submit_micro_batch((mb_cuda_trainer *)tr->backend.impl, tr->inputs, tr->targets);
 }
 /* The gradients on the GPUs (NCCL) or through the host, the loss on the host. */
 static mb_status mbc_sum_ranks(mb_trainer *tr, double *) {
@@ -2354,10 +2353,8 @@ static mb_status mbc_update(mb_trainer *tr, double lr, float scale, int poison, 
     mb_cuda_trainer *g = (mb_cuda_trainer *)tr->backend.impl;
     const mb_train_settings *s = &tr->st.settings;
     double stats[2] = {0.0, 0.0};
-    if (poison) {
-        const float nan = NAN;
-        MBC_TRY(mbc::h2d(g->grads, &nan, sizeof nan));
-    }
+    const float nan = NAN;
+    if (poison) MBC_TRY(mbc::h2d(g->grads, &nan, sizeof nan)); /* the testing hook, as on the CPU: one NaN */
     mbc::adamw_args a = mbc::make_adamw_args(1.0f, lr, s->beta1, s->beta2, s->eps, s->weight_decay, tr->st.step + 1, s->clip, scale);
     a.guard = 1; /* a non-finite loss skips the update and drops the gradients */
     MBC_TRY(mbc::tr_update(g, a, stats));
