@@ -22,7 +22,7 @@
    ERRORS
      The library never prints and never exits.  Every fallible call returns
      an mb_status; mb_status_string(s) names it and mb_last_error() gives the
-     detail of the most recent failure on this thread (a path, an offset...).
+     detail of this thread's last failure (a path...), set by mb_set_error.
 
    API OVERVIEW (details beside each declaration below)
      numerics    mb_softmax, mb_log_softmax, mb_logsumexp,
@@ -31,7 +31,8 @@
                  mb_model_params/grads (one flat block, checkpoint order),
                  mb_model_hash, mb_model_set_precision (bf16 matrix
                  products: AMX or AVX512-BF16, chosen at run time)
-                 layout: MB_LAYER_TENSORS, mb_config_tensors, mb_tensor_index
+                 layout (shared with the CUDA side): MB_LAYER_TENSORS, mb_config_tensors,
+                 mb_tensor_index / _matrix, mb_weights_point, MB_LAYER_ACTS, mb_layer_acts_place
      streaming   mb_stream_create/step/feed/reset/copy/free: O(1) state per
                  byte (a stream snapshots the weights); mb_stream_feed, the
                  parallel prefill; mb_sample_byte, mb_stream_generate
@@ -3780,8 +3781,7 @@ struct mb_stream {
     mb_layer_acts a;       /* one token's activations (resid: the residual stream) */
     float *out, *logits;
     int64_t state_floats;  /* conv_state + ssm_state, contiguous */
-    /* mb_stream_feed's workspace for feed_cap tokens (NULL until the first
-       feed): the activations of T tokens and the mixer's output */
+    /* mb_stream_feed's workspace for feed_cap tokens (NULL until the first feed) */
     float *feed_block, *fd_mix;
     mb_layer_acts fd;
     int64_t feed_cap;
