@@ -195,6 +195,7 @@ MBDEF mb_status mb_cross_entropy_backward(float *dlogits, const float *dloss, co
 
 /* ----------------------------------------------------------------- model */
 typedef enum { MB_NORM_LAYERNORM = 0, MB_NORM_RMSNORM = 1 } mb_norm_kind;
+#define MB_MAX_CONV 64 /* d_conv's limit (mb_config_validate; the CUDA conv keeps a window of it) */
 typedef struct {
     int32_t vocab_size, d_model, n_layer, d_state, d_conv, expand, dt_rank;
     int32_t norm;        /* mb_norm_kind: LayerNorm (weight, bias) or RMSNorm (weight only); eps 1e-5 */
@@ -1332,7 +1333,7 @@ MBDEF mb_status mb_config_validate(mb_config *c) {
     if (c->d_model < 1 || c->d_model > 65536) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_model %d out of range [1, 65536]", c->d_model);
     if (c->n_layer < 1 || c->n_layer > 1024) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "n_layer %d out of range [1, 1024]", c->n_layer);
     if (c->d_state < 1 || c->d_state > MB__MAX_STATE) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_state %d out of range [1, %d]", c->d_state, MB__MAX_STATE);
-    if (c->d_conv < 1 || c->d_conv > 64) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_conv %d out of range [1, 64]", c->d_conv);
+    if (c->d_conv < 1 || c->d_conv > MB_MAX_CONV) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_conv %d out of range [1, %d]", c->d_conv, MB_MAX_CONV);
     if (c->expand < 1 || c->expand > 16) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "expand %d out of range [1, 16]", c->expand);
     if (c->dt_rank < 1 || c->dt_rank > 65536) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "dt_rank %d out of range [1, 65536]", c->dt_rank);
     if (c->norm != MB_NORM_LAYERNORM && c->norm != MB_NORM_RMSNORM) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "norm kind %d unknown (0 LayerNorm, 1 RMSNorm)", c->norm);

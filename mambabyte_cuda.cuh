@@ -88,7 +88,6 @@ typedef __nv_bfloat16 mbc_bf16;
 #define MB_FREE(p) free(p)
 #endif
 
-#define MBC_MAX_CONV 64        /* d_conv limit of mb_config_validate */
 #define MBC_SCAN_MAX_CHUNK 64  /* scan chunk limit: rows of B/C staged in shared memory */
 #define MBC_SCAN_MAX_STATE 64  /* d_state limit of the scan kernels */
 #define MBC_SCAN_THREADS 128   /* channels per block of the forward scan kernels */
@@ -843,7 +842,7 @@ __global__ void conv1d_backward_kernel(float *dxz, float *part, const float *dou
     if (d >= Di) return;
     const int64_t N = (int64_t)B * T, n0 = (int64_t)blockIdx.y * MBC_CONV_TOKENS;
     const int64_t n1 = n0 + MBC_CONV_TOKENS < N ? n0 + MBC_CONV_TOKENS : N;
-    float win[KT > 0 ? KT : MBC_MAX_CONV], dw[KT > 0 ? KT : MBC_MAX_CONV];
+    float win[KT > 0 ? KT : MB_MAX_CONV], dw[KT > 0 ? KT : MB_MAX_CONV];
     float db = 0.0f;
     for (int k = 0; k < KK; k++) dw[k] = 0.0f;
     for (int j = 0; j + 1 < KK; j++) {
