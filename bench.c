@@ -349,9 +349,9 @@ static int bench_train(bench_result *res, int which, int path, const mb_config *
     /* one layer's scan alone, on the real activations of the last step */
     {
         const mb_config *c = &m->cfg;
-        const mb__layer_weights *W = &m->w.layer[0];
-        mb__layer_weights *G = &m->g.layer[0];
-        mb__layer_acts *a = &m->acts[0];
+        const mb_layer_weights *W = &m->w.layer[0];
+        mb_layer_weights *G = &m->g.layer[0];
+        mb_layer_acts *a = &m->acts[0];
         int Di = c->d_model * c->expand, S = c->d_state, R = c->dt_rank, reps = which == 0 ? 9 : 3, r;
         double sf[16], sb[16];
         for (r = 0; r < reps; r++) {
@@ -359,8 +359,8 @@ static int bench_train(bench_result *res, int which, int path, const mb_config *
             mb__scan_forward(a->gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
                              B, T, Di, S, R, m->scan_chunk);
             t1 = mb_clock_seconds();
-            mb__scan_backward(m->d_u, m->d_delta, G->dt_proj_b, G->A_log, m->d_xdbl, G->D, m->d_xz, m->scan_scratch,
-                              m->d_gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
+            mb__scan_backward(m->dacts.u, m->dacts.delta, G->dt_proj_b, G->A_log, m->dacts.xdbl, G->D, m->dacts.xz, m->scan_scratch,
+                              m->dacts.gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
                               B, T, Di, S, R, m->scan_chunk);
             sb[r] = mb_clock_seconds() - t1;
             sf[r] = t1 - t0;

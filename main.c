@@ -369,9 +369,12 @@ static int cmd_train(int argc, char **argv) {
     if (getenv("MB_TEST_INJECT_NAN_STEP")) tr.inject_nonfinite_step = atoll(getenv("MB_TEST_INJECT_NAN_STEP"));
     if (getenv("MB_TEST_INJECT_NAN_FROM")) tr.inject_nonfinite_from = atoll(getenv("MB_TEST_INJECT_NAN_FROM"));
 #ifdef MB_WITH_CUDA
-    if (strcmp(device, "cpu") != 0 && mb_cuda_trainer_attach(&tr, !strcmp(precision, "bf16") ? 1 : !strcmp(precision, "tf32") ? 2 : 0) != MB_STATUS_OK) {
-        if (!strcmp(device, "cuda")) TRAIN_FAIL(1, "--device cuda: %s\n", mb_cuda_last_error());
-        printf("note: training on the CPU (%s): %s\n", !strcmp(precision, "bf16") ? "bf16" : "fp32", mb_cuda_last_error());
+    if (strcmp(device, "cpu") != 0 &&
+        mb_cuda_trainer_attach(&tr, !strcmp(precision, "bf16")   ? MB_PRECISION_BF16
+                                    : !strcmp(precision, "tf32") ? MB_PRECISION_TF32
+                                                                 : MB_PRECISION_FP32) != MB_STATUS_OK) {
+        if (!strcmp(device, "cuda")) TRAIN_FAIL(1, "--device cuda: %s\n", mb_last_error());
+        printf("note: training on the CPU (%s): %s\n", !strcmp(precision, "bf16") ? "bf16" : "fp32", mb_last_error());
     }
 #endif
     if (!tr.backend.step && !strcmp(precision, "bf16") && mb_model_set_precision(m, MB_PRECISION_BF16) == MB_STATUS_OK)

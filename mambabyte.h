@@ -22,7 +22,7 @@
    ERRORS
      The library never prints and never exits.  Every fallible call returns
      an mb_status; mb_status_string(s) names it and mb_last_error() gives the
-     detail of the most recent failure on this thread (a path, an offset...).
+     detail of this thread's last failure (a path...), set by mb_set_error.
 
    API OVERVIEW (details beside each declaration below)
      numerics    mb_softmax, mb_log_softmax, mb_logsumexp,
@@ -31,7 +31,8 @@
                  mb_model_params/grads (one flat block, checkpoint order),
                  mb_model_hash, mb_model_set_precision (bf16 matrix
                  products: AMX or AVX512-BF16, chosen at run time)
-                 layout: MB_LAYER_TENSORS, mb_config_tensors, mb_tensor_index
+                 layout (shared with the CUDA side): MB_LAYER_TENSORS, mb_config_tensors,
+                 mb_tensor_index / _matrix, mb_weights_point, MB_LAYER_ACTS, mb_layer_acts_place
      streaming   mb_stream_create/step/feed/reset/copy/free: O(1) state per
                  byte (a stream snapshots the weights); mb_stream_feed, the
                  parallel prefill; mb_sample_byte, mb_stream_generate
@@ -171,6 +172,9 @@ typedef enum {
 MBDEF const char *mb_status_string(mb_status s);
 /* Detail of the most recent failure on this thread ("" when none). */
 MBDEF const char *mb_last_error(void);
+/* Records that detail (printf-style) and returns s: the one error channel,
+   which the CUDA companion and callers' backends report through too. */
+MBDEF mb_status mb_set_error(mb_status s, const char *fmt, ...);
 
 /* -------------------------------------------------------------- numerics */
 /* x and out are (rows, V) row-major; out may alias x. */
@@ -179,6 +183,7 @@ MBDEF void mb_log_softmax(float *out, const float *x, int64_t rows, int64_t V);
 MBDEF void mb_logsumexp(float *out /* rows */, const float *x, int64_t rows, int64_t V);
 
 typedef enum { MB_REDUCTION_MEAN = 0, MB_REDUCTION_SUM = 1, MB_REDUCTION_NONE = 2 } mb_reduction;
+#define MB_IGNORE_INDEX (-100) /* PyTorch's: a row without a target */
 typedef struct {
     int32_t ignore_index;
     mb_reduction reduction;
@@ -196,6 +201,7 @@ MBDEF mb_status mb_cross_entropy_backward(float *dlogits, const float *dloss, co
 
 /* ----------------------------------------------------------------- model */
 typedef enum { MB_NORM_LAYERNORM = 0, MB_NORM_RMSNORM = 1 } mb_norm_kind;
+#define MB_MAX_CONV 64 /* d_conv's limit (mb_config_validate; the CUDA conv keeps a window of it) */
 typedef struct {
     int32_t vocab_size, d_model, n_layer, d_state, d_conv, expand, dt_rank;
     int32_t norm;        /* mb_norm_kind: LayerNorm (weight, bias) or RMSNorm (weight only); eps 1e-5 */
@@ -264,6 +270,38 @@ MBDEF int mb_config_tensors(const mb_config *cfg, mb_tensor_info *out);
    mb_global_tensor); -1 when out of range or absent from this config (an
    RMSNorm bias, a tied head's lm_head).  cfg is a validated config. */
 MBDEF int mb_tensor_index(const mb_config *cfg, int layer, int field);
+/* The per-layer weights of matrix products, in forward order. */
+#define MB_LAYER_MATRICES(ENTRY) ENTRY(IN_PROJ) ENTRY(X_PROJ) ENTRY(DT_W) ENTRY(OUT_PROJ)
+/* Such a weight (or the head's: layer -1, MB_TENSOR_LM_HEAD, which is the
+   embedding when tied) as a matrix of *out rows by *in columns (d0 and
+   d1*d2 of its entry); returns its mb_tensor_index. */
+MBDEF int mb_tensor_matrix(const mb_config *cfg, int layer, int field, int *in, int *out);
+/* The activations of one layer, written once: ENTRY(name, floats, bf16) in
+   block order, in N = B*T tokens, B, nch = the scan's chunks and the shapes'
+   letters above; bf16 1: the CUDA trainer's bf16 products read a copy too. */
+#define MB_LAYER_ACTS(ENTRY) \
+    ENTRY(resid, N * C, 0) ENTRY(ln, N * C, 1)    /* the layer's input, its norm */ \
+    ENTRY(ln_mean, N, 0) ENTRY(ln_rstd, N, 0)     /* the norm's statistics */ \
+    ENTRY(xz, N * 2 * Di, 0) ENTRY(u, N * Di, 1)  /* in_proj's output x' | z; silu(conv(x')) */ \
+    ENTRY(xdbl, N * X, 0) ENTRY(delta, N * Di, 0) /* x_proj's dt_low | B | C; dt_proj's, before the bias */ \
+    ENTRY(gated, N * Di, 1) ENTRY(states, B * nch * Di * S, 0) /* the scan's y * silu(z); its h at the chunks' starts */
+#define MB__ACT_PTR(name, floats, bf16) float *name;
+typedef struct { MB_LAYER_ACTS(MB__ACT_PTR) } mb_layer_acts;
+/* The one layout of both trainers' activations (and gradients') and both streams': a's buffers for (B, T)
+   from base (NULL: only measures), returning the floats they take.  chunk: the scan's (0: no states);
+   bf16 1: only the buffers with a bf16 copy, in 2-byte elements (the others NULL). */
+MBDEF int64_t mb_layer_acts_place(mb_layer_acts *a, float *base, const mb_config *cfg, int B, int T, int chunk, int bf16);
+/* Pointers into a flat block (parameters or gradients), one per entry of the
+   layout lists, set by mb_weights_point from a tensor table t (mb_config_tensors';
+   NULL where the config has no such tensor or t's offset is -1): the CPU
+   model's and stream's, the CUDA trainer's and stream's.  w->layer: n_layer, the caller's. */
+#define MB__TENSOR_PTR(ID, field, name, ndim, d0, d1, d2, decay) float *field;
+typedef struct { MB_LAYER_TENSORS(MB__TENSOR_PTR) } mb_layer_weights;
+typedef struct {
+    MB_TENSORS_BEFORE_LAYERS(MB__TENSOR_PTR) MB_TENSORS_AFTER_LAYERS(MB__TENSOR_PTR)
+    mb_layer_weights *layer;
+} mb_weights;
+MBDEF void mb_weights_point(mb_weights *w, float *base, const mb_config *cfg, const mb_tensor_info *t);
 MBDEF int64_t mb_config_num_params(const mb_config *cfg);
 
 typedef struct mb_model mb_model;
@@ -805,6 +843,19 @@ MBDEF mb_status mb_trainer_set_comm(mb_trainer *t, const mb_train_comm *comm);
    batches: the model's grads hold the sum over the step's grad_accum x
    ranks micro-batches of d(mean loss)/d(params) and loss is their mean. */
 MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r);
+/* A backend's kernels under mb_trainer_step's one policy (the micro-batches drawn in order, the sums
+   over the ranks, the testing hooks, the result, the step count).  loss_sum: the step's, where a
+   backend sums on the host (one that sums on the device reports it from update). */
+typedef struct {
+    /* this rank's micro-batch (t->inputs, t->targets): its gradient and loss added to the step's (first: they start) */
+    mb_status (*micro_batch)(mb_trainer *t, int first, double *loss_sum);
+    mb_status (*sum_ranks)(mb_trainer *t, double *loss_sum); /* the sums over t->comm's ranks (adds to t->comm_s) */
+    /* the gradient times scale (the mean), one NaN when poison, its norm; then unless the loss or the
+       norm is non-finite (the guard), clipping and AdamW at step t->st.step + 1 */
+    mb_status (*update)(mb_trainer *t, double lr, float scale, int poison, double *loss_sum, double *grad_norm);
+} mb_step_kernels;
+/* mb_trainer_step's policy on k: a backend's step calls it with its own. */
+MBDEF mb_status mb_trainer_step_on(mb_trainer *t, const mb_step_kernels *k, double lr, mb_step_result *r);
 /* 1 when the testing hooks poison the gradient of the coming step. */
 MBDEF int mb_trainer_poisoned(const mb_trainer *t);
 /* Brings a backend's live parameters and moments into t->model and t->st
@@ -897,16 +948,16 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
    checkpoint order, as mb_model_params.  See mambabyte_cuda.cuh. */
 #define MB_CUDA_API_DECLARED
 int mb_cuda_device_count(void);            /* 0 without a GPU or driver: never fails */
-const char *mb_cuda_last_error(void);      /* "file:line: call: reason" of the last failure */
-/* Moves t's steps onto GPU 0 (precision 0 fp32, 1 bf16 matrix products):
-   the parameters and moments are uploaded and t->backend is set; the
-   loop, batcher, guard and saves stay the library's.  On failure t is
-   unchanged (still the CPU) and mb_cuda_last_error() says why: the CUDA
+const char *mb_cuda_last_error(void);      /* = mb_last_error(), kept for one version: the CUDA side reports there */
+/* Moves t's steps onto a GPU (local_rank mod the GPUs when data-parallel)
+   at an MB_PRECISION_*: the parameters and moments are uploaded and
+   t->backend is set; the loop, batcher, guard and saves stay the library's.
+   On failure t is unchanged (still the CPU) and mb_last_error() says why: the CUDA
    error string (e.g. a driver older than the runtime), no device, or a
    config the kernels do not support. */
 mb_status mb_cuda_trainer_attach(mb_trainer *t, int precision);
 typedef struct mb_cuda_trainer mb_cuda_trainer;
-/* precision: 0 fp32, 1 bf16 matrix inputs (float32 master weights, moments, scan, CE) */
+/* precision: MB_PRECISION_FP32, _BF16 (matrix inputs) or _TF32 (float32 master weights, moments, scan, CE) */
 mb_status mb_cuda_trainer_create(mb_cuda_trainer **out, const mb_config *cfg, int B, int T, int precision);
 void mb_cuda_trainer_free(mb_cuda_trainer *t);
 mb_status mb_cuda_trainer_set_scan_chunk(mb_cuda_trainer *t, int chunk); /* 1..64, default min(T,32) */
@@ -1030,9 +1081,9 @@ static MB__THREAD_LOCAL char mb__error_text[512];
 
 MBDEF const char *mb_last_error(void) { return mb__error_text; }
 
-/* Records the detail of a failure and returns its status, so callers write
-   `return mb__fail(MB_STATUS_IO_ERROR, "cannot open %s", path);`. */
-static mb_status mb__fail(mb_status s, const char *fmt, ...) {
+/* `return mb__fail(MB_STATUS_IO_ERROR, "cannot open %s", path);` */
+#define mb__fail mb_set_error
+MBDEF mb_status mb_set_error(mb_status s, const char *fmt, ...) {
     char text[sizeof mb__error_text]; /* fmt's arguments may be mb_last_error() itself */
     va_list ap;
     va_start(ap, fmt);
@@ -1163,7 +1214,7 @@ MBDEF void mb_logsumexp(float *out, const float *x, int64_t rows, int64_t V) {
 
 MBDEF mb_ce_options mb_ce_options_default(void) {
     mb_ce_options o;
-    o.ignore_index = -100;
+    o.ignore_index = MB_IGNORE_INDEX;
     o.reduction = MB_REDUCTION_MEAN;
     o.label_smoothing = 0.0f;
     return o;
@@ -1311,7 +1362,7 @@ MBDEF mb_status mb_config_validate(mb_config *c) {
     if (c->d_model < 1 || c->d_model > 65536) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_model %d out of range [1, 65536]", c->d_model);
     if (c->n_layer < 1 || c->n_layer > 1024) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "n_layer %d out of range [1, 1024]", c->n_layer);
     if (c->d_state < 1 || c->d_state > MB__MAX_STATE) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_state %d out of range [1, %d]", c->d_state, MB__MAX_STATE);
-    if (c->d_conv < 1 || c->d_conv > 64) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_conv %d out of range [1, 64]", c->d_conv);
+    if (c->d_conv < 1 || c->d_conv > MB_MAX_CONV) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "d_conv %d out of range [1, %d]", c->d_conv, MB_MAX_CONV);
     if (c->expand < 1 || c->expand > 16) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "expand %d out of range [1, 16]", c->expand);
     if (c->dt_rank < 1 || c->dt_rank > 65536) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "dt_rank %d out of range [1, 65536]", c->dt_rank);
     if (c->norm != MB_NORM_LAYERNORM && c->norm != MB_NORM_RMSNORM) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "norm kind %d unknown (0 LayerNorm, 1 RMSNorm)", c->norm);
@@ -1391,6 +1442,31 @@ MBDEF int mb_tensor_index(const mb_config *c, int layer, int field) {
     if (layer != -1 || field < 0 || field >= (int)MB_NUM_GLOBAL_TENSORS || !mb__global_used(c, field)) return -1;
     for (i = 0; i < field; i++) pos += mb__global_used(c, i);
     return field < (int)MB__NUM_TENSORS_BEFORE_LAYERS ? pos : pos + c->n_layer * per;
+}
+
+MBDEF int mb_tensor_matrix(const mb_config *c, int layer, int field, int *in, int *out) {
+    const int64_t C = c->d_model, Di = (int64_t)c->d_model * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
+    const int64_t X = R + 2 * S, V = c->vocab_size;
+    *in = *out = 0;
+    if (layer < 0 && field == MB_TENSOR_LM_HEAD && !c->untied_head) field = MB_TENSOR_EMBEDDING;
+#define MB__M(ID, f, name, ndim, d0, d1, d2, decay) if (field == MB_TENSOR_##ID) { *out = (int)(d0); *in = (int)((d1) * (d2)); }
+    if (layer < 0) { MB_TENSORS_BEFORE_LAYERS(MB__M) MB_TENSORS_AFTER_LAYERS(MB__M) }
+    else { MB_LAYER_TENSORS(MB__M) }
+#undef MB__M
+    return mb_tensor_index(c, layer, field);
+}
+
+MBDEF int64_t mb_layer_acts_place(mb_layer_acts *a, float *base, const mb_config *c, int B, int T, int chunk, int bf16) {
+    const int64_t N = (int64_t)B * T, nch = chunk > 0 ? (T + chunk - 1) / chunk : 0, C = c->d_model;
+    const int64_t Di = C * c->expand, S = c->d_state, X = c->dt_rank + 2 * S;
+    int64_t off = 0, n;
+#define MB__PLACE(name, floats, copy) \
+    n = !bf16 ? (floats) : copy ? ((floats) + 1) / 2 : 0; \
+    if (base) a->name = n ? base + off : NULL; \
+    off += n;
+    MB_LAYER_ACTS(MB__PLACE)
+#undef MB__PLACE
+    return off;
 }
 
 MBDEF int64_t mb_config_num_params(const mb_config *c) {
@@ -3288,72 +3364,47 @@ MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *d
 }
 
 /* ================================================================ model */
-/* Pointers into one flat block (parameters or gradients), split by the sizes
-   table. */
-typedef struct {
-    float *norm_w, *norm_b, *in_proj, *conv_w, *conv_b, *x_proj, *dt_proj_w, *dt_proj_b, *A_log, *D, *out_proj;
-} mb__layer_weights;
-typedef struct {
-    float *wte, *norm_f_w, *norm_f_b, *lm_head; /* norm_b, norm_f_b, lm_head NULL when the config has none */
-    mb__layer_weights *layer; /* n_layer */
-} mb__weights;
-
-/* Activations of one layer for a (B,T) batch: what backward needs. */
-typedef struct {
-    float *resid;              /* (N,C) the layer's input */
-    float *ln, *ln_mean, *ln_rstd; /* (N,C), (N), (N) */
-    float *xz;                 /* (N,2Di) in_proj output: x' | z */
-    float *u;                  /* (N,Di) silu(conv(x')) */
-    float *xdbl;               /* (N,X) dt_low | B | C */
-    float *delta;              /* (N,Di) dt_proj output before bias */
-    float *gated;              /* (N,Di) scan output y*silu(z) */
-    float *states;             /* (B,nchunks,Di,S) h at chunk starts */
-} mb__layer_acts;
-
 struct mb_model {
     mb_config cfg;
     int ntensors;
     mb_tensor_info *tensors;
     int64_t num_params;
     float *params, *grads;
-    mb__weights w, g;
+    mb_weights w, g;
     int scan_chunk;
     /* activations and backward scratch, sized for act_tokens tokens */
     int B, T;
     int64_t act_tokens, act_floats; /* capacity of inputs/targets and of act_block */
     int64_t act_used;               /* floats the current (B,T) carved from act_block */
     float *act_block;
-    mb__layer_acts *acts;
-    float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *mix_out;
-    float *d_resid, *d_ln, *d_xz, *d_u, *d_xdbl, *d_delta, *d_gated, *d_logits, *scan_scratch;
+    mb_layer_acts *acts, dacts;     /* n_layer (what backward needs), and the gradients' (no states) */
+    float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *mix_out, *d_logits, *scan_scratch;
     uint8_t *inputs;
     int32_t *targets;
     int have_targets;
     /* mb_model_set_precision: the products' precision and kernel, and for
-       bf16 the matrices packed once per forward (mb__bf16_pack_weight; in
-       mb__bf_matrix order, MB_MALLOC on first use) */
+       bf16 the matrices packed once per forward (mb__bf16_pack_weight; at
+       bf16_off[tensor index], MB_MALLOC on first use) */
     int precision, bf16_path;
     uint32_t *bf16_w;
     int64_t *bf16_off;
 };
 
-/* base + the tensor's offset, NULL when the config has no such tensor. */
+/* base + the tensor's offset, NULL when the config has no such tensor (or
+   its offset is -1: a stream's matrices, held only packed). */
 static float *mb__tensor_ptr(float *base, const mb_config *c, const mb_tensor_info *t, int layer, int field) {
     int i = mb_tensor_index(c, layer, field);
-    return i < 0 ? NULL : base + t[i].offset;
+    return i < 0 || t[i].offset < 0 ? NULL : base + t[i].offset;
 }
-/* The logits' matrix (V, C): the embedding when tied. */
-static float *mb__head(const mb__weights *w) { return w->lm_head ? w->lm_head : w->wte; }
 
-/* The weight pointers, one per entry of the layout lists. */
-static void mb__point_weights(mb__weights *w, float *base, const mb_config *c, const mb_tensor_info *t) {
+MBDEF void mb_weights_point(mb_weights *w, float *base, const mb_config *c, const mb_tensor_info *t) {
     int l;
 #define MB__PG(ID, field, name, ndim, d0, d1, d2, decay) w->field = mb__tensor_ptr(base, c, t, -1, MB_TENSOR_##ID);
 #define MB__PL(ID, field, name, ndim, d0, d1, d2, decay) L->field = mb__tensor_ptr(base, c, t, l, MB_TENSOR_##ID);
     MB_TENSORS_BEFORE_LAYERS(MB__PG)
     MB_TENSORS_AFTER_LAYERS(MB__PG)
     for (l = 0; l < c->n_layer; l++) {
-        mb__layer_weights *L = &w->layer[l];
+        mb_layer_weights *L = &w->layer[l];
         MB_LAYER_TENSORS(MB__PL)
     }
 #undef MB__PG
@@ -3379,8 +3430,8 @@ static mb_status mb__model_alloc(mb_model **out, const mb_config *cfg_in) {
     m->cfg = cfg;
     m->ntensors = mb_config_tensors(&cfg, NULL);
     m->tensors = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)m->ntensors);
-    m->w.layer = (mb__layer_weights *)MB_MALLOC(sizeof(mb__layer_weights) * (size_t)cfg.n_layer);
-    m->g.layer = (mb__layer_weights *)MB_MALLOC(sizeof(mb__layer_weights) * (size_t)cfg.n_layer);
+    m->w.layer = (mb_layer_weights *)MB_MALLOC(sizeof(mb_layer_weights) * (size_t)cfg.n_layer);
+    m->g.layer = (mb_layer_weights *)MB_MALLOC(sizeof(mb_layer_weights) * (size_t)cfg.n_layer);
     if (!m->tensors || !m->w.layer || !m->g.layer) { mb_model_free(m); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "model tables"); }
     mb_config_tensors(&cfg, m->tensors);
     m->num_params = m->tensors[m->ntensors - 1].offset + m->tensors[m->ntensors - 1].numel;
@@ -3396,8 +3447,8 @@ static mb_status mb__model_alloc(mb_model **out, const mb_config *cfg_in) {
 #endif
     if (!m->params || !m->grads) { mb_model_free(m); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "%lld parameters", (long long)m->num_params); }
     memset(m->params, 0, (size_t)m->num_params * sizeof(float));
-    mb__point_weights(&m->w, m->params, &cfg, m->tensors);
-    mb__point_weights(&m->g, m->grads, &cfg, m->tensors);
+    mb_weights_point(&m->w, m->params, &cfg, m->tensors);
+    mb_weights_point(&m->g, m->grads, &cfg, m->tensors);
     m->scan_chunk = mb__default_chunk(&cfg);
     *out = m;
     return MB_STATUS_OK;
@@ -3416,7 +3467,7 @@ static void mb__model_init(mb_model *m, uint64_t seed) {
     int l;
     for (i = 0; i < c->vocab_size * C; i++) m->w.wte[i] = (float)(0.02 * mb__rng_normal(&rng));
     for (l = 0; l < c->n_layer; l++) {
-        mb__layer_weights *L = &m->w.layer[l];
+        mb_layer_weights *L = &m->w.layer[l];
         for (i = 0; i < C; i++) L->norm_w[i] = 1.0f;
         if (L->norm_b) memset(L->norm_b, 0, (size_t)C * sizeof(float));
         /* PyTorch defaults: kaiming-uniform a=sqrt(5) gives U(+-1/sqrt(fan_in)) */
@@ -3456,8 +3507,7 @@ static void mb__free_acts(mb_model *m) {
     m->acts = NULL;
     m->inputs = NULL;
     m->targets = NULL;
-    m->act_tokens = 0;
-    m->act_floats = 0;
+    m->act_tokens = m->act_floats = 0;
 }
 
 MBDEF void mb_model_free(mb_model *m) {
@@ -3522,35 +3572,26 @@ MBDEF const char *mb_model_precision_describe(const mb_model *m) {
     return "bf16 requested but this CPU has no AVX512-BF16 or AMX: float32 products";
 }
 
-/* One allocation for every activation of a (B,T) batch, split by a sizes
-   list (llm.c's pattern): ENTRY(pointer, floats) in block order, n_layer
-   times the per-layer list, then the model's buffers.  The same expansion
-   measures the block and carves it, so the two cannot disagree. */
-#define MB__LAYER_ACTS(ENTRY) \
-    ENTRY(resid, N * C) ENTRY(ln, N * C) ENTRY(ln_mean, N) ENTRY(ln_rstd, N) ENTRY(xz, N * 2 * Di) \
-    ENTRY(u, N * Di) ENTRY(xdbl, N * X) ENTRY(delta, N * Di) ENTRY(gated, N * Di) \
-    ENTRY(states, (int64_t)B * nchunks * Di * S)
+/* One allocation for every activation of a (B,T) batch (llm.c's pattern):
+   n_layer times MB_LAYER_ACTS, the gradients' (no states), then the
+   model's buffers, ENTRY(pointer, floats).  The same expansions measure
+   the block and carve it, so the two cannot disagree. */
 #define MB__MODEL_ACTS(ENTRY) \
     ENTRY(resid_out, N * C) ENTRY(lnf, N * C) ENTRY(lnf_mean, N) ENTRY(lnf_rstd, N) ENTRY(logits, N * V) \
-    ENTRY(mix_out, N * C) ENTRY(d_resid, N * C) ENTRY(d_ln, N * C) ENTRY(d_xz, N * 2 * Di) ENTRY(d_u, N * Di) \
-    ENTRY(d_xdbl, N * X) ENTRY(d_delta, N * Di) ENTRY(d_gated, N * Di) ENTRY(d_logits, N * V) \
-    ENTRY(scan_scratch, (int64_t)B * (Di * S + 2 * Di))
+    ENTRY(mix_out, N * C) ENTRY(d_logits, N * V) ENTRY(scan_scratch, (int64_t)B * (Di * S + 2 * Di))
 
-/* Lays the activation lists out from base and returns the floats they take;
+/* Lays the activations out from base and returns the floats they take;
    with base NULL it only measures (m->acts is not touched). */
 static int64_t mb__layout_acts(mb_model *m, float *base, int B, int T) {
     const mb_config *c = &m->cfg;
-    int64_t N = (int64_t)B * T, C = c->d_model, Di = (int64_t)C * c->expand, S = c->d_state;
-    int64_t X = c->dt_rank + 2 * S, nchunks = (T + m->scan_chunk - 1) / m->scan_chunk, V = c->vocab_size;
+    int64_t N = (int64_t)B * T, C = c->d_model, Di = (int64_t)C * c->expand, S = c->d_state, V = c->vocab_size;
     int64_t off = 0;
     int l;
-#define MB__TAKE_L(ptr, n) { if (base) m->acts[l].ptr = base + off; off += (n); }
+    for (l = 0; l <= c->n_layer; l++)
+        off += mb_layer_acts_place(!base ? NULL : l < c->n_layer ? &m->acts[l] : &m->dacts, base ? base + off : NULL, c, B, T,
+                                   l < c->n_layer ? m->scan_chunk : 0, 0);
 #define MB__TAKE_M(ptr, n) { if (base) m->ptr = base + off; off += (n); }
-    for (l = 0; l < c->n_layer; l++) {
-        MB__LAYER_ACTS(MB__TAKE_L)
-    }
     MB__MODEL_ACTS(MB__TAKE_M)
-#undef MB__TAKE_L
 #undef MB__TAKE_M
     return off;
 }
@@ -3564,7 +3605,7 @@ static mb_status mb__ensure_acts(mb_model *m, int B, int T) {
     if (!m->acts || N > m->act_tokens || total > m->act_floats) {
         mb__free_acts(m);
         m->act_block = (float *)MB_MALLOC((size_t)total * sizeof(float));
-        m->acts = (mb__layer_acts *)MB_MALLOC(sizeof(mb__layer_acts) * (size_t)c->n_layer);
+        m->acts = (mb_layer_acts *)MB_MALLOC(sizeof(mb_layer_acts) * (size_t)c->n_layer);
         m->inputs = (uint8_t *)MB_MALLOC((size_t)N);
         m->targets = (int32_t *)MB_MALLOC((size_t)N * sizeof(int32_t));
         if (!m->act_block || !m->acts || !m->inputs || !m->targets) {
@@ -3587,60 +3628,59 @@ static void mb__residual_add(float *x, const float *y, int64_t n) {
     for (i = 0; i < n; i++) x[i] += y[i];
 }
 
-/* The model's matrices for the bf16 products, in bf16_w's order: layer
-   l's in_proj, x_proj, dt_proj and out_proj (k = 0..3), then the head
-   (l = n_layer, k = 0).  Their index in bf16_off, and *w, *IC, *OC. */
-static int mb__bf_matrix(const mb_model *m, int l, int k, const float **w, int *IC, int *OC) {
-    const mb_config *c = &m->cfg;
-    int C = c->d_model, Di = C * c->expand, X = c->dt_rank + 2 * c->d_state;
-    const mb__layer_weights *W = l < c->n_layer ? &m->w.layer[l] : NULL;
-    if (!W) { *w = mb__head(&m->w); *IC = C; *OC = c->vocab_size; return 4 * l; }
-    *w = k == 0 ? W->in_proj : k == 1 ? W->x_proj : k == 2 ? W->dt_proj_w : W->out_proj;
-    *IC = k == 0 ? C : k == 1 ? Di : k == 2 ? c->dt_rank : Di;
-    *OC = k == 0 ? 2 * Di : k == 1 ? X : k == 2 ? Di : C;
-    return 4 * l + k;
+/* The model's matrix products: layer j / 4's MB_LAYER_MATRICES, then the
+   head (j = 4 n_layer: l -1).  Matrix j's layer and field, its shape and
+   (returned) its tensor index. */
+#define MB__MAT(ID) MB_TENSOR_##ID,
+static const int mb__layer_matrices[] = {MB_LAYER_MATRICES(MB__MAT)};
+#undef MB__MAT
+enum { MB__NUM_LAYER_MATRICES = sizeof mb__layer_matrices / sizeof mb__layer_matrices[0] };
+static int mb__matrix_at(const mb_config *c, int j, int *l, int *field, int *IC, int *OC) {
+    *l = j / MB__NUM_LAYER_MATRICES < c->n_layer ? j / MB__NUM_LAYER_MATRICES : -1;
+    *field = *l < 0 ? MB_TENSOR_LM_HEAD : mb__layer_matrices[j % MB__NUM_LAYER_MATRICES];
+    return mb_tensor_matrix(c, *l, *field, IC, OC);
 }
 
 /* Packs every matrix for this forward's bf16 products (the weights change
-   at every optimizer step; the backward reuses the forward's packing). */
+   at every optimizer step; the backward reuses the forward's packing),
+   each at bf16_off[its tensor index]. */
 static mb_status mb__bf_pack_model(mb_model *m) {
-    const int L = m->cfg.n_layer, n = 4 * L + 1;
-    const float *w;
-    int l, k, IC, OC, i;
+    const int n = MB__NUM_LAYER_MATRICES * m->cfg.n_layer + 1, nt = m->ntensors;
+    int j, i, l, f, IC, OC;
     if (!m->bf16_off) {
         int64_t total = 0;
-        if (!(m->bf16_off = (int64_t *)MB_MALLOC(sizeof(int64_t) * (size_t)(n + 1))))
+        if (!(m->bf16_off = (int64_t *)MB_MALLOC(sizeof(int64_t) * (size_t)(nt + 1))))
             return mb__fail(MB_STATUS_OUT_OF_MEMORY, "bf16 weights");
-        for (i = 0; i < n; i++) {
-            mb__bf_matrix(m, i / 4, i % 4, &w, &IC, &OC);
+        for (j = 0; j < n; j++) {
+            i = mb__matrix_at(&m->cfg, j, &l, &f, &IC, &OC);
             m->bf16_off[i] = total;
             total += mb__bf16_packed_size(IC, OC);
         }
-        m->bf16_off[n] = total;
+        m->bf16_off[nt] = total;
     }
-    if (!m->bf16_w && !(m->bf16_w = (uint32_t *)MB_MALLOC(sizeof(uint32_t) * (size_t)m->bf16_off[n])))
-        return mb__fail(MB_STATUS_OUT_OF_MEMORY, "bf16 weights (%.1f MB)", (double)m->bf16_off[n] * 4 / 1e6);
-    for (l = 0; l <= L; l++)
-        for (k = 0; k < (l < L ? 4 : 1); k++) {
-            i = mb__bf_matrix(m, l, k, &w, &IC, &OC);
-            mb__bf16_pack_weight(m->bf16_w + m->bf16_off[i], w, IC, OC);
-        }
+    if (!m->bf16_w && !(m->bf16_w = (uint32_t *)MB_MALLOC(sizeof(uint32_t) * (size_t)m->bf16_off[nt])))
+        return mb__fail(MB_STATUS_OUT_OF_MEMORY, "bf16 weights (%.1f MB)", (double)m->bf16_off[nt] * 4 / 1e6);
+    for (j = 0; j < n; j++) {
+        i = mb__matrix_at(&m->cfg, j, &l, &f, &IC, &OC);
+        mb__bf16_pack_weight(m->bf16_w + m->bf16_off[i], m->params + m->tensors[i].offset, IC, OC);
+    }
     return MB_STATUS_OK;
 }
 
-/* Matrix k of layer l (mb__bf_matrix) applied forward: out = inp @ w^T,
-   in float32 unless the model's bf16 products are on. */
-static void mb__linear_forward(const mb_model *m, int l, int k, float *out, const float *inp, int64_t ldi, int64_t N) {
-    const float *w;
-    int IC, OC, i = mb__bf_matrix(m, l, k, &w, &IC, &OC);
+/* Layer l's matrix `field` (l = -1, MB_TENSOR_LM_HEAD: the head) applied
+   forward: out = inp @ w^T, in float32 unless the model's bf16 products are on. */
+static void mb__linear_forward(const mb_model *m, int l, int field, float *out, const float *inp, int64_t ldi, int64_t N) {
+    int IC, OC, i = mb_tensor_matrix(&m->cfg, l, field, &IC, &OC);
+    const float *w = m->params + m->tensors[i].offset;
     if (mb__bf_on(m)) mb__matmul_forward_bf16(m->bf16_path, out, inp, ldi, w, m->bf16_w + m->bf16_off[i], N, IC, OC);
     else mb__matmul_forward(out, inp, ldi, w, N, IC, OC);
 }
 /* ... and backward: dinp += dout @ w, dw += dout^T @ inp. */
-static void mb__linear_backward(const mb_model *m, int l, int k, float *dinp, float *dw, const float *dout, const float *inp,
+static void mb__linear_backward(const mb_model *m, int l, int field, float *dinp, const float *dout, const float *inp,
                                 int64_t ldi, int64_t N) {
-    const float *w;
-    int IC, OC, i = mb__bf_matrix(m, l, k, &w, &IC, &OC);
+    int IC, OC, i = mb_tensor_matrix(&m->cfg, l, field, &IC, &OC);
+    const float *w = m->params + m->tensors[i].offset;
+    float *dw = m->grads + m->tensors[i].offset;
     if (mb__bf_on(m)) mb__matmul_backward_bf16(m->bf16_path, dinp, dw, dout, inp, ldi, w, m->bf16_w + m->bf16_off[i], N, IC, OC);
     else mb__matmul_backward(dinp, dw, dout, inp, ldi, w, N, IC, OC);
 }
@@ -3648,17 +3688,17 @@ static void mb__linear_backward(const mb_model *m, int l, int k, float *dinp, fl
 /* One Mamba mixer: ln (N,C) -> out (N,C). */
 static void mb__mixer_forward(mb_model *m, int l, float *out) {
     const mb_config *c = &m->cfg;
-    const mb__layer_weights *W = &m->w.layer[l];
-    mb__layer_acts *a = &m->acts[l];
+    const mb_layer_weights *W = &m->w.layer[l];
+    mb_layer_acts *a = &m->acts[l];
     int B = m->B, T = m->T, C = c->d_model, Di = C * c->expand, S = c->d_state, R = c->dt_rank, X = R + 2 * S;
     int64_t N = (int64_t)B * T;
-    mb__linear_forward(m, l, 0, a->xz, a->ln, C, N);                 /* in_proj (N,C) -> (N,2Di) */
+    mb__linear_forward(m, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, C, N);   /* (N,C) -> (N,2Di) */
     mb__conv1d_forward(a->u, a->xz, W->conv_w, W->conv_b, B, T, Di, c->d_conv);
-    mb__linear_forward(m, l, 1, a->xdbl, a->u, Di, N);               /* x_proj (N,Di) -> (N,X) */
-    mb__linear_forward(m, l, 2, a->delta, a->xdbl, X, N);            /* dt_proj (N,R of X) -> (N,Di) */
+    mb__linear_forward(m, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, Di, N);  /* (N,Di) -> (N,X) */
+    mb__linear_forward(m, l, MB_TENSOR_DT_W, a->delta, a->xdbl, X, N); /* (N,R of X) -> (N,Di) */
     mb__scan_forward(a->gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
                      B, T, Di, S, R, m->scan_chunk);
-    mb__linear_forward(m, l, 3, out, a->gated, Di, N);               /* out_proj (N,Di) -> (N,C) */
+    mb__linear_forward(m, l, MB_TENSOR_OUT_PROJ, out, a->gated, Di, N); /* (N,Di) -> (N,C) */
 }
 
 MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32_t *targets, int B, int T, float *loss) {
@@ -3675,7 +3715,7 @@ MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32
     if (targets) memcpy(m->targets, targets, (size_t)N * sizeof(int32_t));
     mb__embedding_forward(m->acts[0].resid, inputs, m->w.wte, N, (int)C);
     for (l = 0; l < c->n_layer; l++) {
-        mb__layer_acts *a = &m->acts[l];
+        mb_layer_acts *a = &m->acts[l];
         float *next = l + 1 < c->n_layer ? m->acts[l + 1].resid : m->resid_out;
         mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, m->w.layer[l].norm_w, m->w.layer[l].norm_b, N, (int)C);
         mb__mixer_forward(m, l, m->mix_out);
@@ -3683,7 +3723,7 @@ MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32
         mb__residual_add(next, m->mix_out, N * C);
     }
     mb__norm_forward(c, m->lnf, m->lnf_mean, m->lnf_rstd, m->resid_out, m->w.norm_f_w, m->w.norm_f_b, N, (int)C);
-    mb__linear_forward(m, c->n_layer, 0, m->logits, m->lnf, C, N); /* the head (N,C) -> (N,V) */
+    mb__linear_forward(m, -1, MB_TENSOR_LM_HEAD, m->logits, m->lnf, C, N); /* (N,C) -> (N,V) */
     if (targets) {
         float l_val;
         s = mb_cross_entropy_forward(&l_val, m->logits, targets, N, c->vocab_size, NULL);
@@ -3697,48 +3737,50 @@ MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32
 
 static void mb__mixer_backward(mb_model *m, int l, const float *dout, float *dln) {
     const mb_config *c = &m->cfg;
-    const mb__layer_weights *W = &m->w.layer[l];
-    mb__layer_weights *G = &m->g.layer[l];
-    mb__layer_acts *a = &m->acts[l];
+    const mb_layer_weights *W = &m->w.layer[l];
+    mb_layer_weights *G = &m->g.layer[l];
+    mb_layer_acts *a = &m->acts[l];
     int B = m->B, T = m->T, C = c->d_model, Di = C * c->expand, S = c->d_state, R = c->dt_rank, X = R + 2 * S;
     int64_t N = (int64_t)B * T;
-    memset(m->d_gated, 0, (size_t)(N * Di) * sizeof(float));
-    memset(m->d_u, 0, (size_t)(N * Di) * sizeof(float));
-    memset(m->d_xdbl, 0, (size_t)(N * X) * sizeof(float));
-    memset(m->d_xz, 0, (size_t)(N * 2 * Di) * sizeof(float));
-    mb__linear_backward(m, l, 3, m->d_gated, G->out_proj, dout, a->gated, Di, N);
-    mb__scan_backward(m->d_u, m->d_delta, G->dt_proj_b, G->A_log, m->d_xdbl, G->D, m->d_xz, m->scan_scratch,
-                      m->d_gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
+    mb_layer_acts *d = &m->dacts;
+    memset(d->gated, 0, (size_t)(N * Di) * sizeof(float));
+    memset(d->u, 0, (size_t)(N * Di) * sizeof(float));
+    memset(d->xdbl, 0, (size_t)(N * X) * sizeof(float));
+    memset(d->xz, 0, (size_t)(N * 2 * Di) * sizeof(float));
+    mb__linear_backward(m, l, MB_TENSOR_OUT_PROJ, d->gated, dout, a->gated, Di, N);
+    mb__scan_backward(d->u, d->delta, G->dt_proj_b, G->A_log, d->xdbl, G->D, d->xz, m->scan_scratch,
+                      d->gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
                       B, T, Di, S, R, m->scan_chunk);
-    mb__linear_backward(m, l, 2, m->d_xdbl, G->dt_proj_w, m->d_delta, a->xdbl, X, N);
-    mb__linear_backward(m, l, 1, m->d_u, G->x_proj, m->d_xdbl, a->u, Di, N);
-    mb__conv1d_backward(m->d_xz, G->conv_w, G->conv_b, m->d_u, a->xz, W->conv_w, W->conv_b, B, T, Di, c->d_conv);
-    mb__linear_backward(m, l, 0, dln, G->in_proj, m->d_xz, a->ln, C, N);
+    mb__linear_backward(m, l, MB_TENSOR_DT_W, d->xdbl, d->delta, a->xdbl, X, N);
+    mb__linear_backward(m, l, MB_TENSOR_X_PROJ, d->u, d->xdbl, a->u, Di, N);
+    mb__conv1d_backward(d->xz, G->conv_w, G->conv_b, d->u, a->xz, W->conv_w, W->conv_b, B, T, Di, c->d_conv);
+    mb__linear_backward(m, l, MB_TENSOR_IN_PROJ, dln, d->xz, a->ln, C, N);
 }
 
 MBDEF mb_status mb_model_backward(mb_model *m) {
     const mb_config *c = &m->cfg;
     int64_t N = (int64_t)m->B * m->T, C = c->d_model, V = c->vocab_size;
+    mb_layer_acts *d = &m->dacts;
     float one = 1.0f;
     mb_status s;
     int l;
     if (!m->acts || !m->have_targets) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "backward needs a forward with targets first");
     s = mb_cross_entropy_backward(m->d_logits, &one, m->logits, m->targets, N, V, NULL);
     if (s != MB_STATUS_OK) return s;
-    memset(m->d_ln, 0, (size_t)(N * C) * sizeof(float));
-    mb__linear_backward(m, c->n_layer, 0, m->d_ln, mb__head(&m->g), m->d_logits, m->lnf, C, N);
-    memset(m->d_resid, 0, (size_t)(N * C) * sizeof(float));
-    mb__norm_backward(c, m->d_resid, m->g.norm_f_w, m->g.norm_f_b, m->d_ln, m->resid_out, m->w.norm_f_w,
+    memset(d->ln, 0, (size_t)(N * C) * sizeof(float));
+    mb__linear_backward(m, -1, MB_TENSOR_LM_HEAD, d->ln, m->d_logits, m->lnf, C, N);
+    memset(d->resid, 0, (size_t)(N * C) * sizeof(float));
+    mb__norm_backward(c, d->resid, m->g.norm_f_w, m->g.norm_f_b, d->ln, m->resid_out, m->w.norm_f_w,
                       m->lnf_mean, m->lnf_rstd, N, (int)C);
     for (l = c->n_layer - 1; l >= 0; l--) {
-        mb__layer_acts *a = &m->acts[l];
+        mb_layer_acts *a = &m->acts[l];
         /* the residual passes d_resid through; the mixer adds its input grad */
-        memset(m->d_ln, 0, (size_t)(N * C) * sizeof(float));
-        mb__mixer_backward(m, l, m->d_resid, m->d_ln);
-        mb__norm_backward(c, m->d_resid, m->g.layer[l].norm_w, m->g.layer[l].norm_b, m->d_ln, a->resid,
+        memset(d->ln, 0, (size_t)(N * C) * sizeof(float));
+        mb__mixer_backward(m, l, d->resid, d->ln);
+        mb__norm_backward(c, d->resid, m->g.layer[l].norm_w, m->g.layer[l].norm_b, d->ln, a->resid,
                           m->w.layer[l].norm_w, a->ln_mean, a->ln_rstd, N, (int)C);
     }
-    mb__embedding_backward(m->g.wte, m->d_resid, m->inputs, N, (int)C);
+    mb__embedding_backward(m->g.wte, d->resid, m->inputs, N, (int)C);
     return MB_STATUS_OK;
 }
 
@@ -3755,22 +3797,24 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
 #ifndef MB__FEED_CHUNK
 #define MB__FEED_CHUNK 2048 /* bytes per pass of mb_stream_feed: its workspace holds this many */
 #endif
+typedef struct { const float *w; int IC, OC; } mb__packed;
+static int mb__slot(int l, int field) { return (l + 1) * MB_NUM_LAYER_TENSORS + field; } /* l -1: the head */
 struct mb_stream {
     mb_config cfg;         /* the model's (validated) config */
     float *vecs;           /* the model's tensors except the five matrices, in checkpoint order */
-    mb__weights w;         /* pointers into vecs (w.layer: n_layer, owned); the matrices' are NULL */
+    mb_weights w;         /* pointers into vecs (w.layer: n_layer, owned); the matrices' are NULL */
     float *block;          /* one allocation, split below */
-    float *win;            /* (L, K, Di): the last K inputs x' of each layer, oldest first */
-    float *h;              /* (L, S, Di): the scan state; follows win (state_floats) */
+    float *conv_state;     /* (L, K, Di): the last K inputs x' of each layer, oldest first */
+    float *ssm_state;      /* (L, S, Di): the scan state; follows conv_state (state_floats) */
     float *AT;             /* (L, S, Di) = -exp(A_log), transposed */
     float *conv_wT;        /* (L, K, Di) conv weights, transposed */
-    float *p_in, *p_x, *p_dt, *p_out, *p_head; /* packed copies (mb__matvec_pack) */
-    int64_t f_in, f_x, f_dt, f_out;             /* floats per packed layer matrix */
-    float *x, *ln, *xz, *u, *xdbl, *dt, *gated, *out, *logits;
-    int64_t state_floats;  /* win + h, contiguous */
-    /* mb_stream_feed's workspace for feed_cap tokens (NULL until the first
-       feed): (T, .) rows of the residual, norm, xz, u, xdbl, delta, gated, out */
-    float *feed_block, *fd_x, *fd_ln, *fd_mean, *fd_rstd, *fd_xz, *fd_u, *fd_xdbl, *fd_delta, *fd_gated, *fd_mix;
+    mb__packed *packed;    /* the matrices' packed copies (mb__matvec_pack), at mb__slot(layer, field) */
+    mb_layer_acts a;       /* one token's activations (resid: the residual stream) */
+    float *out, *logits;
+    int64_t state_floats;  /* conv_state + ssm_state, contiguous */
+    /* mb_stream_feed's workspace for feed_cap tokens (NULL until the first feed) */
+    float *feed_block, *fd_mix;
+    mb_layer_acts fd;
     int64_t feed_cap;
 };
 
@@ -3845,26 +3889,27 @@ static void mb__matmul_packed(float *out, const float *inp, int64_t ldi, const f
     }
 }
 
-/* 1 for the tensors a stream holds only packed. */
+/* 1 for the tensors a stream holds only packed (a tied head's embedding is also a vector table). */
 static int mb__stream_packs(const mb_config *c, int i) {
-    static const int fields[] = {MB_TENSOR_IN_PROJ, MB_TENSOR_X_PROJ, MB_TENSOR_DT_W, MB_TENSOR_OUT_PROJ};
-    int l, f;
-    if (i == mb_tensor_index(c, -1, MB_TENSOR_LM_HEAD)) return 1;
-    for (l = 0; l < c->n_layer; l++)
-        for (f = 0; f < 4; f++)
-            if (i == mb_tensor_index(c, l, fields[f])) return 1;
+    int j, l, f, IC, OC;
+    for (j = 0; j < MB__NUM_LAYER_MATRICES * c->n_layer + 1; j++)
+        if (mb__matrix_at(c, j, &l, &f, &IC, &OC) == i) return i != mb_tensor_index(c, -1, MB_TENSOR_EMBEDDING);
     return 0;
+}
+
+/* Layer l's matrix `field` (-1, MB_TENSOR_LM_HEAD: the head) over T rows
+   from its packed copy; T = 1 is mb__matvec_packed. */
+static void mb__stream_linear(const mb_stream *s, int l, int field, float *out, const float *inp, int64_t ldi, int64_t T) {
+    const mb__packed *q = &s->packed[mb__slot(l, field)];
+    mb__matmul_packed(out, inp, ldi, q->w, T, q->IC, q->OC);
 }
 
 MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     const mb_config *c = &m->cfg;
-    int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
-    int X = R + 2 * S, V = c->vocab_size, l, d, n, k, i;
-    int64_t f_in = mb__matvec_packed_floats(C, 2 * Di), f_x = mb__matvec_packed_floats(Di, X);
-    int64_t f_dt = mb__matvec_packed_floats(R, Di), f_out = mb__matvec_packed_floats(Di, C);
-    int64_t f_head = mb__matvec_packed_floats(C, V), nvec = 0;
-    int64_t total = (int64_t)L * (2 * K * Di + 2 * S * Di + f_in + f_x + f_dt + f_out) + f_head +
-                    2 * C + 2 * Di + Di + X + Di + Di + C + V;
+    int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, l, f, d, n, k, i, j, IC, OC;
+    const int nmat = MB__NUM_LAYER_MATRICES * L + 1;
+    int64_t total = (int64_t)L * (2 * K * Di + 2 * S * Di) + mb_layer_acts_place(NULL, NULL, c, 1, 1, 0, 0) + C + c->vocab_size;
+    int64_t nvec = 0;
     mb_stream *s = (mb_stream *)MB_MALLOC(sizeof(mb_stream));
     mb_tensor_info *ti;
     float *p;
@@ -3874,77 +3919,69 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
     s->cfg = *c;
     for (i = 0; i < m->ntensors; i++)
         if (!mb__stream_packs(c, i)) nvec += m->tensors[i].numel;
+    for (j = 0; j < nmat; j++) {
+        mb__matrix_at(c, j, &l, &f, &IC, &OC);
+        total += mb__matvec_packed_floats(IC, OC);
+    }
     s->block = (float *)MB_MALLOC((size_t)total * sizeof(float));
     s->vecs = (float *)MB_MALLOC((size_t)nvec * sizeof(float));
-    s->w.layer = (mb__layer_weights *)MB_MALLOC(sizeof(mb__layer_weights) * (size_t)L);
+    s->w.layer = (mb_layer_weights *)MB_MALLOC(sizeof(mb_layer_weights) * (size_t)L);
+    s->packed = (mb__packed *)MB_MALLOC(sizeof(mb__packed) * (size_t)(L + 1) * MB_NUM_LAYER_TENSORS);
     ti = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)m->ntensors);
-    if (!s->block || !s->vecs || !s->w.layer || !ti) {
+    if (!s->block || !s->vecs || !s->w.layer || !s->packed || !ti) {
         MB_FREE(ti);
         mb_stream_free(s);
         return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream state");
     }
-    /* the kept tensors close up in vecs; the packed ones get no room (offset 0, pointer NULL below) */
+    /* the kept tensors close up in vecs; the packed ones get no room (offset -1: pointer NULL) */
     memcpy(ti, m->tensors, sizeof(mb_tensor_info) * (size_t)m->ntensors);
     for (i = 0, nvec = 0; i < m->ntensors; i++) {
-        if (mb__stream_packs(c, i)) { ti[i].offset = 0; continue; }
+        if (mb__stream_packs(c, i)) { ti[i].offset = -1; continue; }
         memcpy(s->vecs + nvec, m->params + m->tensors[i].offset, (size_t)ti[i].numel * sizeof(float));
         ti[i].offset = nvec;
         nvec += ti[i].numel;
     }
-    mb__point_weights(&s->w, s->vecs, c, ti);
+    mb_weights_point(&s->w, s->vecs, c, ti);
     MB_FREE(ti);
-    s->w.lm_head = NULL;
-    for (l = 0; l < L; l++)
-        s->w.layer[l].in_proj = s->w.layer[l].x_proj = s->w.layer[l].dt_proj_w = s->w.layer[l].out_proj = NULL;
     p = s->block;
-    s->win = p; p += (int64_t)L * K * Di;
-    s->h = p; p += (int64_t)L * S * Di;
+    s->conv_state = p; p += (int64_t)L * K * Di;
+    s->ssm_state = p; p += (int64_t)L * S * Di;
     s->AT = p; p += (int64_t)L * S * Di;
     s->conv_wT = p; p += (int64_t)L * K * Di;
-    s->f_in = f_in; s->f_x = f_x; s->f_dt = f_dt; s->f_out = f_out;
-    s->p_in = p; p += L * f_in;
-    s->p_x = p; p += L * f_x;
-    s->p_dt = p; p += L * f_dt;
-    s->p_out = p; p += L * f_out;
-    s->p_head = p; p += f_head;
-    s->x = p; p += C;
-    s->ln = p; p += C;
-    s->xz = p; p += 2 * Di;
-    s->u = p; p += Di;
-    s->xdbl = p; p += X;
-    s->dt = p; p += Di;
-    s->gated = p; p += Di;
+    for (j = 0; j < nmat; j++) { /* the matrices from the model, the rest from the stream's copy */
+        mb__packed *q;
+        i = mb__matrix_at(c, j, &l, &f, &IC, &OC);
+        q = &s->packed[mb__slot(l, f)];
+        q->w = p;
+        q->IC = IC;
+        q->OC = OC;
+        mb__matvec_pack(p, m->params + m->tensors[i].offset, IC, OC);
+        p += mb__matvec_packed_floats(IC, OC);
+    }
+    p += mb_layer_acts_place(&s->a, p, c, 1, 1, 0, 0);
     s->out = p; p += C;
     s->logits = p;
     s->state_floats = (int64_t)L * Di * (K + S);
-    for (l = 0; l < L; l++) { /* the matrices from the model, the rest from the stream's copy */
-        const mb__layer_weights *W = &s->w.layer[l], *M = &m->w.layer[l];
+    for (l = 0; l < L; l++) {
+        const mb_layer_weights *W = &s->w.layer[l];
         for (n = 0; n < S; n++) /* the same A as the batch scan computes */
             for (d = 0; d < Di; d++) s->AT[((int64_t)l * S + n) * Di + d] = -mb__exp(W->A_log[(int64_t)d * S + n]);
         for (k = 0; k < K; k++)
             for (d = 0; d < Di; d++) s->conv_wT[((int64_t)l * K + k) * Di + d] = W->conv_w[(int64_t)d * K + k];
-        mb__matvec_pack(s->p_in + l * f_in, M->in_proj, C, 2 * Di);
-        mb__matvec_pack(s->p_x + l * f_x, M->x_proj, Di, X);
-        mb__matvec_pack(s->p_dt + l * f_dt, M->dt_proj_w, R, Di);
-        mb__matvec_pack(s->p_out + l * f_out, M->out_proj, Di, C);
     }
-    mb__matvec_pack(s->p_head, mb__head(&m->w), C, V);
     mb_stream_reset(s);
     *out = s;
     return MB_STATUS_OK;
 }
 
-MBDEF void mb_stream_reset(mb_stream *s) { memset(s->win, 0, (size_t)s->state_floats * sizeof(float)); }
+MBDEF void mb_stream_reset(mb_stream *s) { memset(s->conv_state, 0, (size_t)s->state_floats * sizeof(float)); }
 
 /* Same config field by field (so also the same state layout and size): the
    state of one is a state of the other. */
 MBDEF mb_status mb_stream_copy(mb_stream *dst, const mb_stream *src) {
-    const mb_config *a = &dst->cfg, *b = &src->cfg;
-    if (a->vocab_size != b->vocab_size || a->d_model != b->d_model || a->n_layer != b->n_layer ||
-        a->d_state != b->d_state || a->d_conv != b->d_conv || a->expand != b->expand || a->dt_rank != b->dt_rank ||
-        a->norm != b->norm || a->untied_head != b->untied_head || dst->state_floats != src->state_floats)
+    if (memcmp(&dst->cfg, &src->cfg, sizeof dst->cfg) != 0 || dst->state_floats != src->state_floats) /* int32s: no padding */
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "stream copy between models of different configs");
-    if (dst != src) memcpy(dst->win, src->win, (size_t)src->state_floats * sizeof(float));
+    if (dst != src) memcpy(dst->conv_state, src->conv_state, (size_t)src->state_floats * sizeof(float));
     return MB_STATUS_OK;
 }
 
@@ -3954,6 +3991,7 @@ MBDEF void mb_stream_free(mb_stream *s) {
     MB_FREE(s->block);
     MB_FREE(s->vecs);
     MB_FREE(s->w.layer);
+    MB_FREE(s->packed);
     MB_FREE(s);
 }
 
@@ -3965,45 +4003,34 @@ MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) {
     const mb_config *c = &s->cfg;
     int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
     int X = R + 2 * S, l, d;
-    float mean, rstd;
-    memcpy(s->x, s->w.wte + (int64_t)byte * C, (size_t)C * sizeof(float));
+    mb_layer_acts *a = &s->a;
+    memcpy(a->resid, s->w.wte + (int64_t)byte * C, (size_t)C * sizeof(float));
     for (l = 0; l < L; l++) {
-        const mb__layer_weights *W = &s->w.layer[l];
-        mb__norm_forward(c, s->ln, &mean, &rstd, s->x, W->norm_w, W->norm_b, 1, C);
-        mb__matvec_packed(s->xz, s->ln, s->p_in + l * s->f_in, C, 2 * Di); /* [x', z] */
-        mb__conv_step(s->u, s->win + (int64_t)l * K * Di, s->xz, s->conv_wT + (int64_t)l * K * Di, W->conv_b, Di, K);
-        mb__matvec_packed(s->xdbl, s->u, s->p_x + l * s->f_x, Di, X); /* [dt_low, B, C] */
-        mb__matvec_packed(s->dt, s->xdbl, s->p_dt + l * s->f_dt, R, Di);
-        mb__scan_step(s->gated, s->h + (int64_t)l * S * Di, s->dt, s->AT + (int64_t)l * S * Di, W->dt_proj_b, s->u,
-                      s->xdbl + R, s->xdbl + R + S, W->D, s->xz + Di, Di, S);
-        mb__matvec_packed(s->out, s->gated, s->p_out + l * s->f_out, Di, C);
-        for (d = 0; d < C; d++) s->x[d] += s->out[d];
+        const mb_layer_weights *W = &s->w.layer[l];
+        mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, 1, C);
+        mb__stream_linear(s, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, C, 1); /* [x', z] */
+        mb__conv_step(a->u, s->conv_state + (int64_t)l * K * Di, a->xz, s->conv_wT + (int64_t)l * K * Di, W->conv_b, Di, K);
+        mb__stream_linear(s, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, Di, 1); /* [dt_low, B, C] */
+        mb__stream_linear(s, l, MB_TENSOR_DT_W, a->delta, a->xdbl, X, 1);
+        mb__scan_step(a->gated, s->ssm_state + (int64_t)l * S * Di, a->delta, s->AT + (int64_t)l * S * Di, W->dt_proj_b, a->u,
+                      a->xdbl + R, a->xdbl + R + S, W->D, a->xz + Di, Di, S);
+        mb__stream_linear(s, l, MB_TENSOR_OUT_PROJ, s->out, a->gated, Di, 1);
+        for (d = 0; d < C; d++) a->resid[d] += s->out[d];
     }
-    mb__norm_forward(c, s->ln, &mean, &rstd, s->x, s->w.norm_f_w, s->w.norm_f_b, 1, C);
-    mb__matvec_packed(s->logits, s->ln, s->p_head, C, c->vocab_size);
+    mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, s->w.norm_f_w, s->w.norm_f_b, 1, C);
+    mb__stream_linear(s, -1, MB_TENSOR_LM_HEAD, s->logits, a->ln, C, 1);
     return s->logits;
 }
 
 /* The feed's workspace for T tokens (grown, never shrunk). */
 static mb_status mb__stream_feed_alloc(mb_stream *s, int64_t T) {
-    const mb_config *c = &s->cfg;
-    int64_t C = c->d_model, Di = C * c->expand, X = c->dt_rank + 2 * c->d_state, total = T * (3 * C + 2 + 6 * Di + X);
-    float *p;
+    const int64_t total = mb_layer_acts_place(NULL, NULL, &s->cfg, 1, (int)T, 0, 0) + T * s->cfg.d_model;
     if (s->feed_cap >= T) return MB_STATUS_OK;
     MB_FREE(s->feed_block);
     s->feed_cap = 0;
-    s->feed_block = p = (float *)MB_MALLOC((size_t)total * sizeof(float));
-    if (!p) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream feed workspace (%.1f MB)", (double)total * 4 / 1e6);
-    s->fd_x = p; p += T * C;
-    s->fd_ln = p; p += T * C;
-    s->fd_mix = p; p += T * C;
-    s->fd_mean = p; p += T;
-    s->fd_rstd = p; p += T;
-    s->fd_xz = p; p += T * 2 * Di;
-    s->fd_u = p; p += T * Di;
-    s->fd_xdbl = p; p += T * X;
-    s->fd_delta = p; p += T * Di;
-    s->fd_gated = p;
+    if (!(s->feed_block = (float *)MB_MALLOC((size_t)total * sizeof(float))))
+        return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream feed workspace (%.1f MB)", (double)total * 4 / 1e6);
+    s->fd_mix = s->feed_block + mb_layer_acts_place(&s->fd, s->feed_block, &s->cfg, 1, (int)T, 0, 0);
     s->feed_cap = T;
     return MB_STATUS_OK;
 }
@@ -4021,6 +4048,7 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
     int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
     int X = R + 2 * S, V = c->vocab_size, l;
     int64_t i0;
+    const mb_layer_acts *a = &s->fd;
     mb_status st;
     if (n < 0 || (n > 0 && !bytes))
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "stream feed: n=%lld bytes=%p", (long long)n, (const void *)bytes);
@@ -4029,28 +4057,28 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
     if (st != MB_STATUS_OK) return st;
     for (i0 = 0; i0 < n; i0 += MB__FEED_CHUNK) {
         int T = (int)(n - i0 < MB__FEED_CHUNK ? n - i0 : MB__FEED_CHUNK);
-        mb__embedding_forward(s->fd_x, bytes + i0, s->w.wte, T, C);
+        mb__embedding_forward(a->resid, bytes + i0, s->w.wte, T, C);
         for (l = 0; l < L; l++) {
-            const mb__layer_weights *W = &s->w.layer[l];
-            float *win = s->win + (int64_t)l * K * Di;
+            const mb_layer_weights *W = &s->w.layer[l];
+            float *win = s->conv_state + (int64_t)l * K * Di;
             int k;
-            mb__norm_forward(c, s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, W->norm_w, W->norm_b, T, C);
-            mb__matmul_packed(s->fd_xz, s->fd_ln, C, s->p_in + l * s->f_in, T, C, 2 * Di);
-            mb__conv1d_forward_from(s->fd_u, s->fd_xz, W->conv_w, W->conv_b, win, 1, T, Di, K);
+            mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, T, C);
+            mb__stream_linear(s, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, C, T);
+            mb__conv1d_forward_from(a->u, a->xz, W->conv_w, W->conv_b, win, 1, T, Di, K);
             /* the window after these T inputs: the last K of (window, x'_0 .. x'_{T-1}) */
             if (T < K) memmove(win, win + (int64_t)T * Di, sizeof(float) * (size_t)(K - T) * (size_t)Di);
             for (k = T < K ? K - T : 0; k < K; k++)
-                memcpy(win + (int64_t)k * Di, s->fd_xz + (int64_t)(T - K + k) * 2 * Di, sizeof(float) * (size_t)Di);
-            mb__matmul_packed(s->fd_xdbl, s->fd_u, Di, s->p_x + l * s->f_x, T, Di, X);
-            mb__matmul_packed(s->fd_delta, s->fd_xdbl, X, s->p_dt + l * s->f_dt, T, R, Di);
-            mb__scan_forward_from(s->fd_gated, NULL, s->h + (int64_t)l * S * Di, s->fd_u, s->fd_delta, W->dt_proj_b,
-                                  W->A_log, s->fd_xdbl, W->D, s->fd_xz, 1, T, Di, S, R, T);
-            mb__matmul_packed(s->fd_mix, s->fd_gated, Di, s->p_out + l * s->f_out, T, Di, C);
-            mb__residual_add(s->fd_x, s->fd_mix, (int64_t)T * C);
+                memcpy(win + (int64_t)k * Di, a->xz + (int64_t)(T - K + k) * 2 * Di, sizeof(float) * (size_t)Di);
+            mb__stream_linear(s, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, Di, T);
+            mb__stream_linear(s, l, MB_TENSOR_DT_W, a->delta, a->xdbl, X, T);
+            mb__scan_forward_from(a->gated, NULL, s->ssm_state + (int64_t)l * S * Di, a->u, a->delta, W->dt_proj_b,
+                                  W->A_log, a->xdbl, W->D, a->xz, 1, T, Di, S, R, T);
+            mb__stream_linear(s, l, MB_TENSOR_OUT_PROJ, s->fd_mix, a->gated, Di, T);
+            mb__residual_add(a->resid, s->fd_mix, (int64_t)T * C);
         }
         if (logits) {
-            mb__norm_forward(c, s->fd_ln, s->fd_mean, s->fd_rstd, s->fd_x, s->w.norm_f_w, s->w.norm_f_b, T, C);
-            mb__matmul_packed(logits + i0 * V, s->fd_ln, C, s->p_head, T, C, V);
+            mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, s->w.norm_f_w, s->w.norm_f_b, T, C);
+            mb__stream_linear(s, -1, MB_TENSOR_LM_HEAD, logits + i0 * V, a->ln, C, T);
         }
     }
     return MB_STATUS_OK;
@@ -4890,8 +4918,8 @@ MBDEF mb_status mb_model_from_safetensors(mb_model **out, const uint8_t *data, i
             m->cfg = c;
             m->ntensors = mb_config_tensors(&c, m->tensors);
             m->num_params = m->tensors[m->ntensors - 1].offset + m->tensors[m->ntensors - 1].numel;
-            mb__point_weights(&m->w, m->params, &c, m->tensors);
-            mb__point_weights(&m->g, m->grads, &c, m->tensors);
+            mb_weights_point(&m->w, m->params, &c, m->tensors);
+            mb_weights_point(&m->g, m->grads, &c, m->tensors);
         }
     }
     if (config_json) s = mb__st_check_config_json(&m->cfg, lm != NULL, config_json, config_len, what);
@@ -5415,11 +5443,11 @@ static mb_status mb__top_chars(mb_stream *s, const float *logits, int k, mb_char
         if (nout == k && !mb__char_beats(p.logp, p.order, &out[k - 1])) break; /* nothing left can */
         if (nslots == 0) { /* the first expansion: keep the caller's state and logits */
             if (!(slots[0] = (float *)MB_MALLOC(state_bytes))) { st = mb__fail(MB_STATUS_OUT_OF_MEMORY, "character search"); goto done; }
-            memcpy(slots[0], s->win, state_bytes);
+            memcpy(slots[0], s->conv_state, state_bytes);
             memcpy(saved_logits, s->logits, sizeof saved_logits);
             nslots = 1;
         } else {
-            memcpy(s->win, slots[p.slot], state_bytes);
+            memcpy(s->conv_state, slots[p.slot], state_bytes);
         }
         lg = mb_stream_step(s, p.b[p.len - 1]);
         nsteps++;
@@ -5443,7 +5471,7 @@ static mb_status mb__top_chars(mb_stream *s, const float *logits, int k, mb_char
                     st = mb__fail(MB_STATUS_OUT_OF_MEMORY, "character search");
                     goto done;
                 }
-                memcpy(slots[nslots], s->win, state_bytes);
+                memcpy(slots[nslots], s->conv_state, state_bytes);
                 child_slot = nslots++;
             }
             x.slot = (int16_t)child_slot;
@@ -5459,7 +5487,7 @@ static mb_status mb__top_chars(mb_stream *s, const float *logits, int k, mb_char
     }
 done:
     if (nslots > 0) { /* put the stream back */
-        memcpy(s->win, slots[0], state_bytes);
+        memcpy(s->conv_state, slots[0], state_bytes);
         memcpy(s->logits, saved_logits, sizeof saved_logits);
     }
     for (i = 0; i < nslots; i++) MB_FREE(slots[i]);
@@ -5591,7 +5619,7 @@ static mb_status mb__check_ranks(const mb_trainer *t, int size) {
 
 MBDEF mb_status mb_trainer_set_comm(mb_trainer *t, const mb_train_comm *comm) {
     int size = comm ? comm->size : 1;
-    if (t->backend.step) return mb__fail(MB_STATUS_UNSUPPORTED, "data-parallel training runs on the CPU backend only (%s is attached)", t->backend.name);
+    if (t->backend.step) return mb__fail(MB_STATUS_UNSUPPORTED, "the communicator goes on before the backend (%s is attached)", t->backend.name);
     if (comm && (comm->size < 1 || comm->rank < 0 || comm->rank >= comm->size || !comm->sum_floats || !comm->sum_doubles ||
                  !comm->broadcast))
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "communicator: rank %d of %d, or a function missing", comm->rank, comm->size);
@@ -5612,76 +5640,96 @@ MBDEF mb_status mb_trainer_draw(mb_trainer *t, int64_t k, int *mine) {
                  : mb_batcher_skip(&t->batcher, (int)s->batch, (int)s->ctx);
 }
 
-MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
+/* The CPU's kernels: each micro-batch from fresh gradients, summed in
+   order (the running sum added to it: the same sum whether the
+   micro-batches run here or on other ranks). */
+static mb_status mb__cpu_micro_batch(mb_trainer *t, int first, double *loss_sum) {
     const mb_train_settings *s = &t->st.settings;
     mb_model *m = t->model;
-    const int B = (int)s->batch, T = (int)s->ctx;
-    const int64_t total = s->grad_accum * (t->comm ? t->comm->size : 1), n = m->num_params;
-    int64_t k, i, mine = 0;
-    double loss_sum = 0.0;
+    int64_t i, n = m->num_params;
+    float loss;
     mb_status st;
-    if (t->backend.step) {
-        st = t->backend.step(t, lr, r);
-        if (st != MB_STATUS_OK && t->backend.last_error) return mb__fail(st, "%s", t->backend.last_error());
-        return st;
-    }
-    /* each of this rank's micro-batches from fresh gradients, summed in order:
-       the same sum whether the micro-batches run here or on other ranks */
-    for (k = 0; k < total; k++) {
-        float loss;
-        int own;
-        if ((st = mb_trainer_draw(t, k, &own)) != MB_STATUS_OK) return st;
-        if (!own) continue;
-        mb_model_zero_grad(m);
-        st = mb_model_forward(m, t->inputs, t->targets, B, T, &loss);
-        if (st == MB_STATUS_OK) st = mb_model_backward(m);
-        if (st != MB_STATUS_OK) return st;
-        loss_sum += loss;
-        if (t->grad_acc && mine == 0) memcpy(t->grad_acc, m->grads, (size_t)n * sizeof(float));
-        else if (t->grad_acc)
-            for (i = 0; i < n; i++) t->grad_acc[i] += m->grads[i];
-        mine++;
-    }
-    if (t->grad_acc) memcpy(m->grads, t->grad_acc, (size_t)n * sizeof(float));
-    if (t->comm) {
-        double c0 = mb_clock_seconds();
-        if ((st = mb__comm_fail(t, t->comm->sum_floats(t->comm->impl, m->grads, n))) != MB_STATUS_OK) return st;
-        if ((st = mb__comm_fail(t, t->comm->sum_doubles(t->comm->impl, &loss_sum, 1))) != MB_STATUS_OK) return st;
-        t->comm_s += mb_clock_seconds() - c0;
-    }
-    return mb_trainer_apply(t, lr, (float)(loss_sum / (double)total), r);
+    if (!first) memcpy(t->grad_acc, m->grads, (size_t)n * sizeof(float));
+    mb_model_zero_grad(m);
+    st = mb_model_forward(m, t->inputs, t->targets, (int)s->batch, (int)s->ctx, &loss);
+    if (st == MB_STATUS_OK) st = mb_model_backward(m);
+    if (st != MB_STATUS_OK) return st;
+    if (!first)
+        for (i = 0; i < n; i++) m->grads[i] += t->grad_acc[i];
+    *loss_sum = first ? loss : *loss_sum + loss;
+    return MB_STATUS_OK;
 }
-
-MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r) {
+static mb_status mb__cpu_sum_ranks(mb_trainer *t, double *loss_sum) {
+    double c0 = mb_clock_seconds();
+    mb_status st = mb__comm_fail(t, t->comm->sum_floats(t->comm->impl, t->model->grads, t->model->num_params));
+    if (st == MB_STATUS_OK) st = mb__comm_fail(t, t->comm->sum_doubles(t->comm->impl, loss_sum, 1));
+    t->comm_s += mb_clock_seconds() - c0;
+    return st;
+}
+static mb_status mb__cpu_update(mb_trainer *t, double lr, float scale, int poison, double *loss_sum, double *grad_norm) {
     const mb_train_settings *s = &t->st.settings;
     mb_model *m = t->model;
     int64_t n = m->num_params, i;
-    memset(r, 0, sizeof *r);
-    r->lr = lr;
-    if (s->grad_accum > 1 || t->comm) { /* the mean over micro-batches, not their sum */
-        float inv = 1.0f / (float)(s->grad_accum * (t->comm ? t->comm->size : 1));
-        for (i = 0; i < n; i++) m->grads[i] *= inv;
-    }
-    if (mb_trainer_poisoned(t)) m->grads[0] = NAN;
-    r->loss = loss;
-    r->grad_norm = mb_grad_norm(m->grads, n);
-    r->applied = isfinite(r->loss) && isfinite(r->grad_norm);
-    if (r->applied) { /* the guard: a non-finite step changes nothing but the step count */
-        float coef = mb_clip_coef(r->grad_norm, s->clip);
+    if (scale != 1.0f) /* the mean over micro-batches, not their sum */
+        for (i = 0; i < n; i++) m->grads[i] *= scale;
+    if (poison) m->grads[0] = NAN;
+    *grad_norm = mb_grad_norm(m->grads, n);
+    if (isfinite((float)(*loss_sum * scale)) && isfinite(*grad_norm)) { /* the guard */
+        float coef = mb_clip_coef(*grad_norm, s->clip);
         if (coef < 1.0f)
             for (i = 0; i < n; i++) m->grads[i] *= coef;
         mb_adamw_update(m, t->st.adam_m, t->st.adam_v, t->st.step + 1, lr, s->beta1, s->beta2, s->eps, s->weight_decay);
     }
+    return MB_STATUS_OK;
+}
+static const mb_step_kernels mb__cpu_kernels = {mb__cpu_micro_batch, mb__cpu_sum_ranks, mb__cpu_update};
+
+/* A backend's failure with its own detail, where it keeps one. */
+static mb_status mb__backend_fail(const mb_trainer *t, mb_status s) {
+    return s != MB_STATUS_OK && t->backend.last_error ? mb__fail(s, "%s", t->backend.last_error()) : s;
+}
+
+/* The update and the result: a non-finite step changes nothing but the step count. */
+static mb_status mb__finish_step(mb_trainer *t, const mb_step_kernels *k, double lr, double loss_sum, mb_step_result *r) {
+    const int64_t total = t->st.settings.grad_accum * (t->comm ? t->comm->size : 1);
+    mb_status st;
+    memset(r, 0, sizeof *r);
+    r->lr = lr;
+    st = k->update(t, lr, 1.0f / (float)total, mb_trainer_poisoned(t), &loss_sum, &r->grad_norm);
+    if (st != MB_STATUS_OK) return mb__backend_fail(t, st);
+    r->loss = (float)(loss_sum / (double)total);
+    r->applied = isfinite(r->loss) && isfinite(r->grad_norm);
     t->st.step++;
     return MB_STATUS_OK;
+}
+
+MBDEF mb_status mb_trainer_step_on(mb_trainer *t, const mb_step_kernels *k, double lr, mb_step_result *r) {
+    const int64_t total = t->st.settings.grad_accum * (t->comm ? t->comm->size : 1);
+    int64_t i, mine = 0;
+    double loss_sum = 0.0;
+    int own;
+    mb_status st;
+    for (i = 0; i < total; i++) { /* this rank's micro-batches of the one seeded stream */
+        if ((st = mb_trainer_draw(t, i, &own)) != MB_STATUS_OK) return st;
+        if (own && (st = k->micro_batch(t, mine++ == 0, &loss_sum)) != MB_STATUS_OK) return mb__backend_fail(t, st);
+    }
+    if (t->comm && (st = k->sum_ranks(t, &loss_sum)) != MB_STATUS_OK) return mb__backend_fail(t, st);
+    return mb__finish_step(t, k, lr, loss_sum, r);
+}
+
+MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
+    return t->backend.step ? mb__backend_fail(t, t->backend.step(t, lr, r)) : mb_trainer_step_on(t, &mb__cpu_kernels, lr, r);
+}
+
+MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r) {
+    return mb__finish_step(t, &mb__cpu_kernels, lr, (double)loss * (double)(t->st.settings.grad_accum * (t->comm ? t->comm->size : 1)), r);
 }
 
 MBDEF mb_status mb_trainer_sync(mb_trainer *t) {
     mb_status s;
     if (!t->backend.sync) return MB_STATUS_OK;
     s = t->backend.sync(t);
-    if (s != MB_STATUS_OK && t->backend.last_error) return mb__fail(s, "%s", t->backend.last_error());
-    return s;
+    return mb__backend_fail(t, s);
 }
 
 MBDEF mb_status mb_trainer_save(mb_trainer *t, const char *path) {

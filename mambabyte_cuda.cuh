@@ -8,27 +8,28 @@
               -DMAMBABYTE_CUDA_IMPLEMENTATION -x cu -c mambabyte_cuda.cuh -o mambabyte_cuda.o
      and link it (with -lcublas -lcudart -lstdc++) into a C program that
      compiles mambabyte.h's implementation (non-static: this file calls
-     mb_config_validate and mb_config_tensors).  Without the macro the file
-     only declares the mb_cuda_* API below (C-compatible).
+     mb_config_validate, mb_tensor_index...).  The mb_cuda_* API is declared
+     in mambabyte.h (section "CUDA"); without the macro this file adds nothing.
 
    WHAT RUNS WHERE
      Everything of a training step stays on the device: the batch bytes and
      targets go up, one float (the loss) comes back.  Parameters, gradients
      and AdamW moments are flat float32 blocks in checkpoint order (the same
      layout as mb_model_params), so upload/download are single copies.
-     Kernels are named after the CPU function they mirror:
-     mb__layernorm_forward -> layernorm_forward_kernel, and so on; the CPU
+     Each CPU function has a launcher of its name and signature on device
+     pointers, directly below its kernels (mb__layernorm_forward ->
+     layernorm_forward; mb__mixer_forward -> mixer_forward...); the CPU
      function is the specification (tests/test_cuda_emu.cpp checks each).
 
    PRECISION
-     precision 0 (fp32): cuBLAS with CUBLAS_COMPUTE_32F (no TF32).
-     precision 1 (bf16): the inputs of every matrix product (activations,
+     MB_PRECISION_FP32: cuBLAS with CUBLAS_COMPUTE_32F (no TF32).
+     MB_PRECISION_BF16: the inputs of every matrix product (activations,
      gradients and a bf16 copy of the weights, refreshed after each update)
      are bf16, accumulation and outputs float32 (cublasGemmEx, compute 32F).
-     precision 2 (tf32): float32 storage, the matrix products on the tensor
+     MB_PRECISION_TF32: float32 storage, the matrix products on the tensor
      cores with TF32 inputs (CUBLAS_COMPUTE_32F_FAST_TF32, ~1e-3 relative).
      Master weights, gradients, AdamW state, LayerNorm, the scan state and
-     the cross-entropy are float32 in both modes.
+     the cross-entropy are float32 in all three.
 
    DETERMINISM
      No float atomics.  Every reduction (LayerNorm/conv/scan parameter
@@ -46,8 +47,9 @@
 
    ERRORS
      Every CUDA and cuBLAS call is checked; failures return
-     MB_STATUS_CUDA_ERROR (or the mb_status that fits) and
-     mb_cuda_last_error() gives "file:line: call: reason".
+     MB_STATUS_CUDA_ERROR (or the mb_status that fits) and record
+     "file:line: call: reason" with mb_set_error: mb_last_error() reads it.
+     Host memory comes from MB_MALLOC / MB_FREE, as in mambabyte.h.
 
    LICENSE: MIT, as mambabyte.h.
 */
@@ -55,8 +57,6 @@
 #define MAMBABYTE_CUDA_CUH
 
 #include "mambabyte.h"
-
-/* The mb_cuda_* API is declared in mambabyte.h (section "CUDA"). */
 #endif /* MAMBABYTE_CUDA_CUH */
 
 /* ======================================================================= */
@@ -83,17 +83,20 @@
 #endif
 
 typedef __nv_bfloat16 mbc_bf16;
+#ifndef MB_MALLOC /* host memory: override both here as in the C translation unit */
+#define MB_MALLOC(n) malloc(n)
+#define MB_FREE(p) free(p)
+#endif
 
-#define MBC_MAX_CONV 64        /* d_conv limit of mb_config_validate */
 #define MBC_SCAN_MAX_CHUNK 64  /* scan chunk limit: rows of B/C staged in shared memory */
 #define MBC_SCAN_MAX_STATE 64  /* d_state limit of the scan kernels */
 #define MBC_SCAN_THREADS 128   /* channels per block of the forward scan kernels */
 #define MBC_SCAN_BWD_WARPS 2   /* warps (32 channels each) per block of the scan backward */
 #define MBC_SCAN_GROUP 16      /* states per pass of the scan backward */
 #define MBC_SCAN_SEG 4         /* tokens per recomputed segment of the scan backward (h in registers) */
-#define MBC_FP32 0 /* GEMM modes = the trainer's precision values */
-#define MBC_BF16 1
-#define MBC_TF32 2
+#define MBC_SMEM_BYTES (48 * 1024) /* shared memory per block without an opt-in */
+#define MBC_MAX_D_MODEL (MBC_SMEM_BYTES / 8) /* the norm backward's 2C floats of one warp fit it */
+#define MBC_MAX_TOKENS (2147483647 / 2) /* B*T: the products' int dimensions (cuBLAS), with a factor 2 to spare */
 #define MBC_NORM_BLOCKS 256    /* fixed grid of the gradient-norm partials */
 #ifdef MB_CUDA_EMULATE
 #define MBC_BLAS_WORKSPACE 0
@@ -128,7 +131,283 @@ typedef __nv_bfloat16 mbc_bf16;
     } while (0)
 #endif
 
+/* ======================================================================= */
+/*             platform layer: device memory, copies, GEMM                 */
+/* ======================================================================= */
 namespace mbc {
+
+/* MB_CUDA_SYNC=1: synchronise and check after every launch (read once). */
+static inline bool sync_each_launch() {
+    static int mode = -1;
+    if (mode < 0) {
+        const char *e = getenv("MB_CUDA_SYNC");
+        mode = e && e[0] == '1' && e[1] == 0;
+    }
+    return mode == 1;
+}
+
+#define MBC_TRY(expr)                                      \
+    do {                                                   \
+        mb_status s_ = (expr);                             \
+        if (s_ != MB_STATUS_OK) return s_;                 \
+    } while (0)
+
+#ifdef MB_CUDA_EMULATE
+typedef void *blas_t;
+#define MBC_CUDA(call) (void)0
+static inline int device_count() { return 1; }
+static inline mb_status device_check() { return MB_STATUS_OK; }
+static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
+    *p = cuda_emu::device_alloc(bytes); /* 256-byte aligned, as cudaMalloc */
+    if (!*p) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "emulated device: %s (%zu bytes)", what, bytes);
+    memset(*p, 0xFF, bytes); /* NaN: a read before a write shows */
+    return MB_STATUS_OK;
+}
+static inline void dfree(void *p) { cuda_emu::device_free(p); }
+/* Each copy, memset and GEMM counts as one stream operation (cuda_emu::g.ops)
+   where it runs.  The blocking ones (h2d, d2h: pageable host memory, the
+   host waits) may not be captured into a graph; the async ones (pinned host
+   memory, read when the operation runs) and d2d/dzero may. */
+typedef void *stream_t;
+typedef cuda_emu::Graph *graph_t;
+typedef void *event_t;
+static thread_local stream_t g_stream = nullptr;
+static inline mb_status h2d(void *d, const void *h, size_t bytes) {
+    cuda_emu::host_sync("h2d (blocking copy)");
+    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, h, bytes); });
+    return MB_STATUS_OK;
+}
+static inline mb_status d2h(void *h, const void *d, size_t bytes) {
+    cuda_emu::host_sync("d2h (blocking copy)");
+    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(h, d, bytes); });
+    return MB_STATUS_OK;
+}
+static inline mb_status d2d(void *d, const void *s, size_t bytes) {
+    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, s, bytes); });
+    return MB_STATUS_OK;
+}
+static inline mb_status dzero(void *d, size_t bytes) {
+    cuda_emu::stream_op([=] { cuda_emu::g.ops.memsets++; if (bytes) memset(d, 0, bytes); });
+    return MB_STATUS_OK;
+}
+static inline mb_status sync() { cuda_emu::host_sync("stream synchronize"); return MB_STATUS_OK; }
+static inline void *hmalloc(size_t bytes) { return MB_MALLOC(bytes ? bytes : 1); }
+static inline void hfree(void *p) { MB_FREE(p); }
+static inline mb_status h2d_async(void *d, const void *h, size_t bytes) { return d2d(d, h, bytes); }
+static inline mb_status d2h_async(void *h, const void *d, size_t bytes) { return d2d(h, d, bytes); }
+static inline mb_status stream_create(stream_t *s) { *s = nullptr; return MB_STATUS_OK; }
+static inline void stream_destroy(stream_t) {}
+static inline mb_status event_create(event_t *e) { *e = nullptr; return MB_STATUS_OK; }
+static inline void event_destroy(event_t) {}
+static inline mb_status event_record(event_t) { return MB_STATUS_OK; }
+static inline mb_status event_wait(event_t) { cuda_emu::host_sync("event synchronize"); return MB_STATUS_OK; }
+static inline mb_status capture_begin() { cuda_emu::capture_begin(); return MB_STATUS_OK; }
+static inline mb_status capture_end(graph_t *out) { *out = cuda_emu::capture_end(); return MB_STATUS_OK; }
+static inline void capture_abort() { if (cuda_emu::g.capturing) cuda_emu::delete_graph(cuda_emu::capture_end()); }
+static inline mb_status graph_launch(graph_t gr) { cuda_emu::launch_graph(gr); return MB_STATUS_OK; }
+static inline void graph_free(graph_t gr) { if (gr) cuda_emu::delete_graph(gr); }
+static inline mb_status blas_create(blas_t *h, stream_t = nullptr, void * = nullptr, size_t = 0) { *h = nullptr; return MB_STATUS_OK; }
+static inline void blas_destroy(blas_t) {}
+/* TF32 as the tensor cores take it: 10 mantissa bits, round to nearest,
+   ties away from zero (cvt.rna.tf32.f32). */
+static inline float tf32_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+/* mode: an MB_PRECISION_*: FP32, BF16 (bf16 operands), TF32 (fp32 operands rounded to TF32) */
+static inline float ld_elem(const void *p, int64_t i, int mode) {
+    if (mode == MB_PRECISION_BF16) return __bfloat162float(((const mbc_bf16 *)p)[i]);
+    const float f = ((const float *)p)[i];
+    return mode == MB_PRECISION_TF32 ? tf32_round(f) : f;
+}
+/* Column-major C = alpha op(A) op(B) + beta C, cuBLAS's contract (C is not
+   read when beta == 0), in double on the host. */
+static inline void gemm_now(int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
+                            int ldb, float beta, float *C, int ldc, int mode) {
+    cuda_emu::g.ops.gemms++;
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            double s = 0.0;
+            for (int p = 0; p < k; p++) {
+                const double a = ld_elem(A, ta ? p + (int64_t)i * lda : i + (int64_t)p * lda, mode);
+                const double b = ld_elem(B, tb ? j + (int64_t)p * ldb : p + (int64_t)j * ldb, mode);
+                s += a * b;
+            }
+            float *c = C + i + (int64_t)j * ldc;
+            *c = beta == 0.0f ? (float)(alpha * s) : (float)(alpha * s + (double)beta * *c);
+        }
+}
+static inline mb_status gemm(blas_t, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
+                      int ldb, float beta, float *C, int ldc, int mode, const char *, int) {
+    cuda_emu::stream_op([=] { gemm_now(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, mode); });
+    return MB_STATUS_OK;
+}
+#else
+typedef cublasHandle_t blas_t;
+#define MBC_CUDA(call)                                                                                        \
+    do {                                                                                                      \
+        cudaError_t e_ = (call);                                                                              \
+        if (e_ != cudaSuccess)                                                                                \
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                \
+                             cudaGetErrorString(e_));                                                         \
+    } while (0)
+#define MBC_CUDA_AT(call, what)                                                                               \
+    do {                                                                                                      \
+        cudaError_t e_ = (call);                                                                              \
+        if (e_ != cudaSuccess)                                                                                \
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s after %s: %s", __FILE__, __LINE__, #call, what,  \
+                             cudaGetErrorString(e_));                                                         \
+    } while (0)
+#define MBC_CUBLAS(call)                                                                                      \
+    do {                                                                                                      \
+        cublasStatus_t e_ = (call);                                                                           \
+        if (e_ != CUBLAS_STATUS_SUCCESS)                                                                      \
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, #call,  \
+                             (int)e_);                                                                        \
+    } while (0)
+static inline int device_count() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+/* Why no GPU can be used, in CUDA's words (e.g. "CUDA driver version is
+   insufficient for CUDA runtime version"), rather than a bare "no GPU". */
+static inline mb_status device_check() {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: %s (cudaGetDeviceCount: %s)", cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    if (n < 1) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: no CUDA device found");
+    return MB_STATUS_OK;
+}
+static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
+    *p = nullptr;
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
+    if (e == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "%s:%d: cudaMalloc %s (%zu bytes): out of device memory", __FILE__,
+                    __LINE__, what, bytes);
+    }
+    if (e != cudaSuccess) return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cudaMalloc %s: %s", __FILE__, __LINE__, what, cudaGetErrorString(e));
+    return MB_STATUS_OK;
+}
+static inline void dfree(void *p) { if (p) (void)cudaFree(p); }
+/* Every operation goes to g_stream: the legacy default stream (0) unless
+   an entry point put its own stream there (stream_scope: the trainer's,
+   which graphs can be captured from).  The blocking copies wait for it. */
+typedef cudaStream_t stream_t;
+typedef cudaGraphExec_t graph_t;
+typedef cudaEvent_t event_t;
+static thread_local stream_t g_stream = 0;
+static inline mb_status sync() { MBC_CUDA(cudaStreamSynchronize(g_stream)); return MB_STATUS_OK; }
+static inline mb_status h2d(void *d, const void *h, size_t bytes) {
+    MBC_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_stream));
+    return sync(); /* the caller may reuse h, pinned or not */
+}
+static inline mb_status d2h(void *h, const void *d, size_t bytes) {
+    MBC_CUDA(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_stream));
+    return sync();
+}
+static inline mb_status d2d(void *d, const void *s, size_t bytes) { MBC_CUDA(cudaMemcpyAsync(d, s, bytes, cudaMemcpyDeviceToDevice, g_stream)); return MB_STATUS_OK; }
+static inline mb_status dzero(void *d, size_t bytes) { MBC_CUDA(cudaMemsetAsync(d, 0, bytes, g_stream)); return MB_STATUS_OK; }
+/* Pinned host memory, for the asynchronous copies: the batch upload, the
+   update's scalars, the step's statistics read-back. */
+static inline void *hmalloc(size_t bytes) {
+    void *p = nullptr;
+    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) { (void)cudaGetLastError(); return nullptr; }
+    return p;
+}
+static inline void hfree(void *p) { if (p) (void)cudaFreeHost(p); }
+static inline mb_status h2d_async(void *d, const void *h, size_t bytes) {
+    MBC_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_stream));
+    return MB_STATUS_OK;
+}
+static inline mb_status d2h_async(void *h, const void *d, size_t bytes) {
+    MBC_CUDA(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_stream));
+    return MB_STATUS_OK;
+}
+static inline mb_status stream_create(stream_t *s) { MBC_CUDA(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking)); return MB_STATUS_OK; }
+static inline void stream_destroy(stream_t s) { if (s) (void)cudaStreamDestroy(s); }
+static inline mb_status event_create(event_t *e) { MBC_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming)); return MB_STATUS_OK; }
+static inline void event_destroy(event_t e) { if (e) (void)cudaEventDestroy(e); }
+static inline mb_status event_record(event_t e) { MBC_CUDA(cudaEventRecord(e, g_stream)); return MB_STATUS_OK; }
+static inline mb_status event_wait(event_t e) { MBC_CUDA(cudaEventSynchronize(e)); return MB_STATUS_OK; }
+/* Graphs: capture g_stream's operations (this thread's only), instantiate,
+   replay.  A failed capture must still be ended (capture_abort). */
+static inline mb_status capture_begin() { MBC_CUDA(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal)); return MB_STATUS_OK; }
+static inline mb_status capture_end(graph_t *out) {
+    cudaGraph_t gr = nullptr;
+    *out = nullptr;
+    MBC_CUDA(cudaStreamEndCapture(g_stream, &gr));
+    const cudaError_t e = cudaGraphInstantiate(out, gr, 0);
+    (void)cudaGraphDestroy(gr);
+    if (e != cudaSuccess) { *out = nullptr; return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cudaGraphInstantiate: %s", __FILE__, __LINE__, cudaGetErrorString(e)); }
+    return MB_STATUS_OK;
+}
+static inline void capture_abort() {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(g_stream, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
+        cudaGraph_t gr = nullptr;
+        if (cudaStreamEndCapture(g_stream, &gr) == cudaSuccess && gr) (void)cudaGraphDestroy(gr);
+    }
+    (void)cudaGetLastError();
+}
+static inline mb_status graph_launch(graph_t gr) { MBC_CUDA(cudaGraphLaunch(gr, g_stream)); return MB_STATUS_OK; }
+static inline void graph_free(graph_t gr) { if (gr) (void)cudaGraphExecDestroy(gr); }
+/* A handle bound to one stream.  workspace: cuBLAS's scratch given up front,
+   so a captured GEMM never asks for memory (set after the stream: setting a
+   stream resets the workspace to cuBLAS's own). */
+static inline mb_status blas_create(blas_t *h, stream_t s = 0, void *workspace = nullptr, size_t workspace_bytes = 0) {
+    MBC_CUBLAS(cublasCreate(h));
+    /* default math: with CUBLAS_COMPUTE_32F (every call below) no TF32 */
+    MBC_CUBLAS(cublasSetMathMode(*h, CUBLAS_DEFAULT_MATH));
+    MBC_CUBLAS(cublasSetStream(*h, s));
+    if (workspace) MBC_CUBLAS(cublasSetWorkspace(*h, workspace, workspace_bytes));
+    return MB_STATUS_OK;
+}
+static inline void blas_destroy(blas_t h) { if (h) (void)cublasDestroy(h); }
+static inline mb_status gemm(blas_t h, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
+                      int ldb, float beta, float *C, int ldc, int mode, const char *file, int line) {
+    const bool bf16 = mode == MB_PRECISION_BF16;
+    const cudaDataType_t ty = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    cublasStatus_t e = cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha,
+                                    A, ty, lda, B, ty, ldb, &beta, C, CUDA_R_32F, ldc,
+                                    mode == MB_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT);
+    if (e != CUBLAS_STATUS_SUCCESS)
+        return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cublasGemmEx(m=%d n=%d k=%d%s): cuBLAS status %d", file, line, m, n,
+                    k, bf16 ? " bf16" : "", (int)e);
+    if (sync_each_launch()) {
+        cudaError_t se = cudaDeviceSynchronize();
+        if (se != cudaSuccess)
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: cudaDeviceSynchronize after cublasGemmEx(m=%d n=%d k=%d): %s", file,
+                        line, m, n, k, cudaGetErrorString(se));
+    }
+    return MB_STATUS_OK;
+}
+#endif
+
+/* The stream the launchers use while an entry point runs. */
+struct stream_scope {
+    stream_t prev;
+    explicit stream_scope(stream_t s) : prev(g_stream) { g_stream = s; }
+    ~stream_scope() { g_stream = prev; }
+};
+
+static inline unsigned grid_for(int64_t n, int threads) {
+    int64_t g = (n + threads - 1) / threads;
+    if (g < 1) g = 1;
+    if (g > 65536) g = 65536; /* kernels grid-stride beyond */
+    return (unsigned)g;
+}
 
 /* ====================================================== device helpers */
 
@@ -146,7 +425,6 @@ __device__ __forceinline__ float sigmoid_fast_(float x) {
     return __fdividef(e, 1.0f + e);
 }
 __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float softplus_gradf_(float x) { return x > 20.0f ? 1.0f : sigmoidf_(x); }
 __device__ __forceinline__ float siluf_(float x) { return x * sigmoidf_(x); }
 __device__ __forceinline__ float silu_gradf_(float x) {
     float s = sigmoidf_(x);
@@ -166,11 +444,6 @@ __device__ __forceinline__ float warp_max(float v) {
         float w = __shfl_xor_sync(0xffffffffu, v, o);
         v = w > v ? w : v;
     }
-    return v;
-}
-/* Sum over the `width` lanes of an aligned group (width a power of 2). */
-__device__ __forceinline__ float group_sum(float v, int width) {
-    for (int o = width >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o, width);
     return v;
 }
 
@@ -260,6 +533,26 @@ __global__ void convert_bf16_kernel(mbc_bf16 *dst, const float *src, int64_t row
         dst[i] = __float2bfloat16_rn(src[(i / cols) * lds + i % cols]);
 }
 
+/* mb__matmul_forward / _backward through cuBLAS.  Row-major (N,IC) @ (OC,IC)^T
+   is, column-major, out(OC,N) = W^T(OC,IC) x inp(IC,N).  The *_b pointers are
+   the bf16 copies used when bf16 != 0 (inp_b contiguous, ld IC). */
+/* beta 1: out += (the residual add folded into the product). */
+static inline mb_status matmul_forward(blas_t h, float *out, const float *inp, int64_t ldi, const float *w, int64_t N,
+                                int IC, int OC, float beta = 0.0f, int mode = MB_PRECISION_FP32) {
+    return gemm(h, 1, 0, OC, (int)N, IC, 1.0f, w, IC, inp, (int)ldi, beta, out, OC, mode, __FILE__, __LINE__);
+}
+/* dinp (row stride ldi) = beta_in * dinp + dout @ w ; dw += dout^T @ inp. */
+static inline mb_status matmul_backward(blas_t h, float *dinp, float beta_in, float *dw, const float *dout, const float *inp,
+                                 int64_t ldi, const float *w, int64_t N, int IC, int OC, int mode = MB_PRECISION_FP32) {
+    if (dinp) MBC_TRY(gemm(h, 0, 0, IC, (int)N, OC, 1.0f, w, IC, dout, OC, beta_in, dinp, (int)ldi, mode, __FILE__, __LINE__));
+    return gemm(h, 0, 1, IC, OC, (int)N, 1.0f, inp, (int)ldi, dout, OC, 1.0f, dw, IC, mode, __FILE__, __LINE__);
+}
+
+static inline mb_status convert_bf16(mbc_bf16 *dst, const float *src, int64_t rows, int64_t cols, int64_t lds) {
+    MBC_LAUNCH(convert_bf16_kernel, dim3(grid_for(rows * cols, 256)), dim3(256), 0, dst, src, rows, cols, lds);
+    return MB_STATUS_OK;
+}
+
 /* ===================================================== embedding */
 
 /* mb__embedding_forward: out (N,C) = wte[tokens] */
@@ -324,14 +617,53 @@ __global__ void embedding_backward_kernel(float *dwte, const float *part, const 
     }
 }
 
+static inline mb_status embedding_forward(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C) {
+    MBC_LAUNCH(embedding_forward_kernel, dim3(grid_for(N * C, 256)), dim3(256), 0, out, tokens, wte, N, C);
+    return MB_STATUS_OK;
+}
+
+/* Host side of the embedding backward: a stable counting sort of the
+   tokens by byte value and the piece numbering.  table: MBC_BUCKET_TABLE
+   (bucket_off[257], then piece_base[257], the prefix sum of each byte's
+   ceil(count / MBC_EMB_PIECE)); rows: N. */
+static inline void token_buckets(int64_t *table, int64_t *rows, const uint8_t *tokens, int64_t N) {
+    int64_t cnt[257];
+    memset(cnt, 0, sizeof cnt);
+    for (int64_t n = 0; n < N; n++) cnt[tokens[n] + 1]++;
+    for (int v = 0; v < 256; v++) cnt[v + 1] += cnt[v];
+    memcpy(table, cnt, sizeof cnt);
+    int64_t *piece_base = table + 257;
+    piece_base[0] = 0;
+    for (int v = 0; v < 256; v++)
+        piece_base[v + 1] = piece_base[v] + (cnt[v + 1] - cnt[v] + MBC_EMB_PIECE - 1) / MBC_EMB_PIECE;
+    for (int64_t n = 0; n < N; n++) rows[cnt[tokens[n]]++] = n;
+}
+/* The pass-1 grid: an upper bound of the pieces from N alone (the counts are
+   not known where the launch is recorded): sum_v ceil(count_v / PIECE) <=
+   N / PIECE + 256.  The scratch holds one partial row (C floats) each. */
+static inline int64_t embedding_pieces_max(int64_t N) { return (N + MBC_EMB_PIECE - 1) / MBC_EMB_PIECE + 256; }
+/* scratch: embedding_pieces_max(N) * C floats. */
+static inline mb_status embedding_backward(float *dwte, float *scratch, const float *dout, const int64_t *bucket_table,
+                                           const int64_t *bucket_rows, int64_t N, int C) {
+    const int threads = C >= 256 ? 256 : ((C + 31) / 32) * 32;
+    const int64_t pieces = embedding_pieces_max(N);
+    if (pieces > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "embedding backward: N %lld too large", (long long)N);
+    MBC_LAUNCH(embedding_backward_pieces_kernel, dim3((unsigned)pieces), dim3(threads), 0, scratch, dout, bucket_table,
+               bucket_rows, C);
+    MBC_LAUNCH(embedding_backward_kernel, dim3(256), dim3(threads), 0, dwte, (const float *)scratch, dout, bucket_table,
+               bucket_rows, C);
+    return MB_STATUS_OK;
+}
+
 /* ===================================================== layernorm */
 
 /* mb__layernorm_forward: one warp per row, two passes (mean, then the
-   centred variance) as the CPU, eps 1e-5.  rms: mb__rmsnorm_forward (no
+   centred variance) as the CPU, eps 1e-5.  RMS: mb__rmsnorm_forward (no
    mean, no bias: b and mean unused), the same operations as the CPU's.
    out_bf (optional): out in bf16 as well, the next product's input. */
-__global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                         const float *b, int64_t N, int C, float *copy, int rms, mbc_bf16 *out_bf) {
+template <bool rms>
+__global__ void norm_forward_kernel(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                    const float *b, int64_t N, int C, float *copy, mbc_bf16 *out_bf) {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= N) return; /* whole warps leave together: no block barrier here */
@@ -365,11 +697,11 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
 /* mb__layernorm_backward, part 1: dinp += per row (one warp per row); the
    dw/db sums of MBC_LN_ROWS rows go to part[blockIdx.x] (2C floats: dw then
    db), each warp accumulating its rows in shared memory, then summed over
-   warps in order.  Dynamic shared memory: nwarps * 2C floats.  rms:
+   warps in order.  Dynamic shared memory: nwarps * 2C floats.  RMS:
    mb__rmsnorm_backward (mean unused, no mean term; the db half stays 0). */
-__global__ void layernorm_backward_kernel(float *dinp, float *part, const float *dout, const float *inp,
-                                          const float *w, const float *mean, const float *rstd, int64_t N, int C,
-                                          int overwrite, int rms) {
+template <bool rms>
+__global__ void norm_backward_kernel(float *dinp, float *part, const float *dout, const float *inp, const float *w,
+                                     const float *mean, const float *rstd, int64_t N, int C, int overwrite) {
     MBC_DYNAMIC_SHARED(float, acc);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     float *my = acc + (int64_t)warp * 2 * C;
@@ -406,6 +738,60 @@ __global__ void layernorm_backward_kernel(float *dinp, float *part, const float 
         for (int k = 0; k < nwarps; k++) s += acc[(int64_t)k * 2 * C + c];
         part[(int64_t)blockIdx.x * 2 * C + c] = s;
     }
+}
+
+/* copy (optional): also copy inp there (the residual for the next layer). */
+static inline mb_status layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
+                                          int64_t N, int C, float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
+    MBC_LAUNCH(norm_forward_kernel<false>, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C, copy, out_bf);
+    return MB_STATUS_OK;
+}
+static inline mb_status rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C,
+                                        float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
+    MBC_LAUNCH(norm_forward_kernel<true>, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, (float *)nullptr, rstd, inp, w,
+               (const float *)nullptr, N, C, copy, out_bf);
+    return MB_STATUS_OK;
+}
+static inline int ln_backward_warps(int C) {
+    int w = (int)(MBC_SMEM_BYTES / ((int64_t)8 * C)); /* nwarps * 2C floats fit the shared memory */
+    return w > 8 ? 8 : (w < 1 ? 1 : w);
+}
+static inline int64_t ln_backward_parts(int64_t N) { return (N + MBC_LN_ROWS - 1) / MBC_LN_ROWS; }
+/* scratch: ln_backward_parts(N) * 2C floats; overwrite: dinp = instead of
+   += (a first writer needs no memset).  RMSNorm: db and mean unused. */
+template <bool rms>
+static inline mb_status norm_backward_(float *dinp, float *dw, float *db, float *scratch, const float *dout, const float *inp,
+                                       const float *w, const float *mean, const float *rstd, int64_t N, int C, bool overwrite) {
+    const int64_t parts = ln_backward_parts(N);
+    const int warps = ln_backward_warps(C);
+    if (parts > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "norm backward: N %lld too large", (long long)N);
+    MBC_LAUNCH(norm_backward_kernel<rms>, dim3((unsigned)parts), dim3(32 * warps), (size_t)warps * 2 * C * sizeof(float),
+               dinp, scratch, dout, inp, w, mean, rstd, N, C, (int)overwrite);
+    const int64_t nout = rms ? C : 2 * C; /* RMSNorm: only the dw half */
+    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((nout + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)C, db,
+               nout - C, (const float *)scratch, (int64_t)2 * C, parts);
+    return MB_STATUS_OK;
+}
+static inline mb_status layernorm_backward(float *dinp, float *dw, float *db, float *scratch, const float *dout, const float *inp,
+                                           const float *w, const float *mean, const float *rstd, int64_t N, int C,
+                                           bool overwrite = false) {
+    return norm_backward_<false>(dinp, dw, db, scratch, dout, inp, w, mean, rstd, N, C, overwrite);
+}
+static inline mb_status rmsnorm_backward(float *dinp, float *dw, float *scratch, const float *dout, const float *inp,
+                                         const float *w, const float *rstd, int64_t N, int C, bool overwrite = false) {
+    return norm_backward_<true>(dinp, dw, nullptr, scratch, dout, inp, w, nullptr, rstd, N, C, overwrite);
+}
+/* mb__norm_forward / _backward: the config's norm. */
+static inline mb_status norm_forward(const mb_config *c, float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                     const float *b, int64_t N, int C, float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
+    if (c->norm == MB_NORM_RMSNORM) return rmsnorm_forward(out, rstd, inp, w, N, C, copy, out_bf);
+    return layernorm_forward(out, mean, rstd, inp, w, b, N, C, copy, out_bf);
+}
+static inline mb_status norm_backward(const mb_config *c, float *dinp, float *dw, float *db, float *scratch, const float *dout,
+                                      const float *inp, const float *w, const float *mean, const float *rstd, int64_t N, int C,
+                                      bool overwrite) {
+    if (c->norm == MB_NORM_RMSNORM) return rmsnorm_backward(dinp, dw, scratch, dout, inp, w, rstd, N, C, overwrite);
+    return layernorm_backward(dinp, dw, db, scratch, dout, inp, w, mean, rstd, N, C, overwrite);
 }
 
 /* ===================================================== conv1d */
@@ -456,7 +842,7 @@ __global__ void conv1d_backward_kernel(float *dxz, float *part, const float *dou
     if (d >= Di) return;
     const int64_t N = (int64_t)B * T, n0 = (int64_t)blockIdx.y * MBC_CONV_TOKENS;
     const int64_t n1 = n0 + MBC_CONV_TOKENS < N ? n0 + MBC_CONV_TOKENS : N;
-    float win[KT > 0 ? KT : MBC_MAX_CONV], dw[KT > 0 ? KT : MBC_MAX_CONV];
+    float win[KT > 0 ? KT : MB_MAX_CONV], dw[KT > 0 ? KT : MB_MAX_CONV];
     float db = 0.0f;
     for (int k = 0; k < KK; k++) dw[k] = 0.0f;
     for (int j = 0; j + 1 < KK; j++) {
@@ -498,6 +884,36 @@ __global__ void conv1d_step_kernel(float *u, float *state, const float *xz, cons
     s[K - 1] = xz[d];
     for (int k = 0; k < K; k++) pre += w[(int64_t)d * K + k] * s[k];
     u[d] = siluf_(pre);
+}
+
+static inline mb_status conv1d_forward(float *out, const float *xz, const float *w, const float *bias, int B, int T, int Di,
+                                int K, mbc_bf16 *out_bf = nullptr) {
+    const dim3 g(grid_for((int64_t)B * T * Di, 256));
+    if (K == 4) MBC_LAUNCH(conv1d_forward_kernel<4>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K, out_bf);
+    else MBC_LAUNCH(conv1d_forward_kernel<0>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K, out_bf);
+    return MB_STATUS_OK;
+}
+static inline int64_t conv_backward_parts(int B, int T) { return ((int64_t)B * T + MBC_CONV_TOKENS - 1) / MBC_CONV_TOKENS; }
+/* scratch: conv_backward_parts(B,T) * Di * (K+1) floats. */
+/* overwrite: the x' columns of dxz = instead of +=. */
+static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, float *scratch, const float *dout,
+                                 const float *xz, const float *w, const float *bias, int B, int T, int Di, int K,
+                                 bool overwrite = false) {
+    const int64_t parts = conv_backward_parts(B, T);
+    const dim3 gw((unsigned)((Di + 127) / 128), (unsigned)parts);
+    if (parts > 65535) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "conv1d backward: B*T %lld too large", (long long)B * T);
+    if (K == 4)
+        MBC_LAUNCH(conv1d_backward_kernel<4>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
+    else
+        MBC_LAUNCH(conv1d_backward_kernel<0>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
+    const int64_t ps = (int64_t)Di * (K + 1);
+    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((ps + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)Di * K,
+               dbias, (int64_t)Di, (const float *)scratch, ps, parts);
+    return MB_STATUS_OK;
+}
+static inline mb_status conv1d_step(float *u, float *state, const float *xz, const float *w, const float *bias, int Di, int K) {
+    MBC_LAUNCH(conv1d_step_kernel, dim3((unsigned)((Di + 127) / 128)), dim3(128), 0, u, state, xz, w, bias, Di, K);
+    return MB_STATUS_OK;
 }
 
 /* ===================================================== selective scan
@@ -926,6 +1342,98 @@ __global__ void scan_step_kernel(float *gated, float *hstate, const float *u, co
     gated[d] = (y + Dp[d] * u[d]) * siluf_(xz[Di + d]);
 }
 
+static inline scan_ctx make_scan_ctx(int T, int Di, int S, int R, int chunk) {
+    scan_ctx k;
+    k.T = T; k.Di = Di; k.S = S; k.R = R; k.X = R + 2 * S; k.chunk = chunk;
+    k.nch = (T + chunk - 1) / chunk;
+    return k;
+}
+static inline mb_status scan_check(int B, int T, int Di, int S, int chunk) {
+    if (S < 1 || S > MBC_SCAN_MAX_STATE) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
+    if (chunk < 1 || chunk > MBC_SCAN_MAX_CHUNK) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: chunk %d (must be 1..%d)", chunk, MBC_SCAN_MAX_CHUNK);
+    if (B > 65535 || (T + chunk - 1) / chunk > 65535 || T < 1 || Di < 1)
+        return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: B %d, T %d, Di %d out of the grid's range", B, T, Di);
+    return MB_STATUS_OK;
+}
+static inline int scan_bwd_warps(int Di) { /* warps of 32 channels over the backward grid */
+    const int per = 32 * MBC_SCAN_BWD_WARPS;
+    return ((Di + per - 1) / per) * MBC_SCAN_BWD_WARPS;
+}
+/* Scan scratch in floats: forward B*nch*Di (sdt); backward B*nch*Di*S (gin)
+   + B*nch*Di (sdt) + B*nch*(Di*S + 2Di) (parameter partials) + B*T*nw*2S
+   (dB/dC partials, nw warps of channels). */
+static inline int64_t scan_scratch_floats(int B, int T, int Di, int S, int chunk) {
+    const int64_t nch = (T + chunk - 1) / chunk, npc = (int64_t)B * nch, DS = (int64_t)Di * S;
+    return npc * DS + npc * Di + npc * (DS + 2 * Di) + (int64_t)B * T * scan_bwd_warps(Di) * 2 * S;
+}
+
+/* NS: the register width of the state arrays, a multiple of 16 >= S. */
+#define MBC_SCAN_DISPATCH(S, KERNEL, ...)                                                                   \
+    do {                                                                                                     \
+        if ((S) <= 16) MBC_LAUNCH(KERNEL<16>, __VA_ARGS__);                                                  \
+        else if ((S) <= 32) MBC_LAUNCH(KERNEL<32>, __VA_ARGS__);                                             \
+        else MBC_LAUNCH(KERNEL<64>, __VA_ARGS__);                                                            \
+    } while (0)
+
+/* mb__scan_forward on the device; states (B, nch, Di, S) as the CPU. */
+static inline mb_status scan_forward(float *out, float *states, float *scratch, const float *u, const float *delta,
+                              const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                              const float *xz, int B, int T, int Di, int S, int R, int chunk,
+                              mbc_bf16 *out_bf = nullptr) {
+    MBC_TRY(scan_check(B, T, Di, S, chunk));
+    const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
+    const unsigned groups = (unsigned)((Di + MBC_SCAN_THREADS - 1) / MBC_SCAN_THREADS);
+    float *sdt = scratch;
+    if (k.nch > 1) {
+        MBC_SCAN_DISPATCH(S, scan_chunk_state_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B),
+                          dim3(MBC_SCAN_THREADS), 0, states, sdt, u, delta, dt_bias, A_log, xdbl, k);
+        MBC_LAUNCH(scan_carry_kernel, dim3(grid_for((int64_t)B * Di * S, 256)), dim3(256), 0, states,
+                   (const float *)sdt, A_log, B, k);
+    }
+    MBC_SCAN_DISPATCH(S, scan_forward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
+                      out, states, u, delta, dt_bias, A_log, xdbl, Dp, xz, k, out_bf);
+    return MB_STATUS_OK;
+}
+
+/* mb__scan_backward on the device (same += / overwrite contract); with
+   overwrite, du, the z columns of dxz and the B/C columns of dxdbl are
+   written (=) instead of added to, so the trainer needs no memsets. */
+static inline mb_status scan_backward(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                               float *dxz, float *scratch, const float *dout, const float *states, const float *u,
+                               const float *delta, const float *dt_bias, const float *A_log, const float *xdbl,
+                               const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk,
+                               bool overwrite = false) {
+    MBC_TRY(scan_check(B, T, Di, S, chunk));
+    const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
+    const unsigned groups = (unsigned)((Di + MBC_SCAN_THREADS - 1) / MBC_SCAN_THREADS);
+    const int nw = scan_bwd_warps(Di);
+    const int64_t DS = (int64_t)Di * S, npc = (int64_t)B * k.nch;
+    float *gin = scratch, *sdt = gin + npc * DS, *part = sdt + npc * Di, *partBC = part + npc * (DS + 2 * Di);
+    if (k.nch > 1) {
+        MBC_SCAN_DISPATCH(S, scan_chunk_grad_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B),
+                          dim3(MBC_SCAN_THREADS), 0, gin, sdt, dout, delta, dt_bias, A_log, xdbl, xz, k);
+        MBC_LAUNCH(scan_carry_grad_kernel, dim3(grid_for((int64_t)B * DS, 256)), dim3(256), 0, gin, (const float *)sdt,
+                   A_log, B, k);
+    }
+    MBC_LAUNCH(scan_backward_kernel, dim3((unsigned)(nw / MBC_SCAN_BWD_WARPS), (unsigned)k.nch, (unsigned)B),
+               dim3(32 * MBC_SCAN_BWD_WARPS), 0, du, ddelta, dxz, part, partBC, dout, states, (const float *)gin, u,
+               delta, dt_bias, A_log, xdbl, Dp, xz, k, (int)overwrite);
+    const int64_t ntok = (int64_t)B * T;
+    const int64_t nred = (DS + 2 * Di + 31) / 32 + (ntok * 2 * S + 32 * MBC_RED_Y - 1) / (32 * MBC_RED_Y);
+    if (nred > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA scan: B*T %lld too large", (long long)ntok);
+    MBC_LAUNCH(scan_reduce_kernel, dim3((unsigned)nred), dim3(32, MBC_RED_Y), 0, dA_log, dD, ddt_bias,
+               dxdbl, (const float *)part, (const float *)partBC, npc, ntok, nw, k, (int)overwrite);
+    return MB_STATUS_OK;
+}
+
+static inline mb_status scan_step(float *gated, float *hstate, const float *u, const float *delta, const float *dt_bias,
+                           const float *A_log, const float *xdbl, const float *Dp, const float *xz, int Di, int S, int R) {
+    if (S < 1 || S > MBC_SCAN_MAX_STATE) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
+    MBC_LAUNCH(scan_step_kernel, dim3((unsigned)((Di + 127) / 128)), dim3(128), 0, gated, hstate, u, delta, dt_bias,
+               A_log, xdbl, Dp, xz, Di, S, R);
+    return MB_STATUS_OK;
+}
+
 /* ===================================================== cross-entropy */
 
 /* Fused mb_cross_entropy_forward (per-row loss, NONE) and _backward: one
@@ -1018,6 +1526,22 @@ __global__ void sum_kernel(float *out, const float *x, int64_t n, double scale, 
     }
 }
 
+/* Fused cross-entropy: loss_rows (rows), dlogits (may alias logits). */
+static inline mb_status cross_entropy(float *loss_rows, float *dlogits, const float *logits, const int32_t *targets,
+                               int64_t rows, int V, int32_t ignore_index, float label_smoothing,
+                               const float *dloss_rows, float dscale, const double *dscale_dev = nullptr) {
+    if (rows < 1) return MB_STATUS_OK;
+    if (rows > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "cross-entropy: %lld rows", (long long)rows);
+    MBC_LAUNCH(cross_entropy_kernel, dim3((unsigned)rows), dim3(256), 0, loss_rows, dlogits, logits, targets, rows, V,
+               ignore_index, label_smoothing, dloss_rows, dscale, dscale_dev);
+    return MB_STATUS_OK;
+}
+static inline mb_status sum(float *out, const float *x, int64_t n, double scale, const double *scale_dev = nullptr,
+                            double *acc = nullptr) {
+    MBC_LAUNCH(sum_kernel, dim3(1), dim3(256), 0, out, x, n, scale, scale_dev, acc);
+    return MB_STATUS_OK;
+}
+
 /* ===================================================== optimizer */
 
 /* g *= scale (when scale != 1; scale_dev replaces it when given);
@@ -1094,522 +1618,6 @@ __global__ void adamw_kernel(float *p, float *g, float *m, float *v, const uint8
     }
 }
 
-} /* namespace mbc */
-
-/* ======================================================================= */
-/*             platform layer: device memory, copies, GEMM                 */
-/* ======================================================================= */
-namespace mbc {
-
-static thread_local char g_err[512];
-
-/* MB_CUDA_SYNC=1: synchronise and check after every launch (read once). */
-static inline bool sync_each_launch() {
-    static int mode = -1;
-    if (mode < 0) {
-        const char *e = getenv("MB_CUDA_SYNC");
-        mode = e && e[0] == '1' && e[1] == 0;
-    }
-    return mode == 1;
-}
-
-static inline mb_status fail(mb_status s, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
-    va_end(ap);
-    return s;
-}
-
-#define MBC_TRY(expr)                                      \
-    do {                                                   \
-        mb_status s_ = (expr);                             \
-        if (s_ != MB_STATUS_OK) return s_;                 \
-    } while (0)
-
-#ifdef MB_CUDA_EMULATE
-typedef void *blas_t;
-#define MBC_CUDA(call) (void)0
-static inline int device_count() { return 1; }
-static inline mb_status device_check() { return MB_STATUS_OK; }
-static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
-    *p = cuda_emu::device_alloc(bytes); /* 256-byte aligned, as cudaMalloc */
-    if (!*p) return fail(MB_STATUS_OUT_OF_MEMORY, "emulated device: %s (%zu bytes)", what, bytes);
-    memset(*p, 0xFF, bytes); /* NaN: a read before a write shows */
-    return MB_STATUS_OK;
-}
-static inline void dfree(void *p) { cuda_emu::device_free(p); }
-/* Each copy, memset and GEMM counts as one stream operation (cuda_emu::g.ops)
-   where it runs.  The blocking ones (h2d, d2h: pageable host memory, the
-   host waits) may not be captured into a graph; the async ones (pinned host
-   memory, read when the operation runs) and d2d/dzero may. */
-typedef void *stream_t;
-typedef cuda_emu::Graph *graph_t;
-typedef void *event_t;
-static thread_local stream_t g_stream = nullptr;
-static inline mb_status h2d(void *d, const void *h, size_t bytes) {
-    cuda_emu::host_sync("h2d (blocking copy)");
-    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, h, bytes); });
-    return MB_STATUS_OK;
-}
-static inline mb_status d2h(void *h, const void *d, size_t bytes) {
-    cuda_emu::host_sync("d2h (blocking copy)");
-    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(h, d, bytes); });
-    return MB_STATUS_OK;
-}
-static inline mb_status d2d(void *d, const void *s, size_t bytes) {
-    cuda_emu::stream_op([=] { cuda_emu::g.ops.copies++; if (bytes) memcpy(d, s, bytes); });
-    return MB_STATUS_OK;
-}
-static inline mb_status dzero(void *d, size_t bytes) {
-    cuda_emu::stream_op([=] { cuda_emu::g.ops.memsets++; if (bytes) memset(d, 0, bytes); });
-    return MB_STATUS_OK;
-}
-static inline mb_status sync() { cuda_emu::host_sync("stream synchronize"); return MB_STATUS_OK; }
-static inline void *hmalloc(size_t bytes) { return malloc(bytes ? bytes : 1); }
-static inline void hfree(void *p) { free(p); }
-static inline mb_status h2d_async(void *d, const void *h, size_t bytes) { return d2d(d, h, bytes); }
-static inline mb_status d2h_async(void *h, const void *d, size_t bytes) { return d2d(h, d, bytes); }
-static inline mb_status stream_create(stream_t *s) { *s = nullptr; return MB_STATUS_OK; }
-static inline void stream_destroy(stream_t) {}
-static inline mb_status event_create(event_t *e) { *e = nullptr; return MB_STATUS_OK; }
-static inline void event_destroy(event_t) {}
-static inline mb_status event_record(event_t) { return MB_STATUS_OK; }
-static inline mb_status event_wait(event_t) { cuda_emu::host_sync("event synchronize"); return MB_STATUS_OK; }
-static inline mb_status capture_begin() { cuda_emu::capture_begin(); return MB_STATUS_OK; }
-static inline mb_status capture_end(graph_t *out) { *out = cuda_emu::capture_end(); return MB_STATUS_OK; }
-static inline void capture_abort() { if (cuda_emu::g.capturing) cuda_emu::delete_graph(cuda_emu::capture_end()); }
-static inline mb_status graph_launch(graph_t gr) { cuda_emu::launch_graph(gr); return MB_STATUS_OK; }
-static inline void graph_free(graph_t gr) { if (gr) cuda_emu::delete_graph(gr); }
-static inline mb_status blas_create(blas_t *h, stream_t = nullptr, void * = nullptr, size_t = 0) { *h = nullptr; return MB_STATUS_OK; }
-static inline void blas_destroy(blas_t) {}
-/* TF32 as the tensor cores take it: 10 mantissa bits, round to nearest,
-   ties away from zero (cvt.rna.tf32.f32). */
-static inline float tf32_round(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
-    memcpy(&f, &u, 4);
-    return f;
-}
-/* mode: MBC_FP32, MBC_BF16 (bf16 operands), MBC_TF32 (fp32 operands rounded to TF32) */
-static inline float ld_elem(const void *p, int64_t i, int mode) {
-    if (mode == MBC_BF16) return __bfloat162float(((const mbc_bf16 *)p)[i]);
-    const float f = ((const float *)p)[i];
-    return mode == MBC_TF32 ? tf32_round(f) : f;
-}
-/* Column-major C = alpha op(A) op(B) + beta C, cuBLAS's contract (C is not
-   read when beta == 0), in double on the host. */
-static inline void gemm_now(int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
-                            int ldb, float beta, float *C, int ldc, int mode) {
-    cuda_emu::g.ops.gemms++;
-    for (int j = 0; j < n; j++)
-        for (int i = 0; i < m; i++) {
-            double s = 0.0;
-            for (int p = 0; p < k; p++) {
-                const double a = ld_elem(A, ta ? p + (int64_t)i * lda : i + (int64_t)p * lda, mode);
-                const double b = ld_elem(B, tb ? j + (int64_t)p * ldb : p + (int64_t)j * ldb, mode);
-                s += a * b;
-            }
-            float *c = C + i + (int64_t)j * ldc;
-            *c = beta == 0.0f ? (float)(alpha * s) : (float)(alpha * s + (double)beta * *c);
-        }
-}
-static inline mb_status gemm(blas_t, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
-                      int ldb, float beta, float *C, int ldc, int mode, const char *, int) {
-    cuda_emu::stream_op([=] { gemm_now(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, mode); });
-    return MB_STATUS_OK;
-}
-#else
-typedef cublasHandle_t blas_t;
-#define MBC_CUDA(call)                                                                                        \
-    do {                                                                                                      \
-        cudaError_t e_ = (call);                                                                              \
-        if (e_ != cudaSuccess)                                                                                \
-            return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                \
-                             cudaGetErrorString(e_));                                                         \
-    } while (0)
-#define MBC_CUDA_AT(call, what)                                                                               \
-    do {                                                                                                      \
-        cudaError_t e_ = (call);                                                                              \
-        if (e_ != cudaSuccess)                                                                                \
-            return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s after %s: %s", __FILE__, __LINE__, #call, what,  \
-                             cudaGetErrorString(e_));                                                         \
-    } while (0)
-#define MBC_CUBLAS(call)                                                                                      \
-    do {                                                                                                      \
-        cublasStatus_t e_ = (call);                                                                           \
-        if (e_ != CUBLAS_STATUS_SUCCESS)                                                                      \
-            return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, #call,  \
-                             (int)e_);                                                                        \
-    } while (0)
-static inline int device_count() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 0;
-    }
-    return n;
-}
-/* Why no GPU can be used, in CUDA's words (e.g. "CUDA driver version is
-   insufficient for CUDA runtime version"), rather than a bare "no GPU". */
-static inline mb_status device_check() {
-    int n = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        return fail(MB_STATUS_UNSUPPORTED, "CUDA: %s (cudaGetDeviceCount: %s)", cudaGetErrorString(e), cudaGetErrorName(e));
-    }
-    if (n < 1) return fail(MB_STATUS_UNSUPPORTED, "CUDA: no CUDA device found");
-    return MB_STATUS_OK;
-}
-static inline mb_status dmalloc(void **p, size_t bytes, const char *what) {
-    *p = nullptr;
-    cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
-    if (e == cudaErrorMemoryAllocation) {
-        (void)cudaGetLastError();
-        return fail(MB_STATUS_OUT_OF_MEMORY, "%s:%d: cudaMalloc %s (%zu bytes): out of device memory", __FILE__,
-                    __LINE__, what, bytes);
-    }
-    if (e != cudaSuccess) return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cudaMalloc %s: %s", __FILE__, __LINE__, what, cudaGetErrorString(e));
-    return MB_STATUS_OK;
-}
-static inline void dfree(void *p) { if (p) (void)cudaFree(p); }
-/* Every operation goes to g_stream: the legacy default stream (0) unless
-   an entry point put its own stream there (stream_scope: the trainer's,
-   which graphs can be captured from).  The blocking copies wait for it. */
-typedef cudaStream_t stream_t;
-typedef cudaGraphExec_t graph_t;
-typedef cudaEvent_t event_t;
-static thread_local stream_t g_stream = 0;
-static inline mb_status sync() { MBC_CUDA(cudaStreamSynchronize(g_stream)); return MB_STATUS_OK; }
-static inline mb_status h2d(void *d, const void *h, size_t bytes) {
-    MBC_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_stream));
-    return sync(); /* the caller may reuse h, pinned or not */
-}
-static inline mb_status d2h(void *h, const void *d, size_t bytes) {
-    MBC_CUDA(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_stream));
-    return sync();
-}
-static inline mb_status d2d(void *d, const void *s, size_t bytes) { MBC_CUDA(cudaMemcpyAsync(d, s, bytes, cudaMemcpyDeviceToDevice, g_stream)); return MB_STATUS_OK; }
-static inline mb_status dzero(void *d, size_t bytes) { MBC_CUDA(cudaMemsetAsync(d, 0, bytes, g_stream)); return MB_STATUS_OK; }
-/* Pinned host memory, for the asynchronous copies: the batch upload, the
-   update's scalars, the step's statistics read-back. */
-static inline void *hmalloc(size_t bytes) {
-    void *p = nullptr;
-    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) { (void)cudaGetLastError(); return nullptr; }
-    return p;
-}
-static inline void hfree(void *p) { if (p) (void)cudaFreeHost(p); }
-static inline mb_status h2d_async(void *d, const void *h, size_t bytes) {
-    MBC_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, g_stream));
-    return MB_STATUS_OK;
-}
-static inline mb_status d2h_async(void *h, const void *d, size_t bytes) {
-    MBC_CUDA(cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, g_stream));
-    return MB_STATUS_OK;
-}
-static inline mb_status stream_create(stream_t *s) { MBC_CUDA(cudaStreamCreateWithFlags(s, cudaStreamNonBlocking)); return MB_STATUS_OK; }
-static inline void stream_destroy(stream_t s) { if (s) (void)cudaStreamDestroy(s); }
-static inline mb_status event_create(event_t *e) { MBC_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming)); return MB_STATUS_OK; }
-static inline void event_destroy(event_t e) { if (e) (void)cudaEventDestroy(e); }
-static inline mb_status event_record(event_t e) { MBC_CUDA(cudaEventRecord(e, g_stream)); return MB_STATUS_OK; }
-static inline mb_status event_wait(event_t e) { MBC_CUDA(cudaEventSynchronize(e)); return MB_STATUS_OK; }
-/* Graphs: capture g_stream's operations (this thread's only), instantiate,
-   replay.  A failed capture must still be ended (capture_abort). */
-static inline mb_status capture_begin() { MBC_CUDA(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal)); return MB_STATUS_OK; }
-static inline mb_status capture_end(graph_t *out) {
-    cudaGraph_t gr = nullptr;
-    *out = nullptr;
-    MBC_CUDA(cudaStreamEndCapture(g_stream, &gr));
-    const cudaError_t e = cudaGraphInstantiate(out, gr, 0);
-    (void)cudaGraphDestroy(gr);
-    if (e != cudaSuccess) { *out = nullptr; return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cudaGraphInstantiate: %s", __FILE__, __LINE__, cudaGetErrorString(e)); }
-    return MB_STATUS_OK;
-}
-static inline void capture_abort() {
-    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(g_stream, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
-        cudaGraph_t gr = nullptr;
-        if (cudaStreamEndCapture(g_stream, &gr) == cudaSuccess && gr) (void)cudaGraphDestroy(gr);
-    }
-    (void)cudaGetLastError();
-}
-static inline mb_status graph_launch(graph_t gr) { MBC_CUDA(cudaGraphLaunch(gr, g_stream)); return MB_STATUS_OK; }
-static inline void graph_free(graph_t gr) { if (gr) (void)cudaGraphExecDestroy(gr); }
-/* A handle bound to one stream.  workspace: cuBLAS's scratch given up front,
-   so a captured GEMM never asks for memory (set after the stream: setting a
-   stream resets the workspace to cuBLAS's own). */
-static inline mb_status blas_create(blas_t *h, stream_t s = 0, void *workspace = nullptr, size_t workspace_bytes = 0) {
-    MBC_CUBLAS(cublasCreate(h));
-    /* default math: with CUBLAS_COMPUTE_32F (every call below) no TF32 */
-    MBC_CUBLAS(cublasSetMathMode(*h, CUBLAS_DEFAULT_MATH));
-    MBC_CUBLAS(cublasSetStream(*h, s));
-    if (workspace) MBC_CUBLAS(cublasSetWorkspace(*h, workspace, workspace_bytes));
-    return MB_STATUS_OK;
-}
-static inline void blas_destroy(blas_t h) { if (h) (void)cublasDestroy(h); }
-static inline mb_status gemm(blas_t h, int ta, int tb, int m, int n, int k, float alpha, const void *A, int lda, const void *B,
-                      int ldb, float beta, float *C, int ldc, int mode, const char *file, int line) {
-    const bool bf16 = mode == MBC_BF16;
-    const cudaDataType_t ty = bf16 ? CUDA_R_16BF : CUDA_R_32F;
-    cublasStatus_t e = cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha,
-                                    A, ty, lda, B, ty, ldb, &beta, C, CUDA_R_32F, ldc,
-                                    mode == MBC_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
-                                    CUBLAS_GEMM_DEFAULT);
-    if (e != CUBLAS_STATUS_SUCCESS)
-        return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cublasGemmEx(m=%d n=%d k=%d%s): cuBLAS status %d", file, line, m, n,
-                    k, bf16 ? " bf16" : "", (int)e);
-    if (sync_each_launch()) {
-        cudaError_t se = cudaDeviceSynchronize();
-        if (se != cudaSuccess)
-            return fail(MB_STATUS_CUDA_ERROR, "%s:%d: cudaDeviceSynchronize after cublasGemmEx(m=%d n=%d k=%d): %s", file,
-                        line, m, n, k, cudaGetErrorString(se));
-    }
-    return MB_STATUS_OK;
-}
-#endif
-
-/* The stream the launchers use while an entry point runs. */
-struct stream_scope {
-    stream_t prev;
-    explicit stream_scope(stream_t s) : prev(g_stream) { g_stream = s; }
-    ~stream_scope() { g_stream = prev; }
-};
-
-static inline unsigned grid_for(int64_t n, int threads) {
-    int64_t g = (n + threads - 1) / threads;
-    if (g < 1) g = 1;
-    if (g > 65536) g = 65536; /* kernels grid-stride beyond */
-    return (unsigned)g;
-}
-
-/* ======================================================================= */
-/*        launchers: the CPU layer signatures, device pointers                */
-/* ======================================================================= */
-
-static inline mb_status embedding_forward(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C) {
-    MBC_LAUNCH(embedding_forward_kernel, dim3(grid_for(N * C, 256)), dim3(256), 0, out, tokens, wte, N, C);
-    return MB_STATUS_OK;
-}
-
-/* Host side of the embedding backward: a stable counting sort of the
-   tokens by byte value and the piece numbering.  table: MBC_BUCKET_TABLE
-   (bucket_off[257], then piece_base[257], the prefix sum of each byte's
-   ceil(count / MBC_EMB_PIECE)); rows: N. */
-static inline void token_buckets(int64_t *table, int64_t *rows, const uint8_t *tokens, int64_t N) {
-    int64_t cnt[257];
-    memset(cnt, 0, sizeof cnt);
-    for (int64_t n = 0; n < N; n++) cnt[tokens[n] + 1]++;
-    for (int v = 0; v < 256; v++) cnt[v + 1] += cnt[v];
-    memcpy(table, cnt, sizeof cnt);
-    int64_t *piece_base = table + 257;
-    piece_base[0] = 0;
-    for (int v = 0; v < 256; v++)
-        piece_base[v + 1] = piece_base[v] + (cnt[v + 1] - cnt[v] + MBC_EMB_PIECE - 1) / MBC_EMB_PIECE;
-    for (int64_t n = 0; n < N; n++) rows[cnt[tokens[n]]++] = n;
-}
-/* The pass-1 grid: an upper bound of the pieces from N alone (the counts are
-   not known where the launch is recorded): sum_v ceil(count_v / PIECE) <=
-   N / PIECE + 256.  The scratch holds one partial row (C floats) each. */
-static inline int64_t embedding_pieces_max(int64_t N) { return (N + MBC_EMB_PIECE - 1) / MBC_EMB_PIECE + 256; }
-/* scratch: embedding_pieces_max(N) * C floats. */
-static inline mb_status embedding_backward(float *dwte, float *scratch, const float *dout, const int64_t *bucket_table,
-                                           const int64_t *bucket_rows, int64_t N, int C) {
-    const int threads = C >= 256 ? 256 : ((C + 31) / 32) * 32;
-    const int64_t pieces = embedding_pieces_max(N);
-    if (pieces > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "embedding backward: N %lld too large", (long long)N);
-    MBC_LAUNCH(embedding_backward_pieces_kernel, dim3((unsigned)pieces), dim3(threads), 0, scratch, dout, bucket_table,
-               bucket_rows, C);
-    MBC_LAUNCH(embedding_backward_kernel, dim3(256), dim3(threads), 0, dwte, (const float *)scratch, dout, bucket_table,
-               bucket_rows, C);
-    return MB_STATUS_OK;
-}
-
-/* copy (optional): also copy inp there (the residual for the next layer).
-   rms: RMSNorm instead (b and mean unused). */
-static inline mb_status layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                   const float *b, int64_t N, int C, float *copy = nullptr, bool rms = false,
-                                   mbc_bf16 *out_bf = nullptr) {
-    MBC_LAUNCH(layernorm_forward_kernel, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C,
-               copy, (int)rms, out_bf);
-    return MB_STATUS_OK;
-}
-static inline int ln_backward_warps(int C) {
-    int w = (int)((48 * 1024) / ((int64_t)8 * C)); /* nwarps * 2C floats <= 48 KiB */
-    return w > 8 ? 8 : (w < 1 ? 1 : w);
-}
-static inline int64_t ln_backward_parts(int64_t N) { return (N + MBC_LN_ROWS - 1) / MBC_LN_ROWS; }
-/* scratch: ln_backward_parts(N) * 2C floats. */
-/* overwrite: dinp = instead of += (a first writer needs no memset). */
-/* rms: RMSNorm's backward (db and mean unused). */
-static inline mb_status layernorm_backward(float *dinp, float *dw, float *db, float *scratch, const float *dout,
-                                    const float *inp, const float *w, const float *mean, const float *rstd, int64_t N,
-                                    int C, bool overwrite = false, bool rms = false) {
-    const int64_t parts = ln_backward_parts(N);
-    const int warps = ln_backward_warps(C);
-    if (parts > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "layernorm backward: N %lld too large", (long long)N);
-    MBC_LAUNCH(layernorm_backward_kernel, dim3((unsigned)parts), dim3(32 * warps), (size_t)warps * 2 * C * sizeof(float),
-               dinp, scratch, dout, inp, w, mean, rstd, N, C, (int)overwrite, (int)rms);
-    const int64_t nout = rms ? C : 2 * C; /* RMSNorm: only the dw half */
-    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((nout + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)C, db,
-               nout - C, (const float *)scratch, (int64_t)2 * C, parts);
-    return MB_STATUS_OK;
-}
-/* mb__matmul_forward / _backward through cuBLAS.  Row-major (N,IC) @ (OC,IC)^T
-   is, column-major, out(OC,N) = W^T(OC,IC) x inp(IC,N).  The *_b pointers are
-   the bf16 copies used when bf16 != 0 (inp_b contiguous, ld IC). */
-/* beta 1: out += (the residual add folded into the product). */
-static inline mb_status matmul_forward(blas_t h, float *out, const float *inp, int64_t ldi, const float *w, int64_t N,
-                                int IC, int OC, float beta = 0.0f, int mode = MBC_FP32) {
-    return gemm(h, 1, 0, OC, (int)N, IC, 1.0f, w, IC, inp, (int)ldi, beta, out, OC, mode, __FILE__, __LINE__);
-}
-/* dinp (row stride ldi) = beta_in * dinp + dout @ w ; dw += dout^T @ inp. */
-static inline mb_status matmul_backward(blas_t h, float *dinp, float beta_in, float *dw, const float *dout, const float *inp,
-                                 int64_t ldi, const float *w, int64_t N, int IC, int OC, int mode = MBC_FP32) {
-    if (dinp) MBC_TRY(gemm(h, 0, 0, IC, (int)N, OC, 1.0f, w, IC, dout, OC, beta_in, dinp, (int)ldi, mode, __FILE__, __LINE__));
-    return gemm(h, 0, 1, IC, OC, (int)N, 1.0f, inp, (int)ldi, dout, OC, 1.0f, dw, IC, mode, __FILE__, __LINE__);
-}
-
-static inline mb_status convert_bf16(mbc_bf16 *dst, const float *src, int64_t rows, int64_t cols, int64_t lds) {
-    MBC_LAUNCH(convert_bf16_kernel, dim3(grid_for(rows * cols, 256)), dim3(256), 0, dst, src, rows, cols, lds);
-    return MB_STATUS_OK;
-}
-
-static inline mb_status conv1d_forward(float *out, const float *xz, const float *w, const float *bias, int B, int T, int Di,
-                                int K, mbc_bf16 *out_bf = nullptr) {
-    const dim3 g(grid_for((int64_t)B * T * Di, 256));
-    if (K == 4) MBC_LAUNCH(conv1d_forward_kernel<4>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K, out_bf);
-    else MBC_LAUNCH(conv1d_forward_kernel<0>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K, out_bf);
-    return MB_STATUS_OK;
-}
-static inline int64_t conv_backward_parts(int B, int T) { return ((int64_t)B * T + MBC_CONV_TOKENS - 1) / MBC_CONV_TOKENS; }
-/* scratch: conv_backward_parts(B,T) * Di * (K+1) floats. */
-/* overwrite: the x' columns of dxz = instead of +=. */
-static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, float *scratch, const float *dout,
-                                 const float *xz, const float *w, const float *bias, int B, int T, int Di, int K,
-                                 bool overwrite = false) {
-    const int64_t parts = conv_backward_parts(B, T);
-    const dim3 gw((unsigned)((Di + 127) / 128), (unsigned)parts);
-    if (parts > 65535) return fail(MB_STATUS_INVALID_ARGUMENT, "conv1d backward: B*T %lld too large", (long long)B * T);
-    if (K == 4)
-        MBC_LAUNCH(conv1d_backward_kernel<4>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
-    else
-        MBC_LAUNCH(conv1d_backward_kernel<0>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
-    const int64_t ps = (int64_t)Di * (K + 1);
-    MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((ps + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)Di * K,
-               dbias, (int64_t)Di, (const float *)scratch, ps, parts);
-    return MB_STATUS_OK;
-}
-
-static inline scan_ctx make_scan_ctx(int T, int Di, int S, int R, int chunk) {
-    scan_ctx k;
-    k.T = T; k.Di = Di; k.S = S; k.R = R; k.X = R + 2 * S; k.chunk = chunk;
-    k.nch = (T + chunk - 1) / chunk;
-    return k;
-}
-static inline mb_status scan_check(int B, int T, int Di, int S, int chunk) {
-    if (S < 1 || S > MBC_SCAN_MAX_STATE) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
-    if (chunk < 1 || chunk > MBC_SCAN_MAX_CHUNK) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: chunk %d (must be 1..%d)", chunk, MBC_SCAN_MAX_CHUNK);
-    if (B > 65535 || (T + chunk - 1) / chunk > 65535 || T < 1 || Di < 1)
-        return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: B %d, T %d, Di %d out of the grid's range", B, T, Di);
-    return MB_STATUS_OK;
-}
-static inline int scan_bwd_warps(int Di) { /* warps of 32 channels over the backward grid */
-    const int per = 32 * MBC_SCAN_BWD_WARPS;
-    return ((Di + per - 1) / per) * MBC_SCAN_BWD_WARPS;
-}
-/* Scan scratch in floats: forward B*nch*Di (sdt); backward B*nch*Di*S (gin)
-   + B*nch*Di (sdt) + B*nch*(Di*S + 2Di) (parameter partials) + B*T*nw*2S
-   (dB/dC partials, nw warps of channels). */
-static inline int64_t scan_scratch_floats(int B, int T, int Di, int S, int chunk) {
-    const int64_t nch = (T + chunk - 1) / chunk, npc = (int64_t)B * nch, DS = (int64_t)Di * S;
-    return npc * DS + npc * Di + npc * (DS + 2 * Di) + (int64_t)B * T * scan_bwd_warps(Di) * 2 * S;
-}
-
-/* NS: the register width of the state arrays, a multiple of 16 >= S. */
-#define MBC_SCAN_DISPATCH(S, KERNEL, ...)                                                                   \
-    do {                                                                                                     \
-        if ((S) <= 16) MBC_LAUNCH(KERNEL<16>, __VA_ARGS__);                                                  \
-        else if ((S) <= 32) MBC_LAUNCH(KERNEL<32>, __VA_ARGS__);                                             \
-        else MBC_LAUNCH(KERNEL<64>, __VA_ARGS__);                                                            \
-    } while (0)
-
-/* mb__scan_forward on the device; states (B, nch, Di, S) as the CPU. */
-static inline mb_status scan_forward(float *out, float *states, float *scratch, const float *u, const float *delta,
-                              const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                              const float *xz, int B, int T, int Di, int S, int R, int chunk,
-                              mbc_bf16 *out_bf = nullptr) {
-    MBC_TRY(scan_check(B, T, Di, S, chunk));
-    const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
-    const unsigned groups = (unsigned)((Di + MBC_SCAN_THREADS - 1) / MBC_SCAN_THREADS);
-    float *sdt = scratch;
-    if (k.nch > 1) {
-        MBC_SCAN_DISPATCH(S, scan_chunk_state_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B),
-                          dim3(MBC_SCAN_THREADS), 0, states, sdt, u, delta, dt_bias, A_log, xdbl, k);
-        MBC_LAUNCH(scan_carry_kernel, dim3(grid_for((int64_t)B * Di * S, 256)), dim3(256), 0, states,
-                   (const float *)sdt, A_log, B, k);
-    }
-    MBC_SCAN_DISPATCH(S, scan_forward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
-                      out, states, u, delta, dt_bias, A_log, xdbl, Dp, xz, k, out_bf);
-    return MB_STATUS_OK;
-}
-
-/* mb__scan_backward on the device (same += / overwrite contract); with
-   overwrite, du, the z columns of dxz and the B/C columns of dxdbl are
-   written (=) instead of added to, so the trainer needs no memsets. */
-static inline mb_status scan_backward(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
-                               float *dxz, float *scratch, const float *dout, const float *states, const float *u,
-                               const float *delta, const float *dt_bias, const float *A_log, const float *xdbl,
-                               const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk,
-                               bool overwrite = false) {
-    MBC_TRY(scan_check(B, T, Di, S, chunk));
-    const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
-    const unsigned groups = (unsigned)((Di + MBC_SCAN_THREADS - 1) / MBC_SCAN_THREADS);
-    const int nw = scan_bwd_warps(Di);
-    const int64_t DS = (int64_t)Di * S, npc = (int64_t)B * k.nch;
-    float *gin = scratch, *sdt = gin + npc * DS, *part = sdt + npc * Di, *partBC = part + npc * (DS + 2 * Di);
-    if (k.nch > 1) {
-        MBC_SCAN_DISPATCH(S, scan_chunk_grad_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B),
-                          dim3(MBC_SCAN_THREADS), 0, gin, sdt, dout, delta, dt_bias, A_log, xdbl, xz, k);
-        MBC_LAUNCH(scan_carry_grad_kernel, dim3(grid_for((int64_t)B * DS, 256)), dim3(256), 0, gin, (const float *)sdt,
-                   A_log, B, k);
-    }
-    MBC_LAUNCH(scan_backward_kernel, dim3((unsigned)(nw / MBC_SCAN_BWD_WARPS), (unsigned)k.nch, (unsigned)B),
-               dim3(32 * MBC_SCAN_BWD_WARPS), 0, du, ddelta, dxz, part, partBC, dout, states, (const float *)gin, u,
-               delta, dt_bias, A_log, xdbl, Dp, xz, k, (int)overwrite);
-    const int64_t ntok = (int64_t)B * T;
-    const int64_t nred = (DS + 2 * Di + 31) / 32 + (ntok * 2 * S + 32 * MBC_RED_Y - 1) / (32 * MBC_RED_Y);
-    if (nred > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA scan: B*T %lld too large", (long long)ntok);
-    MBC_LAUNCH(scan_reduce_kernel, dim3((unsigned)nred), dim3(32, MBC_RED_Y), 0, dA_log, dD, ddt_bias,
-               dxdbl, (const float *)part, (const float *)partBC, npc, ntok, nw, k, (int)overwrite);
-    return MB_STATUS_OK;
-}
-
-static inline mb_status scan_step(float *gated, float *hstate, const float *u, const float *delta, const float *dt_bias,
-                           const float *A_log, const float *xdbl, const float *Dp, const float *xz, int Di, int S, int R) {
-    if (S < 1 || S > MBC_SCAN_MAX_STATE) return fail(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
-    MBC_LAUNCH(scan_step_kernel, dim3((unsigned)((Di + 127) / 128)), dim3(128), 0, gated, hstate, u, delta, dt_bias,
-               A_log, xdbl, Dp, xz, Di, S, R);
-    return MB_STATUS_OK;
-}
-
-/* Fused cross-entropy: loss_rows (rows), dlogits (may alias logits). */
-static inline mb_status cross_entropy(float *loss_rows, float *dlogits, const float *logits, const int32_t *targets,
-                               int64_t rows, int V, int32_t ignore_index, float label_smoothing,
-                               const float *dloss_rows, float dscale, const double *dscale_dev = nullptr) {
-    if (rows < 1) return MB_STATUS_OK;
-    if (rows > 2147483647) return fail(MB_STATUS_INVALID_ARGUMENT, "cross-entropy: %lld rows", (long long)rows);
-    MBC_LAUNCH(cross_entropy_kernel, dim3((unsigned)rows), dim3(256), 0, loss_rows, dlogits, logits, targets, rows, V,
-               ignore_index, label_smoothing, dloss_rows, dscale, dscale_dev);
-    return MB_STATUS_OK;
-}
-static inline mb_status sum(float *out, const float *x, int64_t n, double scale, const double *scale_dev = nullptr,
-                            double *acc = nullptr) {
-    MBC_LAUNCH(sum_kernel, dim3(1), dim3(256), 0, out, x, n, scale, scale_dev, acc);
-    return MB_STATUS_OK;
-}
-
 /* g *= scale, then sum g^2 into *sumsq_dev (double); part: MBC_NORM_BLOCKS doubles. */
 static inline mb_status grad_scale_sumsq(double *sumsq_dev, double *part, float *g, int64_t n, float scale,
                                          const float *scale_dev = nullptr) {
@@ -1659,28 +1667,16 @@ static inline mb_status adamw_from_device(float *p, float *g, float *m, float *v
 /* ======================================================================= */
 namespace mbc {
 
-/* Tensors by name: W_<ID> for each entry of mambabyte.h's MB_LAYER_TENSORS,
-   G_<ID> for the globals; their indices in mb_config_tensors order come from
-   mb_tensor_index, the header's reading of the same lists. */
-#define MBC_TENSOR_NAME(ID, field, name, ndim, d0, d1, d2, decay) W_##ID = MB_TENSOR_##ID,
-#define MBC_GLOBAL_NAME(ID, field, name, ndim, d0, d1, d2, decay) G_##ID = MB_TENSOR_##ID,
-enum { MB_LAYER_TENSORS(MBC_TENSOR_NAME) };
-enum { MB_TENSORS_BEFORE_LAYERS(MBC_GLOBAL_NAME) MB_TENSORS_AFTER_LAYERS(MBC_GLOBAL_NAME) };
-#undef MBC_TENSOR_NAME
-#undef MBC_GLOBAL_NAME
-
-struct layer_acts {
-    float *resid, *ln, *mean, *rstd, *xz, *u, *xdbl, *delta, *gated, *states;
-    mbc_bf16 *ln_bf, *u_bf, *gated_bf; /* bf16 mode: the products' inputs, written beside ln, u, gated */
-};
+/* One layer's activations (mambabyte.h's MB_LAYER_ACTS, placed by
+   mb_layer_acts_place as on the CPU) and, in bf16 mode, the bf16 copies of
+   ln, u and gated that the products read (the others NULL). */
+struct layer_acts { mb_layer_acts f, bf; };
+static inline mbc_bf16 *bf(float *p) { return (mbc_bf16 *)p; }
 
 /* A sequence of the trainer's operations as one CUDA graph: run eagerly the
    first time (the warm-up: modules loaded, cuBLAS's choices made), captured
    the second, replayed from then on. */
-struct captured {
-    graph_t exec;
-    int runs;
-};
+struct captured { graph_t exec; int runs; };
 
 /* Dimensions shared by the trainer and the stream. */
 struct dims {
@@ -1688,62 +1684,50 @@ struct dims {
     int C, Di, S, K, R, X, V, L;
     int64_t nparams;
     int ntensors;
-    int64_t *offset; /* per tensor, floats */
+    mb_tensor_info *tensors; /* mb_config_tensors' table */
 };
-
-/* Index of layer `layer`'s tensor W_* (with layer -1: of the global G_*). */
-static inline int tensor_index(const dims &d, int layer, int field) { return mb_tensor_index(&d.cfg, layer, field); }
-static inline int global_index(const dims &d, int field) { return mb_tensor_index(&d.cfg, -1, field); }
 
 static inline mb_status dims_init(dims *d, const mb_config *cfg_in) {
     memset(d, 0, sizeof *d);
     d->cfg = *cfg_in;
     if (mb_config_validate(&d->cfg) != MB_STATUS_OK)
-        return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: invalid config: %s", mb_last_error());
+        return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA: invalid config: %s", mb_last_error());
     const mb_config *c = &d->cfg;
     d->C = c->d_model; d->Di = c->d_model * c->expand; d->S = c->d_state; d->K = c->d_conv; d->R = c->dt_rank;
     d->X = d->R + 2 * d->S; d->V = c->vocab_size; d->L = c->n_layer;
-    if (d->S > MBC_SCAN_MAX_STATE) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_state %d > %d is not supported", d->S, MBC_SCAN_MAX_STATE);
-    if (d->C > 6144) return fail(MB_STATUS_UNSUPPORTED, "CUDA: d_model %d > 6144 is not supported", d->C);
+    if (d->S > MBC_SCAN_MAX_STATE) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: d_state %d > %d is not supported", d->S, MBC_SCAN_MAX_STATE);
+    if (d->C > MBC_MAX_D_MODEL) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: d_model %d > %d is not supported", d->C, MBC_MAX_D_MODEL);
     d->ntensors = mb_config_tensors(c, NULL);
-    mb_tensor_info *ti = (mb_tensor_info *)malloc(sizeof(mb_tensor_info) * (size_t)d->ntensors);
-    d->offset = (int64_t *)malloc(sizeof(int64_t) * (size_t)d->ntensors);
-    if (!ti || !d->offset) { free(ti); return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA: tensor table"); }
-    mb_config_tensors(c, ti);
-    for (int i = 0; i < d->ntensors; i++) d->offset[i] = ti[i].offset;
-    d->nparams = ti[d->ntensors - 1].offset + ti[d->ntensors - 1].numel;
-    free(ti);
+    if (!(d->tensors = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)d->ntensors)))
+        return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA: tensor table");
+    mb_config_tensors(c, d->tensors);
+    d->nparams = d->tensors[d->ntensors - 1].offset + d->tensors[d->ntensors - 1].numel;
+    return MB_STATUS_OK;
+}
+/* w's pointers (device memory) into base, as the CPU model's. */
+static inline mb_status weights_point(mb_weights *w, float *base, const dims &d) {
+    if (!w->layer && !(w->layer = (mb_layer_weights *)MB_MALLOC(sizeof(mb_layer_weights) * (size_t)d.L)))
+        return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA: weight pointers");
+    mb_weights_point(w, base, &d.cfg, d.tensors);
     return MB_STATUS_OK;
 }
 
-/* A list of device allocations freed together. */
+/* A list of device allocations freed together (a trainer makes about 25). */
+#define MBC_DLIST_MAX 32
 struct dlist {
-    void **ptrs = nullptr;
-    int n = 0, cap = 0;
+    void *ptrs[MBC_DLIST_MAX];
+    int n;
 };
-static inline mb_status dlist_alloc(dlist *l, void **out, size_t bytes, const char *what) {
-    if (l->n == l->cap) {
-        int cap = l->cap ? 2 * l->cap : 64;
-        void **p = (void **)realloc(l->ptrs, sizeof(void *) * (size_t)cap);
-        if (!p) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA: allocation list");
-        l->ptrs = p;
-        l->cap = cap;
-    }
-    MBC_TRY(dmalloc(out, bytes, what));
-    l->ptrs[l->n++] = *out;
+template <class T> static mb_status dalloc(dlist *l, T **out, int64_t count, const char *what) {
+    void *p = nullptr;
+    if (l->n == MBC_DLIST_MAX) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA: more than %d allocations", MBC_DLIST_MAX);
+    MBC_TRY(dmalloc(&p, (size_t)count * sizeof(T), what));
+    *out = (T *)(l->ptrs[l->n++] = p);
     return MB_STATUS_OK;
 }
 static inline void dlist_free(dlist *l) {
     for (int i = 0; i < l->n; i++) dfree(l->ptrs[i]);
-    free(l->ptrs);
-    l->ptrs = nullptr;
-    l->n = l->cap = 0;
-}
-template <class T> static mb_status dalloc(dlist *l, T **out, int64_t count, const char *what) {
-    void *p = nullptr;
-    MBC_TRY(dlist_alloc(l, &p, (size_t)count * sizeof(T), what));
-    *out = (T *)p;
-    return MB_STATUS_OK;
+    l->n = 0;
 }
 
 } /* namespace mbc */
@@ -1756,6 +1740,7 @@ struct mb_cuda_trainer {
     mbc::dlist mem, chunk_mem;
     /* parameters and optimizer (flat, checkpoint order) */
     float *params, *grads, *adam_m, *adam_v;
+    mb_weights w, g;          /* pointers into params and grads, as the CPU model's */
     uint8_t *decay_mask;
     mbc_bf16 *params_bf16;   /* bf16 mode: weights for cuBLAS */
     mbc_bf16 *bfa, *bfb;      /* bf16 mode: matrix-input scratch */
@@ -1768,12 +1753,12 @@ struct mb_cuda_trainer {
     int32_t *targets;
     int64_t *bucket_off, *bucket_rows, *h_bucket;
     size_t batch_bytes;
-    /* activations */
-    mbc::layer_acts *acts;   /* host array of device pointers */
+    /* activations: n_layer (a host array of device pointers), their gradients (no states), the model's */
+    mbc::layer_acts *acts;
+    mb_layer_acts dacts;
     float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *loss_rows, *loss_dev;
-    mbc_bf16 *lnf_bf;        /* bf16 mode: the head's input */
-    /* backward */
-    float *d_resid, *d_ln, *d_xz, *d_u, *d_xdbl, *d_delta, *d_gated, *scratch;
+    float *lnf_bf;           /* bf16 mode: the head's input, as bf16 */
+    float *scratch;          /* backward scratch */
     int64_t scratch_floats;
     double *norm_part, *norm_dev;
     /* the step on its own stream, replayed as two CUDA graphs */
@@ -1790,98 +1775,71 @@ struct mb_cuda_trainer {
     float *host_grads;       /* without NCCL: the gradients on their way through the host communicator */
 };
 
+struct mb_cuda_stream {
+    mbc::dims d;
+    mbc::blas_t blas;
+    mbc::dlist mem;
+    float *params, *conv_state, *ssm_state, *logits;
+    mb_weights w;
+    mb_layer_acts a;         /* one token's (resid: the residual stream) */
+};
+
 namespace mbc {
 
-/* NULL for a tensor the config does not hold (an RMSNorm's bias). */
-static inline float *W(mb_cuda_trainer *t, float *base, int layer, int field) {
-    const int i = tensor_index(t->d, layer, field);
-    return i < 0 ? nullptr : base + t->d.offset[i];
+/* mb__linear_forward: layer l's matrix `field` (l -1, MB_TENSOR_LM_HEAD:
+   the head), out = inp @ w^T (+ beta out); bf16 through the bf16 copies:
+   inp_bf when the kernel that wrote inp stored one (contiguous, ld IC), else converted. */
+static inline mb_status linear_forward(mb_cuda_trainer *t, int l, int field, float *out, const float *inp, int64_t ldi,
+                                       float beta = 0.0f, float *inp_bf = nullptr) {
+    int IC, OC;
+    const int64_t off = t->d.tensors[mb_tensor_matrix(&t->d.cfg, l, field, &IC, &OC)].offset;
+    if (t->precision != MB_PRECISION_BF16) return matmul_forward(t->blas, out, inp, ldi, t->params + off, t->N, IC, OC, beta, t->precision);
+    if (!inp_bf) MBC_TRY(convert_bf16(t->bfa, inp, t->N, IC, ldi));
+    return gemm(t->blas, 1, 0, OC, (int)t->N, IC, 1.0f, t->params_bf16 + off, IC, inp_bf ? bf(inp_bf) : t->bfa, IC, beta, out,
+                OC, MB_PRECISION_BF16, __FILE__, __LINE__);
 }
-/* The logits' matrix: lm_head when untied, else the embedding. */
-static inline int head_index(const dims &d) {
-    return d.cfg.untied_head ? global_index(d, G_LM_HEAD) : global_index(d, G_EMBEDDING);
-}
-
-/* Trainer matmuls: fp32 directly, bf16 through bf16 copies: inp_bf when
-   the kernel that wrote inp stored one (contiguous, ld IC), else converted. */
-static inline mb_status tr_mm_forward(mb_cuda_trainer *t, float *out, const float *inp, int64_t ldi, int widx, int64_t N,
-                               int IC, int OC, float beta = 0.0f, const mbc_bf16 *inp_bf = nullptr) {
-    const float *w = t->params + t->d.offset[widx];
-    if (t->precision != MBC_BF16) return matmul_forward(t->blas, out, inp, ldi, w, N, IC, OC, beta, t->precision);
-    if (!inp_bf) {
-        MBC_TRY(convert_bf16(t->bfa, inp, N, IC, ldi));
-        inp_bf = t->bfa;
-    }
-    return gemm(t->blas, 1, 0, OC, (int)N, IC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, inp_bf, IC, beta, out, OC,
-                1, __FILE__, __LINE__);
-}
-static inline mb_status tr_mm_backward(mb_cuda_trainer *t, float *dinp, float beta_in, const float *dout, const float *inp,
-                                int64_t ldi, int widx, int64_t N, int IC, int OC, const mbc_bf16 *inp_bf = nullptr) {
-    const float *w = t->params + t->d.offset[widx];
-    float *dw = t->grads + t->d.offset[widx];
-    if (t->precision != MBC_BF16) return matmul_backward(t->blas, dinp, beta_in, dw, dout, inp, ldi, w, N, IC, OC, t->precision);
+/* ... and backward: dinp = beta_in dinp + dout @ w (dinp may be NULL), dw += dout^T @ inp. */
+static inline mb_status linear_backward(mb_cuda_trainer *t, int l, int field, float *dinp, float beta_in, const float *dout,
+                                        const float *inp, int64_t ldi, float *inp_bf = nullptr) {
+    int IC, OC;
+    const int64_t off = t->d.tensors[mb_tensor_matrix(&t->d.cfg, l, field, &IC, &OC)].offset, N = t->N;
+    if (t->precision != MB_PRECISION_BF16)
+        return matmul_backward(t->blas, dinp, beta_in, t->grads + off, dout, inp, ldi, t->params + off, N, IC, OC, t->precision);
     MBC_TRY(convert_bf16(t->bfa, dout, N, OC, OC));
-    if (!inp_bf) {
-        MBC_TRY(convert_bf16(t->bfb, inp, N, IC, ldi));
-        inp_bf = t->bfb;
-    }
+    if (!inp_bf) MBC_TRY(convert_bf16(t->bfb, inp, N, IC, ldi));
     if (dinp)
-        MBC_TRY(gemm(t->blas, 0, 0, IC, (int)N, OC, 1.0f, t->params_bf16 + t->d.offset[widx], IC, t->bfa, OC, beta_in,
-                     dinp, (int)ldi, 1, __FILE__, __LINE__));
-    return gemm(t->blas, 0, 1, IC, OC, (int)N, 1.0f, inp_bf, IC, t->bfa, OC, 1.0f, dw, IC, 1, __FILE__, __LINE__);
+        MBC_TRY(gemm(t->blas, 0, 0, IC, (int)N, OC, 1.0f, t->params_bf16 + off, IC, t->bfa, OC, beta_in, dinp, (int)ldi,
+                     MB_PRECISION_BF16, __FILE__, __LINE__));
+    return gemm(t->blas, 0, 1, IC, OC, (int)N, 1.0f, inp_bf ? bf(inp_bf) : t->bfb, IC, t->bfa, OC, 1.0f, t->grads + off, IC,
+                MB_PRECISION_BF16, __FILE__, __LINE__);
 }
 
 static inline mb_status tr_refresh_bf16(mb_cuda_trainer *t) {
-    if (t->precision != MBC_BF16) return MB_STATUS_OK;
+    if (t->precision != MB_PRECISION_BF16) return MB_STATUS_OK;
     return convert_bf16(t->params_bf16, t->params, 1, t->d.nparams, t->d.nparams);
 }
 
 static inline int64_t tr_scratch_floats(const mb_cuda_trainer *t) {
     const dims &d = t->d;
-    int64_t s = scan_scratch_floats(t->B, t->T, d.Di, d.S, t->chunk);
-    const int64_t ln = ln_backward_parts(t->N) * 2 * d.C, cv = conv_backward_parts(t->B, t->T) * (int64_t)d.Di * (d.K + 1);
-    if (ln > s) s = ln;
-    if (cv > s) s = cv;
-    const int64_t emb = embedding_pieces_max(t->N) * d.C;
-    if (emb > s) s = emb;
+    const int64_t need[4] = {scan_scratch_floats(t->B, t->T, d.Di, d.S, t->chunk), ln_backward_parts(t->N) * 2 * d.C,
+                             conv_backward_parts(t->B, t->T) * (int64_t)d.Di * (d.K + 1), embedding_pieces_max(t->N) * d.C};
+    int64_t s = 0;
+    for (int i = 0; i < 4; i++) s = need[i] > s ? need[i] : s;
     return s;
 }
 
-static inline mb_status tr_alloc_acts(mb_cuda_trainer *t) {
-    const dims &d = t->d;
-    const int64_t N = t->N, nch = (t->T + t->chunk - 1) / t->chunk;
-    for (int l = 0; l < d.L; l++) {
-        layer_acts *a = &t->acts[l];
-        MBC_TRY(dalloc(&t->mem, &a->resid, N * d.C, "resid"));
-        MBC_TRY(dalloc(&t->mem, &a->ln, N * d.C, "ln"));
-        MBC_TRY(dalloc(&t->mem, &a->mean, N, "ln mean"));
-        MBC_TRY(dalloc(&t->mem, &a->rstd, N, "ln rstd"));
-        MBC_TRY(dalloc(&t->mem, &a->xz, N * 2 * d.Di, "xz"));
-        MBC_TRY(dalloc(&t->mem, &a->u, N * d.Di, "u"));
-        MBC_TRY(dalloc(&t->mem, &a->xdbl, N * d.X, "xdbl"));
-        MBC_TRY(dalloc(&t->mem, &a->delta, N * d.Di, "delta"));
-        MBC_TRY(dalloc(&t->mem, &a->gated, N * d.Di, "gated"));
-        if (t->precision == MBC_BF16) {
-            MBC_TRY(dalloc(&t->mem, &a->ln_bf, N * d.C, "ln bf16"));
-            MBC_TRY(dalloc(&t->mem, &a->u_bf, N * d.Di, "u bf16"));
-            MBC_TRY(dalloc(&t->mem, &a->gated_bf, N * d.Di, "gated bf16"));
-        }
-    }
-    if (t->precision == MBC_BF16) MBC_TRY(dalloc(&t->mem, &t->lnf_bf, N * d.C, "lnf bf16"));
-    (void)nch;
-    return MB_STATUS_OK;
-}
-
-/* The chunk-dependent buffers (scan states, scratch): their own list, so a
-   new chunk size can replace them. */
+/* The chunk-dependent buffers (the layers' activations, with the scan's
+   chunk states, and the scratch): their own list, so a new chunk size can
+   replace them. */
 static inline mb_status tr_alloc_chunked(mb_cuda_trainer *t) {
     const dims &d = t->d;
-    const int64_t nch = (t->T + t->chunk - 1) / t->chunk;
+    const int64_t per = mb_layer_acts_place(nullptr, nullptr, &d.cfg, t->B, t->T, t->chunk, 0);
+    float *block = nullptr;
     graph_free(t->fb.exec); /* it holds the old buffers: capture again */
     t->fb.exec = nullptr;
     dlist_free(&t->chunk_mem);
-    for (int l = 0; l < d.L; l++)
-        MBC_TRY(dalloc(&t->chunk_mem, &t->acts[l].states, (int64_t)t->B * nch * d.Di * d.S, "scan states"));
+    MBC_TRY(dalloc(&t->chunk_mem, &block, per * d.L, "activations"));
+    for (int l = 0; l < d.L; l++) mb_layer_acts_place(&t->acts[l].f, block + per * l, &d.cfg, t->B, t->T, t->chunk, 0);
     t->scratch_floats = tr_scratch_floats(t);
     return dalloc(&t->chunk_mem, &t->scratch, t->scratch_floats, "scratch");
 }
@@ -1889,11 +1847,11 @@ static inline mb_status tr_alloc_chunked(mb_cuda_trainer *t) {
 static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int B, int T, int precision) {
     MBC_TRY(dims_init(&t->d, cfg));
     const dims &d = t->d;
-    if (B < 1 || T < 1 || (int64_t)B * T > 2147483647 / 2)
-        return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: B=%d T=%d", B, T);
-    if (precision != MBC_FP32 && precision != MBC_BF16 && precision != MBC_TF32)
-        return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: precision %d (0 fp32, 1 bf16, 2 tf32)", precision);
-    if (device_count() < 1) return fail(MB_STATUS_UNSUPPORTED, "CUDA trainer: no CUDA device");
+    if (B < 1 || T < 1 || (int64_t)B * T > MBC_MAX_TOKENS)
+        return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: B=%d T=%d", B, T);
+    if (precision != MB_PRECISION_FP32 && precision != MB_PRECISION_BF16 && precision != MB_PRECISION_TF32)
+        return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA trainer: precision %d (0 fp32, 1 bf16, 2 tf32)", precision);
+    if (device_count() < 1) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA trainer: no CUDA device");
     t->B = B; t->T = T; t->N = (int64_t)B * T; t->precision = precision;
     t->chunk = T < 32 ? T : 32;
     MBC_TRY(scan_check(B, T, d.Di, d.S, t->chunk));
@@ -1913,26 +1871,32 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     MBC_TRY(dalloc(&t->mem, &t->adam_m, P, "adam m"));
     MBC_TRY(dalloc(&t->mem, &t->adam_v, P, "adam v"));
     MBC_TRY(dalloc(&t->mem, &t->decay_mask, P, "decay mask"));
+    MBC_TRY(weights_point(&t->w, t->params, d));
+    MBC_TRY(weights_point(&t->g, t->grads, d));
     MBC_TRY(dzero(t->params, (size_t)P * sizeof(float)));
     MBC_TRY(dzero(t->grads, (size_t)P * sizeof(float)));
     MBC_TRY(dzero(t->adam_m, (size_t)P * sizeof(float)));
     MBC_TRY(dzero(t->adam_v, (size_t)P * sizeof(float)));
     {
-        mb_tensor_info *ti = (mb_tensor_info *)malloc(sizeof(mb_tensor_info) * (size_t)d.ntensors);
-        uint8_t *mask = (uint8_t *)malloc((size_t)P);
-        if (!ti || !mask) { free(ti); free(mask); return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: decay mask"); }
-        mb_config_tensors(&d.cfg, ti);
-        for (int i = 0; i < d.ntensors; i++) memset(mask + ti[i].offset, ti[i].weight_decay ? 1 : 0, (size_t)ti[i].numel);
+        uint8_t *mask = (uint8_t *)MB_MALLOC((size_t)P);
+        if (!mask) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: decay mask");
+        for (int i = 0; i < d.ntensors; i++) memset(mask + d.tensors[i].offset, d.tensors[i].weight_decay ? 1 : 0, (size_t)d.tensors[i].numel);
         mb_status s = h2d(t->decay_mask, mask, (size_t)P);
-        free(ti);
-        free(mask);
+        MB_FREE(mask);
         MBC_TRY(s);
     }
-    if (precision == MBC_BF16) {
+    if (!(t->acts = (layer_acts *)MB_MALLOC(sizeof(layer_acts) * (size_t)d.L))) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: host tables");
+    memset(t->acts, 0, sizeof(layer_acts) * (size_t)d.L);
+    if (precision == MB_PRECISION_BF16) {
         const int64_t wa = N * (d.V > 2 * d.Di ? d.V : 2 * d.Di), wb = N * (d.C > d.Di ? d.C : d.Di);
+        const int64_t per = mb_layer_acts_place(nullptr, nullptr, &d.cfg, B, T, 0, 1), lnf = (N * d.C + 1) / 2;
+        float *copies = nullptr;
         MBC_TRY(dalloc(&t->mem, &t->params_bf16, P, "bf16 params"));
         MBC_TRY(dalloc(&t->mem, &t->bfa, wa > wb ? wa : wb, "bf16 scratch a"));
         MBC_TRY(dalloc(&t->mem, &t->bfb, wa > wb ? wa : wb, "bf16 scratch b"));
+        MBC_TRY(dalloc(&t->mem, &copies, per * d.L + lnf, "bf16 activations"));
+        for (int l = 0; l < d.L; l++) mb_layer_acts_place(&t->acts[l].bf, copies + per * l, &d.cfg, B, T, 0, 1);
+        t->lnf_bf = copies + per * d.L;
         MBC_TRY(tr_refresh_bf16(t));
     }
     t->batch_bytes = sizeof(double) + sizeof(int64_t) * (size_t)(MBC_BUCKET_TABLE + N) + sizeof(int32_t) * (size_t)N + (size_t)N;
@@ -1944,10 +1908,11 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     t->tokens = (uint8_t *)(t->targets + N);
     t->h_batch = (uint8_t *)hmalloc(t->batch_bytes);
     t->h_bucket = (int64_t *)(t->h_batch + sizeof(double));
-    t->acts = (layer_acts *)calloc((size_t)d.L, sizeof(layer_acts));
-    if (!t->h_batch || !t->acts) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: host tables");
-    MBC_TRY(tr_alloc_acts(t));
+    if (!t->h_batch) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: pinned batch");
     MBC_TRY(tr_alloc_chunked(t));
+    float *dacts = nullptr;
+    MBC_TRY(dalloc(&t->mem, &dacts, mb_layer_acts_place(nullptr, nullptr, &d.cfg, B, T, 0, 0), "activation gradients"));
+    mb_layer_acts_place(&t->dacts, dacts, &d.cfg, B, T, 0, 0);
     MBC_TRY(dalloc(&t->mem, &t->resid_out, N * d.C, "resid out"));
     MBC_TRY(dalloc(&t->mem, &t->lnf, N * d.C, "lnf"));
     MBC_TRY(dalloc(&t->mem, &t->lnf_mean, N, "lnf mean"));
@@ -1955,13 +1920,6 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     MBC_TRY(dalloc(&t->mem, &t->logits, N * d.V, "logits"));
     MBC_TRY(dalloc(&t->mem, &t->loss_rows, N, "loss rows"));
     MBC_TRY(dalloc(&t->mem, &t->loss_dev, 1, "loss"));
-    MBC_TRY(dalloc(&t->mem, &t->d_resid, N * d.C, "d resid"));
-    MBC_TRY(dalloc(&t->mem, &t->d_ln, N * d.C, "d ln"));
-    MBC_TRY(dalloc(&t->mem, &t->d_xz, N * 2 * d.Di, "d xz"));
-    MBC_TRY(dalloc(&t->mem, &t->d_u, N * d.Di, "d u"));
-    MBC_TRY(dalloc(&t->mem, &t->d_xdbl, N * d.X, "d xdbl"));
-    MBC_TRY(dalloc(&t->mem, &t->d_delta, N * d.Di, "d delta"));
-    MBC_TRY(dalloc(&t->mem, &t->d_gated, N * d.Di, "d gated"));
     MBC_TRY(dalloc(&t->mem, &t->norm_part, MBC_NORM_BLOCKS, "norm partials"));
     MBC_TRY(dalloc(&t->mem, &t->stats, 2, "step statistics"));
     MBC_TRY(dzero(t->stats, 2 * sizeof(double)));
@@ -1969,87 +1927,104 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     MBC_TRY(dalloc(&t->mem, &t->args_dev, 1, "update scalars"));
     t->h_stats = (double *)hmalloc(2 * sizeof(double));
     t->h_args = (adamw_args *)hmalloc(sizeof(adamw_args));
-    if (!t->h_stats || !t->h_args) return fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: pinned step buffers");
+    if (!t->h_stats || !t->h_args) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer: pinned step buffers");
     return sync();
 }
 
 static inline void nccl_free(mb_cuda_trainer *t);
 static inline void tr_free(mb_cuda_trainer *t) {
     nccl_free(t);
-    free(t->host_grads);
+    MB_FREE(t->host_grads);
     dlist_free(&t->mem);
     dlist_free(&t->chunk_mem);
     blas_destroy(t->blas);
-    free(t->d.offset);
+    MB_FREE(t->d.tensors);
+    MB_FREE(t->w.layer);
+    MB_FREE(t->g.layer);
     hfree(t->h_batch);
     hfree(t->h_stats);
     hfree(t->h_args);
-    free(t->acts);
+    MB_FREE(t->acts);
     graph_free(t->fb.exec);
     graph_free(t->update.exec);
     event_destroy(t->uploaded);
     stream_destroy(t->stream);
 }
 
-/* uploaded: the batch (tokens included) is already on its way. */
-static inline mb_status tr_forward(mb_cuda_trainer *t, const uint8_t *inputs, bool uploaded = false) {
+/* mb__mixer_forward: layer l's mixer from its norm's output; its last
+   product adds into out (beta 1: out holds the residual, which the norm
+   kernel copied there). */
+static inline mb_status mixer_forward(mb_cuda_trainer *t, int l, float *out) {
     const dims &d = t->d;
-    const int64_t N = t->N;
-    const bool rms = d.cfg.norm == MB_NORM_RMSNORM;
-    if (!uploaded) MBC_TRY(h2d(t->tokens, inputs, (size_t)N));
-    MBC_TRY(embedding_forward(t->acts[0].resid, t->tokens, W(t, t->params, -1, G_EMBEDDING), N, d.C));
-    for (int l = 0; l < d.L; l++) {
-        layer_acts *a = &t->acts[l];
-        float *next = l + 1 < d.L ? t->acts[l + 1].resid : t->resid_out;
-        MBC_TRY(layernorm_forward(a->ln, a->mean, a->rstd, a->resid, W(t, t->params, l, W_NORM_W), W(t, t->params, l, W_NORM_B), N, d.C,
-                                  next, rms, a->ln_bf));
-        MBC_TRY(tr_mm_forward(t, a->xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di, 0.0f, a->ln_bf));
-        MBC_TRY(conv1d_forward(a->u, a->xz, W(t, t->params, l, W_CONV_W), W(t, t->params, l, W_CONV_B), t->B, t->T, d.Di, d.K,
-                               a->u_bf));
-        MBC_TRY(tr_mm_forward(t, a->xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X, 0.0f, a->u_bf));
-        MBC_TRY(tr_mm_forward(t, a->delta, a->xdbl, d.X, tensor_index(d, l, W_DT_W), N, d.R, d.Di));
-        MBC_TRY(scan_forward(a->gated, a->states, t->scratch, a->u, a->delta, W(t, t->params, l, W_DT_B),
-                             W(t, t->params, l, W_A_LOG), a->xdbl, W(t, t->params, l, W_D), a->xz, t->B, t->T, d.Di, d.S,
-                             d.R, t->chunk, a->gated_bf));
-        /* next = resid (copied by the LayerNorm kernel) + out_proj(gated) (beta 1) */
-        MBC_TRY(tr_mm_forward(t, next, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C, 1.0f, a->gated_bf));
-    }
-    MBC_TRY(layernorm_forward(t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, W(t, t->params, -1, G_NORM_F_W),
-                              W(t, t->params, -1, G_NORM_F_B), N, d.C, nullptr, rms, t->lnf_bf));
-    return tr_mm_forward(t, t->logits, t->lnf, d.C, head_index(d), N, d.C, d.V, 0.0f, t->lnf_bf);
+    const mb_layer_weights *W = &t->w.layer[l];
+    const mb_layer_acts *a = &t->acts[l].f, *ab = &t->acts[l].bf;
+    MBC_TRY(linear_forward(t, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, d.C, 0.0f, ab->ln));
+    MBC_TRY(conv1d_forward(a->u, a->xz, W->conv_w, W->conv_b, t->B, t->T, d.Di, d.K, bf(ab->u)));
+    MBC_TRY(linear_forward(t, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, d.Di, 0.0f, ab->u));
+    MBC_TRY(linear_forward(t, l, MB_TENSOR_DT_W, a->delta, a->xdbl, d.X));
+    MBC_TRY(scan_forward(a->gated, a->states, t->scratch, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz, t->B,
+                         t->T, d.Di, d.S, d.R, t->chunk, bf(ab->gated)));
+    return linear_forward(t, l, MB_TENSOR_OUT_PROJ, out, a->gated, d.Di, 1.0f, ab->gated);
 }
 
-static inline mb_status tr_backward(mb_cuda_trainer *t) {
+/* mb_model_forward; uploaded: the batch (tokens included) is already on its way. */
+static inline mb_status model_forward(mb_cuda_trainer *t, const uint8_t *inputs, bool uploaded = false) {
     const dims &d = t->d;
-    const int64_t N = t->N;
-    const bool rms = d.cfg.norm == MB_NORM_RMSNORM;
-    float *dlogits = t->logits; /* overwritten by the cross-entropy kernel */
-    MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, dlogits, t->lnf, d.C, head_index(d), N, d.C, d.V, t->lnf_bf));
-    /* first writers overwrite (no memsets): the final LayerNorm's d_resid; per
-       layer the scan's d_u, z columns of d_xz and B/C columns of d_xdbl, the
-       dt product's dt_low columns (beta 0) and the conv's x' columns */
-    MBC_TRY(layernorm_backward(t->d_resid, W(t, t->grads, -1, G_NORM_F_W), W(t, t->grads, -1, G_NORM_F_B), t->scratch,
-                               t->d_ln, t->resid_out, W(t, t->params, -1, G_NORM_F_W), t->lnf_mean, t->lnf_rstd, N, d.C,
-                               true, rms));
-    for (int l = d.L - 1; l >= 0; l--) {
-        layer_acts *a = &t->acts[l];
-        float *P = t->params, *G = t->grads;
-        MBC_TRY(tr_mm_backward(t, t->d_gated, 0.0f, t->d_resid, a->gated, d.Di, tensor_index(d, l, W_OUT_PROJ), N, d.Di, d.C,
-                               a->gated_bf));
-        MBC_TRY(scan_backward(t->d_u, t->d_delta, W(t, G, l, W_DT_B), W(t, G, l, W_A_LOG), t->d_xdbl, W(t, G, l, W_D),
-                              t->d_xz, t->scratch, t->d_gated, a->states, a->u, a->delta, W(t, P, l, W_DT_B),
-                              W(t, P, l, W_A_LOG), a->xdbl, W(t, P, l, W_D), a->xz, t->B, t->T, d.Di, d.S, d.R,
-                              t->chunk, true));
-        MBC_TRY(tr_mm_backward(t, t->d_xdbl, 0.0f, t->d_delta, a->xdbl, d.X, tensor_index(d, l, W_DT_W), N, d.R, d.Di));
-        MBC_TRY(tr_mm_backward(t, t->d_u, 1.0f, t->d_xdbl, a->u, d.Di, tensor_index(d, l, W_X_PROJ), N, d.Di, d.X, a->u_bf));
-        MBC_TRY(conv1d_backward(t->d_xz, W(t, G, l, W_CONV_W), W(t, G, l, W_CONV_B), t->scratch, t->d_u, a->xz,
-                                W(t, P, l, W_CONV_W), W(t, P, l, W_CONV_B), t->B, t->T, d.Di, d.K, true));
-        MBC_TRY(tr_mm_backward(t, t->d_ln, 0.0f, t->d_xz, a->ln, d.C, tensor_index(d, l, W_IN_PROJ), N, d.C, 2 * d.Di, a->ln_bf));
-        MBC_TRY(layernorm_backward(t->d_resid, W(t, G, l, W_NORM_W), W(t, G, l, W_NORM_B), t->scratch, t->d_ln,
-                                   a->resid, W(t, P, l, W_NORM_W), a->mean, a->rstd, N, d.C, false, rms));
+    if (!uploaded) MBC_TRY(h2d(t->tokens, inputs, (size_t)t->N));
+    MBC_TRY(embedding_forward(t->acts[0].f.resid, t->tokens, t->w.wte, t->N, d.C));
+    for (int l = 0; l < d.L; l++) {
+        const mb_layer_acts *a = &t->acts[l].f;
+        const mb_layer_weights *W = &t->w.layer[l];
+        float *next = l + 1 < d.L ? t->acts[l + 1].f.resid : t->resid_out;
+        MBC_TRY(norm_forward(&d.cfg, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, t->N, d.C, next,
+                             bf(t->acts[l].bf.ln)));
+        MBC_TRY(mixer_forward(t, l, next));
     }
-    return embedding_backward(W(t, t->grads, -1, G_EMBEDDING), t->scratch, t->d_resid, t->bucket_off, t->bucket_rows, N,
-                              d.C);
+    MBC_TRY(norm_forward(&d.cfg, t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, t->w.norm_f_w, t->w.norm_f_b, t->N, d.C,
+                         nullptr, bf(t->lnf_bf)));
+    return linear_forward(t, -1, MB_TENSOR_LM_HEAD, t->logits, t->lnf, d.C, 0.0f, t->lnf_bf);
+}
+
+/* mb__mixer_backward: dln = the mixer's input gradient (overwritten),
+   its parameters' gradients added.  The first writers overwrite (no
+   memsets): the scan's d_u, z columns of d_xz and B/C columns of d_xdbl,
+   the dt product's dt_low columns (beta 0) and the conv's x' columns. */
+static inline mb_status mixer_backward(mb_cuda_trainer *t, int l, const float *dout, float *dln) {
+    const dims &d = t->d;
+    const mb_layer_weights *W = &t->w.layer[l], *G = &t->g.layer[l];
+    const mb_layer_acts *a = &t->acts[l].f, *ab = &t->acts[l].bf, *g = &t->dacts;
+    MBC_TRY(linear_backward(t, l, MB_TENSOR_OUT_PROJ, g->gated, 0.0f, dout, a->gated, d.Di, ab->gated));
+    MBC_TRY(scan_backward(g->u, g->delta, G->dt_proj_b, G->A_log, g->xdbl, G->D, g->xz, t->scratch, g->gated, a->states, a->u,
+                          a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz, t->B, t->T, d.Di, d.S, d.R, t->chunk, true));
+    MBC_TRY(linear_backward(t, l, MB_TENSOR_DT_W, g->xdbl, 0.0f, g->delta, a->xdbl, d.X));
+    MBC_TRY(linear_backward(t, l, MB_TENSOR_X_PROJ, g->u, 1.0f, g->xdbl, a->u, d.Di, ab->u));
+    MBC_TRY(conv1d_backward(g->xz, G->conv_w, G->conv_b, t->scratch, g->u, a->xz, W->conv_w, W->conv_b, t->B, t->T, d.Di,
+                            d.K, true));
+    return linear_backward(t, l, MB_TENSOR_IN_PROJ, dln, 0.0f, g->xz, a->ln, d.C, ab->ln);
+}
+
+/* mb_model_backward from dlogits (the cross-entropy kernel wrote them over the logits). */
+static inline mb_status model_backward(mb_cuda_trainer *t) {
+    const dims &d = t->d;
+    const mb_layer_acts *g = &t->dacts;
+    MBC_TRY(linear_backward(t, -1, MB_TENSOR_LM_HEAD, g->ln, 0.0f, t->logits, t->lnf, d.C, t->lnf_bf));
+    MBC_TRY(norm_backward(&d.cfg, g->resid, t->g.norm_f_w, t->g.norm_f_b, t->scratch, g->ln, t->resid_out, t->w.norm_f_w,
+                          t->lnf_mean, t->lnf_rstd, t->N, d.C, true));
+    for (int l = d.L - 1; l >= 0; l--) {
+        const mb_layer_acts *a = &t->acts[l].f;
+        MBC_TRY(mixer_backward(t, l, g->resid, g->ln));
+        MBC_TRY(norm_backward(&d.cfg, g->resid, t->g.layer[l].norm_w, t->g.layer[l].norm_b, t->scratch, g->ln, a->resid,
+                              t->w.layer[l].norm_w, a->ln_mean, a->ln_rstd, t->N, d.C, false));
+    }
+    return embedding_backward(t->g.wte, t->scratch, g->resid, t->bucket_off, t->bucket_rows, t->N, d.C);
+}
+
+/* The stream's linear layers: one token, fp32 (mb__stream_linear). */
+static inline mb_status stream_linear(mb_cuda_stream *s, int l, int field, float *out, const float *inp, int64_t ldi,
+                                      float beta = 0.0f) {
+    int IC, OC;
+    const int64_t off = s->d.tensors[mb_tensor_matrix(&s->d.cfg, l, field, &IC, &OC)].offset;
+    return matmul_forward(s->blas, out, inp, ldi, s->params + off, 1, IC, OC, beta);
 }
 
 /* Runs ops (one fixed sequence of this trainer's stream operations) as the
@@ -2079,9 +2054,9 @@ static inline mb_status tr_upload_batch(mb_cuda_trainer *t, const uint8_t *input
     const int64_t N = t->N;
     int64_t n = 0;
     for (int64_t i = 0; i < N; i++) {
-        if (targets[i] == -100) continue;
+        if (targets[i] == MB_IGNORE_INDEX) continue;
         if (targets[i] < 0 || targets[i] >= t->d.V)
-            return fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: target %d at row %lld is outside [0,%d)", targets[i], (long long)i, t->d.V);
+            return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA: target %d at row %lld is outside [0,%d)", targets[i], (long long)i, t->d.V);
         n++;
     }
     *n_valid = n;
@@ -2097,10 +2072,10 @@ static inline mb_status tr_upload_batch(mb_cuda_trainer *t, const uint8_t *input
 /* One micro-batch's forward, loss and backward on the uploaded batch; the
    loss (float) goes to loss_dev and is added (double) to stats[0]. */
 static inline mb_status tr_forward_backward_ops(mb_cuda_trainer *t) {
-    MBC_TRY(tr_forward(t, nullptr, true));
-    MBC_TRY(cross_entropy(t->loss_rows, t->logits, t->logits, t->targets, t->N, t->d.V, -100, 0.0f, nullptr, 0.0f, t->inv_valid));
+    MBC_TRY(model_forward(t, nullptr, true));
+    MBC_TRY(cross_entropy(t->loss_rows, t->logits, t->logits, t->targets, t->N, t->d.V, MB_IGNORE_INDEX, 0.0f, nullptr, 0.0f, t->inv_valid));
     MBC_TRY(sum(t->loss_dev, t->loss_rows, t->N, 0.0, t->inv_valid, t->stats));
-    return tr_backward(t);
+    return model_backward(t);
 }
 
 /* Submits one micro-batch (nothing waits for it). */
@@ -2109,7 +2084,7 @@ static inline mb_status tr_submit_micro_batch(mb_cuda_trainer *t, const uint8_t 
     MBC_TRY(tr_upload_batch(t, inputs, targets, &n_valid));
     if (n_valid > 0) return tr_run(t, &t->fb, tr_forward_backward_ops);
     /* as the CPU: NaN loss, zero gradient (no backward) */
-    MBC_TRY(tr_forward(t, nullptr, true));
+    MBC_TRY(model_forward(t, nullptr, true));
     return sum(t->loss_dev, t->loss_rows, 0, NAN, nullptr, t->stats);
 }
 
@@ -2153,7 +2128,7 @@ namespace mbc {
     do {                                                                                                         \
         ncclResult_t e_ = (call);                                                                                \
         if (e_ != ncclSuccess)                                                                                   \
-            return mbc::fail(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call, ncclGetErrorString(e_)); \
+            return mb_set_error(MB_STATUS_CUDA_ERROR, "%s:%d: %s: %s", __FILE__, __LINE__, #call, ncclGetErrorString(e_)); \
     } while (0)
 
 __global__ void add_kernel(float *x, const float *y, int64_t n) {
@@ -2173,7 +2148,7 @@ static inline mb_status nccl_create(mb_cuda_trainer *t, const mb_train_comm *com
         packed[i] = (double)w;
     }
     if (comm->broadcast(comm->impl, packed, (int)(sizeof packed / sizeof packed[0])) != MB_STATUS_OK)
-        return fail(MB_STATUS_IO_ERROR, "NCCL bootstrap: broadcast of the unique id: %s",
+        return mb_set_error(MB_STATUS_IO_ERROR, "NCCL bootstrap: broadcast of the unique id: %s",
                     comm->last_error ? comm->last_error() : "failed");
     for (size_t i = 0; i < sizeof packed / sizeof packed[0]; i++) {
         const uint32_t w = (uint32_t)packed[i];
@@ -2182,7 +2157,7 @@ static inline mb_status nccl_create(mb_cuda_trainer *t, const mb_train_comm *com
     MBC_NCCL(ncclCommInitRank(&c, comm->size, id, comm->rank));
     t->nccl = c;
     if (comm->deterministic && comm->rank == 0)
-        MBC_TRY(dlist_alloc(&t->mem, (void **)&t->nccl_recv, (size_t)t->d.nparams * sizeof(float), "NCCL receive buffer"));
+        MBC_TRY(dalloc(&t->mem, &t->nccl_recv, t->d.nparams, "NCCL receive buffer"));
     return MB_STATUS_OK;
 }
 
@@ -2213,7 +2188,7 @@ static inline void nccl_free(mb_cuda_trainer *t) {
 }
 #else /* (and in the emulator): t->nccl stays NULL, the gradients go through host memory */
 static inline mb_status nccl_create(mb_cuda_trainer *, const mb_train_comm *) { return MB_STATUS_OK; }
-static inline mb_status nccl_sum_grads(mb_cuda_trainer *, const mb_train_comm *) { return fail(MB_STATUS_UNSUPPORTED, "CUDA: no NCCL"); }
+static inline mb_status nccl_sum_grads(mb_cuda_trainer *, const mb_train_comm *) { return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: no NCCL"); }
 static inline void nccl_free(mb_cuda_trainer *) {}
 #endif
 
@@ -2222,10 +2197,10 @@ static inline void nccl_free(mb_cuda_trainer *) {}
 static inline mb_status sum_grads(mb_cuda_trainer *t, const mb_train_comm *comm) {
     const size_t bytes = (size_t)t->d.nparams * sizeof(float);
     if (t->nccl) return nccl_sum_grads(t, comm);
-    if (!t->host_grads && !(t->host_grads = (float *)malloc(bytes))) return fail(MB_STATUS_OUT_OF_MEMORY, "host gradient buffer");
+    if (!t->host_grads && !(t->host_grads = (float *)MB_MALLOC(bytes))) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "host gradient buffer");
     MBC_TRY(d2h(t->host_grads, t->grads, bytes));
     if (comm->sum_floats(comm->impl, t->host_grads, t->d.nparams) != MB_STATUS_OK)
-        return fail(MB_STATUS_IO_ERROR, "data-parallel: %s", comm->last_error ? comm->last_error() : "gradient sum failed");
+        return mb_set_error(MB_STATUS_IO_ERROR, "data-parallel: %s", comm->last_error ? comm->last_error() : "gradient sum failed");
     return h2d(t->grads, t->host_grads, bytes);
 }
 
@@ -2253,36 +2228,26 @@ static inline int all_ranks_ok(const mb_train_comm *comm, int ok) {
 
 /* ===================================================== entry points */
 
-struct mb_cuda_stream {
-    mbc::dims d;
-    mbc::blas_t blas;
-    mbc::dlist mem;
-    float *params, *conv_state, *ssm_state, *x, *ln, *mean, *xz, *u, *xdbl, *delta, *gated, *out, *logits;
-};
-
 extern "C" {
 
 int mb_cuda_device_count(void) { return mbc::device_count(); }
-const char *mb_cuda_last_error(void) { return mbc::g_err; }
+const char *mb_cuda_last_error(void) { return mb_last_error(); }
 
 mb_status mb_cuda_trainer_create(mb_cuda_trainer **out, const mb_config *cfg, int B, int T, int precision) {
     *out = nullptr;
-    mb_cuda_trainer *t = (mb_cuda_trainer *)calloc(1, sizeof(mb_cuda_trainer));
-    if (!t) return mbc::fail(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer struct");
+    mb_cuda_trainer *t = (mb_cuda_trainer *)MB_MALLOC(sizeof(mb_cuda_trainer));
+    if (!t) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA trainer struct");
+    memset(t, 0, sizeof *t);
     mb_status s = mbc::tr_create(t, cfg, B, T, precision);
-    if (s != MB_STATUS_OK) {
-        mbc::tr_free(t);
-        free(t);
-        return s;
-    }
-    *out = t;
-    return MB_STATUS_OK;
+    if (s != MB_STATUS_OK) mb_cuda_trainer_free(t);
+    else *out = t;
+    return s;
 }
 
 void mb_cuda_trainer_free(mb_cuda_trainer *t) {
     if (!t) return;
     mbc::tr_free(t);
-    free(t);
+    MB_FREE(t);
 }
 
 mb_status mb_cuda_trainer_set_scan_chunk(mb_cuda_trainer *t, int chunk) {
@@ -2322,7 +2287,7 @@ mb_status mb_cuda_trainer_forward_backward(mb_cuda_trainer *t, const uint8_t *in
 
 mb_status mb_cuda_trainer_forward_logits(mb_cuda_trainer *t, const uint8_t *inputs, float *logits_host) {
     mbc::stream_scope on(t->stream);
-    MBC_TRY(mbc::tr_forward(t, inputs));
+    MBC_TRY(mbc::model_forward(t, inputs));
     return mbc::d2h(logits_host, t->logits, (size_t)(t->N * t->d.V) * sizeof(float));
 }
 
@@ -2342,7 +2307,7 @@ mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr
     mbc::stream_scope on(t->stream);
     double stats[2] = {0.0, 0.0};
     if (applied_out) *applied_out = 0;
-    if (adam_step < 1) return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA update: adam_step %lld", (long long)adam_step);
+    if (adam_step < 1) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA update: adam_step %lld", (long long)adam_step);
     /* norm, clip and update without a host round trip in between: the one
        synchronisation is the read of the norm at the end */
     MBC_TRY(mbc::tr_update(t, mbc::make_adamw_args(1.0f, lr, beta1, beta2, eps, weight_decay, adam_step, clip, grad_scale), stats));
@@ -2353,61 +2318,53 @@ mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr
 }
 
 mb_status mb_cuda_trainer_set_graphs(mb_cuda_trainer *t, int on) {
-    if (on && mbc::sync_each_launch()) return mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA graphs: not with MB_CUDA_SYNC=1");
+    if (on && mbc::sync_each_launch()) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA graphs: not with MB_CUDA_SYNC=1");
     t->graphs = on ? 1 : 0;
     return MB_STATUS_OK;
 }
 int mb_cuda_trainer_graphs(const mb_cuda_trainer *t) { return t->graphs; }
 
-/* ---- the trainer backend: mb_trainer_step / mb_trainer_sync on the GPU.
-   The host trainer keeps the batcher, the step count and the testing
-   hooks, so the loop (mb_train_run) is the same on both backends; the GPU
-   holds the live parameters, gradients and moments. */
-static mb_status mbc_backend_step(mb_trainer *tr, double lr, mb_step_result *r) {
+/* ---- the trainer backend: mb_trainer_step's policy (mb_trainer_step_on)
+   on the GPU's kernels, and mb_trainer_sync.  The host trainer keeps the
+   batcher, the step count and the testing hooks, so the loop
+   (mb_train_run) is the same on both backends; the GPU holds the live
+   parameters, gradients and moments, and sums the loss: the micro-batches
+   are submitted without waiting, and the update is guarded on the device. */
+static mb_status mbc_micro_batch(mb_trainer *tr, int, double *) {
+    return mbc::tr_submit_micro_batch((mb_cuda_trainer *)tr->backend.impl, tr->inputs, tr->targets);
+}
+/* The gradients on the GPUs (NCCL) or through the host, the loss on the host. */
+static mb_status mbc_sum_ranks(mb_trainer *tr, double *) {
     mb_cuda_trainer *g = (mb_cuda_trainer *)tr->backend.impl;
-    mbc::stream_scope on(g->stream);
-    const mb_train_settings *s = &tr->st.settings;
-    const int ranks = tr->comm ? tr->comm->size : 1;
-    const int64_t A = s->grad_accum, total = A * ranks;
-    double stats[2] = {0.0, 0.0};
-    memset(r, 0, sizeof *r);
-    r->lr = lr;
-    /* this rank's micro-batches of the one seeded stream, as on the CPU;
-       submitted without waiting (their losses add up on the device) */
-    for (int64_t k = 0; k < total; k++) {
-        int own = 0;
-        mb_status st = mb_trainer_draw(tr, k, &own);
-        if (st != MB_STATUS_OK) return mbc::fail(st, "%s", mb_last_error());
-        if (own) MBC_TRY(mbc::tr_submit_micro_batch(g, tr->inputs, tr->targets));
-    }
-    if (ranks > 1) { /* the gradients on the GPUs (NCCL) or through the host, the loss on the host */
-        MBC_TRY(mbc::sync()); /* the micro-batches were only submitted: comm_s starts when they are done */
-        const double c0 = mb_clock_seconds();
-        double loss_sum = 0.0;
-        MBC_TRY(mbc::sum_grads(g, tr->comm));
-        MBC_TRY(mbc::d2h(&loss_sum, g->stats, sizeof loss_sum)); /* waits, so comm_s holds NCCL's work too */
-        if (tr->comm->sum_doubles(tr->comm->impl, &loss_sum, 1) != MB_STATUS_OK)
-            return mbc::fail(MB_STATUS_IO_ERROR, "data-parallel: %s", tr->comm->last_error ? tr->comm->last_error() : "loss sum failed");
-        MBC_TRY(mbc::h2d(g->stats, &loss_sum, sizeof loss_sum)); /* the guard below reads the ranks' sum */
-        tr->comm_s += mb_clock_seconds() - c0;
-    }
-    if (mb_trainer_poisoned(tr)) { /* the testing hook, as on the CPU: one NaN gradient */
-        const float nan = NAN;
-        MBC_TRY(mbc::h2d(g->grads, &nan, sizeof nan));
-    }
-    /* the update, guarded on the device: a non-finite loss skips it and drops the gradients */
-    mbc::adamw_args a = mbc::make_adamw_args(1.0f, lr, s->beta1, s->beta2, s->eps, s->weight_decay, tr->st.step + 1,
-                                             s->clip, 1.0f / (float)total);
-    a.guard = 1;
-    MBC_TRY(mbc::tr_update(g, a, stats));
-    r->loss = (float)(stats[0] / (double)total);
-    if (!isfinite(r->loss)) r->grad_norm = NAN;
-    else {
-        r->grad_norm = sqrt(stats[1]);
-        r->applied = isfinite(r->grad_norm) ? 1 : 0;
-    }
-    tr->st.step++;
+    double loss_sum = 0.0;
+    if (tr->comm->size == 1) return MB_STATUS_OK;
+    MBC_TRY(mbc::sync()); /* the micro-batches were only submitted: comm_s starts when they are done */
+    const double c0 = mb_clock_seconds();
+    MBC_TRY(mbc::sum_grads(g, tr->comm));
+    MBC_TRY(mbc::d2h(&loss_sum, g->stats, sizeof loss_sum)); /* waits, so comm_s holds NCCL's work too */
+    if (tr->comm->sum_doubles(tr->comm->impl, &loss_sum, 1) != MB_STATUS_OK)
+        return mb_set_error(MB_STATUS_IO_ERROR, "data-parallel: %s", tr->comm->last_error ? tr->comm->last_error() : "loss sum failed");
+    MBC_TRY(mbc::h2d(g->stats, &loss_sum, sizeof loss_sum)); /* the device's guard reads the ranks' sum */
+    tr->comm_s += mb_clock_seconds() - c0;
     return MB_STATUS_OK;
+}
+static mb_status mbc_update(mb_trainer *tr, double lr, float scale, int poison, double *loss_sum, double *grad_norm) {
+    mb_cuda_trainer *g = (mb_cuda_trainer *)tr->backend.impl;
+    const mb_train_settings *s = &tr->st.settings;
+    double stats[2] = {0.0, 0.0};
+    const float nan = NAN;
+    if (poison) MBC_TRY(mbc::h2d(g->grads, &nan, sizeof nan)); /* the testing hook, as on the CPU: one NaN */
+    mbc::adamw_args a = mbc::make_adamw_args(1.0f, lr, s->beta1, s->beta2, s->eps, s->weight_decay, tr->st.step + 1, s->clip, scale);
+    a.guard = 1; /* a non-finite loss skips the update and drops the gradients */
+    MBC_TRY(mbc::tr_update(g, a, stats));
+    *loss_sum = stats[0];
+    *grad_norm = isfinite(stats[0]) ? sqrt(stats[1]) : NAN; /* no norm is read after a non-finite loss */
+    return MB_STATUS_OK;
+}
+static const mb_step_kernels mbc_kernels = {mbc_micro_batch, mbc_sum_ranks, mbc_update};
+static mb_status mbc_backend_step(mb_trainer *tr, double lr, mb_step_result *r) {
+    mbc::stream_scope on(((mb_cuda_trainer *)tr->backend.impl)->stream);
+    return mb_trainer_step_on(tr, &mbc_kernels, lr, r);
 }
 
 static mb_status mbc_backend_sync(mb_trainer *tr) {
@@ -2420,53 +2377,51 @@ static void mbc_backend_release(mb_trainer *tr) { mb_cuda_trainer_free((mb_cuda_
 mb_status mb_cuda_trainer_attach(mb_trainer *tr, int precision) {
     const mb_train_settings *s = &tr->st.settings;
     mb_cuda_trainer *g = nullptr;
-    if (tr->backend.step) return mbc::fail(MB_STATUS_INVALID_ARGUMENT, "CUDA: the trainer already has a %s backend", tr->backend.name);
+    if (tr->backend.step) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA: the trainer already has a %s backend", tr->backend.name);
     const int ranks = tr->comm ? tr->comm->size : 1;
     mb_status st = mbc::device_check();
     if (st == MB_STATUS_OK) st = mbc::select_device(tr->comm);
-    if (st == MB_STATUS_OK && s->batch * s->ctx > 2147483647 / 2)
-        st = mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA: batch %lld x ctx %lld is too large", (long long)s->batch, (long long)s->ctx);
+    if (st == MB_STATUS_OK && s->batch * s->ctx > MBC_MAX_TOKENS)
+        st = mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: batch %lld x ctx %lld is too large", (long long)s->batch, (long long)s->ctx);
     if (st == MB_STATUS_OK) st = mb_cuda_trainer_create(&g, mb_model_config(tr->model), (int)s->batch, (int)s->ctx, precision);
     if (st == MB_STATUS_OK) st = mb_cuda_trainer_upload(g, mb_model_params(tr->model), tr->st.adam_m, tr->st.adam_v);
     /* data-parallel: the ranks all attach (then NCCL joins them) or all stay on the CPU */
     if (ranks > 1 && !mbc::all_ranks_ok(tr->comm, st == MB_STATUS_OK) && st == MB_STATUS_OK)
-        st = mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA: another rank could not use its GPU");
+        st = mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: another rank could not use its GPU");
     if (st == MB_STATUS_OK && ranks > 1) st = mbc::nccl_create(g, tr->comm);
     if (st != MB_STATUS_OK) {
         mb_cuda_trainer_free(g);
         return st;
     }
-    tr->backend.name = precision == 1 ? "cuda bf16" : precision == 2 ? "cuda tf32" : "cuda fp32";
+    tr->backend.name = precision == MB_PRECISION_BF16 ? "cuda bf16" : precision == MB_PRECISION_TF32 ? "cuda tf32" : "cuda fp32";
     tr->backend.impl = g;
     tr->backend.step = mbc_backend_step;
     tr->backend.sync = mbc_backend_sync;
     tr->backend.release = mbc_backend_release;
-    tr->backend.last_error = mb_cuda_last_error;
     return MB_STATUS_OK;
 }
 
 mb_status mb_cuda_stream_create(mb_cuda_stream **out, const mb_config *cfg, const float *params) {
     *out = nullptr;
-    mb_cuda_stream *s = (mb_cuda_stream *)calloc(1, sizeof(mb_cuda_stream));
-    if (!s) return mbc::fail(MB_STATUS_OUT_OF_MEMORY, "CUDA stream struct");
+    mb_cuda_stream *s = (mb_cuda_stream *)MB_MALLOC(sizeof(mb_cuda_stream));
+    if (!s) return mb_set_error(MB_STATUS_OUT_OF_MEMORY, "CUDA stream struct");
+    memset(s, 0, sizeof *s);
     mb_status st = mbc::dims_init(&s->d, cfg);
     const mbc::dims &d = s->d;
-    if (st == MB_STATUS_OK && mbc::device_count() < 1) st = mbc::fail(MB_STATUS_UNSUPPORTED, "CUDA stream: no CUDA device");
+    const int64_t acts = mb_layer_acts_place(nullptr, nullptr, &d.cfg, 1, 1, 0, 0);
+    float *block = nullptr;
+    if (st == MB_STATUS_OK && mbc::device_count() < 1) st = mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA stream: no CUDA device");
     if (st == MB_STATUS_OK) st = mbc::blas_create(&s->blas);
     if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->params, d.nparams, "stream params");
+    if (st == MB_STATUS_OK) st = mbc::weights_point(&s->w, s->params, d);
     if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->conv_state, (int64_t)d.L * d.Di * d.K, "conv state");
     if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->ssm_state, (int64_t)d.L * d.Di * d.S, "ssm state");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->x, d.C, "x");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->ln, d.C, "ln");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->mean, 2, "ln stats");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->xz, 2 * d.Di, "xz");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->u, d.Di, "u");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->xdbl, d.X, "xdbl");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->delta, d.Di, "delta");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->gated, d.Di, "gated");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->out, d.C, "out");
-    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &s->logits, d.V, "logits");
-    if (st == MB_STATUS_OK) st = mbc::h2d(s->params, params, (size_t)d.nparams * sizeof(float));
+    if (st == MB_STATUS_OK) st = mbc::dalloc(&s->mem, &block, acts + d.V, "activations");
+    if (st == MB_STATUS_OK) {
+        mb_layer_acts_place(&s->a, block, &d.cfg, 1, 1, 0, 0);
+        s->logits = block + acts;
+        st = mbc::h2d(s->params, params, (size_t)d.nparams * sizeof(float));
+    }
     if (st == MB_STATUS_OK) st = mb_cuda_stream_reset(s);
     if (st != MB_STATUS_OK) {
         mb_cuda_stream_free(s);
@@ -2482,30 +2437,25 @@ mb_status mb_cuda_stream_reset(mb_cuda_stream *s) {
     return mbc::dzero(s->ssm_state, sizeof(float) * (size_t)d.L * d.Di * d.S);
 }
 
+/* mb_stream_step on the device. */
 mb_status mb_cuda_stream_step(mb_cuda_stream *s, uint8_t byte, float *logits_host) {
     const mbc::dims &d = s->d;
-    const float *P = s->params;
-    const bool rms = d.cfg.norm == MB_NORM_RMSNORM;
-#define MBC_SW(l, f) (mbc::tensor_index(d, l, f) < 0 ? nullptr : P + d.offset[mbc::tensor_index(d, l, f)])
-    MBC_TRY(mbc::d2d(s->x, MBC_SW(-1, mbc::G_EMBEDDING) + (int64_t)byte * d.C, sizeof(float) * (size_t)d.C));
+    const mb_layer_acts *a = &s->a;
+    MBC_TRY(mbc::d2d(a->resid, s->w.wte + (int64_t)byte * d.C, sizeof(float) * (size_t)d.C));
     for (int l = 0; l < d.L; l++) {
-        MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, MBC_SW(l, mbc::W_NORM_W), MBC_SW(l, mbc::W_NORM_B), 1, d.C,
-                                       nullptr, rms));
-        MBC_TRY(mbc::matmul_forward(s->blas, s->xz, s->ln, d.C, MBC_SW(l, mbc::W_IN_PROJ), 1, d.C, 2 * d.Di));
-        MBC_LAUNCH(mbc::conv1d_step_kernel, dim3((unsigned)((d.Di + 127) / 128)), dim3(128), 0, s->u,
-                   s->conv_state + (int64_t)l * d.Di * d.K, (const float *)s->xz, MBC_SW(l, mbc::W_CONV_W),
-                   MBC_SW(l, mbc::W_CONV_B), d.Di, d.K);
-        MBC_TRY(mbc::matmul_forward(s->blas, s->xdbl, s->u, d.Di, MBC_SW(l, mbc::W_X_PROJ), 1, d.Di, d.X));
-        MBC_TRY(mbc::matmul_forward(s->blas, s->delta, s->xdbl, d.X, MBC_SW(l, mbc::W_DT_W), 1, d.R, d.Di));
-        MBC_TRY(mbc::scan_step(s->gated, s->ssm_state + (int64_t)l * d.Di * d.S, s->u, s->delta, MBC_SW(l, mbc::W_DT_B),
-                               MBC_SW(l, mbc::W_A_LOG), s->xdbl, MBC_SW(l, mbc::W_D), s->xz, d.Di, d.S, d.R));
-        /* x += out_proj(gated): the residual add as the product's beta */
-        MBC_TRY(mbc::matmul_forward(s->blas, s->x, s->gated, d.Di, MBC_SW(l, mbc::W_OUT_PROJ), 1, d.Di, d.C, 1.0f));
+        const mb_layer_weights *W = &s->w.layer[l];
+        MBC_TRY(mbc::norm_forward(&d.cfg, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, 1, d.C));
+        MBC_TRY(mbc::stream_linear(s, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, d.C));
+        MBC_TRY(mbc::conv1d_step(a->u, s->conv_state + (int64_t)l * d.Di * d.K, a->xz, W->conv_w, W->conv_b, d.Di, d.K));
+        MBC_TRY(mbc::stream_linear(s, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, d.Di));
+        MBC_TRY(mbc::stream_linear(s, l, MB_TENSOR_DT_W, a->delta, a->xdbl, d.X));
+        MBC_TRY(mbc::scan_step(a->gated, s->ssm_state + (int64_t)l * d.Di * d.S, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl,
+                               W->D, a->xz, d.Di, d.S, d.R));
+        /* resid += out_proj(gated): the residual add as the product's beta */
+        MBC_TRY(mbc::stream_linear(s, l, MB_TENSOR_OUT_PROJ, a->resid, a->gated, d.Di, 1.0f));
     }
-    MBC_TRY(mbc::layernorm_forward(s->ln, s->mean, s->mean + 1, s->x, MBC_SW(-1, mbc::G_NORM_F_W), MBC_SW(-1, mbc::G_NORM_F_B), 1, d.C,
-                                   nullptr, rms));
-    MBC_TRY(mbc::matmul_forward(s->blas, s->logits, s->ln, d.C, P + d.offset[mbc::head_index(d)], 1, d.C, d.V));
-#undef MBC_SW
+    MBC_TRY(mbc::norm_forward(&d.cfg, a->ln, a->ln_mean, a->ln_rstd, a->resid, s->w.norm_f_w, s->w.norm_f_b, 1, d.C));
+    MBC_TRY(mbc::stream_linear(s, -1, MB_TENSOR_LM_HEAD, s->logits, a->ln, d.C));
     return mbc::d2h(logits_host, s->logits, sizeof(float) * (size_t)d.V);
 }
 
@@ -2513,8 +2463,9 @@ void mb_cuda_stream_free(mb_cuda_stream *s) {
     if (!s) return;
     mbc::dlist_free(&s->mem);
     mbc::blas_destroy(s->blas);
-    free(s->d.offset);
-    free(s);
+    MB_FREE(s->d.tensors);
+    MB_FREE(s->w.layer);
+    MB_FREE(s);
 }
 
 } /* extern "C" */

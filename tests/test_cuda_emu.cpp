@@ -354,7 +354,7 @@ void test_layernorm() {
         }
 }
 
-/* RMSNorm: the same kernels with rms set, against mb__rmsnorm_*; the
+/* RMSNorm: rmsnorm_* against mb__rmsnorm_*; the
    trailing-overwrite form (a first writer) too. */
 void test_rmsnorm() {
     mbt_rng r = {13};
@@ -363,7 +363,7 @@ void test_rmsnorm() {
             fvec x = randn(&r, (size_t)(N * C), 2.0, 0.5), w = randn(&r, C, 0.5, 1.0);
             fvec o(x.size(), NAN), s(N, NAN), ro(x.size()), rs(N), copy(x.size(), NAN);
             mb__rmsnorm_forward(ro.data(), rs.data(), x.data(), w.data(), N, C);
-            mbc::layernorm_forward(o.data(), nullptr, s.data(), x.data(), w.data(), nullptr, N, C, copy.data(), true);
+            mbc::rmsnorm_forward(o.data(), s.data(), x.data(), w.data(), N, C, copy.data());
             CHECK_CLOSE("rmsnorm out", o.data(), ro.data(), o.size(), 1e-6);
             CHECK_CLOSE("rmsnorm rstd", s.data(), rs.data(), N, 1e-6);
             CHECK_CLOSE("rmsnorm residual copy", copy.data(), x.data(), x.size(), 0.0);
@@ -371,11 +371,11 @@ void test_rmsnorm() {
             fvec rdi = di, rdw = dw, di2(x.size(), NAN), rdi2(x.size(), 0.0f), dw2 = dw, rdw2 = dw;
             fvec scratch((size_t)(mbc::ln_backward_parts(N) * 2 * C), NAN);
             mb__rmsnorm_backward(rdi.data(), rdw.data(), g.data(), x.data(), w.data(), rs.data(), N, C);
-            mbc::layernorm_backward(di.data(), dw.data(), nullptr, scratch.data(), g.data(), x.data(), w.data(), nullptr, rs.data(), N, C, false, true);
+            mbc::rmsnorm_backward(di.data(), dw.data(), scratch.data(), g.data(), x.data(), w.data(), rs.data(), N, C, false);
             CHECK_CLOSE("rmsnorm dinp", di.data(), rdi.data(), di.size(), 1e-6);
             CHECK_CLOSE("rmsnorm dw", dw.data(), rdw.data(), C, 1e-6);
             mb__rmsnorm_backward(rdi2.data(), rdw2.data(), g.data(), x.data(), w.data(), rs.data(), N, C);
-            mbc::layernorm_backward(di2.data(), dw2.data(), nullptr, scratch.data(), g.data(), x.data(), w.data(), nullptr, rs.data(), N, C, true, true);
+            mbc::rmsnorm_backward(di2.data(), dw2.data(), scratch.data(), g.data(), x.data(), w.data(), rs.data(), N, C, true);
             CHECK_CLOSE("rmsnorm dinp (overwrite)", di2.data(), rdi2.data(), di2.size(), 1e-6);
             CHECK_CLOSE("rmsnorm dw (overwrite)", dw2.data(), rdw2.data(), C, 1e-6);
         }
@@ -529,7 +529,7 @@ void test_matmul() {
                   mbc::tf32_round(-(1.0f + 0x1p-11f)) == -(1.0f + 0x1p-10f),
               "tf32 rounding: nearest, ties away from zero");
     fvec ot(o.size(), NAN);
-    mbc::matmul_forward(nullptr, ot.data(), x.data(), ldi, w.data(), N, IC, OC, 0.0f, MBC_TF32);
+    mbc::matmul_forward(nullptr, ot.data(), x.data(), ldi, w.data(), N, IC, OC, 0.0f, MB_PRECISION_TF32);
     e = mbt_rel_l2(ot.data(), ro.data(), (int64_t)o.size());
     MBT_CHECK(e < 2e-3 && e > 0.0, "tf32 matmul within TF32 rounding: rel L2 %.3g", e);
 }
@@ -718,21 +718,23 @@ void test_scan() {
 
 /* ================================================ trainer and stream */
 
-/* The CUDA side's tensor indices: every (layer, W_*) and every G_* resolves
-   to the mb_tensor_info of the expected PyTorch name (written out here), the
-   offsets dims_init copied agree, and together they cover the table once. */
+/* The tensor indices the CUDA side reads: every (layer, MB_TENSOR_*) and
+   every global resolves to the mb_tensor_info of the expected PyTorch name
+   (written out here), the table dims_init keeps agrees, and together they
+   cover the table once; mb_tensor_matrix gives each product's weight (the
+   head: the embedding when tied) with its shape. */
 void test_tensor_indices() {
     static const struct { int field; const char *name; } layer[] = {
-        {mbc::W_NORM_W, "norm.weight"},           {mbc::W_NORM_B, "norm.bias"},
-        {mbc::W_IN_PROJ, "mixer.in_proj.weight"}, {mbc::W_CONV_W, "mixer.conv1d.weight"},
-        {mbc::W_CONV_B, "mixer.conv1d.bias"},     {mbc::W_X_PROJ, "mixer.x_proj.weight"},
-        {mbc::W_DT_W, "mixer.dt_proj.weight"},    {mbc::W_DT_B, "mixer.dt_proj.bias"},
-        {mbc::W_A_LOG, "mixer.A_log"},            {mbc::W_D, "mixer.D"},
-        {mbc::W_OUT_PROJ, "mixer.out_proj.weight"},
+        {MB_TENSOR_NORM_W, "norm.weight"},           {MB_TENSOR_NORM_B, "norm.bias"},
+        {MB_TENSOR_IN_PROJ, "mixer.in_proj.weight"}, {MB_TENSOR_CONV_W, "mixer.conv1d.weight"},
+        {MB_TENSOR_CONV_B, "mixer.conv1d.bias"},     {MB_TENSOR_X_PROJ, "mixer.x_proj.weight"},
+        {MB_TENSOR_DT_W, "mixer.dt_proj.weight"},    {MB_TENSOR_DT_B, "mixer.dt_proj.bias"},
+        {MB_TENSOR_A_LOG, "mixer.A_log"},            {MB_TENSOR_D, "mixer.D"},
+        {MB_TENSOR_OUT_PROJ, "mixer.out_proj.weight"},
     };
     static const struct { int field; const char *name; } globals[] = {
-        {mbc::G_EMBEDDING, "embedding.weight"}, {mbc::G_NORM_F_W, "norm_f.weight"}, {mbc::G_NORM_F_B, "norm_f.bias"},
-        {mbc::G_LM_HEAD, "lm_head.weight"},
+        {MB_TENSOR_EMBEDDING, "embedding.weight"}, {MB_TENSOR_NORM_F_W, "norm_f.weight"}, {MB_TENSOR_NORM_F_B, "norm_f.bias"},
+        {MB_TENSOR_LM_HEAD, "lm_head.weight"},
     };
     MBT_CHECK(MB_NUM_LAYER_TENSORS == 11 && MB_NUM_GLOBAL_TENSORS == 4, "tensor indices: %d per layer, %d globals",
               (int)MB_NUM_LAYER_TENSORS, (int)MB_NUM_GLOBAL_TENSORS);
@@ -754,7 +756,7 @@ void test_tensor_indices() {
                 if (idx != -1) { fprintf(stderr, "  L=%d: %s should be absent, index %d\n", n_layer, name, idx); bad++; }
                 return;
             }
-            if (idx < 0 || idx >= nt || strcmp(ti[(size_t)idx].name, name) != 0 || d.offset[idx] != ti[(size_t)idx].offset) {
+            if (idx < 0 || idx >= nt || strcmp(ti[(size_t)idx].name, name) != 0 || d.tensors[idx].offset != ti[(size_t)idx].offset) {
                 fprintf(stderr, "  L=%d: index %d is %s, expected %s\n", n_layer, idx,
                         idx >= 0 && idx < nt ? ti[(size_t)idx].name : "out of range", name);
                 bad++;
@@ -766,18 +768,24 @@ void test_tensor_indices() {
             for (const auto &e : layer) {
                 char name[64];
                 snprintf(name, sizeof name, "layers.%d.%s", l, e.name);
-                expect(mbc::tensor_index(d, l, e.field), name);
+                expect(mb_tensor_index(&d.cfg, l, e.field), name);
             }
-        for (const auto &g : globals) expect(mbc::global_index(d, g.field), g.name);
+        for (const auto &g : globals) expect(mb_tensor_index(&d.cfg, -1, g.field), g.name);
         int once = 0;
         for (int h : hits) once += h == 1;
         MBT_CHECK(bad == 0 && d.ntensors == nt && once == nt && nt == 1 + n_layer * (11 - rms) + 2 - rms + untied,
                   "tensor indices L=%d rms=%d untied=%d: %d wrong, %d of %d tensors hit once", n_layer, rms, untied, bad, once, nt);
-        MBT_CHECK(mbc::tensor_index(d, n_layer, 0) == -1 && mbc::tensor_index(d, 0, MB_NUM_LAYER_TENSORS) == -1 &&
-                      mbc::tensor_index(d, 0, -1) == -1 && mbc::global_index(d, MB_NUM_GLOBAL_TENSORS) == -1 &&
-                      mbc::tensor_index(d, -2, 0) == -1,
+        MBT_CHECK(mb_tensor_index(&d.cfg, n_layer, 0) == -1 && mb_tensor_index(&d.cfg, 0, MB_NUM_LAYER_TENSORS) == -1 &&
+                      mb_tensor_index(&d.cfg, 0, -1) == -1 && mb_tensor_index(&d.cfg, -1, MB_NUM_GLOBAL_TENSORS) == -1 &&
+                      mb_tensor_index(&d.cfg, -2, 0) == -1,
                   "tensor indices L=%d: out-of-range fields must give -1", n_layer);
-        free(d.offset);
+        int in = 0, out = 0, mi = mb_tensor_matrix(&d.cfg, -1, MB_TENSOR_LM_HEAD, &in, &out);
+        MBT_CHECK(mi == mb_tensor_index(&d.cfg, -1, untied ? MB_TENSOR_LM_HEAD : MB_TENSOR_EMBEDDING) && in == 7 && out == 256,
+                  "tensor matrix: the head is %d (%d x %d)", mi, out, in);
+        mi = mb_tensor_matrix(&d.cfg, n_layer - 1, MB_TENSOR_DT_W, &in, &out);
+        MBT_CHECK(mi == mb_tensor_index(&d.cfg, n_layer - 1, MB_TENSOR_DT_W) && in == d.R && out == d.Di &&
+                      (int64_t)in * out == ti[(size_t)mi].numel, "tensor matrix: dt_proj is %d (%d x %d)", mi, out, in);
+        MB_FREE(d.tensors);
     }
 }
 

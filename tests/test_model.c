@@ -394,7 +394,7 @@ static void test_stream_snapshot(void) {
         for (t = 0; t < 50; t++) mb_stream_step(s, x[t]);
         MBT_CHECK(mb_stream_copy(s3, s) == MB_STATUS_OK && mb_stream_copy(s5, s) == MB_STATUS_OK,
                   "copy between streams of one config: %s", mb_last_error());
-        MBT_CHECK(memcmp(s3->win, s->win, (size_t)s->state_floats * sizeof(float)) == 0, "copy: dst holds src's state");
+        MBT_CHECK(memcmp(s3->conv_state, s->conv_state, (size_t)s->state_floats * sizeof(float)) == 0, "copy: dst holds src's state");
         memcpy(a, mb_stream_step(s3, 'a'), sizeof a);
         MBT_CHECK(memcmp(a, mb_stream_step(s5, 'a'), sizeof a) == 0 && memcmp(a, mb_stream_step(s, 'a'), sizeof a) != 0,
                   "copy: dst continues from src's state with its own weights");
@@ -417,7 +417,7 @@ static void test_stream_snapshot(void) {
 
 /* The stream state as bytes (the test sees the implementation). */
 static int stream_state_equal(const mb_stream *a, const mb_stream *b) {
-    return a->state_floats == b->state_floats && memcmp(a->win, b->win, (size_t)a->state_floats * sizeof(float)) == 0;
+    return a->state_floats == b->state_floats && memcmp(a->conv_state, b->conv_state, (size_t)a->state_floats * sizeof(float)) == 0;
 }
 
 /* mb_stream_feed against mb_stream_step: logits and state bit for bit,
@@ -841,7 +841,7 @@ static void test_tensor_table(void) {
     } while (0)
     MBT_EXPECT_TENSOR("embedding.weight", 2, 256, 7, 1, 1);
     for (l = 0; l < 3; l++) {
-        const mb__layer_weights *W = &m->w.layer[l], *G = &m->g.layer[l];
+        const mb_layer_weights *W = &m->w.layer[l], *G = &m->g.layer[l];
         const float *pw[11], *pg[11];
         pw[0] = W->norm_w; pw[1] = W->norm_b; pw[2] = W->in_proj; pw[3] = W->conv_w; pw[4] = W->conv_b; pw[5] = W->x_proj;
         pw[6] = W->dt_proj_w; pw[7] = W->dt_proj_b; pw[8] = W->A_log; pw[9] = W->D; pw[10] = W->out_proj;
@@ -899,16 +899,18 @@ static void test_act_layout(void) {
             nchunks = (T + m->scan_chunk - 1) / m->scan_chunk;
             measured = mb__layout_acts(m, NULL, B, T);
             next = m->act_block;
-#define MBT_WALK_L(ptr, n) ok &= m->acts[l].ptr == next; next += (n);
+#define MBT_WALK_L(ptr, n, bf16) if ((n) != 0) { ok &= a->ptr == next; next += (n); }
 #define MBT_WALK_M(ptr, n) ok &= m->ptr == next; next += (n);
-            for (l = 0; l < c.n_layer; l++) {
-                MB__LAYER_ACTS(MBT_WALK_L)
+            for (l = 0; l <= c.n_layer; l++) { /* the layers', then the gradients' (no states) */
+                const mb_layer_acts *a = l < c.n_layer ? &m->acts[l] : &m->dacts;
+                const int64_t nch = l < c.n_layer ? nchunks : 0;
+                MB_LAYER_ACTS(MBT_WALK_L)
             }
             MB__MODEL_ACTS(MBT_WALK_M)
 #undef MBT_WALK_L
 #undef MBT_WALK_M
             hand = c.n_layer * (N * (2 * C + 2 + 2 * Di + Di + X + Di + Di) + B * nchunks * Di * S) +
-                   N * (C + C + 2 + V + C) + N * (C + C + 2 * Di + Di + X + Di + Di + V) + B * (Di * S + 2 * Di);
+                   N * (C + C + 2 + V + C) + N * (C + C + 2 + 2 * Di + Di + X + Di + Di + V) + B * (Di * S + 2 * Di);
             MBT_CHECK(ok, "act layout cfg %d B=%d T=%d: buffers do not tile the block in list order", (int)ci, B, T);
             MBT_CHECK(m->act_used == measured && next == m->act_block + m->act_used && m->act_used <= m->act_floats,
                       "act layout cfg %d B=%d T=%d: carved %lld, measured %lld, walked %lld, block %lld", (int)ci, B, T,

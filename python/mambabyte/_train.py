@@ -183,7 +183,7 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
                     reason = "this library has no CUDA backend (%s; build libmambabyte_cuda.so with `make lib` " \
                              "where nvcc is)" % os.path.basename(lib.path)
                 elif lib.mb_cuda_trainer_attach(ctypes.byref(tr), 1 if precision == "bf16" else 0) != 0:
-                    reason = lib.mb_cuda_last_error().decode("utf-8", "replace")
+                    reason = lib.mb_last_error().decode("utf-8", "replace")
                 if reason and device == "cuda":
                     raise MambaByteError(7, reason, "device cuda")
                 if reason:
