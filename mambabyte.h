@@ -66,7 +66,7 @@
      mb_dataset_close).  my_callback(user, progress) returns non-zero to stop.
 
    IMPLEMENTATION SECTIONS (in this order, after the declarations)
-     utilities, numerics, RNG, numerics+ (sigmoid, softplus, SiLU), config
+     utilities, numerics, RNG, config
      (the tensor table), CPU layers (each layer's forward and backward side by
      side, the matrix products in float32 and in bf16, the conv, the scan:
      its fast chunked path and the plain reference beside it), model
@@ -1236,23 +1236,6 @@ static double mb__rng_uniform(uint64_t *state) { /* [0, 1) */
 static double mb__rng_normal(uint64_t *state) {
     double u1 = 1.0 - mb__rng_uniform(state), u2 = mb__rng_uniform(state); /* u1 in (0,1] */
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
-
-/* ============================================================ numerics+ */
-static float mb__sigmoid(float x) {
-    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
-    {
-        float e = expf(x);
-        return e / (1.0f + e);
-    }
-}
-/* The gradient of PyTorch's softplus (beta 1, threshold 20); the forward is
-   mb__softplus_v, with the same threshold. */
-static float mb__softplus_grad(float x) { return x > 20.0f ? 1.0f : mb__sigmoid(x); }
-static float mb__silu(float x) { return x * mb__sigmoid(x); }
-static float mb__silu_grad(float x) {
-    float s = mb__sigmoid(x);
-    return s * (1.0f + x * (1.0f - s));
 }
 
 /* ============================================================== config */
@@ -2440,14 +2423,8 @@ MB__INLINE float mb__sigmoid_v(float x) {
 
 /* The conv's and the scan's inner loops run over blocks of MB__SCAN_DB = 16
    channels, one vector of floats on AVX-512, with the vectorisable mb__exp /
-   mb__softplus_v / mb__sigmoid_v.  The scan backward's fallback path (other
-   chunkings, see mb__scan_backward) runs over the d_state lanes of one
-   channel instead: it precomputes per-(token, channel) values for a block of
-   channels a chunk at a time (MB__SCAN_PRE steps at most) and sums over the
-   state in pairwise trees. */
+   mb__softplus_v / mb__sigmoid_v. */
 #define MB__SCAN_DB 16
-#define MB__SCAN_PRE 32
-#define MB__SCAN_TB 16 /* state lanes whose sums are deferred to after a chunk's steps */
 
 /* v[0] + ... + v[n-1] as a pairwise tree (in place): the same order for a
    given n on every call. */
@@ -2880,7 +2857,7 @@ MBDEF void mb__scan_forward_naive(float *out, const float *u, const float *delta
                     h[n] = mb__exp(dt * A) * h[n] + dt * Bt[n] * ut;
                     y += Ct[n] * h[n];
                 }
-                out[tok * Di + d] = (y + Dp[d] * ut) * mb__silu(z);
+                out[tok * Di + d] = (y + Dp[d] * ut) * (z * mb__sigmoid_v(z));
             }
         }
 }
@@ -2913,9 +2890,10 @@ MBDEF mb_status mb__scan_backward_naive(float *du, float *ddelta, float *ddt_bia
                 float *dBt = dxdbl + tok * X + R, *dCt = dBt + S;
                 float x = delta[tok * Di + d] + dt_bias[d], dt = mb__softplus_v(x), ut = u[tok * Di + d];
                 float z = xz[tok * 2 * Di + Di + d], g = dout[tok * Di + d], y = Dp[d] * ut, dy, ddt = 0.0f, dut;
+                float sz = mb__sigmoid_v(z);
                 for (n = 0; n < S; n++) y += Ct[n] * ht[n];
-                dy = g * mb__silu(z);                       /* d out / d y */
-                dxz[tok * 2 * Di + Di + d] += g * mb__silu_grad(z) * y;
+                dy = g * (z * sz);                            /* d out / d y */
+                dxz[tok * 2 * Di + Di + d] += g * (sz * (1.0f + z * (1.0f - sz))) * y; /* silu' */
                 dD[d] += dy * ut;
                 dut = dy * Dp[d];
                 for (n = 0; n < S; n++) {
@@ -2928,7 +2906,7 @@ MBDEF mb_status mb__scan_backward_naive(float *du, float *ddelta, float *ddt_bia
                     dh[n] = dhn * a; /* to h_{t-1} */
                 }
                 du[tok * Di + d] += dut;
-                ddt *= mb__softplus_grad(x);
+                ddt *= mb__sigmoid_v(x); /* softplus' */
                 ddelta[tok * Di + d] = ddt;
                 ddt_bias[d] += ddt;
             }
@@ -3010,244 +2988,156 @@ MBDEF void mb__scan_forward_from(float *out, float *states, float *h0, const flo
     }
 }
 
-/* The scan backward of one sequence with 16 channels per vector: chunks
-   from the last, and in each chunk every block of channels, so that the
-   sums over channels (dB, dC) collect in per-chunk lane partials pB, pC and
-   only those are summed across lanes.  Needs S <= MB__SCAN_FAST_S,
-   chunk*S <= MB__SCAN_FAST and, with several chunks, chunk >= S: the dh
-   carried from one chunk to the one before it waits in that chunk's first
-   S rows of ddelta, which are written only later.  The sums over the state
-   run in two accumulators, even and odd states, each in state order
-   (mb__scan_bwd_states16); the per-channel parameter sums in (chunk, step)
-   order as in the one-channel path. */
-#define MB__SCAN_FAST 512  /* chunk * S: the (step, state) rows of a chunk kept for 16 channels */
-#define MB__SCAN_FAST_S 32 /* d_state */
-static void mb__scan_bwd_blocks(float *du, float *ddelta, float *dxdbl, float *dxz, float *gA, float *gD, float *gbias,
-                                const float *dout, const float *states, const float *u, const float *delta,
-                                const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                                const float *xz, int64_t b, int T, int Di, int S, int R, int chunk) {
-    const int DB = MB__SCAN_DB;
-    int64_t nchunks = (T + chunk - 1) / chunk, X = R + 2 * S, c;
-    float hbuf[MB__SCAN_FAST][MB__SCAN_DB], abuf[MB__SCAN_FAST][MB__SCAN_DB], dtbuf[MB__SCAN_FAST][MB__SCAN_DB];
+/* The scan backward's operands (as CUDA's scan_ctx), shared by its pieces. */
+typedef struct {
+    float *du, *ddelta, *dxdbl, *dxz, *scratch;
+    const float *dout, *states, *u, *delta, *dt_bias, *A_log, *xdbl, *Dp, *xz;
+    int T, Di, S, R, X, chunk, nch;
+} mb__scan_ctx;
+
+/* One thread's rows of 16 lanes: a tile's (step, state) rows, its dt, and
+   one block's state rows. */
+#define MB__SCAN_FAST 512 /* (step, state) rows of a tile: tiles of chunk steps, or MB__SCAN_FAST / S of a longer chunk */
+typedef struct {
+    float h[MB__SCAN_FAST][MB__SCAN_DB], a[MB__SCAN_FAST][MB__SCAN_DB], dt[MB__SCAN_FAST][MB__SCAN_DB];
     float pB[MB__SCAN_FAST][MB__SCAN_DB], pC[MB__SCAN_FAST][MB__SCAN_DB];
-    float dh[MB__SCAN_FAST_S][MB__SCAN_DB], A[MB__SCAN_FAST_S][MB__SCAN_DB], h0[MB__SCAN_FAST_S][MB__SCAN_DB];
-    float gAb[MB__SCAN_FAST_S][MB__SCAN_DB];
+    float dh[MB__MAX_STATE][MB__SCAN_DB], A[MB__MAX_STATE][MB__SCAN_DB], h0[MB__MAX_STATE][MB__SCAN_DB];
+    float gA[MB__MAX_STATE][MB__SCAN_DB];
+} mb__scan_bwd_buf;
+
+/* One tile of the backward, steps t0..t0+len-1 of sequence b, for the 16
+   channels from d0: h recomputed inside the tile from its chunk's saved
+   start (stepped on through the chunk's earlier steps when the tile starts
+   later), then the reverse sweep.  dB, dC collect in lane partials w->pB,
+   w->pC (summed by the caller); the per-channel parameter sums go on in
+   (tile, step) order.  dh: the adjoint of h after the tile on entry, before
+   it on exit; with park it waits between tiles in the S rows of ddelta
+   before the tile (written only later), else it stays in w->dh. */
+static void mb__scan_bwd_tile(const mb__scan_ctx *k, mb__scan_bwd_buf *w, int64_t b, int64_t t0, int len, int64_t d0,
+                              int park) {
+    const int DB = MB__SCAN_DB, S = k->S, Di = k->Di, nd = (int)(Di - d0 < DB ? Di - d0 : DB);
+    const int64_t T = k->T, X = k->X, c = t0 / k->chunk, t1 = t0 + len;
+    float *gA = k->scratch + b * ((int64_t)Di * S + 2 * Di), *gD = gA + (int64_t)Di * S, *gbias = gD + Di;
     float bias[MB__SCAN_DB], Dv[MB__SCAN_DB], gDb[MB__SCAN_DB], gbb[MB__SCAN_DB];
-    for (c = nchunks - 1; c >= 0; c--) {
-        int64_t t0 = c * chunk, t1 = t0 + chunk < T ? t0 + chunk : T, d0;
-        int len = (int)(t1 - t0), k, n, j;
-        memset(pB, 0, sizeof(float) * (size_t)(len * S * DB));
-        memset(pC, 0, sizeof(float) * (size_t)(len * S * DB));
-        for (d0 = 0; d0 < Di; d0 += DB) {
-            int nd = (int)(Di - d0 < DB ? Di - d0 : DB);
-            mb__scan_load(bias, dt_bias + d0, nd);
-            mb__scan_load(Dv, Dp + d0, nd);
-            mb__scan_gather16(A[0], A_log + d0 * S, S, nd, 1); /* A = -exp(A_log) */
-            mb__scan_gather16(h0[0], states + ((b * nchunks + c) * Di + d0) * S, S, nd, 0);
-            mb__scan_gather16(gAb[0], gA + d0 * S, S, nd, 0);
-            for (n = 0; n < S; n++) /* dh from the chunk after this one, parked in our first rows of ddelta */
-                for (j = 0; j < DB; j++) dh[n][j] = c == nchunks - 1 || j >= nd ? 0.0f : ddelta[(b * T + t0 + n) * Di + d0 + j];
-            for (j = 0; j < DB; j++) {
-                gDb[j] = gD[d0 + (j < nd ? j : nd - 1)];
-                gbb[j] = gbias[d0 + (j < nd ? j : nd - 1)];
-            }
-            /* recompute h (and the decays) inside the chunk from its saved start */
-            for (k = 0; k < len; k++) {
-                int64_t tok = b * T + t0 + k;
-                const float *Bt = xdbl + tok * X + R;
-                float dc[MB__SCAN_DB], uc[MB__SCAN_DB], *dt = dtbuf[k]; /* dt kept for the reverse sweep */
-                const float *ds = mb__scan_row(dc, delta + tok * Di + d0, nd), *ut = mb__scan_row(uc, u + tok * Di + d0, nd);
-                for (j = 0; j < DB; j++) dt[j] = mb__softplus_v(ds[j] + bias[j]);
-                mb__scan_recompute16(hbuf[k * S], abuf[k * S], k > 0 ? hbuf[(k - 1) * S] : h0[0], A[0], dt, ut, Bt, S);
-            }
-            for (k = len - 1; k >= 0; k--) {
-                int64_t tok = b * T + t0 + k;
-                const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
-                float sg[MB__SCAN_DB], dc[MB__SCAN_DB], uc[MB__SCAN_DB], zc[MB__SCAN_DB], gc[MB__SCAN_DB], gs[MB__SCAN_DB];
-                float dy[MB__SCAN_DB], y[MB__SCAN_DB], ddt[MB__SCAN_DB], dut[MB__SCAN_DB];
-                float *dxzt = dxz + tok * 2 * Di + Di + d0, *dut_o = du + tok * Di + d0, *ddt_o = ddelta + tok * Di + d0;
-                const float *dt = dtbuf[k], *ds = mb__scan_row(dc, delta + tok * Di + d0, nd);
-                const float *ut = mb__scan_row(uc, u + tok * Di + d0, nd), *zt = mb__scan_row(zc, xz + tok * 2 * Di + Di + d0, nd);
-                const float *g = mb__scan_row(gc, dout + tok * Di + d0, nd);
-                for (j = nd; j < DB; j++) gc[j] = 0.0f; /* lanes past Di add nothing to dB, dC */
-                for (j = 0; j < DB; j++) {
-                    float x = ds[j] + bias[j], sz = mb__sigmoid_v(zt[j]);
-                    sg[j] = mb__sigmoid_v(x); /* softplus'(x) */
-                    dy[j] = g[j] * (zt[j] * sz);
-                    gs[j] = g[j] * (sz * (1.0f + zt[j] * (1.0f - sz))); /* g * silu'(z) */
-                    y[j] = Dv[j] * ut[j];
-                    ddt[j] = 0.0f;
-                    dut[j] = dy[j] * Dv[j];
-                }
-                mb__scan_bwd_states16(y, ddt, dut, pB[k * S], pC[k * S], gAb[0], dh[0], abuf[k * S], hbuf[k * S],
-                                      k > 0 ? hbuf[(k - 1) * S] : h0[0], A[0], Bt, Ct, dy, dt, ut, S);
-                for (j = 0; j < DB; j++) {
-                    gDb[j] += dy[j] * ut[j];
-                    ddt[j] *= sg[j];
-                    gbb[j] += ddt[j];
-                    y[j] *= gs[j];
-                }
-                if (nd == DB) {
-                    for (j = 0; j < DB; j++) { dxzt[j] += y[j]; dut_o[j] += dut[j]; ddt_o[j] = ddt[j]; }
-                } else {
-                    for (j = 0; j < nd; j++) { dxzt[j] += y[j]; dut_o[j] += dut[j]; ddt_o[j] = ddt[j]; }
-                }
-            }
-            for (j = 0; j < nd; j++) {
-                gD[d0 + j] = gDb[j];
-                gbias[d0 + j] = gbb[j];
-            }
-            mb__scan_scatter16(gA + d0 * S, gAb[0], S, nd);
-            if (c > 0)
-                for (n = 0; n < S; n++)
-                    for (j = 0; j < nd; j++) ddelta[(b * T + t0 - chunk + n) * Di + d0 + j] = dh[n][j];
-        }
-        for (k = 0; k < len; k++) { /* the chunk's dB and dC: the lane partials, summed */
-            float *dBt = dxdbl + (b * T + t0 + k) * X + R;
-            for (n = 0; n < S; n++) {
-                dBt[n] += mb__tree_sum(pB[k * S + n], DB);
-                dBt[S + n] += mb__tree_sum(pC[k * S + n], DB);
-            }
+    int64_t t;
+    int i, n, j;
+    mb__scan_load(bias, k->dt_bias + d0, nd);
+    mb__scan_load(Dv, k->Dp + d0, nd);
+    mb__scan_gather16(w->A[0], k->A_log + d0 * S, S, nd, 1); /* A = -exp(A_log) */
+    mb__scan_gather16(w->h0[0], k->states + ((b * k->nch + c) * Di + d0) * S, S, nd, 0);
+    mb__scan_gather16(w->gA[0], gA + d0 * S, S, nd, 0);
+    if (t1 == T || park)
+        for (n = 0; n < S; n++)
+            for (j = 0; j < DB; j++) w->dh[n][j] = t1 == T || j >= nd ? 0.0f : k->ddelta[(b * T + t1 - S + n) * Di + d0 + j];
+    for (j = 0; j < DB; j++) {
+        gDb[j] = gD[d0 + (j < nd ? j : nd - 1)];
+        gbb[j] = gbias[d0 + (j < nd ? j : nd - 1)];
+    }
+    for (t = c * k->chunk; t < t1; t++) { /* h (and the decays) from the chunk's start; dt kept for the sweep */
+        int64_t tok = b * T + t;
+        const float *Bt = k->xdbl + tok * X + k->R;
+        float dc[MB__SCAN_DB], uc[MB__SCAN_DB], *dt = w->dt[t < t0 ? 0 : t - t0];
+        const float *ds = mb__scan_row(dc, k->delta + tok * Di + d0, nd), *ut = mb__scan_row(uc, k->u + tok * Di + d0, nd);
+        i = (int)(t - t0);
+        for (j = 0; j < DB; j++) dt[j] = mb__softplus_v(ds[j] + bias[j]);
+        if (i < 0) { /* before the tile: its start moves on */
+            mb__scan_recompute16(w->h[0], w->a[0], w->h0[0], w->A[0], dt, ut, Bt, S);
+            memcpy(w->h0, w->h, sizeof(float) * (size_t)(S * DB));
+        } else {
+            mb__scan_recompute16(w->h[i * S], w->a[i * S], i > 0 ? w->h[(i - 1) * S] : w->h0[0], w->A[0], dt, ut, Bt, S);
         }
     }
+    for (i = len - 1; i >= 0; i--) {
+        int64_t tok = b * T + t0 + i;
+        const float *Bt = k->xdbl + tok * X + k->R, *Ct = Bt + S;
+        float sg[MB__SCAN_DB], dc[MB__SCAN_DB], uc[MB__SCAN_DB], zc[MB__SCAN_DB], gc[MB__SCAN_DB], gs[MB__SCAN_DB];
+        float dy[MB__SCAN_DB], y[MB__SCAN_DB], ddt[MB__SCAN_DB], dut[MB__SCAN_DB];
+        float *dxzt = k->dxz + tok * 2 * Di + Di + d0, *dut_o = k->du + tok * Di + d0, *ddt_o = k->ddelta + tok * Di + d0;
+        const float *dt = w->dt[i], *ds = mb__scan_row(dc, k->delta + tok * Di + d0, nd);
+        const float *ut = mb__scan_row(uc, k->u + tok * Di + d0, nd), *zt = mb__scan_row(zc, k->xz + tok * 2 * Di + Di + d0, nd);
+        const float *g = mb__scan_row(gc, k->dout + tok * Di + d0, nd);
+        for (j = nd; j < DB; j++) gc[j] = 0.0f; /* lanes past Di add nothing to dB, dC */
+        for (j = 0; j < DB; j++) {
+            float x = ds[j] + bias[j], sz = mb__sigmoid_v(zt[j]);
+            sg[j] = mb__sigmoid_v(x); /* softplus'(x) */
+            dy[j] = g[j] * (zt[j] * sz);
+            gs[j] = g[j] * (sz * (1.0f + zt[j] * (1.0f - sz))); /* g * silu'(z) */
+            y[j] = Dv[j] * ut[j];
+            ddt[j] = 0.0f;
+            dut[j] = dy[j] * Dv[j];
+        }
+        mb__scan_bwd_states16(y, ddt, dut, w->pB[i * S], w->pC[i * S], w->gA[0], w->dh[0], w->a[i * S], w->h[i * S],
+                              i > 0 ? w->h[(i - 1) * S] : w->h0[0], w->A[0], Bt, Ct, dy, dt, ut, S);
+        for (j = 0; j < DB; j++) {
+            gDb[j] += dy[j] * ut[j];
+            ddt[j] *= sg[j];
+            gbb[j] += ddt[j];
+            y[j] *= gs[j];
+        }
+        if (nd == DB) {
+            for (j = 0; j < DB; j++) { dxzt[j] += y[j]; dut_o[j] += dut[j]; ddt_o[j] = ddt[j]; }
+        } else {
+            for (j = 0; j < nd; j++) { dxzt[j] += y[j]; dut_o[j] += dut[j]; ddt_o[j] = ddt[j]; }
+        }
+    }
+    for (j = 0; j < nd; j++) {
+        gD[d0 + j] = gDb[j];
+        gbias[d0 + j] = gbb[j];
+    }
+    mb__scan_scatter16(gA + d0 * S, w->gA[0], S, nd);
+    if (park && t0 > 0)
+        for (n = 0; n < S; n++)
+            for (j = 0; j < nd; j++) k->ddelta[(b * T + t0 - S + n) * Di + d0 + j] = w->dh[n][j];
 }
 
-/* One backward step of one channel over its S state lanes: the three
-   per-lane terms of y, dt and u (summed by the caller), and the lane-wise
-   updates of dC, dB, the A_log sums and dh. */
-MB__INLINE void mb__scan_bwd_step(float *MB__RESTRICT ty, float *MB__RESTRICT tdt, float *MB__RESTRICT tu,
-                                  float *MB__RESTRICT dC, float *MB__RESTRICT dB, float *MB__RESTRICT gA,
-                                  float *MB__RESTRICT dh, const float *MB__RESTRICT A, const float *MB__RESTRICT at,
-                                  const float *MB__RESTRICT ht, const float *MB__RESTRICT hp, const float *MB__RESTRICT Bt,
-                                  const float *MB__RESTRICT Ct, float dy, float dt, float ut, int S) {
-    int n;
-    for (n = 0; n < S; n++) { /* the 16-channel path's operations (mb__scan_bwd_blocks) */
-        float a = at[n], dhn = MB__FMA(dy, Ct[n], dh[n]), ah = A[n] * a * hp[n], ddn = dhn * dt;
-        ty[n] = Ct[n] * ht[n];
-        tdt[n] = dhn * MB__FMA(Bt[n], ut, ah);
-        tu[n] = ddn * Bt[n];
-        dC[n] = MB__FMA(dy, ht[n], dC[n]);
-        gA[n] = MB__FMA(ddn, ah, gA[n]); /* dA_log = dA * A */
-        dB[n] = MB__FMA(ddn, ut, dB[n]);
-        dh[n] = dhn * a;
-    }
+/* The backward of one sequence: tiles from the last, and in each tile every
+   block of 16 channels, so that the sums over channels (dB, dC) collect in
+   the tile's lane partials and only those are summed across lanes.  That
+   order needs dh parked in ddelta, so every tile but the first must start
+   S or more steps in; otherwise (a tile shorter than S) each block runs
+   through all the tiles in turn, its dh kept, and its own lane sums go to
+   dB, dC (another order of the sum over channels). */
+static void mb__scan_bwd_seq(const mb__scan_ctx *k, int64_t b) {
+    const int DB = MB__SCAN_DB, S = k->S, L = k->chunk * S <= MB__SCAN_FAST ? k->chunk : MB__SCAN_FAST / S;
+    const int64_t ndb = (k->Di + DB - 1) / DB, T = k->T;
+    const int park = T <= L || L >= S;
+    const int64_t nb = park ? ndb : 1; /* blocks per pass over the tiles */
+    mb__scan_bwd_buf w;
+    int64_t g, t0, t1, blk, c;
+    int i, n;
+    for (g = 0; g < ndb; g += nb)
+        for (t1 = T; t1 > 0; t1 = t0) {
+            int len;
+            c = (t1 - 1) / k->chunk;
+            t0 = c * k->chunk + (t1 - 1 - c * k->chunk) / L * L;
+            len = (int)(t1 - t0);
+            memset(w.pB, 0, sizeof(float) * (size_t)(len * S * DB));
+            memset(w.pC, 0, sizeof(float) * (size_t)(len * S * DB));
+            for (blk = g; blk < g + nb; blk++) mb__scan_bwd_tile(k, &w, b, t0, len, blk * DB, park);
+            for (i = 0; i < len; i++) { /* the tile's dB and dC: the lane partials, summed */
+                float *dBt = k->dxdbl + (b * T + t0 + i) * k->X + k->R;
+                for (n = 0; n < S; n++) {
+                    dBt[n] += mb__tree_sum(w.pB[i * S + n], DB);
+                    dBt[S + n] += mb__tree_sum(w.pC[i * S + n], DB);
+                }
+            }
+        }
 }
 
 MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
                              float *dxz, float *scratch, const float *dout, const float *states, const float *u,
                              const float *delta, const float *dt_bias, const float *A_log, const float *xdbl,
                              const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk) {
-    const int DB = MB__SCAN_DB;
-    int64_t b, nchunks = (T + chunk - 1) / chunk, X = R + 2 * S, per_b = (int64_t)Di * S + 2 * Di;
+    const mb__scan_ctx k = {du, ddelta, dxdbl, dxz, scratch, dout, states, u, delta, dt_bias, A_log, xdbl, Dp, xz,
+                            T, Di, S, R, R + 2 * S, chunk, (T + chunk - 1) / chunk};
+    int64_t b, per_b = (int64_t)Di * S + 2 * Di;
     /* parallel over sequences; within one, channels in order, so dB and dC
        (summed over channels) are owned by one thread; the parameter sums go
-       to per-sequence scratch and are added in sequence order below.  Short
-       chunks (chunk < S) or long ones (chunk * S > MB__SCAN_FAST) take the
-       one-channel-at-a-time path below. */
-    int fast = S <= MB__SCAN_FAST_S && (int64_t)chunk * S <= MB__SCAN_FAST && (nchunks == 1 || chunk >= S);
+       to per-sequence scratch and are added in sequence order below */
     MB__OMP(parallel for schedule(static))
     for (b = 0; b < B; b++) {
-        float *gA = scratch + b * per_b, *gD = gA + (int64_t)Di * S, *gbias = gD + Di;
-        float hbuf[MB__SCAN_HBUF], abuf[MB__SCAN_HBUF], terms[3 * MB__MAX_STATE], tb[MB__SCAN_PRE][3][MB__SCAN_TB];
-        float dh[MB__SCAN_DB][MB__MAX_STATE], A[MB__MAX_STATE];
-        /* per (step, channel) of a chunk: dt, softplus'(x), u, g*silu(z), g*silu'(z) */
-        float pdt[MB__SCAN_PRE][MB__SCAN_DB], psg[MB__SCAN_PRE][MB__SCAN_DB], put[MB__SCAN_PRE][MB__SCAN_DB];
-        float pdy[MB__SCAN_PRE][MB__SCAN_DB], pgs[MB__SCAN_PRE][MB__SCAN_DB];
-        int64_t d0;
-        memset(gA, 0, (size_t)per_b * sizeof(float));
-        if (fast) { /* the usual case: 16 channels per vector */
-            mb__scan_bwd_blocks(du, ddelta, dxdbl, dxz, gA, gD, gbias, dout, states, u, delta, dt_bias, A_log, xdbl, Dp, xz,
-                                b, T, Di, S, R, chunk);
-            continue;
-        }
-        for (d0 = 0; d0 < Di; d0 += DB) {
-            int nd = (int)(Di - d0 < DB ? Di - d0 : DB), j, n;
-            int64_t c;
-            for (j = 0; j < nd; j++)
-                for (n = 0; n < S; n++) dh[j][n] = 0.0f;
-            for (c = nchunks - 1; c >= 0; c--) {
-                int64_t t0 = c * chunk, t1 = t0 + chunk < T ? t0 + chunk : T, t;
-                int pre = t1 - t0 <= MB__SCAN_PRE, defer = pre && S <= MB__SCAN_TB, ts = defer ? MB__SCAN_TB : MB__MAX_STATE;
-                if (pre) /* the per-(step, channel) values of this chunk, 16 channels at a time */
-                    for (t = t0; t < t1; t++) {
-                        int64_t tok = b * T + t, k = t - t0;
-                        float xv[MB__SCAN_DB], bias[MB__SCAN_DB], zv[MB__SCAN_DB], gv[MB__SCAN_DB];
-                        mb__scan_load(xv, delta + tok * Di + d0, nd);
-                        mb__scan_load(bias, dt_bias + d0, nd);
-                        mb__scan_load(put[k], u + tok * Di + d0, nd);
-                        mb__scan_load(zv, xz + tok * 2 * Di + Di + d0, nd);
-                        mb__scan_load(gv, dout + tok * Di + d0, nd);
-                        for (j = 0; j < DB; j++) {
-                            float x = xv[j] + bias[j], sz = mb__sigmoid_v(zv[j]);
-                            pdt[k][j] = mb__softplus_v(x);
-                            psg[k][j] = mb__sigmoid_v(x);
-                            pdy[k][j] = gv[j] * (zv[j] * sz);
-                            pgs[k][j] = gv[j] * (sz * (1.0f + zv[j] * (1.0f - sz)));
-                        }
-                    }
-                for (j = 0; j < nd; j++) {
-                    int64_t d = d0 + j;
-                    const float *h0 = states + ((b * nchunks + c) * Di + d) * S;
-                    float *dhj = dh[j], *gAd = gA + d * S;
-                    for (n = 0; n < S; n++) A[n] = -mb__exp(A_log[d * S + n]);
-                    /* recompute h_t (and the decays) inside the chunk from its saved start */
-                    for (t = t0; t < t1; t++) {
-                        int64_t tok = b * T + t, k = t - t0;
-                        const float *Bt = xdbl + tok * X + R, *hp = t == t0 ? h0 : hbuf + (k - 1) * S;
-                        float dt, ut, *ht = hbuf + k * S, *at = abuf + k * S;
-                        if (pre) {
-                            dt = pdt[k][j];
-                            ut = put[k][j];
-                        } else {
-                            dt = mb__softplus_v(delta[tok * Di + d] + dt_bias[d]);
-                            ut = u[tok * Di + d];
-                        }
-                        for (n = 0; n < S; n++) {
-                            float a = mb__exp(dt * A[n]);
-                            at[n] = a;
-                            ht[n] = a * hp[n] + dt * Bt[n] * ut;
-                        }
-                    }
-                    for (t = t1 - 1; t >= t0; t--) {
-                        int64_t tok = b * T + t, k = t - t0;
-                        const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
-                        const float *ht = hbuf + k * S, *at = abuf + k * S, *hp = t == t0 ? h0 : hbuf + (k - 1) * S;
-                        float *dBt = dxdbl + tok * X + R, *dCt = dBt + S, *tk = defer ? tb[k][0] : terms;
-                        float dt, sg, ut, dy, gs, y, ddt, dut;
-                        if (pre) {
-                            dt = pdt[k][j]; sg = psg[k][j]; ut = put[k][j]; dy = pdy[k][j]; gs = pgs[k][j];
-                        } else {
-                            /* a long chunk: the same values one at a time (dt as in the forward) */
-                            float x = delta[tok * Di + d] + dt_bias[d], z = xz[tok * 2 * Di + Di + d], g = dout[tok * Di + d];
-                            dt = mb__softplus_v(x); sg = mb__softplus_grad(x); ut = u[tok * Di + d];
-                            dy = g * mb__silu(z); gs = g * mb__silu_grad(z);
-                        }
-                        mb__scan_bwd_step(tk, tk + ts, tk + 2 * ts, dCt, dBt, gAd, dhj, A, at, ht, hp, Bt, Ct, dy, dt, ut, S);
-                        gD[d] += dy * ut;
-                        if (defer) continue;
-                        y = Dp[d] * ut + mb__tree_sum(tk, S);
-                        ddt = mb__tree_sum(tk + ts, S);
-                        dut = dy * Dp[d] + mb__tree_sum(tk + 2 * ts, S);
-                        dxz[tok * 2 * Di + Di + d] += gs * y;
-                        du[tok * Di + d] += dut;
-                        ddt *= sg;
-                        ddelta[tok * Di + d] = ddt;
-                        gbias[d] += ddt;
-                    }
-                    if (defer) /* the sums over the state, off the dh recurrence's path */
-                        for (t = t1 - 1; t >= t0; t--) {
-                            int64_t tok = b * T + t, k = t - t0;
-                            float y = Dp[d] * put[k][j] + mb__tree_sum(tb[k][0], S);
-                            float ddt = mb__tree_sum(tb[k][1], S), dut = pdy[k][j] * Dp[d] + mb__tree_sum(tb[k][2], S);
-                            dxz[tok * 2 * Di + Di + d] += pgs[k][j] * y;
-                            du[tok * Di + d] += dut;
-                            ddt *= psg[k][j];
-                            ddelta[tok * Di + d] = ddt;
-                            gbias[d] += ddt;
-                        }
-                }
-            }
-        }
+        memset(scratch + b * per_b, 0, (size_t)per_b * sizeof(float));
+        mb__scan_bwd_seq(&k, b);
     }
     for (b = 0; b < B; b++) {
         const float *gA = scratch + b * per_b, *gD = gA + (int64_t)Di * S, *gbias = gD + Di;
