@@ -395,9 +395,9 @@ MBDEF void mb__matmul_backward_bf16(int path, float *dinp, float *dw, const floa
                                     const float *w, const uint32_t *wp, int64_t N, int IC, int OC);
 /* The scalar references: operands rounded by mb__bf16_from_float, sums in
    the kernels' order. */
-MBDEF void mb__matmul_forward_bf16_naive(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC);
-MBDEF void mb__matmul_backward_bf16_naive(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
-                                          const float *w, int64_t N, int IC, int OC);
+MBDEF void mb__matmul_forward_bf16_ref(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC);
+MBDEF void mb__matmul_backward_bf16_ref(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                                        const float *w, int64_t N, int IC, int OC);
 MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const float *bias,
                               int B, int T, int Di, int K);
 /* The same from a given start: win (B, K, Di) holds each sequence's inputs
@@ -420,12 +420,12 @@ MBDEF void mb__scan_forward_from(float *out, float *states, float *h, const floa
    the readable specification of the fast paths below them, which the tests
    hold against them.  Same outputs and accumulation as mb__scan_forward /
    mb__scan_backward; slow, and the backward allocates T*S floats. */
-MBDEF void mb__scan_forward_naive(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
-                                  const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R);
-MBDEF mb_status mb__scan_backward_naive(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
-                                        float *dxz, const float *dout, const float *u, const float *delta,
-                                        const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                                        const float *xz, int B, int T, int Di, int S, int R);
+MBDEF void mb__scan_forward_ref(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
+                                const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R);
+MBDEF mb_status mb__scan_backward_ref(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                                      float *dxz, const float *dout, const float *u, const float *delta,
+                                      const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                      const float *xz, int B, int T, int Di, int S, int R);
 /* The fast path of the scan backward.  du, dxz (its z half) and dxdbl (its B
    and C columns) and the parameter gradients accumulate; ddelta is written.
    scratch: B * (Di*S + 2*Di) floats (per-sequence partial sums, so the result
@@ -2102,8 +2102,8 @@ MBDEF void mb__bf16_pack_weight(uint32_t *wp, const float *w, int IC, int OC) {
 /* The reference: c(r, j) (+= when acc, else =) the pairs' sum above of
    a(r, k) b(k, j), a(r, k) = a[r*ar + k*ak], b(k, j) = b[k*bk + j*bj],
    c(r, j) = c[r*cr + j]. */
-static void mb__bf_gemm_naive(float *c, int64_t cr, int acc, const float *a, int64_t ar, int64_t ak, const float *b,
-                              int64_t bk, int64_t bj, int64_t rows, int64_t cols, int64_t K) {
+static void mb__bf_gemm_ref(float *c, int64_t cr, int acc, const float *a, int64_t ar, int64_t ak, const float *b,
+                            int64_t bk, int64_t bj, int64_t rows, int64_t cols, int64_t K) {
     int64_t r;
     MB__OMP(parallel for schedule(static) if (rows * cols * K > 65536))
     for (r = 0; r < rows; r++) {
@@ -2121,13 +2121,13 @@ static void mb__bf_gemm_naive(float *c, int64_t cr, int acc, const float *a, int
     }
 }
 
-MBDEF void mb__matmul_forward_bf16_naive(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC) {
-    mb__bf_gemm_naive(out, OC, 0, inp, ldi, 1, w, 1, IC, N, OC, IC);
+MBDEF void mb__matmul_forward_bf16_ref(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC) {
+    mb__bf_gemm_ref(out, OC, 0, inp, ldi, 1, w, 1, IC, N, OC, IC);
 }
-MBDEF void mb__matmul_backward_bf16_naive(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
-                                          const float *w, int64_t N, int IC, int OC) {
-    if (dinp) mb__bf_gemm_naive(dinp, ldi, 1, dout, OC, 1, w, IC, 1, N, IC, OC);
-    mb__bf_gemm_naive(dw, IC, 1, dout, 1, OC, inp, ldi, 1, OC, IC, N);
+MBDEF void mb__matmul_backward_bf16_ref(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                                        const float *w, int64_t N, int IC, int OC) {
+    if (dinp) mb__bf_gemm_ref(dinp, ldi, 1, dout, OC, 1, w, IC, 1, N, IC, OC);
+    mb__bf_gemm_ref(dw, IC, 1, dout, 1, OC, inp, ldi, 1, OC, IC, N);
 }
 
 /* ---- the kernels ---- */
@@ -2313,7 +2313,7 @@ MBDEF void mb__matmul_forward_bf16(int path, float *out, const float *inp, int64
     path = mb__bf_path(path);
     if (path != MB__BF16_NONE) wp = mb__bf_weight(wp, &own, w, IC, OC);
     /* out[n][o] = inp[n][i] . w^T[i][o]: rows n, columns o, k = i (memory short: the reference) */
-    if (path == MB__BF16_NONE || !wp) mb__matmul_forward_bf16_naive(out, inp, ldi, w, N, IC, OC);
+    if (path == MB__BF16_NONE || !wp) mb__matmul_forward_bf16_ref(out, inp, ldi, w, N, IC, OC);
     else mb__bf_gemm(path, out, OC, 0, 0, inp, ldi, NULL, 0, N, wp, mb__bf_round_up(OC, MB__BF_NR), OC, IC);
     MB_FREE(own);
 }
@@ -2328,7 +2328,7 @@ MBDEF void mb__matmul_backward_bf16(int path, float *dinp, float *dw, const floa
         pko = (uint32_t *)MB_MALLOC(mb__bf_pairs_bytes(N, OC) + mb__bf_pairs_bytes(N, IC));
     }
     if (path == MB__BF16_NONE || (dinp && !wp) || !pko) {
-        mb__matmul_backward_bf16_naive(dinp, dw, dout, inp, ldi, w, N, IC, OC);
+        mb__matmul_backward_bf16_ref(dinp, dw, dout, inp, ldi, w, N, IC, OC);
     } else {
         /* dinp[n][i] += dout[n][o] . w[o][i]: rows n, columns i, k = o */
         if (dinp)
@@ -2464,11 +2464,48 @@ MB__INLINE const float *mb__scan_row(float *buf, const float *src, int nd) {
     return buf;
 }
 
-/* The backward's pieces in plain C: what the AVX-512 forms below compute,
-   operation for operation (the kernel tests compare them bit for bit),
-   and what builds without AVX-512 run. */
-MB__INLINE void mb__scan_recompute16_plain(float *MB__RESTRICT ht, float *MB__RESTRICT at, const float *hp, const float *A,
-                                     const float *dt, const float *u, const float *Bt, int S) {
+/* The scan's core on 16 channels, split in two so that the batch forward
+   can run the part without a dependence between tokens ahead of the
+   recurrence (the out-of-order core cannot overlap a token's ~500
+   instructions with the next token's by itself):
+     mb__scan_decays16:  a[n] = exp(dt*A[n]),  b[n] = (dt*B[n])*u      any tokens, in any order
+     mb__scan_recur16:   h[n] = a[n]*h[n] + b[n],  y = (0 + C[0]h[0]) + C[1]h[1] + ...   token after token
+   Every forward (batch, prefill, stream step) goes through these two, so
+   their bits agree.  h, A, a, b are S rows of 16 lanes (h and A hs / as
+   floats apart).  On AVX-512 the lanes are one register (y never leaves
+   it), and mb__exp16 gives mb__exp's bits for every float (checked over all
+   2^32 of them): the same operations in the same order, except that it
+   scales by 2^k with vscalefps and skips the clamp, whose lanes it masks
+   (16 instructions where the clamped form took 22).
+   Each piece here has two builds, operation for operation the same (the
+   kernel tests compare them bit for bit where MB__FMA fuses): _portable in
+   plain C, and _avx512 with intrinsics.  A build for AVX-512 (-march=native
+   on such a CPU) calls the _avx512 ones directly; another x86-64 build
+   (make lib PORTABLE=1) compiles them with a target attribute and calls
+   them when the CPU has AVX-512F and FMA (mb__scan_avx512); elsewhere the
+   _portable ones run. */
+MB__INLINE void mb__scan_decays16_portable(float *MB__RESTRICT a, float *MB__RESTRICT b, const float *MB__RESTRICT A, int64_t as,
+                                           const float *dt, const float *u, const float *Bt, int S) {
+    int n, j;
+    for (n = 0; n < S; n++)
+        for (j = 0; j < MB__SCAN_DB; j++) {
+            a[n * MB__SCAN_DB + j] = mb__exp(dt[j] * A[n * as + j]);
+            b[n * MB__SCAN_DB + j] = dt[j] * Bt[n] * u[j];
+        }
+}
+MB__INLINE void mb__scan_recur16_portable(float *MB__RESTRICT h, int64_t hs, const float *MB__RESTRICT a, const float *MB__RESTRICT b,
+                                          const float *Ct, int S, float *y) {
+    int n, j;
+    for (j = 0; j < MB__SCAN_DB; j++) y[j] = 0.0f;
+    for (n = 0; n < S; n++)
+        for (j = 0; j < MB__SCAN_DB; j++) {
+            float v = a[n * MB__SCAN_DB + j] * h[n * hs + j] + b[n * MB__SCAN_DB + j];
+            h[n * hs + j] = v;
+            y[j] += Ct[n] * v;
+        }
+}
+MB__INLINE void mb__scan_recompute16_portable(float *MB__RESTRICT ht, float *MB__RESTRICT at, const float *hp, const float *A,
+                                              const float *dt, const float *u, const float *Bt, int S) {
     int n, j;
     for (n = 0; n < S; n++)
         for (j = 0; j < MB__SCAN_DB; j++) {
@@ -2477,10 +2514,10 @@ MB__INLINE void mb__scan_recompute16_plain(float *MB__RESTRICT ht, float *MB__RE
             ht[n * MB__SCAN_DB + j] = a * hp[n * MB__SCAN_DB + j] + dt[j] * Bt[n] * u[j];
         }
 }
-MB__INLINE void mb__scan_bwd_states16_plain(float *y, float *ddt, float *du, float *MB__RESTRICT pB, float *MB__RESTRICT pC,
-                                      float *MB__RESTRICT gA, float *MB__RESTRICT dh, const float *at, const float *ht,
-                                      const float *hp, const float *A, const float *Bt, const float *Ct, const float *dy,
-                                      const float *dt, const float *u, int S) {
+MB__INLINE void mb__scan_bwd_states16_portable(float *y, float *ddt, float *du, float *MB__RESTRICT pB, float *MB__RESTRICT pC,
+                                               float *MB__RESTRICT gA, float *MB__RESTRICT dh, const float *at, const float *ht,
+                                               const float *hp, const float *A, const float *Bt, const float *Ct, const float *dy,
+                                               const float *dt, const float *u, int S) {
     float acc[2][3][MB__SCAN_DB];
     int n, j;
     for (j = 0; j < MB__SCAN_DB; j++) {
@@ -2507,7 +2544,7 @@ MB__INLINE void mb__scan_bwd_states16_plain(float *y, float *ddt, float *du, flo
         du[j] = acc[0][2][j] + acc[1][2][j];
     }
 }
-MB__INLINE void mb__scan_gather16_plain(float *MB__RESTRICT dst, const float *src, int S, int nd, int neg_exp) {
+MB__INLINE void mb__scan_gather16_portable(float *MB__RESTRICT dst, const float *src, int S, int nd, int neg_exp) {
     int n, j;
     for (n = 0; n < S; n++)
         for (j = 0; j < MB__SCAN_DB; j++) {
@@ -2515,28 +2552,23 @@ MB__INLINE void mb__scan_gather16_plain(float *MB__RESTRICT dst, const float *sr
             dst[n * MB__SCAN_DB + j] = neg_exp ? -mb__exp(v) : v;
         }
 }
-MB__INLINE void mb__scan_scatter16_plain(float *dst, const float *MB__RESTRICT src, int S, int nd) {
+MB__INLINE void mb__scan_scatter16_portable(float *dst, const float *MB__RESTRICT src, int S, int nd) {
     int n, j;
     for (j = 0; j < nd; j++)
         for (n = 0; n < S; n++) dst[j * S + n] = src[n * MB__SCAN_DB + j];
 }
 
-/* The scan's core on 16 channels, split in two so that the batch forward
-   can run the part without a dependence between tokens ahead of the
-   recurrence (the out-of-order core cannot overlap a token's ~500
-   instructions with the next token's by itself):
-     mb__scan_decays16:  a[n] = exp(dt*A[n]),  b[n] = (dt*B[n])*u      any tokens, in any order
-     mb__scan_recur16:   h[n] = a[n]*h[n] + b[n],  y = (0 + C[0]h[0]) + C[1]h[1] + ...   token after token
-   Every forward (batch, prefill, stream step) goes through these two, so
-   their bits agree.  h, A, a, b are S rows of 16 lanes (h and A hs / as
-   floats apart).  On AVX-512 the lanes are one register (y never leaves
-   it), and mb__exp16 gives mb__exp's bits for every float (checked over all
-   2^32 of them): the same operations in the same order, except that it
-   scales by 2^k with vscalefps and skips the clamp, whose lanes it masks
-   (16 instructions where the clamped form took 22). */
 #if defined(__AVX512F__) && defined(__FMA__) && !defined(MB_NO_INTRINSICS)
-#define MB__HAVE_EXP16 1
-MB__INLINE __m512 mb__exp16(__m512 x) {
+#define MB__SCAN_AVX512 1 /* compiled for AVX-512: called directly */
+#define MB__SCAN_AVX512_FN MB__INLINE
+#define MB__SCAN_AVX512_IN MB__INLINE
+#elif defined(MB__BF16_X86)
+#define MB__SCAN_AVX512 2 /* compiled with a target attribute, chosen at run time */
+#define MB__SCAN_AVX512_FN static __attribute__((target("avx512f,fma")))
+#define MB__SCAN_AVX512_IN static inline __attribute__((always_inline, target("avx512f,fma")))
+#endif
+#if defined(MB__SCAN_AVX512)
+MB__SCAN_AVX512_IN __m512 mb__exp16(__m512 x) {
     const __m512 magic = _mm512_set1_ps(12582912.0f);
     __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654475f), _CMP_NLT_UQ); /* not below; NaN is kept */
     __mmask16 above = _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.37626266f), _CMP_GT_OQ);
@@ -2555,8 +2587,8 @@ MB__INLINE __m512 mb__exp16(__m512 x) {
     p = _mm512_maskz_scalef_ps(keep, p, k);
     return _mm512_mask_mov_ps(p, above, _mm512_set1_ps((float)INFINITY));
 }
-MB__INLINE void mb__scan_decays16(float *MB__RESTRICT a, float *MB__RESTRICT b, const float *MB__RESTRICT A, int64_t as,
-                                  const float *dt, const float *u, const float *Bt, int S) {
+MB__SCAN_AVX512_FN void mb__scan_decays16_avx512(float *MB__RESTRICT a, float *MB__RESTRICT b, const float *MB__RESTRICT A, int64_t as,
+                                                 const float *dt, const float *u, const float *Bt, int S) {
     const __m512 vdt = _mm512_loadu_ps(dt), vu = _mm512_loadu_ps(u);
     int n;
     for (n = 0; n < S; n++) {
@@ -2564,8 +2596,8 @@ MB__INLINE void mb__scan_decays16(float *MB__RESTRICT a, float *MB__RESTRICT b, 
         _mm512_storeu_ps(b + n * MB__SCAN_DB, _mm512_mul_ps(_mm512_mul_ps(vdt, _mm512_set1_ps(Bt[n])), vu));
     }
 }
-MB__INLINE void mb__scan_recur16(float *MB__RESTRICT h, int64_t hs, const float *MB__RESTRICT a, const float *MB__RESTRICT b,
-                                 const float *Ct, int S, float *y) {
+MB__SCAN_AVX512_FN void mb__scan_recur16_avx512(float *MB__RESTRICT h, int64_t hs, const float *MB__RESTRICT a, const float *MB__RESTRICT b,
+                                                const float *Ct, int S, float *y) {
     __m512 vy = _mm512_setzero_ps();
     int n;
     for (n = 0; n < S; n++) {
@@ -2579,8 +2611,8 @@ MB__INLINE void mb__scan_recur16(float *MB__RESTRICT h, int64_t hs, const float 
 /* The scan backward's recompute of one token: at[n] = exp(dt*A[n]),
    ht[n] = at[n]*hp[n] + (dt*B[n])*u, rows of 16 lanes, the forward's
    operations (so the forward's h, bit for bit). */
-MB__INLINE void mb__scan_recompute16(float *MB__RESTRICT ht, float *MB__RESTRICT at, const float *hp, const float *A,
-                                     const float *dt, const float *u, const float *Bt, int S) {
+MB__SCAN_AVX512_FN void mb__scan_recompute16_avx512(float *MB__RESTRICT ht, float *MB__RESTRICT at, const float *hp, const float *A,
+                                                    const float *dt, const float *u, const float *Bt, int S) {
     const __m512 vdt = _mm512_loadu_ps(dt), vu = _mm512_loadu_ps(u);
     int n;
     for (n = 0; n < S; n++) {
@@ -2615,10 +2647,10 @@ MB__INLINE void mb__scan_recompute16(float *MB__RESTRICT ht, float *MB__RESTRICT
         _mm512_storeu_ps(gA + o_, _mm512_fmadd_ps(ddn_, ah_, _mm512_loadu_ps(gA + o_))); \
         _mm512_storeu_ps(dh + o_, _mm512_mul_ps(dhn_, a_)); \
     } while (0)
-MB__INLINE void mb__scan_bwd_states16(float *y, float *ddt, float *du, float *MB__RESTRICT pB, float *MB__RESTRICT pC,
-                                      float *MB__RESTRICT gA, float *MB__RESTRICT dh, const float *at, const float *ht,
-                                      const float *hp, const float *A, const float *Bt, const float *Ct, const float *dy,
-                                      const float *dt, const float *u, int S) {
+MB__SCAN_AVX512_FN void mb__scan_bwd_states16_avx512(float *y, float *ddt, float *du, float *MB__RESTRICT pB, float *MB__RESTRICT pC,
+                                                     float *MB__RESTRICT gA, float *MB__RESTRICT dh, const float *at, const float *ht,
+                                                     const float *hp, const float *A, const float *Bt, const float *Ct, const float *dy,
+                                                     const float *dt, const float *u, int S) {
     const __m512 vdy = _mm512_loadu_ps(dy), vdt = _mm512_loadu_ps(dt), vu = _mm512_loadu_ps(u);
     __m512 y0 = _mm512_loadu_ps(y), t0 = _mm512_loadu_ps(ddt), u0 = _mm512_loadu_ps(du);
     __m512 y1 = _mm512_setzero_ps(), t1 = y1, u1 = y1;
@@ -2636,11 +2668,11 @@ MB__INLINE void mb__scan_bwd_states16(float *y, float *ddt, float *du, float *MB
 /* The rows of S values of 16 channels (src[j*S + n], channel j < nd; the
    last one repeated past nd) as S rows of 16 lanes: dst[n*16 + j], or
    -exp of them (neg_exp: A from A_log).  And back, the nd valid lanes. */
-MB__INLINE __m512i mb__scan_lane_offsets(int S, int nd) {
+MB__SCAN_AVX512_IN __m512i mb__scan_lane_offsets(int S, int nd) {
     const __m512i j = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     return _mm512_mullo_epi32(_mm512_min_epi32(j, _mm512_set1_epi32(nd - 1)), _mm512_set1_epi32(S));
 }
-MB__INLINE void mb__scan_gather16(float *MB__RESTRICT dst, const float *src, int S, int nd, int neg_exp) {
+MB__SCAN_AVX512_FN void mb__scan_gather16_avx512(float *MB__RESTRICT dst, const float *src, int S, int nd, int neg_exp) {
     const __m512i off = mb__scan_lane_offsets(S, nd), sign = _mm512_set1_epi32((int)0x80000000u);
     int n;
     for (n = 0; n < S; n++) {
@@ -2649,38 +2681,45 @@ MB__INLINE void mb__scan_gather16(float *MB__RESTRICT dst, const float *src, int
         _mm512_storeu_ps(dst + n * MB__SCAN_DB, v);
     }
 }
-MB__INLINE void mb__scan_scatter16(float *dst, const float *MB__RESTRICT src, int S, int nd) {
+MB__SCAN_AVX512_FN void mb__scan_scatter16_avx512(float *dst, const float *MB__RESTRICT src, int S, int nd) {
     const __m512i off = mb__scan_lane_offsets(S, nd);
     const __mmask16 valid = (__mmask16)((1u << nd) - 1u);
     int n;
     for (n = 0; n < S; n++) _mm512_mask_i32scatter_ps(dst + n, valid, off, _mm512_loadu_ps(src + n * MB__SCAN_DB), 4);
 }
-#else
-MB__INLINE void mb__scan_decays16(float *MB__RESTRICT a, float *MB__RESTRICT b, const float *MB__RESTRICT A, int64_t as,
-                                  const float *dt, const float *u, const float *Bt, int S) {
-    int n, j;
-    for (n = 0; n < S; n++)
-        for (j = 0; j < MB__SCAN_DB; j++) {
-            a[n * MB__SCAN_DB + j] = mb__exp(dt[j] * A[n * as + j]);
-            b[n * MB__SCAN_DB + j] = dt[j] * Bt[n] * u[j];
-        }
-}
-MB__INLINE void mb__scan_recur16(float *MB__RESTRICT h, int64_t hs, const float *MB__RESTRICT a, const float *MB__RESTRICT b,
-                                 const float *Ct, int S, float *y) {
-    int n, j;
-    for (j = 0; j < MB__SCAN_DB; j++) y[j] = 0.0f;
-    for (n = 0; n < S; n++)
-        for (j = 0; j < MB__SCAN_DB; j++) {
-            float v = a[n * MB__SCAN_DB + j] * h[n * hs + j] + b[n * MB__SCAN_DB + j];
-            h[n * hs + j] = v;
-            y[j] += Ct[n] * v;
-        }
-}
-#define mb__scan_recompute16 mb__scan_recompute16_plain
-#define mb__scan_bwd_states16 mb__scan_bwd_states16_plain
-#define mb__scan_gather16 mb__scan_gather16_plain
-#define mb__scan_scatter16 mb__scan_scatter16_plain
 #endif
+#if MB__SCAN_AVX512 == 2
+/* Testing: 0 makes mb__scan_avx512() say no from now on (as on a CPU
+   without AVX-512); a process started with MB_TEST_SCAN_AVX512=0 begins so. */
+static int mb__scan_allow_avx512 = -1;
+static int mb__scan_avx512(void) {
+    static int cached = 0; /* 0: not yet; 1: no; 2: yes */
+    int p = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
+    if (!p) {
+        unsigned int a, b, c, d, c1;
+        const char *env = getenv("MB_TEST_SCAN_AVX512");
+        if (env && mb__scan_allow_avx512 == -1) mb__scan_allow_avx512 = atoi(env);
+        p = 1;
+        if (__get_cpuid(1, &a, &b, &c1, &d) && (c1 >> 27 & 1u) && (c1 >> 12 & 1u) && __get_cpuid_count(7, 0, &a, &b, &c, &d))
+            p = (b >> 16 & 1u) && (mb__xgetbv0() & 0xE6u) == 0xE6u ? 2 : 1; /* AVX512F, FMA and the OS's zmm state */
+        __atomic_store_n(&cached, p, __ATOMIC_RELEASE);
+    }
+    return p == 2 && mb__scan_allow_avx512 != 0;
+}
+#define MB__SCAN_PICK(f) (mb__scan_avx512() ? f##_avx512 : f##_portable)
+#elif MB__SCAN_AVX512 == 1
+#define mb__scan_avx512() 1
+#define MB__SCAN_PICK(f) f##_avx512
+#else
+#define mb__scan_avx512() 0
+#define MB__SCAN_PICK(f) f##_portable
+#endif
+#define mb__scan_decays16 MB__SCAN_PICK(mb__scan_decays16)
+#define mb__scan_recur16 MB__SCAN_PICK(mb__scan_recur16)
+#define mb__scan_recompute16 MB__SCAN_PICK(mb__scan_recompute16)
+#define mb__scan_bwd_states16 MB__SCAN_PICK(mb__scan_bwd_states16)
+#define mb__scan_gather16 MB__SCAN_PICK(mb__scan_gather16)
+#define mb__scan_scatter16 MB__SCAN_PICK(mb__scan_scatter16)
 /* The per-token values of a tile of tokens are kept for MB__SCAN_ROWS (token, state) rows. */
 #define MB__SCAN_ROWS 256
 
@@ -2839,8 +2878,8 @@ static void mb__scan_step(float *MB__RESTRICT out, float *MB__RESTRICT h, float 
 /* ---- the scan, plain: one (sequence, channel) at a time, in the order of
    the definition below.  Names: dt = softplus(delta + dt_bias), a = exp(dt*A)
    the decay, h the state (S per channel), y = C.h + D*u before the gate. */
-MBDEF void mb__scan_forward_naive(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
-                                  const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R) {
+MBDEF void mb__scan_forward_ref(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
+                                const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R) {
     int64_t X = R + 2 * S, b, t;
     int d, n;
     float h[MB__MAX_STATE];
@@ -2862,10 +2901,10 @@ MBDEF void mb__scan_forward_naive(float *out, const float *u, const float *delta
         }
 }
 
-MBDEF mb_status mb__scan_backward_naive(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
-                                        float *dxz, const float *dout, const float *u, const float *delta,
-                                        const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                                        const float *xz, int B, int T, int Di, int S, int R) {
+MBDEF mb_status mb__scan_backward_ref(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                                      float *dxz, const float *dout, const float *u, const float *delta,
+                                      const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                      const float *xz, int B, int T, int Di, int S, int R) {
     int64_t X = R + 2 * S, b, t;
     int d, n;
     float *hs = (float *)MB_MALLOC(sizeof(float) * (size_t)(T + 1) * (size_t)S); /* h_{t-1} at row t, h_t at row t+1 */
@@ -5038,8 +5077,8 @@ static mb_status mb__eval_prefix(const uint8_t *text, int64_t len, int64_t max_c
 #if defined(__GNUC__)
 __attribute__((unused))
 #endif
-static mb_status mb__eval_text_stepwise(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
-                                        mb_eval_result *r, mb_progress_fn progress, void *user) {
+static mb_status mb__eval_text_ref(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
+                                   mb_eval_result *r, mb_progress_fn progress, void *user) {
     mb_stream *s;
     const float *logits;
     int64_t end = 0, nchars = 0, pos = 0, c;
