@@ -1551,7 +1551,7 @@ static void mb__norm_backward(const mb_config *cfg, float *dinp, float *dw, floa
 /* Small helpers that must be inlined into the loops that call them for the
    compiler to vectorise those loops. */
 #if defined(__GNUC__)
-#define MB__INLINE static inline __attribute__((always_inline))
+#define MB__INLINE static inline __attribute__((always_inline, unused))
 #else
 #define MB__INLINE static inline
 #endif
@@ -2667,16 +2667,20 @@ MB__SCAN_AVX512_FN void mb__scan_bwd_states16_avx512(float *y, float *ddt, float
 #undef MB__SCAN_BWD_STATE16
 /* The rows of S values of 16 channels (src[j*S + n], channel j < nd; the
    last one repeated past nd) as S rows of 16 lanes: dst[n*16 + j], or
-   -exp of them (neg_exp: A from A_log).  And back, the nd valid lanes. */
+   -exp of them (neg_exp: A from A_log).  And back, the nd valid lanes.
+   (No intrinsic with an undefined pass-through here: with target
+   attributes, gcc 12's C++ warns about its self-initialised variable.) */
 MB__SCAN_AVX512_IN __m512i mb__scan_lane_offsets(int S, int nd) {
-    const __m512i j = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    return _mm512_mullo_epi32(_mm512_min_epi32(j, _mm512_set1_epi32(nd - 1)), _mm512_set1_epi32(S));
+    int32_t off[MB__SCAN_DB];
+    int j;
+    for (j = 0; j < MB__SCAN_DB; j++) off[j] = (j < nd ? j : nd - 1) * S;
+    return _mm512_loadu_si512((const void *)off);
 }
 MB__SCAN_AVX512_FN void mb__scan_gather16_avx512(float *MB__RESTRICT dst, const float *src, int S, int nd, int neg_exp) {
     const __m512i off = mb__scan_lane_offsets(S, nd), sign = _mm512_set1_epi32((int)0x80000000u);
     int n;
     for (n = 0; n < S; n++) {
-        __m512 v = _mm512_i32gather_ps(off, src + n, 4);
+        __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), (__mmask16)0xFFFF, off, src + n, 4);
         if (neg_exp) v = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(mb__exp16(v)), sign));
         _mm512_storeu_ps(dst + n * MB__SCAN_DB, v);
     }
