@@ -66,10 +66,10 @@
      mb_dataset_close).  my_callback(user, progress) returns non-zero to stop.
 
    IMPLEMENTATION SECTIONS (in this order, after the declarations)
-     utilities, numerics, RNG, config
-     (the tensor table), CPU layers (each layer's forward and backward side by
-     side, the matrix products in float32 and in bf16, the conv, the scan:
-     its fast chunked path and the plain reference beside it), model
+     utilities, numerics, RNG, config (the tensor table), CPU layers (each
+     layer's forward and backward side by side; "----" sub-banners: norms,
+     matrix products in float32 and in bf16, vector math, SIMD scan helpers,
+     the conv, the scan: its reference, then its fast chunked path), model
      (activations, forward, backward),
      streaming, checkpoints, training (schedule, AdamW), data, eval, trainer,
      train loop.  Each starts with a "= name =" banner comment.
@@ -416,9 +416,9 @@ MBDEF void mb__scan_forward(float *out, float *states, const float *u, const flo
 MBDEF void mb__scan_forward_from(float *out, float *states, float *h, const float *u, const float *delta,
                                  const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
                                  const float *xz, int B, int T, int Di, int S, int R, int chunk);
-/* The plain references of the scan (one channel at a time, every h kept):
-   the readable specification of the fast paths below them, which the tests
-   hold against them.  Same outputs and accumulation as mb__scan_forward /
+/* The references of the scan (one channel at a time, every h kept): the
+   readable specification of the fast paths, which the tests hold against
+   them.  Same outputs and accumulation as mb__scan_forward /
    mb__scan_backward; slow, and the backward allocates T*S floats. */
 MBDEF void mb__scan_forward_ref(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
                                 const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R);
@@ -965,7 +965,12 @@ void mb_cuda_stream_free(mb_cuda_stream *s);
 
 #define MB__THREAD_LOCAL __thread /* GCC, Clang, ICC: the compilers of the POSIX systems this targets */
 
-/* OpenMP pragmas through a macro so a build without -fopenmp stays warning-free. */
+/* OpenMP pragmas through a macro so a build without -fopenmp stays warning-free.
+   A loop with less work than MB__OMP_MIN_WORK (elements or multiply-adds, as
+   the loop counts them) stays on the calling thread: waking the team costs
+   more; the norms' rows go parallel sooner. */
+#define MB__OMP_MIN_WORK 65536
+#define MB__OMP_MIN_NORM 16384
 #ifdef _OPENMP
 #include <omp.h>
 #define MB__PRAGMA(x) _Pragma(#x)
@@ -1092,7 +1097,7 @@ static double mb__row_p(const mb__row *r, float xi, int64_t V) {
 
 MBDEF void mb_softmax(float *out, const float *x, int64_t rows, int64_t V) {
     int64_t r;
-    MB__OMP(parallel for if (rows * V > 65536))
+    MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
     for (r = 0; r < rows; r++) {
         const float *xr = x + r * V;
         float *orow = out + r * V;
@@ -1104,7 +1109,7 @@ MBDEF void mb_softmax(float *out, const float *x, int64_t rows, int64_t V) {
 
 MBDEF void mb_log_softmax(float *out, const float *x, int64_t rows, int64_t V) {
     int64_t r;
-    MB__OMP(parallel for if (rows * V > 65536))
+    MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
     for (r = 0; r < rows; r++) {
         const float *xr = x + r * V;
         float *orow = out + r * V;
@@ -1116,7 +1121,7 @@ MBDEF void mb_log_softmax(float *out, const float *x, int64_t rows, int64_t V) {
 
 MBDEF void mb_logsumexp(float *out, const float *x, int64_t rows, int64_t V) {
     int64_t r;
-    MB__OMP(parallel for if (rows * V > 65536))
+    MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
     for (r = 0; r < rows; r++) {
         mb__row st = mb__row_stats(x + r * V, V);
         switch (st.kind) {
@@ -1176,7 +1181,7 @@ MBDEF mb_status mb_cross_entropy_forward(float *loss, const float *logits, const
     mb_status s = mb__ce_check(targets, rows, V, &o, &n_valid);
     if (s != MB_STATUS_OK) return s;
     if (o.reduction == MB_REDUCTION_NONE) {
-        MB__OMP(parallel for if (rows * V > 65536))
+        MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
         for (r = 0; r < rows; r++)
             loss[r] = targets[r] == o.ignore_index ? 0.0f
                     : (float)mb__ce_row_loss(logits + r * V, V, targets[r], o.label_smoothing);
@@ -1199,7 +1204,7 @@ MBDEF mb_status mb_cross_entropy_backward(float *dlogits, const float *dloss, co
     mb_status s = mb__ce_check(targets, rows, V, &o, &n_valid);
     if (s != MB_STATUS_OK) return s;
     eps = (double)o.label_smoothing;
-    MB__OMP(parallel for if (rows * V > 65536))
+    MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
     for (r = 0; r < rows; r++) {
         const float *x = logits + r * V;
         float *dx = dlogits + r * V;
@@ -1353,7 +1358,7 @@ MBDEF int64_t mb_config_num_params(const mb_config *c) {
 }
 
 /* =========================================================== CPU layers */
-
+/* ---- embedding and norms ---- */
 MBDEF void mb__embedding_forward(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C) {
     /* out is (N,C), wte is (256,C) */
     int64_t n;
@@ -1380,7 +1385,7 @@ MBDEF void mb__layernorm_forward(float *out, float *mean, float *rstd, const flo
     /* out, inp are (N,C); mean, rstd are (N); eps 1e-5 as PyTorch.  One row
        (streaming) stays on the calling thread. */
     int64_t n;
-    MB__OMP(parallel for schedule(static) if (N * C > 16384))
+    MB__OMP(parallel for schedule(static) if (N * C > MB__OMP_MIN_NORM))
     for (n = 0; n < N; n++) {
         const float *x = inp + n * C;
         float *o = out + n * C, m = 0.0f, v = 0.0f, s;
@@ -1434,7 +1439,7 @@ MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float
 MBDEF void mb__rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C) {
     /* out, inp are (N,C); rstd is (N); no centring and no bias */
     int64_t n;
-    MB__OMP(parallel for schedule(static) if (N * C > 16384))
+    MB__OMP(parallel for schedule(static) if (N * C > MB__OMP_MIN_NORM))
     for (n = 0; n < N; n++) {
         const float *x = inp + n * C;
         float *o = out + n * C, v = 0.0f, s;
@@ -1712,7 +1717,7 @@ MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const f
     int nb = IC / 16;
     if (N < 2 * MR || nb > MB__MM_KC) { /* few rows, or very long ones: one row at a time */
         int64_t n;
-        MB__OMP(parallel for schedule(static) if (N * IC * OC > 65536))
+        MB__OMP(parallel for schedule(static) if (N * IC * OC > MB__OMP_MIN_WORK))
         for (n = 0; n < N; n++) mb__dot_rows(out + n * OC, inp + n * ldi, w, IC, OC);
         return;
     }
@@ -1721,7 +1726,7 @@ MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const f
            once, each row tile writes its whole rows, which reach memory in
            order (panel by panel, the rows' parts are written far apart and the
            output was 2.5x slower in a training step) */
-        MB__OMP(parallel if (N * IC * OC > 65536))
+        MB__OMP(parallel if (N * IC * OC > MB__OMP_MIN_WORK))
         {
             float bp[MB__MM_KC * MB__MM_NR];
             int64_t nmb = (N + MR - 1) / MR, mb;
@@ -1733,7 +1738,7 @@ MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const f
         }
         return;
     }
-    MB__OMP(parallel if (N * IC * OC > 65536))
+    MB__OMP(parallel if (N * IC * OC > MB__OMP_MIN_WORK))
     {
         float bp[MB__MM_KC * MB__MM_NR], cb[MB__MM_MR * MB__MM_NR];
         int64_t nmb = (N + MR - 1) / MR, mb;
@@ -1827,7 +1832,7 @@ static void mb__mm_accum(float *C, int64_t ldc, int tr, int64_t rows, int64_t co
     const int MR = MB__MM_MRB, NR = MB__MM_NR;
     int64_t nrb = (rows + MR - 1) / MR;
     if (chunk > MB__MM_KC && cols % NR != 0) chunk = MB__MM_KC;
-    MB__OMP(parallel if (rows * cols * steps > 65536))
+    MB__OMP(parallel if (rows * cols * steps > MB__OMP_MIN_WORK))
     {
         float bp[MB__MM_KC * MB__MM_NR], cb[MB__MM_MRB * MB__MM_NR];
         int64_t s0, c0, rb;
@@ -2065,7 +2070,7 @@ static void mb__bf_pack(uint32_t *MB__RESTRICT dst, int64_t dq, int64_t dx, cons
 static void mb__bf_pack_pairs(uint32_t *dst, const float *src, int64_t sk, int64_t sx, int64_t K, int64_t X) {
     const int64_t Q = mb__bf_pair_rows(K), ld = mb__bf_round_up(X, MB__BF_NR);
     int64_t q0;
-    MB__OMP(parallel for schedule(static) if (K * X > 65536))
+    MB__OMP(parallel for schedule(static) if (K * X > MB__OMP_MIN_WORK))
     for (q0 = 0; q0 < Q; q0 += 16) {
         int64_t q, x;
         if (sk == 1) {
@@ -2105,7 +2110,7 @@ MBDEF void mb__bf16_pack_weight(uint32_t *wp, const float *w, int IC, int OC) {
 static void mb__bf_gemm_ref(float *c, int64_t cr, int acc, const float *a, int64_t ar, int64_t ak, const float *b,
                             int64_t bk, int64_t bj, int64_t rows, int64_t cols, int64_t K) {
     int64_t r;
-    MB__OMP(parallel for schedule(static) if (rows * cols * K > 65536))
+    MB__OMP(parallel for schedule(static) if (rows * cols * K > MB__OMP_MIN_WORK))
     for (r = 0; r < rows; r++) {
         int64_t j, k;
         for (j = 0; j < cols; j++) {
@@ -2247,7 +2252,7 @@ static void mb__bf_gemm(int path, float *C, int64_t ldc, int tr, int acc, const 
 #if defined(MB__BF16_X86)
     const int amx = path == MB__BF16_AMX, MR = amx ? MB__BF_MRX : MB__BF_MR;
     const int64_t Q = amx ? mb__bf_pair_rows(K) : (K + 1) / 2, nrb = (rows + MR - 1) / MR;
-    MB__OMP(parallel if (rows * cols * K > 65536))
+    MB__OMP(parallel if (rows * cols * K > MB__OMP_MIN_WORK))
     {
         uint32_t ab[MB__BF_MRX * MB__BF_KQ];
         float cb[MB__BF_MRX * MB__BF_NR];
@@ -2347,7 +2352,8 @@ MBDEF void mb__matmul_backward_bf16(int path, float *dinp, float *dw, const floa
     MB_FREE(pko);
 }
 
-/* Vectorisable float32 exp, log1p-based softplus and sigmoid: branch-free
+/* ---- vector math ----
+   Vectorisable float32 exp, log1p-based softplus and sigmoid: branch-free
    scalar code that gcc turns into SIMD when called in a loop (libm's expf
    and log1pf are not vectorised without -ffast-math).  Within 3 ulp of the
    C library on the ranges used; NaN in, NaN out. */
@@ -2421,7 +2427,8 @@ MB__INLINE float mb__sigmoid_v(float x) {
     return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
 }
 
-/* The conv's and the scan's inner loops run over blocks of MB__SCAN_DB = 16
+/* ---- SIMD scan helpers ----
+   The conv's and the scan's inner loops run over blocks of MB__SCAN_DB = 16
    channels, one vector of floats on AVX-512, with the vectorisable mb__exp /
    mb__softplus_v / mb__sigmoid_v. */
 #define MB__SCAN_DB 16
@@ -2724,10 +2731,8 @@ static int mb__scan_avx512(void) {
 #define mb__scan_bwd_states16 MB__SCAN_PICK(mb__scan_bwd_states16)
 #define mb__scan_gather16 MB__SCAN_PICK(mb__scan_gather16)
 #define mb__scan_scatter16 MB__SCAN_PICK(mb__scan_scatter16)
-/* The per-token values of a tile of tokens are kept for MB__SCAN_ROWS (token, state) rows. */
-#define MB__SCAN_ROWS 256
-
-/* Causal depthwise conv over time of x' (the first Di columns of xz, row
+/* ---- the conv (and, for streaming, one step of the conv and of the scan) ----
+   Causal depthwise conv over time of x' (the first Di columns of xz, row
    stride 2Di), then SiLU.  out is (B,T,Di), w is (Di,K). */
 MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const float *bias,
                               int B, int T, int Di, int K) {
@@ -2879,7 +2884,7 @@ static void mb__scan_step(float *MB__RESTRICT out, float *MB__RESTRICT h, float 
     for (d = 0; d < Di; d++) out[d] = (out[d] + Dp[d] * u[d]) * (z[d] * mb__sigmoid_v(z[d]));
 }
 
-/* ---- the scan, plain: one (sequence, channel) at a time, in the order of
+/* ---- the scan, reference: one (sequence, channel) at a time, in the order of
    the definition below.  Names: dt = softplus(delta + dt_bias), a = exp(dt*A)
    the decay, h the state (S per channel), y = C.h + D*u before the gate. */
 MBDEF void mb__scan_forward_ref(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
@@ -2968,6 +2973,7 @@ MBDEF mb_status mb__scan_backward_ref(float *du, float *ddelta, float *ddt_bias,
    Only decays exp(dt*A) <= 1 are ever multiplied, so nothing overflows for
    any dt >= 0.  states (B, nchunks, Di, S) keeps h at each chunk start for
    the backward's recomputation: never a (B, T, Di, S) tensor. */
+#define MB__SCAN_ROWS 256 /* (token, state) rows of a tile of tokens whose per-token values are kept */
 MBDEF void mb__scan_forward(float *out, float *states, const float *u, const float *delta, const float *dt_bias,
                             const float *A_log, const float *xdbl, const float *Dp, const float *xz,
                             int B, int T, int Di, int S, int R, int chunk) {
@@ -3486,7 +3492,7 @@ static mb_status mb__ensure_acts(mb_model *m, int B, int T) {
 /* x (N,C) += y (N,C) */
 static void mb__residual_add(float *x, const float *y, int64_t n) {
     int64_t i;
-    MB__OMP(parallel for schedule(static) if (n > 65536))
+    MB__OMP(parallel for schedule(static) if (n > MB__OMP_MIN_WORK))
     for (i = 0; i < n; i++) x[i] += y[i];
 }
 
@@ -3741,7 +3747,7 @@ static void mb__matmul_packed(float *out, const float *inp, int64_t ldi, const f
         for (t = 0; t < N; t++) mb__matvec_packed(out + t * OC, inp + t * ldi, wp, IC, OC);
         return;
     }
-    MB__OMP(parallel for schedule(static) if (N * IC * OC > 65536))
+    MB__OMP(parallel for schedule(static) if (N * IC * OC > MB__OMP_MIN_WORK))
     for (t = 0; t < (int64_t)np * nmb; t++) {
         int o0 = (int)(t / nmb) * NR;
         mb__mm_fwd_tile(out, inp, ldi, wp + (int64_t)o0 * IC, N, IC, OC, (t % nmb) * MR, o0);
@@ -4911,7 +4917,7 @@ MBDEF void mb_adamw_update(mb_model *m, float *adam_m, float *adam_v, int64_t t,
         const float decay = ti->weight_decay ? (float)(1.0 - lr * weight_decay) : 1.0f;
         float *p = m->params + ti->offset, *g = m->grads + ti->offset, *mm = adam_m + ti->offset, *vv = adam_v + ti->offset;
         int64_t j;
-        MB__OMP(parallel for schedule(static) if (ti->numel > 65536))
+        MB__OMP(parallel for schedule(static) if (ti->numel > MB__OMP_MIN_WORK))
         for (j = 0; j < ti->numel; j++) {
             float gj = g[j], denom;
             p[j] *= decay;
