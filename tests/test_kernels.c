@@ -2,8 +2,9 @@
    (double accumulation): matrix products (tiled and row paths, odd sizes,
    row stride > IC, both dw layouts), the packed and plain matrix-vector
    products bit for bit against a row of the batch product, the conv, the
-   scan (16-channel block path and one-channel path, partial blocks, other
-   d_state), the streaming conv and scan steps bit for bit against the batch
+   scan (partial channel blocks, chunks split into tiles, tiles shorter
+   than d_state, other d_state; the AVX-512 pieces against their portable
+   twins), the streaming conv and scan steps bit for bit against the batch
    forward, the vectorisable exp / softplus / sigmoid, and independence of
    the thread count.  Included by test.c. */
 
