@@ -420,12 +420,14 @@ static void test_kernels_scan(void) {
     kt_scan_case(2, 33, 20, 5, 2, 40);
     kt_scan_case(2, 9, 16, 16, 2, 32);
     /* tiles shorter than S (each block through all tiles), chunks split
-       into tiles (chunk * S over a tile's rows), a large state */
+       into tiles (chunk * S over a tile's rows, their starts kept), a large
+       state */
     kt_scan_case(2, 40, 19, 16, 2, 4);
     kt_scan_case(1, 50, 17, 24, 2, 24);
     kt_scan_case(1, 90, 9, 16, 2, 40);
     kt_scan_case(2, 3, 18, 40, 2, 8);
     kt_scan_case(1, 45, 20, 64, 2, 32);
+    kt_scan_case(1, 40, 16, 128, 2, 32); /* every third tile start of a chunk kept */
 }
 
 /* The streaming steps: T calls of mb__conv_step / mb__scan_step give the
