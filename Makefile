@@ -4,6 +4,14 @@
 # `make mambabyte` builds only the CLI.
 CC      ?= gcc
 CXX     ?= g++
+# PORTABLE=1: for any x86-64 CPU (the Python wheel's build): the baseline ISA,
+# the scan's AVX-512 pieces and the bf16 kernels picked at run time (CPUID);
+# `make lib PORTABLE=1` writes build/portable/libmambabyte*.so.
+PORTABLE_ARCH = -march=x86-64 -mtune=generic
+ifeq ($(PORTABLE),1)
+ARCH    := $(PORTABLE_ARCH)
+LIBDIR  := build/portable/
+endif
 ARCH    ?= -march=native
 CFLAGS  ?= -O3 $(ARCH)
 WARN     = -Wall -Wextra -Werror
@@ -40,7 +48,7 @@ TARGETS += mambabyte_cuda_mpi
 endif
 endif
 
-.PHONY: all test test-readme test-mpi test-cxx test-asan bench bench-cuda test-cuda fuzz check clean lib test-python
+.PHONY: all test test-readme test-mpi test-cxx test-asan bench bench-cuda test-cuda fuzz check clean lib test-python test-portable
 # ./mambabyte first (even under -j), then the rest, announced in one line.
 MORE = $(filter-out mambabyte,$(TARGETS))
 all: mambabyte
@@ -123,8 +131,23 @@ FUZZ_CC      ?= clang
 fuzz: | build
 	FUZZ_CC=$(FUZZ_CC) sh tests/fuzz/run.sh $(FUZZ_SECONDS)
 
-# What CI runs: fuzzing, the sanitized suite, the Python tests, then the suite (its summary last).
-check: fuzz test-asan test-python test
+# The portable build on this machine: the kernels with the AVX-512 pieces picked
+# at run time and switched off (MB_TEST_SCAN_AVX512=0, as on an older CPU), and
+# a short training run whose losses match the native build's.
+build/portable/test_mambabyte: $(TEST_SRC) build/test_cuda_emu.o
+	mkdir -p $(@D)
+	$(CC) $(STD) -O2 -g $(PORTABLE_ARCH) $(WARN) $(OMP) test.c build/test_cuda_emu.o -o $@ -lstdc++ $(LDLIBS) -lpthread
+build/portable/mambabyte: main.c cli.h plot.c eval.c export.c numerics_report.c bench.c $(HEADERS)
+	mkdir -p $(@D)
+	$(CC) $(STD) -O3 $(PORTABLE_ARCH) $(WARN) $(OMP) main.c -o $@ $(LDLIBS)
+test-portable: build/portable/test_mambabyte build/portable/mambabyte mambabyte
+	./build/portable/test_mambabyte kernels
+	MB_TEST_SCAN_AVX512=0 ./build/portable/test_mambabyte kernels
+	sh tests/portable.sh ./mambabyte build/portable/mambabyte
+
+# What CI runs: fuzzing, the sanitized suite, the Python tests, the portable
+# build, then the suite (its summary last).
+check: fuzz test-asan test-python test-portable test
 
 # On a machine with an NVIDIA GPU: kernels and the full model against the CPU path.
 NVCC_OMP = $(if $(OMP),-Xcompiler $(OMP))
@@ -152,12 +175,14 @@ ifneq ($(NVCC),)
 LIBS += libmambabyte_cuda.so
 endif
 LIB_CFLAGS = $(STD) $(CFLAGS) $(WARN) $(OMP) -fPIC -shared -DMAMBABYTE_IMPLEMENTATION
-lib: $(LIBS)
-libmambabyte.so: $(HEADERS)
+lib: $(addprefix $(LIBDIR),$(LIBS))
+$(LIBDIR)libmambabyte.so: $(HEADERS)
+	mkdir -p $(@D)
 	$(CC) $(LIB_CFLAGS) -x c mambabyte.h -o $@ $(LDLIBS)
 build/mambabyte_cuda_pic.o: mambabyte_cuda.cuh $(HEADERS) | build
 	$(NVCC) -O3 $(CUDA_ARCH) -Xcompiler -fPIC -DMAMBABYTE_CUDA_IMPLEMENTATION -x cu -c mambabyte_cuda.cuh -o $@
-libmambabyte_cuda.so: $(HEADERS) build/mambabyte_cuda_pic.o
+$(LIBDIR)libmambabyte_cuda.so: $(HEADERS) build/mambabyte_cuda_pic.o
+	mkdir -p $(@D)
 	$(CC) $(LIB_CFLAGS) -x c mambabyte.h -x none build/mambabyte_cuda_pic.o -o $@ \
 	  -L$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ $(LDLIBS) -Wl,-rpath,$(CUDA_HOME)/lib64
 

@@ -16,7 +16,7 @@
        that one thread's read bandwidth over the 4.2 MB of weights puts
        on streaming,
      * eval (mb_eval_text, through mb_stream_feed) against the stepwise
-       reference (mb__eval_text_stepwise): chars/s of both and the ratio,
+       reference (mb__eval_text_ref): chars/s of both and the ratio,
    each a median of repeated runs.  --json FILE writes the same figures.
    A benchmark, never a test: nothing here fails on a slow machine. */
 
@@ -428,7 +428,7 @@ static double bench_read_bw(int64_t bytes, int reps) {
 
 /* ----------------------------------------------------------------- eval */
 /* mb_eval_text (mb_stream_feed: parallel passes, all threads) against the
-   stepwise reference mb__eval_text_stepwise (one mb_stream_step per byte)
+   stepwise reference mb__eval_text_ref (one mb_stream_step per byte)
    on the same text and model: characters per second of each (median of
    reps) and their ratio; the two results must be equal field for field. */
 static void bench_eval(const mb_config *cfg, const uint8_t *text, int64_t chars, int reps, double *step_cps,
@@ -441,7 +441,7 @@ static void bench_eval(const mb_config *cfg, const uint8_t *text, int64_t chars,
     if (mb_model_create(&m, cfg, 5) != MB_STATUS_OK) { fprintf(stderr, "bench: %s\n", mb_last_error()); return; }
     for (r = 0; r < reps; r++) {
         double t0 = mb_clock_seconds(), t1, t2;
-        mb__eval_text_stepwise(m, text, chars, chars, &a, NULL, NULL);
+        mb__eval_text_ref(m, text, chars, chars, &a, NULL, NULL);
         t1 = mb_clock_seconds();
         mb_eval_text(m, text, chars, chars, &b, NULL, NULL);
         t2 = mb_clock_seconds();

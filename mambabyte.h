@@ -68,10 +68,10 @@
      mb_dataset_close).  my_callback(user, progress) returns non-zero to stop.
 
    IMPLEMENTATION SECTIONS (in this order, after the declarations)
-     utilities, numerics, RNG, numerics+ (sigmoid, softplus, SiLU), config
-     (the tensor table), CPU layers (each layer's forward and backward side by
-     side, the matrix products in float32 and in bf16, the conv, the scan:
-     its fast chunked path and the plain reference beside it), model
+     utilities, numerics, RNG, config (the tensor table), CPU layers (each
+     layer's forward and backward side by side; "----" sub-banners: norms,
+     matrix products in float32 and in bf16, vector math, SIMD scan helpers,
+     the conv, the scan: its reference, then its fast chunked path), model
      (activations, forward, backward),
      streaming, checkpoints, training (schedule, AdamW), data, eval, trainer,
      train loop.  Each starts with a "= name =" banner comment.
@@ -440,9 +440,9 @@ MBDEF void mb__matmul_backward_bf16(int path, float *dinp, float *dw, const floa
                                     const float *w, const uint32_t *wp, int64_t N, int IC, int OC);
 /* The scalar references: operands rounded by mb__bf16_from_float, sums in
    the kernels' order. */
-MBDEF void mb__matmul_forward_bf16_naive(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC);
-MBDEF void mb__matmul_backward_bf16_naive(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
-                                          const float *w, int64_t N, int IC, int OC);
+MBDEF void mb__matmul_forward_bf16_ref(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC);
+MBDEF void mb__matmul_backward_bf16_ref(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                                        const float *w, int64_t N, int IC, int OC);
 MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const float *bias,
                               int B, int T, int Di, int K);
 /* The same from a given start: win (B, K, Di) holds each sequence's inputs
@@ -461,16 +461,16 @@ MBDEF void mb__scan_forward(float *out, float *states, const float *u, const flo
 MBDEF void mb__scan_forward_from(float *out, float *states, float *h, const float *u, const float *delta,
                                  const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
                                  const float *xz, int B, int T, int Di, int S, int R, int chunk);
-/* The plain references of the scan (one channel at a time, every h kept):
-   the readable specification of the fast paths below them, which the tests
-   hold against them.  Same outputs and accumulation as mb__scan_forward /
+/* The references of the scan (one channel at a time, every h kept): the
+   readable specification of the fast paths, which the tests hold against
+   them.  Same outputs and accumulation as mb__scan_forward /
    mb__scan_backward; slow, and the backward allocates T*S floats. */
-MBDEF void mb__scan_forward_naive(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
-                                  const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R);
-MBDEF mb_status mb__scan_backward_naive(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
-                                        float *dxz, const float *dout, const float *u, const float *delta,
-                                        const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                                        const float *xz, int B, int T, int Di, int S, int R);
+MBDEF void mb__scan_forward_ref(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
+                                const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R);
+MBDEF mb_status mb__scan_backward_ref(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                                      float *dxz, const float *dout, const float *u, const float *delta,
+                                      const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                      const float *xz, int B, int T, int Di, int S, int R);
 /* The fast path of the scan backward.  du, dxz (its z half) and dxdbl (its B
    and C columns) and the parameter gradients accumulate; ddelta is written.
    scratch: B * (Di*S + 2*Di) floats (per-sequence partial sums, so the result
@@ -1049,7 +1049,12 @@ void mb_cuda_stream_free(mb_cuda_stream *s);
 
 #define MB__THREAD_LOCAL __thread /* GCC, Clang, ICC: the compilers of the POSIX systems this targets */
 
-/* OpenMP pragmas through a macro so a build without -fopenmp stays warning-free. */
+/* OpenMP pragmas through a macro so a build without -fopenmp stays warning-free.
+   A loop with less work than MB__OMP_MIN_WORK (elements or multiply-adds, as
+   the loop counts them) stays on the calling thread: waking the team costs
+   more; the norms' rows go parallel sooner. */
+#define MB__OMP_MIN_WORK 65536
+#define MB__OMP_MIN_NORM 16384
 #ifdef _OPENMP
 #include <omp.h>
 #define MB__PRAGMA(x) _Pragma(#x)
@@ -1176,7 +1181,7 @@ static double mb__row_p(const mb__row *r, float xi, int64_t V) {
 
 MBDEF void mb_softmax(float *out, const float *x, int64_t rows, int64_t V) {
     int64_t r;
-    MB__OMP(parallel for if (rows * V > 65536))
+    MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
     for (r = 0; r < rows; r++) {
         const float *xr = x + r * V;
         float *orow = out + r * V;
@@ -1188,7 +1193,7 @@ MBDEF void mb_softmax(float *out, const float *x, int64_t rows, int64_t V) {
 
 MBDEF void mb_log_softmax(float *out, const float *x, int64_t rows, int64_t V) {
     int64_t r;
-    MB__OMP(parallel for if (rows * V > 65536))
+    MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
     for (r = 0; r < rows; r++) {
         const float *xr = x + r * V;
         float *orow = out + r * V;
@@ -1200,7 +1205,7 @@ MBDEF void mb_log_softmax(float *out, const float *x, int64_t rows, int64_t V) {
 
 MBDEF void mb_logsumexp(float *out, const float *x, int64_t rows, int64_t V) {
     int64_t r;
-    MB__OMP(parallel for if (rows * V > 65536))
+    MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
     for (r = 0; r < rows; r++) {
         mb__row st = mb__row_stats(x + r * V, V);
         switch (st.kind) {
@@ -1260,7 +1265,7 @@ MBDEF mb_status mb_cross_entropy_forward(float *loss, const float *logits, const
     mb_status s = mb__ce_check(targets, rows, V, &o, &n_valid);
     if (s != MB_STATUS_OK) return s;
     if (o.reduction == MB_REDUCTION_NONE) {
-        MB__OMP(parallel for if (rows * V > 65536))
+        MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
         for (r = 0; r < rows; r++)
             loss[r] = targets[r] == o.ignore_index ? 0.0f
                     : (float)mb__ce_row_loss(logits + r * V, V, targets[r], o.label_smoothing);
@@ -1283,7 +1288,7 @@ MBDEF mb_status mb_cross_entropy_backward(float *dlogits, const float *dloss, co
     mb_status s = mb__ce_check(targets, rows, V, &o, &n_valid);
     if (s != MB_STATUS_OK) return s;
     eps = (double)o.label_smoothing;
-    MB__OMP(parallel for if (rows * V > 65536))
+    MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
     for (r = 0; r < rows; r++) {
         const float *x = logits + r * V;
         float *dx = dlogits + r * V;
@@ -1320,23 +1325,6 @@ static double mb__rng_uniform(uint64_t *state) { /* [0, 1) */
 static double mb__rng_normal(uint64_t *state) {
     double u1 = 1.0 - mb__rng_uniform(state), u2 = mb__rng_uniform(state); /* u1 in (0,1] */
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
-
-/* ============================================================ numerics+ */
-static float mb__sigmoid(float x) {
-    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
-    {
-        float e = expf(x);
-        return e / (1.0f + e);
-    }
-}
-/* The gradient of PyTorch's softplus (beta 1, threshold 20); the forward is
-   mb__softplus_v, with the same threshold. */
-static float mb__softplus_grad(float x) { return x > 20.0f ? 1.0f : mb__sigmoid(x); }
-static float mb__silu(float x) { return x * mb__sigmoid(x); }
-static float mb__silu_grad(float x) {
-    float s = mb__sigmoid(x);
-    return s * (1.0f + x * (1.0f - s));
 }
 
 /* ============================================================== config */
@@ -1476,7 +1464,7 @@ MBDEF int64_t mb_config_num_params(const mb_config *c) {
 }
 
 /* =========================================================== CPU layers */
-
+/* ---- embedding and norms ---- */
 MBDEF void mb__embedding_forward(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C) {
     /* out is (N,C), wte is (256,C) */
     int64_t n;
@@ -1503,7 +1491,7 @@ MBDEF void mb__layernorm_forward(float *out, float *mean, float *rstd, const flo
     /* out, inp are (N,C); mean, rstd are (N); eps 1e-5 as PyTorch.  One row
        (streaming) stays on the calling thread. */
     int64_t n;
-    MB__OMP(parallel for schedule(static) if (N * C > 16384))
+    MB__OMP(parallel for schedule(static) if (N * C > MB__OMP_MIN_NORM))
     for (n = 0; n < N; n++) {
         const float *x = inp + n * C;
         float *o = out + n * C, m = 0.0f, v = 0.0f, s;
@@ -1557,7 +1545,7 @@ MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float
 MBDEF void mb__rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C) {
     /* out, inp are (N,C); rstd is (N); no centring and no bias */
     int64_t n;
-    MB__OMP(parallel for schedule(static) if (N * C > 16384))
+    MB__OMP(parallel for schedule(static) if (N * C > MB__OMP_MIN_NORM))
     for (n = 0; n < N; n++) {
         const float *x = inp + n * C;
         float *o = out + n * C, v = 0.0f, s;
@@ -1674,15 +1662,15 @@ static void mb__norm_backward(const mb_config *cfg, float *dinp, float *dw, floa
 /* Small helpers that must be inlined into the loops that call them for the
    compiler to vectorise those loops. */
 #if defined(__GNUC__)
-#define MB__INLINE static inline __attribute__((always_inline))
+#define MB__INLINE static inline __attribute__((always_inline, unused))
 #else
 #define MB__INLINE static inline
 #endif
 
 /* c (MR x NR, row stride ldc) += sum over s < steps, in order, of
    a_r[s*as] * b[s*bs + j]. */
-static void mb__mm_kernel(float *MB__RESTRICT c, int64_t ldc, const float *const *ap, int64_t as,
-                          const float *MB__RESTRICT b, int64_t bs, int64_t steps) {
+MB__INLINE void mb__mm_kernel(float *MB__RESTRICT c, int64_t ldc, const float *const *ap, int64_t as,
+                               const float *MB__RESTRICT b, int64_t bs, int64_t steps) {
     float acc[MB__MM_MRB][MB__MM_NR];
     const float *a[MB__MM_MRB];
     int64_t s;
@@ -1835,7 +1823,7 @@ MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const f
     int nb = IC / 16;
     if (N < 2 * MR || nb > MB__MM_KC) { /* few rows, or very long ones: one row at a time */
         int64_t n;
-        MB__OMP(parallel for schedule(static) if (N * IC * OC > 65536))
+        MB__OMP(parallel for schedule(static) if (N * IC * OC > MB__OMP_MIN_WORK))
         for (n = 0; n < N; n++) mb__dot_rows(out + n * OC, inp + n * ldi, w, IC, OC);
         return;
     }
@@ -1844,7 +1832,7 @@ MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const f
            once, each row tile writes its whole rows, which reach memory in
            order (panel by panel, the rows' parts are written far apart and the
            output was 2.5x slower in a training step) */
-        MB__OMP(parallel if (N * IC * OC > 65536))
+        MB__OMP(parallel if (N * IC * OC > MB__OMP_MIN_WORK))
         {
             float bp[MB__MM_KC * MB__MM_NR];
             int64_t nmb = (N + MR - 1) / MR, mb;
@@ -1856,7 +1844,7 @@ MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const f
         }
         return;
     }
-    MB__OMP(parallel if (N * IC * OC > 65536))
+    MB__OMP(parallel if (N * IC * OC > MB__OMP_MIN_WORK))
     {
         float bp[MB__MM_KC * MB__MM_NR], cb[MB__MM_MR * MB__MM_NR];
         int64_t nmb = (N + MR - 1) / MR, mb;
@@ -1950,7 +1938,7 @@ static void mb__mm_accum(float *C, int64_t ldc, int tr, int64_t rows, int64_t co
     const int MR = MB__MM_MRB, NR = MB__MM_NR;
     int64_t nrb = (rows + MR - 1) / MR;
     if (chunk > MB__MM_KC && cols % NR != 0) chunk = MB__MM_KC;
-    MB__OMP(parallel if (rows * cols * steps > 65536))
+    MB__OMP(parallel if (rows * cols * steps > MB__OMP_MIN_WORK))
     {
         float bp[MB__MM_KC * MB__MM_NR], cb[MB__MM_MRB * MB__MM_NR];
         int64_t s0, c0, rb;
@@ -2188,7 +2176,7 @@ static void mb__bf_pack(uint32_t *MB__RESTRICT dst, int64_t dq, int64_t dx, cons
 static void mb__bf_pack_pairs(uint32_t *dst, const float *src, int64_t sk, int64_t sx, int64_t K, int64_t X) {
     const int64_t Q = mb__bf_pair_rows(K), ld = mb__bf_round_up(X, MB__BF_NR);
     int64_t q0;
-    MB__OMP(parallel for schedule(static) if (K * X > 65536))
+    MB__OMP(parallel for schedule(static) if (K * X > MB__OMP_MIN_WORK))
     for (q0 = 0; q0 < Q; q0 += 16) {
         int64_t q, x;
         if (sk == 1) {
@@ -2225,10 +2213,10 @@ MBDEF void mb__bf16_pack_weight(uint32_t *wp, const float *w, int IC, int OC) {
 /* The reference: c(r, j) (+= when acc, else =) the pairs' sum above of
    a(r, k) b(k, j), a(r, k) = a[r*ar + k*ak], b(k, j) = b[k*bk + j*bj],
    c(r, j) = c[r*cr + j]. */
-static void mb__bf_gemm_naive(float *c, int64_t cr, int acc, const float *a, int64_t ar, int64_t ak, const float *b,
-                              int64_t bk, int64_t bj, int64_t rows, int64_t cols, int64_t K) {
+static void mb__bf_gemm_ref(float *c, int64_t cr, int acc, const float *a, int64_t ar, int64_t ak, const float *b,
+                            int64_t bk, int64_t bj, int64_t rows, int64_t cols, int64_t K) {
     int64_t r;
-    MB__OMP(parallel for schedule(static) if (rows * cols * K > 65536))
+    MB__OMP(parallel for schedule(static) if (rows * cols * K > MB__OMP_MIN_WORK))
     for (r = 0; r < rows; r++) {
         int64_t j, k;
         for (j = 0; j < cols; j++) {
@@ -2244,13 +2232,13 @@ static void mb__bf_gemm_naive(float *c, int64_t cr, int acc, const float *a, int
     }
 }
 
-MBDEF void mb__matmul_forward_bf16_naive(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC) {
-    mb__bf_gemm_naive(out, OC, 0, inp, ldi, 1, w, 1, IC, N, OC, IC);
+MBDEF void mb__matmul_forward_bf16_ref(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC) {
+    mb__bf_gemm_ref(out, OC, 0, inp, ldi, 1, w, 1, IC, N, OC, IC);
 }
-MBDEF void mb__matmul_backward_bf16_naive(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
-                                          const float *w, int64_t N, int IC, int OC) {
-    if (dinp) mb__bf_gemm_naive(dinp, ldi, 1, dout, OC, 1, w, IC, 1, N, IC, OC);
-    mb__bf_gemm_naive(dw, IC, 1, dout, 1, OC, inp, ldi, 1, OC, IC, N);
+MBDEF void mb__matmul_backward_bf16_ref(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                                        const float *w, int64_t N, int IC, int OC) {
+    if (dinp) mb__bf_gemm_ref(dinp, ldi, 1, dout, OC, 1, w, IC, 1, N, IC, OC);
+    mb__bf_gemm_ref(dw, IC, 1, dout, 1, OC, inp, ldi, 1, OC, IC, N);
 }
 
 /* ---- the kernels ---- */
@@ -2370,7 +2358,7 @@ static void mb__bf_gemm(int path, float *C, int64_t ldc, int tr, int acc, const 
 #if defined(MB__BF16_X86)
     const int amx = path == MB__BF16_AMX, MR = amx ? MB__BF_MRX : MB__BF_MR;
     const int64_t Q = amx ? mb__bf_pair_rows(K) : (K + 1) / 2, nrb = (rows + MR - 1) / MR;
-    MB__OMP(parallel if (rows * cols * K > 65536))
+    MB__OMP(parallel if (rows * cols * K > MB__OMP_MIN_WORK))
     {
         uint32_t ab[MB__BF_MRX * MB__BF_KQ];
         float cb[MB__BF_MRX * MB__BF_NR];
@@ -2436,7 +2424,7 @@ MBDEF void mb__matmul_forward_bf16(int path, float *out, const float *inp, int64
     path = mb__bf_path(path);
     if (path != MB__BF16_NONE) wp = mb__bf_weight(wp, &own, w, IC, OC);
     /* out[n][o] = inp[n][i] . w^T[i][o]: rows n, columns o, k = i (memory short: the reference) */
-    if (path == MB__BF16_NONE || !wp) mb__matmul_forward_bf16_naive(out, inp, ldi, w, N, IC, OC);
+    if (path == MB__BF16_NONE || !wp) mb__matmul_forward_bf16_ref(out, inp, ldi, w, N, IC, OC);
     else mb__bf_gemm(path, out, OC, 0, 0, inp, ldi, NULL, 0, N, wp, mb__bf_round_up(OC, MB__BF_NR), OC, IC);
     MB_FREE(own);
 }
@@ -2451,7 +2439,7 @@ MBDEF void mb__matmul_backward_bf16(int path, float *dinp, float *dw, const floa
         pko = (uint32_t *)MB_MALLOC(mb__bf_pairs_bytes(N, OC) + mb__bf_pairs_bytes(N, IC));
     }
     if (path == MB__BF16_NONE || (dinp && !wp) || !pko) {
-        mb__matmul_backward_bf16_naive(dinp, dw, dout, inp, ldi, w, N, IC, OC);
+        mb__matmul_backward_bf16_ref(dinp, dw, dout, inp, ldi, w, N, IC, OC);
     } else {
         /* dinp[n][i] += dout[n][o] . w[o][i]: rows n, columns i, k = o */
         if (dinp)
@@ -2470,7 +2458,8 @@ MBDEF void mb__matmul_backward_bf16(int path, float *dinp, float *dw, const floa
     MB_FREE(pko);
 }
 
-/* Vectorisable float32 exp, log1p-based softplus and sigmoid: branch-free
+/* ---- vector math ----
+   Vectorisable float32 exp, log1p-based softplus and sigmoid: branch-free
    scalar code that gcc turns into SIMD when called in a loop (libm's expf
    and log1pf are not vectorised without -ffast-math).  Within 3 ulp of the
    C library on the ranges used; NaN in, NaN out. */
@@ -2538,39 +2527,25 @@ MB__INLINE float mb__softplus_v(float x) {
     return mb__pick((x > 20.0f) | (x != x), x, l);
 }
 
-/* 1 / (1 + e^-x), as mb__sigmoid: e^-|x| never overflows. */
+/* 1 / (1 + e^-x) through e^-|x|, which never overflows. */
 MB__INLINE float mb__sigmoid_v(float x) {
     float e = mb__exp(-fabsf(x));
     return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
 }
 
-/* The conv's and the scan's inner loops run over blocks of MB__SCAN_DB = 16
+/* ---- SIMD scan helpers ----
+   The conv's and the scan's inner loops run over blocks of MB__SCAN_DB = 16
    channels, one vector of floats on AVX-512, with the vectorisable mb__exp /
-   mb__softplus_v / mb__sigmoid_v.  The scan backward's fallback path (other
-   chunkings, see mb__scan_backward) runs over the d_state lanes of one
-   channel instead: it precomputes per-(token, channel) values for a block of
-   channels a chunk at a time (MB__SCAN_PRE steps at most) and sums over the
-   state in pairwise trees. */
+   mb__softplus_v / mb__sigmoid_v. */
 #define MB__SCAN_DB 16
-#define MB__SCAN_PRE 32
-#define MB__SCAN_TB 16 /* state lanes whose sums are deferred to after a chunk's steps */
 
-/* v[0] + ... + v[n-1] as a pairwise tree (in place): the same order for a
-   given n on every call. */
-MB__INLINE float mb__tree_sum(float *v, int n) {
+/* The 16 lanes v[0] + ... + v[15] as a pairwise tree (in place). */
+MB__INLINE float mb__tree_sum16(float *v) {
     int k;
-    if (n == 16) { /* the default d_state: constant trip counts vectorise */
-        for (k = 0; k < 8; k++) v[k] += v[k + 8];
-        for (k = 0; k < 4; k++) v[k] += v[k + 4];
-        for (k = 0; k < 2; k++) v[k] += v[k + 2];
-        return v[0] + v[1];
-    }
-    while (n > 1) {
-        int h = n / 2;
-        for (k = 0; k < h; k++) v[k] += v[n - h + k];
-        n -= h;
-    }
-    return v[0];
+    for (k = 0; k < 8; k++) v[k] += v[k + 8];
+    for (k = 0; k < 4; k++) v[k] += v[k + 4];
+    for (k = 0; k < 2; k++) v[k] += v[k + 2];
+    return v[0] + v[1];
 }
 
 /* Copies 16 values of channels d0.. of a row, repeating the last valid one
@@ -2593,11 +2568,48 @@ MB__INLINE const float *mb__scan_row(float *buf, const float *src, int nd) {
     return buf;
 }
 
-/* The backward's pieces in plain C: what the AVX-512 forms below compute,
-   operation for operation (the kernel tests compare them bit for bit),
-   and what builds without AVX-512 run. */
-MB__INLINE void mb__scan_recompute16_plain(float *MB__RESTRICT ht, float *MB__RESTRICT at, const float *hp, const float *A,
-                                     const float *dt, const float *u, const float *Bt, int S) {
+/* The scan's core on 16 channels, split in two so that the batch forward
+   can run the part without a dependence between tokens ahead of the
+   recurrence (the out-of-order core cannot overlap a token's ~500
+   instructions with the next token's by itself):
+     mb__scan_decays16:  a[n] = exp(dt*A[n]),  b[n] = (dt*B[n])*u      any tokens, in any order
+     mb__scan_recur16:   h[n] = a[n]*h[n] + b[n],  y = (0 + C[0]h[0]) + C[1]h[1] + ...   token after token
+   Every forward (batch, prefill, stream step) goes through these two, so
+   their bits agree.  h, A, a, b are S rows of 16 lanes (h and A hs / as
+   floats apart).  On AVX-512 the lanes are one register (y never leaves
+   it), and mb__exp16 gives mb__exp's bits for every float (checked over all
+   2^32 of them): the same operations in the same order, except that it
+   scales by 2^k with vscalefps and skips the clamp, whose lanes it masks
+   (16 instructions where the clamped form took 22).
+   Each piece here has two builds, operation for operation the same (the
+   kernel tests compare them bit for bit where MB__FMA fuses): _portable in
+   plain C, and _avx512 with intrinsics.  A build for AVX-512 (-march=native
+   on such a CPU) calls the _avx512 ones directly; another x86-64 build
+   (make lib PORTABLE=1) compiles them with a target attribute and calls
+   them when the CPU has AVX-512F and FMA (mb__scan_avx512); elsewhere the
+   _portable ones run. */
+MB__INLINE void mb__scan_decays16_portable(float *MB__RESTRICT a, float *MB__RESTRICT b, const float *MB__RESTRICT A, int64_t as,
+                                           const float *dt, const float *u, const float *Bt, int S) {
+    int n, j;
+    for (n = 0; n < S; n++)
+        for (j = 0; j < MB__SCAN_DB; j++) {
+            a[n * MB__SCAN_DB + j] = mb__exp(dt[j] * A[n * as + j]);
+            b[n * MB__SCAN_DB + j] = dt[j] * Bt[n] * u[j];
+        }
+}
+MB__INLINE void mb__scan_recur16_portable(float *MB__RESTRICT h, int64_t hs, const float *MB__RESTRICT a, const float *MB__RESTRICT b,
+                                          const float *Ct, int S, float *y) {
+    int n, j;
+    for (j = 0; j < MB__SCAN_DB; j++) y[j] = 0.0f;
+    for (n = 0; n < S; n++)
+        for (j = 0; j < MB__SCAN_DB; j++) {
+            float v = a[n * MB__SCAN_DB + j] * h[n * hs + j] + b[n * MB__SCAN_DB + j];
+            h[n * hs + j] = v;
+            y[j] += Ct[n] * v;
+        }
+}
+MB__INLINE void mb__scan_recompute16_portable(float *MB__RESTRICT ht, float *MB__RESTRICT at, const float *hp, const float *A,
+                                              const float *dt, const float *u, const float *Bt, int S) {
     int n, j;
     for (n = 0; n < S; n++)
         for (j = 0; j < MB__SCAN_DB; j++) {
@@ -2606,10 +2618,10 @@ MB__INLINE void mb__scan_recompute16_plain(float *MB__RESTRICT ht, float *MB__RE
             ht[n * MB__SCAN_DB + j] = a * hp[n * MB__SCAN_DB + j] + dt[j] * Bt[n] * u[j];
         }
 }
-MB__INLINE void mb__scan_bwd_states16_plain(float *y, float *ddt, float *du, float *MB__RESTRICT pB, float *MB__RESTRICT pC,
-                                      float *MB__RESTRICT gA, float *MB__RESTRICT dh, const float *at, const float *ht,
-                                      const float *hp, const float *A, const float *Bt, const float *Ct, const float *dy,
-                                      const float *dt, const float *u, int S) {
+MB__INLINE void mb__scan_bwd_states16_portable(float *y, float *ddt, float *du, float *MB__RESTRICT pB, float *MB__RESTRICT pC,
+                                               float *MB__RESTRICT gA, float *MB__RESTRICT dh, const float *at, const float *ht,
+                                               const float *hp, const float *A, const float *Bt, const float *Ct, const float *dy,
+                                               const float *dt, const float *u, int S) {
     float acc[2][3][MB__SCAN_DB];
     int n, j;
     for (j = 0; j < MB__SCAN_DB; j++) {
@@ -2636,7 +2648,7 @@ MB__INLINE void mb__scan_bwd_states16_plain(float *y, float *ddt, float *du, flo
         du[j] = acc[0][2][j] + acc[1][2][j];
     }
 }
-MB__INLINE void mb__scan_gather16_plain(float *MB__RESTRICT dst, const float *src, int S, int nd, int neg_exp) {
+MB__INLINE void mb__scan_gather16_portable(float *MB__RESTRICT dst, const float *src, int S, int nd, int neg_exp) {
     int n, j;
     for (n = 0; n < S; n++)
         for (j = 0; j < MB__SCAN_DB; j++) {
@@ -2644,28 +2656,23 @@ MB__INLINE void mb__scan_gather16_plain(float *MB__RESTRICT dst, const float *sr
             dst[n * MB__SCAN_DB + j] = neg_exp ? -mb__exp(v) : v;
         }
 }
-MB__INLINE void mb__scan_scatter16_plain(float *dst, const float *MB__RESTRICT src, int S, int nd) {
+MB__INLINE void mb__scan_scatter16_portable(float *dst, const float *MB__RESTRICT src, int S, int nd) {
     int n, j;
     for (j = 0; j < nd; j++)
         for (n = 0; n < S; n++) dst[j * S + n] = src[n * MB__SCAN_DB + j];
 }
 
-/* The scan's core on 16 channels, split in two so that the batch forward
-   can run the part without a dependence between tokens ahead of the
-   recurrence (the out-of-order core cannot overlap a token's ~500
-   instructions with the next token's by itself):
-     mb__scan_decays16:  a[n] = exp(dt*A[n]),  b[n] = (dt*B[n])*u      any tokens, in any order
-     mb__scan_recur16:   h[n] = a[n]*h[n] + b[n],  y = (0 + C[0]h[0]) + C[1]h[1] + ...   token after token
-   Every forward (batch, prefill, stream step) goes through these two, so
-   their bits agree.  h, A, a, b are S rows of 16 lanes (h and A hs / as
-   floats apart).  On AVX-512 the lanes are one register (y never leaves
-   it), and mb__exp16 gives mb__exp's bits for every float (checked over all
-   2^32 of them): the same operations in the same order, except that it
-   scales by 2^k with vscalefps and skips the clamp, whose lanes it masks
-   (16 instructions where the clamped form took 22). */
 #if defined(__AVX512F__) && defined(__FMA__) && !defined(MB_NO_INTRINSICS)
-#define MB__HAVE_EXP16 1
-MB__INLINE __m512 mb__exp16(__m512 x) {
+#define MB__SCAN_AVX512 1 /* compiled for AVX-512: called directly */
+#define MB__SCAN_AVX512_FN MB__INLINE
+#define MB__SCAN_AVX512_IN MB__INLINE
+#elif defined(MB__BF16_X86)
+#define MB__SCAN_AVX512 2 /* compiled with a target attribute, chosen at run time */
+#define MB__SCAN_AVX512_FN static __attribute__((target("avx512f,fma")))
+#define MB__SCAN_AVX512_IN static inline __attribute__((always_inline, target("avx512f,fma")))
+#endif
+#if defined(MB__SCAN_AVX512)
+MB__SCAN_AVX512_IN __m512 mb__exp16(__m512 x) {
     const __m512 magic = _mm512_set1_ps(12582912.0f);
     __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654475f), _CMP_NLT_UQ); /* not below; NaN is kept */
     __mmask16 above = _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.37626266f), _CMP_GT_OQ);
@@ -2684,8 +2691,8 @@ MB__INLINE __m512 mb__exp16(__m512 x) {
     p = _mm512_maskz_scalef_ps(keep, p, k);
     return _mm512_mask_mov_ps(p, above, _mm512_set1_ps((float)INFINITY));
 }
-MB__INLINE void mb__scan_decays16(float *MB__RESTRICT a, float *MB__RESTRICT b, const float *MB__RESTRICT A, int64_t as,
-                                  const float *dt, const float *u, const float *Bt, int S) {
+MB__SCAN_AVX512_FN void mb__scan_decays16_avx512(float *MB__RESTRICT a, float *MB__RESTRICT b, const float *MB__RESTRICT A, int64_t as,
+                                                 const float *dt, const float *u, const float *Bt, int S) {
     const __m512 vdt = _mm512_loadu_ps(dt), vu = _mm512_loadu_ps(u);
     int n;
     for (n = 0; n < S; n++) {
@@ -2693,8 +2700,8 @@ MB__INLINE void mb__scan_decays16(float *MB__RESTRICT a, float *MB__RESTRICT b, 
         _mm512_storeu_ps(b + n * MB__SCAN_DB, _mm512_mul_ps(_mm512_mul_ps(vdt, _mm512_set1_ps(Bt[n])), vu));
     }
 }
-MB__INLINE void mb__scan_recur16(float *MB__RESTRICT h, int64_t hs, const float *MB__RESTRICT a, const float *MB__RESTRICT b,
-                                 const float *Ct, int S, float *y) {
+MB__SCAN_AVX512_FN void mb__scan_recur16_avx512(float *MB__RESTRICT h, int64_t hs, const float *MB__RESTRICT a, const float *MB__RESTRICT b,
+                                                const float *Ct, int S, float *y) {
     __m512 vy = _mm512_setzero_ps();
     int n;
     for (n = 0; n < S; n++) {
@@ -2708,8 +2715,8 @@ MB__INLINE void mb__scan_recur16(float *MB__RESTRICT h, int64_t hs, const float 
 /* The scan backward's recompute of one token: at[n] = exp(dt*A[n]),
    ht[n] = at[n]*hp[n] + (dt*B[n])*u, rows of 16 lanes, the forward's
    operations (so the forward's h, bit for bit). */
-MB__INLINE void mb__scan_recompute16(float *MB__RESTRICT ht, float *MB__RESTRICT at, const float *hp, const float *A,
-                                     const float *dt, const float *u, const float *Bt, int S) {
+MB__SCAN_AVX512_FN void mb__scan_recompute16_avx512(float *MB__RESTRICT ht, float *MB__RESTRICT at, const float *hp, const float *A,
+                                                    const float *dt, const float *u, const float *Bt, int S) {
     const __m512 vdt = _mm512_loadu_ps(dt), vu = _mm512_loadu_ps(u);
     int n;
     for (n = 0; n < S; n++) {
@@ -2744,10 +2751,10 @@ MB__INLINE void mb__scan_recompute16(float *MB__RESTRICT ht, float *MB__RESTRICT
         _mm512_storeu_ps(gA + o_, _mm512_fmadd_ps(ddn_, ah_, _mm512_loadu_ps(gA + o_))); \
         _mm512_storeu_ps(dh + o_, _mm512_mul_ps(dhn_, a_)); \
     } while (0)
-MB__INLINE void mb__scan_bwd_states16(float *y, float *ddt, float *du, float *MB__RESTRICT pB, float *MB__RESTRICT pC,
-                                      float *MB__RESTRICT gA, float *MB__RESTRICT dh, const float *at, const float *ht,
-                                      const float *hp, const float *A, const float *Bt, const float *Ct, const float *dy,
-                                      const float *dt, const float *u, int S) {
+MB__SCAN_AVX512_FN void mb__scan_bwd_states16_avx512(float *y, float *ddt, float *du, float *MB__RESTRICT pB, float *MB__RESTRICT pC,
+                                                     float *MB__RESTRICT gA, float *MB__RESTRICT dh, const float *at, const float *ht,
+                                                     const float *hp, const float *A, const float *Bt, const float *Ct, const float *dy,
+                                                     const float *dt, const float *u, int S) {
     const __m512 vdy = _mm512_loadu_ps(dy), vdt = _mm512_loadu_ps(dt), vu = _mm512_loadu_ps(u);
     __m512 y0 = _mm512_loadu_ps(y), t0 = _mm512_loadu_ps(ddt), u0 = _mm512_loadu_ps(du);
     __m512 y1 = _mm512_setzero_ps(), t1 = y1, u1 = y1;
@@ -2764,56 +2771,65 @@ MB__INLINE void mb__scan_bwd_states16(float *y, float *ddt, float *du, float *MB
 #undef MB__SCAN_BWD_STATE16
 /* The rows of S values of 16 channels (src[j*S + n], channel j < nd; the
    last one repeated past nd) as S rows of 16 lanes: dst[n*16 + j], or
-   -exp of them (neg_exp: A from A_log).  And back, the nd valid lanes. */
-MB__INLINE __m512i mb__scan_lane_offsets(int S, int nd) {
-    const __m512i j = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    return _mm512_mullo_epi32(_mm512_min_epi32(j, _mm512_set1_epi32(nd - 1)), _mm512_set1_epi32(S));
+   -exp of them (neg_exp: A from A_log).  And back, the nd valid lanes.
+   (No intrinsic with an undefined pass-through here: with target
+   attributes, gcc 12's C++ warns about its self-initialised variable.) */
+MB__SCAN_AVX512_IN __m512i mb__scan_lane_offsets(int S, int nd) {
+    int32_t off[MB__SCAN_DB];
+    int j;
+    for (j = 0; j < MB__SCAN_DB; j++) off[j] = (j < nd ? j : nd - 1) * S;
+    return _mm512_loadu_si512((const void *)off);
 }
-MB__INLINE void mb__scan_gather16(float *MB__RESTRICT dst, const float *src, int S, int nd, int neg_exp) {
+MB__SCAN_AVX512_FN void mb__scan_gather16_avx512(float *MB__RESTRICT dst, const float *src, int S, int nd, int neg_exp) {
     const __m512i off = mb__scan_lane_offsets(S, nd), sign = _mm512_set1_epi32((int)0x80000000u);
     int n;
     for (n = 0; n < S; n++) {
-        __m512 v = _mm512_i32gather_ps(off, src + n, 4);
+        __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), (__mmask16)0xFFFF, off, src + n, 4);
         if (neg_exp) v = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(mb__exp16(v)), sign));
         _mm512_storeu_ps(dst + n * MB__SCAN_DB, v);
     }
 }
-MB__INLINE void mb__scan_scatter16(float *dst, const float *MB__RESTRICT src, int S, int nd) {
+MB__SCAN_AVX512_FN void mb__scan_scatter16_avx512(float *dst, const float *MB__RESTRICT src, int S, int nd) {
     const __m512i off = mb__scan_lane_offsets(S, nd);
     const __mmask16 valid = (__mmask16)((1u << nd) - 1u);
     int n;
     for (n = 0; n < S; n++) _mm512_mask_i32scatter_ps(dst + n, valid, off, _mm512_loadu_ps(src + n * MB__SCAN_DB), 4);
 }
-#else
-MB__INLINE void mb__scan_decays16(float *MB__RESTRICT a, float *MB__RESTRICT b, const float *MB__RESTRICT A, int64_t as,
-                                  const float *dt, const float *u, const float *Bt, int S) {
-    int n, j;
-    for (n = 0; n < S; n++)
-        for (j = 0; j < MB__SCAN_DB; j++) {
-            a[n * MB__SCAN_DB + j] = mb__exp(dt[j] * A[n * as + j]);
-            b[n * MB__SCAN_DB + j] = dt[j] * Bt[n] * u[j];
-        }
-}
-MB__INLINE void mb__scan_recur16(float *MB__RESTRICT h, int64_t hs, const float *MB__RESTRICT a, const float *MB__RESTRICT b,
-                                 const float *Ct, int S, float *y) {
-    int n, j;
-    for (j = 0; j < MB__SCAN_DB; j++) y[j] = 0.0f;
-    for (n = 0; n < S; n++)
-        for (j = 0; j < MB__SCAN_DB; j++) {
-            float v = a[n * MB__SCAN_DB + j] * h[n * hs + j] + b[n * MB__SCAN_DB + j];
-            h[n * hs + j] = v;
-            y[j] += Ct[n] * v;
-        }
-}
-#define mb__scan_recompute16 mb__scan_recompute16_plain
-#define mb__scan_bwd_states16 mb__scan_bwd_states16_plain
-#define mb__scan_gather16 mb__scan_gather16_plain
-#define mb__scan_scatter16 mb__scan_scatter16_plain
 #endif
-/* The per-token values of a tile of tokens are kept for MB__SCAN_ROWS (token, state) rows. */
-#define MB__SCAN_ROWS 256
-
-/* Causal depthwise conv over time of x' (the first Di columns of xz, row
+#if MB__SCAN_AVX512 == 2
+/* Testing: 0 makes mb__scan_avx512() say no from now on (as on a CPU
+   without AVX-512); a process started with MB_TEST_SCAN_AVX512=0 begins so. */
+static int mb__scan_allow_avx512 = -1;
+static int mb__scan_avx512(void) {
+    static int cached = 0; /* 0: not yet; 1: no; 2: yes */
+    int p = __atomic_load_n(&cached, __ATOMIC_ACQUIRE);
+    if (!p) {
+        unsigned int a, b, c, d, c1;
+        const char *env = getenv("MB_TEST_SCAN_AVX512");
+        if (env && mb__scan_allow_avx512 == -1) mb__scan_allow_avx512 = atoi(env);
+        p = 1;
+        if (__get_cpuid(1, &a, &b, &c1, &d) && (c1 >> 27 & 1u) && (c1 >> 12 & 1u) && __get_cpuid_count(7, 0, &a, &b, &c, &d))
+            p = (b >> 16 & 1u) && (mb__xgetbv0() & 0xE6u) == 0xE6u ? 2 : 1; /* AVX512F, FMA and the OS's zmm state */
+        __atomic_store_n(&cached, p, __ATOMIC_RELEASE);
+    }
+    return p == 2 && mb__scan_allow_avx512 != 0;
+}
+#define MB__SCAN_PICK(f) (mb__scan_avx512() ? f##_avx512 : f##_portable)
+#elif MB__SCAN_AVX512 == 1
+#define mb__scan_avx512() 1
+#define MB__SCAN_PICK(f) f##_avx512
+#else
+#define mb__scan_avx512() 0
+#define MB__SCAN_PICK(f) f##_portable
+#endif
+#define mb__scan_decays16 MB__SCAN_PICK(mb__scan_decays16)
+#define mb__scan_recur16 MB__SCAN_PICK(mb__scan_recur16)
+#define mb__scan_recompute16 MB__SCAN_PICK(mb__scan_recompute16)
+#define mb__scan_bwd_states16 MB__SCAN_PICK(mb__scan_bwd_states16)
+#define mb__scan_gather16 MB__SCAN_PICK(mb__scan_gather16)
+#define mb__scan_scatter16 MB__SCAN_PICK(mb__scan_scatter16)
+/* ---- the conv (and, for streaming, one step of the conv and of the scan) ----
+   Causal depthwise conv over time of x' (the first Di columns of xz, row
    stride 2Di), then SiLU.  out is (B,T,Di), w is (Di,K). */
 MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const float *bias,
                               int B, int T, int Di, int K) {
@@ -2965,11 +2981,11 @@ static void mb__scan_step(float *MB__RESTRICT out, float *MB__RESTRICT h, float 
     for (d = 0; d < Di; d++) out[d] = (out[d] + Dp[d] * u[d]) * (z[d] * mb__sigmoid_v(z[d]));
 }
 
-/* ---- the scan, plain: one (sequence, channel) at a time, in the order of
+/* ---- the scan, reference: one (sequence, channel) at a time, in the order of
    the definition below.  Names: dt = softplus(delta + dt_bias), a = exp(dt*A)
    the decay, h the state (S per channel), y = C.h + D*u before the gate. */
-MBDEF void mb__scan_forward_naive(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
-                                  const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R) {
+MBDEF void mb__scan_forward_ref(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
+                                const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R) {
     int64_t X = R + 2 * S, b, t;
     int d, n;
     float h[MB__MAX_STATE];
@@ -2986,15 +3002,15 @@ MBDEF void mb__scan_forward_naive(float *out, const float *u, const float *delta
                     h[n] = mb__exp(dt * A) * h[n] + dt * Bt[n] * ut;
                     y += Ct[n] * h[n];
                 }
-                out[tok * Di + d] = (y + Dp[d] * ut) * mb__silu(z);
+                out[tok * Di + d] = (y + Dp[d] * ut) * (z * mb__sigmoid_v(z));
             }
         }
 }
 
-MBDEF mb_status mb__scan_backward_naive(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
-                                        float *dxz, const float *dout, const float *u, const float *delta,
-                                        const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                                        const float *xz, int B, int T, int Di, int S, int R) {
+MBDEF mb_status mb__scan_backward_ref(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                                      float *dxz, const float *dout, const float *u, const float *delta,
+                                      const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                      const float *xz, int B, int T, int Di, int S, int R) {
     int64_t X = R + 2 * S, b, t;
     int d, n;
     float *hs = (float *)MB_MALLOC(sizeof(float) * (size_t)(T + 1) * (size_t)S); /* h_{t-1} at row t, h_t at row t+1 */
@@ -3019,9 +3035,10 @@ MBDEF mb_status mb__scan_backward_naive(float *du, float *ddelta, float *ddt_bia
                 float *dBt = dxdbl + tok * X + R, *dCt = dBt + S;
                 float x = delta[tok * Di + d] + dt_bias[d], dt = mb__softplus_v(x), ut = u[tok * Di + d];
                 float z = xz[tok * 2 * Di + Di + d], g = dout[tok * Di + d], y = Dp[d] * ut, dy, ddt = 0.0f, dut;
+                float sz = mb__sigmoid_v(z);
                 for (n = 0; n < S; n++) y += Ct[n] * ht[n];
-                dy = g * mb__silu(z);                       /* d out / d y */
-                dxz[tok * 2 * Di + Di + d] += g * mb__silu_grad(z) * y;
+                dy = g * (z * sz);                            /* d out / d y */
+                dxz[tok * 2 * Di + Di + d] += g * (sz * (1.0f + z * (1.0f - sz))) * y; /* silu' */
                 dD[d] += dy * ut;
                 dut = dy * Dp[d];
                 for (n = 0; n < S; n++) {
@@ -3034,7 +3051,7 @@ MBDEF mb_status mb__scan_backward_naive(float *du, float *ddelta, float *ddt_bia
                     dh[n] = dhn * a; /* to h_{t-1} */
                 }
                 du[tok * Di + d] += dut;
-                ddt *= mb__softplus_grad(x);
+                ddt *= mb__sigmoid_v(x); /* softplus' */
                 ddelta[tok * Di + d] = ddt;
                 ddt_bias[d] += ddt;
             }
@@ -3053,6 +3070,7 @@ MBDEF mb_status mb__scan_backward_naive(float *du, float *ddelta, float *ddt_bia
    Only decays exp(dt*A) <= 1 are ever multiplied, so nothing overflows for
    any dt >= 0.  states (B, nchunks, Di, S) keeps h at each chunk start for
    the backward's recomputation: never a (B, T, Di, S) tensor. */
+#define MB__SCAN_ROWS 256 /* (token, state) rows of a tile of tokens whose per-token values are kept */
 MBDEF void mb__scan_forward(float *out, float *states, const float *u, const float *delta, const float *dt_bias,
                             const float *A_log, const float *xdbl, const float *Dp, const float *xz,
                             int B, int T, int Di, int S, int R, int chunk) {
@@ -3116,244 +3134,173 @@ MBDEF void mb__scan_forward_from(float *out, float *states, float *h0, const flo
     }
 }
 
-/* The scan backward of one sequence with 16 channels per vector: chunks
-   from the last, and in each chunk every block of channels, so that the
-   sums over channels (dB, dC) collect in per-chunk lane partials pB, pC and
-   only those are summed across lanes.  Needs S <= MB__SCAN_FAST_S,
-   chunk*S <= MB__SCAN_FAST and, with several chunks, chunk >= S: the dh
-   carried from one chunk to the one before it waits in that chunk's first
-   S rows of ddelta, which are written only later.  The sums over the state
-   run in two accumulators, even and odd states, each in state order
-   (mb__scan_bwd_states16); the per-channel parameter sums in (chunk, step)
-   order as in the one-channel path. */
-#define MB__SCAN_FAST 512  /* chunk * S: the (step, state) rows of a chunk kept for 16 channels */
-#define MB__SCAN_FAST_S 32 /* d_state */
-static void mb__scan_bwd_blocks(float *du, float *ddelta, float *dxdbl, float *dxz, float *gA, float *gD, float *gbias,
-                                const float *dout, const float *states, const float *u, const float *delta,
-                                const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                                const float *xz, int64_t b, int T, int Di, int S, int R, int chunk) {
-    const int DB = MB__SCAN_DB;
-    int64_t nchunks = (T + chunk - 1) / chunk, X = R + 2 * S, c;
-    float hbuf[MB__SCAN_FAST][MB__SCAN_DB], abuf[MB__SCAN_FAST][MB__SCAN_DB], dtbuf[MB__SCAN_FAST][MB__SCAN_DB];
-    float pB[MB__SCAN_FAST][MB__SCAN_DB], pC[MB__SCAN_FAST][MB__SCAN_DB];
-    float dh[MB__SCAN_FAST_S][MB__SCAN_DB], A[MB__SCAN_FAST_S][MB__SCAN_DB], h0[MB__SCAN_FAST_S][MB__SCAN_DB];
-    float gAb[MB__SCAN_FAST_S][MB__SCAN_DB];
-    float bias[MB__SCAN_DB], Dv[MB__SCAN_DB], gDb[MB__SCAN_DB], gbb[MB__SCAN_DB];
-    for (c = nchunks - 1; c >= 0; c--) {
-        int64_t t0 = c * chunk, t1 = t0 + chunk < T ? t0 + chunk : T, d0;
-        int len = (int)(t1 - t0), k, n, j;
-        memset(pB, 0, sizeof(float) * (size_t)(len * S * DB));
-        memset(pC, 0, sizeof(float) * (size_t)(len * S * DB));
-        for (d0 = 0; d0 < Di; d0 += DB) {
-            int nd = (int)(Di - d0 < DB ? Di - d0 : DB);
-            mb__scan_load(bias, dt_bias + d0, nd);
-            mb__scan_load(Dv, Dp + d0, nd);
-            mb__scan_gather16(A[0], A_log + d0 * S, S, nd, 1); /* A = -exp(A_log) */
-            mb__scan_gather16(h0[0], states + ((b * nchunks + c) * Di + d0) * S, S, nd, 0);
-            mb__scan_gather16(gAb[0], gA + d0 * S, S, nd, 0);
-            for (n = 0; n < S; n++) /* dh from the chunk after this one, parked in our first rows of ddelta */
-                for (j = 0; j < DB; j++) dh[n][j] = c == nchunks - 1 || j >= nd ? 0.0f : ddelta[(b * T + t0 + n) * Di + d0 + j];
-            for (j = 0; j < DB; j++) {
-                gDb[j] = gD[d0 + (j < nd ? j : nd - 1)];
-                gbb[j] = gbias[d0 + (j < nd ? j : nd - 1)];
-            }
-            /* recompute h (and the decays) inside the chunk from its saved start */
-            for (k = 0; k < len; k++) {
-                int64_t tok = b * T + t0 + k;
-                const float *Bt = xdbl + tok * X + R;
-                float dc[MB__SCAN_DB], uc[MB__SCAN_DB], *dt = dtbuf[k]; /* dt kept for the reverse sweep */
-                const float *ds = mb__scan_row(dc, delta + tok * Di + d0, nd), *ut = mb__scan_row(uc, u + tok * Di + d0, nd);
-                for (j = 0; j < DB; j++) dt[j] = mb__softplus_v(ds[j] + bias[j]);
-                mb__scan_recompute16(hbuf[k * S], abuf[k * S], k > 0 ? hbuf[(k - 1) * S] : h0[0], A[0], dt, ut, Bt, S);
-            }
-            for (k = len - 1; k >= 0; k--) {
-                int64_t tok = b * T + t0 + k;
-                const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
-                float sg[MB__SCAN_DB], dc[MB__SCAN_DB], uc[MB__SCAN_DB], zc[MB__SCAN_DB], gc[MB__SCAN_DB], gs[MB__SCAN_DB];
-                float dy[MB__SCAN_DB], y[MB__SCAN_DB], ddt[MB__SCAN_DB], dut[MB__SCAN_DB];
-                float *dxzt = dxz + tok * 2 * Di + Di + d0, *dut_o = du + tok * Di + d0, *ddt_o = ddelta + tok * Di + d0;
-                const float *dt = dtbuf[k], *ds = mb__scan_row(dc, delta + tok * Di + d0, nd);
-                const float *ut = mb__scan_row(uc, u + tok * Di + d0, nd), *zt = mb__scan_row(zc, xz + tok * 2 * Di + Di + d0, nd);
-                const float *g = mb__scan_row(gc, dout + tok * Di + d0, nd);
-                for (j = nd; j < DB; j++) gc[j] = 0.0f; /* lanes past Di add nothing to dB, dC */
-                for (j = 0; j < DB; j++) {
-                    float x = ds[j] + bias[j], sz = mb__sigmoid_v(zt[j]);
-                    sg[j] = mb__sigmoid_v(x); /* softplus'(x) */
-                    dy[j] = g[j] * (zt[j] * sz);
-                    gs[j] = g[j] * (sz * (1.0f + zt[j] * (1.0f - sz))); /* g * silu'(z) */
-                    y[j] = Dv[j] * ut[j];
-                    ddt[j] = 0.0f;
-                    dut[j] = dy[j] * Dv[j];
-                }
-                mb__scan_bwd_states16(y, ddt, dut, pB[k * S], pC[k * S], gAb[0], dh[0], abuf[k * S], hbuf[k * S],
-                                      k > 0 ? hbuf[(k - 1) * S] : h0[0], A[0], Bt, Ct, dy, dt, ut, S);
-                for (j = 0; j < DB; j++) {
-                    gDb[j] += dy[j] * ut[j];
-                    ddt[j] *= sg[j];
-                    gbb[j] += ddt[j];
-                    y[j] *= gs[j];
-                }
-                if (nd == DB) {
-                    for (j = 0; j < DB; j++) { dxzt[j] += y[j]; dut_o[j] += dut[j]; ddt_o[j] = ddt[j]; }
-                } else {
-                    for (j = 0; j < nd; j++) { dxzt[j] += y[j]; dut_o[j] += dut[j]; ddt_o[j] = ddt[j]; }
-                }
-            }
-            for (j = 0; j < nd; j++) {
-                gD[d0 + j] = gDb[j];
-                gbias[d0 + j] = gbb[j];
-            }
-            mb__scan_scatter16(gA + d0 * S, gAb[0], S, nd);
-            if (c > 0)
-                for (n = 0; n < S; n++)
-                    for (j = 0; j < nd; j++) ddelta[(b * T + t0 - chunk + n) * Di + d0 + j] = dh[n][j];
-        }
-        for (k = 0; k < len; k++) { /* the chunk's dB and dC: the lane partials, summed */
-            float *dBt = dxdbl + (b * T + t0 + k) * X + R;
-            for (n = 0; n < S; n++) {
-                dBt[n] += mb__tree_sum(pB[k * S + n], DB);
-                dBt[S + n] += mb__tree_sum(pC[k * S + n], DB);
-            }
-        }
-    }
+/* The scan backward's operands (as CUDA's scan_ctx), shared by its pieces. */
+typedef struct {
+    float *du, *ddelta, *dxdbl, *dxz, *scratch;
+    const float *dout, *states, *u, *delta, *dt_bias, *A_log, *xdbl, *Dp, *xz;
+    int T, Di, S, R, X, chunk, nch;
+    int L, park, keep; /* steps of a tile; dh parked in ddelta; tile starts kept: every keep-th of a chunk (0: none) */
+} mb__scan_ctx;
+
+/* One thread's rows of 16 lanes: a tile's (step, state) rows, its dt, and
+   one block's state rows.  The tile arrays are 4 rows longer: 256 bytes
+   apart modulo 4 KB, the loads of one do not wait on stores to another
+   (measured: 3-5 % of the backward). */
+#define MB__SCAN_FAST 512 /* (step, state) rows of a tile: tiles of chunk steps, or MB__SCAN_FAST / S of a longer chunk */
+#define MB__SCAN_ROWS_PAD (MB__SCAN_FAST + 4)
+typedef struct {
+    float h[MB__SCAN_ROWS_PAD][MB__SCAN_DB], a[MB__SCAN_ROWS_PAD][MB__SCAN_DB], dt[MB__SCAN_ROWS_PAD][MB__SCAN_DB];
+    float pB[MB__SCAN_ROWS_PAD][MB__SCAN_DB], pC[MB__SCAN_ROWS_PAD][MB__SCAN_DB];
+    float st[4 * MB__MAX_STATE][MB__SCAN_DB]; /* dh, A, h0, the A_log sums: S rows each, side by side */
+} mb__scan_bwd_buf;
+
+/* One step of the backward's recompute for the 16 channels from d0: dt =
+   softplus(delta + dt_bias), and h, a from hp (mb__scan_recompute16). */
+MB__INLINE void mb__scan_bwd_recompute(const mb__scan_ctx *k, int64_t tok, int64_t d0, int nd, const float *bias, float *dt,
+                                       float *ht, float *at, const float *hp, const float *A) {
+    float dc[MB__SCAN_DB], uc[MB__SCAN_DB];
+    const float *ds = mb__scan_row(dc, k->delta + tok * k->Di + d0, nd), *ut = mb__scan_row(uc, k->u + tok * k->Di + d0, nd);
+    int j;
+    for (j = 0; j < MB__SCAN_DB; j++) dt[j] = mb__softplus_v(ds[j] + bias[j]);
+    mb__scan_recompute16(ht, at, hp, A, dt, ut, k->xdbl + tok * k->X + k->R, k->S);
 }
 
-/* One backward step of one channel over its S state lanes: the three
-   per-lane terms of y, dt and u (summed by the caller), and the lane-wise
-   updates of dC, dB, the A_log sums and dh. */
-MB__INLINE void mb__scan_bwd_step(float *MB__RESTRICT ty, float *MB__RESTRICT tdt, float *MB__RESTRICT tu,
-                                  float *MB__RESTRICT dC, float *MB__RESTRICT dB, float *MB__RESTRICT gA,
-                                  float *MB__RESTRICT dh, const float *MB__RESTRICT A, const float *MB__RESTRICT at,
-                                  const float *MB__RESTRICT ht, const float *MB__RESTRICT hp, const float *MB__RESTRICT Bt,
-                                  const float *MB__RESTRICT Ct, float dy, float dt, float ut, int S) {
-    int n;
-    for (n = 0; n < S; n++) { /* the 16-channel path's operations (mb__scan_bwd_blocks) */
-        float a = at[n], dhn = MB__FMA(dy, Ct[n], dh[n]), ah = A[n] * a * hp[n], ddn = dhn * dt;
-        ty[n] = Ct[n] * ht[n];
-        tdt[n] = dhn * MB__FMA(Bt[n], ut, ah);
-        tu[n] = ddn * Bt[n];
-        dC[n] = MB__FMA(dy, ht[n], dC[n]);
-        gA[n] = MB__FMA(ddn, ah, gA[n]); /* dA_log = dA * A */
-        dB[n] = MB__FMA(ddn, ut, dB[n]);
-        dh[n] = dhn * a;
+/* One tile of the backward, steps t0..t0+len-1 of sequence b, for the 16
+   channels from d0: h recomputed inside the tile from its chunk's saved
+   start (stepped on through the chunk's earlier steps when the tile starts
+   later), then the reverse sweep.  dB, dC collect in lane partials w->pB,
+   w->pC (summed by the caller); the per-channel parameter sums go on in
+   (tile, step) order.  dh: the adjoint of h after the tile on entry, before
+   it on exit; with park it waits between tiles in the S rows of ddelta
+   before the tile (written only later), else it stays in w.  Without
+   park, a chunk's last tile keeps the starts of every keep-th earlier
+   tile of the chunk (in the dt rows past its own) for them to step on from. */
+static void mb__scan_bwd_tile(const mb__scan_ctx *k, mb__scan_bwd_buf *w, int64_t b, int64_t t0, int len, int64_t d0) {
+    const int DB = MB__SCAN_DB, S = k->S, Di = k->Di, nd = (int)(Di - d0 < DB ? Di - d0 : DB), park = k->park;
+    const int64_t T = k->T, X = k->X, c = t0 / k->chunk, tc = c * k->chunk, t1 = t0 + len, span = (int64_t)k->keep * k->L;
+    const int last = t1 == (tc + k->chunk < T ? tc + k->chunk : T); /* the chunk's last tile, its first done */
+    const int64_t ts = span && !last ? tc + (t0 - tc) / span * span : tc; /* h known at ts */
+    const int cont = !park && t1 < T; /* after this block's previous tile: A, dh and the A_log sums are in w */
+    float (*ck)[MB__SCAN_DB] = w->dt + k->L;
+    float *gA = k->scratch + b * ((int64_t)Di * S + 2 * Di), *gD = gA + (int64_t)Di * S, *gbias = gD + Di;
+    float (*dh)[MB__SCAN_DB] = w->st, (*A)[MB__SCAN_DB] = dh + S, (*h0)[MB__SCAN_DB] = A + S, (*gAb)[MB__SCAN_DB] = h0 + S;
+    float bias[MB__SCAN_DB], Dv[MB__SCAN_DB], gDb[MB__SCAN_DB], gbb[MB__SCAN_DB];
+    int64_t t;
+    int i, n, j;
+    mb__scan_load(bias, k->dt_bias + d0, nd);
+    mb__scan_load(Dv, k->Dp + d0, nd);
+    if (!cont) mb__scan_gather16(A[0], k->A_log + d0 * S, S, nd, 1); /* A = -exp(A_log) */
+    if (!cont) mb__scan_gather16(gAb[0], gA + d0 * S, S, nd, 0);
+    if (ts > tc) memcpy(h0, ck[(ts - tc) / span * S - S], sizeof(float) * (size_t)(S * DB));
+    else mb__scan_gather16(h0[0], k->states + ((b * k->nch + c) * Di + d0) * S, S, nd, 0);
+    if (t1 == T || park)
+        for (n = 0; n < S; n++)
+            for (j = 0; j < DB; j++) dh[n][j] = t1 == T || j >= nd ? 0.0f : k->ddelta[(b * T + t1 - S + n) * Di + d0 + j];
+    for (j = 0; j < DB; j++) {
+        gDb[j] = gD[d0 + (j < nd ? j : nd - 1)];
+        gbb[j] = gbias[d0 + (j < nd ? j : nd - 1)];
     }
+    for (t = ts; t < t0; t++) { /* before the tile: its start moves on (kept on the way by a chunk's last tile) */
+        if (span && last && t > tc && (t - tc) % span == 0)
+            memcpy(ck[(t - tc) / span * S - S], h0, sizeof(float) * (size_t)(S * DB));
+        mb__scan_bwd_recompute(k, b * T + t, d0, nd, bias, w->dt[0], w->h[0], w->a[0], h0[0], A[0]);
+        memcpy(h0, w->h, sizeof(float) * (size_t)(S * DB));
+    }
+    for (i = 0; i < len; i++) /* h (and the decays) inside the tile; dt kept for the sweep */
+        mb__scan_bwd_recompute(k, b * T + t0 + i, d0, nd, bias, w->dt[i], w->h[i * S], w->a[i * S],
+                               i > 0 ? w->h[(i - 1) * S] : h0[0], A[0]);
+    for (i = len - 1; i >= 0; i--) {
+        int64_t tok = b * T + t0 + i;
+        const float *Bt = k->xdbl + tok * X + k->R, *Ct = Bt + S;
+        float sg[MB__SCAN_DB], dc[MB__SCAN_DB], uc[MB__SCAN_DB], zc[MB__SCAN_DB], gc[MB__SCAN_DB], gs[MB__SCAN_DB];
+        float dy[MB__SCAN_DB], y[MB__SCAN_DB], ddt[MB__SCAN_DB], dut[MB__SCAN_DB];
+        float *dxzt = k->dxz + tok * 2 * Di + Di + d0, *dut_o = k->du + tok * Di + d0, *ddt_o = k->ddelta + tok * Di + d0;
+        const float *dt = w->dt[i], *ds = mb__scan_row(dc, k->delta + tok * Di + d0, nd);
+        const float *ut = mb__scan_row(uc, k->u + tok * Di + d0, nd), *zt = mb__scan_row(zc, k->xz + tok * 2 * Di + Di + d0, nd);
+        const float *g = mb__scan_row(gc, k->dout + tok * Di + d0, nd);
+        for (j = nd; j < DB; j++) gc[j] = 0.0f; /* lanes past Di add nothing to dB, dC */
+        for (j = 0; j < DB; j++) {
+            float x = ds[j] + bias[j], sz = mb__sigmoid_v(zt[j]);
+            sg[j] = mb__sigmoid_v(x); /* softplus'(x) */
+            dy[j] = g[j] * (zt[j] * sz);
+            gs[j] = g[j] * (sz * (1.0f + zt[j] * (1.0f - sz))); /* g * silu'(z) */
+            y[j] = Dv[j] * ut[j];
+            ddt[j] = 0.0f;
+            dut[j] = dy[j] * Dv[j];
+        }
+        mb__scan_bwd_states16(y, ddt, dut, w->pB[i * S], w->pC[i * S], gAb[0], dh[0], w->a[i * S], w->h[i * S],
+                              i > 0 ? w->h[(i - 1) * S] : h0[0], A[0], Bt, Ct, dy, dt, ut, S);
+        for (j = 0; j < DB; j++) {
+            gDb[j] += dy[j] * ut[j];
+            ddt[j] *= sg[j];
+            gbb[j] += ddt[j];
+            y[j] *= gs[j];
+        }
+        if (nd == DB) {
+            for (j = 0; j < DB; j++) { dxzt[j] += y[j]; dut_o[j] += dut[j]; ddt_o[j] = ddt[j]; }
+        } else {
+            for (j = 0; j < nd; j++) { dxzt[j] += y[j]; dut_o[j] += dut[j]; ddt_o[j] = ddt[j]; }
+        }
+    }
+    for (j = 0; j < nd; j++) {
+        gD[d0 + j] = gDb[j];
+        gbias[d0 + j] = gbb[j];
+    }
+    if (park || t0 == 0) mb__scan_scatter16(gA + d0 * S, gAb[0], S, nd);
+    if (park && t0 > 0)
+        for (n = 0; n < S; n++)
+            for (j = 0; j < nd; j++) k->ddelta[(b * T + t0 - S + n) * Di + d0 + j] = dh[n][j];
+}
+
+/* The backward of one sequence: tiles from the last, and in each tile every
+   block of 16 channels, so that the sums over channels (dB, dC) collect in
+   the tile's lane partials and only those are summed across lanes.  That
+   order needs dh parked in ddelta, so every tile but the first must start
+   S or more steps in; otherwise (a tile shorter than S) each block runs
+   through all the tiles in turn, its dh kept, and its own lane sums go to
+   dB, dC (another order of the sum over channels). */
+static void mb__scan_bwd_seq(const mb__scan_ctx *k, int64_t b) {
+    const int DB = MB__SCAN_DB, S = k->S, L = k->L;
+    const int64_t ndb = (k->Di + DB - 1) / DB, T = k->T, nb = k->park ? ndb : 1; /* blocks per pass over the tiles */
+    mb__scan_bwd_buf w;
+    int64_t g, t0, t1, blk, c;
+    int i, n;
+    for (g = 0; g < ndb; g += nb)
+        for (t1 = T; t1 > 0; t1 = t0) {
+            int len;
+            c = (t1 - 1) / k->chunk;
+            t0 = c * k->chunk + (t1 - 1 - c * k->chunk) / L * L;
+            len = (int)(t1 - t0);
+            memset(w.pB, 0, sizeof(float) * (size_t)(len * S * DB));
+            memset(w.pC, 0, sizeof(float) * (size_t)(len * S * DB));
+            for (blk = g; blk < g + nb; blk++) mb__scan_bwd_tile(k, &w, b, t0, len, blk * DB);
+            for (i = 0; i < len; i++) { /* the tile's dB and dC: the lane partials, summed */
+                float *dBt = k->dxdbl + (b * T + t0 + i) * k->X + k->R;
+                for (n = 0; n < S; n++) {
+                    dBt[n] += mb__tree_sum16(w.pB[i * S + n]);
+                    dBt[S + n] += mb__tree_sum16(w.pC[i * S + n]);
+                }
+            }
+        }
 }
 
 MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
                              float *dxz, float *scratch, const float *dout, const float *states, const float *u,
                              const float *delta, const float *dt_bias, const float *A_log, const float *xdbl,
                              const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk) {
-    const int DB = MB__SCAN_DB;
-    int64_t b, nchunks = (T + chunk - 1) / chunk, X = R + 2 * S, per_b = (int64_t)Di * S + 2 * Di;
+    const int L = chunk * S <= MB__SCAN_FAST ? chunk : MB__SCAN_FAST / S, park = T <= L || L >= S;
+    const int more = (chunk + L - 1) / L - 1, slots = (MB__SCAN_FAST - L) / S; /* earlier tiles of a chunk; starts that fit */
+    const mb__scan_ctx k = {du, ddelta, dxdbl, dxz, scratch, dout, states, u, delta, dt_bias, A_log, xdbl, Dp, xz,
+                            T, Di, S, R, R + 2 * S, chunk, (T + chunk - 1) / chunk,
+                            L, park, park || !more || !slots ? 0 : (more + slots - 1) / slots};
+    int64_t b, per_b = (int64_t)Di * S + 2 * Di;
     /* parallel over sequences; within one, channels in order, so dB and dC
        (summed over channels) are owned by one thread; the parameter sums go
-       to per-sequence scratch and are added in sequence order below.  Short
-       chunks (chunk < S) or long ones (chunk * S > MB__SCAN_FAST) take the
-       one-channel-at-a-time path below. */
-    int fast = S <= MB__SCAN_FAST_S && (int64_t)chunk * S <= MB__SCAN_FAST && (nchunks == 1 || chunk >= S);
+       to per-sequence scratch and are added in sequence order below */
     MB__OMP(parallel for schedule(static))
     for (b = 0; b < B; b++) {
-        float *gA = scratch + b * per_b, *gD = gA + (int64_t)Di * S, *gbias = gD + Di;
-        float hbuf[MB__SCAN_HBUF], abuf[MB__SCAN_HBUF], terms[3 * MB__MAX_STATE], tb[MB__SCAN_PRE][3][MB__SCAN_TB];
-        float dh[MB__SCAN_DB][MB__MAX_STATE], A[MB__MAX_STATE];
-        /* per (step, channel) of a chunk: dt, softplus'(x), u, g*silu(z), g*silu'(z) */
-        float pdt[MB__SCAN_PRE][MB__SCAN_DB], psg[MB__SCAN_PRE][MB__SCAN_DB], put[MB__SCAN_PRE][MB__SCAN_DB];
-        float pdy[MB__SCAN_PRE][MB__SCAN_DB], pgs[MB__SCAN_PRE][MB__SCAN_DB];
-        int64_t d0;
-        memset(gA, 0, (size_t)per_b * sizeof(float));
-        if (fast) { /* the usual case: 16 channels per vector */
-            mb__scan_bwd_blocks(du, ddelta, dxdbl, dxz, gA, gD, gbias, dout, states, u, delta, dt_bias, A_log, xdbl, Dp, xz,
-                                b, T, Di, S, R, chunk);
-            continue;
-        }
-        for (d0 = 0; d0 < Di; d0 += DB) {
-            int nd = (int)(Di - d0 < DB ? Di - d0 : DB), j, n;
-            int64_t c;
-            for (j = 0; j < nd; j++)
-                for (n = 0; n < S; n++) dh[j][n] = 0.0f;
-            for (c = nchunks - 1; c >= 0; c--) {
-                int64_t t0 = c * chunk, t1 = t0 + chunk < T ? t0 + chunk : T, t;
-                int pre = t1 - t0 <= MB__SCAN_PRE, defer = pre && S <= MB__SCAN_TB, ts = defer ? MB__SCAN_TB : MB__MAX_STATE;
-                if (pre) /* the per-(step, channel) values of this chunk, 16 channels at a time */
-                    for (t = t0; t < t1; t++) {
-                        int64_t tok = b * T + t, k = t - t0;
-                        float xv[MB__SCAN_DB], bias[MB__SCAN_DB], zv[MB__SCAN_DB], gv[MB__SCAN_DB];
-                        mb__scan_load(xv, delta + tok * Di + d0, nd);
-                        mb__scan_load(bias, dt_bias + d0, nd);
-                        mb__scan_load(put[k], u + tok * Di + d0, nd);
-                        mb__scan_load(zv, xz + tok * 2 * Di + Di + d0, nd);
-                        mb__scan_load(gv, dout + tok * Di + d0, nd);
-                        for (j = 0; j < DB; j++) {
-                            float x = xv[j] + bias[j], sz = mb__sigmoid_v(zv[j]);
-                            pdt[k][j] = mb__softplus_v(x);
-                            psg[k][j] = mb__sigmoid_v(x);
-                            pdy[k][j] = gv[j] * (zv[j] * sz);
-                            pgs[k][j] = gv[j] * (sz * (1.0f + zv[j] * (1.0f - sz)));
-                        }
-                    }
-                for (j = 0; j < nd; j++) {
-                    int64_t d = d0 + j;
-                    const float *h0 = states + ((b * nchunks + c) * Di + d) * S;
-                    float *dhj = dh[j], *gAd = gA + d * S;
-                    for (n = 0; n < S; n++) A[n] = -mb__exp(A_log[d * S + n]);
-                    /* recompute h_t (and the decays) inside the chunk from its saved start */
-                    for (t = t0; t < t1; t++) {
-                        int64_t tok = b * T + t, k = t - t0;
-                        const float *Bt = xdbl + tok * X + R, *hp = t == t0 ? h0 : hbuf + (k - 1) * S;
-                        float dt, ut, *ht = hbuf + k * S, *at = abuf + k * S;
-                        if (pre) {
-                            dt = pdt[k][j];
-                            ut = put[k][j];
-                        } else {
-                            dt = mb__softplus_v(delta[tok * Di + d] + dt_bias[d]);
-                            ut = u[tok * Di + d];
-                        }
-                        for (n = 0; n < S; n++) {
-                            float a = mb__exp(dt * A[n]);
-                            at[n] = a;
-                            ht[n] = a * hp[n] + dt * Bt[n] * ut;
-                        }
-                    }
-                    for (t = t1 - 1; t >= t0; t--) {
-                        int64_t tok = b * T + t, k = t - t0;
-                        const float *Bt = xdbl + tok * X + R, *Ct = Bt + S;
-                        const float *ht = hbuf + k * S, *at = abuf + k * S, *hp = t == t0 ? h0 : hbuf + (k - 1) * S;
-                        float *dBt = dxdbl + tok * X + R, *dCt = dBt + S, *tk = defer ? tb[k][0] : terms;
-                        float dt, sg, ut, dy, gs, y, ddt, dut;
-                        if (pre) {
-                            dt = pdt[k][j]; sg = psg[k][j]; ut = put[k][j]; dy = pdy[k][j]; gs = pgs[k][j];
-                        } else {
-                            /* a long chunk: the same values one at a time (dt as in the forward) */
-                            float x = delta[tok * Di + d] + dt_bias[d], z = xz[tok * 2 * Di + Di + d], g = dout[tok * Di + d];
-                            dt = mb__softplus_v(x); sg = mb__softplus_grad(x); ut = u[tok * Di + d];
-                            dy = g * mb__silu(z); gs = g * mb__silu_grad(z);
-                        }
-                        mb__scan_bwd_step(tk, tk + ts, tk + 2 * ts, dCt, dBt, gAd, dhj, A, at, ht, hp, Bt, Ct, dy, dt, ut, S);
-                        gD[d] += dy * ut;
-                        if (defer) continue;
-                        y = Dp[d] * ut + mb__tree_sum(tk, S);
-                        ddt = mb__tree_sum(tk + ts, S);
-                        dut = dy * Dp[d] + mb__tree_sum(tk + 2 * ts, S);
-                        dxz[tok * 2 * Di + Di + d] += gs * y;
-                        du[tok * Di + d] += dut;
-                        ddt *= sg;
-                        ddelta[tok * Di + d] = ddt;
-                        gbias[d] += ddt;
-                    }
-                    if (defer) /* the sums over the state, off the dh recurrence's path */
-                        for (t = t1 - 1; t >= t0; t--) {
-                            int64_t tok = b * T + t, k = t - t0;
-                            float y = Dp[d] * put[k][j] + mb__tree_sum(tb[k][0], S);
-                            float ddt = mb__tree_sum(tb[k][1], S), dut = pdy[k][j] * Dp[d] + mb__tree_sum(tb[k][2], S);
-                            dxz[tok * 2 * Di + Di + d] += pgs[k][j] * y;
-                            du[tok * Di + d] += dut;
-                            ddt *= psg[k][j];
-                            ddelta[tok * Di + d] = ddt;
-                            gbias[d] += ddt;
-                        }
-                }
-            }
-        }
+        memset(scratch + b * per_b, 0, (size_t)per_b * sizeof(float));
+        mb__scan_bwd_seq(&k, b);
     }
     for (b = 0; b < B; b++) {
         const float *gA = scratch + b * per_b, *gD = gA + (int64_t)Di * S, *gbias = gD + Di;
@@ -3624,7 +3571,7 @@ static mb_status mb__ensure_acts(mb_model *m, int B, int T) {
 /* x (N,C) += y (N,C) */
 static void mb__residual_add(float *x, const float *y, int64_t n) {
     int64_t i;
-    MB__OMP(parallel for schedule(static) if (n > 65536))
+    MB__OMP(parallel for schedule(static) if (n > MB__OMP_MIN_WORK))
     for (i = 0; i < n; i++) x[i] += y[i];
 }
 
@@ -3882,7 +3829,7 @@ static void mb__matmul_packed(float *out, const float *inp, int64_t ldi, const f
         for (t = 0; t < N; t++) mb__matvec_packed(out + t * OC, inp + t * ldi, wp, IC, OC);
         return;
     }
-    MB__OMP(parallel for schedule(static) if (N * IC * OC > 65536))
+    MB__OMP(parallel for schedule(static) if (N * IC * OC > MB__OMP_MIN_WORK))
     for (t = 0; t < (int64_t)np * nmb; t++) {
         int o0 = (int)(t / nmb) * NR;
         mb__mm_fwd_tile(out, inp, ldi, wp + (int64_t)o0 * IC, N, IC, OC, (t % nmb) * MR, o0);
@@ -5057,7 +5004,7 @@ MBDEF void mb_adamw_update(mb_model *m, float *adam_m, float *adam_v, int64_t t,
         const float decay = ti->weight_decay ? (float)(1.0 - lr * weight_decay) : 1.0f;
         float *p = m->params + ti->offset, *g = m->grads + ti->offset, *mm = adam_m + ti->offset, *vv = adam_v + ti->offset;
         int64_t j;
-        MB__OMP(parallel for schedule(static) if (ti->numel > 65536))
+        MB__OMP(parallel for schedule(static) if (ti->numel > MB__OMP_MIN_WORK))
         for (j = 0; j < ti->numel; j++) {
             float gj = g[j], denom;
             p[j] *= decay;
@@ -5227,8 +5174,8 @@ static mb_status mb__eval_prefix(const uint8_t *text, int64_t len, int64_t max_c
 #if defined(__GNUC__)
 __attribute__((unused))
 #endif
-static mb_status mb__eval_text_stepwise(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
-                                        mb_eval_result *r, mb_progress_fn progress, void *user) {
+static mb_status mb__eval_text_ref(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
+                                   mb_eval_result *r, mb_progress_fn progress, void *user) {
     mb_stream *s;
     const float *logits;
     int64_t end = 0, nchars = 0, pos = 0, c;

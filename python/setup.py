@@ -1,4 +1,5 @@
-"""Builds the C library (`make lib` in the repository root) and puts it
+"""Builds the C library (`make lib PORTABLE=1` in the repository root: for
+any x86-64 CPU, its AVX-512 and bf16 kernels picked at run time) and puts it
 inside the package, so an installed mambabyte finds it next to itself.
 The metadata is in pyproject.toml."""
 import os
@@ -17,13 +18,14 @@ class BuildWithLibrary(build_py):
     def run(self):
         super().run()
         if os.path.exists(os.path.join(ROOT, "mambabyte.h")) and shutil.which("make"):
-            subprocess.run(["make", "-C", ROOT, "lib"], check=True)
+            subprocess.run(["make", "-C", ROOT, "lib", "PORTABLE=1"], check=True)
+        built = os.path.join(ROOT, "build", "portable")
         dest = os.path.join(self.build_lib, "mambabyte")
-        found = [n for n in NAMES if os.path.exists(os.path.join(ROOT, n))]
+        found = [n for n in NAMES if os.path.exists(os.path.join(built, n))]
         if not found:
-            raise RuntimeError("libmambabyte.so is not built: run `make lib` in %s" % ROOT)
+            raise RuntimeError("libmambabyte.so is not built: run `make lib PORTABLE=1` in %s" % ROOT)
         for n in found:
-            shutil.copy2(os.path.join(ROOT, n), os.path.join(dest, n))
+            shutil.copy2(os.path.join(built, n), os.path.join(dest, n))
 
 
 setup(cmdclass={"build_py": BuildWithLibrary})

@@ -177,7 +177,7 @@ static void bt_products_case(const bt_shape *sh, int path, double *amx_worst) {
     f32[0] = out_32; f32[1] = dx_32; f32[2] = dw_32;
     /* the reference, the fast path (the weights packed here, as a model
        does, or inside), and the float32 products */
-    mb__matmul_forward_bf16_naive(out_r, x, ldi, w, N, IC, OC);
+    mb__matmul_forward_bf16_ref(out_r, x, ldi, w, N, IC, OC);
     mb__bf16_pack_weight(wp, w, IC, OC);
     mb__matmul_forward_bf16(path, out_f, x, ldi, w, wp, N, IC, OC);
     mb__matmul_forward(out_32, x, ldi, w, N, IC, OC);
@@ -185,7 +185,7 @@ static void bt_products_case(const bt_shape *sh, int path, double *amx_worst) {
         memcpy(k == 0 ? dx_r : k == 1 ? dx_f : dx_32, dx0, sizeof(float) * (size_t)nx);
         memcpy(k == 0 ? dw_r : k == 1 ? dw_f : dw_32, dw0, sizeof(float) * (size_t)nw);
     }
-    mb__matmul_backward_bf16_naive(dx_r, dw_r, g, x, ldi, w, N, IC, OC);
+    mb__matmul_backward_bf16_ref(dx_r, dw_r, g, x, ldi, w, N, IC, OC);
     mb__matmul_backward_bf16(path, dx_f, dw_f, g, x, ldi, w, N % 2 ? wp : NULL, N, IC, OC);
     mb__matmul_backward(dx_32, dw_32, g, x, ldi, w, N, IC, OC);
     MBT_CHECK(ldi == IC || (memcmp(dx_f + IC, dx0 + IC, sizeof(float) * (size_t)(ldi - IC)) == 0 &&
@@ -246,9 +246,9 @@ static void bt_specials(int path) {
     w[5 * IC + 11] = INFINITY;
     g[9 * OC + 2] = -INFINITY;
     memset(dx1, 0, sizeof dx1); memset(dx2, 0, sizeof dx2); memset(dw1, 0, sizeof dw1); memset(dw2, 0, sizeof dw2);
-    mb__matmul_forward_bf16_naive(o1, x, IC, w, N, IC, OC);
+    mb__matmul_forward_bf16_ref(o1, x, IC, w, N, IC, OC);
     mb__matmul_forward_bf16(path, o2, x, IC, w, NULL, N, IC, OC);
-    mb__matmul_backward_bf16_naive(dx1, dw1, g, x, IC, w, N, IC, OC);
+    mb__matmul_backward_bf16_ref(dx1, dw1, g, x, IC, w, N, IC, OC);
     mb__matmul_backward_bf16(path, dx2, dw2, g, x, IC, w, NULL, N, IC, OC);
     for (i = 0; i < N * OC; i++) same &= isnan(o1[i]) == isnan(o2[i]) && isinf(o1[i]) == isinf(o2[i]);
     for (i = 0; i < N * IC; i++) same &= isnan(dx1[i]) == isnan(dx2[i]) && isinf(dx1[i]) == isinf(dx2[i]);
@@ -315,7 +315,7 @@ static void test_bf16_products(void) {
         bt_fill(x, 29 * 50, &r, 1.0);
         bt_fill(w, 45 * 33, &r, 1.0);
         mb__matmul_forward_bf16(MB__BF16_NONE, o1, x, sh.ldi, w, NULL, sh.N, sh.IC, sh.OC);
-        mb__matmul_forward_bf16_naive(o2, x, sh.ldi, w, sh.N, sh.IC, sh.OC);
+        mb__matmul_forward_bf16_ref(o2, x, sh.ldi, w, sh.N, sh.IC, sh.OC);
         MBT_CHECK(memcmp(o1, o2, sizeof o1) == 0, "path NONE is the reference");
     }
     (void)ran;

@@ -2,8 +2,9 @@
    (double accumulation): matrix products (tiled and row paths, odd sizes,
    row stride > IC, both dw layouts), the packed and plain matrix-vector
    products bit for bit against a row of the batch product, the conv, the
-   scan (16-channel block path and one-channel path, partial blocks, other
-   d_state), the streaming conv and scan steps bit for bit against the batch
+   scan (partial channel blocks, chunks split into tiles, tiles shorter
+   than d_state, other d_state; the AVX-512 pieces against their portable
+   twins), the streaming conv and scan steps bit for bit against the batch
    forward, the vectorisable exp / softplus / sigmoid, and independence of
    the thread count.  Included by test.c. */
 
@@ -359,17 +360,17 @@ static void kt_scan_case(int B, int T, int Di, int S, int R, int chunk) {
         float *fdx = (float *)calloc((size_t)(N * X), sizeof(float)), *fdD = (float *)calloc((size_t)Di, sizeof(float));
         float *fdz = (float *)calloc((size_t)(N * 2 * Di), sizeof(float));
         double w = 0.0, v;
-        mb__scan_forward_naive(no, u, delta, bias, A_log, xdbl, Dp, xz, B, T, Di, S, R);
+        mb__scan_forward_ref(no, u, delta, bias, A_log, xdbl, Dp, xz, B, T, Di, S, R);
         mb__scan_forward(out, states, u, delta, bias, A_log, xdbl, Dp, xz, B, T, Di, S, R, chunk);
-        MBT_CHECK(mb__scan_backward_naive(ndu, ndd, ndb, ndA, ndx, ndD, ndz, g, u, delta, bias, A_log, xdbl, Dp, xz, B, T, Di, S,
-                                          R) == MB_STATUS_OK, "scan reference backward");
+        MBT_CHECK(mb__scan_backward_ref(ndu, ndd, ndb, ndA, ndx, ndD, ndz, g, u, delta, bias, A_log, xdbl, Dp, xz, B, T, Di, S,
+                                        R) == MB_STATUS_OK, "scan reference backward");
         mb__scan_backward(fdu, fdd, fdb, fdA, fdx, fdD, fdz, scratch, g, states, u, delta, bias, A_log, xdbl, Dp, xz, B, T, Di, S,
                           R, chunk);
 #define KT_WORST(a, b, n) (v = mbt_rel_l2(a, b, n), w = v > w || v != v ? v : w)
         KT_WORST(out, no, N * Di); KT_WORST(fdu, ndu, N * Di); KT_WORST(fdd, ndd, N * Di); KT_WORST(fdb, ndb, Di);
         KT_WORST(fdA, ndA, Di * S); KT_WORST(fdx, ndx, N * X); KT_WORST(fdD, ndD, Di); KT_WORST(fdz, ndz, N * 2 * Di);
 #undef KT_WORST
-        MBT_CHECK(w < 2e-5, "scan B=%d T=%d Di=%d S=%d chunk=%d: fast path vs mb__scan_*_naive, worst rel L2 %.2g", B, T, Di, S,
+        MBT_CHECK(w < 2e-5, "scan B=%d T=%d Di=%d S=%d chunk=%d: fast path vs mb__scan_*_ref, worst rel L2 %.2g", B, T, Di, S,
                   chunk, w);
         free(no); free(ndu); free(ndd); free(ndb); free(ndA); free(ndx); free(ndD); free(ndz);
         free(fdu); free(fdd); free(fdb); free(fdA); free(fdx); free(fdD); free(fdz);
@@ -418,13 +419,15 @@ static void test_kernels_scan(void) {
     kt_scan_case(1, 30, 5, 4, 3, 8);
     kt_scan_case(2, 33, 20, 5, 2, 40);
     kt_scan_case(2, 9, 16, 16, 2, 32);
-    /* the one-channel path: chunk < S, chunk * S over the block path's
-       buffers, chunks longer than its precomputed steps */
+    /* tiles shorter than S (each block through all tiles), chunks split
+       into tiles (chunk * S over a tile's rows, their starts kept), a large
+       state */
     kt_scan_case(2, 40, 19, 16, 2, 4);
     kt_scan_case(1, 50, 17, 24, 2, 24);
     kt_scan_case(1, 90, 9, 16, 2, 40);
-    /* one chunk, a large state: past the block path's d_state limit */
     kt_scan_case(2, 3, 18, 40, 2, 8);
+    kt_scan_case(1, 45, 20, 64, 2, 32);
+    kt_scan_case(1, 40, 16, 128, 2, 32); /* every third tile start of a chunk kept */
 }
 
 /* The streaming steps: T calls of mb__conv_step / mb__scan_step give the
@@ -548,9 +551,14 @@ static void test_kernels_scan_core(void) {
         for (j = 0; j < S * MB__SCAN_DB; j++) same &= kt_same_bits(h[j], hr[j]);
         for (j = 0; j < MB__SCAN_DB; j++) same &= kt_same_bits(y[j], yr[j]);
     }
+#if !defined(__FMA__) /* mb__exp's MB__FMA does not fuse, the AVX-512 pieces' FMAs do */
+    if (mb__scan_avx512()) MBT_SKIP("kernels", "the scan's core against mb__exp: this build's mb__exp does not fuse");
+    else
+#endif
     MBT_CHECK(same, "mb__scan_decays16 / mb__scan_recur16 differ from the scan's definition with mb__exp");
     MBT_CHECK(same_re, "mb__scan_recompute16 (the backward's h and decays) differs from the forward's");
-    { /* the backward's AVX-512 pieces against their plain twins, bit for bit:
+#if defined(MB__SCAN_AVX512) && defined(__FMA__) /* the twins agree where MB__FMA fuses */
+    if (mb__scan_avx512()) { /* the backward's AVX-512 pieces against their portable twins, bit for bit:
          odd and even S, partial channel blocks */
         static const int shapes[4][2] = {{16, 16}, {7, 16}, {16, 5}, {32, 1}};
         int q, ok_states = 1, ok_gather = 1;
@@ -571,8 +579,8 @@ static void test_kernels_scan_core(void) {
                 dy[j] = (float)mbt_normal(&r); dtq[j] = (float)mbt_uniform(&r); uq[j] = (float)mbt_normal(&r);
                 y[0][j] = y[1][j] = (float)mbt_normal(&r); ddt[0][j] = ddt[1][j] = 0.0f; du[0][j] = du[1][j] = (float)mbt_normal(&r);
             }
-            mb__scan_bwd_states16(y[0], ddt[0], du[0], pB[0], pC[0], gA[0], dh[0], at, ht, hp, Aq, Bq, Cq, dy, dtq, uq, Sq);
-            mb__scan_bwd_states16_plain(y[1], ddt[1], du[1], pB[1], pC[1], gA[1], dh[1], at, ht, hp, Aq, Bq, Cq, dy, dtq, uq, Sq);
+            mb__scan_bwd_states16_avx512(y[0], ddt[0], du[0], pB[0], pC[0], gA[0], dh[0], at, ht, hp, Aq, Bq, Cq, dy, dtq, uq, Sq);
+            mb__scan_bwd_states16_portable(y[1], ddt[1], du[1], pB[1], pC[1], gA[1], dh[1], at, ht, hp, Aq, Bq, Cq, dy, dtq, uq, Sq);
             ok_states &= !memcmp(y[0], y[1], sizeof y[0]) && !memcmp(ddt[0], ddt[1], sizeof ddt[0]) &&
                          !memcmp(du[0], du[1], sizeof du[0]) && !memcmp(pB[0], pB[1], sizeof(float) * (size_t)(Sq * 16)) &&
                          !memcmp(pC[0], pC[1], sizeof(float) * (size_t)(Sq * 16)) &&
@@ -580,22 +588,23 @@ static void test_kernels_scan_core(void) {
                          !memcmp(dh[0], dh[1], sizeof(float) * (size_t)(Sq * 16));
             for (j = 0; j < 16 * Sq; j++) src[j] = (float)(4.0 * mbt_normal(&r));
             for (n = 0; n < 2; n++) {
-                mb__scan_gather16(g[0], src, Sq, nd, n);
-                mb__scan_gather16_plain(g[1], src, Sq, nd, n);
+                mb__scan_gather16_avx512(g[0], src, Sq, nd, n);
+                mb__scan_gather16_portable(g[1], src, Sq, nd, n);
                 ok_gather &= !memcmp(g[0], g[1], sizeof(float) * (size_t)(Sq * 16));
             }
             for (j = 0; j < 16 * 32; j++) back[0][j] = back[1][j] = -1.0f;
-            mb__scan_scatter16(back[0], g[0], Sq, nd);
-            mb__scan_scatter16_plain(back[1], g[0], Sq, nd);
+            mb__scan_scatter16_avx512(back[0], g[0], Sq, nd);
+            mb__scan_scatter16_portable(back[1], g[0], Sq, nd);
             ok_gather &= !memcmp(back[0], back[1], sizeof back[0]);
             mb__scan_gather16(g[0], src, Sq, nd, 0);
             mb__scan_scatter16(back[0], g[0], Sq, nd);
             ok_gather &= !memcmp(back[0], src, sizeof(float) * (size_t)(nd * Sq)) && (nd == 16 || back[0][nd * Sq] == -1.0f);
         }
-        MBT_CHECK(ok_states, "mb__scan_bwd_states16 differs from mb__scan_bwd_states16_plain");
-        MBT_CHECK(ok_gather, "mb__scan_gather16 / mb__scan_scatter16 differ from their plain twins or lose values");
+        MBT_CHECK(ok_states, "mb__scan_bwd_states16_avx512 differs from mb__scan_bwd_states16_portable");
+        MBT_CHECK(ok_gather, "mb__scan_gather16 / mb__scan_scatter16 differ from their portable twins or lose values");
     }
-#ifdef MB__HAVE_EXP16
+#endif
+#if MB__SCAN_AVX512 == 1
     int same_exp = 1;
     float x_all[16], e_all[16];
     for (round = 0; round < 40000; round++) { /* exp16 against mb__exp across its whole domain, bounds and specials */

@@ -544,7 +544,7 @@ static void test_eval_feed_matches_stepwise(void) {
         mb_status sa, sb;
         memset(&ca, 0, sizeof ca);
         memset(&cb, 0, sizeof cb);
-        sa = mb__eval_text_stepwise(m, text, len, limits[k], &a, record_progress, &ca);
+        sa = mb__eval_text_ref(m, text, len, limits[k], &a, record_progress, &ca);
         sb = mb_eval_text(m, text, len, limits[k], &b, record_progress, &cb);
         MBT_CHECK(sa == MB_STATUS_OK && sb == MB_STATUS_OK && a.chars == b.chars && a.chars_correct == b.chars_correct &&
                       a.bytes == b.bytes && a.bytes_correct == b.bytes_correct && a.nll_bits == b.nll_bits,
