@@ -72,9 +72,10 @@
      layer's forward and backward side by side; "----" sub-banners: norms,
      matrix products in float32 and in bf16, vector math, SIMD scan helpers,
      the conv, the scan: its reference, then its fast chunked path), model
-     (activations, forward, backward),
-     streaming, checkpoints, training (schedule, AdamW), data, eval, trainer,
-     train loop.  Each starts with a "= name =" banner comment.
+     (activations, forward, backward), streaming (and sampling), checkpoints,
+     safetensors (mamba_ssm / Hugging Face files both ways), data, eval, then
+     the three training sections side by side: training (schedule, AdamW),
+     trainer (one step), train loop.  Each starts with a "= name =" banner.
 
    PLATFORM
      POSIX (Linux, macOS, the BSDs): mmap, fsync, rename and clock_gettime.
@@ -398,88 +399,6 @@ MBDEF int mb_sample_byte(const float *logits, double temperature, int top_k, uin
 MBDEF mb_status mb_stream_generate(mb_stream *s, const uint8_t *prompt, int64_t prompt_len, int64_t n, double temperature,
                                    int top_k, uint64_t *rng, uint8_t *out, int (*on_byte)(void *user, int byte), void *user,
                                    int64_t *generated);
-
-/* ------------------------------------------------------- CPU layer kernels */
-/* The readable specification every CUDA kernel is checked against.  Shapes
-   in the comments: N = B*T tokens, C = d_model, Di = d_inner, S = d_state,
-   K = d_conv, R = dt_rank, X = R + 2S.  Gradients accumulate (+=) unless
-   noted; all are deterministic whatever the thread count. */
-MBDEF void mb__embedding_forward(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C);
-MBDEF void mb__embedding_backward(float *dwte, const float *dout, const uint8_t *tokens, int64_t N, int C);
-MBDEF void mb__layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                 const float *b, int64_t N, int C);
-MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                                  const float *w, const float *mean, const float *rstd, int64_t N, int C);
-/* RMSNorm (mamba_ssm's rms_norm): out = x * rstd * w, rstd = 1/sqrt(mean(x^2) + 1e-5). */
-MBDEF void mb__rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C);
-MBDEF void mb__rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
-                                const float *rstd, int64_t N, int C);
-MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC);
-MBDEF void mb__matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
-                               const float *w, int64_t N, int IC, int OC);
-/* The same products with bf16 operands and float32 sums (--precision bf16;
-   see "bf16 matrix products" in the implementation).  path: one of the
-   kernels below, MB__BF16_NONE being the scalar reference; a path this CPU
-   cannot run computes as the reference.  wp: w packed by
-   mb__bf16_pack_weight (mb__bf16_packed_size dwords), or NULL to pack it
-   here; w is read only by the reference.  Each output element is one
-   thread's, in a fixed order: results do not depend on the thread count. */
-enum { MB__BF16_NONE = 0, MB__BF16_AVX512 = 1, MB__BF16_AMX = 2 };
-/* Bit 1 << path for each path this CPU and OS can run (bit 0 always). */
-MBDEF int mb__bf16_paths(void);
-/* Testing: mb__bf16_paths() reports only the paths in mask from now on
-   (as on a CPU without the others); -1 restores them all.  A process
-   started with MB_TEST_BF16_PATHS=mask begins so. */
-MBDEF void mb__bf16_limit_paths(int mask);
-MBDEF uint16_t mb__bf16_from_float(float x); /* round to nearest even; NaN stays NaN */
-MBDEF int64_t mb__bf16_packed_size(int IC, int OC);
-MBDEF void mb__bf16_pack_weight(uint32_t *wp, const float *w, int IC, int OC);
-MBDEF void mb__matmul_forward_bf16(int path, float *out, const float *inp, int64_t ldi, const float *w, const uint32_t *wp,
-                                   int64_t N, int IC, int OC);
-MBDEF void mb__matmul_backward_bf16(int path, float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
-                                    const float *w, const uint32_t *wp, int64_t N, int IC, int OC);
-/* The scalar references: operands rounded by mb__bf16_from_float, sums in
-   the kernels' order. */
-MBDEF void mb__matmul_forward_bf16_ref(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC);
-MBDEF void mb__matmul_backward_bf16_ref(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
-                                        const float *w, int64_t N, int IC, int OC);
-MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const float *bias,
-                              int B, int T, int Di, int K);
-/* The same from a given start: win (B, K, Di) holds each sequence's inputs
-   x' before t = 0, oldest first (a stream's conv window; its rows 1..K-1 are
-   read); NULL is mb__conv1d_forward (taps before t = 0 are skipped). */
-MBDEF void mb__conv1d_forward_from(float *out, const float *xz, const float *w, const float *bias, const float *win,
-                                   int B, int T, int Di, int K);
-MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float *dout, const float *xz,
-                               const float *w, const float *bias, int B, int T, int Di, int K);
-MBDEF void mb__scan_forward(float *out, float *states, const float *u, const float *delta, const float *dt_bias,
-                            const float *A_log, const float *xdbl, const float *Dp, const float *xz,
-                            int B, int T, int Di, int S, int R, int chunk);
-/* The same from a given state: h (B, S, Di) holds each sequence's scan state
-   before t = 0 on entry and after t = T-1 on exit (NULL: from zero, as
-   mb__scan_forward); states may be NULL (not kept). */
-MBDEF void mb__scan_forward_from(float *out, float *states, float *h, const float *u, const float *delta,
-                                 const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                                 const float *xz, int B, int T, int Di, int S, int R, int chunk);
-/* The references of the scan (one channel at a time, every h kept): the
-   readable specification of the fast paths, which the tests hold against
-   them.  Same outputs and accumulation as mb__scan_forward /
-   mb__scan_backward; slow, and the backward allocates T*S floats. */
-MBDEF void mb__scan_forward_ref(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
-                                const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R);
-MBDEF mb_status mb__scan_backward_ref(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
-                                      float *dxz, const float *dout, const float *u, const float *delta,
-                                      const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                                      const float *xz, int B, int T, int Di, int S, int R);
-/* The fast path of the scan backward.  du, dxz (its z half) and dxdbl (its B
-   and C columns) and the parameter gradients accumulate; ddelta is written.
-   scratch: B * (Di*S + 2*Di) floats (per-sequence partial sums, so the result
-   does not depend on the thread count). */
-MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
-                             float *dxz, float *scratch, const float *dout, const float *states, const float *u,
-                             const float *delta, const float *dt_bias, const float *A_log, const float *xdbl,
-                             const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk);
-
 
 /* ----------------------------------------------------------- checkpoints */
 /* The training settings, written once, one line per field:
@@ -910,12 +829,13 @@ typedef struct {
     void *user;
 } mb_train_options;
 
+#define MB_MAX_NON_FINITE_STEPS 10 /* non-finite steps in a row that stop mb_train_run */
 typedef enum {
     MB_TRAIN_FINISHED = 0,     /* settings.steps done */
     MB_TRAIN_TIME_BUDGET,      /* stopped cleanly before the time budget would pass */
     MB_TRAIN_STOP_AT,          /* paused at stop_at: resume to continue */
     MB_TRAIN_INTERRUPTED,      /* the callback asked to stop */
-    MB_TRAIN_NON_FINITE,       /* 10 non-finite steps in a row: stopped, nothing saved since the last good checkpoint */
+    MB_TRAIN_NON_FINITE,       /* MB_MAX_NON_FINITE_STEPS in a row: stopped, nothing saved since the last good checkpoint */
     MB_TRAIN_FAILED            /* an error: see the returned status and mb_last_error() */
 } mb_train_outcome;
 
@@ -934,7 +854,7 @@ MBDEF int mb_train_report_describe(char *buf, size_t n, const mb_trainer *t, con
 /* The whole training loop over t: the lr schedule (by step, or by the
    elapsed fraction of the time budget), the time budget (stops before the
    next step could pass it), stop_at, the non-finite guard (a skipped step
-   is reported to the callback; 10 in a row end the run with
+   is reported to the callback; MB_MAX_NON_FINITE_STEPS in a row end the run with
    MB_STATUS_NON_FINITE), atomic saves every settings.save_every steps and
    at the end.  On return t->model and t->st hold the final state on every
    backend.  Never prints.  Returns MB_STATUS_OK for the outcomes FINISHED,
@@ -989,6 +909,100 @@ void mb_cuda_stream_free(mb_cuda_stream *s);
 }
 #endif
 #endif /* MAMBABYTE_H */
+
+/* The library's internal kernels (mb__), declared for the implementation
+   and for programs that test or time them (define MB_INTERNAL before the
+   include); not part of the public API, and may change between versions. */
+#if (defined(MAMBABYTE_IMPLEMENTATION) || defined(MB_INTERNAL)) && !defined(MB__INTERNAL_DECLARED)
+#define MB__INTERNAL_DECLARED
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* ------------------------------------------------------- CPU layer kernels */
+/* The readable specification every CUDA kernel is checked against.  Shapes
+   in the comments: N = B*T tokens, C = d_model, Di = d_inner, S = d_state,
+   K = d_conv, R = dt_rank, X = R + 2S.  Gradients accumulate (+=) unless
+   noted; all are deterministic whatever the thread count. */
+MBDEF void mb__embedding_forward(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C);
+MBDEF void mb__embedding_backward(float *dwte, const float *dout, const uint8_t *tokens, int64_t N, int C);
+MBDEF void mb__layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                 const float *b, int64_t N, int C);
+MBDEF void mb__layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                                  const float *w, const float *mean, const float *rstd, int64_t N, int C);
+/* RMSNorm (mamba_ssm's rms_norm): out = x * rstd * w, rstd = 1/sqrt(mean(x^2) + 1e-5). */
+MBDEF void mb__rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C);
+MBDEF void mb__rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                                const float *rstd, int64_t N, int C);
+MBDEF void mb__matmul_forward(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC);
+MBDEF void mb__matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                               const float *w, int64_t N, int IC, int OC);
+/* The same products with bf16 operands and float32 sums (--precision bf16;
+   see "bf16 matrix products" in the implementation).  path: one of the
+   kernels below, MB__BF16_NONE being the scalar reference; a path this CPU
+   cannot run computes as the reference.  wp: w packed by
+   mb__bf16_pack_weight (mb__bf16_packed_size dwords), or NULL to pack it
+   here; w is read only by the reference.  Each output element is one
+   thread's, in a fixed order: results do not depend on the thread count. */
+enum { MB__BF16_NONE = 0, MB__BF16_AVX512 = 1, MB__BF16_AMX = 2 };
+/* Bit 1 << path for each path this CPU and OS can run (bit 0 always). */
+MBDEF int mb__bf16_paths(void);
+/* Testing: mb__bf16_paths() reports only the paths in mask from now on
+   (as on a CPU without the others); -1 restores them all.  A process
+   started with MB_TEST_BF16_PATHS=mask begins so. */
+MBDEF void mb__bf16_limit_paths(int mask);
+MBDEF uint16_t mb__bf16_from_float(float x); /* round to nearest even; NaN stays NaN */
+MBDEF int64_t mb__bf16_packed_size(int IC, int OC);
+MBDEF void mb__bf16_pack_weight(uint32_t *wp, const float *w, int IC, int OC);
+MBDEF void mb__matmul_forward_bf16(int path, float *out, const float *inp, int64_t ldi, const float *w, const uint32_t *wp,
+                                   int64_t N, int IC, int OC);
+MBDEF void mb__matmul_backward_bf16(int path, float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                                    const float *w, const uint32_t *wp, int64_t N, int IC, int OC);
+/* The scalar references: operands rounded by mb__bf16_from_float, sums in
+   the kernels' order. */
+MBDEF void mb__matmul_forward_bf16_ref(float *out, const float *inp, int64_t ldi, const float *w, int64_t N, int IC, int OC);
+MBDEF void mb__matmul_backward_bf16_ref(float *dinp, float *dw, const float *dout, const float *inp, int64_t ldi,
+                                        const float *w, int64_t N, int IC, int OC);
+MBDEF void mb__conv1d_forward(float *out, const float *xz, const float *w, const float *bias,
+                              int B, int T, int Di, int K);
+/* The same from a given start: win (B, K, Di) holds each sequence's inputs
+   x' before t = 0, oldest first (a stream's conv window; its rows 1..K-1 are
+   read); NULL is mb__conv1d_forward (taps before t = 0 are skipped). */
+MBDEF void mb__conv1d_forward_from(float *out, const float *xz, const float *w, const float *bias, const float *win,
+                                   int B, int T, int Di, int K);
+MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float *dout, const float *xz,
+                               const float *w, const float *bias, int B, int T, int Di, int K);
+MBDEF void mb__scan_forward(float *out, float *states, const float *u, const float *delta, const float *dt_bias,
+                            const float *A_log, const float *xdbl, const float *Dp, const float *xz,
+                            int B, int T, int Di, int S, int R, int chunk);
+/* The same from a given state: h (B, S, Di) holds each sequence's scan state
+   before t = 0 on entry and after t = T-1 on exit (NULL: from zero, as
+   mb__scan_forward); states may be NULL (not kept). */
+MBDEF void mb__scan_forward_from(float *out, float *states, float *h, const float *u, const float *delta,
+                                 const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                 const float *xz, int B, int T, int Di, int S, int R, int chunk);
+/* The references of the scan (one channel at a time, every h kept): the
+   readable specification of the fast paths, which the tests hold against
+   them.  Same outputs and accumulation as mb__scan_forward /
+   mb__scan_backward; slow, and the backward allocates T*S floats. */
+MBDEF void mb__scan_forward_ref(float *out, const float *u, const float *delta, const float *dt_bias, const float *A_log,
+                                const float *xdbl, const float *Dp, const float *xz, int B, int T, int Di, int S, int R);
+MBDEF mb_status mb__scan_backward_ref(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                                      float *dxz, const float *dout, const float *u, const float *delta,
+                                      const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                      const float *xz, int B, int T, int Di, int S, int R);
+/* The fast path of the scan backward.  du, dxz (its z half) and dxdbl (its B
+   and C columns) and the parameter gradients accumulate; ddelta is written.
+   scratch: B * (Di*S + 2*Di) floats (per-sequence partial sums, so the result
+   does not depend on the thread count). */
+MBDEF void mb__scan_backward(float *du, float *ddelta, float *ddt_bias, float *dA_log, float *dxdbl, float *dD,
+                             float *dxz, float *scratch, const float *dout, const float *states, const float *u,
+                             const float *delta, const float *dt_bias, const float *A_log, const float *xdbl,
+                             const float *Dp, const float *xz, int B, int T, int Di, int S, int R, int chunk);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* internal declarations */
 
 /* ======================================================================= */
 /*                             IMPLEMENTATION                              */
@@ -4081,6 +4095,7 @@ MBDEF mb_status mb_stream_generate(mb_stream *s, const uint8_t *prompt, int64_t 
 /* ========================================================== checkpoints */
 #define MB__CKPT_MAGIC 0x4D425954
 #define MB__CKPT_VERSION 1
+#define MB__CKPT_HEADER_INTS 256  /* the int32 header before the parameters (1024 bytes) */
 #define MB__STATE_MAGIC 0x4D425453 /* "STBM" little-endian: the training-state block */
 #define MB__STATE_HEAD 40          /* its magic, version, step, data_rng, data_pos, elapsed_s */
 #define MB__SETTING_BYTES 32       /* a named setting: its key NUL-padded to 24 bytes, a float64 */
@@ -4143,7 +4158,7 @@ static int mb__settings_unpack(mb_train_settings *s, const unsigned char *p, int
 }
 
 static void mb__header(int32_t *h, const mb_config *c, int with_state, int32_t ranks) {
-    memset(h, 0, 256 * sizeof(int32_t));
+    memset(h, 0, MB__CKPT_HEADER_INTS * sizeof(int32_t));
     h[0] = MB__CKPT_MAGIC; h[1] = MB__CKPT_VERSION; h[2] = c->vocab_size; h[3] = c->d_model; h[4] = c->n_layer;
     h[5] = c->d_state; h[6] = c->d_conv; h[7] = c->expand; h[8] = c->dt_rank;
     h[9] = c->norm;          /* 0 LayerNorm, 1 RMSNorm */
@@ -4218,7 +4233,7 @@ fail:
 }
 
 MBDEF mb_status mb_checkpoint_save(const char *path, const mb_model *m, const mb_train_state *ts) {
-    int32_t header[256];
+    int32_t header[MB__CKPT_HEADER_INTS];
     unsigned char state_head[MB__STATE_HEAD + MB__NUM_SETTINGS * MB__SETTING_BYTES];
     const void *parts[5];
     int64_t sizes[5], n = m->num_params;
@@ -4319,7 +4334,7 @@ static mb_status mb__read_state(int fd, mb_train_state *ts, const int32_t *h, in
 }
 
 MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_state *ts, int *has_state) {
-    int32_t h[256];
+    int32_t h[MB__CKPT_HEADER_INTS];
     struct stat st;
     mb_config cfg;
     mb_model *m = NULL;
@@ -4335,7 +4350,8 @@ MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_st
     if (fd < 0) return mb__fail(MB_STATUS_IO_ERROR, "cannot open checkpoint %s: %s", path, strerror(errno));
     got = mb__read_all(fd, h, sizeof h);
     if (got != (int64_t)sizeof h) {
-        s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: truncated: %lld bytes, the header alone is 1024", path, (long long)(got < 0 ? 0 : got));
+        s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: truncated: %lld bytes, the header alone is %d", path, (long long)(got < 0 ? 0 : got),
+                     (int)sizeof h);
         goto done;
     }
     if ((s = mb__check_header(h, path, &cfg)) != MB_STATUS_OK) goto done;
@@ -4960,62 +4976,6 @@ MBDEF mb_status mb_model_save_safetensors(const mb_model *m, const char *path) {
 }
 
 
-/* ============================================================= training */
-MBDEF double mb_lr_at_step(double lr_max, int64_t s, int64_t W, int64_t S) {
-    double p;
-    if (s < W) return lr_max * (double)(s + 1) / (double)W;
-    p = (double)(s - W) / (double)(S - W > 1 ? S - W : 1);
-    if (p > 1.0) p = 1.0;
-    return lr_max * 0.5 * (1.0 + cos(3.14159265358979323846 * p));
-}
-
-MBDEF double mb_lr_at_fraction(double lr_max, double f, double wf) {
-    double p;
-    if (f < 0.0) f = 0.0;
-    if (f >= 1.0) return 0.0;
-    if (f < wf) return lr_max * f / wf;
-    p = (f - wf) / (1.0 - wf);
-    return lr_max * 0.5 * (1.0 + cos(3.14159265358979323846 * p));
-}
-
-MBDEF double mb_grad_norm(const float *g, int64_t n) {
-    double s = 0.0;
-    int64_t i;
-    for (i = 0; i < n; i++) s += (double)g[i] * (double)g[i];
-    return sqrt(s);
-}
-
-MBDEF float mb_clip_coef(double norm, double max_norm) {
-    double c = max_norm / (norm + 1e-6);
-    return (float)(c < 1.0 ? c : 1.0);
-}
-
-/* torch.optim.AdamW (foreach=False) step for float32 tensors:
-     p *= 1 - lr*wd;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g
-     p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps) */
-MBDEF void mb_adamw_update(mb_model *m, float *adam_m, float *adam_v, int64_t t, double lr, double beta1,
-                           double beta2, double eps, double weight_decay) {
-    const float b1 = (float)beta1, b2 = (float)beta2, one_b1 = (float)(1.0 - beta1), one_b2 = (float)(1.0 - beta2);
-    const float step_size = (float)(lr / (1.0 - pow(beta1, (double)t)));
-    const float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)t)), fe = (float)eps;
-    int i;
-    for (i = 0; i < m->ntensors; i++) {
-        const mb_tensor_info *ti = &m->tensors[i];
-        const float decay = ti->weight_decay ? (float)(1.0 - lr * weight_decay) : 1.0f;
-        float *p = m->params + ti->offset, *g = m->grads + ti->offset, *mm = adam_m + ti->offset, *vv = adam_v + ti->offset;
-        int64_t j;
-        MB__OMP(parallel for schedule(static) if (ti->numel > MB__OMP_MIN_WORK))
-        for (j = 0; j < ti->numel; j++) {
-            float gj = g[j], denom;
-            p[j] *= decay;
-            mm[j] = mm[j] * b1 + gj * one_b1;
-            vv[j] = vv[j] * b2 + gj * gj * one_b2;
-            denom = sqrtf(vv[j]) / bc2_sqrt + fe;
-            p[j] -= step_size * (mm[j] / denom);
-        }
-    }
-}
-
 /* ================================================================= data */
 MBDEF mb_status mb_map_file(mb_mapped_file *f, const char *path) {
     struct stat st;
@@ -5506,6 +5466,62 @@ MBDEF int mb_eval_describe(char *buf, size_t n, const char *label, const mb_eval
                     (double)b->chars_correct / chars, b->nll_bits / bytes, (double)b->bytes_correct / bytes, rate, seconds);
 }
 
+/* ============================================================= training */
+MBDEF double mb_lr_at_step(double lr_max, int64_t s, int64_t W, int64_t S) {
+    double p;
+    if (s < W) return lr_max * (double)(s + 1) / (double)W;
+    p = (double)(s - W) / (double)(S - W > 1 ? S - W : 1);
+    if (p > 1.0) p = 1.0;
+    return lr_max * 0.5 * (1.0 + cos(3.14159265358979323846 * p));
+}
+
+MBDEF double mb_lr_at_fraction(double lr_max, double f, double wf) {
+    double p;
+    if (f < 0.0) f = 0.0;
+    if (f >= 1.0) return 0.0;
+    if (f < wf) return lr_max * f / wf;
+    p = (f - wf) / (1.0 - wf);
+    return lr_max * 0.5 * (1.0 + cos(3.14159265358979323846 * p));
+}
+
+MBDEF double mb_grad_norm(const float *g, int64_t n) {
+    double s = 0.0;
+    int64_t i;
+    for (i = 0; i < n; i++) s += (double)g[i] * (double)g[i];
+    return sqrt(s);
+}
+
+MBDEF float mb_clip_coef(double norm, double max_norm) {
+    double c = max_norm / (norm + 1e-6);
+    return (float)(c < 1.0 ? c : 1.0);
+}
+
+/* torch.optim.AdamW (foreach=False) step for float32 tensors:
+     p *= 1 - lr*wd;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g
+     p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps) */
+MBDEF void mb_adamw_update(mb_model *m, float *adam_m, float *adam_v, int64_t t, double lr, double beta1,
+                           double beta2, double eps, double weight_decay) {
+    const float b1 = (float)beta1, b2 = (float)beta2, one_b1 = (float)(1.0 - beta1), one_b2 = (float)(1.0 - beta2);
+    const float step_size = (float)(lr / (1.0 - pow(beta1, (double)t)));
+    const float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)t)), fe = (float)eps;
+    int i;
+    for (i = 0; i < m->ntensors; i++) {
+        const mb_tensor_info *ti = &m->tensors[i];
+        const float decay = ti->weight_decay ? (float)(1.0 - lr * weight_decay) : 1.0f;
+        float *p = m->params + ti->offset, *g = m->grads + ti->offset, *mm = adam_m + ti->offset, *vv = adam_v + ti->offset;
+        int64_t j;
+        MB__OMP(parallel for schedule(static) if (ti->numel > MB__OMP_MIN_WORK))
+        for (j = 0; j < ti->numel; j++) {
+            float gj = g[j], denom;
+            p[j] *= decay;
+            mm[j] = mm[j] * b1 + gj * one_b1;
+            vv[j] = vv[j] * b2 + gj * gj * one_b2;
+            denom = sqrtf(vv[j]) / bc2_sqrt + fe;
+            p[j] -= step_size * (mm[j] / denom);
+        }
+    }
+}
+
 /* ============================================================== trainer */
 MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_settings *settings, const uint8_t *data,
                                 int64_t size, mb_train_state *resume) {
@@ -5952,12 +5968,12 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
         if (p.saves) last_saved = t->st.step;
         if (after_step[0] != 0.0) {
             r.outcome = MB_TRAIN_INTERRUPTED;
-            if (nonfinite_run < 10) break;
+            if (nonfinite_run < MB_MAX_NON_FINITE_STEPS) break;
         }
-        if (nonfinite_run >= 10) {
+        if (nonfinite_run >= MB_MAX_NON_FINITE_STEPS) {
             r.outcome = MB_TRAIN_NON_FINITE;
-            st = mb__fail(MB_STATUS_NON_FINITE, "10 non-finite steps in a row (the last at step %lld): stopped; the last good "
-                          "checkpoint is kept", (long long)t->st.step);
+            st = mb__fail(MB_STATUS_NON_FINITE, "%d non-finite steps in a row (the last at step %lld): stopped; the last good "
+                          "checkpoint is kept", MB_MAX_NON_FINITE_STEPS, (long long)t->st.step);
             break;
         }
         r.outcome = t->st.step >= s->steps ? MB_TRAIN_FINISHED : MB_TRAIN_STOP_AT;

@@ -5,6 +5,7 @@
    binary built from test.c, which calls mbt_cuda_emu_tests().
 
    What a pass here proves and what it cannot: see the top of cuda_emu.h. */
+#define MB_INTERNAL /* the CPU kernels, to compare the emulated ones with */
 #include "../mambabyte.h"
 #include "mbtest.h"
 
