@@ -554,8 +554,8 @@ typedef struct {
     double elapsed_s;          /* training time already spent (time schedule) */
     int32_t ranks;             /* data-parallel processes that trained it (header [13]; 0 in older files = 1) */
     float *adam_m, *adam_v;    /* num_params each, owned by the caller */
-    float *carry;              /* carry_state: every row's (mb_carry_floats of batch x grad_accum), or NULL; the same owner */
     mb_train_settings settings;
+    float *carry;              /* carry_state: every row's (mb_carry_floats of batch x grad_accum), or NULL; the same owner */
 } mb_train_state;
 
 /* Writes the model (and, when ts != NULL, the training state) atomically:
@@ -838,10 +838,10 @@ struct mb_trainer {
     mb_train_backend backend;
     const mb_train_comm *comm; /* borrowed; NULL: one process (mb_trainer_set_comm) */
     float *grad_acc;           /* the micro-batches' gradient sum when grad_accum > 1 */
-    float *carry_mb;           /* carry_state: the drawn micro-batch's rows in st.carry */
     double comm_s;             /* seconds spent summing gradients over the ranks (data-parallel) */
     int64_t inject_nonfinite_step; /* testing hooks: poison the gradient at this 0-based step, */
     int64_t inject_nonfinite_from; /* or at every step from this one (-1: never) */
+    float *carry_mb;           /* carry_state: the drawn micro-batch's rows in st.carry */
 };
 /* settings must be complete (see mb_train_settings; warmup MB_WARMUP_AUTO
    is resolved into the trainer's copy, and so saved); data is the training
