@@ -5760,8 +5760,6 @@ MBDEF mb_status mb_trainer_step_on(mb_trainer *t, const mb_step_kernels *k, doub
 }
 
 MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
-    if (t->backend.step && t->st.settings.carry_state)
-        return mb__fail(MB_STATUS_UNSUPPORTED, "--carry-state trains on the CPU only (not yet on %s)", t->backend.name);
     return t->backend.step ? mb__backend_fail(t, t->backend.step(t, lr, r)) : mb_trainer_step_on(t, &mb__cpu_kernels, lr, r);
 }
 
