@@ -124,7 +124,9 @@
      uint32 version 1, int64 step, uint64 batcher RNG, int64 sequential
      position, float64 elapsed seconds, [14] settings (a MB_TRAIN_SETTINGS
      key NUL-padded to 24 bytes, a float64; one missing takes its default;
-     [14] 0: mb__v1_settings' 16 float64), AdamW m, then v (float32).
+     [14] 0: mb__v1_settings' 16 float64), AdamW m, then v (float32); then,
+     when [15] (rows with carried state, else 0) is not 0, their states
+     (mb_model_set_carry's layout, [15] rows, float32).
 
    LICENSE: MIT, at the end of this file.
 */
@@ -285,7 +287,8 @@ MBDEF int mb_tensor_matrix(const mb_config *cfg, int layer, int field, int *in, 
     ENTRY(ln_mean, N, 0) ENTRY(ln_rstd, N, 0)     /* the norm's statistics */ \
     ENTRY(xz, N * 2 * Di, 0) ENTRY(u, N * Di, 1)  /* in_proj's output x' | z; silu(conv(x')) */ \
     ENTRY(xdbl, N * X, 0) ENTRY(delta, N * Di, 0) /* x_proj's dt_low | B | C; dt_proj's, before the bias */ \
-    ENTRY(gated, N * Di, 1) ENTRY(states, B * nch * Di * S, 0) /* the scan's y * silu(z); its h at the chunks' starts */
+    ENTRY(gated, N * Di, 1) ENTRY(states, B * nch * Di * S, 0) /* the scan's y * silu(z); its h at the chunks' starts */ \
+    ENTRY(conv_in, B * K * Di, 0) /* a carried conv window at the start (mb_model_set_carry) */
 #define MB__ACT_PTR(name, floats, bf16) float *name;
 typedef struct { MB_LAYER_ACTS(MB__ACT_PTR) } mb_layer_acts;
 /* The one layout of both trainers' activations (and gradients') and both streams': a's buffers for (B, T)
@@ -323,6 +326,14 @@ MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32
 MBDEF const float *mb_model_logits(const mb_model *m); /* (B, T, 256) of the last forward */
 MBDEF mb_status mb_model_backward(mb_model *m);         /* grads += d(mean CE)/d(params) */
 MBDEF void mb_model_zero_grad(mb_model *m);
+/* Carried state (truncated BPTT): with state non-NULL each forward starts
+   every row from it and leaves there the state after its window; layer l
+   holds the rows' scan states (B, d_state, d_inner), then their conv
+   windows (B, d_conv, d_inner: the last d_conv inputs x', oldest first, as
+   a stream's): mb_carry_floats(cfg, B) floats, zero at a sequence start.
+   It is an input: no gradient flows into it.  NULL (the default): from zero. */
+MBDEF void mb_model_set_carry(mb_model *m, float *state);
+MBDEF int64_t mb_carry_floats(const mb_config *cfg, int64_t B);
 /* Time steps per scan chunk (states are kept only at chunk boundaries). */
 MBDEF mb_status mb_model_set_scan_chunk(mb_model *m, int chunk);
 /* The matrix products of mb_model_forward / mb_model_backward (the linear
@@ -429,7 +440,9 @@ MBDEF mb_status mb_stream_generate(mb_stream *s, const uint8_t *prompt, int64_t 
     FIELD(EPS,          eps,          NUM,      "--eps",          1e-30, 1,   1e-8, TRAJ, "AdamW eps") \
     FIELD(TIME_BUDGET,  time_budget,  NUM,      "--time-budget",  0, 1e9,     0,    BUDGET, \
           "seconds: stop cleanly and save before this (0 none; per run unless --schedule time); given alone, it also "\
-          "changes the lr, batch, ctx, schedule and steps (the short-budget recipe; the flags you give are kept)")
+          "changes the lr, batch, ctx, schedule and steps (the short-budget recipe; the flags you give are kept)") \
+    FIELD(CARRY_STATE,  carry_state,  SWITCH,   "--carry-state",  0, 1,       0,    TRAJ, \
+          "each row's window follows its last one and starts from its carried state (truncated BPTT; over --sequential)")
 /* The model's sizes that a run sets (int32_t fields of mb_config; the
    defaults are mb_config_default's), in the same form; role MODEL: the
    checkpoint's, another one given is an error. */
@@ -458,6 +471,7 @@ typedef struct {
     int32_t ranks;             /* data-parallel processes that trained it (header [13]; 0 in older files = 1) */
     float *adam_m, *adam_v;    /* num_params each, owned by the caller */
     mb_train_settings settings;
+    float *carry;              /* carry_state: every row's (mb_carry_floats of batch x grad_accum), or NULL; the same owner */
 } mb_train_state;
 
 /* Writes the model (and, when ts != NULL, the training state) atomically:
@@ -743,6 +757,7 @@ struct mb_trainer {
     double comm_s;             /* seconds spent summing gradients over the ranks (data-parallel) */
     int64_t inject_nonfinite_step; /* testing hooks: poison the gradient at this 0-based step, */
     int64_t inject_nonfinite_from; /* or at every step from this one (-1: never) */
+    float *carry_mb;           /* carry_state: the drawn micro-batch's rows in st.carry */
 };
 /* settings must be complete (see mb_train_settings; warmup MB_WARMUP_AUTO
    is resolved into the trainer's copy, and so saved); data is the training
@@ -971,6 +986,9 @@ MBDEF void mb__conv1d_forward_from(float *out, const float *xz, const float *w, 
                                    int B, int T, int Di, int K);
 MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float *dout, const float *xz,
                                const float *w, const float *bias, int B, int T, int Di, int K);
+/* The same after mb__conv1d_forward_from's win (the taps before t = 0 add to dw only). */
+MBDEF void mb__conv1d_backward_from(float *dxz, float *dw, float *dbias, const float *dout, const float *xz, const float *w,
+                                    const float *bias, const float *win, int B, int T, int Di, int K);
 MBDEF void mb__scan_forward(float *out, float *states, const float *u, const float *delta, const float *dt_bias,
                             const float *A_log, const float *xdbl, const float *Dp, const float *xz,
                             int B, int T, int Di, int S, int R, int chunk);
@@ -1460,7 +1478,7 @@ MBDEF int mb_tensor_matrix(const mb_config *c, int layer, int field, int *in, in
 
 MBDEF int64_t mb_layer_acts_place(mb_layer_acts *a, float *base, const mb_config *c, int B, int T, int chunk, int bf16) {
     const int64_t N = (int64_t)B * T, nch = chunk > 0 ? (T + chunk - 1) / chunk : 0, C = c->d_model;
-    const int64_t Di = C * c->expand, S = c->d_state, X = c->dt_rank + 2 * S;
+    const int64_t Di = C * c->expand, S = c->d_state, X = c->dt_rank + 2 * S, K = c->d_conv;
     int64_t off = 0, n;
 #define MB__PLACE(name, floats, copy) \
     n = !bf16 ? (floats) : copy ? ((floats) + 1) / 2 : 0; \
@@ -2892,6 +2910,10 @@ MBDEF void mb__conv1d_forward_from(float *out, const float *xz, const float *w, 
 
 MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float *dout, const float *xz,
                                const float *w, const float *bias, int B, int T, int Di, int K) {
+    mb__conv1d_backward_from(dxz, dw, dbias, dout, xz, w, bias, NULL, B, T, Di, K);
+}
+MBDEF void mb__conv1d_backward_from(float *dxz, float *dw, float *dbias, const float *dout, const float *xz, const float *w,
+                                    const float *bias, const float *win, int B, int T, int Di, int K) {
     /* each thread owns a block of 16 channels for all (b, t): deterministic;
        dw and dbias of the block are summed in registers in (b, t) order */
     const int DB = MB__SCAN_DB;
@@ -2913,7 +2935,7 @@ MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float 
             const float *xs = xz + (int64_t)b * T * 2 * Di + d0;
             float *dxs = dxz + (int64_t)b * T * 2 * Di + d0;
             for (t = 0; t < T; t++) {
-                int k0 = t < K - 1 ? K - 1 - t : 0; /* taps before the sequence start are skipped */
+                int k0 = t < K - 1 && !win ? K - 1 - t : 0; /* taps before the sequence start: skipped, or win's */
                 /* the rows ahead, one line each and far apart: the hardware does not fetch them */
                 MB__PREFETCH(xs + (int64_t)(t + 8) * 2 * Di);
                 MB__PREFETCH_W(dxs + (int64_t)(t + 8) * 2 * Di);
@@ -2921,7 +2943,8 @@ MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float 
                 const float *g = mb__scan_row(gc, dout + ((int64_t)b * T + t) * Di + d0, nd);
                 for (j = 0; j < DB; j++) pre[j] = bs[j];
                 for (k = k0; k < K; k++) {
-                    xr[k] = mb__scan_row(x[k], xs + (int64_t)(t - (K - 1) + k) * 2 * Di, nd);
+                    int64_t ts = t - (K - 1) + k;
+                    xr[k] = mb__scan_row(x[k], ts >= 0 ? xs + ts * 2 * Di : win + ((int64_t)b * K + K + ts) * Di + d0, nd);
                     for (j = 0; j < DB; j++) pre[j] += wt[k][j] * xr[k][j];
                 }
                 for (j = 0; j < DB; j++) {
@@ -2932,6 +2955,7 @@ MBDEF void mb__conv1d_backward(float *dxz, float *dw, float *dbias, const float 
                 for (k = k0; k < K; k++) {
                     float *dx = dxs + (int64_t)(t - (K - 1) + k) * 2 * Di;
                     for (j = 0; j < DB; j++) gw[k][j] += dpre[j] * xr[k][j];
+                    if (t - (K - 1) + k < 0) continue; /* win's: an input, no gradient */
                     if (nd == DB)
                         for (j = 0; j < DB; j++) dx[j] += dpre[j] * wt[k][j];
                     else
@@ -3333,6 +3357,7 @@ struct mb_model {
     float *params, *grads;
     mb_weights w, g;
     int scan_chunk;
+    float *carry; /* mb_model_set_carry's (borrowed), or NULL */
     /* activations and backward scratch, sized for act_tokens tokens */
     int B, T;
     int64_t act_tokens, act_floats; /* capacity of inputs/targets and of act_block */
@@ -3497,6 +3522,10 @@ MBDEF float *mb_model_params(mb_model *m) { return m->params; }
 MBDEF float *mb_model_grads(mb_model *m) { return m->grads; }
 MBDEF const float *mb_model_logits(const mb_model *m) { return m->logits; }
 MBDEF void mb_model_zero_grad(mb_model *m) { memset(m->grads, 0, (size_t)m->num_params * sizeof(float)); }
+MBDEF void mb_model_set_carry(mb_model *m, float *state) { m->carry = state; }
+MBDEF int64_t mb_carry_floats(const mb_config *c, int64_t B) {
+    return B * c->n_layer * (c->d_state + c->d_conv) * (int64_t)c->d_model * c->expand;
+}
 
 MBDEF mb_status mb_model_set_scan_chunk(mb_model *m, int chunk) {
     if (chunk < 1 || (int64_t)chunk * m->cfg.d_state > MB__SCAN_HBUF)
@@ -3652,13 +3681,22 @@ static void mb__mixer_forward(mb_model *m, int l, float *out) {
     const mb_layer_weights *W = &m->w.layer[l];
     mb_layer_acts *a = &m->acts[l];
     int B = m->B, T = m->T, C = c->d_model, Di = C * c->expand, S = c->d_state, R = c->dt_rank, X = R + 2 * S;
-    int64_t N = (int64_t)B * T;
+    int64_t N = (int64_t)B * T, K = c->d_conv, b, k;
+    /* a carried state: h in place (the scan leaves the new one; states keeps the old), the window via conv_in */
+    float *h = m->carry ? m->carry + (int64_t)l * B * (S + K) * Di : NULL, *win = h ? h + (int64_t)B * S * Di : NULL;
     mb__linear_forward(m, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, C, N);   /* (N,C) -> (N,2Di) */
-    mb__conv1d_forward(a->u, a->xz, W->conv_w, W->conv_b, B, T, Di, c->d_conv);
+    if (win) memcpy(a->conv_in, win, sizeof(float) * (size_t)(B * K * Di));
+    mb__conv1d_forward_from(a->u, a->xz, W->conv_w, W->conv_b, win ? a->conv_in : NULL, B, T, Di, (int)K);
+    for (b = 0; win && b < B; b++) /* the new window: the last K of (window, x'_0 .. x'_{T-1}) */
+        for (k = 0; k < K; k++) {
+            int64_t ts = T - K + k;
+            memcpy(win + (b * K + k) * Di, ts >= 0 ? a->xz + (b * T + ts) * 2 * Di : a->conv_in + (b * K + K + ts) * Di,
+                   sizeof(float) * (size_t)Di);
+        }
     mb__linear_forward(m, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, Di, N);  /* (N,Di) -> (N,X) */
     mb__linear_forward(m, l, MB_TENSOR_DT_W, a->delta, a->xdbl, X, N); /* (N,R of X) -> (N,Di) */
-    mb__scan_forward(a->gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
-                     B, T, Di, S, R, m->scan_chunk);
+    mb__scan_forward_from(a->gated, a->states, h, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
+                          B, T, Di, S, R, m->scan_chunk);
     mb__linear_forward(m, l, MB_TENSOR_OUT_PROJ, out, a->gated, Di, N); /* (N,Di) -> (N,C) */
 }
 
@@ -3714,7 +3752,8 @@ static void mb__mixer_backward(mb_model *m, int l, const float *dout, float *dln
                       B, T, Di, S, R, m->scan_chunk);
     mb__linear_backward(m, l, MB_TENSOR_DT_W, d->xdbl, d->delta, a->xdbl, X, N);
     mb__linear_backward(m, l, MB_TENSOR_X_PROJ, d->u, d->xdbl, a->u, Di, N);
-    mb__conv1d_backward(d->xz, G->conv_w, G->conv_b, d->u, a->xz, W->conv_w, W->conv_b, B, T, Di, c->d_conv);
+    mb__conv1d_backward_from(d->xz, G->conv_w, G->conv_b, d->u, a->xz, W->conv_w, W->conv_b, m->carry ? a->conv_in : NULL,
+                             B, T, Di, c->d_conv);
     mb__linear_backward(m, l, MB_TENSOR_IN_PROJ, dln, d->xz, a->ln, C, N);
 }
 
@@ -4168,6 +4207,10 @@ static void mb__header(int32_t *h, const mb_config *c, int with_state, int32_t r
     h[13] = with_state && ranks > 1 ? ranks : 0;
     h[14] = with_state ? MB__NUM_SETTINGS : 0;
 }
+/* The rows whose carried state a training state holds ([15]). */
+static int32_t mb__carry_rows(const mb_train_state *ts) {
+    return ts && ts->carry ? (int32_t)(ts->settings.batch * ts->settings.grad_accum) : 0;
+}
 
 /* Writes all of parts to fd; 0 on success. */
 static int mb__write_all(int fd, const void *data, int64_t bytes) {
@@ -4235,11 +4278,12 @@ fail:
 MBDEF mb_status mb_checkpoint_save(const char *path, const mb_model *m, const mb_train_state *ts) {
     int32_t header[MB__CKPT_HEADER_INTS];
     unsigned char state_head[MB__STATE_HEAD + MB__NUM_SETTINGS * MB__SETTING_BYTES];
-    const void *parts[5];
-    int64_t sizes[5], n = m->num_params;
+    const void *parts[6];
+    int64_t sizes[6], n = m->num_params;
     int np = 0;
     if (!mb__little_endian()) return mb__fail(MB_STATUS_UNSUPPORTED, "checkpoints are little-endian; this host is not");
     mb__header(header, &m->cfg, ts != NULL, ts ? ts->ranks : 0);
+    header[15] = mb__carry_rows(ts);
     parts[np] = header; sizes[np++] = sizeof header;
     parts[np] = m->params; sizes[np++] = 4 * n;
     if (ts) {
@@ -4254,6 +4298,7 @@ MBDEF mb_status mb_checkpoint_save(const char *path, const mb_model *m, const mb
         parts[np] = state_head; sizes[np++] = sizeof state_head;
         parts[np] = ts->adam_m; sizes[np++] = 4 * n;
         parts[np] = ts->adam_v; sizes[np++] = 4 * n;
+        if (header[15]) { parts[np] = ts->carry; sizes[np++] = 4 * mb_carry_floats(&m->cfg, header[15]); }
     }
     return mb__write_file_atomic(path, np, parts, sizes);
 }
@@ -4264,7 +4309,8 @@ MBDEF void mb_train_state_free(mb_train_state *ts) {
     if (!ts) return;
     MB_FREE(ts->adam_m);
     MB_FREE(ts->adam_v);
-    ts->adam_m = ts->adam_v = NULL;
+    MB_FREE(ts->carry);
+    ts->adam_m = ts->adam_v = ts->carry = NULL;
 }
 
 /* Checks every header field; fills cfg. */
@@ -4281,7 +4327,9 @@ static mb_status mb__check_header(const int32_t *h, const char *path, mb_config 
         return mb__fail(MB_STATUS_BAD_FORMAT, "%s: rank count %d (0..2^20, and only with a training state)", path, h[13]);
     if (h[14] < 0 || h[14] > MB__MAX_SETTINGS) /* (and 0 without a state: checked after the size) */
         return mb__fail(MB_STATUS_BAD_FORMAT, "%s: named settings count %d (0..%d)", path, h[14], MB__MAX_SETTINGS);
-    for (i = 15; i < 256; i++)
+    if (h[15] < 0 || h[15] > (1 << 24) || (h[15] && h[12] != 1))
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: carried rows %d (0..2^24, and only with a training state)", path, h[15]);
+    for (i = 16; i < 256; i++)
         if (h[i] != 0) return mb__fail(MB_STATUS_BAD_FORMAT, "%s: reserved header field [%d] is %d (must be 0)", path, i, h[i]);
     cfg->vocab_size = h[2]; cfg->d_model = h[3]; cfg->n_layer = h[4]; cfg->d_state = h[5];
     cfg->d_conv = h[6]; cfg->expand = h[7]; cfg->dt_rank = h[8]; cfg->norm = h[9]; cfg->untied_head = !h[10];
@@ -4303,7 +4351,7 @@ static mb_status mb__check_params_finite(const mb_model *m, const char *path) {
 }
 
 /* The training-state block after the parameters (fd is there) into the zeroed ts. */
-static mb_status mb__read_state(int fd, mb_train_state *ts, const int32_t *h, int64_t n, const char *path) {
+static mb_status mb__read_state(int fd, mb_train_state *ts, const int32_t *h, const mb_config *cfg, int64_t n, const char *path) {
     unsigned char head[MB__STATE_HEAD + MB__MAX_SETTINGS * MB__SETTING_BYTES];
     int64_t bytes = mb__state_bytes(0, h[14]), i;
     uint32_t magic, version;
@@ -4325,6 +4373,14 @@ static mb_status mb__read_state(int fd, mb_train_state *ts, const int32_t *h, in
     if (!ts->adam_m || !ts->adam_v) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "optimizer state");
     if (mb__read_all(fd, ts->adam_m, 4 * n) != 4 * n || mb__read_all(fd, ts->adam_v, 4 * n) != 4 * n)
         return mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path);
+    if (h[15] && (h[15] != ts->settings.batch * ts->settings.grad_accum || !ts->settings.carry_state))
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: %d carried rows, but batch x grad_accum is %lld", path, h[15],
+                        (long long)(ts->settings.batch * ts->settings.grad_accum));
+    if (h[15]) {
+        int64_t cb = 4 * mb_carry_floats(cfg, h[15]);
+        if (!(ts->carry = (float *)MB_MALLOC((size_t)cb))) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "carried state");
+        if (mb__read_all(fd, ts->carry, cb) != cb) return mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path);
+    }
     if (ts->step < 0 || ts->data_pos < 0 || !isfinite(ts->elapsed_s) || ts->elapsed_s < 0)
         return mb__fail(MB_STATUS_BAD_FORMAT, "%s: negative step, data position or elapsed time (corrupt checkpoint)", path);
     for (i = 0; i < n; i++) /* a NaN moment would turn the first update's parameters into NaN */
@@ -4358,7 +4414,7 @@ MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_st
     n = mb_config_num_params(&cfg);
     with_state = h[12];
     if (with_state && ts) memset(ts, 0, sizeof *ts);
-    expect = (int64_t)sizeof h + 4 * n + (with_state ? mb__state_bytes(n, h[14]) : 0);
+    expect = (int64_t)sizeof h + 4 * n + (with_state ? mb__state_bytes(n, h[14]) + 4 * mb_carry_floats(&cfg, h[15]) : 0);
     if ((int64_t)st.st_size != expect) {
         s = mb__fail(MB_STATUS_BAD_FORMAT, "%s: %lld bytes, but its header (d_model %d, %d layers%s) needs %lld: %s", path,
                      (long long)st.st_size, cfg.d_model, cfg.n_layer, with_state ? ", training state" : "", (long long)expect,
@@ -4372,7 +4428,7 @@ MBDEF mb_status mb_checkpoint_load(const char *path, mb_model **out, mb_train_st
     if ((s = mb__model_alloc(&m, &cfg)) != MB_STATUS_OK) goto done;
     if (mb__read_all(fd, m->params, 4 * n) != 4 * n) s = mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path);
     else s = mb__check_params_finite(m, path);
-    if (s == MB_STATUS_OK && with_state && ts) s = mb__read_state(fd, ts, h, n, path);
+    if (s == MB_STATUS_OK && with_state && ts) s = mb__read_state(fd, ts, h, &cfg, n, path);
 done: /* the one way out */
     close(fd);
     if (s != MB_STATUS_OK) {
@@ -5558,7 +5614,15 @@ MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_setti
         resume->adam_m = resume->adam_v = NULL;
         t->batcher.rng = resume->data_rng;
         t->batcher.pos = resume->data_pos;
-    } else {
+        t->st.carry = s->carry_state ? resume->carry : NULL; /* none saved: the rows start from zero */
+        if (t->st.carry) resume->carry = NULL;
+    }
+    if (s->carry_state && !t->st.carry) {
+        int64_t cf = mb_carry_floats(&m->cfg, s->batch * s->grad_accum);
+        if (!(t->st.carry = (float *)MB_MALLOC((size_t)cf * sizeof(float)))) { mb_trainer_free(t); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "carried state"); }
+        memset(t->st.carry, 0, (size_t)cf * sizeof(float));
+    }
+    if (!resume) {
         t->st.adam_m = (float *)MB_MALLOC((size_t)n * sizeof(float));
         t->st.adam_v = (float *)MB_MALLOC((size_t)n * sizeof(float));
         if (t->st.adam_m) memset(t->st.adam_m, 0, (size_t)n * sizeof(float));
@@ -5587,6 +5651,7 @@ MBDEF mb_status mb_trainer_set_comm(mb_trainer *t, const mb_train_comm *comm) {
                  !comm->broadcast))
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "communicator: rank %d of %d, or a function missing", comm->rank, comm->size);
     if (mb__check_ranks(t, size) != MB_STATUS_OK) return MB_STATUS_INVALID_ARGUMENT;
+    if (size > 1 && t->st.settings.carry_state) return mb__fail(MB_STATUS_UNSUPPORTED, "--carry-state runs in one process (not yet data-parallel)");
     t->comm = comm;
     t->st.ranks = size;
     return MB_STATUS_OK;
@@ -5596,9 +5661,37 @@ static mb_status mb__comm_fail(const mb_trainer *t, mb_status s) {
     return s == MB_STATUS_OK ? s : mb__fail(s, "data-parallel: %s", t->comm->last_error ? t->comm->last_error() : "communication failed");
 }
 
+/* carry_state's windows: row r of the step's R owns a cursor from r (size - T) / R, one window of T
+   further each step; past the end it starts again from 0 with its state reset. */
+static void mb__carry_draw(mb_trainer *t, int64_t k) {
+    const mb_train_settings *s = &t->st.settings;
+    const mb_config *c = &t->model->cfg;
+    const int64_t B = s->batch, T = s->ctx, n = t->batcher.size, R = B * s->grad_accum * t->st.ranks, i = t->st.step;
+    const int64_t Di = (int64_t)c->d_model * c->expand, S = c->d_state, K = c->d_conv;
+    int64_t b, l, t0;
+    t->carry_mb = t->st.carry + (k % s->grad_accum) * mb_carry_floats(c, B);
+    for (b = 0; b < B; b++) {
+        int64_t start = (k * B + b) * (n - T) / R, first = (n - T - 1 - start) / T + 1, pass = (n - T - 1) / T + 1;
+        int64_t pos = i < first ? start + i * T : (i - first) % pass * T;
+        for (l = 0; l < c->n_layer && i >= first && pos == 0; l++) { /* a new pass: from zero */
+            float *h = t->carry_mb + l * B * (S + K) * Di;
+            memset(h + b * S * Di, 0, sizeof(float) * (size_t)(S * Di));
+            memset(h + B * S * Di + b * K * Di, 0, sizeof(float) * (size_t)(K * Di));
+        }
+        for (t0 = 0; t0 < T; t0++) {
+            t->inputs[b * T + t0] = t->batcher.data[pos + t0];
+            t->targets[b * T + t0] = t->batcher.data[pos + t0 + 1];
+        }
+    }
+}
+
 MBDEF mb_status mb_trainer_draw(mb_trainer *t, int64_t k, int *mine) {
     const mb_train_settings *s = &t->st.settings;
     *mine = k / s->grad_accum == (t->comm ? t->comm->rank : 0);
+    if (s->carry_state) {
+        if (*mine) mb__carry_draw(t, k);
+        return MB_STATUS_OK;
+    }
     return *mine ? mb_batcher_next(&t->batcher, t->inputs, t->targets, (int)s->batch, (int)s->ctx)
                  : mb_batcher_skip(&t->batcher, (int)s->batch, (int)s->ctx);
 }
@@ -5614,8 +5707,10 @@ static mb_status mb__cpu_micro_batch(mb_trainer *t, int first, double *loss_sum)
     mb_status st;
     if (!first) memcpy(t->grad_acc, m->grads, (size_t)n * sizeof(float));
     mb_model_zero_grad(m);
+    mb_model_set_carry(m, t->st.settings.carry_state ? t->carry_mb : NULL);
     st = mb_model_forward(m, t->inputs, t->targets, (int)s->batch, (int)s->ctx, &loss);
     if (st == MB_STATUS_OK) st = mb_model_backward(m);
+    mb_model_set_carry(m, NULL);
     if (st != MB_STATUS_OK) return st;
     if (!first)
         for (i = 0; i < n; i++) m->grads[i] += t->grad_acc[i];

@@ -2378,6 +2378,7 @@ mb_status mb_cuda_trainer_attach(mb_trainer *tr, int precision) {
     const mb_train_settings *s = &tr->st.settings;
     mb_cuda_trainer *g = nullptr;
     if (tr->backend.step) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA: the trainer already has a %s backend", tr->backend.name);
+    if (s->carry_state) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: --carry-state trains on the CPU only (not yet on the GPU)");
     const int ranks = tr->comm ? tr->comm->size : 1;
     mb_status st = mbc::device_check();
     if (st == MB_STATUS_OK) st = mbc::select_device(tr->comm);

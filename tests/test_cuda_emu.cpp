@@ -1113,6 +1113,24 @@ mb_status loop_run(const loop_args &a, loop_log *log, fvec *params, mb_train_rep
     return st;
 }
 
+/* --carry-state is not on the GPU yet: attaching says so and leaves the trainer on the CPU. */
+void test_carry_refused() {
+    std::vector<uint8_t> text(500, 'a');
+    mb_config c = mb_config_default();
+    c.d_model = 16; c.n_layer = 2; c.d_state = 4; c.dt_rank = 0;
+    mb_train_settings s = mb_train_settings_default();
+    s.batch = 2; s.ctx = 24; s.carry_state = 1;
+    mb_model *m = nullptr;
+    mb_trainer tr;
+    memset(&tr, 0, sizeof tr);
+    mb_status st = mb_model_create(&m, &c, 5);
+    if (st == MB_STATUS_OK) st = mb_trainer_init(&tr, m, &s, text.data(), (int64_t)text.size(), nullptr);
+    MBT_CHECK(st == MB_STATUS_OK && mb_cuda_trainer_attach(&tr, 0) == MB_STATUS_UNSUPPORTED && !tr.backend.step &&
+              strstr(mb_cuda_last_error(), "--carry-state"), "CUDA with --carry-state is refused: %s", mb_cuda_last_error());
+    mb_trainer_free(&tr);
+    mb_model_free(m);
+}
+
 void test_train_loop_backend() {
     loop_log lc, lg;
     fvec pc, pg;
@@ -1237,7 +1255,7 @@ extern "C" void mbt_cuda_emu_tests(void) {
         {"scan", test_scan}, {"trainer_fp32", [] { test_trainer(0); }}, {"trainer_bf16", [] { test_trainer(1); }},
         {"trainer_tf32", [] { test_trainer(2); }}, {"trainer_fp32_rms_untied", [] { test_trainer(0, true); }},
         {"stream", [] { test_stream(); }}, {"stream_rms_untied", [] { test_stream(true); }}, {"tensor_indices", test_tensor_indices}, {"launch_budget", test_launch_budget}, {"graphs", test_graphs},
-        {"train_loop_backend", test_train_loop_backend}, {"data_parallel_backend", test_data_parallel_backend},
+        {"train_loop_backend", test_train_loop_backend}, {"carry_refused", test_carry_refused}, {"data_parallel_backend", test_data_parallel_backend},
     };
     const bool timing = getenv("MBT_EMU_TIMING") != nullptr; /* per-test seconds on stderr */
     for (const auto &t : tests) {

@@ -889,7 +889,7 @@ static void test_act_layout(void) {
             int32_t y[64];
             float loss = 0.0f;
             int64_t N = (int64_t)B * T, C = c.d_model, Di = C * c.expand, S = c.d_state, X = c.dt_rank + 2 * S, V = 256;
-            int64_t nchunks, hand, measured;
+            int64_t K = c.d_conv, nchunks, hand, measured;
             const float *next;
             int l, ok = 1;
             if (shapes[si][2]) mb_model_set_scan_chunk(m, shapes[si][2]);
@@ -910,7 +910,8 @@ static void test_act_layout(void) {
 #undef MBT_WALK_L
 #undef MBT_WALK_M
             hand = c.n_layer * (N * (2 * C + 2 + 2 * Di + Di + X + Di + Di) + B * nchunks * Di * S) +
-                   N * (C + C + 2 + V + C) + N * (C + C + 2 + 2 * Di + Di + X + Di + Di + V) + B * (Di * S + 2 * Di);
+                   N * (C + C + 2 + V + C) + N * (C + C + 2 + 2 * Di + Di + X + Di + Di + V) + B * (Di * S + 2 * Di) +
+                   (c.n_layer + 1) * B * K * Di; /* conv_in, the layers' and the gradients' */
             MBT_CHECK(ok, "act layout cfg %d B=%d T=%d: buffers do not tile the block in list order", (int)ci, B, T);
             MBT_CHECK(m->act_used == measured && next == m->act_block + m->act_used && m->act_used <= m->act_floats,
                       "act layout cfg %d B=%d T=%d: carved %lld, measured %lld, walked %lld, block %lld", (int)ci, B, T,

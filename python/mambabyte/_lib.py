@@ -109,7 +109,8 @@ for _d in _train_fields():
 
 class TrainState(Structure):
     _fields_ = [("step", c_int64), ("data_rng", c_uint64), ("data_pos", c_int64), ("elapsed_s", c_double),
-                ("ranks", c_int32), ("adam_m", POINTER(c_float)), ("adam_v", POINTER(c_float)), ("settings", TrainSettings)]
+                ("ranks", c_int32), ("adam_m", POINTER(c_float)), ("adam_v", POINTER(c_float)), ("settings", TrainSettings),
+                ("carry", POINTER(c_float))]
 
 
 class Batcher(Structure):
@@ -129,7 +130,7 @@ class Trainer(Structure):
     _fields_ = [("model", c_void_p), ("st", TrainState), ("batcher", Batcher), ("inputs", c_void_p),
                 ("targets", c_void_p), ("backend", TrainBackend), ("comm", c_void_p), ("grad_acc", c_void_p),
                 ("comm_s", c_double), ("inject_nonfinite_step", c_int64),
-                ("inject_nonfinite_from", c_int64)]
+                ("inject_nonfinite_from", c_int64), ("carry_mb", c_void_p)]
 
 
 class TrainProgress(Structure):

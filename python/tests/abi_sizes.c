@@ -17,12 +17,12 @@ int main(void) {
     BEGIN(mb_config) F(vocab_size) F(d_model) F(n_layer) F(d_state) F(d_conv) F(expand) F(dt_rank) F(norm) F(untied_head) END
     BEGIN(mb_tensor_info) F(name) F(offset) F(numel) F(ndim) F(shape) F(weight_decay) END
     BEGIN(mb_train_settings) MB_TRAIN_SETTINGS(SETTING) END
-    BEGIN(mb_train_state) F(step) F(data_rng) F(data_pos) F(elapsed_s) F(ranks) F(adam_m) F(adam_v) F(settings) END
+    BEGIN(mb_train_state) F(step) F(data_rng) F(data_pos) F(elapsed_s) F(ranks) F(adam_m) F(adam_v) F(settings) F(carry) END
     BEGIN(mb_batcher) F(data) F(size) F(rng) F(pos) F(sequential) END
     BEGIN(mb_step_result) F(loss) F(grad_norm) F(lr) F(applied) END
     BEGIN(mb_train_backend) F(name) F(impl) F(step) F(sync) F(release) F(last_error) END
     BEGIN(mb_trainer) F(model) F(st) F(batcher) F(inputs) F(targets) F(backend) F(comm) F(grad_acc) F(comm_s) F(inject_nonfinite_step)
-        F(inject_nonfinite_from) END
+        F(inject_nonfinite_from) F(carry_mb) END
     BEGIN(mb_train_progress) F(step) F(steps) F(loss) F(lr) F(grad_norm) F(tokens_per_s) F(elapsed_s) F(eta_s)
         F(progress) F(by_time) F(applied) F(nonfinite_run) F(saves) END
     BEGIN(mb_train_options) F(out) F(stop_at) F(callback) F(user) END

@@ -42,6 +42,21 @@ def test_train_equals_cli_bit_for_bit(tmp_path):
     assert all(np.array_equal(ref[k], v) for k, v in mambabyte.Model.load(tmp_path / "py.bin").state_dict().items())
 
 
+def test_carry_state_equals_cli_and_is_saved(tmp_path):
+    """carry_state=True is --carry-state: the same parameters, the flag and the carried rows in the checkpoint."""
+    args = dict(steps=10, batch=3, ctx=32, d_model=24, n_layer=2, d_state=4, lr=3e-3, seed=7)
+    flags = [f for k, v in args.items() for f in ("--" + k.replace("_", "-"), str(v))]
+    r = run_cli("train", "--data", SAMPLE, "--out", tmp_path / "cli.bin", "--eval-chars", 0, "--carry-state", *flags)
+    assert r.returncode == 0, r.stderr
+    m = mambabyte.train(pathlib.Path(SAMPLE), eval_chars=0, verbose=False, carry_state=True, **args)
+    plain = mambabyte.train(pathlib.Path(SAMPLE), eval_chars=0, verbose=False, **args)
+    ref, got, other = mambabyte.Model.load(tmp_path / "cli.bin").state_dict(), m.state_dict(), plain.state_dict()
+    assert all(np.array_equal(ref[k], got[k]) for k in ref)
+    assert not all(np.array_equal(other[k], got[k]) for k in ref)  # another trajectory than random windows
+    header = np.fromfile(tmp_path / "cli.bin", dtype=np.int32, count=16)
+    assert header[15] == 3  # the rows whose carried state follows the training state
+
+
 def test_callback_sees_steps_and_can_stop(tmp_path, capsys):
     seen = []
 
