@@ -355,9 +355,19 @@ MBDEF const char *mb_model_precision_describe(const mb_model *m);
    V x d_model packed copy) and the config.  After it
    returns the stream never reads the model again: the model may change
    (an optimizer step) or be freed, and the stream keeps computing with the
-   weights it was created from.  To follow new weights, create a new stream. */
+   weights it was created from.  To follow new weights, create a new stream.
+   mb_stream_create_ex picks the matrices' stored precision (each step reads
+   them all, so bytes/s scale with their size): MB_PRECISION_FP32 (what
+   mb_stream_create does), _BF16, or _INT8: int8 with a float32 scale per
+   MB_INT8_GROUP weights along the input (one 64-byte line of int8s per
+   scale: 6% on top, and an outlier spoils only its group).  Norms, conv,
+   A, D, biases, the state and every sum stay float32; at bf16/int8 the
+   logits differ from float32's within the bounds in the README. */
+#define MB_PRECISION_INT8 3
+#define MB_INT8_GROUP 64
 typedef struct mb_stream mb_stream;
 MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m);
+MBDEF mb_status mb_stream_create_ex(mb_stream **out, const mb_model *m, int precision);
 MBDEF void mb_stream_reset(mb_stream *s); /* back to the zero state (as just created) */
 MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte); /* logits (256) for the next byte */
 /* Prefill: advances the stream over bytes[0..n) with the parallel (chunked,
@@ -3744,7 +3754,9 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
 #ifndef MB__FEED_CHUNK
 #define MB__FEED_CHUNK 2048 /* bytes per pass of mb_stream_feed: its workspace holds this many */
 #endif
-typedef struct { const float *w; int IC, OC; } mb__packed;
+/* A matrix as a stream holds it: w packed (float32), or q (bf16, or int8
+   with its scales sc) in mb__quantize's panels. */
+typedef struct { const float *w, *sc; const void *q; int IC, OC, prec; } mb__packed;
 static int mb__slot(int l, int field) { return (l + 1) * MB_NUM_LAYER_TENSORS + field; } /* l -1: the head */
 struct mb_stream {
     mb_config cfg;         /* the model's (validated) config */
@@ -3756,6 +3768,7 @@ struct mb_stream {
     float *AT;             /* (L, S, Di) = -exp(A_log), transposed */
     float *conv_wT;        /* (L, K, Di) conv weights, transposed */
     mb__packed *packed;    /* the matrices' packed copies (mb__matvec_pack), at mb__slot(layer, field) */
+    void *qblock;          /* bf16 / int8: the matrices (packed[].q) */
     mb_layer_acts a;       /* one token's activations (resid: the residual stream) */
     float *out, *logits;
     int64_t state_floats;  /* conv_state + ssm_state, contiguous */
@@ -3836,6 +3849,114 @@ static void mb__matmul_packed(float *out, const float *inp, int64_t ldi, const f
     }
 }
 
+/* ---- bf16 / int8 products for streams: out[t*OC + o] for nt rows x_t at
+   once, as mb__matvec_packed does with the outputs in 16 lanes: q is panels
+   of 16 outputs, input by input (zero-padded past OC); an int8 panel's
+   scales are 16 per group of MB_INT8_GROUP inputs (sc[panel][group][16]).
+   Each weight becomes float32 (an int8 one times its scale) and every sum
+   is a float32 FMA, one chain per lane in input order: a row's bits do not
+   depend on nt or on the other rows. */
+#define MB__QP 16 /* outputs per panel */
+#if defined(MB__SCAN_AVX512)
+MB__SCAN_AVX512_IN void mb__qpanels_avx512_n(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int p0,
+                                             int np, int nt) {
+    __m512 acc[4][4], w[4], sv[4];
+    const int ng = (q->IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP;
+    int t, k, j;
+    for (t = 0; t < nt; t++)
+        for (j = 0; j < np; j++) acc[t][j] = sv[j] = _mm512_setzero_ps();
+    for (k = 0; k < q->IC; k++) {
+        for (j = 0; j < np; j++) {
+            const int64_t i = ((int64_t)(p0 + j) * q->IC + k) * MB__QP;
+            if (q->prec == MB_PRECISION_BF16)
+                w[j] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)q->q + i))), 16));
+            else {
+                if (k % MB_INT8_GROUP == 0) sv[j] = _mm512_loadu_ps(q->sc + ((int64_t)(p0 + j) * ng + k / MB_INT8_GROUP) * MB__QP);
+                w[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)q->q + i)))), sv[j]);
+            }
+        }
+        for (t = 0; t < nt; t++) {
+            const __m512 xv = _mm512_set1_ps(x[t * ldx + k]);
+            for (j = 0; j < np; j++) acc[t][j] = _mm512_fmadd_ps(xv, w[j], acc[t][j]);
+        }
+    }
+    for (t = 0; t < nt; t++)
+        for (j = 0; j < np; j++) {
+            const int o0 = (p0 + j) * MB__QP, n = q->OC - o0 < MB__QP ? q->OC - o0 : MB__QP;
+            _mm512_mask_storeu_ps(out + t * ldo + o0, (__mmask16)((1u << n) - 1), acc[t][j]);
+        }
+}
+MB__SCAN_AVX512_FN void mb__qpanels_avx512(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int p0, int np, int nt) {
+    if (np == 4 && nt == 4) mb__qpanels_avx512_n(out, ldo, x, ldx, q, p0, 4, 4);
+    else if (np == 4 && nt == 1) mb__qpanels_avx512_n(out, ldo, x, ldx, q, p0, 4, 1);
+    else if (nt == 4) mb__qpanels_avx512_n(out, ldo, x, ldx, q, p0, 1, 4);
+    else mb__qpanels_avx512_n(out, ldo, x, ldx, q, p0, 1, 1);
+}
+#endif
+/* The same operations in plain C (bit for bit where MB__FMA is fmaf). */
+MB__INLINE void mb__qpanels_portable(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int p0, int np, int nt) {
+    const int ng = (q->IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP;
+    int t, k, j, l;
+    for (j = 0; j < np; j++)
+        for (t = 0; t < nt; t++) {
+            float acc[MB__QP] = {0};
+            const int o0 = (p0 + j) * MB__QP;
+            for (k = 0; k < q->IC; k++)
+                for (l = 0; l < MB__QP; l++) {
+                    const int64_t i = ((int64_t)(p0 + j) * q->IC + k) * MB__QP + l;
+                    const float w = q->prec == MB_PRECISION_BF16 ? mb__bf16_value(((const uint16_t *)q->q)[i])
+                                  : (float)((const int8_t *)q->q)[i] * q->sc[((int64_t)(p0 + j) * ng + k / MB_INT8_GROUP) * MB__QP + l];
+                    acc[l] = MB__FMA(x[t * ldx + k], w, acc[l]);
+                }
+            for (l = 0; l < MB__QP && o0 + l < q->OC; l++) out[t * ldo + o0 + l] = acc[l];
+        }
+}
+#define mb__qpanels MB__SCAN_PICK(mb__qpanels)
+/* out (T, OC) = x (T, IC; row stride ldx) @ q^T: four rows per read of the
+   weights, four panels per pass. */
+static void mb__qlinear(float *out, const float *x, int64_t ldx, int64_t T, const mb__packed *q) {
+    const int npan = (q->OC + MB__QP - 1) / MB__QP;
+    int64_t t0;
+    int p;
+    for (t0 = 0; t0 < T; t0 += 4) {
+        const int nt = T - t0 < 4 ? 1 : 4, nb = (npan + 3) / 4;
+        MB__OMP(parallel for schedule(static) if ((int64_t)nt * q->IC * q->OC > MB__OMP_MIN_WORK))
+        for (p = 0; p < nb; p++) {
+            const int np = npan - 4 * p < 4 ? 1 : 4;
+            int j;
+            for (j = 0; j < 4 && 4 * p + j < npan; j += np)
+                mb__qpanels(out + t0 * q->OC, q->OC, x + t0 * ldx, ldx, q, 4 * p + j, np, nt);
+        }
+        if (nt == 1) t0 -= 3;
+    }
+}
+/* Bytes of q (and its scales) for a matrix at precision prec. */
+static int64_t mb__qbytes(int IC, int OC, int prec) {
+    const int64_t n = (int64_t)(OC + MB__QP - 1) / MB__QP * MB__QP * IC;
+    return prec == MB_PRECISION_BF16 ? 2 * n : n + 4 * (n / IC) * ((IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP);
+}
+/* q (and sc) from the float32 w (OC, IC): bf16 rounded to nearest even; int8
+   round(w / scale) with scale = the group's max |w| / 127. */
+static void mb__quantize(mb__packed *q, void *dst, const float *w) {
+    const int npan = (q->OC + MB__QP - 1) / MB__QP, ng = (q->IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP;
+    int o, k, j;
+    q->q = dst;
+    q->sc = (const float *)((int8_t *)dst + (int64_t)npan * MB__QP * q->IC);
+    memset(dst, 0, (size_t)mb__qbytes(q->IC, q->OC, q->prec));
+    for (o = 0; o < q->OC; o++)
+        for (k = 0; k < q->IC; k += MB_INT8_GROUP) {
+            const float *r = w + (int64_t)o * q->IC + k;
+            const int n = q->IC - k < MB_INT8_GROUP ? q->IC - k : MB_INT8_GROUP;
+            const int64_t at = ((int64_t)(o / MB__QP) * q->IC + k) * MB__QP + o % MB__QP; /* + j * MB__QP */
+            float amax = 0.0f;
+            for (j = 0; j < n && q->prec == MB_PRECISION_BF16; j++) ((uint16_t *)dst)[at + j * MB__QP] = mb__bf16_from_float(r[j]);
+            if (q->prec == MB_PRECISION_BF16) continue;
+            for (j = 0; j < n; j++) amax = fabsf(r[j]) > amax ? fabsf(r[j]) : amax;
+            ((float *)q->sc)[((int64_t)(o / MB__QP) * ng + k / MB_INT8_GROUP) * MB__QP + o % MB__QP] = amax / 127.0f;
+            for (j = 0; j < n && amax > 0.0f; j++) ((int8_t *)dst)[at + j * MB__QP] = (int8_t)lrintf(r[j] * (127.0f / amax));
+        }
+}
+
 /* 1 for the tensors a stream holds only packed (a tied head's embedding is also a vector table). */
 static int mb__stream_packs(const mb_config *c, int i) {
     int j, l, f, IC, OC;
@@ -3848,34 +3969,41 @@ static int mb__stream_packs(const mb_config *c, int i) {
    from its packed copy; T = 1 is mb__matvec_packed. */
 static void mb__stream_linear(const mb_stream *s, int l, int field, float *out, const float *inp, int64_t ldi, int64_t T) {
     const mb__packed *q = &s->packed[mb__slot(l, field)];
-    mb__matmul_packed(out, inp, ldi, q->w, T, q->IC, q->OC);
+    if (q->prec != MB_PRECISION_FP32) mb__qlinear(out, inp, ldi, T, q);
+    else mb__matmul_packed(out, inp, ldi, q->w, T, q->IC, q->OC);
 }
 
-MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
+MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) { return mb_stream_create_ex(out, m, MB_PRECISION_FP32); }
+MBDEF mb_status mb_stream_create_ex(mb_stream **out, const mb_model *m, int precision) {
     const mb_config *c = &m->cfg;
     int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, l, f, d, n, k, i, j, IC, OC;
     const int nmat = MB__NUM_LAYER_MATRICES * L + 1;
     int64_t total = (int64_t)L * (2 * K * Di + 2 * S * Di) + mb_layer_acts_place(NULL, NULL, c, 1, 1, 0, 0) + C + c->vocab_size;
-    int64_t nvec = 0;
-    mb_stream *s = (mb_stream *)MB_MALLOC(sizeof(mb_stream));
+    int64_t nvec = 0, qtotal = 0;
+    mb_stream *s;
     mb_tensor_info *ti;
     float *p;
+    char *qp;
     *out = NULL;
-    if (!s) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream");
+    if (precision != MB_PRECISION_FP32 && precision != MB_PRECISION_BF16 && precision != MB_PRECISION_INT8)
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "stream precision %d: streams store fp32, bf16 or int8", precision);
+    if (!(s = (mb_stream *)MB_MALLOC(sizeof(mb_stream)))) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream");
     memset(s, 0, sizeof *s);
     s->cfg = *c;
     for (i = 0; i < m->ntensors; i++)
         if (!mb__stream_packs(c, i)) nvec += m->tensors[i].numel;
     for (j = 0; j < nmat; j++) {
         mb__matrix_at(c, j, &l, &f, &IC, &OC);
-        total += mb__matvec_packed_floats(IC, OC);
+        if (precision == MB_PRECISION_FP32) total += mb__matvec_packed_floats(IC, OC);
+        else qtotal += mb__qbytes(IC, OC, precision);
     }
     s->block = (float *)MB_MALLOC((size_t)total * sizeof(float));
+    qp = (char *)(s->qblock = qtotal ? MB_MALLOC((size_t)qtotal) : NULL);
     s->vecs = (float *)MB_MALLOC((size_t)nvec * sizeof(float));
     s->w.layer = (mb_layer_weights *)MB_MALLOC(sizeof(mb_layer_weights) * (size_t)L);
     s->packed = (mb__packed *)MB_MALLOC(sizeof(mb__packed) * (size_t)(L + 1) * MB_NUM_LAYER_TENSORS);
     ti = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)m->ntensors);
-    if (!s->block || !s->vecs || !s->w.layer || !s->packed || !ti) {
+    if (!s->block || !s->vecs || !s->w.layer || !s->packed || !ti || (qtotal && !qp)) {
         MB_FREE(ti);
         mb_stream_free(s);
         return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream state");
@@ -3899,9 +4027,14 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
         mb__packed *q;
         i = mb__matrix_at(c, j, &l, &f, &IC, &OC);
         q = &s->packed[mb__slot(l, f)];
-        q->w = p;
         q->IC = IC;
         q->OC = OC;
+        if ((q->prec = precision) != MB_PRECISION_FP32) {
+            mb__quantize(q, qp, m->params + m->tensors[i].offset);
+            qp += mb__qbytes(IC, OC, precision);
+            continue;
+        }
+        q->w = p;
         mb__matvec_pack(p, m->params + m->tensors[i].offset, IC, OC);
         p += mb__matvec_packed_floats(IC, OC);
     }
@@ -3936,6 +4069,7 @@ MBDEF void mb_stream_free(mb_stream *s) {
     if (!s) return;
     MB_FREE(s->feed_block);
     MB_FREE(s->block);
+    MB_FREE(s->qblock);
     MB_FREE(s->vecs);
     MB_FREE(s->w.layer);
     MB_FREE(s->packed);
