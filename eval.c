@@ -5,7 +5,7 @@
    its held-out text after training.  Entry points:
 
      static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t chars,
-                         const char *label, int exact, const char *json_path, double *acc);
+                         const char *label, int exact, const char *json_path, double *acc, int precision);
      static int mb_cli_eval(int argc, char **argv);   (argv[0] == "eval") */
 
 typedef struct { double t0; int tty; } eval_progress_state;
@@ -21,8 +21,16 @@ static void eval_progress(void *user, int64_t done, int64_t total) {
         fprintf(stderr, "eval %lld/%lld chars | %s elapsed | ETA %s\n", (long long)done, (long long)total, a, b);
 }
 
+/* --precision of eval and sample: the stream's stored weights (mb_stream_create_ex). */
+#define STREAM_PRECISION_HELP "the stream's weights: fp32 (default), bf16 or int8 (a float32 scale per 64 weights)"
+static const char *const stream_precisions[] = {"fp32", "bf16", "int8", NULL};
+static int stream_precision(flag *flags) {
+    const char *p = flag_str(flags, "precision", "fp32");
+    return !strcmp(p, "bf16") ? MB_PRECISION_BF16 : !strcmp(p, "int8") ? MB_PRECISION_INT8 : MB_PRECISION_FP32;
+}
+
 static const char *EVAL_USAGE =
-    "mambabyte eval --model FILE --data PATH [--split valid|test|train|tail] [--chars N] [--predict ascii|exact] [--json FILE]";
+    "mambabyte eval --model FILE --data PATH [--split valid|test|train|tail] [--chars N] [--predict ascii|exact] [--precision fp32|bf16|int8] [--json FILE]";
 
 /* Before any work: the text the evaluation will read (its first `chars`
    characters) is there and is UTF-8, as the protocol needs.  Returns 0, or
@@ -54,13 +62,14 @@ static void dataset_eval_label(char *buf, size_t n, const mb_dataset *d, const c
    adds the exact greedy character beside the protocol's ASCII rule; *acc
    gets the protocol's char accuracy.  Returns an exit code. */
 static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t chars, const char *label, int exact,
-                    const char *json_path, double *acc) {
+                    const char *json_path, double *acc, int precision) {
     mb_eval_exact_result r;
     eval_progress_state ps = {mb_clock_seconds(), isatty(2)};
     mb_status st;
     double dt, n, ca, bpb, ba;
     memset(&r, 0, sizeof r);
-    st = exact ? mb_eval_text_exact(m, text, len, chars, &r, eval_progress, &ps) : mb_eval_text(m, text, len, chars, &r.base, eval_progress, &ps);
+    st = exact ? mb_eval_text_exact_ex(m, precision, text, len, chars, &r, eval_progress, &ps)
+               : mb_eval_text_ex(m, precision, text, len, chars, &r.base, eval_progress, &ps);
     if (st != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s: %s\n", label, mb_last_error()); return 1; }
     dt = mb_clock_seconds() - ps.t0;
     n = r.base.chars ? (double)r.base.chars : 1.0;
@@ -92,6 +101,7 @@ static int mb_cli_eval(int argc, char **argv) {
         {"chars", F_INT, 1, 1e15, "first N characters (default 60000)", 0, 0, 0},
         {"predict", F_STR, 0, 0, "ascii (default: the protocol's argmax over bytes 0..127) or exact (also the exact greedy character)", 0, 0, 0},
         {"json", F_STR, 0, 0, "also write the results as JSON", 0, 0, 0},
+        {"precision", F_STR, 0, 0, STREAM_PRECISION_HELP, 0, 0, 0},
         {"threads", F_INT, 1, 1024, "OpenMP threads", 0, 0, 0},
         FLAG_END};
     mb_model *m;
@@ -106,7 +116,8 @@ static int mb_cli_eval(int argc, char **argv) {
         fprintf(stderr, "mambabyte eval: --model and --data are required\nusage: %s\n", EVAL_USAGE);
         return 2;
     }
-    if (!flag_choice("eval", flags, "split", splits, EVAL_USAGE) || !flag_choice("eval", flags, "predict", rules, EVAL_USAGE)) return 2;
+    if (!flag_choice("eval", flags, "split", splits, EVAL_USAGE) || !flag_choice("eval", flags, "predict", rules, EVAL_USAGE) ||
+        !flag_choice("eval", flags, "precision", stream_precisions, EVAL_USAGE)) return 2;
     cli_threads_flag(flags);
     data = flag_str(flags, "data", "");
     split = flag_str(flags, "split", NULL);
@@ -138,7 +149,8 @@ static int mb_cli_eval(int argc, char **argv) {
         rc = 1;
     }
     if (rc == 0) {
-        rc = run_eval(m, f.data, f.size, chars, label, !strcmp(flag_str(flags, "predict", "ascii"), "exact"), flag_str(flags, "json", NULL), NULL);
+        rc = run_eval(m, f.data, f.size, chars, label, !strcmp(flag_str(flags, "predict", "ascii"), "exact"), flag_str(flags, "json", NULL), NULL,
+                      stream_precision(flags));
         mb_model_free(m);
     }
     if (tail) mb_dataset_close(&d);

@@ -34,7 +34,7 @@ static mb_mpi_comm g_mpi;
 
 /* -------------------------------------------------------------- sample */
 static const char *SAMPLE_USAGE =
-    "mambabyte sample --model FILE [--prompt TEXT] [--bytes N] [--temperature T] [--top-k K] [--seed S]";
+    "mambabyte sample --model FILE [--prompt TEXT] [--bytes N] [--temperature T] [--top-k K] [--seed S] [--precision fp32|bf16|int8]";
 
 static int put_byte(void *user, int b) {
     (void)user;
@@ -50,6 +50,7 @@ static int cmd_sample(int argc, char **argv) {
         {"temperature", F_NUM, 0, 100, "0 = greedy (default 0.8)", 0, 0, 0},
         {"top-k", F_INT, 0, 256, "sample among the K most likely bytes (0 = all, default 0)", 0, 0, 0},
         {"seed", F_INT, 0, 9007199254740992.0, "random seed (default 1)", 0, 0, 0},
+        {"precision", F_STR, 0, 0, STREAM_PRECISION_HELP, 0, 0, 0},
         {"threads", F_INT, 1, 1024, "OpenMP threads", 0, 0, 0},
         FLAG_END};
     mb_model *m;
@@ -59,9 +60,10 @@ static int cmd_sample(int argc, char **argv) {
     mb_status st;
     if (parse_flags("sample", flags, argc - 1, argv + 1, SAMPLE_USAGE)) return 2;
     if (!flag_given(flags, "model")) { fprintf(stderr, "mambabyte sample: --model is required\nusage: %s\n", SAMPLE_USAGE); return 2; }
+    if (!flag_choice("sample", flags, "precision", stream_precisions, SAMPLE_USAGE)) return 2;
     cli_threads_flag(flags);
     if (mb_model_load(&m, flag_str(flags, "model", "")) != MB_STATUS_OK) { fprintf(stderr, "mambabyte sample: %s\n", mb_last_error()); return 1; }
-    st = mb_stream_create(&s, m);
+    st = mb_stream_create_ex(&s, m, stream_precision(flags));
     mb_model_free(m); /* the stream holds its own copy of the weights */
     if (st != MB_STATUS_OK) { fprintf(stderr, "mambabyte sample: %s\n", mb_last_error()); return 1; }
     prompt = flag_str(flags, "prompt", "");
@@ -408,7 +410,7 @@ static int cmd_train(int argc, char **argv) {
     signal(SIGUSR1, SIG_DFL);
     /* a finished run is evaluated; one paused by --stop-at or interrupted is not */
     if (rc == 0 && IS_RANK0 && eval_chars > 0 && d.eval_size > 0 && (rep.outcome == MB_TRAIN_FINISHED || rep.outcome == MB_TRAIN_TIME_BUDGET)) {
-        rc = run_eval(m, d.eval, d.eval_size, eval_chars, eval_label, 0, NULL, &acc);
+        rc = run_eval(m, d.eval, d.eval_size, eval_chars, eval_label, 0, NULL, &acc, MB_PRECISION_FP32);
         if (rc == 0 && v.csv) fprintf(v.csv, "%lld,,,,%.3f,%.6f\n", (long long)tr.st.step, rep.elapsed_s, acc);
     }
     if (rc != 1) replot(&v);

@@ -735,6 +735,9 @@ typedef void (*mb_progress_fn)(void *user, int64_t done, int64_t total);
    evaluated then.  progress (may be NULL) is called every 1024 characters. */
 MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
                              mb_eval_result *r, mb_progress_fn progress, void *user);
+/* The same with the stream's weights at an MB_PRECISION_* (mb_stream_create_ex). */
+MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
+                                mb_eval_result *r, mb_progress_fn progress, void *user);
 
 /* Exact greedy characters.  The protocol above predicts a byte in 0..127;
    the character the model actually finds most likely may be multi-byte.
@@ -775,6 +778,8 @@ typedef struct {
 } mb_eval_exact_result;
 MBDEF mb_status mb_eval_text_exact(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
                                    mb_eval_exact_result *r, mb_progress_fn progress, void *user);
+MBDEF mb_status mb_eval_text_exact_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
+                                      mb_eval_exact_result *r, mb_progress_fn progress, void *user);
 /* The results as `mambabyte eval` prints them: "eval on LABEL: C chars, B
    bytes", then char accuracy, bits per byte, byte accuracy and chars/s
    over seconds; with exact, both rules (r from mb_eval_text_exact;
@@ -5347,6 +5352,10 @@ static mb_status mb__eval_text_ref(const mb_model *m, const uint8_t *text, int64
    (nll_bits too: the same double sum in the same order) is equal. */
 MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
                              mb_eval_result *r, mb_progress_fn progress, void *user) {
+    return mb_eval_text_ex(m, MB_PRECISION_FP32, text, len, max_chars, r, progress, user);
+}
+MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
+                                mb_eval_result *r, mb_progress_fn progress, void *user) {
     mb_stream *s;
     uint8_t *in;
     float *lg;
@@ -5357,7 +5366,7 @@ MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len
     memset(r, 0, sizeof *r);
     /* validate the whole evaluated prefix first: fail before any work */
     if ((st = mb__eval_prefix(text, len, max_chars, &end, &nchars)) != MB_STATUS_OK) return st;
-    st = mb_stream_create(&s, m);
+    st = mb_stream_create_ex(&s, m, precision);
     if (st != MB_STATUS_OK) return st;
     in = (uint8_t *)MB_MALLOC(MB__FEED_CHUNK);
     lg = (float *)MB_MALLOC((size_t)MB__FEED_CHUNK * 256 * sizeof(float));
@@ -5587,13 +5596,17 @@ MBDEF mb_status mb_stream_predict_char(mb_stream *s, const float *logits, mb_cha
 
 MBDEF mb_status mb_eval_text_exact(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
                                    mb_eval_exact_result *r, mb_progress_fn progress, void *user) {
+    return mb_eval_text_exact_ex(m, MB_PRECISION_FP32, text, len, max_chars, r, progress, user);
+}
+MBDEF mb_status mb_eval_text_exact_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
+                                      mb_eval_exact_result *r, mb_progress_fn progress, void *user) {
     mb_stream *s;
     const float *logits;
     int64_t end = 0, nchars = 0, pos = 0, c;
     mb_status st;
     memset(r, 0, sizeof *r);
     if ((st = mb__eval_prefix(text, len, max_chars, &end, &nchars)) != MB_STATUS_OK) return st; /* validate first */
-    if ((st = mb_stream_create(&s, m)) != MB_STATUS_OK) return st;
+    if ((st = mb_stream_create_ex(&s, m, precision)) != MB_STATUS_OK) return st;
     logits = mb_stream_step(s, 0x00);
     for (c = 0; c < nchars; c++) {
         int k = mb_utf8_char_len(text + pos, end - pos), j, hit;
