@@ -387,6 +387,19 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
    share a model or weights. */
 MBDEF mb_status mb_stream_copy(mb_stream *dst, const mb_stream *src);
 MBDEF void mb_stream_free(mb_stream *s);
+/* k independent streams over one snapshot (at an MB_PRECISION_*), stepped
+   together: mb_streams_step advances streams idx[0..n) (distinct, < k) by
+   bytes[0..n) and returns their logits, row r (256 floats) for idx[r]; the
+   products take the n rows at once, so each weight is read once per n
+   bytes.  Row r equals one stream's mb_stream_step bit for bit.  The
+   pointer is valid until the next call.  mb_streams_feed: mb_stream_feed
+   for stream i; mb_streams_reset: stream i back to the zero state. */
+typedef struct mb_streams mb_streams;
+MBDEF mb_status mb_streams_create(mb_streams **out, const mb_model *m, int k, int precision);
+MBDEF const float *mb_streams_step(mb_streams *b, const int *idx, const uint8_t *bytes, int n);
+MBDEF mb_status mb_streams_feed(mb_streams *b, int i, const uint8_t *bytes, int64_t n, float *logits);
+MBDEF void mb_streams_reset(mb_streams *b, int i);
+MBDEF void mb_streams_free(mb_streams *b);
 
 /* -------------------------------------------------------------- sampling */
 /* One byte drawn from logits (256), the semantics of `mambabyte sample`:
@@ -4081,31 +4094,98 @@ MBDEF void mb_stream_free(mb_stream *s) {
     MB_FREE(s);
 }
 
-/* One byte through the whole model: mb_model_forward for T = 1 with the
-   conv and scan carried in the state.  Each output element takes the same
-   operations as in the batch forward, so the logits agree bit for bit.
-   Reads each weight once (all from the stream's snapshot) and allocates nothing. */
-MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) {
+/* n bytes, each through the whole model with its own state (row r's conv
+   window conv[r], scan state ssm[r]): mb_model_forward for T = 1 per row,
+   the products over the n rows at once (each weight read once per n
+   bytes).  A row's operations do not depend on n or on the other rows, so
+   each row's logits are one stream's bit for bit, and those equal the batch
+   forward's.  Reads each weight once (all from the stream's snapshot). */
+static void mb__step_rows(const mb_stream *s, float *const *conv, float *const *ssm, const uint8_t *bytes, int n,
+                          const mb_layer_acts *a, float *out, float *logits) {
     const mb_config *c = &s->cfg;
     int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
-    int X = R + 2 * S, l, d;
-    mb_layer_acts *a = &s->a;
-    memcpy(a->resid, s->w.wte + (int64_t)byte * C, (size_t)C * sizeof(float));
+    int X = R + 2 * S, l, r;
+    for (r = 0; r < n; r++) memcpy(a->resid + (int64_t)r * C, s->w.wte + (int64_t)bytes[r] * C, (size_t)C * sizeof(float));
     for (l = 0; l < L; l++) {
         const mb_layer_weights *W = &s->w.layer[l];
-        mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, 1, C);
-        mb__stream_linear(s, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, C, 1); /* [x', z] */
-        mb__conv_step(a->u, s->conv_state + (int64_t)l * K * Di, a->xz, s->conv_wT + (int64_t)l * K * Di, W->conv_b, Di, K);
-        mb__stream_linear(s, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, Di, 1); /* [dt_low, B, C] */
-        mb__stream_linear(s, l, MB_TENSOR_DT_W, a->delta, a->xdbl, X, 1);
-        mb__scan_step(a->gated, s->ssm_state + (int64_t)l * S * Di, a->delta, s->AT + (int64_t)l * S * Di, W->dt_proj_b, a->u,
-                      a->xdbl + R, a->xdbl + R + S, W->D, a->xz + Di, Di, S);
-        mb__stream_linear(s, l, MB_TENSOR_OUT_PROJ, s->out, a->gated, Di, 1);
-        for (d = 0; d < C; d++) a->resid[d] += s->out[d];
+        mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, n, C);
+        mb__stream_linear(s, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, C, n); /* [x', z] */
+        for (r = 0; r < n; r++)
+            mb__conv_step(a->u + (int64_t)r * Di, conv[r] + (int64_t)l * K * Di, a->xz + (int64_t)r * 2 * Di,
+                          s->conv_wT + (int64_t)l * K * Di, W->conv_b, Di, K);
+        mb__stream_linear(s, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, Di, n); /* [dt_low, B, C] */
+        mb__stream_linear(s, l, MB_TENSOR_DT_W, a->delta, a->xdbl, X, n);
+        for (r = 0; r < n; r++) {
+            const float *xd = a->xdbl + (int64_t)r * X;
+            mb__scan_step(a->gated + (int64_t)r * Di, ssm[r] + (int64_t)l * S * Di, a->delta + (int64_t)r * Di, s->AT + (int64_t)l * S * Di,
+                          W->dt_proj_b, a->u + (int64_t)r * Di, xd + R, xd + R + S, W->D, a->xz + (int64_t)r * 2 * Di + Di, Di, S);
+        }
+        mb__stream_linear(s, l, MB_TENSOR_OUT_PROJ, out, a->gated, Di, n);
+        for (r = 0; r < n * C; r++) a->resid[r] += out[r];
     }
-    mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, s->w.norm_f_w, s->w.norm_f_b, 1, C);
-    mb__stream_linear(s, -1, MB_TENSOR_LM_HEAD, s->logits, a->ln, C, 1);
+    mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, s->w.norm_f_w, s->w.norm_f_b, n, C);
+    mb__stream_linear(s, -1, MB_TENSOR_LM_HEAD, logits, a->ln, C, n);
+}
+MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) { /* allocates nothing */
+    mb__step_rows(s, &s->conv_state, &s->ssm_state, &byte, 1, &s->a, s->out, s->logits);
     return s->logits;
+}
+
+/* k streams over one snapshot: k states, activations for k rows. */
+struct mb_streams {
+    mb_stream *s; /* the weights (its own state is a scratch for feeds) */
+    int k;
+    float *block, *out, *logits, **conv, **ssm, **rc, **rs;
+    mb_layer_acts a;
+};
+MBDEF mb_status mb_streams_create(mb_streams **out, const mb_model *m, int k, int precision) {
+    mb_streams *b;
+    int64_t sf, total;
+    int i;
+    mb_status st;
+    *out = NULL;
+    if (k < 1) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "streams: k=%d", k);
+    if (!(b = (mb_streams *)MB_MALLOC(sizeof *b))) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "streams");
+    memset(b, 0, sizeof *b);
+    if ((st = mb_stream_create_ex(&b->s, m, precision)) != MB_STATUS_OK) { MB_FREE(b); return st; }
+    sf = b->s->state_floats;
+    total = k * sf + mb_layer_acts_place(NULL, NULL, &m->cfg, 1, k, 0, 0) + (int64_t)k * (m->cfg.d_model + m->cfg.vocab_size);
+    b->k = k;
+    b->block = (float *)MB_MALLOC((size_t)total * sizeof(float));
+    b->conv = (float **)MB_MALLOC(4 * (size_t)k * sizeof(float *));
+    if (!b->block || !b->conv) { mb_streams_free(b); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "streams state (%d)", k); }
+    memset(b->block, 0, (size_t)k * (size_t)sf * sizeof(float));
+    b->ssm = b->conv + k, b->rc = b->ssm + k, b->rs = b->rc + k;
+    for (i = 0; i < k; i++) { /* as one stream's: (L, K, Di) window, then (L, S, Di) scan state */
+        b->conv[i] = b->block + i * sf;
+        b->ssm[i] = b->conv[i] + (b->s->ssm_state - b->s->conv_state);
+    }
+    b->out = b->block + k * sf + mb_layer_acts_place(&b->a, b->block + k * sf, &m->cfg, 1, k, 0, 0);
+    b->logits = b->out + (int64_t)k * m->cfg.d_model;
+    *out = b;
+    return MB_STATUS_OK;
+}
+MBDEF void mb_streams_reset(mb_streams *b, int i) { memset(b->conv[i], 0, (size_t)b->s->state_floats * sizeof(float)); }
+MBDEF mb_status mb_streams_feed(mb_streams *b, int i, const uint8_t *bytes, int64_t n, float *logits) {
+    mb_status st;
+    if (i < 0 || i >= b->k) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "streams feed: stream %d of %d", i, b->k);
+    memcpy(b->s->conv_state, b->conv[i], (size_t)b->s->state_floats * sizeof(float));
+    st = mb_stream_feed(b->s, bytes, n, logits);
+    memcpy(b->conv[i], b->s->conv_state, (size_t)b->s->state_floats * sizeof(float));
+    return st;
+}
+MBDEF const float *mb_streams_step(mb_streams *b, const int *idx, const uint8_t *bytes, int n) {
+    int r;
+    for (r = 0; r < n; r++) b->rc[r] = b->conv[idx[r]], b->rs[r] = b->ssm[idx[r]];
+    mb__step_rows(b->s, b->rc, b->rs, bytes, n, &b->a, b->out, b->logits);
+    return b->logits;
+}
+MBDEF void mb_streams_free(mb_streams *b) {
+    if (!b) return;
+    mb_stream_free(b->s);
+    MB_FREE(b->block);
+    MB_FREE(b->conv);
+    MB_FREE(b);
 }
 
 /* The feed's workspace for T tokens (grown, never shrunk). */

@@ -58,6 +58,35 @@ static void decode_feed_matches_steps(const mb_model *m, const uint8_t *x, int T
     free(lg);
 }
 
+/* k streams stepped together (random subsets, one fed first) equal k
+   separate streams bit for bit at each precision. */
+static void decode_batched(const mb_model *m) {
+    enum { K = 17 }; /* past two of the products' row tiles */
+    const int precs[3] = {MB_PRECISION_FP32, MB_PRECISION_BF16, MB_PRECISION_INT8};
+    uint8_t bytes[K];
+    int idx[K], i, j, t, n, same = 1;
+    mbt_rng rng = {5};
+    for (i = 0; i < 3; i++) {
+        mb_streams *b;
+        mb_stream *one[K];
+        MBT_CHECK(mb_streams_create(&b, m, K, precs[i]) == MB_STATUS_OK, "streams");
+        for (j = 0; j < K; j++) mb_stream_create_ex(&one[j], m, precs[i]);
+        mb_streams_feed(b, 3, (const uint8_t *)"prefix", 6, NULL);
+        mb_stream_feed(one[3], (const uint8_t *)"prefix", 6, NULL);
+        for (t = 0; t < 12; t++) {
+            for (j = 0, n = 0; j < K; j++)
+                if (t == 0 || mbt_normal(&rng) > -0.3) idx[n] = j, bytes[n++] = (uint8_t)(97 + (j * 7 + t * 3) % 26);
+            {
+                const float *lg = mb_streams_step(b, idx, bytes, n);
+                for (j = 0; j < n; j++) same &= memcmp(lg + j * 256, mb_stream_step(one[idx[j]], bytes[j]), 1024) == 0;
+            }
+        }
+        MBT_CHECK(same, "precision %d: batched streams' logits must equal separate streams' bit for bit", precs[i]);
+        for (j = 0; j < K; j++) mb_stream_free(one[j]);
+        mb_streams_free(b);
+    }
+}
+
 static void test_decode(void) {
     /* bounds: {max, mean} relative, bf16 then int8 (README, "Stream precision") */
     static const double random_bound[2][2] = {{1.2e-2, 8e-3}, {3e-2, 2e-2}}, trained_bound[2][2] = {{4e-3, 2e-3}, {2e-2, 4e-3}};
@@ -93,5 +122,6 @@ static void test_decode(void) {
     }
     decode_check(m, x, T, "trained weights", trained_bound);
     decode_feed_matches_steps(m, x, 150);
+    decode_batched(m);
     mb_model_free(m);
 }
