@@ -264,6 +264,11 @@ class Model:
         bit at "fp32"; "bf16" or "int8" store its matrices in fewer bytes."""
         return Stream(self, precision)
 
+    def streams(self, k, precision="fp32"):
+        """Streams: k independent streams stepped together (each weight read
+        once per step of them all); each one's logits equal a Stream's bit for bit."""
+        return Streams(self, k, precision)
+
     def generate(self, prompt=b"", n=200, temperature=1.0, top_k=0, seed=0, precision="fp32"):
         """n bytes sampled after prompt (bytes or str), as `mambabyte sample`
         (mb_stream_generate): the stream starts with one 0x00 byte, the
@@ -318,6 +323,47 @@ def _precision(name):
 
 def _decode(score):
     return bytes(score.bytes[:score.len]).decode("utf-8")
+
+
+class Streams:
+    """k streams over one snapshot of the model (mb_streams)."""
+
+    def __init__(self, model, k, precision="fp32"):
+        self.model, self.k = model, int(k)
+        h = ctypes.c_void_p()
+        _check(lib.mb_streams_create(ctypes.byref(h), model._handle(), self.k, _precision(precision)), "streams")
+        self._s = h
+
+    def __del__(self):
+        try:
+            if self._s.value:
+                lib.mb_streams_free(self._s)
+                self._s = ctypes.c_void_p()
+        except Exception:
+            pass
+
+    def step(self, data, which=None):
+        """Advances streams `which` (default all k, in order) by one byte each
+        (data: bytes or a sequence of ints, one per stream); returns their
+        next-byte logits, ndarray(len(which), 256)."""
+        idx = np.arange(self.k, dtype=np.int32) if which is None else np.ascontiguousarray(which, dtype=np.int32)
+        b = np.ascontiguousarray(np.frombuffer(bytes(data), np.uint8) if isinstance(data, (bytes, bytearray)) else data, dtype=np.uint8)
+        if b.shape != idx.shape or (idx.size and (idx.min() < 0 or idx.max() >= self.k or len(set(idx.tolist())) != idx.size)):
+            raise ValueError("one byte per stream, and distinct stream indices in [0, k)")
+        ptr = lib.mb_streams_step(self._s, idx.ctypes.data, b.ctypes.data, int(idx.size))
+        return np.ctypeslib.as_array(ptr, shape=(int(idx.size), 256)).copy()
+
+    def feed(self, i, data):
+        """Stream i's parallel prefill over data (bytes or str); returns its logits, ndarray(n, 256)."""
+        data = _as_bytes(data)
+        out = np.empty((len(data), 256), np.float32)
+        arr, ptr = _buffer(data)
+        _check(lib.mb_streams_feed(self._s, int(i), ptr, len(data), out.ctypes.data), "feed")
+        return out
+
+    def reset(self, i):
+        """Stream i back to the empty state."""
+        lib.mb_streams_reset(self._s, int(i))
 
 
 class Stream:
