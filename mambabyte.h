@@ -3831,19 +3831,29 @@ MB__INLINE void mb__matvec_panels(float *MB__RESTRICT sum, const float *MB__REST
             for (j = 0; j < MB__MM_NR; j++)
                 sum[q * MB__MM_NR + j] = MB__FMA(x[s], bp[q * ps + s * MB__MM_NR + j], sum[q * MB__MM_NR + j]);
 }
+/* A matrix of more weights than this splits a stream's product over the
+   threads by outputs (each output's sums unchanged): below it the fork costs
+   more than one core's bandwidth gains (docs/BENCHMARKS.md, stream precision). */
+#ifndef MB__STREAM_OMP_MIN
+#define MB__STREAM_OMP_MIN (1 << 20)
+#endif
 static void mb__matvec_packed(float *MB__RESTRICT out, const float *MB__RESTRICT x, const float *MB__RESTRICT wp,
                                          int IC, int OC) {
-    int np = (OC + MB__MM_NR - 1) / MB__MM_NR, p0, j;
-    for (p0 = 0; p0 < np;) {
+    int np = (OC + MB__MM_NR - 1) / MB__MM_NR, nb = (np + 3) / 4, b;
+    MB__OMP(parallel for schedule(static) if ((int64_t)IC * OC > MB__STREAM_OMP_MIN))
+    for (b = 0; b < nb; b++) {
         float sum[4 * MB__MM_NR];
-        int nq = np - p0 >= 4 ? 4 : 1, q;
+        int p0 = 4 * b, j, nq = np - p0 >= 4 ? 4 : 1, q;
         if (nq == 4) mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 4);
         else mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 1);
         for (q = 0; q < nq; q++) {
             int o0 = (p0 + q) * MB__MM_NR, nr = OC - o0 < MB__MM_NR ? OC - o0 : MB__MM_NR;
             for (j = 0; j < nr; j++) out[o0 + j] = sum[q * MB__MM_NR + j];
         }
-        p0 += nq;
+        for (p0 += nq; nq == 1 && p0 < np; p0++) { /* the last block's other single panels */
+            mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 1);
+            for (j = 0; j < MB__MM_NR && p0 * MB__MM_NR + j < OC; j++) out[p0 * MB__MM_NR + j] = sum[j];
+        }
     }
 }
 
@@ -3938,7 +3948,7 @@ static void mb__qlinear(float *out, const float *x, int64_t ldx, int64_t T, cons
     int p;
     for (t0 = 0; t0 < T; t0 += 4) {
         const int nt = T - t0 < 4 ? 1 : 4, nb = (npan + 3) / 4;
-        MB__OMP(parallel for schedule(static) if ((int64_t)nt * q->IC * q->OC > MB__OMP_MIN_WORK))
+        MB__OMP(parallel for schedule(static) if ((int64_t)q->IC * q->OC > (nt == 1 ? MB__STREAM_OMP_MIN : MB__OMP_MIN_WORK / 4)))
         for (p = 0; p < nb; p++) {
             const int np = npan - 4 * p < 4 ? 1 : 4;
             int j;
