@@ -3889,6 +3889,7 @@ static void mb__matmul_packed(float *out, const float *inp, int64_t ldi, const f
 MB__SCAN_AVX512_IN void mb__qpanels_avx512_n(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int p0,
                                              int np, int nt) {
     __m512 acc[4][4], w[4], sv[4];
+    const __mmask16 all = 0xFFFF; /* the maskz forms: GCC's unmasked ones warn (maybe-uninitialized) in C++ */
     const int ng = (q->IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP;
     int t, k, j;
     for (t = 0; t < nt; t++)
@@ -3897,10 +3898,10 @@ MB__SCAN_AVX512_IN void mb__qpanels_avx512_n(float *out, int64_t ldo, const floa
         for (j = 0; j < np; j++) {
             const int64_t i = ((int64_t)(p0 + j) * q->IC + k) * MB__QP;
             if (q->prec == MB_PRECISION_BF16)
-                w[j] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)q->q + i))), 16));
+                w[j] = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all, _mm512_maskz_cvtepu16_epi32(all, _mm256_loadu_si256((const __m256i *)((const uint16_t *)q->q + i))), 16));
             else {
                 if (k % MB_INT8_GROUP == 0) sv[j] = _mm512_loadu_ps(q->sc + ((int64_t)(p0 + j) * ng + k / MB_INT8_GROUP) * MB__QP);
-                w[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)q->q + i)))), sv[j]);
+                w[j] = _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(all, _mm512_maskz_cvtepi8_epi32(all, _mm_loadu_si128((const __m128i *)((const int8_t *)q->q + i)))), sv[j]);
             }
         }
         for (t = 0; t < nt; t++) {
