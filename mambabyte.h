@@ -333,7 +333,7 @@ MBDEF mb_status mb_model_set_scan_chunk(mb_model *m, int chunk);
    MB_STATUS_OK: mb_model_precision says FP32, the describe line why).
    MB_PRECISION_TF32 is the CUDA trainer's only: MB_STATUS_UNSUPPORTED.
    The numbering is mb_cuda_trainer_attach's.  A run setting, not saved
-   with the weights; streams and eval always compute in float32.  After a
+   with the weights; streams and eval store their own (mb_stream_create_ex).  After a
    change, backward needs a new forward. */
 #define MB_PRECISION_FP32 0
 #define MB_PRECISION_BF16 1
