@@ -375,27 +375,56 @@ static int bench_train(bench_result *res, int which, int path, const mb_config *
 }
 
 /* ------------------------------------------------------------ streaming */
-static double bench_stream(const mb_config *cfg, const uint8_t *text, int64_t n, int reps) {
+/* Bytes/s of k streams stepped together (mb_streams; k = 1: one stream)
+   at an MB_PRECISION_*, in total, median of reps over n steps. */
+static double bench_stream(const mb_config *cfg, const uint8_t *text, int64_t n, int reps, int precision, int k) {
     mb_model *m = NULL;
-    mb_stream *st = NULL;
+    mb_streams *st = NULL;
     double v[16];
-    int r;
-    if (mb_model_create(&m, cfg, 5) != MB_STATUS_OK || mb_stream_create(&st, m) != MB_STATUS_OK) {
+    int r, idx[64], j;
+    uint8_t b[64];
+    if (mb_model_create(&m, cfg, 5) != MB_STATUS_OK || mb_streams_create(&st, m, k, precision) != MB_STATUS_OK) {
         fprintf(stderr, "bench: %s\n", mb_last_error());
         mb_model_free(m);
         return 0.0;
     }
+    mb_model_free(m); /* the streams hold their own weights */
     for (r = 0; r < reps; r++) {
         double t0 = mb_clock_seconds();
         int64_t i;
         float acc = 0.0f;
-        for (i = 0; i < n; i++) acc += mb_stream_step(st, text[i])[text[i]];
-        v[r] = (double)n / (mb_clock_seconds() - t0);
+        for (i = 0; i < n; i++) {
+            for (j = 0; j < k; j++) idx[j] = j, b[j] = text[(i + 97 * j) % n];
+            acc += mb_streams_step(st, idx, b, k)[b[0]];
+        }
+        v[r] = (double)n * k / (mb_clock_seconds() - t0);
         bench_sink = acc;
     }
-    mb_stream_free(st);
-    mb_model_free(m);
+    mb_streams_free(st);
     return bench_median(v, reps);
+}
+
+static double bench_read_bw(int64_t bytes, int reps);
+/* Per stream precision: one stream's bytes/s beside its ceiling (the
+   weights' bytes at that precision over the read bandwidth measured at that
+   size), and 16 streams stepped together (total bytes/s). */
+static void bench_precisions(const mb_config *cfg, const uint8_t *text) {
+    static const char *names[3] = {"fp32", "bf16", "int8"};
+    static const int precs[3] = {MB_PRECISION_FP32, MB_PRECISION_BF16, MB_PRECISION_INT8};
+    static const double bpw[3] = {4.0, 2.0, 1.0 + 4.0 / MB_INT8_GROUP}; /* bytes per weight (int8: + its group's scale) */
+    double one[3], ceil[3], batch[3];
+    int i;
+    for (i = 0; i < 3; i++) { /* side by side, in one run */
+        const double bytes = (double)mb_config_num_params(cfg) * bpw[i];
+        one[i] = bench_stream(cfg, text, 2000, 5, precs[i], 1);
+        ceil[i] = bench_read_bw((int64_t)bytes, 5) * 1e9 / bytes;
+        batch[i] = bench_stream(cfg, text, 300, 5, precs[i], 16);
+    }
+    printf("stream precision (1 thread, medians of 5): one stream bytes/s [ceiling: weights' bytes / read bandwidth]; 16 streams together\n");
+    for (i = 0; i < 3; i++)
+        printf("  %s: %7.0f bytes/s [%7.0f] = %.2fx fp32; 16 streams %8.0f bytes/s in total = %.1fx one fp32 stream\n", names[i], one[i],
+               ceil[i], one[i] / one[0], batch[i], batch[i] / one[0]);
+    printf("\n");
 }
 
 /* Read bandwidth of one thread over a buffer of `bytes` (the model's
@@ -532,10 +561,9 @@ static int mb_cli_bench(int argc, char **argv) {
     printf("peak resident memory: %.0f MB (ru_maxrss of the whole run)\n\n", res.rss_mb);
 
     cli_set_threads(1);
-    res.stream_bps = bench_stream(&cfg, text, 4000, 5);
+    res.stream_bps = bench_stream(&cfg, text, 4000, 5, MB_PRECISION_FP32, 1);
     res.read_gbs = bench_read_bw(mb_config_num_params(&cfg) * 4, 5);
     res.stream_ceiling = res.read_gbs * 1e9 / ((double)mb_config_num_params(&cfg) * 4.0);
-    cli_set_threads(threads);
     {   /* forward FLOPs of one byte: the matrix-vector products */
         double f = 2.0 * ((double)cfg.n_layer * ((double)cfg.d_model * 2 * cfg.d_model * cfg.expand +
                           (double)cfg.d_model * cfg.expand * (cfg.dt_rank + 2 * cfg.d_state) +
@@ -548,6 +576,8 @@ static int mb_cli_bench(int argc, char **argv) {
                "%.1f GB/s, the ceiling is %.0f bytes/s\n\n", (double)mb_config_num_params(&cfg) * 4.0 / 1e6, res.read_gbs,
                res.stream_ceiling);
     }
+    bench_precisions(&cfg, text);
+    cli_set_threads(threads);
 
     bench_eval(&cfg, text, 8192, 3, &eval_step_cps, &eval_feed_cps);
 

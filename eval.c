@@ -5,7 +5,7 @@
    its held-out text after training.  Entry points:
 
      static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t chars,
-                         const char *label, int exact, const char *json_path, double *acc);
+                         const char *label, int exact, const char *json_path, double *acc, int precision, mb_eval_result *total);
      static int mb_cli_eval(int argc, char **argv);   (argv[0] == "eval") */
 
 typedef struct { double t0; int tty; } eval_progress_state;
@@ -21,8 +21,16 @@ static void eval_progress(void *user, int64_t done, int64_t total) {
         fprintf(stderr, "eval %lld/%lld chars | %s elapsed | ETA %s\n", (long long)done, (long long)total, a, b);
 }
 
+/* --precision of eval and sample: the stream's stored weights (mb_stream_create_ex). */
+#define STREAM_PRECISION_HELP "the stream's weights: fp32 (default), bf16 or int8 (a float32 scale per 64 weights)"
+static const char *const stream_precisions[] = {"fp32", "bf16", "int8", NULL};
+static int stream_precision(flag *flags) {
+    const char *p = flag_str(flags, "precision", "fp32");
+    return !strcmp(p, "bf16") ? MB_PRECISION_BF16 : !strcmp(p, "int8") ? MB_PRECISION_INT8 : MB_PRECISION_FP32;
+}
+
 static const char *EVAL_USAGE =
-    "mambabyte eval --model FILE --data PATH [--split valid|test|train|tail] [--chars N] [--predict ascii|exact] [--json FILE]";
+    "mambabyte eval --model FILE --data PATH [--split valid|test|train|tail] [--chars N] [--predict ascii|exact] [--precision fp32|bf16|int8] [--json FILE]";
 
 /* Before any work: the text the evaluation will read (its first `chars`
    characters) is there and is UTF-8, as the protocol needs.  Returns 0, or
@@ -54,13 +62,14 @@ static void dataset_eval_label(char *buf, size_t n, const mb_dataset *d, const c
    adds the exact greedy character beside the protocol's ASCII rule; *acc
    gets the protocol's char accuracy.  Returns an exit code. */
 static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t chars, const char *label, int exact,
-                    const char *json_path, double *acc) {
+                    const char *json_path, double *acc, int precision, mb_eval_result *total) {
     mb_eval_exact_result r;
     eval_progress_state ps = {mb_clock_seconds(), isatty(2)};
     mb_status st;
     double dt, n, ca, bpb, ba;
     memset(&r, 0, sizeof r);
-    st = exact ? mb_eval_text_exact(m, text, len, chars, &r, eval_progress, &ps) : mb_eval_text(m, text, len, chars, &r.base, eval_progress, &ps);
+    st = exact ? mb_eval_text_exact_ex(m, precision, text, len, chars, &r, eval_progress, &ps)
+               : mb_eval_text_ex(m, precision, text, len, chars, &r.base, eval_progress, &ps);
     if (st != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s: %s\n", label, mb_last_error()); return 1; }
     dt = mb_clock_seconds() - ps.t0;
     n = r.base.chars ? (double)r.base.chars : 1.0;
@@ -68,6 +77,10 @@ static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t
     bpb = r.base.bytes ? r.base.nll_bits / (double)r.base.bytes : 0.0;
     ba = r.base.bytes ? (double)r.base.bytes_correct / (double)r.base.bytes : 0.0;
     if (acc) *acc = ca;
+    if (total) { /* sums over several files */
+        total->chars += r.base.chars, total->chars_correct += r.base.chars_correct, total->bytes += r.base.bytes;
+        total->bytes_correct += r.base.bytes_correct, total->nll_bits += r.base.nll_bits;
+    }
     {
         char text[1024];
         mb_eval_describe(text, sizeof text, label, &r, exact, dt);
@@ -83,15 +96,43 @@ static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t
     }
 }
 
+/* --data A,B,...: each file scored from its start (one stream each; the
+   parallel prefill already reads each weight once per chunk of bytes),
+   a line per file, then the total over all their characters. */
+static int eval_files(flag *flags) {
+    char paths[8192], *path, *save = NULL;
+    mb_eval_result tot;
+    mb_model *m;
+    int rc = 0, nfiles = 0;
+    memset(&tot, 0, sizeof tot);
+    snprintf(paths, sizeof paths, "%s", flag_str(flags, "data", ""));
+    if (mb_model_load(&m, flag_str(flags, "model", "")) != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s\n", mb_last_error()); return 1; }
+    for (path = strtok_r(paths, ",", &save); path && rc == 0; path = strtok_r(NULL, ",", &save), nfiles++) {
+        mb_mapped_file f;
+        int64_t chars = (int64_t)flag_num(flags, "chars", 60000);
+        if (mb_map_file(&f, path) != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s\n", mb_last_error()); rc = 1; break; }
+        rc = eval_text_check("eval", path, f.data, f.size, chars) ||
+             run_eval(m, f.data, f.size, chars, path, 0, NULL, NULL, stream_precision(flags), &tot);
+        mb_unmap_file(&f);
+    }
+    if (rc == 0)
+        printf("total over %d files: %lld chars, char accuracy %.4f, bits per byte %.4f, byte accuracy %.4f\n", nfiles, (long long)tot.chars,
+               (double)tot.chars_correct / (double)(tot.chars ? tot.chars : 1), tot.nll_bits / (double)(tot.bytes ? tot.bytes : 1),
+               (double)tot.bytes_correct / (double)(tot.bytes ? tot.bytes : 1));
+    mb_model_free(m);
+    return rc;
+}
+
 static int mb_cli_eval(int argc, char **argv) {
     static const char *const splits[] = {"valid", "test", "train", "tail", NULL}, *const rules[] = {"ascii", "exact", NULL};
     flag flags[] = {
         {"model", F_STR, 0, 0, "checkpoint to evaluate (required)", 0, 0, 0},
-        {"data", F_STR, 0, 0, "WikiText folder or a text file (required)", 0, 0, 0},
+        {"data", F_STR, 0, 0, "WikiText folder or a text file (required); A,B,...: several files, each from its start, and the total", 0, 0, 0},
         {"split", F_STR, 0, 0, "a folder's split: valid (default), test or train; or tail: a file's last 5% (as train holds out). Without it a file is scored from its start", 0, 0, 0},
         {"chars", F_INT, 1, 1e15, "first N characters (default 60000)", 0, 0, 0},
         {"predict", F_STR, 0, 0, "ascii (default: the protocol's argmax over bytes 0..127) or exact (also the exact greedy character)", 0, 0, 0},
         {"json", F_STR, 0, 0, "also write the results as JSON", 0, 0, 0},
+        {"precision", F_STR, 0, 0, STREAM_PRECISION_HELP, 0, 0, 0},
         {"threads", F_INT, 1, 1024, "OpenMP threads", 0, 0, 0},
         FLAG_END};
     mb_model *m;
@@ -106,7 +147,9 @@ static int mb_cli_eval(int argc, char **argv) {
         fprintf(stderr, "mambabyte eval: --model and --data are required\nusage: %s\n", EVAL_USAGE);
         return 2;
     }
-    if (!flag_choice("eval", flags, "split", splits, EVAL_USAGE) || !flag_choice("eval", flags, "predict", rules, EVAL_USAGE)) return 2;
+    if (strchr(flag_str(flags, "data", ""), ',')) return eval_files(flags);
+    if (!flag_choice("eval", flags, "split", splits, EVAL_USAGE) || !flag_choice("eval", flags, "predict", rules, EVAL_USAGE) ||
+        !flag_choice("eval", flags, "precision", stream_precisions, EVAL_USAGE)) return 2;
     cli_threads_flag(flags);
     data = flag_str(flags, "data", "");
     split = flag_str(flags, "split", NULL);
@@ -138,7 +181,8 @@ static int mb_cli_eval(int argc, char **argv) {
         rc = 1;
     }
     if (rc == 0) {
-        rc = run_eval(m, f.data, f.size, chars, label, !strcmp(flag_str(flags, "predict", "ascii"), "exact"), flag_str(flags, "json", NULL), NULL);
+        rc = run_eval(m, f.data, f.size, chars, label, !strcmp(flag_str(flags, "predict", "ascii"), "exact"), flag_str(flags, "json", NULL), NULL,
+                      stream_precision(flags), NULL);
         mb_model_free(m);
     }
     if (tail) mb_dataset_close(&d);

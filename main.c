@@ -34,12 +34,54 @@ static mb_mpi_comm g_mpi;
 
 /* -------------------------------------------------------------- sample */
 static const char *SAMPLE_USAGE =
-    "mambabyte sample --model FILE [--prompt TEXT] [--bytes N] [--temperature T] [--top-k K] [--seed S]";
+    "mambabyte sample --model FILE [--prompt TEXT] [--bytes N] [--temperature T] [--top-k K] [--seed S] [--precision fp32|bf16|int8] [--prompts FILE]";
 
 static int put_byte(void *user, int b) {
     (void)user;
     putchar(b);
     return fflush(stdout) != 0; /* a closed pipe ends the generation */
+}
+
+/* --prompts: one stream per line of f, all stepped together (mb_streams);
+   each line's output is what --prompt LINE gives at the same seed and
+   precision (its own RNG, seeded alike).  Prints prompt + bytes per line. */
+static int sample_prompts(const mb_model *m, const mb_mapped_file *f, int precision, int64_t n, double temp, int top_k, uint64_t seed) {
+    int k = 0, i, *idx;
+    int64_t p, j, *start, *len;
+    uint8_t *last, *out, *buf;
+    uint64_t *rng;
+    mb_streams *b = NULL;
+    mb_status st = MB_STATUS_OK;
+    for (p = 0; p < (int64_t)f->size; p++) k += f->data[p] == '\n' || p + 1 == (int64_t)f->size;
+    start = (int64_t *)calloc((size_t)k + 1, 2 * sizeof(int64_t)), len = start + k + 1;
+    idx = (int *)calloc((size_t)k + 1, sizeof(int));
+    rng = (uint64_t *)calloc((size_t)k + 1, sizeof(uint64_t));
+    last = (uint8_t *)calloc((size_t)k + 1, 1 + (size_t)n);
+    buf = (uint8_t *)malloc((size_t)f->size + 1);
+    out = last + k + 1;
+    if (!start || !idx || !rng || !last || !buf || (st = mb_streams_create(&b, m, k > 0 ? k : 1, precision)) != MB_STATUS_OK) k = -1;
+    for (i = 0, p = 0; i < k; i++) { /* line i: its 0x00 and all but its last byte fed, the last stepped with the others */
+        for (j = p; j < (int64_t)f->size && f->data[j] != '\n'; j++) {}
+        start[i] = p, len[i] = j - p, idx[i] = i, rng[i] = seed;
+        buf[0] = 0x00;
+        memcpy(buf + 1, f->data + p, (size_t)len[i]);
+        last[i] = buf[len[i]];
+        if ((st = mb_streams_feed(b, i, buf, len[i], NULL)) != MB_STATUS_OK) k = -1;
+        p = j + 1;
+    }
+    for (j = 0; j < n && k > 0; j++) {
+        const float *lg = mb_streams_step(b, idx, last, k);
+        for (i = 0; i < k; i++) out[(int64_t)i * n + j] = last[i] = (uint8_t)mb_sample_byte(lg + i * 256, temp, top_k, &rng[i]);
+    }
+    for (i = 0; i < k; i++) {
+        fwrite(f->data + start[i], 1, (size_t)len[i], stdout);
+        fwrite(out + (int64_t)i * n, 1, (size_t)n, stdout);
+        putchar('\n');
+    }
+    if (k < 0) fprintf(stderr, "mambabyte sample: %s\n", st != MB_STATUS_OK ? mb_last_error() : "out of memory");
+    mb_streams_free(b);
+    free(start), free(idx), free(rng), free(last), free(buf);
+    return k < 0;
 }
 
 static int cmd_sample(int argc, char **argv) {
@@ -50,6 +92,8 @@ static int cmd_sample(int argc, char **argv) {
         {"temperature", F_NUM, 0, 100, "0 = greedy (default 0.8)", 0, 0, 0},
         {"top-k", F_INT, 0, 256, "sample among the K most likely bytes (0 = all, default 0)", 0, 0, 0},
         {"seed", F_INT, 0, 9007199254740992.0, "random seed (default 1)", 0, 0, 0},
+        {"precision", F_STR, 0, 0, STREAM_PRECISION_HELP, 0, 0, 0},
+        {"prompts", F_STR, 0, 0, "a file of prompts, one a line: each continued (streams stepped together), one output line each", 0, 0, 0},
         {"threads", F_INT, 1, 1024, "OpenMP threads", 0, 0, 0},
         FLAG_END};
     mb_model *m;
@@ -59,9 +103,22 @@ static int cmd_sample(int argc, char **argv) {
     mb_status st;
     if (parse_flags("sample", flags, argc - 1, argv + 1, SAMPLE_USAGE)) return 2;
     if (!flag_given(flags, "model")) { fprintf(stderr, "mambabyte sample: --model is required\nusage: %s\n", SAMPLE_USAGE); return 2; }
+    if (!flag_choice("sample", flags, "precision", stream_precisions, SAMPLE_USAGE)) return 2;
     cli_threads_flag(flags);
     if (mb_model_load(&m, flag_str(flags, "model", "")) != MB_STATUS_OK) { fprintf(stderr, "mambabyte sample: %s\n", mb_last_error()); return 1; }
-    st = mb_stream_create(&s, m);
+    if (flag_given(flags, "prompts")) {
+        mb_mapped_file f;
+        int rc = 1;
+        if (mb_map_file(&f, flag_str(flags, "prompts", "")) != MB_STATUS_OK) fprintf(stderr, "mambabyte sample: %s\n", mb_last_error());
+        else {
+            rc = sample_prompts(m, &f, stream_precision(flags), (int64_t)flag_num(flags, "bytes", 200), flag_num(flags, "temperature", 0.8),
+                                (int)flag_num(flags, "top-k", 0), (uint64_t)flag_num(flags, "seed", 1));
+            mb_unmap_file(&f);
+        }
+        mb_model_free(m);
+        return rc;
+    }
+    st = mb_stream_create_ex(&s, m, stream_precision(flags));
     mb_model_free(m); /* the stream holds its own copy of the weights */
     if (st != MB_STATUS_OK) { fprintf(stderr, "mambabyte sample: %s\n", mb_last_error()); return 1; }
     prompt = flag_str(flags, "prompt", "");
@@ -408,7 +465,7 @@ static int cmd_train(int argc, char **argv) {
     signal(SIGUSR1, SIG_DFL);
     /* a finished run is evaluated; one paused by --stop-at or interrupted is not */
     if (rc == 0 && IS_RANK0 && eval_chars > 0 && d.eval_size > 0 && (rep.outcome == MB_TRAIN_FINISHED || rep.outcome == MB_TRAIN_TIME_BUDGET)) {
-        rc = run_eval(m, d.eval, d.eval_size, eval_chars, eval_label, 0, NULL, &acc);
+        rc = run_eval(m, d.eval, d.eval_size, eval_chars, eval_label, 0, NULL, &acc, MB_PRECISION_FP32, NULL);
         if (rc == 0 && v.csv) fprintf(v.csv, "%lld,,,,%.3f,%.6f\n", (long long)tr.st.step, rep.elapsed_s, acc);
     }
     if (rc != 1) replot(&v);

@@ -345,7 +345,7 @@ MBDEF mb_status mb_model_set_scan_chunk(mb_model *m, int chunk);
    MB_STATUS_OK: mb_model_precision says FP32, the describe line why).
    MB_PRECISION_TF32 is the CUDA trainer's only: MB_STATUS_UNSUPPORTED.
    The numbering is mb_cuda_trainer_attach's.  A run setting, not saved
-   with the weights; streams and eval always compute in float32.  After a
+   with the weights; streams and eval store their own (mb_stream_create_ex).  After a
    change, backward needs a new forward. */
 #define MB_PRECISION_FP32 0
 #define MB_PRECISION_BF16 1
@@ -367,9 +367,19 @@ MBDEF const char *mb_model_precision_describe(const mb_model *m);
    V x d_model packed copy) and the config.  After it
    returns the stream never reads the model again: the model may change
    (an optimizer step) or be freed, and the stream keeps computing with the
-   weights it was created from.  To follow new weights, create a new stream. */
+   weights it was created from.  To follow new weights, create a new stream.
+   mb_stream_create_ex picks the matrices' stored precision (each step reads
+   them all, so bytes/s scale with their size): MB_PRECISION_FP32 (what
+   mb_stream_create does), _BF16, or _INT8: int8 with a float32 scale per
+   MB_INT8_GROUP weights along the input (one 64-byte line of int8s per
+   scale: 6% on top, and an outlier spoils only its group).  Norms, conv,
+   A, D, biases, the state and every sum stay float32; at bf16/int8 the
+   logits differ from float32's within the bounds in the README. */
+#define MB_PRECISION_INT8 3
+#define MB_INT8_GROUP 64
 typedef struct mb_stream mb_stream;
 MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m);
+MBDEF mb_status mb_stream_create_ex(mb_stream **out, const mb_model *m, int precision);
 MBDEF void mb_stream_reset(mb_stream *s); /* back to the zero state (as just created) */
 MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte); /* logits (256) for the next byte */
 /* Prefill: advances the stream over bytes[0..n) with the parallel (chunked,
@@ -389,6 +399,19 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
    share a model or weights. */
 MBDEF mb_status mb_stream_copy(mb_stream *dst, const mb_stream *src);
 MBDEF void mb_stream_free(mb_stream *s);
+/* k independent streams over one snapshot (at an MB_PRECISION_*), stepped
+   together: mb_streams_step advances streams idx[0..n) (distinct, < k) by
+   bytes[0..n) and returns their logits, row r (256 floats) for idx[r]; the
+   products take the n rows at once, so each weight is read once per n
+   bytes.  Row r equals one stream's mb_stream_step bit for bit.  The
+   pointer is valid until the next call.  mb_streams_feed: mb_stream_feed
+   for stream i; mb_streams_reset: stream i back to the zero state. */
+typedef struct mb_streams mb_streams;
+MBDEF mb_status mb_streams_create(mb_streams **out, const mb_model *m, int k, int precision);
+MBDEF const float *mb_streams_step(mb_streams *b, const int *idx, const uint8_t *bytes, int n);
+MBDEF mb_status mb_streams_feed(mb_streams *b, int i, const uint8_t *bytes, int64_t n, float *logits);
+MBDEF void mb_streams_reset(mb_streams *b, int i);
+MBDEF void mb_streams_free(mb_streams *b);
 
 /* -------------------------------------------------------------- sampling */
 /* One byte drawn from logits (256), the semantics of `mambabyte sample`:
@@ -658,6 +681,9 @@ typedef void (*mb_progress_fn)(void *user, int64_t done, int64_t total);
    evaluated then.  progress (may be NULL) is called every 1024 characters. */
 MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
                              mb_eval_result *r, mb_progress_fn progress, void *user);
+/* The same with the stream's weights at an MB_PRECISION_* (mb_stream_create_ex). */
+MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
+                                mb_eval_result *r, mb_progress_fn progress, void *user);
 
 /* Exact greedy characters.  The protocol above predicts a byte in 0..127;
    the character the model actually finds most likely may be multi-byte.
@@ -698,6 +724,8 @@ typedef struct {
 } mb_eval_exact_result;
 MBDEF mb_status mb_eval_text_exact(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
                                    mb_eval_exact_result *r, mb_progress_fn progress, void *user);
+MBDEF mb_status mb_eval_text_exact_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
+                                      mb_eval_exact_result *r, mb_progress_fn progress, void *user);
 /* The results as `mambabyte eval` prints them: "eval on LABEL: C chars, B
    bytes", then char accuracy, bits per byte, byte accuracy and chars/s
    over seconds; with exact, both rules (r from mb_eval_text_exact;
@@ -3797,7 +3825,9 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
 #ifndef MB__FEED_CHUNK
 #define MB__FEED_CHUNK 2048 /* bytes per pass of mb_stream_feed: its workspace holds this many */
 #endif
-typedef struct { const float *w; int IC, OC; } mb__packed;
+/* A matrix as a stream holds it: w packed (float32), or q (bf16, or int8
+   with its scales sc) in mb__quantize's panels. */
+typedef struct { const float *w, *sc; const void *q; int IC, OC, prec; } mb__packed;
 static int mb__slot(int l, int field) { return (l + 1) * MB_NUM_LAYER_TENSORS + field; } /* l -1: the head */
 struct mb_stream {
     mb_config cfg;         /* the model's (validated) config */
@@ -3809,6 +3839,7 @@ struct mb_stream {
     float *AT;             /* (L, S, Di) = -exp(A_log), transposed */
     float *conv_wT;        /* (L, K, Di) conv weights, transposed */
     mb__packed *packed;    /* the matrices' packed copies (mb__matvec_pack), at mb__slot(layer, field) */
+    void *qblock;          /* bf16 / int8: the matrices (packed[].q) */
     mb_layer_acts a;       /* one token's activations (resid: the residual stream) */
     float *out, *logits;
     int64_t state_floats;  /* conv_state + ssm_state, contiguous */
@@ -3853,19 +3884,29 @@ MB__INLINE void mb__matvec_panels(float *MB__RESTRICT sum, const float *MB__REST
             for (j = 0; j < MB__MM_NR; j++)
                 sum[q * MB__MM_NR + j] = MB__FMA(x[s], bp[q * ps + s * MB__MM_NR + j], sum[q * MB__MM_NR + j]);
 }
+/* A matrix of more weights than this splits a stream's product over the
+   threads by outputs (each output's sums unchanged): below it the fork costs
+   more than one core's bandwidth gains (docs/BENCHMARKS.md, stream precision). */
+#ifndef MB__STREAM_OMP_MIN
+#define MB__STREAM_OMP_MIN (1 << 20)
+#endif
 static void mb__matvec_packed(float *MB__RESTRICT out, const float *MB__RESTRICT x, const float *MB__RESTRICT wp,
                                          int IC, int OC) {
-    int np = (OC + MB__MM_NR - 1) / MB__MM_NR, p0, j;
-    for (p0 = 0; p0 < np;) {
+    int np = (OC + MB__MM_NR - 1) / MB__MM_NR, nb = (np + 3) / 4, b;
+    MB__OMP(parallel for schedule(static) if ((int64_t)IC * OC > MB__STREAM_OMP_MIN))
+    for (b = 0; b < nb; b++) {
         float sum[4 * MB__MM_NR];
-        int nq = np - p0 >= 4 ? 4 : 1, q;
+        int p0 = 4 * b, j, nq = np - p0 >= 4 ? 4 : 1, q;
         if (nq == 4) mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 4);
         else mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 1);
         for (q = 0; q < nq; q++) {
             int o0 = (p0 + q) * MB__MM_NR, nr = OC - o0 < MB__MM_NR ? OC - o0 : MB__MM_NR;
             for (j = 0; j < nr; j++) out[o0 + j] = sum[q * MB__MM_NR + j];
         }
-        p0 += nq;
+        for (p0 += nq; nq == 1 && p0 < np; p0++) { /* the last block's other single panels */
+            mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 1);
+            for (j = 0; j < MB__MM_NR && p0 * MB__MM_NR + j < OC; j++) out[p0 * MB__MM_NR + j] = sum[j];
+        }
     }
 }
 
@@ -3889,6 +3930,115 @@ static void mb__matmul_packed(float *out, const float *inp, int64_t ldi, const f
     }
 }
 
+/* ---- bf16 / int8 products for streams: out[t*OC + o] for nt rows x_t at
+   once, as mb__matvec_packed does with the outputs in 16 lanes: q is panels
+   of 16 outputs, input by input (zero-padded past OC); an int8 panel's
+   scales are 16 per group of MB_INT8_GROUP inputs (sc[panel][group][16]).
+   Each weight becomes float32 (an int8 one times its scale) and every sum
+   is a float32 FMA, one chain per lane in input order: a row's bits do not
+   depend on nt or on the other rows. */
+#define MB__QP 16 /* outputs per panel */
+#if defined(MB__SCAN_AVX512)
+MB__SCAN_AVX512_IN void mb__qpanels_avx512_n(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int p0,
+                                             int np, int nt) {
+    __m512 acc[4][4], w[4], sv[4];
+    const __mmask16 all = 0xFFFF; /* the maskz forms: GCC's unmasked ones warn (maybe-uninitialized) in C++ */
+    const int ng = (q->IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP;
+    int t, k, j;
+    for (t = 0; t < nt; t++)
+        for (j = 0; j < np; j++) acc[t][j] = sv[j] = _mm512_setzero_ps();
+    for (k = 0; k < q->IC; k++) {
+        for (j = 0; j < np; j++) {
+            const int64_t i = ((int64_t)(p0 + j) * q->IC + k) * MB__QP;
+            if (q->prec == MB_PRECISION_BF16)
+                w[j] = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all, _mm512_maskz_cvtepu16_epi32(all, _mm256_loadu_si256((const __m256i *)((const uint16_t *)q->q + i))), 16));
+            else {
+                if (k % MB_INT8_GROUP == 0) sv[j] = _mm512_loadu_ps(q->sc + ((int64_t)(p0 + j) * ng + k / MB_INT8_GROUP) * MB__QP);
+                w[j] = _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(all, _mm512_maskz_cvtepi8_epi32(all, _mm_loadu_si128((const __m128i *)((const int8_t *)q->q + i)))), sv[j]);
+            }
+        }
+        for (t = 0; t < nt; t++) {
+            const __m512 xv = _mm512_set1_ps(x[t * ldx + k]);
+            for (j = 0; j < np; j++) acc[t][j] = _mm512_fmadd_ps(xv, w[j], acc[t][j]);
+        }
+    }
+    for (t = 0; t < nt; t++)
+        for (j = 0; j < np; j++) {
+            const int o0 = (p0 + j) * MB__QP, n = q->OC - o0 < MB__QP ? q->OC - o0 : MB__QP;
+            _mm512_mask_storeu_ps(out + t * ldo + o0, (__mmask16)((1u << n) - 1), acc[t][j]);
+        }
+}
+MB__SCAN_AVX512_FN void mb__qpanels_avx512(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int p0, int np, int nt) {
+    if (np == 4 && nt == 4) mb__qpanels_avx512_n(out, ldo, x, ldx, q, p0, 4, 4);
+    else if (np == 4 && nt == 1) mb__qpanels_avx512_n(out, ldo, x, ldx, q, p0, 4, 1);
+    else if (nt == 4) mb__qpanels_avx512_n(out, ldo, x, ldx, q, p0, 1, 4);
+    else mb__qpanels_avx512_n(out, ldo, x, ldx, q, p0, 1, 1);
+}
+#endif
+/* The same operations in plain C (bit for bit where MB__FMA is fmaf). */
+MB__INLINE void mb__qpanels_portable(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int p0, int np, int nt) {
+    const int ng = (q->IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP;
+    int t, k, j, l;
+    for (j = 0; j < np; j++)
+        for (t = 0; t < nt; t++) {
+            float acc[MB__QP] = {0};
+            const int o0 = (p0 + j) * MB__QP;
+            for (k = 0; k < q->IC; k++)
+                for (l = 0; l < MB__QP; l++) {
+                    const int64_t i = ((int64_t)(p0 + j) * q->IC + k) * MB__QP + l;
+                    const float w = q->prec == MB_PRECISION_BF16 ? mb__bf16_value(((const uint16_t *)q->q)[i])
+                                  : (float)((const int8_t *)q->q)[i] * q->sc[((int64_t)(p0 + j) * ng + k / MB_INT8_GROUP) * MB__QP + l];
+                    acc[l] = MB__FMA(x[t * ldx + k], w, acc[l]);
+                }
+            for (l = 0; l < MB__QP && o0 + l < q->OC; l++) out[t * ldo + o0 + l] = acc[l];
+        }
+}
+#define mb__qpanels MB__SCAN_PICK(mb__qpanels)
+/* out (T, OC) = x (T, IC; row stride ldx) @ q^T: four rows per read of the
+   weights, four panels per pass. */
+static void mb__qlinear(float *out, const float *x, int64_t ldx, int64_t T, const mb__packed *q) {
+    const int npan = (q->OC + MB__QP - 1) / MB__QP;
+    int64_t t0;
+    int p;
+    for (t0 = 0; t0 < T; t0 += 4) {
+        const int nt = T - t0 < 4 ? 1 : 4, nb = (npan + 3) / 4;
+        MB__OMP(parallel for schedule(static) if ((int64_t)q->IC * q->OC > (nt == 1 ? MB__STREAM_OMP_MIN : MB__OMP_MIN_WORK / 4)))
+        for (p = 0; p < nb; p++) {
+            const int np = npan - 4 * p < 4 ? 1 : 4;
+            int j;
+            for (j = 0; j < 4 && 4 * p + j < npan; j += np)
+                mb__qpanels(out + t0 * q->OC, q->OC, x + t0 * ldx, ldx, q, 4 * p + j, np, nt);
+        }
+        if (nt == 1) t0 -= 3;
+    }
+}
+/* Bytes of q (and its scales) for a matrix at precision prec. */
+static int64_t mb__qbytes(int IC, int OC, int prec) {
+    const int64_t n = (int64_t)(OC + MB__QP - 1) / MB__QP * MB__QP * IC;
+    return prec == MB_PRECISION_BF16 ? 2 * n : n + 4 * (n / IC) * ((IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP);
+}
+/* q (and sc) from the float32 w (OC, IC): bf16 rounded to nearest even; int8
+   round(w / scale) with scale = the group's max |w| / 127. */
+static void mb__quantize(mb__packed *q, void *dst, const float *w) {
+    const int npan = (q->OC + MB__QP - 1) / MB__QP, ng = (q->IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP;
+    int o, k, j;
+    q->q = dst;
+    q->sc = (const float *)((int8_t *)dst + (int64_t)npan * MB__QP * q->IC);
+    memset(dst, 0, (size_t)mb__qbytes(q->IC, q->OC, q->prec));
+    for (o = 0; o < q->OC; o++)
+        for (k = 0; k < q->IC; k += MB_INT8_GROUP) {
+            const float *r = w + (int64_t)o * q->IC + k;
+            const int n = q->IC - k < MB_INT8_GROUP ? q->IC - k : MB_INT8_GROUP;
+            const int64_t at = ((int64_t)(o / MB__QP) * q->IC + k) * MB__QP + o % MB__QP; /* + j * MB__QP */
+            float amax = 0.0f;
+            for (j = 0; j < n && q->prec == MB_PRECISION_BF16; j++) ((uint16_t *)dst)[at + j * MB__QP] = mb__bf16_from_float(r[j]);
+            if (q->prec == MB_PRECISION_BF16) continue;
+            for (j = 0; j < n; j++) amax = fabsf(r[j]) > amax ? fabsf(r[j]) : amax;
+            ((float *)q->sc)[((int64_t)(o / MB__QP) * ng + k / MB_INT8_GROUP) * MB__QP + o % MB__QP] = amax / 127.0f;
+            for (j = 0; j < n && amax > 0.0f; j++) ((int8_t *)dst)[at + j * MB__QP] = (int8_t)lrintf(r[j] * (127.0f / amax));
+        }
+}
+
 /* 1 for the tensors a stream holds only packed (a tied head's embedding is also a vector table). */
 static int mb__stream_packs(const mb_config *c, int i) {
     int j, l, f, IC, OC;
@@ -3901,34 +4051,41 @@ static int mb__stream_packs(const mb_config *c, int i) {
    from its packed copy; T = 1 is mb__matvec_packed. */
 static void mb__stream_linear(const mb_stream *s, int l, int field, float *out, const float *inp, int64_t ldi, int64_t T) {
     const mb__packed *q = &s->packed[mb__slot(l, field)];
-    mb__matmul_packed(out, inp, ldi, q->w, T, q->IC, q->OC);
+    if (q->prec != MB_PRECISION_FP32) mb__qlinear(out, inp, ldi, T, q);
+    else mb__matmul_packed(out, inp, ldi, q->w, T, q->IC, q->OC);
 }
 
-MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
+MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) { return mb_stream_create_ex(out, m, MB_PRECISION_FP32); }
+MBDEF mb_status mb_stream_create_ex(mb_stream **out, const mb_model *m, int precision) {
     const mb_config *c = &m->cfg;
     int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, l, f, d, n, k, i, j, IC, OC;
     const int nmat = MB__NUM_LAYER_MATRICES * L + 1;
     int64_t total = (int64_t)L * (2 * K * Di + 2 * S * Di) + mb_layer_acts_place(NULL, NULL, c, 1, 1, 0, 0) + C + c->vocab_size;
-    int64_t nvec = 0;
-    mb_stream *s = (mb_stream *)MB_MALLOC(sizeof(mb_stream));
+    int64_t nvec = 0, qtotal = 0;
+    mb_stream *s;
     mb_tensor_info *ti;
     float *p;
+    char *qp;
     *out = NULL;
-    if (!s) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream");
+    if (precision != MB_PRECISION_FP32 && precision != MB_PRECISION_BF16 && precision != MB_PRECISION_INT8)
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "stream precision %d: streams store fp32, bf16 or int8", precision);
+    if (!(s = (mb_stream *)MB_MALLOC(sizeof(mb_stream)))) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream");
     memset(s, 0, sizeof *s);
     s->cfg = *c;
     for (i = 0; i < m->ntensors; i++)
         if (!mb__stream_packs(c, i)) nvec += m->tensors[i].numel;
     for (j = 0; j < nmat; j++) {
         mb__matrix_at(c, j, &l, &f, &IC, &OC);
-        total += mb__matvec_packed_floats(IC, OC);
+        if (precision == MB_PRECISION_FP32) total += mb__matvec_packed_floats(IC, OC);
+        else qtotal += mb__qbytes(IC, OC, precision);
     }
     s->block = (float *)MB_MALLOC((size_t)total * sizeof(float));
+    qp = (char *)(s->qblock = qtotal ? MB_MALLOC((size_t)qtotal) : NULL);
     s->vecs = (float *)MB_MALLOC((size_t)nvec * sizeof(float));
     s->w.layer = (mb_layer_weights *)MB_MALLOC(sizeof(mb_layer_weights) * (size_t)L);
     s->packed = (mb__packed *)MB_MALLOC(sizeof(mb__packed) * (size_t)(L + 1) * MB_NUM_LAYER_TENSORS);
     ti = (mb_tensor_info *)MB_MALLOC(sizeof(mb_tensor_info) * (size_t)m->ntensors);
-    if (!s->block || !s->vecs || !s->w.layer || !s->packed || !ti) {
+    if (!s->block || !s->vecs || !s->w.layer || !s->packed || !ti || (qtotal && !qp)) {
         MB_FREE(ti);
         mb_stream_free(s);
         return mb__fail(MB_STATUS_OUT_OF_MEMORY, "stream state");
@@ -3952,9 +4109,14 @@ MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) {
         mb__packed *q;
         i = mb__matrix_at(c, j, &l, &f, &IC, &OC);
         q = &s->packed[mb__slot(l, f)];
-        q->w = p;
         q->IC = IC;
         q->OC = OC;
+        if ((q->prec = precision) != MB_PRECISION_FP32) {
+            mb__quantize(q, qp, m->params + m->tensors[i].offset);
+            qp += mb__qbytes(IC, OC, precision);
+            continue;
+        }
+        q->w = p;
         mb__matvec_pack(p, m->params + m->tensors[i].offset, IC, OC);
         p += mb__matvec_packed_floats(IC, OC);
     }
@@ -3989,37 +4151,105 @@ MBDEF void mb_stream_free(mb_stream *s) {
     if (!s) return;
     MB_FREE(s->feed_block);
     MB_FREE(s->block);
+    MB_FREE(s->qblock);
     MB_FREE(s->vecs);
     MB_FREE(s->w.layer);
     MB_FREE(s->packed);
     MB_FREE(s);
 }
 
-/* One byte through the whole model: mb_model_forward for T = 1 with the
-   conv and scan carried in the state.  Each output element takes the same
-   operations as in the batch forward, so the logits agree bit for bit.
-   Reads each weight once (all from the stream's snapshot) and allocates nothing. */
-MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) {
+/* n bytes, each through the whole model with its own state (row r's conv
+   window conv[r], scan state ssm[r]): mb_model_forward for T = 1 per row,
+   the products over the n rows at once (each weight read once per n
+   bytes).  A row's operations do not depend on n or on the other rows, so
+   each row's logits are one stream's bit for bit, and those equal the batch
+   forward's.  Reads each weight once (all from the stream's snapshot). */
+static void mb__step_rows(const mb_stream *s, float *const *conv, float *const *ssm, const uint8_t *bytes, int n,
+                          const mb_layer_acts *a, float *out, float *logits) {
     const mb_config *c = &s->cfg;
     int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
-    int X = R + 2 * S, l, d;
-    mb_layer_acts *a = &s->a;
-    memcpy(a->resid, s->w.wte + (int64_t)byte * C, (size_t)C * sizeof(float));
+    int X = R + 2 * S, l, r;
+    for (r = 0; r < n; r++) memcpy(a->resid + (int64_t)r * C, s->w.wte + (int64_t)bytes[r] * C, (size_t)C * sizeof(float));
     for (l = 0; l < L; l++) {
         const mb_layer_weights *W = &s->w.layer[l];
-        mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, 1, C);
-        mb__stream_linear(s, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, C, 1); /* [x', z] */
-        mb__conv_step(a->u, s->conv_state + (int64_t)l * K * Di, a->xz, s->conv_wT + (int64_t)l * K * Di, W->conv_b, Di, K);
-        mb__stream_linear(s, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, Di, 1); /* [dt_low, B, C] */
-        mb__stream_linear(s, l, MB_TENSOR_DT_W, a->delta, a->xdbl, X, 1);
-        mb__scan_step(a->gated, s->ssm_state + (int64_t)l * S * Di, a->delta, s->AT + (int64_t)l * S * Di, W->dt_proj_b, a->u,
-                      a->xdbl + R, a->xdbl + R + S, W->D, a->xz + Di, Di, S);
-        mb__stream_linear(s, l, MB_TENSOR_OUT_PROJ, s->out, a->gated, Di, 1);
-        for (d = 0; d < C; d++) a->resid[d] += s->out[d];
+        mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, n, C);
+        mb__stream_linear(s, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, C, n); /* [x', z] */
+        for (r = 0; r < n; r++)
+            mb__conv_step(a->u + (int64_t)r * Di, conv[r] + (int64_t)l * K * Di, a->xz + (int64_t)r * 2 * Di,
+                          s->conv_wT + (int64_t)l * K * Di, W->conv_b, Di, K);
+        mb__stream_linear(s, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, Di, n); /* [dt_low, B, C] */
+        mb__stream_linear(s, l, MB_TENSOR_DT_W, a->delta, a->xdbl, X, n);
+        for (r = 0; r < n; r++) {
+            const float *xd = a->xdbl + (int64_t)r * X;
+            mb__scan_step(a->gated + (int64_t)r * Di, ssm[r] + (int64_t)l * S * Di, a->delta + (int64_t)r * Di, s->AT + (int64_t)l * S * Di,
+                          W->dt_proj_b, a->u + (int64_t)r * Di, xd + R, xd + R + S, W->D, a->xz + (int64_t)r * 2 * Di + Di, Di, S);
+        }
+        mb__stream_linear(s, l, MB_TENSOR_OUT_PROJ, out, a->gated, Di, n);
+        for (r = 0; r < n * C; r++) a->resid[r] += out[r];
     }
-    mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, s->w.norm_f_w, s->w.norm_f_b, 1, C);
-    mb__stream_linear(s, -1, MB_TENSOR_LM_HEAD, s->logits, a->ln, C, 1);
+    mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, s->w.norm_f_w, s->w.norm_f_b, n, C);
+    mb__stream_linear(s, -1, MB_TENSOR_LM_HEAD, logits, a->ln, C, n);
+}
+MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) { /* allocates nothing */
+    mb__step_rows(s, &s->conv_state, &s->ssm_state, &byte, 1, &s->a, s->out, s->logits);
     return s->logits;
+}
+
+/* k streams over one snapshot: k states, activations for k rows. */
+struct mb_streams {
+    mb_stream *s; /* the weights (its own state is a scratch for feeds) */
+    int k;
+    float *block, *out, *logits, **conv, **ssm, **rc, **rs;
+    mb_layer_acts a;
+};
+MBDEF mb_status mb_streams_create(mb_streams **out, const mb_model *m, int k, int precision) {
+    mb_streams *b;
+    int64_t sf, total;
+    int i;
+    mb_status st;
+    *out = NULL;
+    if (k < 1) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "streams: k=%d", k);
+    if (!(b = (mb_streams *)MB_MALLOC(sizeof *b))) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "streams");
+    memset(b, 0, sizeof *b);
+    if ((st = mb_stream_create_ex(&b->s, m, precision)) != MB_STATUS_OK) { MB_FREE(b); return st; }
+    sf = b->s->state_floats;
+    total = k * sf + mb_layer_acts_place(NULL, NULL, &m->cfg, 1, k, 0, 0) + (int64_t)k * (m->cfg.d_model + m->cfg.vocab_size);
+    b->k = k;
+    b->block = (float *)MB_MALLOC((size_t)total * sizeof(float));
+    b->conv = (float **)MB_MALLOC(4 * (size_t)k * sizeof(float *));
+    if (!b->block || !b->conv) { mb_streams_free(b); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "streams state (%d)", k); }
+    memset(b->block, 0, (size_t)k * (size_t)sf * sizeof(float));
+    b->ssm = b->conv + k, b->rc = b->ssm + k, b->rs = b->rc + k;
+    for (i = 0; i < k; i++) { /* as one stream's: (L, K, Di) window, then (L, S, Di) scan state */
+        b->conv[i] = b->block + i * sf;
+        b->ssm[i] = b->conv[i] + (b->s->ssm_state - b->s->conv_state);
+    }
+    b->out = b->block + k * sf + mb_layer_acts_place(&b->a, b->block + k * sf, &m->cfg, 1, k, 0, 0);
+    b->logits = b->out + (int64_t)k * m->cfg.d_model;
+    *out = b;
+    return MB_STATUS_OK;
+}
+MBDEF void mb_streams_reset(mb_streams *b, int i) { memset(b->conv[i], 0, (size_t)b->s->state_floats * sizeof(float)); }
+MBDEF mb_status mb_streams_feed(mb_streams *b, int i, const uint8_t *bytes, int64_t n, float *logits) {
+    mb_status st;
+    if (i < 0 || i >= b->k) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "streams feed: stream %d of %d", i, b->k);
+    memcpy(b->s->conv_state, b->conv[i], (size_t)b->s->state_floats * sizeof(float));
+    st = mb_stream_feed(b->s, bytes, n, logits);
+    memcpy(b->conv[i], b->s->conv_state, (size_t)b->s->state_floats * sizeof(float));
+    return st;
+}
+MBDEF const float *mb_streams_step(mb_streams *b, const int *idx, const uint8_t *bytes, int n) {
+    int r;
+    for (r = 0; r < n; r++) b->rc[r] = b->conv[idx[r]], b->rs[r] = b->ssm[idx[r]];
+    mb__step_rows(b->s, b->rc, b->rs, bytes, n, &b->a, b->out, b->logits);
+    return b->logits;
+}
+MBDEF void mb_streams_free(mb_streams *b) {
+    if (!b) return;
+    mb_stream_free(b->s);
+    MB_FREE(b->block);
+    MB_FREE(b->conv);
+    MB_FREE(b);
 }
 
 /* The feed's workspace for T tokens (grown, never shrunk). */
@@ -5229,6 +5459,10 @@ static mb_status mb__eval_text_ref(const mb_model *m, const uint8_t *text, int64
    (nll_bits too: the same double sum in the same order) is equal. */
 MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
                              mb_eval_result *r, mb_progress_fn progress, void *user) {
+    return mb_eval_text_ex(m, MB_PRECISION_FP32, text, len, max_chars, r, progress, user);
+}
+MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
+                                mb_eval_result *r, mb_progress_fn progress, void *user) {
     mb_stream *s;
     uint8_t *in;
     float *lg;
@@ -5239,7 +5473,7 @@ MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len
     memset(r, 0, sizeof *r);
     /* validate the whole evaluated prefix first: fail before any work */
     if ((st = mb__eval_prefix(text, len, max_chars, &end, &nchars)) != MB_STATUS_OK) return st;
-    st = mb_stream_create(&s, m);
+    st = mb_stream_create_ex(&s, m, precision);
     if (st != MB_STATUS_OK) return st;
     in = (uint8_t *)MB_MALLOC(MB__FEED_CHUNK);
     lg = (float *)MB_MALLOC((size_t)MB__FEED_CHUNK * 256 * sizeof(float));
@@ -5469,13 +5703,17 @@ MBDEF mb_status mb_stream_predict_char(mb_stream *s, const float *logits, mb_cha
 
 MBDEF mb_status mb_eval_text_exact(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
                                    mb_eval_exact_result *r, mb_progress_fn progress, void *user) {
+    return mb_eval_text_exact_ex(m, MB_PRECISION_FP32, text, len, max_chars, r, progress, user);
+}
+MBDEF mb_status mb_eval_text_exact_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
+                                      mb_eval_exact_result *r, mb_progress_fn progress, void *user) {
     mb_stream *s;
     const float *logits;
     int64_t end = 0, nchars = 0, pos = 0, c;
     mb_status st;
     memset(r, 0, sizeof *r);
     if ((st = mb__eval_prefix(text, len, max_chars, &end, &nchars)) != MB_STATUS_OK) return st; /* validate first */
-    if ((st = mb_stream_create(&s, m)) != MB_STATUS_OK) return st;
+    if ((st = mb_stream_create_ex(&s, m, precision)) != MB_STATUS_OK) return st;
     logits = mb_stream_step(s, 0x00);
     for (c = 0; c < nchars; c++) {
         int k = mb_utf8_char_len(text + pos, end - pos), j, hit;

@@ -28,6 +28,7 @@ void mbt_cuda_emu_tests(void); /* tests/test_cuda_emu.cpp: the CUDA kernels on t
 #include "tests/test_predict.c"
 #include "tests/test_bf16.c"
 #include "tests/test_carry.c"
+#include "tests/test_decode.c"
 
 typedef struct { const char *name; void (*fn)(void); } mbt_suite;
 
@@ -47,6 +48,7 @@ int main(int argc, char **argv) {
         {"predict", test_predict},
         {"bf16", test_bf16},
         {"carry", test_carry},
+        {"decode", test_decode},
     };
     size_t i;
     for (i = 0; i < sizeof suites / sizeof suites[0]; i++) {

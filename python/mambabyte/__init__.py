@@ -15,12 +15,12 @@ mb_last_error's detail).
 """
 
 from ._lib import lib as _library  # raises ImportError when the library is not built
-from ._core import MambaByteError, Model, Stream
+from ._core import MambaByteError, Model, Stream, Streams
 from ._train import train, training_fields
 from ._charmodel import CharModel
 
 __version__ = "0.1.0"
-__all__ = ["Model", "Stream", "CharModel", "MambaByteError", "train", "training_fields", "library_path",
+__all__ = ["Model", "Stream", "Streams", "CharModel", "MambaByteError", "train", "training_fields", "library_path",
            "has_cuda"]
 
 

@@ -259,11 +259,17 @@ class Model:
         _check(lib.mb_model_forward(self._handle(), x.ctypes.data, None, B, T, None), "forward")
         return np.ctypeslib.as_array(lib.mb_model_logits(self._handle()), shape=(B, T, 256)).copy()
 
-    def stream(self):
-        """A Stream: O(1) state per byte, logits equal to forward()'s bit for bit."""
-        return Stream(self)
+    def stream(self, precision="fp32"):
+        """A Stream: O(1) state per byte, logits equal to forward()'s bit for
+        bit at "fp32"; "bf16" or "int8" store its matrices in fewer bytes."""
+        return Stream(self, precision)
 
-    def generate(self, prompt=b"", n=200, temperature=1.0, top_k=0, seed=0):
+    def streams(self, k, precision="fp32"):
+        """Streams: k independent streams stepped together (each weight read
+        once per step of them all); each one's logits equal a Stream's bit for bit."""
+        return Streams(self, k, precision)
+
+    def generate(self, prompt=b"", n=200, temperature=1.0, top_k=0, seed=0, precision="fp32"):
         """n bytes sampled after prompt (bytes or str), as `mambabyte sample`
         (mb_stream_generate): the stream starts with one 0x00 byte, the
         prompt is prefilled, then each byte is drawn with mb_sample_byte
@@ -275,28 +281,30 @@ class Model:
             raise ValueError("n must be >= 0")
         if not 0 <= int(top_k) <= 256:
             raise ValueError("top_k must be in [0, 256]")
-        s = self.stream()
+        s = self.stream(precision)
         rng = ctypes.c_uint64(int(seed) & (2**64 - 1))
         out = ctypes.create_string_buffer(max(int(n), 1))
         _check(lib.mb_stream_generate(s._s, p, len(p), int(n), float(temperature), int(top_k), ctypes.byref(rng), out,
                                       None, None, None), "generate")
         return out.raw[:int(n)]
 
-    def evaluate(self, text, chars=60000, exact=False):
+    def evaluate(self, text, chars=60000, exact=False, precision="fp32"):
         """The WikiText char-level protocol over the first `chars` characters
         of text (bytes or str; chars < 0: all), as `mambabyte eval`.  Returns
         a dict: chars, char_accuracy, bits_per_byte, byte_accuracy, and with
-        exact=True also exact_char_accuracy (mb_eval_text_exact)."""
+        exact=True also exact_char_accuracy (mb_eval_text_exact); precision:
+        the stream's weights, "fp32", "bf16" or "int8"."""
         from ._lib import EvalExactResult, EvalResult
+        prec = _precision(precision)
         data = _as_bytes(text, "text")
         arr, ptr = _buffer(data)
         if exact:
             r = EvalExactResult()
-            _check(lib.mb_eval_text_exact(self._handle(), ptr, len(data), int(chars), ctypes.byref(r), None, None), "eval")
+            _check(lib.mb_eval_text_exact_ex(self._handle(), prec, ptr, len(data), int(chars), ctypes.byref(r), None, None), "eval")
             base = r.base
         else:
             base = EvalResult()
-            _check(lib.mb_eval_text(self._handle(), ptr, len(data), int(chars), ctypes.byref(base), None, None), "eval")
+            _check(lib.mb_eval_text_ex(self._handle(), prec, ptr, len(data), int(chars), ctypes.byref(base), None, None), "eval")
         n, nb = max(base.chars, 1), max(base.bytes, 1)
         out = {"chars": int(base.chars), "char_accuracy": base.chars_correct / n, "bits_per_byte": base.nll_bits / nb,
                "byte_accuracy": base.bytes_correct / nb}
@@ -306,8 +314,56 @@ class Model:
         return out
 
 
+def _precision(name):
+    from ._lib import PRECISIONS
+    if name not in PRECISIONS:
+        raise ValueError("precision must be one of %s, not %r" % (", ".join(PRECISIONS), name))
+    return PRECISIONS[name]
+
+
 def _decode(score):
     return bytes(score.bytes[:score.len]).decode("utf-8")
+
+
+class Streams:
+    """k streams over one snapshot of the model (mb_streams)."""
+
+    def __init__(self, model, k, precision="fp32"):
+        self.model, self.k = model, int(k)
+        h = ctypes.c_void_p()
+        _check(lib.mb_streams_create(ctypes.byref(h), model._handle(), self.k, _precision(precision)), "streams")
+        self._s = h
+
+    def __del__(self):
+        try:
+            if self._s.value:
+                lib.mb_streams_free(self._s)
+                self._s = ctypes.c_void_p()
+        except Exception:
+            pass
+
+    def step(self, data, which=None):
+        """Advances streams `which` (default all k, in order) by one byte each
+        (data: bytes or a sequence of ints, one per stream); returns their
+        next-byte logits, ndarray(len(which), 256)."""
+        idx = np.arange(self.k, dtype=np.int32) if which is None else np.ascontiguousarray(which, dtype=np.int32)
+        b = np.ascontiguousarray(np.frombuffer(bytes(data), np.uint8) if isinstance(data, (bytes, bytearray)) else data, dtype=np.uint8)
+        if b.shape != idx.shape or (idx.size and (idx.min() < 0 or idx.max() >= self.k or len(set(idx.tolist())) != idx.size)):
+            raise ValueError("one byte per stream, and distinct stream indices in [0, k)")
+        ptr = lib.mb_streams_step(self._s, idx.ctypes.data, b.ctypes.data, int(idx.size))
+        return np.ctypeslib.as_array(ptr, shape=(int(idx.size), 256)).copy()
+
+    def feed(self, i, data):
+        """Stream i's parallel prefill over data (bytes or str); returns its logits, ndarray(n, 256)."""
+        data = _as_bytes(data)
+        out = np.empty((len(data), 256), np.float32)
+        arr, ptr = _buffer(data)
+        _check(lib.mb_streams_feed(self._s, int(i), ptr, len(data), out.ctypes.data), "feed")
+        return out
+
+    def reset(self, i):
+        """Stream i back to the empty state."""
+        lib.mb_streams_reset(self._s, int(i))
 
 
 class Stream:
@@ -315,10 +371,10 @@ class Stream:
     the model's weights when created.  step/feed return copies of the
     logits; the stream remembers the last ones for predict_char/top_chars."""
 
-    def __init__(self, model):
+    def __init__(self, model, precision="fp32"):
         self.model = model
         h = ctypes.c_void_p()
-        _check(lib.mb_stream_create(ctypes.byref(h), model._handle()), "stream")
+        _check(lib.mb_stream_create_ex(ctypes.byref(h), model._handle(), _precision(precision)), "stream")
         self._s = h
         self._last = None  # POINTER(c_float) or a float array: the next-byte logits
 

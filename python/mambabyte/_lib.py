@@ -187,6 +187,7 @@ STRUCTS = {
 
 # mb_status, mb_train_outcome
 STATUS_OK = 0
+PRECISIONS = {"fp32": 0, "bf16": 1, "int8": 3}  # a stream's stored weights (MB_PRECISION_*)
 OUTCOMES = ("finished", "time_budget", "stop_at", "interrupted", "non_finite", "failed")
 
 P = c_void_p  # opaque pointers (mb_model *, mb_stream *)
@@ -207,6 +208,12 @@ PROTOTYPES = {
     "mb_model_forward": (c_int, [P, c_void_p, c_void_p, c_int, c_int, POINTER(c_float)]),
     "mb_model_logits": (POINTER(c_float), [P]),
     "mb_stream_create": (c_int, [POINTER(P), P]),
+    "mb_stream_create_ex": (c_int, [POINTER(P), P, c_int]),
+    "mb_streams_create": (c_int, [POINTER(P), P, c_int, c_int]),
+    "mb_streams_step": (POINTER(c_float), [P, c_void_p, c_void_p, c_int]),
+    "mb_streams_feed": (c_int, [P, c_int, c_void_p, c_int64, c_void_p]),
+    "mb_streams_reset": (None, [P, c_int]),
+    "mb_streams_free": (None, [P]),
     "mb_stream_reset": (None, [P]),
     "mb_stream_step": (POINTER(c_float), [P, c_uint8]),
     "mb_stream_feed": (c_int, [P, c_void_p, c_int64, c_void_p]),
@@ -239,6 +246,8 @@ PROTOTYPES = {
     "mb_utf8_char_len": (c_int, [c_void_p, c_int64]),
     "mb_eval_text": (c_int, [P, c_void_p, c_int64, c_int64, POINTER(EvalResult), c_void_p, c_void_p]),
     "mb_eval_text_exact": (c_int, [P, c_void_p, c_int64, c_int64, POINTER(EvalExactResult), c_void_p, c_void_p]),
+    "mb_eval_text_ex": (c_int, [P, c_int, c_void_p, c_int64, c_int64, POINTER(EvalResult), c_void_p, c_void_p]),
+    "mb_eval_text_exact_ex": (c_int, [P, c_int, c_void_p, c_int64, c_int64, POINTER(EvalExactResult), c_void_p, c_void_p]),
     "mb_clock_seconds": (c_double, []),
     # only in libmambabyte_cuda.so
     "mb_cuda_device_count": (c_int, []),

@@ -61,3 +61,24 @@ def test_generate_reproducible_and_equal_to_cli(trained):
     raw = subprocess.run([str(ROOT / "mambabyte"), "sample", "--model", str(path), "--prompt", "The harbour", "--bytes",
                           "80", "--temperature", "0.8", "--top-k", "20", "--seed", "7"], capture_output=True, check=True)
     assert raw.stdout == b"The harbour" + a + b"\n"
+
+
+def test_precision_streams_and_batched():
+    m = mambabyte.Model.create(dict(d_model=32, n_layer=2, d_state=8), seed=4)
+    text = b"precision and batched streams"
+    ref = m.stream().feed(text)
+    for prec, bound in (("bf16", 1.2e-2), ("int8", 3e-2)):
+        got = m.stream(precision=prec).feed(text)
+        err = np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)
+        assert 0 < err.max() <= bound, (prec, err.max())
+        one = m.stream(precision=prec)
+        b = m.streams(3, precision=prec)
+        b.feed(1, b"ab")
+        one.feed(b"ab")
+        for byte in b"xyz":
+            rows = b.step([byte, byte], which=[1, 2])
+            assert np.array_equal(rows[0], one.step(byte))
+        assert m.evaluate(text, precision=prec)["chars"] == len(text)
+        assert len(m.generate(b"a", n=5, precision=prec, seed=1)) == 5
+    with pytest.raises(ValueError):
+        m.stream(precision="fp16")
