@@ -27,6 +27,7 @@ void mbt_cuda_emu_tests(void); /* tests/test_cuda_emu.cpp: the CUDA kernels on t
 #include "tests/test_plot.c"
 #include "tests/test_predict.c"
 #include "tests/test_bf16.c"
+#include "tests/test_spec.c"
 
 typedef struct { const char *name; void (*fn)(void); } mbt_suite;
 
@@ -45,6 +46,7 @@ int main(int argc, char **argv) {
         {"plot", test_plot},
         {"predict", test_predict},
         {"bf16", test_bf16},
+        {"spec", test_spec},
     };
     size_t i;
     for (i = 0; i < sizeof suites / sizeof suites[0]; i++) {
