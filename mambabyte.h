@@ -4129,11 +4129,15 @@ static void mb__spec_state(mb_stream *s, float *buf, int save) {
     if (save) memcpy(buf, s->conv_state, bytes); else memcpy(s->conv_state, buf, bytes);
 }
 /* s, fed f bytes since snap was saved (of which seq[0..keep) still stand),
-   brought to the state after seq[0..j): fed on when all f stand and j >= f,
-   else snap restored and seq[0..j) re-fed (see BENCHMARKS.md). */
+   brought to the state after seq[0..j): on from there when all f stand and
+   j >= f, else from snap.  Under MB__SPEC_STEPS bytes stepping is cheaper
+   than a feed (docs/BENCHMARKS.md); both give the same state. */
+#define MB__SPEC_STEPS 8
 static mb_status mb__spec_sync(mb_stream *s, float *snap, int f, int keep, const uint8_t *seq, int j) {
     if (j < f || keep < f) { mb__spec_state(s, snap, 0); f = 0; }
-    return mb_stream_feed(s, seq + f, j - f, NULL);
+    if (j - f >= MB__SPEC_STEPS) return mb_stream_feed(s, seq + f, j - f, NULL);
+    for (; f < j; f++) mb_stream_step(s, seq[f]);
+    return MB_STATUS_OK;
 }
 #define MB__SPEC_WINDOW 65536 /* lookup searches the last this many bytes */
 /* Prompt lookup: up to k bytes into d that followed the longest earlier
@@ -4191,7 +4195,8 @@ MBDEF mb_status mb_stream_generate_spec(mb_stream *s, const uint8_t *prompt, int
         } else
             nd = mb__spec_lookup(h, hn, lo, k, seq + 1);
         mb__spec_state(s, snap, 1);
-        if ((st = mb_stream_feed(s, seq, nd + 1, lg)) != MB_STATUS_OK) break;
+        if (nd == 0) memcpy(lg, mb_stream_step(s, seq[0]), sizeof(float) * (size_t)V); /* nothing drafted: one step */
+        else if ((st = mb_stream_feed(s, seq, nd + 1, lg)) != MB_STATUS_OK) break;
         for (a = 0; a < nd; a++) { /* lg row a: the target's logits for seq[1 + a] */
             const int x = seq[1 + a];
             float z = 0.0f;
