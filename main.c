@@ -34,7 +34,8 @@ static mb_mpi_comm g_mpi;
 
 /* -------------------------------------------------------------- sample */
 static const char *SAMPLE_USAGE =
-    "mambabyte sample --model FILE [--prompt TEXT] [--bytes N] [--temperature T] [--top-k K] [--seed S] [--precision fp32|bf16|int8] [--prompts FILE]";
+    "mambabyte sample --model FILE [--prompt TEXT] [--bytes N] [--temperature T] [--top-k K] [--seed S]\n"
+    "                 [--precision fp32|bf16|int8] [--prompts FILE] [--draft FILE|lookup [--draft-len K]]";
 
 static int put_byte(void *user, int b) {
     (void)user;
@@ -95,11 +96,16 @@ static int cmd_sample(int argc, char **argv) {
         {"precision", F_STR, 0, 0, STREAM_PRECISION_HELP, 0, 0, 0},
         {"prompts", F_STR, 0, 0, "a file of prompts, one a line: each continued (streams stepped together), one output line each", 0, 0, 0},
         {"threads", F_INT, 1, 1024, "OpenMP threads", 0, 0, 0},
+        {"draft", F_STR, 0, 0, "speculative: a smaller model's FILE, or lookup (prompt lookup); same output", 0, 0, 0},
+        {"draft-len", F_INT, 1, MB_SPEC_MAX_DRAFT, "most bytes drafted per round (default 8, adapted to the acceptance)", 0, 0, 0},
         FLAG_END};
     mb_model *m;
-    mb_stream *s;
-    const char *prompt;
+    mb_stream *s, *ds = NULL;
+    mb_spec_options so;
+    const char *prompt, *draft;
     uint64_t rng;
+    int64_t made = 0;
+    double t0;
     mb_status st;
     if (parse_flags("sample", flags, argc - 1, argv + 1, SAMPLE_USAGE)) return 2;
     if (!flag_given(flags, "model")) { fprintf(stderr, "mambabyte sample: --model is required\nusage: %s\n", SAMPLE_USAGE); return 2; }
@@ -121,13 +127,35 @@ static int cmd_sample(int argc, char **argv) {
     st = mb_stream_create_ex(&s, m, stream_precision(flags));
     mb_model_free(m); /* the stream holds its own copy of the weights */
     if (st != MB_STATUS_OK) { fprintf(stderr, "mambabyte sample: %s\n", mb_last_error()); return 1; }
+    memset(&so, 0, sizeof so);
+    so.draft_len = (int)flag_num(flags, "draft-len", 0);
+    draft = flag_str(flags, "draft", NULL);
+    if (draft && !strncmp(draft, "self:", 5)) { /* self-speculation needs the stream precisions of mb_stream_create_ex */
+        fprintf(stderr, "mambabyte sample: --draft %s: self-speculation is not available yet (it needs lower-precision streams)\n", draft);
+        mb_stream_free(s);
+        return 2;
+    }
+    if (draft && strcmp(draft, "lookup") != 0) {
+        if ((st = mb_model_load(&m, draft)) == MB_STATUS_OK) st = mb_stream_create(&ds, m), mb_model_free(m);
+        if (st != MB_STATUS_OK) { fprintf(stderr, "mambabyte sample: --draft %s: %s\n", draft, mb_last_error()); mb_stream_free(s); return 1; }
+    }
+    so.draft = ds;
     prompt = flag_str(flags, "prompt", "");
     rng = (uint64_t)flag_num(flags, "seed", 1);
     fputs(prompt, stdout);
-    st = mb_stream_generate(s, (const uint8_t *)prompt, (int64_t)strlen(prompt), (int64_t)flag_num(flags, "bytes", 200),
-                            flag_num(flags, "temperature", 0.8), (int)flag_num(flags, "top-k", 0), &rng, NULL, put_byte, NULL, NULL);
+    t0 = mb_clock_seconds();
+    if (draft)
+        st = mb_stream_generate_spec(s, (const uint8_t *)prompt, (int64_t)strlen(prompt), (int64_t)flag_num(flags, "bytes", 200),
+                                     flag_num(flags, "temperature", 0.8), (int)flag_num(flags, "top-k", 0), &rng, NULL, put_byte, NULL, &made, &so);
+    else
+        st = mb_stream_generate(s, (const uint8_t *)prompt, (int64_t)strlen(prompt), (int64_t)flag_num(flags, "bytes", 200),
+                                flag_num(flags, "temperature", 0.8), (int)flag_num(flags, "top-k", 0), &rng, NULL, put_byte, NULL, &made);
+    t0 = mb_clock_seconds() - t0;
     putchar('\n');
     if (st != MB_STATUS_OK) fprintf(stderr, "mambabyte sample: %s\n", mb_last_error());
+    else if (draft) fprintf(stderr, "%lld bytes in %.2f s: %.1f bytes/s; %lld rounds, %.2f of %.2f drafted bytes accepted per round\n", (long long)made, t0, (double)made / t0,
+                            (long long)so.rounds, (double)so.accepted / (double)(so.rounds ? so.rounds : 1), (double)so.drafted / (double)(so.rounds ? so.rounds : 1));
+    mb_stream_free(ds);
     mb_stream_free(s);
     return st == MB_STATUS_OK ? 0 : 1;
 }

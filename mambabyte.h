@@ -434,6 +434,32 @@ MBDEF mb_status mb_stream_generate(mb_stream *s, const uint8_t *prompt, int64_t 
                                    int top_k, uint64_t *rng, uint8_t *out, int (*on_byte)(void *user, int byte), void *user,
                                    int64_t *generated);
 
+/* ----------------------------------------------------------- speculation */
+/* mb_stream_generate with the same arguments and output guarantee, faster:
+   a drafter proposes up to k bytes, s checks them in one mb_stream_feed,
+   keeps the longest prefix it agrees with plus one byte of its own, and
+   rolls its state back to there.  Greedy (temperature <= 0): the same bytes
+   as mb_stream_generate.  Sampling: the same distribution (not the same
+   bytes for a seed): byte x is kept with probability min(1, p(x)/q(x)), else
+   one is drawn from max(0, p - q) normalised, p and q the target's and the
+   draft's distributions as mb_sample_byte forms them.  Either way s ends in
+   plain generation's state over the bytes drawn.  The drafter is a stream
+   (draft: a smaller model, or the target's weights at a lower stream
+   precision) that the call resets and keeps in step with s, or (draft NULL)
+   prompt lookup: the bytes that followed the longest earlier match of the
+   text's last bytes in prompt + output (q: all mass on its byte). */
+#define MB_SPEC_MAX_DRAFT 64
+typedef struct {
+    mb_stream *draft; /* the draft stream (not s), or NULL: prompt lookup */
+    int draft_len;    /* most bytes drafted per round, 1..MB_SPEC_MAX_DRAFT (0: 8) */
+    int fixed;        /* 1: always draft_len; 0: start there, -1 after a rejection, +2 after a full accept */
+    int lookup_min;   /* lookup: the shortest match that drafts (0: 3 bytes) */
+    int64_t rounds, drafted, accepted; /* out: target feeds, bytes proposed, bytes kept */
+} mb_spec_options;
+MBDEF mb_status mb_stream_generate_spec(mb_stream *s, const uint8_t *prompt, int64_t prompt_len, int64_t n, double temperature,
+                                        int top_k, uint64_t *rng, uint8_t *out, int (*on_byte)(void *user, int byte),
+                                        void *user, int64_t *generated, mb_spec_options *opt);
+
 /* ----------------------------------------------------------- checkpoints */
 /* The training settings, written once, one line per field:
    FIELD(ID, field, kind, flag, lo, hi, default, resume role, help).  They
@@ -4316,11 +4342,10 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
 
 /* ------------------------------------------------------------- sampling */
 static int mb__argmax(const float *x, int n); /* eval section: the first of equal maxima */
-MBDEF int mb_sample_byte(const float *logits, double temperature, int top_k, uint64_t *rng) {
-    float p[256], scaled[256], cut;
-    double u, acc = 0.0;
-    int v, b;
-    if (temperature <= 0.0) return mb__argmax(logits, 256);
+/* p (256): the distribution mb_sample_byte draws from (temperature > 0). */
+static void mb__sample_probs(float *p, const float *logits, double temperature, int top_k) {
+    float scaled[256], cut;
+    int v;
     for (v = 0; v < 256; v++) scaled[v] = (float)(logits[v] / temperature);
     if (top_k > 0 && top_k < 256) { /* the k-th largest scaled logit is the cut; values equal to it stay */
         float sorted[256];
@@ -4333,24 +4358,42 @@ MBDEF int mb_sample_byte(const float *logits, double temperature, int top_k, uin
         for (v = 0; v < 256; v++) if (scaled[v] < cut) scaled[v] = -INFINITY;
     }
     mb_softmax(p, scaled, 1, 256);
-    u = mb__rng_uniform(rng);
+}
+/* The first byte b < 255 with p[0] + ... + p[b] > u (one uniform draw), else 255. */
+static int mb__draw(const float *p, uint64_t *rng) {
+    double u = mb__rng_uniform(rng), acc = 0.0;
+    int b;
     for (b = 0; b < 255; b++) { acc += p[b]; if (u < acc) break; }
     return b;
 }
+MBDEF int mb_sample_byte(const float *logits, double temperature, int top_k, uint64_t *rng) {
+    float p[256];
+    if (temperature <= 0.0) return mb__argmax(logits, 256);
+    mb__sample_probs(p, logits, temperature, top_k);
+    return mb__draw(p, rng);
+}
 
+/* s reset and conditioned on 0x00 and prompt[0..len-1); *last: the byte still to step (the prompt's last, or 0x00). */
+static mb_status mb__stream_prime(mb_stream *s, const uint8_t *prompt, int64_t len, uint8_t *last) {
+    mb_stream_reset(s);
+    *last = 0x00;
+    if (len == 0) return MB_STATUS_OK;
+    mb_stream_step(s, 0x00);
+    *last = prompt[len - 1];
+    return mb_stream_feed(s, prompt, len - 1, NULL);
+}
 MBDEF mb_status mb_stream_generate(mb_stream *s, const uint8_t *prompt, int64_t prompt_len, int64_t n, double temperature,
                                    int top_k, uint64_t *rng, uint8_t *out, int (*on_byte)(void *user, int byte), void *user,
                                    int64_t *generated) {
     const float *logits;
     int64_t i;
+    uint8_t last;
     mb_status st;
     if (generated) *generated = 0;
     if (!s || !rng || prompt_len < 0 || n < 0 || (prompt_len > 0 && !prompt))
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "mb_stream_generate: invalid argument");
-    mb_stream_reset(s);
-    logits = mb_stream_step(s, 0x00);
-    if (prompt_len > 1 && (st = mb_stream_feed(s, prompt, prompt_len - 1, NULL)) != MB_STATUS_OK) return st;
-    if (prompt_len > 0) logits = mb_stream_step(s, prompt[prompt_len - 1]);
+    if ((st = mb__stream_prime(s, prompt, prompt_len, &last)) != MB_STATUS_OK) return st;
+    logits = mb_stream_step(s, last);
     for (i = 0; i < n; i++) {
         int b = mb_sample_byte(logits, temperature, top_k, rng);
         if (out) out[i] = (uint8_t)b;
@@ -4359,6 +4402,113 @@ MBDEF mb_status mb_stream_generate(mb_stream *s, const uint8_t *prompt, int64_t 
         if (on_byte && on_byte(user, b)) break;
     }
     return MB_STATUS_OK;
+}
+
+/* ----------------------------------------------------------- speculation */
+/* The stream's state (conv windows and scans) saved to or restored from buf:
+   a copy of the state alone, where mb_stream_copy needs a second stream. */
+static void mb__spec_state(mb_stream *s, float *buf, int save) {
+    size_t bytes = (size_t)s->state_floats * sizeof(float);
+    if (save) memcpy(buf, s->conv_state, bytes); else memcpy(s->conv_state, buf, bytes);
+}
+/* s, fed f bytes since snap was saved (of which seq[0..keep) still stand),
+   brought to the state after seq[0..j): on from there when all f stand and
+   j >= f, else from snap.  Under MB__SPEC_STEPS bytes stepping is cheaper
+   than a feed (docs/BENCHMARKS.md); both give the same state. */
+#define MB__SPEC_STEPS 8
+static mb_status mb__spec_sync(mb_stream *s, float *snap, int f, int keep, const uint8_t *seq, int j) {
+    if (j < f || keep < f) { mb__spec_state(s, snap, 0); f = 0; }
+    if (j - f >= MB__SPEC_STEPS) return mb_stream_feed(s, seq + f, j - f, NULL);
+    for (; f < j; f++) mb_stream_step(s, seq[f]);
+    return MB_STATUS_OK;
+}
+#define MB__SPEC_WINDOW 65536 /* lookup searches the last this many bytes */
+/* Prompt lookup: up to k bytes into d that followed the longest earlier
+   match (>= lo bytes, at most 32 compared; the latest of equals) of h's
+   end; a match overlapping the end continues the period. */
+static int mb__spec_lookup(const uint8_t *h, int64_t n, int lo, int k, uint8_t *d) {
+    int64_t i, best = -1;
+    int m, bl = lo - 1;
+    for (i = n - 1; i > 0 && i > n - MB__SPEC_WINDOW; i--) {
+        for (m = 0; m < 32 && m < i && h[i - 1 - m] == h[n - 1 - m]; m++) {}
+        if (m > bl) { bl = m; best = i; }
+    }
+    if (best < 0) return 0;
+    for (m = 0; m < k; m++) d[m] = best + m < n ? h[best + m] : d[best + m - n];
+    return m;
+}
+
+MBDEF mb_status mb_stream_generate_spec(mb_stream *s, const uint8_t *prompt, int64_t prompt_len, int64_t n, double temperature,
+                                        int top_k, uint64_t *rng, uint8_t *out, int (*on_byte)(void *user, int byte),
+                                        void *user, int64_t *generated, mb_spec_options *o) {
+    mb_stream *ds = o ? o->draft : NULL;
+    const int kmax = o && o->draft_len > 0 ? o->draft_len : 8, lo = o && o->lookup_min > 0 ? o->lookup_min : 3;
+    const int greedy = temperature <= 0.0, V = 256;
+    int k = kmax, stop = 0;
+    int64_t hn = prompt_len, done = 0;
+    uint8_t seq[MB_SPEC_MAX_DRAFT + 2], *h;
+    float *lg, *q, *snap, *dsnap, p[256];
+    mb_status st = MB_STATUS_OK;
+    if (generated) *generated = 0;
+    if (!s || !o || !rng || prompt_len < 0 || n < 0 || (prompt_len > 0 && !prompt) || kmax > MB_SPEC_MAX_DRAFT)
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "mb_stream_generate_spec: invalid argument");
+    if (ds && (ds == s || ds->cfg.vocab_size != s->cfg.vocab_size))
+        return mb__fail(MB_STATUS_INVALID_ARGUMENT, "draft model: %s", ds == s ? "the target's own stream (create another)" : "another vocabulary size");
+    o->rounds = o->drafted = o->accepted = 0;
+    h = (uint8_t *)MB_MALLOC((size_t)(prompt_len + n + 1));
+    lg = (float *)MB_MALLOC(sizeof(float) * (size_t)((2 * MB_SPEC_MAX_DRAFT + 1) * V + s->state_floats + (ds ? ds->state_floats : 0)));
+    if (!h || !lg) { MB_FREE(h); MB_FREE(lg); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "speculative generation buffers"); }
+    q = lg + (MB_SPEC_MAX_DRAFT + 1) * V; /* the draft's distributions */
+    snap = q + MB_SPEC_MAX_DRAFT * V;
+    dsnap = snap + s->state_floats;
+    if (prompt_len > 0) memcpy(h, prompt, (size_t)prompt_len);
+    st = mb__stream_prime(s, prompt, prompt_len, &seq[0]);
+    if (st == MB_STATUS_OK && ds) st = mb__stream_prime(ds, prompt, prompt_len, &seq[0]);
+    while (st == MB_STATUS_OK && done < n && !stop) {
+        int nd = 0, a, j, v;
+        /* seq = [the byte not yet fed, the draft]; q[i]: the draft's distribution for seq[1 + i] */
+        if (ds) {
+            const float *dl;
+            mb__spec_state(ds, dsnap, 1);
+            for (dl = mb_stream_step(ds, seq[0]); nd < k; nd++) {
+                if (!greedy) mb__sample_probs(q + nd * V, dl, temperature, top_k);
+                seq[1 + nd] = (uint8_t)(greedy ? mb__argmax(dl, V) : mb__draw(q + nd * V, rng));
+                if (nd + 1 < k) dl = mb_stream_step(ds, seq[1 + nd]);
+            }
+        } else
+            nd = mb__spec_lookup(h, hn, lo, k, seq + 1);
+        mb__spec_state(s, snap, 1);
+        if (nd == 0) memcpy(lg, mb_stream_step(s, seq[0]), sizeof(float) * (size_t)V); /* nothing drafted: one step */
+        else if ((st = mb_stream_feed(s, seq, nd + 1, lg)) != MB_STATUS_OK) break;
+        for (a = 0; a < nd; a++) { /* lg row a: the target's logits for seq[1 + a] */
+            const int x = seq[1 + a];
+            float z = 0.0f;
+            if (greedy) { if (mb__argmax(lg + a * V, V) == x) continue; break; }
+            mb__sample_probs(p, lg + a * V, temperature, top_k);
+            if (mb__rng_uniform(rng) * (ds ? q[a * V + x] : 1.0f) < p[x]) continue; /* accepted with probability min(1, p/q) */
+            for (v = 0; v < V; v++) z += p[v] = fmaxf(0.0f, p[v] - (ds ? q[a * V + v] : (float)(v == x)));
+            if (z > 0.0f) for (v = 0; v < V; v++) p[v] /= z;
+            else mb__sample_probs(p, lg + a * V, temperature, top_k); /* p == q up to rounding */
+            break;
+        }
+        seq[1 + a] = (uint8_t)(a < nd && !greedy ? mb__draw(p, rng) : mb_sample_byte(lg + a * V, temperature, top_k, rng));
+        o->rounds++, o->drafted += nd, o->accepted += a;
+        for (j = 1; j <= a + 1 && done < n && !stop; j++) {
+            h[hn++] = seq[j];
+            if (out) out[done] = seq[j];
+            if (generated) *generated = done + 1;
+            done++;
+            stop = on_byte && on_byte(user, seq[j]);
+        }
+        if (stop || done == n) { st = mb__spec_sync(s, snap, nd + 1, a + 1, seq, j); break; } /* plain's state: every byte drawn fed */
+        if ((st = mb__spec_sync(s, snap, nd + 1, a + 1, seq, a + 1)) != MB_STATUS_OK) break;
+        if (ds && (st = mb__spec_sync(ds, dsnap, nd, a + 1, seq, a + 1)) != MB_STATUS_OK) break;
+        seq[0] = seq[1 + a];
+        if (!o->fixed && nd > 0) k = a == nd ? (k + 2 < kmax ? k + 2 : kmax) : (k > 1 ? k - 1 : 1);
+    }
+    MB_FREE(h);
+    MB_FREE(lg);
+    return st;
 }
 
 /* ========================================================== checkpoints */

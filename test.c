@@ -29,6 +29,7 @@ void mbt_cuda_emu_tests(void); /* tests/test_cuda_emu.cpp: the CUDA kernels on t
 #include "tests/test_bf16.c"
 #include "tests/test_carry.c"
 #include "tests/test_decode.c"
+#include "tests/test_spec.c"
 
 typedef struct { const char *name; void (*fn)(void); } mbt_suite;
 
@@ -49,6 +50,7 @@ int main(int argc, char **argv) {
         {"bf16", test_bf16},
         {"carry", test_carry},
         {"decode", test_decode},
+        {"spec", test_spec},
     };
     size_t i;
     for (i = 0; i < sizeof suites / sizeof suites[0]; i++) {

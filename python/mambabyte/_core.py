@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from ._lib import CharScore, Config, TensorInfo, lib
+from ._lib import CharScore, Config, SpecOptions, TensorInfo, lib
 
 CONFIG_KEYS = ("vocab_size", "d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank", "norm", "untied_head")
 NORMS = ("layernorm", "rmsnorm")  # mb_norm_kind 0, 1
@@ -269,13 +269,15 @@ class Model:
         once per step of them all); each one's logits equal a Stream's bit for bit."""
         return Streams(self, k, precision)
 
-    def generate(self, prompt=b"", n=200, temperature=1.0, top_k=0, seed=0, precision="fp32"):
+    def generate(self, prompt=b"", n=200, temperature=1.0, top_k=0, seed=0, precision="fp32", draft=None, draft_len=0):
         """n bytes sampled after prompt (bytes or str), as `mambabyte sample`
         (mb_stream_generate): the stream starts with one 0x00 byte, the
         prompt is prefilled, then each byte is drawn with mb_sample_byte
         (temperature 0: greedy; top_k 0: all bytes) from an RNG seeded with
         seed.  Returns the new bytes only; the same arguments give the same
-        bytes."""
+        bytes.  draft (a smaller Model, or "lookup"): speculative generation
+        (mb_stream_generate_spec, at most draft_len bytes a round, 0: 8):
+        greedy gives the same bytes, sampling the same distribution."""
         p = bytes(_as_bytes(prompt, "prompt"))
         if n < 0:
             raise ValueError("n must be >= 0")
@@ -284,8 +286,16 @@ class Model:
         s = self.stream(precision)
         rng = ctypes.c_uint64(int(seed) & (2**64 - 1))
         out = ctypes.create_string_buffer(max(int(n), 1))
-        _check(lib.mb_stream_generate(s._s, p, len(p), int(n), float(temperature), int(top_k), ctypes.byref(rng), out,
-                                      None, None, None), "generate")
+        if draft is None:
+            _check(lib.mb_stream_generate(s._s, p, len(p), int(n), float(temperature), int(top_k), ctypes.byref(rng), out,
+                                          None, None, None), "generate")
+            return out.raw[:int(n)]
+        if draft != "lookup" and not isinstance(draft, Model):
+            raise ValueError('draft must be a Model or "lookup"')
+        ds = draft.stream() if isinstance(draft, Model) else None
+        o = SpecOptions(draft=ds._s.value if ds else None, draft_len=int(draft_len))
+        _check(lib.mb_stream_generate_spec(s._s, p, len(p), int(n), float(temperature), int(top_k), ctypes.byref(rng), out,
+                                           None, None, None, ctypes.byref(o)), "generate")
         return out.raw[:int(n)]
 
     def evaluate(self, text, chars=60000, exact=False, precision="fp32"):

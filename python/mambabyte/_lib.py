@@ -170,6 +170,11 @@ class CharScore(Structure):
     _fields_ = [("bytes", c_uint8 * 4), ("len", c_int32), ("logp", c_double)]
 
 
+class SpecOptions(Structure):
+    _fields_ = [("draft", c_void_p), ("draft_len", c_int), ("fixed", c_int), ("lookup_min", c_int),
+                ("rounds", c_int64), ("drafted", c_int64), ("accepted", c_int64)]
+
+
 class EvalExactResult(Structure):
     _fields_ = [("base", EvalResult), ("exact_correct", c_int64), ("exact_multibyte", c_int64),
                 ("exact_multibyte_correct", c_int64), ("search_steps", c_int64)]
@@ -177,7 +182,7 @@ class EvalExactResult(Structure):
 
 # The mirrors above by their C names (for the ABI test).
 STRUCTS = {
-    "mb_config": Config, "mb_tensor_info": TensorInfo, "mb_train_settings": TrainSettings,
+    "mb_config": Config, "mb_spec_options": SpecOptions, "mb_tensor_info": TensorInfo, "mb_train_settings": TrainSettings,
     "mb_train_state": TrainState, "mb_batcher": Batcher, "mb_step_result": StepResult,
     "mb_train_backend": TrainBackend, "mb_trainer": Trainer, "mb_train_progress": TrainProgress,
     "mb_train_options": TrainOptions, "mb_train_report": TrainReport, "mb_train_field_info": TrainFieldInfo,
@@ -229,6 +234,8 @@ PROTOTYPES = {
     "mb_eval_describe": (c_int, [c_char_p, c_size_t, c_char_p, POINTER(EvalExactResult), c_int, c_double]),
     "mb_stream_generate": (c_int, [P, c_void_p, c_int64, c_int64, c_double, c_int, POINTER(c_uint64), c_void_p,
                                    c_void_p, c_void_p, POINTER(c_int64)]),
+    "mb_stream_generate_spec": (c_int, [P, c_void_p, c_int64, c_int64, c_double, c_int, POINTER(c_uint64), c_void_p,
+                                        c_void_p, c_void_p, POINTER(c_int64), POINTER(SpecOptions)]),
     "mb_train_settings_default": (TrainSettings, []),
     "mb_train_field_count": (c_int, []),
     "mb_train_field_desc": (POINTER(TrainFieldInfo), [c_int]),

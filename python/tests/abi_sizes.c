@@ -33,6 +33,7 @@ int main(void) {
         F(train_path) F(eval_path) END
     BEGIN(mb_eval_result) F(chars) F(chars_correct) F(bytes) F(bytes_correct) F(nll_bits) END
     BEGIN(mb_char_score) F(bytes) F(len) F(logp) END
+    BEGIN(mb_spec_options) F(draft) F(draft_len) F(fixed) F(lookup_min) F(rounds) F(drafted) F(accepted) END
     BEGIN(mb_eval_exact_result) F(base) F(exact_correct) F(exact_multibyte) F(exact_multibyte_correct) F(search_steps) END
     printf("enum %zu\n", sizeof(mb_train_outcome));
     printf("MB_FIELD_COUNT %d\n", (int)MB_FIELD_COUNT);

@@ -57,6 +57,11 @@ def test_generate_reproducible_and_equal_to_cli(trained):
     assert a != m.generate("The harbour", 80, temperature=0.8, top_k=20, seed=8)
     greedy = m.generate("The ", 40, temperature=0)
     assert greedy == m.generate("The ", 40, temperature=0, seed=99)  # greedy ignores the seed
+    # speculative generation: greedy gives the same bytes with any drafter
+    assert greedy == m.generate("The ", 40, temperature=0, draft="lookup", draft_len=4) == m.generate("The ", 40, temperature=0, draft=m)
+    assert len(m.generate("The ", 40, temperature=0.8, seed=3, draft="lookup")) == 40
+    with pytest.raises(ValueError):
+        m.generate("The ", 4, draft="self:int8")
     # `mambabyte sample` with the same arguments prints the prompt, the same bytes and a newline
     raw = subprocess.run([str(ROOT / "mambabyte"), "sample", "--model", str(path), "--prompt", "The harbour", "--bytes",
                           "80", "--temperature", "0.8", "--top-k", "20", "--seed", "7"], capture_output=True, check=True)
