@@ -35,7 +35,7 @@ static mb_mpi_comm g_mpi;
 /* -------------------------------------------------------------- sample */
 static const char *SAMPLE_USAGE =
     "mambabyte sample --model FILE [--prompt TEXT] [--bytes N] [--temperature T] [--top-k K] [--seed S]\n"
-    "                 [--precision fp32|bf16|int8] [--prompts FILE] [--draft FILE|lookup [--draft-len K]]";
+    "                 [--precision fp32|bf16|int8] [--prompts FILE] [--draft FILE|lookup|self:int8|self:bf16 [--draft-len K]]";
 
 static int put_byte(void *user, int b) {
     (void)user;
@@ -96,7 +96,7 @@ static int cmd_sample(int argc, char **argv) {
         {"precision", F_STR, 0, 0, STREAM_PRECISION_HELP, 0, 0, 0},
         {"prompts", F_STR, 0, 0, "a file of prompts, one a line: each continued (streams stepped together), one output line each", 0, 0, 0},
         {"threads", F_INT, 1, 1024, "OpenMP threads", 0, 0, 0},
-        {"draft", F_STR, 0, 0, "speculative: a smaller model's FILE, or lookup (prompt lookup); same output", 0, 0, 0},
+        {"draft", F_STR, 0, 0, "speculative: a smaller model's FILE, lookup (prompt lookup) or self:int8|self:bf16 (this model's weights in fewer bytes); same output", 0, 0, 0},
         {"draft-len", F_INT, 1, MB_SPEC_MAX_DRAFT, "most bytes drafted per round (default 8, adapted to the acceptance)", 0, 0, 0},
         FLAG_END};
     mb_model *m;
@@ -124,18 +124,22 @@ static int cmd_sample(int argc, char **argv) {
         mb_model_free(m);
         return rc;
     }
+    draft = flag_str(flags, "draft", NULL);
+    if (draft && !strncmp(draft, "self:", 5) && strcmp(draft + 5, "int8") && strcmp(draft + 5, "bf16")) {
+        fprintf(stderr, "mambabyte sample: --draft %s: self-speculation is self:int8 or self:bf16\nusage: %s\n", draft, SAMPLE_USAGE);
+        mb_model_free(m);
+        return 2;
+    }
     st = mb_stream_create_ex(&s, m, stream_precision(flags));
-    mb_model_free(m); /* the stream holds its own copy of the weights */
+    /* self-speculation: the draft is the target's own weights, stored in fewer bytes */
+    if (st == MB_STATUS_OK && draft && !strncmp(draft, "self:", 5))
+        if ((st = mb_stream_create_ex(&ds, m, !strcmp(draft + 5, "int8") ? MB_PRECISION_INT8 : MB_PRECISION_BF16)) != MB_STATUS_OK)
+            mb_stream_free(s);
+    mb_model_free(m); /* the streams hold their own copies of the weights */
     if (st != MB_STATUS_OK) { fprintf(stderr, "mambabyte sample: %s\n", mb_last_error()); return 1; }
     memset(&so, 0, sizeof so);
     so.draft_len = (int)flag_num(flags, "draft-len", 0);
-    draft = flag_str(flags, "draft", NULL);
-    if (draft && !strncmp(draft, "self:", 5)) { /* self-speculation needs the stream precisions of mb_stream_create_ex */
-        fprintf(stderr, "mambabyte sample: --draft %s: self-speculation is not available yet (it needs lower-precision streams)\n", draft);
-        mb_stream_free(s);
-        return 2;
-    }
-    if (draft && strcmp(draft, "lookup") != 0) {
+    if (draft && strcmp(draft, "lookup") != 0 && !ds) {
         if ((st = mb_model_load(&m, draft)) == MB_STATUS_OK) st = mb_stream_create(&ds, m), mb_model_free(m);
         if (st != MB_STATUS_OK) { fprintf(stderr, "mambabyte sample: --draft %s: %s\n", draft, mb_last_error()); mb_stream_free(s); return 1; }
     }

@@ -161,7 +161,7 @@ static void test_spec_sampling(void) {
 
 /* Bad input: the library refuses a draft that is the target's own stream or
    a draft length past MB_SPEC_MAX_DRAFT; the CLI names a draft file that does
-   not load (missing, another vocabulary size) and self-speculation. */
+   not load (missing, another vocabulary size) and an unknown self-speculation precision. */
 static void test_spec_errors(void) {
     mb_model *m = spec_model(16, 1, 4, 80);
     mb_stream *s;
@@ -174,7 +174,7 @@ static void test_spec_errors(void) {
         {"--draft build/t_spec_vocab.bin", 1, "--draft build/t_spec_vocab.bin: "},
         {"--draft build/t_spec_vocab.bin", 1, "vocab_size must be 256"},
         {"--draft build/no_such_draft.bin", 1, "no_such_draft.bin"},
-        {"--draft self:int8", 2, "self-speculation is not available yet"},
+        {"--draft self:int4", 2, "self-speculation is self:int8 or self:bf16"},
         {"--draft lookup --draft-len 65", 2, "--draft-len"},
     };
     mb_stream_create(&s, m);
@@ -208,8 +208,13 @@ static void test_spec_errors(void) {
                  "./mambabyte sample --model build/t_spec.bin --prompt 'abab' --bytes 50 --temperature 0 --draft lookup --draft-len 4 "
                  "> build/t_spec_b.out 2> build/t_spec_b.err && "
                  "./mambabyte sample --model build/t_spec.bin --prompt 'abab' --bytes 50 --temperature 0 --draft build/t_spec.bin "
-                 "> build/t_spec_c.out 2>> build/t_spec_b.err");
+                 "> build/t_spec_c.out 2>> build/t_spec_b.err && "
+                 "./mambabyte sample --model build/t_spec.bin --prompt 'abab' --bytes 50 --temperature 0 --draft self:int8 "
+                 "> build/t_spec_d.out 2>> build/t_spec_b.err && "
+                 "./mambabyte sample --model build/t_spec.bin --prompt 'abab' --bytes 50 --temperature 0 --draft self:bf16 "
+                 "> build/t_spec_e.out 2>> build/t_spec_b.err");
     MBT_CHECK(rc == 0 && mbt_files_equal("build/t_spec_a.out", "build/t_spec_b.out") && mbt_files_equal("build/t_spec_a.out", "build/t_spec_c.out") &&
+                  mbt_files_equal("build/t_spec_a.out", "build/t_spec_d.out") && mbt_files_equal("build/t_spec_a.out", "build/t_spec_e.out") &&
                   mbt_file_contains("build/t_spec_b.err", "accepted per round") && mbt_file_contains("build/t_spec_b.err", "bytes/s"),
               "sample --draft: greedy output must equal plain sample's, with the statistics on stderr (rc %d)", rc);
     mb_stream_free(s);
