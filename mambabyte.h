@@ -3916,24 +3916,31 @@ MB__INLINE void mb__matvec_panels(float *MB__RESTRICT sum, const float *MB__REST
 #ifndef MB__STREAM_OMP_MIN
 #define MB__STREAM_OMP_MIN (1 << 20)
 #endif
+/* Block b of mb__matvec_packed: 4 panels of MB__MM_NR outputs (or the last ones singly). */
+MB__INLINE void mb__matvec_block(float *MB__RESTRICT out, const float *MB__RESTRICT x, const float *MB__RESTRICT wp,
+                                        int IC, int OC, int np, int b) {
+    float sum[4 * MB__MM_NR];
+    int p0 = 4 * b, j, nq = np - p0 >= 4 ? 4 : 1, q;
+    if (nq == 4) mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 4);
+    else mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 1);
+    for (q = 0; q < nq; q++) {
+        int o0 = (p0 + q) * MB__MM_NR, nr = OC - o0 < MB__MM_NR ? OC - o0 : MB__MM_NR;
+        for (j = 0; j < nr; j++) out[o0 + j] = sum[q * MB__MM_NR + j];
+    }
+    for (p0 += nq; nq == 1 && p0 < np; p0++) { /* the last block's other single panels */
+        mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 1);
+        for (j = 0; j < MB__MM_NR && p0 * MB__MM_NR + j < OC; j++) out[p0 * MB__MM_NR + j] = sum[j];
+    }
+}
 static void mb__matvec_packed(float *MB__RESTRICT out, const float *MB__RESTRICT x, const float *MB__RESTRICT wp,
                                          int IC, int OC) {
     int np = (OC + MB__MM_NR - 1) / MB__MM_NR, nb = (np + 3) / 4, b;
-    MB__OMP(parallel for schedule(static) if ((int64_t)IC * OC > MB__STREAM_OMP_MIN))
-    for (b = 0; b < nb; b++) {
-        float sum[4 * MB__MM_NR];
-        int p0 = 4 * b, j, nq = np - p0 >= 4 ? 4 : 1, q;
-        if (nq == 4) mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 4);
-        else mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 1);
-        for (q = 0; q < nq; q++) {
-            int o0 = (p0 + q) * MB__MM_NR, nr = OC - o0 < MB__MM_NR ? OC - o0 : MB__MM_NR;
-            for (j = 0; j < nr; j++) out[o0 + j] = sum[q * MB__MM_NR + j];
-        }
-        for (p0 += nq; nq == 1 && p0 < np; p0++) { /* the last block's other single panels */
-            mb__matvec_panels(sum, x, wp + (int64_t)p0 * MB__MM_NR * IC, IC, 1);
-            for (j = 0; j < MB__MM_NR && p0 * MB__MM_NR + j < OC; j++) out[p0 * MB__MM_NR + j] = sum[j];
-        }
+    if ((int64_t)IC * OC <= MB__STREAM_OMP_MIN) { /* no parallel region at all: its outlining slows the small case ~10% */
+        for (b = 0; b < nb; b++) mb__matvec_block(out, x, wp, IC, OC, np, b);
+        return;
     }
+    MB__OMP(parallel for schedule(static))
+    for (b = 0; b < nb; b++) mb__matvec_block(out, x, wp, IC, OC, np, b);
 }
 
 /* out (N, OC) = inp (N, IC; row stride ldi) @ w^T from w packed by
