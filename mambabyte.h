@@ -1265,7 +1265,9 @@ static double mb__row_p(const mb__row *r, float xi, int64_t V) {
     return NAN;
 }
 
-MBDEF void mb_softmax(float *out, const float *x, int64_t rows, int64_t V) {
+/* Each row classified once, then every entry through one of the two functions above. */
+static void mb__rows_apply(float *out, const float *x, int64_t rows, int64_t V,
+                           double (*entry)(const mb__row *, float, int64_t)) {
     int64_t r;
     MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
     for (r = 0; r < rows; r++) {
@@ -1273,21 +1275,12 @@ MBDEF void mb_softmax(float *out, const float *x, int64_t rows, int64_t V) {
         float *orow = out + r * V;
         mb__row st = mb__row_stats(xr, V);
         int64_t i;
-        for (i = 0; i < V; i++) orow[i] = (float)mb__row_p(&st, xr[i], V);
+        for (i = 0; i < V; i++) orow[i] = (float)entry(&st, xr[i], V);
     }
 }
 
-MBDEF void mb_log_softmax(float *out, const float *x, int64_t rows, int64_t V) {
-    int64_t r;
-    MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
-    for (r = 0; r < rows; r++) {
-        const float *xr = x + r * V;
-        float *orow = out + r * V;
-        mb__row st = mb__row_stats(xr, V);
-        int64_t i;
-        for (i = 0; i < V; i++) orow[i] = (float)mb__row_logp(&st, xr[i], V);
-    }
-}
+MBDEF void mb_softmax(float *out, const float *x, int64_t rows, int64_t V) { mb__rows_apply(out, x, rows, V, mb__row_p); }
+MBDEF void mb_log_softmax(float *out, const float *x, int64_t rows, int64_t V) { mb__rows_apply(out, x, rows, V, mb__row_logp); }
 
 MBDEF void mb_logsumexp(float *out, const float *x, int64_t rows, int64_t V) {
     int64_t r;
