@@ -28,4 +28,23 @@ class BuildWithLibrary(build_py):
             shutil.copy2(os.path.join(built, n), os.path.join(dest, n))
 
 
-setup(cmdclass={"build_py": BuildWithLibrary})
+cmdclass = {"build_py": BuildWithLibrary}
+try:  # the wheel holds a native library: tag it for this platform (py3-none-<platform>), not py3-none-any
+    try:
+        from setuptools.command.bdist_wheel import bdist_wheel
+    except ImportError:
+        from wheel.bdist_wheel import bdist_wheel
+
+    class PlatformWheel(bdist_wheel):
+        def finalize_options(self):
+            super().finalize_options()
+            self.root_is_pure = False
+
+        def get_tag(self):
+            return ("py3", "none", super().get_tag()[2])  # ctypes only: any Python 3, no Python ABI
+
+    cmdclass["bdist_wheel"] = PlatformWheel
+except ImportError:  # no wheel support installed: sdists and direct installs need none
+    pass
+
+setup(cmdclass=cmdclass)
