@@ -1,7 +1,8 @@
 """Builds the C library (`make lib PORTABLE=1` in the repository root: for
-any x86-64 CPU, its AVX-512 and bf16 kernels picked at run time) and puts it
-inside the package, so an installed mambabyte finds it next to itself.
-The metadata is in pyproject.toml."""
+any x86-64 CPU, its AVX-512 and bf16 kernels picked at run time, plus the
+same for x86-64-v3 and -v4, whose float32 products use AVX2/AVX-512 and FMA)
+and puts it inside the package, so an installed mambabyte finds it next to
+itself and loads the highest level the CPU has.  The metadata is in pyproject.toml."""
 import os
 import shutil
 import subprocess
@@ -26,6 +27,11 @@ class BuildWithLibrary(build_py):
             raise RuntimeError("libmambabyte.so is not built: run `make lib PORTABLE=1` in %s" % ROOT)
         for n in found:
             shutil.copy2(os.path.join(built, n), os.path.join(dest, n))
+        for level in os.listdir(built):  # the same built for x86-64-v3/v4: the package loads the highest the CPU has
+            for n in NAMES:
+                if os.path.exists(os.path.join(built, level, n)):
+                    os.makedirs(os.path.join(dest, level), exist_ok=True)
+                    shutil.copy2(os.path.join(built, level, n), os.path.join(dest, level, n))
 
 
 cmdclass = {"build_py": BuildWithLibrary}
