@@ -957,6 +957,9 @@ mb_status mb_cuda_trainer_forward_backward(mb_cuda_trainer *t, const uint8_t *in
 mb_status mb_cuda_trainer_forward_logits(mb_cuda_trainer *t, const uint8_t *inputs, float *logits_host);
 mb_status mb_cuda_trainer_grads(mb_cuda_trainer *t, float *grads_host);
 mb_status mb_cuda_trainer_zero_grad(mb_cuda_trainer *t);
+/* As mb_model_set_carry (state in host memory, borrowed, NULL: from zero):
+   each forward starts from it and leaves the rows' new state there. */
+mb_status mb_cuda_trainer_set_carry(mb_cuda_trainer *t, float *state);
 /* g *= grad_scale; norm; if finite: clip and one AdamW step (adam_step 1-based);
    gradients zeroed either way; *applied_out = 0 when the norm was not finite */
 mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr, double beta1, double beta2,
