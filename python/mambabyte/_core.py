@@ -293,7 +293,8 @@ class Model(_Owned):
         prompt is prefilled, then each byte is drawn with mb_sample_byte
         (temperature 0: greedy; top_k 0: all bytes) from an RNG seeded with
         seed.  Returns the new bytes only; the same arguments give the same
-        bytes.  draft (a smaller Model, or "lookup"): speculative generation
+        bytes.  draft (a smaller Model, "lookup", or "self:int8"/"self:bf16":
+        this model's weights in fewer bytes): speculative generation
         (mb_stream_generate_spec, at most draft_len bytes a round, 0: 8):
         greedy gives the same bytes, sampling the same distribution."""
         p = bytes(_as_bytes(prompt, "prompt"))
@@ -308,9 +309,9 @@ class Model(_Owned):
             _check(lib.mb_stream_generate(s._s, p, len(p), int(n), float(temperature), int(top_k), ctypes.byref(rng), out,
                                           None, None, None), "generate")
             return out.raw[:int(n)]
-        if draft != "lookup" and not isinstance(draft, Model):
-            raise ValueError('draft must be a Model or "lookup"')
-        ds = draft.stream() if isinstance(draft, Model) else None
+        if draft not in ("lookup", "self:int8", "self:bf16") and not isinstance(draft, Model):
+            raise ValueError('draft must be a Model, "lookup", "self:int8" or "self:bf16"')
+        ds = draft.stream() if isinstance(draft, Model) else self.stream(draft[5:]) if draft != "lookup" else None
         o = SpecOptions(draft=ds._s.value if ds else None, draft_len=int(draft_len))
         _check(lib.mb_stream_generate_spec(s._s, p, len(p), int(n), float(temperature), int(top_k), ctypes.byref(rng), out,
                                            None, None, None, ctypes.byref(o)), "generate")

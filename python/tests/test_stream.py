@@ -60,8 +60,10 @@ def test_generate_reproducible_and_equal_to_cli(trained):
     # speculative generation: greedy gives the same bytes with any drafter
     assert greedy == m.generate("The ", 40, temperature=0, draft="lookup", draft_len=4) == m.generate("The ", 40, temperature=0, draft=m)
     assert len(m.generate("The ", 40, temperature=0.8, seed=3, draft="lookup")) == 40
+    # self-speculation: the draft is this model's own weights at int8 or bf16
+    assert greedy == m.generate("The ", 40, temperature=0, draft="self:int8") == m.generate("The ", 40, temperature=0, draft="self:bf16")
     with pytest.raises(ValueError):
-        m.generate("The ", 4, draft="self:int8")
+        m.generate("The ", 4, draft="self:fp16")
     # `mambabyte sample` with the same arguments prints the prompt, the same bytes and a newline
     raw = subprocess.run([str(ROOT / "mambabyte"), "sample", "--model", str(path), "--prompt", "The harbour", "--bytes",
                           "80", "--temperature", "0.8", "--top-k", "20", "--seed", "7"], capture_output=True, check=True)
