@@ -431,51 +431,25 @@ __device__ __forceinline__ float silu_gradf_(float x) {
     return s * (1.0f + x * (1.0f - s));
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ int warp_sum_int(int v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) {
-        float w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = w > v ? w : v;
-    }
+/* The reductions' operators: a + b, and max (b when greater, as fmaxf but NaN-blind). */
+struct sum_op { template <class T> __device__ T operator()(T a, T b) const { return a + b; } };
+struct max_op { template <class T> __device__ T operator()(T a, T b) const { return b > a ? b : a; } };
+/* Over a full warp by xor shuffles: every lane gets the result. */
+template <class Op, class T> __device__ __forceinline__ T warp_reduce(T v) {
+    for (int o = 16; o > 0; o >>= 1) v = Op()(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
-/* Block-wide reductions (blockDim.x a multiple of 32, <= 1024); every
-   thread gets the result.  sh: 32 floats of shared memory, reusable as soon
-   as the call returns.  A fixed tree: deterministic. */
-__device__ __forceinline__ float block_sum(float v, float *sh) {
+/* Block-wide reduction (blockDim.x a multiple of 32, <= 1024) from id, Op's
+   identity; every thread gets the result.  sh: 32 T of shared memory,
+   reusable as soon as the call returns.  A fixed tree: deterministic. */
+template <class Op, class T> __device__ __forceinline__ T block_reduce(T v, T *sh, T id) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_sum(v);
+    v = warp_reduce<Op>(v);
     __syncthreads(); /* sh may still be read by a previous call */
     if (lane == 0) sh[warp] = v;
     __syncthreads();
-    v = lane < nwarps ? sh[lane] : 0.0f;
-    return warp_sum(v);
-}
-__device__ __forceinline__ float block_max(float v, float *sh) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    v = lane < nwarps ? sh[lane] : -INFINITY;
-    return warp_max(v);
-}
-__device__ __forceinline__ int block_sum_int(int v, int *sh) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_sum_int(v);
-    __syncthreads();
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    v = lane < nwarps ? sh[lane] : 0;
-    return warp_sum_int(v);
+    return warp_reduce<Op>(lane < nwarps ? sh[lane] : id);
 }
 /* Double sum over a block of exactly 256 threads through shared memory. */
 __device__ __forceinline__ double block_sum_double256(double v, double *sh /* 256 */) {
@@ -671,13 +645,13 @@ __global__ void norm_forward_kernel(float *out, float *mean, float *rstd, const 
     float s = 0.0f;
     if (!rms)
         for (int c = lane; c < C; c += 32) s += x[c];
-    const float m = rms ? 0.0f : warp_sum(s) / (float)C;
+    const float m = rms ? 0.0f : warp_reduce<sum_op>(s) / (float)C;
     float v = 0.0f;
     for (int c = lane; c < C; c += 32) {
         float d = rms ? x[c] : x[c] - m;
         v += d * d;
     }
-    v = warp_sum(v) / (float)C;
+    v = warp_reduce<sum_op>(v) / (float)C;
     const float r = 1.0f / sqrtf(v + 1e-5f);
     float *o = out + row * C;
     if (rms)
@@ -721,8 +695,8 @@ __global__ void norm_backward_kernel(float *dinp, float *part, const float *dout
             dm += dn;
             dnm += dn * xhat;
         }
-        dm = warp_sum(dm) / (float)C;
-        dnm = warp_sum(dnm) / (float)C;
+        dm = warp_reduce<sum_op>(dm) / (float)C;
+        dnm = warp_reduce<sum_op>(dnm) / (float)C;
         float *dx = dinp + row * C;
         for (int c = lane; c < C; c += 32) {
             float xhat = (rms ? x[c] : x[c] - m) * s, dn = w[c] * g[c];
@@ -1492,9 +1466,9 @@ __global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const flo
         else if (v > m) m = v;
         npos += v == INFINITY;
     }
-    nnan = block_sum_int(nnan, shi);
-    npos = block_sum_int(npos, shi);
-    m = block_max(m, shf);
+    nnan = block_reduce<sum_op>(nnan, shi, 0);
+    npos = block_reduce<sum_op>(npos, shi, 0);
+    m = block_reduce<max_op>(m, shf, -INFINITY);
     /* kind: 0 finite, 1 +inf, 2 all -inf, 3 NaN */
     const int kind = nnan ? 3 : (npos ? 1 : (m == -INFINITY ? 2 : 0));
     /* shifted by the max first (as the CPU), so large logits keep precision */
@@ -1504,8 +1478,8 @@ __global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const flo
             se += expf(x[i] - m);
             sx += x[i] - m;
         }
-    se = block_sum(se, shf); /* also the barrier before any write to dlogits */
-    sx = block_sum(sx, shf);
+    se = block_reduce<sum_op>(se, shf, 0.0f); /* also the barrier before any write to dlogits */
+    sx = block_reduce<sum_op>(sx, shf, 0.0f);
     const float ls = logf(se); /* log sum exp(x - m) >= 0 */
     if (threadIdx.x == 0) {
         float loss = 0.0f;
@@ -1786,7 +1760,7 @@ struct mb_cuda_trainer {
     /* activations: n_layer (a host array of device pointers), their gradients (no states), the model's */
     mbc::layer_acts *acts;
     mb_layer_acts dacts;
-    float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *loss_rows, *loss_dev;
+    mb_model_acts ma;        /* MB_MODEL_ACTS's, the CUDA trainer's */
     float *lnf_bf;           /* bf16 mode: the head's input, as bf16 */
     float *scratch;          /* backward scratch */
     float *carry, *carry_host; /* mb_cuda_trainer_set_carry's: a device copy of the rows' carried state, the host's */
@@ -1944,13 +1918,8 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     float *dacts = nullptr;
     MBC_TRY(dalloc(&t->mem, &dacts, mb_layer_acts_place(nullptr, nullptr, &d.cfg, B, T, 0, 0), "activation gradients"));
     mb_layer_acts_place(&t->dacts, dacts, &d.cfg, B, T, 0, 0);
-    MBC_TRY(dalloc(&t->mem, &t->resid_out, N * d.C, "resid out"));
-    MBC_TRY(dalloc(&t->mem, &t->lnf, N * d.C, "lnf"));
-    MBC_TRY(dalloc(&t->mem, &t->lnf_mean, N, "lnf mean"));
-    MBC_TRY(dalloc(&t->mem, &t->lnf_rstd, N, "lnf rstd"));
-    MBC_TRY(dalloc(&t->mem, &t->logits, N * d.V, "logits"));
-    MBC_TRY(dalloc(&t->mem, &t->loss_rows, N, "loss rows"));
-    MBC_TRY(dalloc(&t->mem, &t->loss_dev, 1, "loss"));
+    MBC_TRY(dalloc(&t->mem, &dacts, mb_model_acts_place(nullptr, nullptr, &d.cfg, B, T, 2), "model activations"));
+    mb_model_acts_place(&t->ma, dacts, &d.cfg, B, T, 2);
     MBC_TRY(dalloc(&t->mem, &t->norm_part, MBC_NORM_BLOCKS, "norm partials"));
     MBC_TRY(dalloc(&t->mem, &t->stats, 2, "step statistics"));
     MBC_TRY(dzero(t->stats, 2 * sizeof(double)));
@@ -2010,14 +1979,14 @@ static inline mb_status model_forward(mb_cuda_trainer *t, const uint8_t *inputs,
     for (int l = 0; l < d.L; l++) {
         const mb_layer_acts *a = &t->acts[l].f;
         const mb_layer_weights *W = &t->w.layer[l];
-        float *next = l + 1 < d.L ? t->acts[l + 1].f.resid : t->resid_out;
+        float *next = l + 1 < d.L ? t->acts[l + 1].f.resid : t->ma.resid_out;
         MBC_TRY(norm_forward(&d.cfg, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, t->N, d.C, next,
                              bf(t->acts[l].bf.ln)));
         MBC_TRY(mixer_forward(t, l, next));
     }
-    MBC_TRY(norm_forward(&d.cfg, t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, t->w.norm_f_w, t->w.norm_f_b, t->N, d.C,
+    MBC_TRY(norm_forward(&d.cfg, t->ma.lnf, t->ma.lnf_mean, t->ma.lnf_rstd, t->ma.resid_out, t->w.norm_f_w, t->w.norm_f_b, t->N, d.C,
                          nullptr, bf(t->lnf_bf)));
-    return linear_forward(t, -1, MB_TENSOR_LM_HEAD, t->logits, t->lnf, d.C, 0.0f, t->lnf_bf);
+    return linear_forward(t, -1, MB_TENSOR_LM_HEAD, t->ma.logits, t->ma.lnf, d.C, 0.0f, t->lnf_bf);
 }
 
 /* mb__mixer_backward: dln = the mixer's input gradient (overwritten),
@@ -2042,9 +2011,9 @@ static inline mb_status mixer_backward(mb_cuda_trainer *t, int l, const float *d
 static inline mb_status model_backward(mb_cuda_trainer *t) {
     const dims &d = t->d;
     const mb_layer_acts *g = &t->dacts;
-    MBC_TRY(linear_backward(t, -1, MB_TENSOR_LM_HEAD, g->ln, 0.0f, t->logits, t->lnf, d.C, t->lnf_bf));
-    MBC_TRY(norm_backward(&d.cfg, g->resid, t->g.norm_f_w, t->g.norm_f_b, t->scratch, g->ln, t->resid_out, t->w.norm_f_w,
-                          t->lnf_mean, t->lnf_rstd, t->N, d.C, true));
+    MBC_TRY(linear_backward(t, -1, MB_TENSOR_LM_HEAD, g->ln, 0.0f, t->ma.logits, t->ma.lnf, d.C, t->lnf_bf));
+    MBC_TRY(norm_backward(&d.cfg, g->resid, t->g.norm_f_w, t->g.norm_f_b, t->scratch, g->ln, t->ma.resid_out, t->w.norm_f_w,
+                          t->ma.lnf_mean, t->ma.lnf_rstd, t->N, d.C, true));
     for (int l = d.L - 1; l >= 0; l--) {
         const mb_layer_acts *a = &t->acts[l].f;
         MBC_TRY(mixer_backward(t, l, g->resid, g->ln));
@@ -2108,8 +2077,8 @@ static inline mb_status tr_upload_batch(mb_cuda_trainer *t, const uint8_t *input
    loss (float) goes to loss_dev and is added (double) to stats[0]. */
 static inline mb_status tr_forward_backward_ops(mb_cuda_trainer *t) {
     MBC_TRY(model_forward(t, nullptr, true));
-    MBC_TRY(cross_entropy(t->loss_rows, t->logits, t->logits, t->targets, t->N, t->d.V, MB_IGNORE_INDEX, 0.0f, nullptr, 0.0f, t->inv_valid));
-    MBC_TRY(sum(t->loss_dev, t->loss_rows, t->N, 0.0, t->inv_valid, t->stats));
+    MBC_TRY(cross_entropy(t->ma.loss_rows, t->ma.logits, t->ma.logits, t->targets, t->N, t->d.V, MB_IGNORE_INDEX, 0.0f, nullptr, 0.0f, t->inv_valid));
+    MBC_TRY(sum(t->ma.loss_dev, t->ma.loss_rows, t->N, 0.0, t->inv_valid, t->stats));
     return model_backward(t);
 }
 
@@ -2128,7 +2097,7 @@ static inline mb_status tr_submit_micro_batch(mb_cuda_trainer *t, const uint8_t 
     if (n_valid > 0) MBC_TRY(tr_run(t, &t->fb, tr_forward_backward_ops));
     else { /* as the CPU: NaN loss, zero gradient (no backward) */
         MBC_TRY(model_forward(t, nullptr, true));
-        MBC_TRY(sum(t->loss_dev, t->loss_rows, 0, NAN, nullptr, t->stats));
+        MBC_TRY(sum(t->ma.loss_dev, t->ma.loss_rows, 0, NAN, nullptr, t->stats));
     }
     return tr_carry(t, false);
 }
@@ -2325,7 +2294,7 @@ mb_status mb_cuda_trainer_forward_backward(mb_cuda_trainer *t, const uint8_t *in
     mbc::stream_scope on(t->stream);
     float l = NAN;
     MBC_TRY(mbc::tr_submit_micro_batch(t, inputs, targets));
-    MBC_TRY(mbc::d2h(&l, t->loss_dev, sizeof(float)));
+    MBC_TRY(mbc::d2h(&l, t->ma.loss_dev, sizeof(float)));
     if (loss) *loss = l;
     return MB_STATUS_OK;
 }
@@ -2335,7 +2304,7 @@ mb_status mb_cuda_trainer_forward_logits(mb_cuda_trainer *t, const uint8_t *inpu
     MBC_TRY(mbc::tr_carry(t, true));
     MBC_TRY(mbc::model_forward(t, inputs));
     MBC_TRY(mbc::tr_carry(t, false));
-    return mbc::d2h(logits_host, t->logits, (size_t)(t->N * t->d.V) * sizeof(float));
+    return mbc::d2h(logits_host, t->ma.logits, (size_t)(t->N * t->d.V) * sizeof(float));
 }
 
 mb_status mb_cuda_trainer_set_carry(mb_cuda_trainer *t, float *state) {
