@@ -32,7 +32,8 @@
                  mb_model_hash, mb_model_set_precision (bf16 matrix
                  products: AMX or AVX512-BF16, chosen at run time)
                  layout (shared with the CUDA side): MB_LAYER_TENSORS, mb_config_tensors,
-                 mb_tensor_index / _matrix, mb_weights_point, MB_LAYER_ACTS, mb_layer_acts_place
+                 mb_tensor_index / _matrix, mb_weights_point, MB_LAYER_ACTS, mb_layer_acts_place,
+                 MB_MODEL_ACTS, mb_model_acts_place
      streaming   mb_stream_create/step/feed/reset/copy/free: O(1) state per
                  byte (a stream snapshots the weights); mb_stream_feed, the
                  parallel prefill; mb_sample_byte, mb_stream_generate
