@@ -359,7 +359,7 @@ static int bench_train(bench_result *res, int which, int path, const mb_config *
             mb__scan_forward(a->gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
                              B, T, Di, S, R, m->scan_chunk);
             t1 = mb_clock_seconds();
-            mb__scan_backward(m->dacts.u, m->dacts.delta, G->dt_proj_b, G->A_log, m->dacts.xdbl, G->D, m->dacts.xz, m->scan_scratch,
+            mb__scan_backward(m->dacts.u, m->dacts.delta, G->dt_proj_b, G->A_log, m->dacts.xdbl, G->D, m->dacts.xz, m->ma.scan_scratch,
                               m->dacts.gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
                               B, T, Di, S, R, m->scan_chunk);
             sb[r] = mb_clock_seconds() - t1;

@@ -32,7 +32,8 @@
                  mb_model_hash, mb_model_set_precision (bf16 matrix
                  products: AMX or AVX512-BF16, chosen at run time)
                  layout (shared with the CUDA side): MB_LAYER_TENSORS, mb_config_tensors,
-                 mb_tensor_index / _matrix, mb_weights_point, MB_LAYER_ACTS, mb_layer_acts_place
+                 mb_tensor_index / _matrix, mb_weights_point, MB_LAYER_ACTS, mb_layer_acts_place,
+                 MB_MODEL_ACTS, mb_model_acts_place
      streaming   mb_stream_create/step/feed/reset/copy/free: O(1) state per
                  byte (a stream snapshots the weights); mb_stream_feed, the
                  parallel prefill; mb_sample_byte, mb_stream_generate
@@ -295,6 +296,15 @@ typedef struct { MB_LAYER_ACTS(MB__ACT_PTR) } mb_layer_acts;
    from base (NULL: only measures), returning the floats they take.  chunk: the scan's (0: no states);
    bf16 1: only the buffers with a bf16 copy, in 2-byte elements (the others NULL). */
 MBDEF int64_t mb_layer_acts_place(mb_layer_acts *a, float *base, const mb_config *cfg, int B, int T, int chunk, int bf16);
+/* The model's activations after its layers', the same way: ENTRY(name, floats, who), V the vocabulary;
+   who: 1 the CPU model's, 2 the CUDA trainer's, 3 both. */
+#define MB_MODEL_ACTS(ENTRY) \
+    ENTRY(resid_out, N * C, 3) ENTRY(lnf, N * C, 3) ENTRY(lnf_mean, N, 3) ENTRY(lnf_rstd, N, 3) ENTRY(logits, N * V, 3) \
+    ENTRY(mix_out, N * C, 1) ENTRY(d_logits, N * V, 1) ENTRY(scan_scratch, B * (Di * S + 2 * Di), 1) \
+    ENTRY(loss_rows, N, 2) ENTRY(loss_dev, 1, 2) /* the per-row losses, their mean */
+typedef struct { MB_MODEL_ACTS(MB__ACT_PTR) } mb_model_acts;
+/* As mb_layer_acts_place for the entries of who (the others NULL). */
+MBDEF int64_t mb_model_acts_place(mb_model_acts *a, float *base, const mb_config *cfg, int B, int T, int who);
 /* Pointers into a flat block (parameters or gradients), one per entry of the
    layout lists, set by mb_weights_point from a tensor table t (mb_config_tensors';
    NULL where the config has no such tensor or t's offset is -1): the CPU
@@ -1535,6 +1545,17 @@ MBDEF int64_t mb_layer_acts_place(mb_layer_acts *a, float *base, const mb_config
     if (base) a->name = n ? base + off : NULL; \
     off += n;
     MB_LAYER_ACTS(MB__PLACE)
+#undef MB__PLACE
+    return off;
+}
+MBDEF int64_t mb_model_acts_place(mb_model_acts *a, float *base, const mb_config *c, int B, int T, int who) {
+    const int64_t N = (int64_t)B * T, C = c->d_model, Di = C * c->expand, S = c->d_state, V = c->vocab_size;
+    int64_t off = 0, n;
+#define MB__PLACE(name, floats, w) \
+    n = who & (w) ? (floats) : 0; \
+    if (base) a->name = n ? base + off : NULL; \
+    off += n;
+    MB_MODEL_ACTS(MB__PLACE)
 #undef MB__PLACE
     return off;
 }
@@ -3414,7 +3435,7 @@ struct mb_model {
     int64_t act_used;               /* floats the current (B,T) carved from act_block */
     float *act_block;
     mb_layer_acts *acts, dacts;     /* n_layer (what backward needs), and the gradients' (no states) */
-    float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *mix_out, *d_logits, *scan_scratch;
+    mb_model_acts ma;               /* MB_MODEL_ACTS's, the CPU's */
     uint8_t *inputs;
     int32_t *targets;
     int have_targets;
@@ -3570,7 +3591,7 @@ MBDEF uint64_t mb_model_hash(const mb_model *m) {
 }
 MBDEF float *mb_model_params(mb_model *m) { return m->params; }
 MBDEF float *mb_model_grads(mb_model *m) { return m->grads; }
-MBDEF const float *mb_model_logits(const mb_model *m) { return m->logits; }
+MBDEF const float *mb_model_logits(const mb_model *m) { return m->ma.logits; }
 MBDEF void mb_model_zero_grad(mb_model *m) { memset(m->grads, 0, (size_t)m->num_params * sizeof(float)); }
 MBDEF void mb_model_set_carry(mb_model *m, float *state) { m->carry = state; }
 MBDEF int64_t mb_carry_floats(const mb_config *c, int64_t B) {
@@ -3614,26 +3635,17 @@ MBDEF const char *mb_model_precision_describe(const mb_model *m) {
 
 /* One allocation for every activation of a (B,T) batch (llm.c's pattern):
    n_layer times MB_LAYER_ACTS, the gradients' (no states), then the
-   model's buffers, ENTRY(pointer, floats).  The same expansions measure
-   the block and carve it, so the two cannot disagree. */
-#define MB__MODEL_ACTS(ENTRY) \
-    ENTRY(resid_out, N * C) ENTRY(lnf, N * C) ENTRY(lnf_mean, N) ENTRY(lnf_rstd, N) ENTRY(logits, N * V) \
-    ENTRY(mix_out, N * C) ENTRY(d_logits, N * V) ENTRY(scan_scratch, (int64_t)B * (Di * S + 2 * Di))
-
-/* Lays the activations out from base and returns the floats they take;
-   with base NULL it only measures (m->acts is not touched). */
+   model's MB_MODEL_ACTS.  The same expansions measure the block and carve
+   it, so the two cannot disagree.  Returns the floats they take; with base
+   NULL it only measures (m->acts is not touched). */
 static int64_t mb__layout_acts(mb_model *m, float *base, int B, int T) {
     const mb_config *c = &m->cfg;
-    int64_t N = (int64_t)B * T, C = c->d_model, Di = (int64_t)C * c->expand, S = c->d_state, V = c->vocab_size;
     int64_t off = 0;
     int l;
     for (l = 0; l <= c->n_layer; l++)
         off += mb_layer_acts_place(!base ? NULL : l < c->n_layer ? &m->acts[l] : &m->dacts, base ? base + off : NULL, c, B, T,
                                    l < c->n_layer ? m->scan_chunk : 0, 0);
-#define MB__TAKE_M(ptr, n) { if (base) m->ptr = base + off; off += (n); }
-    MB__MODEL_ACTS(MB__TAKE_M)
-#undef MB__TAKE_M
-    return off;
+    return off + mb_model_acts_place(&m->ma, base ? base + off : NULL, c, B, T, 1);
 }
 
 static mb_status mb__ensure_acts(mb_model *m, int B, int T) {
@@ -3765,17 +3777,17 @@ MBDEF mb_status mb_model_forward(mb_model *m, const uint8_t *inputs, const int32
     mb__embedding_forward(m->acts[0].resid, inputs, m->w.wte, N, (int)C);
     for (l = 0; l < c->n_layer; l++) {
         mb_layer_acts *a = &m->acts[l];
-        float *next = l + 1 < c->n_layer ? m->acts[l + 1].resid : m->resid_out;
+        float *next = l + 1 < c->n_layer ? m->acts[l + 1].resid : m->ma.resid_out;
         mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, m->w.layer[l].norm_w, m->w.layer[l].norm_b, N, (int)C);
-        mb__mixer_forward(m, l, m->mix_out);
+        mb__mixer_forward(m, l, m->ma.mix_out);
         memcpy(next, a->resid, (size_t)(N * C) * sizeof(float));
-        mb__residual_add(next, m->mix_out, N * C);
+        mb__residual_add(next, m->ma.mix_out, N * C);
     }
-    mb__norm_forward(c, m->lnf, m->lnf_mean, m->lnf_rstd, m->resid_out, m->w.norm_f_w, m->w.norm_f_b, N, (int)C);
-    mb__linear_forward(m, -1, MB_TENSOR_LM_HEAD, m->logits, m->lnf, C, N); /* (N,C) -> (N,V) */
+    mb__norm_forward(c, m->ma.lnf, m->ma.lnf_mean, m->ma.lnf_rstd, m->ma.resid_out, m->w.norm_f_w, m->w.norm_f_b, N, (int)C);
+    mb__linear_forward(m, -1, MB_TENSOR_LM_HEAD, m->ma.logits, m->ma.lnf, C, N); /* (N,C) -> (N,V) */
     if (targets) {
         float l_val;
-        s = mb_cross_entropy_forward(&l_val, m->logits, targets, N, c->vocab_size, NULL);
+        s = mb_cross_entropy_forward(&l_val, m->ma.logits, targets, N, c->vocab_size, NULL);
         if (s != MB_STATUS_OK) { m->have_targets = 0; return s; }
         if (loss) *loss = l_val;
     } else if (loss) {
@@ -3797,7 +3809,7 @@ static void mb__mixer_backward(mb_model *m, int l, const float *dout, float *dln
     memset(d->xdbl, 0, (size_t)(N * X) * sizeof(float));
     memset(d->xz, 0, (size_t)(N * 2 * Di) * sizeof(float));
     mb__linear_backward(m, l, MB_TENSOR_OUT_PROJ, d->gated, dout, a->gated, Di, N);
-    mb__scan_backward(d->u, d->delta, G->dt_proj_b, G->A_log, d->xdbl, G->D, d->xz, m->scan_scratch,
+    mb__scan_backward(d->u, d->delta, G->dt_proj_b, G->A_log, d->xdbl, G->D, d->xz, m->ma.scan_scratch,
                       d->gated, a->states, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz,
                       B, T, Di, S, R, m->scan_chunk);
     mb__linear_backward(m, l, MB_TENSOR_DT_W, d->xdbl, d->delta, a->xdbl, X, N);
@@ -3815,13 +3827,13 @@ MBDEF mb_status mb_model_backward(mb_model *m) {
     mb_status s;
     int l;
     if (!m->acts || !m->have_targets) return mb__fail(MB_STATUS_INVALID_ARGUMENT, "backward needs a forward with targets first");
-    s = mb_cross_entropy_backward(m->d_logits, &one, m->logits, m->targets, N, V, NULL);
+    s = mb_cross_entropy_backward(m->ma.d_logits, &one, m->ma.logits, m->targets, N, V, NULL);
     if (s != MB_STATUS_OK) return s;
     memset(d->ln, 0, (size_t)(N * C) * sizeof(float));
-    mb__linear_backward(m, -1, MB_TENSOR_LM_HEAD, d->ln, m->d_logits, m->lnf, C, N);
+    mb__linear_backward(m, -1, MB_TENSOR_LM_HEAD, d->ln, m->ma.d_logits, m->ma.lnf, C, N);
     memset(d->resid, 0, (size_t)(N * C) * sizeof(float));
-    mb__norm_backward(c, d->resid, m->g.norm_f_w, m->g.norm_f_b, d->ln, m->resid_out, m->w.norm_f_w,
-                      m->lnf_mean, m->lnf_rstd, N, (int)C);
+    mb__norm_backward(c, d->resid, m->g.norm_f_w, m->g.norm_f_b, d->ln, m->ma.resid_out, m->w.norm_f_w,
+                      m->ma.lnf_mean, m->ma.lnf_rstd, N, (int)C);
     for (l = c->n_layer - 1; l >= 0; l--) {
         mb_layer_acts *a = &m->acts[l];
         /* the residual passes d_resid through; the mixer adds its input grad */

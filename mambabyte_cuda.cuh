@@ -431,51 +431,25 @@ __device__ __forceinline__ float silu_gradf_(float x) {
     return s * (1.0f + x * (1.0f - s));
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ int warp_sum_int(int v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) {
-        float w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = w > v ? w : v;
-    }
+/* The reductions' operators: a + b, and max (b when greater, as fmaxf but NaN-blind). */
+struct sum_op { template <class T> __device__ T operator()(T a, T b) const { return a + b; } };
+struct max_op { template <class T> __device__ T operator()(T a, T b) const { return b > a ? b : a; } };
+/* Over a full warp by xor shuffles: every lane gets the result. */
+template <class Op, class T> __device__ __forceinline__ T warp_reduce(T v) {
+    for (int o = 16; o > 0; o >>= 1) v = Op()(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
-/* Block-wide reductions (blockDim.x a multiple of 32, <= 1024); every
-   thread gets the result.  sh: 32 floats of shared memory, reusable as soon
-   as the call returns.  A fixed tree: deterministic. */
-__device__ __forceinline__ float block_sum(float v, float *sh) {
+/* Block-wide reduction (blockDim.x a multiple of 32, <= 1024) from id, Op's
+   identity; every thread gets the result.  sh: 32 T of shared memory,
+   reusable as soon as the call returns.  A fixed tree: deterministic. */
+template <class Op, class T> __device__ __forceinline__ T block_reduce(T v, T *sh, T id) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_sum(v);
+    v = warp_reduce<Op>(v);
     __syncthreads(); /* sh may still be read by a previous call */
     if (lane == 0) sh[warp] = v;
     __syncthreads();
-    v = lane < nwarps ? sh[lane] : 0.0f;
-    return warp_sum(v);
-}
-__device__ __forceinline__ float block_max(float v, float *sh) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    v = lane < nwarps ? sh[lane] : -INFINITY;
-    return warp_max(v);
-}
-__device__ __forceinline__ int block_sum_int(int v, int *sh) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_sum_int(v);
-    __syncthreads();
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    v = lane < nwarps ? sh[lane] : 0;
-    return warp_sum_int(v);
+    return warp_reduce<Op>(lane < nwarps ? sh[lane] : id);
 }
 /* Double sum over a block of exactly 256 threads through shared memory. */
 __device__ __forceinline__ double block_sum_double256(double v, double *sh /* 256 */) {
@@ -532,6 +506,10 @@ __global__ void convert_bf16_kernel(mbc_bf16 *dst, const float *src, int64_t row
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = __float2bfloat16_rn(src[(i / cols) * lds + i % cols]);
 }
+static inline mb_status convert_bf16(mbc_bf16 *dst, const float *src, int64_t rows, int64_t cols, int64_t lds) {
+    MBC_LAUNCH(convert_bf16_kernel, dim3(grid_for(rows * cols, 256)), dim3(256), 0, dst, src, rows, cols, lds);
+    return MB_STATUS_OK;
+}
 
 /* mb__matmul_forward / _backward through cuBLAS.  Row-major (N,IC) @ (OC,IC)^T
    is, column-major, out(OC,N) = W^T(OC,IC) x inp(IC,N).  The *_b pointers are
@@ -548,11 +526,6 @@ static inline mb_status matmul_backward(blas_t h, float *dinp, float beta_in, fl
     return gemm(h, 0, 1, IC, OC, (int)N, 1.0f, inp, (int)ldi, dout, OC, 1.0f, dw, IC, mode, __FILE__, __LINE__);
 }
 
-static inline mb_status convert_bf16(mbc_bf16 *dst, const float *src, int64_t rows, int64_t cols, int64_t lds) {
-    MBC_LAUNCH(convert_bf16_kernel, dim3(grid_for(rows * cols, 256)), dim3(256), 0, dst, src, rows, cols, lds);
-    return MB_STATUS_OK;
-}
-
 /* ===================================================== embedding */
 
 /* mb__embedding_forward: out (N,C) = wte[tokens] */
@@ -562,6 +535,10 @@ __global__ void embedding_forward_kernel(float *out, const uint8_t *tokens, cons
         const int64_t n = i / C, c = i % C;
         out[i] = wte[(int64_t)tokens[n] * C + c];
     }
+}
+static inline mb_status embedding_forward(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C) {
+    MBC_LAUNCH(embedding_forward_kernel, dim3(grid_for(N * C, 256)), dim3(256), 0, out, tokens, wte, N, C);
+    return MB_STATUS_OK;
 }
 
 /* mb__embedding_backward in two passes, so that a frequent byte (the space:
@@ -616,28 +593,6 @@ __global__ void embedding_backward_kernel(float *dwte, const float *part, const 
         dwte[(int64_t)v * C + c] = acc;
     }
 }
-
-static inline mb_status embedding_forward(float *out, const uint8_t *tokens, const float *wte, int64_t N, int C) {
-    MBC_LAUNCH(embedding_forward_kernel, dim3(grid_for(N * C, 256)), dim3(256), 0, out, tokens, wte, N, C);
-    return MB_STATUS_OK;
-}
-
-/* Host side of the embedding backward: a stable counting sort of the
-   tokens by byte value and the piece numbering.  table: MBC_BUCKET_TABLE
-   (bucket_off[257], then piece_base[257], the prefix sum of each byte's
-   ceil(count / MBC_EMB_PIECE)); rows: N. */
-static inline void token_buckets(int64_t *table, int64_t *rows, const uint8_t *tokens, int64_t N) {
-    int64_t cnt[257];
-    memset(cnt, 0, sizeof cnt);
-    for (int64_t n = 0; n < N; n++) cnt[tokens[n] + 1]++;
-    for (int v = 0; v < 256; v++) cnt[v + 1] += cnt[v];
-    memcpy(table, cnt, sizeof cnt);
-    int64_t *piece_base = table + 257;
-    piece_base[0] = 0;
-    for (int v = 0; v < 256; v++)
-        piece_base[v + 1] = piece_base[v] + (cnt[v + 1] - cnt[v] + MBC_EMB_PIECE - 1) / MBC_EMB_PIECE;
-    for (int64_t n = 0; n < N; n++) rows[cnt[tokens[n]]++] = n;
-}
 /* The pass-1 grid: an upper bound of the pieces from N alone (the counts are
    not known where the launch is recorded): sum_v ceil(count_v / PIECE) <=
    N / PIECE + 256.  The scratch holds one partial row (C floats) each. */
@@ -653,6 +608,22 @@ static inline mb_status embedding_backward(float *dwte, float *scratch, const fl
     MBC_LAUNCH(embedding_backward_kernel, dim3(256), dim3(threads), 0, dwte, (const float *)scratch, dout, bucket_table,
                bucket_rows, C);
     return MB_STATUS_OK;
+}
+/* Host side of the embedding backward: a stable counting sort of the
+   tokens by byte value and the piece numbering.  table: MBC_BUCKET_TABLE
+   (bucket_off[257], then piece_base[257], the prefix sum of each byte's
+   ceil(count / MBC_EMB_PIECE)); rows: N. */
+static inline void token_buckets(int64_t *table, int64_t *rows, const uint8_t *tokens, int64_t N) {
+    int64_t cnt[257];
+    memset(cnt, 0, sizeof cnt);
+    for (int64_t n = 0; n < N; n++) cnt[tokens[n] + 1]++;
+    for (int v = 0; v < 256; v++) cnt[v + 1] += cnt[v];
+    memcpy(table, cnt, sizeof cnt);
+    int64_t *piece_base = table + 257;
+    piece_base[0] = 0;
+    for (int v = 0; v < 256; v++)
+        piece_base[v + 1] = piece_base[v] + (cnt[v + 1] - cnt[v] + MBC_EMB_PIECE - 1) / MBC_EMB_PIECE;
+    for (int64_t n = 0; n < N; n++) rows[cnt[tokens[n]]++] = n;
 }
 
 /* ===================================================== layernorm */
@@ -671,13 +642,13 @@ __global__ void norm_forward_kernel(float *out, float *mean, float *rstd, const 
     float s = 0.0f;
     if (!rms)
         for (int c = lane; c < C; c += 32) s += x[c];
-    const float m = rms ? 0.0f : warp_sum(s) / (float)C;
+    const float m = rms ? 0.0f : warp_reduce<sum_op>(s) / (float)C;
     float v = 0.0f;
     for (int c = lane; c < C; c += 32) {
         float d = rms ? x[c] : x[c] - m;
         v += d * d;
     }
-    v = warp_sum(v) / (float)C;
+    v = warp_reduce<sum_op>(v) / (float)C;
     const float r = 1.0f / sqrtf(v + 1e-5f);
     float *o = out + row * C;
     if (rms)
@@ -692,6 +663,18 @@ __global__ void norm_forward_kernel(float *out, float *mean, float *rstd, const 
         if (!rms) mean[row] = m;
         rstd[row] = r;
     }
+}
+/* copy (optional): also copy inp there (the residual for the next layer). */
+static inline mb_status layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
+                                          int64_t N, int C, float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
+    MBC_LAUNCH(norm_forward_kernel<false>, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C, copy, out_bf);
+    return MB_STATUS_OK;
+}
+static inline mb_status rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C,
+                                        float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
+    MBC_LAUNCH(norm_forward_kernel<true>, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, (float *)nullptr, rstd, inp, w,
+               (const float *)nullptr, N, C, copy, out_bf);
+    return MB_STATUS_OK;
 }
 
 /* mb__layernorm_backward, part 1: dinp += per row (one warp per row); the
@@ -721,8 +704,8 @@ __global__ void norm_backward_kernel(float *dinp, float *part, const float *dout
             dm += dn;
             dnm += dn * xhat;
         }
-        dm = warp_sum(dm) / (float)C;
-        dnm = warp_sum(dnm) / (float)C;
+        dm = warp_reduce<sum_op>(dm) / (float)C;
+        dnm = warp_reduce<sum_op>(dnm) / (float)C;
         float *dx = dinp + row * C;
         for (int c = lane; c < C; c += 32) {
             float xhat = (rms ? x[c] : x[c] - m) * s, dn = w[c] * g[c];
@@ -738,19 +721,6 @@ __global__ void norm_backward_kernel(float *dinp, float *part, const float *dout
         for (int k = 0; k < nwarps; k++) s += acc[(int64_t)k * 2 * C + c];
         part[(int64_t)blockIdx.x * 2 * C + c] = s;
     }
-}
-
-/* copy (optional): also copy inp there (the residual for the next layer). */
-static inline mb_status layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
-                                          int64_t N, int C, float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
-    MBC_LAUNCH(norm_forward_kernel<false>, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, mean, rstd, inp, w, b, N, C, copy, out_bf);
-    return MB_STATUS_OK;
-}
-static inline mb_status rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int64_t N, int C,
-                                        float *copy = nullptr, mbc_bf16 *out_bf = nullptr) {
-    MBC_LAUNCH(norm_forward_kernel<true>, dim3((unsigned)((N + 7) / 8)), dim3(256), 0, out, (float *)nullptr, rstd, inp, w,
-               (const float *)nullptr, N, C, copy, out_bf);
-    return MB_STATUS_OK;
 }
 static inline int ln_backward_warps(int C) {
     int w = (int)(MBC_SMEM_BYTES / ((int64_t)8 * C)); /* nwarps * 2C floats fit the shared memory */
@@ -826,6 +796,13 @@ __global__ void conv1d_forward_kernel(float *out, const float *xz, const float *
         if (out_bf) out_bf[i] = __float2bfloat16_rn(v);
     }
 }
+static inline mb_status conv1d_forward(float *out, const float *xz, const float *w, const float *bias, int B, int T, int Di,
+                                int K, mbc_bf16 *out_bf = nullptr, const float *win = nullptr) {
+    const dim3 g(grid_for((int64_t)B * T * Di, 256));
+    if (K == 4) MBC_LAUNCH(conv1d_forward_kernel<4>, g, dim3(256), 0, out, xz, win, w, bias, B, T, Di, K, out_bf);
+    else MBC_LAUNCH(conv1d_forward_kernel<0>, g, dim3(256), 0, out, xz, win, w, bias, B, T, Di, K, out_bf);
+    return MB_STATUS_OK;
+}
 
 /* mb__conv1d_backward in one pass: one thread per (channel d, part of
    MBC_CONV_TOKENS flat tokens, blockIdx.y).  dpre[t] = dout[t] silu'(pre[t])
@@ -876,44 +853,6 @@ __global__ void conv1d_backward_kernel(float *dxz, float *part, const float *dou
     for (int k = 0; k < KK; k++) p[(int64_t)d * KK + k] = dw[k];
     p[(int64_t)Di * KK + d] = db;
 }
-
-/* Streaming conv step (mb_stream_step): shift the window of K inputs, append
-   x', conv, SiLU.  state (Di, K). */
-__global__ void conv1d_step_kernel(float *u, float *state, const float *xz, const float *w, const float *bias, int Di,
-                                   int K) {
-    const int d = blockIdx.x * blockDim.x + threadIdx.x;
-    if (d >= Di) return;
-    float *s = state + (int64_t)d * K, pre = bias[d];
-    for (int k = 0; k + 1 < K; k++) s[k] = s[k + 1];
-    s[K - 1] = xz[d];
-    for (int k = 0; k < K; k++) pre += w[(int64_t)d * K + k] * s[k];
-    u[d] = siluf_(pre);
-}
-
-/* Carried state (mb_model_set_carry): win (B, K, Di) into conv_in (the
-   step's window, which the conv reads), then win = the last K inputs of
-   (conv_in, x'_0 .. x'_{T-1}), the next step's.  One thread per (b, d). */
-__global__ void conv1d_carry_kernel(float *win, float *conv_in, const float *xz, int B, int T, int Di, int K) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (int64_t)B * Di; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t b = i / Di, d = i % Di;
-        float *wb = win + b * K * Di + d, *cb = conv_in + b * K * Di + d;
-        for (int k = 0; k < K; k++) cb[(int64_t)k * Di] = wb[(int64_t)k * Di];
-        for (int k = 0; k < K; k++)
-            wb[(int64_t)k * Di] = T - K + k >= 0 ? xz[(b * T + T - K + k) * 2 * Di + d] : cb[(int64_t)(T + k) * Di];
-    }
-}
-
-static inline mb_status conv1d_forward(float *out, const float *xz, const float *w, const float *bias, int B, int T, int Di,
-                                int K, mbc_bf16 *out_bf = nullptr, const float *win = nullptr) {
-    const dim3 g(grid_for((int64_t)B * T * Di, 256));
-    if (K == 4) MBC_LAUNCH(conv1d_forward_kernel<4>, g, dim3(256), 0, out, xz, win, w, bias, B, T, Di, K, out_bf);
-    else MBC_LAUNCH(conv1d_forward_kernel<0>, g, dim3(256), 0, out, xz, win, w, bias, B, T, Di, K, out_bf);
-    return MB_STATUS_OK;
-}
-static inline mb_status conv1d_carry(float *win, float *conv_in, const float *xz, int B, int T, int Di, int K) {
-    MBC_LAUNCH(conv1d_carry_kernel, dim3(grid_for((int64_t)B * Di, 128)), dim3(128), 0, win, conv_in, xz, B, T, Di, K);
-    return MB_STATUS_OK;
-}
 static inline int64_t conv_backward_parts(int B, int T) { return ((int64_t)B * T + MBC_CONV_TOKENS - 1) / MBC_CONV_TOKENS; }
 /* scratch: conv_backward_parts(B,T) * Di * (K+1) floats. */
 /* overwrite: the x' columns of dxz = instead of +=; win: the forward's. */
@@ -932,8 +871,38 @@ static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, flo
                dbias, (int64_t)Di, (const float *)scratch, ps, parts);
     return MB_STATUS_OK;
 }
+
+/* Streaming conv step (mb_stream_step): shift the window of K inputs, append
+   x', conv, SiLU.  state (Di, K). */
+__global__ void conv1d_step_kernel(float *u, float *state, const float *xz, const float *w, const float *bias, int Di,
+                                   int K) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= Di) return;
+    float *s = state + (int64_t)d * K, pre = bias[d];
+    for (int k = 0; k + 1 < K; k++) s[k] = s[k + 1];
+    s[K - 1] = xz[d];
+    for (int k = 0; k < K; k++) pre += w[(int64_t)d * K + k] * s[k];
+    u[d] = siluf_(pre);
+}
 static inline mb_status conv1d_step(float *u, float *state, const float *xz, const float *w, const float *bias, int Di, int K) {
     MBC_LAUNCH(conv1d_step_kernel, dim3((unsigned)((Di + 127) / 128)), dim3(128), 0, u, state, xz, w, bias, Di, K);
+    return MB_STATUS_OK;
+}
+
+/* Carried state (mb_model_set_carry): win (B, K, Di) into conv_in (the
+   step's window, which the conv reads), then win = the last K inputs of
+   (conv_in, x'_0 .. x'_{T-1}), the next step's.  One thread per (b, d). */
+__global__ void conv1d_carry_kernel(float *win, float *conv_in, const float *xz, int B, int T, int Di, int K) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (int64_t)B * Di; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t b = i / Di, d = i % Di;
+        float *wb = win + b * K * Di + d, *cb = conv_in + b * K * Di + d;
+        for (int k = 0; k < K; k++) cb[(int64_t)k * Di] = wb[(int64_t)k * Di];
+        for (int k = 0; k < K; k++)
+            wb[(int64_t)k * Di] = T - K + k >= 0 ? xz[(b * T + T - K + k) * 2 * Di + d] : cb[(int64_t)(T + k) * Di];
+    }
+}
+static inline mb_status conv1d_carry(float *win, float *conv_in, const float *xz, int B, int T, int Di, int K) {
+    MBC_LAUNCH(conv1d_carry_kernel, dim3(grid_for((int64_t)B * Di, 128)), dim3(128), 0, win, conv_in, xz, B, T, Di, K);
     return MB_STATUS_OK;
 }
 
@@ -991,6 +960,38 @@ __device__ __forceinline__ float exp2_(float x) {
 struct scan_ctx {
     int T, Di, S, R, X, chunk, nch;
 };
+static inline scan_ctx make_scan_ctx(int T, int Di, int S, int R, int chunk) {
+    scan_ctx k;
+    k.T = T; k.Di = Di; k.S = S; k.R = R; k.X = R + 2 * S; k.chunk = chunk;
+    k.nch = (T + chunk - 1) / chunk;
+    return k;
+}
+static inline mb_status scan_check(int B, int T, int Di, int S, int chunk) {
+    if (S < 1 || S > MBC_SCAN_MAX_STATE) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
+    if (chunk < 1 || chunk > MBC_SCAN_MAX_CHUNK) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: chunk %d (must be 1..%d)", chunk, MBC_SCAN_MAX_CHUNK);
+    if (B > 65535 || (T + chunk - 1) / chunk > 65535 || T < 1 || Di < 1)
+        return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: B %d, T %d, Di %d out of the grid's range", B, T, Di);
+    return MB_STATUS_OK;
+}
+static inline int scan_bwd_warps(int Di) { /* warps of 32 channels over the backward grid */
+    const int per = 32 * MBC_SCAN_BWD_WARPS;
+    return ((Di + per - 1) / per) * MBC_SCAN_BWD_WARPS;
+}
+/* Scan scratch in floats: forward B*nch*Di (sdt); backward B*nch*Di*S (gin)
+   + B*nch*Di (sdt) + B*nch*(Di*S + 2Di) (parameter partials) + B*T*nw*2S
+   (dB/dC partials, nw warps of channels). */
+static inline int64_t scan_scratch_floats(int B, int T, int Di, int S, int chunk) {
+    const int64_t nch = (T + chunk - 1) / chunk, npc = (int64_t)B * nch, DS = (int64_t)Di * S;
+    return npc * DS + npc * Di + npc * (DS + 2 * Di) + (int64_t)B * T * scan_bwd_warps(Di) * 2 * S;
+}
+
+/* NS: the register width of the state arrays, a multiple of 16 >= S. */
+#define MBC_SCAN_DISPATCH(S, KERNEL, ...)                                                                   \
+    do {                                                                                                     \
+        if ((S) <= 16) MBC_LAUNCH(KERNEL<16>, __VA_ARGS__);                                                  \
+        else if ((S) <= 32) MBC_LAUNCH(KERNEL<32>, __VA_ARGS__);                                             \
+        else MBC_LAUNCH(KERNEL<64>, __VA_ARGS__);                                                            \
+    } while (0)
 
 /* Four consecutive floats of a 16-byte aligned shared row: one LDS.128. */
 __device__ __forceinline__ void ld4(float *v, const float *p) {
@@ -1115,6 +1116,26 @@ MBC_UNROLL
 MBC_UNROLL
         for (int n = 0; n < NS; n++)
             if (n < k.S) hc[((int64_t)b * k.S + n) * k.Di + d] = h[n];
+}
+/* mb__scan_forward_from on the device; states (B, nch, Di, S) as the CPU;
+   h (B, S, Di): the carried state in and out, or NULL (from zero). */
+static inline mb_status scan_forward(float *out, float *states, float *scratch, const float *u, const float *delta,
+                              const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                              const float *xz, int B, int T, int Di, int S, int R, int chunk,
+                              mbc_bf16 *out_bf = nullptr, float *h = nullptr) {
+    MBC_TRY(scan_check(B, T, Di, S, chunk));
+    const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
+    const unsigned groups = (unsigned)((Di + MBC_SCAN_THREADS - 1) / MBC_SCAN_THREADS);
+    float *sdt = scratch;
+    if (k.nch > 1)
+        MBC_SCAN_DISPATCH(S, scan_chunk_state_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B),
+                          dim3(MBC_SCAN_THREADS), 0, states, sdt, u, delta, dt_bias, A_log, xdbl, k);
+    if (k.nch > 1 || h)
+        MBC_LAUNCH(scan_carry_kernel, dim3(grid_for((int64_t)B * Di * S, 256)), dim3(256), 0, states,
+                   (const float *)sdt, A_log, (const float *)h, B, k);
+    MBC_SCAN_DISPATCH(S, scan_forward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
+                      out, states, h, u, delta, dt_bias, A_log, xdbl, Dp, xz, k, out_bf);
+    return MB_STATUS_OK;
 }
 
 /* Backward (1): per chunk c >= 1, from g = 0 at its end, the adjoint handed
@@ -1352,79 +1373,6 @@ __global__ void scan_reduce_kernel(float *dA_log, float *dD, float *ddt_bias, fl
     float *o = dxdbl + r * k.X + k.R + j;
     *o = overwrite ? s : *o + s;
 }
-
-/* Streaming scan step (mb_stream_step): one thread per channel, states in
-   order, h = a h + dt B u, gated output. */
-__global__ void scan_step_kernel(float *gated, float *hstate, const float *u, const float *delta,
-                                 const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                                 const float *xz, int Di, int S, int R) {
-    const int d = blockIdx.x * blockDim.x + threadIdx.x;
-    if (d >= Di) return;
-    const float *Bt = xdbl + R;
-    const float dt = softplusf_(delta[d] + dt_bias[d]), dtu = dt * u[d];
-    float *h = hstate + (int64_t)d * S, y = 0.0f;
-    for (int n = 0; n < S; n++) {
-        const float hn = exp2_(dt * (-expf(A_log[(int64_t)d * S + n]) * MBC_LOG2E)) * h[n] + dtu * Bt[n];
-        h[n] = hn;
-        y += Bt[S + n] * hn;
-    }
-    gated[d] = (y + Dp[d] * u[d]) * siluf_(xz[Di + d]);
-}
-
-static inline scan_ctx make_scan_ctx(int T, int Di, int S, int R, int chunk) {
-    scan_ctx k;
-    k.T = T; k.Di = Di; k.S = S; k.R = R; k.X = R + 2 * S; k.chunk = chunk;
-    k.nch = (T + chunk - 1) / chunk;
-    return k;
-}
-static inline mb_status scan_check(int B, int T, int Di, int S, int chunk) {
-    if (S < 1 || S > MBC_SCAN_MAX_STATE) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
-    if (chunk < 1 || chunk > MBC_SCAN_MAX_CHUNK) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: chunk %d (must be 1..%d)", chunk, MBC_SCAN_MAX_CHUNK);
-    if (B > 65535 || (T + chunk - 1) / chunk > 65535 || T < 1 || Di < 1)
-        return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: B %d, T %d, Di %d out of the grid's range", B, T, Di);
-    return MB_STATUS_OK;
-}
-static inline int scan_bwd_warps(int Di) { /* warps of 32 channels over the backward grid */
-    const int per = 32 * MBC_SCAN_BWD_WARPS;
-    return ((Di + per - 1) / per) * MBC_SCAN_BWD_WARPS;
-}
-/* Scan scratch in floats: forward B*nch*Di (sdt); backward B*nch*Di*S (gin)
-   + B*nch*Di (sdt) + B*nch*(Di*S + 2Di) (parameter partials) + B*T*nw*2S
-   (dB/dC partials, nw warps of channels). */
-static inline int64_t scan_scratch_floats(int B, int T, int Di, int S, int chunk) {
-    const int64_t nch = (T + chunk - 1) / chunk, npc = (int64_t)B * nch, DS = (int64_t)Di * S;
-    return npc * DS + npc * Di + npc * (DS + 2 * Di) + (int64_t)B * T * scan_bwd_warps(Di) * 2 * S;
-}
-
-/* NS: the register width of the state arrays, a multiple of 16 >= S. */
-#define MBC_SCAN_DISPATCH(S, KERNEL, ...)                                                                   \
-    do {                                                                                                     \
-        if ((S) <= 16) MBC_LAUNCH(KERNEL<16>, __VA_ARGS__);                                                  \
-        else if ((S) <= 32) MBC_LAUNCH(KERNEL<32>, __VA_ARGS__);                                             \
-        else MBC_LAUNCH(KERNEL<64>, __VA_ARGS__);                                                            \
-    } while (0)
-
-/* mb__scan_forward_from on the device; states (B, nch, Di, S) as the CPU;
-   h (B, S, Di): the carried state in and out, or NULL (from zero). */
-static inline mb_status scan_forward(float *out, float *states, float *scratch, const float *u, const float *delta,
-                              const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
-                              const float *xz, int B, int T, int Di, int S, int R, int chunk,
-                              mbc_bf16 *out_bf = nullptr, float *h = nullptr) {
-    MBC_TRY(scan_check(B, T, Di, S, chunk));
-    const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
-    const unsigned groups = (unsigned)((Di + MBC_SCAN_THREADS - 1) / MBC_SCAN_THREADS);
-    float *sdt = scratch;
-    if (k.nch > 1)
-        MBC_SCAN_DISPATCH(S, scan_chunk_state_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B),
-                          dim3(MBC_SCAN_THREADS), 0, states, sdt, u, delta, dt_bias, A_log, xdbl, k);
-    if (k.nch > 1 || h)
-        MBC_LAUNCH(scan_carry_kernel, dim3(grid_for((int64_t)B * Di * S, 256)), dim3(256), 0, states,
-                   (const float *)sdt, A_log, (const float *)h, B, k);
-    MBC_SCAN_DISPATCH(S, scan_forward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
-                      out, states, h, u, delta, dt_bias, A_log, xdbl, Dp, xz, k, out_bf);
-    return MB_STATUS_OK;
-}
-
 /* mb__scan_backward on the device (same += / overwrite contract); with
    overwrite, du, the z columns of dxz and the B/C columns of dxdbl are
    written (=) instead of added to, so the trainer needs no memsets. */
@@ -1456,6 +1404,23 @@ static inline mb_status scan_backward(float *du, float *ddelta, float *ddt_bias,
     return MB_STATUS_OK;
 }
 
+/* Streaming scan step (mb_stream_step): one thread per channel, states in
+   order, h = a h + dt B u, gated output. */
+__global__ void scan_step_kernel(float *gated, float *hstate, const float *u, const float *delta,
+                                 const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
+                                 const float *xz, int Di, int S, int R) {
+    const int d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= Di) return;
+    const float *Bt = xdbl + R;
+    const float dt = softplusf_(delta[d] + dt_bias[d]), dtu = dt * u[d];
+    float *h = hstate + (int64_t)d * S, y = 0.0f;
+    for (int n = 0; n < S; n++) {
+        const float hn = exp2_(dt * (-expf(A_log[(int64_t)d * S + n]) * MBC_LOG2E)) * h[n] + dtu * Bt[n];
+        h[n] = hn;
+        y += Bt[S + n] * hn;
+    }
+    gated[d] = (y + Dp[d] * u[d]) * siluf_(xz[Di + d]);
+}
 static inline mb_status scan_step(float *gated, float *hstate, const float *u, const float *delta, const float *dt_bias,
                            const float *A_log, const float *xdbl, const float *Dp, const float *xz, int Di, int S, int R) {
     if (S < 1 || S > MBC_SCAN_MAX_STATE) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA scan: d_state %d (must be 1..%d)", S, MBC_SCAN_MAX_STATE);
@@ -1492,9 +1457,9 @@ __global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const flo
         else if (v > m) m = v;
         npos += v == INFINITY;
     }
-    nnan = block_sum_int(nnan, shi);
-    npos = block_sum_int(npos, shi);
-    m = block_max(m, shf);
+    nnan = block_reduce<sum_op>(nnan, shi, 0);
+    npos = block_reduce<sum_op>(npos, shi, 0);
+    m = block_reduce<max_op>(m, shf, -INFINITY);
     /* kind: 0 finite, 1 +inf, 2 all -inf, 3 NaN */
     const int kind = nnan ? 3 : (npos ? 1 : (m == -INFINITY ? 2 : 0));
     /* shifted by the max first (as the CPU), so large logits keep precision */
@@ -1504,8 +1469,8 @@ __global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const flo
             se += expf(x[i] - m);
             sx += x[i] - m;
         }
-    se = block_sum(se, shf); /* also the barrier before any write to dlogits */
-    sx = block_sum(sx, shf);
+    se = block_reduce<sum_op>(se, shf, 0.0f); /* also the barrier before any write to dlogits */
+    sx = block_reduce<sum_op>(sx, shf, 0.0f);
     const float ls = logf(se); /* log sum exp(x - m) >= 0 */
     if (threadIdx.x == 0) {
         float loss = 0.0f;
@@ -1540,6 +1505,16 @@ __global__ void cross_entropy_kernel(float *loss_rows, float *dlogits, const flo
         dx[i] = ignored ? 0.0f : (p - tp) * gs;
     }
 }
+/* Fused cross-entropy: loss_rows (rows), dlogits (may alias logits). */
+static inline mb_status cross_entropy(float *loss_rows, float *dlogits, const float *logits, const int32_t *targets,
+                               int64_t rows, int V, int32_t ignore_index, float label_smoothing,
+                               const float *dloss_rows, float dscale, const double *dscale_dev = nullptr) {
+    if (rows < 1) return MB_STATUS_OK;
+    if (rows > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "cross-entropy: %lld rows", (long long)rows);
+    MBC_LAUNCH(cross_entropy_kernel, dim3((unsigned)rows), dim3(256), 0, loss_rows, dlogits, logits, targets, rows, V,
+               ignore_index, label_smoothing, dloss_rows, dscale, dscale_dev);
+    return MB_STATUS_OK;
+}
 
 /* out[0] = scale * sum of x[0..n) in a fixed order (one block of 256);
    scale_dev replaces scale when given; acc (optional) += out[0], in double,
@@ -1554,17 +1529,6 @@ __global__ void sum_kernel(float *out, const float *x, int64_t n, double scale, 
         out[0] = v;
         if (acc) acc[0] += (double)v;
     }
-}
-
-/* Fused cross-entropy: loss_rows (rows), dlogits (may alias logits). */
-static inline mb_status cross_entropy(float *loss_rows, float *dlogits, const float *logits, const int32_t *targets,
-                               int64_t rows, int V, int32_t ignore_index, float label_smoothing,
-                               const float *dloss_rows, float dscale, const double *dscale_dev = nullptr) {
-    if (rows < 1) return MB_STATUS_OK;
-    if (rows > 2147483647) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "cross-entropy: %lld rows", (long long)rows);
-    MBC_LAUNCH(cross_entropy_kernel, dim3((unsigned)rows), dim3(256), 0, loss_rows, dlogits, logits, targets, rows, V,
-               ignore_index, label_smoothing, dloss_rows, dscale, dscale_dev);
-    return MB_STATUS_OK;
 }
 static inline mb_status sum(float *out, const float *x, int64_t n, double scale, const double *scale_dev = nullptr,
                             double *acc = nullptr) {
@@ -1597,6 +1561,13 @@ __global__ void sum_double_kernel(double *out, const double *part, int n) {
     for (int i = threadIdx.x; i < n; i += 256) s += part[i];
     s = block_sum_double256(s, sh);
     if (threadIdx.x == 0) out[0] = s;
+}
+/* g *= scale, then sum g^2 into *sumsq_dev (double); part: MBC_NORM_BLOCKS doubles. */
+static inline mb_status grad_scale_sumsq(double *sumsq_dev, double *part, float *g, int64_t n, float scale,
+                                         const float *scale_dev = nullptr) {
+    MBC_LAUNCH(grad_scale_sumsq_kernel, dim3(MBC_NORM_BLOCKS), dim3(256), 0, part, g, n, scale, scale_dev);
+    MBC_LAUNCH(sum_double_kernel, dim3(1), dim3(256), 0, sumsq_dev, (const double *)part, MBC_NORM_BLOCKS);
+    return MB_STATUS_OK;
 }
 
 /* One update's scalars: AdamW's constants as the CPU computes them (host,
@@ -1646,14 +1617,6 @@ __global__ void adamw_kernel(float *p, float *g, float *m, float *v, const uint8
         v[i] = vi;
         g[i] = 0.0f;
     }
-}
-
-/* g *= scale, then sum g^2 into *sumsq_dev (double); part: MBC_NORM_BLOCKS doubles. */
-static inline mb_status grad_scale_sumsq(double *sumsq_dev, double *part, float *g, int64_t n, float scale,
-                                         const float *scale_dev = nullptr) {
-    MBC_LAUNCH(grad_scale_sumsq_kernel, dim3(MBC_NORM_BLOCKS), dim3(256), 0, part, g, n, scale, scale_dev);
-    MBC_LAUNCH(sum_double_kernel, dim3(1), dim3(256), 0, sumsq_dev, (const double *)part, MBC_NORM_BLOCKS);
-    return MB_STATUS_OK;
 }
 
 /* The CPU's AdamW constants (mb_adamw_update) for step t. */
@@ -1786,7 +1749,7 @@ struct mb_cuda_trainer {
     /* activations: n_layer (a host array of device pointers), their gradients (no states), the model's */
     mbc::layer_acts *acts;
     mb_layer_acts dacts;
-    float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *loss_rows, *loss_dev;
+    mb_model_acts ma;        /* MB_MODEL_ACTS's, the CUDA trainer's */
     float *lnf_bf;           /* bf16 mode: the head's input, as bf16 */
     float *scratch;          /* backward scratch */
     float *carry, *carry_host; /* mb_cuda_trainer_set_carry's: a device copy of the rows' carried state, the host's */
@@ -1944,13 +1907,8 @@ static inline mb_status tr_create(mb_cuda_trainer *t, const mb_config *cfg, int 
     float *dacts = nullptr;
     MBC_TRY(dalloc(&t->mem, &dacts, mb_layer_acts_place(nullptr, nullptr, &d.cfg, B, T, 0, 0), "activation gradients"));
     mb_layer_acts_place(&t->dacts, dacts, &d.cfg, B, T, 0, 0);
-    MBC_TRY(dalloc(&t->mem, &t->resid_out, N * d.C, "resid out"));
-    MBC_TRY(dalloc(&t->mem, &t->lnf, N * d.C, "lnf"));
-    MBC_TRY(dalloc(&t->mem, &t->lnf_mean, N, "lnf mean"));
-    MBC_TRY(dalloc(&t->mem, &t->lnf_rstd, N, "lnf rstd"));
-    MBC_TRY(dalloc(&t->mem, &t->logits, N * d.V, "logits"));
-    MBC_TRY(dalloc(&t->mem, &t->loss_rows, N, "loss rows"));
-    MBC_TRY(dalloc(&t->mem, &t->loss_dev, 1, "loss"));
+    MBC_TRY(dalloc(&t->mem, &dacts, mb_model_acts_place(nullptr, nullptr, &d.cfg, B, T, 2), "model activations"));
+    mb_model_acts_place(&t->ma, dacts, &d.cfg, B, T, 2);
     MBC_TRY(dalloc(&t->mem, &t->norm_part, MBC_NORM_BLOCKS, "norm partials"));
     MBC_TRY(dalloc(&t->mem, &t->stats, 2, "step statistics"));
     MBC_TRY(dzero(t->stats, 2 * sizeof(double)));
@@ -2010,14 +1968,14 @@ static inline mb_status model_forward(mb_cuda_trainer *t, const uint8_t *inputs,
     for (int l = 0; l < d.L; l++) {
         const mb_layer_acts *a = &t->acts[l].f;
         const mb_layer_weights *W = &t->w.layer[l];
-        float *next = l + 1 < d.L ? t->acts[l + 1].f.resid : t->resid_out;
+        float *next = l + 1 < d.L ? t->acts[l + 1].f.resid : t->ma.resid_out;
         MBC_TRY(norm_forward(&d.cfg, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, t->N, d.C, next,
                              bf(t->acts[l].bf.ln)));
         MBC_TRY(mixer_forward(t, l, next));
     }
-    MBC_TRY(norm_forward(&d.cfg, t->lnf, t->lnf_mean, t->lnf_rstd, t->resid_out, t->w.norm_f_w, t->w.norm_f_b, t->N, d.C,
+    MBC_TRY(norm_forward(&d.cfg, t->ma.lnf, t->ma.lnf_mean, t->ma.lnf_rstd, t->ma.resid_out, t->w.norm_f_w, t->w.norm_f_b, t->N, d.C,
                          nullptr, bf(t->lnf_bf)));
-    return linear_forward(t, -1, MB_TENSOR_LM_HEAD, t->logits, t->lnf, d.C, 0.0f, t->lnf_bf);
+    return linear_forward(t, -1, MB_TENSOR_LM_HEAD, t->ma.logits, t->ma.lnf, d.C, 0.0f, t->lnf_bf);
 }
 
 /* mb__mixer_backward: dln = the mixer's input gradient (overwritten),
@@ -2042,9 +2000,9 @@ static inline mb_status mixer_backward(mb_cuda_trainer *t, int l, const float *d
 static inline mb_status model_backward(mb_cuda_trainer *t) {
     const dims &d = t->d;
     const mb_layer_acts *g = &t->dacts;
-    MBC_TRY(linear_backward(t, -1, MB_TENSOR_LM_HEAD, g->ln, 0.0f, t->logits, t->lnf, d.C, t->lnf_bf));
-    MBC_TRY(norm_backward(&d.cfg, g->resid, t->g.norm_f_w, t->g.norm_f_b, t->scratch, g->ln, t->resid_out, t->w.norm_f_w,
-                          t->lnf_mean, t->lnf_rstd, t->N, d.C, true));
+    MBC_TRY(linear_backward(t, -1, MB_TENSOR_LM_HEAD, g->ln, 0.0f, t->ma.logits, t->ma.lnf, d.C, t->lnf_bf));
+    MBC_TRY(norm_backward(&d.cfg, g->resid, t->g.norm_f_w, t->g.norm_f_b, t->scratch, g->ln, t->ma.resid_out, t->w.norm_f_w,
+                          t->ma.lnf_mean, t->ma.lnf_rstd, t->N, d.C, true));
     for (int l = d.L - 1; l >= 0; l--) {
         const mb_layer_acts *a = &t->acts[l].f;
         MBC_TRY(mixer_backward(t, l, g->resid, g->ln));
@@ -2108,8 +2066,8 @@ static inline mb_status tr_upload_batch(mb_cuda_trainer *t, const uint8_t *input
    loss (float) goes to loss_dev and is added (double) to stats[0]. */
 static inline mb_status tr_forward_backward_ops(mb_cuda_trainer *t) {
     MBC_TRY(model_forward(t, nullptr, true));
-    MBC_TRY(cross_entropy(t->loss_rows, t->logits, t->logits, t->targets, t->N, t->d.V, MB_IGNORE_INDEX, 0.0f, nullptr, 0.0f, t->inv_valid));
-    MBC_TRY(sum(t->loss_dev, t->loss_rows, t->N, 0.0, t->inv_valid, t->stats));
+    MBC_TRY(cross_entropy(t->ma.loss_rows, t->ma.logits, t->ma.logits, t->targets, t->N, t->d.V, MB_IGNORE_INDEX, 0.0f, nullptr, 0.0f, t->inv_valid));
+    MBC_TRY(sum(t->ma.loss_dev, t->ma.loss_rows, t->N, 0.0, t->inv_valid, t->stats));
     return model_backward(t);
 }
 
@@ -2128,7 +2086,7 @@ static inline mb_status tr_submit_micro_batch(mb_cuda_trainer *t, const uint8_t 
     if (n_valid > 0) MBC_TRY(tr_run(t, &t->fb, tr_forward_backward_ops));
     else { /* as the CPU: NaN loss, zero gradient (no backward) */
         MBC_TRY(model_forward(t, nullptr, true));
-        MBC_TRY(sum(t->loss_dev, t->loss_rows, 0, NAN, nullptr, t->stats));
+        MBC_TRY(sum(t->ma.loss_dev, t->ma.loss_rows, 0, NAN, nullptr, t->stats));
     }
     return tr_carry(t, false);
 }
@@ -2325,7 +2283,7 @@ mb_status mb_cuda_trainer_forward_backward(mb_cuda_trainer *t, const uint8_t *in
     mbc::stream_scope on(t->stream);
     float l = NAN;
     MBC_TRY(mbc::tr_submit_micro_batch(t, inputs, targets));
-    MBC_TRY(mbc::d2h(&l, t->loss_dev, sizeof(float)));
+    MBC_TRY(mbc::d2h(&l, t->ma.loss_dev, sizeof(float)));
     if (loss) *loss = l;
     return MB_STATUS_OK;
 }
@@ -2335,7 +2293,7 @@ mb_status mb_cuda_trainer_forward_logits(mb_cuda_trainer *t, const uint8_t *inpu
     MBC_TRY(mbc::tr_carry(t, true));
     MBC_TRY(mbc::model_forward(t, inputs));
     MBC_TRY(mbc::tr_carry(t, false));
-    return mbc::d2h(logits_host, t->logits, (size_t)(t->N * t->d.V) * sizeof(float));
+    return mbc::d2h(logits_host, t->ma.logits, (size_t)(t->N * t->d.V) * sizeof(float));
 }
 
 mb_status mb_cuda_trainer_set_carry(mb_cuda_trainer *t, float *state) {

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from ._core import MambaByteError, Model, _as_bytes, _buffer, _check, _config_dict, _path
-from ._lib import (FIELD_COUNT, KIND_INT, KIND_NUM, KIND_SCHEDULE, KIND_SWITCH, OUTCOMES,
+from ._lib import (FIELD_COUNT, KIND_INT, KIND_NUM, KIND_SCHEDULE, KIND_SWITCH, OUTCOMES, PRECISIONS,
                    TRAIN_CALLBACK, Config, Dataset, Trainer, TrainOptions, TrainReport, lib)
 
 
@@ -182,14 +182,14 @@ def train(data, *, eval_data=None, steps=None, time_budget=None, schedule=None, 
                 if not lib.has_cuda:
                     reason = "this library has no CUDA backend (%s; build libmambabyte_cuda.so with `make lib` " \
                              "where nvcc is)" % os.path.basename(lib.path)
-                elif lib.mb_cuda_trainer_attach(ctypes.byref(tr), 1 if precision == "bf16" else 0) != 0:
+                elif lib.mb_cuda_trainer_attach(ctypes.byref(tr), PRECISIONS[precision]) != 0:
                     reason = lib.mb_last_error().decode("utf-8", "replace")
                 if reason and device == "cuda":
                     raise MambaByteError(7, reason, "device cuda")
                 if reason:
                     _print("note: training on the CPU (%s): %s" % (precision, reason), verbose)
             if not tr.backend.step and precision == "bf16":  # the CPU's bf16 products: which kernel, or why none
-                _check(lib.mb_model_set_precision(model._handle(), 1), "precision")
+                _check(lib.mb_model_set_precision(model._handle(), PRECISIONS["bf16"]), "precision")
                 _print("precision: %s" % lib.mb_model_precision_describe(model._handle()).decode(), verbose)
             if deadline is not None:
                 left = float(deadline) - time.monotonic() - 1.0

@@ -37,5 +37,6 @@ int main(void) {
     BEGIN(mb_eval_exact_result) F(base) F(exact_correct) F(exact_multibyte) F(exact_multibyte_correct) F(search_steps) END
     printf("enum %zu\n", sizeof(mb_train_outcome));
     printf("MB_FIELD_COUNT %d\n", (int)MB_FIELD_COUNT);
+    printf("MB_PRECISION_FP32 %d\nMB_PRECISION_BF16 %d\nMB_PRECISION_INT8 %d\n", MB_PRECISION_FP32, MB_PRECISION_BF16, MB_PRECISION_INT8);
     return 0;
 }

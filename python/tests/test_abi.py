@@ -48,6 +48,7 @@ def test_every_mirror_is_checked():
 def test_constants():
     assert EXTRA["enum"] == ctypes.sizeof(ctypes.c_int)
     assert EXTRA["MB_FIELD_COUNT"] == _lib.FIELD_COUNT
+    assert all(EXTRA["MB_PRECISION_" + k.upper()] == v for k, v in _lib.PRECISIONS.items()), "PRECISIONS: MB_PRECISION_*"
     assert _lib.lib.mb_train_field_count() == _lib.FIELD_COUNT and not _lib.lib.mb_train_field_desc(_lib.FIELD_COUNT)
     settings = [d.key.decode() for d in _lib._train_fields() if d.offset >= 0]
     assert settings == list(STRUCTS["mb_train_settings"][1]), "the table's settings fields are mb_train_settings' in order"
