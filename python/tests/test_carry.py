@@ -22,39 +22,14 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def mixer_forward(mx, x, stop):
-    """torch_model.Mixer.forward with, when stop, the state stopped at w2's
-    start: the scan state and the conv's inputs from w1 reach w2 as constants."""
-    T = x.shape[1]
-    xs, z = mx.in_proj(x).split(mx.di, dim=-1)
-    if stop:
-        xs = torch.cat([xs[:, :T1].detach(), xs[:, T1:]], 1)
-    u = F.silu(mx.conv1d(xs.transpose(1, 2))[..., :T].transpose(1, 2))
-    dt_low, Bm, Cm = mx.x_proj(u).split([mx.r, mx.ds, mx.ds], dim=-1)
-    dt = F.softplus(mx.dt_proj(dt_low))
-    A = -torch.exp(mx.A_log)
-    h = torch.zeros(x.shape[0], mx.di, mx.ds, dtype=x.dtype)
-    ys = []
-    for t in range(T):
-        if stop and t == T1:
-            h = h.detach()
-        dtt = dt[:, t].unsqueeze(-1)
-        h = torch.exp(dtt * A) * h + dtt * Bm[:, t].unsqueeze(1) * u[:, t].unsqueeze(-1)
-        ys.append((h * Cm[:, t].unsqueeze(1)).sum(-1))
-    y = torch.stack(ys, 1) + u * mx.D
-    return mx.out_proj(y * F.silu(z))
-
-
 def reference(net, x, y, stop):
-    """float64 loss and gradients of w2's positions of the one window x (B, T1 + T2)."""
+    """float64 loss and gradients of w2's positions of the one window x (B, T1 + T2), the state
+    stopped (detached) between w1 and w2 when stop (torch_model's forward(stop=T1))."""
     net.zero_grad()
-    h = net.embedding(torch.from_numpy(x.astype(np.int64)))
-    for layer in net.layers:
-        h = h + mixer_forward(layer.mixer, layer.norm(h), stop)
-    head = net.lm_head.weight if net.config.get("untied_head") else net.embedding.weight
     masked = torch.from_numpy(y.astype(np.int64))
     masked[:, :T1] = -100
-    loss = F.cross_entropy((net.norm_f(h) @ head.t()).reshape(-1, 256), masked.reshape(-1), ignore_index=-100)
+    logits = net(torch.from_numpy(x.astype(np.int64)), stop=T1 if stop else None)
+    loss = F.cross_entropy(logits.reshape(-1, 256), masked.reshape(-1), ignore_index=-100)
     loss.backward()
     return float(loss), {k: p.grad.numpy().copy() for k, p in net.named_parameters()}
 
