@@ -277,6 +277,36 @@ class Model(_Owned):
         _check(lib.mb_model_forward(self._handle(), x.ctypes.data, None, B, T, None), "forward")
         return np.ctypeslib.as_array(lib.mb_model_logits(self._handle()), shape=(B, T, 256)).copy()
 
+    def carry_state(self, batch=1):
+        """A zero carried state for batch rows (mb_model_set_carry's layout), for gradients(carry=...)."""
+        return np.zeros(lib.mb_carry_floats(lib.mb_model_config(self._handle()), batch), np.float32)
+
+    def gradients(self, inputs, targets, carry=None):
+        """(loss, {name: gradient}): the mean next-byte cross-entropy of inputs
+        (B, T) against targets (B, T; -100 leaves a position out) and its
+        gradients, by the library's forward and backward.  carry (from
+        carry_state(B)): the rows' state the window starts from, replaced by
+        the state after it; no gradient flows into it (truncated BPTT, as
+        train(carry_state=True) trains)."""
+        x = np.ascontiguousarray(inputs, np.uint8)
+        y = np.ascontiguousarray(targets, np.int32)
+        if x.ndim != 2 or x.shape != y.shape or x.size == 0:
+            raise ValueError("inputs and targets must be (B, T) arrays of the same shape")
+        want = self.carry_state(x.shape[0]).size
+        if carry is not None and (carry.dtype != np.float32 or not carry.flags.c_contiguous or carry.size != want):
+            raise ValueError("carry must be a contiguous float32 array from carry_state(%d)" % x.shape[0])
+        h, loss = self._handle(), ctypes.c_float()
+        lib.mb_model_zero_grad(h)
+        lib.mb_model_set_carry(h, None if carry is None else carry.ctypes.data)
+        try:
+            _check(lib.mb_model_forward(h, x.ctypes.data, y.ctypes.data, x.shape[0], x.shape[1], ctypes.byref(loss)), "forward")
+            _check(lib.mb_model_backward(h), "backward")
+        finally:
+            lib.mb_model_set_carry(h, None)
+        flat = np.ctypeslib.as_array(lib.mb_model_grads(h), shape=(self.num_params,))
+        c = lib.mb_model_config(h).contents
+        return float(loss.value), {n: flat[o:o + int(np.prod(s))].reshape(s).copy() for n, o, s in _tensor_table(c)}
+
     def stream(self, precision="fp32"):
         """A Stream: O(1) state per byte, logits equal to forward()'s bit for
         bit at "fp32"; "bf16" or "int8" store its matrices in fewer bytes."""

@@ -26,9 +26,11 @@ class Mixer(nn.Module):
         self.D = nn.Parameter(torch.ones(di))
         self.out_proj = nn.Linear(di, dm, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, stop=None):
         T = x.shape[1]
         xs, z = self.in_proj(x).split(self.di, dim=-1)
+        if stop:  # the state carried into position stop is a constant: w1's conv inputs and scan state
+            xs = torch.cat([xs[:, :stop].detach(), xs[:, stop:]], 1)
         u = F.silu(self.conv1d(xs.transpose(1, 2))[..., :T].transpose(1, 2))
         dt_low, Bm, Cm = self.x_proj(u).split([self.r, self.ds, self.ds], dim=-1)
         dt = F.softplus(self.dt_proj(dt_low))
@@ -36,6 +38,7 @@ class Mixer(nn.Module):
         h = torch.zeros(x.shape[0], self.di, self.ds, dtype=x.dtype, device=x.device)
         ys = []
         for t in range(T):  # h_t = exp(dt A) h_{t-1} + dt B u ;  y_t = C h_t + D u
+            h = h.detach() if t == stop else h
             dtt = dt[:, t].unsqueeze(-1)
             h = torch.exp(dtt * A) * h + dtt * Bm[:, t].unsqueeze(1) * u[:, t].unsqueeze(-1)
             ys.append((h * Cm[:, t].unsqueeze(1)).sum(-1))
@@ -65,15 +68,17 @@ class Layer(nn.Module):
         self.norm = _norm(c)
         self.mixer = Mixer(c)
 
-    def forward(self, x):
-        return x + self.mixer(self.norm(x))
+    def forward(self, x, stop=None):
+        return x + self.mixer(self.norm(x), stop)
 
 
 class MambaByte(nn.Module):
     """Byte-level Mamba: embedding, n_layer pre-norm residual Mamba blocks,
     a final norm (LayerNorm, or RMSNorm with config norm "rmsnorm"), and the
     output head: the embedding (tied) or lm_head (untied_head).
-    forward(idx (B, T) long) -> logits (B, T, 256)."""
+    forward(idx (B, T) long) -> logits (B, T, 256); stop=t detaches every
+    layer's state between positions t-1 and t (truncated BPTT, as a window
+    from a carried state)."""
 
     def __init__(self, config):
         super().__init__()
@@ -84,10 +89,10 @@ class MambaByte(nn.Module):
         if config.get("untied_head"):
             self.lm_head = nn.Linear(config["d_model"], config["vocab_size"], bias=False)
 
-    def forward(self, idx):
+    def forward(self, idx, stop=None):
         h = self.embedding(idx)
         for layer in self.layers:
-            h = layer(h)
+            h = layer(h, stop)
         head = self.lm_head.weight if self.config.get("untied_head") else self.embedding.weight
         return self.norm_f(h) @ head.t()
 
