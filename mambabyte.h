@@ -3974,6 +3974,11 @@ static void mb__matmul_packed(float *out, const float *inp, int64_t ldi, const f
    order): a row's bits depend neither on T nor on the other rows, so k
    rows equal k single steps, and a feed equals its steps. */
 #define MB__QP 16 /* outputs per panel */
+#if MB__MM_NR == 32 && defined(MB__SCAN_AVX512)
+#define MB__KROWS_F32 1 /* float32 too (its panels are two vectors) */
+#else
+#define MB__KROWS_F32 0
+#endif
 #ifndef MB__KROWS_MAX
 #define MB__KROWS_MAX 64 /* float32 rows up to which a product takes these kernels (more: mb__matmul_packed's tiles) */
 #endif
@@ -4050,7 +4055,7 @@ MB__SCAN_AVX512_IN void mb__krows_avx512_p(float *out, int64_t ldo, const float 
     else mb__krows_avx512_n(out, ldo, x, ldx, q, v0, 6, MB__KROWS_C(6, prec == MB_PRECISION_FP32), prec);
 }
 MB__SCAN_AVX512_FN void mb__krows_avx512(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int v0, int R) {
-#if MB__MM_NR == 32
+#if MB__KROWS_F32
     if (q->prec == MB_PRECISION_FP32) mb__krows_avx512_p(out, ldo, x, ldx, q, v0, R, MB_PRECISION_FP32); else
 #endif
     if (q->prec == MB_PRECISION_BF16) mb__krows_avx512_p(out, ldo, x, ldx, q, v0, R, MB_PRECISION_BF16);
@@ -4087,9 +4092,16 @@ static void mb__krows_tile(float *out, const float *x, int64_t ldx, int64_t T, c
         for (v = 8 * b; v < 8 * b + 8 && v < nv; v += MB__KROWS_C(R, q->prec == MB_PRECISION_FP32)) mb__krows(out + t0 * q->OC, q->OC, x + t0 * ldx, ldx, q, v, R);
     }
 }
-static void mb__krows_linear(float *out, const float *x, int64_t ldx, int64_t T, const mb__packed *q) {
+/* out (T, OC) = x (T, IC; row stride ldx) @ q^T at q's precision: these
+   kernels in tiles of 128 outputs, or float32's one row and long feeds
+   mb__matmul_packed's (the same sums). */
+static void mb__packed_linear(float *out, const float *x, int64_t ldx, int64_t T, const mb__packed *q) {
     const int nt = (q->OC + 127) / 128;
     int b;
+    if (q->prec == MB_PRECISION_FP32 && (T == 1 || T > MB__KROWS_MAX || !MB__KROWS_F32)) {
+        mb__matmul_packed(out, x, ldx, q->w, T, q->IC, q->OC);
+        return;
+    }
     if (T * q->IC * q->OC <= (T == 1 ? MB__STREAM_OMP_MIN : MB__OMP_MIN_WORK)) { /* no parallel region (see mb__matvec_packed) */
         for (b = 0; b < nt; b++) mb__krows_tile(out, x, ldx, T, q, b);
         return;
@@ -4132,15 +4144,9 @@ static int mb__stream_packs(const mb_config *c, int i) {
     return 0;
 }
 
-/* Layer l's matrix `field` (-1, MB_TENSOR_LM_HEAD: the head) over T rows
-   from its packed copy; T = 1 is mb__matvec_packed. */
+/* Layer l's matrix `field` (-1, MB_TENSOR_LM_HEAD: the head) over T rows from its packed copy. */
 static void mb__stream_linear(const mb_stream *s, int l, int field, float *out, const float *inp, int64_t ldi, int64_t T) {
-    const mb__packed *q = &s->packed[mb__slot(l, field)];
-#if MB__MM_NR == 32 && defined(MB__SCAN_AVX512)
-    if (q->prec == MB_PRECISION_FP32 && T > 1 && T <= MB__KROWS_MAX) mb__krows_linear(out, inp, ldi, T, q); else
-#endif
-    if (q->prec != MB_PRECISION_FP32) mb__krows_linear(out, inp, ldi, T, q);
-    else mb__matmul_packed(out, inp, ldi, q->w, T, q->IC, q->OC);
+    mb__packed_linear(out, inp, ldi, T, &s->packed[mb__slot(l, field)]);
 }
 
 MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) { return mb_stream_create_ex(out, m, MB_PRECISION_FP32); }
