@@ -126,7 +126,7 @@
      key NUL-padded to 24 bytes, a float64; one missing takes its default;
      [14] 0: mb__v1_settings' 16 float64), AdamW m, then v (float32); then,
      when [15] (rows with carried state, else 0) is not 0, their states
-     (mb_model_set_carry's layout, [15] rows, float32).
+     (mb_model_set_carry's layout, [15] rows, float32; every rank's).
 
    LICENSE: MIT, at the end of this file.
 */
@@ -520,7 +520,7 @@ typedef struct {
     int32_t ranks;             /* data-parallel processes that trained it (header [13]; 0 in older files = 1) */
     float *adam_m, *adam_v;    /* num_params each, owned by the caller */
     mb_train_settings settings;
-    float *carry;              /* carry_state: every row's (mb_carry_floats of batch x grad_accum), or NULL; the same owner */
+    float *carry;              /* carry_state: every rank's rows (mb_carry_floats of batch x grad_accum x ranks), or NULL; the same owner */
 } mb_train_state;
 
 /* Writes the model (and, when ts != NULL, the training state) atomically:
@@ -786,7 +786,7 @@ typedef struct {
    r*grad_accum .. r*grad_accum + grad_accum-1 of the one seeded stream of
    windows (so N ranks at batch B are one process at grad_accum N*B/B), the
    gradients are summed over the ranks before the guard, clipping and AdamW,
-   and rank 0 alone saves and calls the callback. */
+   and rank 0 alone saves (with carry_state, every rank's carried rows) and calls the callback. */
 typedef struct {
     int rank, size;
     int local_rank;            /* rank among this node's processes: the CUDA backend uses GPU local_rank mod (GPUs here) */
@@ -957,6 +957,9 @@ mb_status mb_cuda_trainer_forward_backward(mb_cuda_trainer *t, const uint8_t *in
 mb_status mb_cuda_trainer_forward_logits(mb_cuda_trainer *t, const uint8_t *inputs, float *logits_host);
 mb_status mb_cuda_trainer_grads(mb_cuda_trainer *t, float *grads_host);
 mb_status mb_cuda_trainer_zero_grad(mb_cuda_trainer *t);
+/* As mb_model_set_carry (state in host memory, borrowed, NULL: from zero):
+   each forward starts from it and leaves the rows' new state there. */
+mb_status mb_cuda_trainer_set_carry(mb_cuda_trainer *t, float *state);
 /* g *= grad_scale; norm; if finite: clip and one AdamW step (adam_step 1-based);
    gradients zeroed either way; *applied_out = 0 when the norm was not finite */
 mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr, double beta1, double beta2,
@@ -1265,7 +1268,9 @@ static double mb__row_p(const mb__row *r, float xi, int64_t V) {
     return NAN;
 }
 
-MBDEF void mb_softmax(float *out, const float *x, int64_t rows, int64_t V) {
+/* Each row classified once, then every entry through one of the two functions above. */
+static void mb__rows_apply(float *out, const float *x, int64_t rows, int64_t V,
+                           double (*entry)(const mb__row *, float, int64_t)) {
     int64_t r;
     MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
     for (r = 0; r < rows; r++) {
@@ -1273,21 +1278,12 @@ MBDEF void mb_softmax(float *out, const float *x, int64_t rows, int64_t V) {
         float *orow = out + r * V;
         mb__row st = mb__row_stats(xr, V);
         int64_t i;
-        for (i = 0; i < V; i++) orow[i] = (float)mb__row_p(&st, xr[i], V);
+        for (i = 0; i < V; i++) orow[i] = (float)entry(&st, xr[i], V);
     }
 }
 
-MBDEF void mb_log_softmax(float *out, const float *x, int64_t rows, int64_t V) {
-    int64_t r;
-    MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
-    for (r = 0; r < rows; r++) {
-        const float *xr = x + r * V;
-        float *orow = out + r * V;
-        mb__row st = mb__row_stats(xr, V);
-        int64_t i;
-        for (i = 0; i < V; i++) orow[i] = (float)mb__row_logp(&st, xr[i], V);
-    }
-}
+MBDEF void mb_softmax(float *out, const float *x, int64_t rows, int64_t V) { mb__rows_apply(out, x, rows, V, mb__row_p); }
+MBDEF void mb_log_softmax(float *out, const float *x, int64_t rows, int64_t V) { mb__rows_apply(out, x, rows, V, mb__row_logp); }
 
 MBDEF void mb_logsumexp(float *out, const float *x, int64_t rows, int64_t V) {
     int64_t r;
@@ -4663,9 +4659,9 @@ static void mb__header(int32_t *h, const mb_config *c, int with_state, int32_t r
     h[13] = with_state && ranks > 1 ? ranks : 0;
     h[14] = with_state ? MB__NUM_SETTINGS : 0;
 }
-/* The rows whose carried state a training state holds ([15]). */
-static int32_t mb__carry_rows(const mb_train_state *ts) {
-    return ts && ts->carry ? (int32_t)(ts->settings.batch * ts->settings.grad_accum) : 0;
+/* The rows whose carried state a training state holds, or would ([15]): every rank's. */
+static int64_t mb__carry_rows(const mb_train_state *ts) {
+    return ts->settings.batch * ts->settings.grad_accum * (ts->ranks > 1 ? ts->ranks : 1);
 }
 
 /* Writes all of parts to fd; 0 on success. */
@@ -4739,7 +4735,7 @@ MBDEF mb_status mb_checkpoint_save(const char *path, const mb_model *m, const mb
     int np = 0;
     if (!mb__little_endian()) return mb__fail(MB_STATUS_UNSUPPORTED, "checkpoints are little-endian; this host is not");
     mb__header(header, &m->cfg, ts != NULL, ts ? ts->ranks : 0);
-    header[15] = mb__carry_rows(ts);
+    header[15] = ts && ts->carry ? (int32_t)mb__carry_rows(ts) : 0;
     parts[np] = header; sizes[np++] = sizeof header;
     parts[np] = m->params; sizes[np++] = 4 * n;
     if (ts) {
@@ -4829,9 +4825,9 @@ static mb_status mb__read_state(int fd, mb_train_state *ts, const int32_t *h, co
     if (!ts->adam_m || !ts->adam_v) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "optimizer state");
     if (mb__read_all(fd, ts->adam_m, 4 * n) != 4 * n || mb__read_all(fd, ts->adam_v, 4 * n) != 4 * n)
         return mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path);
-    if (h[15] && (h[15] != ts->settings.batch * ts->settings.grad_accum || !ts->settings.carry_state))
-        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: %d carried rows, but batch x grad_accum is %lld", path, h[15],
-                        (long long)(ts->settings.batch * ts->settings.grad_accum));
+    if (h[15] && (h[15] != mb__carry_rows(ts) || !ts->settings.carry_state))
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: %d carried rows, but batch x grad_accum x ranks is %lld", path, h[15],
+                        (long long)mb__carry_rows(ts));
     if (h[15]) {
         int64_t cb = 4 * mb_carry_floats(cfg, h[15]);
         if (!(ts->carry = (float *)MB_MALLOC((size_t)cb))) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "carried state");
@@ -6043,6 +6039,13 @@ MBDEF void mb_adamw_update(mb_model *m, float *adam_m, float *adam_v, int64_t t,
 }
 
 /* ============================================================== trainer */
+/* carry_state's rows of all ranks (each updates its own), from zero. */
+static mb_status mb__carry_zero(mb_trainer *t, int ranks) {
+    MB_FREE(t->st.carry);
+    t->st.carry = (float *)MB_CALLOC((size_t)mb_carry_floats(&t->model->cfg, t->st.settings.batch * t->st.settings.grad_accum * ranks) * 4);
+    return t->st.carry ? MB_STATUS_OK : mb__fail(MB_STATUS_OUT_OF_MEMORY, "carried state");
+}
+
 MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_settings *settings, const uint8_t *data,
                                 int64_t size, mb_train_state *resume) {
     const mb_train_settings *s = settings;
@@ -6081,11 +6084,7 @@ MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_setti
         t->st.carry = s->carry_state ? resume->carry : NULL; /* none saved: the rows start from zero */
         if (t->st.carry) resume->carry = NULL;
     }
-    if (s->carry_state && !t->st.carry) {
-        int64_t cf = mb_carry_floats(&m->cfg, s->batch * s->grad_accum);
-        if (!(t->st.carry = (float *)MB_MALLOC((size_t)cf * sizeof(float)))) { mb_trainer_free(t); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "carried state"); }
-        memset(t->st.carry, 0, (size_t)cf * sizeof(float));
-    }
+    if (s->carry_state && !t->st.carry && mb__carry_zero(t, t->st.ranks) != MB_STATUS_OK) { mb_trainer_free(t); return MB_STATUS_OUT_OF_MEMORY; }
     if (!resume) {
         t->st.adam_m = (float *)MB_MALLOC((size_t)n * sizeof(float));
         t->st.adam_v = (float *)MB_MALLOC((size_t)n * sizeof(float));
@@ -6115,7 +6114,7 @@ MBDEF mb_status mb_trainer_set_comm(mb_trainer *t, const mb_train_comm *comm) {
                  !comm->broadcast))
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "communicator: rank %d of %d, or a function missing", comm->rank, comm->size);
     if (mb__check_ranks(t, size) != MB_STATUS_OK) return MB_STATUS_INVALID_ARGUMENT;
-    if (size > 1 && t->st.settings.carry_state) return mb__fail(MB_STATUS_UNSUPPORTED, "--carry-state runs in one process (not yet data-parallel)");
+    if (t->st.settings.carry_state && size != t->st.ranks && mb__carry_zero(t, size) != MB_STATUS_OK) return MB_STATUS_OUT_OF_MEMORY;
     t->comm = comm;
     t->st.ranks = size;
     return MB_STATUS_OK;
@@ -6125,15 +6124,16 @@ static mb_status mb__comm_fail(const mb_trainer *t, mb_status s) {
     return s == MB_STATUS_OK ? s : mb__fail(s, "data-parallel: %s", t->comm->last_error ? t->comm->last_error() : "communication failed");
 }
 
-/* carry_state's windows: row r of the step's R owns a cursor from r (size - T) / R, one window of T
-   further each step; past the end it starts again from 0 with its state reset. */
+/* carry_state's windows: row r of the step's R (over all ranks, as one process orders them) owns a
+   cursor from r (size - T) / R, one window of T further each step; past the end it starts again
+   from 0 with its state reset. */
 static void mb__carry_draw(mb_trainer *t, int64_t k) {
     const mb_train_settings *s = &t->st.settings;
     const mb_config *c = &t->model->cfg;
-    const int64_t B = s->batch, T = s->ctx, n = t->batcher.size, R = B * s->grad_accum * t->st.ranks, i = t->st.step;
-    const int64_t Di = (int64_t)c->d_model * c->expand, S = c->d_state, K = c->d_conv;
+    const int64_t B = s->batch, T = s->ctx, n = t->batcher.size, R = B * s->grad_accum * (t->comm ? t->comm->size : 1);
+    const int64_t Di = (int64_t)c->d_model * c->expand, S = c->d_state, K = c->d_conv, i = t->st.step;
     int64_t b, l, t0;
-    t->carry_mb = t->st.carry + (k % s->grad_accum) * mb_carry_floats(c, B);
+    t->carry_mb = t->st.carry + k * mb_carry_floats(c, B);
     for (b = 0; b < B; b++) {
         int64_t start = (k * B + b) * (n - T) / R, first = (n - T - 1 - start) / T + 1, pass = (n - T - 1) / T + 1;
         int64_t pos = i < first ? start + i * T : (i - first) % pass * T;
@@ -6147,6 +6147,16 @@ static void mb__carry_draw(mb_trainer *t, int64_t k) {
             t->targets[b * T + t0] = t->batcher.data[pos + t0 + 1];
         }
     }
+}
+
+/* Before a save: every rank's carried rows on every rank, so that rank 0 saves them all (the others'
+   rows enter the sum as -0, which adds nothing, not even a zero's sign). */
+static mb_status mb__carry_gather(mb_trainer *t) {
+    const int64_t mine = mb_carry_floats(&t->model->cfg, t->st.settings.batch * t->st.settings.grad_accum);
+    int64_t i;
+    if (!t->comm || t->comm->size == 1 || !t->st.settings.carry_state) return MB_STATUS_OK;
+    for (i = 0; i < mine * t->comm->size; i++) if (i / mine != t->comm->rank) t->st.carry[i] = -0.0f;
+    return mb__comm_fail(t, t->comm->sum_floats(t->comm->impl, t->st.carry, mine * t->comm->size));
 }
 
 MBDEF mb_status mb_trainer_draw(mb_trainer *t, int64_t k, int *mine) {
@@ -6511,6 +6521,7 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
         p.nonfinite_run = nonfinite_run;
         if (sr.applied) r.last_loss = sr.loss;
         p.saves = sr.applied && opt->out && s->save_every > 0 && t->st.step % s->save_every == 0 && t->st.step < s->steps;
+        if (p.saves && (st = mb__carry_gather(t)) != MB_STATUS_OK) { r.outcome = MB_TRAIN_FAILED; break; }
         if (lead) { /* [0] the callback asks to stop, [1] the save failed */
             after_step[0] = opt->callback && opt->callback(opt->user, &p);
             if (p.saves) {
@@ -6544,8 +6555,9 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
     r.tokens = (double)(r.steps_run * tokens_per_step);
     r.tokens_per_s = r.tokens / (mb_clock_seconds() - t0 > 0 ? mb_clock_seconds() - t0 : 1.0);
     if (r.outcome != MB_TRAIN_FAILED) { /* the host holds the final state; a run that ends well is saved (by rank 0) */
-        int save = opt->out && r.outcome != MB_TRAIN_NON_FINITE;
-        mb_status fin = lead && save && last_saved != t->st.step ? mb_trainer_save(t, opt->out) : mb_trainer_sync(t);
+        int save = opt->out && r.outcome != MB_TRAIN_NON_FINITE, due = save && last_saved != t->st.step;
+        mb_status fin = due ? mb__carry_gather(t) : MB_STATUS_OK;
+        if (fin == MB_STATUS_OK) fin = lead && due ? mb_trainer_save(t, opt->out) : mb_trainer_sync(t);
         double failed = fin != MB_STATUS_OK;
         if (mb__agree(t, &failed, 1) != MB_STATUS_OK || failed != 0.0) {
             st = fin != MB_STATUS_OK ? fin : mb__fail(MB_STATUS_IO_ERROR, "rank 0 could not save its checkpoint, or lost contact");

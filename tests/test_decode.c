@@ -1,6 +1,7 @@
 /* test_decode.c - streams at bf16 and int8 (mb_stream_create_ex): the
-   logits' error against float32 within the README's bounds, on random and
-   on briefly trained weights, and feed == steps bit for bit at each precision. */
+   logits' error and each matrix kind's product error against float32 within
+   the README's bounds, on random and on briefly trained weights, and feed ==
+   steps bit for bit at each precision. */
 
 /* Max and mean relative error of precision prec's logits against fp32's
    over T bytes of x: max |d| / max |l|, mean |d| / mean |l|, per step. */
@@ -38,6 +39,45 @@ static void decode_check(const mb_model *m, const uint8_t *x, int T, const char 
                   i ? "int8" : "bf16", mx, bound[i][0], mean, bound[i][1]);
         MBT_CHECK(mean > 0, "%s %s: the logits must differ from fp32's (the weights are rounded)", what, i ? "int8" : "bf16");
     }
+}
+
+/* Each matrix kind's product alone (every layer's, or the head) at bf16 and
+   int8 against fp32's on the same 4 random input rows: max over rows of
+   max |d| / max |y|, and sum |d| / sum |y|.  bound[kind][bf16, int8][max, mean]. */
+static void decode_kinds(const mb_model *m, const char *what, const double bound[5][2][2]) {
+    static const int fields[5] = {MB_TENSOR_IN_PROJ, MB_TENSOR_X_PROJ, MB_TENSOR_DT_W, MB_TENSOR_OUT_PROJ, MB_TENSOR_LM_HEAD};
+    static const char *const names[5] = {"in_proj", "x_proj", "dt_proj", "out_proj", "head"};
+    mb_stream *s[3];
+    float x[4096], y[2][4096];
+    mbt_rng rng = {11};
+    int k, p, l, r, o;
+    for (p = 0; p < 3; p++) mb_stream_create_ex(&s[p], m, p == 0 ? MB_PRECISION_FP32 : p == 1 ? MB_PRECISION_BF16 : MB_PRECISION_INT8);
+    for (k = 0; k < 5; k++)
+        for (p = 1; p < 3; p++) {
+            double mx = 0, sd = 0, sy = 0;
+            for (l = k == 4 ? -1 : 0; l < (k == 4 ? 0 : m->cfg.n_layer); l++) {
+                const mb__packed *q = &s[0]->packed[mb__slot(l, fields[k])];
+                MBT_CHECK(q->IC <= 4096 && q->OC <= 4096, "%s is %dx%d", names[k], q->OC, q->IC);
+                for (r = 0; r < 4; r++) {
+                    double md = 0, my = 0;
+                    for (o = 0; o < q->IC; o++) x[o] = mbt_normal(&rng);
+                    mb__stream_linear(s[0], l, fields[k], y[0], x, q->IC, 1);
+                    mb__stream_linear(s[p], l, fields[k], y[1], x, q->IC, 1);
+                    for (o = 0; o < q->OC; o++) {
+                        double d = fabs((double)y[1][o] - y[0][o]);
+                        md = d > md ? d : md;
+                        my = fabs(y[0][o]) > my ? fabs(y[0][o]) : my;
+                        sd += d;
+                        sy += fabs(y[0][o]);
+                    }
+                    mx = md / my > mx ? md / my : mx;
+                }
+            }
+            printf("  %s %-8s %s: relative error max %.2e mean %.2e\n", what, names[k], p == 1 ? "bf16" : "int8", mx, sd / sy);
+            MBT_CHECK(mx <= bound[k][p - 1][0] && sd / sy <= bound[k][p - 1][1] && sd > 0, "%s %s %s: max %.3g (bound %.3g) mean %.3g (bound %.3g)",
+                      what, names[k], p == 1 ? "bf16" : "int8", mx, bound[k][p - 1][0], sd / sy, bound[k][p - 1][1]);
+        }
+    for (p = 0; p < 3; p++) mb_stream_free(s[p]);
 }
 
 /* The precision's feed equals its steps bit for bit (both read each row with the same sums). */
@@ -90,6 +130,12 @@ static void decode_batched(const mb_model *m) {
 static void test_decode(void) {
     /* bounds: {max, mean} relative, bf16 then int8 (README, "Stream precision") */
     static const double random_bound[2][2] = {{1.2e-2, 8e-3}, {3e-2, 2e-2}}, trained_bound[2][2] = {{4e-3, 2e-3}, {2e-2, 4e-3}};
+    /* per kind {bf16, int8} x {max, mean}, about 1.5x the larger of the two models' (README) */
+    static const double kind_bound[5][2][2] = {{{4e-3, 2.5e-3}, {1e-2, 7e-3}},     /* in_proj */
+                                               {{5.5e-3, 2.5e-3}, {1e-2, 6.5e-3}}, /* x_proj */
+                                               {{3.5e-3, 2.5e-3}, {6e-3, 4.5e-3}}, /* dt_proj */
+                                               {{3e-3, 2.5e-3}, {1.2e-2, 8e-3}},   /* out_proj */
+                                               {{4.5e-3, 4.5e-3}, {1e-2, 9e-3}}};  /* head */
     mb_config c = mb_config_default();
     mb_model *m;
     mb_stream *s;
@@ -103,6 +149,7 @@ static void test_decode(void) {
     MBT_CHECK(mb_model_create(&m, &c, 7) == MB_STATUS_OK, "model");
     MBT_CHECK(mb_stream_create_ex(&s, m, MB_PRECISION_TF32) == MB_STATUS_INVALID_ARGUMENT && !s, "tf32 streams are refused");
     decode_check(m, x, T, "random weights", random_bound);
+    decode_kinds(m, "random weights", kind_bound);
     decode_feed_matches_steps(m, x, 150);
     { /* a few dozen AdamW steps on the text: weights with structure, not only noise */
         float *am = (float *)calloc((size_t)mb_model_num_params(m), sizeof(float)), *av = (float *)calloc((size_t)mb_model_num_params(m), sizeof(float));
@@ -121,6 +168,7 @@ static void test_decode(void) {
         free(av);
     }
     decode_check(m, x, T, "trained weights", trained_bound);
+    decode_kinds(m, "trained weights", kind_bound);
     decode_feed_matches_steps(m, x, 150);
     decode_batched(m);
     mb_model_free(m);

@@ -60,8 +60,10 @@ def test_generate_reproducible_and_equal_to_cli(trained):
     # speculative generation: greedy gives the same bytes with any drafter
     assert greedy == m.generate("The ", 40, temperature=0, draft="lookup", draft_len=4) == m.generate("The ", 40, temperature=0, draft=m)
     assert len(m.generate("The ", 40, temperature=0.8, seed=3, draft="lookup")) == 40
+    # self-speculation: the draft is this model's own weights at int8 or bf16
+    assert greedy == m.generate("The ", 40, temperature=0, draft="self:int8") == m.generate("The ", 40, temperature=0, draft="self:bf16")
     with pytest.raises(ValueError):
-        m.generate("The ", 4, draft="self:int8")
+        m.generate("The ", 4, draft="self:fp16")
     # `mambabyte sample` with the same arguments prints the prompt, the same bytes and a newline
     raw = subprocess.run([str(ROOT / "mambabyte"), "sample", "--model", str(path), "--prompt", "The harbour", "--bytes",
                           "80", "--temperature", "0.8", "--top-k", "20", "--seed", "7"], capture_output=True, check=True)
@@ -87,3 +89,23 @@ def test_precision_streams_and_batched():
         assert len(m.generate(b"a", n=5, precision=prec, seed=1)) == 5
     with pytest.raises(ValueError):
         m.stream(precision="fp16")
+
+
+def test_close_and_with():
+    """Model, Stream and Streams close now, twice harmlessly, and refuse use afterwards."""
+    m = mambabyte.Model.create(dict(d_model=32, n_layer=2, d_state=8), seed=2)
+    with m.stream() as s:
+        first = s.step(1)
+    with pytest.raises(ValueError, match="stream is closed"):
+        s.step(1)
+    s.close()
+    ss = m.streams(2)
+    ss.close()
+    ss.close()
+    with pytest.raises(ValueError, match="streams object is closed"):
+        ss.reset(0)
+    assert np.array_equal(m.stream().step(1), first)  # closing a stream leaves the model alone
+    with m:
+        pass
+    with pytest.raises(ValueError, match="model is closed"):
+        m.stream()
