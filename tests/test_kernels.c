@@ -196,7 +196,7 @@ static void kt_krows_case(int64_t T, int IC, int OC, int64_t ldi) {
             same &= memcmp(row, all + n * OC, rb) == 0;
 #if defined(__FMA__) /* the twins agree where MB__FMA fuses */
             if (precs[i] != MB_PRECISION_FP32)
-                for (int v = 0; v < (OC + 15) / 16; v += MB__KROWS_C(1, 0)) mb__krows_portable(row, OC, x + n * ldi, ldi, &q, v, 1);
+                mb__krows_portable(row, OC, x + n * ldi, ldi, &q, 0, 1, (OC + 15) / 16);
 #endif
             same_ref &= memcmp(row, precs[i] == MB_PRECISION_FP32 ? ref + n * OC : all + n * OC, rb) == 0;
         }
