@@ -4076,7 +4076,7 @@ static void mb__packed_linear(float *out, const float *x, int64_t ldx, int64_t T
         mb__matmul_packed(out, x, ldx, q->w, T, q->IC, q->OC);
         return;
     }
-    if (T * q->IC * q->OC <= (T == 1 ? MB__STREAM_OMP_MIN : MB__OMP_MIN_WORK)) { /* no parallel region (see mb__matvec_packed) */
+    if (T * q->IC * q->OC <= MB__STREAM_OMP_MIN) { /* no parallel region: the fork would cost more (see mb__matvec_packed) */
         for (b = 0; b < nt; b++) mb__krows_tile(out, x, ldx, T, q, b);
         return;
     }
@@ -4463,14 +4463,10 @@ static void mb__spec_state(mb_stream *s, float *buf, int save) {
 }
 /* s, fed f bytes since snap was saved (of which seq[0..keep) still stand),
    brought to the state after seq[0..j): on from there when all f stand and
-   j >= f, else from snap.  Under MB__SPEC_STEPS bytes stepping is cheaper
-   than a feed (docs/BENCHMARKS.md); both give the same state. */
-#define MB__SPEC_STEPS 8
+   j >= f, else from snap (a short feed costs at most its steps). */
 static mb_status mb__spec_sync(mb_stream *s, float *snap, int f, int keep, const uint8_t *seq, int j) {
     if (j < f || keep < f) { mb__spec_state(s, snap, 0); f = 0; }
-    if (j - f >= MB__SPEC_STEPS) return mb_stream_feed(s, seq + f, j - f, NULL);
-    for (; f < j; f++) mb_stream_step(s, seq[f]);
-    return MB_STATUS_OK;
+    return mb_stream_feed(s, seq + f, j - f, NULL);
 }
 #define MB__SPEC_WINDOW 65536 /* lookup searches the last this many bytes */
 /* Prompt lookup: up to k bytes into d that followed the longest earlier
