@@ -210,6 +210,38 @@ static void kt_krows_case(int64_t T, int IC, int OC, int64_t ldi) {
     free(x); free(w); free(all); free(all2); free(ref); free(row);
 }
 
+/* Short feeds (the batched step on one state) and the long path past
+   MB__KROWS_MAX leave the logits and the state of as many steps, bit for
+   bit, at each precision. */
+static void kt_short_feeds(void) {
+    const int precs[3] = {MB_PRECISION_FP32, MB_PRECISION_BF16, MB_PRECISION_INT8}, lens[5] = {1, 2, 7, MB__KROWS_MAX, MB__KROWS_MAX + 1};
+    mb_config c = mb_config_default();
+    mb_model *m;
+    uint8_t x[MB__KROWS_MAX + 1];
+    float *lg = (float *)malloc(sizeof(float) * 256 * (MB__KROWS_MAX + 1));
+    int i, j, t;
+    c.d_model = 40, c.n_layer = 2;
+    for (t = 0; t <= MB__KROWS_MAX; t++) x[t] = (uint8_t)(" feeds and steps agree"[t % 22] + t / 22);
+    MBT_CHECK(mb_model_create(&m, &c, 11) == MB_STATUS_OK, "model");
+    for (i = 0; i < 3; i++)
+        for (j = 0; j < 5; j++) {
+            mb_stream *a, *b;
+            int same = 1;
+            mb_stream_create_ex(&a, m, precs[i]);
+            mb_stream_create_ex(&b, m, precs[i]);
+            mb_stream_feed(a, x, 3, NULL); /* from a state that is not zero */
+            for (t = 0; t < 3; t++) mb_stream_step(b, x[t]);
+            MBT_CHECK(mb_stream_feed(a, x, lens[j], lg) == MB_STATUS_OK, "feed");
+            for (t = 0; t < lens[j]; t++) same &= memcmp(mb_stream_step(b, x[t]), lg + t * 256, 1024) == 0;
+            same &= memcmp(a->conv_state, b->conv_state, sizeof(float) * (size_t)a->state_floats) == 0;
+            MBT_CHECK(same, "precision %d: a feed of %d bytes differs from its steps (logits or state)", precs[i], lens[j]);
+            mb_stream_free(a);
+            mb_stream_free(b);
+        }
+    mb_model_free(m);
+    free(lg);
+}
+
 static void test_kernels_matmul(void) {
     /* N around the row tile and the one-row path; IC below, at and off 16;
        the model's shapes; a row stride wider than IC; long rows (chunked
@@ -229,6 +261,7 @@ static void test_kernels_matmul(void) {
                                     {16, 33, 130, 33}, {17, 64, 96, 65}, {33, 200, 260, 201}, {13, 130, 31, 130}, {65, 40, 50, 40}};
         for (k = 0; k < sizeof kr / sizeof kr[0]; k++) kt_krows_case(kr[k][0], kr[k][1], kr[k][2], kr[k][3]);
     }
+    kt_short_feeds();
 }
 
 /* ------------------------------------------------------------------ conv */
