@@ -4025,7 +4025,8 @@ MB__SCAN_AVX512_IN void mb__krows_avx512_n(float *out, int64_t ldo, const float 
 MB__SCAN_AVX512_IN void mb__krows_avx512_p(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int v0, int R, int C, int prec) {
     const int f = prec == MB_PRECISION_FP32;
     if (R <= 2 && !f) R == 1 ? (C == 8 ? MB__KROWS_N(1, 8) : MB__KROWS_N(1, 4)) : (C == 8 ? MB__KROWS_N(2, 8) : MB__KROWS_N(2, 4));
-    else R <= 3 ? (R == 2 ? MB__KROWS_N(2, 4) : MB__KROWS_N(3, 4)) : R == 4 ? MB__KROWS_N(4, MB__KROWS_C(4, f)) : R == 5 ? MB__KROWS_N(5, MB__KROWS_C(5, f)) : MB__KROWS_N(6, MB__KROWS_C(6, f));
+    else if (R <= 3) R == 2 ? MB__KROWS_N(2, 4) : MB__KROWS_N(3, 4);
+    else R == 4 ? MB__KROWS_N(4, MB__KROWS_C(4, f)) : R == 5 ? MB__KROWS_N(5, MB__KROWS_C(5, f)) : MB__KROWS_N(6, MB__KROWS_C(6, f));
 }
 MB__SCAN_AVX512_FN void mb__krows_avx512(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int v0, int R, int C) {
 #if MB__MM_NR == 32
