@@ -3973,21 +3973,17 @@ static void mb__matmul_packed(float *out, const float *inp, int64_t ldi, const f
 
 /* ---- k-row products for streams: out[t*OC + o] for T rows x_t at once,
    each weight read once per group of up to 6 rows.  bf16 / int8: q is
-   panels of 16 outputs, input by input (zero-padded past OC); an int8
-   panel's scales are 16 per group of MB_INT8_GROUP inputs
-   (sc[panel][group][16]), and each weight becomes float32 (an int8 one
-   times its scale).  Every sum is one float32 FMA chain per output in
-   mb__matvec_panels' order (float32: 16 sub-sums of nb = IC/16 steps added
-   in order, then the tail; bf16 / int8: nb = 0, the tail alone, in input
-   order): a row's bits depend neither on T nor on the other rows, so k
-   rows equal k single steps, and a feed equals its steps. */
+   panels of 16 outputs, input by input (zero-padded past OC), an int8
+   panel's scales 16 per group of MB_INT8_GROUP inputs (sc[panel][group][16]),
+   each weight made float32 (an int8 one times its scale).  Every sum is a
+   float32 FMA chain per output in mb__matvec_panels' order (float32: 16
+   sub-sums of IC/16 steps, then the tail; bf16 / int8: the tail alone, in
+   input order), so a row's bits depend neither on T nor on the other rows. */
 #define MB__QP 16 /* outputs per panel */
-#ifndef MB__KROWS_MAX
 #define MB__KROWS_MAX 64 /* float32 rows up to which a product takes these kernels (more: mb__matmul_packed's tiles) */
-#endif
 /* Vectors of 16 outputs per pass of R rows: 8 FMA chains or more, in the
    registers with the weights (and float32's second set, the sub-sums). */
-#define MB__KROWS_C(R, f32) ((R) >= 4 ? ((f32) ? 2 : 4) : (R) == 3 ? 4 : (R) == 2 && (f32) ? 4 : 8)
+#define MB__KROWS_C(R, f32) ((R) >= 4 ? ((f32) ? 2 : 4) : (R) == 3 || ((R) == 2 && (f32)) ? 4 : 8)
 #if defined(MB__SCAN_AVX512)
 /* Vector (16 outputs) at element `at` of q as float32 (sv: its int8 scales). */
 MB__SCAN_AVX512_IN __m512 mb__krows_w(const mb__packed *q, int prec, int64_t at, __m512 sv) {
@@ -4007,40 +4003,28 @@ MB__SCAN_AVX512_IN void mb__krows_avx512_n(float *out, int64_t ldo, const float 
     const int nb = f32 ? IC / 16 : 0, ng = (IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP;
     int64_t at[8];
     int r, c, k, j, s;
-    MB__UNROLL
     for (c = 0; c < C; c++) {
         const int v = v0 + c < nv ? v0 + c : nv - 1;
         at[c] = (int64_t)(v / vp) * IC * vs + v % vp * 16;
-        sv[c] = _mm512_setzero_ps();
-        MB__UNROLL
-        for (r = 0; r < R; r++) sum[r][c] = _mm512_setzero_ps();
+        for (r = 0, sv[c] = _mm512_setzero_ps(); r < R; r++) sum[r][c] = _mm512_setzero_ps();
     }
     for (k = 0; k < (nb > 0 ? 16 : 0); k++) {
         for (j = 0; j < nb; j++) {
-            MB__UNROLL
             for (c = 0; c < C; c++) w[c] = mb__krows_w(q, prec, at[c] + (int64_t)(k * nb + j) * vs, sv[c]);
-            MB__UNROLL
             for (r = 0; r < R; r++) { /* the first term is a plain product */
                 const __m512 xv = _mm512_set1_ps(x[r * ldx + 16 * j + k]);
-                MB__UNROLL
                 for (c = 0; c < C; c++) acc[r][c] = j ? _mm512_fmadd_ps(xv, w[c], acc[r][c]) : _mm512_mul_ps(xv, w[c]);
             }
         }
-        MB__UNROLL
         for (r = 0; r < R; r++)
-            MB__UNROLL
             for (c = 0; c < C; c++) sum[r][c] = k ? _mm512_add_ps(sum[r][c], acc[r][c]) : acc[r][c];
     }
     for (s = 16 * nb; s < IC; s++) {
-        if (prec == MB_PRECISION_INT8 && s % MB_INT8_GROUP == 0)
-            MB__UNROLL
-            for (c = 0; c < C; c++) sv[c] = _mm512_loadu_ps(q->sc + (at[c] / ((int64_t)IC * 16) * ng + s / MB_INT8_GROUP) * 16);
-        MB__UNROLL
+        for (c = 0; c < C && prec == MB_PRECISION_INT8 && s % MB_INT8_GROUP == 0; c++)
+            sv[c] = _mm512_loadu_ps(q->sc + (at[c] / ((int64_t)IC * 16) * ng + s / MB_INT8_GROUP) * 16);
         for (c = 0; c < C; c++) w[c] = mb__krows_w(q, prec, at[c] + (int64_t)s * vs, sv[c]);
-        MB__UNROLL
         for (r = 0; r < R; r++) {
             const __m512 xv = _mm512_set1_ps(x[r * ldx + s]);
-            MB__UNROLL
             for (c = 0; c < C; c++) sum[r][c] = _mm512_fmadd_ps(xv, w[c], sum[r][c]);
         }
     }
@@ -4049,27 +4033,26 @@ MB__SCAN_AVX512_IN void mb__krows_avx512_n(float *out, int64_t ldo, const float 
         for (r = 0; r < R; r++) _mm512_mask_storeu_ps(out + r * ldo + 16 * (v0 + c), (__mmask16)((1u << n) - 1u), sum[r][c]);
     }
 }
-MB__SCAN_AVX512_IN void mb__krows_avx512_p(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int v0, int R, int prec) {
-    if (R == 1) mb__krows_avx512_n(out, ldo, x, ldx, q, v0, 1, MB__KROWS_C(1, prec == MB_PRECISION_FP32), prec);
-    else if (R == 2) mb__krows_avx512_n(out, ldo, x, ldx, q, v0, 2, MB__KROWS_C(2, prec == MB_PRECISION_FP32), prec);
-    else if (R == 3) mb__krows_avx512_n(out, ldo, x, ldx, q, v0, 3, MB__KROWS_C(3, prec == MB_PRECISION_FP32), prec);
-    else if (R == 4) mb__krows_avx512_n(out, ldo, x, ldx, q, v0, 4, MB__KROWS_C(4, prec == MB_PRECISION_FP32), prec);
-    else if (R == 5) mb__krows_avx512_n(out, ldo, x, ldx, q, v0, 5, MB__KROWS_C(5, prec == MB_PRECISION_FP32), prec);
-    else mb__krows_avx512_n(out, ldo, x, ldx, q, v0, 6, MB__KROWS_C(6, prec == MB_PRECISION_FP32), prec);
+#define MB__KROWS_N(r, c) mb__krows_avx512_n(out, ldo, x, ldx, q, v0, r, c, prec)
+MB__SCAN_AVX512_IN void mb__krows_avx512_p(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int v0, int R, int C, int prec) {
+    const int f = prec == MB_PRECISION_FP32;
+    if (R <= 2 && !f) R == 1 ? (C == 8 ? MB__KROWS_N(1, 8) : MB__KROWS_N(1, 4)) : (C == 8 ? MB__KROWS_N(2, 8) : MB__KROWS_N(2, 4));
+    else if (R <= 3) R == 2 ? MB__KROWS_N(2, 4) : MB__KROWS_N(3, 4);
+    else R == 4 ? MB__KROWS_N(4, MB__KROWS_C(4, f)) : R == 5 ? MB__KROWS_N(5, MB__KROWS_C(5, f)) : MB__KROWS_N(6, MB__KROWS_C(6, f));
 }
-MB__SCAN_AVX512_FN void mb__krows_avx512(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int v0, int R) {
+MB__SCAN_AVX512_FN void mb__krows_avx512(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int v0, int R, int C) {
 #if MB__MM_NR == 32
-    if (q->prec == MB_PRECISION_FP32) mb__krows_avx512_p(out, ldo, x, ldx, q, v0, R, MB_PRECISION_FP32); else
+    if (q->prec == MB_PRECISION_FP32) mb__krows_avx512_p(out, ldo, x, ldx, q, v0, R, C, MB_PRECISION_FP32); else
 #endif
-    if (q->prec == MB_PRECISION_BF16) mb__krows_avx512_p(out, ldo, x, ldx, q, v0, R, MB_PRECISION_BF16);
-    else mb__krows_avx512_p(out, ldo, x, ldx, q, v0, R, MB_PRECISION_INT8);
+    if (q->prec == MB_PRECISION_BF16) mb__krows_avx512_p(out, ldo, x, ldx, q, v0, R, C, MB_PRECISION_BF16);
+    else mb__krows_avx512_p(out, ldo, x, ldx, q, v0, R, C, MB_PRECISION_INT8);
 }
 #endif
 /* bf16 / int8 in plain C, the same operations (bit for bit where MB__FMA is fmaf). */
-MB__INLINE void mb__krows_portable(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int v0, int R) {
+MB__INLINE void mb__krows_portable(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int v0, int R, int C) {
     const int ng = (q->IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP, nv = (q->OC + MB__QP - 1) / MB__QP;
     int t, k, p, l;
-    for (p = v0; p < v0 + MB__KROWS_C(R, 0) && p < nv; p++)
+    for (p = v0; p < v0 + C && p < nv; p++)
         for (t = 0; t < R; t++) {
             float acc[MB__QP] = {0};
             for (k = 0; k < q->IC; k++)
@@ -4085,20 +4068,28 @@ MB__INLINE void mb__krows_portable(float *out, int64_t ldo, const float *x, int6
 #define mb__krows MB__SCAN_PICK(mb__krows)
 /* Tile b of out (T, OC) = x (T, IC; row stride ldx) @ q^T: outputs
    128b..128b+127 (in L1 / L2 while the rows pass), the rows in groups of
-   at most 6 (as even as they go). */
+   at most 6 (as even as they go), 4 vectors a pass where 8 would be mostly padding. */
 static void mb__krows_tile(float *out, const float *x, int64_t ldx, int64_t T, const mb__packed *q, int b) {
     const int nv = (q->OC + 15) / 16, ng = (int)((T + 5) / 6);
     int64_t t0 = 0;
-    int g, v, R;
-    for (g = 0; g < ng; g++, t0 += R) {
-        R = (int)((T - t0) / (ng - g));
-        for (v = 8 * b; v < 8 * b + 8 && v < nv; v += MB__KROWS_C(R, q->prec == MB_PRECISION_FP32)) mb__krows(out + t0 * q->OC, q->OC, x + t0 * ldx, ldx, q, v, R);
-    }
+    int g, v, R, C;
+    for (g = 0; g < ng; g++, t0 += R)
+        for (v = 8 * b, R = (int)((T - t0) / (ng - g)); v < 8 * b + 8 && v < nv; v += C) {
+            C = MB__KROWS_C(R, q->prec == MB_PRECISION_FP32);
+            mb__krows(out + t0 * q->OC, q->OC, x + t0 * ldx, ldx, q, v, R, C == 8 && nv - v <= 4 ? (C = 4) : C);
+        }
 }
-static void mb__krows_linear(float *out, const float *x, int64_t ldx, int64_t T, const mb__packed *q) {
+/* out (T, OC) = x (T, IC; row stride ldx) @ q^T at q's precision: these
+   kernels in tiles of 128 outputs, or float32's one row and long feeds
+   mb__matmul_packed's (the same sums). */
+static void mb__packed_linear(float *out, const float *x, int64_t ldx, int64_t T, const mb__packed *q) {
     const int nt = (q->OC + 127) / 128;
     int b;
-    if (T * q->IC * q->OC <= (T == 1 ? MB__STREAM_OMP_MIN : MB__OMP_MIN_WORK)) { /* no parallel region (see mb__matvec_packed) */
+    if (q->prec == MB_PRECISION_FP32 && (T == 1 || T > MB__KROWS_MAX || MB__MM_NR != 32 || !mb__scan_avx512())) {
+        mb__matmul_packed(out, x, ldx, q->w, T, q->IC, q->OC);
+        return;
+    }
+    if (T * q->IC * q->OC <= MB__STREAM_OMP_MIN) { /* no parallel region: the fork would cost more (see mb__matvec_packed) */
         for (b = 0; b < nt; b++) mb__krows_tile(out, x, ldx, T, q, b);
         return;
     }
@@ -4140,15 +4131,9 @@ static int mb__stream_packs(const mb_config *c, int i) {
     return 0;
 }
 
-/* Layer l's matrix `field` (-1, MB_TENSOR_LM_HEAD: the head) over T rows
-   from its packed copy; T = 1 is mb__matvec_packed. */
+/* Layer l's matrix `field` (-1, MB_TENSOR_LM_HEAD: the head) over T rows from its packed copy. */
 static void mb__stream_linear(const mb_stream *s, int l, int field, float *out, const float *inp, int64_t ldi, int64_t T) {
-    const mb__packed *q = &s->packed[mb__slot(l, field)];
-#if MB__MM_NR == 32 && defined(MB__SCAN_AVX512)
-    if (q->prec == MB_PRECISION_FP32 && T > 1 && T <= MB__KROWS_MAX) mb__krows_linear(out, inp, ldi, T, q); else
-#endif
-    if (q->prec != MB_PRECISION_FP32) mb__krows_linear(out, inp, ldi, T, q);
-    else mb__matmul_packed(out, inp, ldi, q->w, T, q->IC, q->OC);
+    mb__packed_linear(out, inp, ldi, T, &s->packed[mb__slot(l, field)]);
 }
 
 MBDEF mb_status mb_stream_create(mb_stream **out, const mb_model *m) { return mb_stream_create_ex(out, m, MB_PRECISION_FP32); }
@@ -4491,14 +4476,10 @@ static void mb__spec_state(mb_stream *s, float *buf, int save) {
 }
 /* s, fed f bytes since snap was saved (of which seq[0..keep) still stand),
    brought to the state after seq[0..j): on from there when all f stand and
-   j >= f, else from snap.  Under MB__SPEC_STEPS bytes stepping is cheaper
-   than a feed (docs/BENCHMARKS.md); both give the same state. */
-#define MB__SPEC_STEPS 8
+   j >= f, else from snap (a short feed costs at most its steps). */
 static mb_status mb__spec_sync(mb_stream *s, float *snap, int f, int keep, const uint8_t *seq, int j) {
     if (j < f || keep < f) { mb__spec_state(s, snap, 0); f = 0; }
-    if (j - f >= MB__SPEC_STEPS) return mb_stream_feed(s, seq + f, j - f, NULL);
-    for (; f < j; f++) mb_stream_step(s, seq[f]);
-    return MB_STATUS_OK;
+    return mb_stream_feed(s, seq + f, j - f, NULL);
 }
 #define MB__SPEC_WINDOW 65536 /* lookup searches the last this many bytes */
 /* Prompt lookup: up to k bytes into d that followed the longest earlier

@@ -156,6 +156,92 @@ static void kt_matmul_threads(int64_t N, int IC, int OC, int64_t ldi) {
     free(x); free(w); free(g); free(o1); free(o2); free(dx1); free(dx2); free(dw1); free(dw2);
 }
 
+/* A stream's products (mb__packed_linear) at each precision: T rows at once
+   equal each row alone bit for bit (float32: and mb__matmul_forward's
+   rows), on one thread and on several; bf16 / int8 equal their plain C
+   kernel (the AVX-512 one where it runs). */
+static void kt_krows_case(int64_t T, int IC, int OC, int64_t ldi) {
+    const int precs[3] = {MB_PRECISION_FP32, MB_PRECISION_BF16, MB_PRECISION_INT8};
+    mbt_rng r = {(uint64_t)(T * 7919 + IC * 31 + OC)};
+    float *x = (float *)malloc(sizeof(float) * (size_t)(T * ldi)), *w = (float *)malloc(sizeof(float) * (size_t)IC * OC);
+    float *all = (float *)malloc(sizeof(float) * (size_t)(T * OC)), *all2 = (float *)malloc(sizeof(float) * (size_t)(T * OC));
+    float *ref = (float *)malloc(sizeof(float) * (size_t)(T * OC)), *row = (float *)malloc(sizeof(float) * (size_t)OC);
+    const size_t rb = sizeof(float) * (size_t)OC;
+    int i;
+    int64_t n;
+    kt_fill(x, T * ldi, &r, 1.0);
+    kt_fill(w, (int64_t)IC * OC, &r, 0.5);
+    mb__matmul_forward(ref, x, ldi, w, T, IC, OC);
+    for (i = 0; i < 3; i++) {
+        mb__packed q;
+        void *buf;
+        int same = 1, same_ref = 1;
+        memset(&q, 0, sizeof q);
+        q.IC = IC, q.OC = OC, q.prec = precs[i];
+        if (precs[i] == MB_PRECISION_FP32) {
+            buf = malloc(sizeof(float) * (size_t)mb__matvec_packed_floats(IC, OC));
+            mb__matvec_pack((float *)buf, w, IC, OC);
+            q.w = (const float *)buf;
+        } else {
+            buf = malloc((size_t)mb__qbytes(IC, OC, precs[i]));
+            mb__quantize(&q, buf, w);
+        }
+        kt_threads(1);
+        mb__packed_linear(all, x, ldi, T, &q);
+        kt_threads(kt_max_threads() + 1);
+        mb__packed_linear(all2, x, ldi, T, &q);
+        kt_threads(kt_max_threads());
+        for (n = 0; n < T; n++) {
+            mb__packed_linear(row, x + n * ldi, ldi, 1, &q);
+            same &= memcmp(row, all + n * OC, rb) == 0;
+#if defined(__FMA__) /* the twins agree where MB__FMA fuses */
+            if (precs[i] != MB_PRECISION_FP32)
+                mb__krows_portable(row, OC, x + n * ldi, ldi, &q, 0, 1, (OC + 15) / 16);
+#endif
+            same_ref &= memcmp(row, precs[i] == MB_PRECISION_FP32 ? ref + n * OC : all + n * OC, rb) == 0;
+        }
+        MBT_CHECK(same && memcmp(all, all2, rb * (size_t)T) == 0,
+                  "stream product precision %d T=%lld IC=%d OC=%d: rows together differ from rows alone or by thread count", precs[i],
+                  (long long)T, IC, OC);
+        MBT_CHECK(same_ref, "stream product precision %d T=%lld IC=%d OC=%d: differs from %s", precs[i], (long long)T, IC, OC,
+                  precs[i] == MB_PRECISION_FP32 ? "mb__matmul_forward" : "the plain C kernel");
+        free(buf);
+    }
+    free(x); free(w); free(all); free(all2); free(ref); free(row);
+}
+
+/* Short feeds (the batched step on one state) and the long path past
+   MB__KROWS_MAX leave the logits and the state of as many steps, bit for
+   bit, at each precision. */
+static void kt_short_feeds(void) {
+    const int precs[3] = {MB_PRECISION_FP32, MB_PRECISION_BF16, MB_PRECISION_INT8}, lens[5] = {1, 2, 7, MB__KROWS_MAX, MB__KROWS_MAX + 1};
+    mb_config c = mb_config_default();
+    mb_model *m;
+    uint8_t x[MB__KROWS_MAX + 1];
+    float *lg = (float *)malloc(sizeof(float) * 256 * (MB__KROWS_MAX + 1));
+    int i, j, t;
+    c.d_model = 40, c.n_layer = 2;
+    for (t = 0; t <= MB__KROWS_MAX; t++) x[t] = (uint8_t)(" feeds and steps agree"[t % 22] + t / 22);
+    MBT_CHECK(mb_model_create(&m, &c, 11) == MB_STATUS_OK, "model");
+    for (i = 0; i < 3; i++)
+        for (j = 0; j < 5; j++) {
+            mb_stream *a, *b;
+            int same = 1;
+            mb_stream_create_ex(&a, m, precs[i]);
+            mb_stream_create_ex(&b, m, precs[i]);
+            mb_stream_feed(a, x, 3, NULL); /* from a state that is not zero */
+            for (t = 0; t < 3; t++) mb_stream_step(b, x[t]);
+            MBT_CHECK(mb_stream_feed(a, x, lens[j], lg) == MB_STATUS_OK, "feed");
+            for (t = 0; t < lens[j]; t++) same &= memcmp(mb_stream_step(b, x[t]), lg + t * 256, 1024) == 0;
+            same &= memcmp(a->conv_state, b->conv_state, sizeof(float) * (size_t)a->state_floats) == 0;
+            MBT_CHECK(same, "precision %d: a feed of %d bytes differs from its steps (logits or state)", precs[i], lens[j]);
+            mb_stream_free(a);
+            mb_stream_free(b);
+        }
+    mb_model_free(m);
+    free(lg);
+}
+
 static void test_kernels_matmul(void) {
     /* N around the row tile and the one-row path; IC below, at and off 16;
        the model's shapes; a row stride wider than IC; long rows (chunked
@@ -170,6 +256,12 @@ static void test_kernels_matmul(void) {
     kt_matmul_threads(101, 192, 77, 200);
     kt_matmul_threads(53, 12, 96, 44);
     kt_matmul_threads(7, 33, 40, 33);
+    { /* rows in groups of 1..6 (and past MB__KROWS_MAX), IC off 16 and past an int8 group, OC off 16 and 128 */
+        static const int kr[][4] = {{2, 37, 45, 40}, {3, 192, 71, 192}, {4, 5, 3, 5},     {5, 12, 384, 44}, {7, 384, 44, 384},
+                                    {16, 33, 130, 33}, {17, 64, 96, 65}, {33, 200, 260, 201}, {13, 130, 31, 130}, {65, 40, 50, 40}};
+        for (k = 0; k < sizeof kr / sizeof kr[0]; k++) kt_krows_case(kr[k][0], kr[k][1], kr[k][2], kr[k][3]);
+    }
+    kt_short_feeds();
 }
 
 /* ------------------------------------------------------------------ conv */
