@@ -4,6 +4,8 @@
 # For random models between the default and the 972M shape: 1 thread as
 # built (no product split below 2^20 weights) against 2 threads with every
 # product split (-DMB__STREAM_OMP_MIN=0), alternating, medians of REPS (5).
+# On a shared machine set OMP_WAIT_POLICY=passive (docs/BENCHMARKS.md: with
+# the default spinning, a split product waits on a descheduled thread).
 set -e
 REPS=${1:-5}
 mkdir -p build
@@ -11,7 +13,7 @@ cc -O3 -march=native -fopenmp bench/stream_speed.c -o build/stream_speed -lm
 cc -O3 -march=native -fopenmp -DMB__STREAM_OMP_MIN=0 bench/stream_speed.c -o build/stream_speed_split -lm
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 printf "%-14s %12s %12s %10s %10s %8s\n" "d_model x L" "in_proj" "out_proj" "1 thread" "2 split" "ratio"
-for shape in 192:4:3000 256:8:1500 384:8:800 512:8:400 640:8:300 768:8:200 1024:8:100 1280:8:60; do
+for shape in 192:4:400 256:8:200 384:8:100 512:8:60 640:8:40 768:8:30 1024:8:20 1280:8:12; do
     d=${shape%%:*} rest=${shape#*:}; l=${rest%%:*} n=${rest#*:}
     : > build/threads.1; : > build/threads.2
     r=0
