@@ -6,8 +6,11 @@ CC      ?= gcc
 CXX     ?= g++
 # PORTABLE=1: for any x86-64 CPU (the Python wheel's build): the baseline ISA,
 # the scan's AVX-512 pieces and the bf16 kernels picked at run time (CPUID);
-# `make lib PORTABLE=1` writes build/portable/libmambabyte*.so.
+# `make lib PORTABLE=1` writes build/portable/libmambabyte*.so and the same for
+# each of PORTABLE_LEVELS in build/portable/LEVEL/ (the package loads the
+# highest one the CPU has: its float32 products use AVX2/AVX-512 and FMA).
 PORTABLE_ARCH = -march=x86-64 -mtune=generic
+PORTABLE_LEVELS = x86-64-v3 x86-64-v4
 ifeq ($(PORTABLE),1)
 ARCH    := $(PORTABLE_ARCH)
 LIBDIR  := build/portable/
@@ -140,10 +143,20 @@ build/portable/test_mambabyte: $(TEST_SRC) build/test_cuda_emu.o
 build/portable/mambabyte: main.c cli.h plot.c eval.c export.c numerics_report.c bench.c $(HEADERS)
 	mkdir -p $(@D)
 	$(CC) $(STD) -O3 $(PORTABLE_ARCH) $(WARN) $(OMP) main.c -o $@ $(LDLIBS)
-test-portable: build/portable/test_mambabyte build/portable/mambabyte mambabyte
+# The same for x86-64-v3 (AVX2 and FMA, no AVX-512: a mix no other build compiles).
+build/portable/%/test_mambabyte: $(TEST_SRC) build/test_cuda_emu.o
+	mkdir -p $(@D)
+	$(CC) $(STD) -O2 -g -march=$* -mtune=generic $(WARN) $(OMP) test.c build/test_cuda_emu.o -o $@ -lstdc++ $(LDLIBS) -lpthread
+build/portable/%/mambabyte: main.c cli.h plot.c eval.c export.c numerics_report.c bench.c $(HEADERS)
+	mkdir -p $(@D)
+	$(CC) $(STD) -O3 -march=$* -mtune=generic $(WARN) $(OMP) main.c -o $@ $(LDLIBS)
+V3 = build/portable/x86-64-v3/
+test-portable: build/portable/test_mambabyte build/portable/mambabyte mambabyte $(V3)test_mambabyte $(V3)mambabyte
 	./build/portable/test_mambabyte kernels
 	MB_TEST_SCAN_AVX512=0 ./build/portable/test_mambabyte kernels
-	sh tests/portable.sh ./mambabyte build/portable/mambabyte
+	./$(V3)test_mambabyte kernels
+	MB_TEST_SCAN_AVX512=0 ./$(V3)test_mambabyte kernels
+	sh tests/portable.sh ./mambabyte build/portable/mambabyte $(V3)mambabyte
 
 # What CI runs: fuzzing, the sanitized suite, the Python tests, the portable
 # build, then the suite (its summary last).
@@ -179,6 +192,16 @@ lib: $(addprefix $(LIBDIR),$(LIBS))
 $(LIBDIR)libmambabyte.so: $(HEADERS)
 	mkdir -p $(@D)
 	$(CC) $(LIB_CFLAGS) -x c mambabyte.h -o $@ $(LDLIBS)
+ifeq ($(PORTABLE),1)
+lib: $(foreach v,$(PORTABLE_LEVELS),$(addprefix build/portable/$(v)/,$(LIBS)))
+build/portable/%/libmambabyte.so: $(HEADERS)
+	mkdir -p $(@D)
+	$(CC) $(subst -march=x86-64 ,-march=$* ,$(LIB_CFLAGS)) -x c mambabyte.h -o $@ $(LDLIBS)
+build/portable/%/libmambabyte_cuda.so: $(HEADERS) build/mambabyte_cuda_pic.o
+	mkdir -p $(@D)
+	$(CC) $(subst -march=x86-64 ,-march=$* ,$(LIB_CFLAGS)) -x c mambabyte.h -x none build/mambabyte_cuda_pic.o -o $@ \
+	  -L$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ $(LDLIBS) -Wl,-rpath,$(CUDA_HOME)/lib64
+endif
 build/mambabyte_cuda_pic.o: mambabyte_cuda.cuh $(HEADERS) | build
 	$(NVCC) -O3 $(CUDA_ARCH) -Xcompiler -fPIC -DMAMBABYTE_CUDA_IMPLEMENTATION -x cu -c mambabyte_cuda.cuh -o $@
 $(LIBDIR)libmambabyte_cuda.so: $(HEADERS) build/mambabyte_cuda_pic.o

@@ -126,7 +126,7 @@
      key NUL-padded to 24 bytes, a float64; one missing takes its default;
      [14] 0: mb__v1_settings' 16 float64), AdamW m, then v (float32); then,
      when [15] (rows with carried state, else 0) is not 0, their states
-     (mb_model_set_carry's layout, [15] rows, float32).
+     (mb_model_set_carry's layout, [15] rows, float32; every rank's).
 
    LICENSE: MIT, at the end of this file.
 */
@@ -520,7 +520,7 @@ typedef struct {
     int32_t ranks;             /* data-parallel processes that trained it (header [13]; 0 in older files = 1) */
     float *adam_m, *adam_v;    /* num_params each, owned by the caller */
     mb_train_settings settings;
-    float *carry;              /* carry_state: every row's (mb_carry_floats of batch x grad_accum), or NULL; the same owner */
+    float *carry;              /* carry_state: every rank's rows (mb_carry_floats of batch x grad_accum x ranks), or NULL; the same owner */
 } mb_train_state;
 
 /* Writes the model (and, when ts != NULL, the training state) atomically:
@@ -786,7 +786,7 @@ typedef struct {
    r*grad_accum .. r*grad_accum + grad_accum-1 of the one seeded stream of
    windows (so N ranks at batch B are one process at grad_accum N*B/B), the
    gradients are summed over the ranks before the guard, clipping and AdamW,
-   and rank 0 alone saves and calls the callback. */
+   and rank 0 alone saves (with carry_state, every rank's carried rows) and calls the callback. */
 typedef struct {
     int rank, size;
     int local_rank;            /* rank among this node's processes: the CUDA backend uses GPU local_rank mod (GPUs here) */
@@ -957,6 +957,9 @@ mb_status mb_cuda_trainer_forward_backward(mb_cuda_trainer *t, const uint8_t *in
 mb_status mb_cuda_trainer_forward_logits(mb_cuda_trainer *t, const uint8_t *inputs, float *logits_host);
 mb_status mb_cuda_trainer_grads(mb_cuda_trainer *t, float *grads_host);
 mb_status mb_cuda_trainer_zero_grad(mb_cuda_trainer *t);
+/* As mb_model_set_carry (state in host memory, borrowed, NULL: from zero):
+   each forward starts from it and leaves the rows' new state there. */
+mb_status mb_cuda_trainer_set_carry(mb_cuda_trainer *t, float *state);
 /* g *= grad_scale; norm; if finite: clip and one AdamW step (adam_step 1-based);
    gradients zeroed either way; *applied_out = 0 when the norm was not finite */
 mb_status mb_cuda_trainer_update(mb_cuda_trainer *t, float grad_scale, double lr, double beta1, double beta2,
@@ -1265,7 +1268,9 @@ static double mb__row_p(const mb__row *r, float xi, int64_t V) {
     return NAN;
 }
 
-MBDEF void mb_softmax(float *out, const float *x, int64_t rows, int64_t V) {
+/* Each row classified once, then every entry through one of the two functions above. */
+static void mb__rows_apply(float *out, const float *x, int64_t rows, int64_t V,
+                           double (*entry)(const mb__row *, float, int64_t)) {
     int64_t r;
     MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
     for (r = 0; r < rows; r++) {
@@ -1273,21 +1278,12 @@ MBDEF void mb_softmax(float *out, const float *x, int64_t rows, int64_t V) {
         float *orow = out + r * V;
         mb__row st = mb__row_stats(xr, V);
         int64_t i;
-        for (i = 0; i < V; i++) orow[i] = (float)mb__row_p(&st, xr[i], V);
+        for (i = 0; i < V; i++) orow[i] = (float)entry(&st, xr[i], V);
     }
 }
 
-MBDEF void mb_log_softmax(float *out, const float *x, int64_t rows, int64_t V) {
-    int64_t r;
-    MB__OMP(parallel for if (rows * V > MB__OMP_MIN_WORK))
-    for (r = 0; r < rows; r++) {
-        const float *xr = x + r * V;
-        float *orow = out + r * V;
-        mb__row st = mb__row_stats(xr, V);
-        int64_t i;
-        for (i = 0; i < V; i++) orow[i] = (float)mb__row_logp(&st, xr[i], V);
-    }
-}
+MBDEF void mb_softmax(float *out, const float *x, int64_t rows, int64_t V) { mb__rows_apply(out, x, rows, V, mb__row_p); }
+MBDEF void mb_log_softmax(float *out, const float *x, int64_t rows, int64_t V) { mb__rows_apply(out, x, rows, V, mb__row_logp); }
 
 MBDEF void mb_logsumexp(float *out, const float *x, int64_t rows, int64_t V) {
     int64_t r;
@@ -3963,87 +3959,139 @@ static void mb__matmul_packed(float *out, const float *inp, int64_t ldi, const f
     }
 }
 
-/* ---- bf16 / int8 products for streams: out[t*OC + o] for nt rows x_t at
-   once, as mb__matvec_packed does with the outputs in 16 lanes: q is panels
-   of 16 outputs, input by input (zero-padded past OC); an int8 panel's
-   scales are 16 per group of MB_INT8_GROUP inputs (sc[panel][group][16]).
-   Each weight becomes float32 (an int8 one times its scale) and every sum
-   is a float32 FMA, one chain per lane in input order: a row's bits do not
-   depend on nt or on the other rows. */
+/* ---- k-row products for streams: out[t*OC + o] for T rows x_t at once,
+   each weight read once per group of up to 6 rows.  bf16 / int8: q is
+   panels of 16 outputs, input by input (zero-padded past OC); an int8
+   panel's scales are 16 per group of MB_INT8_GROUP inputs
+   (sc[panel][group][16]), and each weight becomes float32 (an int8 one
+   times its scale).  Every sum is one float32 FMA chain per output in
+   mb__matvec_panels' order (float32: 16 sub-sums of nb = IC/16 steps added
+   in order, then the tail; bf16 / int8: nb = 0, the tail alone, in input
+   order): a row's bits depend neither on T nor on the other rows, so k
+   rows equal k single steps, and a feed equals its steps. */
 #define MB__QP 16 /* outputs per panel */
+#ifndef MB__KROWS_MAX
+#define MB__KROWS_MAX 64 /* float32 rows up to which a product takes these kernels (more: mb__matmul_packed's tiles) */
+#endif
+/* Vectors of 16 outputs per pass of R rows: 8 FMA chains or more, in the
+   registers with the weights (and float32's second set, the sub-sums). */
+#define MB__KROWS_C(R, f32) ((R) >= 4 ? ((f32) ? 2 : 4) : (R) == 3 ? 4 : (R) == 2 && (f32) ? 4 : 8)
 #if defined(MB__SCAN_AVX512)
-MB__SCAN_AVX512_IN void mb__qpanels_avx512_n(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int p0,
-                                             int np, int nt) {
-    __m512 acc[4][4], w[4], sv[4];
+/* Vector (16 outputs) at element `at` of q as float32 (sv: its int8 scales). */
+MB__SCAN_AVX512_IN __m512 mb__krows_w(const mb__packed *q, int prec, int64_t at, __m512 sv) {
     const __mmask16 all = 0xFFFF; /* the maskz forms: GCC's unmasked ones warn (maybe-uninitialized) in C++ */
-    const int ng = (q->IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP;
-    int t, k, j;
-    for (t = 0; t < nt; t++)
-        for (j = 0; j < np; j++) acc[t][j] = sv[j] = _mm512_setzero_ps();
-    for (k = 0; k < q->IC; k++) {
-        for (j = 0; j < np; j++) {
-            const int64_t i = ((int64_t)(p0 + j) * q->IC + k) * MB__QP;
-            if (q->prec == MB_PRECISION_BF16)
-                w[j] = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all, _mm512_maskz_cvtepu16_epi32(all, _mm256_loadu_si256((const __m256i *)((const uint16_t *)q->q + i))), 16));
-            else {
-                if (k % MB_INT8_GROUP == 0) sv[j] = _mm512_loadu_ps(q->sc + ((int64_t)(p0 + j) * ng + k / MB_INT8_GROUP) * MB__QP);
-                w[j] = _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(all, _mm512_maskz_cvtepi8_epi32(all, _mm_loadu_si128((const __m128i *)((const int8_t *)q->q + i)))), sv[j]);
+    if (prec == MB_PRECISION_FP32) return _mm512_loadu_ps(q->w + at);
+    if (prec == MB_PRECISION_BF16)
+        return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all, _mm512_maskz_cvtepu16_epi32(all, _mm256_loadu_si256((const __m256i *)((const uint16_t *)q->q + at))), 16));
+    return _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(all, _mm512_maskz_cvtepi8_epi32(all, _mm_loadu_si128((const __m128i *)((const int8_t *)q->q + at)))), sv);
+}
+/* Rows x_0..x_{R-1} times output vectors v0..v0+C-1 (R, C, prec constants
+   after inlining; vectors past the last repeat it and are not stored).
+   float32 vectors are halves of mb__matvec_pack's MB__MM_NR = 32 panels. */
+MB__SCAN_AVX512_IN void mb__krows_avx512_n(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int v0,
+                                          int R, int C, int prec) {
+    __m512 acc[6][8], sum[6][8], w[8], sv[8];
+    const int IC = q->IC, nv = (q->OC + 15) / 16, f32 = prec == MB_PRECISION_FP32, vp = f32 ? 2 : 1, vs = 16 * vp;
+    const int nb = f32 ? IC / 16 : 0, ng = (IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP;
+    int64_t at[8];
+    int r, c, k, j, s;
+    MB__UNROLL
+    for (c = 0; c < C; c++) {
+        const int v = v0 + c < nv ? v0 + c : nv - 1;
+        at[c] = (int64_t)(v / vp) * IC * vs + v % vp * 16;
+        sv[c] = _mm512_setzero_ps();
+        MB__UNROLL
+        for (r = 0; r < R; r++) sum[r][c] = _mm512_setzero_ps();
+    }
+    for (k = 0; k < (nb > 0 ? 16 : 0); k++) {
+        for (j = 0; j < nb; j++) {
+            MB__UNROLL
+            for (c = 0; c < C; c++) w[c] = mb__krows_w(q, prec, at[c] + (int64_t)(k * nb + j) * vs, sv[c]);
+            MB__UNROLL
+            for (r = 0; r < R; r++) { /* the first term is a plain product */
+                const __m512 xv = _mm512_set1_ps(x[r * ldx + 16 * j + k]);
+                MB__UNROLL
+                for (c = 0; c < C; c++) acc[r][c] = j ? _mm512_fmadd_ps(xv, w[c], acc[r][c]) : _mm512_mul_ps(xv, w[c]);
             }
         }
-        for (t = 0; t < nt; t++) {
-            const __m512 xv = _mm512_set1_ps(x[t * ldx + k]);
-            for (j = 0; j < np; j++) acc[t][j] = _mm512_fmadd_ps(xv, w[j], acc[t][j]);
+        MB__UNROLL
+        for (r = 0; r < R; r++)
+            MB__UNROLL
+            for (c = 0; c < C; c++) sum[r][c] = k ? _mm512_add_ps(sum[r][c], acc[r][c]) : acc[r][c];
+    }
+    for (s = 16 * nb; s < IC; s++) {
+        if (prec == MB_PRECISION_INT8 && s % MB_INT8_GROUP == 0)
+            MB__UNROLL
+            for (c = 0; c < C; c++) sv[c] = _mm512_loadu_ps(q->sc + (at[c] / ((int64_t)IC * 16) * ng + s / MB_INT8_GROUP) * 16);
+        MB__UNROLL
+        for (c = 0; c < C; c++) w[c] = mb__krows_w(q, prec, at[c] + (int64_t)s * vs, sv[c]);
+        MB__UNROLL
+        for (r = 0; r < R; r++) {
+            const __m512 xv = _mm512_set1_ps(x[r * ldx + s]);
+            MB__UNROLL
+            for (c = 0; c < C; c++) sum[r][c] = _mm512_fmadd_ps(xv, w[c], sum[r][c]);
         }
     }
-    for (t = 0; t < nt; t++)
-        for (j = 0; j < np; j++) {
-            const int o0 = (p0 + j) * MB__QP, n = q->OC - o0 < MB__QP ? q->OC - o0 : MB__QP;
-            _mm512_mask_storeu_ps(out + t * ldo + o0, (__mmask16)((1u << n) - 1), acc[t][j]);
-        }
+    for (c = 0; c < C && v0 + c < nv; c++) {
+        const int n = q->OC - 16 * (v0 + c) < 16 ? q->OC - 16 * (v0 + c) : 16;
+        for (r = 0; r < R; r++) _mm512_mask_storeu_ps(out + r * ldo + 16 * (v0 + c), (__mmask16)((1u << n) - 1u), sum[r][c]);
+    }
 }
-MB__SCAN_AVX512_FN void mb__qpanels_avx512(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int p0, int np, int nt) {
-    if (np == 4 && nt == 4) mb__qpanels_avx512_n(out, ldo, x, ldx, q, p0, 4, 4);
-    else if (np == 4 && nt == 1) mb__qpanels_avx512_n(out, ldo, x, ldx, q, p0, 4, 1);
-    else if (nt == 4) mb__qpanels_avx512_n(out, ldo, x, ldx, q, p0, 1, 4);
-    else mb__qpanels_avx512_n(out, ldo, x, ldx, q, p0, 1, 1);
+MB__SCAN_AVX512_IN void mb__krows_avx512_p(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int v0, int R, int prec) {
+    if (R == 1) mb__krows_avx512_n(out, ldo, x, ldx, q, v0, 1, MB__KROWS_C(1, prec == MB_PRECISION_FP32), prec);
+    else if (R == 2) mb__krows_avx512_n(out, ldo, x, ldx, q, v0, 2, MB__KROWS_C(2, prec == MB_PRECISION_FP32), prec);
+    else if (R == 3) mb__krows_avx512_n(out, ldo, x, ldx, q, v0, 3, MB__KROWS_C(3, prec == MB_PRECISION_FP32), prec);
+    else if (R == 4) mb__krows_avx512_n(out, ldo, x, ldx, q, v0, 4, MB__KROWS_C(4, prec == MB_PRECISION_FP32), prec);
+    else if (R == 5) mb__krows_avx512_n(out, ldo, x, ldx, q, v0, 5, MB__KROWS_C(5, prec == MB_PRECISION_FP32), prec);
+    else mb__krows_avx512_n(out, ldo, x, ldx, q, v0, 6, MB__KROWS_C(6, prec == MB_PRECISION_FP32), prec);
+}
+MB__SCAN_AVX512_FN void mb__krows_avx512(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int v0, int R) {
+#if MB__MM_NR == 32
+    if (q->prec == MB_PRECISION_FP32) mb__krows_avx512_p(out, ldo, x, ldx, q, v0, R, MB_PRECISION_FP32); else
+#endif
+    if (q->prec == MB_PRECISION_BF16) mb__krows_avx512_p(out, ldo, x, ldx, q, v0, R, MB_PRECISION_BF16);
+    else mb__krows_avx512_p(out, ldo, x, ldx, q, v0, R, MB_PRECISION_INT8);
 }
 #endif
-/* The same operations in plain C (bit for bit where MB__FMA is fmaf). */
-MB__INLINE void mb__qpanels_portable(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int p0, int np, int nt) {
-    const int ng = (q->IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP;
-    int t, k, j, l;
-    for (j = 0; j < np; j++)
-        for (t = 0; t < nt; t++) {
+/* bf16 / int8 in plain C, the same operations (bit for bit where MB__FMA is fmaf). */
+MB__INLINE void mb__krows_portable(float *out, int64_t ldo, const float *x, int64_t ldx, const mb__packed *q, int v0, int R) {
+    const int ng = (q->IC + MB_INT8_GROUP - 1) / MB_INT8_GROUP, nv = (q->OC + MB__QP - 1) / MB__QP;
+    int t, k, p, l;
+    for (p = v0; p < v0 + MB__KROWS_C(R, 0) && p < nv; p++)
+        for (t = 0; t < R; t++) {
             float acc[MB__QP] = {0};
-            const int o0 = (p0 + j) * MB__QP;
             for (k = 0; k < q->IC; k++)
                 for (l = 0; l < MB__QP; l++) {
-                    const int64_t i = ((int64_t)(p0 + j) * q->IC + k) * MB__QP + l;
+                    const int64_t i = ((int64_t)p * q->IC + k) * MB__QP + l;
                     const float w = q->prec == MB_PRECISION_BF16 ? mb__bf16_value(((const uint16_t *)q->q)[i])
-                                  : (float)((const int8_t *)q->q)[i] * q->sc[((int64_t)(p0 + j) * ng + k / MB_INT8_GROUP) * MB__QP + l];
+                                  : (float)((const int8_t *)q->q)[i] * q->sc[((int64_t)p * ng + k / MB_INT8_GROUP) * MB__QP + l];
                     acc[l] = MB__FMA(x[t * ldx + k], w, acc[l]);
                 }
-            for (l = 0; l < MB__QP && o0 + l < q->OC; l++) out[t * ldo + o0 + l] = acc[l];
+            for (l = 0; l < MB__QP && p * MB__QP + l < q->OC; l++) out[t * ldo + p * MB__QP + l] = acc[l];
         }
 }
-#define mb__qpanels MB__SCAN_PICK(mb__qpanels)
-/* out (T, OC) = x (T, IC; row stride ldx) @ q^T: four rows per read of the
-   weights, four panels per pass. */
-static void mb__qlinear(float *out, const float *x, int64_t ldx, int64_t T, const mb__packed *q) {
-    const int npan = (q->OC + MB__QP - 1) / MB__QP;
-    int64_t t0;
-    int p;
-    for (t0 = 0; t0 < T; t0 += 4) {
-        const int nt = T - t0 < 4 ? 1 : 4, nb = (npan + 3) / 4;
-        MB__OMP(parallel for schedule(static) if ((int64_t)q->IC * q->OC > (nt == 1 ? MB__STREAM_OMP_MIN : MB__OMP_MIN_WORK / 4)))
-        for (p = 0; p < nb; p++) {
-            const int np = npan - 4 * p < 4 ? 1 : 4;
-            int j;
-            for (j = 0; j < 4 && 4 * p + j < npan; j += np)
-                mb__qpanels(out + t0 * q->OC, q->OC, x + t0 * ldx, ldx, q, 4 * p + j, np, nt);
-        }
-        if (nt == 1) t0 -= 3;
+#define mb__krows MB__SCAN_PICK(mb__krows)
+/* Tile b of out (T, OC) = x (T, IC; row stride ldx) @ q^T: outputs
+   128b..128b+127 (in L1 / L2 while the rows pass), the rows in groups of
+   at most 6 (as even as they go). */
+static void mb__krows_tile(float *out, const float *x, int64_t ldx, int64_t T, const mb__packed *q, int b) {
+    const int nv = (q->OC + 15) / 16, ng = (int)((T + 5) / 6);
+    int64_t t0 = 0;
+    int g, v, R;
+    for (g = 0; g < ng; g++, t0 += R) {
+        R = (int)((T - t0) / (ng - g));
+        for (v = 8 * b; v < 8 * b + 8 && v < nv; v += MB__KROWS_C(R, q->prec == MB_PRECISION_FP32)) mb__krows(out + t0 * q->OC, q->OC, x + t0 * ldx, ldx, q, v, R);
     }
+}
+static void mb__krows_linear(float *out, const float *x, int64_t ldx, int64_t T, const mb__packed *q) {
+    const int nt = (q->OC + 127) / 128;
+    int b;
+    if (T * q->IC * q->OC <= (T == 1 ? MB__STREAM_OMP_MIN : MB__OMP_MIN_WORK)) { /* no parallel region (see mb__matvec_packed) */
+        for (b = 0; b < nt; b++) mb__krows_tile(out, x, ldx, T, q, b);
+        return;
+    }
+    MB__OMP(parallel for schedule(static))
+    for (b = 0; b < nt; b++) mb__krows_tile(out, x, ldx, T, q, b);
 }
 /* Bytes of q (and its scales) for a matrix at precision prec. */
 static int64_t mb__qbytes(int IC, int OC, int prec) {
@@ -4084,7 +4132,10 @@ static int mb__stream_packs(const mb_config *c, int i) {
    from its packed copy; T = 1 is mb__matvec_packed. */
 static void mb__stream_linear(const mb_stream *s, int l, int field, float *out, const float *inp, int64_t ldi, int64_t T) {
     const mb__packed *q = &s->packed[mb__slot(l, field)];
-    if (q->prec != MB_PRECISION_FP32) mb__qlinear(out, inp, ldi, T, q);
+#if MB__MM_NR == 32 && defined(MB__SCAN_AVX512)
+    if (q->prec == MB_PRECISION_FP32 && T > 1 && T <= MB__KROWS_MAX) mb__krows_linear(out, inp, ldi, T, q); else
+#endif
+    if (q->prec != MB_PRECISION_FP32) mb__krows_linear(out, inp, ldi, T, q);
     else mb__matmul_packed(out, inp, ldi, q->w, T, q->IC, q->OC);
 }
 
@@ -4196,7 +4247,8 @@ MBDEF void mb_stream_free(mb_stream *s) {
    the products over the n rows at once (each weight read once per n
    bytes).  A row's operations do not depend on n or on the other rows, so
    each row's logits are one stream's bit for bit, and those equal the batch
-   forward's.  Reads each weight once (all from the stream's snapshot). */
+   forward's.  Rows may share a state: then each continues from the one
+   before (a short feed).  logits NULL: no head. */
 static void mb__step_rows(const mb_stream *s, float *const *conv, float *const *ssm, const uint8_t *bytes, int n,
                           const mb_layer_acts *a, float *out, float *logits) {
     const mb_config *c = &s->cfg;
@@ -4220,6 +4272,7 @@ static void mb__step_rows(const mb_stream *s, float *const *conv, float *const *
         mb__stream_linear(s, l, MB_TENSOR_OUT_PROJ, out, a->gated, Di, n);
         for (r = 0; r < n * C; r++) a->resid[r] += out[r];
     }
+    if (!logits) return;
     mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, s->w.norm_f_w, s->w.norm_f_b, n, C);
     mb__stream_linear(s, -1, MB_TENSOR_LM_HEAD, logits, a->ln, C, n);
 }
@@ -4318,6 +4371,12 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
     if (n == 0) return MB_STATUS_OK;
     st = mb__stream_feed_alloc(s, n < MB__FEED_CHUNK ? n : MB__FEED_CHUNK);
     if (st != MB_STATUS_OK) return st;
+    if (n <= MB__KROWS_MAX) { /* short (a speculative check): the steps' conv and scan row after row on the one state */
+        float *cs[MB__KROWS_MAX], *ss[MB__KROWS_MAX];
+        for (i0 = 0; i0 < n; i0++) cs[i0] = s->conv_state, ss[i0] = s->ssm_state;
+        mb__step_rows(s, cs, ss, bytes, (int)n, a, s->fd_mix, logits);
+        return MB_STATUS_OK;
+    }
     for (i0 = 0; i0 < n; i0 += MB__FEED_CHUNK) {
         int T = (int)(n - i0 < MB__FEED_CHUNK ? n - i0 : MB__FEED_CHUNK);
         mb__embedding_forward(a->resid, bytes + i0, s->w.wte, T, C);
@@ -4594,9 +4653,9 @@ static void mb__header(int32_t *h, const mb_config *c, int with_state, int32_t r
     h[13] = with_state && ranks > 1 ? ranks : 0;
     h[14] = with_state ? MB__NUM_SETTINGS : 0;
 }
-/* The rows whose carried state a training state holds ([15]). */
-static int32_t mb__carry_rows(const mb_train_state *ts) {
-    return ts && ts->carry ? (int32_t)(ts->settings.batch * ts->settings.grad_accum) : 0;
+/* The rows whose carried state a training state holds, or would ([15]): every rank's. */
+static int64_t mb__carry_rows(const mb_train_state *ts) {
+    return ts->settings.batch * ts->settings.grad_accum * (ts->ranks > 1 ? ts->ranks : 1);
 }
 
 /* Writes all of parts to fd; 0 on success. */
@@ -4670,7 +4729,7 @@ MBDEF mb_status mb_checkpoint_save(const char *path, const mb_model *m, const mb
     int np = 0;
     if (!mb__little_endian()) return mb__fail(MB_STATUS_UNSUPPORTED, "checkpoints are little-endian; this host is not");
     mb__header(header, &m->cfg, ts != NULL, ts ? ts->ranks : 0);
-    header[15] = mb__carry_rows(ts);
+    header[15] = ts && ts->carry ? (int32_t)mb__carry_rows(ts) : 0;
     parts[np] = header; sizes[np++] = sizeof header;
     parts[np] = m->params; sizes[np++] = 4 * n;
     if (ts) {
@@ -4760,9 +4819,9 @@ static mb_status mb__read_state(int fd, mb_train_state *ts, const int32_t *h, co
     if (!ts->adam_m || !ts->adam_v) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "optimizer state");
     if (mb__read_all(fd, ts->adam_m, 4 * n) != 4 * n || mb__read_all(fd, ts->adam_v, 4 * n) != 4 * n)
         return mb__fail(MB_STATUS_IO_ERROR, "%s: read failed", path);
-    if (h[15] && (h[15] != ts->settings.batch * ts->settings.grad_accum || !ts->settings.carry_state))
-        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: %d carried rows, but batch x grad_accum is %lld", path, h[15],
-                        (long long)(ts->settings.batch * ts->settings.grad_accum));
+    if (h[15] && (h[15] != mb__carry_rows(ts) || !ts->settings.carry_state))
+        return mb__fail(MB_STATUS_BAD_FORMAT, "%s: %d carried rows, but batch x grad_accum x ranks is %lld", path, h[15],
+                        (long long)mb__carry_rows(ts));
     if (h[15]) {
         int64_t cb = 4 * mb_carry_floats(cfg, h[15]);
         if (!(ts->carry = (float *)MB_MALLOC((size_t)cb))) return mb__fail(MB_STATUS_OUT_OF_MEMORY, "carried state");
@@ -5974,6 +6033,13 @@ MBDEF void mb_adamw_update(mb_model *m, float *adam_m, float *adam_v, int64_t t,
 }
 
 /* ============================================================== trainer */
+/* carry_state's rows of all ranks (each updates its own), from zero. */
+static mb_status mb__carry_zero(mb_trainer *t, int ranks) {
+    MB_FREE(t->st.carry);
+    t->st.carry = (float *)MB_CALLOC((size_t)mb_carry_floats(&t->model->cfg, t->st.settings.batch * t->st.settings.grad_accum * ranks) * 4);
+    return t->st.carry ? MB_STATUS_OK : mb__fail(MB_STATUS_OUT_OF_MEMORY, "carried state");
+}
+
 MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_settings *settings, const uint8_t *data,
                                 int64_t size, mb_train_state *resume) {
     const mb_train_settings *s = settings;
@@ -6012,11 +6078,7 @@ MBDEF mb_status mb_trainer_init(mb_trainer *t, mb_model *m, const mb_train_setti
         t->st.carry = s->carry_state ? resume->carry : NULL; /* none saved: the rows start from zero */
         if (t->st.carry) resume->carry = NULL;
     }
-    if (s->carry_state && !t->st.carry) {
-        int64_t cf = mb_carry_floats(&m->cfg, s->batch * s->grad_accum);
-        if (!(t->st.carry = (float *)MB_MALLOC((size_t)cf * sizeof(float)))) { mb_trainer_free(t); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "carried state"); }
-        memset(t->st.carry, 0, (size_t)cf * sizeof(float));
-    }
+    if (s->carry_state && !t->st.carry && mb__carry_zero(t, t->st.ranks) != MB_STATUS_OK) { mb_trainer_free(t); return MB_STATUS_OUT_OF_MEMORY; }
     if (!resume) {
         t->st.adam_m = (float *)MB_MALLOC((size_t)n * sizeof(float));
         t->st.adam_v = (float *)MB_MALLOC((size_t)n * sizeof(float));
@@ -6046,7 +6108,7 @@ MBDEF mb_status mb_trainer_set_comm(mb_trainer *t, const mb_train_comm *comm) {
                  !comm->broadcast))
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "communicator: rank %d of %d, or a function missing", comm->rank, comm->size);
     if (mb__check_ranks(t, size) != MB_STATUS_OK) return MB_STATUS_INVALID_ARGUMENT;
-    if (size > 1 && t->st.settings.carry_state) return mb__fail(MB_STATUS_UNSUPPORTED, "--carry-state runs in one process (not yet data-parallel)");
+    if (t->st.settings.carry_state && size != t->st.ranks && mb__carry_zero(t, size) != MB_STATUS_OK) return MB_STATUS_OUT_OF_MEMORY;
     t->comm = comm;
     t->st.ranks = size;
     return MB_STATUS_OK;
@@ -6056,15 +6118,16 @@ static mb_status mb__comm_fail(const mb_trainer *t, mb_status s) {
     return s == MB_STATUS_OK ? s : mb__fail(s, "data-parallel: %s", t->comm->last_error ? t->comm->last_error() : "communication failed");
 }
 
-/* carry_state's windows: row r of the step's R owns a cursor from r (size - T) / R, one window of T
-   further each step; past the end it starts again from 0 with its state reset. */
+/* carry_state's windows: row r of the step's R (over all ranks, as one process orders them) owns a
+   cursor from r (size - T) / R, one window of T further each step; past the end it starts again
+   from 0 with its state reset. */
 static void mb__carry_draw(mb_trainer *t, int64_t k) {
     const mb_train_settings *s = &t->st.settings;
     const mb_config *c = &t->model->cfg;
-    const int64_t B = s->batch, T = s->ctx, n = t->batcher.size, R = B * s->grad_accum * t->st.ranks, i = t->st.step;
-    const int64_t Di = (int64_t)c->d_model * c->expand, S = c->d_state, K = c->d_conv;
+    const int64_t B = s->batch, T = s->ctx, n = t->batcher.size, R = B * s->grad_accum * (t->comm ? t->comm->size : 1);
+    const int64_t Di = (int64_t)c->d_model * c->expand, S = c->d_state, K = c->d_conv, i = t->st.step;
     int64_t b, l, t0;
-    t->carry_mb = t->st.carry + (k % s->grad_accum) * mb_carry_floats(c, B);
+    t->carry_mb = t->st.carry + k * mb_carry_floats(c, B);
     for (b = 0; b < B; b++) {
         int64_t start = (k * B + b) * (n - T) / R, first = (n - T - 1 - start) / T + 1, pass = (n - T - 1) / T + 1;
         int64_t pos = i < first ? start + i * T : (i - first) % pass * T;
@@ -6078,6 +6141,16 @@ static void mb__carry_draw(mb_trainer *t, int64_t k) {
             t->targets[b * T + t0] = t->batcher.data[pos + t0 + 1];
         }
     }
+}
+
+/* Before a save: every rank's carried rows on every rank, so that rank 0 saves them all (the others'
+   rows enter the sum as -0, which adds nothing, not even a zero's sign). */
+static mb_status mb__carry_gather(mb_trainer *t) {
+    const int64_t mine = mb_carry_floats(&t->model->cfg, t->st.settings.batch * t->st.settings.grad_accum);
+    int64_t i;
+    if (!t->comm || t->comm->size == 1 || !t->st.settings.carry_state) return MB_STATUS_OK;
+    for (i = 0; i < mine * t->comm->size; i++) if (i / mine != t->comm->rank) t->st.carry[i] = -0.0f;
+    return mb__comm_fail(t, t->comm->sum_floats(t->comm->impl, t->st.carry, mine * t->comm->size));
 }
 
 MBDEF mb_status mb_trainer_draw(mb_trainer *t, int64_t k, int *mine) {
@@ -6442,6 +6515,7 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
         p.nonfinite_run = nonfinite_run;
         if (sr.applied) r.last_loss = sr.loss;
         p.saves = sr.applied && opt->out && s->save_every > 0 && t->st.step % s->save_every == 0 && t->st.step < s->steps;
+        if (p.saves && (st = mb__carry_gather(t)) != MB_STATUS_OK) { r.outcome = MB_TRAIN_FAILED; break; }
         if (lead) { /* [0] the callback asks to stop, [1] the save failed */
             after_step[0] = opt->callback && opt->callback(opt->user, &p);
             if (p.saves) {
@@ -6475,8 +6549,9 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
     r.tokens = (double)(r.steps_run * tokens_per_step);
     r.tokens_per_s = r.tokens / (mb_clock_seconds() - t0 > 0 ? mb_clock_seconds() - t0 : 1.0);
     if (r.outcome != MB_TRAIN_FAILED) { /* the host holds the final state; a run that ends well is saved (by rank 0) */
-        int save = opt->out && r.outcome != MB_TRAIN_NON_FINITE;
-        mb_status fin = lead && save && last_saved != t->st.step ? mb_trainer_save(t, opt->out) : mb_trainer_sync(t);
+        int save = opt->out && r.outcome != MB_TRAIN_NON_FINITE, due = save && last_saved != t->st.step;
+        mb_status fin = due ? mb__carry_gather(t) : MB_STATUS_OK;
+        if (fin == MB_STATUS_OK) fin = lead && due ? mb_trainer_save(t, opt->out) : mb_trainer_sync(t);
         double failed = fin != MB_STATUS_OK;
         if (mb__agree(t, &failed, 1) != MB_STATUS_OK || failed != 0.0) {
             st = fin != MB_STATUS_OK ? fin : mb__fail(MB_STATUS_IO_ERROR, "rank 0 could not save its checkpoint, or lost contact");

@@ -796,30 +796,32 @@ static inline mb_status norm_backward(const mb_config *c, float *dinp, float *dw
 
 /* ===================================================== conv1d */
 
-/* x'[t-(K-1)+k] . w + bias for token (b, t) = flat token bt, channel d. */
+/* x'[t-(K-1)+k] . w + bias for token (b, t) = flat token bt, channel d; the
+   taps before t = 0 from win (the rows' carried windows, (B, K, Di), as
+   mb__conv1d_forward_from's), skipped when NULL. */
 template <int KT>
-__device__ __forceinline__ float conv_pre(const float *xz, const float *w, const float *bias, int64_t bt, int t,
-                                          int d, int Di, int Kdyn) {
-    const int K = KT > 0 ? KT : Kdyn;
+__device__ __forceinline__ float conv_pre(const float *xz, const float *win, const float *w, const float *bias, int64_t bt,
+                                          int T, int d, int Di, int Kdyn) {
+    const int K = KT > 0 ? KT : Kdyn, t = (int)(bt % T);
     float pre = bias[d];
     for (int k = 0; k < K; k++) {
         const int ts = t - (K - 1) + k;
         if (ts >= 0) pre += w[(int64_t)d * K + k] * xz[(bt - t + ts) * 2 * Di + d];
+        else if (win) pre += w[(int64_t)d * K + k] * win[(bt / T * K + K + ts) * Di + d];
     }
     return pre;
 }
 
-/* mb__conv1d_forward: out (B,T,Di) = silu(causal depthwise conv of x').
-   KT is the kernel width when known at compile time (4), else 0.
-   out_bf (optional): out in bf16 as well, the next product's input. */
+/* mb__conv1d_forward_from: out (B,T,Di) = silu(causal depthwise conv of x'),
+   from win (NULL: zeros).  KT is the kernel width when known at compile time
+   (4), else 0.  out_bf (optional): out in bf16 as well, the next product's input. */
 template <int KT>
-__global__ void conv1d_forward_kernel(float *out, const float *xz, const float *w, const float *bias, int B, int T,
-                                      int Di, int K, mbc_bf16 *out_bf) {
+__global__ void conv1d_forward_kernel(float *out, const float *xz, const float *win, const float *w, const float *bias,
+                                      int B, int T, int Di, int K, mbc_bf16 *out_bf) {
     const int64_t total = (int64_t)B * T * Di;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t bt = i / Di;
-        const int d = (int)(i % Di), t = (int)(bt % T);
-        const float v = siluf_(conv_pre<KT>(xz, w, bias, bt, t, d, Di, K));
+        const float v = siluf_(conv_pre<KT>(xz, win, w, bias, bt, T, (int)(i % Di), Di, K));
         out[i] = v;
         if (out_bf) out_bf[i] = __float2bfloat16_rn(v);
     }
@@ -833,10 +835,11 @@ __global__ void conv1d_forward_kernel(float *out, const float *xz, const float *
    dpre[s+j] w[d, K-1-j], in increasing j as the CPU (overwrite: from 0).
    dw (Di,K) and dbias (Di) summed over the part's tokens into
    part[blockIdx.y * Di*(K+1)]: dw (Di*K) then dbias (Di), reduced in part
-   order by the caller.  KT is the kernel width when known (4), else 0. */
+   order by the caller.  KT is the kernel width when known (4), else 0.
+   cw: the forward's win (its taps add to dw only). */
 template <int KT>
-__global__ void conv1d_backward_kernel(float *dxz, float *part, const float *dout, const float *xz, const float *w,
-                                       const float *bias, int B, int T, int Di, int K, int overwrite) {
+__global__ void conv1d_backward_kernel(float *dxz, float *part, const float *dout, const float *xz, const float *cw,
+                                       const float *w, const float *bias, int B, int T, int Di, int K, int overwrite) {
     const int KK = KT > 0 ? KT : K;
     const int d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= Di) return;
@@ -847,11 +850,11 @@ __global__ void conv1d_backward_kernel(float *dxz, float *part, const float *dou
     for (int k = 0; k < KK; k++) dw[k] = 0.0f;
     for (int j = 0; j + 1 < KK; j++) {
         const int64_t bt = n0 + j;
-        win[j] = bt < N ? dout[bt * Di + d] * silu_gradf_(conv_pre<KT>(xz, w, bias, bt, (int)(bt % T), d, Di, K)) : 0.0f;
+        win[j] = bt < N ? dout[bt * Di + d] * silu_gradf_(conv_pre<KT>(xz, cw, w, bias, bt, T, d, Di, K)) : 0.0f;
     }
     for (int64_t s = n0; s < n1; s++) {
         const int64_t bl = s + KK - 1;
-        win[KK - 1] = bl < N ? dout[bl * Di + d] * silu_gradf_(conv_pre<KT>(xz, w, bias, bl, (int)(bl % T), d, Di, K)) : 0.0f;
+        win[KK - 1] = bl < N ? dout[bl * Di + d] * silu_gradf_(conv_pre<KT>(xz, cw, w, bias, bl, T, d, Di, K)) : 0.0f;
         const int ts = (int)(s % T);
         float *dx = dxz + s * 2 * Di + d;
         float acc = overwrite ? 0.0f : *dx;
@@ -865,6 +868,7 @@ __global__ void conv1d_backward_kernel(float *dxz, float *part, const float *dou
         for (int k = 0; k < KK; k++) {
             const int tk = ts - (KK - 1) + k;
             if (tk >= 0) dw[k] += dp * xz[(s - ts + tk) * 2 * Di + d];
+            else if (cw) dw[k] += dp * cw[(s / T * KK + KK + tk) * Di + d];
         }
         for (int j = 0; j + 1 < KK; j++) win[j] = win[j + 1];
     }
@@ -886,26 +890,43 @@ __global__ void conv1d_step_kernel(float *u, float *state, const float *xz, cons
     u[d] = siluf_(pre);
 }
 
+/* Carried state (mb_model_set_carry): win (B, K, Di) into conv_in (the
+   step's window, which the conv reads), then win = the last K inputs of
+   (conv_in, x'_0 .. x'_{T-1}), the next step's.  One thread per (b, d). */
+__global__ void conv1d_carry_kernel(float *win, float *conv_in, const float *xz, int B, int T, int Di, int K) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (int64_t)B * Di; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t b = i / Di, d = i % Di;
+        float *wb = win + b * K * Di + d, *cb = conv_in + b * K * Di + d;
+        for (int k = 0; k < K; k++) cb[(int64_t)k * Di] = wb[(int64_t)k * Di];
+        for (int k = 0; k < K; k++)
+            wb[(int64_t)k * Di] = T - K + k >= 0 ? xz[(b * T + T - K + k) * 2 * Di + d] : cb[(int64_t)(T + k) * Di];
+    }
+}
+
 static inline mb_status conv1d_forward(float *out, const float *xz, const float *w, const float *bias, int B, int T, int Di,
-                                int K, mbc_bf16 *out_bf = nullptr) {
+                                int K, mbc_bf16 *out_bf = nullptr, const float *win = nullptr) {
     const dim3 g(grid_for((int64_t)B * T * Di, 256));
-    if (K == 4) MBC_LAUNCH(conv1d_forward_kernel<4>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K, out_bf);
-    else MBC_LAUNCH(conv1d_forward_kernel<0>, g, dim3(256), 0, out, xz, w, bias, B, T, Di, K, out_bf);
+    if (K == 4) MBC_LAUNCH(conv1d_forward_kernel<4>, g, dim3(256), 0, out, xz, win, w, bias, B, T, Di, K, out_bf);
+    else MBC_LAUNCH(conv1d_forward_kernel<0>, g, dim3(256), 0, out, xz, win, w, bias, B, T, Di, K, out_bf);
+    return MB_STATUS_OK;
+}
+static inline mb_status conv1d_carry(float *win, float *conv_in, const float *xz, int B, int T, int Di, int K) {
+    MBC_LAUNCH(conv1d_carry_kernel, dim3(grid_for((int64_t)B * Di, 128)), dim3(128), 0, win, conv_in, xz, B, T, Di, K);
     return MB_STATUS_OK;
 }
 static inline int64_t conv_backward_parts(int B, int T) { return ((int64_t)B * T + MBC_CONV_TOKENS - 1) / MBC_CONV_TOKENS; }
 /* scratch: conv_backward_parts(B,T) * Di * (K+1) floats. */
-/* overwrite: the x' columns of dxz = instead of +=. */
+/* overwrite: the x' columns of dxz = instead of +=; win: the forward's. */
 static inline mb_status conv1d_backward(float *dxz, float *dw, float *dbias, float *scratch, const float *dout,
                                  const float *xz, const float *w, const float *bias, int B, int T, int Di, int K,
-                                 bool overwrite = false) {
+                                 bool overwrite = false, const float *win = nullptr) {
     const int64_t parts = conv_backward_parts(B, T);
     const dim3 gw((unsigned)((Di + 127) / 128), (unsigned)parts);
     if (parts > 65535) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "conv1d backward: B*T %lld too large", (long long)B * T);
     if (K == 4)
-        MBC_LAUNCH(conv1d_backward_kernel<4>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
+        MBC_LAUNCH(conv1d_backward_kernel<4>, gw, dim3(128), 0, dxz, scratch, dout, xz, win, w, bias, B, T, Di, K, (int)overwrite);
     else
-        MBC_LAUNCH(conv1d_backward_kernel<0>, gw, dim3(128), 0, dxz, scratch, dout, xz, w, bias, B, T, Di, K, (int)overwrite);
+        MBC_LAUNCH(conv1d_backward_kernel<0>, gw, dim3(128), 0, dxz, scratch, dout, xz, win, w, bias, B, T, Di, K, (int)overwrite);
     const int64_t ps = (int64_t)Di * (K + 1);
     MBC_LAUNCH(reduce_partials2_kernel, dim3((unsigned)((ps + 31) / 32)), dim3(32, MBC_RED_Y), 0, dw, (int64_t)Di * K,
                dbias, (int64_t)Di, (const float *)scratch, ps, parts);
@@ -934,7 +955,8 @@ static inline mb_status conv1d_step(float *u, float *state, const float *xz, con
    writes h_end into states[c+1] and sdt[c] = sum of dt over the chunk (the
    chunk's decay is exp2(A2 * sdt)); (2) scan_carry_kernel, in place:
    states[c+1] = exp2(A2 sdt[c]) states[c] + states[c+1], the associative
-   operator (a,b).(a',b') = (aa', a'b + b') over chunks; (3)
+   operator (a,b).(a',b') = (aa', a'b + b') over chunks, states[0] = 0 or a
+   carried state (truncated BPTT: no gradient flows into it); (3)
    scan_forward_kernel: each chunk again from its true start state, with
    D*u and the SiLU(z) gate fused, writing the gated output.
 
@@ -1028,13 +1050,15 @@ MBC_UNROLL
 }
 
 /* (2) in place: states[b,c+1] = exp2(A2 sdt[b,c]) states[b,c] + states[b,c+1]
-   for c = 0..nch-2 (states[b,0] = 0 is written by scan_forward_kernel). */
-__global__ void scan_carry_kernel(float *states, const float *sdt, const float *A_log, int B, scan_ctx k) {
+   for c = 0..nch-2, from states[b,0] = h0[b] (a carried state, (B, S, Di),
+   which it writes there) or 0 (NULL: scan_forward_kernel writes it). */
+__global__ void scan_carry_kernel(float *states, const float *sdt, const float *A_log, const float *h0, int B, scan_ctx k) {
     const int64_t DS = (int64_t)k.Di * k.S, total = (int64_t)B * DS;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t b = i / DS, j = i % DS, d = j / k.S, base = b * k.nch * DS + j;
         const float A2 = -expf(A_log[j]) * MBC_LOG2E;
-        float h = 0.0f;
+        float h = h0 ? h0[(b * k.S + j % k.S) * k.Di + d] : 0.0f;
+        if (h0) states[base] = h;
         for (int c = 0; c + 1 < k.nch; c++) {
             h = exp2_(A2 * sdt[(b * k.nch + c) * k.Di + d]) * h + states[base + (c + 1) * DS];
             states[base + (c + 1) * DS] = h;
@@ -1042,10 +1066,11 @@ __global__ void scan_carry_kernel(float *states, const float *sdt, const float *
     }
 }
 
-/* (3) mb__scan_forward's output: out = (C.h + D u) * silu(z), chunk c from
-   states[c] (chunk 0 from zero, which it writes to states[b,0]). */
+/* (3) mb__scan_forward_from's output: out = (C.h + D u) * silu(z), chunk c
+   from states[c] (chunk 0 from zero, which it writes to states[b,0], unless
+   a carried state h (B, S, Di) is given: the last chunk leaves its end there). */
 template <int NS>
-__global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_forward_kernel(float *out, float *states, const float *u,
+__global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_forward_kernel(float *out, float *states, float *hc, const float *u,
                                     const float *delta, const float *dt_bias, const float *A_log,
                                     const float *xdbl, const float *Dp, const float *xz, scan_ctx k,
                                     mbc_bf16 *out_bf) {
@@ -1061,8 +1086,8 @@ __global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_forward_kernel(float *o
 MBC_UNROLL
     for (int n = 0; n < NS; n++) {
         A2[n] = n < k.S ? -expf(A_log[(int64_t)d * k.S + n]) * MBC_LOG2E : 0.0f;
-        h[n] = n < k.S && c > 0 ? st[n] : 0.0f;
-        if (c == 0 && n < k.S) st[n] = 0.0f;
+        h[n] = n < k.S && (c > 0 || hc) ? st[n] : 0.0f;
+        if (c == 0 && !hc && n < k.S) st[n] = 0.0f;
     }
     const float bias = dt_bias[d], Dd = Dp[d];
     for (int i = 0; i < len; i++) {
@@ -1086,6 +1111,10 @@ MBC_UNROLL
         out[tok * k.Di + d] = o;
         if (out_bf) out_bf[tok * k.Di + d] = __float2bfloat16_rn(o); /* out_proj's bf16 input */
     }
+    if (hc && c == k.nch - 1) /* (scan_carry_kernel read the old one) */
+MBC_UNROLL
+        for (int n = 0; n < NS; n++)
+            if (n < k.S) hc[((int64_t)b * k.S + n) * k.Di + d] = h[n];
 }
 
 /* Backward (1): per chunk c >= 1, from g = 0 at its end, the adjoint handed
@@ -1181,7 +1210,7 @@ MBC_UNROLL
         for (int n = 0; n < G; n++) {
             const bool act = chan && s0 + n < k.S;
             A2[n] = act ? -expf(A_log[(int64_t)d * k.S + s0 + n]) * MBC_LOG2E : 0.0f;
-            h[n] = act && c > 0 ? states[sidx + n] : 0.0f;
+            h[n] = act ? states[sidx + n] : 0.0f; /* chunk 0: zero or a carried state */
             g[n] = act && c + 1 < k.nch ? gin[sidx + n] : 0.0f;
             gAr[n] = 0.0f;
         }
@@ -1375,23 +1404,24 @@ static inline int64_t scan_scratch_floats(int B, int T, int Di, int S, int chunk
         else MBC_LAUNCH(KERNEL<64>, __VA_ARGS__);                                                            \
     } while (0)
 
-/* mb__scan_forward on the device; states (B, nch, Di, S) as the CPU. */
+/* mb__scan_forward_from on the device; states (B, nch, Di, S) as the CPU;
+   h (B, S, Di): the carried state in and out, or NULL (from zero). */
 static inline mb_status scan_forward(float *out, float *states, float *scratch, const float *u, const float *delta,
                               const float *dt_bias, const float *A_log, const float *xdbl, const float *Dp,
                               const float *xz, int B, int T, int Di, int S, int R, int chunk,
-                              mbc_bf16 *out_bf = nullptr) {
+                              mbc_bf16 *out_bf = nullptr, float *h = nullptr) {
     MBC_TRY(scan_check(B, T, Di, S, chunk));
     const scan_ctx k = make_scan_ctx(T, Di, S, R, chunk);
     const unsigned groups = (unsigned)((Di + MBC_SCAN_THREADS - 1) / MBC_SCAN_THREADS);
     float *sdt = scratch;
-    if (k.nch > 1) {
+    if (k.nch > 1)
         MBC_SCAN_DISPATCH(S, scan_chunk_state_kernel, dim3(groups, (unsigned)(k.nch - 1), (unsigned)B),
                           dim3(MBC_SCAN_THREADS), 0, states, sdt, u, delta, dt_bias, A_log, xdbl, k);
+    if (k.nch > 1 || h)
         MBC_LAUNCH(scan_carry_kernel, dim3(grid_for((int64_t)B * Di * S, 256)), dim3(256), 0, states,
-                   (const float *)sdt, A_log, B, k);
-    }
+                   (const float *)sdt, A_log, (const float *)h, B, k);
     MBC_SCAN_DISPATCH(S, scan_forward_kernel, dim3(groups, (unsigned)k.nch, (unsigned)B), dim3(MBC_SCAN_THREADS), 0,
-                      out, states, u, delta, dt_bias, A_log, xdbl, Dp, xz, k, out_bf);
+                      out, states, h, u, delta, dt_bias, A_log, xdbl, Dp, xz, k, out_bf);
     return MB_STATUS_OK;
 }
 
@@ -1759,6 +1789,7 @@ struct mb_cuda_trainer {
     float *resid_out, *lnf, *lnf_mean, *lnf_rstd, *logits, *loss_rows, *loss_dev;
     float *lnf_bf;           /* bf16 mode: the head's input, as bf16 */
     float *scratch;          /* backward scratch */
+    float *carry, *carry_host; /* mb_cuda_trainer_set_carry's: a device copy of the rows' carried state, the host's */
     int64_t scratch_floats;
     double *norm_part, *norm_dev;
     /* the step on its own stream, replayed as two CUDA graphs */
@@ -1958,12 +1989,16 @@ static inline mb_status mixer_forward(mb_cuda_trainer *t, int l, float *out) {
     const dims &d = t->d;
     const mb_layer_weights *W = &t->w.layer[l];
     const mb_layer_acts *a = &t->acts[l].f, *ab = &t->acts[l].bf;
+    /* a carried state (the CPU's layout): h in place, the window via conv_in */
+    float *h = t->carry_host ? t->carry + (int64_t)l * t->B * (d.S + d.K) * d.Di : nullptr;
+    float *win = h ? h + (int64_t)t->B * d.S * d.Di : nullptr;
     MBC_TRY(linear_forward(t, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, d.C, 0.0f, ab->ln));
-    MBC_TRY(conv1d_forward(a->u, a->xz, W->conv_w, W->conv_b, t->B, t->T, d.Di, d.K, bf(ab->u)));
+    if (win) MBC_TRY(conv1d_carry(win, a->conv_in, a->xz, t->B, t->T, d.Di, d.K));
+    MBC_TRY(conv1d_forward(a->u, a->xz, W->conv_w, W->conv_b, t->B, t->T, d.Di, d.K, bf(ab->u), win ? a->conv_in : nullptr));
     MBC_TRY(linear_forward(t, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, d.Di, 0.0f, ab->u));
     MBC_TRY(linear_forward(t, l, MB_TENSOR_DT_W, a->delta, a->xdbl, d.X));
     MBC_TRY(scan_forward(a->gated, a->states, t->scratch, a->u, a->delta, W->dt_proj_b, W->A_log, a->xdbl, W->D, a->xz, t->B,
-                         t->T, d.Di, d.S, d.R, t->chunk, bf(ab->gated)));
+                         t->T, d.Di, d.S, d.R, t->chunk, bf(ab->gated), h));
     return linear_forward(t, l, MB_TENSOR_OUT_PROJ, out, a->gated, d.Di, 1.0f, ab->gated);
 }
 
@@ -1999,7 +2034,7 @@ static inline mb_status mixer_backward(mb_cuda_trainer *t, int l, const float *d
     MBC_TRY(linear_backward(t, l, MB_TENSOR_DT_W, g->xdbl, 0.0f, g->delta, a->xdbl, d.X));
     MBC_TRY(linear_backward(t, l, MB_TENSOR_X_PROJ, g->u, 1.0f, g->xdbl, a->u, d.Di, ab->u));
     MBC_TRY(conv1d_backward(g->xz, G->conv_w, G->conv_b, t->scratch, g->u, a->xz, W->conv_w, W->conv_b, t->B, t->T, d.Di,
-                            d.K, true));
+                            d.K, true, t->carry_host ? a->conv_in : nullptr));
     return linear_backward(t, l, MB_TENSOR_IN_PROJ, dln, 0.0f, g->xz, a->ln, d.C, ab->ln);
 }
 
@@ -2078,14 +2113,24 @@ static inline mb_status tr_forward_backward_ops(mb_cuda_trainer *t) {
     return model_backward(t);
 }
 
-/* Submits one micro-batch (nothing waits for it). */
+/* The carried state to the device (up) or back to the host, where the
+   batcher resets rows and checkpoints read it: blocking copies. */
+static inline mb_status tr_carry(mb_cuda_trainer *t, bool up) {
+    const size_t bytes = sizeof(float) * (size_t)mb_carry_floats(&t->d.cfg, t->B);
+    return !t->carry_host ? MB_STATUS_OK : up ? h2d(t->carry, t->carry_host, bytes) : d2h(t->carry_host, t->carry, bytes);
+}
+
+/* Submits one micro-batch (nothing waits for it, but a carried state's copies). */
 static inline mb_status tr_submit_micro_batch(mb_cuda_trainer *t, const uint8_t *inputs, const int32_t *targets) {
     int64_t n_valid = 0;
     MBC_TRY(tr_upload_batch(t, inputs, targets, &n_valid));
-    if (n_valid > 0) return tr_run(t, &t->fb, tr_forward_backward_ops);
-    /* as the CPU: NaN loss, zero gradient (no backward) */
-    MBC_TRY(model_forward(t, nullptr, true));
-    return sum(t->loss_dev, t->loss_rows, 0, NAN, nullptr, t->stats);
+    MBC_TRY(tr_carry(t, true));
+    if (n_valid > 0) MBC_TRY(tr_run(t, &t->fb, tr_forward_backward_ops));
+    else { /* as the CPU: NaN loss, zero gradient (no backward) */
+        MBC_TRY(model_forward(t, nullptr, true));
+        MBC_TRY(sum(t->loss_dev, t->loss_rows, 0, NAN, nullptr, t->stats));
+    }
+    return tr_carry(t, false);
 }
 
 /* Gradient scale and norm, clip, AdamW, the bf16 weights; the statistics
@@ -2287,8 +2332,21 @@ mb_status mb_cuda_trainer_forward_backward(mb_cuda_trainer *t, const uint8_t *in
 
 mb_status mb_cuda_trainer_forward_logits(mb_cuda_trainer *t, const uint8_t *inputs, float *logits_host) {
     mbc::stream_scope on(t->stream);
+    MBC_TRY(mbc::tr_carry(t, true));
     MBC_TRY(mbc::model_forward(t, inputs));
+    MBC_TRY(mbc::tr_carry(t, false));
     return mbc::d2h(logits_host, t->logits, (size_t)(t->N * t->d.V) * sizeof(float));
+}
+
+mb_status mb_cuda_trainer_set_carry(mb_cuda_trainer *t, float *state) {
+    mbc::stream_scope on(t->stream);
+    if (state && !t->carry) MBC_TRY(mbc::dalloc(&t->mem, &t->carry, mb_carry_floats(&t->d.cfg, t->B), "carried state"));
+    if (!state != !t->carry_host) { /* the captured step reads one or not: capture again */
+        mbc::graph_free(t->fb.exec);
+        t->fb.exec = nullptr;
+    }
+    t->carry_host = state;
+    return MB_STATUS_OK;
 }
 
 mb_status mb_cuda_trainer_grads(mb_cuda_trainer *t, float *grads_host) {
@@ -2331,7 +2389,9 @@ int mb_cuda_trainer_graphs(const mb_cuda_trainer *t) { return t->graphs; }
    parameters, gradients and moments, and sums the loss: the micro-batches
    are submitted without waiting, and the update is guarded on the device. */
 static mb_status mbc_micro_batch(mb_trainer *tr, int, double *) {
-    return mbc::tr_submit_micro_batch((mb_cuda_trainer *)tr->backend.impl, tr->inputs, tr->targets);
+    mb_cuda_trainer *g = (mb_cuda_trainer *)tr->backend.impl;
+    if (tr->st.settings.carry_state) MBC_TRY(mb_cuda_trainer_set_carry(g, tr->carry_mb)); /* this micro-batch's rows */
+    return mbc::tr_submit_micro_batch(g, tr->inputs, tr->targets);
 }
 /* The gradients on the GPUs (NCCL) or through the host, the loss on the host. */
 static mb_status mbc_sum_ranks(mb_trainer *tr, double *) {
@@ -2378,7 +2438,6 @@ mb_status mb_cuda_trainer_attach(mb_trainer *tr, int precision) {
     const mb_train_settings *s = &tr->st.settings;
     mb_cuda_trainer *g = nullptr;
     if (tr->backend.step) return mb_set_error(MB_STATUS_INVALID_ARGUMENT, "CUDA: the trainer already has a %s backend", tr->backend.name);
-    if (s->carry_state) return mb_set_error(MB_STATUS_UNSUPPORTED, "CUDA: --carry-state trains on the CPU only (not yet on the GPU)");
     const int ranks = tr->comm ? tr->comm->size : 1;
     mb_status st = mbc::device_check();
     if (st == MB_STATUS_OK) st = mbc::select_device(tr->comm);

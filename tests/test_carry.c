@@ -221,28 +221,7 @@ static void test_carry_resume(void) {
     free(text);
 }
 
-static mb_status carry_fake_floats(void *impl, float *x, int64_t n) { (void)impl; (void)x; (void)n; return MB_STATUS_OK; }
-static mb_status carry_fake_doubles(void *impl, double *x, int n) { (void)impl; (void)x; (void)n; return MB_STATUS_OK; }
-
-/* Not yet data-parallel or on CUDA: several ranks are refused, with a reason. */
-static void test_carry_refuses_ranks(void) {
-    mb_config c = tiny_config();
-    mb_train_settings s = carry_settings();
-    uint8_t *text = carry_text(300, 61);
-    mb_train_comm comm = {1, 2, 1, 1, NULL, carry_fake_floats, carry_fake_doubles, carry_fake_doubles, NULL};
-    mb_model *m;
-    mb_trainer tr;
-    mb_model_create(&m, &c, 62);
-    mb_trainer_init(&tr, m, &s, text, 300, NULL);
-    MBT_CHECK(mb_trainer_set_comm(&tr, &comm) == MB_STATUS_UNSUPPORTED && strstr(mb_last_error(), "--carry-state"),
-              "two ranks with --carry-state: %s", mb_last_error());
-    mb_trainer_free(&tr);
-    mb_model_free(m);
-    free(text);
-}
-
 static void test_carry(void) {
-    test_carry_refuses_ranks();
     test_carry_exact();
     test_carry_matches_stream();
     test_carry_resume();

@@ -899,6 +899,78 @@ void test_trainer(int precision, bool rms_untied = false) {
     mb_model_free(m);
 }
 
+/* Carried state on the trainer (mb_cuda_trainer_set_carry as
+   mb_model_set_carry): over three steps, the first from zero, the logits,
+   loss, gradients and the new state are the CPU's within test_trainer's fp32
+   bounds; T spans three scan chunks.  Zeroing either half of the state (the
+   scans' h, the conv windows) changes the logits: neither is ignored. */
+void test_carry_trainer(bool rms_untied) {
+    mbt_rng r = {23};
+    mb_config cfg = mb_config_default();
+    cfg.d_model = 16; cfg.n_layer = 2; cfg.dt_rank = 0;
+    if (rms_untied) { cfg.norm = MB_NORM_RMSNORM; cfg.untied_head = 1; }
+    const int B = 2, T = 37;
+    const int64_t N = (int64_t)B * T, CF = mb_carry_floats(&cfg, B), Di = (int64_t)cfg.d_model * cfg.expand;
+    mb_model *m = nullptr;
+    mb_cuda_trainer *t = nullptr;
+    mb_model_create(&m, &cfg, 13);
+    mb_status s = mb_cuda_trainer_create(&t, &cfg, B, T, 0);
+    MBT_CHECK(m && s == MB_STATUS_OK, "carry trainer: create: %s", mb_cuda_last_error());
+    if (!m || !t) { mb_model_free(m); mb_cuda_trainer_free(t); return; }
+    mb_model_set_scan_chunk(m, 16);
+    mb_cuda_trainer_set_scan_chunk(t, 16);
+    const int64_t P = mb_model_num_params(m);
+    float *pp = mb_model_params(m);
+    for (int64_t i = 0; i < P; i++) pp[i] += (float)(0.02 * mbt_normal(&r));
+    mb_cuda_trainer_upload(t, pp, nullptr, nullptr);
+    fvec hc((size_t)CF, 0.0f), hg(hc), logits((size_t)N * 256), grads((size_t)P), before;
+    mb_model_set_carry(m, hc.data());
+    std::vector<uint8_t> in((size_t)N);
+    std::vector<int32_t> tg((size_t)N);
+    for (int step = 0; step < 3; step++) {
+        for (int64_t i = 0; i < N; i++) { in[i] = (uint8_t)(mbt_next(&r) % 256); tg[i] = (int32_t)(mbt_next(&r) % 256); }
+        float ref_loss = NAN, loss = NAN;
+        mb_model_zero_grad(m);
+        s = mb_model_forward(m, in.data(), tg.data(), B, T, &ref_loss);
+        if (s == MB_STATUS_OK) s = mb_model_backward(m);
+        before = hg; /* forward_logits carries it on too: run the step from the same state */
+        mb_cuda_trainer_set_carry(t, hg.data());
+        if (s == MB_STATUS_OK) s = mb_cuda_trainer_forward_logits(t, in.data(), logits.data());
+        hg = before;
+        mb_cuda_trainer_zero_grad(t);
+        if (s == MB_STATUS_OK) s = mb_cuda_trainer_forward_backward(t, in.data(), tg.data(), &loss);
+        mb_cuda_trainer_grads(t, grads.data());
+        MBT_CHECK(s == MB_STATUS_OK && fabs(loss - ref_loss) <= 2e-6 * fabs(ref_loss),
+                  "carry trainer step %d: loss %.7g vs CPU %.7g (%s)", step, loss, ref_loss, mb_cuda_last_error());
+        CHECK_CLOSE("carry trainer logits", logits.data(), mb_model_logits(m), logits.size(), 2e-6);
+        CHECK_CLOSE("carry trainer gradients", grads.data(), mb_model_grads(m), (size_t)P, 1e-4);
+        CHECK_CLOSE("carry trainer new state", hg.data(), hc.data(), hc.size(), 2e-6);
+        bool moved = false;
+        for (int64_t l = 0; l < cfg.n_layer; l++) /* both halves of every layer's state */
+            for (int64_t half : {(int64_t)0, (int64_t)B * cfg.d_state * Di})
+                moved |= hc[(size_t)(l * CF / cfg.n_layer + half)] != 0.0f && hc[(size_t)(l * CF / cfg.n_layer + half)] != before[(size_t)(l * CF / cfg.n_layer + half)];
+        MBT_CHECK(moved, "carry trainer step %d: the state moved", step);
+    }
+    /* the last state: each half zeroed in turn gives other logits than the whole */
+    fvec full((size_t)N * 256), part(full.size());
+    before = hg;
+    mb_cuda_trainer_forward_logits(t, in.data(), full.data());
+    for (int half = 0; half < 2; half++) {
+        hg = before;
+        for (int64_t l = 0; l < cfg.n_layer; l++) {
+            const int64_t o = l * CF / cfg.n_layer, n = (int64_t)B * cfg.d_state * Di;
+            std::fill(hg.begin() + o + (half ? n : 0), hg.begin() + o + (half ? CF / cfg.n_layer : n), 0.0f);
+        }
+        mb_cuda_trainer_forward_logits(t, in.data(), part.data());
+        MBT_CHECK(max_rel(part.data(), full.data(), full.size()) > 1e-3, "carry trainer: the %s is read (max rel %.3g)",
+                  half ? "conv window" : "scan state", max_rel(part.data(), full.data(), full.size()));
+    }
+    mb_cuda_trainer_set_carry(t, nullptr);
+    mb_model_set_carry(m, nullptr);
+    mb_cuda_trainer_free(t);
+    mb_model_free(m);
+}
+
 /* Stream operations (kernels, cuBLAS calls, memsets, copies) of one
    training step at the default model config (4 layers, d_model 192,
    d_state 16): forward, loss, backward and the AdamW update, with T = 64 so
@@ -1068,12 +1140,20 @@ struct loop_log {
     std::vector<float> loss;
     std::vector<int> applied;
     std::vector<double> norm;
+    const mb_trainer *tr = nullptr; /* --carry-state: its carried state after each step, summed */
+    std::vector<double> carry;
 };
 int loop_record(void *user, const mb_train_progress *p) {
     loop_log *l = (loop_log *)user;
     l->loss.push_back(p->loss);
     l->applied.push_back(p->applied);
     l->norm.push_back(p->grad_norm);
+    if (l->tr->st.carry) {
+        double a = 0;
+        for (int64_t i = 0; i < mb_carry_floats(mb_model_config(l->tr->model), l->tr->st.settings.batch * l->tr->st.settings.grad_accum); i++)
+            a += fabs(l->tr->st.carry[i]);
+        l->carry.push_back(a);
+    }
     return 0;
 }
 
@@ -1084,6 +1164,7 @@ struct loop_args {
     int64_t poison_step, poison_from; /* the trainer's testing hooks (-1: off) */
     const mb_train_comm *comm;        /* one rank of a data-parallel run; NULL: one process */
     bool random_text;                 /* letters that differ from window to window (ranks' batches told apart) */
+    bool carry_state, rms;            /* --carry-state; RMSNorm and an untied head */
 };
 mb_status loop_run(const loop_args &a, loop_log *log, fvec *params, mb_train_report *rep, const char **backend) {
     std::vector<uint8_t> text(6000);
@@ -1093,8 +1174,10 @@ mb_status loop_run(const loop_args &a, loop_log *log, fvec *params, mb_train_rep
                                 : (uint8_t)("the scan of a state space model "[i % 32] + (i % 97 == 0));
     mb_config c = mb_config_default();
     c.d_model = 16; c.n_layer = 2; c.d_state = 4; c.dt_rank = 0;
+    if (a.rms) { c.norm = MB_NORM_RMSNORM; c.untied_head = 1; }
     mb_train_settings s = mb_train_settings_default();
     s.batch = 2; s.ctx = 24; s.steps = a.steps; s.warmup = 1; s.lr = 1e-2; s.grad_accum = a.grad_accum;
+    s.carry_state = a.carry_state;
     mb_model *m = nullptr;
     mb_trainer tr;
     memset(&tr, 0, sizeof tr);
@@ -1105,6 +1188,7 @@ mb_status loop_run(const loop_args &a, loop_log *log, fvec *params, mb_train_rep
     if (st == MB_STATUS_OK && a.comm) st = mb_trainer_set_comm(&tr, a.comm);
     if (st == MB_STATUS_OK && a.cuda) st = mb_cuda_trainer_attach(&tr, 0);
     *backend = tr.backend.name ? tr.backend.name : "cpu";
+    log->tr = &tr;
     mb_train_options opt = {nullptr, 0, loop_record, log};
     if (st == MB_STATUS_OK) st = mb_train_run(&tr, &opt, rep);
     if (m) params->assign(mb_model_params(m), mb_model_params(m) + mb_model_num_params(m));
@@ -1113,22 +1197,26 @@ mb_status loop_run(const loop_args &a, loop_log *log, fvec *params, mb_train_rep
     return st;
 }
 
-/* --carry-state is not on the GPU yet: attaching says so and leaves the trainer on the CPU. */
-void test_carry_refused() {
-    std::vector<uint8_t> text(500, 'a');
-    mb_config c = mb_config_default();
-    c.d_model = 16; c.n_layer = 2; c.d_state = 4; c.dt_rank = 0;
-    mb_train_settings s = mb_train_settings_default();
-    s.batch = 2; s.ctx = 24; s.carry_state = 1;
-    mb_model *m = nullptr;
-    mb_trainer tr;
-    memset(&tr, 0, sizeof tr);
-    mb_status st = mb_model_create(&m, &c, 5);
-    if (st == MB_STATUS_OK) st = mb_trainer_init(&tr, m, &s, text.data(), (int64_t)text.size(), nullptr);
-    MBT_CHECK(st == MB_STATUS_OK && mb_cuda_trainer_attach(&tr, 0) == MB_STATUS_UNSUPPORTED && !tr.backend.step &&
-              strstr(mb_cuda_last_error(), "--carry-state"), "CUDA with --carry-state is refused: %s", mb_cuda_last_error());
-    mb_trainer_free(&tr);
-    mb_model_free(m);
+/* --carry-state on the CUDA backend (grad_accum 2: each micro-batch carries
+   its own rows): the losses and the carried state after every step are the
+   CPU's, and so are the parameters at the end. */
+void test_carry_loop(bool rms) {
+    loop_log lc, lg;
+    fvec pc, pg;
+    mb_train_report rc, rg;
+    const char *bc = "", *bg = "";
+    mb_status sc = loop_run({0, 5, 2, -1, -1, nullptr, true, true, rms}, &lc, &pc, &rc, &bc),
+              sg = loop_run({1, 5, 2, -1, -1, nullptr, true, true, rms}, &lg, &pg, &rg, &bg);
+    MBT_CHECK(sc == MB_STATUS_OK && sg == MB_STATUS_OK && !strcmp(bg, "cuda fp32") && lc.carry.size() == 5 &&
+                  lg.carry.size() == 5 && lc.carry[0] > 0,
+              "--carry-state on both backends: %d %d (%s) %s, a state after step 1 (%g)", (int)sc, (int)sg,
+              mb_cuda_last_error(), bg, lc.carry.empty() ? 0.0 : lc.carry[0]);
+    double worst = lc.loss.size() == lg.loss.size() ? 0 : 1e30;
+    for (size_t i = 0; i < lc.loss.size() && i < lg.loss.size(); i++) worst = fmax(worst, fabs(lc.loss[i] - lg.loss[i]));
+    for (size_t i = 0; i < lc.carry.size() && i < lg.carry.size(); i++)
+        worst = fmax(worst, fabs(lc.carry[i] - lg.carry[i]) / lc.carry[i]);
+    MBT_CHECK(worst < 1e-4, "--carry-state: per-step losses and carried states agree across backends (worst %.3g)", worst);
+    CHECK_CLOSE("--carry-state: final parameters, CUDA backend vs CPU", pg.data(), pc.data(), pc.size(), 1e-4);
 }
 
 void test_train_loop_backend() {
@@ -1136,8 +1224,8 @@ void test_train_loop_backend() {
     fvec pc, pg;
     mb_train_report rc, rg;
     const char *bc = "", *bg = "";
-    mb_status sc = loop_run({0, 6, 2, 2, -1, nullptr, false}, &lc, &pc, &rc, &bc),
-              sg = loop_run({1, 6, 2, 2, -1, nullptr, false}, &lg, &pg, &rg, &bg);
+    mb_status sc = loop_run({0, 6, 2, 2, -1, nullptr, false, false, false}, &lc, &pc, &rc, &bc),
+              sg = loop_run({1, 6, 2, 2, -1, nullptr, false, false, false}, &lg, &pg, &rg, &bg);
     MBT_CHECK(sc == MB_STATUS_OK && sg == MB_STATUS_OK && !strcmp(bc, "cpu") && !strcmp(bg, "cuda fp32"),
               "train loop on both backends: %d %d (%s) %s %s", (int)sc, (int)sg, mb_cuda_last_error(), bc, bg);
     MBT_CHECK(lc.loss.size() == 6 && lg.loss.size() == 6 && lc.applied == lg.applied && lc.applied[2] == 0 && lc.applied[3] == 1,
@@ -1149,8 +1237,8 @@ void test_train_loop_backend() {
     MBT_CHECK(rc.outcome == MB_TRAIN_FINISHED && rg.outcome == MB_TRAIN_FINISHED, "both finish");
     /* the guard: every step from the 2nd poisoned -> 10 skipped, then stop */
     loop_log nc, ng;
-    sc = loop_run({0, 40, 2, -1, 1, nullptr, false}, &nc, &pc, &rc, &bc);
-    sg = loop_run({1, 40, 2, -1, 1, nullptr, false}, &ng, &pg, &rg, &bg);
+    sc = loop_run({0, 40, 2, -1, 1, nullptr, false, false, false}, &nc, &pc, &rc, &bc);
+    sg = loop_run({1, 40, 2, -1, 1, nullptr, false, false, false}, &ng, &pg, &rg, &bg);
     MBT_CHECK(sc == MB_STATUS_NON_FINITE && sg == MB_STATUS_NON_FINITE && rc.outcome == MB_TRAIN_NON_FINITE &&
               rg.outcome == MB_TRAIN_NON_FINITE && nc.applied.size() == 11 && ng.applied == nc.applied,
               "10 non-finite steps in a row stop both backends the same way (%zu / %zu steps)", nc.applied.size(), ng.applied.size());
@@ -1224,11 +1312,11 @@ void test_data_parallel_backend() {
             std::unique_lock<std::mutex> lk(w.big);
             r[k].lk = &lk;
             mb_train_report rep;
-            sr[k] = loop_run({1, 5, 2, -1, -1, &r[k].comm, true}, &lr[k], &pr[k], &rep, &br[k]);
+            sr[k] = loop_run({1, 5, 2, -1, -1, &r[k].comm, true, false, false}, &lr[k], &pr[k], &rep, &br[k]);
         });
     for (auto &t : ranks) t.join();
     mb_train_report rep1;
-    const mb_status s1 = loop_run({1, 5, 4, -1, -1, nullptr, true}, &l1, &p1, &rep1, &b1);
+    const mb_status s1 = loop_run({1, 5, 4, -1, -1, nullptr, true, false, false}, &l1, &p1, &rep1, &b1);
     MBT_CHECK(sr[0] == MB_STATUS_OK && sr[1] == MB_STATUS_OK && s1 == MB_STATUS_OK && !strcmp(br[0], "cuda fp32") &&
                   !strcmp(br[1], "cuda fp32"),
               "2 ranks on the CUDA backend (gradients through the host communicator): %d %d %d (%s) %s %s", (int)sr[0],
@@ -1255,7 +1343,8 @@ extern "C" void mbt_cuda_emu_tests(void) {
         {"scan", test_scan}, {"trainer_fp32", [] { test_trainer(0); }}, {"trainer_bf16", [] { test_trainer(1); }},
         {"trainer_tf32", [] { test_trainer(2); }}, {"trainer_fp32_rms_untied", [] { test_trainer(0, true); }},
         {"stream", [] { test_stream(); }}, {"stream_rms_untied", [] { test_stream(true); }}, {"tensor_indices", test_tensor_indices}, {"launch_budget", test_launch_budget}, {"graphs", test_graphs},
-        {"train_loop_backend", test_train_loop_backend}, {"carry_refused", test_carry_refused}, {"data_parallel_backend", test_data_parallel_backend},
+        {"train_loop_backend", test_train_loop_backend}, {"carry_trainer", [] { test_carry_trainer(false); }}, {"carry_trainer_rms_untied", [] { test_carry_trainer(true); }},
+        {"carry_loop", [] { test_carry_loop(false); }}, {"carry_loop_rms_untied", [] { test_carry_loop(true); }}, {"data_parallel_backend", test_data_parallel_backend},
     };
     const bool timing = getenv("MBT_EMU_TIMING") != nullptr; /* per-test seconds on stderr */
     for (const auto &t : tests) {

@@ -1,6 +1,6 @@
 /* test_mpi.c - data-parallel training over MPI (./mambabyte_mpi under
    mpirun): N ranks with --deterministic equal one process with --grad-accum
-   N bit for bit; the default reduction agrees to float rounding; resume with
+   N bit for bit (with --carry-state too, carried states included); the default reduction agrees to float rounding; resume with
    the same rank count is exact and with another one is refused; a rank that
    fails to start, or dies mid-run, stops the others promptly and the last
    checkpoint stays intact.  Skipped (and counted) where mpicc/mpirun are
@@ -149,6 +149,25 @@ static void test_mpi(void) {
     rc = mbt_run(MPI_RUN "3 ./mambabyte_mpi train --data build/t_text.txt --resume build/t_mpi_half.bin --out build/t_mpi_x.bin "
                  "--eval-chars 0 --threads 1 > build/t_mpi.out 2>&1");
     MBT_CHECK(rc != 0 && mbt_file_contains("build/t_mpi.out", "trained on 2 ranks"), "resuming on 3 ranks is refused (exit %d)", rc);
+    /* --carry-state: each rank carries its rows of the one process's order; every save holds all of them */
+    rc = mbt_run("./mambabyte train" MPI_FLAGS " --steps 8 --grad-accum 2 --carry-state --out build/t_mpi_cref.bin > build/t_mpi.out 2>&1");
+    rc |= mbt_run(MPI_RUN "2 ./mambabyte_mpi train" MPI_FLAGS " --steps 8 --carry-state --deterministic --out build/t_mpi_c2.bin "
+                  "> build/t_mpi.out 2>&1");
+    MBT_CHECK(rc == 0 && rel_same_run("build/t_mpi_c2.bin", "build/t_mpi_cref.bin", why, sizeof why),
+              "2 ranks --carry-state --deterministic must equal one process at --grad-accum 2 bit for bit, carried states too (exit %d): %s",
+              rc, why);
+    rc = mbt_run(MPI_RUN "2 ./mambabyte_mpi train" MPI_FLAGS " --steps 8 --stop-at 3 --save-every 2 --carry-state --deterministic "
+                 "--out build/t_mpi_chalf.bin > build/t_mpi.out 2>&1");
+    rc |= mbt_run(MPI_RUN "2 ./mambabyte_mpi train --data build/t_text.txt --resume build/t_mpi_chalf.bin --out build/t_mpi_chalf.bin "
+                  "--deterministic --threads 1 --eval-chars 0 > build/t_mpi.out 2>&1");
+    MBT_CHECK(rc == 0 && rel_same_run("build/t_mpi_chalf.bin", "build/t_mpi_c2.bin", why, sizeof why),
+              "--carry-state: 3 steps + resume on 2 ranks must equal 8 steps on 2 ranks (exit %d): %s", rc, why);
+    rc = mbt_run(MPI_RUN "3 ./mambabyte_mpi train" MPI_FLAGS " --steps 8 --stop-at 3 --carry-state --deterministic "
+                 "--out build/t_mpi_chalf.bin > build/t_mpi.out 2>&1");
+    rc |= mbt_run(MPI_RUN "2 ./mambabyte_mpi train --data build/t_text.txt --resume build/t_mpi_chalf.bin --out build/t_mpi_x.bin "
+                  "--eval-chars 0 --threads 1 > build/t_mpi.out 2>&1") == 0;
+    MBT_CHECK(rc == 0 && mbt_file_contains("build/t_mpi.out", "trained on 3 ranks"),
+              "a carried-state checkpoint of 3 ranks is refused on 2, with the rank count (exit %d)", rc);
     /* Ctrl-C on mpirun: rank 0 saves and says how to continue, or (when
        mpirun kills the ranks first) the last checkpoint stays intact; never a hang */
     {

@@ -75,7 +75,7 @@ static int rel_load_state(const char *path, mb_model **m, mb_train_state *st) {
     return 1;
 }
 
-/* Parameters, moments, step and sampler state equal bit for bit. */
+/* Parameters, moments, step, sampler and carried states equal bit for bit. */
 static int rel_same_run(const char *a, const char *b, char *why, size_t nwhy) {
     mb_model *ma, *mb;
     mb_train_state sa, sb;
@@ -85,11 +85,15 @@ static int rel_same_run(const char *a, const char *b, char *why, size_t nwhy) {
     if (rel_load_state(b, &mb, &sb)) {
         int64_t n = mb_model_num_params(ma);
         size_t bytes = 4 * (size_t)n;
+        int64_t rows = sa.settings.batch * sa.settings.grad_accum * sa.ranks; /* carried rows (mb_train_state.carry) */
         if (n != mb_model_num_params(mb)) snprintf(why, nwhy, "parameter counts differ");
         else if (memcmp(mb_model_params(ma), mb_model_params(mb), bytes)) snprintf(why, nwhy, "parameters differ");
         else if (memcmp(sa.adam_m, sb.adam_m, bytes) || memcmp(sa.adam_v, sb.adam_v, bytes)) snprintf(why, nwhy, "Adam moments differ");
         else if (sa.step != sb.step) snprintf(why, nwhy, "steps %lld vs %lld", (long long)sa.step, (long long)sb.step);
         else if (sa.data_rng != sb.data_rng || sa.data_pos != sb.data_pos) snprintf(why, nwhy, "sampler states differ");
+        else if (!sa.carry != !sb.carry || rows != sb.settings.batch * sb.settings.grad_accum * sb.ranks ||
+                 (sa.carry && memcmp(sa.carry, sb.carry, 4 * (size_t)mb_carry_floats(mb_model_config(ma), rows))))
+            snprintf(why, nwhy, "carried states differ");
         else same = 1;
         mb_train_state_free(&sb);
         mb_model_free(mb);

@@ -262,10 +262,12 @@ static void test_cli_train(void) {
     rc = mbt_run("./mambabyte eval --model build/t_full.bin --data build/t_text.txt --chars 300 --json build/t_eval.json > build/t_eval.out 2>&1");
     MBT_CHECK(rc == 0 && mbt_file_contains("build/t_eval.json", "\"val_char_accuracy\"") && mbt_file_contains("build/t_eval.json", "\"chars\": 300") &&
               mbt_file_contains("build/t_eval.json", "\"bits_per_byte\""), "eval --json: rc %d", rc);
-    rc = mbt_run("./mambabyte sample --model build/t_full.bin --prompt 'the ' --bytes 40 --seed 3 > build/t_sample1.out 2>&1 && "
-                 "./mambabyte sample --model build/t_full.bin --prompt 'the ' --bytes 40 --seed 3 > build/t_sample2.out 2>&1");
+    rc = mbt_run("./mambabyte sample --model build/t_full.bin --prompt 'the ' --bytes 40 --seed 3 > build/t_sample1.out 2> build/t_sample.err && "
+                 "./mambabyte sample --model build/t_full.bin --prompt 'the ' --bytes 40 --seed 3 > build/t_sample2.out 2> /dev/null");
     MBT_CHECK(rc == 0 && mbt_files_equal("build/t_sample1.out", "build/t_sample2.out") && mbt_file_contains("build/t_sample1.out", "the "),
-              "sample: same seed, same text");
+              "sample: same seed, same text (the timing line goes to stderr)");
+    MBT_CHECK(mbt_file_contains("build/t_sample.err", "40 bytes in ") && mbt_file_contains("build/t_sample.err", " bytes/s"),
+              "sample reports its speed on stderr (build/t_sample.err)");
 }
 
 static void test_cli_errors(void) {

@@ -115,16 +115,48 @@ def _infer_config(d):
             "norm": "layernorm" if "layers.0.norm.bias" in d else "rmsnorm", "untied_head": "lm_head.weight" in d}
 
 
-class Model:
+class _Owned:
+    """A C object this Python object frees: close() now, or when garbage-collected.
+    The handle is self._h; self._s gives it, or a clear error once closed."""
+    _free = _what = None  # the library's free function's name, and what the object is, set by each subclass
+    _h = ctypes.c_void_p()
+
+    @property
+    def _s(self):
+        if not self._h.value:
+            raise ValueError("the %s is closed" % self._what)
+        return self._h
+
+    def close(self):
+        """Frees the C object now (else when garbage-collected); closing twice is harmless."""
+        if self._h.value:
+            getattr(lib, self._free)(self._h)
+            self._h = ctypes.c_void_p()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Model(_Owned):
     """A MambaByte model held by the C library (float32 parameters).
 
     Make one with Model.create, Model.load, Model.from_state_dict,
     Model.from_torch or mambabyte.train."""
+    _free, _what = "mb_model_free", "model"
 
     def __init__(self, handle):
         if not handle:
             raise ValueError("Model() takes a C handle: use Model.create, Model.load or mambabyte.train")
-        self._m = ctypes.c_void_p(handle)
+        self._h = ctypes.c_void_p(handle)
         self.train_report = None  # set by mambabyte.train
 
     # ---------------------------------------------------------- making one
@@ -153,22 +185,8 @@ class Model:
         """Writes the weights atomically (temporary file, fsync, rename), no training state."""
         _check(lib.mb_model_save(self._handle(), _path(path)))
 
-    def close(self):
-        """Frees the C model now (else when garbage-collected)."""
-        if getattr(self, "_m", None) and self._m.value:
-            lib.mb_model_free(self._m)
-            self._m = ctypes.c_void_p()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
     def _handle(self):
-        if not self._m.value:
-            raise ValueError("the model is closed")
-        return self._m
+        return self._s
 
     # ---------------------------------------------------------- properties
     @property
@@ -336,22 +354,15 @@ def _decode(score):
     return bytes(score.bytes[:score.len]).decode("utf-8")
 
 
-class Streams:
+class Streams(_Owned):
     """k streams over one snapshot of the model (mb_streams)."""
+    _free, _what = "mb_streams_free", "streams object"
 
     def __init__(self, model, k, precision="fp32"):
         self.model, self.k = model, int(k)
         h = ctypes.c_void_p()
         _check(lib.mb_streams_create(ctypes.byref(h), model._handle(), self.k, _precision(precision)), "streams")
-        self._s = h
-
-    def __del__(self):
-        try:
-            if self._s.value:
-                lib.mb_streams_free(self._s)
-                self._s = ctypes.c_void_p()
-        except Exception:
-            pass
+        self._h = h
 
     def step(self, data, which=None):
         """Advances streams `which` (default all k, in order) by one byte each
@@ -377,25 +388,18 @@ class Streams:
         lib.mb_streams_reset(self._s, int(i))
 
 
-class Stream:
+class Stream(_Owned):
     """An O(1)-state stream over a model's bytes (mb_stream).  It snapshots
     the model's weights when created.  step/feed return copies of the
     logits; the stream remembers the last ones for predict_char/top_chars."""
+    _free, _what = "mb_stream_free", "stream"
 
     def __init__(self, model, precision="fp32"):
         self.model = model
         h = ctypes.c_void_p()
         _check(lib.mb_stream_create_ex(ctypes.byref(h), model._handle(), _precision(precision)), "stream")
-        self._s = h
+        self._h = h
         self._last = None  # POINTER(c_float) or a float array: the next-byte logits
-
-    def __del__(self):
-        try:
-            if self._s.value:
-                lib.mb_stream_free(self._s)
-                self._s = ctypes.c_void_p()
-        except Exception:
-            pass
 
     def reset(self):
         """Back to the empty state (no byte fed yet)."""

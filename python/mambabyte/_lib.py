@@ -15,13 +15,36 @@ from ctypes import (CFUNCTYPE, POINTER, Structure, c_char, c_char_p, c_double, c
 LIBRARY_NAMES = ("libmambabyte_cuda.so", "libmambabyte.so")
 
 
+# The installed package holds the library built for the baseline x86-64 and for
+# these levels (`make lib PORTABLE=1`): the CPU flags each level needs, highest first.
+_V3 = {"avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm"}
+CPU_LEVELS = (("x86-64-v4", _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}), ("x86-64-v3", _V3))
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_levels(flags):
+    """The package's library levels this CPU (its /proc/cpuinfo flags) can run, highest first."""
+    return [name for name, need in CPU_LEVELS if need <= flags]
+
+
 def _candidates():
     env = os.environ.get("MAMBABYTE_LIBRARY")
     if env:
         return [env]
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(os.path.dirname(here))  # python/mambabyte -> the repository
-    return [os.path.join(d, n) for d in (here, root) for n in LIBRARY_NAMES]
+    dirs = [os.path.join(here, level) for level in cpu_levels(_cpu_flags())] + [here, root]
+    return [os.path.join(d, n) for d in dirs for n in LIBRARY_NAMES]
 
 
 class _Library:

@@ -51,3 +51,19 @@ def test_constants():
     assert _lib.lib.mb_train_field_count() == _lib.FIELD_COUNT and not _lib.lib.mb_train_field_desc(_lib.FIELD_COUNT)
     settings = [d.key.decode() for d in _lib._train_fields() if d.offset >= 0]
     assert settings == list(STRUCTS["mb_train_settings"][1]), "the table's settings fields are mb_train_settings' in order"
+
+
+def test_cpu_level_pick(monkeypatch):
+    """An installed package loads the library built for the highest x86-64 level the CPU's flags allow."""
+    v3 = {"avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm", "sse4_2"}
+    v4 = v3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+    assert _lib.cpu_levels(set()) == [] and _lib.cpu_levels(v3 - {"fma"}) == []
+    assert _lib.cpu_levels(v3) == ["x86-64-v3"]
+    assert _lib.cpu_levels(v4) == ["x86-64-v4", "x86-64-v3"]
+    assert _lib.cpu_levels(v4 - {"avx2"}) == []  # v4 without v3 is not v4
+    monkeypatch.delenv("MAMBABYTE_LIBRARY", raising=False)
+    monkeypatch.setattr(_lib, "_cpu_flags", lambda: v4)
+    dirs = [os.path.basename(os.path.dirname(p)) for p in _lib._candidates()]
+    assert dirs[:4] == ["x86-64-v4"] * 2 + ["x86-64-v3"] * 2 and dirs[4] == "mambabyte"
+    monkeypatch.setattr(_lib, "_cpu_flags", lambda: set())
+    assert os.path.basename(os.path.dirname(_lib._candidates()[0])) == "mambabyte"

@@ -89,3 +89,23 @@ def test_precision_streams_and_batched():
         assert len(m.generate(b"a", n=5, precision=prec, seed=1)) == 5
     with pytest.raises(ValueError):
         m.stream(precision="fp16")
+
+
+def test_close_and_with():
+    """Model, Stream and Streams close now, twice harmlessly, and refuse use afterwards."""
+    m = mambabyte.Model.create(dict(d_model=32, n_layer=2, d_state=8), seed=2)
+    with m.stream() as s:
+        first = s.step(1)
+    with pytest.raises(ValueError, match="stream is closed"):
+        s.step(1)
+    s.close()
+    ss = m.streams(2)
+    ss.close()
+    ss.close()
+    with pytest.raises(ValueError, match="streams object is closed"):
+        ss.reset(0)
+    assert np.array_equal(m.stream().step(1), first)  # closing a stream leaves the model alone
+    with m:
+        pass
+    with pytest.raises(ValueError, match="model is closed"):
+        m.stream()
