@@ -3907,10 +3907,10 @@ MB__INLINE void mb__matvec_panels(float *MB__RESTRICT sum, const float *MB__REST
                 sum[q * MB__MM_NR + j] = MB__FMA(x[s], bp[q * ps + s * MB__MM_NR + j], sum[q * MB__MM_NR + j]);
 }
 /* A matrix of more weights than this splits a stream's product over the
-   threads by outputs (each output's sums unchanged): below it the fork costs
-   more than one core's bandwidth gains (docs/BENCHMARKS.md, stream precision). */
+   threads by outputs (each output's sums unchanged): measured, the split lost
+   at 147K weights and gained from 262K (docs/BENCHMARKS.md, issues 28 and 29). */
 #ifndef MB__STREAM_OMP_MIN
-#define MB__STREAM_OMP_MIN (1 << 20)
+#define MB__STREAM_OMP_MIN (3 << 16)
 #endif
 /* Block b of mb__matvec_packed: 4 panels of MB__MM_NR outputs (or the last ones singly). */
 MB__INLINE void mb__matvec_block(float *MB__RESTRICT out, const float *MB__RESTRICT x, const float *MB__RESTRICT wp,
