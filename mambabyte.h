@@ -710,6 +710,9 @@ MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len
 /* The same with the stream's weights at an MB_PRECISION_* (mb_stream_create_ex). */
 MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
                                 mb_eval_result *r, mb_progress_fn progress, void *user);
+/* The same on a stream (reset first), so its model may be freed before. */
+MBDEF mb_status mb_eval_stream(mb_stream *s, const uint8_t *text, int64_t len, int64_t max_chars, mb_eval_result *r,
+                               mb_progress_fn progress, void *user);
 
 /* Exact greedy characters.  The protocol above predicts a byte in 0..127;
    the character the model actually finds most likely may be multi-byte.
@@ -5680,6 +5683,16 @@ MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len
 MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
                                 mb_eval_result *r, mb_progress_fn progress, void *user) {
     mb_stream *s;
+    int64_t end, nchars;
+    mb_status st = mb__eval_prefix(text, len, max_chars, &end, &nchars); /* fail before any work */
+    memset(r, 0, sizeof *r);
+    if (st != MB_STATUS_OK || (st = mb_stream_create_ex(&s, m, precision)) != MB_STATUS_OK) return st;
+    st = mb_eval_stream(s, text, len, max_chars, r, progress, user);
+    mb_stream_free(s);
+    return st;
+}
+MBDEF mb_status mb_eval_stream(mb_stream *s, const uint8_t *text, int64_t len, int64_t max_chars, mb_eval_result *r,
+                               mb_progress_fn progress, void *user) {
     uint8_t *in;
     float *lg;
     double *logp; /* per row of a pass: log p(true byte), and the two argmaxes */
@@ -5689,8 +5702,7 @@ MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t 
     memset(r, 0, sizeof *r);
     /* validate the whole evaluated prefix first: fail before any work */
     if ((st = mb__eval_prefix(text, len, max_chars, &end, &nchars)) != MB_STATUS_OK) return st;
-    st = mb_stream_create_ex(&s, m, precision);
-    if (st != MB_STATUS_OK) return st;
+    mb_stream_reset(s);
     in = (uint8_t *)MB_MALLOC(MB__FEED_CHUNK);
     lg = (float *)MB_MALLOC((size_t)MB__FEED_CHUNK * 256 * sizeof(float));
     logp = (double *)MB_MALLOC((size_t)MB__FEED_CHUNK * sizeof(double));
@@ -5731,7 +5743,6 @@ MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t 
     MB_FREE(lg);
     MB_FREE(logp);
     MB_FREE(am);
-    mb_stream_free(s);
     if (st != MB_STATUS_OK) memset(r, 0, sizeof *r); /* out of memory: no partial result */
     return st;
 }
