@@ -4,7 +4,7 @@
    the implementation of mambabyte.h and cli.h; `train` calls run_eval on
    its held-out text after training.  Entry points:
 
-     static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t chars,
+     static int run_eval(const mb_model *m, mb_stream *s, const uint8_t *text, int64_t len, int64_t chars,
                          const char *label, int exact, const char *json_path, double *acc, int precision, mb_eval_result *total);
      static int mb_cli_eval(int argc, char **argv);   (argv[0] == "eval") */
 
@@ -60,8 +60,9 @@ static void dataset_eval_label(char *buf, size_t n, const mb_dataset *d, const c
 
 /* Evaluates m on text, prints (and writes to json_path) the results; exact
    adds the exact greedy character beside the protocol's ASCII rule; *acc
-   gets the protocol's char accuracy.  Returns an exit code. */
-static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t chars, const char *label, int exact,
+   gets the protocol's char accuracy.  s (or NULL): the stream the ASCII
+   protocol runs on, m unused then.  Returns an exit code. */
+static int run_eval(const mb_model *m, mb_stream *s, const uint8_t *text, int64_t len, int64_t chars, const char *label, int exact,
                     const char *json_path, double *acc, int precision, mb_eval_result *total) {
     mb_eval_exact_result r;
     eval_progress_state ps = {mb_clock_seconds(), isatty(2)};
@@ -69,6 +70,7 @@ static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t
     double dt, n, ca, bpb, ba;
     memset(&r, 0, sizeof r);
     st = exact ? mb_eval_text_exact_ex(m, precision, text, len, chars, &r, eval_progress, &ps)
+               : s ? mb_eval_stream(s, text, len, chars, &r.base, eval_progress, &ps)
                : mb_eval_text_ex(m, precision, text, len, chars, &r.base, eval_progress, &ps);
     if (st != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s: %s\n", label, mb_last_error()); return 1; }
     dt = mb_clock_seconds() - ps.t0;
@@ -96,6 +98,14 @@ static int run_eval(const mb_model *m, const uint8_t *text, int64_t len, int64_t
     }
 }
 
+/* A stream of *m at precision, and *m freed (the stream owns its weights:
+   a bf16/int8 eval then holds only them); NULL, *m kept, if it fails. */
+static mb_stream *eval_stream(mb_model **m, int precision) {
+    mb_stream *s = NULL;
+    if (mb_stream_create_ex(&s, *m, precision) == MB_STATUS_OK) mb_model_free(*m), *m = NULL;
+    return s;
+}
+
 /* --data A,B,...: each file scored from its start (one stream each; the
    parallel prefill already reads each weight once per chunk of bytes),
    a line per file, then the total over all their characters. */
@@ -103,22 +113,25 @@ static int eval_files(flag *flags) {
     char paths[8192], *path, *save = NULL;
     mb_eval_result tot;
     mb_model *m;
+    mb_stream *s;
     int rc = 0, nfiles = 0;
     memset(&tot, 0, sizeof tot);
     snprintf(paths, sizeof paths, "%s", flag_str(flags, "data", ""));
     if (mb_model_load(&m, flag_str(flags, "model", "")) != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s\n", mb_last_error()); return 1; }
+    s = eval_stream(&m, stream_precision(flags));
     for (path = strtok_r(paths, ",", &save); path && rc == 0; path = strtok_r(NULL, ",", &save), nfiles++) {
         mb_mapped_file f;
         int64_t chars = (int64_t)flag_num(flags, "chars", 60000);
         if (mb_map_file(&f, path) != MB_STATUS_OK) { fprintf(stderr, "mambabyte eval: %s\n", mb_last_error()); rc = 1; break; }
         rc = eval_text_check("eval", path, f.data, f.size, chars) ||
-             run_eval(m, f.data, f.size, chars, path, 0, NULL, NULL, stream_precision(flags), &tot);
+             run_eval(m, s, f.data, f.size, chars, path, 0, NULL, NULL, stream_precision(flags), &tot);
         mb_unmap_file(&f);
     }
     if (rc == 0)
         printf("total over %d files: %lld chars, char accuracy %.4f, bits per byte %.4f, byte accuracy %.4f\n", nfiles, (long long)tot.chars,
                (double)tot.chars_correct / (double)(tot.chars ? tot.chars : 1), tot.nll_bits / (double)(tot.bytes ? tot.bytes : 1),
                (double)tot.bytes_correct / (double)(tot.bytes ? tot.bytes : 1));
+    mb_stream_free(s);
     mb_model_free(m);
     return rc;
 }
@@ -181,8 +194,10 @@ static int mb_cli_eval(int argc, char **argv) {
         rc = 1;
     }
     if (rc == 0) {
-        rc = run_eval(m, f.data, f.size, chars, label, !strcmp(flag_str(flags, "predict", "ascii"), "exact"), flag_str(flags, "json", NULL), NULL,
-                      stream_precision(flags), NULL);
+        int exact = !strcmp(flag_str(flags, "predict", "ascii"), "exact");
+        mb_stream *s = exact ? NULL : eval_stream(&m, stream_precision(flags)); /* exact search needs the model */
+        rc = run_eval(m, s, f.data, f.size, chars, label, exact, flag_str(flags, "json", NULL), NULL, stream_precision(flags), NULL);
+        mb_stream_free(s);
         mb_model_free(m);
     }
     if (tail) mb_dataset_close(&d);

@@ -501,7 +501,7 @@ static int cmd_train(int argc, char **argv) {
     signal(SIGUSR1, SIG_DFL);
     /* a finished run is evaluated; one paused by --stop-at or interrupted is not */
     if (rc == 0 && IS_RANK0 && eval_chars > 0 && d.eval_size > 0 && (rep.outcome == MB_TRAIN_FINISHED || rep.outcome == MB_TRAIN_TIME_BUDGET)) {
-        rc = run_eval(m, d.eval, d.eval_size, eval_chars, eval_label, 0, NULL, &acc, MB_PRECISION_FP32, NULL);
+        rc = run_eval(m, NULL, d.eval, d.eval_size, eval_chars, eval_label, 0, NULL, &acc, MB_PRECISION_FP32, NULL);
         if (rc == 0 && v.csv) fprintf(v.csv, "%lld,,,,%.3f,%.6f\n", (long long)tr.st.step, rep.elapsed_s, acc);
     }
     if (rc != 1) replot(&v);

@@ -720,6 +720,9 @@ MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len
 /* The same with the stream's weights at an MB_PRECISION_* (mb_stream_create_ex). */
 MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
                                 mb_eval_result *r, mb_progress_fn progress, void *user);
+/* The same on a stream (reset first), so its model may be freed before. */
+MBDEF mb_status mb_eval_stream(mb_stream *s, const uint8_t *text, int64_t len, int64_t max_chars, mb_eval_result *r,
+                               mb_progress_fn progress, void *user);
 
 /* Exact greedy characters.  The protocol above predicts a byte in 0..127;
    the character the model actually finds most likely may be multi-byte.
@@ -3919,10 +3922,10 @@ MB__INLINE void mb__matvec_panels(float *MB__RESTRICT sum, const float *MB__REST
                 sum[q * MB__MM_NR + j] = MB__FMA(x[s], bp[q * ps + s * MB__MM_NR + j], sum[q * MB__MM_NR + j]);
 }
 /* A matrix of more weights than this splits a stream's product over the
-   threads by outputs (each output's sums unchanged): below it the fork costs
-   more than one core's bandwidth gains (docs/BENCHMARKS.md, stream precision). */
+   threads by outputs (each output's sums unchanged): measured, the split lost
+   at 147K weights and gained from 262K (docs/BENCHMARKS.md, issues 28 and 29). */
 #ifndef MB__STREAM_OMP_MIN
-#define MB__STREAM_OMP_MIN (1 << 20)
+#define MB__STREAM_OMP_MIN (3 << 16)
 #endif
 /* Block b of mb__matvec_packed: 4 panels of MB__MM_NR outputs (or the last ones singly). */
 MB__INLINE void mb__matvec_block(float *MB__RESTRICT out, const float *MB__RESTRICT x, const float *MB__RESTRICT wp,
@@ -5673,6 +5676,16 @@ MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len
 MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
                                 mb_eval_result *r, mb_progress_fn progress, void *user) {
     mb_stream *s;
+    int64_t end, nchars;
+    mb_status st = mb__eval_prefix(text, len, max_chars, &end, &nchars); /* fail before any work */
+    memset(r, 0, sizeof *r);
+    if (st != MB_STATUS_OK || (st = mb_stream_create_ex(&s, m, precision)) != MB_STATUS_OK) return st;
+    st = mb_eval_stream(s, text, len, max_chars, r, progress, user);
+    mb_stream_free(s);
+    return st;
+}
+MBDEF mb_status mb_eval_stream(mb_stream *s, const uint8_t *text, int64_t len, int64_t max_chars, mb_eval_result *r,
+                               mb_progress_fn progress, void *user) {
     uint8_t *in;
     float *lg;
     double *logp; /* per row of a pass: log p(true byte), and the two argmaxes */
@@ -5682,8 +5695,7 @@ MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t 
     memset(r, 0, sizeof *r);
     /* validate the whole evaluated prefix first: fail before any work */
     if ((st = mb__eval_prefix(text, len, max_chars, &end, &nchars)) != MB_STATUS_OK) return st;
-    st = mb_stream_create_ex(&s, m, precision);
-    if (st != MB_STATUS_OK) return st;
+    mb_stream_reset(s);
     in = (uint8_t *)MB_MALLOC(MB__FEED_CHUNK);
     lg = (float *)MB_MALLOC((size_t)MB__FEED_CHUNK * 256 * sizeof(float));
     logp = (double *)MB_MALLOC((size_t)MB__FEED_CHUNK * sizeof(double));
@@ -5724,7 +5736,6 @@ MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t 
     MB_FREE(lg);
     MB_FREE(logp);
     MB_FREE(am);
-    mb_stream_free(s);
     if (st != MB_STATUS_OK) memset(r, 0, sizeof *r); /* out of memory: no partial result */
     return st;
 }

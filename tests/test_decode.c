@@ -171,5 +171,14 @@ static void test_decode(void) {
     decode_kinds(m, "trained weights", kind_bound);
     decode_feed_matches_steps(m, x, 150);
     decode_batched(m);
+    { /* eval on a stream (reused: reset each time) equals eval from the model, field for field */
+        mb_eval_result r0, r1;
+        mb_stream_create_ex(&s, m, MB_PRECISION_INT8);
+        mb_eval_text_ex(m, MB_PRECISION_INT8, x, 200, 150, &r0, NULL, NULL);
+        mb_eval_stream(s, x, 200, 150, &r1, NULL, NULL);
+        MBT_CHECK(mb_eval_stream(s, x, 200, 150, &r1, NULL, NULL) == MB_STATUS_OK && r0.chars == 150 && memcmp(&r0, &r1, sizeof r0) == 0,
+                  "mb_eval_stream must equal mb_eval_text_ex (chars %lld)", (long long)r1.chars);
+        mb_stream_free(s);
+    }
     mb_model_free(m);
 }
