@@ -947,6 +947,8 @@ static inline mb_status conv1d_carry(float *win, float *conv_in, const float *xz
 
 /* 2^x: one MUFU.EX2 on the GPU (ex2.approx, ~2 ulp, subnormal results
    flushed to zero: a decay that small is zero for the scan). */
+/* The decay rate of state j in log2 units: A2 = A log2(e), A = -exp(A_log), so exp2(dt A2) = exp(dt A) <= 1. */
+__device__ __forceinline__ float scan_A2(const float *A_log, int64_t j) { return -expf(A_log[j]) * MBC_LOG2E; }
 __device__ __forceinline__ float exp2_(float x) {
 #if defined(__CUDA_ARCH__)
     float r;
@@ -1026,7 +1028,7 @@ __global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_chunk_state_kernel(floa
     float A2[NS], h[NS];
 MBC_UNROLL
     for (int n = 0; n < NS; n++) {
-        A2[n] = n < k.S ? -expf(A_log[(int64_t)d * k.S + n]) * MBC_LOG2E : 0.0f;
+        A2[n] = n < k.S ? scan_A2(A_log, (int64_t)d * k.S + n) : 0.0f;
         h[n] = 0.0f;
     }
     const float bias = dt_bias[d];
@@ -1057,7 +1059,7 @@ __global__ void scan_carry_kernel(float *states, const float *sdt, const float *
     const int64_t DS = (int64_t)k.Di * k.S, total = (int64_t)B * DS;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t b = i / DS, j = i % DS, d = j / k.S, base = b * k.nch * DS + j;
-        const float A2 = -expf(A_log[j]) * MBC_LOG2E;
+        const float A2 = scan_A2(A_log, j);
         float h = h0 ? h0[(b * k.S + j % k.S) * k.Di + d] : 0.0f;
         if (h0) states[base] = h;
         for (int c = 0; c + 1 < k.nch; c++) {
@@ -1086,7 +1088,7 @@ __global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_forward_kernel(float *o
     float *st = states + (((int64_t)b * k.nch + c) * k.Di + d) * k.S;
 MBC_UNROLL
     for (int n = 0; n < NS; n++) {
-        A2[n] = n < k.S ? -expf(A_log[(int64_t)d * k.S + n]) * MBC_LOG2E : 0.0f;
+        A2[n] = n < k.S ? scan_A2(A_log, (int64_t)d * k.S + n) : 0.0f;
         h[n] = n < k.S && (c > 0 || hc) ? st[n] : 0.0f;
         if (c == 0 && !hc && n < k.S) st[n] = 0.0f;
     }
@@ -1157,7 +1159,7 @@ __global__ void __launch_bounds__(MBC_SCAN_THREADS) scan_chunk_grad_kernel(float
     float A2[NS], g[NS];
 MBC_UNROLL
     for (int n = 0; n < NS; n++) {
-        A2[n] = n < k.S ? -expf(A_log[(int64_t)d * k.S + n]) * MBC_LOG2E : 0.0f;
+        A2[n] = n < k.S ? scan_A2(A_log, (int64_t)d * k.S + n) : 0.0f;
         g[n] = 0.0f;
     }
     const float bias = dt_bias[d];
@@ -1189,7 +1191,7 @@ __global__ void scan_carry_grad_kernel(float *gin, const float *sdt, const float
     const int64_t DS = (int64_t)k.Di * k.S, total = (int64_t)B * DS;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t b = i / DS, j = i % DS, d = j / k.S, base = b * k.nch * DS + j;
-        const float A2 = -expf(A_log[j]) * MBC_LOG2E;
+        const float A2 = scan_A2(A_log, j);
         float g = 0.0f;
         for (int c = k.nch - 1; c >= 1; c--) {
             g = gin[base + (c - 1) * DS] + exp2_(A2 * sdt[(b * k.nch + c) * k.Di + d]) * g;
