@@ -4248,9 +4248,11 @@ MBDEF void mb_stream_free(mb_stream *s) {
    bytes).  A row's operations do not depend on n or on the other rows, so
    each row's logits are one stream's bit for bit, and those equal the batch
    forward's.  Rows may share a state: then each continues from the one
-   before (a short feed).  logits NULL: no head. */
+   before (a short feed); with chain, row r > 0 has its own and starts each
+   layer from row r - 1's (a short feed that keeps every state it passes).
+   logits NULL: no head. */
 static void mb__step_rows(const mb_stream *s, float *const *conv, float *const *ssm, const uint8_t *bytes, int n,
-                          const mb_layer_acts *a, float *out, float *logits) {
+                          const mb_layer_acts *a, float *out, float *logits, int chain) {
     const mb_config *c = &s->cfg;
     int L = c->n_layer, C = c->d_model, Di = C * c->expand, S = c->d_state, K = c->d_conv, R = c->dt_rank;
     int X = R + 2 * S, l, r;
@@ -4259,14 +4261,18 @@ static void mb__step_rows(const mb_stream *s, float *const *conv, float *const *
         const mb_layer_weights *W = &s->w.layer[l];
         mb__norm_forward(c, a->ln, a->ln_mean, a->ln_rstd, a->resid, W->norm_w, W->norm_b, n, C);
         mb__stream_linear(s, l, MB_TENSOR_IN_PROJ, a->xz, a->ln, C, n); /* [x', z] */
-        for (r = 0; r < n; r++)
-            mb__conv_step(a->u + (int64_t)r * Di, conv[r] + (int64_t)l * K * Di, a->xz + (int64_t)r * 2 * Di,
-                          s->conv_wT + (int64_t)l * K * Di, W->conv_b, Di, K);
+        for (r = 0; r < n; r++) {
+            float *win = conv[r] + (int64_t)l * K * Di;
+            if (chain && r > 0) memcpy(win, conv[r - 1] + (int64_t)l * K * Di, sizeof(float) * (size_t)(K * Di));
+            mb__conv_step(a->u + (int64_t)r * Di, win, a->xz + (int64_t)r * 2 * Di, s->conv_wT + (int64_t)l * K * Di, W->conv_b, Di, K);
+        }
         mb__stream_linear(s, l, MB_TENSOR_X_PROJ, a->xdbl, a->u, Di, n); /* [dt_low, B, C] */
         mb__stream_linear(s, l, MB_TENSOR_DT_W, a->delta, a->xdbl, X, n);
         for (r = 0; r < n; r++) {
             const float *xd = a->xdbl + (int64_t)r * X;
-            mb__scan_step(a->gated + (int64_t)r * Di, ssm[r] + (int64_t)l * S * Di, a->delta + (int64_t)r * Di, s->AT + (int64_t)l * S * Di,
+            float *h = ssm[r] + (int64_t)l * S * Di;
+            if (chain && r > 0) memcpy(h, ssm[r - 1] + (int64_t)l * S * Di, sizeof(float) * (size_t)(S * Di));
+            mb__scan_step(a->gated + (int64_t)r * Di, h, a->delta + (int64_t)r * Di, s->AT + (int64_t)l * S * Di,
                           W->dt_proj_b, a->u + (int64_t)r * Di, xd + R, xd + R + S, W->D, a->xz + (int64_t)r * 2 * Di + Di, Di, S);
         }
         mb__stream_linear(s, l, MB_TENSOR_OUT_PROJ, out, a->gated, Di, n);
@@ -4277,7 +4283,7 @@ static void mb__step_rows(const mb_stream *s, float *const *conv, float *const *
     mb__stream_linear(s, -1, MB_TENSOR_LM_HEAD, logits, a->ln, C, n);
 }
 MBDEF const float *mb_stream_step(mb_stream *s, uint8_t byte) { /* allocates nothing */
-    mb__step_rows(s, &s->conv_state, &s->ssm_state, &byte, 1, &s->a, s->out, s->logits);
+    mb__step_rows(s, &s->conv_state, &s->ssm_state, &byte, 1, &s->a, s->out, s->logits, 0);
     return s->logits;
 }
 
@@ -4327,7 +4333,7 @@ MBDEF mb_status mb_streams_feed(mb_streams *b, int i, const uint8_t *bytes, int6
 MBDEF const float *mb_streams_step(mb_streams *b, const int *idx, const uint8_t *bytes, int n) {
     int r;
     for (r = 0; r < n; r++) b->rc[r] = b->conv[idx[r]], b->rs[r] = b->ssm[idx[r]];
-    mb__step_rows(b->s, b->rc, b->rs, bytes, n, &b->a, b->out, b->logits);
+    mb__step_rows(b->s, b->rc, b->rs, bytes, n, &b->a, b->out, b->logits, 0);
     return b->logits;
 }
 MBDEF void mb_streams_free(mb_streams *b) {
@@ -4374,7 +4380,7 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
     if (n <= MB__KROWS_MAX) { /* short (a speculative check): the steps' conv and scan row after row on the one state */
         float *cs[MB__KROWS_MAX], *ss[MB__KROWS_MAX];
         for (i0 = 0; i0 < n; i0++) cs[i0] = s->conv_state, ss[i0] = s->ssm_state;
-        mb__step_rows(s, cs, ss, bytes, (int)n, a, s->fd_mix, logits);
+        mb__step_rows(s, cs, ss, bytes, (int)n, a, s->fd_mix, logits, 0);
         return MB_STATUS_OK;
     }
     for (i0 = 0; i0 < n; i0 += MB__FEED_CHUNK) {
@@ -4403,6 +4409,21 @@ MBDEF mb_status mb_stream_feed(mb_stream *s, const uint8_t *bytes, int64_t n, fl
             mb__stream_linear(s, -1, MB_TENSOR_LM_HEAD, logits + i0 * V, a->ln, C, T);
         }
     }
+    return MB_STATUS_OK;
+}
+
+/* A short feed (n <= MB_SPEC_MAX_DRAFT + 1) that keeps every state it passes:
+   keep + r * state_floats becomes the state after bytes[0..r] and s's own
+   state does not move, so a speculative check rolls back to any prefix by
+   one copy instead of a second feed.  Logits and states as mb_stream_feed's. */
+static mb_status mb__stream_feed_keep(mb_stream *s, const uint8_t *bytes, int n, float *keep, float *logits) {
+    float *cs[MB_SPEC_MAX_DRAFT + 1], *ss[MB_SPEC_MAX_DRAFT + 1];
+    mb_status st = mb__stream_feed_alloc(s, n);
+    int r;
+    if (st != MB_STATUS_OK) return st;
+    memcpy(keep, s->conv_state, sizeof(float) * (size_t)s->state_floats);
+    for (r = 0; r < n; r++) cs[r] = keep + r * s->state_floats, ss[r] = cs[r] + (s->ssm_state - s->conv_state);
+    mb__step_rows(s, cs, ss, bytes, n, &s->fd, s->fd_mix, logits, 1);
     return MB_STATUS_OK;
 }
 
@@ -4506,10 +4527,10 @@ MBDEF mb_status mb_stream_generate_spec(mb_stream *s, const uint8_t *prompt, int
     mb_stream *ds = o ? o->draft : NULL;
     const int kmax = o && o->draft_len > 0 ? o->draft_len : 8, lo = o && o->lookup_min > 0 ? o->lookup_min : 3;
     const int greedy = temperature <= 0.0, V = 256;
-    int k = kmax, stop = 0;
+    int k = kmax, stop = 0, rejected = 0;
     int64_t hn = prompt_len, done = 0;
     uint8_t seq[MB_SPEC_MAX_DRAFT + 2], *h;
-    float *lg, *q, *snap, *dsnap, p[256];
+    float *lg, *q, *keep, *dsnap, p[256];
     mb_status st = MB_STATUS_OK;
     if (generated) *generated = 0;
     if (!s || !o || !rng || prompt_len < 0 || n < 0 || (prompt_len > 0 && !prompt) || kmax > MB_SPEC_MAX_DRAFT)
@@ -4518,16 +4539,17 @@ MBDEF mb_status mb_stream_generate_spec(mb_stream *s, const uint8_t *prompt, int
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "draft model: %s", ds == s ? "the target's own stream (create another)" : "another vocabulary size");
     o->rounds = o->drafted = o->accepted = 0;
     h = (uint8_t *)MB_MALLOC((size_t)(prompt_len + n + 1));
-    lg = (float *)MB_MALLOC(sizeof(float) * (size_t)((2 * MB_SPEC_MAX_DRAFT + 1) * V + s->state_floats + (ds ? ds->state_floats : 0)));
+    lg = (float *)MB_MALLOC(sizeof(float) * (size_t)((2 * MB_SPEC_MAX_DRAFT + 1) * V + (kmax + 1) * s->state_floats +
+                                                     (ds ? ds->state_floats : 0)));
     if (!h || !lg) { MB_FREE(h); MB_FREE(lg); return mb__fail(MB_STATUS_OUT_OF_MEMORY, "speculative generation buffers"); }
     q = lg + (MB_SPEC_MAX_DRAFT + 1) * V; /* the draft's distributions */
-    snap = q + MB_SPEC_MAX_DRAFT * V;
-    dsnap = snap + s->state_floats;
+    keep = q + MB_SPEC_MAX_DRAFT * V; /* the target's state after each byte of a check, or before it */
+    dsnap = keep + (kmax + 1) * s->state_floats;
     if (prompt_len > 0) memcpy(h, prompt, (size_t)prompt_len);
     st = mb__stream_prime(s, prompt, prompt_len, &seq[0]);
     if (st == MB_STATUS_OK && ds) st = mb__stream_prime(ds, prompt, prompt_len, &seq[0]);
     while (st == MB_STATUS_OK && done < n && !stop) {
-        int nd = 0, a, j, v;
+        int nd = 0, a, j, m, f, v, keeping;
         /* seq = [the byte not yet fed, the draft]; q[i]: the draft's distribution for seq[1 + i] */
         if (ds) {
             const float *dl;
@@ -4539,9 +4561,14 @@ MBDEF mb_status mb_stream_generate_spec(mb_stream *s, const uint8_t *prompt, int
             }
         } else
             nd = mb__spec_lookup(h, hn, lo, k, seq + 1);
-        mb__spec_state(s, snap, 1);
+        /* The check keeps the state after each byte when the last round rejected a draft (rolling back
+           is then one copy), else it saves the state once and feeds: keeping costs about a tenth of the
+           feed, a rollback's second feed more (docs/BENCHMARKS.md), and rounds tend to repeat. */
+        keeping = nd > 0 && rejected;
         if (nd == 0) memcpy(lg, mb_stream_step(s, seq[0]), sizeof(float) * (size_t)V); /* nothing drafted: one step */
-        else if ((st = mb_stream_feed(s, seq, nd + 1, lg)) != MB_STATUS_OK) break;
+        else if (keeping) st = mb__stream_feed_keep(s, seq, nd + 1, keep, lg);
+        else mb__spec_state(s, keep, 1), st = mb_stream_feed(s, seq, nd + 1, lg);
+        if (st != MB_STATUS_OK) break;
         for (a = 0; a < nd; a++) { /* lg row a: the target's logits for seq[1 + a] */
             const int x = seq[1 + a];
             float z = 0.0f;
@@ -4562,8 +4589,13 @@ MBDEF mb_status mb_stream_generate_spec(mb_stream *s, const uint8_t *prompt, int
             done++;
             stop = on_byte && on_byte(user, seq[j]);
         }
-        if (stop || done == n) { st = mb__spec_sync(s, snap, nd + 1, a + 1, seq, j); break; } /* plain's state: every byte drawn fed */
-        if ((st = mb__spec_sync(s, snap, nd + 1, a + 1, seq, a + 1)) != MB_STATUS_OK) break;
+        /* the target's state after seq[0..m): the next round feeds seq[1 + a] first; at the end plain's,
+           every byte drawn fed.  Kept states stand up to a + 1 (past them the check read rejected drafts). */
+        m = stop || done == n ? j : a + 1;
+        f = keeping ? (m < a + 1 ? m : a + 1) : nd + 1; /* the bytes of seq the state holds now */
+        if (keeping) mb__spec_state(s, keep + (int64_t)(f - 1) * s->state_floats, 0);
+        if ((st = mb__spec_sync(s, keep, f, keeping ? f : a + 1, seq, m)) != MB_STATUS_OK || stop || done == n) break;
+        if (nd > 0) rejected = a < nd;
         if (ds && (st = mb__spec_sync(ds, dsnap, nd, a + 1, seq, a + 1)) != MB_STATUS_OK) break;
         seq[0] = seq[1 + a];
         if (!o->fixed && nd > 0) k = a == nd ? (k + 2 < kmax ? k + 2 : kmax) : (k > 1 ? k - 1 : 1);
@@ -5668,33 +5700,16 @@ static mb_status mb__eval_text_ref(const mb_model *m, const uint8_t *text, int64
    mb_stream_feed over the inputs 0x00, text[0], ..., text[end-2] in pieces
    of MB__FEED_CHUNK.  Those logits are bit-identical to the stepwise ones
    and are consumed in the same order, so every field of the result
-   (nll_bits too: the same double sum in the same order) is equal. */
-MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
-                             mb_eval_result *r, mb_progress_fn progress, void *user) {
-    return mb_eval_text_ex(m, MB_PRECISION_FP32, text, len, max_chars, r, progress, user);
-}
-MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
-                                mb_eval_result *r, mb_progress_fn progress, void *user) {
-    mb_stream *s;
-    int64_t end, nchars;
-    mb_status st = mb__eval_prefix(text, len, max_chars, &end, &nchars); /* fail before any work */
-    memset(r, 0, sizeof *r);
-    if (st != MB_STATUS_OK || (st = mb_stream_create_ex(&s, m, precision)) != MB_STATUS_OK) return st;
-    st = mb_eval_stream(s, text, len, max_chars, r, progress, user);
-    mb_stream_free(s);
-    return st;
-}
-MBDEF mb_status mb_eval_stream(mb_stream *s, const uint8_t *text, int64_t len, int64_t max_chars, mb_eval_result *r,
-                               mb_progress_fn progress, void *user) {
+   (nll_bits too: the same double sum in the same order) is equal.
+   Here: mb_eval_stream on a validated prefix of end bytes, nchars characters (r zeroed). */
+static mb_status mb__eval_stream(mb_stream *s, const uint8_t *text, int64_t end, int64_t nchars, mb_eval_result *r,
+                                 mb_progress_fn progress, void *user) {
     uint8_t *in;
     float *lg;
     double *logp; /* per row of a pass: log p(true byte), and the two argmaxes */
     int *am;
-    int64_t end = 0, nchars = 0, pos = 0, cend = 0, i0, i;
-    mb_status st;
-    memset(r, 0, sizeof *r);
-    /* validate the whole evaluated prefix first: fail before any work */
-    if ((st = mb__eval_prefix(text, len, max_chars, &end, &nchars)) != MB_STATUS_OK) return st;
+    int64_t pos = 0, cend = 0, i0, i;
+    mb_status st = MB_STATUS_OK;
     mb_stream_reset(s);
     in = (uint8_t *)MB_MALLOC(MB__FEED_CHUNK);
     lg = (float *)MB_MALLOC((size_t)MB__FEED_CHUNK * 256 * sizeof(float));
@@ -5738,6 +5753,29 @@ MBDEF mb_status mb_eval_stream(mb_stream *s, const uint8_t *text, int64_t len, i
     MB_FREE(am);
     if (st != MB_STATUS_OK) memset(r, 0, sizeof *r); /* out of memory: no partial result */
     return st;
+}
+
+MBDEF mb_status mb_eval_text(const mb_model *m, const uint8_t *text, int64_t len, int64_t max_chars,
+                             mb_eval_result *r, mb_progress_fn progress, void *user) {
+    return mb_eval_text_ex(m, MB_PRECISION_FP32, text, len, max_chars, r, progress, user);
+}
+MBDEF mb_status mb_eval_text_ex(const mb_model *m, int precision, const uint8_t *text, int64_t len, int64_t max_chars,
+                                mb_eval_result *r, mb_progress_fn progress, void *user) {
+    mb_stream *s;
+    int64_t end, nchars;
+    mb_status st = mb__eval_prefix(text, len, max_chars, &end, &nchars); /* fail before any work */
+    memset(r, 0, sizeof *r);
+    if (st != MB_STATUS_OK || (st = mb_stream_create_ex(&s, m, precision)) != MB_STATUS_OK) return st;
+    st = mb__eval_stream(s, text, end, nchars, r, progress, user);
+    mb_stream_free(s);
+    return st;
+}
+MBDEF mb_status mb_eval_stream(mb_stream *s, const uint8_t *text, int64_t len, int64_t max_chars, mb_eval_result *r,
+                               mb_progress_fn progress, void *user) {
+    int64_t end, nchars;
+    mb_status st = mb__eval_prefix(text, len, max_chars, &end, &nchars); /* fail before any work */
+    memset(r, 0, sizeof *r);
+    return st != MB_STATUS_OK ? st : mb__eval_stream(s, text, end, nchars, r, progress, user);
 }
 
 /* Exact greedy characters: a best-first search over UTF-8 prefixes.  A node
@@ -6097,6 +6135,9 @@ MBDEF int mb_trainer_poisoned(const mb_trainer *t) {
     return t->st.step == t->inject_nonfinite_step || (t->inject_nonfinite_from >= 0 && t->st.step >= t->inject_nonfinite_from);
 }
 
+/* The data-parallel processes training now (the step's rows are B x grad_accum x this). */
+static int mb__ranks(const mb_trainer *t) { return t->comm ? t->comm->size : 1; }
+
 /* A resumed run keeps its rank count: the batches and sums depend on it. */
 static mb_status mb__check_ranks(const mb_trainer *t, int size) {
     if (t->st.step > 0 && t->st.ranks != size)
@@ -6128,7 +6169,7 @@ static mb_status mb__comm_fail(const mb_trainer *t, mb_status s) {
 static void mb__carry_draw(mb_trainer *t, int64_t k) {
     const mb_train_settings *s = &t->st.settings;
     const mb_config *c = &t->model->cfg;
-    const int64_t B = s->batch, T = s->ctx, n = t->batcher.size, R = B * s->grad_accum * (t->comm ? t->comm->size : 1);
+    const int64_t B = s->batch, T = s->ctx, n = t->batcher.size, R = B * s->grad_accum * mb__ranks(t);
     const int64_t Di = (int64_t)c->d_model * c->expand, S = c->d_state, K = c->d_conv, i = t->st.step;
     int64_t b, l, t0;
     t->carry_mb = t->st.carry + k * mb_carry_floats(c, B);
@@ -6221,7 +6262,7 @@ static mb_status mb__backend_fail(const mb_trainer *t, mb_status s) {
 
 /* The update and the result: a non-finite step changes nothing but the step count. */
 static mb_status mb__finish_step(mb_trainer *t, const mb_step_kernels *k, double lr, double loss_sum, mb_step_result *r) {
-    const int64_t total = t->st.settings.grad_accum * (t->comm ? t->comm->size : 1);
+    const int64_t total = t->st.settings.grad_accum * mb__ranks(t);
     mb_status st;
     memset(r, 0, sizeof *r);
     r->lr = lr;
@@ -6234,7 +6275,7 @@ static mb_status mb__finish_step(mb_trainer *t, const mb_step_kernels *k, double
 }
 
 MBDEF mb_status mb_trainer_step_on(mb_trainer *t, const mb_step_kernels *k, double lr, mb_step_result *r) {
-    const int64_t total = t->st.settings.grad_accum * (t->comm ? t->comm->size : 1);
+    const int64_t total = t->st.settings.grad_accum * mb__ranks(t);
     int64_t i, mine = 0;
     double loss_sum = 0.0;
     int own;
@@ -6252,7 +6293,7 @@ MBDEF mb_status mb_trainer_step(mb_trainer *t, double lr, mb_step_result *r) {
 }
 
 MBDEF mb_status mb_trainer_apply(mb_trainer *t, double lr, float loss, mb_step_result *r) {
-    return mb__finish_step(t, &mb__cpu_kernels, lr, (double)loss * (double)(t->st.settings.grad_accum * (t->comm ? t->comm->size : 1)), r);
+    return mb__finish_step(t, &mb__cpu_kernels, lr, (double)loss * (double)(t->st.settings.grad_accum * mb__ranks(t)), r);
 }
 
 MBDEF mb_status mb_trainer_sync(mb_trainer *t) {
@@ -6472,7 +6513,7 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
     static const mb_train_options none = {NULL, 0, NULL, NULL};
     const mb_train_settings *s = &t->st.settings;
     const int lead = !t->comm || t->comm->rank == 0; /* the rank that saves and reports */
-    const int64_t start = t->st.step, tokens_per_step = s->batch * s->ctx * s->grad_accum * (t->comm ? t->comm->size : 1);
+    const int64_t start = t->st.step, tokens_per_step = s->batch * s->ctx * s->grad_accum * mb__ranks(t);
     const double t0 = mb_clock_seconds(), before = t->st.elapsed_s, budget = s->time_budget, comm0 = t->comm_s;
     double step_est = 0.0;
     int64_t stop_at, last_saved = -1;
@@ -6486,7 +6527,7 @@ MBDEF mb_status mb_train_run(mb_trainer *t, const mb_train_options *opt, mb_trai
     r.last_loss = NAN;
     if (s->schedule && !(budget > 0))
         return mb__fail(MB_STATUS_INVALID_ARGUMENT, "the time schedule needs a time budget (settings.time_budget > 0)");
-    if ((st = mb__check_ranks(t, t->comm ? t->comm->size : 1)) != MB_STATUS_OK) return st;
+    if ((st = mb__check_ranks(t, mb__ranks(t))) != MB_STATUS_OK) return st;
     while (t->st.step < stop_at) {
         mb_train_progress p;
         mb_step_result sr;

@@ -2,7 +2,8 @@
 # Speculative generation on issue 29's protocol, one command, one table:
 #   bench/spec.sh [DIR]          (from the repo root, after `make mambabyte`)
 # Trains (once, kept in DIR, default build/spec) a target of the default config
-# for TARGET_STEPS steps and a draft (d_model 64, 2 layers) for DRAFT_STEPS on
+# for 5 minutes and a draft (d_model 64, 2 layers) for 1 minute (the time-budget
+# recipe; TARGET_TRAIN / DRAFT_TRAIN replace those flags, e.g. "--steps 300") on
 # TEXT less its last 60,000 characters; takes 20 prompts of 64 characters from
 # those 60,000; generates BYTES greedy bytes from each, plain and with each
 # drafter, the modes alternating prompt by prompt; checks every output equals
@@ -10,7 +11,7 @@
 set -e
 D=${1:-build/spec}
 TEXT=${TEXT:-../shared/data/english/sotu.txt}
-TARGET_STEPS=${TARGET_STEPS:-1500} DRAFT_STEPS=${DRAFT_STEPS:-1000} BYTES=${BYTES:-2000} THREADS=${THREADS:-1}
+TARGET_TRAIN=${TARGET_TRAIN:---time-budget 300} DRAFT_TRAIN=${DRAFT_TRAIN:---time-budget 60} BYTES=${BYTES:-2000} THREADS=${THREADS:-1}
 mkdir -p "$D"
 python3 - "$TEXT" "$D" <<'EOF'
 import sys
@@ -21,14 +22,15 @@ held = t[-60000:].replace("\n", " ")
 with open(sys.argv[2] + "/prompts.txt", "w", encoding="utf-8") as f:
     for i in range(20): f.write(held[i * 2900:i * 2900 + 64] + "\n")
 EOF
-train() { # out steps [shape flags]: the last 60,000 characters only as the (skipped) eval text
+train() { # out [flags]: the last 60,000 characters only as the (skipped) eval text
     [ -f "$D/$1" ] && return
-    out=$1 steps=$2; shift 2
+    out=$1; shift
     /usr/bin/time -f "$out: %e s" ./mambabyte train --data "$D/train.txt" --eval-data "$D/held.txt" --eval-chars 0 \
-        --steps "$steps" --log-every 100 --out "$D/$out" "$@" | tail -2
+        --threads "$THREADS" --log-every 100 --out "$D/$out" "$@" | tail -2
 }
-train target.bin "$TARGET_STEPS"
-train draft.bin "$DRAFT_STEPS" --d-model 64 --n-layer 2
+train target.bin $TARGET_TRAIN
+train draft.bin $DRAFT_TRAIN --d-model 64 --n-layer 2
+[ -n "$TRAIN_ONLY" ] && exit 0   # train now, time the generation later on an idle machine
 MODES="plain draft.bin self:int8 self:bf16 lookup"
 : > "$D/results.txt"
 i=0
@@ -44,7 +46,7 @@ while IFS= read -r P; do
             "$D/err" >> "$D/results.txt"
     done
 done < "$D/prompts.txt"
-echo "target $TARGET_STEPS steps, draft $DRAFT_STEPS steps; 20 prompts x $BYTES greedy bytes, --threads $THREADS"
+echo "target: $TARGET_TRAIN, draft: $DRAFT_TRAIN; 20 prompts x $BYTES greedy bytes, --threads $THREADS"
 awk -v modes="$MODES" '
 { n[$1]++; b[$1] += $2; t[$1] += $3; r[$1] += $4; a[$1] += $5 * $4; k[$1] += $6 * $4; same[$1] += $7 }
 END {
