@@ -4594,7 +4594,7 @@ MBDEF mb_status mb_stream_generate_spec(mb_stream *s, const uint8_t *prompt, int
         m = stop || done == n ? j : a + 1;
         f = keeping ? (m < a + 1 ? m : a + 1) : nd + 1; /* the bytes of seq the state holds now */
         if (keeping) mb__spec_state(s, keep + (int64_t)(f - 1) * s->state_floats, 0);
-        if ((st = mb__spec_sync(s, keep, f, keeping ? f : a + 1, seq, m)) != MB_STATUS_OK || stop || done == n) break;
+        if ((st = mb__spec_sync(s, keep, f, a + 1, seq, m)) != MB_STATUS_OK || stop || done == n) break;
         if (nd > 0) rejected = a < nd;
         if (ds && (st = mb__spec_sync(ds, dsnap, nd, a + 1, seq, a + 1)) != MB_STATUS_OK) break;
         seq[0] = seq[1 + a];

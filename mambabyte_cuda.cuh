@@ -945,10 +945,10 @@ static inline mb_status conv1d_carry(float *win, float *conv_in, const float *xz
 #define MBC_LOG2E 1.44269504088896340736f
 #define MBC_LN2 0.69314718055994530942f
 
-/* 2^x: one MUFU.EX2 on the GPU (ex2.approx, ~2 ulp, subnormal results
-   flushed to zero: a decay that small is zero for the scan). */
 /* The decay rate of state j in log2 units: A2 = A log2(e), A = -exp(A_log), so exp2(dt A2) = exp(dt A) <= 1. */
 __device__ __forceinline__ float scan_A2(const float *A_log, int64_t j) { return -expf(A_log[j]) * MBC_LOG2E; }
+/* 2^x: one MUFU.EX2 on the GPU (ex2.approx, ~2 ulp, subnormal results
+   flushed to zero: a decay that small is zero for the scan). */
 __device__ __forceinline__ float exp2_(float x) {
 #if defined(__CUDA_ARCH__)
     float r;
